@@ -1,0 +1,414 @@
+#include "cdb.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_db.h"
+
+/* Rolls back on the error path so the connection is reusable. */
+static int fail(PGconn *c, int rc)
+{
+    tq_db_rollback(c);
+    return rc;
+}
+
+static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
+{
+    const char *p[1] = {reason ? reason : ""};
+    return tq_db_exec(c, "SELECT set_config('trainq.reason', $1, true)", 1, p, NULL, eb);
+}
+
+/* Fails a queued job durably (its dataset cannot be used); no slot changes hands. */
+static int fail_queued(PGconn *c, const char *job_id, const char *why, tq_errbuf *eb)
+{
+    const char *p[2] = {job_id, why};
+    return tq_db_exec(c,
+                      "UPDATE training_jobs SET status = 'failed', error_message = $2, "
+                      "completed_at = now(), parked_at = NULL WHERE id = $1 AND status = 'queued'",
+                      2, p, NULL, eb);
+}
+
+int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int lease_seconds,
+                 tq_claim *out, tq_errbuf *eb)
+{
+    memset(out, 0, sizeof *out);
+    json_t *sj = tq_submission_to_json(&m->sub);
+    if (!sj)
+        return TQ_ERR_NOMEM;
+    char *config = json_dumps(json_object_get(sj, "config"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *words = json_dumps(json_object_get(sj, "trigger_words"), JSON_COMPACT);
+    json_decref(sj);
+    int rc = TQ_ERR_NOMEM;
+    PGresult *r = NULL;
+    if (!config || !words)
+        goto out;
+
+    if ((rc = tq_db_begin(c, eb)))
+        goto out;
+    /* A message from another service has no row yet: create it, idempotently. */
+    {
+        const char *p[8] = {m->job_id,  m->user_id, m->sub.dataset_id,
+                            m->sub.name, tq_job_type_name(m->sub.type),
+                            m->sub.base_model, config, words};
+        rc = tq_db_exec(c,
+                        "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, "
+                        "base_model, config, trigger_words, source) "
+                        "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
+                        "ARRAY(SELECT json_array_elements_text($8::json)), 'amqp') "
+                        "ON CONFLICT (id) DO NOTHING",
+                        8, p, NULL, eb);
+        if (rc)
+            goto rollback;
+    }
+    {
+        const char *p[1] = {m->job_id};
+        rc = tq_db_exec(c,
+                        "SELECT user_id, dataset_id::text, status, fencing_token "
+                        "FROM training_jobs WHERE id = $1 FOR UPDATE",
+                        1, p, &r, eb);
+        if (rc)
+            goto rollback;
+        if (PQntuples(r) != 1) {
+            rc = tq_errf(eb, TQ_ERR_INTERNAL, "job %s vanished during claim", m->job_id);
+            goto rollback;
+        }
+        if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0 ||
+            strcmp(PQgetvalue(r, 0, 1), m->sub.dataset_id) != 0) {
+            out->outcome = TQ_CLAIM_MISMATCH;
+            snprintf(out->reason, sizeof out->reason,
+                     "job_id %s already names a job of another user or dataset", m->job_id);
+            goto commit;
+        }
+        if (strcmp(PQgetvalue(r, 0, 2), "queued") != 0) {
+            out->outcome = TQ_CLAIM_DUPLICATE;
+            snprintf(out->reason, sizeof out->reason, "job is %s", PQgetvalue(r, 0, 2));
+            goto commit;
+        }
+        PQclear(r);
+        r = NULL;
+    }
+    /* The dataset is checked here too: direct publishers are not checked by the producer,
+     * and a dataset can disappear between submission and dispatch. */
+    {
+        const char *p[1] = {m->sub.dataset_id};
+        rc = tq_db_exec(c, "SELECT user_id, storage_path FROM datasets WHERE id = $1", 1, p, &r,
+                        eb);
+        if (rc)
+            goto rollback;
+        const char *why = NULL;
+        char buf[200];
+        if (PQntuples(r) == 0) {
+            snprintf(buf, sizeof buf, "dataset %s not found", m->sub.dataset_id);
+            why = buf;
+        } else if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0) {
+            snprintf(buf, sizeof buf, "dataset %s belongs to another user", m->sub.dataset_id);
+            why = buf;
+        } else {
+            snprintf(out->storage_path, sizeof out->storage_path, "%s", PQgetvalue(r, 0, 1));
+        }
+        PQclear(r);
+        r = NULL;
+        if (why) {
+            if ((rc = fail_queued(c, m->job_id, why, eb)))
+                goto rollback;
+            out->outcome = TQ_CLAIM_FAILED;
+            snprintf(out->reason, sizeof out->reason, "%s", why);
+            goto commit;
+        }
+    }
+    /* Under the user's lock: room, and no older job of the user waiting (submission
+     * order). The count runs after the lock, in a fresh snapshot (READ COMMITTED). */
+    {
+        const char *p[2] = {m->user_id, m->job_id};
+        rc = tq_db_exec(c, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, p, NULL, eb);
+        if (rc)
+            goto rollback;
+        rc = tq_db_exec(
+            c,
+            "SELECT (SELECT count(*) FROM training_jobs "
+            "         WHERE user_id = $1 AND status IN ('pending', 'running')) "
+            "         < tq_user_max_active($1), "
+            "       EXISTS (SELECT 1 FROM training_jobs o, training_jobs me "
+            "                WHERE me.id = $2 AND o.user_id = $1 AND o.status = 'queued' "
+            "                  AND o.parked_at IS NOT NULL AND o.id <> me.id "
+            "                  AND (o.created_at, o.id) < (me.created_at, me.id))",
+            2, p, &r, eb);
+        if (rc)
+            goto rollback;
+        int room = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        int older = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+        PQclear(r);
+        r = NULL;
+        if (!room || older) {
+            rc = tq_db_exec(c,
+                            "UPDATE training_jobs SET parked_at = COALESCE(parked_at, now()) "
+                            "WHERE id = $2",
+                            2, p, NULL, eb);
+            if (rc)
+                goto rollback;
+            /* Room with older jobs parked means their release was lost: redo it now. */
+            if (room && (rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, p, NULL, eb)))
+                goto rollback;
+            out->outcome = TQ_CLAIM_PARKED;
+            snprintf(out->reason, sizeof out->reason, "%s",
+                     room ? "older jobs of the user are waiting" : "user at the active-job limit");
+            goto commit;
+        }
+    }
+    {
+        char lease[16];
+        snprintf(lease, sizeof lease, "%d", lease_seconds);
+        char why[160];
+        snprintf(why, sizeof why, "claimed by worker %s", worker_id);
+        if ((rc = set_reason(c, why, eb)))
+            goto rollback;
+        const char *p[3] = {m->job_id, worker_id, lease};
+        rc = tq_db_exec(
+            c,
+            "UPDATE training_jobs SET status = 'pending', worker_id = $2, "
+            "fencing_token = fencing_token + 1, attempts = attempts + 1, "
+            "lease_expires_at = now() + make_interval(secs => $3::int), parked_at = NULL, "
+            "released_at = NULL, container_id = NULL, exit_code = NULL "
+            "WHERE id = $1 RETURNING fencing_token, attempts, "
+            "extract(epoch FROM created_at), "
+            "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id, "
+            "'name', name, 'type', type, 'base_model', base_model, 'config', config, "
+            "'trigger_words', to_json(trigger_words))::text",
+            3, p, &r, eb);
+        if (rc == TQ_ERR_LIMIT) {
+            /* The schema's guard disagreed with the count above: trust the guard. */
+            tq_db_rollback(c);
+            return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s",
+                           m->job_id);
+        }
+        if (rc)
+            goto rollback;
+        out->fencing_token = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        out->attempts = (int)strtol(PQgetvalue(r, 0, 1), NULL, 10);
+        out->created_epoch = strtod(PQgetvalue(r, 0, 2), NULL);
+        json_error_t jerr;
+        out->job = json_loads(PQgetvalue(r, 0, 3), 0, &jerr);
+        PQclear(r);
+        r = NULL;
+        if (!out->job) {
+            rc = TQ_ERR_NOMEM;
+            goto rollback;
+        }
+        if ((rc = set_reason(c, "", eb)))
+            goto rollback;
+        /* Still room after this claim: let the user's next parked jobs go too. */
+        const char *pu[1] = {m->user_id};
+        if ((rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb)))
+            goto rollback;
+        out->outcome = TQ_CLAIM_CLAIMED;
+    }
+commit:
+    PQclear(r);
+    r = NULL;
+    rc = tq_db_commit(c, eb);
+    if (rc) {
+        json_decref(out->job);
+        out->job = NULL;
+    }
+    goto out;
+rollback:
+    PQclear(r);
+    r = NULL;
+    json_decref(out->job);
+    out->job = NULL;
+    tq_db_rollback(c);
+out:
+    free(config);
+    free(words);
+    return rc;
+}
+
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
+                        const char *container_id, tq_errbuf *eb)
+{
+    char tok[24];
+    snprintf(tok, sizeof tok, "%lld", fencing);
+    const char *p[3] = {job_id, tok, container_id};
+    PGresult *r;
+    int rc = tq_db_exec(c,
+                        "UPDATE training_jobs SET status = 'running', container_id = $3, "
+                        "started_at = now() WHERE id = $1 AND fencing_token = $2 "
+                        "AND status = 'pending'",
+                        3, p, &r, eb);
+    if (rc)
+        return rc;
+    int n = (int)strtol(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return n == 1 ? TQ_OK : tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id);
+}
+
+int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
+                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb)
+{
+    char tok[24], code[16];
+    snprintf(tok, sizeof tok, "%lld", fencing);
+    snprintf(code, sizeof code, "%d", exit_code);
+    int rc = tq_db_begin(c, eb);
+    if (rc)
+        return rc;
+    if ((rc = set_reason(c, reason, eb)))
+        return fail(c, rc);
+    const char *p[5] = {job_id, tok, status, exit_code < -255 ? NULL : code, error_message};
+    PGresult *r;
+    rc = tq_db_exec(c,
+                    "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
+                    "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
+                    "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
+                    "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
+                    "RETURNING user_id",
+                    5, p, &r, eb);
+    if (rc)
+        return fail(c, rc);
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        tq_db_rollback(c);
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id);
+    }
+    const char *pu[1] = {PQgetvalue(r, 0, 0)};
+    rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb);
+    PQclear(r);
+    if (rc)
+        return fail(c, rc);
+    if ((rc = set_reason(c, "", eb)))
+        return fail(c, rc);
+    return tq_db_commit(c, eb);
+}
+
+int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                   tq_errbuf *eb)
+{
+    char tok[24];
+    snprintf(tok, sizeof tok, "%lld", fencing);
+    int rc = tq_db_begin(c, eb);
+    if (rc)
+        return rc;
+    if ((rc = set_reason(c, reason, eb)))
+        return fail(c, rc);
+    const char *p[2] = {job_id, tok};
+    PGresult *r;
+    /* An attempt that never started does not count against max_attempts. */
+    rc = tq_db_exec(c,
+                    "UPDATE training_jobs SET status = 'queued', worker_id = NULL, "
+                    "lease_expires_at = NULL, container_id = NULL, "
+                    "fencing_token = fencing_token + 1, attempts = GREATEST(attempts - 1, 0), "
+                    "parked_at = now(), released_at = NULL "
+                    "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
+                    "RETURNING user_id",
+                    2, p, &r, eb);
+    if (rc)
+        return fail(c, rc);
+    if (PQntuples(r) == 1) {
+        const char *pu[1] = {PQgetvalue(r, 0, 0)};
+        rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb);
+    }
+    PQclear(r);
+    if (rc)
+        return fail(c, rc);
+    if ((rc = set_reason(c, "", eb)))
+        return fail(c, rc);
+    return tq_db_commit(c, eb);
+}
+
+int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,
+                   tq_errbuf *eb)
+{
+    char ma[16];
+    snprintf(ma, sizeof ma, "%d", max_attempts);
+    const char *p[3] = {job_id, reason, ma};
+    return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, p, NULL, eb);
+}
+
+static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
+{
+    size_t rows = (size_t)PQntuples(r);
+    *out = calloc(rows ? rows : 1, sizeof **out);
+    if (!*out)
+        return TQ_ERR_NOMEM;
+    for (size_t i = 0; i < rows; i++) {
+        snprintf((*out)[i].job_id, sizeof (*out)[i].job_id, "%s", PQgetvalue(r, (int)i, 0));
+        (*out)[i].fencing_token = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10);
+        (*out)[i].cancel_requested = strcmp(PQgetvalue(r, (int)i, 2), "t") == 0;
+    }
+    *n = rows;
+    return TQ_OK;
+}
+
+int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
+                     int lease_seconds, tq_cdb_active **out, size_t *n, tq_errbuf *eb)
+{
+    char s[16], lease[16];
+    snprintf(s, sizeof s, "%d", slots);
+    snprintf(lease, sizeof lease, "%d", lease_seconds);
+    const char *p[3] = {worker_id, hostname, s};
+    int rc = tq_db_exec(c,
+                        "INSERT INTO workers (worker_id, hostname, slots) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
+                        "heartbeat_at = now(), stopped_at = NULL",
+                        3, p, NULL, eb);
+    if (rc)
+        return rc;
+    const char *q[2] = {worker_id, lease};
+    PGresult *r;
+    rc = tq_db_exec(c,
+                    "UPDATE training_jobs SET lease_expires_at = now() + make_interval(secs => "
+                    "$2::int) WHERE worker_id = $1 AND status IN ('pending', 'running') "
+                    "RETURNING id::text, fencing_token, cancel_requested_at IS NOT NULL",
+                    2, q, &r, eb);
+    if (rc)
+        return rc;
+    rc = active_rows(r, out, n);
+    PQclear(r);
+    return rc;
+}
+
+int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,
+                       tq_errbuf *eb)
+{
+    const char *p[1] = {worker_id};
+    PGresult *r;
+    int rc = tq_db_exec(c,
+                        "SELECT id::text, fencing_token, cancel_requested_at IS NOT NULL "
+                        "FROM training_jobs WHERE worker_id = $1 "
+                        "AND status IN ('pending', 'running')",
+                        1, p, &r, eb);
+    if (rc)
+        return rc;
+    rc = active_rows(r, out, n);
+    PQclear(r);
+    return rc;
+}
+
+int tq_cdb_reap_and_sweep(PGconn *c, int max_attempts, int *recovered, int *released,
+                          tq_errbuf *eb)
+{
+    char ma[16];
+    snprintf(ma, sizeof ma, "%d", max_attempts);
+    const char *p[1] = {ma};
+    PGresult *r;
+    /* Each in its own (implicit) transaction: the reaper's try-lock is held only while
+     * it works. */
+    int rc = tq_db_exec(c, "SELECT count(*) FROM tq_reap($1::int)", 1, p, &r, eb);
+    if (rc)
+        return rc;
+    *recovered = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    rc = tq_db_exec(c, "SELECT tq_sweep()", 0, NULL, &r, eb);
+    if (rc)
+        return rc;
+    *released = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return TQ_OK;
+}
+
+int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb)
+{
+    const char *p[1] = {worker_id};
+    return tq_db_exec(c, "UPDATE workers SET stopped_at = now() WHERE worker_id = $1", 1, p,
+                      NULL, eb);
+}

@@ -1,0 +1,85 @@
+/*
+ * cdb — all SQL of the consumer, in one place, parameterised only.
+ *
+ * The per-user ordering and limit rules live in the database (db/migrations): the claim
+ * takes the user's advisory lock, so claims, parks and releases of one user are serialised
+ * across every host; the schema's guard refuses a third active job even if this code is
+ * wrong. Every change that frees a slot calls tq_release_parked() in the same transaction.
+ */
+#ifndef TQ_CDB_H
+#define TQ_CDB_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "tq_err.h"
+#include "tq_msg.h"
+
+typedef enum {
+    TQ_CLAIM_CLAIMED,   /* now pending on this worker: launch it */
+    TQ_CLAIM_PARKED,    /* user at the limit (or older jobs parked): stays queued */
+    TQ_CLAIM_DUPLICATE, /* already claimed, running or finished: drop the message */
+    TQ_CLAIM_FAILED,    /* failed durably (dataset missing / not the user's) */
+    TQ_CLAIM_MISMATCH,  /* job_id names a different job: dead-letter the message */
+} tq_claim_outcome;
+
+typedef struct {
+    tq_claim_outcome outcome;
+    long long fencing_token; /* CLAIMED: the token every later update must present */
+    int attempts;
+    char storage_path[1024]; /* CLAIMED: the dataset's storage_path */
+    json_t *job;             /* CLAIMED: the job row as JSON (launch input); caller decrefs */
+    char reason[256];        /* FAILED / MISMATCH / PARKED: why */
+    double created_epoch;    /* CLAIMED: job creation time (dispatch latency) */
+} tq_claim;
+
+/* Creates the row of a message published straight to AMQP (idempotent), then claims or
+ * parks it in one transaction. */
+int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int lease_seconds,
+                 tq_claim *out, tq_errbuf *eb);
+
+/* pending → running with the container id; TQ_ERR_CONFLICT when fenced out. */
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
+                        const char *container_id, tq_errbuf *eb);
+
+/* Records the outcome (status "completed" | "failed" | "cancelled"; exit_code < -255
+ * means none) and releases the user's next parked jobs, in one transaction.
+ * TQ_ERR_CONFLICT when fenced out (the job was recovered by a reaper meanwhile). */
+int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
+                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb);
+
+/* Gives a claimed job back (launch could not happen now: dockerd down); it keeps its place
+ * in its user's order and is republished through the outbox. */
+int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                   tq_errbuf *eb);
+
+/* Recovers this worker's job that has no container (start-up repair): retry, fail after
+ * max_attempts, or finish a requested cancel. */
+int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,
+                   tq_errbuf *eb);
+
+typedef struct {
+    char job_id[37];
+    long long fencing_token;
+    int cancel_requested;
+} tq_cdb_active;
+
+/* Heartbeat: upserts the worker row and renews the lease of every active job of this
+ * worker. *out (caller frees) lists the jobs the database still gives this worker, with
+ * their fencing tokens and cancel flags: a slot whose job is missing lost its lease. */
+int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
+                     int lease_seconds, tq_cdb_active **out, size_t *n, tq_errbuf *eb);
+
+/* Jobs the database says this worker holds (start-up adoption); caller frees *out. */
+int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,
+                       tq_errbuf *eb);
+
+/* One reaper round (a no-op when another worker holds the reaper lock) and one sweep.
+ * Counts what happened. */
+int tq_cdb_reap_and_sweep(PGconn *c, int max_attempts, int *recovered, int *released,
+                          tq_errbuf *eb);
+
+/* Marks the worker stopped (clean shutdown). */
+int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb);
+
+#endif

@@ -1,0 +1,469 @@
+/*
+ * The dispatcher: the only thread that talks to the trainq.jobs queue.
+ *
+ * Capacity rule (DESIGN.md invariant 6): prefetch is 1 and the consumer is registered only
+ * while a slot is free and dockerd and Postgres answer. When a delivery takes the last free
+ * slot, basic.cancel is sent *before* that delivery is acked — with prefetch 1 nothing else
+ * can arrive meanwhile — so this host never holds a message it cannot start now and an idle
+ * host elsewhere gets it instead.
+ *
+ * Ack rule (invariant 4): a delivery is acked once its fate is durable in Postgres
+ * (claimed and started, parked, failed, duplicate) or it is confirmed on the dead-letter
+ * queue; never at training end. A delivery that cannot be handled now (Postgres or dockerd
+ * away) is nacked back to the queue after the consumer is cancelled, so it goes elsewhere.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cdb.h"
+#include "cmetrics.h"
+#include "launch.h"
+#include "tq_amqp.h"
+#include "tq_db.h"
+#include "tq_log.h"
+#include "tq_msg.h"
+#include "worker.h"
+
+#define CONSUME_WAIT_MS 200
+#define HEARTBEAT_S 60
+
+typedef struct {
+    tq_worker *w;
+    tq_amqp *in;   /* consumes trainq.jobs */
+    tq_amqp *dead; /* publishes to the dead-letter exchange, confirm mode */
+    PGconn *db;
+    int consuming;
+    unsigned epoch;
+    char tag[256];
+    long backoff_ms;
+} dispatcher;
+
+static void drop_amqp(dispatcher *d)
+{
+    tq_amqp_close(d->in);
+    tq_amqp_close(d->dead);
+    d->in = d->dead = NULL;
+    d->consuming = 0;
+    atomic_store(&d->w->amqp_ok, 0);
+}
+
+static int connect_amqp(dispatcher *d, tq_errbuf *eb)
+{
+    const tq_config *cfg = d->w->cfg;
+    int rc = tq_amqp_connect(cfg->amqp_url, "trainq-consumer", HEARTBEAT_S, &d->in, eb);
+    if (rc == TQ_OK)
+        rc = tq_amqp_declare_topology(d->in, eb);
+    if (rc == TQ_OK)
+        rc = tq_amqp_connect(cfg->amqp_url, "trainq-consumer-dlq", HEARTBEAT_S, &d->dead, eb);
+    if (rc == TQ_OK)
+        rc = tq_amqp_confirm_select(d->dead, eb);
+    if (rc == TQ_OK) {
+        amqp_connection_state_t st = tq_amqp_state(d->in);
+        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, 1, 0);
+        rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not set prefetch", eb);
+    }
+    if (rc != TQ_OK) {
+        drop_amqp(d);
+        return rc;
+    }
+    d->epoch = tq_amqp_channel_epoch(d->in);
+    d->consuming = 0;
+    atomic_store(&d->w->amqp_ok, 1);
+    return TQ_OK;
+}
+
+static int start_consuming(dispatcher *d, tq_errbuf *eb)
+{
+    amqp_connection_state_t st = tq_amqp_state(d->in);
+    if (tq_amqp_channel(d->in, eb) < 0)
+        return TQ_ERR_AMQP;
+    if (tq_amqp_channel_epoch(d->in) != d->epoch) {
+        /* the channel was reopened: its prefetch setting is gone too */
+        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, 1, 0);
+        int rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not set prefetch", eb);
+        if (rc)
+            return rc;
+        d->epoch = tq_amqp_channel_epoch(d->in);
+    }
+    amqp_basic_consume_ok_t *ok =
+        amqp_basic_consume(st, TQ_AMQP_CHANNEL, amqp_cstring_bytes(TQ_AMQP_QUEUE), amqp_empty_bytes,
+                           0, 0 /* manual acks */, 0, amqp_empty_table);
+    int rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not consume trainq.jobs", eb);
+    if (rc)
+        return rc;
+    size_t n = ok->consumer_tag.len < sizeof d->tag - 1 ? ok->consumer_tag.len : sizeof d->tag - 1;
+    memcpy(d->tag, ok->consumer_tag.bytes, n);
+    d->tag[n] = '\0';
+    d->consuming = 1;
+    return TQ_OK;
+}
+
+static int stop_consuming(dispatcher *d, tq_errbuf *eb)
+{
+    if (!d->consuming)
+        return TQ_OK;
+    d->consuming = 0;
+    amqp_connection_state_t st = tq_amqp_state(d->in);
+    /* A delivery racing the cancel is kept by rabbitmq-c and handed to the next
+     * amqp_consume_message, which nacks it back (we are no longer consuming). */
+    amqp_basic_cancel(st, TQ_AMQP_CHANNEL, amqp_cstring_bytes(d->tag));
+    return tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not cancel consumer", eb);
+}
+
+static void settle(dispatcher *d, uint64_t tag, int ack)
+{
+    amqp_connection_state_t st = tq_amqp_state(d->in);
+    int rc = ack ? amqp_basic_ack(st, TQ_AMQP_CHANNEL, tag, 0)
+                 : amqp_basic_nack(st, TQ_AMQP_CHANNEL, tag, 0, 1 /* requeue */);
+    if (rc != AMQP_STATUS_OK) {
+        /* The connection is gone: the broker requeues the delivery by itself. */
+        tq_log(TQ_LOG_WARN, "amqp.settle_failed", "could not %s delivery: %s",
+               ack ? "ack" : "nack", amqp_error_string2(rc));
+        drop_amqp(d);
+    }
+}
+
+static void copy_bytes(char *dst, size_t cap, amqp_bytes_t b)
+{
+    size_t n = b.len < cap - 1 ? b.len : cap - 1;
+    memcpy(dst, b.bytes, n);
+    dst[n] = '\0';
+}
+
+/* Dead-letters the delivery with the reason in a header, then acks it. */
+static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *reason)
+{
+    char rk[256] = "", mid[256] = "";
+    copy_bytes(rk, sizeof rk, env->routing_key);
+    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    const char *hdr[] = {TQ_MSG_REASON_HEADER, reason, "x-trainq-worker", d->w->cfg->worker_id,
+                         "x-original-routing-key", rk};
+    tq_amqp_msg m = {
+        .exchange = TQ_AMQP_DLX,
+        .routing_key = rk,
+        .message_id = mid[0] ? mid : NULL,
+        .body = env->message.body.bytes,
+        .body_len = env->message.body.len,
+        .content_type = "application/octet-stream",
+        .header_kv = hdr,
+        .n_header_kv = 6,
+    };
+    if (env->message.properties._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) {
+        static __thread char ct[128];
+        copy_bytes(ct, sizeof ct, env->message.properties.content_type);
+        m.content_type = ct;
+    }
+    tq_errbuf eb = {{0}};
+    int rc = tq_amqp_publish_confirmed(d->dead, &m, 1, 5000, &eb);
+    if (rc == TQ_OK && m.result == TQ_OK) {
+        tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
+                "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
+        tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
+        settle(d, env->delivery_tag, 1);
+        return;
+    }
+    tq_log(TQ_LOG_WARN, "amqp.dead_letter_failed", "could not dead-letter message %s: %s",
+           mid, rc == TQ_OK ? m.reason : eb.msg);
+    if (!tq_amqp_alive(d->dead)) {
+        tq_amqp_close(d->dead);
+        d->dead = NULL;
+    }
+    settle(d, env->delivery_tag, 0);
+}
+
+/* Why a decode failed, as one header-sized line. */
+static void validation_reason(const tq_validation *v, int rc, char *out, size_t cap)
+{
+    size_t used = (size_t)snprintf(out, cap, "invalid message: ");
+    if (rc == TQ_ERR_TOO_LARGE) {
+        snprintf(out + used, cap - used, "body larger than %d bytes", TQ_MSG_MAX_BYTES);
+        return;
+    }
+    for (size_t i = 0; i < v->n && used < cap; i++)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s %s", i ? "; " : "",
+                                 v->items[i].field, v->items[i].message);
+}
+
+/* Fails a claimed job that cannot start here for a reason retrying will not fix. */
+static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
+{
+    tq_errbuf eb = {{0}};
+    if (tq_cdb_finish(d->db, job_id, fencing, "failed", -256, why, why, &eb) != TQ_OK)
+        tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
+               eb.msg);
+    else
+        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
+    tq_log(TQ_LOG_WARN, "job.failed", "job %s failed before start: %s", job_id, why);
+}
+
+/* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
+static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_id)
+{
+    tq_worker *w = d->w;
+    tq_launch_paths paths;
+    tq_errbuf eb = {{0}};
+    int rc = tq_launch_prepare(w->cfg, cl->job, cl->storage_path, &paths, &eb);
+    if (rc != TQ_OK) {
+        if (rc == TQ_ERR_NOMEM || rc == TQ_ERR_IO) {
+            tq_errbuf qb = {{0}};
+            tq_cdb_requeue(d->db, job_id, cl->fencing_token, eb.msg, &qb);
+            tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
+        } else {
+            fail_claimed(d, job_id, cl->fencing_token, eb.msg);
+        }
+        return 0;
+    }
+    char cid[65] = "";
+    rc = tq_launch_container(w->docker, w->cfg, slot, cl->job, w->cfg->worker_id, &paths, cid, &eb);
+    if (rc == TQ_ERR_UNAVAILABLE) {
+        /* dockerd went away: give the job back, keep its place, stop consuming. */
+        atomic_store(&w->docker_ok, 0);
+        tq_errbuf qb = {{0}};
+        char why[600];
+        snprintf(why, sizeof why, "docker unavailable on worker %s: %s", w->cfg->worker_id, eb.msg);
+        if (tq_cdb_requeue(d->db, job_id, cl->fencing_token, why, &qb) != TQ_OK)
+            tq_log(TQ_LOG_ERROR, "job.requeue_failed", "job %s: %s", job_id, qb.msg);
+        tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
+        tq_log(TQ_LOG_WARN, "job.requeued", "job %s requeued: %s", job_id, why);
+        return 0;
+    }
+    if (rc != TQ_OK) {
+        char why[700];
+        if (rc == TQ_ERR_NOT_FOUND)
+            snprintf(why, sizeof why, "training image \"%s\" not found on worker %s",
+                     w->cfg->training_image, w->cfg->worker_id);
+        else
+            snprintf(why, sizeof why, "could not start training container on worker %s: %s",
+                     w->cfg->worker_id, eb.msg);
+        fail_claimed(d, job_id, cl->fencing_token, why);
+        return 0;
+    }
+    rc = tq_cdb_mark_running(d->db, job_id, cl->fencing_token, cid, &eb);
+    if (rc == TQ_ERR_CONFLICT) {
+        /* Recovered by a reaper meanwhile: this container must not run. */
+        tq_errbuf kb = {{0}};
+        tq_docker_remove(w->docker, cid, 1, &kb);
+        tq_log(TQ_LOG_WARN, "job.fenced", "job %s: %s; container removed", job_id, eb.msg);
+        return 0;
+    }
+    if (rc != TQ_OK)
+        /* Still ours (fenced writes later will tell); the runner records the outcome. */
+        tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
+    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL));
+    tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
+    double now_epoch = (double)time(NULL);
+    if (cl->created_epoch > 0 && now_epoch >= cl->created_epoch)
+        tq_cmetrics_observe_dispatch(now_epoch - cl->created_epoch);
+    tq_logj(TQ_LOG_INFO, "job.started",
+            json_pack("{s:s, s:s, s:i, s:i}", "job_id", job_id, "container", cid, "slot", slot,
+                      "attempt", cl->attempts),
+            "job %s started in slot %d", job_id, slot);
+    return 1;
+}
+
+static void handle(dispatcher *d, amqp_envelope_t *env)
+{
+    tq_worker *w = d->w;
+    if (!d->consuming || atomic_load(&w->stopping)) {
+        settle(d, env->delivery_tag, 0); /* arrived after cancel */
+        return;
+    }
+    tq_job_msg m;
+    tq_validation v;
+    memset(&v, 0, sizeof v);
+    char reason[1024];
+    int rc = tq_msg_decode(env->message.body.bytes, env->message.body.len, &m, &v);
+    if (rc == TQ_ERR_NOMEM) {
+        settle(d, env->delivery_tag, 0);
+        return;
+    }
+    if (rc != TQ_OK) {
+        validation_reason(&v, rc, reason, sizeof reason);
+        dead_letter(d, env, reason);
+        return;
+    }
+    char mid[128] = "";
+    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    if (strcmp(mid, m.job_id) != 0) {
+        snprintf(reason, sizeof reason,
+                 mid[0] ? "invalid message: message_id \"%s\" differs from job_id"
+                        : "invalid message: message_id property is required%s",
+                 mid);
+        tq_msg_free(&m);
+        dead_letter(d, env, reason);
+        return;
+    }
+
+    tq_claim cl;
+    tq_errbuf eb = {{0}};
+    for (int attempt = 0; attempt < 3; attempt++) {
+        rc = tq_db_ensure(&d->db, w->cfg->database_url, "trainq-consumer", &eb);
+        if (rc == TQ_OK)
+            rc = tq_cdb_claim(d->db, &m, w->cfg->worker_id, w->cfg->lease_seconds, &cl, &eb);
+        if (rc != TQ_ERR_DB_RETRY)
+            break;
+    }
+    if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
+        if (rc == TQ_ERR_UNAVAILABLE)
+            atomic_store(&w->db_ok, 0);
+        tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", m.job_id, eb.msg);
+        tq_errbuf cb = {{0}};
+        stop_consuming(d, &cb);
+        settle(d, env->delivery_tag, 0);
+        tq_msg_free(&m);
+        return;
+    }
+    if (rc != TQ_OK) {
+        /* Postgres refused this job's data: it will refuse it every time. */
+        snprintf(reason, sizeof reason, "could not store job: %s", eb.msg);
+        tq_msg_free(&m);
+        dead_letter(d, env, reason);
+        return;
+    }
+    switch (cl.outcome) {
+    case TQ_CLAIM_MISMATCH:
+        dead_letter(d, env, cl.reason);
+        break;
+    case TQ_CLAIM_DUPLICATE:
+        tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
+        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)", m.job_id,
+               cl.reason);
+        settle(d, env->delivery_tag, 1);
+        break;
+    case TQ_CLAIM_FAILED:
+        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
+        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: %s", m.job_id, cl.reason);
+        settle(d, env->delivery_tag, 1);
+        break;
+    case TQ_CLAIM_PARKED:
+        tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
+        tq_log(TQ_LOG_INFO, "job.parked", "job %s parked: %s", m.job_id, cl.reason);
+        settle(d, env->delivery_tag, 1);
+        break;
+    case TQ_CLAIM_CLAIMED: {
+        int slot = tq_slot_reserve(w);
+        if (slot < 0) { /* cannot happen: only this thread reserves */
+            tq_errbuf qb = {{0}};
+            tq_cdb_requeue(d->db, m.job_id, cl.fencing_token, "no free slot", &qb);
+            settle(d, env->delivery_tag, 1);
+            break;
+        }
+        if (!launch(d, slot, &cl, m.job_id))
+            tq_slot_unreserve(w, slot);
+        /* Taking the last slot (or losing dockerd): cancel before the ack, see top. */
+        if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok)) {
+            tq_errbuf cb = {{0}};
+            if (stop_consuming(d, &cb) != TQ_OK)
+                tq_log(TQ_LOG_WARN, "amqp.cancel_failed", "%s", cb.msg);
+        }
+        if (d->in)
+            settle(d, env->delivery_tag, 1);
+        break;
+    }
+    }
+    json_decref(cl.job);
+    tq_msg_free(&m);
+}
+
+/* Reads one delivery or frame (bounded wait). */
+static void pump(dispatcher *d)
+{
+    amqp_connection_state_t st = tq_amqp_state(d->in);
+    amqp_maybe_release_buffers(st);
+    amqp_envelope_t env;
+    struct timeval tv = {0, CONSUME_WAIT_MS * 1000};
+    amqp_rpc_reply_t res = amqp_consume_message(st, &env, &tv, 0);
+    if (res.reply_type == AMQP_RESPONSE_NORMAL) {
+        handle(d, &env);
+        amqp_destroy_envelope(&env);
+        return;
+    }
+    if (res.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        res.library_error == AMQP_STATUS_TIMEOUT)
+        return;
+    tq_errbuf eb = {{0}};
+    if (res.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        res.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+        amqp_frame_t f;
+        if (amqp_simple_wait_frame(st, &f) != AMQP_STATUS_OK) {
+            drop_amqp(d);
+            return;
+        }
+        if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_CANCEL_METHOD) {
+            /* the broker cancelled us (queue deleted): consume again once redeclared */
+            tq_log(TQ_LOG_WARN, "amqp.cancelled", "broker cancelled the consumer");
+            d->consuming = 0;
+            tq_amqp_declare_topology(d->in, &eb);
+            return;
+        }
+        if (tq_amqp_handle_frame(d->in, &f, &eb) != TQ_OK)
+            tq_log(TQ_LOG_WARN, "amqp.closed", "%s", eb.msg);
+        if (!tq_amqp_alive(d->in))
+            drop_amqp(d);
+        else if (tq_amqp_channel_epoch(d->in) != d->epoch)
+            d->consuming = 0;
+        return;
+    }
+    tq_amqp_check_reply(d->in, res, "could not read from trainq.jobs", &eb);
+    tq_log(TQ_LOG_WARN, "amqp.lost", "%s", eb.msg);
+    drop_amqp(d);
+}
+
+void *tq_dispatch_main(void *arg)
+{
+    dispatcher d;
+    memset(&d, 0, sizeof d);
+    d.w = arg;
+    d.backoff_ms = 100;
+    tq_worker *w = d.w;
+    int logged_down = 0;
+    while (!atomic_load(&w->stopping)) {
+        tq_errbuf eb = {{0}};
+        if (!d.in || !tq_amqp_alive(d.in) || !d.dead) {
+            drop_amqp(&d);
+            if (connect_amqp(&d, &eb) != TQ_OK) {
+                if (!logged_down++)
+                    tq_log(TQ_LOG_WARN, "amqp.down", "%s; retrying", eb.msg);
+                /* backoff with jitter: 100 ms … 5 s */
+                long j = d.backoff_ms / 2 + rand() % (d.backoff_ms / 2 + 1);
+                tq_worker_sleep(w, j);
+                d.backoff_ms = d.backoff_ms < 5000 ? d.backoff_ms * 2 : 5000;
+                continue;
+            }
+            if (logged_down)
+                tq_log(TQ_LOG_INFO, "amqp.up", "connected to RabbitMQ");
+            logged_down = 0;
+            d.backoff_ms = 100;
+        }
+        tq_amqp_pump(d.dead, &eb);
+        int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && tq_slots_free(w) > 0;
+        if (want && !d.consuming) {
+            if (start_consuming(&d, &eb) != TQ_OK) {
+                tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);
+                if (!tq_amqp_alive(d.in))
+                    drop_amqp(&d);
+                tq_worker_sleep(w, 500);
+                continue;
+            }
+        } else if (!want && d.consuming) {
+            if (stop_consuming(&d, &eb) != TQ_OK && !tq_amqp_alive(d.in))
+                drop_amqp(&d);
+        }
+        if (d.in)
+            pump(&d);
+    }
+    if (d.in) {
+        tq_errbuf eb = {{0}};
+        stop_consuming(&d, &eb);
+        /* Drain what raced the cancel: nack it back so another worker takes it. */
+        for (int i = 0; i < 5 && d.in && tq_amqp_alive(d.in); i++)
+            pump(&d);
+    }
+    drop_amqp(&d);
+    if (d.db)
+        PQfinish(d.db);
+    return NULL;
+}

@@ -1,0 +1,202 @@
+/*
+ * The housekeeper: everything periodic of one consumer, on its own Postgres connection.
+ *
+ *  - heartbeat: renews this worker's row and the lease of its active jobs; compares what
+ *    the database still gives this worker with its slots (a job missing there was taken
+ *    over by a reaper: its runner kills the container) and picks up cancellations;
+ *  - health: pings dockerd and Postgres, so the dispatcher consumes only while both answer;
+ *  - reaper and sweeper (db/migrations 0002): recover jobs whose worker stopped renewing
+ *    its lease, and release parked jobs whose user has room.
+ *
+ * Start-up adoption (tq_worker_adopt) runs before the dispatcher: a restarted worker takes
+ * its containers back by label and repairs its claims that have no container.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cdb.h"
+#include "cmetrics.h"
+#include "tq_db.h"
+#include "tq_log.h"
+#include "worker.h"
+
+static void health_docker(tq_worker *w)
+{
+    tq_errbuf eb = {{0}};
+    int ok = tq_docker_ping(w->docker, &eb) == TQ_OK;
+    int was = atomic_exchange(&w->docker_ok, ok);
+    if (was != ok)
+        tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "docker.up" : "docker.down", "%s",
+               ok ? "dockerd answers" : eb.msg);
+    tq_cmetrics_set(TQ_CM_DOCKER_UP, ok);
+}
+
+static void set_db_ok(tq_worker *w, int ok, const char *why)
+{
+    int was = atomic_exchange(&w->db_ok, ok);
+    if (was != ok)
+        tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "db.up" : "db.down", "%s",
+               ok ? "postgres answers" : why);
+    tq_cmetrics_set(TQ_CM_DB_UP, ok);
+}
+
+static void heartbeat(tq_worker *w, PGconn *db)
+{
+    double t0 = tq_mono_now();
+    tq_cdb_active *act = NULL;
+    size_t n = 0;
+    tq_errbuf eb = {{0}};
+    int rc = tq_cdb_heartbeat(db, w->cfg->worker_id, w->hostname, w->n_slots,
+                              w->cfg->lease_seconds, &act, &n, &eb);
+    if (rc != TQ_OK) {
+        set_db_ok(w, 0, eb.msg);
+        return;
+    }
+    set_db_ok(w, 1, NULL);
+    pthread_mutex_lock(&w->mu);
+    for (int i = 0; i < w->n_slots; i++) {
+        tq_slot *s = &w->slots[i];
+        /* A slot handed over after this heartbeat began may be missing from its answer. */
+        if (s->state != TQ_SLOT_RUNNING || s->assigned_mono >= t0)
+            continue;
+        int found = 0;
+        for (size_t k = 0; k < n; k++)
+            if (strcmp(act[k].job_id, s->job_id) == 0 && act[k].fencing_token == s->fencing) {
+                found = 1;
+                if (act[k].cancel_requested && !atomic_exchange(&s->cancel, 1))
+                    tq_log(TQ_LOG_INFO, "job.cancel_requested", "job %s: cancellation requested",
+                           s->job_id);
+            }
+        if (!found && !atomic_exchange(&s->lost, 1))
+            tq_log(TQ_LOG_WARN, "job.lease_lost", "job %s is no longer held by this worker",
+                   s->job_id);
+    }
+    pthread_mutex_unlock(&w->mu);
+    free(act);
+}
+
+void *tq_housekeeping_main(void *arg)
+{
+    tq_worker *w = arg;
+    PGconn *db = NULL;
+    double next_sweep = 0;
+    while (!atomic_load(&w->stopping)) {
+        tq_errbuf eb = {{0}};
+        health_docker(w);
+        if (tq_db_ensure(&db, w->cfg->database_url, "trainq-consumer-housekeeper", &eb) != TQ_OK) {
+            set_db_ok(w, 0, eb.msg);
+        } else {
+            heartbeat(w, db);
+            if (tq_mono_now() >= next_sweep && atomic_load(&w->db_ok)) {
+                next_sweep = tq_mono_now() + w->cfg->sweep_seconds;
+                int recovered = 0, released = 0;
+                if (tq_cdb_reap_and_sweep(db, w->cfg->max_attempts, &recovered, &released, &eb) !=
+                    TQ_OK) {
+                    tq_log(TQ_LOG_WARN, "reaper.failed", "%s", eb.msg);
+                } else if (recovered || released) {
+                    tq_log(TQ_LOG_INFO, "reaper.round", "recovered %d job(s), released %d", recovered,
+                           released);
+                    for (int i = 0; i < recovered; i++)
+                        tq_cmetrics_inc(TQ_CM_JOBS_RECOVERED);
+                }
+            }
+        }
+        tq_worker_sleep(w, (long)w->cfg->heartbeat_seconds * 1000);
+    }
+    if (db) {
+        tq_errbuf eb = {{0}};
+        tq_cdb_worker_stopped(db, w->cfg->worker_id, &eb);
+        PQfinish(db);
+    }
+    return NULL;
+}
+
+/* Finds the fencing token of job_id among this worker's active jobs; -1 if not there. */
+static long long held(const tq_cdb_active *act, size_t n, const char *job_id)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(act[k].job_id, job_id) == 0)
+            return act[k].fencing_token;
+    return -1;
+}
+
+void tq_worker_adopt(tq_worker *w)
+{
+    const tq_config *cfg = w->cfg;
+    PGconn *db = NULL;
+    long backoff = 200;
+    char filter[128];
+    snprintf(filter, sizeof filter, "trainq.worker=%s", cfg->worker_id);
+    for (;;) {
+        if (atomic_load(&w->stopping))
+            goto out;
+        tq_errbuf eb = {{0}};
+        tq_container_summary *cs = NULL;
+        size_t nc = 0;
+        tq_cdb_active *act = NULL;
+        size_t na = 0;
+        int rc = tq_db_ensure(&db, cfg->database_url, "trainq-consumer-adopt", &eb);
+        if (rc == TQ_OK)
+            rc = tq_docker_list(w->docker, filter, &cs, &nc, &eb);
+        if (rc == TQ_OK)
+            rc = tq_cdb_worker_jobs(db, cfg->worker_id, &act, &na, &eb);
+        if (rc != TQ_OK) {
+            free(cs);
+            tq_log(TQ_LOG_WARN, "adopt.waiting", "could not adopt containers yet: %s", eb.msg);
+            if (tq_worker_sleep(w, backoff))
+                goto out;
+            backoff = backoff < 5000 ? backoff * 2 : 5000;
+            continue;
+        }
+        int adopted = 0;
+        for (size_t i = 0; i < nc; i++) {
+            long long fencing = held(act, na, cs[i].job_label);
+            tq_errbuf kb = {{0}};
+            int slot = fencing >= 0 ? tq_slot_reserve(w) : -1;
+            if (slot < 0) {
+                /* Not ours any more (recovered elsewhere, finished), or no slot: stop it so
+                 * the job never runs twice. */
+                tq_docker_kill(w->docker, cs[i].id, &kb);
+                if (cfg->remove_containers)
+                    tq_docker_remove(w->docker, cs[i].id, 1, &kb);
+                tq_log(TQ_LOG_WARN, "adopt.stopped", "stopped container %.12s of job %s: %s",
+                       cs[i].id, cs[i].job_label, fencing >= 0 ? "no free slot" : "job not held");
+                continue;
+            }
+            tq_container_state st;
+            memset(&st, 0, sizeof st);
+            if (tq_docker_inspect(w->docker, cs[i].id, &st, &kb) == TQ_OK &&
+                strcmp(st.status, "created") == 0)
+                tq_docker_start(w->docker, cs[i].id, &kb); /* crashed between create and start */
+            tq_cdb_mark_running(db, cs[i].job_label, fencing, cs[i].id, &kb); /* if still pending */
+            time_t started = st.started_at_ms > 0 ? (time_t)(st.started_at_ms / 1000) : time(NULL);
+            tq_slot_run(w, slot, cs[i].job_label, cs[i].id, fencing, started);
+            adopted++;
+            tq_log(TQ_LOG_INFO, "adopt.container", "adopted container %.12s of job %s (%s)",
+                   cs[i].id, cs[i].job_label, st.status);
+        }
+        /* Claims with no container: the process died between claim and start. */
+        for (size_t k = 0; k < na; k++) {
+            int has = 0;
+            for (size_t i = 0; i < nc; i++)
+                has |= strcmp(cs[i].job_label, act[k].job_id) == 0;
+            if (has)
+                continue;
+            tq_errbuf kb = {{0}};
+            char why[160];
+            snprintf(why, sizeof why, "worker %s restarted and found no container", cfg->worker_id);
+            if (tq_cdb_recover(db, act[k].job_id, why, cfg->max_attempts, &kb) != TQ_OK)
+                tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", act[k].job_id, kb.msg);
+            else
+                tq_log(TQ_LOG_INFO, "adopt.repaired", "job %s: %s", act[k].job_id, why);
+        }
+        tq_log(TQ_LOG_INFO, "adopt.done", "adopted %d container(s), %zu claim(s) held", adopted, na);
+        free(cs);
+        free(act);
+        break;
+    }
+out:
+    if (db)
+        PQfinish(db);
+}

@@ -1,0 +1,601 @@
+#include "launch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "tq_job.h"
+#include "tq_uuid.h"
+
+/* ---- config.json ---------------------------------------------------------------------- */
+
+static const char *jstr(const json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static double jnum(const json_t *o, const char *key, double def)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+/* The validator accepts 2.0 for an integer; the scripts want 2. */
+static json_int_t jint(const json_t *o, const char *key, int def)
+{
+    return (json_int_t)jnum(o, key, def);
+}
+
+/* "a, b, c" from the trigger words (non-strings skipped). Caller frees; NULL on OOM. */
+static char *join_words(const json_t *words)
+{
+    size_t total = 1, i;
+    json_t *w;
+    json_array_foreach(words, i, w) if (json_is_string(w)) total += json_string_length(w) + 2;
+    char *s = malloc(total);
+    if (!s)
+        return NULL;
+    size_t off = 0;
+    json_array_foreach(words, i, w)
+    {
+        if (!json_is_string(w))
+            continue;
+        if (off > 0) {
+            memcpy(s + off, ", ", 2);
+            off += 2;
+        }
+        size_t n = json_string_length(w);
+        memcpy(s + off, json_string_value(w), n);
+        off += n;
+    }
+    s[off] = '\0';
+    return s;
+}
+
+/* FNV-1a of the job id, kept positive: a retried job trains with the same seed, different
+ * jobs do not all share one. */
+static json_int_t seed_of(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+        h ^= *p;
+        h *= 16777619u;
+    }
+    return (json_int_t)(h & 0x7fffffffu);
+}
+
+/* json_object_set_new that remembers a failure instead of checking every line. */
+static void put(json_t *o, const char *key, json_t *v, int *bad)
+{
+    if (!v || json_object_set_new(o, key, v) != 0)
+        *bad = 1;
+}
+
+json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_container)
+{
+    const char *id = jstr(job, "id");
+    const char *type = jstr(job, "type");
+    const char *base = jstr(job, "base_model");
+    if (!id || !type || !base)
+        return NULL;
+    int dreambooth = strcmp(type, "dreambooth") == 0;
+    if (!dreambooth && strcmp(type, "lora") != 0)
+        return NULL;
+    const char *data_dir = dataset_dir_in_container ? dataset_dir_in_container
+                                                    : TQ_LAUNCH_DATASETS_TARGET;
+    const json_t *c = json_object_get(job, "config");
+
+    char *prompt = join_words(json_object_get(job, "trigger_words"));
+    if (!prompt)
+        return NULL;
+    json_t *o = json_object();
+    if (!o) {
+        free(prompt);
+        return NULL;
+    }
+    int bad = 0;
+    json_int_t steps = jint(c, "steps", TQ_DEFAULT_STEPS);
+    json_int_t ckpt = steps / 5 > 0 ? steps / 5 : 1;
+    json_int_t alpha = jint(c, "lora_alpha", TQ_DEFAULT_LORA_ALPHA);
+    const char *name = jstr(job, "name");
+
+    put(o, "pretrained_model_name_or_path", json_string(base), &bad);
+    put(o, "train_data_dir", json_string(data_dir), &bad);
+    if (dreambooth)
+        put(o, "instance_data_dir", json_string(data_dir), &bad);
+    put(o, "output_dir", json_string(TQ_LAUNCH_OUTPUTS_TARGET), &bad);
+    put(o, "cache_dir", json_string(TQ_LAUNCH_MODELS_TARGET), &bad);
+    put(o, "resolution", json_integer(jint(c, "resolution", TQ_DEFAULT_RESOLUTION)), &bad);
+    put(o, "train_batch_size", json_integer(jint(c, "batch_size", TQ_DEFAULT_BATCH_SIZE)), &bad);
+    put(o, "learning_rate", json_real(jnum(c, "learning_rate", TQ_DEFAULT_LEARNING_RATE)), &bad);
+    put(o, "max_train_steps", json_integer(steps), &bad);
+    put(o, "checkpointing_steps", json_integer(ckpt), &bad);
+    put(o, "rank", json_integer(jint(c, "lora_rank", TQ_DEFAULT_LORA_RANK)), &bad);
+    put(o, "lora_alpha", json_integer(alpha), &bad);
+    put(o, "network_alpha", json_integer(alpha), &bad);
+    put(o, "instance_prompt", json_string(prompt), &bad);
+    if (!dreambooth)
+        put(o, "validation_prompt", json_string(prompt), &bad);
+    put(o, "seed", json_integer(seed_of(id)), &bad);
+    put(o, "mixed_precision", json_string("fp16"), &bad);
+    put(o, "job_id", json_string(id), &bad);
+    if (name) {
+        put(o, "job_name", json_string(name), &bad);
+    } else {
+        put(o, "job_name", json_pack("s++", type, " ", base), &bad);
+    }
+    put(o, "training_type", json_string(type), &bad);
+    free(prompt);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- dataset path ---------------------------------------------------------------------- */
+
+static int has_dotdot(const char *p)
+{
+    for (const char *c = p; (c = strstr(c, "..")) != NULL; c += 2)
+        if ((c == p || c[-1] == '/') && (c[2] == '\0' || c[2] == '/'))
+            return 1;
+    return 0;
+}
+
+/* Length of root without trailing slashes ("/" stays 1). */
+static size_t root_len(const char *root)
+{
+    size_t n = strlen(root);
+    while (n > 1 && root[n - 1] == '/')
+        n--;
+    return n;
+}
+
+/* path is root or below it, compared by whole components: "/data/ds2" is not under
+ * "/data/ds". */
+static int lexically_under(const char *path, const char *root)
+{
+    size_t n = root_len(root);
+    if (n == 1 && root[0] == '/')
+        return path[0] == '/';
+    return strncmp(path, root, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* path (canonical: no trailing slash, no symlink) is strictly below root (canonical). */
+static int strictly_under(const char *path, const char *root)
+{
+    size_t n = strlen(root);
+    if (n == 1 && root[0] == '/')
+        return path[0] == '/' && path[1] != '\0';
+    return strncmp(path, root, n) == 0 && path[n] == '/' && path[n + 1] != '\0';
+}
+
+#define ESCAPES(sp) \
+    tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset path \"%.200s\" escapes the datasets root", (sp))
+
+int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *out, size_t cap,
+                              tq_errbuf *eb)
+{
+    if (cap > 0)
+        out[0] = '\0';
+    if (!root || root[0] != '/')
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot resolve dataset: datasets root is not absolute");
+    if (!storage_path || !*storage_path)
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot resolve dataset: storage path is empty");
+    if (strlen(storage_path) >= PATH_MAX)
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot resolve dataset: storage path too long");
+
+    char rroot[PATH_MAX];
+    if (!realpath(root, rroot))
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve datasets root \"%.200s\": %m", root);
+    /* Refused before touching the file system, so a probe cannot learn what exists outside. */
+    if (has_dotdot(storage_path))
+        return ESCAPES(storage_path);
+
+    char cand[PATH_MAX];
+    if (storage_path[0] == '/') {
+        /* Either spelling of the root: configured (may be a symlink) or resolved. */
+        if (!lexically_under(storage_path, root) && !lexically_under(storage_path, rroot))
+            return ESCAPES(storage_path);
+        memcpy(cand, storage_path, strlen(storage_path) + 1);
+    } else {
+        int n = snprintf(cand, sizeof cand, "%s/%s", rroot, storage_path);
+        if (n < 0 || (size_t)n >= sizeof cand)
+            return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot resolve dataset: storage path too long");
+    }
+
+    char res[PATH_MAX];
+    if (!realpath(cand, res)) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset directory \"%.200s\" does not exist",
+                           storage_path);
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve dataset path \"%.200s\": %m",
+                       storage_path);
+    }
+    /* The authoritative check: symlinks are resolved now. The root itself is refused too:
+     * mounting it would hand one job every user's datasets. */
+    if (!strictly_under(res, rroot))
+        return ESCAPES(storage_path);
+
+    struct stat stt;
+    if (stat(res, &stt) != 0)
+        return tq_errf(eb, TQ_ERR_IO, "could not stat dataset path \"%.200s\": %m", storage_path);
+    if (!S_ISDIR(stt.st_mode))
+        return tq_errf(eb, TQ_ERR_INVALID, "dataset path \"%.200s\" is not a directory",
+                       storage_path);
+    size_t len = strlen(res);
+    if (len >= cap)
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot resolve dataset: buffer too small");
+    memcpy(out, res, len + 1);
+    return TQ_OK;
+}
+
+/* ---- files ----------------------------------------------------------------------------- */
+
+/* mkdir -p; an existing directory is fine, an existing non-directory is not. */
+static int mkdir_p(const char *path, mode_t mode, tq_errbuf *eb)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof buf)
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot create directory: path empty or too long");
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) != 0 && errno != EEXIST)
+            return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": %m", buf);
+        *p = '/';
+    }
+    if (mkdir(buf, mode) != 0 && errno != EEXIST)
+        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": %m", buf);
+    struct stat st;
+    if (stat(buf, &st) != 0)
+        return tq_errf(eb, TQ_ERR_IO, "could not stat directory \"%.200s\": %m", buf);
+    if (!S_ISDIR(st.st_mode))
+        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": not a directory",
+                       buf);
+    return TQ_OK;
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Readers (the container, an operator) see the old file or the new one, never a torn one;
+ * after return the new one survives a power cut. */
+static int write_atomic(const char *path, const char *data, size_t len, tq_errbuf *eb)
+{
+    static atomic_uint seq;
+    char tmp[PATH_MAX];
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
+                     atomic_fetch_add(&seq, 1u));
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot write \"%.200s\": path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return tq_errf(eb, TQ_ERR_IO, "could not create \"%.200s\": %m", tmp);
+    /* The container may run as another uid: it must be able to read the file whatever the
+     * consumer's umask is. */
+    if (fchmod(fd, 0644) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        errno = e;
+        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.200s\": %m", tmp);
+    }
+    if (close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.200s\": %m", tmp);
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return tq_errf(eb, TQ_ERR_IO, "could not rename \"%.200s\" to \"%.200s\": %m", tmp, path);
+    }
+    char dir[PATH_MAX];
+    memcpy(dir, path, strlen(path) + 1);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            return tq_errf(eb, TQ_ERR_IO, "could not open directory \"%.200s\": %m", dir);
+        int rc = fsync(dfd);
+        int e = errno;
+        close(dfd);
+        errno = e;
+        if (rc != 0)
+            return tq_errf(eb, TQ_ERR_IO, "could not sync directory \"%.200s\": %m", dir);
+    }
+    return TQ_OK;
+}
+
+static int path_join(char *out, size_t cap, const char *a, const char *b, const char *c,
+                     tq_errbuf *eb)
+{
+    int n = snprintf(out, cap, "%s%s%s", a, b, c);
+    if (n < 0 || (size_t)n >= cap)
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build path under \"%.200s\": too long", a);
+    return TQ_OK;
+}
+
+/* The job id, checked: it becomes a file name and a container name. */
+static int job_id_of(const json_t *job, const char **id, tq_errbuf *eb)
+{
+    *id = jstr(job, "id");
+    if (!*id || !tq_uuid_valid(*id))
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job: id is not a uuid");
+    return TQ_OK;
+}
+
+int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *storage_path,
+                      tq_launch_paths *p, tq_errbuf *eb)
+{
+    memset(p, 0, sizeof *p);
+    const char *id;
+    int rc = job_id_of(job, &id, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = tq_launch_resolve_dataset(cfg->datasets_root, storage_path, p->dataset,
+                                   sizeof p->dataset, eb);
+    if (rc != TQ_OK)
+        return rc;
+
+    char configs[PATH_MAX];
+    if ((rc = path_join(p->outputs, sizeof p->outputs, cfg->data_dir, "/outputs/", id, eb)) ||
+        (rc = path_join(configs, sizeof configs, cfg->data_dir, "/configs", "", eb)) ||
+        (rc = path_join(p->config_file, sizeof p->config_file, configs, "/", id, eb)))
+        return rc;
+    size_t cl = strlen(p->config_file);
+    if (cl + 5 >= sizeof p->config_file)
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build config path: too long");
+    memcpy(p->config_file + cl, ".json", 6);
+
+    if ((rc = mkdir_p(p->outputs, 0755, eb)) || (rc = mkdir_p(configs, 0755, eb)) ||
+        (rc = mkdir_p(cfg->hf_cache_dir, 0755, eb)))
+        return rc;
+
+    json_t *conf = tq_launch_training_config(job, TQ_LAUNCH_DATASETS_TARGET);
+    if (!conf)
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot build config.json of job %s: job lacks type "
+                                           "or base_model", id);
+    /* 15 significant digits print a learning rate of 1e-4 as 0.0001, not
+     * 0.00010000000000000000479; every value a person types survives the round trip. */
+    char *text = json_dumps(conf, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
+    json_decref(conf);
+    if (!text)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not serialise config.json: out of memory");
+    size_t len = strlen(text);
+    /* A trailing newline so `cat` output is tidy; part of the deterministic bytes. */
+    char *withnl = malloc(len + 2);
+    if (!withnl) {
+        free(text);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not serialise config.json: out of memory");
+    }
+    memcpy(withnl, text, len);
+    withnl[len] = '\n';
+    withnl[len + 1] = '\0';
+    free(text);
+    rc = write_atomic(p->config_file, withnl, len + 1, eb);
+    free(withnl);
+    return rc;
+}
+
+/* ---- the container --------------------------------------------------------------------- */
+
+int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
+                        size_t *n, tq_errbuf *eb)
+{
+    *n = 0;
+    if (!cmd)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    size_t len = strlen(cmd);
+    if (len >= cap)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: longer than %zu bytes",
+                       cap - 1);
+    memcpy(buf, cmd, len + 1);
+    char *p = buf;
+    while (*p) {
+        while (*p == ' ')
+            *p++ = '\0';
+        if (!*p)
+            break;
+        if (*n == max)
+            return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: more than %zu words",
+                           max);
+        argv[(*n)++] = p;
+        while (*p && *p != ' ')
+            p++;
+    }
+    if (*n == 0)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    return TQ_OK;
+}
+
+static void copy_id(char dst[65], const char *src)
+{
+    size_t n = strnlen(src, 64);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Create then start. *conflict tells a 409 at create (the name is taken) from other errors. */
+static int create_start(tq_docker *d, const tq_container_spec *s, char container_id[65],
+                        int *conflict, tq_errbuf *eb)
+{
+    char id[65] = {0};
+    *conflict = 0;
+    int rc = tq_docker_create(d, s, id, eb);
+    if (rc == TQ_ERR_CONFLICT)
+        *conflict = 1;
+    if (rc != TQ_OK)
+        return rc;
+    rc = tq_docker_start(d, id, eb);
+    if (rc != TQ_OK) {
+        /* A container that cannot start (bad entrypoint, missing GPU driver) is removed so
+         * the next attempt is not taken for a duplicate. An unreachable daemon cannot be
+         * asked: the next attempt's 409 path cleans up instead. */
+        if (rc != TQ_ERR_UNAVAILABLE) {
+            tq_errbuf ignored;
+            (void)tq_docker_remove(d, id, 1, &ignored);
+        }
+        return rc;
+    }
+    copy_id(container_id, id);
+    return TQ_OK;
+}
+
+int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,
+                        const char *worker_id, const tq_launch_paths *p, char container_id[65],
+                        tq_errbuf *eb)
+{
+    container_id[0] = '\0';
+    const char *id;
+    int rc = job_id_of(job, &id, eb);
+    if (rc != TQ_OK)
+        return rc;
+    const char *user_id = jstr(job, "user_id");
+    if (!user_id || !*user_id)
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: user_id missing", id);
+    if (!worker_id || !*worker_id)
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: worker id is empty", id);
+
+    char name[64];
+    snprintf(name, sizeof name, TQ_LAUNCH_NAME_PREFIX "%s", id);
+
+    char cmdbuf[TQ_LAUNCH_CMD_MAX];
+    const char *argv[TQ_LAUNCH_MAX_ARGS];
+    size_t nargv;
+    rc = tq_launch_split_cmd(cfg->training_cmd, cmdbuf, sizeof cmdbuf, argv, TQ_LAUNCH_MAX_ARGS,
+                             &nargv, eb);
+    if (rc != TQ_OK)
+        return rc;
+
+    char slotbuf[16];
+    snprintf(slotbuf, sizeof slotbuf, "%d", slot);
+    const tq_label labels[] = {
+        {"trainq.job", id},           {"trainq.user", user_id}, {"trainq.worker", worker_id},
+        {"trainq.slot", slotbuf},     {"trainq.managed", "true"},
+    };
+    const tq_mount mounts[] = {
+        {p->dataset, TQ_LAUNCH_DATASETS_TARGET, 1},
+        {p->outputs, TQ_LAUNCH_OUTPUTS_TARGET, 0},
+        {cfg->hf_cache_dir, TQ_LAUNCH_MODELS_TARGET, 0},
+        {p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1},
+    };
+    char env_job[64];
+    snprintf(env_job, sizeof env_job, "TRAINQ_JOB_ID=%s", id);
+    const char *const env[] = {
+        env_job,
+        "TRAINQ_CONFIG=" TQ_LAUNCH_CONFIG_TARGET,
+        "HF_HOME=" TQ_LAUNCH_MODELS_TARGET,
+    };
+    /* Every capability is dropped (container_spec.h), so root inside could not write to
+     * directories the consumer owns; running as the consumer's uid:gid can, and leaves the
+     * outputs owned by it. */
+    char user[32];
+    snprintf(user, sizeof user, "%u:%u", (unsigned)getuid(), (unsigned)getgid());
+
+    tq_container_spec s;
+    memset(&s, 0, sizeof s);
+    s.name = name;
+    s.image = cfg->training_image;
+    s.cmd = argv;
+    s.n_cmd = nargv;
+    s.env = env;
+    s.n_env = sizeof env / sizeof env[0];
+    s.labels = labels;
+    s.n_labels = sizeof labels / sizeof labels[0];
+    s.mounts = mounts;
+    s.n_mounts = sizeof mounts / sizeof mounts[0];
+    switch (cfg->gpus_mode) {
+    case TQ_GPUS_CFG_NONE:
+        s.gpu_mode = TQ_GPUS_NONE;
+        break;
+    case TQ_GPUS_CFG_ALL:
+        s.gpu_mode = TQ_GPUS_ALL;
+        break;
+    case TQ_GPUS_CFG_IDS:
+        s.gpu_mode = TQ_GPUS_IDS;
+        s.gpu_ids = tq_config_slot_gpu(cfg, slot);
+        if (!s.gpu_ids)
+            return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: slot %d has no gpu", id,
+                           slot);
+        break;
+    }
+    s.memory_bytes = cfg->memory_bytes;
+    s.shm_bytes = cfg->shm_bytes;
+    s.nano_cpus = cfg->cpus > 0 ? (long long)(cfg->cpus * 1e9 + 0.5) : 0;
+    s.pids_limit = cfg->pids_limit;
+    s.network_mode = "none";
+    s.user = user;
+
+    /* Two rounds at most: the second follows the removal of a stale container. */
+    for (int round = 0; round < 2; round++) {
+        int conflict;
+        rc = create_start(d, &s, container_id, &conflict, eb);
+        if (!conflict) {
+            if (rc == TQ_OK && eb)
+                eb->msg[0] = '\0'; /* drop the 409 text of the first round */
+            return rc;
+        }
+
+        tq_container_state st;
+        memset(&st, 0, sizeof st);
+        rc = tq_docker_inspect(d, name, &st, eb);
+        if (rc == TQ_ERR_NOT_FOUND)
+            continue; /* removed between our create and inspect */
+        if (rc != TQ_OK)
+            return rc;
+        if (strcmp(st.job_label, id) != 0)
+            return tq_errf(eb, TQ_ERR_CONFLICT,
+                           "cannot create container \"%s\": the name is taken by a container "
+                           "not labelled with this job",
+                           name);
+        if (st.running || strcmp(st.status, "paused") == 0 ||
+            strcmp(st.status, "restarting") == 0) {
+            copy_id(container_id, st.id); /* adopted: this job's container is already up */
+            if (eb)
+                eb->msg[0] = '\0';
+            return TQ_OK;
+        }
+        if (strcmp(st.status, "removing") == 0)
+            return tq_errf(eb, TQ_ERR_CONFLICT,
+                           "cannot create container \"%s\": the old one is being removed", name);
+        if (round == 1)
+            break;
+        /* created (a launch that never started) or exited (an earlier attempt): replace it */
+        rc = tq_docker_remove(d, st.id, 1, eb);
+        if (rc != TQ_OK)
+            return rc;
+    }
+    return tq_errf(eb, TQ_ERR_CONFLICT,
+                   "cannot create container \"%s\": the name is still taken after removing "
+                   "the old container",
+                   name);
+}

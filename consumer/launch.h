@@ -1,0 +1,119 @@
+/*
+ * launch — everything between "this worker claimed job X" and "its container is running":
+ * the job's config.json, the dataset path (confined to the datasets root), the outputs
+ * directory, and the training container itself (Container contract in DESIGN.md).
+ *
+ * The job is the JSON object the consumer holds for a claimed job:
+ *   {id, user_id, dataset_id, name, type ("lora"|"dreambooth"), base_model,
+ *    config {learning_rate, batch_size, steps, resolution, lora_rank, lora_alpha},
+ *    trigger_words [...]}
+ * already validated by tq_job (missing config keys fall back to tq_job.h's defaults).
+ *
+ * Layout on the host (cfg = tq_config):
+ *   <datasets_root>/<storage_path>      -> /workspace/datasets   (read-only)
+ *   <data_dir>/outputs/<job_id>/        -> /workspace/outputs    (read-write)
+ *   <hf_cache_dir>/                     -> /workspace/models     (read-write)
+ *   <data_dir>/configs/<job_id>.json    -> /workspace/config.json (read-only)
+ *
+ * Idempotent: every step may be repeated for the same job (redelivery, retry after a
+ * crash). The container name training-<job_id> is the duplicate guard: Docker refuses a
+ * second container of that name (409), and tq_launch_container adopts a running one.
+ */
+#ifndef TQ_LAUNCH_H
+#define TQ_LAUNCH_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <stddef.h>
+
+#include "docker.h"
+#include "tq_config.h"
+#include "tq_err.h"
+
+#define TQ_LAUNCH_DATASETS_TARGET "/workspace/datasets"
+#define TQ_LAUNCH_OUTPUTS_TARGET "/workspace/outputs"
+#define TQ_LAUNCH_MODELS_TARGET "/workspace/models"
+#define TQ_LAUNCH_CONFIG_TARGET "/workspace/config.json"
+
+#define TQ_LAUNCH_MAX_ARGS 32           /* TRAINQ_TRAINING_CMD words */
+#define TQ_LAUNCH_CMD_MAX 4096          /* TRAINQ_TRAINING_CMD bytes */
+#define TQ_LAUNCH_NAME_PREFIX "training-"
+
+/*
+ * The job's config.json: keys named after the arguments of diffusers'
+ * train_text_to_image_lora.py / train_dreambooth_lora.py:
+ *   pretrained_model_name_or_path, train_data_dir, output_dir, cache_dir, resolution,
+ *   train_batch_size, learning_rate, max_train_steps, checkpointing_steps (steps / 5),
+ *   rank, lora_alpha, network_alpha (= lora_alpha), instance_prompt (trigger words joined
+ *   with ", "), seed (derived from the job id, so a retry trains identically),
+ *   mixed_precision ("fp16"), job_id, job_name, training_type;
+ *   lora adds validation_prompt (= instance_prompt); dreambooth adds instance_data_dir
+ *   (= train_data_dir).
+ * dataset_dir_in_container NULL means TQ_LAUNCH_DATASETS_TARGET.
+ * Deterministic: the same job gives the same object; written with JSON_SORT_KEYS it gives
+ * the same bytes. New reference, caller decrefs; NULL if job lacks id, type (or has an
+ * unknown type) or base_model, or memory ran out.
+ */
+json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_container);
+
+/*
+ * Resolves storage_path (relative to root; an absolute one must still lie under root) with
+ * realpath() into out. The answer is a directory strictly below realpath(root) with no
+ * symlink left in it, so it can be bind-mounted as is.
+ *   ".." component, absolute path elsewhere, symlink leading outside, the root itself
+ *     -> TQ_ERR_FORBIDDEN "dataset path \"...\" escapes the datasets root"
+ *   missing -> TQ_ERR_NOT_FOUND "dataset directory \"...\" does not exist"
+ *   not a directory -> TQ_ERR_INVALID; root missing -> TQ_ERR_IO; too long -> TQ_ERR_TOO_LARGE
+ * A component swapped for a symlink after this returns is not caught: whoever can write
+ * under the datasets root is trusted that far.
+ */
+int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *out, size_t cap,
+                              tq_errbuf *eb);
+
+/* Host paths of one job's mounts. */
+typedef struct {
+    char dataset[PATH_MAX];     /* resolved dataset directory */
+    char outputs[PATH_MAX];     /* <data_dir>/outputs/<job_id> */
+    char config_file[PATH_MAX]; /* <data_dir>/configs/<job_id>.json */
+} tq_launch_paths;
+
+/*
+ * Resolves the dataset (errors as tq_launch_resolve_dataset), creates the outputs
+ * directory (0755, fine if it exists) and hf_cache_dir, and writes config.json atomically
+ * (temporary file, fsync, rename, fsync of the directory), mode 0644. The job id must be a
+ * uuid (TQ_ERR_INVALID otherwise: it becomes a path and a container name). File system
+ * failures -> TQ_ERR_IO.
+ */
+int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *storage_path,
+                      tq_launch_paths *p, tq_errbuf *eb);
+
+/*
+ * Splits cmd on spaces (runs of spaces count as one; no quoting, no shell) into argv,
+ * writing the words into buf (cap bytes). *n gets the word count. More than max words, an
+ * empty command or a buf too small -> TQ_ERR_INVALID. argv points into buf.
+ */
+int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
+                        size_t *n, tq_errbuf *eb);
+
+/*
+ * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot`:
+ * labels trainq.job/user/worker/slot and trainq.managed=true; the four mounts above;
+ * DeviceRequests per cfg->gpus_mode (ids: tq_config_slot_gpu(cfg, slot)); memory, shm,
+ * pids and CPU limits; network "none"; runs as the consumer's uid:gid (all capabilities
+ * are dropped, so this is what lets it write to outputs and the cache); never privileged.
+ *
+ * Name taken (409): the container is inspected. Running (or paused) and labelled with this
+ * job -> adopted: TQ_OK with its id. Created/exited/dead -> removed, then created and
+ * started once more. Labelled with another job -> TQ_ERR_CONFLICT. Being removed ->
+ * TQ_ERR_CONFLICT (try again later).
+ * A start that fails for a reason other than an unreachable daemon removes the container
+ * it just created (best effort) so a retry starts clean.
+ * Errors pass through from docker.h: TQ_ERR_NOT_FOUND (image missing: fail the job),
+ * TQ_ERR_UNAVAILABLE (daemon unreachable: requeue), TQ_ERR_DOCKER, TQ_ERR_INVALID.
+ * container_id gets the 64-hex id on TQ_OK.
+ */
+int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,
+                        const char *worker_id, const tq_launch_paths *p, char container_id[65],
+                        tq_errbuf *eb);
+
+#endif

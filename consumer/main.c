@@ -1,0 +1,139 @@
+/*
+ * trainq-consumer: takes training jobs from RabbitMQ and runs them as Docker containers,
+ * at most one per slot, at most N active per user across every host (worker.h has the
+ * thread layout, DESIGN.md the invariants).
+ *
+ * SIGTERM/SIGINT: stop consuming, settle the delivery in hand, leave running containers
+ * alone (the next start adopts them), exit 0.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "cmetrics.h"
+#include "tq_config.h"
+#include "tq_log.h"
+#include "worker.h"
+
+static int health(void *arg, char *why, size_t cap)
+{
+    tq_worker *w = arg;
+    if (!atomic_load(&w->db_ok))
+        snprintf(why, cap, "postgres unreachable");
+    else if (!atomic_load(&w->amqp_ok))
+        snprintf(why, cap, "rabbitmq unreachable");
+    else if (!atomic_load(&w->docker_ok))
+        snprintf(why, cap, "dockerd unreachable");
+    else
+        return 1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    tq_config cfg;
+    tq_errbuf eb = {{0}};
+    int rc = tq_config_load(&cfg, TQ_PROG_CONSUMER, argc, argv, &eb);
+    if (rc == TQ_CONFIG_EXIT) {
+        tq_config_free(&cfg);
+        return 0;
+    }
+    if (rc != TQ_OK) {
+        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
+        tq_config_free(&cfg);
+        return 2;
+    }
+    tq_log_init("trainq-consumer", (tq_log_level)tq_log_level_parse(cfg.log_level));
+    srand((unsigned)getpid() ^ (unsigned)time(NULL));
+
+    /* Signals go to sigwait below, never to a worker thread. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    tq_worker w;
+    memset(&w, 0, sizeof w);
+    w.cfg = &cfg;
+    if (gethostname(w.hostname, sizeof w.hostname) != 0)
+        snprintf(w.hostname, sizeof w.hostname, "unknown");
+    w.hostname[sizeof w.hostname - 1] = '\0';
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    w.n_slots = cfg.slots;
+    w.slots = calloc((size_t)w.n_slots, sizeof *w.slots);
+    atomic_store(&w.docker_ok, 1);
+    atomic_store(&w.db_ok, 1);
+    int exit_code = 0;
+    tq_cmetrics_server *ms = NULL;
+    pthread_t disp, hk;
+    int started_threads = 0;
+
+    if (!w.slots || tq_docker_new(cfg.docker_host, &w.docker, &eb) != TQ_OK) {
+        fprintf(stderr, "trainq-consumer: %s\n", w.slots ? eb.msg : "out of memory");
+        exit_code = 2;
+        goto out;
+    }
+    tq_cmetrics_set(TQ_CM_SLOTS_TOTAL, w.n_slots);
+    int port = 0;
+    if (tq_cmetrics_start(cfg.metrics_host, cfg.metrics_port, health, &w, &ms, &port, &eb) != TQ_OK) {
+        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
+        exit_code = 2;
+        goto out;
+    }
+    tq_logj(TQ_LOG_INFO, "consumer.starting",
+            json_pack("{s:s, s:i, s:s, s:i}", "worker_id", cfg.worker_id, "slots", w.n_slots,
+                      "gpus", cfg.gpus, "metrics_port", port),
+            "trainq-consumer %s starting as worker %s with %d slot(s)", TRAINQ_VERSION,
+            cfg.worker_id, w.n_slots);
+
+    if (tq_runners_start(&w) != TQ_OK) {
+        fprintf(stderr, "trainq-consumer: could not start runner threads\n");
+        atomic_store(&w.stopping, 1);
+        tq_runners_join(&w);
+        exit_code = 1;
+        goto out;
+    }
+    /* Adoption runs while a signal can still stop it: in its own thread of control? It
+     * only waits with tq_worker_sleep, so a SIGTERM during it is handled after it returns. */
+    tq_worker_adopt(&w);
+    if (pthread_create(&hk, NULL, tq_housekeeping_main, &w) == 0)
+        started_threads |= 1;
+    if (pthread_create(&disp, NULL, tq_dispatch_main, &w) == 0)
+        started_threads |= 2;
+    if (started_threads != 3) {
+        fprintf(stderr, "trainq-consumer: could not start threads\n");
+        exit_code = 1;
+    } else {
+        tq_log(TQ_LOG_INFO, "consumer.ready", "worker %s consuming", cfg.worker_id);
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
+               sig);
+    }
+    pthread_mutex_lock(&w.mu);
+    atomic_store(&w.stopping, 1);
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    if (started_threads & 2)
+        pthread_join(disp, NULL);
+    if (started_threads & 1)
+        pthread_join(hk, NULL);
+    tq_runners_join(&w);
+    tq_log(TQ_LOG_INFO, "consumer.stopped", "worker %s stopped", cfg.worker_id);
+out:
+    tq_cmetrics_stop(ms);
+    tq_docker_free(w.docker);
+    free(w.slots);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    tq_config_free(&cfg);
+    curl_global_cleanup();
+    return exit_code;
+}

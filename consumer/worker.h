@@ -1,0 +1,85 @@
+/*
+ * worker — the state one trainq-consumer process shares between its threads:
+ *
+ *   dispatcher (dispatch.c)   AMQP in: decode, claim, launch, ack — one delivery at a time
+ *   one runner per slot       follows its container to the end and records the outcome
+ *   housekeeper               heartbeat + leases, cancellations, reaper, sweeper, health
+ *   metrics server (MHD)      /metrics, /healthz
+ *
+ * What must stay true:
+ *  - a slot is busy from the moment the dispatcher reserves it until its runner has
+ *    recorded the outcome (or given the job up); busy slots never exceed n_slots, so this
+ *    worker never runs more containers than it has slots;
+ *  - only the dispatcher reserves slots, so "a slot is free" seen by the dispatcher stays
+ *    true until it uses it;
+ *  - every DB write about a job presents the fencing token of the claim.
+ */
+#ifndef TQ_WORKER_H
+#define TQ_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include "docker.h"
+#include "tq_config.h"
+
+typedef enum { TQ_SLOT_FREE = 0, TQ_SLOT_RESERVED, TQ_SLOT_RUNNING } tq_slot_state;
+
+typedef struct {
+    int index;
+    pthread_t thread;
+    tq_slot_state state;
+    char job_id[37];
+    char container_id[65];
+    long long fencing;
+    time_t started_wall;      /* when the container started (max run time) */
+    double assigned_mono;     /* when the runner got it (heartbeat race guard) */
+    atomic_int cancel;        /* the user asked for cancellation */
+    atomic_int lost;          /* the lease was lost: another worker owns the job now */
+} tq_slot;
+
+typedef struct tq_worker {
+    const tq_config *cfg;
+    tq_docker *docker;
+    char hostname[256];
+
+    pthread_mutex_t mu; /* guards slot state transitions; cv signals them and stopping */
+    pthread_cond_t cv;
+    tq_slot *slots;
+    int n_slots;
+
+    atomic_int stopping;
+    atomic_int docker_ok;
+    atomic_int db_ok;
+    atomic_int amqp_ok;
+} tq_worker;
+
+double tq_mono_now(void);
+
+/* Sleeps up to ms, returning early (1) when the worker is stopping. */
+int tq_worker_sleep(tq_worker *w, long ms);
+
+/* Number of free slots (locks mu). */
+int tq_slots_free(tq_worker *w);
+/* Reserves a free slot for the dispatcher; -1 if none. */
+int tq_slot_reserve(tq_worker *w);
+/* Gives a reserved slot back unused. */
+void tq_slot_unreserve(tq_worker *w, int i);
+/* Hands a started container to slot i's runner. */
+void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
+                 long long fencing, time_t started_wall);
+
+/* Starts/joins the runner threads (one per slot). */
+int tq_runners_start(tq_worker *w);
+void tq_runners_join(tq_worker *w);
+
+/* The dispatcher thread body (dispatch.c) and the housekeeper (housekeeping.c). */
+void *tq_dispatch_main(void *arg);
+void *tq_housekeeping_main(void *arg);
+
+/* Start-up: adopt this worker's containers, repair its claims that have none
+ * (housekeeping.c). Returns when done or stopping. */
+void tq_worker_adopt(tq_worker *w);
+
+#endif

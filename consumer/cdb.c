@@ -54,8 +54,11 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         rc = tq_db_exec(c,
                         "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, "
                         "base_model, config, trigger_words, source) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
-                        "ARRAY(SELECT json_array_elements_text($8::json)), 'amqp') "
+                        "SELECT $1::uuid, $2, $3::uuid, $4, $5, $6, $7::jsonb, "
+                        "ARRAY(SELECT json_array_elements_text($8::json)), 'amqp' "
+                        /* a job deleted through the API keeps its audit trail: a stale
+                         * message must not bring it back */
+                        "WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1::uuid) "
                         "ON CONFLICT (id) DO NOTHING",
                         8, p, NULL, eb);
         if (rc)
@@ -70,8 +73,9 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         if (rc)
             goto rollback;
         if (PQntuples(r) != 1) {
-            rc = tq_errf(eb, TQ_ERR_INTERNAL, "job %s vanished during claim", m->job_id);
-            goto rollback;
+            out->outcome = TQ_CLAIM_DUPLICATE;
+            snprintf(out->reason, sizeof out->reason, "job was deleted");
+            goto commit;
         }
         if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0 ||
             strcmp(PQgetvalue(r, 0, 1), m->sub.dataset_id) != 0) {
@@ -143,8 +147,8 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         if (!room || older) {
             rc = tq_db_exec(c,
                             "UPDATE training_jobs SET parked_at = COALESCE(parked_at, now()) "
-                            "WHERE id = $2",
-                            2, p, NULL, eb);
+                            "WHERE id = $1",
+                            1, p + 1, NULL, eb);
             if (rc)
                 goto rollback;
             /* Room with older jobs parked means their release was lost: redo it now. */

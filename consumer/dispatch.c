@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cdb.h"
 #include "cmetrics.h"
@@ -287,7 +288,8 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
     char mid[128] = "";
     if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(mid, sizeof mid, env->message.properties.message_id);
-    if (strcmp(mid, m.job_id) != 0) {
+    /* job_id is canonical (lowercase) after decoding; a publisher may send either case */
+    if (strcasecmp(mid, m.job_id) != 0) {
         snprintf(reason, sizeof reason,
                  mid[0] ? "invalid message: message_id \"%s\" differs from job_id"
                         : "invalid message: message_id property is required%s",

@@ -17,6 +17,7 @@
 #include "cmetrics.h"
 #include "tq_config.h"
 #include "tq_log.h"
+#include "tq_relay.h"
 #include "worker.h"
 
 static int health(void *arg, char *why, size_t cap)
@@ -72,6 +73,7 @@ int main(int argc, char **argv)
     atomic_store(&w.db_ok, 1);
     int exit_code = 0;
     tq_cmetrics_server *ms = NULL;
+    tq_relay *relay = NULL;
     pthread_t disp, hk;
     int started_threads = 0;
 
@@ -93,6 +95,15 @@ int main(int argc, char **argv)
             "trainq-consumer %s starting as worker %s with %d slot(s)", TRAINQ_VERSION,
             cfg.worker_id, w.n_slots);
 
+    /* Releases of parked jobs and retries are outbox rows: every consumer relays them, so a
+     * deployment needs no producer for its queue to keep moving. */
+    tq_relay_config rc_cfg = {.database_url = cfg.database_url, .amqp_url = cfg.amqp_url,
+                              .name = "trainq-consumer-relay", .batch = cfg.relay_batch};
+    if (tq_relay_start(&rc_cfg, &relay, &eb) != TQ_OK) {
+        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
+        exit_code = 2;
+        goto out;
+    }
     if (tq_runners_start(&w) != TQ_OK) {
         fprintf(stderr, "trainq-consumer: could not start runner threads\n");
         atomic_store(&w.stopping, 1);
@@ -126,8 +137,11 @@ int main(int argc, char **argv)
     if (started_threads & 1)
         pthread_join(hk, NULL);
     tq_runners_join(&w);
+    tq_relay_stop(relay, 2000);
+    relay = NULL;
     tq_log(TQ_LOG_INFO, "consumer.stopped", "worker %s stopped", cfg.worker_id);
 out:
+    tq_relay_stop(relay, 0);
     tq_cmetrics_stop(ms);
     tq_docker_free(w.docker);
     free(w.slots);

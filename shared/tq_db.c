@@ -3,6 +3,15 @@
 #include <stdio.h>
 #include <string.h>
 
+/* libpq prints server notices (and "terminating connection" on a restart) to stderr,
+ * which would break the JSON-lines log; they carry nothing the callers do not learn from
+ * their results, so they are dropped. */
+static void drop_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
 {
     /* Expand the URL, then add our defaults only where the URL is silent. */
@@ -55,6 +64,7 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, drop_notice, NULL);
     /* The active-job guard relies on READ COMMITTED; refuse surprises from the server's
      * default_transaction_isolation. */
     PGresult *r = PQexec(c, "SET default_transaction_isolation = 'read committed'");

@@ -1,0 +1,121 @@
+/*
+ * trainq-producer: the HTTP front door. Accepts training submissions, writes each as a
+ * job row plus an outbox row in one transaction, and runs the outbox relay that publishes
+ * them to RabbitMQ with publisher confirms.
+ *
+ * Signals: SIGTERM/SIGINT stop accepting connections, let in-flight requests finish
+ * (up to DRAIN_MS), stop the HTTP threads, give the relay one last flush, then exit 0.
+ * All signals of interest are blocked before any thread starts and taken with sigwait()
+ * here, so no handler runs on an arbitrary thread.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "http.h"
+#include "pdb.h"
+#include "tq_config.h"
+#include "tq_log.h"
+#include "tq_relay.h"
+
+#define DRAIN_MS 10000
+#define RELAY_FLUSH_MS 5000
+
+static const char *nonempty(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+int main(int argc, char **argv)
+{
+    tq_config cfg;
+    tq_errbuf eb = {{0}};
+    int rc = tq_config_load(&cfg, TQ_PROG_PRODUCER, argc, argv, &eb);
+    if (rc == TQ_CONFIG_EXIT) {
+        tq_config_free(&cfg);
+        return 0;
+    }
+    if (rc != TQ_OK) {
+        fprintf(stderr, "trainq-producer: %s\n", eb.msg);
+        tq_config_free(&cfg);
+        return 2;
+    }
+    int lvl = tq_log_level_parse(cfg.log_level);
+    tq_log_init("trainq-producer", lvl < 0 ? TQ_LOG_INFO : (tq_log_level)lvl);
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int exit_code = 1;
+    tq_auth *auth = NULL;
+    tq_relay *relay = NULL;
+    tq_http *http = NULL;
+    int pdb_ready = 0;
+
+    tq_auth_config ac = {
+        .alg = cfg.jwt_alg,
+        .secret = nonempty(cfg.jwt_secret),
+        .public_key_pem = nonempty(cfg.jwt_public_key_pem),
+        .audience = nonempty(cfg.jwt_audience),
+        .issuer = nonempty(cfg.jwt_issuer),
+        .leeway_seconds = cfg.jwt_leeway_seconds,
+    };
+    rc = tq_auth_new(&ac, &auth, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
+        exit_code = 2;
+        goto out;
+    }
+    if (tq_pdb_init(cfg.database_url, "trainq-producer") != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "out of memory");
+        goto out;
+    }
+    pdb_ready = 1;
+
+    tq_relay_config rc_cfg = {
+        .database_url = cfg.database_url,
+        .amqp_url = cfg.amqp_url,
+        .name = "trainq-producer-relay",
+        .batch = cfg.relay_batch,
+        .poll_ms = 1000,
+    };
+    rc = tq_relay_start(&rc_cfg, &relay, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "could not start the outbox relay: %s", eb.msg);
+        goto out;
+    }
+
+    tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay};
+    rc = tq_http_start(&app, &http, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
+        goto out;
+    }
+    tq_logj(TQ_LOG_INFO, "http.listening",
+            json_pack("{s:s, s:i, s:i}", "host", cfg.http_host, "port", tq_http_port(http),
+                      "threads", cfg.http_threads),
+            "listening on %s:%d", cfg.http_host, tq_http_port(http));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    tq_log(TQ_LOG_INFO, "producer.stopping", "received %s, stopping",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    exit_code = 0;
+
+out:
+    tq_http_stop(http, DRAIN_MS);
+    tq_relay_stop(relay, RELAY_FLUSH_MS);
+    tq_auth_free(auth);
+    if (pdb_ready)
+        tq_pdb_shutdown();
+    tq_config_free(&cfg);
+    if (exit_code == 0)
+        tq_log(TQ_LOG_INFO, "producer.stopped", "stopped");
+    return exit_code;
+}

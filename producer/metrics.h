@@ -1,0 +1,32 @@
+/*
+ * metrics — the producer's Prometheus counters.
+ *
+ * Counters are C11 atomics (relaxed): the HTTP threads only add, /metrics only reads, and
+ * a scrape may see one request counted in the total but not yet in its bucket, which the
+ * text format tolerates.
+ */
+#ifndef TQ_METRICS_H
+#define TQ_METRICS_H
+
+#include <stddef.h>
+
+#define TQ_METRICS_MAX_ROUTES 16
+
+/* route_names[i] is the label of route i (borrowed for the process' life; static). */
+void tq_metrics_init(const char *const *route_names, size_t n);
+
+/* One finished request. Routes >= n and unusual codes are counted under "other". */
+void tq_metrics_observe(size_t route, unsigned status, double seconds);
+
+/* Relay figures shown by /metrics (have = 0: the relay is not running). */
+typedef struct {
+    int have;
+    int connected;
+    unsigned long long published, confirms, nacks, returns, errors, reconnects;
+    long long backlog; /* -1: unknown */
+} tq_metrics_relay;
+
+/* The Prometheus text exposition (version 0.0.4). Caller frees; NULL when out of memory. */
+char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len);
+
+#endif

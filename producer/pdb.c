@@ -1,0 +1,624 @@
+#include "pdb.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_db.h"
+
+static char *db_url;
+static char *db_app;
+static pthread_key_t conn_key;
+static int key_made;
+
+/* Per-thread state behind conn_key. `sent` counts statements of the current call that
+ * reached the server successfully: a failure while it is 0 is safe to retry. */
+typedef struct {
+    PGconn *c;
+    int sent;
+} tconn;
+
+static void tconn_free(void *p)
+{
+    tconn *t = p;
+    if (t) {
+        if (t->c)
+            PQfinish(t->c);
+        free(t);
+    }
+}
+
+int tq_pdb_init(const char *database_url, const char *application_name)
+{
+    db_url = strdup(database_url);
+    db_app = strdup(application_name);
+    if (!db_url || !db_app)
+        return TQ_ERR_NOMEM;
+    if (pthread_key_create(&conn_key, tconn_free) != 0)
+        return TQ_ERR_NOMEM;
+    key_made = 1;
+    return TQ_OK;
+}
+
+void tq_pdb_shutdown(void)
+{
+    if (key_made) {
+        /* The calling (main) thread's connection, if it ever made one. */
+        tconn_free(pthread_getspecific(conn_key));
+        pthread_setspecific(conn_key, NULL);
+        pthread_key_delete(conn_key);
+        key_made = 0;
+    }
+    free(db_url);
+    free(db_app);
+    db_url = db_app = NULL;
+}
+
+/* Session settings every producer connection needs: UTC so JSON timestamps read
+ * "...+00:00", and a statement timeout so a wedged server yields 503/500, not a hang. */
+static const char *const session_sql =
+    "SET TimeZone = 'UTC'; SET statement_timeout = '10s'; SET lock_timeout = '5s'";
+
+/* This thread's connection, (re)connected as needed. *fresh says it was just opened. */
+static int conn_get(tconn **out, int *fresh, tq_errbuf *eb)
+{
+    tconn *t = pthread_getspecific(conn_key);
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t)
+            return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+        pthread_setspecific(conn_key, t);
+    }
+    *fresh = !t->c || PQstatus(t->c) != CONNECTION_OK;
+    int rc = tq_db_ensure(&t->c, db_url, db_app, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (*fresh) {
+        PGresult *r = PQexec(t->c, session_sql);
+        rc = tq_db_check(t->c, r, eb);
+        PQclear(r);
+        if (rc != TQ_OK) {
+            PQfinish(t->c);
+            t->c = NULL;
+            return rc;
+        }
+    }
+    t->sent = 0;
+    *out = t;
+    return TQ_OK;
+}
+
+/* Integer column of a result; 0 when NULL or not a number (the SQL guarantees it is). */
+static long long col_ll(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return 0;
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static void col_copy(const PGresult *r, int row, int col, char *dst, size_t cap)
+{
+    snprintf(dst, cap, "%s", PQgetisnull(r, row, col) ? "" : PQgetvalue(r, row, col));
+}
+
+/* Parses a JSON text column built by Postgres (new reference; NULL → TQ_ERR_DB). */
+static int col_json(const PGresult *r, int row, int col, json_t **out, tq_errbuf *eb)
+{
+    json_error_t je;
+    *out = json_loads(PQgetvalue(r, row, col), JSON_DECODE_ANY, &je);
+    if (!*out)
+        return tq_errf(eb, TQ_ERR_DB, "cannot parse json from postgres: %s", je.text);
+    return TQ_OK;
+}
+
+static int exec(tconn *t, const char *sql, int n, const char *const *p, PGresult **out,
+                tq_errbuf *eb)
+{
+    int rc = tq_db_exec(t->c, sql, n, p, out, eb);
+    if (rc == TQ_OK)
+        t->sent++;
+    return rc;
+}
+
+/* After a failure: leave no transaction open, and drop a connection that is gone. */
+static void after_error(tconn *t, int rc)
+{
+    if (rc == TQ_ERR_UNAVAILABLE || PQstatus(t->c) != CONNECTION_OK) {
+        PQfinish(t->c);
+        t->c = NULL;
+        return;
+    }
+    tq_db_rollback(t->c);
+}
+
+/*
+ * Runs fn in its own transaction on this thread's connection. Retries:
+ *  - once on a fresh connection when the old one turned out dead before anything of
+ *    this call reached the server (Postgres restarted while we were idle);
+ *  - up to 3 times on serialization failure / deadlock (TQ_ERR_DB_RETRY).
+ * fn returns TQ_OK to commit; anything else rolls back and is returned.
+ */
+typedef int (*txn_fn)(tconn *t, void *arg, tq_errbuf *eb);
+
+static int run_txn(txn_fn fn, void *arg, tq_errbuf *eb)
+{
+    int rc = TQ_OK;
+    int stale_retry = 1;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        tconn *t = NULL;
+        int fresh = 0;
+        rc = conn_get(&t, &fresh, eb);
+        if (rc != TQ_OK)
+            return rc;
+        rc = exec(t, "BEGIN", 0, NULL, NULL, eb);
+        if (rc == TQ_OK)
+            rc = fn(t, arg, eb);
+        if (rc == TQ_OK) {
+            rc = exec(t, "COMMIT", 0, NULL, NULL, eb);
+            if (rc == TQ_OK)
+                return TQ_OK;
+        }
+        int nothing_sent = t->sent == 0;
+        after_error(t, rc);
+        if (rc == TQ_ERR_UNAVAILABLE && nothing_sent && !fresh && stale_retry) {
+            stale_retry = 0;
+            continue;
+        }
+        if (rc != TQ_ERR_DB_RETRY)
+            return rc;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ ping */
+
+static int ping_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    (void)arg;
+    return exec(t, "SELECT 1", 0, NULL, NULL, eb);
+}
+
+int tq_pdb_ping(tq_errbuf *eb)
+{
+    return run_txn(ping_fn, NULL, eb);
+}
+
+/* ------------------------------------------------------------------ rate limit */
+
+typedef struct {
+    const char *user, *bucket;
+    char def[16];
+    int count, limit, retry_after;
+} rate_arg;
+
+/* Fixed one-minute windows aligned to the clock (date_trunc), so every producer agrees on
+ * the window without coordination. Windows older than 5 minutes are trimmed now and then
+ * (about one call in 64) so the table stays small. */
+static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    rate_arg *a = arg;
+    const char *p[3] = {a->user, a->bucket, a->def};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "WITH w AS ("
+                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
+                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
+                  "  ON CONFLICT (user_id, bucket, window_start)"
+                  "  DO UPDATE SET count = rate_limits.count + 1"
+                  "  RETURNING count, window_start)"
+                  " SELECT w.count,"
+                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
+                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
+                  "  GREATEST(1, ceil(extract(epoch FROM"
+                  "   (w.window_start + interval '1 minute' - now()))))::int"
+                  " FROM w",
+                  3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->count = (int)col_ll(res, 0, 0);
+    a->limit = (int)col_ll(res, 0, 1);
+    a->retry_after = (int)col_ll(res, 0, 2);
+    PQclear(res);
+    if ((random() & 63) == 0)
+        rc = exec(t, "DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes'", 0,
+                  NULL, NULL, eb);
+    return rc;
+}
+
+int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
+                    int *retry_after, tq_errbuf *eb)
+{
+    rate_arg a = {.user = user, .bucket = bucket};
+    snprintf(a.def, sizeof a.def, "%d", default_limit);
+    int rc = run_txn(rate_fn, &a, eb);
+    if (rc == TQ_OK) {
+        *count = a.count;
+        *limit = a.limit;
+        *retry_after = a.retry_after < 1 ? 1 : a.retry_after;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ submit */
+
+typedef struct {
+    const char *user, *job_id, *config_json, *tw_json, *canon, *payload, *idem;
+    const tq_submission *s;
+    tq_pdb_submitted *out;
+} submit_arg;
+
+#define IDEM_NONE 1 /* no job with this key yet */
+
+/* The request hash is md5 of the canonical submission (defaults applied, fixed key
+ * order), so a retry that spells the same request differently still matches. */
+static int idem_lookup(tconn *t, submit_arg *a, tq_errbuf *eb)
+{
+    const char *p[3] = {a->user, a->idem, a->canon};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT id::text, request_hash IS NOT DISTINCT FROM md5($3)"
+                  " FROM training_jobs WHERE user_id = $1 AND idempotency_key = $2",
+                  3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return IDEM_NONE;
+    }
+    int same = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    col_copy(res, 0, 0, a->out->job_id, sizeof a->out->job_id);
+    PQclear(res);
+    if (!same)
+        return tq_errf(eb, TQ_ERR_CONFLICT, "idempotency key reused with a different request");
+    a->out->replayed = 1;
+    return TQ_OK;
+}
+
+static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    submit_arg *a = arg;
+    int rc;
+    a->out->replayed = 0;
+    if (a->idem) {
+        rc = idem_lookup(t, a, eb);
+        if (rc != IDEM_NONE)
+            return rc;
+    }
+
+    const char *pd[1] = {a->s->dataset_id};
+    PGresult *res = NULL;
+    rc = exec(t, "SELECT user_id FROM datasets WHERE id = $1::uuid", 1, pd, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
+    }
+    int mine = strcmp(PQgetvalue(res, 0, 0), a->user) == 0;
+    PQclear(res);
+    if (!mine)
+        return tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
+
+    rc = exec(t, "SELECT set_config('trainq.reason', 'submitted over http', true)", 0, NULL, NULL,
+              eb);
+    if (rc != TQ_OK)
+        return rc;
+    const char *pj[10] = {a->job_id,
+                          a->user,
+                          a->s->dataset_id,
+                          a->s->name,
+                          tq_job_type_name(a->s->type),
+                          a->s->base_model,
+                          a->config_json,
+                          a->tw_json,
+                          a->idem,
+                          a->canon};
+    rc = exec(t,
+              "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,"
+              " trigger_words, status, source, idempotency_key, request_hash)"
+              " VALUES ($1::uuid, $2, $3::uuid, $4, $5, $6, $7::jsonb,"
+              "  ARRAY(SELECT e FROM jsonb_array_elements_text($8::jsonb) WITH ORDINALITY"
+              "        AS x(e, n) ORDER BY n),"
+              "  'queued', 'http', $9, md5($10))",
+              10, pj, NULL, eb);
+    if (rc == TQ_ERR_CONFLICT && a->idem) {
+        /* Another request with the same key committed first: start over, and the
+         * idempotency lookup finds its job. */
+        return tq_errf(eb, TQ_ERR_DB_RETRY, "concurrent request with the same idempotency key");
+    }
+    if (rc != TQ_OK)
+        return rc;
+    const char *po[3] = {a->job_id, tq_job_type_name(a->s->type), a->payload};
+    rc = exec(t, "INSERT INTO outbox (job_id, routing_key, payload) VALUES ($1::uuid, $2, $3)", 3,
+              po, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    snprintf(a->out->job_id, sizeof a->out->job_id, "%s", a->job_id);
+    return TQ_OK;
+}
+
+int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
+                  const char *config_json, const char *trigger_words_json,
+                  const char *canonical_json, const char *msg_payload, const char *idem_key,
+                  tq_pdb_submitted *out, tq_errbuf *eb)
+{
+    submit_arg a = {.user = user,
+                    .job_id = job_id,
+                    .config_json = config_json,
+                    .tw_json = trigger_words_json,
+                    .canon = canonical_json,
+                    .payload = msg_payload,
+                    .idem = idem_key,
+                    .s = s,
+                    .out = out};
+    memset(out, 0, sizeof *out);
+    return run_txn(submit_fn, &a, eb);
+}
+
+/* ------------------------------------------------------------------ jobs */
+
+/* The job as the API shows it (the seed's DbTrainingJob plus queue fields). */
+#define JOB_JSON                                                                                   \
+    "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,"                    \
+    " 'name', name, 'type', type, 'base_model', base_model, 'config', config,"                     \
+    " 'trigger_words', to_json(trigger_words), 'status', status,"                                  \
+    " 'container_id', container_id, 'error_message', error_message,"                               \
+    " 'created_at', created_at, 'updated_at', updated_at, 'started_at', started_at,"               \
+    " 'completed_at', completed_at, 'attempts', attempts, 'worker_id', worker_id,"                 \
+    " 'progress', progress, 'exit_code', exit_code,"                                               \
+    " 'cancel_requested_at', cancel_requested_at)::text"
+
+typedef struct {
+    const char *user, *job_id, *status, *after_micros, *after_id;
+    char limit[16];
+    json_t *json;
+    char cursor[TQ_PDB_CURSOR_MAX];
+    char st[16];
+    int done;
+} job_arg;
+
+static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    job_arg *a = arg;
+    const char *p[2] = {a->job_id, a->user};
+    PGresult *res = NULL;
+    int rc = exec(t, "SELECT " JOB_JSON " FROM training_jobs WHERE id = $1::uuid AND user_id = $2",
+                  2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    else
+        rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb)
+{
+    job_arg a = {.user = user, .job_id = job_id};
+    int rc = run_txn(get_fn, &a, eb);
+    if (rc != TQ_OK) {
+        json_decref(a.json);
+        return rc;
+    }
+    *job = a.json;
+    return TQ_OK;
+}
+
+/* Keyset paging on (created_at, id): the cursor is the last row's created_at in
+ * microseconds since the epoch and its id, which is exact (no float rounding) and
+ * stable while rows are inserted. One extra row is read to know whether a page follows. */
+static int list_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    job_arg *a = arg;
+    const char *p[5] = {a->user, a->status, a->after_micros, a->after_id, a->limit};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT " JOB_JSON ","
+                  " (extract(epoch FROM created_at) * 1000000)::bigint::text, id::text"
+                  " FROM training_jobs WHERE user_id = $1"
+                  " AND ($2::text IS NULL OR status = $2)"
+                  " AND ($3::bigint IS NULL OR (created_at, id) <"
+                  "      (timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid))"
+                  " ORDER BY created_at DESC, id DESC LIMIT $5::int + 1",
+                  5, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int lim = (int)strtol(a->limit, NULL, 10);
+    int n = PQntuples(res);
+    a->json = json_array();
+    if (!a->json) {
+        PQclear(res);
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n && i < lim; i++) {
+        json_t *j = NULL;
+        rc = col_json(res, i, 0, &j, eb);
+        if (rc != TQ_OK)
+            break;
+        json_array_append_new(a->json, j);
+    }
+    a->cursor[0] = '\0';
+    if (rc == TQ_OK && n > lim && lim > 0)
+        snprintf(a->cursor, sizeof a->cursor, "%s_%s", PQgetvalue(res, lim - 1, 1),
+                 PQgetvalue(res, lim - 1, 2));
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_job_list(const char *user, const char *status, const char *after_micros,
+                    const char *after_id, int limit, json_t **jobs,
+                    char next_cursor[TQ_PDB_CURSOR_MAX], tq_errbuf *eb)
+{
+    job_arg a = {
+        .user = user, .status = status, .after_micros = after_micros, .after_id = after_id};
+    snprintf(a.limit, sizeof a.limit, "%d", limit);
+    int rc = run_txn(list_fn, &a, eb);
+    if (rc != TQ_OK) {
+        json_decref(a.json);
+        return rc;
+    }
+    *jobs = a.json;
+    snprintf(next_cursor, TQ_PDB_CURSOR_MAX, "%s", a.cursor);
+    return TQ_OK;
+}
+
+/* Locks the user's job row and reads its status into a->st. */
+static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
+{
+    const char *p[2] = {a->job_id, a->user};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT status FROM training_jobs WHERE id = $1::uuid AND user_id = $2"
+                  " FOR UPDATE",
+                  2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    else
+        col_copy(res, 0, 0, a->st, sizeof a->st);
+    PQclear(res);
+    return rc;
+}
+
+static int is_terminal(const char *st)
+{
+    return strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 ||
+           strcmp(st, "cancelled") == 0;
+}
+
+/* An unpublished outbox row of a job that will never run is dropped; a row a relay is
+ * publishing right now (locked) is left alone: the consumer sees the job is cancelled. */
+static int drop_unpublished(tconn *t, const char *job_id, tq_errbuf *eb)
+{
+    const char *p[1] = {job_id};
+    return exec(t,
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE job_id = $1::uuid"
+                " AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
+                1, p, NULL, eb);
+}
+
+static int cancel_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    job_arg *a = arg;
+    int rc = lock_job(t, a, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (is_terminal(a->st))
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job is already %s", a->st);
+    const char *p[1] = {a->job_id};
+    if (strcmp(a->st, "queued") == 0) {
+        rc = exec(t, "SELECT set_config('trainq.reason', 'cancelled by user', true)", 0, NULL, NULL,
+                  eb);
+        if (rc == TQ_OK)
+            rc = exec(t,
+                      "UPDATE training_jobs SET status = 'cancelled', completed_at = now(),"
+                      " parked_at = NULL, cancel_requested_at = COALESCE(cancel_requested_at,"
+                      " now()), updated_at = now() WHERE id = $1::uuid",
+                      1, p, NULL, eb);
+        if (rc == TQ_OK)
+            rc = drop_unpublished(t, a->job_id, eb);
+        a->done = 1;
+        return rc;
+    }
+    a->done = 0;
+    return exec(t,
+                "UPDATE training_jobs SET cancel_requested_at = COALESCE(cancel_requested_at,"
+                " now()), updated_at = now() WHERE id = $1::uuid",
+                1, p, NULL, eb);
+}
+
+int tq_pdb_job_cancel(const char *user, const char *job_id, char status[16], int *done,
+                      tq_errbuf *eb)
+{
+    job_arg a = {.user = user, .job_id = job_id};
+    int rc = run_txn(cancel_fn, &a, eb);
+    snprintf(status, 16, "%s", a.st);
+    *done = a.done;
+    return rc;
+}
+
+static int events_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    job_arg *a = arg;
+    const char *p[2] = {a->job_id, a->user};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT COALESCE(json_agg(json_build_object('id', id, 'from_status',"
+                  " from_status, 'to_status', to_status, 'reason', reason, 'worker_id',"
+                  " worker_id, 'at', at) ORDER BY id), '[]')::text, count(*)"
+                  " FROM job_events WHERE job_id = $1::uuid AND user_id = $2",
+                  2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (col_ll(res, 0, 1) == 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    else
+        rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_errbuf *eb)
+{
+    job_arg a = {.user = user, .job_id = job_id};
+    int rc = run_txn(events_fn, &a, eb);
+    if (rc != TQ_OK) {
+        json_decref(a.json);
+        return rc;
+    }
+    *events = a.json;
+    return TQ_OK;
+}
+
+static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    job_arg *a = arg;
+    int rc = lock_job(t, a, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (!is_terminal(a->st))
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job is %s", a->st);
+    const char *p[1] = {a->job_id};
+    rc = exec(t, "DELETE FROM training_jobs WHERE id = $1::uuid", 1, p, NULL, eb);
+    if (rc == TQ_OK)
+        rc = drop_unpublished(t, a->job_id, eb);
+    return rc;
+}
+
+int tq_pdb_job_delete(const char *user, const char *job_id, char status[16], tq_errbuf *eb)
+{
+    job_arg a = {.user = user, .job_id = job_id};
+    int rc = run_txn(delete_fn, &a, eb);
+    snprintf(status, 16, "%s", a.st);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ outbox */
+
+typedef struct {
+    long long n;
+} backlog_arg;
+
+static int backlog_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    backlog_arg *a = arg;
+    PGresult *res = NULL;
+    int rc = exec(t, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0, NULL, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->n = col_ll(res, 0, 0);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_outbox_backlog(long long *n, tq_errbuf *eb)
+{
+    backlog_arg a = {0};
+    int rc = run_txn(backlog_fn, &a, eb);
+    *n = a.n;
+    return rc;
+}

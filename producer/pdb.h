@@ -1,0 +1,75 @@
+/*
+ * pdb — every SQL statement of the producer, in one place, all parameterised.
+ *
+ * Each HTTP thread owns one Postgres connection (thread-local, opened on first use,
+ * reopened after a failure, closed when the thread exits). A call that fails with
+ * TQ_ERR_UNAVAILABLE on a connection that had been idle is retried once on a fresh
+ * connection, but only when nothing of it reached the server, so nothing runs twice.
+ *
+ * Results: TQ_OK, TQ_ERR_NOT_FOUND / TQ_ERR_FORBIDDEN / TQ_ERR_CONFLICT (soft, the caller
+ * answers 4xx), TQ_ERR_UNAVAILABLE (answer 503), anything else (answer 500; eb has the
+ * detail for the log). Job JSON is built by Postgres, so timestamps are RFC 3339 UTC.
+ */
+#ifndef TQ_PDB_H
+#define TQ_PDB_H
+
+#include <jansson.h>
+
+#include "tq_err.h"
+#include "tq_job.h"
+
+/* Copies url; call once before any other tq_pdb_ function (and tq_pdb_shutdown at exit,
+ * after every thread that used a connection has exited). */
+int tq_pdb_init(const char *database_url, const char *application_name);
+void tq_pdb_shutdown(void);
+
+/* SELECT 1 on this thread's connection. */
+int tq_pdb_ping(tq_errbuf *eb);
+
+/* Counts one hit of user in bucket's current one-minute window. *limit is the user's
+ * override (user_limits.submit_per_min, submit bucket only) or default_limit; *count the
+ * hits so far including this one; *retry_after the seconds until the window ends (>= 1). */
+int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
+                    int *retry_after, tq_errbuf *eb);
+
+typedef struct {
+    char job_id[37];
+    int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
+} tq_pdb_submitted;
+
+/* In one transaction: idempotency lookup, dataset check, job row (status queued, source
+ * http) and its outbox row (payload = msg_payload). idem_key may be NULL.
+ * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
+ * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
+int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
+                  const char *config_json, const char *trigger_words_json,
+                  const char *canonical_json, const char *msg_payload, const char *idem_key,
+                  tq_pdb_submitted *out, tq_errbuf *eb);
+
+/* The job as JSON (new reference). TQ_ERR_NOT_FOUND when absent or another user's. */
+int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb);
+
+/* Newest first. status may be NULL; after_ts/after_id (both or neither) is the keyset
+ * cursor. *jobs is a new array; next_cursor is "" when there is no further page. */
+#define TQ_PDB_CURSOR_MAX 64
+int tq_pdb_job_list(const char *user, const char *status, const char *after_micros,
+                    const char *after_id, int limit, json_t **jobs,
+                    char next_cursor[TQ_PDB_CURSOR_MAX], tq_errbuf *eb);
+
+/* queued → cancelled (*done = 1); pending/running → cancel_requested_at set (*done = 0).
+ * status receives the status before the call. TQ_ERR_CONFLICT: already terminal. */
+int tq_pdb_job_cancel(const char *user, const char *job_id, char status[16], int *done,
+                      tq_errbuf *eb);
+
+/* The audit trail, oldest first (new reference). TQ_ERR_NOT_FOUND when the user has no
+ * job (current or deleted) with that id. */
+int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_errbuf *eb);
+
+/* Deletes a terminal job (its events stay). status receives its status.
+ * TQ_ERR_NOT_FOUND, or TQ_ERR_CONFLICT when the job is not terminal. */
+int tq_pdb_job_delete(const char *user, const char *job_id, char status[16], tq_errbuf *eb);
+
+/* Unpublished outbox rows. */
+int tq_pdb_outbox_backlog(long long *n, tq_errbuf *eb);
+
+#endif

@@ -1,0 +1,165 @@
+/*
+ * POST /api/training/submit — the seed's endpoint, kept exactly.
+ *
+ * Order of checks (each answers before the next runs): auth (401) → rate limit (429) →
+ * Content-Type (415) → Idempotency-Key syntax (400) → body (413/400) → idempotent replay
+ * (200 with the earlier job, or 422) → dataset (404/403) → one transaction writing the job
+ * row and its outbox row → 200. Publishing to RabbitMQ happens later, in the relay: a
+ * broker outage never fails or slows a submission.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "handlers.h"
+#include "pdb.h"
+#include "tq_log.h"
+#include "tq_msg.h"
+
+#define IDEM_KEY_MAX 128
+
+/* Content-Type may be absent (the body is JSON either way) or application/json with any
+ * parameters (charset=utf-8); anything else is 415. */
+static int content_type_ok(const char *ct)
+{
+    if (!ct)
+        return 1;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1) != 0)
+        return 0;
+    char after = ct[sizeof want - 1];
+    return after == '\0' || after == ';' || after == ' ' || after == '\t';
+}
+
+static int idem_key_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n > IDEM_KEY_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static void reply_validation(tq_req *r, const char *error, const tq_validation *v)
+{
+    json_t *details = tq_validation_to_json(v);
+    json_t *body = json_pack("{s:b, s:s, s:o*}", "success", 0, "error", error, "details", details);
+    tq_req_reply_json(r, 400, body);
+}
+
+static void reply_queued(tq_req *r, const char *job_id)
+{
+    tq_req_reply_json(r, 200,
+                      json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "job_id", job_id, "status",
+                                "queued", "message", "Training job queued"));
+}
+
+void tq_h_submit(tq_req *r)
+{
+    const tq_app *app = tq_req_app(r);
+    if (tq_req_authenticate(r) != 0)
+        return;
+    if (tq_req_rate_limit(r, "submit", app->cfg->submit_rate_per_minute) != 0)
+        return;
+    if (!content_type_ok(tq_req_header(r, "Content-Type"))) {
+        tq_req_reply_error(r, 415, "content type must be application/json");
+        return;
+    }
+    const char *idem = tq_req_header(r, "Idempotency-Key");
+    if (idem && !idem_key_ok(idem)) {
+        tq_validation v = {0};
+        tq_validation_add(&v, "Idempotency-Key", "must be 1 to %d printable ASCII characters",
+                          IDEM_KEY_MAX);
+        reply_validation(r, "validation failed", &v);
+        return;
+    }
+
+    size_t len = 0;
+    const char *body = tq_req_body(r, &len);
+    tq_submission sub = {0};
+    tq_validation v = {0};
+    int rc = tq_submission_parse(body, len, &sub, &v);
+    if (rc == TQ_ERR_TOO_LARGE) {
+        tq_req_reply_error(r, 413, "request body too large");
+        return;
+    }
+    if (rc == TQ_ERR_INVALID) {
+        /* A body that is not a JSON object at all reports one error on field "body". */
+        int parse = v.n == 1 && strcmp(v.items[0].field, "body") == 0;
+        reply_validation(r, parse ? "invalid JSON" : "validation failed", &v);
+        return;
+    }
+    if (rc != TQ_OK) {
+        tq_errbuf eb;
+        tq_errf(&eb, rc, "could not parse submission");
+        tq_req_reply_db_error(r, TQ_ERR_INTERNAL, &eb);
+        return;
+    }
+
+    char job_id[TQ_UUID_BUF];
+    tq_uuid_generate(job_id);
+    tq_job_msg msg = {0};
+    memcpy(msg.job_id, job_id, sizeof job_id);
+    msg.user_id = (char *)(uintptr_t)tq_req_user(r);
+    tq_rfc3339_now(msg.submitted_at);
+    msg.sub = sub;
+    char *payload = tq_msg_encode(&msg);
+
+    json_t *canon = tq_submission_to_json(&sub);
+    char *canon_s = canon ? json_dumps(canon, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *config_s =
+        canon ? json_dumps(json_object_get(canon, "config"), JSON_COMPACT | JSON_PRESERVE_ORDER)
+              : NULL;
+    char *tw_s = canon ? json_dumps(json_object_get(canon, "trigger_words"),
+                                    JSON_COMPACT | JSON_PRESERVE_ORDER)
+                       : NULL;
+    json_decref(canon);
+
+    tq_errbuf eb = {{0}};
+    if (!payload || !canon_s || !config_s || !tw_s) {
+        /* tq_msg_encode also refuses a user id it would not decode (e.g. a `sub` with
+         * characters the message contract forbids): not the client's body at fault. */
+        tq_errf(&eb, TQ_ERR_INTERNAL, "could not encode job message for user");
+        tq_req_reply_db_error(r, TQ_ERR_INTERNAL, &eb);
+        goto out;
+    }
+
+    tq_pdb_submitted res;
+    rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, config_s, tw_s, canon_s, payload, idem, &res,
+                       &eb);
+    switch (rc) {
+    case TQ_OK:
+        if (res.replayed)
+            tq_req_add_header(r, "Idempotent-Replayed", "true");
+        else
+            tq_logj(TQ_LOG_INFO, "job.submitted",
+                    json_pack("{s:s, s:s, s:s, s:s}", "job_id", res.job_id, "user", tq_req_user(r),
+                              "type", tq_job_type_name(sub.type), "request_id", tq_req_id(r)),
+                    "job %s queued", res.job_id);
+        reply_queued(r, res.job_id);
+        break;
+    case TQ_ERR_NOT_FOUND:
+        tq_req_reply_error(r, 404, "dataset not found");
+        break;
+    case TQ_ERR_FORBIDDEN:
+        tq_req_reply_error(r, 403, "dataset belongs to another user");
+        break;
+    case TQ_ERR_CONFLICT:
+        tq_req_reply_error(r, 422, "idempotency key reused with a different request");
+        break;
+    default:
+        tq_req_reply_db_error(r, rc, &eb);
+        break;
+    }
+out:
+    free(payload);
+    free(canon_s);
+    free(config_s);
+    free(tw_s);
+    tq_submission_free(&sub);
+}

@@ -1,0 +1,627 @@
+#include "tq_amqp.h"
+
+#include <amqp_tcp_socket.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#define TQ_AMQP_URL_MAX 2048
+#define TQ_AMQP_CONNECT_TIMEOUT_S 5
+#define TQ_AMQP_HANDSHAKE_TIMEOUT_S 10
+/* Declarations of quorum queues start a Ra cluster: give them room, but never forever. */
+#define TQ_AMQP_RPC_TIMEOUT_S 30
+#define TQ_AMQP_CLOSE_TIMEOUT_S 5
+#define TQ_AMQP_MAX_HEADERS 16
+
+struct tq_amqp {
+    amqp_connection_state_t conn;
+    int dead;          /* socket failed or broker closed the connection */
+    int channel_open;  /* channel 1 is open (0 after a broker channel.close) */
+    int confirm;       /* confirm mode wanted: re-selected on reopen */
+    unsigned epoch;    /* channel (re)open count */
+    uint64_t next_tag; /* delivery tag the next publish gets (confirm mode) */
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void set_rpc_timeout(amqp_connection_state_t c, int seconds)
+{
+    struct timeval tv = {.tv_sec = seconds, .tv_usec = 0};
+    amqp_set_rpc_timeout(c, &tv);
+}
+
+/* Copies reply_text (not NUL-terminated, broker-chosen length) into a capped buffer. */
+static void bytes_to_str(amqp_bytes_t b, char *out, size_t outlen)
+{
+    size_t n = b.len < outlen - 1 ? b.len : outlen - 1;
+    if (n)
+        memcpy(out, b.bytes, n);
+    out[n] = '\0';
+}
+
+static int on_channel_close(tq_amqp *a, amqp_channel_t ch, const amqp_channel_close_t *m,
+                            const char *what, tq_errbuf *eb)
+{
+    char text[256];
+    bytes_to_str(m->reply_text, text, sizeof text);
+    amqp_channel_close_ok_t ok = {0};
+    if (amqp_send_method(a->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK)
+        a->dead = 1;
+    if (ch == TQ_AMQP_CHANNEL)
+        a->channel_open = 0;
+    return tq_errf(eb, TQ_ERR_AMQP, "%s: channel closed by broker: %u %s", what,
+                   (unsigned)m->reply_code, text);
+}
+
+static int on_connection_close(tq_amqp *a, const amqp_connection_close_t *m, const char *what,
+                               tq_errbuf *eb)
+{
+    char text[256];
+    bytes_to_str(m->reply_text, text, sizeof text);
+    amqp_connection_close_ok_t ok = {0};
+    (void)amqp_send_method(a->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+    a->dead = 1;
+    a->channel_open = 0;
+    int err = TQ_ERR_AMQP;
+    if (m->reply_code == AMQP_CONNECTION_FORCED)
+        err = TQ_ERR_UNAVAILABLE;
+    else if (m->reply_code == AMQP_ACCESS_REFUSED || m->reply_code == AMQP_NOT_ALLOWED)
+        err = TQ_ERR_AUTH;
+    return tq_errf(eb, err, "%s: connection closed by broker: %u %s", what,
+                   (unsigned)m->reply_code, text);
+}
+
+static int on_library_error(tq_amqp *a, int status, const char *what, tq_errbuf *eb)
+{
+    /* After any library-level failure (socket error, heartbeat or rpc timeout, bad
+     * frame) rabbitmq-c's connection state is unusable: only a fresh connection helps. */
+    a->dead = 1;
+    a->channel_open = 0;
+    int err = TQ_ERR_UNAVAILABLE;
+    if (status == AMQP_STATUS_TIMEOUT)
+        err = TQ_ERR_TIMEOUT;
+    else if (status == AMQP_STATUS_NO_MEMORY)
+        err = TQ_ERR_NOMEM;
+    return tq_errf(eb, err, "%s: %s", what, amqp_error_string2(status));
+}
+
+int tq_amqp_check_reply(tq_amqp *a, amqp_rpc_reply_t r, const char *what, tq_errbuf *eb)
+{
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return TQ_OK;
+    case AMQP_RESPONSE_NONE:
+        a->dead = 1;
+        return tq_errf(eb, TQ_ERR_INTERNAL, "%s: missing rpc reply", what);
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        return on_library_error(a, r.library_error, what, eb);
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+            return on_channel_close(a, TQ_AMQP_CHANNEL, r.reply.decoded, what, eb);
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+            return on_connection_close(a, r.reply.decoded, what, eb);
+        a->dead = 1;
+        return tq_errf(eb, TQ_ERR_AMQP, "%s: unexpected method 0x%08x from broker", what,
+                       (unsigned)r.reply.id);
+    }
+    a->dead = 1;
+    return tq_errf(eb, TQ_ERR_INTERNAL, "%s: unknown rpc reply type %d", what,
+                   (int)r.reply_type);
+}
+
+static int open_channel(tq_amqp *a, tq_errbuf *eb)
+{
+    amqp_channel_open(a->conn, TQ_AMQP_CHANNEL);
+    int rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), "could not open channel", eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->channel_open = 1;
+    a->epoch++;
+    a->next_tag = 1;
+    if (a->confirm) {
+        amqp_confirm_select(a->conn, TQ_AMQP_CHANNEL);
+        rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn),
+                                 "could not enable publisher confirms", eb);
+    }
+    return rc;
+}
+
+int tq_amqp_channel(tq_amqp *a, tq_errbuf *eb)
+{
+    if (a->dead)
+        return tq_errf(eb, TQ_ERR_UNAVAILABLE, "rabbitmq connection is closed");
+    if (!a->channel_open) {
+        int rc = open_channel(a, eb);
+        if (rc != TQ_OK)
+            return rc;
+    }
+    return TQ_AMQP_CHANNEL;
+}
+
+unsigned tq_amqp_channel_epoch(const tq_amqp *a)
+{
+    return a->epoch;
+}
+
+/* urlcopy (TQ_AMQP_URL_MAX bytes) receives the url: amqp_parse_url writes NULs into its
+ * argument and ci points into it. */
+static int parse_url(const char *url, char *urlcopy, struct amqp_connection_info *ci,
+                     tq_errbuf *eb)
+{
+    if (!url || strlen(url) >= TQ_AMQP_URL_MAX)
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: missing or too long");
+    snprintf(urlcopy, TQ_AMQP_URL_MAX, "%s", url);
+    amqp_default_connection_info(ci);
+    if (amqp_parse_url(urlcopy, ci) != AMQP_STATUS_OK)
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: cannot parse");
+    if (ci->ssl)
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: amqps is not supported");
+    /* "amqp://host:port/" names the vhost "" by the URI spec; nobody means that. */
+    if (ci->vhost[0] == '\0')
+        ci->vhost = "/";
+    return TQ_OK;
+}
+
+int tq_amqp_url_check(const char *url, tq_errbuf *eb)
+{
+    char urlcopy[TQ_AMQP_URL_MAX];
+    struct amqp_connection_info ci;
+    return parse_url(url, urlcopy, &ci, eb);
+}
+
+int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_amqp **out,
+                    tq_errbuf *eb)
+{
+    *out = NULL;
+    if (heartbeat_s <= 0)
+        heartbeat_s = TQ_AMQP_DEFAULT_HEARTBEAT;
+
+    /* amqp_parse_url writes NULs into its argument and points into it. */
+    char urlcopy[TQ_AMQP_URL_MAX];
+    struct amqp_connection_info ci;
+    int prc = parse_url(url, urlcopy, &ci, eb);
+    if (prc != TQ_OK)
+        return prc;
+
+    tq_amqp *a = calloc(1, sizeof *a);
+    if (!a)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate amqp connection");
+    a->conn = amqp_new_connection();
+    if (!a->conn) {
+        free(a);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate amqp connection");
+    }
+    a->dead = 1; /* until login succeeds */
+    int rc;
+    amqp_socket_t *sock = amqp_tcp_socket_new(a->conn);
+    if (!sock) {
+        rc = tq_errf(eb, TQ_ERR_NOMEM, "could not allocate amqp socket");
+        goto fail;
+    }
+    struct timeval tv = {.tv_sec = TQ_AMQP_CONNECT_TIMEOUT_S, .tv_usec = 0};
+    int st = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        /* errno is not meaningful here (the library polls a non-blocking connect). */
+        rc = tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to rabbitmq at %s:%d: %s",
+                     ci.host, ci.port, amqp_error_string2(st));
+        goto fail;
+    }
+    struct timeval hs = {.tv_sec = TQ_AMQP_HANDSHAKE_TIMEOUT_S, .tv_usec = 0};
+    amqp_set_handshake_timeout(a->conn, &hs);
+    set_rpc_timeout(a->conn, TQ_AMQP_RPC_TIMEOUT_S);
+
+    amqp_table_entry_t prop = {
+        .key = amqp_cstring_bytes("connection_name"),
+        .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                  .value.bytes = amqp_cstring_bytes(conn_name ? conn_name : "trainq")}};
+    amqp_table_t props = {.num_entries = 1, .entries = &prop};
+    a->dead = 0;
+    amqp_rpc_reply_t r =
+        amqp_login_with_properties(a->conn, ci.vhost, 0, 131072, heartbeat_s, &props,
+                                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+    char what[300];
+    snprintf(what, sizeof what, "could not log in to rabbitmq at %s:%d", ci.host, ci.port);
+    rc = tq_amqp_check_reply(a, r, what, eb);
+    if (rc != TQ_OK) {
+        /* RabbitMQ drops the socket on bad credentials unless the client announces
+         * authentication_failure_close; either way the login did not happen. */
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_CONNECTION_CLOSED)
+            rc = tq_errf(eb, TQ_ERR_AUTH, "%s: connection closed during login (bad credentials?)",
+                         what);
+        goto fail;
+    }
+    rc = open_channel(a, eb);
+    if (rc != TQ_OK)
+        goto fail;
+    *out = a;
+    return TQ_OK;
+
+fail:
+    a->dead = 1;
+    tq_amqp_close(a);
+    return rc;
+}
+
+void tq_amqp_close(tq_amqp *a)
+{
+    if (!a)
+        return;
+    if (!a->dead) {
+        set_rpc_timeout(a->conn, TQ_AMQP_CLOSE_TIMEOUT_S);
+        if (a->channel_open)
+            (void)amqp_channel_close(a->conn, TQ_AMQP_CHANNEL, AMQP_REPLY_SUCCESS);
+        (void)amqp_connection_close(a->conn, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(a->conn);
+    free(a);
+}
+
+int tq_amqp_alive(const tq_amqp *a)
+{
+    return a && !a->dead;
+}
+
+amqp_connection_state_t tq_amqp_state(tq_amqp *a)
+{
+    return a->conn;
+}
+
+/* Reads and drops the content of a basic.return so the frame stream stays in sync. */
+static int skip_returned_content(tq_amqp *a, amqp_channel_t ch, char *msgid, size_t msgid_len,
+                                 tq_errbuf *eb)
+{
+    amqp_message_t m;
+    amqp_rpc_reply_t r = amqp_read_message(a->conn, ch, &m, 0);
+    int rc = tq_amqp_check_reply(a, r, "could not read returned message", eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (msgid) {
+        msgid[0] = '\0';
+        if (m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+            bytes_to_str(m.properties.message_id, msgid, msgid_len);
+    }
+    amqp_destroy_message(&m);
+    return TQ_OK;
+}
+
+int tq_amqp_handle_frame(tq_amqp *a, const amqp_frame_t *f, tq_errbuf *eb)
+{
+    if (f->frame_type != AMQP_FRAME_METHOD)
+        return TQ_OK;
+    switch (f->payload.method.id) {
+    case AMQP_CONNECTION_CLOSE_METHOD:
+        return on_connection_close(a, f->payload.method.decoded, "rabbitmq connection lost", eb);
+    case AMQP_CHANNEL_CLOSE_METHOD:
+        return on_channel_close(a, f->channel, f->payload.method.decoded, "rabbitmq channel lost",
+                                eb);
+    case AMQP_BASIC_RETURN_METHOD:
+        return skip_returned_content(a, f->channel, NULL, 0, eb);
+    default:
+        return TQ_OK;
+    }
+}
+
+int tq_amqp_pump(tq_amqp *a, tq_errbuf *eb)
+{
+    if (a->dead)
+        return tq_errf(eb, TQ_ERR_UNAVAILABLE, "rabbitmq connection is closed");
+    /* Bounded: a peer flooding us cannot keep this loop going forever. */
+    for (int i = 0; i < 1000; i++) {
+        amqp_frame_t f;
+        struct timeval zero = {0, 0};
+        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &zero);
+        if (st == AMQP_STATUS_TIMEOUT)
+            break;
+        if (st != AMQP_STATUS_OK)
+            return on_library_error(a, st, "rabbitmq connection lost", eb);
+        int rc = tq_amqp_handle_frame(a, &f, eb);
+        amqp_maybe_release_buffers(a->conn);
+        if (rc != TQ_OK && a->dead)
+            return rc;
+    }
+    return TQ_OK;
+}
+
+int tq_amqp_confirm_select(tq_amqp *a, tq_errbuf *eb)
+{
+    int ch = tq_amqp_channel(a, eb);
+    if (ch < 0)
+        return ch;
+    if (a->confirm)
+        return TQ_OK;
+    amqp_confirm_select(a->conn, (amqp_channel_t)ch);
+    int rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn),
+                                 "could not enable publisher confirms", eb);
+    if (rc == TQ_OK) {
+        a->confirm = 1;
+        a->next_tag = 1;
+    }
+    return rc;
+}
+
+static int declare_exchange(tq_amqp *a, const char *name, const char *type, tq_errbuf *eb)
+{
+    amqp_exchange_declare(a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(name),
+                          amqp_cstring_bytes(type), 0, 1, 0, 0, amqp_empty_table);
+    char what[160];
+    snprintf(what, sizeof what, "could not declare exchange \"%s\"", name);
+    return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
+}
+
+static int declare_queue(tq_amqp *a, const char *name, amqp_table_t args, tq_errbuf *eb)
+{
+    amqp_queue_declare(a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(name), 0, 1, 0, 0, args);
+    char what[160];
+    snprintf(what, sizeof what, "could not declare queue \"%s\"", name);
+    return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
+}
+
+static int bind_queue(tq_amqp *a, const char *queue, const char *exchange, const char *key,
+                      tq_errbuf *eb)
+{
+    amqp_queue_bind(a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(queue),
+                    amqp_cstring_bytes(exchange), amqp_cstring_bytes(key), amqp_empty_table);
+    char what[200];
+    snprintf(what, sizeof what, "could not bind queue \"%s\" to \"%s\" with key \"%s\"", queue,
+             exchange, key);
+    return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
+}
+
+int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb)
+{
+    int rc = tq_amqp_channel(a, eb);
+    if (rc < 0)
+        return rc;
+    if ((rc = declare_exchange(a, TQ_AMQP_EXCHANGE, "direct", eb)) != TQ_OK)
+        return rc;
+    if ((rc = declare_exchange(a, TQ_AMQP_DLX, "fanout", eb)) != TQ_OK)
+        return rc;
+
+    /* Argument types matter: RabbitMQ refuses a redeclaration whose x-arguments differ,
+     * so this is the one place that declares them. */
+    amqp_table_entry_t dead_args[1] = {
+        {.key = amqp_cstring_bytes("x-queue-type"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}},
+    };
+    amqp_table_t dead_tbl = {.num_entries = 1, .entries = dead_args};
+    if ((rc = declare_queue(a, TQ_AMQP_DEAD_QUEUE, dead_tbl, eb)) != TQ_OK)
+        return rc;
+    if ((rc = bind_queue(a, TQ_AMQP_DEAD_QUEUE, TQ_AMQP_DLX, "", eb)) != TQ_OK)
+        return rc;
+
+    amqp_table_entry_t job_args[3] = {
+        {.key = amqp_cstring_bytes("x-queue-type"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}},
+        {.key = amqp_cstring_bytes("x-delivery-limit"),
+         .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = TQ_AMQP_DELIVERY_LIMIT}},
+        {.key = amqp_cstring_bytes("x-dead-letter-exchange"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(TQ_AMQP_DLX)}},
+    };
+    amqp_table_t job_tbl = {.num_entries = 3, .entries = job_args};
+    if ((rc = declare_queue(a, TQ_AMQP_QUEUE, job_tbl, eb)) != TQ_OK)
+        return rc;
+    static const char *const keys[] = {"lora", "dreambooth"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if ((rc = bind_queue(a, TQ_AMQP_QUEUE, TQ_AMQP_EXCHANGE, keys[i], eb)) != TQ_OK)
+            return rc;
+    amqp_maybe_release_buffers(a->conn);
+    return TQ_OK;
+}
+
+/* Per-message bookkeeping while confirms arrive. */
+enum { PUB_PENDING = 0, PUB_ACKED, PUB_NACKED };
+
+static void fail_pending(tq_amqp_msg *msgs, const unsigned char *state, const int *returned,
+                         size_t n, int err, const char *why)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (state[i] != PUB_PENDING)
+            continue;
+        msgs[i].result = err;
+        /* the reason is a short tag for logs and outbox.last_error: cut it, don't overflow */
+        snprintf(msgs[i].reason, sizeof msgs[i].reason, "%.120s", returned[i] ? "unroutable" : why);
+    }
+}
+
+/* Applies an ack/nack for `tag` (and every earlier one when `multiple`). */
+static void apply_confirm(tq_amqp_msg *msgs, unsigned char *state, const int *returned, size_t n,
+                          uint64_t base, uint64_t tag, int multiple, int ack, size_t *remaining)
+{
+    if (tag < base)
+        return; /* a confirm for an earlier batch (cannot happen: timeouts kill the link) */
+    uint64_t last = tag - base;
+    uint64_t first = multiple ? 0 : last;
+    for (uint64_t i = first; i <= last && i < n; i++) {
+        if (state[i] != PUB_PENDING)
+            continue;
+        (*remaining)--;
+        if (ack && !returned[i]) {
+            state[i] = PUB_ACKED;
+            msgs[i].result = TQ_OK;
+            msgs[i].reason[0] = '\0';
+        } else {
+            /* A returned message is acked afterwards: the ack only means "handled". */
+            state[i] = PUB_NACKED;
+            msgs[i].result = TQ_ERR_AMQP;
+            if (!returned[i])
+                snprintf(msgs[i].reason, sizeof msgs[i].reason, "nacked by broker");
+        }
+    }
+}
+
+static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
+{
+    amqp_table_entry_t hdrs[TQ_AMQP_MAX_HEADERS];
+    size_t nh = m->n_header_kv / 2; /* checked by the caller */
+    for (size_t i = 0; i < nh; i++) {
+        hdrs[i].key = amqp_cstring_bytes(m->header_kv[2 * i]);
+        hdrs[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        hdrs[i].value.value.bytes = amqp_cstring_bytes(m->header_kv[2 * i + 1]);
+    }
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_TIMESTAMP_FLAG;
+    p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p.timestamp = (uint64_t)time(NULL);
+    if (m->message_id) {
+        p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+        p.message_id = amqp_cstring_bytes(m->message_id);
+    }
+    if (nh) {
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers.num_entries = (int)nh;
+        p.headers.entries = hdrs;
+    }
+    amqp_bytes_t body = {.len = m->body_len, .bytes = (void *)(uintptr_t)m->body};
+    int st = amqp_basic_publish(a->conn, TQ_AMQP_CHANNEL,
+                                amqp_cstring_bytes(m->exchange ? m->exchange : ""),
+                                amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), 1, 0,
+                                &p, body);
+    if (st != AMQP_STATUS_OK)
+        return on_library_error(a, st, "could not publish message", eb);
+    a->next_tag++;
+    return TQ_OK;
+}
+
+int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
+                              tq_errbuf *eb)
+{
+    for (size_t i = 0; i < n; i++) {
+        msgs[i].result = TQ_ERR_UNAVAILABLE;
+        msgs[i].reason[0] = '\0';
+    }
+    if (n == 0)
+        return TQ_OK;
+    if (!a->confirm)
+        return tq_errf(eb, TQ_ERR_INTERNAL, "cannot publish confirmed: confirm mode not selected");
+    int rc = tq_amqp_channel(a, eb);
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++) {
+            msgs[i].result = rc;
+            snprintf(msgs[i].reason, sizeof msgs[i].reason, "channel unavailable");
+        }
+        return rc;
+    }
+
+    unsigned char *state = calloc(n, 1);
+    int *returned = calloc(n, sizeof *returned);
+    if (!state || !returned) {
+        free(state);
+        free(returned);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate confirm state");
+    }
+
+    /* Refuse bad input before anything is sent, so a batch is never half on the wire
+     * with confirms we would not wait for. */
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].n_header_kv % 2 != 0 || msgs[i].n_header_kv / 2 > TQ_AMQP_MAX_HEADERS) {
+            rc = tq_errf(eb, TQ_ERR_INVALID, "cannot publish: bad header list (message %zu)", i);
+            goto out_fail;
+        }
+    }
+    uint64_t base = a->next_tag;
+    size_t remaining = n;
+    for (size_t i = 0; i < n; i++) {
+        rc = publish_one(a, &msgs[i], eb);
+        if (rc != TQ_OK)
+            goto out_fail; /* only a dead connection fails here */
+    }
+
+    int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    while (remaining > 0) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            /* Late confirms would arrive on a channel whose tags we no longer trust to
+             * map onto the next batch's returns: drop the connection instead. */
+            a->dead = 1;
+            rc = tq_errf(eb, TQ_ERR_TIMEOUT,
+                         "could not publish: %zu of %zu messages unconfirmed after %d ms",
+                         remaining, n, timeout_ms);
+            goto out_fail;
+        }
+        struct timeval tv = {.tv_sec = (time_t)(left / 1000),
+                             .tv_usec = (suseconds_t)((left % 1000) * 1000)};
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (st != AMQP_STATUS_OK) {
+            rc = on_library_error(a, st, "could not wait for publisher confirms", eb);
+            goto out_fail;
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        if (f.channel != TQ_AMQP_CHANNEL && f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
+            continue;
+        switch (f.payload.method.id) {
+        case AMQP_BASIC_ACK_METHOD: {
+            const amqp_basic_ack_t *m = f.payload.method.decoded;
+            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 1,
+                          &remaining);
+            break;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            const amqp_basic_nack_t *m = f.payload.method.decoded;
+            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 0,
+                          &remaining);
+            break;
+        }
+        case AMQP_BASIC_RETURN_METHOD: {
+            const amqp_basic_return_t *m = f.payload.method.decoded;
+            char text[96];
+            bytes_to_str(m->reply_text, text, sizeof text);
+            unsigned code = m->reply_code;
+            char msgid[256];
+            rc = skip_returned_content(a, TQ_AMQP_CHANNEL, msgid, sizeof msgid, eb);
+            if (rc != TQ_OK)
+                goto out_fail;
+            /* The broker sends a message's return before its ack, in publish order:
+             * the earliest unconfirmed, not yet returned message with this id is it. */
+            for (size_t i = 0; i < n; i++) {
+                if (state[i] == PUB_PENDING && !returned[i] && msgs[i].message_id &&
+                    strcmp(msgs[i].message_id, msgid) == 0) {
+                    returned[i] = 1;
+                    snprintf(msgs[i].reason, sizeof msgs[i].reason, "unroutable: %u %s", code,
+                             text);
+                    break;
+                }
+            }
+            break;
+        }
+        case AMQP_CHANNEL_CLOSE_METHOD:
+            rc = on_channel_close(a, f.channel, f.payload.method.decoded,
+                                  "could not publish", eb);
+            goto out_fail;
+        case AMQP_CONNECTION_CLOSE_METHOD:
+            rc = on_connection_close(a, f.payload.method.decoded, "could not publish", eb);
+            goto out_fail;
+        default:
+            break; /* e.g. connection.blocked: the deadline covers it */
+        }
+        amqp_maybe_release_buffers(a->conn);
+    }
+    free(state);
+    free(returned);
+    amqp_maybe_release_buffers(a->conn);
+    return TQ_OK;
+
+out_fail:
+    fail_pending(msgs, state, returned, n, rc, eb ? eb->msg : "batch failed");
+    free(state);
+    free(returned);
+    if (!a->dead)
+        amqp_maybe_release_buffers(a->conn);
+    return rc;
+}

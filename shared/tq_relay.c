@@ -1,0 +1,633 @@
+#include "tq_relay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "tq_amqp.h"
+#include "tq_db.h"
+#include "tq_log.h"
+
+#define RELAY_BATCH_DEFAULT 100
+#define RELAY_BATCH_MAX 1000
+#define RELAY_POLL_DEFAULT_MS 1000
+/* The idle wait also paces AMQP heartbeats (30 s): never sleep longer than this. */
+#define RELAY_POLL_MAX_MS 5000
+#define RELAY_CONFIRM_TIMEOUT_MS 10000
+#define RELAY_BACKOFF_MIN_MS 100
+#define RELAY_BACKOFF_MAX_MS 5000
+#define RELAY_BACKLOG_EVERY_MS 5000
+#define RELAY_CLEANUP_EVERY_MS (3600 * 1000)
+#define RELAY_CLEANUP_CHUNK 5000
+
+/* All SQL of the relay. */
+static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
+static const char SQL_CLAIM[] =
+    "SELECT id, job_id::text, routing_key, payload FROM outbox"
+    " WHERE published_at IS NULL AND available_at <= now()"
+    " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
+static const char SQL_MARK_PUBLISHED[] =
+    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])";
+static const char SQL_MARK_FAILED[] =
+    "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
+    " available_at = now() + least(power(2, attempts + 1), 60) * interval '1 second'"
+    " WHERE id = $1::bigint";
+static const char SQL_BACKLOG[] = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+/* Chunked and SKIP LOCKED so every relay may run it at once without piling up. */
+static const char SQL_CLEANUP[] =
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+    " WHERE published_at < now() - interval '7 days'"
+    " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
+
+typedef enum { SIDE_NONE = 0, SIDE_DB, SIDE_AMQP } relay_side;
+
+struct tq_relay {
+    char *db_url;
+    char *amqp_url;
+    char *name;
+    int batch;
+    int poll_ms;
+
+    pthread_t thread;
+    int wake[2]; /* self-pipe: stop wakes every wait of the thread */
+    atomic_int stopping;
+    atomic_int flush_timeout_ms;
+
+    pthread_mutex_t mu; /* guards st */
+    tq_relay_stats st;
+
+    /* Owned by the thread. */
+    PGconn *pg;
+    tq_amqp *amqp;
+    tq_amqp_msg *msgs;
+    unsigned seed;
+    int db_state;   /* -1 unknown, 0 down (logged), 1 up */
+    int amqp_state; /* same */
+    int db_ever, amqp_ever;
+    char last_err[TQ_ERRBUF_LEN]; /* last round error logged, to log once per change */
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int stopping(const tq_relay *r)
+{
+    return atomic_load(&r->stopping);
+}
+
+static void drain_wake(tq_relay *r)
+{
+    char buf[64];
+    while (read(r->wake[0], buf, sizeof buf) > 0) {
+    }
+}
+
+/* Sleeps up to ms, returning early on stop. */
+static void nap(tq_relay *r, int ms)
+{
+    struct pollfd p = {.fd = r->wake[0], .events = POLLIN};
+    if (poll(&p, 1, ms) > 0)
+        drain_wake(r);
+}
+
+/* Exponential backoff with jitter: the next delay is in [cur/2, cur]. */
+static void backoff_sleep(tq_relay *r, int *cur)
+{
+    *cur = *cur ? *cur * 2 : RELAY_BACKOFF_MIN_MS;
+    if (*cur > RELAY_BACKOFF_MAX_MS)
+        *cur = RELAY_BACKOFF_MAX_MS;
+    int half = *cur / 2;
+    nap(r, half + (int)(rand_r(&r->seed) % (unsigned)(half + 1)));
+}
+
+static void stats_add(tq_relay *r, uint64_t published, uint64_t confirms, uint64_t nacks,
+                      uint64_t returns, uint64_t errors)
+{
+    pthread_mutex_lock(&r->mu);
+    r->st.published += published;
+    r->st.confirms += confirms;
+    r->st.nacks += nacks;
+    r->st.returns += returns;
+    r->st.errors += errors;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void stats_set_up(tq_relay *r, int db_up, int amqp_up, int reconnected)
+{
+    pthread_mutex_lock(&r->mu);
+    r->st.db_up = db_up;
+    r->st.amqp_up = amqp_up;
+    if (reconnected)
+        r->st.reconnects++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void drop_db(tq_relay *r)
+{
+    if (r->pg) {
+        PQfinish(r->pg);
+        r->pg = NULL;
+    }
+    stats_set_up(r, 0, tq_amqp_alive(r->amqp), 0);
+}
+
+static void drop_amqp(tq_relay *r)
+{
+    if (r->amqp) {
+        tq_amqp_close(r->amqp);
+        r->amqp = NULL;
+    }
+    stats_set_up(r, r->pg != NULL, 0, 0);
+}
+
+static json_t *name_field(const tq_relay *r)
+{
+    return json_pack("{s:s}", "relay", r->name);
+}
+
+/* Logged once per change of state, not per retry. */
+static void note_down(tq_relay *r, int *state, const char *what, const tq_errbuf *eb)
+{
+    if (*state != 0)
+        tq_logj(TQ_LOG_WARN, "relay.disconnected", name_field(r), "%s unavailable: %s", what,
+                eb->msg);
+    *state = 0;
+}
+
+static void note_up(tq_relay *r, int *state, int *ever, const char *what)
+{
+    if (*state == 0)
+        tq_logj(TQ_LOG_INFO, "relay.reconnect", name_field(r), "%s connection restored", what);
+    else
+        tq_logj(TQ_LOG_DEBUG, "relay.connect", name_field(r), "%s connected", what);
+    *state = 1;
+    int again = *ever;
+    *ever = 1;
+    stats_set_up(r, r->pg != NULL, tq_amqp_alive(r->amqp), again);
+}
+
+/* libpq prints server notices (and the FATAL of an admin shutdown) to stderr by default,
+ * which would break the JSON-lines log. */
+static void pg_notice(void *arg, const char *message)
+{
+    const tq_relay *r = arg;
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s", message);
+    msg[strcspn(msg, "\n")] = '\0';
+    tq_logj(TQ_LOG_DEBUG, "relay.pg_notice", name_field(r), "postgres: %s", msg);
+}
+
+static int ensure_db(tq_relay *r)
+{
+    if (r->pg && PQstatus(r->pg) == CONNECTION_OK)
+        return TQ_OK;
+    drop_db(r);
+    tq_errbuf eb = {{0}};
+    r->pg = tq_db_connect(r->db_url, r->name, &eb);
+    if (r->pg)
+        PQsetNoticeProcessor(r->pg, pg_notice, r);
+    int rc = r->pg ? tq_db_exec(r->pg, SQL_LISTEN, 0, NULL, NULL, &eb) : TQ_ERR_UNAVAILABLE;
+    if (rc != TQ_OK) {
+        drop_db(r);
+        note_down(r, &r->db_state, "postgres", &eb);
+        return rc;
+    }
+    note_up(r, &r->db_state, &r->db_ever, "postgres");
+    return TQ_OK;
+}
+
+static int ensure_amqp(tq_relay *r)
+{
+    if (tq_amqp_alive(r->amqp))
+        return TQ_OK;
+    drop_amqp(r);
+    tq_errbuf eb = {{0}};
+    int rc = tq_amqp_connect(r->amqp_url, r->name, TQ_AMQP_DEFAULT_HEARTBEAT, &r->amqp, &eb);
+    if (rc == TQ_OK)
+        rc = tq_amqp_declare_topology(r->amqp, &eb);
+    if (rc == TQ_OK)
+        rc = tq_amqp_confirm_select(r->amqp, &eb);
+    if (rc != TQ_OK) {
+        drop_amqp(r);
+        note_down(r, &r->amqp_state, "rabbitmq", &eb);
+        return rc;
+    }
+    note_up(r, &r->amqp_state, &r->amqp_ever, "rabbitmq");
+    return TQ_OK;
+}
+
+/* "{1,2,3}" from the confirmed rows' ids (digits only: safe as an array literal). */
+static char *id_array(PGresult *res, const tq_amqp_msg *msgs, int n, int *count)
+{
+    size_t cap = (size_t)n * 22 + 3;
+    char *s = malloc(cap);
+    if (!s)
+        return NULL;
+    size_t len = 0;
+    s[len++] = '{';
+    *count = 0;
+    for (int i = 0; i < n; i++) {
+        if (msgs[i].result != TQ_OK)
+            continue;
+        int w = snprintf(s + len, cap - len, "%s%s", *count ? "," : "", PQgetvalue(res, i, 0));
+        if (w < 0 || (size_t)w >= cap - len) {
+            free(s);
+            return NULL;
+        }
+        len += (size_t)w;
+        (*count)++;
+    }
+    s[len++] = '}';
+    s[len] = '\0';
+    return s;
+}
+
+/*
+ * One round, one transaction: lock due rows, publish them, wait for confirms, mark.
+ * The row locks are held while waiting for the broker, so a concurrent relay skips
+ * these rows instead of publishing them too.
+ */
+static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_side *side,
+                       tq_errbuf *eb)
+{
+    *full = 0;
+    *side = SIDE_DB;
+    PGresult *res = NULL;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", r->batch);
+    const char *p_claim[1] = {limit};
+
+    int rc = tq_db_begin(r->pg, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = tq_db_exec(r->pg, SQL_CLAIM, 1, p_claim, &res, eb);
+    if (rc != TQ_OK)
+        goto rollback;
+    int n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        tq_db_rollback(r->pg);
+        return TQ_OK;
+    }
+
+    for (int i = 0; i < n; i++) {
+        tq_amqp_msg *m = &r->msgs[i];
+        memset(m, 0, sizeof *m);
+        m->exchange = TQ_AMQP_EXCHANGE;
+        m->routing_key = PQgetvalue(res, i, 2);
+        m->message_id = PQgetvalue(res, i, 1);
+        m->body = PQgetvalue(res, i, 3);
+        m->body_len = (size_t)PQgetlength(res, i, 3);
+        m->content_type = "application/json";
+    }
+    rc = tq_amqp_publish_confirmed(r->amqp, r->msgs, (size_t)n, confirm_timeout_ms, eb);
+    if (rc != TQ_OK) {
+        /* Nothing is marked: the rows stay due and are published again after
+         * reconnecting (some may already be on the queue: at least once). */
+        *side = SIDE_AMQP;
+        goto rollback;
+    }
+
+    uint64_t acked = 0, nacked = 0, returned = 0;
+    for (int i = 0; i < n; i++) {
+        tq_amqp_msg *m = &r->msgs[i];
+        if (m->result == TQ_OK) {
+            acked++;
+            continue;
+        }
+        if (strncmp(m->reason, "unroutable", 10) == 0)
+            returned++;
+        else
+            nacked++;
+        tq_logj(TQ_LOG_WARN, "relay.publish_failed",
+                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id,
+                          "routing_key", m->routing_key),
+                "could not publish outbox row %s: %s", PQgetvalue(res, i, 0), m->reason);
+        const char *p_fail[2] = {PQgetvalue(res, i, 0), m->reason};
+        rc = tq_db_exec(r->pg, SQL_MARK_FAILED, 2, p_fail, NULL, eb);
+        if (rc != TQ_OK)
+            goto rollback;
+    }
+    int count = 0;
+    if (acked) {
+        char *ids = id_array(res, r->msgs, n, &count);
+        if (!ids) {
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "could not build id list");
+            goto rollback;
+        }
+        const char *p_mark[1] = {ids};
+        rc = tq_db_exec(r->pg, SQL_MARK_PUBLISHED, 1, p_mark, NULL, eb);
+        free(ids);
+        if (rc != TQ_OK)
+            goto rollback;
+    }
+    /* If this COMMIT fails, the confirmed messages are on the queue but their rows are
+     * not marked: they will be published again. That is the at-least-once contract —
+     * consumers deduplicate by message_id (the job id). */
+    rc = tq_db_commit(r->pg, eb);
+    stats_add(r, rc == TQ_OK ? acked : 0, acked, nacked, returned, 0);
+    if (rc != TQ_OK)
+        goto rollback;
+    PQclear(res);
+    if (acked)
+        tq_logj(TQ_LOG_DEBUG, "relay.published",
+                json_pack("{s:s,s:I}", "relay", r->name, "count", (json_int_t)acked),
+                "published %" PRIu64 " outbox rows", acked);
+    *full = (n == r->batch);
+    *side = SIDE_NONE;
+    return TQ_OK;
+
+rollback:
+    PQclear(res);
+    tq_db_rollback(r->pg);
+    return rc;
+}
+
+static void count_backlog(tq_relay *r)
+{
+    PGresult *res = NULL;
+    tq_errbuf eb = {{0}};
+    if (tq_db_exec(r->pg, SQL_BACKLOG, 0, NULL, &res, &eb) != TQ_OK)
+        return; /* the next round notices a broken connection */
+    int64_t v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    pthread_mutex_lock(&r->mu);
+    r->st.backlog = v;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void cleanup_published(tq_relay *r)
+{
+    char chunk[16];
+    snprintf(chunk, sizeof chunk, "%d", RELAY_CLEANUP_CHUNK);
+    const char *p[1] = {chunk};
+    long total = 0;
+    for (int i = 0; i < 20 && !stopping(r); i++) {
+        PGresult *res = NULL;
+        tq_errbuf eb = {{0}};
+        if (tq_db_exec(r->pg, SQL_CLEANUP, 1, p, &res, &eb) != TQ_OK)
+            break;
+        long n = strtol(PQcmdTuples(res), NULL, 10);
+        PQclear(res);
+        total += n;
+        if (n < RELAY_CLEANUP_CHUNK)
+            break;
+    }
+    if (total > 0)
+        tq_logj(TQ_LOG_INFO, "relay.cleanup", name_field(r),
+                "deleted %ld published outbox rows older than 7 days", total);
+}
+
+/* Waits for a NOTIFY, stop, or timeout; keeps the AMQP connection's heartbeats going.
+ * Returns early at once if notifications are already buffered by libpq (they may have
+ * arrived with the results of the last round). */
+static void wait_for_work(tq_relay *r, int timeout_ms)
+{
+    int got = 0;
+    if (PQconsumeInput(r->pg) == 0) {
+        drop_db(r);
+        return;
+    }
+    PGnotify *nt;
+    while ((nt = PQnotifies(r->pg)) != NULL) {
+        PQfreemem(nt);
+        got = 1;
+    }
+    if (!got) {
+        struct pollfd p[2] = {{.fd = PQsocket(r->pg), .events = POLLIN},
+                              {.fd = r->wake[0], .events = POLLIN}};
+        int k = poll(p, 2, timeout_ms);
+        if (k > 0 && (p[1].revents & POLLIN))
+            drain_wake(r);
+        if (k > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (PQconsumeInput(r->pg) == 0) {
+                drop_db(r);
+                return;
+            }
+            while ((nt = PQnotifies(r->pg)) != NULL)
+                PQfreemem(nt);
+        }
+    }
+    tq_errbuf eb = {{0}};
+    if (r->amqp && tq_amqp_pump(r->amqp, &eb) != TQ_OK && !tq_amqp_alive(r->amqp)) {
+        note_down(r, &r->amqp_state, "rabbitmq", &eb);
+        drop_amqp(r);
+    }
+}
+
+static void round_failed(tq_relay *r, relay_side side, int rc, const tq_errbuf *eb)
+{
+    stats_add(r, 0, 0, 0, 0, 1);
+    if (strcmp(r->last_err, eb->msg) != 0) {
+        tq_logj(TQ_LOG_WARN, "relay.error", name_field(r), "outbox round failed: %s", eb->msg);
+        snprintf(r->last_err, sizeof r->last_err, "%s", eb->msg);
+    }
+    if (side == SIDE_AMQP) {
+        /* Channel closes included: reconnecting also redeclares the topology. */
+        note_down(r, &r->amqp_state, "rabbitmq", eb);
+        drop_amqp(r);
+    } else if (rc == TQ_ERR_UNAVAILABLE || !r->pg || PQstatus(r->pg) != CONNECTION_OK) {
+        note_down(r, &r->db_state, "postgres", eb);
+        drop_db(r);
+    }
+}
+
+static void final_flush(tq_relay *r)
+{
+    int budget = atomic_load(&r->flush_timeout_ms);
+    if (budget <= 0 || !r->pg || PQstatus(r->pg) != CONNECTION_OK || !tq_amqp_alive(r->amqp))
+        return;
+    int64_t deadline = mono_ms() + budget;
+    for (;;) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0)
+            break;
+        int full = 0;
+        relay_side side;
+        tq_errbuf eb = {{0}};
+        int ct = left < RELAY_CONFIRM_TIMEOUT_MS ? (int)left : RELAY_CONFIRM_TIMEOUT_MS;
+        int rc = relay_round(r, ct, &full, &side, &eb);
+        if (rc != TQ_OK) {
+            round_failed(r, side, rc, &eb);
+            break;
+        }
+        if (!full)
+            break;
+    }
+}
+
+static void *relay_main(void *arg)
+{
+    tq_relay *r = arg;
+    int bo_db = 0, bo_amqp = 0, bo_round = 0;
+    int64_t next_backlog = 0;
+    /* Spread the hourly cleanup of many instances; first run a minute or two in. */
+    int64_t next_cleanup = mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
+
+    while (!stopping(r)) {
+        if (ensure_db(r) != TQ_OK) {
+            backoff_sleep(r, &bo_db);
+            continue;
+        }
+        bo_db = 0;
+        if (ensure_amqp(r) != TQ_OK) {
+            backoff_sleep(r, &bo_amqp);
+            continue;
+        }
+        bo_amqp = 0;
+
+        int full = 0;
+        relay_side side;
+        tq_errbuf eb = {{0}};
+        int rc = relay_round(r, RELAY_CONFIRM_TIMEOUT_MS, &full, &side, &eb);
+        if (rc != TQ_OK) {
+            round_failed(r, side, rc, &eb);
+            backoff_sleep(r, &bo_round);
+            continue;
+        }
+        if (bo_round) {
+            tq_logj(TQ_LOG_INFO, "relay.recovered", name_field(r), "outbox rounds succeed again");
+            r->last_err[0] = '\0';
+        }
+        bo_round = 0;
+        if (full)
+            continue;
+
+        int64_t now = mono_ms();
+        if (now >= next_backlog) {
+            count_backlog(r);
+            next_backlog = now + RELAY_BACKLOG_EVERY_MS;
+        }
+        if (now >= next_cleanup) {
+            cleanup_published(r);
+            next_cleanup = now + RELAY_CLEANUP_EVERY_MS;
+        }
+        if (r->pg)
+            wait_for_work(r, r->poll_ms);
+    }
+    final_flush(r);
+    drop_amqp(r);
+    drop_db(r);
+    return NULL;
+}
+
+static void relay_free(tq_relay *r)
+{
+    if (!r)
+        return;
+    if (r->wake[0] >= 0)
+        close(r->wake[0]);
+    if (r->wake[1] >= 0)
+        close(r->wake[1]);
+    pthread_mutex_destroy(&r->mu);
+    free(r->msgs);
+    free(r->db_url);
+    free(r->amqp_url);
+    free(r->name);
+    free(r);
+}
+
+int tq_relay_start(const tq_relay_config *cfg, tq_relay **out, tq_errbuf *eb)
+{
+    *out = NULL;
+    if (!cfg || !cfg->database_url || !cfg->amqp_url)
+        return tq_errf(eb, TQ_ERR_CONFIG, "cannot start relay: database and amqp urls required");
+    /* Bad configuration fails at start, not as an endless retry in the thread. */
+    int rc = tq_amqp_url_check(cfg->amqp_url, eb);
+    if (rc != TQ_OK)
+        return rc;
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(cfg->database_url, &perr);
+    if (!opts) {
+        tq_errf(eb, TQ_ERR_CONFIG, "invalid database url: %s", perr ? perr : "cannot parse");
+        PQfreemem(perr);
+        return TQ_ERR_CONFIG;
+    }
+    PQconninfoFree(opts);
+    tq_relay *r = calloc(1, sizeof *r);
+    if (!r)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate relay");
+    r->wake[0] = r->wake[1] = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    r->batch = cfg->batch > 0 ? cfg->batch : RELAY_BATCH_DEFAULT;
+    if (r->batch > RELAY_BATCH_MAX)
+        r->batch = RELAY_BATCH_MAX;
+    r->poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : RELAY_POLL_DEFAULT_MS;
+    if (r->poll_ms > RELAY_POLL_MAX_MS)
+        r->poll_ms = RELAY_POLL_MAX_MS;
+    r->db_url = strdup(cfg->database_url);
+    r->amqp_url = strdup(cfg->amqp_url);
+    r->name = strdup(cfg->name ? cfg->name : "trainq-relay");
+    r->msgs = calloc((size_t)r->batch, sizeof *r->msgs);
+    r->db_state = r->amqp_state = -1;
+    r->st.backlog = -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->seed = (unsigned)ts.tv_nsec ^ (unsigned)getpid();
+    if (!r->db_url || !r->amqp_url || !r->name || !r->msgs) {
+        relay_free(r);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate relay");
+    }
+    if (pipe(r->wake) != 0) {
+        int e = errno;
+        r->wake[0] = r->wake[1] = -1;
+        relay_free(r);
+        return tq_errf(eb, TQ_ERR_IO, "could not create relay wake pipe: %s", strerror(e));
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(r->wake[i], F_SETFL, fcntl(r->wake[i], F_GETFL) | O_NONBLOCK);
+        fcntl(r->wake[i], F_SETFD, FD_CLOEXEC);
+    }
+
+    /* The thread inherits this mask: process signals (SIGTERM...) stay with the
+     * program's own handling, never interrupt the relay. */
+    sigset_t all, old;
+    sigemptyset(&all);
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, SIGPIPE, SIGALRM};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaddset(&all, sigs[i]);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int e = pthread_create(&r->thread, NULL, relay_main, r);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e != 0) {
+        relay_free(r);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start relay thread: %s", strerror(e));
+    }
+    *out = r;
+    return TQ_OK;
+}
+
+void tq_relay_stop(tq_relay *r, int flush_timeout_ms)
+{
+    if (!r)
+        return;
+    atomic_store(&r->flush_timeout_ms, flush_timeout_ms);
+    atomic_store(&r->stopping, 1);
+    ssize_t w = write(r->wake[1], "x", 1);
+    (void)w; /* a full pipe already wakes the thread */
+    pthread_join(r->thread, NULL);
+    relay_free(r);
+}
+
+void tq_relay_stats_get(const tq_relay *r, tq_relay_stats *out)
+{
+    pthread_mutex_lock((pthread_mutex_t *)&r->mu);
+    *out = r->st;
+    pthread_mutex_unlock((pthread_mutex_t *)&r->mu);
+}

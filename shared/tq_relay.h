@@ -1,0 +1,57 @@
+/*
+ * tq_relay — the transactional-outbox relay: a thread that moves rows of table `outbox`
+ * to exchange trainq.jobs with publisher confirms, and marks them published.
+ *
+ * What must stay true:
+ *  - a row is marked published only after the broker confirmed its message, in the same
+ *    transaction that locked it (FOR UPDATE SKIP LOCKED), so any number of relays (one per
+ *    producer and consumer instance) can run at once and, short of a crash between the
+ *    confirm and the COMMIT, each row is published exactly once;
+ *  - delivery is at least once: a confirmed message whose row could not be marked is
+ *    published again later; consumers deduplicate by message_id (= job id);
+ *  - no failure path spins: every retry sleeps with backoff, interruptible by stop.
+ *
+ * The relay is a program component: it logs with tq_log (events relay.*).
+ */
+#ifndef TQ_RELAY_H
+#define TQ_RELAY_H
+
+#include <stdint.h>
+
+#include "tq_err.h"
+
+typedef struct {
+    const char *database_url; /* copied by tq_relay_start */
+    const char *amqp_url;     /* copied */
+    const char *name;         /* connection/application name; copied; NULL: "trainq-relay" */
+    int batch;                /* rows per transaction; <= 0: 100 (capped at 1000) */
+    int poll_ms;              /* fallback poll when no NOTIFY comes; <= 0: 1000 */
+} tq_relay_config;
+
+typedef struct {
+    uint64_t published;  /* rows marked published (committed) */
+    uint64_t confirms;   /* broker acks for our messages */
+    uint64_t nacks;      /* broker nacks */
+    uint64_t returns;    /* unroutable messages returned */
+    uint64_t errors;     /* failed rounds (database or broker) */
+    uint64_t reconnects; /* successful (re)connections after the first, both sides */
+    int64_t backlog;     /* unpublished rows at the last count, -1 before the first */
+    int db_up;           /* 1 while the Postgres connection is usable */
+    int amqp_up;         /* 1 while the RabbitMQ connection is usable */
+} tq_relay_stats;
+
+typedef struct tq_relay tq_relay;
+
+/* Validates cfg and starts the relay thread; connecting happens in the thread (a broker
+ * or database that is down at start is retried, not an error). *out is caller-owned:
+ * release it with tq_relay_stop. */
+int tq_relay_start(const tq_relay_config *cfg, tq_relay **out, tq_errbuf *eb);
+
+/* Asks the thread to stop, lets it make one final flush of what is due (bounded by
+ * flush_timeout_ms, only over connections that are up), joins it and frees r. NULL ok. */
+void tq_relay_stop(tq_relay *r, int flush_timeout_ms);
+
+/* A consistent copy of the counters (thread-safe). */
+void tq_relay_stats_get(const tq_relay *r, tq_relay_stats *out);
+
+#endif

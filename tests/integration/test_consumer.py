@@ -1,0 +1,462 @@
+"""trainq-consumer against the real Postgres, RabbitMQ, dockerd and the fake trainer image.
+
+Each test uses its own users, datasets and data directory; jobs are published straight to
+the exchange with pika (as any service may), with their rows created beforehand where a
+test needs a definite submission order. The invariants of DESIGN.md are checked from the
+audit table (job_events), not from snapshots.
+"""
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import unittest
+import urllib.parse
+import uuid
+
+import tqharness as h
+import tqenv
+
+IMAGE = tqenv.TRAINING_IMAGE
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def run_id():
+    return uuid.uuid4().hex[:8]
+
+
+class ConsumerCase(unittest.TestCase):
+    """A data directory, datasets and consumer processes, cleaned up after each test."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tq-consumer-")
+        self.root = os.path.join(self.tmp, "datasets")
+        os.makedirs(self.root)
+        self.procs = []
+        self.users = []
+        h.purge_queue()
+        h.purge_queue("trainq.jobs.dead")
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.running():
+                p.stop(timeout=30)
+        # Containers of this test's workers (labels) go; leftover jobs become terminal so
+        # that no later test runs them.
+        for p in self.procs:
+            wid = p.env.get("TRAINQ_WORKER_ID")
+            flt = urllib.parse.quote(json.dumps({"label": [f"trainq.worker={wid}"]}))
+            st, lst = tqenv.docker("GET", f"/containers/json?all=1&filters={flt}")
+            for c in lst or []:
+                tqenv.remove_container(c["Id"])
+        if self.users:
+            tqenv.psql("UPDATE training_jobs SET status = 'cancelled', completed_at = now() "
+                       "WHERE user_id = ANY(string_to_array(:'u', ',')) "
+                       "AND status NOT IN ('completed', 'failed', 'cancelled')",
+                       variables={"u": ",".join(self.users)})
+        for p in self.procs:
+            try:
+                p.assert_no_sanitizer_report()
+            finally:
+                if os.environ.get("TQ_KEEP_LOGS"): print(p.stderr_text()[-6000:])
+                p.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------ fixtures
+
+    def user(self, name):
+        u = f"it-{name}-{run_id()}"
+        self.users.append(u)
+        return u
+
+    def dataset(self, user, duration=1.0, exit_code=0, message="fake-trainer: done"):
+        ds = str(uuid.uuid4())
+        rel = f"{user}/{ds}"
+        path = os.path.join(self.root, rel)
+        os.makedirs(path)
+        with open(os.path.join(path, "trainer.env"), "w") as f:
+            f.write(f"DURATION={duration}\nEXIT_CODE={exit_code}\nMESSAGE={message}\nSTEPS=3\n")
+        tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                   "VALUES (:'id', :'u', 'test dataset', :'p')",
+                   variables={"id": ds, "u": user, "p": rel})
+        return ds
+
+    def consumer(self, worker, slots=2, start=True, **extra):
+        env = {
+            "TRAINQ_WORKER_ID": worker,
+            "TRAINQ_SLOTS": slots,
+            "TRAINQ_GPUS": "none",
+            "TRAINQ_DATASETS_ROOT": self.root,
+            "TRAINQ_DATA_DIR": os.path.join(self.tmp, "data"),
+            "TRAINQ_HF_CACHE_DIR": os.path.join(self.tmp, "hf"),
+            "TRAINQ_TRAINING_IMAGE": IMAGE,
+            "TRAINQ_TRAINING_CMD": "--config /workspace/config.json",
+            "TRAINQ_METRICS_ADDR": "127.0.0.1:0",
+            "TRAINQ_HEARTBEAT_SECONDS": 1,
+            "TRAINQ_LEASE_SECONDS": 4,
+            "TRAINQ_SWEEP_SECONDS": 1,
+            "TRAINQ_STOP_GRACE_SECONDS": 2,
+            "TRAINQ_LOG_LEVEL": "debug",
+        }
+        env.update(extra)
+        p = h.Program("consumer/trainq-consumer", env=env, name=f"consumer-{worker}")
+        self.procs.append(p)
+        if start:
+            p.start()
+            p.wait_event("consumer.ready", timeout=30)
+        return p
+
+    def message(self, user, dataset, job_id=None, **overrides):
+        body = {
+            "schema": "trainq.job.v1",
+            "job_id": job_id or str(uuid.uuid4()),
+            "user_id": user,
+            "dataset_id": dataset,
+            "name": "integration job",
+            "type": "lora",
+            "base_model": "stabilityai/sdxl-base-1.0",
+            "config": {"steps": 200},
+            "trigger_words": ["tq"],
+        }
+        body.update(overrides)
+        return body
+
+    def insert_job(self, msg, created_offset_ms):
+        """The row a producer would have written, with a definite submission time."""
+        tqenv.psql(
+            "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,"
+            " trigger_words, created_at) VALUES (:'id', :'u', :'d', 'ordered', 'lora',"
+            " 'stabilityai/sdxl-base-1.0', '{\"steps\": 200}', '{tq}',"
+            " now() + make_interval(secs => :'off'::int / 1000.0))",
+            variables={"id": msg["job_id"], "u": msg["user_id"], "d": msg["dataset_id"],
+                       "off": created_offset_ms})
+
+    AUTO = object()
+
+    def publish(self, *msgs, message_id=AUTO, routing_key="lora"):
+        """Publishes like any service would; message_id defaults to the body's job_id,
+        None sends no message_id at all."""
+        import pika
+        conn = h.amqp_connection()
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for m in msgs:
+                body = m if isinstance(m, (bytes, str)) else json.dumps(m)
+                mid = message_id
+                if mid is self.AUTO:
+                    mid = m["job_id"] if isinstance(m, dict) else None
+                props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                             message_id=mid)
+                ch.basic_publish("trainq.jobs", routing_key, body, props, mandatory=True)
+        finally:
+            conn.close()
+
+    def job(self, job_id):
+        out = tqenv.psql("SELECT row_to_json(j) FROM training_jobs j WHERE id = :'id'",
+                         variables={"id": job_id})
+        return json.loads(out) if out else None
+
+    def wait_status(self, job_id, statuses, timeout=60):
+        statuses = (statuses,) if isinstance(statuses, str) else statuses
+        return h.wait_until(lambda: (j := self.job(job_id)) and j["status"] in statuses and j,
+                            timeout=timeout, interval=0.2,
+                            what=f"job {job_id} to become {'/'.join(statuses)}")
+
+    def events(self, users):
+        out = tqenv.psql(
+            "SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM job_events e "
+            "WHERE user_id = ANY(string_to_array(:'u', ','))",
+            variables={"u": ",".join(users)})
+        return json.loads(out)
+
+    # ------------------------------------------------------------ audit replays
+
+    @staticmethod
+    def max_active_per_user(events):
+        active, peak = {}, {}
+        for e in events:
+            u = e["user_id"]
+            was = e["from_status"] in ("pending", "running")
+            now = e["to_status"] in ("pending", "running")
+            active[u] = active.get(u, 0) + (1 if now and not was else -1 if was and not now else 0)
+            peak[u] = max(peak.get(u, 0), active[u])
+        return peak
+
+    @staticmethod
+    def max_active_per_worker(events):
+        """Concurrent active jobs per worker, from claim to end, ordered by time."""
+        owner, active, peak = {}, {}, {}
+        for e in sorted(events, key=lambda e: (e["at"], e["id"])):
+            j = e["job_id"]
+            if e["to_status"] == "pending":
+                owner[j] = e["worker_id"]
+                active[owner[j]] = active.get(owner[j], 0) + 1
+                peak[owner[j]] = max(peak.get(owner[j], 0), active[owner[j]])
+            elif e["from_status"] in ("pending", "running") and \
+                    e["to_status"] not in ("pending", "running") and j in owner:
+                active[owner[j]] -= 1
+        return peak
+
+
+class TestCapacityAndFairness(ConsumerCase):
+
+    def test_two_consumers_three_users_limit_order_and_no_idle_slot(self):
+        """2 consumers x 2 slots, 3 users x 5 jobs: at most 2 active per user (from the audit
+        table), every job completes, each user's jobs start in submission order, and no slot
+        idles while a runnable job waits."""
+        users = [self.user(n) for n in ("alice", "bob", "carol")]
+        jobs = {u: [] for u in users}
+        order = 0
+        for i in range(5):
+            for u in users:
+                ds = self.dataset(u, duration=1.5)
+                m = self.message(u, ds)
+                self.insert_job(m, order)
+                order += 10
+                jobs[u].append(m)
+        self.consumer(f"cap-a-{run_id()}", slots=2)
+        self.consumer(f"cap-b-{run_id()}", slots=2)
+        for i in range(5):
+            for u in users:
+                self.publish(jobs[u][i])
+        all_ids = [m["job_id"] for u in users for m in jobs[u]]
+        for jid in all_ids:
+            self.assertEqual(self.wait_status(jid, TERMINAL, timeout=120)["status"], "completed")
+
+        ev = self.events(users)
+        peaks = self.max_active_per_user(ev)
+        for u in users:
+            self.assertLessEqual(peaks[u], 2, f"user {u} had {peaks[u]} active jobs")
+            self.assertEqual(peaks[u], 2, f"user {u} never used both of its slots")
+            claims = [e["job_id"] for e in ev if e["user_id"] == u and e["to_status"] == "pending"]
+            self.assertEqual(claims, [m["job_id"] for m in jobs[u]],
+                             f"user {u}'s jobs did not start in submission order")
+        workers = self.max_active_per_worker(ev)
+        self.assertEqual(len(workers), 2, "both consumers should have worked")
+        for w, n in workers.items():
+            self.assertLessEqual(n, 2, f"worker {w} ran {n} jobs on 2 slots")
+
+        # Idle-slot time while runnable work waited: replay the audit trail. A job is
+        # runnable when its user is under the limit; a slot is idle when fewer than 4 jobs
+        # are active. Dispatch takes a few hundred ms, so allow a little per job.
+        t = lambda e: e["at"]
+        from datetime import datetime
+        ts = lambda s: datetime.fromisoformat(s).timestamp()
+        active = {u: 0 for u in users}
+        waiting = {u: 5 for u in users}
+        idle, last = 0.0, None
+        timeline = sorted(ev, key=lambda e: (t(e), e["id"]))
+        # From the first claim on: before it the test itself was still inserting rows.
+        first = next(i for i, e in enumerate(timeline) if e["to_status"] == "pending")
+        for e in timeline[first:]:
+            now = ts(e["at"])
+            if last is not None:
+                runnable = sum(min(waiting[u], 2 - active[u]) for u in users)
+                free = 4 - sum(active.values())
+                if runnable > 0 and free > 0:
+                    idle += (now - last) * min(runnable, free)
+            last = now
+            u = e["user_id"]
+            if e["to_status"] == "pending":
+                active[u] += 1
+                waiting[u] -= 1
+            elif e["from_status"] in ("pending", "running") and e["to_status"] in TERMINAL:
+                active[u] -= 1
+        print(f"idle slot-seconds while runnable jobs waited: {idle:.2f}")
+        self.assertLess(idle, 0.5 * len(all_ids),
+                        f"slots idled {idle:.2f} slot-seconds while runnable jobs waited")
+
+    def test_one_slot_consumer_never_runs_two_containers(self):
+        """A 1-slot consumer runs jobs of three users strictly one after another."""
+        users = [self.user(n) for n in ("x", "y", "z")]
+        msgs = [self.message(u, self.dataset(u, duration=1)) for u in users]
+        c = self.consumer(f"one-{run_id()}", slots=1)
+        self.publish(*msgs)
+        for m in msgs:
+            self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
+        peaks = self.max_active_per_worker(self.events(users))
+        self.assertEqual(list(peaks.values()), [1])
+        self.assertEqual(len(c.events("job.started")), 3)
+
+
+class TestOutcomes(ConsumerCase):
+
+    def test_nonzero_exit_fails_job_with_log_tail(self):
+        u = self.user("fail")
+        m = self.message(u, self.dataset(u, duration=0.3, exit_code=3, message="cuda-ish boom"))
+        self.consumer(f"fail-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["exit_code"], 3)
+        self.assertIn("cuda-ish boom", j["error_message"])
+        self.assertIn("exit", j["error_message"])
+        self.assertIsNotNone(j["completed_at"])
+
+    def test_cancel_running_job_stops_container_and_starts_next_parked(self):
+        u = self.user("cancel")
+        msgs = []
+        for i in range(3):
+            m = self.message(u, self.dataset(u, duration=60))
+            self.insert_job(m, i * 10)
+            msgs.append(m)
+        c = self.consumer(f"cancel-{run_id()}", slots=3)
+        self.publish(*msgs)
+        first, second, third = (m["job_id"] for m in msgs)
+        self.wait_status(first, "running")
+        self.wait_status(second, "running")
+        h.wait_until(lambda: self.job(third)["parked_at"], what="third job parked")
+        container = self.job(first)["container_id"]
+        # What POST /api/training/jobs/{id}/cancel records for an active job.
+        tqenv.psql("UPDATE training_jobs SET cancel_requested_at = now() WHERE id = :'id'",
+                   variables={"id": first})
+        j = self.wait_status(first, TERMINAL, timeout=30)
+        self.assertEqual(j["status"], "cancelled")
+        h.wait_until(lambda: tqenv.docker("GET", f"/containers/{container}/json")[0] == 404,
+                     timeout=20, what="cancelled container removed")
+        self.wait_status(third, "running", timeout=20)
+        self.assertEqual(self.max_active_per_user(self.events([u]))[u], 2)
+        reasons = [e["reason"] for e in self.events([u])
+                   if e["job_id"] == first and e["to_status"] == "cancelled"]
+        self.assertEqual(reasons, ["cancelled by user"])
+
+    def test_missing_image_fails_with_clear_reason(self):
+        u = self.user("noimg")
+        m = self.message(u, self.dataset(u))
+        self.consumer(f"noimg-{run_id()}", TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertIn('training image "trainq-no-such-image:1" not found', j["error_message"])
+
+    def test_overrunning_job_is_stopped_and_failed(self):
+        u = self.user("overrun")
+        m = self.message(u, self.dataset(u, duration=60))
+        self.consumer(f"overrun-{run_id()}", TRAINQ_MAX_RUN_SECONDS=2)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual(j["status"], "failed")
+        self.assertIn("maximum run time of 2 s", j["error_message"])
+
+
+class TestMessages(ConsumerCase):
+
+    def test_duplicate_delivery_runs_one_container(self):
+        u = self.user("dup")
+        m = self.message(u, self.dataset(u, duration=2))
+        c = self.consumer(f"dup-{run_id()}", slots=2)
+        self.publish(m, m)
+        self.wait_status(m["job_id"], TERMINAL)
+        c.wait_event("job.duplicate", timeout=20)
+        claims = [e for e in self.events([u]) if e["to_status"] == "pending"]
+        self.assertEqual(len(claims), 1)
+        self.assertEqual(len(c.events("job.started")), 1)
+
+    def test_invalid_messages_are_dead_lettered_with_reason(self):
+        u = self.user("bad")
+        ds = self.dataset(u)
+        good_id = str(uuid.uuid4())
+        cases = [
+            (b"not json at all", "x-1", "body"),
+            (self.message(u, ds, config={"steps": 5}), self.AUTO, "config.steps"),
+            (self.message(u, ds, type="textual_inversion"), self.AUTO, "type"),
+            (self.message(u, ds, schema="trainq.job.v0"), self.AUTO, "schema"),
+            (self.message(u, ds, job_id=good_id), "other-id", "message_id"),
+            (self.message(u, ds), None, "message_id"),
+        ]
+        self.consumer(f"bad-{run_id()}")
+        for body, mid, _ in cases:
+            self.publish(body, message_id=mid)
+        got = h.get_messages("trainq.jobs.dead", want=lambda ms: len(ms) >= len(cases),
+                             timeout=30)
+        self.assertEqual(len(got), len(cases))
+        reasons = [p.headers["x-trainq-reason"] for p, _ in got]
+        for (_, _, needle), reason in zip(cases, reasons):
+            self.assertIn(needle, reason)
+        self.assertIsNone(self.job(good_id), "a dead-lettered message must not create a job")
+
+    def test_direct_publish_creates_row_and_runs(self):
+        u = self.user("direct")
+        m = self.message(u, self.dataset(u, duration=0.5))
+        del m["name"]  # defaults apply exactly as for HTTP submissions
+        m["config"] = {}
+        self.consumer(f"direct-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual(j["source"], "amqp")
+        self.assertEqual(j["name"], "lora stabilityai/sdxl-base-1.0")
+        self.assertEqual(j["config"], {"learning_rate": 0.0001, "batch_size": 1, "steps": 1000,
+                                       "resolution": 512, "lora_rank": 16, "lora_alpha": 32})
+
+    def test_dataset_missing_or_foreign_fails_job(self):
+        u, other = self.user("ds"), self.user("ds-other")
+        foreign = self.dataset(other)
+        m1 = self.message(u, str(uuid.uuid4()))
+        m2 = self.message(u, foreign)
+        self.consumer(f"ds-{run_id()}")
+        self.publish(m1, m2)
+        j1 = self.wait_status(m1["job_id"], TERMINAL)
+        j2 = self.wait_status(m2["job_id"], TERMINAL)
+        self.assertEqual((j1["status"], j2["status"]), ("failed", "failed"))
+        self.assertIn("not found", j1["error_message"])
+        self.assertIn("belongs to another user", j2["error_message"])
+
+
+class TestRecovery(ConsumerCase):
+
+    def test_killed_consumer_adopts_its_container_on_restart(self):
+        u = self.user("adopt")
+        m = self.message(u, self.dataset(u, duration=6))
+        wid = f"adopt-{run_id()}"
+        c1 = self.consumer(wid)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], "running")
+        c1.kill()
+        c2 = self.consumer(wid)
+        c2.wait_event("adopt.container", timeout=20)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual(j["attempts"], 1)
+        claims = [e for e in self.events([u]) if e["to_status"] == "pending"]
+        self.assertEqual(len(claims), 1, "the job must have run exactly once")
+
+    def test_lost_consumer_is_reaped_by_another_within_lease(self):
+        u = self.user("lost")
+        m = self.message(u, self.dataset(u, duration=4))
+        lost = self.consumer(f"lost-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], "running")
+        # The host is gone: its consumer and its container.
+        lost.kill()
+        tqenv.remove_container(j["container_id"])
+        t0 = time.monotonic()
+        self.consumer(f"rescuer-{run_id()}")
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=60)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual(j["attempts"], 2)
+        self.assertLess(time.monotonic() - t0, 4 + 2 + 4 + 15, "recovery took too long")
+        reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
+        self.assertTrue(any(r and "stopped renewing its lease" in r for r in reasons), reasons)
+
+    def test_sigterm_leaves_containers_running_and_exits_zero(self):
+        u = self.user("term")
+        m = self.message(u, self.dataset(u, duration=5))
+        wid = f"term-{run_id()}"
+        c1 = self.consumer(wid)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], "running")
+        self.assertEqual(c1.stop(signal.SIGTERM), 0)
+        st, info = tqenv.docker("GET", f"/containers/{j['container_id']}/json")
+        self.assertEqual(st, 200)
+        self.assertTrue(info["State"]["Running"], "SIGTERM must leave the container running")
+        self.consumer(wid)
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=30)["status"],
+                         "completed")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -233,13 +233,17 @@ int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
 {
     char tok[24];
     snprintf(tok, sizeof tok, "%lld", fencing);
-    const char *p[3] = {job_id, tok, container_id};
+    char why[96];
+    snprintf(why, sizeof why, "container %.12s started", container_id);
+    const char *p[4] = {job_id, tok, container_id, why};
     PGresult *r;
+    /* One statement: the reason is set for this transaction only, with the update. */
     int rc = tq_db_exec(c,
+                        "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
                         "UPDATE training_jobs SET status = 'running', container_id = $3, "
-                        "started_at = now() WHERE id = $1 AND fencing_token = $2 "
+                        "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
                         "AND status = 'pending'",
-                        3, p, &r, eb);
+                        4, p, &r, eb);
     if (rc)
         return rc;
     int n = (int)strtol(PQcmdTuples(r), NULL, 10);

@@ -50,8 +50,8 @@ static long long now_ms(void)
 /* A job's host side: <ROOT>/<tag>/datasets/trainer.env and an empty <ROOT>/<tag>/outputs. */
 typedef struct {
     char name[96];
-    char ds[192], out[192];
-    tq_mount mounts[2];
+    char ds[192], out[192], cfg[192];
+    tq_mount mounts[3];
     tq_label labels[3];
     char user[32];
     tq_container_spec spec;
@@ -74,8 +74,17 @@ static int job_init(job *j, const char *tag, const char *trainer_env)
     fputs(trainer_env, f);
     if (fclose(f) != 0)
         return -1;
+    /* The trainer contract: without /workspace/config.json the fake trainer exits 2. */
+    snprintf(j->cfg, sizeof j->cfg, "%s/config.json", dir);
+    f = fopen(j->cfg, "w");
+    if (!f)
+        return -1;
+    fputs("{\"max_train_steps\": 2}\n", f);
+    if (fclose(f) != 0)
+        return -1;
     j->mounts[0] = (tq_mount){j->ds, "/workspace/datasets", 1};
     j->mounts[1] = (tq_mount){j->out, "/workspace/outputs", 0};
+    j->mounts[2] = (tq_mount){j->cfg, "/workspace/config.json", 1};
     j->labels[0] = (tq_label){"trainq.job", tag};
     j->labels[1] = (tq_label){"trainq.worker", WORKER};
     j->labels[2] = (tq_label){"trainq.user", "docker-it"};
@@ -84,7 +93,7 @@ static int job_init(job *j, const char *tag, const char *trainer_env)
     j->spec.name = j->name;
     j->spec.image = IMAGE;
     j->spec.mounts = j->mounts;
-    j->spec.n_mounts = 2;
+    j->spec.n_mounts = 3;
     j->spec.labels = j->labels;
     j->spec.n_labels = 3;
     j->spec.user = j->user;

@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# Runs the real services trainq needs — Postgres 15, RabbitMQ 3.10 and dockerd — as private
+# instances on loopback, with all state under $TRAINQ_STATE_DIR (default <repo>/.state).
+#
+#   services.sh up | down | status | env       (status exits 1 unless all three are up)
+#   services.sh start|stop|restart postgres|rabbitmq|docker
+#   services.sh psql ARGS...          psql as the postgres superuser (unix socket), db trainq
+#   services.sh rabbitmqctl ARGS...   rabbitmqctl bound to our node, cookie and epmd
+#   services.sh docker ARGS...        docker CLI on our daemon
+#
+# Ports (environment-overridable): TRAINQ_PG_PORT=25432, TRAINQ_AMQP_PORT=25672,
+# TRAINQ_RABBITMQ_DIST_PORT=25674, TRAINQ_EPMD_PORT=25675.
+#
+# What must stay true:
+#  - `up` is idempotent: a service that already answers is left alone.
+#  - `down` stops exactly what was started here, found through pid files under the state dir,
+#    and waits until those processes are gone; it works when only some services are up.
+#  - Data survives stop/start (fault tests restart services while the system runs).
+#  - Daemons never inherit our stdout/stderr or lock fd, so a caller capturing our output
+#    (ctest, CI) is not kept waiting for EOF by a daemon.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF="$REPO/scripts/services.sh"
+STATE=${TRAINQ_STATE_DIR:-$REPO/.state}
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd)
+STATE_HASH=$(printf '%s' "$STATE" | sha256sum | cut -c1-12)
+
+PG_PORT=${TRAINQ_PG_PORT:-25432}
+AMQP_PORT=${TRAINQ_AMQP_PORT:-25672}
+DIST_PORT=${TRAINQ_RABBITMQ_DIST_PORT:-25674}
+EPMD_PORT=${TRAINQ_EPMD_PORT:-25675}
+NODENAME=${TRAINQ_RABBITMQ_NODENAME:-trainq@localhost}
+WAIT_SECS=${TRAINQ_SERVICES_TIMEOUT:-60}
+
+PG_BIN=/usr/lib/postgresql/15/bin
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+if [[ -x /usr/bin/docker ]]; then DOCKER_CLI=/usr/bin/docker; else DOCKER_CLI=docker; fi
+
+die() { echo "services: $*" >&2; exit 1; }
+say() { echo "services: $*" >&2; }
+
+# A private directory with a short path, for unix sockets (sun_path is 108 bytes) when the
+# state dir's own path is too long. Owned by root, 0755 so the postgres user can traverse it.
+short_dir() {
+  local d="/run/trainq-$STATE_HASH"
+  [[ -w /run ]] || d="/tmp/trainq-$STATE_HASH"
+  mkdir -p "$d"
+  chmod 0755 "$d"
+  printf '%s' "$d"
+}
+
+# ---------------------------------------------------------------- Postgres
+
+# initdb/postgres refuse to run as root, so they run as the postgres OS user, which must own
+# the data dir and be able to traverse every parent directory. When the state dir is not
+# traversable by postgres (e.g. the repo lives under a 0700 home), the Postgres files live in
+# /var/tmp/trainq-pg-<hash of state dir> instead and $STATE/postgres is a symlink to it.
+pg_setup_paths() {
+  PG_LINK="$STATE/postgres"
+  if [[ -L "$PG_LINK" ]]; then
+    PG_BASE=$(readlink -f "$PG_LINK")
+  else
+    mkdir -p "$PG_LINK"
+    chmod 0755 "$PG_LINK"
+    if runuser -u postgres -- test -x "$PG_LINK" 2>/dev/null; then
+      PG_BASE="$PG_LINK"
+    else
+      PG_BASE="/var/tmp/trainq-pg-$STATE_HASH"
+      rmdir "$PG_LINK" 2>/dev/null || die "postgres: $PG_LINK is not traversable by the postgres user and not empty"
+      mkdir -p "$PG_BASE"
+      ln -s "$PG_BASE" "$PG_LINK"
+      say "postgres: state dir not traversable by the postgres user; using $PG_BASE (symlinked from $PG_LINK)"
+    fi
+  fi
+  PG_DATA="$PG_BASE/data"
+  PG_LOG="$PG_BASE/postgres.log"
+  PG_SOCK="$PG_BASE/run"
+  # ".s.PGSQL.<port>" is appended to the socket dir; stay well under 108 bytes.
+  if (( ${#PG_SOCK} + 20 > 100 )); then
+    PG_SOCK="$(short_dir)/pg"
+  fi
+}
+
+pg_pid() {
+  [[ -f "$PG_DATA/postmaster.pid" ]] || return 1
+  local pid
+  pid=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s' "$pid"
+}
+
+pg_ready() {
+  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -d postgres -t 2 >/dev/null 2>&1
+}
+
+pg_wait_ready() {
+  local i
+  for ((i = 0; i < WAIT_SECS * 2; i++)); do
+    pg_ready && return 0
+    sleep 0.5
+  done
+  die "postgres does not answer on 127.0.0.1:$PG_PORT, see $PG_LOG"
+}
+
+pg_super() { # psql as superuser over the unix socket (trust only there)
+  "$PG_BIN/psql" -X -q -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"
+}
+
+pg_start() {
+  pg_setup_paths
+  if pg_pid >/dev/null; then
+    pg_wait_ready
+    return 0
+  fi
+  mkdir -p "$PG_BASE" "$PG_SOCK"
+  chown postgres:postgres "$PG_BASE" "$PG_SOCK"
+  chmod 0700 "$PG_BASE"
+  chmod 0755 "$PG_SOCK"
+  if [[ ! -s "$PG_DATA/PG_VERSION" ]]; then
+    rm -rf "$PG_DATA"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --no-locale \
+      --auth-local=trust --auth-host=scram-sha-256 >"$PG_BASE/initdb.log" 2>&1 9>&- \
+      || die "postgres: initdb failed, see $PG_BASE/initdb.log"
+    # trust for the superuser on the unix socket only; passwords everywhere else.
+    cat >"$PG_DATA/pg_hba.conf" <<'HBA'
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       postgres                 trust
+local   all       all                      scram-sha-256
+host    all       all       127.0.0.1/32   scram-sha-256
+HBA
+    echo "include_if_exists = 'trainq.conf'" >>"$PG_DATA/postgresql.conf"
+    chown postgres:postgres "$PG_DATA/pg_hba.conf"
+  fi
+  # Re-copied on every start so edits to compose/postgresql.conf take effect.
+  install -o postgres -g postgres -m 0600 "$REPO/compose/postgresql.conf" "$PG_DATA/trainq.conf"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -s \
+    -o "-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='$PG_SOCK'" \
+    -w -t "$WAIT_SECS" start </dev/null >/dev/null 2>&1 9>&- \
+    || die "postgres did not start within ${WAIT_SECS}s, see $PG_LOG"
+  pg_wait_ready
+  pg_super -d postgres -v ON_ERROR_STOP=1 <<'SQL' >/dev/null || die "postgres: could not create role/database trainq, see $PG_LOG"
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'trainq') THEN
+    CREATE ROLE trainq LOGIN PASSWORD 'trainq';
+  END IF;
+END
+$$;
+SELECT 'CREATE DATABASE trainq OWNER trainq'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'trainq')\gexec
+SQL
+}
+
+pg_stop() {
+  pg_setup_paths
+  local pid
+  pid=$(pg_pid) || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -s -w -t "$WAIT_SECS" stop \
+    </dev/null >/dev/null 2>&1 9>&- || true
+  wait_gone "$pid" postgres || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" postgres 5 || true; }
+}
+
+pg_status() {
+  pg_setup_paths
+  local pid
+  if pid=$(pg_pid) && pg_ready; then
+    echo "postgres: up (pid $pid, 127.0.0.1:$PG_PORT, data $PG_DATA)"
+  else
+    echo "postgres: down"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------- RabbitMQ
+
+RMQ_DIR="$STATE/rabbitmq"
+RMQ_PIDFILE="$RMQ_DIR/rabbitmq.pid"
+RMQ_EPMD_PIDFILE="$RMQ_DIR/epmd.pid"
+RMQ_LOG_DIR="$RMQ_DIR/log"
+RMQ_OUT="$RMQ_LOG_DIR/startup.log"
+
+# Everything the Erlang VM and the CLI need to agree on: cookie (in HOME), epmd port, node.
+rmq_env() {
+  env HOME="$RMQ_DIR" ERL_EPMD_PORT="$EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODENAME="$NODENAME" "$@"
+}
+
+# The CLI is itself an Erlang node; its distribution port is taken from
+# RABBITMQ_DIST_PORT + 10000..10010 (35672.. by default), so keep it away from our ports.
+# -start_epmd false: while the node is down the CLI would otherwise leave an epmd daemon
+# behind that nobody stops (rmq_start runs our own epmd before the node).
+RMQCTL=(env HOME="$RMQ_DIR" ERL_EPMD_PORT="$EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1
+  RABBITMQ_DIST_PORT="$DIST_PORT" ERL_FLAGS="-start_epmd false"
+  ERL_CRASH_DUMP="$RMQ_DIR/log/cli_crash.dump" "$RABBIT_BIN/rabbitmqctl" -n "$NODENAME")
+
+rmqctl() { # bounded: the CLI can hang on a half-started node
+  timeout $((WAIT_SECS + 10)) "${RMQCTL[@]}" -q "$@"
+}
+
+pid_alive() { # pidfile [name-substring]
+  local pid
+  [[ -f "$1" ]] || return 1
+  pid=$(tr -dc '0-9' <"$1")
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  if [[ -n "${2:-}" ]]; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
+  fi
+  printf '%s' "$pid"
+}
+
+port_listening() { # port
+  ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
+rmq_start() {
+  mkdir -p "$RMQ_DIR" "$RMQ_DIR/mnesia" "$RMQ_LOG_DIR"
+  if pid_alive "$RMQ_PIDFILE" beam >/dev/null; then
+    rmq_wait || die "rabbitmq is running but does not answer, see $RMQ_OUT and $RMQ_LOG_DIR/"
+    return 0
+  fi
+  echo '[].' >"$RMQ_DIR/enabled_plugins"
+  { cat "$REPO/compose/rabbitmq.conf"
+    echo
+    echo "# added by scripts/services.sh"
+    echo "listeners.tcp.1 = 127.0.0.1:$AMQP_PORT"
+  } >"$RMQ_DIR/rabbitmq.conf"
+  # Our own epmd, bound to loopback, so `down` can stop exactly it. If something already
+  # listens on the port (another instance's epmd), the node simply registers there.
+  if ! pid_alive "$RMQ_EPMD_PIDFILE" epmd >/dev/null && ! port_listening "$EPMD_PORT"; then
+    setsid epmd -port "$EPMD_PORT" -address 127.0.0.1 </dev/null >>"$RMQ_LOG_DIR/epmd.log" 2>&1 9>&- &
+    echo $! >"$RMQ_EPMD_PIDFILE"
+    local i
+    for ((i = 0; i < 50; i++)); do port_listening "$EPMD_PORT" && break; sleep 0.1; done
+  fi
+  rm -f "$RMQ_PIDFILE"
+  # /usr/sbin/rabbitmq-server switches to the rabbitmq user and cannot use our dirs; the
+  # real script runs as root. setsid: the node must outlive this shell and its process group.
+  # Distribution binds to loopback through inet_dist_listen_options. The AMQP listener is
+  # listeners.tcp.1 in the generated rabbitmq.conf (it wins over RABBITMQ_NODE_PORT).
+  rmq_env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$AMQP_PORT" \
+    RABBITMQ_DIST_PORT="$DIST_PORT" \
+    RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_LOG_DIR" \
+    RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq" RABBITMQ_PID_FILE="$RMQ_PIDFILE" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_listen_options [{ip,{127,0,0,1}}]" \
+    setsid "$RABBIT_BIN/rabbitmq-server" </dev/null >>"$RMQ_OUT" 2>&1 9>&- &
+  rmq_wait || die "rabbitmq did not start within ${WAIT_SECS}s, see $RMQ_OUT and $RMQ_LOG_DIR/"
+  # Idempotent: add_user fails if the user exists, which is fine; permissions are re-set.
+  rmqctl add_user trainq trainq >/dev/null 2>&1 || true
+  rmqctl set_permissions -p / trainq '.*' '.*' '.*' >/dev/null \
+    || die "rabbitmq: could not set permissions for user trainq, see $RMQ_OUT"
+}
+
+rmq_wait() {
+  local i
+  # `rabbitmqctl wait` returns as soon as the app is booted; the pid file may appear late.
+  for ((i = 0; i < WAIT_SECS * 5; i++)); do [[ -s "$RMQ_PIDFILE" ]] && break; sleep 0.2; done
+  [[ -s "$RMQ_PIDFILE" ]] || return 1
+  rmqctl wait "$RMQ_PIDFILE" --timeout "$WAIT_SECS" >/dev/null 2>&1 || return 1
+  for ((i = 0; i < 50; i++)); do port_listening "$AMQP_PORT" && return 0; sleep 0.2; done
+  return 1
+}
+
+rmq_stop() {
+  local pid epid
+  if pid=$(pid_alive "$RMQ_PIDFILE" beam); then
+    rmqctl stop "$RMQ_PIDFILE" >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$pid" rabbitmq || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" rabbitmq 5 || true; }
+  fi
+  rm -f "$RMQ_PIDFILE"
+  if epid=$(pid_alive "$RMQ_EPMD_PIDFILE" epmd); then
+    kill -TERM "$epid" 2>/dev/null || true
+    wait_gone "$epid" epmd 10 || kill -KILL "$epid" 2>/dev/null || true
+  fi
+  # No `epmd -kill` fallback: without our pid file the epmd on that port is someone else's.
+  rm -f "$RMQ_EPMD_PIDFILE"
+}
+
+rmq_status() {
+  local pid
+  if pid=$(pid_alive "$RMQ_PIDFILE" beam) && port_listening "$AMQP_PORT"; then
+    echo "rabbitmq: up (pid $pid, 127.0.0.1:$AMQP_PORT, node $NODENAME)"
+  else
+    echo "rabbitmq: down"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------- dockerd
+
+DK_DIR="$STATE/docker"
+DK_PIDFILE="$DK_DIR/docker.pid"
+DK_LOG="$DK_DIR/dockerd.log"
+
+dk_setup_paths() {
+  DK_SOCK="$DK_DIR/docker.sock"
+  DK_EXEC="$DK_DIR/exec"
+  # containerd puts its sockets under exec-root (containerd/containerd.sock.ttrpc), and
+  # sun_path is 108 bytes: move socket and exec-root to /run/trainq-<hash> when too long.
+  if (( ${#DK_SOCK} > 90 )); then DK_SOCK="$(short_dir)/docker.sock"; fi
+  if (( ${#DK_EXEC} + 40 > 100 )); then DK_EXEC="$(short_dir)/exec"; fi
+  DOCKER_HOST_URL="unix://$DK_SOCK"
+}
+
+dk_ready() {
+  timeout 10 "$DOCKER_CLI" -H "$DOCKER_HOST_URL" version >/dev/null 2>&1
+}
+
+dk_start() {
+  dk_setup_paths
+  mkdir -p "$DK_DIR/data" "$DK_EXEC"
+  if pid_alive "$DK_PIDFILE" dockerd >/dev/null && dk_ready; then
+    return 0
+  fi
+  if ! pid_alive "$DK_PIDFILE" dockerd >/dev/null; then
+    rm -f "$DK_PIDFILE" "$DK_SOCK"
+    setsid dockerd --host "$DOCKER_HOST_URL" --data-root "$DK_DIR/data" --exec-root "$DK_EXEC" \
+      --pidfile "$DK_PIDFILE" --iptables=false --ip6tables=false --bridge=none \
+      </dev/null >>"$DK_LOG" 2>&1 9>&- &
+  fi
+  local i
+  for ((i = 0; i < WAIT_SECS * 2; i++)); do
+    dk_ready && return 0
+    sleep 0.5
+  done
+  die "dockerd did not answer on $DOCKER_HOST_URL within ${WAIT_SECS}s, see $DK_LOG"
+}
+
+dk_stop() {
+  dk_setup_paths
+  local pid
+  pid=$(pid_alive "$DK_PIDFILE" dockerd) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  # dockerd gives running containers up to 15 s to stop, then its containerd exits too.
+  wait_gone "$pid" dockerd $((WAIT_SECS)) || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" dockerd 5 || true; }
+}
+
+dk_status() {
+  dk_setup_paths
+  local pid
+  if pid=$(pid_alive "$DK_PIDFILE" dockerd) && dk_ready; then
+    echo "docker: up (pid $pid, $DOCKER_HOST_URL)"
+  else
+    echo "docker: down"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------- common
+
+wait_gone() { # pid name [seconds]
+  local pid=$1 name=$2 secs=${3:-$WAIT_SECS} i
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  say "$name (pid $pid) did not exit within ${secs}s"
+  return 1
+}
+
+lock() {
+  exec 9>"$STATE/.services.lock"
+  flock -w 300 9 || die "could not lock $STATE/.services.lock"
+}
+
+one() { # action name
+  case "$2" in
+    postgres) "pg_$1" ;;
+    rabbitmq) "rmq_$1" ;;
+    docker | dockerd) "dk_$1" ;;
+    *) die "unknown service \"$2\" (postgres|rabbitmq|docker)" ;;
+  esac
+}
+
+print_env() {
+  dk_setup_paths
+  local q
+  printf 'export TRAINQ_STATE_DIR=%q\n' "$STATE"
+  printf 'export TRAINQ_DATABASE_URL=%q\n' "postgresql://trainq:trainq@127.0.0.1:$PG_PORT/trainq"
+  printf 'export TRAINQ_AMQP_URL=%q\n' "amqp://trainq:trainq@127.0.0.1:$AMQP_PORT/%2f"
+  printf 'export TRAINQ_DOCKER_HOST=%q\n' "$DOCKER_HOST_URL"
+  printf 'export TRAINQ_SERVICES=%q\n' "$SELF"
+  printf 'export TRAINQ_PG_PORT=%q TRAINQ_AMQP_PORT=%q\n' "$PG_PORT" "$AMQP_PORT"
+  q=$(printf '%q' "$SELF")
+  printf 'export TRAINQ_RABBITMQCTL=%q\n' "bash $q rabbitmqctl"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  up)
+    lock
+    pg_start
+    rmq_start
+    dk_start
+    say "up: postgres 127.0.0.1:$PG_PORT, rabbitmq 127.0.0.1:$AMQP_PORT, docker $DOCKER_HOST_URL"
+    ;;
+  down)
+    lock
+    rc=0
+    dk_stop || rc=1
+    rmq_stop || rc=1
+    pg_stop || rc=1
+    exit $rc
+    ;;
+  start | stop)
+    [[ $# -eq 1 ]] || die "usage: services.sh $cmd postgres|rabbitmq|docker"
+    lock
+    one "$cmd" "$1"
+    ;;
+  restart)
+    [[ $# -eq 1 ]] || die "usage: services.sh restart postgres|rabbitmq|docker"
+    lock
+    one stop "$1"
+    one start "$1"
+    ;;
+  status)
+    rc=0
+    pg_status || rc=1
+    rmq_status || rc=1
+    dk_status || rc=1
+    exit $rc
+    ;;
+  env)
+    print_env
+    ;;
+  psql)
+    pg_setup_paths
+    exec "$PG_BIN/psql" -X -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d trainq "$@"
+    ;;
+  rabbitmqctl)
+    mkdir -p "$RMQ_DIR/log"
+    exec "${RMQCTL[@]}" "$@"
+    ;;
+  docker)
+    dk_setup_paths
+    exec "$DOCKER_CLI" -H "$DOCKER_HOST_URL" "$@"
+    ;;
+  *)
+    sed -n '2,10p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

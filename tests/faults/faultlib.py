@@ -1,0 +1,863 @@
+"""Fault-injection harness for trainq: a mixed load on real services, a fault, then checks.
+
+A Fleet is 2 producers, 2 consumers x 2 slots, 4 users with datasets whose trainer.env makes
+the fake trainer run 1-3 s. A Submitter thread posts the jobs over HTTP to the producers in
+turn (each with an Idempotency-Key, retried on the other producer after a connection error
+or a 503, so a job is "accepted" exactly when some producer answered 200). A DockerWatcher
+thread lists the training containers a few times a second. After the fault the scenario
+waits for every accepted job to become terminal, then Fleet.check() measures, from
+Postgres (training_jobs, job_events, outbox), RabbitMQ (queue depths) and Docker (the
+watcher's samples) plus the consumers' own logs:
+
+  lost        accepted jobs with no row, or not terminal when the wait ended
+  doubles     a job with two live containers at once (Docker), two claims in a row without
+              an end between them (job_events), or two consumer processes following the same
+              job at once (logs: job.started/adopt.container .. job.finished/job.fenced)
+  violations  moments where a user had more than 2 active jobs (job_events replayed per user
+              in id order, which is commit order: the guard serialises a user's changes) or
+              more than 2 running containers (Docker)
+  unreasoned  recovery transitions (pending|running -> queued|failed) with an empty reason,
+              and failed jobs with no error_message
+  stuck       active jobs whose lease expired more than a lease ago, messages left in
+              trainq.jobs, unpublished outbox rows, accepted jobs still queued
+
+Only this suite's users, workers and containers are looked at, so leftovers of other tests
+in the same database do not count. Tests import this module; it is not a test itself.
+"""
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from datetime import datetime
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+import tqenv  # noqa: E402
+import tqharness as h  # noqa: E402
+
+USERS = 4
+JOBS = int(os.environ.get("TQ_FAULT_JOBS", "24"))
+SLOTS = 2
+LIMIT = 2  # the cluster default of active jobs per user
+LEASE = 4
+HEARTBEAT = 1
+SWEEP = 1
+DURATIONS = (1.0, 2.0, 3.0, 1.5)
+# Which user submits job i: user 0 half of the jobs (always at its limit: parked jobs,
+# releases), user 1 a quarter, users 2 and 3 an eighth each.
+USER_PATTERN = (0, 1, 0, 2, 0, 1, 0, 3)
+SUBMIT_INTERVAL = 0.1  # seconds between submissions: ~3 s of submitting, so jobs queue up
+                       # behind the 4 slots and users sit at their limit (parking, releases)
+SETTLE_TIMEOUT = float(os.environ.get("TQ_FAULT_SETTLE_SECONDS", "120"))
+TERMINAL = ("completed", "failed", "cancelled")
+ACTIVE = ("pending", "running")
+SECRET = "faults-secret-" + uuid.uuid4().hex
+IMAGE = tqenv.TRAINING_IMAGE
+
+
+def q(value):
+    """A SQL string literal (values here are ids this suite made, but quote them anyway)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def qlist(values):
+    return "ARRAY[" + ",".join(q(v) for v in values) + "]::text[]" if values else "ARRAY[]::text[]"
+
+
+def ts(s):
+    """Epoch seconds of a Postgres/log ISO timestamp."""
+    s = s.replace("Z", "+00:00")
+    return datetime.fromisoformat(s).timestamp()
+
+
+# ---------------------------------------------------------------- a fast psql session
+
+class Pg:
+    """One long-lived psql process: ~1 ms a query, so a loop can catch a claim within
+    milliseconds. Reconnects after Postgres restarts (the next query starts a new psql)."""
+
+    MARK = b"__tq_fault_end__"
+
+    def __init__(self):
+        self.proc = None
+        self.buf = b""
+
+    def _start(self):
+        self.close()
+        self.proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-d", tqenv.DATABASE_URL, "-v", "ON_ERROR_STOP=0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.buf = b""
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            for f in (self.proc.stdin, self.proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            self.proc = None
+
+    def query(self, sql, timeout=15.0):
+        """Runs sql; returns its text output. Raises RuntimeError on an SQL error or when
+        Postgres is unreachable (the session restarts on the next call)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write(sql.encode() + b"\n\\echo " + self.MARK + b"\n")
+            self.proc.stdin.flush()
+            deadline = time.monotonic() + timeout
+            while self.MARK + b"\n" not in self.buf:
+                left = deadline - time.monotonic()
+                r, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+                if not r:
+                    raise RuntimeError(f"psql: no answer within {timeout}s")
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    raise RuntimeError("psql exited: " + self.buf.decode(errors="replace"))
+                self.buf += chunk
+        except (OSError, RuntimeError):
+            self.close()
+            raise
+        out, _, self.buf = self.buf.partition(self.MARK + b"\n")
+        text = out.decode(errors="replace")
+        if "ERROR:" in text or "FATAL:" in text or "could not connect" in text \
+                or "connection to server" in text:
+            if "connection" in text or "FATAL:" in text:
+                self.close()
+            raise RuntimeError(text.strip())
+        return text.strip()
+
+    def rows(self, sql):
+        """The rows of a SELECT as dicts."""
+        out = self.query(f"SELECT coalesce(json_agg(t), '[]') FROM ({sql}) t;")
+        return json.loads(out)
+
+    def value(self, sql):
+        return self.query(sql.rstrip(";") + ";")
+
+
+# ---------------------------------------------------------------- Docker
+
+def containers(label_filters, timeout=5):
+    """Every container (also exited) matching all label filters, from the Engine API."""
+    flt = urllib.parse.quote(json.dumps({"label": list(label_filters)}))
+    st, lst = tqenv.docker("GET", f"/containers/json?all=1&filters={flt}", timeout=timeout)
+    if st != 200:
+        raise RuntimeError(f"docker list: HTTP {st}: {lst!r}")
+    return lst or []
+
+
+LIVE_STATES = ("created", "running", "restarting", "paused")
+
+
+class DockerWatcher(threading.Thread):
+    """Samples the suite's training containers every `interval` s until stopped.
+
+    Per sample: live containers per job (a second live container of one job is a double)
+    and running containers per user (more than LIMIT is a violation of the GPU share)."""
+
+    def __init__(self, users, interval=0.2):
+        super().__init__(daemon=True)
+        self.users = set(users)
+        self.interval = interval
+        self.stop_ev = threading.Event()
+        self.samples = 0
+        self.errors = 0
+        self.double_jobs = {}   # job -> container ids seen live together
+        self.user_peak = {}     # user -> most running containers in one sample
+        self.over_limit = []    # (time, user, n)
+        self.seen = {}          # job -> set of container ids ever seen
+        self.lock = threading.Lock()
+
+    def sample(self):
+        lst = containers(["trainq.managed=true"])
+        per_job, per_user = {}, {}
+        for c in lst:
+            labels = c.get("Labels") or {}
+            user = labels.get("trainq.user")
+            if user not in self.users:
+                continue
+            job = labels.get("trainq.job")
+            state = c.get("State")
+            with self.lock:
+                self.seen.setdefault(job, set()).add(c["Id"][:12])
+            if state in LIVE_STATES:
+                per_job.setdefault(job, []).append(c["Id"][:12])
+            if state == "running":
+                per_user[user] = per_user.get(user, 0) + 1
+        with self.lock:
+            self.samples += 1
+            for job, ids in per_job.items():
+                if len(ids) > 1:
+                    self.double_jobs.setdefault(job, set()).update(ids)
+            for user, n in per_user.items():
+                self.user_peak[user] = max(self.user_peak.get(user, 0), n)
+                if n > LIMIT:
+                    self.over_limit.append((time.time(), user, n))
+        return lst
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            try:
+                self.sample()
+            except Exception:  # dockerd restarting: the next sample counts
+                with self.lock:
+                    self.errors += 1
+            self.stop_ev.wait(self.interval)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(15)
+
+
+# ---------------------------------------------------------------- submissions
+
+class Submitter(threading.Thread):
+    """Submits JOBS jobs through the producers in turn. A job counts as accepted only when a
+    producer answered 200; after a connection error, 5xx or 429 the same request (same
+    Idempotency-Key, same body) goes to the other producer, so a request whose reply was lost
+    is not submitted twice."""
+
+    def __init__(self, fleet, n=JOBS, interval=SUBMIT_INTERVAL, per_job_timeout=90.0):
+        super().__init__(daemon=True)
+        self.fleet = fleet
+        self.n = n
+        self.interval = interval
+        self.per_job_timeout = per_job_timeout
+        self.accepted = {}       # job_id -> {"user", "index", "producer"}
+        self.order = []          # job ids in acceptance order
+        self.rejected = []       # (index, status, body) of final non-200 answers
+        self.retries = 0         # answers/errors that led to a retry
+        self.statuses = {}       # status (or exception name) -> count
+        self.lock = threading.Lock()
+        self.arm_p0 = threading.Event()      # set by a scenario that wants a mid-request kill
+        self.sending_p0 = threading.Event()  # set just before a request to producer 0
+        self.stop_ev = threading.Event()
+
+    def _count(self, key):
+        with self.lock:
+            self.statuses[key] = self.statuses.get(key, 0) + 1
+
+    def submit_one(self, i):
+        f = self.fleet
+        ui = USER_PATTERN[i % len(USER_PATTERN)]
+        user = f.users[ui]
+        # the k-th job of a user; durations rotate differently per user, so slots free up
+        # at different times and users really compete (not in lockstep)
+        k = sum(1 for n in range(i) if USER_PATTERN[n % len(USER_PATTERN)] == ui)
+        ds = f.datasets[user][(k + ui) % len(f.datasets[user])]
+        body = {"dataset_id": ds, "name": f"fault job {i}", "type": "lora",
+                "base_model": "stabilityai/sdxl-base-1.0", "config": {"steps": 100},
+                "trigger_words": ["tq"]}
+        key = f"{f.run}-{i}"
+        deadline = time.monotonic() + self.per_job_timeout
+        attempt = 0
+        while time.monotonic() < deadline and not self.stop_ev.is_set():
+            pi = (i + attempt) % len(f.producers)
+            attempt += 1
+            p = f.producers[pi]
+            if p is None or not p.running() or not getattr(p, "port", None):
+                time.sleep(0.05)
+                continue
+            if pi == 0 and self.arm_p0.is_set():
+                self.sending_p0.set()
+            try:
+                r = h.http_once(p.port, "POST", "/api/training/submit", json_body=body,
+                                token=f.tokens[user], headers={"Idempotency-Key": key},
+                                timeout=20)
+            except (OSError, ConnectionError, Exception) as e:  # killed producer, reset
+                self._count(type(e).__name__)
+                with self.lock:
+                    self.retries += 1
+                time.sleep(0.1)
+                continue
+            self._count(r.status)
+            if r.status == 200:
+                jid = r.json["job_id"]
+                with self.lock:
+                    if jid not in self.accepted:
+                        self.order.append(jid)
+                    self.accepted[jid] = {"user": user, "index": i, "producer": pi}
+                return
+            if r.status in (429, 500, 502, 503, 504):
+                with self.lock:
+                    self.retries += 1
+                wait = 0.25
+                try:
+                    wait = min(float(r.header("Retry-After") or 0.25), 1.0)
+                except ValueError:
+                    pass
+                time.sleep(wait)
+                continue
+            with self.lock:
+                self.rejected.append((i, r.status, r.raw[:300]))
+            return
+        with self.lock:
+            self.rejected.append((i, "gave-up", b"no 200 within the per-job timeout"))
+
+    def run(self):
+        for i in range(self.n):
+            if self.stop_ev.is_set():
+                return
+            self.submit_one(i)
+            time.sleep(self.interval)
+
+    def count(self):
+        with self.lock:
+            return len(self.accepted)
+
+
+# ---------------------------------------------------------------- the fleet
+
+def _parse_job_from_msg(msg):
+    m = re.search(r"job ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", msg or "")
+    return m.group(1) if m else None
+
+
+class Fleet:
+    """Producers, consumers, users and datasets of one scenario (and its cleanup)."""
+
+    def __init__(self, scenario):
+        self.scenario = scenario
+        self.run = uuid.uuid4().hex[:8]
+        self.tmp = tempfile.mkdtemp(prefix=f"tq-fault-{scenario}-")
+        self.root = os.path.join(self.tmp, "datasets")
+        os.makedirs(self.root)
+        self.pg = Pg()
+        self.users = [f"fault-{scenario[:24]}-{i}-{self.run}" for i in range(USERS)]
+        self.tokens = {u: h.mint(u, SECRET, exp_in=3600) for u in self.users}
+        self.datasets = {}
+        self.producers = [None, None]
+        self.consumers = {}      # worker id -> current Program
+        self.procs = []          # every Program ever started (killed ones too)
+        self.killed = {}         # Program -> wall-clock time of SIGKILL
+        self.t0 = time.monotonic()
+        self.notes = []          # free-form facts printed with the summary
+        self._make_datasets()
+
+    # ------------------------------------------------------------ fixtures
+
+    def _make_datasets(self):
+        values = []
+        for u in self.users:
+            self.datasets[u] = []
+            for d in DURATIONS:
+                ds = str(uuid.uuid4())
+                rel = f"{u}/{ds}"
+                path = os.path.join(self.root, rel)
+                os.makedirs(path)
+                with open(os.path.join(path, "trainer.env"), "w") as f:
+                    f.write(f"DURATION={d}\nEXIT_CODE=0\nMESSAGE=fake-trainer: done\nSTEPS=3\n")
+                self.datasets[u].append(ds)
+                values.append(f"({q(ds)}, {q(u)}, 'fault dataset', {q(rel)})")
+        self.pg.query("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
+                      + ", ".join(values) + ";")
+
+    def producer_env(self):
+        return {"TRAINQ_HTTP_ADDR": "127.0.0.1:0", "TRAINQ_JWT_ALG": "HS256",
+                "TRAINQ_JWT_SECRET": SECRET, "TRAINQ_JWT_PUBLIC_KEY_FILE": None,
+                "TRAINQ_JWT_AUDIENCE": None, "TRAINQ_JWT_ISSUER": None,
+                "TRAINQ_SUBMIT_RATE_PER_MINUTE": "100000",
+                "TRAINQ_READ_RATE_PER_MINUTE": "100000", "TRAINQ_HTTP_THREADS": "4",
+                "TRAINQ_LOG_LEVEL": "info"}
+
+    def start_producer(self, i):
+        p = h.Program("producer/trainq-producer", env=self.producer_env(),
+                      name=f"producer{i}-{self.scenario}")
+        p.start()
+        self.procs.append(p)
+        p.port = p.wait_event("http.listening", timeout=30)["port"]
+        self.producers[i] = p
+        return p
+
+    def worker_id(self, letter):
+        return f"fault-{letter}-{self.run}"
+
+    def consumer_env(self, wid):
+        return {
+            "TRAINQ_WORKER_ID": wid,
+            "TRAINQ_SLOTS": SLOTS,
+            "TRAINQ_GPUS": "none",
+            "TRAINQ_DATASETS_ROOT": self.root,
+            "TRAINQ_DATA_DIR": os.path.join(self.tmp, "data-" + wid),
+            "TRAINQ_HF_CACHE_DIR": os.path.join(self.tmp, "hf"),
+            "TRAINQ_TRAINING_IMAGE": IMAGE,
+            "TRAINQ_TRAINING_CMD": "--config /workspace/config.json",
+            "TRAINQ_METRICS_ADDR": "127.0.0.1:0",
+            "TRAINQ_HEARTBEAT_SECONDS": HEARTBEAT,
+            "TRAINQ_LEASE_SECONDS": LEASE,
+            "TRAINQ_SWEEP_SECONDS": SWEEP,
+            "TRAINQ_STOP_GRACE_SECONDS": 2,
+            "TRAINQ_LOG_LEVEL": "info",
+        }
+
+    def start_consumer(self, wid, wait_ready=True):
+        n = sum(1 for p in self.procs if p.env.get("TRAINQ_WORKER_ID") == wid)
+        p = h.Program("consumer/trainq-consumer", env=self.consumer_env(wid),
+                      name=f"consumer-{wid}-{n}")
+        p.start()
+        self.procs.append(p)
+        self.consumers[wid] = p
+        if wait_ready:
+            p.wait_event("consumer.ready", timeout=60)
+        return p
+
+    def start(self):
+        """Both producers ready, both consumers consuming, queues empty."""
+        h.purge_queue()
+        self.start_producer(0)
+        self.start_producer(1)
+        for p in self.producers:
+            h.wait_until(lambda: h.http_once(p.port, "GET", "/readyz").status == 200,
+                         timeout=60, interval=0.2, what="producer /readyz 200")
+        self.start_consumer(self.worker_id("a"))
+        self.start_consumer(self.worker_id("b"))
+        self.watcher = DockerWatcher(self.users)
+        self.watcher.start()
+        self.submitter = Submitter(self)
+        self.t0 = time.monotonic()
+        self.submitter.start()
+
+    def kill(self, p):
+        """SIGKILL: the crash case. Remembers when, for the claim-overlap check."""
+        self.killed[p] = time.time()
+        p.kill()
+
+    def wait_accepted(self, n, timeout=60):
+        h.wait_until(lambda: self.submitter.count() >= n, timeout=timeout, interval=0.05,
+                     what=f"{n} accepted submissions")
+
+    # ------------------------------------------------------------ waiting
+
+    def job_rows(self):
+        ids = list(self.submitter.accepted)
+        if not ids:
+            return []
+        return self.pg.rows(
+            "SELECT id::text, user_id, status, worker_id, attempts, error_message, parked_at,"
+            " released_at, lease_expires_at, container_id FROM training_jobs"
+            f" WHERE id::text = ANY({qlist(ids)})")
+
+    def settle(self, timeout=SETTLE_TIMEOUT):
+        """Waits for the submitter, then for every accepted job to be terminal (bounded).
+        Returns True when settled."""
+        self.submitter.join(self.submitter.per_job_timeout * 2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                rows = self.job_rows()
+                if len(rows) == len(self.submitter.accepted) and \
+                        all(r["status"] in TERMINAL for r in rows):
+                    return True
+            except RuntimeError:
+                pass  # Postgres still coming back
+            time.sleep(0.25)
+        return False
+
+    # ------------------------------------------------------------ checks
+
+    def events(self):
+        return self.pg.rows(
+            "SELECT id, job_id::text, user_id, from_status, to_status, worker_id, fencing_token,"
+            " reason, at FROM job_events"
+            f" WHERE user_id = ANY({qlist(self.users)}) ORDER BY id")
+
+    def claim_intervals(self):
+        """Per job, the [start, end] wall-clock intervals during which one consumer process
+        followed it (from job.started / adopt.container to job.finished / job.fenced / the
+        process's death)."""
+        out = {}
+        now = time.time()
+        for p in self.procs:
+            if p.env.get("TRAINQ_WORKER_ID") is None:
+                continue
+            open_ = {}
+            end_of_proc = self.killed.get(p, now if p.running() else None)
+            for e in p.events():
+                ev = e.get("event")
+                if ev == "job.started":
+                    open_[e.get("job_id")] = ts(e["ts"])
+                elif ev == "adopt.container":
+                    j = _parse_job_from_msg(e.get("msg"))
+                    if j:
+                        open_[j] = ts(e["ts"])
+                elif ev in ("job.finished", "job.fenced"):
+                    j = e.get("job_id") or _parse_job_from_msg(e.get("msg"))
+                    if j in open_:
+                        out.setdefault(j, []).append((open_.pop(j), ts(e["ts"]), p.name))
+            if end_of_proc is None:  # exited by itself (SIGTERM at teardown is later)
+                end_of_proc = now
+            for j, start in open_.items():
+                out.setdefault(j, []).append((start, end_of_proc, p.name))
+        return out
+
+    @staticmethod
+    def unacked():
+        """messages_unacknowledged of trainq.jobs (rabbitmqctl), 0 when unknown."""
+        try:
+            out = tqenv.rabbitmqctl("list_queues", "-q", "--no-table-headers", "name",
+                                    "messages_unacknowledged", timeout=60)
+        except Exception:
+            return 0
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "trainq.jobs" and parts[1].isdigit():
+                return int(parts[1])
+        return 0
+
+    def unacked_holders(self):
+        """Which of our processes holds unacked deliveries (channel -> local port -> pid)."""
+        try:
+            out = tqenv.rabbitmqctl("list_channels", "-q", "--no-table-headers", "connection",
+                                    "consumer_count", "messages_unacknowledged",
+                                    "prefetch_count", timeout=60)
+        except Exception as e:
+            return f"(rabbitmqctl list_channels failed: {e})"
+        try:
+            ss = subprocess.run(["ss", "-tnp"], capture_output=True, text=True,
+                                timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            ss = ""
+        pids = {p.pid: p.name for p in self.procs if p.proc is not None}
+        lines = []
+        for line in out.splitlines():
+            m = re.search(r"127\.0\.0\.1:(\d+) -> ", line)
+            parts = line.split()
+            if not m or len(parts) < 3 or parts[-2] == "0":
+                continue
+            who = "?"
+            for sl in ss.splitlines():
+                if f"127.0.0.1:{m.group(1)} " in sl:
+                    pm = re.search(r"pid=(\d+)", sl)
+                    if pm:
+                        who = pids.get(int(pm.group(1)), f"pid {pm.group(1)}")
+            lines.append(f"  {line.strip()}  <- {who}")
+        return "\n".join(lines) or "  (none found)"
+
+    def check(self, settled):
+        """Every figure of the summary line, plus the problems behind non-zero ones."""
+        sub = self.submitter
+        problems = []
+        rows = {}
+        for _ in range(40):
+            try:
+                rows = {r["id"]: r for r in self.job_rows()}
+                ev = self.events()
+                break
+            except RuntimeError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("Postgres did not answer the checks")
+        accepted = list(sub.accepted)
+        by_status = {}
+        for r in rows.values():
+            by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+
+        # lost: accepted but no row, or not terminal when we stopped waiting
+        missing = [j for j in accepted if j not in rows]
+        unsettled = [j for j, r in rows.items() if r["status"] not in TERMINAL]
+        for j in missing:
+            problems.append(f"lost: job {j} was accepted with 200 but has no row")
+        for j in unsettled:
+            r = rows[j]
+            problems.append(f"unsettled: job {j} still {r['status']} (worker {r['worker_id']},"
+                            f" parked_at {r['parked_at']}, released_at {r['released_at']},"
+                            f" lease {r['lease_expires_at']}, attempts {r['attempts']})")
+        extra = self.pg.value(
+            f"SELECT count(*) FROM training_jobs WHERE user_id = ANY({qlist(self.users)})"
+            f" AND NOT (id::text = ANY({qlist(accepted)}))")
+        if int(extra):
+            problems.append(f"phantom: {extra} job rows of this scenario's users were never "
+                            "answered with 200 (a retried request was stored twice?)")
+
+        # audit replay: per user the active count; per job the chain and double claims
+        active, peak, violations = {}, {}, 0
+        state, audit_doubles, chain_breaks = {}, 0, 0
+        recovered, unreasoned = 0, 0
+        for e in ev:
+            u, j = e["user_id"], e["job_id"]
+            was = e["from_status"] in ACTIVE
+            now = e["to_status"] in ACTIVE
+            active[u] = active.get(u, 0) + (1 if now and not was else -1 if was and not now else 0)
+            peak[u] = max(peak.get(u, 0), active[u])
+            if active[u] > LIMIT:
+                violations += 1
+                problems.append(f"violation: user {u} had {active[u]} active jobs at event "
+                                f"{e['id']} ({e['at']})")
+            prev = state.get(j)
+            if prev != e["from_status"]:
+                chain_breaks += 1
+                problems.append(f"audit: job {j} event {e['id']} goes {e['from_status']} -> "
+                                f"{e['to_status']} but the previous event left it {prev}")
+            if e["to_status"] == "pending" and (prev in ACTIVE or was):
+                audit_doubles += 1
+                problems.append(f"double: job {j} claimed again at event {e['id']} while "
+                                f"{prev} (worker {e['worker_id']})")
+            state[j] = e["to_status"]
+            if was and e["to_status"] in ("queued", "failed"):
+                # every dataset here exits 0, so any such transition is a recovery
+                recovered += 1
+                if not (e["reason"] or "").strip():
+                    unreasoned += 1
+                    problems.append(f"reason: job {j} {e['from_status']} -> {e['to_status']} at "
+                                    f"event {e['id']} has no reason")
+        failure_reasons = {}
+        for r in rows.values():
+            if r["status"] == "failed":
+                first = (r["error_message"] or "").strip().splitlines()[:1]
+                key = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<job>", first[0] if first else "")
+                failure_reasons[key[:160]] = failure_reasons.get(key[:160], 0) + 1
+        for j, r in rows.items():
+            if r["status"] == "failed" and not (r["error_message"] or "").strip():
+                unreasoned += 1
+                problems.append(f"reason: failed job {j} has no error_message")
+
+        # Docker: two live containers of one job; more running containers than the limit
+        w = self.watcher
+        with w.lock:
+            docker_doubles = len(w.double_jobs)
+            for j, ids in w.double_jobs.items():
+                problems.append(f"double: job {j} had live containers {sorted(ids)} at once")
+            for (t, u, n) in w.over_limit[:5]:
+                problems.append(f"violation: user {u} had {n} running containers at {t:.1f}")
+            docker_violations = len(w.over_limit)
+            samples, sample_errors = w.samples, w.errors
+
+        # logs: two consumer processes following one job at the same time
+        claim_doubles = 0
+        for j, iv in self.claim_intervals().items():
+            if j not in rows:
+                continue
+            iv.sort()
+            for a, b in zip(iv, iv[1:]):
+                if b[0] < a[1] - 0.05 and a[2] != b[2]:
+                    claim_doubles += 1
+                    problems.append(f"double: job {j} followed by {a[2]} ({a[0]:.2f}-{a[1]:.2f})"
+                                    f" and {b[2]} ({b[0]:.2f}-{b[1]:.2f}) at once")
+
+        # stuck: expired leases, queue not drained, outbox not published, queued jobs
+        stuck = 0
+        n = int(self.pg.value(
+            f"SELECT count(*) FROM training_jobs WHERE user_id = ANY({qlist(self.users)})"
+            f" AND status IN ('pending', 'running')"
+            f" AND lease_expires_at < now() - make_interval(secs => {LEASE})"))
+        if n:
+            stuck += n
+            problems.append(f"stuck: {n} active jobs with a lease expired over {LEASE} s ago")
+        n = int(self.pg.value(
+            f"SELECT count(*) FROM outbox WHERE job_id::text = ANY({qlist(accepted)})"
+            " AND published_at IS NULL"))
+        if n:
+            stuck += n
+            problems.append(f"stuck: {n} outbox rows of accepted jobs never published")
+        queued = [j for j, r in rows.items() if r["status"] == "queued"]
+        stuck += len(queued)
+        if queued:
+            problems.append(f"stuck: {len(queued)} accepted jobs still queued")
+        try:
+            h.wait_until(lambda: h.queue_depth() == 0, timeout=30, interval=0.5,
+                         what="trainq.jobs to drain")
+        except AssertionError:
+            stuck += 1
+            problems.append(f"stuck: trainq.jobs still holds {h.queue_depth()} ready messages")
+
+        # Deliveries a consumer still holds once every job ended: a held message of a
+        # finished job is acked within moments (duplicate), so allow a short while.
+        try:
+            h.wait_until(lambda: self.unacked() == 0, timeout=20, interval=1,
+                         what="no unacknowledged deliveries")
+        except AssertionError:
+            stuck += 1
+            problems.append(f"stuck: trainq.jobs has {self.unacked()} unacknowledged "
+                            "deliveries 20 s after every job ended; holders:\n"
+                            + self.unacked_holders())
+
+        lost = len(missing) + len(unsettled)
+        doubles = audit_doubles + docker_doubles + claim_doubles
+        return {
+            "accepted": len(accepted),
+            "completed": by_status.get("completed", 0),
+            "failed": by_status.get("failed", 0),
+            "cancelled": by_status.get("cancelled", 0),
+            "lost": lost,
+            "doubles": doubles,
+            "violations": violations + docker_violations,
+            "recovered": recovered,
+            "unreasoned": unreasoned,
+            "stuck": stuck,
+            "audit_breaks": chain_breaks,
+            "retried_submits": sub.retries,
+            "rejected": len(sub.rejected),
+            "max_active": max(peak.values()) if peak else 0,
+            "docker_samples": samples,
+            "docker_sample_errors": sample_errors,
+            "settled": settled,
+            "failure_reasons": failure_reasons,
+            "problems": problems,
+        }
+
+    def summary(self, figures):
+        secs = time.monotonic() - self.t0
+        keys = ("accepted", "completed", "failed", "lost", "doubles", "violations", "recovered",
+                "unreasoned", "stuck", "retried_submits", "max_active")
+        line = f"fault scenario={self.scenario} " + " ".join(
+            f"{k}={figures[k]}" for k in keys) + f" seconds={secs:.1f}"
+        counts = {}
+        spurious = 0
+        for p in self.procs:
+            finished = set()
+            for e in p.events():
+                ev = e.get("event")
+                if ev == "job.finished":
+                    finished.add(e.get("job_id"))
+                if ev == "job.lease_lost" and _parse_job_from_msg(e.get("msg")) in finished:
+                    spurious += 1  # the heartbeat raced the end of the job: not a loss
+                    continue
+                if ev in self.EVIDENCE:
+                    counts[ev] = counts.get(ev, 0) + 1
+        line += "".join(f" {self.EVIDENCE[k]}={counts.get(k, 0)}" for k in self.EVIDENCE)
+        line += f" lease_lost_after_finish={spurious}"
+        if self.notes:
+            line += " " + " ".join(self.notes)
+        return line
+
+    # consumer log events worth a figure: what recovery path actually ran
+    EVIDENCE = {"adopt.container": "adopted", "adopt.repaired": "repaired",
+                "job.lease_lost": "lease_lost", "job.fenced": "fenced",
+                "job.parked": "parked", "job.duplicate": "duplicates",
+                "job.requeued": "requeued"}
+
+    # ------------------------------------------------------------ cleanup
+
+    def teardown(self):
+        """Stops what is still running with SIGTERM (must exit 0), removes this scenario's
+        containers, ends its leftover jobs. Returns a list of problems (exit codes,
+        sanitizer reports)."""
+        problems = []
+        try:
+            self.submitter.stop_ev.set()
+        except AttributeError:
+            pass
+        w = getattr(self, "watcher", None)
+        if w:
+            w.stop()
+        for p in self.procs:
+            if p.running():
+                try:
+                    code = p.stop(signal.SIGTERM, timeout=45)
+                except AssertionError as e:
+                    problems.append(str(e))
+                    continue
+                if code != 0:
+                    problems.append(f"{p.name} exited {code} on SIGTERM:\n"
+                                    + p.stderr_text()[-3000:])
+        for p in self.procs:
+            found = p.sanitizer_report()
+            if found:
+                problems.append(f"{p.name}: sanitizer report {found}:\n"
+                                + p.stderr_text()[-6000:])
+        try:
+            for u in self.users:
+                for c in containers([f"trainq.user={u}"]):
+                    tqenv.remove_container(c["Id"])
+        except Exception as e:  # dockerd down after a failed scenario
+            problems.append(f"cleanup: could not remove containers: {e}")
+        try:
+            self.pg.query(
+                "UPDATE training_jobs SET status = 'cancelled', completed_at = now()"
+                f" WHERE user_id = ANY({qlist(self.users)})"
+                " AND status NOT IN ('completed', 'failed', 'cancelled');")
+        except RuntimeError as e:
+            problems.append(f"cleanup: {e}")
+        self.pg.close()
+        keep = os.environ.get("TQ_KEEP_LOGS")
+        for p in self.procs:
+            if keep:
+                dst = os.path.join(keep, f"{self.scenario}-{p.name}.log")
+                try:
+                    os.makedirs(keep, exist_ok=True)
+                    shutil.copyfile(p._err.name, dst)
+                except (OSError, AttributeError):
+                    pass
+            p.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+# ---------------------------------------------------------------- the test base
+
+import unittest  # noqa: E402
+
+
+class FaultCase(unittest.TestCase):
+    """Runs one scenario per test: fleet up, load, fault(fleet), settle, check, summary."""
+
+    maxDiff = None
+
+    def setUp(self):
+        self.fleet = None
+
+    def tearDown(self):
+        if self.fleet is None:
+            return
+        problems = self.fleet.teardown()
+        self.fleet = None
+        if problems:
+            self.fail("after the scenario:\n" + "\n".join(problems))
+
+    def run_scenario(self, name, fault):
+        """fault(fleet) injects the fault mid-load (it may block while a service restarts).
+        Returns the figures after asserting the invariants."""
+        f = self.fleet = Fleet(name)
+        f.start()
+        fault(f)
+        settled = f.settle()
+        figures = f.check(settled)
+        line = f.summary(figures)
+        print(line, flush=True)
+        for reason, n in sorted(figures["failure_reasons"].items()):
+            print(f"  scenario={name} failed_jobs={n} reason={reason!r}", flush=True)
+        out = os.environ.get("TQ_FAULT_SUMMARY")
+        if out:
+            with open(out, "a") as fh:
+                fh.write(line + "\n")
+        detail = "\n".join(figures["problems"][:40])
+        self.assertEqual(figures["rejected"], 0,
+                         f"{name}: submissions refused for good: {f.submitter.rejected}")
+        self.assertEqual(figures["accepted"], JOBS, f"{name}: not every submission was accepted")
+        self.assertEqual(figures["lost"], 0, f"{name}: LOST jobs (accepted with 200, not "
+                         f"terminal after {SETTLE_TIMEOUT:.0f} s):\n{detail}")
+        self.assertEqual(figures["doubles"], 0, f"{name}: a job ran twice at once:\n{detail}")
+        self.assertEqual(figures["violations"], 0,
+                         f"{name}: per-user limit of {LIMIT} exceeded:\n{detail}")
+        self.assertEqual(figures["unreasoned"], 0,
+                         f"{name}: recovered/failed jobs without a reason:\n{detail}")
+        self.assertEqual(figures["stuck"], 0, f"{name}: something stuck:\n{detail}")
+        self.assertEqual(figures["audit_breaks"], 0, f"{name}: job_events chain broken:\n{detail}")
+        if figures["problems"]:
+            # Anything else the checks noticed (e.g. phantom rows) fails too, with its line.
+            self.fail(f"{name}: {detail}")
+        return figures
+
+    # ------------------------------------------------------------ helpers for faults
+
+    def recovery_reasons(self):
+        return [e["reason"] or "" for e in self.fleet.events()
+                if e["from_status"] in ACTIVE and e["to_status"] in ("queued", "failed")]

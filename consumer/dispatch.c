@@ -128,7 +128,8 @@ static void settle(dispatcher *d, uint64_t tag, int ack)
 static void copy_bytes(char *dst, size_t cap, amqp_bytes_t b)
 {
     size_t n = b.len < cap - 1 ? b.len : cap - 1;
-    memcpy(dst, b.bytes, n);
+    if (n) /* an empty property has bytes == NULL */
+        memcpy(dst, b.bytes, n);
     dst[n] = '\0';
 }
 
@@ -294,6 +295,19 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
                  mid[0] ? "invalid message: message_id \"%s\" differs from job_id"
                         : "invalid message: message_id property is required%s",
                  mid);
+        tq_msg_free(&m);
+        dead_letter(d, env, reason);
+        return;
+    }
+
+    /* The exchange routes by job type: a body whose type differs from its routing key was
+     * queued for the wrong kind of worker. */
+    char rk[64];
+    copy_bytes(rk, sizeof rk, env->routing_key);
+    if (strcmp(rk, tq_job_type_name(m.sub.type)) != 0) {
+        snprintf(reason, sizeof reason,
+                 "invalid message: routing key \"%s\" differs from type \"%s\"", rk,
+                 tq_job_type_name(m.sub.type));
         tq_msg_free(&m);
         dead_letter(d, env, reason);
         return;

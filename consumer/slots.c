@@ -168,10 +168,15 @@ static int follow(runner *r, outcome *o)
             continue;
         if (rc == TQ_OK) {
             atomic_store(&w->docker_ok, 1);
-            tq_container_state st;
-            memset(&st, 0, sizeof st);
-            int oom = tq_docker_inspect(w->docker, s->container_id, &st, &eb) == TQ_OK &&
+            /* Only a failed exit needs the OOM flag: skipping the inspect on success takes
+             * a round trip to a busy dockerd off the release path. */
+            int oom = 0;
+            if (code != 0) {
+                tq_container_state st;
+                memset(&st, 0, sizeof st);
+                oom = tq_docker_inspect(w->docker, s->container_id, &st, &eb) == TQ_OK &&
                       st.oom_killed;
+            }
             if (atomic_load(&s->cancel)) {
                 o->status = "cancelled";
                 o->exit_code = code;

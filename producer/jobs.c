@@ -59,7 +59,9 @@ static int cursor_parse(const char *c, char micros[24], char id[TQ_UUID_BUF])
     if (!us)
         return -1;
     size_t n = (size_t)(us - c);
-    if (n == 0 || n > 19)
+    /* At most 17 digits (before the year 5000): larger values would overflow the interval
+     * arithmetic in SQL, and no row of ours is that late. */
+    if (n == 0 || n > 17)
         return -1;
     for (size_t i = 0; i < n; i++)
         if (c[i] < '0' || c[i] > '9')

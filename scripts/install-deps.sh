@@ -12,7 +12,7 @@ PACKAGES=(
   # real services the integration tests run against
   postgresql postgresql-client rabbitmq-server docker.io busybox-static
   # test drivers and tools
-  python3 python3-pika python3-jwt python3-cryptography
+  python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery
   wrk curl jq valgrind procps iproute2 openssl
 )
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # THE test command for trainq (CI runs it through .ci/run).
 #
-#   scripts/test.sh [--quick] [--keep]
+#   scripts/test.sh [--quick] [--keep] [--faults]
 #
 #   1. installs missing Debian packages (scripts/install-deps.sh)
 #   2. builds build/ (normal) and build-asan/ (-DTRAINQ_SANITIZE=ON)
 #   3. unless --quick: starts Postgres, RabbitMQ and dockerd (scripts/services.sh up), applies
 #      migrations, builds the fake trainer image
-#   4. ctest -L unit in build/; then in build-asan/ every test (only unit tests with --quick)
-#      under ASan/UBSan/LSan with the TRAINQ_* environment of `services.sh env`
+#   4. ctest -L unit in build/; then in build-asan/ the unit and integration tests (only unit
+#      tests with --quick) under ASan/UBSan/LSan with the TRAINQ_* environment of `services.sh env`
+#   5. with --faults: the fault suite (tests/faults, label "faults") in build-asan/, which
+#      prints one summary line per scenario
 #
 # Services are brought down on exit, also on failure or Ctrl-C, unless --keep or
 # TRAINQ_KEEP_SERVICES=1. The last line is "trainq: N passed, M failed" (counted from ctest;
@@ -20,13 +22,15 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 quick=0
+faults=0
 keep=${TRAINQ_KEEP_SERVICES:-0}
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "test.sh: unknown option $a (--quick, --keep)" >&2; exit 2 ;;
+    --faults) faults=1 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test.sh: unknown option $a (--quick, --keep, --faults)" >&2; exit 2 ;;
   esac
 done
 
@@ -130,7 +134,10 @@ run_ctest "$REPO/build" unit -L unit -j "$JOBS"
 if ((quick == 1)); then
   run_ctest "$REPO/build-asan" asan-unit -L unit -j "$JOBS"
 else
-  run_ctest "$REPO/build-asan" asan-all -j "$JOBS"
+  run_ctest "$REPO/build-asan" asan-all -L 'unit|integration' -j "$JOBS"
+  if ((faults == 1)); then
+    run_ctest "$REPO/build-asan" asan-faults -L faults
+  fi
 fi
 
 ((failed == 0))

@@ -39,7 +39,8 @@ static const char SQL_CLAIM[] =
     " WHERE published_at IS NULL AND available_at <= now()"
     " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
 static const char SQL_MARK_PUBLISHED[] =
-    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])";
+    /* clock_timestamp: the moment the confirm arrived, not the start of the round */
+    "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])";
 static const char SQL_MARK_FAILED[] =
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
     " available_at = now() + least(power(2, attempts + 1), 60) * interval '1 second'"

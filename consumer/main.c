@@ -17,6 +17,7 @@
 #include "cmetrics.h"
 #include "tq_config.h"
 #include "tq_log.h"
+#include "tq_program.h"
 #include "tq_relay.h"
 #include "worker.h"
 
@@ -37,27 +38,12 @@ static int health(void *arg, char *why, size_t cap)
 int main(int argc, char **argv)
 {
     tq_config cfg;
-    tq_errbuf eb = {{0}};
-    int rc = tq_config_load(&cfg, TQ_PROG_CONSUMER, argc, argv, &eb);
-    if (rc == TQ_CONFIG_EXIT) {
-        tq_config_free(&cfg);
-        return 0;
-    }
-    if (rc != TQ_OK) {
-        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
-        tq_config_free(&cfg);
-        return 2;
-    }
-    tq_log_init("trainq-consumer", (tq_log_level)tq_log_level_parse(cfg.log_level));
-    srand((unsigned)getpid() ^ (unsigned)time(NULL));
-
-    /* Signals go to sigwait below, never to a worker thread. */
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    int start = tq_program_start(&cfg, TQ_PROG_CONSUMER, "trainq-consumer", argc, argv, &sigs);
+    if (start >= 0)
+        return start;
+    tq_errbuf eb = {{0}};
+    srand((unsigned)getpid() ^ (unsigned)time(NULL));
 
     tq_worker w;
     memset(&w, 0, sizeof w);

@@ -18,6 +18,7 @@
 #include "pdb.h"
 #include "tq_config.h"
 #include "tq_log.h"
+#include "tq_program.h"
 #include "tq_relay.h"
 
 #define DRAIN_MS 10000
@@ -31,26 +32,11 @@ static const char *nonempty(const char *s)
 int main(int argc, char **argv)
 {
     tq_config cfg;
-    tq_errbuf eb = {{0}};
-    int rc = tq_config_load(&cfg, TQ_PROG_PRODUCER, argc, argv, &eb);
-    if (rc == TQ_CONFIG_EXIT) {
-        tq_config_free(&cfg);
-        return 0;
-    }
-    if (rc != TQ_OK) {
-        fprintf(stderr, "trainq-producer: %s\n", eb.msg);
-        tq_config_free(&cfg);
-        return 2;
-    }
-    int lvl = tq_log_level_parse(cfg.log_level);
-    tq_log_init("trainq-producer", lvl < 0 ? TQ_LOG_INFO : (tq_log_level)lvl);
-
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    int start = tq_program_start(&cfg, TQ_PROG_PRODUCER, "trainq-producer", argc, argv, &sigs);
+    if (start >= 0)
+        return start;
+    tq_errbuf eb = {{0}};
 
     int exit_code = 1;
     tq_auth *auth = NULL;
@@ -66,7 +52,7 @@ int main(int argc, char **argv)
         .issuer = nonempty(cfg.jwt_issuer),
         .leeway_seconds = cfg.jwt_leeway_seconds,
     };
-    rc = tq_auth_new(&ac, &auth, &eb);
+    int rc = tq_auth_new(&ac, &auth, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
         exit_code = 2;

@@ -332,6 +332,38 @@ int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_at
     return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, p, NULL, eb);
 }
 
+int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                 int max_attempts, tq_errbuf *eb)
+{
+    char tok[24], ma[16];
+    snprintf(tok, sizeof tok, "%lld", fencing);
+    snprintf(ma, sizeof ma, "%d", max_attempts);
+    int rc = tq_db_begin(c, eb);
+    if (rc)
+        return rc;
+    /* The row lock, taken with the fencing check, holds until commit: nobody can claim
+     * the job in between. */
+    const char *p[2] = {job_id, tok};
+    PGresult *r;
+    rc = tq_db_exec(c,
+                    "SELECT 1 FROM training_jobs WHERE id = $1 AND fencing_token = $2 "
+                    "AND status IN ('pending', 'running') FOR UPDATE",
+                    2, p, &r, eb);
+    if (rc)
+        return fail(c, rc);
+    int n = PQntuples(r);
+    PQclear(r);
+    if (n != 1) {
+        tq_db_rollback(c);
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id);
+    }
+    const char *q[3] = {job_id, reason, ma};
+    rc = tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, q, NULL, eb);
+    if (rc)
+        return fail(c, rc);
+    return tq_db_commit(c, eb);
+}
+
 static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
 {
     size_t rows = (size_t)PQntuples(r);

@@ -58,6 +58,12 @@ int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char 
 int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,
                    tq_errbuf *eb);
 
+/* Retries (or fails after max_attempts) a job of this worker that was interrupted by an
+ * outage rather than by its own doing (dockerd restarted under it). Fenced: TQ_ERR_CONFLICT
+ * if the job is no longer this claim's. */
+int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                 int max_attempts, tq_errbuf *eb);
+
 typedef struct {
     char job_id[37];
     long long fencing_token;

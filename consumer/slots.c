@@ -106,7 +106,7 @@ typedef struct {
 
 /* The container's end, as the job's outcome. */
 typedef struct {
-    const char *status;
+    const char *status; /* NULL: interrupted by an outage, retry the job */
     int exit_code; /* < -255: none */
     char error[4608];
     char reason[256];
@@ -126,6 +126,19 @@ static void describe_exit(runner *r, int exit_code, int oom, outcome *o)
     free(tail);
 }
 
+/* Whether dockerd stops answering within a few seconds (it is shutting down). */
+static int dockerd_going_away(tq_worker *w)
+{
+    for (int i = 0; i < 15; i++) {
+        tq_errbuf eb = {{0}};
+        if (tq_docker_ping(w->docker, &eb) != TQ_OK)
+            return 1;
+        if (tq_worker_sleep(w, 200))
+            return 0;
+    }
+    return 0;
+}
+
 /* Waits for the container to end. Returns 0 with *o filled, or 1 when the worker is
  * stopping or the job was taken away (lost lease): then nothing is to be recorded. */
 static int follow(runner *r, outcome *o)
@@ -133,7 +146,7 @@ static int follow(runner *r, outcome *o)
     tq_worker *w = r->w;
     tq_slot *s = r->s;
     const tq_config *cfg = w->cfg;
-    int stop_sent = 0, overrun = 0;
+    int stop_sent = 0, overrun = 0, outage = 0;
     long backoff = 500;
     for (;;) {
         if (atomic_load(&w->stopping))
@@ -177,6 +190,10 @@ static int follow(runner *r, outcome *o)
                 oom = tq_docker_inspect(w->docker, s->container_id, &st, &eb) == TQ_OK &&
                       st.oom_killed;
             }
+            /* Killed by a signal we did not send: dockerd shutting down (no live-restore)
+             * stops its containers and may still answer this wait before it goes. */
+            if (!stop_sent && !oom && (code == 137 || code == 143) && dockerd_going_away(w))
+                outage = 1;
             if (atomic_load(&s->cancel)) {
                 o->status = "cancelled";
                 o->exit_code = code;
@@ -188,6 +205,14 @@ static int follow(runner *r, outcome *o)
                 snprintf(o->error, sizeof o->error, "exceeded the maximum run time of %d s",
                          cfg->max_run_seconds);
                 snprintf(o->reason, sizeof o->reason, "maximum run time exceeded");
+            } else if (outage && code != 0) {
+                /* dockerd went away while the job ran: without live-restore it took the
+                 * container with it. Not the job's fault: retry it (bounded). */
+                o->status = NULL;
+                o->exit_code = code;
+                snprintf(o->reason, sizeof o->reason,
+                         "container %.12s ended with code %d while dockerd was unreachable",
+                         s->container_id, code);
             } else if (code == 0 && !oom) {
                 o->status = "completed";
                 o->exit_code = 0;
@@ -209,6 +234,7 @@ static int follow(runner *r, outcome *o)
         }
         /* dockerd unreachable or failing: the container keeps running without it; look
          * again with backoff. */
+        outage = 1;
         if (atomic_exchange(&w->docker_ok, 0))
             tq_log(TQ_LOG_WARN, "docker.down", "could not follow job %s: %s", s->job_id, eb.msg);
         if (tq_worker_sleep(w, backoff))
@@ -227,9 +253,18 @@ static int record(runner *r, const outcome *o)
     for (;;) {
         tq_errbuf eb = {{0}};
         int rc = tq_db_ensure(&r->db, w->cfg->database_url, "trainq-consumer-runner", &eb);
-        if (rc == TQ_OK)
+        if (rc == TQ_OK && !o->status) {
+            rc = tq_cdb_retry(r->db, s->job_id, s->fencing, o->reason, w->cfg->max_attempts, &eb);
+            if (rc == TQ_OK) {
+                tq_log(TQ_LOG_WARN, "job.interrupted", "job %s given back: %s", s->job_id,
+                       o->reason);
+                tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
+                return 1;
+            }
+        } else if (rc == TQ_OK) {
             rc = tq_cdb_finish(r->db, s->job_id, s->fencing, o->status, o->exit_code,
                                o->error[0] ? o->error : NULL, o->reason, &eb);
+        }
         if (rc == TQ_OK) {
             tq_logj(TQ_LOG_INFO, "job.finished",
                     json_pack("{s:s, s:s, s:i}", "job_id", s->job_id, "status", o->status,

@@ -442,6 +442,23 @@ class TestRecovery(ConsumerCase):
         reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
         self.assertTrue(any(r and "stopped renewing its lease" in r for r in reasons), reasons)
 
+    def test_dockerd_restart_under_a_running_job_retries_it(self):
+        """dockerd (no live-restore) takes its containers down when it stops: the job was not
+        at fault, so it is retried with the reason recorded, and the consumer resumes once
+        dockerd answers again."""
+        u = self.user("dockerd")
+        m = self.message(u, self.dataset(u, duration=5))
+        c = self.consumer(f"dockerd-{run_id()}")
+        self.publish(m)
+        self.wait_status(m["job_id"], "running")
+        tqenv.services("restart", "docker")
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=90)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual(j["attempts"], 2)
+        reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
+        self.assertTrue(any(r and "while dockerd was unreachable" in r for r in reasons), reasons)
+        c.wait_event("job.interrupted", timeout=5)
+
     def test_sigterm_leaves_containers_running_and_exits_zero(self):
         u = self.user("term")
         m = self.message(u, self.dataset(u, duration=5))

@@ -2,6 +2,8 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NAME_MAX_LEN 128
@@ -129,7 +131,14 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
             return tq_errf(eb, TQ_ERR_INVALID,
                            "cannot create container \"%s\": mount %zu has \"..\" in a path",
                            s->name, i);
-        if (is_sock_dir(m->source) || (docker_socket && exposes(m->source, docker_socket)))
+        /* Compare what the paths really are: a symlink must not smuggle the socket's
+         * directory past a textual check. */
+        char real_src[PATH_MAX], real_sock[PATH_MAX];
+        const char *src = realpath(m->source, real_src) ? real_src : m->source;
+        const char *sock = docker_socket && realpath(docker_socket, real_sock) ? real_sock
+                                                                                : docker_socket;
+        if (is_sock_dir(m->source) || is_sock_dir(src) ||
+            (sock && (exposes(src, sock) || exposes(m->source, docker_socket))))
             return tq_errf(eb, TQ_ERR_INVALID,
                            "cannot create container \"%s\": mount of \"%.200s\" would expose the "
                            "container runtime socket",

@@ -380,6 +380,29 @@ int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *stora
         (rc = mkdir_p(cfg->hf_cache_dir, 0755, eb)))
         return rc;
 
+    /* Resolve the rest too (the dataset already is), so the mounts name real paths. */
+    {
+        char tmp[PATH_MAX];
+        const char *what[2] = {"outputs directory", "Hugging Face cache"};
+        char *paths[2] = {p->outputs, p->models};
+        snprintf(p->models, sizeof p->models, "%s", cfg->hf_cache_dir);
+        for (int i = 0; i < 2; i++) {
+            if (!realpath(paths[i], tmp))
+                return tq_errf(eb, TQ_ERR_IO, "could not resolve %s \"%s\": %s", what[i],
+                               paths[i], strerror(errno));
+            snprintf(paths[i], PATH_MAX, "%s", tmp);
+        }
+        if (!realpath(configs, tmp))
+            return tq_errf(eb, TQ_ERR_IO, "could not resolve \"%s\": %s", configs,
+                           strerror(errno));
+        if ((rc = path_join(p->config_file, sizeof p->config_file, tmp, "/", id, eb)))
+            return rc;
+        cl = strlen(p->config_file);
+        if (cl + 5 >= sizeof p->config_file)
+            return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build config path: too long");
+        memcpy(p->config_file + cl, ".json", 6);
+    }
+
     json_t *conf = tq_launch_training_config(job, TQ_LAUNCH_DATASETS_TARGET);
     if (!conf)
         return tq_errf(eb, TQ_ERR_INVALID, "cannot build config.json of job %s: job lacks type "
@@ -505,7 +528,7 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json
     const tq_mount mounts[] = {
         {p->dataset, TQ_LAUNCH_DATASETS_TARGET, 1},
         {p->outputs, TQ_LAUNCH_OUTPUTS_TARGET, 0},
-        {cfg->hf_cache_dir, TQ_LAUNCH_MODELS_TARGET, 0},
+        {p->models, TQ_LAUNCH_MODELS_TARGET, 0},
         {p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1},
     };
     char env_job[64];

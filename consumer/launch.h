@@ -75,6 +75,8 @@ typedef struct {
     char dataset[PATH_MAX];     /* resolved dataset directory */
     char outputs[PATH_MAX];     /* <data_dir>/outputs/<job_id> */
     char config_file[PATH_MAX]; /* <data_dir>/configs/<job_id>.json */
+    char models[PATH_MAX];      /* the Hugging Face cache directory */
+    /* All four are realpath()s: Docker is handed what was checked, never a symlink. */
 } tq_launch_paths;
 
 /*

@@ -15,7 +15,9 @@
 # written), with -timeout=5 -rss_limit_mb=2048. One line per target:
 #   fuzz target=fuzz_message runs=123456 seconds=30 result=ok
 # result is ok, or crash / leak / timeout / oom / error; then the reproducer (kept under
-# build-fuzz/fuzz-artifacts/) and the tail of the log follow. Exit status is non-zero if
+# build-fuzz/fuzz-artifacts/) and the tail of the log follow. A timeout whose input then
+# runs in time on its own is reported as ok with note=timeout-not-reproduced:<file>
+# (wall-clock stalls of a loaded machine); that target's run ended early, though. Exit status is non-zero if
 # the build failed or any target did not end ok.
 set -uo pipefail
 
@@ -53,10 +55,9 @@ rm -rf "$LOGS"
 mkdir -p "$LOGS" "$ARTIFACTS"
 
 echo "==> fuzz: building $BUILD"
-# -Werror stays with the gcc builds (scripts/test.sh): clang warns about other things, and
-# a warning must not stop the fuzz run.
+# Warnings are errors here too: the tree builds clean with clang as well as gcc.
 if ! { cmake -S "$REPO" -B "$BUILD" -DCMAKE_C_COMPILER=clang -DTRAINQ_FUZZ=ON \
-  -DTRAINQ_SANITIZE=ON -DTRAINQ_WERROR=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+  -DTRAINQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
   cmake --build "$BUILD" -j "$ncpu" --target fuzz_all; } >"$LOGS/build.log" 2>&1; then
   echo "fuzz.sh: build failed; last lines of $LOGS/build.log:" >&2
   tail -n 40 "$LOGS/build.log" >&2
@@ -129,7 +130,17 @@ for t in $TARGETS; do
       *) result=error ;;
     esac
   fi
-  echo "fuzz target=$t runs=${runs:-0} seconds=$secs result=$result"
+  note=""
+  # libFuzzer's timeout is wall-clock time, so a busy machine (CI, the fault suite) can
+  # stall a trivial input past 5 s. Such an input is run once more on its own: if it
+  # finishes, the timeout was the machine's, not the code's.
+  if [[ "$result" == timeout && -n "$artifact" && -f "$artifact" ]] &&
+    "$BUILD/tests/fuzz/$t" -timeout=5 -rss_limit_mb=2048 "$artifact" >"$LOGS/$t.recheck.log" 2>&1; then
+    result=ok
+    note=" note=timeout-not-reproduced:$artifact"
+    bad=$((bad - 1))
+  fi
+  echo "fuzz target=$t runs=${runs:-0} seconds=$secs result=$result$note"
   if [[ "$result" != ok ]]; then
     [[ -n "$artifact" ]] && echo "  reproducer: $artifact (run: $BUILD/tests/fuzz/$t $artifact)"
     echo "  log: $log; last lines:"

@@ -8,7 +8,7 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config git clang libclang-rt-14-dev
   libjansson-dev libpq-dev librabbitmq-dev libcurl4-openssl-dev uuid-dev
-  libmicrohttpd-dev libjwt-dev libcmocka-dev
+  libmicrohttpd-dev libjwt-dev libcmocka-dev libssl-dev
   # real services the integration tests run against
   postgresql postgresql-client rabbitmq-server docker.io busybox-static
   # test drivers and tools

@@ -139,9 +139,24 @@ class HostileAmqpTest(unittest.TestCase):
                "TRAINQ_METRICS_ADDR": "127.0.0.1:0", "TRAINQ_HEARTBEAT_SECONDS": 1,
                "TRAINQ_LEASE_SECONDS": 6, "TRAINQ_SWEEP_SECONDS": 1,
                "TRAINQ_STOP_GRACE_SECONDS": 2, "TRAINQ_LOG_LEVEL": "info"}
-        cls.c = h.Program("consumer/trainq-consumer", env=env, name="consumer-hostile").start()
+        cls.env = env
+        cls.dead_procs = []  # consumers that died during a test (reported at the end)
+        cls.start_consumer()
+
+    @classmethod
+    def start_consumer(cls):
+        cls.c = h.Program("consumer/trainq-consumer", env=cls.env, name="consumer-hostile").start()
         cls.metrics_port = cls.c.wait_event("consumer.starting", timeout=30).get("metrics_port")
         cls.c.wait_event("consumer.ready", timeout=30)
+
+    def setUp(self):
+        # A consumer killed by an earlier case is replaced so that the other tests still
+        # say something; the death itself fails that case and tearDownClass.
+        if not self.c.running():
+            type(self).dead_procs.append(self.c)
+            # the message that killed it is redelivered and would kill the next one too
+            h.purge_queue()
+            type(self).start_consumer()
 
     @classmethod
     def dataset(cls, user, duration=0.5):
@@ -156,6 +171,11 @@ class HostileAmqpTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        deaths = []
+        for p in cls.dead_procs:
+            deaths.append(f"consumer died during the run (exit {p.proc.returncode}):\n"
+                          + p.stderr_text()[-3000:])
+            p.cleanup()
         try:
             code = cls.c.stop(signal.SIGTERM, timeout=30)
             text = cls.c.stderr_text()
@@ -171,6 +191,7 @@ class HostileAmqpTest(unittest.TestCase):
                        variables={"u": ",".join(cls.users)})
             cls.c.cleanup()
             shutil.rmtree(cls.tmp, ignore_errors=True)
+        assert not deaths, "\n".join(deaths)
         assert code == 0, f"consumer exited {code} on SIGTERM:\n{text[-4000:]}"
         assert not found, f"sanitizer report in consumer stderr:\n{text[-8000:]}"
 
@@ -207,7 +228,7 @@ class HostileAmqpTest(unittest.TestCase):
             self.assertNotIn(body, sent, f"{case['id']}: body not unique in the corpus")
             sent[body] = (case, (ctx["@JOB@"], ctx["@JOB2@"]), mid)
             publish(body, mid, rk, headers)
-        got = h.get_messages(DEAD, want=lambda ms: len(ms) >= len(corpus), timeout=60)
+        got = h.get_messages(DEAD, want=lambda ms: len(ms) >= len(corpus), timeout=40)
         took = time.monotonic() - t0
         by_body = {}
         for props, body in got:
@@ -245,6 +266,12 @@ class HostileAmqpTest(unittest.TestCase):
               f"{len(failures)} failing, {took:.1f}s")
         for f in failures:
             print("  FAIL " + f)
+        if not self.c.running():
+            text = self.c.stderr_text()
+            last = [e for e in self.c.events("job.dead_lettered")][-1:] or [None]
+            self.fail("the consumer died during the corpus (the last message it dead-lettered "
+                      f"had message_id {last[0] and last[0].get('message_id')!r}; the first case "
+                      f"not dead-lettered above is the likely culprit):\n{text[-3000:]}")
         self.assertEqual(len(self.c.events("job.started")), 0,
                          "an invalid message started a container")
         self.assert_alive()

@@ -206,7 +206,9 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     tq_worker *w = d->w;
     tq_launch_paths paths;
     tq_errbuf eb = {{0}};
+    double t0 = tq_mono_now();
     int rc = tq_launch_prepare(w->cfg, cl->job, cl->storage_path, &paths, &eb);
+    double t1 = tq_mono_now();
     if (rc != TQ_OK) {
         if (rc == TQ_ERR_NOMEM || rc == TQ_ERR_IO) {
             tq_errbuf qb = {{0}};
@@ -242,7 +244,13 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
         fail_claimed(d, job_id, cl->fencing_token, why);
         return 0;
     }
+    double t2 = tq_mono_now();
     rc = tq_cdb_mark_running(d->db, job_id, cl->fencing_token, cid, &eb);
+    tq_logj(TQ_LOG_DEBUG, "job.launch_timing",
+            json_pack("{s:s, s:i, s:i, s:i}", "job_id", job_id, "prepare_us",
+                      (int)((t1 - t0) * 1e6), "create_start_us", (int)((t2 - t1) * 1e6),
+                      "mark_running_us", (int)((tq_mono_now() - t2) * 1e6)),
+            "job %s launch phases", job_id);
     if (rc == TQ_ERR_CONFLICT) {
         /* Recovered by a reaper meanwhile: this container must not run. */
         tq_errbuf kb = {{0}};

@@ -283,8 +283,10 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* Readers (the container, an operator) see the old file or the new one, never a torn one;
- * after return the new one survives a power cut. */
+/* Readers (the container, an operator) see the old file or the new one, never a torn one.
+ * No fsync: the file only has to outlive the container that reads it, and a host crash ends
+ * that container too (the retried job writes the file again), and two fsyncs per launch
+ * would sit on the dispatch path of every job. */
 static int write_atomic(const char *path, const char *data, size_t len, tq_errbuf *eb)
 {
     static atomic_uint seq;
@@ -298,7 +300,7 @@ static int write_atomic(const char *path, const char *data, size_t len, tq_errbu
         return tq_errf(eb, TQ_ERR_IO, "could not create \"%.200s\": %m", tmp);
     /* The container may run as another uid: it must be able to read the file whatever the
      * consumer's umask is. */
-    if (fchmod(fd, 0644) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, 0644) != 0 || write_all(fd, data, len) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -316,21 +318,6 @@ static int write_atomic(const char *path, const char *data, size_t len, tq_errbu
         unlink(tmp);
         errno = e;
         return tq_errf(eb, TQ_ERR_IO, "could not rename \"%.200s\" to \"%.200s\": %m", tmp, path);
-    }
-    char dir[PATH_MAX];
-    memcpy(dir, path, strlen(path) + 1);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            return tq_errf(eb, TQ_ERR_IO, "could not open directory \"%.200s\": %m", dir);
-        int rc = fsync(dfd);
-        int e = errno;
-        close(dfd);
-        errno = e;
-        if (rc != 0)
-            return tq_errf(eb, TQ_ERR_IO, "could not sync directory \"%.200s\": %m", dir);
     }
     return TQ_OK;
 }

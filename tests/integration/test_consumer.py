@@ -60,7 +60,7 @@ class ConsumerCase(unittest.TestCase):
             try:
                 p.assert_no_sanitizer_report()
             finally:
-                if os.environ.get("TQ_KEEP_LOGS"): print(p.stderr_text()[-6000:])
+                if os.environ.get("TQ_KEEP_LOGS"): print(p.stderr_text()[-60000:])
                 p.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -305,17 +305,20 @@ static void *runner_main(void *arg)
 
         outcome o;
         memset(&o, 0, sizeof o);
+        char done_job[37] = "", done_container[65] = "";
         if (follow(r, &o) == 0) {
             if (!record(r, &o))
                 break; /* stopping: the container stays for adoption */
             if (w->cfg->remove_containers) {
-                tq_errbuf eb = {{0}};
-                if (tq_docker_remove(w->docker, s->container_id, 1, &eb) != TQ_OK)
-                    tq_log(TQ_LOG_WARN, "docker.remove_failed", "job %s: %s", s->job_id, eb.msg);
+                memcpy(done_job, s->job_id, sizeof done_job);
+                memcpy(done_container, s->container_id, sizeof done_container);
             }
         } else if (atomic_load(&w->stopping)) {
             break;
         }
+        /* The slot is free as soon as the outcome is recorded: the exited container no
+         * longer runs, and its removal below must not delay the next launch (which this
+         * runner picks up when it loops). */
         pthread_mutex_lock(&w->mu);
         s->state = TQ_SLOT_FREE;
         s->job_id[0] = '\0';
@@ -323,6 +326,11 @@ static void *runner_main(void *arg)
         pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
         tq_cmetrics_set(TQ_CM_SLOTS_BUSY, w->n_slots - tq_slots_free(w));
+        if (done_container[0]) {
+            tq_errbuf eb = {{0}};
+            if (tq_docker_remove(w->docker, done_container, 1, &eb) != TQ_OK)
+                tq_log(TQ_LOG_WARN, "docker.remove_failed", "job %s: %s", done_job, eb.msg);
+        }
     }
     if (r->db)
         PQfinish(r->db);

@@ -251,27 +251,20 @@ int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
     return n == 1 ? TQ_OK : tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id);
 }
 
-int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
-                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb)
+/* One fenced status change that may free a slot of the user: in one transaction, with
+ * `reason` in the audit trail, runs `sql` (an UPDATE ... RETURNING user_id), then releases
+ * the user's next parked jobs. TQ_ERR_CONFLICT when the update matched no row (fenced out). */
+static int change_and_release(PGconn *c, const char *job_id, const char *reason,
+                              const char *sql, int nparams, const char *const *params,
+                              tq_errbuf *eb)
 {
-    char tok[24], code[16];
-    snprintf(tok, sizeof tok, "%lld", fencing);
-    snprintf(code, sizeof code, "%d", exit_code);
     int rc = tq_db_begin(c, eb);
     if (rc)
         return rc;
     if ((rc = set_reason(c, reason, eb)))
         return fail(c, rc);
-    const char *p[5] = {job_id, tok, status, exit_code < -255 ? NULL : code, error_message};
     PGresult *r;
-    rc = tq_db_exec(c,
-                    "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
-                    "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
-                    "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
-                    "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
-                    "RETURNING user_id",
-                    5, p, &r, eb);
-    if (rc)
+    if ((rc = tq_db_exec(c, sql, nparams, params, &r, eb)))
         return fail(c, rc);
     if (PQntuples(r) != 1) {
         PQclear(r);
@@ -281,11 +274,26 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *
     const char *pu[1] = {PQgetvalue(r, 0, 0)};
     rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb);
     PQclear(r);
-    if (rc)
-        return fail(c, rc);
-    if ((rc = set_reason(c, "", eb)))
+    if (rc || (rc = set_reason(c, "", eb)))
         return fail(c, rc);
     return tq_db_commit(c, eb);
+}
+
+int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
+                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb)
+{
+    char tok[24], code[16];
+    snprintf(tok, sizeof tok, "%lld", fencing);
+    snprintf(code, sizeof code, "%d", exit_code);
+    const char *p[5] = {job_id, tok, status, exit_code < -255 ? NULL : code, error_message};
+    return change_and_release(
+        c, job_id, reason,
+        "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
+        "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
+        "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
+        "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
+        "RETURNING user_id",
+        5, p, eb);
 }
 
 int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
@@ -293,34 +301,17 @@ int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char 
 {
     char tok[24];
     snprintf(tok, sizeof tok, "%lld", fencing);
-    int rc = tq_db_begin(c, eb);
-    if (rc)
-        return rc;
-    if ((rc = set_reason(c, reason, eb)))
-        return fail(c, rc);
     const char *p[2] = {job_id, tok};
-    PGresult *r;
     /* An attempt that never started does not count against max_attempts. */
-    rc = tq_db_exec(c,
-                    "UPDATE training_jobs SET status = 'queued', worker_id = NULL, "
-                    "lease_expires_at = NULL, container_id = NULL, "
-                    "fencing_token = fencing_token + 1, attempts = GREATEST(attempts - 1, 0), "
-                    "parked_at = now(), released_at = NULL "
-                    "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
-                    "RETURNING user_id",
-                    2, p, &r, eb);
-    if (rc)
-        return fail(c, rc);
-    if (PQntuples(r) == 1) {
-        const char *pu[1] = {PQgetvalue(r, 0, 0)};
-        rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb);
-    }
-    PQclear(r);
-    if (rc)
-        return fail(c, rc);
-    if ((rc = set_reason(c, "", eb)))
-        return fail(c, rc);
-    return tq_db_commit(c, eb);
+    return change_and_release(
+        c, job_id, reason,
+        "UPDATE training_jobs SET status = 'queued', worker_id = NULL, "
+        "lease_expires_at = NULL, container_id = NULL, "
+        "fencing_token = fencing_token + 1, attempts = GREATEST(attempts - 1, 0), "
+        "parked_at = now(), released_at = NULL "
+        "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
+        "RETURNING user_id",
+        2, p, eb);
 }
 
 int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,

@@ -400,16 +400,24 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
+/* Runs fn in a transaction and hands its JSON result (a->json) to *out; on failure the
+ * partial result is freed. */
+static int run_json(txn_fn fn, job_arg *a, json_t **out,
+                    tq_errbuf *eb)
+{
+    int rc = run_txn(fn, a, eb);
+    if (rc != TQ_OK) {
+        json_decref(a->json);
+        return rc;
+    }
+    *out = a->json;
+    return TQ_OK;
+}
+
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    int rc = run_txn(get_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *job = a.json;
-    return TQ_OK;
+    return run_json(get_fn, &a, job, eb);
 }
 
 /* Keyset paging on (created_at, id): the cursor is the last row's created_at in
@@ -460,14 +468,10 @@ int tq_pdb_job_list(const char *user, const char *status, const char *after_micr
     job_arg a = {
         .user = user, .status = status, .after_micros = after_micros, .after_id = after_id};
     snprintf(a.limit, sizeof a.limit, "%d", limit);
-    int rc = run_txn(list_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *jobs = a.json;
-    snprintf(next_cursor, TQ_PDB_CURSOR_MAX, "%s", a.cursor);
-    return TQ_OK;
+    int rc = run_json(list_fn, &a, jobs, eb);
+    if (rc == TQ_OK)
+        snprintf(next_cursor, TQ_PDB_CURSOR_MAX, "%s", a.cursor);
+    return rc;
 }
 
 /* Locks the user's job row and reads its status into a->st. */
@@ -570,13 +574,7 @@ static int events_fn(tconn *t, void *arg, tq_errbuf *eb)
 int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    int rc = run_txn(events_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *events = a.json;
-    return TQ_OK;
+    return run_json(events_fn, &a, events, eb);
 }
 
 static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)

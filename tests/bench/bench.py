@@ -463,12 +463,15 @@ class Bench:
                             "type": "lora", "base_model": BASE_MODEL, "config": json.loads(config),
                             "trigger_words": ["tqbench"]}, separators=(",", ":"))
         split = "" if one_txn else "COMMIT;\nBEGIN;\n"
+        # tq_pdb_rate_hit commits its counter without waiting for the WAL flush; in the
+        # folded variant that would cover the job too, so only the 2-transaction script has it.
+        rate_async = "" if one_txn else "SET LOCAL synchronous_commit = off;\n"
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 65535)
 \\set r2 random(0, 281474976710655)
 \\set trim random(1, 64)
 BEGIN;
-WITH w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w;
+{rate_async}WITH w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w;
 \\if :trim = 1
 DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes';
 \\endif
@@ -714,7 +717,10 @@ COMMIT;
             j = self.submit(c, u, self.dataset(u, 0.2), f"r3 {i}")
             jobs.append(j)
             self.wait_terminal([j], 60)
-            time.sleep(0.2)  # the slot's container is removed after the outcome is recorded
+            # The container is removed after the outcome is recorded: measure the next
+            # dispatch on an idle dockerd, as the floors are.
+            wait_until(lambda: self.docker.call("GET", f"/containers/training-{j}/json")[0] == 404,
+                       30, "the finished container to be removed")
         c.close()
         self.stop_consumer(cons)
         run = self.event_at(jobs, "running")
@@ -951,11 +957,11 @@ COMMIT;
             q, rl = r2["queue"], r2["relay"]
             add(f"| 2 | submit committed → message on the queue, {r2['rate']} req/s"
                 f" (n={r2['n']}), p50 / p99 | {fmt(pct(q, 50), ' ms', 1)} / {fmt(pct(q, 99), ' ms', 1)}"
-                f" | relay pickup (outbox.published_at − created_at): {fmt(pct(rl, 50), ' ms', 1)} /"
+                f" | relay confirmed (outbox.published_at − created_at): {fmt(pct(rl, 50), ' ms', 1)} /"
                 f" {fmt(pct(rl, 99), ' ms', 1)} | — | — | — |")
         if r1:
             lag = r1["sat_lag"]
-            add(f"| 2 | same, relay pickup under row 1's full load (n={len(lag):,}) p50 / p99 |"
+            add(f"| 2 | same, relay confirmed under row 1's full load (n={len(lag):,}) p50 / p99 |"
                 f" {fmt(pct(lag, 50), ' ms', 1)} / {fmt(pct(lag, 99), ' ms', 1)} | — | — | — | — |")
         r3 = R.get(3)
         if r3:

@@ -9,7 +9,8 @@
 #      migrations, builds the fake trainer image
 #   4. ctest -L unit in build/; then in build-asan/ the unit and integration tests (only unit
 #      tests with --quick) under ASan/UBSan/LSan with the TRAINQ_* environment of `services.sh env`
-#   5. with --faults: the fault suite (tests/faults, label "faults") in build-asan/, which
+#   5. unless --quick: a short libFuzzer run of every harness (scripts/fuzz.sh)
+#   6. with --faults: the fault suite (tests/faults, label "faults") in build-asan/, which
 #      prints one summary line per scenario
 #
 # Services are brought down on exit, also on failure or Ctrl-C, unless --keep or
@@ -131,6 +132,16 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-print_suppressions=0}
 
 run_ctest "$REPO/build" unit -L unit -j "$JOBS"
+if ((quick == 0)); then
+  # A short libFuzzer run of every harness (tests/fuzz, docs/fuzzing.md): one line per target.
+  step "fuzzing each target for ${TRAINQ_FUZZ_SECONDS:-15} s"
+  if bash "$REPO/scripts/fuzz.sh" "${TRAINQ_FUZZ_SECONDS:-15}"; then
+    passed=$((passed + 1))
+  else
+    echo "test.sh: fuzzing found a problem (see above)" >&2
+    failed=$((failed + 1))
+  fi
+fi
 if ((quick == 1)); then
   run_ctest "$REPO/build-asan" asan-unit -L unit -j "$JOBS"
 else

@@ -443,7 +443,7 @@ void *tq_dispatch_main(void *arg)
     d.w = arg;
     d.backoff_ms = 100;
     tq_worker *w = d.w;
-    int logged_down = 0;
+    int logged_down = 0, ready = 0;
     while (!atomic_load(&w->stopping)) {
         tq_errbuf eb = {{0}};
         if (!d.in || !tq_amqp_alive(d.in) || !d.dead) {
@@ -457,8 +457,14 @@ void *tq_dispatch_main(void *arg)
                 d.backoff_ms = d.backoff_ms < 5000 ? d.backoff_ms * 2 : 5000;
                 continue;
             }
-            if (logged_down)
+            if (!ready) {
+                /* Ready means a publisher can now route jobs to us. */
+                tq_log(TQ_LOG_INFO, "consumer.ready", "worker %s consuming (topology declared)",
+                       w->cfg->worker_id);
+                ready = 1;
+            } else if (logged_down) {
                 tq_log(TQ_LOG_INFO, "amqp.up", "connected to RabbitMQ");
+            }
             logged_down = 0;
             d.backoff_ms = 100;
         }

@@ -108,7 +108,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "trainq-consumer: could not start threads\n");
         exit_code = 1;
     } else {
-        tq_log(TQ_LOG_INFO, "consumer.ready", "worker %s consuming", cfg.worker_id);
+        /* consumer.ready is logged by the dispatcher once RabbitMQ answered and the
+         * topology is declared. */
         int sig = 0;
         sigwait(&sigs, &sig);
         tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",

@@ -11,6 +11,7 @@
  * Start-up adoption (tq_worker_adopt) runs before the dispatcher: a restarted worker takes
  * its containers back by label and repairs its claims that have no container.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,14 @@ static long long held(const tq_cdb_active *act, size_t n, const char *job_id)
     return -1;
 }
 
+/* Signals are taken by main's sigwait() only after adoption; until then a SIGTERM stays
+ * pending, and adoption (which waits for Postgres and dockerd) must not outlive it. */
+static int stop_signal_pending(void)
+{
+    sigset_t p;
+    return sigpending(&p) == 0 && (sigismember(&p, SIGTERM) == 1 || sigismember(&p, SIGINT) == 1);
+}
+
 void tq_worker_adopt(tq_worker *w)
 {
     const tq_config *cfg = w->cfg;
@@ -144,7 +153,7 @@ void tq_worker_adopt(tq_worker *w)
         if (rc != TQ_OK) {
             free(cs);
             tq_log(TQ_LOG_WARN, "adopt.waiting", "could not adopt containers yet: %s", eb.msg);
-            if (tq_worker_sleep(w, backoff))
+            if (stop_signal_pending() || tq_worker_sleep(w, backoff))
                 goto out;
             backoff = backoff < 5000 ? backoff * 2 : 5000;
             continue;

@@ -22,10 +22,22 @@
 #include "tq_log.h"
 #include "worker.h"
 
-static void health_docker(tq_worker *w)
+typedef struct {
+    tq_worker *w;
+    PGconn *db;
+    tq_docker *ping;    /* its own handle, short timeout: a hung dockerd must not delay leases */
+    int db_seen;        /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
+    double db_up_since; /* monotonic time since when its connection has answered */
+} housekeeper;
+
+/* The maximum time a health ping may take: well under a heartbeat. */
+#define PING_TIMEOUT_MS 2000
+
+static void health_docker(housekeeper *h)
 {
+    tq_worker *w = h->w;
     tq_errbuf eb = {{0}};
-    int ok = tq_docker_ping(w->docker, &eb) == TQ_OK;
+    int ok = tq_docker_ping(h->ping, &eb) == TQ_OK;
     int was = atomic_exchange(&w->docker_ok, ok);
     if (was != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "docker.up" : "docker.down", "%s",
@@ -33,32 +45,39 @@ static void health_docker(tq_worker *w)
     tq_cmetrics_set(TQ_CM_DOCKER_UP, ok);
 }
 
-static void set_db_ok(tq_worker *w, int ok, const char *why)
+/* Other threads also clear db_ok when their queries fail; the log follows this
+ * housekeeper's own observations so that every outage is logged once, down and up. */
+static void set_db_ok(housekeeper *h, int ok, const char *why)
 {
-    int was = atomic_exchange(&w->db_ok, ok);
-    if (was != ok)
+    atomic_store(&h->w->db_ok, ok);
+    if (ok && h->db_seen != 1)
+        h->db_up_since = tq_mono_now();
+    if (h->db_seen != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "db.up" : "db.down", "%s",
                ok ? "postgres answers" : why);
+    h->db_seen = ok;
     tq_cmetrics_set(TQ_CM_DB_UP, ok);
 }
 
-static void heartbeat(tq_worker *w, PGconn *db)
+static void heartbeat(housekeeper *h)
 {
+    tq_worker *w = h->w;
     double t0 = tq_mono_now();
     tq_cdb_active *act = NULL;
     size_t n = 0;
     tq_errbuf eb = {{0}};
-    int rc = tq_cdb_heartbeat(db, w->cfg->worker_id, w->hostname, w->n_slots,
+    int rc = tq_cdb_heartbeat(h->db, w->cfg->worker_id, w->hostname, w->n_slots,
                               w->cfg->lease_seconds, &act, &n, &eb);
     if (rc != TQ_OK) {
-        set_db_ok(w, 0, eb.msg);
+        set_db_ok(h, 0, eb.msg);
         return;
     }
-    set_db_ok(w, 1, NULL);
+    set_db_ok(h, 1, NULL);
     pthread_mutex_lock(&w->mu);
     for (int i = 0; i < w->n_slots; i++) {
         tq_slot *s = &w->slots[i];
-        /* A slot handed over after this heartbeat began may be missing from its answer. */
+        /* A slot handed over after this heartbeat began may be missing from its answer, and
+         * one whose runner is recording the outcome has just left it on purpose. */
         if (s->state != TQ_SLOT_RUNNING || s->assigned_mono >= t0)
             continue;
         int found = 0;
@@ -77,39 +96,56 @@ static void heartbeat(tq_worker *w, PGconn *db)
     free(act);
 }
 
+/* Reaper and sweeper. A reaper that has itself just come back to Postgres waits a full lease
+ * first: after an outage every lease looks expired, and the workers that are alive need
+ * a heartbeat to renew theirs before anybody takes their jobs away. */
+static void reap(housekeeper *h)
+{
+    tq_worker *w = h->w;
+    if (tq_mono_now() - h->db_up_since < (double)w->cfg->lease_seconds)
+        return;
+    int recovered = 0, released = 0;
+    tq_errbuf eb = {{0}};
+    if (tq_cdb_reap_and_sweep(h->db, w->cfg->max_attempts, &recovered, &released, &eb) != TQ_OK) {
+        tq_log(TQ_LOG_WARN, "reaper.failed", "%s", eb.msg);
+    } else if (recovered || released) {
+        tq_log(TQ_LOG_INFO, "reaper.round", "recovered %d job(s), released %d", recovered,
+               released);
+        tq_cmetrics_add(TQ_CM_JOBS_RECOVERED, recovered);
+    }
+}
+
 void *tq_housekeeping_main(void *arg)
 {
-    tq_worker *w = arg;
-    PGconn *db = NULL;
+    housekeeper h = {.w = arg, .db_seen = -1};
+    tq_worker *w = h.w;
+    tq_errbuf eb = {{0}};
+    if (tq_docker_new(w->cfg->docker_host, &h.ping, &eb) != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "housekeeper.failed", "%s", eb.msg);
+        return NULL;
+    }
+    tq_docker_set_limits(h.ping, 64 * 1024, PING_TIMEOUT_MS);
     double next_sweep = 0;
     while (!atomic_load(&w->stopping)) {
-        tq_errbuf eb = {{0}};
-        health_docker(w);
-        if (tq_db_ensure(&db, w->cfg->database_url, "trainq-consumer-housekeeper", &eb) != TQ_OK) {
-            set_db_ok(w, 0, eb.msg);
+        /* Leases first: nothing else in this loop may delay them. */
+        if (tq_db_ensure(&h.db, w->cfg->database_url, "trainq-consumer-housekeeper", &eb) !=
+            TQ_OK) {
+            set_db_ok(&h, 0, eb.msg);
         } else {
-            heartbeat(w, db);
-            if (tq_mono_now() >= next_sweep && atomic_load(&w->db_ok)) {
+            heartbeat(&h);
+            if (h.db_seen == 1 && tq_mono_now() >= next_sweep) {
                 next_sweep = tq_mono_now() + w->cfg->sweep_seconds;
-                int recovered = 0, released = 0;
-                if (tq_cdb_reap_and_sweep(db, w->cfg->max_attempts, &recovered, &released, &eb) !=
-                    TQ_OK) {
-                    tq_log(TQ_LOG_WARN, "reaper.failed", "%s", eb.msg);
-                } else if (recovered || released) {
-                    tq_log(TQ_LOG_INFO, "reaper.round", "recovered %d job(s), released %d", recovered,
-                           released);
-                    for (int i = 0; i < recovered; i++)
-                        tq_cmetrics_inc(TQ_CM_JOBS_RECOVERED);
-                }
+                reap(&h);
             }
         }
+        health_docker(&h);
         tq_worker_sleep(w, (long)w->cfg->heartbeat_seconds * 1000);
     }
-    if (db) {
-        tq_errbuf eb = {{0}};
-        tq_cdb_worker_stopped(db, w->cfg->worker_id, &eb);
-        PQfinish(db);
+    if (h.db) {
+        tq_cdb_worker_stopped(h.db, w->cfg->worker_id, &eb);
+        PQfinish(h.db);
     }
+    tq_docker_free(h.ping);
     return NULL;
 }
 

@@ -307,6 +307,9 @@ static void *runner_main(void *arg)
         memset(&o, 0, sizeof o);
         char done_job[37] = "", done_container[65] = "";
         if (follow(r, &o) == 0) {
+            pthread_mutex_lock(&w->mu);
+            s->state = TQ_SLOT_FINISHING;
+            pthread_mutex_unlock(&w->mu);
             if (!record(r, &o))
                 break; /* stopping: the container stays for adoption */
             if (w->cfg->remove_containers) {

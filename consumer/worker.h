@@ -24,7 +24,14 @@
 #include "docker.h"
 #include "tq_config.h"
 
-typedef enum { TQ_SLOT_FREE = 0, TQ_SLOT_RESERVED, TQ_SLOT_RUNNING } tq_slot_state;
+/* FREE → RESERVED (dispatcher launching) → RUNNING (runner following) → FINISHING (runner
+ * recording the outcome: the job leaves this worker on purpose) → FREE */
+typedef enum {
+    TQ_SLOT_FREE = 0,
+    TQ_SLOT_RESERVED,
+    TQ_SLOT_RUNNING,
+    TQ_SLOT_FINISHING
+} tq_slot_state;
 
 typedef struct {
     int index;

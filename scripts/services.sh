@@ -381,7 +381,8 @@ print_env() {
   printf 'export TRAINQ_AMQP_URL=%q\n' "amqp://trainq:trainq@127.0.0.1:$AMQP_PORT/%2f"
   printf 'export TRAINQ_DOCKER_HOST=%q\n' "$DOCKER_HOST_URL"
   printf 'export TRAINQ_SERVICES=%q\n' "$SELF"
-  printf 'export TRAINQ_PG_PORT=%q TRAINQ_AMQP_PORT=%q\n' "$PG_PORT" "$AMQP_PORT"
+  printf 'export TRAINQ_PG_PORT=%q TRAINQ_AMQP_PORT=%q TRAINQ_RABBITMQ_DIST_PORT=%q TRAINQ_EPMD_PORT=%q TRAINQ_RABBITMQ_NODENAME=%q\n' \
+    "$PG_PORT" "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT" "$NODENAME"
   q=$(printf '%q' "$SELF")
   printf 'export TRAINQ_RABBITMQCTL=%q\n' "bash $q rabbitmqctl"
 }

@@ -147,7 +147,13 @@ if ((quick == 1)); then
 else
   run_ctest "$REPO/build-asan" asan-all -L 'unit|integration' -j "$JOBS"
   if ((faults == 1)); then
+    # Each scenario appends its summary line here; ctest shows a passing test's output only
+    # with -V, so the lines are printed afterwards.
+    export TQ_FAULT_SUMMARY="$LOG_DIR/faults-summary.txt"
+    rm -f "$TQ_FAULT_SUMMARY"
     run_ctest "$REPO/build-asan" asan-faults -L faults
+    step "fault scenarios"
+    cat "$TQ_FAULT_SUMMARY" 2>/dev/null || echo "(no fault summary was written)"
   fi
 fi
 

@@ -23,10 +23,20 @@ class ProcessFaults(fl.FaultCase):
             f.wait_accepted(6)
             f.submitter.arm_p0.set()
             self.assertTrue(f.submitter.sending_p0.wait(30), "no request went to producer 0")
+            killed_at = time.time()
             f.kill(f.producers[0])
             f.submitter.arm_p0.clear()
             f.notes.append("killed=producer0")
             f.start_producer(0)
+            # The request in flight at the kill: committed before it (its 200 was lost and
+            # the retry on the other producer replayed it) or not (stored by the retry)?
+            i = f.submitter.p0_index
+            jid = h.wait_until(lambda: f.submitter.accepted_index(i), timeout=60,
+                               interval=0.1, what=f"submission {i} accepted after the kill")
+            before = f.pg.value(f"SELECT created_at < to_timestamp({killed_at}) FROM "
+                                f"training_jobs WHERE id = {fl.q(jid)}")
+            f.notes.append("inflight_request=" + ("committed-before-kill" if before == "t"
+                                                  else "stored-by-retry"))
         self.run_scenario("producer-kill", fault)
 
     # ------------------------------------------------------------ consumer kills

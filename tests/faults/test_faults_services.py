@@ -12,7 +12,12 @@ class ServiceFaults(fl.FaultCase):
 
     def _restart(self, f, service):
         t = time.monotonic()
-        tqenv.services("restart", service, timeout=240)
+        try:
+            tqenv.services("restart", service, timeout=240)
+        except Exception:
+            # never leave the service down for the scenarios and tests that follow
+            tqenv.services("start", service, timeout=240)
+            raise
         f.notes.append(f"restart_{service}_s={time.monotonic() - t:.1f}")
 
     def test_1_rabbitmq_restart(self):
@@ -32,9 +37,38 @@ class ServiceFaults(fl.FaultCase):
             self._restart(f, "postgres")
         self.run_scenario("postgres-restart", fault)
 
+    def test_4_postgres_outage_longer_than_lease(self):
+        """Postgres is down for longer than the lease (stop, lease + 2 heartbeats, start)
+        while every consumer stays alive and its containers keep running. When it is back,
+        heartbeats and reapers race for the expired leases: whichever wins, each job must
+        end exactly once (adopted or retried), never two followers or a killed container."""
+        def fault(f):
+            f.wait_accepted(8)
+            # a long job that started moments ago: still running when Postgres is back
+            h.wait_until(lambda: f.pg.rows(
+                f"SELECT id FROM training_jobs WHERE user_id = ANY({fl.qlist(f.users)})"
+                " AND status = 'running' AND started_at > now() - interval '2 seconds'"
+                f" AND dataset_id::text = ANY({fl.qlist(f.long_datasets())})"),
+                timeout=60, interval=0.1, what="a long job just started")
+            f.pg.close()
+            t = time.monotonic()
+            try:
+                tqenv.services("stop", "postgres", timeout=120)
+                down_at = time.monotonic()
+                # The fault is the duration itself: the outage must outlast the lease (and
+                # a heartbeat or two, so every lease held has expired when it is back).
+                h.wait_until(lambda: time.monotonic() - down_at > fl.LEASE + 2 * fl.HEARTBEAT,
+                             timeout=30, interval=0.2, what="the outage to outlast the lease")
+            finally:
+                tqenv.services("start", "postgres", timeout=120)
+            f.notes.append(f"postgres_down_s={time.monotonic() - t:.1f}")
+        # A quarter of the jobs train for 12 s, so containers are still running when the
+        # leases are found expired (the other datasets keep their 1-3 s).
+        self.run_scenario("postgres-outage-over-lease", fault, durations=(1.0, 2.0, 12.0, 1.5))
+
     def test_3_dockerd_restart(self):
-        """dockerd restarts while containers run (they are stopped with it): every job ends
-        terminal with a reason or is retried; nothing runs twice."""
+        """dockerd restarts while containers run (without live-restore it stops them): the
+        jobs it took down are retried (job.interrupted), not failed; nothing runs twice."""
         def fault(f):
             f.wait_accepted(8)
             h.wait_until(lambda: any(c["State"] == "running"

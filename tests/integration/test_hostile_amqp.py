@@ -19,7 +19,6 @@ Placeholders: @JOB@ (fresh uuid), @JOB2@ (another), @USER@, @DS@, @CASE@ (the ca
 
 import json
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -34,22 +33,7 @@ import tqharness as h
 CORPUS = os.path.join(h.SOURCE_DIR, "tests", "corpus", "amqp", "cases.jsonl")
 DEAD = "trainq.jobs.dead"
 TERMINAL = ("completed", "failed", "cancelled")
-_REPEAT = re.compile(r"@R\((.),(\d+)\)@", re.S)
-
-
-def expand(x, ctx):
-    if isinstance(x, str):
-        x = _REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), x)
-        for k, v in ctx.items():
-            x = x.replace(k, v)
-        return x
-    if isinstance(x, list):
-        return [expand(i, ctx) for i in x]
-    if isinstance(x, dict):
-        if "$repeat_item" in x:
-            return [expand(x["$repeat_item"], ctx)] * x["$count"]
-        return {expand(k, ctx): expand(v, ctx) for k, v in x.items()}
-    return x
+expand = h.expand  # corpus expansion, shared with the other corpus
 
 
 def put_field(msg, path, value):

@@ -178,20 +178,7 @@ def send_raw(port, data, head_only=False, timeout=15.0, chunks=None):
 
 # ---------------------------------------------------------------- corpus expansion
 
-_REPEAT = re.compile(r"@R\((.),(\d+)\)@", re.S)
-
-
-def expand(x, ctx):
-    if isinstance(x, str):
-        x = _REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), x)
-        for k, v in ctx.items():
-            x = x.replace(k, v)
-        return x
-    if isinstance(x, list):
-        return [expand(i, ctx) for i in x]
-    if isinstance(x, dict):
-        return {expand(k, ctx): expand(v, ctx) for k, v in x.items()}
-    return x
+expand = h.expand  # corpus expansion, shared with the other corpus
 
 
 def base_body(ctx):

@@ -20,6 +20,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -481,3 +482,26 @@ def response_schema(doc, path, method, status):
         if "json" in ctype:
             return media.get("schema")
     return None
+
+
+# ---------------------------------------------------------------- corpus files
+
+_REPEAT = re.compile(r"@R\((.),(\d+)\)@", re.S)
+
+
+def expand(x, ctx):
+    """Expands a corpus case (tests/corpus/README.md): "@R(c,n)@" in strings becomes c
+    repeated n times, every key of ctx is replaced by its value, and {"$repeat_item": v,
+    "$count": n} becomes a list of n copies of v."""
+    if isinstance(x, str):
+        x = _REPEAT.sub(lambda m: m.group(1) * int(m.group(2)), x)
+        for k, v in ctx.items():
+            x = x.replace(k, v)
+        return x
+    if isinstance(x, list):
+        return [expand(i, ctx) for i in x]
+    if isinstance(x, dict):
+        if "$repeat_item" in x:
+            return [expand(x["$repeat_item"], ctx)] * x["$count"]
+        return {expand(k, ctx): expand(v, ctx) for k, v in x.items()}
+    return x

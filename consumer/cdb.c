@@ -46,6 +46,14 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
 
     if ((rc = tq_db_begin(c, eb)))
         goto out;
+    /* The user's lock first, before any row lock: releases (tq_release_parked) take it and
+     * then lock parked rows, so the opposite order here could deadlock with them. */
+    {
+        const char *pl[1] = {m->user_id};
+        if ((rc = tq_db_exec(c, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, pl, NULL,
+                             eb)))
+            goto rollback;
+    }
     /* A message from another service has no row yet: create it, idempotently. */
     {
         const char *p[8] = {m->job_id,  m->user_id, m->sub.dataset_id,
@@ -125,9 +133,6 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
      * order). The count runs after the lock, in a fresh snapshot (READ COMMITTED). */
     {
         const char *p[2] = {m->user_id, m->job_id};
-        rc = tq_db_exec(c, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, p, NULL, eb);
-        if (rc)
-            goto rollback;
         rc = tq_db_exec(
             c,
             "SELECT (SELECT count(*) FROM training_jobs "
@@ -180,12 +185,8 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
             "'name', name, 'type', type, 'base_model', base_model, 'config', config, "
             "'trigger_words', to_json(trigger_words))::text",
             3, p, &r, eb);
-        if (rc == TQ_ERR_LIMIT) {
-            /* The schema's guard disagreed with the count above: trust the guard. */
-            tq_db_rollback(c);
-            return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s",
-                           m->job_id);
-        }
+        if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the count above */
+            rc = tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", m->job_id);
         if (rc)
             goto rollback;
         out->fencing_token = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
@@ -314,15 +315,6 @@ int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char 
         2, p, eb);
 }
 
-int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,
-                   tq_errbuf *eb)
-{
-    char ma[16];
-    snprintf(ma, sizeof ma, "%d", max_attempts);
-    const char *p[3] = {job_id, reason, ma};
-    return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, p, NULL, eb);
-}
-
 int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
                  int max_attempts, tq_errbuf *eb)
 {
@@ -371,7 +363,8 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
 }
 
 int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, tq_cdb_active **out, size_t *n, tq_errbuf *eb)
+                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+                     tq_errbuf *eb)
 {
     char s[16], lease[16];
     snprintf(s, sizeof s, "%d", slots);
@@ -384,13 +377,14 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
                         3, p, NULL, eb);
     if (rc)
         return rc;
-    const char *q[2] = {worker_id, lease};
+    const char *q[3] = {worker_id, lease, held_ids};
     PGresult *r;
     rc = tq_db_exec(c,
                     "UPDATE training_jobs SET lease_expires_at = now() + make_interval(secs => "
                     "$2::int) WHERE worker_id = $1 AND status IN ('pending', 'running') "
+                    "AND id = ANY($3::uuid[]) "
                     "RETURNING id::text, fencing_token, cancel_requested_at IS NOT NULL",
-                    2, q, &r, eb);
+                    3, q, &r, eb);
     if (rc)
         return rc;
     rc = active_rows(r, out, n);

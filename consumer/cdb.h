@@ -53,11 +53,6 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *
 int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
                    tq_errbuf *eb);
 
-/* Recovers this worker's job that has no container (start-up repair): retry, fail after
- * max_attempts, or finish a requested cancel. */
-int tq_cdb_recover(PGconn *c, const char *job_id, const char *reason, int max_attempts,
-                   tq_errbuf *eb);
-
 /* Retries (or fails after max_attempts) a job of this worker that was interrupted by an
  * outage rather than by its own doing (dockerd restarted under it). Fenced: TQ_ERR_CONFLICT
  * if the job is no longer this claim's. */
@@ -70,11 +65,13 @@ typedef struct {
     int cancel_requested;
 } tq_cdb_active;
 
-/* Heartbeat: upserts the worker row and renews the lease of every active job of this
- * worker. *out (caller frees) lists the jobs the database still gives this worker, with
+/* Heartbeat: upserts the worker row and renews the lease of the active jobs of this
+ * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
+ * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database still gives this worker, with
  * their fencing tokens and cancel flags: a slot whose job is missing lost its lease. */
 int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, tq_cdb_active **out, size_t *n, tq_errbuf *eb);
+                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+                     tq_errbuf *eb);
 
 /* Jobs the database says this worker holds (start-up adoption); caller frees *out. */
 int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,

@@ -211,8 +211,15 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     double t1 = tq_mono_now();
     if (rc != TQ_OK) {
         if (rc == TQ_ERR_NOMEM || rc == TQ_ERR_IO) {
+            /* A problem of this host (disk full, root not mounted): counted as an attempt,
+             * so a host that keeps failing cannot bounce the job forever. */
             tq_errbuf qb = {{0}};
-            tq_cdb_requeue(d->db, job_id, cl->fencing_token, eb.msg, &qb);
+            char why[600];
+            snprintf(why, sizeof why, "could not prepare the job on worker %s: %s",
+                     w->cfg->worker_id, eb.msg);
+            if (tq_cdb_retry(d->db, job_id, cl->fencing_token, why, w->cfg->max_attempts, &qb) !=
+                TQ_OK)
+                tq_log(TQ_LOG_ERROR, "job.retry_failed", "job %s: %s", job_id, qb.msg);
             tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
         } else {
             fail_claimed(d, job_id, cl->fencing_token, eb.msg);
@@ -341,10 +348,12 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         return;
     }
     if (rc != TQ_OK) {
-        /* Postgres refused this job's data: it will refuse it every time. */
-        snprintf(reason, sizeof reason, "could not store job: %s", eb.msg);
+        /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
+         * a bug): back to the queue. Its delivery limit bounds the retries; a message that
+         * fails every time ends on the dead-letter queue with x-death. */
+        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m.job_id, eb.msg);
         tq_msg_free(&m);
-        dead_letter(d, env, reason);
+        settle(d, env->delivery_tag, 0);
         return;
     }
     switch (cl.outcome) {
@@ -368,7 +377,7 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         settle(d, env->delivery_tag, 1);
         break;
     case TQ_CLAIM_CLAIMED: {
-        int slot = tq_slot_reserve(w);
+        int slot = tq_slot_reserve(w, m.job_id);
         if (slot < 0) { /* cannot happen: only this thread reserves */
             tq_errbuf qb = {{0}};
             tq_cdb_requeue(d->db, m.job_id, cl.fencing_token, "no free slot", &qb);
@@ -423,8 +432,12 @@ static void pump(dispatcher *d)
             tq_amqp_declare_topology(d->in, &eb);
             return;
         }
-        if (tq_amqp_handle_frame(d->in, &f, &eb) != TQ_OK)
+        if (tq_amqp_handle_frame(d->in, &f, &eb) != TQ_OK) {
+            /* The broker closed our channel (or connection): the consumer is gone with it
+             * and must be registered again on the reopened channel. */
             tq_log(TQ_LOG_WARN, "amqp.closed", "%s", eb.msg);
+            d->consuming = 0;
+        }
         if (!tq_amqp_alive(d->in))
             drop_amqp(d);
         else if (tq_amqp_channel_epoch(d->in) != d->epoch)

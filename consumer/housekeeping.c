@@ -37,7 +37,7 @@ static void health_docker(housekeeper *h)
 {
     tq_worker *w = h->w;
     tq_errbuf eb = {{0}};
-    int ok = tq_docker_ping(h->ping, &eb) == TQ_OK;
+    int ok = tq_docker_ping(h->ping ? h->ping : w->docker, &eb) == TQ_OK;
     int was = atomic_exchange(&w->docker_ok, ok);
     if (was != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "docker.up" : "docker.down", "%s",
@@ -66,8 +66,10 @@ static void heartbeat(housekeeper *h)
     tq_cdb_active *act = NULL;
     size_t n = 0;
     tq_errbuf eb = {{0}};
+    char held[64 * 40 + 4];
+    tq_slots_held(w, held, sizeof held);
     int rc = tq_cdb_heartbeat(h->db, w->cfg->worker_id, w->hostname, w->n_slots,
-                              w->cfg->lease_seconds, &act, &n, &eb);
+                              w->cfg->lease_seconds, held, &act, &n, &eb);
     if (rc != TQ_OK) {
         set_db_ok(h, 0, eb.msg);
         return;
@@ -120,11 +122,10 @@ void *tq_housekeeping_main(void *arg)
     housekeeper h = {.w = arg, .db_seen = -1};
     tq_worker *w = h.w;
     tq_errbuf eb = {{0}};
-    if (tq_docker_new(w->cfg->docker_host, &h.ping, &eb) != TQ_OK) {
-        tq_log(TQ_LOG_ERROR, "housekeeper.failed", "%s", eb.msg);
-        return NULL;
-    }
-    tq_docker_set_limits(h.ping, 64 * 1024, PING_TIMEOUT_MS);
+    if (tq_docker_new(w->cfg->docker_host, &h.ping, &eb) == TQ_OK)
+        tq_docker_set_limits(h.ping, 64 * 1024, PING_TIMEOUT_MS);
+    else
+        tq_log(TQ_LOG_WARN, "housekeeper.ping", "%s; pinging with the shared handle", eb.msg);
     double next_sweep = 0;
     while (!atomic_load(&w->stopping)) {
         /* Leases first: nothing else in this loop may delay them. */
@@ -198,22 +199,37 @@ void tq_worker_adopt(tq_worker *w)
         for (size_t i = 0; i < nc; i++) {
             long long fencing = held(act, na, cs[i].job_label);
             tq_errbuf kb = {{0}};
-            int slot = fencing >= 0 ? tq_slot_reserve(w) : -1;
+            tq_container_state st;
+            memset(&st, 0, sizeof st);
+            int inspected = tq_docker_inspect(w->docker, cs[i].id, &st, &kb) == TQ_OK;
+            int slot = fencing >= 0 && inspected ? tq_slot_reserve(w, cs[i].job_label) : -1;
             if (slot < 0) {
-                /* Not ours any more (recovered elsewhere, finished), or no slot: stop it so
-                 * the job never runs twice. */
+                /* Not ours any more (recovered elsewhere, finished), no slot, or not readable
+                 * now: stop it so the job never runs twice. A held job without a slot is
+                 * not renewed and the reaper retries it. */
                 tq_docker_kill(w->docker, cs[i].id, &kb);
                 if (cfg->remove_containers)
                     tq_docker_remove(w->docker, cs[i].id, 1, &kb);
                 tq_log(TQ_LOG_WARN, "adopt.stopped", "stopped container %.12s of job %s: %s",
-                       cs[i].id, cs[i].job_label, fencing >= 0 ? "no free slot" : "job not held");
+                       cs[i].id, cs[i].job_label,
+                       fencing < 0 ? "job not held" : inspected ? "no free slot" : kb.msg);
                 continue;
             }
-            tq_container_state st;
-            memset(&st, 0, sizeof st);
-            if (tq_docker_inspect(w->docker, cs[i].id, &st, &kb) == TQ_OK &&
-                strcmp(st.status, "created") == 0)
-                tq_docker_start(w->docker, cs[i].id, &kb); /* crashed between create and start */
+            if (strcmp(st.status, "created") == 0 &&
+                tq_docker_start(w->docker, cs[i].id, &kb) != TQ_OK) {
+                /* Crashed between create and start, and it will not start now: a wait on it
+                 * would report exit code 0 for a job that never ran. Retry the job instead. */
+                char why[400];
+                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.300s",
+                         cfg->worker_id, kb.msg);
+                tq_docker_remove(w->docker, cs[i].id, 1, &kb);
+                tq_slot_unreserve(w, slot);
+                if (tq_cdb_retry(db, cs[i].job_label, fencing, why, cfg->max_attempts, &kb) !=
+                    TQ_OK)
+                    tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", cs[i].job_label,
+                           kb.msg);
+                continue;
+            }
             tq_cdb_mark_running(db, cs[i].job_label, fencing, cs[i].id, &kb); /* if still pending */
             time_t started = st.started_at_ms > 0 ? (time_t)(st.started_at_ms / 1000) : time(NULL);
             tq_slot_run(w, slot, cs[i].job_label, cs[i].id, fencing, started);
@@ -231,7 +247,8 @@ void tq_worker_adopt(tq_worker *w)
             tq_errbuf kb = {{0}};
             char why[160];
             snprintf(why, sizeof why, "worker %s restarted and found no container", cfg->worker_id);
-            if (tq_cdb_recover(db, act[k].job_id, why, cfg->max_attempts, &kb) != TQ_OK)
+            if (tq_cdb_retry(db, act[k].job_id, act[k].fencing_token, why, cfg->max_attempts,
+                             &kb) != TQ_OK)
                 tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", act[k].job_id, kb.msg);
             else
                 tq_log(TQ_LOG_INFO, "adopt.repaired", "job %s: %s", act[k].job_id, why);

@@ -58,13 +58,14 @@ int tq_slots_free(tq_worker *w)
     return n;
 }
 
-int tq_slot_reserve(tq_worker *w)
+int tq_slot_reserve(tq_worker *w, const char *job_id)
 {
     int got = -1;
     pthread_mutex_lock(&w->mu);
     for (int i = 0; i < w->n_slots && got < 0; i++)
         if (w->slots[i].state == TQ_SLOT_FREE) {
             w->slots[i].state = TQ_SLOT_RESERVED;
+            snprintf(w->slots[i].job_id, sizeof w->slots[i].job_id, "%s", job_id);
             got = i;
         }
     pthread_mutex_unlock(&w->mu);
@@ -72,10 +73,24 @@ int tq_slot_reserve(tq_worker *w)
     return got;
 }
 
+void tq_slots_held(tq_worker *w, char *out, size_t cap)
+{
+    size_t used = (size_t)snprintf(out, cap, "{");
+    pthread_mutex_lock(&w->mu);
+    for (int i = 0; i < w->n_slots && used < cap; i++)
+        if (w->slots[i].state != TQ_SLOT_FREE && w->slots[i].job_id[0])
+            used += (size_t)snprintf(out + used, cap - used, "%s%s", used > 1 ? "," : "",
+                                     w->slots[i].job_id);
+    pthread_mutex_unlock(&w->mu);
+    if (used < cap)
+        snprintf(out + used, cap - used, "}");
+}
+
 void tq_slot_unreserve(tq_worker *w, int i)
 {
     pthread_mutex_lock(&w->mu);
     w->slots[i].state = TQ_SLOT_FREE;
+    w->slots[i].job_id[0] = '\0';
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     tq_cmetrics_set(TQ_CM_SLOTS_BUSY, w->n_slots - tq_slots_free(w));
@@ -171,8 +186,10 @@ static int follow(runner *r, outcome *o)
             tq_log(TQ_LOG_INFO, overrun ? "job.overrun" : "job.cancelling",
                    "job %s: stopping container %.12s (grace %d s)", s->job_id, s->container_id,
                    cfg->stop_grace_seconds);
-            if (tq_docker_stop(w->docker, s->container_id, cfg->stop_grace_seconds, &eb) != TQ_OK)
+            if (tq_docker_stop(w->docker, s->container_id, cfg->stop_grace_seconds, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "docker.stop_failed", "job %s: %s", s->job_id, eb.msg);
+                stop_sent = 0; /* try again next round */
+            }
         }
         int code = -1;
         tq_errbuf eb = {{0}};
@@ -354,6 +371,7 @@ int tq_runners_start(tq_worker *w)
             free(r);
             return TQ_ERR_INTERNAL;
         }
+        w->n_runners = i + 1;
     }
     return TQ_OK;
 }
@@ -363,6 +381,6 @@ void tq_runners_join(tq_worker *w)
     pthread_mutex_lock(&w->mu);
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    for (int i = 0; i < w->n_slots; i++)
+    for (int i = 0; i < w->n_runners; i++)
         pthread_join(w->slots[i].thread, NULL);
 }

@@ -55,6 +55,7 @@ typedef struct tq_worker {
     pthread_cond_t cv;
     tq_slot *slots;
     int n_slots;
+    int n_runners; /* runner threads started (joined on the way out) */
 
     atomic_int stopping;
     atomic_int docker_ok;
@@ -69,13 +70,17 @@ int tq_worker_sleep(tq_worker *w, long ms);
 
 /* Number of free slots (locks mu). */
 int tq_slots_free(tq_worker *w);
-/* Reserves a free slot for the dispatcher; -1 if none. */
-int tq_slot_reserve(tq_worker *w);
+/* Reserves a free slot for job_id (its lease is renewed from now on); -1 if none. */
+int tq_slot_reserve(tq_worker *w, const char *job_id);
 /* Gives a reserved slot back unused. */
 void tq_slot_unreserve(tq_worker *w, int i);
 /* Hands a started container to slot i's runner. */
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
                  long long fencing, time_t started_wall);
+
+/* The job ids held by non-free slots, as a Postgres array literal "{id,id}" (ids are
+ * canonical uuids, so no quoting is needed). */
+void tq_slots_held(tq_worker *w, char *out, size_t cap);
 
 /* Starts/joins the runner threads (one per slot). */
 int tq_runners_start(tq_worker *w);

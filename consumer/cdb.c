@@ -392,6 +392,20 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
     return rc;
 }
 
+int tq_cdb_extend_leases(PGconn *c, const char *worker_id, const char *held_ids, int seconds,
+                         tq_errbuf *eb)
+{
+    char secs[16];
+    snprintf(secs, sizeof secs, "%d", seconds);
+    const char *p[3] = {worker_id, held_ids, secs};
+    return tq_db_exec(c,
+                      "UPDATE training_jobs SET lease_expires_at = "
+                      "GREATEST(lease_expires_at, now() + make_interval(secs => $3::int)) "
+                      "WHERE worker_id = $1 AND status IN ('pending', 'running') "
+                      "AND id = ANY($2::uuid[])",
+                      3, p, NULL, eb);
+}
+
 int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,
                        tq_errbuf *eb)
 {

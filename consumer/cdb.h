@@ -73,6 +73,12 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
                      int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb);
 
+/* Clean stop: extends the leases of the held jobs (held_ids, a uuid[] literal) to
+ * `seconds` from now, so that this worker's restart adopts their containers before a
+ * reaper elsewhere retries them. */
+int tq_cdb_extend_leases(PGconn *c, const char *worker_id, const char *held_ids, int seconds,
+                         tq_errbuf *eb);
+
 /* Jobs the database says this worker holds (start-up adoption); caller frees *out. */
 int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,
                        tq_errbuf *eb);

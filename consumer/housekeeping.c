@@ -143,6 +143,19 @@ void *tq_housekeeping_main(void *arg)
         tq_worker_sleep(w, (long)w->cfg->heartbeat_seconds * 1000);
     }
     if (h.db) {
+        /* Containers keep running across a clean stop (a deploy): give the restart time to
+         * adopt them before anybody else retries their jobs. */
+        char held[64 * 40 + 4];
+        tq_slots_held(w, held, sizeof held);
+        if (w->cfg->restart_grace_seconds > 0 && strcmp(held, "{}") != 0) {
+            if (tq_cdb_extend_leases(h.db, w->cfg->worker_id, held,
+                                     w->cfg->restart_grace_seconds, &eb) == TQ_OK)
+                tq_log(TQ_LOG_INFO, "consumer.leases_extended",
+                       "leases of %s extended by %d s for the restart", held,
+                       w->cfg->restart_grace_seconds);
+            else
+                tq_log(TQ_LOG_WARN, "consumer.leases_not_extended", "%s", eb.msg);
+        }
         tq_cdb_worker_stopped(h.db, w->cfg->worker_id, &eb);
         PQfinish(h.db);
     }

@@ -118,6 +118,9 @@ static const opt options[] = {
      NULL, C, "remove a training container once its outcome is recorded"},
     {"TRAINQ_SWEEP_SECONDS", "sweep-seconds", OPT_INT, OFF(sweep_seconds), "10", 1, 3600, NULL, C,
      "how often the reaper and sweeper run"},
+    {"TRAINQ_RESTART_GRACE_SECONDS", "restart-grace-seconds", OPT_INT, OFF(restart_grace_seconds),
+     "300", 0, 86400, NULL, C,
+     "on a clean stop, leases of running jobs are extended this long so a restart adopts them"},
 };
 
 #undef P

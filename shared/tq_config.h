@@ -67,6 +67,7 @@ typedef struct {
     int stop_grace_seconds;
     int remove_containers;
     int sweep_seconds;
+    int restart_grace_seconds;
 } tq_config;
 
 /* tq_config_load results besides TQ_OK and TQ_ERR_CONFIG */

@@ -459,6 +459,30 @@ class TestRecovery(ConsumerCase):
         self.assertTrue(any(r and "while dockerd was unreachable" in r for r in reasons), reasons)
         c.wait_event("job.interrupted", timeout=5)
 
+    def test_clean_restart_slower_than_the_lease_keeps_the_job(self):
+        """A deploy: SIGTERM, then a restart later than the lease while another consumer's
+        reaper runs. The stop extended the lease (restart grace), so the job is adopted, not
+        retried elsewhere: one claim, one attempt."""
+        u = self.user("grace")
+        m = self.message(u, self.dataset(u, duration=12))
+        wid = f"grace-{run_id()}"
+        c1 = self.consumer(wid, TRAINQ_RESTART_GRACE_SECONDS=60)
+        self.consumer(f"reaper-{run_id()}")
+        self.publish(m)
+        self.wait_status(m["job_id"], "running")
+        self.assertEqual(c1.stop(signal.SIGTERM), 0)
+        c1.wait_event("consumer.leases_extended", timeout=5)
+        time.sleep(4 + 3)  # longer than TRAINQ_LEASE_SECONDS=4, reaper sweeps every second
+        j = self.job(m["job_id"])
+        self.assertEqual((j["status"], j["worker_id"], j["attempts"]), ("running", wid, 1),
+                         "the job was taken away from the stopped worker")
+        c2 = self.consumer(wid)
+        c2.wait_event("adopt.container", timeout=20)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual((j["status"], j["attempts"]), ("completed", 1))
+        claims = [e for e in self.events([u]) if e["to_status"] == "pending"]
+        self.assertEqual(len(claims), 1, "the job must not have been retried elsewhere")
+
     def test_sigterm_leaves_containers_running_and_exits_zero(self):
         u = self.user("term")
         m = self.message(u, self.dataset(u, duration=5))

@@ -285,8 +285,14 @@ class HS256Tokens(TokenCase):
         self.assertEqual(r.header("WWW-Authenticate"), 'Bearer realm="trainq"')
 
     def test_oversize_authorization_header_is_refused_by_the_server(self):
-        r = self.send("Bearer " + "a" * 60000)
-        self.assertIn(r.status, (401, 431), r)
+        count = lambda: int(h.psql("SELECT count(*) FROM training_jobs"))
+        before = count()
+        try:
+            r = self.send("Bearer " + "a" * 60000)
+            self.assertIn(r.status, (401, 431), r)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed before the header was all sent (see h.refused_or)
+        self.assertEqual(count(), before)
         self.assertEqual(h.http_once(self.port, "GET", "/healthz").status, 200)
 
 

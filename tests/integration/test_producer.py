@@ -262,10 +262,11 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
 
     def test_body_over_the_cap_is_413(self):
         big = json.dumps(body_for(str(uuid.uuid4()), name="x" * 70000))
-        r = h.http_once(self.port, "POST", "/api/training/submit", body=big,
-                        headers=JSON_HEADERS, token=self.token)
-        self.assertEqual(r.status, 413, r)
-        self.assertShape(r, "/api/training/submit", "POST")
+        r = h.refused_or(self.port, "POST", "/api/training/submit", body=big,
+                         headers=JSON_HEADERS, token=self.token)
+        if r is not None:  # None: refused and closed before the body was all sent
+            self.assertEqual(r.status, 413, r)
+            self.assertShape(r, "/api/training/submit", "POST")
 
     def test_non_json_content_type_is_415(self):
         ds = add_dataset(self.user)
@@ -428,10 +429,10 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertEqual(line["user"], self.user)
 
     def test_oversized_headers_and_urls_are_refused_by_the_server(self):
-        r = h.http_once(self.port, "GET", "/healthz", headers={"X-Big": "a" * 60000})
-        self.assertEqual(r.status, 431)
-        r = h.http_once(self.port, "GET", "/healthz?" + "a" * 60000)
-        self.assertIn(r.status, (414, 431))
+        r = h.refused_or(self.port, "GET", "/healthz", headers={"X-Big": "a" * 60000})
+        self.assertIn(r.status if r else 431, (431,))
+        r = h.refused_or(self.port, "GET", "/healthz?" + "a" * 60000)
+        self.assertIn(r.status if r else 414, (414, 431))
         self.assertEqual(h.http_once(self.port, "GET", "/healthz").status, 200)
 
     def test_unknown_route_is_404_and_wrong_method_is_405_with_allow(self):

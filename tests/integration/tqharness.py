@@ -254,6 +254,17 @@ class Http:
             self.conn = None
 
 
+def refused_or(port, method, path, **kw):
+    """Like http_once, for requests the server may refuse before reading them whole (an
+    oversized header, URL or body): when it answers and closes while the client is still
+    sending, the client sees a broken pipe instead of the answer. Returns the Response, or
+    None for that case."""
+    try:
+        return http_once(port, method, path, **kw)
+    except (BrokenPipeError, ConnectionResetError):
+        return None
+
+
 def http_once(port, method, path, **kw):
     """One request on a fresh connection."""
     c = Http(port, timeout=kw.pop("timeout", 30.0))

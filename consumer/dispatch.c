@@ -385,7 +385,7 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
             break;
         }
         if (!launch(d, slot, &cl, m.job_id))
-            tq_slot_unreserve(w, slot);
+            tq_slot_free(w, slot);
         /* Taking the last slot (or losing dockerd): cancel before the ack, see top. */
         if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok)) {
             tq_errbuf cb = {{0}};

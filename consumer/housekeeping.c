@@ -66,7 +66,7 @@ static void heartbeat(housekeeper *h)
     tq_cdb_active *act = NULL;
     size_t n = 0;
     tq_errbuf eb = {{0}};
-    char held[64 * 40 + 4];
+    char held[TQ_SLOTS_HELD_BUF];
     tq_slots_held(w, held, sizeof held);
     int rc = tq_cdb_heartbeat(h->db, w->cfg->worker_id, w->hostname, w->n_slots,
                               w->cfg->lease_seconds, held, &act, &n, &eb);
@@ -145,7 +145,7 @@ void *tq_housekeeping_main(void *arg)
     if (h.db) {
         /* Containers keep running across a clean stop (a deploy): give the restart time to
          * adopt them before anybody else retries their jobs. */
-        char held[64 * 40 + 4];
+        char held[TQ_SLOTS_HELD_BUF];
         tq_slots_held(w, held, sizeof held);
         if (w->cfg->restart_grace_seconds > 0 && strcmp(held, "{}") != 0) {
             if (tq_cdb_extend_leases(h.db, w->cfg->worker_id, held,
@@ -236,7 +236,7 @@ void tq_worker_adopt(tq_worker *w)
                 snprintf(why, sizeof why, "worker %s could not start its adopted container: %.300s",
                          cfg->worker_id, kb.msg);
                 tq_docker_remove(w->docker, cs[i].id, 1, &kb);
-                tq_slot_unreserve(w, slot);
+                tq_slot_free(w, slot);
                 if (tq_cdb_retry(db, cs[i].job_label, fencing, why, cfg->max_attempts, &kb) !=
                     TQ_OK)
                     tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", cs[i].job_label,

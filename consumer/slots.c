@@ -86,11 +86,12 @@ void tq_slots_held(tq_worker *w, char *out, size_t cap)
         snprintf(out + used, cap - used, "}");
 }
 
-void tq_slot_unreserve(tq_worker *w, int i)
+void tq_slot_free(tq_worker *w, int i)
 {
     pthread_mutex_lock(&w->mu);
     w->slots[i].state = TQ_SLOT_FREE;
     w->slots[i].job_id[0] = '\0';
+    w->slots[i].container_id[0] = '\0';
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     tq_cmetrics_set(TQ_CM_SLOTS_BUSY, w->n_slots - tq_slots_free(w));
@@ -339,13 +340,7 @@ static void *runner_main(void *arg)
         /* The slot is free as soon as the outcome is recorded: the exited container no
          * longer runs, and its removal below must not delay the next launch (which this
          * runner picks up when it loops). */
-        pthread_mutex_lock(&w->mu);
-        s->state = TQ_SLOT_FREE;
-        s->job_id[0] = '\0';
-        s->container_id[0] = '\0';
-        pthread_cond_broadcast(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        tq_cmetrics_set(TQ_CM_SLOTS_BUSY, w->n_slots - tq_slots_free(w));
+        tq_slot_free(w, s->index);
         if (done_container[0]) {
             tq_errbuf eb = {{0}};
             if (tq_docker_remove(w->docker, done_container, 1, &eb) != TQ_OK)

@@ -72,8 +72,8 @@ int tq_worker_sleep(tq_worker *w, long ms);
 int tq_slots_free(tq_worker *w);
 /* Reserves a free slot for job_id (its lease is renewed from now on); -1 if none. */
 int tq_slot_reserve(tq_worker *w, const char *job_id);
-/* Gives a reserved slot back unused. */
-void tq_slot_unreserve(tq_worker *w, int i);
+/* Frees slot i: a reservation given back unused, or a job whose outcome is recorded. */
+void tq_slot_free(tq_worker *w, int i);
 /* Hands a started container to slot i's runner. */
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
                  long long fencing, time_t started_wall);
@@ -81,6 +81,8 @@ void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_
 /* The job ids held by non-free slots, as a Postgres array literal "{id,id}" (ids are
  * canonical uuids, so no quoting is needed). */
 void tq_slots_held(tq_worker *w, char *out, size_t cap);
+/* Room for tq_slots_held with every slot busy (at most 64 slots: tq_config). */
+#define TQ_SLOTS_HELD_BUF (64 * 40 + 4)
 
 /* Starts/joins the runner threads (one per slot). */
 int tq_runners_start(tq_worker *w);

@@ -150,9 +150,12 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         PQclear(r);
         r = NULL;
         if (!room || older) {
+            /* This delivery used up any release of the job that sent it here: clear
+             * released_at so the next release is not taken for a duplicate in flight and
+             * throttled (it would wait for the sweeper). */
             rc = tq_db_exec(c,
-                            "UPDATE training_jobs SET parked_at = COALESCE(parked_at, now()) "
-                            "WHERE id = $1",
+                            "UPDATE training_jobs SET parked_at = COALESCE(parked_at, now()), "
+                            "released_at = NULL WHERE id = $1",
                             1, p + 1, NULL, eb);
             if (rc)
                 goto rollback;
@@ -297,22 +300,29 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *
         5, p, eb);
 }
 
-int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                   tq_errbuf *eb)
+int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                     int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb)
 {
-    char tok[24];
+    char tok[24], mx[16];
     snprintf(tok, sizeof tok, "%lld", fencing);
-    const char *p[2] = {job_id, tok};
-    /* An attempt that never started does not count against max_attempts. */
-    return change_and_release(
-        c, job_id, reason,
-        "UPDATE training_jobs SET status = 'queued', worker_id = NULL, "
-        "lease_expires_at = NULL, container_id = NULL, "
-        "fencing_token = fencing_token + 1, attempts = GREATEST(attempts - 1, 0), "
-        "parked_at = now(), released_at = NULL "
-        "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
-        "RETURNING user_id",
-        2, p, eb);
+    snprintf(mx, sizeof mx, "%d", max_host_retries);
+    const char *p[4] = {job_id, tok, reason, mx};
+    PGresult *r;
+    /* One statement, so one implicit transaction: tq_give_back takes the user's lock, then
+     * the row, and releases the user's next parked job (db/migrations/0004). */
+    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
+                        eb);
+    if (rc)
+        return rc;
+    const char *v = PQgetvalue(r, 0, 0);
+    *outcome = strcmp(v, "requeued") == 0    ? TQ_GIVEN_BACK
+               : strcmp(v, "cancelled") == 0 ? TQ_GIVE_BACK_CANCELLED
+               : strcmp(v, "failed") == 0    ? TQ_GIVE_BACK_FAILED
+                                             : TQ_GIVE_BACK_FENCED;
+    PQclear(r);
+    if (*outcome == TQ_GIVE_BACK_FENCED)
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id);
+    return TQ_OK;
 }
 
 int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
@@ -423,21 +433,30 @@ int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, si
     return rc;
 }
 
-int tq_cdb_reap_and_sweep(PGconn *c, int max_attempts, int *recovered, int *released,
-                          tq_errbuf *eb)
+int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb)
 {
     char ma[16];
     snprintf(ma, sizeof ma, "%d", max_attempts);
     const char *p[1] = {ma};
     PGresult *r;
-    /* Each in its own (implicit) transaction: the reaper's try-lock is held only while
-     * it works. */
+    /* Its own (implicit) transaction: the reaper's try-lock is held only while it works. */
     int rc = tq_db_exec(c, "SELECT count(*) FROM tq_reap($1::int)", 1, p, &r, eb);
     if (rc)
         return rc;
     *recovered = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
-    rc = tq_db_exec(c, "SELECT tq_sweep()", 0, NULL, &r, eb);
+    return TQ_OK;
+}
+
+int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
+                 tq_errbuf *eb)
+{
+    char secs[16], inq[24];
+    snprintf(secs, sizeof secs, "%d", stranded_seconds);
+    snprintf(inq, sizeof inq, "%lld", in_queue);
+    const char *p[2] = {secs, in_queue >= 0 ? inq : NULL};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT tq_sweep($1::int, $2::bigint)", 2, p, &r, eb);
     if (rc)
         return rc;
     *released = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);

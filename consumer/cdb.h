@@ -48,10 +48,19 @@ int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
                   int exit_code, const char *error_message, const char *reason, tq_errbuf *eb);
 
-/* Gives a claimed job back (launch could not happen now: dockerd down); it keeps its place
- * in its user's order and is republished through the outbox. */
-int tq_cdb_requeue(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                   tq_errbuf *eb);
+typedef enum {
+    TQ_GIVEN_BACK,          /* queued again (parked, released at once if the user has room) */
+    TQ_GIVE_BACK_CANCELLED, /* its cancellation was requested meanwhile: now cancelled */
+    TQ_GIVE_BACK_FAILED,    /* given back max_host_retries times: failed with the reason */
+    TQ_GIVE_BACK_FENCED,    /* no longer this claim's (TQ_ERR_CONFLICT is returned too) */
+} tq_give_back_outcome;
+
+/* Gives a claimed job back because it could not start on this host for a reason of the
+ * host's (dockerd away, image or runtime missing, name still being removed). The job keeps
+ * its place in its user's order and its attempts; it is republished through the outbox.
+ * Bounded: the max_host_retries-th give-back fails it with `reason`. */
+int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                     int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb);
 
 /* Retries (or fails after max_attempts) a job of this worker that was interrupted by an
  * outage rather than by its own doing (dockerd restarted under it). Fenced: TQ_ERR_CONFLICT
@@ -83,10 +92,16 @@ int tq_cdb_extend_leases(PGconn *c, const char *worker_id, const char *held_ids,
 int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, size_t *n,
                        tq_errbuf *eb);
 
-/* One reaper round (a no-op when another worker holds the reaper lock) and one sweep.
- * Counts what happened. */
-int tq_cdb_reap_and_sweep(PGconn *c, int max_attempts, int *recovered, int *released,
-                          tq_errbuf *eb);
+/* One reaper round (a no-op when another worker holds the reaper lock): recovers jobs whose
+ * lease expired. */
+int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb);
+
+/* One sweep: parks queued jobs that have left the queue without a claim for longer than
+ * stranded_seconds (in_queue: ready messages in trainq.jobs, < 0 when unknown, which skips
+ * that part), then releases parked jobs of users with room whose release is older than
+ * stranded_seconds. *released counts the releases. */
+int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
+                 tq_errbuf *eb);
 
 /* Marks the worker stopped (clean shutdown). */
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb);

@@ -39,13 +39,24 @@ static const struct {
                               "Jobs of lost workers retried or failed by this worker's reaper.",
                               0},
     [TQ_CM_JOBS_REQUEUED] = {"trainq_consumer_jobs_requeued_total",
-                             "Deliveries requeued because a service was unavailable.", 0},
+                             "Deliveries or claimed jobs given back because a service or "
+                             "this host could not take them.",
+                             0},
+    [TQ_CM_HOST_ERRORS] = {"trainq_consumer_host_errors_total",
+                           "Launches that failed for a reason of this host (image, runtime, "
+                           "disk).",
+                           0},
+    [TQ_CM_JOBS_RELEASED] = {"trainq_consumer_jobs_released_total",
+                             "Parked or stranded jobs republished by this worker's sweeper.", 0},
     [TQ_CM_SLOTS_TOTAL] = {"trainq_consumer_slots", "GPU slots of this worker.", 1},
     [TQ_CM_SLOTS_BUSY] = {"trainq_consumer_slots_busy", "Slots running a job.", 1},
     [TQ_CM_DOCKER_UP] = {"trainq_consumer_docker_up",
                          "1 if the Docker daemon answered the last call.", 1},
     [TQ_CM_DB_UP] = {"trainq_consumer_db_up", "1 if Postgres answered the last query.", 1},
     [TQ_CM_AMQP_UP] = {"trainq_consumer_amqp_up", "1 while the AMQP connection is open.", 1},
+    [TQ_CM_HOST_HEALTHY] = {"trainq_consumer_host_healthy",
+                            "0 while this host stops consuming after launches failed in a row.",
+                            1},
 };
 
 #define N_BUCKETS 13

@@ -27,13 +27,16 @@ typedef enum {
     TQ_CM_JOBS_DUPLICATES,    /* delivery for a job already claimed/terminal: dropped */
     TQ_CM_JOBS_DEAD_LETTERED, /* invalid message rejected to trainq.jobs.dead */
     TQ_CM_JOBS_RECOVERED,     /* jobs of lost workers handled by this worker's reaper */
-    TQ_CM_JOBS_REQUEUED,      /* deliveries requeued (dockerd/Postgres unavailable) */
+    TQ_CM_JOBS_REQUEUED,      /* deliveries or claimed jobs given back (a service or the host) */
+    TQ_CM_HOST_ERRORS,        /* launches that failed for a reason of this host */
+    TQ_CM_JOBS_RELEASED,      /* parked or stranded jobs republished by this worker's sweeper */
     /* gauges (set) */
     TQ_CM_SLOTS_TOTAL,
     TQ_CM_SLOTS_BUSY,
     TQ_CM_DOCKER_UP, /* 1 while the last Docker call reached the daemon */
     TQ_CM_DB_UP,
     TQ_CM_AMQP_UP,
+    TQ_CM_HOST_HEALTHY, /* 0 while the host is unhealthy (consecutive launch failures) */
     TQ_CM__COUNT
 } tq_cmetric_id;
 

@@ -9,8 +9,16 @@
  *
  * Ack rule (invariant 4): a delivery is acked once its fate is durable in Postgres
  * (claimed and started, parked, failed, duplicate) or it is confirmed on the dead-letter
- * queue; never at training end. A delivery that cannot be handled now (Postgres or dockerd
- * away) is nacked back to the queue after the consumer is cancelled, so it goes elsewhere.
+ * queue; never at training end. A delivery that cannot be handled now (Postgres away after
+ * retries on a fresh connection) is given back without spending its delivery count: a copy
+ * is published (confirmed) and the original acked, after the consumer is cancelled, so it
+ * goes elsewhere. Only a failure that may be the message's own (an unexpected database
+ * error) is nacked: the quorum queue's delivery limit then bounds it, and the sweeper
+ * republishes a valid job that the limit dead-lettered (db/migrations/0004).
+ *
+ * Host health: a launch that fails for a reason of this host (image or runtime missing,
+ * disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row mark the
+ * host unhealthy: it stops consuming and tries one job again after a backoff (a probe).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +36,11 @@
 
 #define CONSUME_WAIT_MS 200
 #define HEARTBEAT_S 60
+/* Claim tries on a fresh connection before a delivery is given back, and their pauses. */
+static const int CLAIM_BACKOFF_MS[] = {0, 100, 400, 1000};
+#define N_CLAIM_TRIES ((int)(sizeof CLAIM_BACKOFF_MS / sizeof CLAIM_BACKOFF_MS[0]))
+/* How often the ready count of trainq.jobs is read for the sweeper. */
+#define QUEUE_DEPTH_EVERY_S 2.0
 
 typedef struct {
     tq_worker *w;
@@ -38,6 +51,10 @@ typedef struct {
     unsigned epoch;
     char tag[256];
     long backoff_ms;
+    int host_errors;       /* launches in a row that failed for a reason of this host */
+    double probe_at;       /* while the host is unhealthy: when to try one job again */
+    long probe_wait_s;     /* the current probe backoff */
+    double depth_read_at;  /* when trainq.jobs' ready count was last read */
 } dispatcher;
 
 static void drop_amqp(dispatcher *d)
@@ -47,6 +64,50 @@ static void drop_amqp(dispatcher *d)
     d->in = d->dead = NULL;
     d->consuming = 0;
     atomic_store(&d->w->amqp_ok, 0);
+    atomic_store(&d->w->queue_ready_at, 0.0); /* unknown from now on */
+}
+
+/* Whether this host may take a job now: healthy, or unhealthy with a probe due. */
+static int host_usable(const dispatcher *d)
+{
+    return atomic_load(&d->w->host_ok) || tq_mono_now() >= d->probe_at;
+}
+
+/* A launch failed for a reason of this host. */
+static void host_error(dispatcher *d, const char *why)
+{
+    tq_worker *w = d->w;
+    tq_cmetrics_inc(TQ_CM_HOST_ERRORS);
+    if (++d->host_errors < w->cfg->host_error_limit)
+        return;
+    if (atomic_exchange(&w->host_ok, 0)) {
+        d->probe_wait_s = w->cfg->host_probe_seconds;
+        tq_log(TQ_LOG_ERROR, "host.unhealthy",
+               "%d launches in a row failed on this host; not consuming, next try in %ld s: %s",
+               d->host_errors, d->probe_wait_s, why);
+    } else {
+        /* a failed probe: wait longer, up to 32 times the first wait */
+        long cap = 32L * w->cfg->host_probe_seconds;
+        d->probe_wait_s = d->probe_wait_s * 2 < cap ? d->probe_wait_s * 2 : cap;
+        tq_log(TQ_LOG_WARN, "host.probe_failed", "still cannot start jobs, next try in %ld s: %s",
+               d->probe_wait_s, why);
+    }
+    d->probe_at = tq_mono_now() + (double)d->probe_wait_s;
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->host_error, sizeof w->host_error, "%s", why);
+    pthread_mutex_unlock(&w->mu);
+    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 0);
+}
+
+/* A job started: whatever failed before was not permanent. */
+static void host_ok(dispatcher *d)
+{
+    tq_worker *w = d->w;
+    d->host_errors = 0;
+    if (!atomic_exchange(&w->host_ok, 1)) {
+        tq_log(TQ_LOG_INFO, "host.healthy", "a job started again; consuming");
+        tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
+    }
 }
 
 static int connect_amqp(dispatcher *d, tq_errbuf *eb)
@@ -133,6 +194,47 @@ static void copy_bytes(char *dst, size_t cap, amqp_bytes_t b)
     dst[n] = '\0';
 }
 
+/* Publishes a copy of the delivery (routing key, message_id, content type — default_ct when
+ * it has none —, body, and the headers in kv) to `exchange` and waits for the broker's
+ * confirm; then acks the original. When the copy cannot be confirmed the original is nacked
+ * back instead, so the message is never lost between the two. Returns 1 when acked. */
+static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *exchange,
+                         const char *const *kv, size_t n_kv, const char *default_ct,
+                         const char *what)
+{
+    char rk[256] = "", mid[256] = "", ct[128];
+    snprintf(ct, sizeof ct, "%s", default_ct);
+    copy_bytes(rk, sizeof rk, env->routing_key);
+    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    if (env->message.properties._flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
+        copy_bytes(ct, sizeof ct, env->message.properties.content_type);
+    tq_amqp_msg m = {
+        .exchange = exchange,
+        .routing_key = rk,
+        .message_id = mid[0] ? mid : NULL,
+        .body = env->message.body.bytes,
+        .body_len = env->message.body.len,
+        .content_type = ct,
+        .header_kv = kv,
+        .n_header_kv = n_kv,
+    };
+    tq_errbuf eb = {{0}};
+    int rc = d->dead ? tq_amqp_publish_confirmed(d->dead, &m, 1, 5000, &eb) : TQ_ERR_UNAVAILABLE;
+    if (rc == TQ_OK && m.result == TQ_OK) {
+        settle(d, env->delivery_tag, 1);
+        return 1;
+    }
+    tq_log(TQ_LOG_WARN, "amqp.copy_failed", "could not %s message %s: %s; nacking it", what,
+           mid[0] ? mid : "(no message_id)", rc == TQ_OK ? m.reason : d->dead ? eb.msg : "no channel");
+    if (d->dead && !tq_amqp_alive(d->dead)) {
+        tq_amqp_close(d->dead);
+        d->dead = NULL;
+    }
+    settle(d, env->delivery_tag, 0);
+    return 0;
+}
+
 /* Dead-letters the delivery with the reason in a header, then acks it. */
 static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *reason)
 {
@@ -142,37 +244,51 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
         copy_bytes(mid, sizeof mid, env->message.properties.message_id);
     const char *hdr[] = {TQ_MSG_REASON_HEADER, reason, "x-trainq-worker", d->w->cfg->worker_id,
                          "x-original-routing-key", rk};
-    tq_amqp_msg m = {
-        .exchange = TQ_AMQP_DLX,
-        .routing_key = rk,
-        .message_id = mid[0] ? mid : NULL,
-        .body = env->message.body.bytes,
-        .body_len = env->message.body.len,
-        .content_type = "application/octet-stream",
-        .header_kv = hdr,
-        .n_header_kv = 6,
-    };
-    if (env->message.properties._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) {
-        static __thread char ct[128];
-        copy_bytes(ct, sizeof ct, env->message.properties.content_type);
-        m.content_type = ct;
-    }
-    tq_errbuf eb = {{0}};
-    int rc = tq_amqp_publish_confirmed(d->dead, &m, 1, 5000, &eb);
-    if (rc == TQ_OK && m.result == TQ_OK) {
-        tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
-                "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
-        tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
-        settle(d, env->delivery_tag, 1);
+    if (!copy_then_ack(d, env, TQ_AMQP_DLX, hdr, 6, "application/octet-stream", "dead-letter"))
         return;
+    tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
+            "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
+    tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
+}
+
+/* The string headers of a delivery as key, value pairs (a publisher's signature among
+ * them); the broker's own (x-delivery-count, x-death) are not strings or not ours to copy.
+ * Returns the number of strings written to kv (at most cap, even). */
+static size_t string_headers(const amqp_envelope_t *env, char (*buf)[256], const char **kv,
+                             size_t cap)
+{
+    size_t n = 0;
+    if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
+        return 0;
+    const amqp_table_t *t = &env->message.properties.headers;
+    for (int i = 0; i < t->num_entries && n + 2 <= cap; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+            continue;
+        if (e->key.len >= 2 && memcmp(e->key.bytes, "x-", 2) == 0 &&
+            !(e->key.len > 9 && memcmp(e->key.bytes, "x-trainq-", 9) == 0))
+            continue;
+        copy_bytes(buf[n], sizeof buf[n], e->key);
+        copy_bytes(buf[n + 1], sizeof buf[n + 1], e->value.value.bytes);
+        kv[n] = buf[n];
+        kv[n + 1] = buf[n + 1];
+        n += 2;
     }
-    tq_log(TQ_LOG_WARN, "amqp.dead_letter_failed", "could not dead-letter message %s: %s",
-           mid, rc == TQ_OK ? m.reason : eb.msg);
-    if (!tq_amqp_alive(d->dead)) {
-        tq_amqp_close(d->dead);
-        d->dead = NULL;
-    }
-    settle(d, env->delivery_tag, 0);
+    return n;
+}
+
+/* Gives a delivery back without spending its delivery count: a nack would count toward the
+ * quorum queue's delivery limit although the failure is ours (Postgres away), and enough
+ * of them would dead-letter a valid job. A copy is published (confirmed) to the exchange
+ * with the same routing key, body and headers, then the original is acked; if the copy
+ * cannot be confirmed, the original is nacked after all (the broker keeps it either way). */
+static void defer(dispatcher *d, const amqp_envelope_t *env)
+{
+    char hbuf[16][256];
+    const char *kv[16];
+    size_t n = string_headers(env, hbuf, kv, 16);
+    if (copy_then_ack(d, env, TQ_AMQP_EXCHANGE, kv, n, "application/json", "give back"))
+        tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
 }
 
 /* Why a decode failed, as one header-sized line. */
@@ -200,55 +316,76 @@ static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, c
     tq_log(TQ_LOG_WARN, "job.failed", "job %s failed before start: %s", job_id, why);
 }
 
+/* Gives a claimed job back: it could not start here for a reason of this host's. */
+static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, const char *why)
+{
+    tq_worker *w = d->w;
+    tq_errbuf qb = {{0}};
+    tq_give_back_outcome out = TQ_GIVEN_BACK;
+    if (tq_cdb_give_back(d->db, job_id, cl->fencing_token, why, w->cfg->max_host_retries, &out,
+                         &qb) != TQ_OK) {
+        /* Still claimed by us: our lease is no longer renewed (no slot holds it), so the
+         * reaper recovers it within a lease. */
+        tq_log(TQ_LOG_ERROR, "job.give_back_failed", "job %s: %s", job_id, qb.msg);
+        return;
+    }
+    switch (out) {
+    case TQ_GIVE_BACK_FAILED:
+        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
+        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: no worker could start it: %s", job_id,
+               why);
+        break;
+    case TQ_GIVE_BACK_CANCELLED:
+        tq_cmetrics_inc(TQ_CM_JOBS_CANCELLED);
+        tq_log(TQ_LOG_INFO, "job.cancelled", "job %s cancelled before it started", job_id);
+        break;
+    default:
+        tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
+        tq_log(TQ_LOG_WARN, "job.requeued", "job %s given back: %s", job_id, why);
+    }
+}
+
 /* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
 static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_id)
 {
     tq_worker *w = d->w;
     tq_launch_paths paths;
     tq_errbuf eb = {{0}};
+    char why[700];
     double t0 = tq_mono_now();
     int rc = tq_launch_prepare(w->cfg, cl->job, cl->storage_path, &paths, &eb);
     double t1 = tq_mono_now();
     if (rc != TQ_OK) {
-        if (rc == TQ_ERR_NOMEM || rc == TQ_ERR_IO) {
-            /* A problem of this host (disk full, root not mounted): counted as an attempt,
-             * so a host that keeps failing cannot bounce the job forever. */
-            tq_errbuf qb = {{0}};
-            char why[600];
-            snprintf(why, sizeof why, "could not prepare the job on worker %s: %s",
-                     w->cfg->worker_id, eb.msg);
-            if (tq_cdb_retry(d->db, job_id, cl->fencing_token, why, w->cfg->max_attempts, &qb) !=
-                TQ_OK)
-                tq_log(TQ_LOG_ERROR, "job.retry_failed", "job %s: %s", job_id, qb.msg);
-            tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
-        } else {
-            fail_claimed(d, job_id, cl->fencing_token, eb.msg);
+        if (rc != TQ_ERR_NOMEM && rc != TQ_ERR_IO) {
+            fail_claimed(d, job_id, cl->fencing_token, eb.msg); /* the job's own fault */
+            return 0;
         }
+        /* A problem of this host (disk full, root not mounted): not the job's. */
+        snprintf(why, sizeof why, "could not prepare the job on worker %s: %s",
+                 w->cfg->worker_id, eb.msg);
+        give_back(d, cl, job_id, why);
+        host_error(d, why);
         return 0;
     }
     char cid[65] = "";
     rc = tq_launch_container(w->docker, w->cfg, slot, cl->job, w->cfg->worker_id, &paths, cid, &eb);
-    if (rc == TQ_ERR_UNAVAILABLE) {
-        /* dockerd went away: give the job back, keep its place, stop consuming. */
-        atomic_store(&w->docker_ok, 0);
-        tq_errbuf qb = {{0}};
-        char why[600];
-        snprintf(why, sizeof why, "docker unavailable on worker %s: %s", w->cfg->worker_id, eb.msg);
-        if (tq_cdb_requeue(d->db, job_id, cl->fencing_token, why, &qb) != TQ_OK)
-            tq_log(TQ_LOG_ERROR, "job.requeue_failed", "job %s: %s", job_id, qb.msg);
-        tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
-        tq_log(TQ_LOG_WARN, "job.requeued", "job %s requeued: %s", job_id, why);
-        return 0;
-    }
     if (rc != TQ_OK) {
-        char why[700];
+        /* Nothing a container does can fail here, only this host: give the job back so that
+         * it keeps its place and another host (or this one later) starts it. */
         if (rc == TQ_ERR_NOT_FOUND)
             snprintf(why, sizeof why, "training image \"%s\" not found on worker %s",
                      w->cfg->training_image, w->cfg->worker_id);
+        else if (rc == TQ_ERR_UNAVAILABLE)
+            snprintf(why, sizeof why, "docker unavailable on worker %s: %s", w->cfg->worker_id,
+                     eb.msg);
         else
             snprintf(why, sizeof why, "could not start training container on worker %s: %s",
                      w->cfg->worker_id, eb.msg);
-        fail_claimed(d, job_id, cl->fencing_token, why);
+        give_back(d, cl, job_id, why);
+        if (rc == TQ_ERR_UNAVAILABLE)
+            atomic_store(&w->docker_ok, 0); /* the housekeeper's ping says when it is back */
+        else if (rc != TQ_ERR_CONFLICT)
+            host_error(d, why); /* a name still being removed is no fault of the host */
         return 0;
     }
     double t2 = tq_mono_now();
@@ -269,6 +406,7 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
         /* Still ours (fenced writes later will tell); the runner records the outcome. */
         tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
     tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL));
+    host_ok(d);
     tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
     double now_epoch = (double)time(NULL);
     if (cl->created_epoch > 0 && now_epoch >= cl->created_epoch)
@@ -330,12 +468,19 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
 
     tq_claim cl;
     tq_errbuf eb = {{0}};
-    for (int attempt = 0; attempt < 3; attempt++) {
+    /* A connection that died while idle (Postgres restarted, sessions cut, a failover) fails
+     * its next statement; tq_db_ensure then connects afresh. Retried here, briefly, so a
+     * blip costs this delivery nothing. */
+    for (int attempt = 0; attempt < N_CLAIM_TRIES; attempt++) {
+        if (attempt && tq_worker_sleep(w, CLAIM_BACKOFF_MS[attempt]))
+            break;
         rc = tq_db_ensure(&d->db, w->cfg->database_url, "trainq-consumer", &eb);
         if (rc == TQ_OK)
             rc = tq_cdb_claim(d->db, &m, w->cfg->worker_id, w->cfg->lease_seconds, &cl, &eb);
-        if (rc != TQ_ERR_DB_RETRY)
+        if (rc != TQ_ERR_DB_RETRY && rc != TQ_ERR_UNAVAILABLE)
             break;
+        if (attempt + 1 < N_CLAIM_TRIES)
+            tq_log(TQ_LOG_INFO, "job.claim_retry", "job %s: %s; trying again", m.job_id, eb.msg);
     }
     if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
         if (rc == TQ_ERR_UNAVAILABLE)
@@ -343,17 +488,8 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", m.job_id, eb.msg);
         tq_errbuf cb = {{0}};
         stop_consuming(d, &cb);
-        settle(d, env->delivery_tag, 0);
+        defer(d, env);
         tq_msg_free(&m);
-        return;
-    }
-    if (rc != TQ_OK) {
-        /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
-         * a bug): back to the queue. Its delivery limit bounds the retries; a message that
-         * fails every time ends on the dead-letter queue with x-death. */
-        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m.job_id, eb.msg);
-        tq_msg_free(&m);
-        settle(d, env->delivery_tag, 0);
         return;
     }
     switch (cl.outcome) {
@@ -379,15 +515,14 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
     case TQ_CLAIM_CLAIMED: {
         int slot = tq_slot_reserve(w, m.job_id);
         if (slot < 0) { /* cannot happen: only this thread reserves */
-            tq_errbuf qb = {{0}};
-            tq_cdb_requeue(d->db, m.job_id, cl.fencing_token, "no free slot", &qb);
+            give_back(d, &cl, m.job_id, "no free slot");
             settle(d, env->delivery_tag, 1);
             break;
         }
         if (!launch(d, slot, &cl, m.job_id))
             tq_slot_free(w, slot);
         /* Taking the last slot (or losing dockerd): cancel before the ack, see top. */
-        if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok)) {
+        if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok) || !host_usable(d)) {
             tq_errbuf cb = {{0}};
             if (stop_consuming(d, &cb) != TQ_OK)
                 tq_log(TQ_LOG_WARN, "amqp.cancel_failed", "%s", cb.msg);
@@ -399,6 +534,26 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
     }
     json_decref(cl.job);
     tq_msg_free(&m);
+}
+
+/* Every few seconds: the ready count of trainq.jobs, for the sweeper's stranded repair
+ * (worker.h). Read on the publishing connection, which has no deliveries to confuse with
+ * the reply. */
+static void read_queue_depth(dispatcher *d)
+{
+    double now = tq_mono_now();
+    if (!d->dead || now - d->depth_read_at < QUEUE_DEPTH_EVERY_S)
+        return;
+    d->depth_read_at = now;
+    long long ready = 0;
+    tq_errbuf eb = {{0}};
+    if (tq_amqp_queue_ready(d->dead, TQ_AMQP_QUEUE, &ready, &eb) != TQ_OK) {
+        tq_log(TQ_LOG_DEBUG, "amqp.depth_failed", "%s", eb.msg);
+        atomic_store(&d->w->queue_ready_at, 0.0);
+        return;
+    }
+    atomic_store(&d->w->queue_ready, ready);
+    atomic_store(&d->w->queue_ready_at, now);
 }
 
 /* Reads one delivery or frame (bounded wait). */
@@ -456,6 +611,8 @@ void *tq_dispatch_main(void *arg)
     d.w = arg;
     d.backoff_ms = 100;
     tq_worker *w = d.w;
+    atomic_store(&w->host_ok, 1);
+    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
     int logged_down = 0, ready = 0;
     while (!atomic_load(&w->stopping)) {
         tq_errbuf eb = {{0}};
@@ -482,7 +639,9 @@ void *tq_dispatch_main(void *arg)
             d.backoff_ms = 100;
         }
         tq_amqp_pump(d.dead, &eb);
-        int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && tq_slots_free(w) > 0;
+        read_queue_depth(&d);
+        int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && host_usable(&d) &&
+                   tq_slots_free(w) > 0;
         if (want && !d.consuming) {
             if (start_consuming(&d, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);

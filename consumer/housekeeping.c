@@ -5,8 +5,9 @@
  *    the database still gives this worker with its slots (a job missing there was taken
  *    over by a reaper: its runner kills the container) and picks up cancellations;
  *  - health: pings dockerd and Postgres, so the dispatcher consumes only while both answer;
- *  - reaper and sweeper (db/migrations 0002): recover jobs whose worker stopped renewing
- *    its lease, and release parked jobs whose user has room.
+ *  - the sweeper thread (tq_sweeper_main, its own connection): the reaper recovers jobs
+ *    whose worker stopped renewing its lease; the sweeper releases parked jobs whose user
+ *    has room and republishes stranded ones (db/migrations 0002, 0004).
  *
  * Start-up adoption (tq_worker_adopt) runs before the dispatcher: a restarted worker takes
  * its containers back by label and repairs its claims that have no container.
@@ -27,7 +28,6 @@ typedef struct {
     PGconn *db;
     tq_docker *ping;    /* its own handle, short timeout: a hung dockerd must not delay leases */
     int db_seen;        /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
-    double db_up_since; /* monotonic time since when its connection has answered */
 } housekeeper;
 
 /* The maximum time a health ping may take: well under a heartbeat. */
@@ -50,8 +50,6 @@ static void health_docker(housekeeper *h)
 static void set_db_ok(housekeeper *h, int ok, const char *why)
 {
     atomic_store(&h->w->db_ok, ok);
-    if (ok && h->db_seen != 1)
-        h->db_up_since = tq_mono_now();
     if (h->db_seen != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "db.up" : "db.down", "%s",
                ok ? "postgres answers" : why);
@@ -98,23 +96,54 @@ static void heartbeat(housekeeper *h)
     free(act);
 }
 
-/* Reaper and sweeper. A reaper that has itself just come back to Postgres waits a full lease
- * first: after an outage every lease looks expired, and the workers that are alive need
- * a heartbeat to renew theirs before anybody takes their jobs away. */
-static void reap(housekeeper *h)
+/* The sweeper thread: the reaper and the sweeper, on a connection of their own, so a slow
+ * sweep (a user's lock held elsewhere, a big backlog) never delays this worker's own lease
+ * renewal in the housekeeper. A reaper that has itself just come back to Postgres waits a
+ * full lease first: after an outage every lease looks expired, and the workers that are
+ * alive need a heartbeat to renew theirs before anybody takes their jobs away. */
+void *tq_sweeper_main(void *arg)
 {
-    tq_worker *w = h->w;
-    if (tq_mono_now() - h->db_up_since < (double)w->cfg->lease_seconds)
-        return;
-    int recovered = 0, released = 0;
-    tq_errbuf eb = {{0}};
-    if (tq_cdb_reap_and_sweep(h->db, w->cfg->max_attempts, &recovered, &released, &eb) != TQ_OK) {
-        tq_log(TQ_LOG_WARN, "reaper.failed", "%s", eb.msg);
-    } else if (recovered || released) {
-        tq_log(TQ_LOG_INFO, "reaper.round", "recovered %d job(s), released %d", recovered,
-               released);
-        tq_cmetrics_add(TQ_CM_JOBS_RECOVERED, recovered);
+    tq_worker *w = arg;
+    PGconn *db = NULL;
+    double up_since = -1; /* monotonic time since when this connection has answered */
+    while (!atomic_load(&w->stopping)) {
+        tq_errbuf eb = {{0}};
+        int recovered = 0, released = 0;
+        int rc = tq_db_ensure(&db, w->cfg->database_url, "trainq-consumer-sweeper", &eb);
+        if (rc == TQ_OK && up_since < 0)
+            up_since = tq_mono_now();
+        if (rc == TQ_OK && tq_mono_now() - up_since >= (double)w->cfg->lease_seconds) {
+            rc = tq_cdb_reap(db, w->cfg->max_attempts, &recovered, &eb);
+            if (rc == TQ_OK && recovered) {
+                tq_log(TQ_LOG_INFO, "reaper.round", "recovered %d job(s)", recovered);
+                tq_cmetrics_add(TQ_CM_JOBS_RECOVERED, recovered);
+            }
+        }
+        if (rc == TQ_OK) {
+            /* The queue's ready count is only trusted while fresh: unknown, the stranded
+             * repair waits rather than republish jobs that may still be queued. */
+            double at = atomic_load(&w->queue_ready_at);
+            long long in_queue = at > 0 && tq_mono_now() - at < 3.0 * w->cfg->sweep_seconds + 5
+                                     ? atomic_load(&w->queue_ready)
+                                     : -1;
+            rc = tq_cdb_sweep(db, w->cfg->stranded_seconds, in_queue, &released, &eb);
+            if (rc == TQ_OK && released) {
+                tq_log(TQ_LOG_INFO, "sweeper.released",
+                       "released %d parked or stranded job(s) (%lld ready in the queue)",
+                       released, in_queue);
+                tq_cmetrics_add(TQ_CM_JOBS_RELEASED, released);
+            }
+        }
+        if (rc != TQ_OK) {
+            tq_log(TQ_LOG_WARN, "sweeper.failed", "%s", eb.msg);
+            if (!db || PQstatus(db) != CONNECTION_OK)
+                up_since = -1;
+        }
+        tq_worker_sleep(w, (long)w->cfg->sweep_seconds * 1000);
     }
+    if (db)
+        PQfinish(db);
+    return NULL;
 }
 
 void *tq_housekeeping_main(void *arg)
@@ -126,7 +155,6 @@ void *tq_housekeeping_main(void *arg)
         tq_docker_set_limits(h.ping, 64 * 1024, PING_TIMEOUT_MS);
     else
         tq_log(TQ_LOG_WARN, "housekeeper.ping", "%s; pinging with the shared handle", eb.msg);
-    double next_sweep = 0;
     while (!atomic_load(&w->stopping)) {
         /* Leases first: nothing else in this loop may delay them. */
         if (tq_db_ensure(&h.db, w->cfg->database_url, "trainq-consumer-housekeeper", &eb) !=
@@ -134,10 +162,6 @@ void *tq_housekeeping_main(void *arg)
             set_db_ok(&h, 0, eb.msg);
         } else {
             heartbeat(&h);
-            if (h.db_seen == 1 && tq_mono_now() >= next_sweep) {
-                next_sweep = tq_mono_now() + w->cfg->sweep_seconds;
-                reap(&h);
-            }
         }
         health_docker(&h);
         tq_worker_sleep(w, (long)w->cfg->heartbeat_seconds * 1000);

@@ -110,8 +110,10 @@ int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **arg
  * TQ_ERR_CONFLICT (try again later).
  * A start that fails for a reason other than an unreachable daemon removes the container
  * it just created (best effort) so a retry starts clean.
- * Errors pass through from docker.h: TQ_ERR_NOT_FOUND (image missing: fail the job),
- * TQ_ERR_UNAVAILABLE (daemon unreachable: requeue), TQ_ERR_DOCKER, TQ_ERR_INVALID.
+ * Errors pass through from docker.h: TQ_ERR_NOT_FOUND (image missing), TQ_ERR_UNAVAILABLE
+ * (daemon unreachable), TQ_ERR_CONFLICT (try again later), TQ_ERR_DOCKER, TQ_ERR_INVALID.
+ * Every one of them is this host's, never the job's: the dispatcher gives the job back
+ * (dispatch.c), and counts all but UNAVAILABLE and CONFLICT toward the host's health.
  * container_id gets the 64-hex id on TQ_OK.
  */
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,

@@ -30,7 +30,11 @@ static int health(void *arg, char *why, size_t cap)
         snprintf(why, cap, "rabbitmq unreachable");
     else if (!atomic_load(&w->docker_ok))
         snprintf(why, cap, "dockerd unreachable");
-    else
+    else if (!atomic_load(&w->host_ok)) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(why, cap, "host cannot start jobs: %s", w->host_error);
+        pthread_mutex_unlock(&w->mu);
+    } else
         return 1;
     return 0;
 }
@@ -57,10 +61,11 @@ int main(int argc, char **argv)
     w.slots = calloc((size_t)w.n_slots, sizeof *w.slots);
     atomic_store(&w.docker_ok, 1);
     atomic_store(&w.db_ok, 1);
+    atomic_store(&w.host_ok, 1);
     int exit_code = 0;
     tq_cmetrics_server *ms = NULL;
     tq_relay *relay = NULL;
-    pthread_t disp, hk;
+    pthread_t disp, hk, sw;
     int started_threads = 0;
 
     if (!w.slots || tq_docker_new(cfg.docker_host, &w.docker, &eb) != TQ_OK) {
@@ -104,7 +109,9 @@ int main(int argc, char **argv)
         started_threads |= 1;
     if (pthread_create(&disp, NULL, tq_dispatch_main, &w) == 0)
         started_threads |= 2;
-    if (started_threads != 3) {
+    if (pthread_create(&sw, NULL, tq_sweeper_main, &w) == 0)
+        started_threads |= 4;
+    if (started_threads != 7) {
         fprintf(stderr, "trainq-consumer: could not start threads\n");
         exit_code = 1;
     } else {
@@ -123,6 +130,8 @@ int main(int argc, char **argv)
         pthread_join(disp, NULL);
     if (started_threads & 1)
         pthread_join(hk, NULL);
+    if (started_threads & 4)
+        pthread_join(sw, NULL);
     tq_runners_join(&w);
     tq_relay_stop(relay, 2000);
     relay = NULL;

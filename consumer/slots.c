@@ -328,9 +328,18 @@ static void *runner_main(void *arg)
             pthread_mutex_lock(&w->mu);
             s->state = TQ_SLOT_FINISHING;
             pthread_mutex_unlock(&w->mu);
+            if (!o.status) {
+                /* Retried: the job may come straight back to this host, whose next container
+                 * of the same name must not meet this one still being removed. So the old
+                 * one goes first, and the slot is freed only after it (best effort: with
+                 * dockerd away, the next launch replaces or waits for it, see launch.h). */
+                tq_errbuf eb = {{0}};
+                if (tq_docker_remove(w->docker, s->container_id, 1, &eb) != TQ_OK)
+                    tq_log(TQ_LOG_WARN, "docker.remove_failed", "job %s: %s", s->job_id, eb.msg);
+            }
             if (!record(r, &o))
                 break; /* stopping: the container stays for adoption */
-            if (w->cfg->remove_containers) {
+            if (w->cfg->remove_containers && o.status) {
                 memcpy(done_job, s->job_id, sizeof done_job);
                 memcpy(done_container, s->container_id, sizeof done_container);
             }

@@ -3,7 +3,8 @@
  *
  *   dispatcher (dispatch.c)   AMQP in: decode, claim, launch, ack — one delivery at a time
  *   one runner per slot       follows its container to the end and records the outcome
- *   housekeeper               heartbeat + leases, cancellations, reaper, sweeper, health
+ *   housekeeper               heartbeat + leases, cancellations, health
+ *   sweeper                   reaper (lost hosts) and sweeper (parked and stranded jobs)
  *   metrics server (MHD)      /metrics, /healthz
  *
  * What must stay true:
@@ -61,6 +62,16 @@ typedef struct tq_worker {
     atomic_int docker_ok;
     atomic_int db_ok;
     atomic_int amqp_ok;
+    /* 0 once TRAINQ_HOST_ERROR_LIMIT launches in a row failed for a reason of this host
+     * (image or runtime missing, disk full): the dispatcher stops consuming and tries one
+     * job again after a backoff; /healthz reports host_error meanwhile (guarded by mu). */
+    atomic_int host_ok;
+    char host_error[256];
+
+    /* Ready messages in trainq.jobs as last seen by the dispatcher (passive declare), and
+     * when (tq_mono_now); the sweeper's stranded repair leaves that many newest jobs alone. */
+    _Atomic long long queue_ready;
+    _Atomic double queue_ready_at;
 } tq_worker;
 
 double tq_mono_now(void);
@@ -88,9 +99,12 @@ void tq_slots_held(tq_worker *w, char *out, size_t cap);
 int tq_runners_start(tq_worker *w);
 void tq_runners_join(tq_worker *w);
 
-/* The dispatcher thread body (dispatch.c) and the housekeeper (housekeeping.c). */
+/* The dispatcher thread body (dispatch.c), the housekeeper (heartbeat, leases, health) and
+ * the sweeper (reaper and sweeper, on a connection of its own so that a slow sweep never
+ * delays a lease renewal) (housekeeping.c). */
 void *tq_dispatch_main(void *arg);
 void *tq_housekeeping_main(void *arg);
+void *tq_sweeper_main(void *arg);
 
 /* Start-up: adopt this worker's containers, repair its claims that have none
  * (housekeeping.c). Returns when done or stopping. */

@@ -366,6 +366,22 @@ static int declare_queue(tq_amqp *a, const char *name, amqp_table_t args, tq_err
     return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
 }
 
+int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb)
+{
+    int rc = tq_amqp_channel(a, eb);
+    if (rc < 0)
+        return rc;
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+        a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(queue), 1 /* passive */, 0, 0, 0,
+        amqp_empty_table);
+    char what[160];
+    snprintf(what, sizeof what, "could not look up queue \"%s\"", queue);
+    if ((rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb)) != TQ_OK)
+        return rc;
+    *ready = ok ? (long long)ok->message_count : 0;
+    return TQ_OK;
+}
+
 static int bind_queue(tq_amqp *a, const char *queue, const char *exchange, const char *key,
                       tq_errbuf *eb)
 {

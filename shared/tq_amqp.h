@@ -88,6 +88,10 @@ int tq_amqp_pump(tq_amqp *a, tq_errbuf *eb);
 /* Idempotent declaration of the topology above (both producer and consumer call it). */
 int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb);
 
+/* The number of ready (not delivered) messages in `queue`, by a passive declare. Use a
+ * connection that does not consume (its deliveries would interleave with the reply). */
+int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb);
+
 /* Puts channel 1 in publisher-confirm mode (kept across channel reopens). */
 int tq_amqp_confirm_select(tq_amqp *a, tq_errbuf *eb);
 

@@ -121,6 +121,16 @@ static const opt options[] = {
     {"TRAINQ_RESTART_GRACE_SECONDS", "restart-grace-seconds", OPT_INT, OFF(restart_grace_seconds),
      "300", 0, 86400, NULL, C,
      "on a clean stop, leases of running jobs are extended this long so a restart adopts them"},
+    {"TRAINQ_STRANDED_SECONDS", "stranded-seconds", OPT_INT, OFF(stranded_seconds), "30", 1, 3600,
+     NULL, C,
+     "a queued job neither claimed, parked nor republished this long is republished by the sweeper"},
+    {"TRAINQ_MAX_HOST_RETRIES", "max-host-retries", OPT_INT, OFF(max_host_retries), "10", 1, 1000,
+     NULL, C, "times a job is given back by hosts that could not start it before it fails"},
+    {"TRAINQ_HOST_ERROR_LIMIT", "host-error-limit", OPT_INT, OFF(host_error_limit), "3", 1, 1000,
+     NULL, C, "consecutive start failures of this host before it stops consuming and is unhealthy"},
+    {"TRAINQ_HOST_PROBE_SECONDS", "host-probe-seconds", OPT_INT, OFF(host_probe_seconds), "30", 1,
+     86400, NULL, C,
+     "first wait before an unhealthy host tries one job again (doubles up to 32x on failure)"},
 };
 
 #undef P

@@ -68,6 +68,10 @@ typedef struct {
     int remove_containers;
     int sweep_seconds;
     int restart_grace_seconds;
+    int stranded_seconds;
+    int max_host_retries;
+    int host_error_limit;
+    int host_probe_seconds;
 } tq_config;
 
 /* tq_config_load results besides TQ_OK and TQ_ERR_CONFIG */

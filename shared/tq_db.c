@@ -25,12 +25,14 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
     const char *keys[64];
     const char *vals[64];
     int n = 0;
-    int has_timeout = 0;
+    int has_timeout = 0, has_options = 0;
     for (PQconninfoOption *o = opts; o->keyword && n < 56; o++) {
         if (!o->val)
             continue;
         if (strcmp(o->keyword, "connect_timeout") == 0)
             has_timeout = 1;
+        if (strcmp(o->keyword, "options") == 0)
+            has_options = 1;
         keys[n] = o->keyword;
         vals[n] = o->val;
         n++;
@@ -38,6 +40,12 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
     if (!has_timeout) {
         keys[n] = "connect_timeout";
         vals[n++] = "5";
+    }
+    if (!has_options) {
+        /* No statement or lock wait may hold a thread forever (a lease renewal, a request):
+         * both end in a soft error that the caller retries (tq_db_check). */
+        keys[n] = "options";
+        vals[n++] = TQ_DB_DEFAULT_OPTIONS;
     }
     keys[n] = "application_name";
     vals[n++] = app;
@@ -103,7 +111,9 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
 
     if (PQstatus(c) != CONNECTION_OK || !state)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+    /* serialization failure, deadlock, lock_timeout, statement_timeout: soft, retry */
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+        strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
         return tq_errf(eb, TQ_ERR_DB_RETRY, "transaction must be retried: %s", msg);
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);

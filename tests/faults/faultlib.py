@@ -20,6 +20,10 @@ watcher's samples) plus the consumers' own logs:
               and failed jobs with no error_message
   stuck       active jobs whose lease expired more than a lease ago, messages left in
               trainq.jobs, unpublished outbox rows, accepted jobs still queued
+  stranded    sampled during the scenario (StrandWatcher): a queued job that for longer than
+              STRANDED_BOUND was neither in the queue (trainq.jobs had no ready message),
+              nor parked behind a user at the limit, nor on its way (outbox row unpublished
+              or published within the bound) — the sweeper must republish such a job first
 
 Only this suite's users, workers and containers are looked at, so leftovers of other tests
 in the same database do not count. Tests import this module; it is not a test itself.
@@ -59,6 +63,10 @@ DURATIONS = (1.0, 2.0, 3.0, 1.5)
 USER_PATTERN = (0, 1, 0, 2, 0, 1, 0, 3)
 SUBMIT_INTERVAL = 0.1  # seconds between submissions: ~3 s of submitting, so jobs queue up
                        # behind the 4 slots and users sit at their limit (parking, releases)
+STRANDED = 5  # TRAINQ_STRANDED_SECONDS of the fleet's consumers
+# How long a job may look stranded before it counts: the sweeper's threshold, one sweep, the
+# dispatcher's queue-depth reading (every 2 s) and the release's way through outbox and relay.
+STRANDED_BOUND = STRANDED + SWEEP + 2 + 5
 SETTLE_TIMEOUT = float(os.environ.get("TQ_FAULT_SETTLE_SECONDS", "120"))
 TERMINAL = ("completed", "failed", "cancelled")
 ACTIVE = ("pending", "running")
@@ -288,6 +296,64 @@ class DockerWatcher(threading.Thread):
         self.join(15)
 
 
+class StrandWatcher(threading.Thread):
+    """Samples the "never stranded" invariant twice a second (module doc). A job counts once
+    it has looked stranded in every sample for longer than STRANDED_BOUND; samples taken while
+    Postgres or RabbitMQ do not answer are skipped (nothing can move then)."""
+
+    # queued, and neither waiting behind its user's limit nor on its way through the outbox
+    SQL = ("SELECT j.id::text FROM training_jobs j WHERE j.user_id = ANY({users})"
+           " AND j.status = 'queued'"
+           " AND NOT (j.parked_at IS NOT NULL AND (SELECT count(*) FROM training_jobs a"
+           "          WHERE a.user_id = j.user_id AND a.status IN ('pending', 'running'))"
+           "          >= tq_user_max_active(j.user_id))"
+           " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id"
+           "     AND (o.published_at IS NULL OR o.published_at > now() - make_interval(secs => {b})))"
+           " AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id"
+           "     AND e.at > now() - make_interval(secs => {b}))")
+
+    def __init__(self, users, interval=0.5):
+        super().__init__(daemon=True)
+        self.users = users
+        self.interval = interval
+        self.stop_ev = threading.Event()
+        self.pg = Pg()
+        self.since = {}      # job -> monotonic time it was first seen stranded (in a row)
+        self.stranded = {}   # job -> seconds it stayed stranded (worst seen), once over bound
+        self.samples = 0
+        self.lock = threading.Lock()
+
+    def sample(self):
+        if h.queue_depth() != 0:
+            self.since.clear()  # it may be in the queue: nothing can be said
+            return
+        rows = self.pg.rows(self.SQL.format(users=qlist(self.users), b=STRANDED_BOUND))
+        now = time.monotonic()
+        seen = {r["id"] for r in rows}
+        for j in list(self.since):
+            if j not in seen:
+                del self.since[j]
+        with self.lock:
+            self.samples += 1
+            for j in seen:
+                t = now - self.since.setdefault(j, now)
+                if t > STRANDED_BOUND:
+                    self.stranded[j] = max(self.stranded.get(j, 0), t)
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            try:
+                self.sample()
+            except Exception:  # a service restarting: nothing moves, the next sample counts
+                self.since.clear()
+            self.stop_ev.wait(self.interval)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(15)
+        self.pg.close()
+
+
 # ---------------------------------------------------------------- submissions
 
 class Submitter(threading.Thread):
@@ -479,13 +545,15 @@ class Fleet:
             "TRAINQ_LEASE_SECONDS": LEASE,
             "TRAINQ_SWEEP_SECONDS": SWEEP,
             "TRAINQ_STOP_GRACE_SECONDS": 2,
+            "TRAINQ_STRANDED_SECONDS": STRANDED,
             "TRAINQ_LOG_LEVEL": "info",
         }
 
-    def start_consumer(self, wid, wait_ready=True):
+    def start_consumer(self, wid, wait_ready=True, **extra):
         n = sum(1 for p in self.procs if p.env.get("TRAINQ_WORKER_ID") == wid)
-        p = h.Program("consumer/trainq-consumer", env=self.consumer_env(wid),
-                      name=f"consumer-{wid}-{n}")
+        env = self.consumer_env(wid)
+        env.update(extra)
+        p = h.Program("consumer/trainq-consumer", env=env, name=f"consumer-{wid}-{n}")
         p.start()
         self.procs.append(p)
         self.consumers[wid] = p
@@ -505,6 +573,8 @@ class Fleet:
         self.start_consumer(self.worker_id("b"))
         self.watcher = DockerWatcher(self.users)
         self.watcher.start()
+        self.strands = StrandWatcher(self.users)
+        self.strands.start()
         self.submitter = Submitter(self)
         self.t0 = time.monotonic()
         self.submitter.start()
@@ -737,6 +807,14 @@ class Fleet:
                             "deliveries 20 s after every job ended; holders:\n"
                             + self.unacked_holders())
 
+        self.strands.stop()
+        with self.strands.lock:
+            stranded = dict(self.strands.stranded)
+            strand_samples = self.strands.samples
+        for j, t in sorted(stranded.items()):
+            problems.append(f"stranded: job {j} was queued, not in the queue, not parked and "
+                            f"not republished for {t:.1f} s (bound {STRANDED_BOUND} s)")
+
         lost = len(missing) + len(unsettled)
         doubles = audit_doubles + docker_doubles + claim_doubles
         return {
@@ -750,6 +828,8 @@ class Fleet:
             "recovered": recovered,
             "unreasoned": unreasoned,
             "stuck": stuck,
+            "stranded": len(stranded),
+            "strand_samples": strand_samples,
             "audit_breaks": chain_breaks,
             "retried_submits": sub.retries,
             "rejected": len(sub.rejected),
@@ -763,8 +843,8 @@ class Fleet:
 
     def summary(self, figures):
         secs = time.monotonic() - self.t0
-        keys = ("accepted", "completed", "failed", "lost", "doubles", "violations", "recovered",
-                "unreasoned", "stuck", "retried_submits", "max_active")
+        keys = ("accepted", "completed", "failed", "lost", "doubles", "violations", "stranded",
+                "recovered", "unreasoned", "stuck", "retried_submits", "max_active")
         line = f"fault scenario={self.scenario} " + " ".join(
             f"{k}={figures[k]}" for k in keys) + f" seconds={secs:.1f}"
         counts = {}
@@ -798,7 +878,9 @@ class Fleet:
     EVIDENCE = {"adopt.container": "adopted", "adopt.repaired": "repaired",
                 "job.lease_lost": "lease_lost", "job.fenced": "fenced",
                 "job.parked": "parked", "job.duplicate": "duplicates",
-                "job.requeued": "requeued", "job.interrupted": "interrupted"}
+                "job.requeued": "requeued", "job.interrupted": "interrupted",
+                "job.claim_retry": "claim_retried", "job.claim_deferred": "claim_deferred",
+                "sweeper.released": "sweeps_releasing", "host.unhealthy": "host_unhealthy"}
 
     # ------------------------------------------------------------ cleanup
 
@@ -811,9 +893,9 @@ class Fleet:
             self.submitter.stop_ev.set()
         except AttributeError:
             pass
-        w = getattr(self, "watcher", None)
-        if w:
-            w.stop()
+        for w in (getattr(self, "watcher", None), getattr(self, "strands", None)):
+            if w:
+                w.stop()
         for p in self.procs:
             if p.running():
                 try:
@@ -910,6 +992,9 @@ class FaultCase(unittest.TestCase):
         self.assertEqual(figures["unreasoned"], 0,
                          f"{name}: recovered/failed jobs without a reason:\n{detail}")
         self.assertEqual(figures["stuck"], 0, f"{name}: something stuck:\n{detail}")
+        self.assertEqual(figures["stranded"], 0, f"{name}: a valid job was stranded:\n{detail}")
+        self.assertGreater(figures["strand_samples"], 0,
+                           f"{name}: the never-stranded invariant was never sampled")
         self.assertEqual(figures["audit_breaks"], 0, f"{name}: job_events chain broken:\n{detail}")
         # Every trainer here exits 0 and each scenario is one transient fault, well within
         # max_attempts (3): a failed job means the system gave a job up for a fault it was

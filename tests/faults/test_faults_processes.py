@@ -134,6 +134,25 @@ class ProcessFaults(fl.FaultCase):
         self.assertTrue(any("stopped renewing its lease" in r for r in reasons),
                         f"no recovery names the expired lease: {reasons}")
 
+    def test_6_broken_host(self):
+        """A third consumer joins whose training image is missing (a broken host). It fails
+        no job: each one it takes is given back and runs elsewhere; after 2 failed launches
+        in a row it stops consuming and /healthz says why."""
+        def fault(f):
+            wid = f.worker_id("c")
+            p = f.start_consumer(wid, TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1",
+                                 TRAINQ_HOST_ERROR_LIMIT=2, TRAINQ_HOST_PROBE_SECONDS=600)
+            p.wait_event("host.unhealthy", timeout=90)
+            f.notes.append("broken=consumer-c")
+            port = p.wait_event("consumer.starting")["metrics_port"]
+            st = h.http_once(port, "GET", "/healthz")
+            self.assertEqual(st.status, 503, "the broken host must report unhealthy")
+        figures = self.run_scenario("broken-host", fault)
+        broken = [p for p in self.fleet.procs if "consumer-fault-c-" in p.name]
+        self.assertTrue(broken and not any(p.events("job.started") for p in broken),
+                        "the broken host started a job")
+        self.assertEqual(figures["failed"], 0)
+
 
 if __name__ == "__main__":
     unittest.main()

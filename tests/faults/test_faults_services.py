@@ -1,6 +1,7 @@
 """Fault scenarios that restart the services under load (see README.md): RabbitMQ,
 Postgres and dockerd, each with `scripts/services.sh restart <service>` mid-load."""
 
+import json
 import time
 import unittest
 
@@ -65,6 +66,30 @@ class ServiceFaults(fl.FaultCase):
         # A quarter of the jobs train for 12 s, so containers are still running when the
         # leases are found expired (the other datasets keep their 1-3 s).
         self.run_scenario("postgres-outage-over-lease", fault, durations=(1.0, 2.0, 12.0, 1.5))
+
+    def test_5_postgres_sessions_cut(self):
+        """Every session of trainq's role is cut, six times a second apart, mid-load (a
+        failover, a pooler restart): more times than the queue's delivery limit (5). Claims
+        retry on a fresh connection, deliveries that still cannot be claimed are given back
+        without spending their delivery count, and no valid job is dead-lettered or
+        stranded."""
+        def fault(f):
+            f.wait_accepted(8)
+            cut = 0
+            for _ in range(6):
+                out = tqenv.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                 " WHERE usename = 'trainq' AND pid <> pg_backend_pid()",
+                                 superuser=True)
+                cut += int(out or 0)
+                time.sleep(1)
+            f.pg.close()
+            f.notes.append(f"sessions_cut={cut}")
+        self.run_scenario("postgres-sessions-cut", fault)
+        dead = [json.loads(b) for _, b in h.get_messages(
+            "trainq.jobs.dead", want=lambda m: False, timeout=1, ack=False)]
+        users = set(self.fleet.users)
+        self.assertEqual([m for m in dead if m.get("user_id") in users], [],
+                         "a valid job of the scenario was dead-lettered")
 
     def test_3_dockerd_restart(self):
         """dockerd restarts while containers run (without live-restore it stops them): the

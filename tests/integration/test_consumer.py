@@ -323,15 +323,6 @@ class TestOutcomes(ConsumerCase):
                    if e["job_id"] == first and e["to_status"] == "cancelled"]
         self.assertEqual(reasons, ["cancelled by user"])
 
-    def test_missing_image_fails_with_clear_reason(self):
-        u = self.user("noimg")
-        m = self.message(u, self.dataset(u))
-        self.consumer(f"noimg-{run_id()}", TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1")
-        self.publish(m)
-        j = self.wait_status(m["job_id"], TERMINAL)
-        self.assertEqual(j["status"], "failed")
-        self.assertIn('training image "trainq-no-such-image:1" not found', j["error_message"])
-
     def test_overrunning_job_is_stopped_and_failed(self):
         u = self.user("overrun")
         m = self.message(u, self.dataset(u, duration=60))

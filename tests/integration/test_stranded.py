@@ -1,0 +1,271 @@
+"""Nothing stranded, nothing failed by a broken host: trainq-consumer against the real
+Postgres, RabbitMQ and dockerd.
+
+Each test makes the fault happen for real (sessions cut, connections refused, a message
+lost from the queue, an image missing, a container name squatted, a user's lock held) and
+checks the outcome from the job rows, the audit table and the consumer's own log events.
+"""
+
+import json
+import subprocess
+import time
+import unittest
+import urllib.request
+import uuid
+
+import tqenv
+import tqharness as h
+from test_consumer import TERMINAL, ConsumerCase, run_id
+
+
+def metrics(p):
+    port = p.wait_event("consumer.starting")["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def healthz(p):
+    port = p.wait_event("consumer.starting")["metrics_port"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class TestNeverStranded(ConsumerCase):
+
+    def terminate_sessions(self, app_like):
+        return tqenv.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                          "WHERE application_name LIKE :'a'", superuser=True,
+                          variables={"a": app_like})
+
+    def test_sessions_cut_while_idle_cost_the_delivery_nothing(self):
+        """All of the dispatcher's sessions are cut while it is idle: the next claim fails on
+        the dead connection and is retried on a fresh one at once, not nacked back."""
+        u = self.user("cut")
+        c = self.consumer(f"cut-{run_id()}")
+        warm = self.message(u, self.dataset(u, duration=0.2))
+        self.publish(warm)
+        self.wait_status(warm["job_id"], "completed")
+        self.assertEqual(self.terminate_sessions("trainq-consumer"), "1")
+        m = self.message(u, self.dataset(u, duration=0.2))
+        self.publish(m)
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
+        self.assertTrue(c.events("job.claim_retry"), "the claim was not retried")
+        self.assertEqual(c.events("job.claim_deferred"), [],
+                         "a blip of Postgres must not give the delivery back")
+
+    def test_postgres_refusing_connections_never_spends_the_delivery_limit(self):
+        """The dispatcher cannot reach Postgres for longer than its retries: the delivery is
+        given back as a confirmed copy (no delivery count spent) as often as it takes. More
+        give-backs than the queue's delivery limit (5) must still end with the job run, not
+        dead-lettered."""
+        u = self.user("refuse")
+        c = self.consumer(f"refuse-{run_id()}")
+        warm = self.message(u, self.dataset(u, duration=0.2))
+        self.publish(warm)
+        self.wait_status(warm["job_id"], "completed")
+        m = self.message(u, self.dataset(u, duration=0.2))
+        tqenv.psql("ALTER ROLE trainq CONNECTION LIMIT 0", superuser=True)
+        try:
+            self.terminate_sessions("trainq-consumer")
+            self.publish(m)
+            h.wait_until(lambda: len(c.events("job.claim_deferred")) >= 6, timeout=90,
+                         interval=0.5, what="six deferrals of the delivery")
+        finally:
+            tqenv.psql("ALTER ROLE trainq CONNECTION LIMIT -1", superuser=True)
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=60)["status"],
+                         "completed")
+        self.assertEqual(h.queue_depth("trainq.jobs.dead"), 0,
+                         "a valid job reached the dead-letter queue")
+
+    def test_a_job_whose_message_left_the_queue_is_republished(self):
+        """The row and its published outbox entry say the job is queued, but its message is
+        gone (dead-lettered, purged, lost with a broker's disk): the sweeper republishes it
+        within TRAINQ_STRANDED_SECONDS and it runs."""
+        u = self.user("lost")
+        m = self.message(u, self.dataset(u, duration=0.2))
+        self.insert_job(m, -60000)
+        tqenv.psql("INSERT INTO outbox (job_id, routing_key, payload, published_at) "
+                   "VALUES (:'id', 'lora', '{}', now() - interval '1 minute')",
+                   variables={"id": m["job_id"]})
+        t0 = time.monotonic()
+        c = self.consumer(f"lost-{run_id()}", TRAINQ_STRANDED_SECONDS=2)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual(j["status"], "completed")
+        self.assertLess(time.monotonic() - t0, 20)
+        c.wait_event("sweeper.released", timeout=5)
+
+    def test_the_newest_jobs_behind_a_backlog_are_left_alone(self):
+        """As many of the newest unclaimed jobs as there are ready messages in the queue may
+        still be waiting there: the stranded repair leaves them alone (no copies)."""
+        u = self.user("backlog")
+        ds = self.dataset(u, duration=0.2)
+        old, new = self.message(u, ds), self.message(u, ds)
+        self.insert_job(old, -120000)
+        self.insert_job(new, -60000)
+        for j in (old, new):
+            tqenv.psql("INSERT INTO outbox (job_id, routing_key, payload, published_at) "
+                       "VALUES (:'id', 'lora', '{}', now() - interval '2 minutes')",
+                       variables={"id": j["job_id"]})
+        # one ready message in the queue (another user's, for a dataset nobody can run
+        # here: no consumer takes it during the test)
+        other = self.user("backlog-other")
+        self.publish(self.message(other, self.dataset(other)), routing_key="lora")
+        tqenv.psql("SELECT tq_sweep(1, 1)")
+        rows = {r["id"]: r for r in (self.job(old["job_id"]), self.job(new["job_id"]))}
+        self.assertIsNotNone(rows[old["job_id"]]["parked_at"], "the old job was not repaired")
+        self.assertIsNone(rows[new["job_id"]]["parked_at"],
+                          "the newest job may still be in the queue: no copy")
+
+    def test_a_consumed_release_does_not_throttle_the_next_one(self):
+        """A release whose message finds the user at the limit again is used up: the next
+        release must go out at once, not wait for the sweeper's throttle."""
+        u = self.user("rel")
+        tqenv.psql("INSERT INTO user_limits (user_id, max_active) VALUES (:'u', 1)",
+                   variables={"u": u})
+        a = self.message(u, self.dataset(u, duration=30))
+        x = self.message(u, self.dataset(u, duration=0.2))
+        c = self.consumer(f"rel-{run_id()}", TRAINQ_SWEEP_SECONDS=600)
+        self.publish(a)
+        self.wait_status(a["job_id"], "running")
+        self.insert_job(x, 0)
+        # x was released (its message is on the way) while a is still active
+        tqenv.psql("UPDATE training_jobs SET parked_at = now(), released_at = now() "
+                   "WHERE id = :'id'", variables={"id": x["job_id"]})
+        self.publish(x)
+        c.wait_event("job.parked", timeout=20)
+        j = self.job(x["job_id"])
+        self.assertIsNotNone(j["parked_at"])
+        self.assertIsNone(j["released_at"], "the consumed release still throttles the next")
+        tqenv.psql("UPDATE training_jobs SET cancel_requested_at = now() WHERE id = :'id'",
+                   variables={"id": a["job_id"]})
+        self.wait_status(a["job_id"], "cancelled", timeout=20)
+        self.assertEqual(self.wait_status(x["job_id"], TERMINAL, timeout=20)["status"],
+                         "completed")
+
+    def test_a_slow_sweep_never_delays_the_lease_renewal(self):
+        """Another session holds a user's lock, so the sweeper's release for that user waits
+        (until lock_timeout). The worker's own heartbeat runs on another connection: the
+        running job's lease keeps being renewed, and the sweeper's wait ends in an error."""
+        u1, u2 = self.user("lease"), self.user("slow")
+        m = self.message(u1, self.dataset(u1, duration=20))
+        parked = self.message(u2, self.dataset(u2))
+        self.insert_job(parked, -1000)
+        tqenv.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
+                   variables={"id": parked["job_id"]})
+        holder = subprocess.Popen(
+            ["psql", "-X", "-q", "-d", tqenv.DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-c",
+             f"SELECT pg_advisory_lock(7411, hashtext('{u2}')), pg_sleep(13)"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            c = self.consumer(f"lease-{run_id()}", TRAINQ_LEASE_SECONDS=4,
+                              TRAINQ_HEARTBEAT_SECONDS=1, TRAINQ_SWEEP_SECONDS=1)
+            self.publish(m)
+            self.wait_status(m["job_id"], "running")
+            worst = None
+            for _ in range(20):
+                left = float(tqenv.psql(
+                    "SELECT extract(epoch FROM lease_expires_at - now()) FROM training_jobs "
+                    "WHERE id = :'id'", variables={"id": m["job_id"]}))
+                worst = left if worst is None else min(worst, left)
+                time.sleep(0.5)
+            self.assertGreater(worst, 1.0, "the lease was not renewed while the sweep waited")
+            c.wait_event("sweeper.failed", lambda e: "lock timeout" in e.get("msg", ""),
+                         timeout=15)
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+class TestBrokenHost(ConsumerCase):
+
+    def test_a_broken_host_gives_jobs_back_and_a_healthy_one_runs_them(self):
+        """A consumer whose training image is missing fails no job: it gives each back, stops
+        consuming after TRAINQ_HOST_ERROR_LIMIT failures in a row and reports unhealthy;
+        every job completes on the healthy consumer beside it."""
+        users = [self.user(f"bh{i}") for i in range(3)]
+        msgs = [self.message(u, self.dataset(u, duration=0.2)) for u in users for _ in range(2)]
+        broken = self.consumer(f"broken-{run_id()}", slots=1,
+                               TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1",
+                               TRAINQ_HOST_ERROR_LIMIT=2, TRAINQ_HOST_PROBE_SECONDS=600)
+        self.publish(*msgs)
+        broken.wait_event("host.unhealthy", timeout=30)
+        self.consumer(f"healthy-{run_id()}", slots=2)
+        for m in msgs:
+            self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=60)["status"],
+                             "completed")
+        status, body = healthz(broken)
+        self.assertEqual(status, 503)
+        self.assertIn("host cannot start jobs", body)
+        self.assertIn("trainq-no-such-image:1", body)
+        mx = metrics(broken)
+        self.assertEqual(mx["trainq_consumer_host_healthy"], 0)
+        self.assertEqual(mx["trainq_consumer_host_errors_total"], 2)
+        self.assertEqual(mx.get("trainq_consumer_jobs_failed_total", 0), 0)
+        given_back = [e for e in self.events(users)
+                      if e["from_status"] == "pending" and e["to_status"] == "queued"]
+        self.assertEqual(len(given_back), 2, given_back)
+        self.assertTrue(all("not found on worker" in e["reason"] for e in given_back))
+
+    def test_a_job_no_host_can_start_fails_after_max_host_retries(self):
+        u = self.user("noimg")
+        m = self.message(u, self.dataset(u))
+        self.consumer(f"noimg-{run_id()}", TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1",
+                      TRAINQ_MAX_HOST_RETRIES=2, TRAINQ_HOST_ERROR_LIMIT=100)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertIn('training image "trainq-no-such-image:1" not found', j["error_message"])
+        self.assertIn("no worker could start it (2 tries)", j["error_message"])
+        self.assertEqual(j["attempts"], 0, "a launch that never started is not an attempt")
+
+    def test_a_squatted_container_name_is_tried_again_later_not_failed(self):
+        """The name training-<job> is taken by a container that is not this job's (409 on
+        create, TQ_ERR_CONFLICT): the job is given back, and runs once the name is free."""
+        u = self.user("squat")
+        m = self.message(u, self.dataset(u, duration=0.2))
+        st, made = tqenv.docker("POST", f"/containers/create?name=training-{m['job_id']}",
+                                {"Image": tqenv.TRAINING_IMAGE, "Cmd": ["true"]})
+        self.assertEqual(st, 201, made)
+        c = self.consumer(f"squat-{run_id()}")
+        try:
+            self.publish(m)
+            c.wait_event("job.requeued", timeout=30)
+            self.assertNotEqual(self.job(m["job_id"])["status"], "failed")
+        finally:
+            tqenv.remove_container(made["Id"])
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=60)["status"],
+                         "completed")
+        self.assertEqual(c.events("host.unhealthy"), [])
+
+    def test_a_job_cancelled_while_pending_is_not_requeued(self):
+        """tq_give_back on a claim whose cancellation was requested meanwhile completes the
+        cancellation instead of queueing a job nobody wants."""
+        u = self.user("cxl")
+        m = self.message(u, self.dataset(u))
+        self.insert_job(m, 0)
+        tqenv.psql("UPDATE training_jobs SET status = 'pending', worker_id = 'w-cxl', "
+                   "fencing_token = 7, cancel_requested_at = now() WHERE id = :'id'",
+                   variables={"id": m["job_id"]})
+        out = tqenv.psql("SELECT tq_give_back(:'id', 7, 'docker unavailable', 10)",
+                         variables={"id": m["job_id"]})
+        self.assertEqual(out, "cancelled")
+        j = self.job(m["job_id"])
+        self.assertEqual((j["status"], j["parked_at"]), ("cancelled", None))
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+                                    variables={"id": m["job_id"]}), "0")
+        # fenced: a stale token changes nothing
+        self.assertEqual(tqenv.psql("SELECT tq_give_back(:'id', 6, 'x', 10)",
+                                    variables={"id": m["job_id"]}), "fenced")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -586,6 +586,43 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
                            token=h.mint(new_user(), SECRET))
         self.assertEqual(r.status, 404)
 
+    def test_cancel_takes_the_users_lock_before_the_row_so_it_cannot_deadlock_with_a_claim(self):
+        # Session A plays the consumer's claim: the user's advisory lock, then the job's row.
+        # The cancel runs while A holds the user's lock. Locking the row first and then
+        # meeting the status guard's user lock, the cancel would hold the row A waits for
+        # while waiting for A: a deadlock, which A (the shorter deadlock_timeout) detects.
+        ds = add_dataset(self.user)
+        job_id = self.submit_job(ds)
+        a = h.PsqlSession(superuser=True)
+        try:
+            a.run("SET deadlock_timeout = '100ms'")
+            a.run("BEGIN")
+            a.run(f"SELECT pg_advisory_xact_lock(7411, hashtext('{self.user}'))")
+            waiting_before = h.lock_waiters()
+            result = {}
+
+            def cancel():
+                c = h.Http(self.port)
+                try:
+                    result["r"] = c.request("POST", f"/api/training/jobs/{job_id}/cancel",
+                                            token=self.token)
+                finally:
+                    c.close()
+
+            t = threading.Thread(target=cancel)
+            t.start()
+            h.wait_until(lambda: h.lock_waiters() > waiting_before, timeout=20,
+                         what="the cancel waiting for a lock")
+            claimed = a.run(f"SELECT status FROM training_jobs WHERE id = '{job_id}' FOR UPDATE")
+            committed = a.run("COMMIT")
+            t.join(timeout=30)
+        finally:
+            a.close()
+        self.assertNotIn("deadlock", claimed + committed)
+        self.assertEqual(claimed, "queued")
+        self.assertEqual(result["r"].status, 200, result["r"])
+        self.assertEqual(result["r"].json["status"], "cancelled")
+
     def test_events_record_every_transition_with_its_reason(self):
         ds = add_dataset(self.user)
         job_id = self.submit_job(ds)

@@ -392,6 +392,59 @@ def queue_depth(queue="trainq.jobs"):
         conn.close()
 
 
+# ---------------------------------------------------------------- a held-open psql session
+
+class PsqlSession:
+    """One psql process kept open, driven through stdin, so a test holds a transaction (and
+    its locks) while the system under test runs. superuser=True connects as postgres (e.g.
+    to SET deadlock_timeout). stderr is merged into the output, so an ERROR is part of what
+    run()/wait() return.
+
+        s = PsqlSession(); s.run("BEGIN"); s.send("SELECT ... FOR UPDATE"); ...; s.wait()
+    """
+
+    MARK = "__tq_psql_done__"
+
+    def __init__(self, superuser=False):
+        cmd = (["bash", tqenv.SERVICES, "psql"] if superuser
+               else ["psql", "-X", "-d", tqenv.DATABASE_URL])
+        self.proc = subprocess.Popen(cmd + ["-q", "-A", "-t"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+
+    def send(self, sql):
+        """Sends one statement (no trailing semicolon needed) without waiting for it."""
+        self.proc.stdin.write(sql.rstrip().rstrip(";") + ";\n\\echo " + self.MARK + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self):
+        """The output of the statement sent last, once it finished (blocks until then)."""
+        out = []
+        for line in self.proc.stdout:
+            if line.rstrip("\n") == self.MARK:
+                return "\n".join(out)
+            out.append(line.rstrip("\n"))
+        raise AssertionError("psql session ended: " + "\n".join(out))
+
+    def run(self, sql):
+        self.send(sql)
+        return self.wait()
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def lock_waiters():
+    """How many lock requests in the database are waiting (not granted)."""
+    return int(psql("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+
 # ---------------------------------------------------------------- waiting
 
 def wait_until(pred, timeout=20.0, interval=0.1, what="condition"):

@@ -257,11 +257,11 @@ int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
         return fail(c, rc);
     /* The reason is set for this transaction only, with the update. */
     rc = tq_db_exec(c,
-                        "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
-                        "UPDATE training_jobs SET status = 'running', container_id = $3, "
-                        "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
-                        "AND status = 'pending'",
-                        4, p, &r, eb);
+                    "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
+                    "UPDATE training_jobs SET status = 'running', container_id = $3, "
+                    "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
+                    "AND status = 'pending'",
+                    4, p, &r, eb);
     if (rc)
         return fail(c, rc);
     int n = (int)strtol(PQcmdTuples(r), NULL, 10);

@@ -488,9 +488,9 @@ static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
     if (rc != TQ_OK)
         return rc;
     rc = exec(t,
-                  "SELECT status FROM training_jobs WHERE id = $1::uuid AND user_id = $2"
-                  " FOR UPDATE",
-                  2, p, &res, eb);
+              "SELECT status FROM training_jobs WHERE id = $1::uuid AND user_id = $2"
+              " FOR UPDATE",
+              2, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(res) == 0)

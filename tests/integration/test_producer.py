@@ -713,9 +713,30 @@ class ProducerConfigTest(unittest.TestCase, DocChecks):
         self.assertEqual(h.http_once(p.port, "GET", "/api/training/jobs", token=ok).status, 200)
         for tok in (h.mint(user, SECRET, aud="other", iss="https://iss.example"),
                     h.mint(user, SECRET, aud="authenticated", iss="https://evil.example"),
-                    h.mint(user, SECRET)):
+                    h.mint(user, SECRET, aud=None, iss="https://iss.example")):
             self.assertEqual(h.http_once(p.port, "GET", "/api/training/jobs", token=tok).status,
                              401)
+
+    def test_audience_authenticated_is_required_by_default_and_dash_accepts_any(self):
+        user = new_user()
+        p = self.start()  # TRAINQ_JWT_AUDIENCE unset
+        for aud, want in (("authenticated", 200), (["anon", "authenticated"], 200),
+                          (None, 401), ("anon", 401), ("service_role", 401)):
+            with self.subTest(aud=aud):
+                tok = h.mint(user, SECRET, aud=aud)
+                self.assertEqual(
+                    h.http_once(p.port, "GET", "/api/training/jobs", token=tok).status, want)
+        any_aud = self.start(TRAINQ_JWT_AUDIENCE="-")
+        for aud in (None, "anon", "authenticated"):
+            with self.subTest(any_aud=aud):
+                tok = h.mint(user, SECRET, aud=aud)
+                self.assertEqual(
+                    h.http_once(any_aud.port, "GET", "/api/training/jobs", token=tok).status, 200)
+        empty = h.Program(PRODUCER, env=producer_env(TRAINQ_JWT_AUDIENCE="")).start()
+        self.procs.append(empty)
+        empty.proc.wait(30)
+        self.assertEqual(empty.proc.returncode, 2)
+        self.assertIn("audience", empty.stderr_text())
 
     def test_cors_allow_list_echoes_listed_origins_only(self):
         p = self.start(TRAINQ_CORS_ORIGINS="https://app.example, https://admin.example")

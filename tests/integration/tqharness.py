@@ -280,20 +280,27 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+# Supabase's user tokens carry aud "authenticated", which the producer requires by default.
+AUDIENCE = "authenticated"
+
+
 def mint(sub, key, alg="HS256", exp_in=600, headers=None, **claims):
-    """A JWT from PyJWT (an implementation independent of ours). exp_in=None: no exp."""
+    """A JWT from PyJWT (an implementation independent of ours), with aud AUDIENCE unless
+    claims say otherwise (aud=None: no aud claim). exp_in=None: no exp."""
     import jwt  # python3-jwt
-    payload = {"sub": sub, "iat": int(time.time())}
+    payload = {"sub": sub, "iat": int(time.time()), "aud": AUDIENCE}
     if exp_in is not None:
         payload["exp"] = int(time.time()) + exp_in
     payload.update(claims)
+    payload = {k: v for k, v in payload.items() if not (k == "aud" and v is None)}
     return jwt.encode(payload, key, algorithm=alg, headers=headers)
 
 
 def mint_none(sub, exp_in=600):
     """An unsigned token (alg none), built by hand: PyJWT refuses to help with this."""
     header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in}).encode())
+    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in,
+                                 "aud": AUDIENCE}).encode())
     return f"{header}.{payload}."
 
 
@@ -302,7 +309,8 @@ def mint_hs_raw(sub, secret_bytes, alg="HS256", exp_in=600):
     the HS/RS confusion attack, which PyJWT itself refuses to produce)."""
     digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
     header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in}).encode())
+    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in,
+                                 "aud": AUDIENCE}).encode())
     signing_input = f"{header}.{payload}".encode()
     sig = hmac.new(secret_bytes, signing_input, digest).digest()
     return f"{header}.{payload}.{b64url(sig)}"

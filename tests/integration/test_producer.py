@@ -733,10 +733,12 @@ class ProducerConfigTest(unittest.TestCase, DocChecks):
                 self.assertEqual(
                     h.http_once(any_aud.port, "GET", "/api/training/jobs", token=tok).status, 200)
         empty = h.Program(PRODUCER, env=producer_env(TRAINQ_JWT_AUDIENCE="")).start()
-        self.procs.append(empty)
-        empty.proc.wait(30)
-        self.assertEqual(empty.proc.returncode, 2)
-        self.assertIn("audience", empty.stderr_text())
+        try:
+            empty.proc.wait(30)
+            self.assertEqual(empty.proc.returncode, 2)
+            self.assertIn("audience", empty.stderr_text())
+        finally:
+            empty.cleanup()
 
     def test_cors_allow_list_echoes_listed_origins_only(self):
         p = self.start(TRAINQ_CORS_ORIGINS="https://app.example, https://admin.example")

@@ -582,13 +582,28 @@ static void sub_must_be_a_short_visible_string(void **state)
     free(t);
 }
 
+/* HS256 tokens of user "u" with these claims: refused with msg, or accepted when it is NULL. */
+typedef struct {
+    const char *claims;
+    const char *msg;
+} claims_case;
+
+static void expect_claims(fixture *fx, const claims_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *t = mint_hs(SECRET, cases[i].claims);
+        if (cases[i].msg)
+            expect_reject(fx, t, NOW, cases[i].msg);
+        else
+            expect_accept(fx, t, NOW, "u");
+        free(t);
+    }
+}
+
 static void audience_and_issuer_are_checked_when_configured(void **state)
 {
     fixture *fx = *state;
-    static const struct {
-        const char *claims;
-        const char *msg; /* NULL = accepted */
-    } cases[] = {
+    static const claims_case cases[] = {
         {"{\"sub\":\"u\",\"exp\":1700003600,\"iss\":\"https://example.supabase.co/auth/v1\","
          "\"aud\":\"authenticated\"}",
          NULL},
@@ -611,14 +626,7 @@ static void audience_and_issuer_are_checked_when_configured(void **state)
          "token issuer is not accepted"},
         {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"authenticated\"}", "token has no iss claim"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *t = mint_hs(SECRET, cases[i].claims);
-        if (cases[i].msg)
-            expect_reject(fx, t, NOW, cases[i].msg);
-        else
-            expect_accept(fx, t, NOW, "u");
-        free(t);
-    }
+    expect_claims(fx, cases, sizeof cases / sizeof cases[0]);
 }
 
 /* With no audience configured, `aud` must be (or contain) "authenticated", as Supabase's user
@@ -627,9 +635,7 @@ static void audience_and_issuer_are_checked_when_configured(void **state)
 static void audience_authenticated_is_required_by_default(void **state)
 {
     fixture *fx = *state;
-    static const struct {
-        const char *claims, *msg; /* msg NULL: accepted */
-    } cases[] = {
+    static const claims_case cases[] = {
         {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"authenticated\"}", NULL},
         {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":[\"anon\",\"authenticated\"]}", NULL},
         {"{\"sub\":\"u\",\"exp\":1700003600}", "token has no aud claim"},
@@ -638,14 +644,7 @@ static void audience_authenticated_is_required_by_default(void **state)
          "token audience is not accepted"},
         {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":[\"anon\"]}", "token audience is not accepted"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *t = mint_hs(SECRET, cases[i].claims);
-        if (cases[i].msg)
-            expect_reject(fx, t, NOW, cases[i].msg);
-        else
-            expect_accept(fx, t, NOW, "u");
-        free(t);
-    }
+    expect_claims(fx, cases, sizeof cases / sizeof cases[0]);
 }
 
 static int setup_hs_any_audience(void **state)

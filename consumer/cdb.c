@@ -29,6 +29,20 @@ static int fail_queued(PGconn *c, const char *job_id, const char *why, tq_errbuf
                       2, p, NULL, eb);
 }
 
+/* Takes the job's user's advisory lock, the first lock of every transaction that changes a
+ * job's status (see tq_cdb_claim; the status guard trigger takes the same lock, and a
+ * transaction that reaches it holding the job's row lock deadlocks with one that holds the
+ * user's lock and waits for that row, e.g. the producer's cancel). A plain read of user_id
+ * takes no row lock, and a job's user never changes. */
+static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
+{
+    const char *p[1] = {job_id};
+    return tq_db_exec(c,
+                      "SELECT pg_advisory_xact_lock(7411, hashtext(user_id)) "
+                      "FROM training_jobs WHERE id = $1",
+                      1, p, NULL, eb);
+}
+
 int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int lease_seconds,
                  tq_claim *out, tq_errbuf *eb)
 {
@@ -241,18 +255,23 @@ int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
     snprintf(why, sizeof why, "container %.12s started", container_id);
     const char *p[4] = {job_id, tok, container_id, why};
     PGresult *r;
-    /* One statement: the reason is set for this transaction only, with the update. */
-    int rc = tq_db_exec(c,
-                        "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
-                        "UPDATE training_jobs SET status = 'running', container_id = $3, "
-                        "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
-                        "AND status = 'pending'",
-                        4, p, &r, eb);
+    int rc = tq_db_begin(c, eb);
+    if (rc || (rc = lock_job_user(c, job_id, eb)))
+        return fail(c, rc);
+    /* The reason is set for this transaction only, with the update. */
+    rc = tq_db_exec(c,
+                    "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
+                    "UPDATE training_jobs SET status = 'running', container_id = $3, "
+                    "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
+                    "AND status = 'pending'",
+                    4, p, &r, eb);
     if (rc)
-        return rc;
+        return fail(c, rc);
     int n = (int)strtol(PQcmdTuples(r), NULL, 10);
     PQclear(r);
-    return n == 1 ? TQ_OK : tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id);
+    if (n != 1)
+        return fail(c, tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id));
+    return tq_db_commit(c, eb);
 }
 
 /* One fenced status change that may free a slot of the user: in one transaction, with
@@ -265,7 +284,7 @@ static int change_and_release(PGconn *c, const char *job_id, const char *reason,
     int rc = tq_db_begin(c, eb);
     if (rc)
         return rc;
-    if ((rc = set_reason(c, reason, eb)))
+    if ((rc = lock_job_user(c, job_id, eb)) || (rc = set_reason(c, reason, eb)))
         return fail(c, rc);
     PGresult *r;
     if ((rc = tq_db_exec(c, sql, nparams, params, &r, eb)))
@@ -334,6 +353,8 @@ int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *r
     int rc = tq_db_begin(c, eb);
     if (rc)
         return rc;
+    if ((rc = lock_job_user(c, job_id, eb)))
+        return fail(c, rc);
     /* The row lock, taken with the fencing check, holds until commit: nobody can claim
      * the job in between. */
     const char *p[2] = {job_id, tok};

@@ -295,12 +295,12 @@ static int write_atomic(const char *path, const char *data, size_t len, tq_errbu
                      atomic_fetch_add(&seq, 1u));
     if (n < 0 || (size_t)n >= sizeof tmp)
         return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot write \"%.200s\": path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return tq_errf(eb, TQ_ERR_IO, "could not create \"%.200s\": %m", tmp);
-    /* The container may run as another uid: it must be able to read the file whatever the
-     * consumer's umask is. */
-    if (fchmod(fd, 0644) != 0 || write_all(fd, data, len) != 0) {
+    /* Owner-only whatever the umask: the container runs as the consumer's uid and reads it;
+     * other local users have no business reading a job's configuration. */
+    if (fchmod(fd, 0600) != 0 || write_all(fd, data, len) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -363,9 +363,13 @@ int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *stora
         return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build config path: too long");
     memcpy(p->config_file + cl, ".json", 6);
 
-    if ((rc = mkdir_p(p->outputs, 0755, eb)) || (rc = mkdir_p(configs, 0755, eb)) ||
+    if ((rc = mkdir_p(p->outputs, 0700, eb)) || (rc = mkdir_p(configs, 0700, eb)) ||
         (rc = mkdir_p(cfg->hf_cache_dir, 0755, eb)))
         return rc;
+    /* A job's outputs are owner-only whatever the umask, also when the directory exists
+     * already (a retry, or one made by an older consumer): the container runs as our uid. */
+    if (chmod(p->outputs, 0700) != 0)
+        return tq_errf(eb, TQ_ERR_IO, "could not chmod \"%.200s\": %m", p->outputs);
 
     /* Resolve the rest too (the dataset already is), so the mounts name real paths. */
     {
@@ -480,6 +484,15 @@ static int create_start(tq_docker *d, const tq_container_spec *s, char container
     return TQ_OK;
 }
 
+void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
+                      tq_mount out[TQ_LAUNCH_N_MOUNTS])
+{
+    out[0] = (tq_mount){p->dataset, TQ_LAUNCH_DATASETS_TARGET, 1};
+    out[1] = (tq_mount){p->outputs, TQ_LAUNCH_OUTPUTS_TARGET, 0};
+    out[2] = (tq_mount){p->models, TQ_LAUNCH_MODELS_TARGET, cfg->models_read_only != 0};
+    out[3] = (tq_mount){p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1};
+}
+
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,
                         const char *worker_id, const tq_launch_paths *p, char container_id[65],
                         tq_errbuf *eb)
@@ -512,12 +525,8 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json
         {"trainq.job", id},           {"trainq.user", user_id}, {"trainq.worker", worker_id},
         {"trainq.slot", slotbuf},     {"trainq.managed", "true"},
     };
-    const tq_mount mounts[] = {
-        {p->dataset, TQ_LAUNCH_DATASETS_TARGET, 1},
-        {p->outputs, TQ_LAUNCH_OUTPUTS_TARGET, 0},
-        {p->models, TQ_LAUNCH_MODELS_TARGET, 0},
-        {p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1},
-    };
+    tq_mount mounts[TQ_LAUNCH_N_MOUNTS];
+    tq_launch_mounts(cfg, p, mounts);
     char env_job[64];
     snprintf(env_job, sizeof env_job, "TRAINQ_JOB_ID=%s", id);
     const char *const env[] = {

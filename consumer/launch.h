@@ -12,7 +12,8 @@
  * Layout on the host (cfg = tq_config):
  *   <datasets_root>/<storage_path>      -> /workspace/datasets   (read-only)
  *   <data_dir>/outputs/<job_id>/        -> /workspace/outputs    (read-write)
- *   <hf_cache_dir>/                     -> /workspace/models     (read-write)
+ *   <hf_cache_dir>/                     -> /workspace/models     (read-write, or read-only
+ *                                                                with TRAINQ_MODELS_READ_ONLY)
  *   <data_dir>/configs/<job_id>.json    -> /workspace/config.json (read-only)
  *
  * Idempotent: every step may be repeated for the same job (redelivery, retry after a
@@ -81,8 +82,10 @@ typedef struct {
 
 /*
  * Resolves the dataset (errors as tq_launch_resolve_dataset), creates the outputs
- * directory (0755, fine if it exists) and hf_cache_dir, and writes config.json atomically
- * (temporary file, fsync, rename, fsync of the directory), mode 0644. The job id must be a
+ * directory (mode 0700 whatever the umask, also when it exists) and hf_cache_dir, and
+ * writes config.json atomically (temporary file, rename), mode 0600. Owner-only: one
+ * user's outputs and config are not readable by other local users; the container runs as
+ * the consumer's uid (tq_launch_container), so it can still use them. The job id must be a
  * uuid (TQ_ERR_INVALID otherwise: it becomes a path and a container name). File system
  * failures -> TQ_ERR_IO.
  */
@@ -96,6 +99,14 @@ int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *stora
  */
 int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
                         size_t *n, tq_errbuf *eb);
+
+#define TQ_LAUNCH_N_MOUNTS 4
+
+/* The container's four mounts (the layout above), borrowing p's paths: dataset and config
+ * read-only, outputs read-write, the Hugging Face cache read-only when
+ * cfg->models_read_only (it is shared by every user's jobs). */
+void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
+                      tq_mount out[TQ_LAUNCH_N_MOUNTS]);
 
 /*
  * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot`:

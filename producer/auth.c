@@ -60,7 +60,7 @@ struct tq_auth {
     const alg_info *alg;
     unsigned char *key; /* HS: secret bytes; RS/ES: the one PEM block that was checked */
     size_t key_len;
-    char *audience; /* NULL = not checked */
+    char *audience; /* NULL = not checked (TQ_AUTH_ANY_AUDIENCE configured) */
     char *issuer;   /* NULL = not checked */
     long leeway;
 };
@@ -345,7 +345,8 @@ int tq_auth_new(const tq_auth_config *cfg, tq_auth **out, tq_errbuf *eb)
                        cfg->leeway_seconds, LEEWAY_MAX);
     if ((cfg->audience && !cfg->audience[0]) || (cfg->issuer && !cfg->issuer[0]))
         return tq_errf(eb, TQ_ERR_CONFIG,
-                       "cannot use an empty jwt audience or issuer: leave it unset instead");
+                       "cannot use an empty jwt audience or issuer: leave the issuer unset, "
+                       "set the audience to \"" TQ_AUTH_ANY_AUDIENCE "\" to accept any");
 
     tq_auth *a = calloc(1, sizeof *a);
     if (!a)
@@ -399,7 +400,8 @@ int tq_auth_new(const tq_auth_config *cfg, tq_auth **out, tq_errbuf *eb)
     }
 
     int nomem = 0;
-    a->audience = dup_opt(cfg->audience, &nomem);
+    const char *aud = cfg->audience ? cfg->audience : TQ_AUTH_DEFAULT_AUDIENCE;
+    a->audience = strcmp(aud, TQ_AUTH_ANY_AUDIENCE) == 0 ? NULL : dup_opt(aud, &nomem);
     a->issuer = dup_opt(cfg->issuer, &nomem);
     if (nomem) {
         rc = tq_errf(eb, TQ_ERR_NOMEM, "could not set up jwt verification: out of memory");

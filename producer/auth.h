@@ -26,6 +26,12 @@
 /* Shortest HS* secret accepted by tq_auth_new (Supabase secrets are longer). */
 #define TQ_AUTH_SECRET_MIN 16
 
+/* Supabase signs its users' tokens with aud "authenticated" (and anonymous ones with "anon"):
+ * without an audience check, any token signed with the project's secret would be accepted. */
+#define TQ_AUTH_DEFAULT_AUDIENCE "authenticated"
+/* The audience value that turns the check off. */
+#define TQ_AUTH_ANY_AUDIENCE "-"
+
 typedef struct tq_auth tq_auth;
 
 /* All strings are borrowed only for the duration of tq_auth_new (it copies them). */
@@ -36,8 +42,9 @@ typedef struct {
                                    (Supabase-compatible). Must be NULL for RS and ES. */
     const char *public_key_pem; /* RS and ES: SubjectPublicKeyInfo PEM ("BEGIN PUBLIC KEY").
                                    Must be NULL for HS. */
-    const char *audience;       /* NULL = not checked; else `aud` must equal it or, when an
-                                   array, contain it */
+    const char *audience;       /* `aud` must equal it or, when an array, contain it. NULL:
+                                   TQ_AUTH_DEFAULT_AUDIENCE; TQ_AUTH_ANY_AUDIENCE: not
+                                   checked (an operator's explicit choice, never a default) */
     const char *issuer;         /* NULL = not checked; else `iss` must equal it */
     long leeway_seconds;        /* clock skew allowed for exp/nbf/iat (0..3600), e.g. 30 */
 } tq_auth_config;

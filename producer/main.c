@@ -48,7 +48,7 @@ int main(int argc, char **argv)
         .alg = cfg.jwt_alg,
         .secret = nonempty(cfg.jwt_secret),
         .public_key_pem = nonempty(cfg.jwt_public_key_pem),
-        .audience = nonempty(cfg.jwt_audience),
+        .audience = cfg.jwt_audience, /* empty is refused: "-" says "any" explicitly */
         .issuer = nonempty(cfg.jwt_issuer),
         .leeway_seconds = cfg.jwt_leeway_seconds,
     };

@@ -474,15 +474,23 @@ int tq_pdb_job_list(const char *user, const char *status, const char *after_micr
     return rc;
 }
 
-/* Locks the user's job row and reads its status into a->st. */
+/* Locks the user's job row and reads its status into a->st. The user's advisory lock comes
+ * first, before the row lock: it is the one lock order of every transaction that changes a
+ * job's status (the consumer's claim and status changes, tq_release_parked, and the status
+ * guard trigger, which takes it on every status change). Locking the row first and then
+ * meeting the guard's lock deadlocks with a claim that holds the user's lock and waits for
+ * this row. The user is the authenticated one, and only that user's rows are locked. */
 static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
 {
     const char *p[2] = {a->job_id, a->user};
     PGresult *res = NULL;
-    int rc = exec(t,
-                  "SELECT status FROM training_jobs WHERE id = $1::uuid AND user_id = $2"
-                  " FOR UPDATE",
-                  2, p, &res, eb);
+    int rc = exec(t, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, p + 1, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = exec(t,
+              "SELECT status FROM training_jobs WHERE id = $1::uuid AND user_id = $2"
+              " FOR UPDATE",
+              2, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(res) == 0)

@@ -53,6 +53,7 @@ typedef struct {
     char *data_dir;
     char *datasets_root;
     char *hf_cache_dir;
+    int models_read_only;
     char *metrics_addr;
     char metrics_host[256];
     int metrics_port;

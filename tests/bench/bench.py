@@ -112,7 +112,8 @@ def proc_cpu_seconds(pid):
 def mint(sub, secret, exp_in=7200):
     import jwt  # python3-jwt
     now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + exp_in}, secret, algorithm="HS256")
+    return jwt.encode({"sub": sub, "iat": now, "exp": now + exp_in, "aud": "authenticated"},
+                      secret, algorithm="HS256")
 
 
 def sfmt(v, unit="", nd=1):

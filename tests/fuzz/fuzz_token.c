@@ -40,7 +40,10 @@ static tq_auth *verifiers[2];
 static void setup(void)
 {
     tq_errbuf eb;
-    tq_auth_config plain = {.alg = "HS256", .secret = SECRET, .leeway_seconds = LEEWAY};
+    tq_auth_config plain = {.alg = "HS256",
+                            .secret = SECRET,
+                            .audience = TQ_AUTH_ANY_AUDIENCE,
+                            .leeway_seconds = LEEWAY};
     tq_auth_config strict = plain;
     strict.audience = AUDIENCE;
     strict.issuer = ISSUER;

@@ -51,7 +51,7 @@ def hand(header, payload, key=None, alg="HS256", sig=None):
 
 def claims(user, **over):
     now = int(time.time())
-    c = {"sub": user, "iat": now, "exp": now + 600}
+    c = {"sub": user, "iat": now, "exp": now + 600, "aud": h.AUDIENCE}
     c.update(over)
     return {k: v for k, v in c.items() if v is not DROP}
 
@@ -204,7 +204,7 @@ class HS256Tokens(TokenCase):
             "exp null": "Bearer " + hand({"alg": "HS256"}, claims(u, exp=None)),
             "exp bool": "Bearer " + hand({"alg": "HS256"}, claims(u, exp=True)),
             "exp 1e400 (not parseable)": "Bearer " + hand(
-                {"alg": "HS256"}, ('{"sub":"%s","exp":1e400}' % u).encode()),
+                {"alg": "HS256"}, ('{"sub":"%s","exp":1e400,"aud":"authenticated"}' % u).encode()),
             "exp negative": "Bearer " + hand({"alg": "HS256"}, claims(u, exp=-1)),
             "not yet valid (nbf)": "Bearer " + h.mint(u, SECRET, nbf=now + 3600),
             "nbf string": "Bearer " + hand({"alg": "HS256"}, claims(u, nbf="0")),
@@ -222,7 +222,7 @@ class HS256Tokens(TokenCase):
             "sub non-ascii": "Bearer " + h.mint(u + "\u00e9", SECRET),
             "sub 129 bytes": "Bearer " + h.mint("u" * 129, SECRET),
             "sub duplicated": "Bearer " + hand(
-                {"alg": "HS256"}, ('{"sub":"other","sub":"%s","exp":%d}' % (u, now + 600)).encode()),
+                {"alg": "HS256"}, ('{"sub":"other","sub":"%s","exp":%d,"aud":"authenticated"}' % (u, now + 600)).encode()),
             "crit header": "Bearer " + hand({"alg": "HS256", "crit": ["exp"]}, claims(u)),
             "crit empty": "Bearer " + hand({"alg": "HS256", "crit": []}, claims(u)),
             "typ not JWT": "Bearer " + hand({"alg": "HS256", "typ": "JOSE+JSON"}, claims(u)),
@@ -235,7 +235,7 @@ class HS256Tokens(TokenCase):
             "payload with trailing garbage": "Bearer " + hand(
                 {"alg": "HS256"}, json.dumps(claims(u)).encode() + b"xx"),
             "payload invalid utf-8": "Bearer " + hand(
-                {"alg": "HS256"}, ('{"sub":"%s","exp":%d,"n":"\xc0\xaf"}' % (u, now + 600)).encode("latin-1")),
+                {"alg": "HS256"}, ('{"sub":"%s","exp":%d,"aud":"authenticated","n":"\xc0\xaf"}' % (u, now + 600)).encode("latin-1")),
             "oversize: 9 KiB token with valid signature": "Bearer " + h.mint(u, SECRET, pad="x" * 9000),
             "oversize: 38 KiB token": "Bearer " + h.mint(u, SECRET, pad="x" * 28000),
             "garbage": "Bearer garbage",
@@ -374,7 +374,7 @@ class AudienceIssuerTokens(TokenCase):
         iss = "https://iss.example"
         cases = {
             "aud other": h.mint(u, SECRET, aud="other", iss=iss),
-            "aud missing": h.mint(u, SECRET, iss=iss),
+            "aud missing": h.mint(u, SECRET, aud=None, iss=iss),
             "aud prefix": h.mint(u, SECRET, aud="authenticate", iss=iss),
             "aud suffix": h.mint(u, SECRET, aud="authenticatedx", iss=iss),
             "aud case": h.mint(u, SECRET, aud="Authenticated", iss=iss),

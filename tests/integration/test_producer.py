@@ -586,6 +586,43 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
                            token=h.mint(new_user(), SECRET))
         self.assertEqual(r.status, 404)
 
+    def test_cancel_takes_the_users_lock_before_the_row_so_it_cannot_deadlock_with_a_claim(self):
+        # Session A plays the consumer's claim: the user's advisory lock, then the job's row.
+        # The cancel runs while A holds the user's lock. Locking the row first and then
+        # meeting the status guard's user lock, the cancel would hold the row A waits for
+        # while waiting for A: a deadlock, which A (the shorter deadlock_timeout) detects.
+        ds = add_dataset(self.user)
+        job_id = self.submit_job(ds)
+        a = h.PsqlSession(superuser=True)
+        try:
+            a.run("SET deadlock_timeout = '100ms'")
+            a.run("BEGIN")
+            a.run(f"SELECT pg_advisory_xact_lock(7411, hashtext('{self.user}'))")
+            waiting_before = h.lock_waiters()
+            result = {}
+
+            def cancel():
+                c = h.Http(self.port)
+                try:
+                    result["r"] = c.request("POST", f"/api/training/jobs/{job_id}/cancel",
+                                            token=self.token)
+                finally:
+                    c.close()
+
+            t = threading.Thread(target=cancel)
+            t.start()
+            h.wait_until(lambda: h.lock_waiters() > waiting_before, timeout=20,
+                         what="the cancel waiting for a lock")
+            claimed = a.run(f"SELECT status FROM training_jobs WHERE id = '{job_id}' FOR UPDATE")
+            committed = a.run("COMMIT")
+            t.join(timeout=30)
+        finally:
+            a.close()
+        self.assertNotIn("deadlock", claimed + committed)
+        self.assertEqual(claimed, "queued")
+        self.assertEqual(result["r"].status, 200, result["r"])
+        self.assertEqual(result["r"].json["status"], "cancelled")
+
     def test_events_record_every_transition_with_its_reason(self):
         ds = add_dataset(self.user)
         job_id = self.submit_job(ds)
@@ -676,9 +713,32 @@ class ProducerConfigTest(unittest.TestCase, DocChecks):
         self.assertEqual(h.http_once(p.port, "GET", "/api/training/jobs", token=ok).status, 200)
         for tok in (h.mint(user, SECRET, aud="other", iss="https://iss.example"),
                     h.mint(user, SECRET, aud="authenticated", iss="https://evil.example"),
-                    h.mint(user, SECRET)):
+                    h.mint(user, SECRET, aud=None, iss="https://iss.example")):
             self.assertEqual(h.http_once(p.port, "GET", "/api/training/jobs", token=tok).status,
                              401)
+
+    def test_audience_authenticated_is_required_by_default_and_dash_accepts_any(self):
+        user = new_user()
+        p = self.start()  # TRAINQ_JWT_AUDIENCE unset
+        for aud, want in (("authenticated", 200), (["anon", "authenticated"], 200),
+                          (None, 401), ("anon", 401), ("service_role", 401)):
+            with self.subTest(aud=aud):
+                tok = h.mint(user, SECRET, aud=aud)
+                self.assertEqual(
+                    h.http_once(p.port, "GET", "/api/training/jobs", token=tok).status, want)
+        any_aud = self.start(TRAINQ_JWT_AUDIENCE="-")
+        for aud in (None, "anon", "authenticated"):
+            with self.subTest(any_aud=aud):
+                tok = h.mint(user, SECRET, aud=aud)
+                self.assertEqual(
+                    h.http_once(any_aud.port, "GET", "/api/training/jobs", token=tok).status, 200)
+        empty = h.Program(PRODUCER, env=producer_env(TRAINQ_JWT_AUDIENCE="")).start()
+        try:
+            empty.proc.wait(30)
+            self.assertEqual(empty.proc.returncode, 2)
+            self.assertIn("audience", empty.stderr_text())
+        finally:
+            empty.cleanup()
 
     def test_cors_allow_list_echoes_listed_origins_only(self):
         p = self.start(TRAINQ_CORS_ORIGINS="https://app.example, https://admin.example")

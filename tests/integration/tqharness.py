@@ -280,20 +280,27 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+# Supabase's user tokens carry aud "authenticated", which the producer requires by default.
+AUDIENCE = "authenticated"
+
+
 def mint(sub, key, alg="HS256", exp_in=600, headers=None, **claims):
-    """A JWT from PyJWT (an implementation independent of ours). exp_in=None: no exp."""
+    """A JWT from PyJWT (an implementation independent of ours), with aud AUDIENCE unless
+    claims say otherwise (aud=None: no aud claim). exp_in=None: no exp."""
     import jwt  # python3-jwt
-    payload = {"sub": sub, "iat": int(time.time())}
+    payload = {"sub": sub, "iat": int(time.time()), "aud": AUDIENCE}
     if exp_in is not None:
         payload["exp"] = int(time.time()) + exp_in
     payload.update(claims)
+    payload = {k: v for k, v in payload.items() if not (k == "aud" and v is None)}
     return jwt.encode(payload, key, algorithm=alg, headers=headers)
 
 
 def mint_none(sub, exp_in=600):
     """An unsigned token (alg none), built by hand: PyJWT refuses to help with this."""
     header = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in}).encode())
+    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in,
+                                 "aud": AUDIENCE}).encode())
     return f"{header}.{payload}."
 
 
@@ -302,7 +309,8 @@ def mint_hs_raw(sub, secret_bytes, alg="HS256", exp_in=600):
     the HS/RS confusion attack, which PyJWT itself refuses to produce)."""
     digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
     header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in}).encode())
+    payload = b64url(json.dumps({"sub": sub, "exp": int(time.time()) + exp_in,
+                                 "aud": AUDIENCE}).encode())
     signing_input = f"{header}.{payload}".encode()
     sig = hmac.new(secret_bytes, signing_input, digest).digest()
     return f"{header}.{payload}.{b64url(sig)}"
@@ -390,6 +398,59 @@ def queue_depth(queue="trainq.jobs"):
             return None
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- a held-open psql session
+
+class PsqlSession:
+    """One psql process kept open, driven through stdin, so a test holds a transaction (and
+    its locks) while the system under test runs. superuser=True connects as postgres (e.g.
+    to SET deadlock_timeout). stderr is merged into the output, so an ERROR is part of what
+    run()/wait() return.
+
+        s = PsqlSession(); s.run("BEGIN"); s.send("SELECT ... FOR UPDATE"); ...; s.wait()
+    """
+
+    MARK = "__tq_psql_done__"
+
+    def __init__(self, superuser=False):
+        cmd = (["bash", tqenv.SERVICES, "psql"] if superuser
+               else ["psql", "-X", "-d", tqenv.DATABASE_URL])
+        self.proc = subprocess.Popen(cmd + ["-q", "-A", "-t"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+
+    def send(self, sql):
+        """Sends one statement (no trailing semicolon needed) without waiting for it."""
+        self.proc.stdin.write(sql.rstrip().rstrip(";") + ";\n\\echo " + self.MARK + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self):
+        """The output of the statement sent last, once it finished (blocks until then)."""
+        out = []
+        for line in self.proc.stdout:
+            if line.rstrip("\n") == self.MARK:
+                return "\n".join(out)
+            out.append(line.rstrip("\n"))
+        raise AssertionError("psql session ended: " + "\n".join(out))
+
+    def run(self, sql):
+        self.send(sql)
+        return self.wait()
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def lock_waiters():
+    """How many lock requests in the database are waiting (not granted)."""
+    return int(psql("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
 
 # ---------------------------------------------------------------- waiting

@@ -209,7 +209,8 @@ static int teardown(void **state)
     return 0;
 }
 
-#define VALID_CLAIMS "{\"sub\":\"user-1\",\"exp\":1700003600,\"iat\":1700000000}"
+#define VALID_CLAIMS                                                                               \
+    "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":1700003600,\"iat\":1700000000}"
 
 /* ------------------------------------------------------------------ accepted tokens */
 
@@ -283,7 +284,7 @@ static void tampered_payload_is_rejected(void **state)
 {
     fixture *fx = *state;
     char *t = mint_hs(SECRET, VALID_CLAIMS);
-    char *other = b64url("{\"sub\":\"admin\",\"exp\":1700003600}");
+    char *other = b64url("{\"aud\":\"authenticated\",\"sub\":\"admin\",\"exp\":1700003600}");
     char *d1 = strchr(t, '.'), *d2 = strchr(d1 + 1, '.');
     char forged[2048];
     snprintf(forged, sizeof forged, "%.*s.%s%s", (int)(d1 - t), t, other, d2);
@@ -441,7 +442,9 @@ static void token_over_8k_is_rejected_before_decoding(void **state)
     memset(pad, 'x', sizeof pad - 1);
     pad[sizeof pad - 1] = '\0';
     char claims[10 * 1024];
-    snprintf(claims, sizeof claims, "{\"sub\":\"user-1\",\"exp\":1700003600,\"pad\":\"%s\"}", pad);
+    snprintf(claims, sizeof claims,
+             "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":1700003600,\"pad\":\"%s\"}",
+             pad);
     char *t = mint_hs(SECRET, claims);
     assert_true(strlen(t) > 9 * 1024);
     expect_reject(fx, t, NOW, "token is too long (over 8192 bytes)");
@@ -473,11 +476,11 @@ static void expiry_is_honoured_with_leeway(void **state)
 {
     fixture *fx = *state;
     char c[256];
-    snprintf(c, sizeof c, "{\"sub\":\"user-1\",\"exp\":%lld}", NOW - 100);
+    snprintf(c, sizeof c, "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":%lld}", NOW - 100);
     char *t = mint_hs(SECRET, c);
     expect_reject(fx, t, NOW, "token expired");
     free(t);
-    snprintf(c, sizeof c, "{\"sub\":\"user-1\",\"exp\":%lld}", NOW - 10);
+    snprintf(c, sizeof c, "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":%lld}", NOW - 10);
     t = mint_hs(SECRET, c);
     expect_accept(fx, t, NOW, "user-1");
     /* Exactly at exp + leeway it is over. */
@@ -488,10 +491,10 @@ static void expiry_is_honoured_with_leeway(void **state)
 static void missing_or_non_numeric_exp_is_rejected(void **state)
 {
     fixture *fx = *state;
-    char *t = mint_hs(SECRET, "{\"sub\":\"user-1\"}");
+    char *t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"user-1\"}");
     expect_reject(fx, t, NOW, "token has no exp claim");
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":\"user-1\",\"exp\":\"1700003600\"}");
+    t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":\"1700003600\"}");
     expect_reject(fx, t, NOW, "token exp claim is not a number");
     free(t);
 }
@@ -499,7 +502,8 @@ static void missing_or_non_numeric_exp_is_rejected(void **state)
 static void fractional_exp_is_accepted(void **state)
 {
     fixture *fx = *state;
-    char *t = mint_hs(SECRET, "{\"sub\":\"user-1\",\"exp\":1700003600.5}");
+    char *t =
+        mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":1700003600.5}");
     expect_accept(fx, t, NOW, "user-1");
     free(t);
 }
@@ -508,12 +512,16 @@ static void nbf_in_the_future_is_rejected(void **state)
 {
     fixture *fx = *state;
     char c[256];
-    snprintf(c, sizeof c, "{\"sub\":\"user-1\",\"exp\":%lld,\"nbf\":%lld}", NOW + 3600, NOW + 100);
+    snprintf(c, sizeof c,
+             "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":%lld,\"nbf\":%lld}", NOW + 3600,
+             NOW + 100);
     char *t = mint_hs(SECRET, c);
     expect_reject(fx, t, NOW, "token is not valid yet");
     expect_accept(fx, t, NOW + 70, "user-1"); /* within leeway */
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":\"user-1\",\"exp\":1700003600,\"nbf\":\"soon\"}");
+    t = mint_hs(
+        SECRET,
+        "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":1700003600,\"nbf\":\"soon\"}");
     expect_reject(fx, t, NOW, "token nbf claim is not a number");
     free(t);
 }
@@ -522,11 +530,15 @@ static void iat_in_the_future_is_rejected(void **state)
 {
     fixture *fx = *state;
     char c[256];
-    snprintf(c, sizeof c, "{\"sub\":\"user-1\",\"exp\":%lld,\"iat\":%lld}", NOW + 3600, NOW + 100);
+    snprintf(c, sizeof c,
+             "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":%lld,\"iat\":%lld}", NOW + 3600,
+             NOW + 100);
     char *t = mint_hs(SECRET, c);
     expect_reject(fx, t, NOW, "token was issued in the future");
     free(t);
-    snprintf(c, sizeof c, "{\"sub\":\"user-1\",\"exp\":%lld,\"iat\":%lld}", NOW + 3600, NOW + 20);
+    snprintf(c, sizeof c,
+             "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":%lld,\"iat\":%lld}", NOW + 3600,
+             NOW + 20);
     t = mint_hs(SECRET, c);
     expect_accept(fx, t, NOW, "user-1");
     free(t);
@@ -535,31 +547,31 @@ static void iat_in_the_future_is_rejected(void **state)
 static void sub_must_be_a_short_visible_string(void **state)
 {
     fixture *fx = *state;
-    char *t = mint_hs(SECRET, "{\"exp\":1700003600}");
+    char *t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"exp\":1700003600}");
     expect_reject(fx, t, NOW, "token has no sub claim");
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":\"\",\"exp\":1700003600}");
+    t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"\",\"exp\":1700003600}");
     expect_reject(fx, t, NOW, "token sub claim is empty");
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":42,\"exp\":1700003600}");
+    t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":42,\"exp\":1700003600}");
     expect_reject(fx, t, NOW, "token sub claim is not a string");
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":\"a\\nb\",\"exp\":1700003600}");
+    t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"a\\nb\",\"exp\":1700003600}");
     expect_reject(fx, t, NOW, "token sub claim has characters that are not allowed");
     free(t);
-    t = mint_hs(SECRET, "{\"sub\":\"a b\",\"exp\":1700003600}");
+    t = mint_hs(SECRET, "{\"aud\":\"authenticated\",\"sub\":\"a b\",\"exp\":1700003600}");
     expect_reject(fx, t, NOW, "token sub claim has characters that are not allowed");
     free(t);
 
     char c[512], sub[TQ_AUTH_USER_ID_MAX + 2];
     memset(sub, 'u', sizeof sub - 1);
     sub[sizeof sub - 1] = '\0'; /* 129 chars */
-    snprintf(c, sizeof c, "{\"sub\":\"%s\",\"exp\":1700003600}", sub);
+    snprintf(c, sizeof c, "{\"aud\":\"authenticated\",\"sub\":\"%s\",\"exp\":1700003600}", sub);
     t = mint_hs(SECRET, c);
     expect_reject(fx, t, NOW, "token sub claim is too long (over 128 bytes)");
     free(t);
     sub[TQ_AUTH_USER_ID_MAX] = '\0'; /* 128 chars: the longest allowed */
-    snprintf(c, sizeof c, "{\"sub\":\"%s\",\"exp\":1700003600}", sub);
+    snprintf(c, sizeof c, "{\"aud\":\"authenticated\",\"sub\":\"%s\",\"exp\":1700003600}", sub);
     t = mint_hs(SECRET, c);
     expect_accept(fx, t, NOW, sub);
     /* A caller buffer too small for it is a caller bug, not the client's fault. */
@@ -570,13 +582,28 @@ static void sub_must_be_a_short_visible_string(void **state)
     free(t);
 }
 
+/* HS256 tokens of user "u" with these claims: refused with msg, or accepted when it is NULL. */
+typedef struct {
+    const char *claims;
+    const char *msg;
+} claims_case;
+
+static void expect_claims(fixture *fx, const claims_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *t = mint_hs(SECRET, cases[i].claims);
+        if (cases[i].msg)
+            expect_reject(fx, t, NOW, cases[i].msg);
+        else
+            expect_accept(fx, t, NOW, "u");
+        free(t);
+    }
+}
+
 static void audience_and_issuer_are_checked_when_configured(void **state)
 {
     fixture *fx = *state;
-    static const struct {
-        const char *claims;
-        const char *msg; /* NULL = accepted */
-    } cases[] = {
+    static const claims_case cases[] = {
         {"{\"sub\":\"u\",\"exp\":1700003600,\"iss\":\"https://example.supabase.co/auth/v1\","
          "\"aud\":\"authenticated\"}",
          NULL},
@@ -599,23 +626,48 @@ static void audience_and_issuer_are_checked_when_configured(void **state)
          "token issuer is not accepted"},
         {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"authenticated\"}", "token has no iss claim"},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *t = mint_hs(SECRET, cases[i].claims);
-        if (cases[i].msg)
-            expect_reject(fx, t, NOW, cases[i].msg);
-        else
-            expect_accept(fx, t, NOW, "u");
-        free(t);
-    }
+    expect_claims(fx, cases, sizeof cases / sizeof cases[0]);
 }
 
-static void audience_is_ignored_when_not_configured(void **state)
+/* With no audience configured, `aud` must be (or contain) "authenticated", as Supabase's user
+ * tokens do: a token signed with the project's secret for anything else (anon,
+ * service_role, another app) is refused. */
+static void audience_authenticated_is_required_by_default(void **state)
 {
     fixture *fx = *state;
-    char *t =
-        mint_hs(SECRET, "{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"whatever\",\"iss\":\"x\"}");
-    expect_accept(fx, t, NOW, "u");
-    free(t);
+    static const claims_case cases[] = {
+        {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"authenticated\"}", NULL},
+        {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":[\"anon\",\"authenticated\"]}", NULL},
+        {"{\"sub\":\"u\",\"exp\":1700003600}", "token has no aud claim"},
+        {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"anon\"}", "token audience is not accepted"},
+        {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"service_role\"}",
+         "token audience is not accepted"},
+        {"{\"sub\":\"u\",\"exp\":1700003600,\"aud\":[\"anon\"]}", "token audience is not accepted"},
+    };
+    expect_claims(fx, cases, sizeof cases / sizeof cases[0]);
+}
+
+static int setup_hs_any_audience(void **state)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    fx->a = make_auth("HS256", SECRET, NULL, TQ_AUTH_ANY_AUDIENCE, NULL);
+    *state = fx;
+    return 0;
+}
+
+static void audience_is_ignored_only_when_explicitly_disabled(void **state)
+{
+    fixture *fx = *state;
+    static const char *const claims[] = {
+        "{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"whatever\",\"iss\":\"x\"}",
+        "{\"sub\":\"u\",\"exp\":1700003600}",
+        "{\"sub\":\"u\",\"exp\":1700003600,\"aud\":\"authenticated\"}",
+    };
+    for (size_t i = 0; i < sizeof claims / sizeof claims[0]; i++) {
+        char *t = mint_hs(SECRET, claims[i]);
+        expect_accept(fx, t, NOW, "u");
+        free(t);
+    }
 }
 
 /* ------------------------------------------------------------------ configuration */
@@ -774,8 +826,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(sub_must_be_a_short_visible_string, setup_hs, teardown),
         cmocka_unit_test_setup_teardown(audience_and_issuer_are_checked_when_configured,
                                         setup_hs_aud_iss, teardown),
-        cmocka_unit_test_setup_teardown(audience_is_ignored_when_not_configured, setup_hs,
+        cmocka_unit_test_setup_teardown(audience_authenticated_is_required_by_default, setup_hs,
                                         teardown),
+        cmocka_unit_test_setup_teardown(audience_is_ignored_only_when_explicitly_disabled,
+                                        setup_hs_any_audience, teardown),
         cmocka_unit_test(bad_configurations_are_refused),
         cmocka_unit_test_setup_teardown(one_verifier_serves_many_threads_at_once, setup_rs,
                                         teardown),

@@ -18,6 +18,7 @@ static const char *const all_vars[] = {
     "TRAINQ_HEARTBEAT_SECONDS", "TRAINQ_LEASE_SECONDS", "TRAINQ_WORKER_ID", "TRAINQ_MEMORY_LIMIT",
     "TRAINQ_DOCKER_HOST", "TRAINQ_LOG_LEVEL", "TRAINQ_REMOVE_CONTAINERS", "TRAINQ_CPUS",
     "TRAINQ_DATA_DIR", "TRAINQ_MAX_BODY_BYTES", "TRAINQ_HTTP_THREADS", "TRAINQ_METRICS_ADDR",
+    "TRAINQ_JWT_AUDIENCE", "TRAINQ_MODELS_READ_ONLY",
 };
 
 static int reset_env(void **state)
@@ -49,6 +50,7 @@ static void test_defaults_match_the_design(void **state)
     assert_string_equal(c.http_host, "127.0.0.1");
     assert_int_equal(c.http_port, 3000);
     assert_string_equal(c.jwt_alg, "HS256");
+    assert_string_equal(c.jwt_audience, "authenticated"); /* Supabase's user tokens */
     assert_int_equal(c.submit_rate_per_minute, 10);
     assert_int_equal(c.max_body_bytes, 65536);
     tq_config_free(&c);
@@ -61,6 +63,7 @@ static void test_defaults_match_the_design(void **state)
     assert_string_equal(c.docker_host, "unix:///var/run/docker.sock");
     assert_int_equal(c.lease_seconds, 30);
     assert_int_equal(c.remove_containers, 1);
+    assert_int_equal(c.models_read_only, 0);
     assert_int_equal(c.shm_bytes, 2LL << 30);
     tq_config_free(&c);
 }

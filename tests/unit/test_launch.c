@@ -382,7 +382,12 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
     tq_launch_paths paths;
     tq_errbuf eb = {{0}};
 
+    /* Owner-only whatever the umask, and also for an outputs directory that exists with a
+     * looser mode (a retry, an older consumer). */
+    mode_t old_umask = umask(0);
     for (int round = 0; round < 2; round++) { /* the second run finds everything in place */
+        if (round == 1)
+            assert_int_equal(chmod(paths.outputs, 0755), 0);
         int rc = tq_launch_prepare(&cfg, job, "link_in", &paths, &eb);
         if (rc != TQ_OK)
             fail_msg("round %d: %d %s", round, rc, eb.msg);
@@ -396,10 +401,11 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
         struct stat st;
         assert_int_equal(stat(paths.outputs, &st), 0);
         assert_true(S_ISDIR(st.st_mode));
+        assert_int_equal(st.st_mode & 07777, 0700);
         assert_int_equal(stat(hf, &st), 0);
         assert_true(S_ISDIR(st.st_mode));
         assert_int_equal(stat(paths.config_file, &st), 0);
-        assert_int_equal(st.st_mode & 0777, 0644);
+        assert_int_equal(st.st_mode & 07777, 0600);
 
         json_error_t jerr;
         json_t *written = json_load_file(paths.config_file, 0, &jerr);
@@ -409,6 +415,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
         json_decref(want);
         json_decref(written);
     }
+    umask(old_umask);
     /* No temporary file is left behind. */
     pathf(p, "%s/state/configs", f->tmp);
     DIR *d = opendir(p);
@@ -421,6 +428,53 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
     closedir(d);
     assert_int_equal(n, 1);
     json_decref(job);
+}
+
+/* The Hugging Face cache is shared by every user's jobs: read-only on request, so one job
+ * cannot alter the model files another job loads. */
+static void models_cache_is_mounted_read_only_when_configured(void **state)
+{
+    (void)state;
+    tq_launch_paths paths;
+    memset(&paths, 0, sizeof paths);
+    snprintf(paths.dataset, sizeof paths.dataset, "/d/ds");
+    snprintf(paths.outputs, sizeof paths.outputs, "/d/out");
+    snprintf(paths.models, sizeof paths.models, "/d/hf");
+    snprintf(paths.config_file, sizeof paths.config_file, "/d/c.json");
+    for (int ro = 0; ro < 2; ro++) {
+        tq_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.models_read_only = ro;
+        tq_mount mounts[TQ_LAUNCH_N_MOUNTS];
+        tq_launch_mounts(&cfg, &paths, mounts);
+        tq_container_spec s;
+        memset(&s, 0, sizeof s);
+        s.name = "training-" JOB_ID;
+        s.image = "trainer:1";
+        s.mounts = mounts;
+        s.n_mounts = TQ_LAUNCH_N_MOUNTS;
+        char *body = tq_docker_create_body(&s);
+        assert_non_null(body);
+        json_t *j = json_loads(body, 0, NULL);
+        free(body);
+        assert_non_null(j);
+        json_t *ms = json_object_get(json_object_get(j, "HostConfig"), "Mounts");
+        assert_int_equal(json_array_size(ms), 4);
+        size_t i;
+        json_t *m;
+        int seen = 0;
+        json_array_foreach(ms, i, m)
+        {
+            const char *target = json_string_value(json_object_get(m, "Target"));
+            int models = strcmp(target, TQ_LAUNCH_MODELS_TARGET) == 0;
+            int outputs = strcmp(target, TQ_LAUNCH_OUTPUTS_TARGET) == 0;
+            int want = models ? ro : !outputs; /* dataset and config always read-only */
+            seen += models;
+            assert_int_equal(json_is_true(json_object_get(m, "ReadOnly")), want);
+        }
+        assert_int_equal(seen, 1);
+        json_decref(j);
+    }
 }
 
 static void prepare_refuses_bad_input_before_writing_anything(void **state)
@@ -674,6 +728,7 @@ int main(void)
                                         fs_setup, fs_teardown),
         cmocka_unit_test_setup_teardown(prepare_refuses_bad_input_before_writing_anything,
                                         fs_setup, fs_teardown),
+        cmocka_unit_test(models_cache_is_mounted_read_only_when_configured),
         cmocka_unit_test(training_cmd_is_split_on_spaces_without_a_shell),
         cmocka_unit_test(metrics_render_counters_and_gauges_with_help_and_type),
         cmocka_unit_test(metrics_dispatch_histogram_is_cumulative_with_count_and_sum),

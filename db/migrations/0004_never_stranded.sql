@@ -114,9 +114,12 @@ BEGIN
           FROM stranded s
          WHERE t2.id = s.id AND t2.status = 'queued' AND t2.parked_at IS NULL;
     END IF;
+    -- Users in one order (their locks are held to the end): two sweepers, or a sweeper and
+    -- the reaper (tq_reap, 0005), never wait for each other in a cycle.
     FOR u IN SELECT DISTINCT user_id FROM training_jobs
               WHERE status = 'queued' AND parked_at IS NOT NULL
                 AND (released_at IS NULL OR released_at < now() - t)
+              ORDER BY user_id
     LOOP
         n := n + tq_release_parked(u.user_id);
     END LOOP;

@@ -43,3 +43,29 @@ BEGIN
     PERFORM tq_release_parked(j.user_id);
     RETURN outcome;
 END $$;
+
+-- The reaper takes the users' locks of the jobs it recovers in user order, as the sweeper
+-- does (0004): both hold several users' locks to the end of their statement, and one order
+-- means they never deadlock with each other.
+CREATE OR REPLACE FUNCTION tq_reap(p_max_attempts integer) RETURNS TABLE (job_id uuid, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(7412, 0) THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT e.id, e.worker_id FROM (
+                 SELECT id, worker_id, user_id FROM training_jobs
+                  WHERE status IN ('pending', 'running') AND lease_expires_at < now()
+                  ORDER BY lease_expires_at LIMIT 100) e
+              ORDER BY e.user_id, e.id
+    LOOP
+        job_id := r.id;
+        outcome := tq_recover_job(r.id, format('worker %s stopped renewing its lease', r.worker_id),
+                                  p_max_attempts, true);
+        IF outcome <> 'skipped' THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END $$;

@@ -323,29 +323,35 @@ class StrandWatcher(threading.Thread):
         self.samples = 0
         self.lock = threading.Lock()
 
-    def sample(self):
-        if h.queue_depth() != 0:
-            self.since.clear()  # it may be in the queue: nothing can be said
-            return
-        rows = self.pg.rows(self.SQL.format(users=qlist(self.users), b=STRANDED_BOUND))
-        now = time.monotonic()
-        seen = {r["id"] for r in rows}
-        for j in list(self.since):
-            if j not in seen:
-                del self.since[j]
+    def observe(self, seen, now, queue_ready=0):
+        """One sample: `seen` the jobs that look stranded now, `queue_ready` the ready
+        messages in trainq.jobs (any: each of them may be one of those jobs)."""
         with self.lock:
             self.samples += 1
+            if queue_ready:
+                self.since.clear()
+                return
+            for j in list(self.since):
+                if j not in seen:
+                    del self.since[j]
             for j in seen:
                 t = now - self.since.setdefault(j, now)
                 if t > STRANDED_BOUND:
                     self.stranded[j] = max(self.stranded.get(j, 0), t)
+
+    def sample(self):
+        ready = h.queue_depth()
+        rows = [] if ready else self.pg.rows(
+            self.SQL.format(users=qlist(self.users), b=STRANDED_BOUND))
+        self.observe({r["id"] for r in rows}, time.monotonic(), ready)
 
     def run(self):
         while not self.stop_ev.is_set():
             try:
                 self.sample()
             except Exception:  # a service restarting: nothing moves, the next sample counts
-                self.since.clear()
+                with self.lock:
+                    self.since.clear()
             self.stop_ev.wait(self.interval)
 
     def stop(self):

@@ -90,5 +90,35 @@ class Watcher(unittest.TestCase):
         self.assertEqual(len(w.over_limit), 1)
 
 
+
+class StrandedJobs(unittest.TestCase):
+    """StrandWatcher.observe, on made-up samples (no services: the thread is not started)."""
+
+    def watcher(self):
+        return fl.StrandWatcher(["u"])
+
+    def test_a_job_that_looks_stranded_for_longer_than_the_bound_counts(self):
+        w = self.watcher()
+        for t in range(0, int(fl.STRANDED_BOUND) + 3):
+            w.observe({"j"}, float(t))
+        self.assertEqual(list(w.stranded), ["j"])
+        self.assertGreater(w.stranded["j"], fl.STRANDED_BOUND)
+
+    def test_a_job_repaired_within_the_bound_does_not_count(self):
+        w = self.watcher()
+        for t in range(0, int(fl.STRANDED_BOUND)):
+            w.observe({"j"}, float(t))
+        w.observe(set(), fl.STRANDED_BOUND)  # republished, or claimed
+        for t in range(0, int(fl.STRANDED_BOUND)):
+            w.observe({"j"}, fl.STRANDED_BOUND + 1 + t)  # looks stranded again: a new clock
+        self.assertEqual(w.stranded, {})
+
+    def test_nothing_counts_while_the_queue_holds_ready_messages(self):
+        w = self.watcher()
+        for t in range(0, 3 * int(fl.STRANDED_BOUND)):
+            w.observe({"j"}, float(t), queue_ready=1 if t % 5 == 0 else 0)
+        self.assertEqual(w.stranded, {})
+
+
 if __name__ == "__main__":
     unittest.main()

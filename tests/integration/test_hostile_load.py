@@ -11,9 +11,11 @@ Targets (issue 17): during a 5 000-connection slowloris from one address, the ot
 address's submissions succeed with p99 < 100 ms and /healthz p99 < 50 ms; trickling
 connections are closed by the header deadline (not kept alive by their trickle); every
 accepted submission is in Postgres. The p99 assertions use the issue's figures as they are:
-measured on a shared 2-core machine with the sanitizer build, the slowloris scenario gave
-submit p99 30 ms and /healthz p99 5 ms (3x and 10x under the targets), so a miss is a
-regression to look at, not noise to widen the margin for. Before the fix the same scenario
+measured on a shared 2-core machine with the sanitizer build (other suites running beside
+it), four runs of the slowloris scenario gave submit p99 25-81 ms and /healthz p99 3-10 ms;
+the scenario with only 40 slow clients gives submit p99 15-34 ms, so most of a submission's
+time is the sanitizer build's own commit path, not the attack. A miss is a regression to look
+at first; if a loaded CI host misses by noise, lower the attacker count, not the target. Before the fix the same scenario
 timed out (the 1 024-connection global cap was full and new connections sat in the backlog).
 
 Loopback only; bounded: the whole file runs in about a minute.

@@ -9,8 +9,10 @@
  * What must stay true:
  *  - every request gets exactly one response; a handler that does not reply is answered
  *    500 by the dispatcher;
- *  - a response other than 413 is only queued after the whole body was read, so MHD can
- *    keep the connection alive;
+ *  - a response other than 413 (and the 503 of a health-reserve connection, admit.h) is
+ *    only queued after the whole body was read, so MHD can keep the connection alive;
+ *  - every connection has an admission slot from MHD's connection notification until its
+ *    close notification; the slot's deadlines bound how long a request may take to arrive;
  *  - every response carries X-Request-Id, Cache-Control: no-store and the CORS headers;
  *  - nothing from the server's internals (SQL errors, host names) reaches a response body.
  */

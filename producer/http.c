@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -11,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "admit.h"
 #include "handlers.h"
 #include "metrics.h"
 #include "pdb.h"
@@ -24,7 +27,13 @@
 /* Headers + request line must fit here; MHD answers 431/414 itself beyond it. The cap is
  * above the largest token auth accepts (TQ_AUTH_TOKEN_MAX). */
 #define CONN_MEMORY_LIMIT (48 * 1024)
-#define MAX_CONNECTIONS 1024
+/* Connections beyond TRAINQ_HTTP_MAX_CONNECTIONS kept for /healthz and /readyz, so a load
+ * balancer's checks are answered while the rest is full (admit.h). */
+#define HEALTH_RESERVE 8
+/* How often deadlines are enforced, the open-connection gauge sampled, and (at most every
+ * SHED_LOG_MS) one summary of what was shed logged: a flood must not become a log flood. */
+#define SWEEP_MS 200
+#define SHED_LOG_MS 10000
 /* A chunked body over the cap is read and dropped (so the 413 can be sent), but only up
  * to this much; beyond it the connection is cut. */
 #define DISCARD_MAX (16u * 1024 * 1024)
@@ -61,6 +70,13 @@ struct tq_http {
     int port;
     atomic_int in_flight;
     struct sockaddr_storage addr;
+    tq_admit *admit;
+    tq_netlist *trusted;
+    pthread_t sweeper;
+    int sweeper_started;
+    pthread_mutex_t stop_mu;
+    pthread_cond_t stop_cv;
+    int stopping;
 };
 
 struct tq_req {
@@ -76,6 +92,8 @@ struct tq_req {
     int too_large;
     char request_id[REQUEST_ID_MAX + 1];
     char user[TQ_AUTH_USER_ID_MAX + 1];
+    char client[TQ_ADMIT_ADDR_MAX];
+    tq_admit_conn *ac; /* the connection's admission slot; NULL if it has none */
     struct timespec t0;
     unsigned status;
     int replied;
@@ -426,6 +444,20 @@ static int request_id_sane(const char *s)
     return n > 0;
 }
 
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static tq_admit_conn *conn_slot(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? (tq_admit_conn *)ci->socket_context : NULL;
+}
+
 static tq_req *req_new(tq_http *srv, struct MHD_Connection *c, const char *url, const char *method)
 {
     tq_req *r = calloc(1, sizeof *r);
@@ -442,6 +474,12 @@ static tq_req *req_new(tq_http *srv, struct MHD_Connection *c, const char *url, 
     else
         tq_uuid_generate(r->request_id);
     match_route(r, url);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    tq_client_address(srv->trusted, ci ? ci->client_addr : NULL,
+                      MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Forwarded-For"),
+                      r->client);
+    r->ac = conn_slot(c);
     atomic_fetch_add(&srv->in_flight, 1);
     return r;
 }
@@ -485,6 +523,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!r)
             return MHD_NO;
         *con_cls = r;
+        tq_admit_set_phase(srv->admit, r->ac, TQ_PHASE_BODY, now_ms());
+        /* A reserve connection (taken while every ordinary one was) is for health checks
+         * only; anything else is told to come back, before its body is read. */
+        if (tq_admit_is_reserve(r->ac) &&
+            (r->route < 0 || (strcmp(routes[r->route].pattern, "/healthz") != 0 &&
+                              strcmp(routes[r->route].pattern, "/readyz") != 0))) {
+            tq_metrics_conn(TQ_CONN_RESERVE_BUSY);
+            tq_req_add_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+            tq_req_add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+            tq_req_reply_error(r, 503, "server busy, retry later");
+            return MHD_YES;
+        }
         /* A declared length over the cap is refused before reading a byte of it; MHD then
          * closes the connection, which is right for a client sending that much. */
         const char *cl =
@@ -506,20 +556,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_data_size = 0;
         return MHD_YES;
     }
-    if (!r->replied)
+    tq_admit_set_phase(srv->admit, r->ac, TQ_PHASE_BUSY, now_ms());
+    if (!r->replied) {
+        /* A health reserve connection closes after its answer, so it frees its slot. */
+        if (tq_admit_is_reserve(r->ac))
+            tq_req_add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
         dispatch(r);
+    }
     return MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)c;
     tq_http *srv = cls;
     tq_req *r = *con_cls;
     if (!r)
         return;
     *con_cls = NULL;
+    /* A kept-alive connection now waits for its next request's headers. */
+    tq_admit_set_phase(srv->admit, conn_slot(c), TQ_PHASE_HEADERS, now_ms());
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - r->t0.tv_sec) + (double)(t1.tv_nsec - r->t0.tv_nsec) / 1e9;
@@ -538,6 +594,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         json_object_set_new(f, "ms", json_integer((json_int_t)(secs * 1e3 + 0.5)));
         json_object_set_new(f, "us", json_integer((json_int_t)(secs * 1e6)));
         json_object_set_new(f, "request_id", json_string(r->request_id));
+        json_object_set_new(f, "client", json_string(r->client));
         if (r->user[0])
             json_object_set_new(f, "user", json_string(r->user));
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -557,6 +614,120 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
     tq_log(TQ_LOG_WARN, "http.mhd", "%s", msg);
+}
+
+/* ------------------------------------------------------------------ admission */
+
+/* MHD's accept policy: runs on the accepting thread before MHD allocates anything for the
+ * socket; MHD_NO closes it at once, so a refused client learns in one round trip instead
+ * of waiting in the listen backlog. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    (void)len;
+    tq_http *srv = cls;
+    switch (tq_admit_check(srv->admit, addr)) {
+    case TQ_ADMIT_OK:
+        return MHD_YES;
+    case TQ_ADMIT_REFUSE_CLIENT:
+        tq_metrics_conn(TQ_CONN_REFUSED_CLIENT);
+        return MHD_NO;
+    case TQ_ADMIT_REFUSE_FULL:
+        tq_metrics_conn(TQ_CONN_REFUSED_FULL);
+        return MHD_NO;
+    }
+    return MHD_NO;
+}
+
+/* MHD calls CLOSED before it closes the socket (and from the connection's own thread), so
+ * while the slot is open its fd is this connection's: the sweeper may shut it down. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    tq_http *srv = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        tq_admit_close(srv->admit, *socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fdi =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!fdi)
+        return;
+    tq_admit_conn *ac =
+        tq_admit_open(srv->admit, ai ? ai->client_addr : NULL, fdi->connect_fd, now_ms());
+    if (!ac) {
+        /* More accepted than the table holds (see TQ_ADMIT_SLACK): let MHD close it. */
+        tq_metrics_conn(TQ_CONN_REFUSED_FULL);
+        shutdown(fdi->connect_fd, SHUT_RDWR);
+    }
+    *socket_context = ac;
+}
+
+/* Under the admission table's mutex: the fd is still the expired connection's. shutdown()
+ * (not close) wakes MHD's epoll with end-of-file, and MHD closes and cleans up as for any
+ * client that went away. */
+static void cut_connection(int fd, tq_admit_phase p, void *arg)
+{
+    (void)arg;
+    shutdown(fd, SHUT_RDWR);
+    tq_metrics_conn(p == TQ_PHASE_BODY ? TQ_CONN_CUT_BODY : TQ_CONN_CUT_HEADERS);
+}
+
+static void log_shed(unsigned long long last[TQ_CONN_N_EVENTS], int open)
+{
+    unsigned long long d[TQ_CONN_N_EVENTS], any = 0;
+    for (int i = 0; i < TQ_CONN_N_EVENTS; i++) {
+        unsigned long long v = tq_metrics_conn_total((tq_metrics_conn_event)i);
+        d[i] = v - last[i];
+        last[i] = v;
+        any |= d[i];
+    }
+    if (!any)
+        return;
+    tq_logj(TQ_LOG_WARN, "http.shed",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:i}", "refused_per_client",
+                      (json_int_t)d[TQ_CONN_REFUSED_CLIENT], "refused_full",
+                      (json_int_t)d[TQ_CONN_REFUSED_FULL], "reserve_503",
+                      (json_int_t)d[TQ_CONN_RESERVE_BUSY], "cut_headers",
+                      (json_int_t)d[TQ_CONN_CUT_HEADERS], "cut_body",
+                      (json_int_t)d[TQ_CONN_CUT_BODY], "open", open),
+            "shed load in the last %d s: %llu connections refused, %llu past their deadline",
+            SHED_LOG_MS / 1000, d[TQ_CONN_REFUSED_CLIENT] + d[TQ_CONN_REFUSED_FULL],
+            d[TQ_CONN_CUT_HEADERS] + d[TQ_CONN_CUT_BODY]);
+}
+
+static void *sweeper_main(void *arg)
+{
+    tq_http *h = arg;
+    unsigned long long last[TQ_CONN_N_EVENTS] = {0};
+    long long next_log = now_ms() + SHED_LOG_MS;
+    pthread_mutex_lock(&h->stop_mu);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += SWEEP_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->stop_cv, &h->stop_mu, &ts);
+        if (h->stopping)
+            break;
+        pthread_mutex_unlock(&h->stop_mu);
+        long long now = now_ms();
+        tq_admit_sweep(h->admit, now, cut_connection, NULL);
+        int open = tq_admit_open_count(h->admit);
+        tq_metrics_conn_open(open);
+        if (now >= next_log) {
+            log_shed(last, open);
+            next_log = now + SHED_LOG_MS;
+        }
+        pthread_mutex_lock(&h->stop_mu);
+    }
+    pthread_mutex_unlock(&h->stop_mu);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ server */
@@ -580,22 +751,93 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
     return TQ_OK;
 }
 
+/* MHD's own limit sits above ours (ordinary + reserve + the admission table's slack): MHD
+ * at its limit stops accepting and leaves connections in the backlog, which is what the
+ * admission table exists to avoid; we refuse first, at once. */
+static unsigned mhd_connection_limit(const tq_config *cfg)
+{
+    return (unsigned)cfg->http_max_connections + HEALTH_RESERVE + TQ_ADMIT_SLACK;
+}
+
+/* File descriptors besides HTTP connections: Postgres (one per HTTP thread and the relay),
+ * RabbitMQ, epoll and inter-thread pipes of the pool, stdio, log. */
+#define OTHER_FDS 64
+
+int tq_http_prepare(const tq_config *cfg, tq_errbuf *eb)
+{
+    tq_netlist *l = NULL;
+    int rc = tq_netlist_parse(cfg->http_trusted_proxies, &l, eb);
+    tq_netlist_free(l);
+    if (rc != TQ_OK)
+        return rc;
+    rlim_t need = (rlim_t)mhd_connection_limit(cfg) + (rlim_t)cfg->http_threads * 4 + OTHER_FDS;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return TQ_OK;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "TRAINQ_HTTP_MAX_CONNECTIONS %d needs %llu file descriptors, the hard "
+                           "limit (ulimit -Hn) is %llu",
+                           cfg->http_max_connections, (unsigned long long)need,
+                           (unsigned long long)rl.rlim_max);
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "could not raise the file descriptor limit to %llu: %s",
+                           (unsigned long long)need, strerror(errno));
+    }
+    return TQ_OK;
+}
+
+static void http_free(tq_http *h)
+{
+    if (h->sweeper_started) {
+        pthread_mutex_lock(&h->stop_mu);
+        h->stopping = 1;
+        pthread_cond_signal(&h->stop_cv);
+        pthread_mutex_unlock(&h->stop_mu);
+        pthread_join(h->sweeper, NULL);
+    }
+    pthread_cond_destroy(&h->stop_cv);
+    pthread_mutex_destroy(&h->stop_mu);
+    tq_admit_free(h->admit);
+    tq_netlist_free(h->trusted);
+    free(h);
+}
+
 int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
 {
     *out = NULL;
+    const tq_config *cfg = app->cfg;
     tq_http *h = calloc(1, sizeof *h);
     if (!h)
         return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
     h->app = app;
     atomic_init(&h->in_flight, 0);
+    pthread_mutex_init(&h->stop_mu, NULL);
+    pthread_cond_init(&h->stop_cv, NULL);
     for (size_t i = 0; i < N_ROUTES; i++)
         route_labels[i] = routes[i].pattern;
     tq_metrics_init(route_labels, N_ROUTES);
 
+    int rc = tq_netlist_parse(cfg->http_trusted_proxies, &h->trusted, eb);
+    tq_admit_config acfg = {
+        .max_connections = cfg->http_max_connections,
+        .reserve = HEALTH_RESERVE,
+        .per_client = cfg->http_max_connections_per_client,
+        .header_ms = cfg->http_header_timeout_seconds * 1000,
+        .body_ms = cfg->http_body_timeout_seconds * 1000,
+        .idle_ms = cfg->request_timeout_seconds * 1000,
+        .trusted = h->trusted,
+    };
+    if (rc == TQ_OK)
+        rc = tq_admit_new(&acfg, &h->admit, eb);
     socklen_t alen = 0;
-    int rc = resolve(app->cfg->http_host, app->cfg->http_port, &h->addr, &alen, eb);
+    if (rc == TQ_OK)
+        rc = resolve(cfg->http_host, cfg->http_port, &h->addr, &alen, eb);
     if (rc != TQ_OK) {
-        free(h);
+        http_free(h);
         return rc;
     }
     unsigned flags =
@@ -603,19 +845,26 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
     if (h->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(
-        flags, (uint16_t)app->cfg->http_port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, /* first, so every message goes here */
+        flags, (uint16_t)app->cfg->http_port, on_accept, h, on_request, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, so every message goes here */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&h->addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned int)app->cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)app->cfg->request_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)CONN_MEMORY_LIMIT, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)MAX_CONNECTIONS,
+        (size_t)CONN_MEMORY_LIMIT, MHD_OPTION_CONNECTION_LIMIT, mhd_connection_limit(cfg),
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, h, MHD_OPTION_END);
+        on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
     if (!h->d) {
-        free(h);
+        int e = errno;
+        http_free(h);
         return tq_errf(eb, TQ_ERR_IO, "could not listen on %s:%d: %s", app->cfg->http_host,
-                       app->cfg->http_port, strerror(errno));
+                       app->cfg->http_port, strerror(e));
     }
+    if (pthread_create(&h->sweeper, NULL, sweeper_main, h) != 0) {
+        MHD_stop_daemon(h->d);
+        http_free(h);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not start the connection sweeper thread");
+    }
+    h->sweeper_started = 1;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : app->cfg->http_port;
     *out = h;
@@ -644,5 +893,5 @@ void tq_http_stop(tq_http *h, int drain_ms)
         tq_log(TQ_LOG_WARN, "http.drain_timeout", "%d requests still in flight after %d ms", left,
                drain_ms);
     MHD_stop_daemon(h->d);
-    free(h);
+    http_free(h);
 }

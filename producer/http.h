@@ -9,8 +9,10 @@
  * What must stay true:
  *  - every request gets exactly one response; a handler that does not reply is answered
  *    500 by the dispatcher;
- *  - a response other than 413 is only queued after the whole body was read, so MHD can
- *    keep the connection alive;
+ *  - a response other than 413 (and the 503 of a health-reserve connection, admit.h) is
+ *    only queued after the whole body was read, so MHD can keep the connection alive;
+ *  - every connection has an admission slot from MHD's connection notification until its
+ *    close notification; the slot's deadlines bound how long a request may take to arrive;
  *  - every response carries X-Request-Id, Cache-Control: no-store and the CORS headers;
  *  - nothing from the server's internals (SQL errors, host names) reaches a response body.
  */
@@ -75,6 +77,10 @@ int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute);
 
 typedef struct tq_http tq_http;
 
+/* Checks the HTTP options that the option table cannot (the trusted proxy list) and raises
+ * the file descriptor soft limit to what TRAINQ_HTTP_MAX_CONNECTIONS needs. TQ_ERR_CONFIG
+ * with one line in eb when it cannot. Call before any thread starts. */
+int tq_http_prepare(const tq_config *cfg, tq_errbuf *eb);
 /* Binds cfg->http_host:http_port (port 0: any free port) and starts the thread pool.
  * app must outlive the server. *out is caller-owned (tq_http_stop). */
 int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb);

@@ -52,7 +52,13 @@ int main(int argc, char **argv)
         .issuer = nonempty(cfg.jwt_issuer),
         .leeway_seconds = cfg.jwt_leeway_seconds,
     };
-    int rc = tq_auth_new(&ac, &auth, &eb);
+    int rc = tq_http_prepare(&cfg, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
+        exit_code = 2;
+        goto out;
+    }
+    rc = tq_auth_new(&ac, &auth, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
         exit_code = 2;

@@ -27,6 +27,52 @@ static atomic_ullong lat_bucket[ROUTE_SLOTS][N_BUCKETS + 1];
 static atomic_ullong lat_sum_us[ROUTE_SLOTS];
 static atomic_ullong lat_count[ROUTE_SLOTS];
 
+static atomic_ullong conn_events[TQ_CONN_N_EVENTS];
+static atomic_int conn_open;
+
+void tq_metrics_conn(tq_metrics_conn_event ev)
+{
+    atomic_fetch_add_explicit(&conn_events[ev], 1, memory_order_relaxed);
+}
+
+unsigned long long tq_metrics_conn_total(tq_metrics_conn_event ev)
+{
+    return atomic_load_explicit(&conn_events[ev], memory_order_relaxed);
+}
+
+void tq_metrics_conn_open(int n)
+{
+    atomic_store_explicit(&conn_open, n, memory_order_relaxed);
+}
+
+static void render_conns(FILE *f)
+{
+    fprintf(f,
+            "# HELP trainq_http_connections_open HTTP connections open (sampled every 200 ms).\n"
+            "# TYPE trainq_http_connections_open gauge\ntrainq_http_connections_open %d\n",
+            atomic_load_explicit(&conn_open, memory_order_relaxed));
+    fprintf(f,
+            "# HELP trainq_http_connections_refused_total Connections closed at accept.\n"
+            "# TYPE trainq_http_connections_refused_total counter\n"
+            "trainq_http_connections_refused_total{reason=\"per_client\"} %llu\n"
+            "trainq_http_connections_refused_total{reason=\"full\"} %llu\n",
+            tq_metrics_conn_total(TQ_CONN_REFUSED_CLIENT),
+            tq_metrics_conn_total(TQ_CONN_REFUSED_FULL));
+    fprintf(f,
+            "# HELP trainq_http_reserve_refused_total Requests other than /healthz and /readyz "
+            "answered 503 on a connection from the health reserve.\n"
+            "# TYPE trainq_http_reserve_refused_total counter\n"
+            "trainq_http_reserve_refused_total %llu\n",
+            tq_metrics_conn_total(TQ_CONN_RESERVE_BUSY));
+    fprintf(f,
+            "# HELP trainq_http_deadline_closed_total Connections closed because a request's "
+            "headers or body were not in by their deadline.\n"
+            "# TYPE trainq_http_deadline_closed_total counter\n"
+            "trainq_http_deadline_closed_total{phase=\"headers\"} %llu\n"
+            "trainq_http_deadline_closed_total{phase=\"body\"} %llu\n",
+            tq_metrics_conn_total(TQ_CONN_CUT_HEADERS), tq_metrics_conn_total(TQ_CONN_CUT_BODY));
+}
+
 void tq_metrics_init(const char *const *names, size_t n)
 {
     route_names = names;
@@ -117,6 +163,8 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
         fprintf(f, "trainq_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
                 route_label(r), cum);
     }
+
+    render_conns(f);
 
     tq_metrics_relay none = {0};
     none.backlog = -1;

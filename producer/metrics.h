@@ -18,6 +18,20 @@ void tq_metrics_init(const char *const *route_names, size_t n);
 /* One finished request. Routes >= n and unusual codes are counted under "other". */
 void tq_metrics_observe(size_t route, unsigned status, double seconds);
 
+/* Connection admission (see admit.h): what was shed, and how many connections are open. */
+typedef enum {
+    TQ_CONN_REFUSED_CLIENT, /* closed at accept: the peer address is at its cap */
+    TQ_CONN_REFUSED_FULL,   /* closed at accept: every slot, reserve included, is taken */
+    TQ_CONN_RESERVE_BUSY,   /* a reserve connection asked for more than a health check: 503 */
+    TQ_CONN_CUT_HEADERS,    /* closed: headers not complete by the header deadline */
+    TQ_CONN_CUT_BODY,       /* closed: body not complete by the body deadline */
+    TQ_CONN_N_EVENTS
+} tq_metrics_conn_event;
+
+void tq_metrics_conn(tq_metrics_conn_event ev);
+unsigned long long tq_metrics_conn_total(tq_metrics_conn_event ev);
+void tq_metrics_conn_open(int n);
+
 /* Relay figures shown by /metrics (have = 0: the relay is not running). */
 typedef struct {
     int have;

@@ -73,6 +73,25 @@ static const opt options[] = {
      "outbox rows published per confirm round"},
     {"TRAINQ_REQUEST_TIMEOUT_SECONDS", "request-timeout-seconds", OPT_INT,
      OFF(request_timeout_seconds), "30", 1, 3600, NULL, P, "idle HTTP connection timeout"},
+    {"TRAINQ_HTTP_MAX_CONNECTIONS", "http-max-connections", OPT_INT, OFF(http_max_connections),
+     "1024", 16, 100000, NULL, P,
+     "HTTP connections open at once, all clients (8 more are kept for /healthz and /readyz); "
+     "beyond it new connections are closed at once"},
+    {"TRAINQ_HTTP_MAX_CONNECTIONS_PER_CLIENT", "http-max-connections-per-client", OPT_INT,
+     OFF(http_max_connections_per_client), "64", 1, 100000, NULL, P,
+     "HTTP connections one peer address may hold (trusted proxies exempt); more are closed at "
+     "once"},
+    {"TRAINQ_HTTP_HEADER_TIMEOUT_SECONDS", "http-header-timeout-seconds", OPT_INT,
+     OFF(http_header_timeout_seconds), "10", 1, 3600, NULL, P,
+     "a request's headers must be in this long after the connection opened (not reset by "
+     "trickled bytes)"},
+    {"TRAINQ_HTTP_BODY_TIMEOUT_SECONDS", "http-body-timeout-seconds", OPT_INT,
+     OFF(http_body_timeout_seconds), "30", 1, 3600, NULL, P,
+     "a request's body must be in this long after its headers (not reset by trickled bytes)"},
+    {"TRAINQ_HTTP_TRUSTED_PROXIES", "http-trusted-proxies", OPT_STR, OFF(http_trusted_proxies),
+     "", 0, 0, NULL, P,
+     "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (others' is "
+     "ignored)"},
 
     {"TRAINQ_WORKER_ID", "worker-id", OPT_STR, OFF(worker_id), "", 0, 0, NULL, C,
      "stable id of this consumer (default: host name); unique per consumer"},

@@ -42,6 +42,11 @@ typedef struct {
     long long max_body_bytes;
     int relay_batch;
     int request_timeout_seconds;
+    int http_max_connections;
+    int http_max_connections_per_client;
+    int http_header_timeout_seconds;
+    int http_body_timeout_seconds;
+    char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
     /* consumer */
     char *worker_id;
     char *docker_host;

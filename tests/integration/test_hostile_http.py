@@ -75,7 +75,10 @@ def producer_env(**extra):
            "TRAINQ_SUBMIT_RATE_PER_MINUTE": "100000", "TRAINQ_READ_RATE_PER_MINUTE": "100000",
            "TRAINQ_MAX_BODY_BYTES": str(MAX_BODY),
            "TRAINQ_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT),
-           "TRAINQ_CORS_ORIGINS": "*", "TRAINQ_HTTP_THREADS": "4", "TRAINQ_LOG_LEVEL": "info"}
+           "TRAINQ_CORS_ORIGINS": "*", "TRAINQ_HTTP_THREADS": "4", "TRAINQ_LOG_LEVEL": "info",
+           # 300 connections at once from one address: the per-address cap is
+           # test_hostile_load's subject, not this file's.
+           "TRAINQ_HTTP_MAX_CONNECTIONS_PER_CLIENT": "1000"}
     env.update(extra)
     return env
 

@@ -174,6 +174,15 @@ class Program:
             raise AssertionError(f"{self.name} stderr has sanitizer output {found}:\n"
                                  + self.stderr_text()[-6000:])
 
+    def stop_clean(self, timeout=30.0):
+        """SIGTERM, then cleanup; asserts exit code 0 and no sanitizer report."""
+        code = self.stop(signal.SIGTERM, timeout=timeout)
+        text = self.stderr_text()
+        found = self.sanitizer_report()
+        self.cleanup()
+        assert code == 0, f"{self.name} exited {code} on SIGTERM:\n{text[-4000:]}"
+        assert not found, f"sanitizer report in {self.name} stderr:\n{text[-8000:]}"
+
     def cleanup(self):
         """Kills the process if still running and removes the stderr file."""
         self.kill()

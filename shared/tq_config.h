@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "tq_err.h"
+#include "tq_sign.h"
 
 /* Which program an option belongs to (bit mask). */
 #define TQ_PROG_PRODUCER 1u
@@ -42,6 +43,10 @@ typedef struct {
     long long max_body_bytes;
     int relay_batch;
     int request_timeout_seconds;
+    /* both: publisher signatures (tq_sign.h); publish_keyring.n == 0 when off */
+    char *publish_keys;
+    char *publish_keys_file;
+    tq_sign_keys publish_keyring; /* parsed from one of the two at load; wiped by free */
     /* consumer */
     char *worker_id;
     char *docker_host;

@@ -32,6 +32,7 @@
 #include "tq_db.h"
 #include "tq_log.h"
 #include "tq_msg.h"
+#include "tq_sign.h"
 #include "worker.h"
 
 #define CONSUME_WAIT_MS 200
@@ -418,6 +419,55 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     return 1;
 }
 
+/* A string header of the delivery: 1 found (*v, *n borrowed from env), 0 absent, -1 present
+ * with a type other than a string. */
+static int header_string(const amqp_envelope_t *env, const char *name, const char **v, size_t *n)
+{
+    if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
+        return 0;
+    const amqp_table_t *t = &env->message.properties.headers;
+    size_t nl = strlen(name);
+    for (int i = 0; i < t->num_entries; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        if (e->key.len != nl || memcmp(e->key.bytes, name, nl) != 0)
+            continue;
+        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+            return -1;
+        *v = e->value.value.bytes.len ? e->value.value.bytes.bytes : "";
+        *n = e->value.value.bytes.len;
+        return 1;
+    }
+    return 0;
+}
+
+/* With publisher keys configured, only a body signed by one of them gets further: this runs
+ * before the body is even parsed, and long before any database work. 1: go on. */
+static int publisher_verified(dispatcher *d, const amqp_envelope_t *env)
+{
+    const tq_sign_keys *keys = &d->w->cfg->publish_keyring;
+    if (keys->n == 0)
+        return 1;
+    const char *hv[2] = {NULL, NULL};
+    size_t hn[2] = {0, 0};
+    const char *names[2] = {TQ_SIGN_KEY_ID_HEADER, TQ_SIGN_SIGNATURE_HEADER};
+    char why[256];
+    for (int i = 0; i < 2; i++)
+        if (header_string(env, names[i], &hv[i], &hn[i]) < 0) {
+            snprintf(why, sizeof why, "bad signature: header %s must be a string", names[i]);
+            dead_letter(d, env, why);
+            return 0;
+        }
+    int rc = tq_sign_verify(keys, hv[0], hn[0], hv[1], hn[1], env->message.body.bytes,
+                            env->message.body.len, why, sizeof why);
+    if (rc == TQ_OK)
+        return 1;
+    if (rc == TQ_ERR_AUTH)
+        dead_letter(d, env, why);
+    else /* libcrypto failed: not the message's fault; its delivery limit bounds this */
+        settle(d, env->delivery_tag, 0);
+    return 0;
+}
+
 static void handle(dispatcher *d, amqp_envelope_t *env)
 {
     tq_worker *w = d->w;
@@ -425,6 +475,8 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         settle(d, env->delivery_tag, 0); /* arrived after cancel */
         return;
     }
+    if (!publisher_verified(d, env))
+        return;
     tq_job_msg m;
     tq_validation v;
     memset(&v, 0, sizeof v);

@@ -89,7 +89,12 @@ int main(int argc, char **argv)
     /* Releases of parked jobs and retries are outbox rows: every consumer relays them, so a
      * deployment needs no producer for its queue to keep moving. */
     tq_relay_config rc_cfg = {.database_url = cfg.database_url, .amqp_url = cfg.amqp_url,
-                              .name = "trainq-consumer-relay", .batch = cfg.relay_batch};
+                              .name = "trainq-consumer-relay", .batch = cfg.relay_batch,
+                              .sign_keys = &cfg.publish_keyring};
+    if (cfg.publish_keyring.n == 0)
+        tq_log(TQ_LOG_WARN, "consumer.unauthenticated_publishers",
+               "TRAINQ_PUBLISH_KEYS is not set: direct publishers are not authenticated; anyone "
+               "who can publish to exchange trainq.jobs can run jobs as any user");
     if (tq_relay_start(&rc_cfg, &relay, &eb) != TQ_OK) {
         fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
         exit_code = 2;

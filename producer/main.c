@@ -76,6 +76,7 @@ int main(int argc, char **argv)
         .name = "trainq-producer-relay",
         .batch = cfg.relay_batch,
         .poll_ms = 1000,
+        .sign_keys = &cfg.publish_keyring,
     };
     rc = tq_relay_start(&rc_cfg, &relay, &eb);
     if (rc != TQ_OK) {

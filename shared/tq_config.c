@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 typedef enum {
     OPT_STR,    /* any non-empty string unless default is "" */
     OPT_SECRET, /* like OPT_STR, never echoed back in errors */
@@ -71,6 +73,12 @@ static const opt options[] = {
      NULL, P, "largest accepted request body (413 beyond it)"},
     {"TRAINQ_RELAY_BATCH", "relay-batch", OPT_INT, OFF(relay_batch), "100", 1, 1000, NULL, P | C,
      "outbox rows published per confirm round"},
+    {"TRAINQ_PUBLISH_KEYS", "publish-keys", OPT_SECRET, OFF(publish_keys), "", 0, 0, NULL, P | C,
+     "publisher signing keys `id:secret,id:secret` (secrets of 32+ bytes): relays sign with the "
+     "first, consumers accept any and dead-letter other messages; empty: no signing "
+     "(docs/message-contract.md)"},
+    {"TRAINQ_PUBLISH_KEYS_FILE", "publish-keys-file", OPT_STR, OFF(publish_keys_file), "", 0, 0,
+     NULL, P | C, "file holding the TRAINQ_PUBLISH_KEYS list instead (one `id:secret` per line)"},
     {"TRAINQ_REQUEST_TIMEOUT_SECONDS", "request-timeout-seconds", OPT_INT,
      OFF(request_timeout_seconds), "30", 1, 3600, NULL, P, "idle HTTP connection timeout"},
     {"TRAINQ_HTTP_MAX_CONNECTIONS", "http-max-connections", OPT_INT, OFF(http_max_connections),
@@ -367,11 +375,12 @@ static int valid_worker_id(const char *s)
     return 1;
 }
 
-static int read_file(const char *path, char **out, tq_errbuf *eb)
+/* The contents of the file option `what` (at most 64 KiB, not empty), NUL-terminated. */
+static int read_file(const char *what, const char *path, char **out, tq_errbuf *eb)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return tq_errf(eb, TQ_ERR_CONFIG, "cannot read TRAINQ_JWT_PUBLIC_KEY_FILE \"%s\": %s", path,
+        return tq_errf(eb, TQ_ERR_CONFIG, "cannot read %s \"%s\": %s", what, path,
                        strerror(errno));
     char *buf = malloc(65537);
     if (!buf) {
@@ -383,12 +392,33 @@ static int read_file(const char *path, char **out, tq_errbuf *eb)
     fclose(f);
     if (toolong || n == 0) {
         free(buf);
-        return tq_errf(eb, TQ_ERR_CONFIG, "cannot use TRAINQ_JWT_PUBLIC_KEY_FILE \"%s\": %s", path,
+        return tq_errf(eb, TQ_ERR_CONFIG, "cannot use %s \"%s\": %s", what, path,
                        n == 0 ? "file is empty" : "file is larger than 64 KiB");
     }
     buf[n] = '\0';
     *out = buf;
     return TQ_OK;
+}
+
+/* TRAINQ_PUBLISH_KEYS or the file named by TRAINQ_PUBLISH_KEYS_FILE (not both) into
+ * c->publish_keyring; neither leaves signing off. */
+static int load_publish_keys(tq_config *c, tq_errbuf *eb)
+{
+    if (*c->publish_keys && *c->publish_keys_file)
+        return tq_errf(eb, TQ_ERR_CONFIG, "conflicting TRAINQ_PUBLISH_KEYS_FILE: "
+                                          "TRAINQ_PUBLISH_KEYS is set too; set only one");
+    if (*c->publish_keys)
+        return tq_sign_keys_parse(c->publish_keys, "TRAINQ_PUBLISH_KEYS", &c->publish_keyring, eb);
+    if (!*c->publish_keys_file)
+        return TQ_OK;
+    char *text = NULL;
+    int rc = read_file("TRAINQ_PUBLISH_KEYS_FILE", c->publish_keys_file, &text, eb);
+    if (rc == TQ_OK) {
+        rc = tq_sign_keys_parse(text, "TRAINQ_PUBLISH_KEYS_FILE", &c->publish_keyring, eb);
+        OPENSSL_cleanse(text, strlen(text));
+        free(text);
+    }
+    return rc;
 }
 
 /* Cross-option rules that a single value cannot express. */
@@ -421,7 +451,8 @@ static int check_combined(tq_config *c, unsigned prog, tq_errbuf *eb)
             return tq_errf(eb, TQ_ERR_CONFIG,
                            "invalid TRAINQ_JWT_SECRET: must be at least 16 bytes long");
         if (!hs) {
-            int rc = read_file(c->jwt_public_key_file, &c->jwt_public_key_pem, eb);
+            int rc = read_file("TRAINQ_JWT_PUBLIC_KEY_FILE", c->jwt_public_key_file,
+                               &c->jwt_public_key_pem, eb);
             if (rc)
                 return rc;
         }
@@ -495,6 +526,9 @@ static int check_combined(tq_config *c, unsigned prog, tq_errbuf *eb)
                 return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s \"%.200s\": expected an absolute path",
                                dirs[i][0], dirs[i][1]);
     }
+    int rc = load_publish_keys(c, eb);
+    if (rc != TQ_OK)
+        return rc;
     if (strncmp(c->amqp_url, "amqp://", 7) != 0 && strncmp(c->amqp_url, "amqps://", 8) != 0)
         return tq_errf(eb, TQ_ERR_CONFIG, "invalid TRAINQ_AMQP_URL: expected amqp://user:pass@host:port/vhost");
     return TQ_OK;
@@ -585,6 +619,7 @@ void tq_config_free(tq_config *c)
     }
     free(c->jwt_public_key_pem);
     c->jwt_public_key_pem = NULL;
+    tq_sign_keys_wipe(&c->publish_keyring);
 }
 
 const char *tq_config_slot_gpu(const tq_config *c, int slot)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "tq_err.h"
+#include "tq_sign.h"
 
 /* Which program an option belongs to (bit mask). */
 #define TQ_PROG_PRODUCER 1u
@@ -47,6 +48,10 @@ typedef struct {
     int http_header_timeout_seconds;
     int http_body_timeout_seconds;
     char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
+    /* both: publisher signatures (tq_sign.h); publish_keyring.n == 0 when off */
+    char *publish_keys;
+    char *publish_keys_file;
+    tq_sign_keys publish_keyring; /* parsed from one of the two at load; wiped by free */
     /* consumer */
     char *worker_id;
     char *docker_host;

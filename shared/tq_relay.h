@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "tq_err.h"
+#include "tq_sign.h"
 
 typedef struct {
     const char *database_url; /* copied by tq_relay_start */
@@ -26,6 +27,10 @@ typedef struct {
     const char *name;         /* connection/application name; copied; NULL: "trainq-relay" */
     int batch;                /* rows per transaction; <= 0: 100 (capped at 1000) */
     int poll_ms;              /* fallback poll when no NOTIFY comes; <= 0: 1000 */
+    /* NULL or no keys: messages go out unsigned. Otherwise every message is signed with
+     * the first key (x-trainq-key-id, x-trainq-signature over the payload bytes exactly
+     * as published). The key is copied. */
+    const tq_sign_keys *sign_keys;
 } tq_relay_config;
 
 typedef struct {

@@ -21,23 +21,11 @@
 #define WAIT_ROUND_MS 2000
 #define LOG_TAIL_LINES 20
 
-double tq_mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int tq_worker_sleep(tq_worker *w, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    /* w->cv measures on CLOCK_MONOTONIC (tq_cond_init_monotonic): a wall-clock step must
+     * not stretch the housekeeper's sleep past a lease. */
+    struct timespec until = tq_mono_deadline(ms);
     pthread_mutex_lock(&w->mu);
     while (!atomic_load(&w->stopping)) {
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "docker.h"
+#include "tq_clock.h"
 
 static int failures;
 static tq_docker *D;
@@ -39,13 +40,6 @@ static char SOCK_DIR[128];
             return;                                                                                \
         }                                                                                          \
     } while (0)
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A job's host side: <ROOT>/<tag>/datasets/trainer.env and an empty <ROOT>/<tag>/outputs. */
 typedef struct {
@@ -236,7 +230,7 @@ static void *wait_thread(void *arg)
 {
     waiter *w = arg;
     w->rc = tq_docker_wait(D, w->id, 20000, &w->code, &w->eb);
-    w->returned_ms = now_ms();
+    w->returned_ms = tq_mono_ms();
     return NULL;
 }
 
@@ -250,9 +244,9 @@ static void test_stop_ends_a_long_job_within_its_grace(void)
     CHECK(tq_docker_start(D, id, &eb) == TQ_OK, eb);
     CHECK(tq_docker_start(D, id, &eb) == TQ_OK, eb); /* 304: already running */
     int code = -1;
-    long long t0 = now_ms();
+    long long t0 = tq_mono_ms();
     CHECK(tq_docker_wait(D, id, 300, &code, &eb) == TQ_ERR_TIMEOUT, eb);
-    CHECK(now_ms() - t0 < 3000, eb);
+    CHECK(tq_mono_ms() - t0 < 3000, eb);
     tq_container_state st;
     CHECK(tq_docker_inspect(D, id, &st, &eb) == TQ_OK && st.running, eb);
 
@@ -261,9 +255,9 @@ static void test_stop_ends_a_long_job_within_its_grace(void)
     pthread_t th;
     CHECK(pthread_create(&th, NULL, wait_thread, &w) == 0, eb);
     usleep(200 * 1000);
-    t0 = now_ms();
+    t0 = tq_mono_ms();
     int rc = tq_docker_stop(D, id, 1, &eb);
-    long long stop_ms = now_ms() - t0;
+    long long stop_ms = tq_mono_ms() - t0;
     pthread_join(th, NULL);
     CHECK(rc == TQ_OK, eb);
     CHECK(stop_ms < 4000, eb);
@@ -405,7 +399,7 @@ int main(void)
     IMAGE = getenv("TRAINQ_TEST_IMAGE");
     if (!IMAGE || !*IMAGE)
         IMAGE = "trainq-fake-trainer:latest";
-    snprintf(WORKER, sizeof WORKER, "docker-it-%ld-%lld", (long)getpid(), now_ms());
+    snprintf(WORKER, sizeof WORKER, "docker-it-%ld-%lld", (long)getpid(), (long long)tq_mono_ms());
     tq_errbuf eb = {{0}};
     if (tq_docker_new(host, &D, &eb) != TQ_OK) {
         fprintf(stderr, "FAIL: %s\n", eb.msg);

@@ -47,6 +47,7 @@ static void drop_amqp(dispatcher *d)
     d->in = d->dead = NULL;
     d->consuming = 0;
     atomic_store(&d->w->amqp_ok, 0);
+    tq_cmetrics_set(TQ_CM_AMQP_UP, 0);
 }
 
 static int connect_amqp(dispatcher *d, tq_errbuf *eb)
@@ -71,6 +72,7 @@ static int connect_amqp(dispatcher *d, tq_errbuf *eb)
     d->epoch = tq_amqp_channel_epoch(d->in);
     d->consuming = 0;
     atomic_store(&d->w->amqp_ok, 1);
+    tq_cmetrics_set(TQ_CM_AMQP_UP, 1);
     return TQ_OK;
 }
 

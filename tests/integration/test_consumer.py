@@ -405,6 +405,22 @@ class TestMessages(ConsumerCase):
         self.assertIn("not found", j1["error_message"])
         self.assertIn("belongs to another user", j2["error_message"])
 
+    def test_dataset_storage_path_longer_than_1023_bytes_fails_job(self):
+        # Cut to 1023 bytes it would still look valid (and could name another directory).
+        u = self.user("longpath")
+        ds = str(uuid.uuid4())
+        tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                   "VALUES (:'id', :'u', 'test dataset', :'p')",
+                   variables={"id": ds, "u": u, "p": f"{u}/" + "a/" * 1000})
+        m = self.message(u, ds)
+        self.consumer(f"longpath-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["error_message"],
+                         f"dataset {ds} storage_path is longer than 1023 bytes")
+        self.assertIsNone(j["container_id"])
+
 
 class TestRecovery(ConsumerCase):
 
@@ -458,6 +474,25 @@ class TestRecovery(ConsumerCase):
         reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
         self.assertTrue(any(r and "while dockerd was unreachable" in r for r in reasons), reasons)
         c.wait_event("job.interrupted", timeout=5)
+
+    def test_amqp_up_metric_follows_the_broker_connection(self):
+        c = self.consumer(f"amqpup-{run_id()}")
+        port = c.wait_event("consumer.starting").get("metrics_port")
+
+        def amqp_up():
+            r = h.http_once(port, "GET", "/metrics", timeout=5)
+            for line in r.raw.decode().splitlines():
+                if line.startswith("trainq_consumer_amqp_up "):
+                    return line.split()[1]
+            return None
+
+        h.wait_until(lambda: amqp_up() == "1", timeout=10, what="amqp_up 1 while connected")
+        tqenv.services("stop", "rabbitmq")
+        try:
+            h.wait_until(lambda: amqp_up() == "0", timeout=30, what="amqp_up 0 without a broker")
+        finally:
+            tqenv.services("start", "rabbitmq")
+        h.wait_until(lambda: amqp_up() == "1", timeout=60, what="amqp_up 1 after reconnecting")
 
     def test_clean_restart_slower_than_the_lease_keeps_the_job(self):
         """A deploy: SIGTERM, then a restart later than the lease while another consumer's

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq_utf8.h"
+
 /* curl_easy_escape(NULL, ...) needs 7.82; CURLOPT_UNIX_SOCKET_PATH needs 7.40. */
 #if LIBCURL_VERSION_NUM < 0x075200
 #error "libcurl >= 7.82 required"
@@ -29,16 +31,16 @@ struct tq_docker {
 
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    size_t n = src ? strlen(src) : 0;
-    if (n >= cap)
-        n = cap - 1;
+    /* whole characters: the daemon's State.Error may become a job's stored reason */
+    size_t n = src ? tq_utf8_prefix(src, cap - 1) : 0;
     if (n)
         memcpy(dst, src, n);
     dst[n] = '\0';
 }
 
 /* Copies at most cap-1 bytes of a daemon-supplied string, replacing control characters so
- * an error line stays one line. */
+ * an error line stays one line, cut on a character boundary and made valid UTF-8 (it ends
+ * up in errors that are stored as a job's reason). */
 static void copy_line(char *dst, size_t cap, const char *src, size_t n)
 {
     size_t o = 0;
@@ -47,6 +49,8 @@ static void copy_line(char *dst, size_t cap, const char *src, size_t n)
         dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
     }
     dst[o] = '\0';
+    tq_utf8_clip(dst, o);
+    tq_utf8_sanitize(dst, strlen(dst));
 }
 
 static int ref_ok(const char *ref)
@@ -60,39 +64,6 @@ static int ref_ok(const char *ref)
 }
 
 /* ---------------------------------------------------------------- log demux */
-
-static int utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    int need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c < 0x80)
-        return c ? 1 : 0;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if ((size_t)need >= n)
-        return 0;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (int i = 2; i <= need; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return need + 1;
-}
 
 void tq_log_demux_init(tq_log_demux *m)
 {
@@ -174,29 +145,15 @@ char *tq_log_demux_finish(const tq_log_demux *m)
     char *out = malloc(n + extra + 1);
     if (!out)
         return NULL;
-    size_t i = 0, o = 0;
+    size_t i = 0;
     if (m->truncated)
         while (i < n && i < 3 && (s[i] & 0xC0) == 0x80)
             i++; /* the cut fell inside a character */
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {
-            s = m->hdr;
-            n = extra;
-            i = 0;
-        }
-        while (i < n) {
-            int l = utf8_seq_len(s + i, n - i);
-            if (l == 0) {
-                out[o++] = '?';
-                i++;
-            } else {
-                memcpy(out + o, s + i, (size_t)l);
-                o += (size_t)l;
-                i += (size_t)l;
-            }
-        }
-    }
-    out[o] = '\0';
+    memcpy(out, s + i, n - i);
+    memcpy(out + (n - i), m->hdr, extra);
+    /* The trainer's bytes are arbitrary: the tail is stored as the job's reason, and
+     * Postgres refuses invalid UTF-8 (and NUL would end the C string early). */
+    tq_utf8_sanitize(out, n - i + extra);
     return out;
 }
 

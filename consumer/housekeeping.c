@@ -20,6 +20,7 @@
 #include "cmetrics.h"
 #include "tq_db.h"
 #include "tq_log.h"
+#include "tq_utf8.h"
 #include "worker.h"
 
 typedef struct {
@@ -233,8 +234,8 @@ void tq_worker_adopt(tq_worker *w)
                 /* Crashed between create and start, and it will not start now: a wait on it
                  * would report exit code 0 for a job that never ran. Retry the job instead. */
                 char why[400];
-                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.300s",
-                         cfg->worker_id, kb.msg);
+                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.*s",
+                         cfg->worker_id, TQ_UTF8_ARG(kb.msg, 300));
                 tq_docker_remove(w->docker, cs[i].id, 1, &kb);
                 tq_slot_free(w, slot);
                 if (tq_cdb_retry(db, cs[i].job_label, fencing, why, cfg->max_attempts, &kb) !=

@@ -16,6 +16,7 @@
 #include "cmetrics.h"
 #include "tq_db.h"
 #include "tq_log.h"
+#include "tq_utf8.h"
 #include "worker.h"
 
 #define WAIT_ROUND_MS 2000
@@ -124,8 +125,12 @@ static void describe_exit(runner *r, int exit_code, int oom, outcome *o)
     tq_docker_logs_tail(r->w->docker, s->container_id, LOG_TAIL_LINES, &tail, &eb);
     o->status = "failed";
     o->exit_code = exit_code;
-    snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", exit_code,
-             oom ? " (killed: out of memory)" : "", tail && *tail ? ": " : "", tail ? tail : "");
+    /* The tail is sanitised (tq_log_demux_finish); a cut must not split a character. */
+    int n = snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", exit_code,
+                     oom ? " (killed: out of memory)" : "", tail && *tail ? ": " : "",
+                     tail ? tail : "");
+    if (n >= (int)sizeof o->error)
+        tq_utf8_clip(o->error, sizeof o->error - 1);
     snprintf(o->reason, sizeof o->reason, "exit code %d%s", exit_code, oom ? ", out of memory" : "");
     free(tail);
 }

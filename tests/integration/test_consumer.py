@@ -296,6 +296,51 @@ class TestOutcomes(ConsumerCase):
         self.assertIn("exit", j["error_message"])
         self.assertIsNotNone(j["completed_at"])
 
+    def test_log_tail_of_arbitrary_bytes_is_recorded_as_valid_utf8(self):
+        """The tail keeps the last 4096 bytes: its front cut falls inside a 2-byte character,
+        and the trainer also prints bytes that are not UTF-8 at all (Postgres would refuse
+        the reason). The failure is recorded, with whole characters and a replacement for
+        the rest."""
+        u = self.user("utf8tail")
+        ds = self.dataset(u, duration=0.3, exit_code=3)
+        end = b"\xff\xfe\xc3( \xe2\x82 \xc0\xaf bad"  # invalid, cut short, overlong
+        run = "é".encode() * 2600  # the tail's 4096 bytes start 4096-len(end)-1 into it
+        assert (4096 - len(end) - 1) % 2 == 1, "the cut must fall inside an é"
+        path = os.path.join(self.root, u, ds, "trainer.env")
+        with open(path, "wb") as f:
+            f.write(b"DURATION=0.3\nEXIT_CODE=3\nSTEPS=1\nMESSAGE=" + run + end + b"\n")
+        m = self.message(u, ds)
+        self.consumer(f"utf8tail-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["exit_code"], 3)
+        err = j["error_message"]
+        self.assertTrue(err.startswith("training exited with code 3: " + "é" * 2000), err[:80])
+        # dockerd's json-file log driver already turns invalid UTF-8 into U+FFFD; the
+        # consumer's own sanitiser (tq_utf8_sanitize, unit-tested) turns it into '?'.
+        self.assertRegex(err, "é{2000,}[?\ufffd]+\\( [?\ufffd]+ [?\ufffd]+ bad\n?$")
+
+    def test_dataset_path_cut_inside_a_character_is_recorded(self):
+        """A storage path quoted in the reason is cut at 200 bytes: never inside a
+        character, or the failure could not be stored."""
+        u = self.user("utf8path")
+        prefix = f"{u}/"
+        if (200 - len(prefix.encode())) % 2 == 0:
+            prefix += "x"  # the 200-byte cut must fall inside an é
+        ds = str(uuid.uuid4())
+        tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                   "VALUES (:'id', :'u', 'test dataset', :'p')",
+                   variables={"id": ds, "u": u, "p": prefix + "é" * 150})
+        m = self.message(u, ds)
+        self.consumer(f"utf8path-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        whole = (200 - len(prefix.encode())) // 2
+        self.assertEqual(j["error_message"],
+                         f'dataset directory "{prefix}{"é" * whole}" does not exist')
+
     def test_cancel_running_job_stops_container_and_starts_next_parked(self):
         u = self.user("cancel")
         msgs = []

@@ -748,31 +748,66 @@ int tq_docker_remove(tq_docker *d, const char *id, int force, tq_errbuf *eb)
     return rc;
 }
 
-int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary **out, size_t *n,
-                   tq_errbuf *eb)
+int tq_docker_list_path(const char *const *labels, const char *const *statuses, char *buf,
+                        size_t cap, tq_errbuf *eb)
+{
+    static const char *const known[] = {"created", "restarting", "running", "removing",
+                                        "paused",  "exited",     "dead"};
+    const char *what = "could not list containers";
+    json_t *f = json_object(), *lv = json_array(), *sv = json_array();
+    int rc = f && lv && sv ? TQ_OK : tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    for (size_t i = 0; rc == TQ_OK && labels && labels[i]; i++) {
+        if (i >= TQ_DOCKER_LIST_MAX_FILTERS || !ref_ok(labels[i]))
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: invalid label filter", what);
+        else if (json_array_append_new(lv, json_string(labels[i])))
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    for (size_t i = 0; rc == TQ_OK && statuses && statuses[i]; i++) {
+        size_t k = 0;
+        while (k < sizeof known / sizeof known[0] && strcmp(statuses[i], known[k]) != 0)
+            k++;
+        if (k == sizeof known / sizeof known[0] || i >= TQ_DOCKER_LIST_MAX_FILTERS)
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: invalid status filter", what);
+        else if (json_array_append_new(sv, json_string(statuses[i])))
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    if (rc == TQ_OK && json_array_size(lv) && json_object_set(f, "label", lv))
+        rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    if (rc == TQ_OK && json_array_size(sv) && json_object_set(f, "status", sv))
+        rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    char *fj = NULL, *e = NULL;
+    if (rc == TQ_OK && json_object_size(f)) {
+        fj = json_dumps(f, JSON_COMPACT);
+        e = fj ? curl_easy_escape(NULL, fj, 0) : NULL;
+        if (!e)
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    if (rc == TQ_OK) {
+        int n =
+            snprintf(buf, cap, "/containers/json?all=true%s%s", e ? "&filters=" : "", e ? e : "");
+        if (n < 0 || (size_t)n >= cap)
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: filters too long", what);
+    }
+    curl_free(e);
+    free(fj);
+    json_decref(lv);
+    json_decref(sv);
+    json_decref(f);
+    return rc;
+}
+
+int tq_docker_list_where(tq_docker *d, const char *const *labels, const char *const *statuses,
+                         tq_container_summary **out, size_t *n, tq_errbuf *eb)
 {
     *out = NULL;
     *n = 0;
     const char *what = "could not list containers";
-    char path[REF_MAX * 3 + 128];
-    if (label_filter) {
-        if (!ref_ok(label_filter))
-            return tq_errf(eb, TQ_ERR_INVALID, "%s: invalid label filter", what);
-        json_t *f = json_pack("{s:[s]}", "label", label_filter);
-        char *fj = f ? json_dumps(f, JSON_COMPACT) : NULL;
-        json_decref(f);
-        if (!fj)
-            return tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
-        int rc =
-            ref_path(path, sizeof path, "/containers/json?all=true&filters=", fj, "", what, eb);
-        free(fj);
-        if (rc != TQ_OK)
-            return rc;
-    } else {
-        snprintf(path, sizeof path, "/containers/json?all=true");
-    }
+    char path[TQ_DOCKER_LIST_PATH_MAX];
+    int rc = tq_docker_list_path(labels, statuses, path, sizeof path, eb);
+    if (rc != TQ_OK)
+        return rc;
     resp r = {0};
-    int rc = request(d, "GET", path, NULL, d->timeout_ms, TIMEOUT_IS_UNAVAILABLE, &r, what, eb);
+    rc = request(d, "GET", path, NULL, d->timeout_ms, TIMEOUT_IS_UNAVAILABLE, &r, what, eb);
     if (rc == TQ_OK) {
         if (r.status == 200)
             rc = tq_docker_parse_list(r.body ? r.body : "", r.len, out, n, eb);
@@ -781,6 +816,13 @@ int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary 
     }
     resp_free(&r);
     return rc;
+}
+
+int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary **out, size_t *n,
+                   tq_errbuf *eb)
+{
+    const char *labels[2] = {label_filter, NULL};
+    return tq_docker_list_where(d, labels, NULL, out, n, eb);
 }
 
 int tq_docker_image_exists(tq_docker *d, const char *image, tq_errbuf *eb)

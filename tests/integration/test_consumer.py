@@ -485,6 +485,23 @@ class TestRecovery(ConsumerCase):
         claims = [e for e in self.events([u]) if e["to_status"] == "pending"]
         self.assertEqual(len(claims), 1, "the job must have run exactly once")
 
+    def test_job_that_finished_while_its_consumer_was_down_is_recorded_on_restart(self):
+        """Adoption lists only live containers and those of held jobs: an exited container
+        of a job the worker still holds is among them, and its outcome is recorded."""
+        u = self.user("exited")
+        m = self.message(u, self.dataset(u, duration=1.5))
+        wid = f"exited-{run_id()}"
+        c1 = self.consumer(wid)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], "running")
+        c1.kill()
+        h.wait_until(lambda: tqenv.docker("GET", f"/containers/{j['container_id']}/json")[1]
+                     ["State"]["Status"] == "exited", timeout=20, what="the container to exit")
+        c2 = self.consumer(wid)
+        c2.wait_event("adopt.container", timeout=20)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual((j["status"], j["attempts"]), ("completed", 1))
+
     def test_lost_consumer_is_reaped_by_another_within_lease(self):
         u = self.user("lost")
         m = self.message(u, self.dataset(u, duration=4))

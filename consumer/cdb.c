@@ -130,6 +130,11 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         } else if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0) {
             snprintf(buf, sizeof buf, "dataset %s belongs to another user", m->sub.dataset_id);
             why = buf;
+        } else if ((size_t)PQgetlength(r, 0, 1) >= sizeof out->storage_path) {
+            /* cut short, it could name another directory */
+            snprintf(buf, sizeof buf, "dataset %s storage_path is longer than %zu bytes",
+                     m->sub.dataset_id, sizeof out->storage_path - 1);
+            why = buf;
         } else {
             snprintf(out->storage_path, sizeof out->storage_path, "%s", PQgetvalue(r, 0, 1));
         }

@@ -32,6 +32,7 @@
 #include "tq_db.h"
 #include "tq_log.h"
 #include "tq_msg.h"
+#include "tq_utf8.h"
 #include "tq_sign.h"
 #include "worker.h"
 
@@ -66,6 +67,7 @@ static void drop_amqp(dispatcher *d)
     d->consuming = 0;
     atomic_store(&d->w->amqp_ok, 0);
     atomic_store(&d->w->queue_ready_at, 0.0); /* unknown from now on */
+    tq_cmetrics_set(TQ_CM_AMQP_UP, 0);
 }
 
 /* Whether this host may take a job now: healthy, or unhealthy with a probe due. */
@@ -96,6 +98,7 @@ static void host_error(dispatcher *d, const char *why)
     d->probe_at = tq_mono_now() + (double)d->probe_wait_s;
     pthread_mutex_lock(&w->mu);
     snprintf(w->host_error, sizeof w->host_error, "%s", why);
+    tq_utf8_clip(w->host_error, sizeof w->host_error - 1); /* a cut character is no text */
     pthread_mutex_unlock(&w->mu);
     tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 0);
 }
@@ -133,6 +136,7 @@ static int connect_amqp(dispatcher *d, tq_errbuf *eb)
     d->epoch = tq_amqp_channel_epoch(d->in);
     d->consuming = 0;
     atomic_store(&d->w->amqp_ok, 1);
+    tq_cmetrics_set(TQ_CM_AMQP_UP, 1);
     return TQ_OK;
 }
 

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq_utf8.h"
+
 /* curl_easy_escape(NULL, ...) needs 7.82; CURLOPT_UNIX_SOCKET_PATH needs 7.40. */
 #if LIBCURL_VERSION_NUM < 0x075200
 #error "libcurl >= 7.82 required"
@@ -29,16 +31,16 @@ struct tq_docker {
 
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    size_t n = src ? strlen(src) : 0;
-    if (n >= cap)
-        n = cap - 1;
+    /* whole characters: the daemon's State.Error may become a job's stored reason */
+    size_t n = src ? tq_utf8_prefix(src, cap - 1) : 0;
     if (n)
         memcpy(dst, src, n);
     dst[n] = '\0';
 }
 
 /* Copies at most cap-1 bytes of a daemon-supplied string, replacing control characters so
- * an error line stays one line. */
+ * an error line stays one line, cut on a character boundary and made valid UTF-8 (it ends
+ * up in errors that are stored as a job's reason). */
 static void copy_line(char *dst, size_t cap, const char *src, size_t n)
 {
     size_t o = 0;
@@ -47,6 +49,8 @@ static void copy_line(char *dst, size_t cap, const char *src, size_t n)
         dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
     }
     dst[o] = '\0';
+    tq_utf8_clip(dst, o);
+    tq_utf8_sanitize(dst, strlen(dst));
 }
 
 static int ref_ok(const char *ref)
@@ -60,39 +64,6 @@ static int ref_ok(const char *ref)
 }
 
 /* ---------------------------------------------------------------- log demux */
-
-static int utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    int need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c < 0x80)
-        return c ? 1 : 0;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if ((size_t)need >= n)
-        return 0;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (int i = 2; i <= need; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return need + 1;
-}
 
 void tq_log_demux_init(tq_log_demux *m)
 {
@@ -174,29 +145,15 @@ char *tq_log_demux_finish(const tq_log_demux *m)
     char *out = malloc(n + extra + 1);
     if (!out)
         return NULL;
-    size_t i = 0, o = 0;
+    size_t i = 0;
     if (m->truncated)
         while (i < n && i < 3 && (s[i] & 0xC0) == 0x80)
             i++; /* the cut fell inside a character */
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {
-            s = m->hdr;
-            n = extra;
-            i = 0;
-        }
-        while (i < n) {
-            int l = utf8_seq_len(s + i, n - i);
-            if (l == 0) {
-                out[o++] = '?';
-                i++;
-            } else {
-                memcpy(out + o, s + i, (size_t)l);
-                o += (size_t)l;
-                i += (size_t)l;
-            }
-        }
-    }
-    out[o] = '\0';
+    memcpy(out, s + i, n - i);
+    memcpy(out + (n - i), m->hdr, extra);
+    /* The trainer's bytes are arbitrary: the tail is stored as the job's reason, and
+     * Postgres refuses invalid UTF-8 (and NUL would end the C string early). */
+    tq_utf8_sanitize(out, n - i + extra);
     return out;
 }
 
@@ -791,31 +748,66 @@ int tq_docker_remove(tq_docker *d, const char *id, int force, tq_errbuf *eb)
     return rc;
 }
 
-int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary **out, size_t *n,
-                   tq_errbuf *eb)
+int tq_docker_list_path(const char *const *labels, const char *const *statuses, char *buf,
+                        size_t cap, tq_errbuf *eb)
+{
+    static const char *const known[] = {"created", "restarting", "running", "removing",
+                                        "paused",  "exited",     "dead"};
+    const char *what = "could not list containers";
+    json_t *f = json_object(), *lv = json_array(), *sv = json_array();
+    int rc = f && lv && sv ? TQ_OK : tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    for (size_t i = 0; rc == TQ_OK && labels && labels[i]; i++) {
+        if (i >= TQ_DOCKER_LIST_MAX_FILTERS || !ref_ok(labels[i]))
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: invalid label filter", what);
+        else if (json_array_append_new(lv, json_string(labels[i])))
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    for (size_t i = 0; rc == TQ_OK && statuses && statuses[i]; i++) {
+        size_t k = 0;
+        while (k < sizeof known / sizeof known[0] && strcmp(statuses[i], known[k]) != 0)
+            k++;
+        if (k == sizeof known / sizeof known[0] || i >= TQ_DOCKER_LIST_MAX_FILTERS)
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: invalid status filter", what);
+        else if (json_array_append_new(sv, json_string(statuses[i])))
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    if (rc == TQ_OK && json_array_size(lv) && json_object_set(f, "label", lv))
+        rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    if (rc == TQ_OK && json_array_size(sv) && json_object_set(f, "status", sv))
+        rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    char *fj = NULL, *e = NULL;
+    if (rc == TQ_OK && json_object_size(f)) {
+        fj = json_dumps(f, JSON_COMPACT);
+        e = fj ? curl_easy_escape(NULL, fj, 0) : NULL;
+        if (!e)
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
+    }
+    if (rc == TQ_OK) {
+        int n =
+            snprintf(buf, cap, "/containers/json?all=true%s%s", e ? "&filters=" : "", e ? e : "");
+        if (n < 0 || (size_t)n >= cap)
+            rc = tq_errf(eb, TQ_ERR_INVALID, "%s: filters too long", what);
+    }
+    curl_free(e);
+    free(fj);
+    json_decref(lv);
+    json_decref(sv);
+    json_decref(f);
+    return rc;
+}
+
+int tq_docker_list_where(tq_docker *d, const char *const *labels, const char *const *statuses,
+                         tq_container_summary **out, size_t *n, tq_errbuf *eb)
 {
     *out = NULL;
     *n = 0;
     const char *what = "could not list containers";
-    char path[REF_MAX * 3 + 128];
-    if (label_filter) {
-        if (!ref_ok(label_filter))
-            return tq_errf(eb, TQ_ERR_INVALID, "%s: invalid label filter", what);
-        json_t *f = json_pack("{s:[s]}", "label", label_filter);
-        char *fj = f ? json_dumps(f, JSON_COMPACT) : NULL;
-        json_decref(f);
-        if (!fj)
-            return tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
-        int rc =
-            ref_path(path, sizeof path, "/containers/json?all=true&filters=", fj, "", what, eb);
-        free(fj);
-        if (rc != TQ_OK)
-            return rc;
-    } else {
-        snprintf(path, sizeof path, "/containers/json?all=true");
-    }
+    char path[TQ_DOCKER_LIST_PATH_MAX];
+    int rc = tq_docker_list_path(labels, statuses, path, sizeof path, eb);
+    if (rc != TQ_OK)
+        return rc;
     resp r = {0};
-    int rc = request(d, "GET", path, NULL, d->timeout_ms, TIMEOUT_IS_UNAVAILABLE, &r, what, eb);
+    rc = request(d, "GET", path, NULL, d->timeout_ms, TIMEOUT_IS_UNAVAILABLE, &r, what, eb);
     if (rc == TQ_OK) {
         if (r.status == 200)
             rc = tq_docker_parse_list(r.body ? r.body : "", r.len, out, n, eb);
@@ -824,6 +816,13 @@ int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary 
     }
     resp_free(&r);
     return rc;
+}
+
+int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary **out, size_t *n,
+                   tq_errbuf *eb)
+{
+    const char *labels[2] = {label_filter, NULL};
+    return tq_docker_list_where(d, labels, NULL, out, n, eb);
 }
 
 int tq_docker_image_exists(tq_docker *d, const char *image, tq_errbuf *eb)

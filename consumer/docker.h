@@ -25,7 +25,13 @@
 
 typedef struct tq_docker tq_docker;
 
+/* Cap of a reply body held in memory (tq_docker_set_limits changes it). The largest
+ * replies trainq reads are an inspect (~10 KB) and a filtered list of one worker's
+ * containers (~1-2 KB each); a larger reply fails with TQ_ERR_TOO_LARGE, "docker reply
+ * larger than N bytes". */
 #define TQ_DOCKER_DEFAULT_MAX_BODY (1024 * 1024)
+#define TQ_DOCKER_LIST_MAX_FILTERS 8
+#define TQ_DOCKER_LIST_PATH_MAX 8192
 #define TQ_DOCKER_DEFAULT_TIMEOUT_MS 60000L
 #define TQ_DOCKER_CONNECT_TIMEOUT_MS 5000L
 #define TQ_DOCKER_LOG_TAIL_MAX 4096 /* bytes of log text kept by tq_docker_logs_tail */
@@ -105,9 +111,18 @@ typedef struct {
 
 /* GET /containers/json?all=true&filters={"label":[label_filter]}. label_filter is "key" or
  * "key=value"; NULL lists every container. *out (caller frees with free(); NULL when *n is
- * 0) holds *n entries. */
+ * 0) holds *n entries. The reply must fit the handle's max_body (each container is ~1-2 KB
+ * of it): a host's history of exited containers may not, so whatever runs at start lists
+ * with tq_docker_list_where and a status filter. */
 int tq_docker_list(tq_docker *d, const char *label_filter, tq_container_summary **out, size_t *n,
                    tq_errbuf *eb);
+
+/* Like tq_docker_list, with filters={"label":[labels...],"status":[statuses...]}: every
+ * label must match (each "key" or "key=value"), and the state must be one of statuses
+ * (created, restarting, running, removing, paused, exited, dead). Both lists end with NULL,
+ * hold at most TQ_DOCKER_LIST_MAX_FILTERS entries and may be NULL or empty (no filter). */
+int tq_docker_list_where(tq_docker *d, const char *const *labels, const char *const *statuses,
+                         tq_container_summary **out, size_t *n, tq_errbuf *eb);
 
 /* GET /images/{name}/json: TQ_OK if present locally, TQ_ERR_NOT_FOUND if not. */
 int tq_docker_image_exists(tq_docker *d, const char *image, tq_errbuf *eb);
@@ -136,6 +151,13 @@ char *tq_log_demux_finish(const tq_log_demux *m);
 
 /* JSON of GET /containers/{id}/json -> st. TQ_ERR_INVALID if it is not that shape. */
 int tq_docker_parse_inspect(const char *json, size_t len, tq_container_state *st, tq_errbuf *eb);
+
+/* The request path of tq_docker_list_where ("/containers/json?all=true&filters=" and the
+ * URL-escaped filters JSON) into buf. TQ_ERR_INVALID: a label with spaces or control
+ * characters or longer than 256 bytes, an unknown status, too many filters, or a path
+ * longer than cap. */
+int tq_docker_list_path(const char *const *labels, const char *const *statuses, char *buf,
+                        size_t cap, tq_errbuf *eb);
 
 /* JSON of GET /containers/json -> *out (caller frees), *n entries. */
 int tq_docker_parse_list(const char *json, size_t len, tq_container_summary **out, size_t *n,

@@ -21,6 +21,7 @@
 #include "cmetrics.h"
 #include "tq_db.h"
 #include "tq_log.h"
+#include "tq_utf8.h"
 #include "worker.h"
 
 typedef struct {
@@ -196,6 +197,50 @@ static long long held(const tq_cdb_active *act, size_t n, const char *job_id)
     return -1;
 }
 
+/*
+ * The containers adoption must see: this worker's live ones (any job: those of jobs it no
+ * longer holds are stopped), and every container of a job it still holds, whatever its
+ * state (one that exited while the consumer was down has an outcome to record). Exited
+ * containers of finished jobs are left out: a host keeps many of them (with
+ * TRAINQ_REMOVE_CONTAINERS=false, all of them) and listing them all could exceed the
+ * Docker reply cap and stop the consumer from starting.
+ */
+static int list_adoptable(tq_worker *w, const tq_cdb_active *act, size_t na,
+                          tq_container_summary **out, size_t *n, tq_errbuf *eb)
+{
+    static const char *const live[] = {"created",  "restarting", "running",
+                                       "removing", "paused",     NULL};
+    char worker[160];
+    snprintf(worker, sizeof worker, "trainq.worker=%s", w->cfg->worker_id);
+    const char *labels[3] = {worker, NULL, NULL};
+    int rc = tq_docker_list_where(w->docker, labels, live, out, n, eb);
+    for (size_t k = 0; rc == TQ_OK && k < na; k++) {
+        int listed = 0;
+        for (size_t i = 0; i < *n; i++)
+            listed |= strcmp((*out)[i].job_label, act[k].job_id) == 0;
+        if (listed)
+            continue;
+        char job[96];
+        snprintf(job, sizeof job, "trainq.job=%s", act[k].job_id);
+        labels[1] = job;
+        tq_container_summary *more = NULL;
+        size_t nm = 0;
+        rc = tq_docker_list_where(w->docker, labels, NULL, &more, &nm, eb);
+        if (rc == TQ_OK && nm > 0) {
+            tq_container_summary *all = realloc(*out, (*n + nm) * sizeof **out);
+            if (!all) {
+                rc = tq_errf(eb, TQ_ERR_NOMEM, "could not list containers: out of memory");
+            } else {
+                memcpy(all + *n, more, nm * sizeof *more);
+                *out = all;
+                *n += nm;
+            }
+        }
+        free(more);
+    }
+    return rc;
+}
+
 /* Signals are taken by main's sigwait() only after adoption; until then a SIGTERM stays
  * pending, and adoption (which waits for Postgres and dockerd) must not outlive it. */
 static int stop_signal_pending(void)
@@ -209,8 +254,6 @@ void tq_worker_adopt(tq_worker *w)
     const tq_config *cfg = w->cfg;
     PGconn *db = NULL;
     long backoff = 200;
-    char filter[128];
-    snprintf(filter, sizeof filter, "trainq.worker=%s", cfg->worker_id);
     for (;;) {
         if (atomic_load(&w->stopping))
             goto out;
@@ -221,11 +264,12 @@ void tq_worker_adopt(tq_worker *w)
         size_t na = 0;
         int rc = tq_db_ensure(&db, cfg->database_url, "trainq-consumer-adopt", &eb);
         if (rc == TQ_OK)
-            rc = tq_docker_list(w->docker, filter, &cs, &nc, &eb);
-        if (rc == TQ_OK)
             rc = tq_cdb_worker_jobs(db, cfg->worker_id, &act, &na, &eb);
+        if (rc == TQ_OK)
+            rc = list_adoptable(w, act, na, &cs, &nc, &eb);
         if (rc != TQ_OK) {
             free(cs);
+            free(act);
             tq_log(TQ_LOG_WARN, "adopt.waiting", "could not adopt containers yet: %s", eb.msg);
             if (stop_signal_pending() || tq_worker_sleep(w, backoff))
                 goto out;
@@ -257,8 +301,8 @@ void tq_worker_adopt(tq_worker *w)
                 /* Crashed between create and start, and it will not start now: a wait on it
                  * would report exit code 0 for a job that never ran. Retry the job instead. */
                 char why[400];
-                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.300s",
-                         cfg->worker_id, kb.msg);
+                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.*s",
+                         cfg->worker_id, TQ_UTF8_ARG(kb.msg, 300));
                 tq_docker_remove(w->docker, cs[i].id, 1, &kb);
                 tq_slot_free(w, slot);
                 if (tq_cdb_retry(db, cs[i].job_label, fencing, why, cfg->max_attempts, &kb) !=

@@ -13,6 +13,7 @@
 
 #include "tq_job.h"
 #include "tq_uuid.h"
+#include "tq_utf8.h"
 
 /* ---- config.json ---------------------------------------------------------------------- */
 
@@ -179,8 +180,9 @@ static int strictly_under(const char *path, const char *root)
     return strncmp(path, root, n) == 0 && path[n] == '/' && path[n + 1] != '\0';
 }
 
-#define ESCAPES(sp) \
-    tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset path \"%.200s\" escapes the datasets root", (sp))
+#define ESCAPES(sp)                                                                                \
+    tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset path \"%.*s\" escapes the datasets root",               \
+            TQ_UTF8_ARG((sp), 200))
 
 int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *out, size_t cap,
                               tq_errbuf *eb)
@@ -196,7 +198,8 @@ int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *
 
     char rroot[PATH_MAX];
     if (!realpath(root, rroot))
-        return tq_errf(eb, TQ_ERR_IO, "could not resolve datasets root \"%.200s\": %m", root);
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve datasets root \"%.*s\": %m",
+                       TQ_UTF8_ARG(root, 200));
     /* Refused before touching the file system, so a probe cannot learn what exists outside. */
     if (has_dotdot(storage_path))
         return ESCAPES(storage_path);
@@ -216,10 +219,10 @@ int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *
     char res[PATH_MAX];
     if (!realpath(cand, res)) {
         if (errno == ENOENT || errno == ENOTDIR)
-            return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset directory \"%.200s\" does not exist",
-                           storage_path);
-        return tq_errf(eb, TQ_ERR_IO, "could not resolve dataset path \"%.200s\": %m",
-                       storage_path);
+            return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset directory \"%.*s\" does not exist",
+                           TQ_UTF8_ARG(storage_path, 200));
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve dataset path \"%.*s\": %m",
+                       TQ_UTF8_ARG(storage_path, 200));
     }
     /* The authoritative check: symlinks are resolved now. The root itself is refused too:
      * mounting it would hand one job every user's datasets. */
@@ -228,10 +231,11 @@ int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *
 
     struct stat stt;
     if (stat(res, &stt) != 0)
-        return tq_errf(eb, TQ_ERR_IO, "could not stat dataset path \"%.200s\": %m", storage_path);
+        return tq_errf(eb, TQ_ERR_IO, "could not stat dataset path \"%.*s\": %m",
+                       TQ_UTF8_ARG(storage_path, 200));
     if (!S_ISDIR(stt.st_mode))
-        return tq_errf(eb, TQ_ERR_INVALID, "dataset path \"%.200s\" is not a directory",
-                       storage_path);
+        return tq_errf(eb, TQ_ERR_INVALID, "dataset path \"%.*s\" is not a directory",
+                       TQ_UTF8_ARG(storage_path, 200));
     size_t len = strlen(res);
     if (len >= cap)
         return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot resolve dataset: buffer too small");
@@ -254,17 +258,20 @@ static int mkdir_p(const char *path, mode_t mode, tq_errbuf *eb)
             continue;
         *p = '\0';
         if (mkdir(buf, mode) != 0 && errno != EEXIST)
-            return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": %m", buf);
+            return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.*s\": %m",
+                           TQ_UTF8_ARG(buf, 200));
         *p = '/';
     }
     if (mkdir(buf, mode) != 0 && errno != EEXIST)
-        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": %m", buf);
+        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.*s\": %m",
+                       TQ_UTF8_ARG(buf, 200));
     struct stat st;
     if (stat(buf, &st) != 0)
-        return tq_errf(eb, TQ_ERR_IO, "could not stat directory \"%.200s\": %m", buf);
+        return tq_errf(eb, TQ_ERR_IO, "could not stat directory \"%.*s\": %m",
+                       TQ_UTF8_ARG(buf, 200));
     if (!S_ISDIR(st.st_mode))
-        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.200s\": not a directory",
-                       buf);
+        return tq_errf(eb, TQ_ERR_IO, "could not create directory \"%.*s\": not a directory",
+                       TQ_UTF8_ARG(buf, 200));
     return TQ_OK;
 }
 
@@ -294,10 +301,11 @@ static int write_atomic(const char *path, const char *data, size_t len, tq_errbu
     int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(),
                      atomic_fetch_add(&seq, 1u));
     if (n < 0 || (size_t)n >= sizeof tmp)
-        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot write \"%.200s\": path too long", path);
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot write \"%.*s\": path too long",
+                       TQ_UTF8_ARG(path, 200));
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
-        return tq_errf(eb, TQ_ERR_IO, "could not create \"%.200s\": %m", tmp);
+        return tq_errf(eb, TQ_ERR_IO, "could not create \"%.*s\": %m", TQ_UTF8_ARG(tmp, 200));
     /* Owner-only whatever the umask: the container runs as the consumer's uid and reads it;
      * other local users have no business reading a job's configuration. */
     if (fchmod(fd, 0600) != 0 || write_all(fd, data, len) != 0) {
@@ -305,19 +313,20 @@ static int write_atomic(const char *path, const char *data, size_t len, tq_errbu
         close(fd);
         unlink(tmp);
         errno = e;
-        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.200s\": %m", tmp);
+        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.*s\": %m", TQ_UTF8_ARG(tmp, 200));
     }
     if (close(fd) != 0) {
         int e = errno;
         unlink(tmp);
         errno = e;
-        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.200s\": %m", tmp);
+        return tq_errf(eb, TQ_ERR_IO, "could not write \"%.*s\": %m", TQ_UTF8_ARG(tmp, 200));
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
         errno = e;
-        return tq_errf(eb, TQ_ERR_IO, "could not rename \"%.200s\" to \"%.200s\": %m", tmp, path);
+        return tq_errf(eb, TQ_ERR_IO, "could not rename \"%.*s\" to \"%.*s\": %m",
+                       TQ_UTF8_ARG(tmp, 200), TQ_UTF8_ARG(path, 200));
     }
     return TQ_OK;
 }
@@ -327,7 +336,8 @@ static int path_join(char *out, size_t cap, const char *a, const char *b, const 
 {
     int n = snprintf(out, cap, "%s%s%s", a, b, c);
     if (n < 0 || (size_t)n >= cap)
-        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build path under \"%.200s\": too long", a);
+        return tq_errf(eb, TQ_ERR_TOO_LARGE, "cannot build path under \"%.*s\": too long",
+                       TQ_UTF8_ARG(a, 200));
     return TQ_OK;
 }
 
@@ -369,7 +379,8 @@ int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *stora
     /* A job's outputs are owner-only whatever the umask, also when the directory exists
      * already (a retry, or one made by an older consumer): the container runs as our uid. */
     if (chmod(p->outputs, 0700) != 0)
-        return tq_errf(eb, TQ_ERR_IO, "could not chmod \"%.200s\": %m", p->outputs);
+        return tq_errf(eb, TQ_ERR_IO, "could not chmod \"%.*s\": %m",
+                       TQ_UTF8_ARG(p->outputs, 200));
 
     /* Resolve the rest too (the dataset already is), so the mounts name real paths. */
     {

@@ -56,7 +56,7 @@ int main(int argc, char **argv)
         snprintf(w.hostname, sizeof w.hostname, "unknown");
     w.hostname[sizeof w.hostname - 1] = '\0';
     pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
+    tq_cond_init_monotonic(&w.cv); /* tq_worker_sleep's deadlines are monotonic */
     w.n_slots = cfg.slots;
     w.slots = calloc((size_t)w.n_slots, sizeof *w.slots);
     atomic_store(&w.docker_ok, 1);

@@ -16,28 +16,17 @@
 #include "cmetrics.h"
 #include "tq_db.h"
 #include "tq_log.h"
+#include "tq_utf8.h"
 #include "worker.h"
 
 #define WAIT_ROUND_MS 2000
 #define LOG_TAIL_LINES 20
 
-double tq_mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int tq_worker_sleep(tq_worker *w, long ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    /* w->cv measures on CLOCK_MONOTONIC (tq_cond_init_monotonic): a wall-clock step must
+     * not stretch the housekeeper's sleep past a lease. */
+    struct timespec until = tq_mono_deadline(ms);
     pthread_mutex_lock(&w->mu);
     while (!atomic_load(&w->stopping)) {
         if (pthread_cond_timedwait(&w->cv, &w->mu, &until) == ETIMEDOUT)
@@ -136,8 +125,12 @@ static void describe_exit(runner *r, int exit_code, int oom, outcome *o)
     tq_docker_logs_tail(r->w->docker, s->container_id, LOG_TAIL_LINES, &tail, &eb);
     o->status = "failed";
     o->exit_code = exit_code;
-    snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", exit_code,
-             oom ? " (killed: out of memory)" : "", tail && *tail ? ": " : "", tail ? tail : "");
+    /* The tail is sanitised (tq_log_demux_finish); a cut must not split a character. */
+    int n = snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", exit_code,
+                     oom ? " (killed: out of memory)" : "", tail && *tail ? ": " : "",
+                     tail ? tail : "");
+    if (n >= (int)sizeof o->error)
+        tq_utf8_clip(o->error, sizeof o->error - 1);
     snprintf(o->reason, sizeof o->reason, "exit code %d%s", exit_code, oom ? ", out of memory" : "");
     free(tail);
 }

@@ -19,6 +19,8 @@
 #define TQ_WORKER_H
 
 #include <pthread.h>
+
+#include "tq_clock.h"
 #include <stdatomic.h>
 #include <time.h>
 
@@ -74,9 +76,7 @@ typedef struct tq_worker {
     _Atomic double queue_ready_at;
 } tq_worker;
 
-double tq_mono_now(void);
-
-/* Sleeps up to ms, returning early (1) when the worker is stopping. */
+/* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning early (1) when the worker is stopping. */
 int tq_worker_sleep(tq_worker *w, long ms);
 
 /* Number of free slots (locks mu). */

@@ -9,6 +9,8 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "tq_clock.h"
+
 #define TQ_AMQP_URL_MAX 2048
 #define TQ_AMQP_CONNECT_TIMEOUT_S 5
 #define TQ_AMQP_HANDSHAKE_TIMEOUT_S 10
@@ -25,13 +27,6 @@ struct tq_amqp {
     unsigned epoch;    /* channel (re)open count */
     uint64_t next_tag; /* delivery tag the next publish gets (confirm mode) */
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void set_rpc_timeout(amqp_connection_state_t c, int seconds)
 {
@@ -555,9 +550,9 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
             goto out_fail; /* only a dead connection fails here */
     }
 
-    int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
     while (remaining > 0) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - tq_mono_ms();
         if (left <= 0) {
             /* Late confirms would arrive on a channel whose tags we no longer trust to
              * map onto the next batch's returns: drop the connection instead. */

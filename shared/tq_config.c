@@ -106,7 +106,8 @@ static const opt options[] = {
     {"TRAINQ_DOCKER_HOST", "docker-host", OPT_STR, OFF(docker_host),
      "unix:///var/run/docker.sock", 0, 0, NULL, C, "Docker Engine socket, unix:///path"},
     {"TRAINQ_GPUS", "gpus", OPT_STR, OFF(gpus), "none", 0, 0, NULL, C,
-     "`none` (TRAINQ_SLOTS CPU slots), `all` (one slot, every GPU) or `0,1,...` (a slot per GPU)"},
+     "`none` (TRAINQ_SLOTS CPU slots), `all` (one slot, every GPU) or `0,1,...` (a slot per GPU, "
+     "each id once, at most 7 digits)"},
     {"TRAINQ_SLOTS", "slots", OPT_INT, OFF(slots), "1", 1, 64, NULL, C,
      "number of slots when TRAINQ_GPUS=none"},
     {"TRAINQ_TRAINING_IMAGE", "training-image", OPT_STR, OFF(training_image), "training-image",
@@ -482,24 +483,40 @@ static int check_combined(tq_config *c, unsigned prog, tq_errbuf *eb)
             c->gpus_mode = TQ_GPUS_CFG_ALL;
             c->slots = 1;
         } else {
-            /* "0,1,3": digits separated by single commas, each id once */
+            /* "0,1,3": digits separated by single commas, each id once (two slots on one
+             * GPU would share its memory) and short enough for tq_config_slot_gpu's table
+             * (TQ_GPU_ID_MAX digits), which must never cut an id into another one. */
             int n = 0;
+            unsigned long seen[64];
             const char *p = c->gpus;
-            while (*p) {
+            while (*p && n < 64) {
                 if (!isdigit((unsigned char)*p))
                     break;
+                const char *id = p;
                 while (isdigit((unsigned char)*p))
                     p++;
-                n++;
+                if (p - id > TQ_GPU_ID_MAX)
+                    return tq_errf(eb, TQ_ERR_CONFIG,
+                                   "invalid TRAINQ_GPUS \"%.100s\": device id \"%.*s\" is longer "
+                                   "than %d digits",
+                                   c->gpus, (int)(p - id), id, TQ_GPU_ID_MAX);
+                unsigned long v = strtoul(id, NULL, 10);
+                for (int i = 0; i < n; i++)
+                    if (seen[i] == v)
+                        return tq_errf(eb, TQ_ERR_CONFIG,
+                                       "invalid TRAINQ_GPUS \"%.100s\": device id %lu is listed "
+                                       "twice",
+                                       c->gpus, v);
+                seen[n++] = v;
                 if (*p == ',' && p[1])
                     p++;
                 else
                     break;
             }
-            if (*p || n == 0 || n > 64)
+            if (*p || n == 0)
                 return tq_errf(eb, TQ_ERR_CONFIG,
                                "invalid TRAINQ_GPUS \"%.100s\": expected none, all or device ids "
-                               "like 0,1,2",
+                               "like 0,1,2 (at most 64)",
                                c->gpus);
             c->gpus_mode = TQ_GPUS_CFG_IDS;
             c->slots = n;
@@ -625,15 +642,13 @@ void tq_config_free(tq_config *c)
 const char *tq_config_slot_gpu(const tq_config *c, int slot)
 {
     /* Returned pointers point into a static table of small ids; slots are at most 64. */
-    static char ids[64][8];
+    static char ids[64][TQ_GPU_ID_MAX + 1];
     if (c->gpus_mode != TQ_GPUS_CFG_IDS || slot < 0 || slot >= c->slots)
         return NULL;
     const char *p = c->gpus;
     for (int i = 0; i < slot; i++)
         p = strchr(p, ',') + 1;
-    size_t n = strcspn(p, ",");
-    if (n >= sizeof ids[0])
-        n = sizeof ids[0] - 1;
+    size_t n = strcspn(p, ","); /* < sizeof ids[0]: tq_config_load refuses longer ids */
     memcpy(ids[slot], p, n);
     ids[slot][n] = '\0';
     return ids[slot];

@@ -19,6 +19,8 @@
 #define TQ_PROG_CONSUMER 2u
 
 typedef enum { TQ_GPUS_CFG_NONE, TQ_GPUS_CFG_ALL, TQ_GPUS_CFG_IDS } tq_gpus_cfg;
+/* Longest GPU device id accepted in TRAINQ_GPUS, in digits. */
+#define TQ_GPU_ID_MAX 7
 
 typedef struct {
     /* both */

@@ -2,6 +2,9 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "tq_utf8.h"
 
 const char *tq_strerror(int err)
 {
@@ -33,8 +36,15 @@ int tq_errf(tq_errbuf *eb, int err, const char *fmt, ...)
     if (eb) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(eb->msg, sizeof eb->msg, fmt, ap);
+        int n = vsnprintf(eb->msg, sizeof eb->msg, fmt, ap);
         va_end(ap);
+        if (n < 0)
+            eb->msg[0] = '\0';
+        else if ((size_t)n >= sizeof eb->msg)
+            tq_utf8_clip(eb->msg, sizeof eb->msg - 1); /* full: not inside a character */
+        /* The message may be stored as a job's reason (Postgres refuses invalid UTF-8)
+         * and may quote outside bytes; "%.Ns" may have cut one inside a character. */
+        tq_utf8_sanitize(eb->msg, strlen(eb->msg));
     }
     return err;
 }

@@ -43,7 +43,9 @@ typedef struct {
 } tq_errbuf;
 
 /* Formats into eb (if eb is not NULL), truncating safely; returns err so callers can
- * write `return tq_errf(eb, TQ_ERR_INVALID, "cannot ...")`. */
+ * write `return tq_errf(eb, TQ_ERR_INVALID, "cannot ...")`. The message is always valid
+ * UTF-8 (it may be stored as a job's reason): a full buffer is cut between characters and
+ * malformed bytes (e.g. left by a "%.Ns" cut) become '?'. */
 int tq_errf(tq_errbuf *eb, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

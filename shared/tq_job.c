@@ -1,6 +1,7 @@
 #include "tq_job.h"
 
 #include "tq_err.h"
+#include "tq_utf8.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -10,39 +11,6 @@
 #include <string.h>
 
 /* ---- text helpers ------------------------------------------------------------------- */
-
-/* Length of the well-formed UTF-8 sequence at s (at most avail bytes), or 0 when it is
- * malformed: overlong forms, surrogates and code points past U+10FFFF are malformed. */
-static size_t utf8_seq(const unsigned char *s, size_t avail, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    size_t n;
-    uint32_t u, min;
-
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-        n = 2, u = c & 0x1F, min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3, u = c & 0x0F, min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4, u = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n > avail)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        u = (u << 6) | (s[i] & 0x3F);
-    }
-    if (u < min || u > 0x10FFFF || (u >= 0xD800 && u <= 0xDFFF))
-        return 0;
-    *cp = u;
-    return n;
-}
 
 static int is_control(uint32_t cp)
 {
@@ -59,7 +27,7 @@ static int text_check(const char *s, size_t len)
     size_t i = 0;
     while (i < len) {
         uint32_t cp;
-        size_t n = utf8_seq(p + i, len - i, &cp);
+        size_t n = tq_utf8_seq(p + i, len - i, &cp);
         if (n == 0)
             return TEXT_BAD_UTF8;
         if (is_control(cp))
@@ -77,7 +45,7 @@ static void clean_copy(char *dst, size_t cap, const char *src)
     size_t len = strlen(src), i = 0, o = 0;
     while (i < len) {
         uint32_t cp;
-        size_t n = utf8_seq(p + i, len - i, &cp);
+        size_t n = tq_utf8_seq(p + i, len - i, &cp);
         if (n == 0 || is_control(cp)) {
             if (o + 1 >= cap)
                 break;

@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 
 #include "tq_amqp.h"
+#include "tq_clock.h"
 #include "tq_db.h"
 #include "tq_log.h"
 
@@ -83,13 +84,6 @@ struct tq_relay {
     int db_ever, amqp_ever;
     char last_err[TQ_ERRBUF_LEN]; /* last round error logged, to log once per change */
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int stopping(const tq_relay *r)
 {
@@ -473,9 +467,9 @@ static void final_flush(tq_relay *r)
     int budget = atomic_load(&r->flush_timeout_ms);
     if (budget <= 0 || !r->pg || PQstatus(r->pg) != CONNECTION_OK || !tq_amqp_alive(r->amqp))
         return;
-    int64_t deadline = mono_ms() + budget;
+    int64_t deadline = tq_mono_ms() + budget;
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - tq_mono_ms();
         if (left <= 0)
             break;
         int full = 0;
@@ -498,7 +492,7 @@ static void *relay_main(void *arg)
     int bo_db = 0, bo_amqp = 0, bo_round = 0;
     int64_t next_backlog = 0;
     /* Spread the hourly cleanup of many instances; first run a minute or two in. */
-    int64_t next_cleanup = mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
+    int64_t next_cleanup = tq_mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
 
     while (!stopping(r)) {
         if (ensure_db(r) != TQ_OK) {
@@ -529,7 +523,7 @@ static void *relay_main(void *arg)
         if (full)
             continue;
 
-        int64_t now = mono_ms();
+        int64_t now = tq_mono_ms();
         if (now >= next_backlog) {
             count_backlog(r);
             next_backlog = now + RELAY_BACKLOG_EVERY_MS;

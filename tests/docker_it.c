@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "docker.h"
+#include "tq_clock.h"
 
 static int failures;
 static tq_docker *D;
@@ -39,13 +40,6 @@ static char SOCK_DIR[128];
             return;                                                                                \
         }                                                                                          \
     } while (0)
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A job's host side: <ROOT>/<tag>/datasets/trainer.env and an empty <ROOT>/<tag>/outputs. */
 typedef struct {
@@ -236,7 +230,7 @@ static void *wait_thread(void *arg)
 {
     waiter *w = arg;
     w->rc = tq_docker_wait(D, w->id, 20000, &w->code, &w->eb);
-    w->returned_ms = now_ms();
+    w->returned_ms = tq_mono_ms();
     return NULL;
 }
 
@@ -250,9 +244,9 @@ static void test_stop_ends_a_long_job_within_its_grace(void)
     CHECK(tq_docker_start(D, id, &eb) == TQ_OK, eb);
     CHECK(tq_docker_start(D, id, &eb) == TQ_OK, eb); /* 304: already running */
     int code = -1;
-    long long t0 = now_ms();
+    long long t0 = tq_mono_ms();
     CHECK(tq_docker_wait(D, id, 300, &code, &eb) == TQ_ERR_TIMEOUT, eb);
-    CHECK(now_ms() - t0 < 3000, eb);
+    CHECK(tq_mono_ms() - t0 < 3000, eb);
     tq_container_state st;
     CHECK(tq_docker_inspect(D, id, &st, &eb) == TQ_OK && st.running, eb);
 
@@ -261,9 +255,9 @@ static void test_stop_ends_a_long_job_within_its_grace(void)
     pthread_t th;
     CHECK(pthread_create(&th, NULL, wait_thread, &w) == 0, eb);
     usleep(200 * 1000);
-    t0 = now_ms();
+    t0 = tq_mono_ms();
     int rc = tq_docker_stop(D, id, 1, &eb);
-    long long stop_ms = now_ms() - t0;
+    long long stop_ms = tq_mono_ms() - t0;
     pthread_join(th, NULL);
     CHECK(rc == TQ_OK, eb);
     CHECK(stop_ms < 4000, eb);
@@ -367,6 +361,73 @@ static void test_one_handle_serves_many_threads(void)
     CHECK(total == 0, eb);
 }
 
+/* Adoption at start lists this worker's live containers and the containers of the jobs it
+ * holds, never its whole history: 60 exited containers overflow a 16 KiB reply cap
+ * (each listing entry is ~1 KB), the adoption query still fits it. */
+#define MANY_EXITED 60
+static void test_adoption_listing_fits_a_small_cap_with_many_exited_containers(void)
+{
+    tq_errbuf eb = {{0}};
+    char worker[96], wl[128];
+    snprintf(worker, sizeof worker, "%s-many", WORKER);
+    snprintf(wl, sizeof wl, "trainq.worker=%s", worker);
+    static char names[MANY_EXITED + 1][96], tags[MANY_EXITED + 1][16];
+    for (int i = 0; i <= MANY_EXITED; i++) {
+        snprintf(names[i], sizeof names[i], "trainq-it-%ld-many-%d", (long)getpid(), i);
+        snprintf(tags[i], sizeof tags[i], "many-%d", i);
+        tq_label labels[2] = {{"trainq.job", tags[i]}, {"trainq.worker", worker}};
+        /* without /workspace/config.json the fake trainer exits 2 at once */
+        tq_container_spec spec = {
+            .name = names[i], .image = IMAGE, .labels = labels, .n_labels = 2, .pids_limit = 64};
+        char id[65];
+        CHECK(tq_docker_create(D, &spec, id, &eb) == TQ_OK, eb);
+        if (i < MANY_EXITED) /* the last one stays "created": live */
+            CHECK(tq_docker_start(D, id, &eb) == TQ_OK, eb);
+    }
+    const char *labels[] = {wl, NULL, NULL};
+    const char *exited[] = {"exited", NULL};
+    const char *live[] = {"created", "restarting", "running", "removing", "paused", NULL};
+    tq_container_summary *v = NULL;
+    size_t n = 0;
+    int64_t deadline = tq_mono_ms() + 60000;
+    for (;;) {
+        CHECK(tq_docker_list_where(D, labels, exited, &v, &n, &eb) == TQ_OK, eb);
+        free(v);
+        if (n == MANY_EXITED || tq_mono_ms() > deadline)
+            break;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(n == MANY_EXITED, eb);
+
+    tq_docker *small = NULL;
+    CHECK(tq_docker_new(getenv("TRAINQ_DOCKER_HOST"), &small, &eb) == TQ_OK, eb);
+    tq_docker_set_limits(small, 16 * 1024, 0);
+    /* The whole history does not fit, and says so. */
+    int rc = tq_docker_list(small, wl, &v, &n, &eb);
+    int too_large = rc == TQ_ERR_TOO_LARGE && strstr(eb.msg, "larger than 16384 bytes");
+    /* What adoption asks for does: the live container, and a held job's exited one. */
+    int live_ok = tq_docker_list_where(small, labels, live, &v, &n, &eb) == TQ_OK && n == 1 &&
+                  strcmp(v[0].name, names[MANY_EXITED]) == 0 && strcmp(v[0].state, "created") == 0;
+    free(v);
+    char jl[64];
+    snprintf(jl, sizeof jl, "trainq.job=%s", tags[7]);
+    labels[1] = jl;
+    int held_ok = tq_docker_list_where(small, labels, NULL, &v, &n, &eb) == TQ_OK && n == 1 &&
+                  strcmp(v[0].name, names[7]) == 0 && strcmp(v[0].state, "exited") == 0;
+    free(v);
+    tq_docker_free(small);
+    labels[1] = NULL;
+    if (tq_docker_list(D, wl, &v, &n, &eb) == TQ_OK) {
+        for (size_t i = 0; i < n; i++)
+            tq_docker_remove(D, v[i].id, 1, &eb);
+        free(v);
+    }
+    CHECK(too_large, eb);
+    CHECK(live_ok, eb);
+    CHECK(held_ok, eb);
+}
+
 static void cleanup_containers(void)
 {
     char filter[128];
@@ -405,7 +466,7 @@ int main(void)
     IMAGE = getenv("TRAINQ_TEST_IMAGE");
     if (!IMAGE || !*IMAGE)
         IMAGE = "trainq-fake-trainer:latest";
-    snprintf(WORKER, sizeof WORKER, "docker-it-%ld-%lld", (long)getpid(), now_ms());
+    snprintf(WORKER, sizeof WORKER, "docker-it-%ld-%lld", (long)getpid(), (long long)tq_mono_ms());
     tq_errbuf eb = {{0}};
     if (tq_docker_new(host, &D, &eb) != TQ_OK) {
         fprintf(stderr, "FAIL: %s\n", eb.msg);
@@ -431,6 +492,7 @@ int main(void)
         test_kill_and_forced_remove();
         test_gpu_requests_are_accepted_and_start_errors_surface();
         test_one_handle_serves_many_threads();
+        test_adoption_listing_fits_a_small_cap_with_many_exited_containers();
     }
 
     cleanup_containers();

@@ -296,6 +296,51 @@ class TestOutcomes(ConsumerCase):
         self.assertIn("exit", j["error_message"])
         self.assertIsNotNone(j["completed_at"])
 
+    def test_log_tail_of_arbitrary_bytes_is_recorded_as_valid_utf8(self):
+        """The tail keeps the last 4096 bytes: its front cut falls inside a 2-byte character,
+        and the trainer also prints bytes that are not UTF-8 at all (Postgres would refuse
+        the reason). The failure is recorded, with whole characters and a replacement for
+        the rest."""
+        u = self.user("utf8tail")
+        ds = self.dataset(u, duration=0.3, exit_code=3)
+        end = b"\xff\xfe\xc3( \xe2\x82 \xc0\xaf bad"  # invalid, cut short, overlong
+        run = "é".encode() * 2600  # the tail's 4096 bytes start 4096-len(end)-1 into it
+        assert (4096 - len(end) - 1) % 2 == 1, "the cut must fall inside an é"
+        path = os.path.join(self.root, u, ds, "trainer.env")
+        with open(path, "wb") as f:
+            f.write(b"DURATION=0.3\nEXIT_CODE=3\nSTEPS=1\nMESSAGE=" + run + end + b"\n")
+        m = self.message(u, ds)
+        self.consumer(f"utf8tail-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["exit_code"], 3)
+        err = j["error_message"]
+        self.assertTrue(err.startswith("training exited with code 3: " + "é" * 2000), err[:80])
+        # dockerd's json-file log driver already turns invalid UTF-8 into U+FFFD; the
+        # consumer's own sanitiser (tq_utf8_sanitize, unit-tested) turns it into '?'.
+        self.assertRegex(err, "é{2000,}[?\ufffd]+\\( [?\ufffd]+ [?\ufffd]+ bad\n?$")
+
+    def test_dataset_path_cut_inside_a_character_is_recorded(self):
+        """A storage path quoted in the reason is cut at 200 bytes: never inside a
+        character, or the failure could not be stored."""
+        u = self.user("utf8path")
+        prefix = f"{u}/"
+        if (200 - len(prefix.encode())) % 2 == 0:
+            prefix += "x"  # the 200-byte cut must fall inside an é
+        ds = str(uuid.uuid4())
+        tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                   "VALUES (:'id', :'u', 'test dataset', :'p')",
+                   variables={"id": ds, "u": u, "p": prefix + "é" * 150})
+        m = self.message(u, ds)
+        self.consumer(f"utf8path-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        whole = (200 - len(prefix.encode())) // 2
+        self.assertEqual(j["error_message"],
+                         f'dataset directory "{prefix}{"é" * whole}" does not exist')
+
     def test_cancel_running_job_stops_container_and_starts_next_parked(self):
         u = self.user("cancel")
         msgs = []
@@ -396,6 +441,22 @@ class TestMessages(ConsumerCase):
         self.assertIn("not found", j1["error_message"])
         self.assertIn("belongs to another user", j2["error_message"])
 
+    def test_dataset_storage_path_longer_than_1023_bytes_fails_job(self):
+        # Cut to 1023 bytes it would still look valid (and could name another directory).
+        u = self.user("longpath")
+        ds = str(uuid.uuid4())
+        tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                   "VALUES (:'id', :'u', 'test dataset', :'p')",
+                   variables={"id": ds, "u": u, "p": f"{u}/" + "a/" * 1000})
+        m = self.message(u, ds)
+        self.consumer(f"longpath-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertEqual(j["error_message"],
+                         f"dataset {ds} storage_path is longer than 1023 bytes")
+        self.assertIsNone(j["container_id"])
+
 
 class TestRecovery(ConsumerCase):
 
@@ -414,6 +475,23 @@ class TestRecovery(ConsumerCase):
         self.assertEqual(j["attempts"], 1)
         claims = [e for e in self.events([u]) if e["to_status"] == "pending"]
         self.assertEqual(len(claims), 1, "the job must have run exactly once")
+
+    def test_job_that_finished_while_its_consumer_was_down_is_recorded_on_restart(self):
+        """Adoption lists only live containers and those of held jobs: an exited container
+        of a job the worker still holds is among them, and its outcome is recorded."""
+        u = self.user("exited")
+        m = self.message(u, self.dataset(u, duration=1.5))
+        wid = f"exited-{run_id()}"
+        c1 = self.consumer(wid)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], "running")
+        c1.kill()
+        h.wait_until(lambda: tqenv.docker("GET", f"/containers/{j['container_id']}/json")[1]
+                     ["State"]["Status"] == "exited", timeout=20, what="the container to exit")
+        c2 = self.consumer(wid)
+        c2.wait_event("adopt.container", timeout=20)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
+        self.assertEqual((j["status"], j["attempts"]), ("completed", 1))
 
     def test_lost_consumer_is_reaped_by_another_within_lease(self):
         u = self.user("lost")
@@ -449,6 +527,25 @@ class TestRecovery(ConsumerCase):
         reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
         self.assertTrue(any(r and "while dockerd was unreachable" in r for r in reasons), reasons)
         c.wait_event("job.interrupted", timeout=5)
+
+    def test_amqp_up_metric_follows_the_broker_connection(self):
+        c = self.consumer(f"amqpup-{run_id()}")
+        port = c.wait_event("consumer.starting").get("metrics_port")
+
+        def amqp_up():
+            r = h.http_once(port, "GET", "/metrics", timeout=5)
+            for line in r.raw.decode().splitlines():
+                if line.startswith("trainq_consumer_amqp_up "):
+                    return line.split()[1]
+            return None
+
+        h.wait_until(lambda: amqp_up() == "1", timeout=10, what="amqp_up 1 while connected")
+        tqenv.services("stop", "rabbitmq")
+        try:
+            h.wait_until(lambda: amqp_up() == "0", timeout=30, what="amqp_up 0 without a broker")
+        finally:
+            tqenv.services("start", "rabbitmq")
+        h.wait_until(lambda: amqp_up() == "1", timeout=60, what="amqp_up 1 after reconnecting")
 
     def test_clean_restart_slower_than_the_lease_keeps_the_job(self):
         """A deploy: SIGTERM, then a restart later than the lease while another consumer's

@@ -105,6 +105,10 @@ static const bad_case bad_cases[] = {
     {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,,1", "invalid TRAINQ_GPUS \"0,,1\": expected none, all or device ids"},
     {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "gpu0", "invalid TRAINQ_GPUS"},
     {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "1,", "invalid TRAINQ_GPUS"},
+    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,0", "invalid TRAINQ_GPUS \"0,0\": device id 0 is listed twice"},
+    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "1,2,01", "invalid TRAINQ_GPUS \"1,2,01\": device id 1 is listed twice"},
+    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,12345678", "invalid TRAINQ_GPUS \"0,12345678\": device id \"12345678\" is longer than 7 digits"},
+    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64", "like 0,1,2 (at most 64)"},
     {TQ_PROG_CONSUMER, "TRAINQ_SLOTS", "65", "invalid TRAINQ_SLOTS \"65\": expected an integer from 1 to 64"},
     {TQ_PROG_CONSUMER, "TRAINQ_HEARTBEAT_SECONDS", "20", "invalid TRAINQ_HEARTBEAT_SECONDS 20: must be at most half of TRAINQ_LEASE_SECONDS (30)"},
     {TQ_PROG_CONSUMER, "TRAINQ_WORKER_ID", "a b", "invalid TRAINQ_WORKER_ID \"a b\""},
@@ -188,6 +192,12 @@ static void test_gpu_ids_make_one_slot_each(void **state)
     assert_string_equal(tq_config_slot_gpu(&c, 1), "2");
     assert_string_equal(tq_config_slot_gpu(&c, 2), "3");
     assert_null(tq_config_slot_gpu(&c, 3));
+    tq_config_free(&c);
+
+    setenv("TRAINQ_GPUS", "5,1234567", 1); /* the longest id is kept whole */
+    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv), TQ_OK);
+    assert_int_equal(c.slots, 2);
+    assert_string_equal(tq_config_slot_gpu(&c, 1), "1234567");
     tq_config_free(&c);
 
     setenv("TRAINQ_GPUS", "all", 1);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,6 +285,71 @@ static void list_of_nothing_is_empty_and_a_non_array_is_invalid(void **state)
     assert_int_equal(tq_docker_parse_list("[", 1, &v, &n, NULL), TQ_ERR_INVALID);
 }
 
+/* The filters part of a list path, unescaped. */
+static void list_filters(const char *const *labels, const char *const *statuses, char *json,
+                         size_t cap)
+{
+    char path[TQ_DOCKER_LIST_PATH_MAX];
+    tq_errbuf eb = {{0}};
+    if (tq_docker_list_path(labels, statuses, path, sizeof path, &eb) != TQ_OK)
+        fail_msg("list path refused: %s", eb.msg);
+    const char *pre = "/containers/json?all=true&filters=";
+    assert_memory_equal(path, pre, strlen(pre));
+    char *u = curl_easy_unescape(NULL, path + strlen(pre), 0, NULL);
+    assert_non_null(u);
+    snprintf(json, cap, "%s", u);
+    curl_free(u);
+}
+
+static void list_path_filters_by_every_label_and_any_status(void **state)
+{
+    (void)state;
+    char json[512], path[TQ_DOCKER_LIST_PATH_MAX];
+    const char *labels[] = {"trainq.worker=gpu-host-1", "trainq.job=j1", NULL};
+    const char *live[] = {"created", "restarting", "running", "removing", "paused", NULL};
+    list_filters(labels, live, json, sizeof json);
+    assert_string_equal(json, "{\"label\":[\"trainq.worker=gpu-host-1\",\"trainq.job=j1\"],"
+                              "\"status\":[\"created\",\"restarting\",\"running\","
+                              "\"removing\",\"paused\"]}");
+    list_filters(labels, NULL, json, sizeof json);
+    assert_string_equal(json, "{\"label\":[\"trainq.worker=gpu-host-1\",\"trainq.job=j1\"]}");
+    const char *exited[] = {"exited", "dead", NULL};
+    list_filters(NULL, exited, json, sizeof json);
+    assert_string_equal(json, "{\"status\":[\"exited\",\"dead\"]}");
+    /* no filter at all: every container */
+    const char *none[] = {NULL};
+    assert_int_equal(tq_docker_list_path(none, NULL, path, sizeof path, NULL), TQ_OK);
+    assert_string_equal(path, "/containers/json?all=true");
+    /* the JSON is escaped: nothing in it can end the query string */
+    const char *amp[] = {"a&b=c#d", NULL};
+    assert_int_equal(tq_docker_list_path(amp, NULL, path, sizeof path, NULL), TQ_OK);
+    assert_null(strchr(path + strlen("/containers/json?all=true&"), '&'));
+    assert_null(strchr(path, '#'));
+}
+
+static void list_path_refuses_bad_labels_statuses_and_sizes(void **state)
+{
+    (void)state;
+    char path[TQ_DOCKER_LIST_PATH_MAX];
+    tq_errbuf eb = {{0}};
+    const char *space[] = {"trainq.worker=a b", NULL};
+    assert_int_equal(tq_docker_list_path(space, NULL, path, sizeof path, &eb), TQ_ERR_INVALID);
+    assert_non_null(strstr(eb.msg, "invalid label filter"));
+    const char *status[] = {"running", "stopped", NULL};
+    assert_int_equal(tq_docker_list_path(NULL, status, path, sizeof path, &eb), TQ_ERR_INVALID);
+    assert_non_null(strstr(eb.msg, "invalid status filter"));
+    const char *many[TQ_DOCKER_LIST_MAX_FILTERS + 2];
+    for (int i = 0; i <= TQ_DOCKER_LIST_MAX_FILTERS; i++)
+        many[i] = "k=v";
+    many[TQ_DOCKER_LIST_MAX_FILTERS + 1] = NULL;
+    assert_int_equal(tq_docker_list_path(many, NULL, path, sizeof path, &eb), TQ_ERR_INVALID);
+    many[TQ_DOCKER_LIST_MAX_FILTERS] = NULL;
+    assert_int_equal(tq_docker_list_path(many, NULL, path, sizeof path, &eb), TQ_OK);
+    const char *ok[] = {"trainq.worker=w", NULL};
+    assert_int_equal(tq_docker_list_path(ok, NULL, path, 40, &eb), TQ_ERR_INVALID);
+    assert_non_null(strstr(eb.msg, "filters too long"));
+}
+
 static void times_parse_as_docker_writes_them(void **state)
 {
     (void)state;
@@ -550,6 +616,8 @@ int main(void)
         cmocka_unit_test(spec_check_accepts_a_normal_spec),
         cmocka_unit_test(spec_check_refuses_mounts_exposing_the_docker_socket),
         cmocka_unit_test(spec_check_refuses_bad_names_paths_env_and_gpu_ids),
+        cmocka_unit_test(list_path_filters_by_every_label_and_any_status),
+        cmocka_unit_test(list_path_refuses_bad_labels_statuses_and_sizes),
         cmocka_unit_test(new_accepts_only_unix_sockets),
         cmocka_unit_test(a_missing_socket_is_unavailable),
     };

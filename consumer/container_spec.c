@@ -93,6 +93,18 @@ static int exposes(const char *src, const char *sock)
     return sock[len] == '\0' || sock[len] == '/' || len == 1;
 }
 
+int tq_mount_source_exposes_socket(const char *source, const char *docker_socket)
+{
+    /* Compare what the paths really are: a symlink must not smuggle the socket's directory
+     * past a textual check. */
+    char real_src[PATH_MAX], real_sock[PATH_MAX];
+    const char *src = realpath(source, real_src) ? real_src : source;
+    const char *sock =
+        docker_socket && realpath(docker_socket, real_sock) ? real_sock : docker_socket;
+    return is_sock_dir(source) || is_sock_dir(src) ||
+           (sock && (exposes(src, sock) || exposes(source, docker_socket)));
+}
+
 int tq_container_spec_check(const tq_container_spec *s, const char *docker_socket, tq_errbuf *eb)
 {
     if (!s->name || !*s->name)
@@ -131,14 +143,7 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
             return tq_errf(eb, TQ_ERR_INVALID,
                            "cannot create container \"%s\": mount %zu has \"..\" in a path",
                            s->name, i);
-        /* Compare what the paths really are: a symlink must not smuggle the socket's
-         * directory past a textual check. */
-        char real_src[PATH_MAX], real_sock[PATH_MAX];
-        const char *src = realpath(m->source, real_src) ? real_src : m->source;
-        const char *sock = docker_socket && realpath(docker_socket, real_sock) ? real_sock
-                                                                                : docker_socket;
-        if (is_sock_dir(m->source) || is_sock_dir(src) ||
-            (sock && (exposes(src, sock) || exposes(m->source, docker_socket))))
+        if (tq_mount_source_exposes_socket(m->source, docker_socket))
             return tq_errf(eb, TQ_ERR_INVALID,
                            "cannot create container \"%s\": mount of \"%.200s\" would expose the "
                            "container runtime socket",

@@ -62,6 +62,12 @@ typedef struct {
  * (the usual homes of docker.sock/containerd.sock). Mounting the socket would give the
  * training code root on the host. Returns TQ_OK or TQ_ERR_INVALID with a reason.
  */
+/* 1 when mounting `source` would expose the container runtime's socket: it is docker_socket
+ * (may be NULL) or one of its parent directories, or one of the usual homes of such sockets,
+ * compared both as written and after realpath. The consumer refuses at start a configured
+ * directory for which this holds (main.c), and every launch checks its mounts again. */
+int tq_mount_source_exposes_socket(const char *source, const char *docker_socket);
+
 int tq_container_spec_check(const tq_container_spec *s, const char *docker_socket, tq_errbuf *eb);
 
 /*

@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "cmetrics.h"
+#include "container_spec.h"
 #include "tq_config.h"
 #include "tq_log.h"
 #include "tq_program.h"
@@ -70,6 +71,16 @@ int main(int argc, char **argv)
 
     if (!w.slots || tq_docker_new(cfg.docker_host, &w.docker, &eb) != TQ_OK) {
         fprintf(stderr, "trainq-consumer: %s\n", w.slots ? eb.msg : "out of memory");
+        exit_code = 2;
+        goto out;
+    }
+    /* Mounted into every container as it is: refused here, once, rather than at every
+     * launch, where it would only make this host give every job back. */
+    if (tq_mount_source_exposes_socket(cfg.hf_cache_dir, tq_docker_socket_path(w.docker))) {
+        fprintf(stderr,
+                "trainq-consumer: invalid TRAINQ_HF_CACHE_DIR \"%s\": mounting it would expose "
+                "the container runtime socket\n",
+                cfg.hf_cache_dir);
         exit_code = 2;
         goto out;
     }

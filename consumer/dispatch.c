@@ -256,6 +256,12 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
 }
 
+/* Whether a header table entry holds a string (AMQP longstr, or bytes). */
+static int string_entry(const amqp_table_entry_t *e)
+{
+    return e->value.kind == AMQP_FIELD_KIND_UTF8 || e->value.kind == AMQP_FIELD_KIND_BYTES;
+}
+
 /* The string headers of a delivery as key, value pairs (a publisher's signature among
  * them); the broker's own (x-delivery-count, x-death) are not strings or not ours to copy.
  * Returns the number of strings written to kv (at most cap, even). */
@@ -268,7 +274,7 @@ static size_t string_headers(const amqp_envelope_t *env, char (*buf)[256], const
     const amqp_table_t *t = &env->message.properties.headers;
     for (int i = 0; i < t->num_entries && n + 2 <= cap; i++) {
         const amqp_table_entry_t *e = &t->entries[i];
-        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+        if (!string_entry(e))
             continue;
         if (e->key.len >= 2 && memcmp(e->key.bytes, "x-", 2) == 0 &&
             !(e->key.len > 9 && memcmp(e->key.bytes, "x-trainq-", 9) == 0))
@@ -435,7 +441,7 @@ static int header_string(const amqp_envelope_t *env, const char *name, const cha
         const amqp_table_entry_t *e = &t->entries[i];
         if (e->key.len != nl || memcmp(e->key.bytes, name, nl) != 0)
             continue;
-        if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+        if (!string_entry(e))
             return -1;
         *v = e->value.value.bytes.len ? e->value.value.bytes.bytes : "";
         *n = e->value.value.bytes.len;
@@ -546,6 +552,16 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         stop_consuming(d, &cb);
         defer(d, env);
         tq_msg_free(&m);
+        return;
+    }
+    if (rc != TQ_OK) {
+        /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
+         * a bug), but maybe its own: back to the queue, spending a delivery. Its delivery
+         * limit bounds the retries; a message that fails every time ends on the dead-letter
+         * queue with x-death, and the sweeper republishes its job if it has a row. */
+        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m.job_id, eb.msg);
+        tq_msg_free(&m);
+        settle(d, env->delivery_tag, 0);
         return;
     }
     switch (cl.outcome) {
@@ -667,8 +683,6 @@ void *tq_dispatch_main(void *arg)
     d.w = arg;
     d.backoff_ms = 100;
     tq_worker *w = d.w;
-    atomic_store(&w->host_ok, 1);
-    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
     int logged_down = 0, ready = 0;
     while (!atomic_load(&w->stopping)) {
         tq_errbuf eb = {{0}};

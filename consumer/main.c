@@ -85,6 +85,7 @@ int main(int argc, char **argv)
         goto out;
     }
     tq_cmetrics_set(TQ_CM_SLOTS_TOTAL, w.n_slots);
+    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
     int port = 0;
     if (tq_cmetrics_start(cfg.metrics_host, cfg.metrics_port, health, &w, &ms, &port, &eb) != TQ_OK) {
         fprintf(stderr, "trainq-consumer: %s\n", eb.msg);

@@ -103,6 +103,43 @@ class TestNeverStranded(ConsumerCase):
         self.assertLess(time.monotonic() - t0, 20)
         c.wait_event("sweeper.released", timeout=5)
 
+    def test_a_job_the_delivery_limit_dead_lettered_is_republished_and_runs(self):
+        """Every claim of one job fails with an unexpected database error (a trigger refuses
+        its claim): each delivery is nacked, the queue's delivery limit dead-letters the
+        message, and the consumer lives on. Once the error is gone, the sweeper republishes
+        the job from its row and it runs: the operator republishes nothing."""
+        u = self.user("poison")
+        m = self.message(u, self.dataset(u, duration=0.2))
+        self.insert_job(m, -60000)
+        tqenv.psql(
+            "CREATE TABLE tq_test_refused_claims (id uuid PRIMARY KEY);"
+            "CREATE FUNCTION tq_test_refuse_claim() RETURNS trigger LANGUAGE plpgsql AS $f$"
+            " BEGIN IF NEW.status = 'pending' AND EXISTS (SELECT 1 FROM tq_test_refused_claims"
+            "  WHERE id = NEW.id) THEN RAISE EXCEPTION 'claim refused by the test'; END IF;"
+            " RETURN NEW; END $f$;"
+            "CREATE TRIGGER tq_test_refuse_claim BEFORE UPDATE OF status ON training_jobs"
+            " FOR EACH ROW EXECUTE FUNCTION tq_test_refuse_claim();", superuser=True)
+        try:
+            tqenv.psql("INSERT INTO tq_test_refused_claims VALUES (:'id')", superuser=True,
+                       variables={"id": m["job_id"]})
+            # long stranded threshold: the sweeper must not republish it before it is dead
+            c = self.consumer(f"poison-{run_id()}", TRAINQ_STRANDED_SECONDS=3600)
+            self.publish(m)
+            ours = lambda msgs: [b for _, b in msgs if json.loads(b).get("job_id") == m["job_id"]]
+            dead = h.get_messages("trainq.jobs.dead", want=lambda msgs: ours(msgs), timeout=30)
+            self.assertEqual(len(ours(dead)), 1, "the message was not dead-lettered once")
+            self.assertGreaterEqual(len(c.events("job.claim_failed")), 5)
+            self.assertEqual(self.job(m["job_id"])["status"], "queued")
+            self.assertTrue(c.running(), "the consumer must survive the failed claims")
+        finally:
+            tqenv.psql("DROP TRIGGER tq_test_refuse_claim ON training_jobs;"
+                       "DROP FUNCTION tq_test_refuse_claim(); DROP TABLE tq_test_refused_claims",
+                       superuser=True)
+        c.stop()
+        self.consumer(f"poison2-{run_id()}", TRAINQ_STRANDED_SECONDS=2)
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=30)["status"],
+                         "completed")
+
     def test_the_newest_jobs_behind_a_backlog_are_left_alone(self):
         """As many of the newest unclaimed jobs as there are ready messages in the queue may
         still be waiting there: the stranded repair leaves them alone (no copies)."""

@@ -344,8 +344,6 @@ int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const cha
                : strcmp(v, "failed") == 0    ? TQ_GIVE_BACK_FAILED
                                              : TQ_GIVE_BACK_FENCED;
     PQclear(r);
-    if (*outcome == TQ_GIVE_BACK_FENCED)
-        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id);
     return TQ_OK;
 }
 

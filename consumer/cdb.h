@@ -52,13 +52,14 @@ typedef enum {
     TQ_GIVEN_BACK,          /* queued again (parked, released at once if the user has room) */
     TQ_GIVE_BACK_CANCELLED, /* its cancellation was requested meanwhile: now cancelled */
     TQ_GIVE_BACK_FAILED,    /* given back max_host_retries times: failed with the reason */
-    TQ_GIVE_BACK_FENCED,    /* no longer this claim's (TQ_ERR_CONFLICT is returned too) */
+    TQ_GIVE_BACK_FENCED,    /* no longer this claim's: nothing changed */
 } tq_give_back_outcome;
 
 /* Gives a claimed job back because it could not start on this host for a reason of the
  * host's (dockerd away, image or runtime missing, name still being removed). The job keeps
  * its place in its user's order and its attempts; it is republished through the outbox.
- * Bounded: the max_host_retries-th give-back fails it with `reason`. */
+ * Bounded: the max_host_retries-th give-back fails it with `reason`. TQ_OK with *outcome,
+ * or a database error (then nothing changed). */
 int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
                      int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb);
 

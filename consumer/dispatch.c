@@ -341,6 +341,9 @@ static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, con
         return;
     }
     switch (out) {
+    case TQ_GIVE_BACK_FENCED:
+        tq_log(TQ_LOG_WARN, "job.fenced", "job %s: not given back, no longer ours", job_id);
+        break;
     case TQ_GIVE_BACK_FAILED:
         tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
         tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: no worker could start it: %s", job_id,
@@ -350,9 +353,10 @@ static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, con
         tq_cmetrics_inc(TQ_CM_JOBS_CANCELLED);
         tq_log(TQ_LOG_INFO, "job.cancelled", "job %s cancelled before it started", job_id);
         break;
-    default:
+    case TQ_GIVEN_BACK:
         tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
         tq_log(TQ_LOG_WARN, "job.requeued", "job %s given back: %s", job_id, why);
+        break;
     }
 }
 

@@ -38,8 +38,7 @@ static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
     return tq_db_exec(c,
-                      "SELECT pg_advisory_xact_lock(7411, hashtext(user_id)) "
-                      "FROM training_jobs WHERE id = $1",
+                      "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = $1",
                       1, p, NULL, eb);
 }
 
@@ -64,8 +63,7 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
      * then lock parked rows, so the opposite order here could deadlock with them. */
     {
         const char *pl[1] = {m->user_id};
-        if ((rc = tq_db_exec(c, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, pl, NULL,
-                             eb)))
+        if ((rc = tq_db_exec(c, "SELECT tq_lock_user($1)", 1, pl, NULL, eb)))
             goto rollback;
     }
     /* A message from another service has no row yet: create it, idempotently. */

@@ -484,7 +484,7 @@ static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
 {
     const char *p[2] = {a->job_id, a->user};
     PGresult *res = NULL;
-    int rc = exec(t, "SELECT pg_advisory_xact_lock(7411, hashtext($1))", 1, p + 1, NULL, eb);
+    int rc = exec(t, "SELECT tq_lock_user($1)", 1, p + 1, NULL, eb);
     if (rc != TQ_OK)
         return rc;
     rc = exec(t,

@@ -8,6 +8,13 @@
 -- (dead-lettered by the delivery limit, purged, lost with a broker's disk) is repaired from
 -- the row, never by an operator.
 
+-- The per-user lock: every transaction that changes a job's status takes it first, before
+-- any row lock (claims, releases, give-backs, recoveries, the producer's cancel and delete,
+-- and the status guard of 0001, which spells the same key). One name for the key, so code
+-- written from here on cannot take a different one.
+CREATE FUNCTION tq_lock_user(p_user text) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7411, hashtext(p_user)) $$;
+
 -- How often a job was given back because a host could not start it (image missing, runtime
 -- missing, disk full). Bounded separately from `attempts`, which counts runs that started:
 -- a broken host must not use up a good job's attempts, but a job no host can start must
@@ -40,7 +47,7 @@ BEGIN
         RETURN 'fenced';
     END IF;
     -- The user's lock before the row lock, as everywhere (claims, releases, the guard).
-    PERFORM pg_advisory_xact_lock(7411, hashtext(j.user_id));
+    PERFORM tq_lock_user(j.user_id);
     SELECT * INTO j FROM training_jobs
      WHERE id = p_id AND fencing_token = p_fencing AND status IN ('pending', 'running')
        FOR UPDATE;

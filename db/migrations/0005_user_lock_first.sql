@@ -11,7 +11,7 @@ DECLARE
     j training_jobs%ROWTYPE;
     outcome text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(7411, hashtext(user_id)) FROM training_jobs WHERE id = p_id;
+    PERFORM tq_lock_user(user_id) FROM training_jobs WHERE id = p_id;
     SELECT * INTO j FROM training_jobs
      WHERE id = p_id AND status IN ('pending', 'running') FOR UPDATE;
     IF NOT FOUND OR (p_only_expired AND j.lease_expires_at >= now()) THEN

@@ -203,6 +203,12 @@ class TestNeverStranded(ConsumerCase):
              f"SELECT pg_advisory_lock(7411, hashtext('{u2}')), pg_sleep(13)"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            # the lock is held before the consumer's first sweep can run
+            h.wait_until(lambda: tqenv.psql(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.classid = 7411 AND l.granted "
+                "AND a.query LIKE '%pg_sleep(13)%'") == "1", timeout=10,
+                what="the user's lock held by the other session")
             c = self.consumer(f"lease-{run_id()}", TRAINQ_LEASE_SECONDS=4,
                               TRAINQ_HEARTBEAT_SECONDS=1, TRAINQ_SWEEP_SECONDS=1)
             self.publish(m)

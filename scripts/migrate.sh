@@ -8,12 +8,18 @@
 #    holds pg_advisory_lock(MIGRATE_LOCK_KEY) for the whole run and decides what is pending
 #    only after taking the lock.
 #  - Safe to run twice: applied versions are skipped.
-# Version = file name without ".sql" (e.g. 0001_init). TRAINQ_MIGRATIONS_DIR overrides the
-# directory (tests).
+#  - Stored functions and triggers live in db/procedures/*.sql, reloaded (in name order, in one
+#    transaction, after the migrations) on EVERY run, so the code a reader finds there is the
+#    code that runs. Each procedures file must therefore be idempotent: CREATE OR REPLACE
+#    FUNCTION, DROP TRIGGER IF EXISTS before CREATE TRIGGER, DROP FUNCTION IF EXISTS when a
+#    signature changes. Numbered migrations hold tables, columns, indexes and data changes.
+# Version = file name without ".sql" (e.g. 0001_init). TRAINQ_MIGRATIONS_DIR and
+# TRAINQ_PROCEDURES_DIR override the directories (tests).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${TRAINQ_MIGRATIONS_DIR:-$REPO/db/migrations}
+PROC_DIR=${TRAINQ_PROCEDURES_DIR:-$REPO/db/procedures}
 URL=${TRAINQ_DATABASE_URL:?migrate: TRAINQ_DATABASE_URL is not set}
 # Fixed key shared by every trainq program that migrates; do not change.
 MIGRATE_LOCK_KEY=7421003
@@ -35,6 +41,18 @@ for f in "${files[@]}"; do
   [[ "$f" =~ ^[0-9]{4}_[A-Za-z0-9_.-]+\.sql$ ]] || die "bad migration file name \"$f\""
   if grep -Eiq '^[[:space:]]*(BEGIN|COMMIT|ROLLBACK|START[[:space:]]+TRANSACTION)[[:space:]]*;' "$DIR/$f"; then
     die "$f contains transaction control; migrate.sh wraps each file in its own transaction"
+  fi
+done
+
+procs=()
+if [[ -d "$PROC_DIR" ]]; then
+  PROC_DIR=$(cd "$PROC_DIR" && pwd)
+  mapfile -t procs < <(find "$PROC_DIR" -maxdepth 1 -type f -name '*.sql' -printf '%f\n' | LC_ALL=C sort)
+fi
+for f in "${procs[@]}"; do
+  [[ "$f" =~ ^[A-Za-z0-9_.-]+\.sql$ ]] || die "bad procedures file name \"$f\""
+  if grep -Eiq '^[[:space:]]*(BEGIN|COMMIT|ROLLBACK|START[[:space:]]+TRANSACTION)[[:space:]]*;' "$PROC_DIR/$f"; then
+    die "$f contains transaction control; migrate.sh loads the procedures in one transaction"
   fi
 done
 
@@ -61,6 +79,14 @@ trap 'rm -f "$script"' EXIT
     echo "\\echo migrate: applied $v"
     echo '\endif'
   done
+  if ((${#procs[@]} > 0)); then
+    echo 'BEGIN;'
+    for f in "${procs[@]}"; do
+      echo "\\i '$PROC_DIR/$f'"
+    done
+    echo 'COMMIT;'
+    echo "\\echo migrate: reloaded ${#procs[@]} procedures files"
+  fi
   echo "SELECT pg_advisory_unlock($MIGRATE_LOCK_KEY);"
 } >"$script"
 

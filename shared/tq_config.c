@@ -24,11 +24,20 @@ int tq_parse_bytes(const char *s, long long *out)
     unsigned long long mul = 1;
     if (*end) {
         switch (tolower((unsigned char)*end)) {
-        case 'k': mul = 1ull << 10; break;
-        case 'm': mul = 1ull << 20; break;
-        case 'g': mul = 1ull << 30; break;
-        case 't': mul = 1ull << 40; break;
-        default: return TQ_ERR_INVALID;
+        case 'k':
+            mul = 1ull << 10;
+            break;
+        case 'm':
+            mul = 1ull << 20;
+            break;
+        case 'g':
+            mul = 1ull << 30;
+            break;
+        case 't':
+            mul = 1ull << 40;
+            break;
+        default:
+            return TQ_ERR_INVALID;
         }
         end++;
         if (*end == 'b' || *end == 'B')
@@ -129,7 +138,8 @@ static int set_value(void *cfg, const tq_opt *o, const char *v, tq_errbuf *eb)
         char *end;
         errno = 0;
         long long x = strtoll(v, &end, 10);
-        snprintf(expected, sizeof expected, "expected an integer from %lld to %lld", o->min, o->max);
+        snprintf(expected, sizeof expected, "expected an integer from %lld to %lld", o->min,
+                 o->max);
         if (!*v || *end || errno || x < o->min || x > o->max)
             return bad(eb, o, v, expected);
         *(int *)base = (int)x;
@@ -221,8 +231,7 @@ int tq_config_read_file(const char *what, const char *path, char **out, tq_errbu
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return tq_errf(eb, TQ_ERR_CONFIG, "cannot read %s \"%s\": %s", what, path,
-                       strerror(errno));
+        return tq_errf(eb, TQ_ERR_CONFIG, "cannot read %s \"%s\": %s", what, path, strerror(errno));
     char *buf = malloc(CONFIG_FILE_MAX + 1);
     if (!buf) {
         fclose(f);
@@ -247,8 +256,9 @@ static int load_publish_keys(const char *keys, const char *file, tq_sign_keys *k
                              tq_errbuf *eb)
 {
     if (*keys && *file)
-        return tq_errf(eb, TQ_ERR_CONFIG, "conflicting TRAINQ_PUBLISH_KEYS_FILE: "
-                                          "TRAINQ_PUBLISH_KEYS is set too; set only one");
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "conflicting TRAINQ_PUBLISH_KEYS_FILE: "
+                       "TRAINQ_PUBLISH_KEYS is set too; set only one");
     if (*keys)
         return tq_sign_keys_parse(keys, "TRAINQ_PUBLISH_KEYS", keyring, eb);
     if (!*file)
@@ -270,7 +280,8 @@ int tq_config_check_common(const char *amqp_url, const char *publish_keys,
     if (rc != TQ_OK)
         return rc;
     if (strncmp(amqp_url, "amqp://", 7) != 0 && strncmp(amqp_url, "amqps://", 8) != 0)
-        return tq_errf(eb, TQ_ERR_CONFIG, "invalid TRAINQ_AMQP_URL: expected amqp://user:pass@host:port/vhost");
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_AMQP_URL: expected amqp://user:pass@host:port/vhost");
     return TQ_OK;
 }
 
@@ -347,8 +358,7 @@ int tq_config_load(const tq_options *t, void *cfg, int argc, char **argv, tq_err
     for (size_t i = 0; i < t->n_opts; i++) {
         const tq_opt *o = &t->opts[i];
         if (o->def == NULL && !*(char **)((char *)cfg + o->off))
-            return tq_errf(eb, TQ_ERR_CONFIG, "missing %s (or --%s): %s", o->env, o->flag,
-                           o->help);
+            return tq_errf(eb, TQ_ERR_CONFIG, "missing %s (or --%s): %s", o->env, o->flag, o->help);
     }
     return t->check ? t->check(cfg, eb) : TQ_OK;
 }

@@ -63,28 +63,41 @@ typedef struct {
 /* The options both programs take. A program's config struct T has fields of these names
  * (char *database_url, *amqp_url, *log_level, *publish_keys, *publish_keys_file;
  * int relay_batch; tq_sign_keys publish_keyring) and its check calls tq_config_check_common. */
-#define TQ_OPT_DATABASE_URL(T)                                                                    \
-    {"TRAINQ_DATABASE_URL", "database-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, database_url, char *),  \
-     NULL, 0, 0, NULL, "Postgres connection URL (libpq syntax)"}
-#define TQ_OPT_AMQP_URL(T)                                                                        \
-    {"TRAINQ_AMQP_URL", "amqp-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, amqp_url, char *), NULL, 0, 0,  \
-     NULL, "RabbitMQ URL, amqp://user:pass@host:port/vhost"}
-#define TQ_OPT_LOG_LEVEL(T)                                                                       \
-    {"TRAINQ_LOG_LEVEL", "log-level", TQ_OPT_ENUM, TQ_OPT_OFF(T, log_level, char *), "info", 0,  \
-     0, "debug,info,warn,error", "minimum level of the JSON log lines on stderr"}
-#define TQ_OPT_RELAY_BATCH(T)                                                                     \
-    {"TRAINQ_RELAY_BATCH", "relay-batch", TQ_OPT_INT, TQ_OPT_OFF(T, relay_batch, int), "100", 1, \
-     1000, NULL, "outbox rows published per confirm round"}
-#define TQ_OPT_PUBLISH_KEYS(T)                                                                    \
-    {"TRAINQ_PUBLISH_KEYS", "publish-keys", TQ_OPT_SECRET, TQ_OPT_OFF(T, publish_keys, char *),  \
-     "", 0, 0, NULL,                                                                              \
-     "publisher signing keys `id:secret,id:secret` (secrets of 32+ bytes): relays sign with the " \
-     "first, consumers accept any and dead-letter other messages; empty: no signing "            \
-     "(docs/message-contract.md)"}
-#define TQ_OPT_PUBLISH_KEYS_FILE(T)                                                               \
-    {"TRAINQ_PUBLISH_KEYS_FILE", "publish-keys-file", TQ_OPT_STR,                                 \
-     TQ_OPT_OFF(T, publish_keys_file, char *), "", 0, 0, NULL,                                    \
-     "file holding the TRAINQ_PUBLISH_KEYS list instead (one `id:secret` per line)"}
+#define TQ_OPT_DATABASE_URL(T)                                                                     \
+    {                                                                                              \
+        "TRAINQ_DATABASE_URL", "database-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, database_url, char *), \
+            NULL, 0, 0, NULL, "Postgres connection URL (libpq syntax)"                             \
+    }
+#define TQ_OPT_AMQP_URL(T)                                                                         \
+    {                                                                                              \
+        "TRAINQ_AMQP_URL", "amqp-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, amqp_url, char *), NULL, 0, 0, \
+            NULL, "RabbitMQ URL, amqp://user:pass@host:port/vhost"                                 \
+    }
+#define TQ_OPT_LOG_LEVEL(T)                                                                        \
+    {                                                                                              \
+        "TRAINQ_LOG_LEVEL", "log-level", TQ_OPT_ENUM, TQ_OPT_OFF(T, log_level, char *), "info", 0, \
+            0, "debug,info,warn,error", "minimum level of the JSON log lines on stderr"            \
+    }
+#define TQ_OPT_RELAY_BATCH(T)                                                                      \
+    {                                                                                              \
+        "TRAINQ_RELAY_BATCH", "relay-batch", TQ_OPT_INT, TQ_OPT_OFF(T, relay_batch, int), "100",   \
+            1, 1000, NULL, "outbox rows published per confirm round"                               \
+    }
+#define TQ_OPT_PUBLISH_KEYS(T)                                                                     \
+    {                                                                                              \
+        "TRAINQ_PUBLISH_KEYS", "publish-keys", TQ_OPT_SECRET, TQ_OPT_OFF(T, publish_keys, char *), \
+            "", 0, 0, NULL,                                                                        \
+            "publisher signing keys `id:secret,id:secret` (secrets of 32+ bytes): relays sign "    \
+            "with the "                                                                            \
+            "first, consumers accept any and dead-letter other messages; empty: no signing "       \
+            "(docs/message-contract.md)"                                                           \
+    }
+#define TQ_OPT_PUBLISH_KEYS_FILE(T)                                                                \
+    {                                                                                              \
+        "TRAINQ_PUBLISH_KEYS_FILE", "publish-keys-file", TQ_OPT_STR,                               \
+            TQ_OPT_OFF(T, publish_keys_file, char *), "", 0, 0, NULL,                              \
+            "file holding the TRAINQ_PUBLISH_KEYS list instead (one `id:secret` per line)"         \
+    }
 
 /* Loads the options of t into cfg from the environment and argv (argv[0] is the program
  * name). Returns TQ_OK; TQ_ERR_EXIT_OK when --help, --version or --config-markdown was

@@ -71,8 +71,8 @@ static const tq_options test_options = {
 static int reset_env(void **state)
 {
     (void)state;
-    const char *vars[] = {"TQTEST_NAME",      "TQTEST_COUNT",         "TQTEST_SIZE",
-                          "TQTEST_RATIO",     "TQTEST_ON",            "TRAINQ_LOG_LEVEL",
+    const char *vars[] = {"TQTEST_NAME",        "TQTEST_COUNT",        "TQTEST_SIZE",
+                          "TQTEST_RATIO",       "TQTEST_ON",           "TRAINQ_LOG_LEVEL",
                           "TRAINQ_RELAY_BATCH", "TRAINQ_PUBLISH_KEYS", "TRAINQ_PUBLISH_KEYS_FILE"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
         unsetenv(vars[i]);
@@ -124,7 +124,8 @@ static void test_bad_values_name_the_variable_and_the_range(void **state)
         const char *var, *value, *expect;
     } cases[] = {
         {"TQTEST_COUNT", "10", "invalid TQTEST_COUNT \"10\": expected an integer from 1 to 9"},
-        {"TQTEST_SIZE", "2m", "invalid TQTEST_SIZE \"2m\": expected a size from 0 to 1048576 bytes"},
+        {"TQTEST_SIZE", "2m",
+         "invalid TQTEST_SIZE \"2m\": expected a size from 0 to 1048576 bytes"},
         {"TQTEST_RATIO", "1.5", "invalid TQTEST_RATIO \"1.5\": expected a number from 0 to 1"},
         {"TQTEST_ON", "maybe", "invalid TQTEST_ON \"maybe\": expected true or false"},
         {"TRAINQ_LOG_LEVEL", "loud", "invalid TRAINQ_LOG_LEVEL \"loud\": expected one of debug"},

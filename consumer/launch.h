@@ -28,7 +28,7 @@
 #include <stddef.h>
 
 #include "docker.h"
-#include "tq_config.h"
+#include "coptions.h"
 #include "tq_err.h"
 
 #define TQ_LAUNCH_DATASETS_TARGET "/workspace/datasets"

@@ -1,11 +1,13 @@
-/* Unit tests for the pure part of the transaction runner (shared/tq_db: when a failed try
- * is tried again). The runner against a real Postgres is tests/db_it.c. */
+/* Unit tests for the pure parts of the transaction runner (shared/tq_db: when a failed try
+ * is tried again) and of the consumer's claim (cdb: the outcome names of
+ * db/procedures/claim.sql). The runner against a real Postgres is tests/db_it.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cdb.h"
 #include "tq_db.h"
 
 static void soft_errors_are_retried_whatever_the_connection(void **state)
@@ -64,6 +66,30 @@ static void retry_unavailable_retries_every_lost_connection(void **state)
     assert_true(tq_db_txn_retry(&claim, TQ_ERR_UNAVAILABLE, 0, 1, &stale));
 }
 
+static void claim_outcomes_are_parsed_by_their_procedure_names(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        tq_claim_outcome want;
+    } cases[] = {
+        {"claimed", TQ_CLAIM_CLAIMED},     {"parked", TQ_CLAIM_PARKED},
+        {"duplicate", TQ_CLAIM_DUPLICATE}, {"failed", TQ_CLAIM_FAILED},
+        {"mismatch", TQ_CLAIM_MISMATCH},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tq_claim_outcome o = (tq_claim_outcome)-1;
+        assert_int_equal(tq_claim_outcome_parse(cases[i].name, &o), TQ_OK);
+        assert_int_equal(o, cases[i].want);
+    }
+    const char *bad[] = {"", "Claimed", "claimed ", "requeued", NULL};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tq_claim_outcome o = TQ_CLAIM_PARKED;
+        assert_int_equal(tq_claim_outcome_parse(bad[i], &o), TQ_ERR_INVALID);
+        assert_int_equal(o, TQ_CLAIM_PARKED); /* untouched */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -72,6 +98,7 @@ int main(void)
         cmocka_unit_test(a_connection_found_dead_at_begin_is_retried_once),
         cmocka_unit_test(a_borrowed_connection_is_left_to_its_owner),
         cmocka_unit_test(retry_unavailable_retries_every_lost_connection),
+        cmocka_unit_test(claim_outcomes_are_parsed_by_their_procedure_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

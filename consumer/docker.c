@@ -577,7 +577,8 @@ int tq_docker_ping(tq_docker *d, tq_errbuf *eb)
     return rc;
 }
 
-int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[65], tq_errbuf *eb)
+int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[TQ_DOCKER_ID_BUF],
+                     tq_errbuf *eb)
 {
     id[0] = '\0';
     int rc = tq_container_spec_check(s, d->sock, eb);
@@ -600,8 +601,8 @@ int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[65], tq_e
     if (r.status == 201) {
         json_t *root = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
         const char *cid = obj_str(root, "Id");
-        if (cid && strlen(cid) == 64)
-            copy_str(id, 65, cid);
+        if (cid && strlen(cid) == TQ_DOCKER_ID_BUF - 1)
+            copy_str(id, TQ_DOCKER_ID_BUF, cid);
         else
             rc = tq_errf(eb, TQ_ERR_DOCKER, "%s: reply has no container id", what);
         json_decref(root);

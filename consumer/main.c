@@ -14,8 +14,12 @@
 
 #include <curl/curl.h>
 
+#include "adoption.h"
 #include "cmetrics.h"
 #include "container_spec.h"
+#include "dispatch.h"
+#include "housekeeping.h"
+#include "runner.h"
 #include "tq_config.h"
 #include "tq_log.h"
 #include "tq_program.h"

@@ -169,8 +169,9 @@ int tq_docker_list_path(const char *const *labels, const char *const *statuses, 
 int tq_docker_parse_list(const char *json, size_t len, tq_container_summary **out, size_t *n,
                          tq_errbuf *eb);
 
-/* RFC 3339 time as Docker writes it ("2024-05-01T10:00:00.123456789Z") -> Unix ms;
- * Docker's zero time "0001-01-01T00:00:00Z" -> 0. Returns -1 if unparsable. */
+/* RFC 3339 time as Docker writes it ("2024-05-01T10:00:00.123456789Z") -> Unix ms
+ * (tq_rfc3339_parse); Docker's zero time "0001-01-01T00:00:00Z" (any time before 1970)
+ * -> 0. Returns -1 if unparsable. */
 long long tq_docker_parse_time_ms(const char *s);
 
 #endif

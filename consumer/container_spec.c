@@ -1,10 +1,11 @@
 #include "container_spec.h"
 
 #include <jansson.h>
-#include <stdlib.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "tq_json.h"
 
 #define NAME_MAX_LEN 128
 #define GPU_ID_MAX_LEN 64
@@ -164,12 +165,8 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
     return TQ_OK;
 }
 
-/* jansson's *_set_new / *_append_new steal the value even on failure, so each helper
- * only has to report whether it worked. */
-static int put(json_t *obj, const char *key, json_t *v)
-{
-    return v && json_object_set_new(obj, key, v) == 0 ? 0 : -1;
-}
+/* jansson's *_set_new / *_append_new steal the value even on failure (tq_json_put too), so
+ * each helper only has to report whether it worked. */
 
 static json_t *string_array(const char *const *v, size_t n)
 {
@@ -195,10 +192,10 @@ static json_t *device_requests(const tq_container_spec *s)
         goto fail;
     if (json_array_append_new(caps, one_string_array("gpu")) != 0)
         goto fail;
-    if (put(req, "Driver", json_string("nvidia")) != 0)
+    if (tq_json_put(req, "Driver", json_string("nvidia"), NULL) != 0)
         goto fail;
     if (s->gpu_mode == TQ_GPUS_ALL) {
-        if (put(req, "Count", json_integer(-1)) != 0)
+        if (tq_json_put(req, "Count", json_integer(-1), NULL) != 0)
             goto fail;
     } else {
         json_t *ids = json_array();
@@ -206,10 +203,10 @@ static json_t *device_requests(const tq_container_spec *s)
             json_decref(ids);
             goto fail;
         }
-        if (put(req, "DeviceIDs", ids) != 0)
+        if (tq_json_put(req, "DeviceIDs", ids, NULL) != 0)
             goto fail;
     }
-    if (put(req, "Capabilities", caps) != 0) {
+    if (tq_json_put(req, "Capabilities", caps, NULL) != 0) {
         caps = NULL;
         goto fail;
     }
@@ -237,31 +234,36 @@ static json_t *host_config(const tq_container_spec *s)
         if (json_array_append_new(mounts, m) != 0)
             goto fail;
     }
-    if (put(hc, "Mounts", mounts) != 0) {
+    if (tq_json_put(hc, "Mounts", mounts, NULL) != 0) {
         mounts = NULL;
         goto fail;
     }
     mounts = NULL;
-    if (put(hc, "NetworkMode", json_string(s->network_mode ? s->network_mode : "none")) != 0 ||
-        put(hc, "Privileged", json_false()) != 0 || put(hc, "AutoRemove", json_false()) != 0 ||
-        put(hc, "SecurityOpt", one_string_array("no-new-privileges")) != 0 ||
-        put(hc, "CapDrop", one_string_array("ALL")) != 0 ||
+    if (tq_json_put(hc, "NetworkMode", json_string(s->network_mode ? s->network_mode : "none"),
+                    NULL) != 0 ||
+        tq_json_put(hc, "Privileged", json_false(), NULL) != 0 ||
+        tq_json_put(hc, "AutoRemove", json_false(), NULL) != 0 ||
+        tq_json_put(hc, "SecurityOpt", one_string_array("no-new-privileges"), NULL) != 0 ||
+        tq_json_put(hc, "CapDrop", one_string_array("ALL"), NULL) != 0 ||
         /* The consumer reads the log tail for failure reasons, so pin a driver the logs
          * endpoint can read, and bound its disk use. */
-        put(hc, "LogConfig",
-            json_pack("{s:s, s:{s:s, s:s}}", "Type", "json-file", "Config", "max-size", "10m",
-                      "max-file", "2")) != 0)
+        tq_json_put(hc, "LogConfig",
+                    json_pack("{s:s, s:{s:s, s:s}}", "Type", "json-file", "Config", "max-size",
+                              "10m", "max-file", "2"),
+                    NULL) != 0)
         goto fail;
-    if (s->memory_bytes > 0 && (put(hc, "Memory", json_integer(s->memory_bytes)) != 0 ||
-                                put(hc, "MemorySwap", json_integer(s->memory_bytes)) != 0))
+    if (s->memory_bytes > 0 &&
+        (tq_json_put(hc, "Memory", json_integer(s->memory_bytes), NULL) != 0 ||
+         tq_json_put(hc, "MemorySwap", json_integer(s->memory_bytes), NULL) != 0))
         goto fail;
-    if (s->shm_bytes > 0 && put(hc, "ShmSize", json_integer(s->shm_bytes)) != 0)
+    if (s->shm_bytes > 0 && tq_json_put(hc, "ShmSize", json_integer(s->shm_bytes), NULL) != 0)
         goto fail;
-    if (s->nano_cpus > 0 && put(hc, "NanoCpus", json_integer(s->nano_cpus)) != 0)
+    if (s->nano_cpus > 0 && tq_json_put(hc, "NanoCpus", json_integer(s->nano_cpus), NULL) != 0)
         goto fail;
-    if (s->pids_limit > 0 && put(hc, "PidsLimit", json_integer(s->pids_limit)) != 0)
+    if (s->pids_limit > 0 && tq_json_put(hc, "PidsLimit", json_integer(s->pids_limit), NULL) != 0)
         goto fail;
-    if (s->gpu_mode != TQ_GPUS_NONE && put(hc, "DeviceRequests", device_requests(s)) != 0)
+    if (s->gpu_mode != TQ_GPUS_NONE &&
+        tq_json_put(hc, "DeviceRequests", device_requests(s), NULL) != 0)
         goto fail;
     return hc;
 fail:
@@ -280,24 +282,25 @@ char *tq_docker_create_body(const tq_container_spec *s)
         goto out;
     for (size_t i = 0; i < s->n_labels; i++)
         if (!s->labels[i].key ||
-            put(labels, s->labels[i].key, json_string(s->labels[i].value)) != 0)
+            tq_json_put(labels, s->labels[i].key, json_string(s->labels[i].value), NULL) != 0)
             goto out;
-    if (put(root, "Labels", labels) != 0) {
+    if (tq_json_put(root, "Labels", labels, NULL) != 0) {
         labels = NULL;
         goto out;
     }
     labels = NULL;
-    if (put(root, "Image", json_string(s->image)) != 0 ||
-        put(root, "Env", string_array(s->env, s->n_env)) != 0 ||
-        put(root, "Tty", json_false()) != 0 || put(root, "OpenStdin", json_false()) != 0 ||
-        put(root, "AttachStdin", json_false()) != 0)
+    if (tq_json_put(root, "Image", json_string(s->image), NULL) != 0 ||
+        tq_json_put(root, "Env", string_array(s->env, s->n_env), NULL) != 0 ||
+        tq_json_put(root, "Tty", json_false(), NULL) != 0 ||
+        tq_json_put(root, "OpenStdin", json_false(), NULL) != 0 ||
+        tq_json_put(root, "AttachStdin", json_false(), NULL) != 0)
         goto out;
     /* An empty Cmd would replace the image's default with nothing; omit it instead. */
-    if (s->n_cmd > 0 && put(root, "Cmd", string_array(s->cmd, s->n_cmd)) != 0)
+    if (s->n_cmd > 0 && tq_json_put(root, "Cmd", string_array(s->cmd, s->n_cmd), NULL) != 0)
         goto out;
-    if (s->user && put(root, "User", json_string(s->user)) != 0)
+    if (s->user && tq_json_put(root, "User", json_string(s->user), NULL) != 0)
         goto out;
-    if (put(root, "HostConfig", host_config(s)) != 0)
+    if (tq_json_put(root, "HostConfig", host_config(s), NULL) != 0)
         goto out;
     out = json_dumps(root, JSON_COMPACT);
 out:

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "tq_job.h"
+#include "tq_json.h"
 #include "tq_uuid.h"
 #include "tq_utf8.h"
 
@@ -73,12 +74,9 @@ static json_int_t seed_of(const char *id)
     return (json_int_t)(h & 0x7fffffffu);
 }
 
-/* json_object_set_new that remembers a failure instead of checking every line. */
-static void put(json_t *o, const char *key, json_t *v, int *bad)
-{
-    if (!v || json_object_set_new(o, key, v) != 0)
-        *bad = 1;
-}
+/* json_object_set_new that remembers a failure instead of checking every line: the shared
+ * one (tq_json.h), under the short name the lines below use. */
+#define put(o, key, v, bad) ((void)tq_json_put((o), (key), (v), (bad)))
 
 json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_container)
 {

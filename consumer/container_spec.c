@@ -2,8 +2,10 @@
 
 #include <jansson.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tq_json.h"
 
@@ -150,7 +152,7 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
                            "container runtime socket",
                            s->name, m->source);
     }
-    if (s->gpu_mode == TQ_GPUS_IDS) {
+    if (s->gpu_mode == TQ_GPUS_CFG_IDS) {
         json_t *arr = json_array();
         int bad = !arr || add_gpu_ids(arr, s->gpu_ids) != 0;
         json_decref(arr);
@@ -194,7 +196,7 @@ static json_t *device_requests(const tq_container_spec *s)
         goto fail;
     if (tq_json_put(req, "Driver", json_string("nvidia"), NULL) != 0)
         goto fail;
-    if (s->gpu_mode == TQ_GPUS_ALL) {
+    if (s->gpu_mode == TQ_GPUS_CFG_ALL) {
         if (tq_json_put(req, "Count", json_integer(-1), NULL) != 0)
             goto fail;
     } else {
@@ -262,7 +264,7 @@ static json_t *host_config(const tq_container_spec *s)
         goto fail;
     if (s->pids_limit > 0 && tq_json_put(hc, "PidsLimit", json_integer(s->pids_limit), NULL) != 0)
         goto fail;
-    if (s->gpu_mode != TQ_GPUS_NONE &&
+    if (s->gpu_mode != TQ_GPUS_CFG_NONE &&
         tq_json_put(hc, "DeviceRequests", device_requests(s), NULL) != 0)
         goto fail;
     return hc;
@@ -307,4 +309,92 @@ out:
     json_decref(root);
     json_decref(labels);
     return out;
+}
+
+/* ---- a job's training container -------------------------------------------------------- */
+
+int tq_container_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
+                           size_t *n, tq_errbuf *eb)
+{
+    *n = 0;
+    if (!cmd)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    size_t len = strlen(cmd);
+    if (len >= cap)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: longer than %zu bytes",
+                       cap - 1);
+    memcpy(buf, cmd, len + 1);
+    char *p = buf;
+    while (*p) {
+        while (*p == ' ')
+            *p++ = '\0';
+        if (!*p)
+            break;
+        if (*n == max)
+            return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: more than %zu words",
+                           max);
+        argv[(*n)++] = p;
+        while (*p && *p != ' ')
+            p++;
+    }
+    if (*n == 0)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    return TQ_OK;
+}
+
+int tq_job_container_build(tq_job_container *c, const tq_config *cfg, const tq_job_container_in *in,
+                           tq_errbuf *eb)
+{
+    memset(c, 0, sizeof *c);
+    tq_container_spec *s = &c->spec;
+    size_t nargv;
+    int rc = tq_container_split_cmd(cfg->training_cmd, c->cmd_words, sizeof c->cmd_words, c->argv,
+                                    TQ_CONTAINER_MAX_ARGS, &nargv, eb);
+    if (rc != TQ_OK)
+        return rc;
+    s->gpu_mode = cfg->gpus_mode;
+    if (s->gpu_mode == TQ_GPUS_CFG_IDS) {
+        s->gpu_ids = tq_config_slot_gpu(cfg, in->slot);
+        if (!s->gpu_ids)
+            return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: slot %d has no gpu",
+                           in->job_id, in->slot);
+    }
+
+    snprintf(c->name, sizeof c->name, TQ_CONTAINER_NAME_PREFIX "%s", in->job_id);
+    snprintf(c->slot, sizeof c->slot, "%d", in->slot);
+    c->labels[0] = (tq_label){"trainq.job", in->job_id};
+    c->labels[1] = (tq_label){"trainq.user", in->user_id};
+    c->labels[2] = (tq_label){"trainq.worker", in->worker_id};
+    c->labels[3] = (tq_label){"trainq.slot", c->slot};
+    c->labels[4] = (tq_label){"trainq.managed", "true"};
+    c->mounts[0] = (tq_mount){in->dataset, TQ_CONTAINER_DATASETS_TARGET, 1};
+    c->mounts[1] = (tq_mount){in->outputs, TQ_CONTAINER_OUTPUTS_TARGET, 0};
+    c->mounts[2] = (tq_mount){in->models, TQ_CONTAINER_MODELS_TARGET, cfg->models_read_only != 0};
+    c->mounts[3] = (tq_mount){in->config_file, TQ_CONTAINER_CONFIG_TARGET, 1};
+    snprintf(c->env_job, sizeof c->env_job, "TRAINQ_JOB_ID=%s", in->job_id);
+    c->env[0] = c->env_job;
+    c->env[1] = "TRAINQ_CONFIG=" TQ_CONTAINER_CONFIG_TARGET;
+    c->env[2] = "HF_HOME=" TQ_CONTAINER_MODELS_TARGET;
+    /* Every capability is dropped (container_spec.h), so root inside could not write to
+     * directories the consumer owns; running as the consumer's uid:gid can, and leaves the
+     * outputs owned by it. */
+    snprintf(c->user, sizeof c->user, "%u:%u", (unsigned)getuid(), (unsigned)getgid());
+
+    s->name = c->name;
+    s->image = cfg->training_image;
+    s->cmd = c->argv;
+    s->n_cmd = nargv;
+    s->env = c->env;
+    s->n_env = TQ_CONTAINER_N_ENV;
+    s->labels = c->labels;
+    s->n_labels = TQ_CONTAINER_N_LABELS;
+    s->mounts = c->mounts;
+    s->n_mounts = TQ_CONTAINER_N_MOUNTS;
+    s->memory_bytes = cfg->memory_bytes;
+    s->shm_bytes = cfg->shm_bytes;
+    s->nano_cpus = cfg->cpus > 0 ? (long long)(cfg->cpus * 1e9 + 0.5) : 0;
+    s->pids_limit = cfg->pids_limit;
+    s->network_mode = "none";
+    s->user = c->user;
+    return TQ_OK;
 }

@@ -19,7 +19,7 @@
 
 #include <stddef.h>
 
-#include "tq_config.h"
+#include "coptions.h"
 #include "tq_err.h"
 
 /* A bind mount (HostConfig.Mounts, Type "bind"). Both paths absolute. */
@@ -46,7 +46,7 @@ typedef struct {
     size_t n_labels;
     const tq_mount *mounts;
     size_t n_mounts;
-    tq_gpus_cfg gpu_mode;   /* TRAINQ_GPUS's enum (tq_config.h): none, all, or gpu_ids */
+    tq_gpus_cfg gpu_mode;   /* TRAINQ_GPUS's enum (coptions.h): none, all, or gpu_ids */
     const char *gpu_ids;    /* TQ_GPUS_CFG_IDS: comma-separated device ids or UUIDs, "0,1" */
     long long memory_bytes; /* also sets MemorySwap to the same value: no swap */
     long long shm_bytes;

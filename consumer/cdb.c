@@ -331,7 +331,7 @@ int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const cha
     const char *p[4] = {job_id, tok, reason, mx};
     PGresult *r;
     /* One statement, so one implicit transaction: tq_give_back takes the user's lock, then
-     * the row, and releases the user's next parked job (db/migrations/0004). */
+     * the row, and releases the user's next parked job (db/procedures/40_dispatch.sql). */
     int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
                         eb);
     if (rc)

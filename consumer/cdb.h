@@ -1,7 +1,7 @@
 /*
  * cdb — all SQL of the consumer, in one place, parameterised only.
  *
- * The per-user ordering and limit rules live in the database (db/migrations): the claim
+ * The per-user ordering and limit rules live in the database (db/procedures): the claim
  * takes the user's advisory lock, so claims, parks and releases of one user are serialised
  * across every host; the schema's guard refuses a third active job even if this code is
  * wrong. Every change that frees a slot calls tq_release_parked() in the same transaction.

@@ -41,7 +41,7 @@ void tq_db_rollback(PGconn *c);
  * runs longer than 30 s and no lock is awaited longer than 10 s (docs/operations.md). */
 #define TQ_DB_DEFAULT_OPTIONS "-c statement_timeout=30000 -c lock_timeout=10000"
 
-/* SQLSTATE of the active-job guard raised by db/migrations (tq_guard_active). */
+/* SQLSTATE of the active-job guard raised by tq_guard_active (db/procedures/20_guards.sql). */
 #define TQ_DB_SQLSTATE_ACTIVE_LIMIT "TQ001"
 
 #endif

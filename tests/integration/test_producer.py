@@ -597,7 +597,7 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         try:
             a.run("SET deadlock_timeout = '100ms'")
             a.run("BEGIN")
-            a.run(f"SELECT pg_advisory_xact_lock(7411, hashtext('{self.user}'))")
+            a.run(f"SELECT tq_lock_user('{self.user}')")
             waiting_before = h.lock_waiters()
             result = {}
 

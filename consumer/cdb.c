@@ -46,15 +46,12 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
                  tq_claim *out, tq_errbuf *eb)
 {
     memset(out, 0, sizeof *out);
-    json_t *sj = tq_submission_to_json(&m->sub);
-    if (!sj)
-        return TQ_ERR_NOMEM;
-    char *config = json_dumps(json_object_get(sj, "config"), JSON_COMPACT | JSON_PRESERVE_ORDER);
-    char *words = json_dumps(json_object_get(sj, "trigger_words"), JSON_COMPACT);
-    json_decref(sj);
+    /* The row keeps trainq's own encoding of the message (what a release republishes);
+     * m was decoded from a valid body, so only memory can make this fail. */
+    char *body = tq_msg_encode(m);
     int rc = TQ_ERR_NOMEM;
     PGresult *r = NULL;
-    if (!config || !words)
+    if (!body)
         goto out;
 
     if ((rc = tq_db_begin(c, eb)))
@@ -66,21 +63,11 @@ int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int leas
         if ((rc = tq_db_exec(c, "SELECT tq_lock_user($1)", 1, pl, NULL, eb)))
             goto rollback;
     }
-    /* A message from another service has no row yet: create it, idempotently. */
+    /* A message from another service has no row yet: create it, idempotently (a known
+     * job id, or one deleted through the API, is left alone: db/procedures/30_jobs.sql). */
     {
-        const char *p[8] = {m->job_id,  m->user_id, m->sub.dataset_id,
-                            m->sub.name, tq_job_type_name(m->sub.type),
-                            m->sub.base_model, config, words};
-        rc = tq_db_exec(c,
-                        "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, "
-                        "base_model, config, trigger_words, source) "
-                        "SELECT $1::uuid, $2, $3::uuid, $4, $5, $6, $7::jsonb, "
-                        "ARRAY(SELECT json_array_elements_text($8::json)), 'amqp' "
-                        /* a job deleted through the API keeps its audit trail: a stale
-                         * message must not bring it back */
-                        "WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1::uuid) "
-                        "ON CONFLICT (id) DO NOTHING",
-                        8, p, NULL, eb);
+        const char *p[1] = {body};
+        rc = tq_db_exec(c, "SELECT tq_insert_job($1, 'amqp')", 1, p, NULL, eb);
         if (rc)
             goto rollback;
     }
@@ -244,8 +231,7 @@ rollback:
     out->job = NULL;
     tq_db_rollback(c);
 out:
-    free(config);
-    free(words);
+    free(body);
     return rc;
 }
 

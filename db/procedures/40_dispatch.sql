@@ -8,24 +8,8 @@
 --    locks takes them in user_id order;
 --  * a parked job keeps its place in its user's submission order and is released (put
 --    back in the outbox) when the user has room, in the transaction that made the room;
-
--- The trainq.job.v1 body of a job, rebuilt from its row (jobs published straight to AMQP
--- have no outbox row to copy). Keys follow docs/message-contract.md.
-CREATE OR REPLACE FUNCTION tq_job_message(p_id uuid) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT json_build_object(
-        'schema', 'trainq.job.v1',
-        'job_id', j.id,
-        'user_id', j.user_id,
-        'submitted_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-        'dataset_id', j.dataset_id,
-        'name', j.name,
-        'type', j.type,
-        'base_model', j.base_model,
-        'config', j.config,
-        'trigger_words', to_json(j.trigger_words))::text
-    FROM training_jobs j WHERE j.id = p_id
-$$;
+--  * a release republishes training_jobs.message, the bytes of the job's first
+--    publication (30_jobs.sql), never a new encoding.
 
 -- Release (republish through the outbox) the oldest parked jobs of a user, as many as the
 -- user has free active slots. Must run in the transaction that freed the slot (or found it
@@ -60,10 +44,10 @@ BEGIN
           FROM next
          WHERE t.id = next.id
            AND (t.released_at IS NULL OR t.released_at < now() - interval '2 seconds')
-        RETURNING t.id, t.type
+        RETURNING t.id, t.type, t.message
     )
     INSERT INTO outbox (job_id, routing_key, payload)
-    SELECT id, type, tq_job_message(id) FROM fresh;
+    SELECT id, type, message FROM fresh;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;

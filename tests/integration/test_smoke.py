@@ -302,8 +302,8 @@ class ActiveJobGuardTest(unittest.TestCase):
         worker = "smoke-worker" if status in ("pending", "running") else None
         sql = ("\\set VERBOSITY verbose\n"
                "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, "
-               "config, status, worker_id) VALUES (gen_random_uuid(), :'user', :'ds', 'smoke', "
-               "'lora', 'runwayml/stable-diffusion-v1-5', '{}'::jsonb, :'status', "
+               "config, message, status, worker_id) VALUES (gen_random_uuid(), :'user', :'ds', "
+               "'smoke', 'lora', 'runwayml/stable-diffusion-v1-5', '{}'::jsonb, '{}', :'status', "
                + ("NULL" if worker is None else ":'worker'") + ")")
         return tqenv.psql(sql, check=check, variables={
             "user": self.user, "ds": self.dataset, "status": status,

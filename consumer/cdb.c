@@ -4,13 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tq_db.h"
-
-/* Rolls back on the error path so the connection is reusable. */
-static int fail(PGconn *c, int rc)
+/* Every transaction of the functions below: on the caller's (borrowed) connection, soft
+ * errors retried by the runner, a lost connection returned for its owner to reopen. */
+static int run(PGconn *c, tq_db_txn_fn fn, void *arg, tq_errbuf *eb)
 {
-    tq_db_rollback(c);
-    return rc;
+    static const tq_db_txn borrowed = {0};
+    return tq_db_run_txn(&c, &borrowed, fn, arg, eb);
 }
 
 static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
@@ -19,21 +18,11 @@ static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
     return tq_db_exec(c, "SELECT set_config('trainq.reason', $1, true)", 1, p, NULL, eb);
 }
 
-/* Fails a queued job durably (its dataset cannot be used); no slot changes hands. */
-static int fail_queued(PGconn *c, const char *job_id, const char *why, tq_errbuf *eb)
-{
-    const char *p[2] = {job_id, why};
-    return tq_db_exec(c,
-                      "UPDATE training_jobs SET status = 'failed', error_message = $2, "
-                      "completed_at = now(), parked_at = NULL WHERE id = $1 AND status = 'queued'",
-                      2, p, NULL, eb);
-}
-
 /* Takes the job's user's advisory lock, the first lock of every transaction that changes a
- * job's status (see tq_cdb_claim; the status guard trigger takes the same lock, and a
- * transaction that reaches it holding the job's row lock deadlocks with one that holds the
- * user's lock and waits for that row, e.g. the producer's cancel). A plain read of user_id
- * takes no row lock, and a job's user never changes. */
+ * job's status (db/procedures/claim.sql says why: the status guard trigger takes the same
+ * lock, and a transaction that reaches it holding the job's row lock deadlocks with one
+ * that holds the user's lock and waits for that row, e.g. the producer's cancel). A plain
+ * read of user_id takes no row lock, and a job's user never changes. */
 static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
@@ -42,327 +31,320 @@ static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
                       1, p, NULL, eb);
 }
 
-int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int lease_seconds,
-                 tq_claim *out, tq_errbuf *eb)
+/* Decimal text of a number, for a query parameter. */
+#define TQ_NUM_BUF 24
+static void num(char out[TQ_NUM_BUF], long long v)
 {
-    memset(out, 0, sizeof *out);
-    /* The row keeps trainq's own encoding of the message (what a release republishes);
-     * m was decoded from a valid body, so only memory can make this fail. */
-    char *body = tq_msg_encode(m);
-    int rc = TQ_ERR_NOMEM;
-    PGresult *r = NULL;
-    if (!body)
-        goto out;
+    snprintf(out, TQ_NUM_BUF, "%lld", v);
+}
 
-    if ((rc = tq_db_begin(c, eb)))
-        goto out;
-    /* The user's lock first, before any row lock: releases (tq_release_parked) take it and
-     * then lock parked rows, so the opposite order here could deadlock with them. */
-    {
-        const char *pl[1] = {m->user_id};
-        if ((rc = tq_db_exec(c, "SELECT tq_lock_user($1)", 1, pl, NULL, eb)))
-            goto rollback;
-    }
-    /* A message from another service has no row yet: create it, idempotently (a known
-     * job id, or one deleted through the API, is left alone: db/procedures/30_jobs.sql). */
-    {
-        const char *p[1] = {body};
-        rc = tq_db_exec(c, "SELECT tq_insert_job($1, 'amqp')", 1, p, NULL, eb);
-        if (rc)
-            goto rollback;
-    }
-    {
-        const char *p[1] = {m->job_id};
-        rc = tq_db_exec(c,
-                        "SELECT user_id, dataset_id::text, status, fencing_token "
-                        "FROM training_jobs WHERE id = $1 FOR UPDATE",
-                        1, p, &r, eb);
-        if (rc)
-            goto rollback;
-        if (PQntuples(r) != 1) {
-            out->outcome = TQ_CLAIM_DUPLICATE;
-            snprintf(out->reason, sizeof out->reason, "job was deleted");
-            goto commit;
+/* ---- the claim ------------------------------------------------------------------------ */
+
+static const struct {
+    const char *name;
+    tq_claim_outcome outcome;
+} CLAIM_OUTCOMES[] = {
+    {"claimed", TQ_CLAIM_CLAIMED},     {"parked", TQ_CLAIM_PARKED},
+    {"duplicate", TQ_CLAIM_DUPLICATE}, {"failed", TQ_CLAIM_FAILED},
+    {"mismatch", TQ_CLAIM_MISMATCH},
+};
+
+int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out)
+{
+    for (size_t i = 0; s && i < sizeof CLAIM_OUTCOMES / sizeof CLAIM_OUTCOMES[0]; i++)
+        if (strcmp(s, CLAIM_OUTCOMES[i].name) == 0) {
+            *out = CLAIM_OUTCOMES[i].outcome;
+            return TQ_OK;
         }
-        if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0 ||
-            strcmp(PQgetvalue(r, 0, 1), m->sub.dataset_id) != 0) {
-            out->outcome = TQ_CLAIM_MISMATCH;
-            snprintf(out->reason, sizeof out->reason,
-                     "job_id %s already names a job of another user or dataset", m->job_id);
-            goto commit;
-        }
-        if (strcmp(PQgetvalue(r, 0, 2), "queued") != 0) {
-            out->outcome = TQ_CLAIM_DUPLICATE;
-            snprintf(out->reason, sizeof out->reason, "job is %s", PQgetvalue(r, 0, 2));
-            goto commit;
-        }
+    return TQ_ERR_INVALID;
+}
+
+void tq_claim_free(tq_claim *cl)
+{
+    tq_msg_free(&cl->job);
+}
+
+typedef struct {
+    const char *job_id, *message, *worker_id;
+    char lease[TQ_NUM_BUF], path_max[TQ_NUM_BUF];
+    tq_claim *out;
+    char *job_message; /* CLAIMED: the row's message, decoded after the runner returns */
+} claim_arg;
+
+static const char *col(const PGresult *r, int c)
+{
+    return PQgetisnull(r, 0, c) ? "" : PQgetvalue(r, 0, c);
+}
+
+/* The one round trip of the claim; its outcome copied into a->out. Starts afresh on every
+ * try (the runner may repeat it). */
+static int claim_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    claim_arg *a = arg;
+    tq_claim *out = a->out;
+    memset(out, 0, sizeof *out);
+    free(a->job_message);
+    a->job_message = NULL;
+    const char *p[4] = {a->message, a->worker_id, a->lease, a->path_max};
+    PGresult *r;
+    int rc = tq_db_exec(c,
+                        "SELECT outcome, reason, fencing_token, attempts, storage_path, "
+                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int)",
+                        4, p, &r, eb);
+    if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the procedure's count */
+        return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", a->job_id);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(r) != 1 || tq_claim_outcome_parse(col(r, 0), &out->outcome) != TQ_OK) {
+        rc = tq_errf(eb, TQ_ERR_INTERNAL, "tq_claim of %s returned no known outcome", a->job_id);
         PQclear(r);
-        r = NULL;
+        return rc;
     }
-    /* The dataset is checked here too: direct publishers are not checked by the producer,
-     * and a dataset can disappear between submission and dispatch. */
-    {
-        const char *p[1] = {m->sub.dataset_id};
-        rc = tq_db_exec(c, "SELECT user_id, storage_path FROM datasets WHERE id = $1", 1, p, &r,
-                        eb);
-        if (rc)
-            goto rollback;
-        const char *why = NULL;
-        char buf[200];
-        if (PQntuples(r) == 0) {
-            snprintf(buf, sizeof buf, "dataset %s not found", m->sub.dataset_id);
-            why = buf;
-        } else if (strcmp(PQgetvalue(r, 0, 0), m->user_id) != 0) {
-            snprintf(buf, sizeof buf, "dataset %s belongs to another user", m->sub.dataset_id);
-            why = buf;
-        } else if ((size_t)PQgetlength(r, 0, 1) >= sizeof out->storage_path) {
-            /* cut short, it could name another directory */
-            snprintf(buf, sizeof buf, "dataset %s storage_path is longer than %zu bytes",
-                     m->sub.dataset_id, sizeof out->storage_path - 1);
-            why = buf;
-        } else {
-            snprintf(out->storage_path, sizeof out->storage_path, "%s", PQgetvalue(r, 0, 1));
-        }
-        PQclear(r);
-        r = NULL;
-        if (why) {
-            if ((rc = fail_queued(c, m->job_id, why, eb)))
-                goto rollback;
-            out->outcome = TQ_CLAIM_FAILED;
-            snprintf(out->reason, sizeof out->reason, "%s", why);
-            goto commit;
-        }
+    snprintf(out->reason, sizeof out->reason, "%s", col(r, 1));
+    if (out->outcome == TQ_CLAIM_CLAIMED) {
+        out->fencing_token = strtoll(col(r, 2), NULL, 10);
+        out->attempts = (int)strtol(col(r, 3), NULL, 10);
+        snprintf(out->storage_path, sizeof out->storage_path, "%s", col(r, 4));
+        out->created_epoch = strtod(col(r, 5), NULL);
+        a->job_message = strdup(col(r, 6));
+        if (!a->job_message)
+            rc = tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
     }
-    /* Under the user's lock: room, and no older job of the user waiting (submission
-     * order). The count runs after the lock, in a fresh snapshot (READ COMMITTED). */
-    {
-        const char *p[2] = {m->user_id, m->job_id};
-        rc = tq_db_exec(
-            c,
-            "SELECT (SELECT count(*) FROM training_jobs "
-            "         WHERE user_id = $1 AND status IN ('pending', 'running')) "
-            "         < tq_user_max_active($1), "
-            "       EXISTS (SELECT 1 FROM training_jobs o, training_jobs me "
-            "                WHERE me.id = $2 AND o.user_id = $1 AND o.status = 'queued' "
-            "                  AND o.parked_at IS NOT NULL AND o.id <> me.id "
-            "                  AND (o.created_at, o.id) < (me.created_at, me.id))",
-            2, p, &r, eb);
-        if (rc)
-            goto rollback;
-        int room = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-        int older = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
-        PQclear(r);
-        r = NULL;
-        if (!room || older) {
-            /* This delivery used up any release of the job that sent it here: clear
-             * released_at so the next release is not taken for a duplicate in flight and
-             * throttled (it would wait for the sweeper). */
-            rc = tq_db_exec(c,
-                            "UPDATE training_jobs SET parked_at = COALESCE(parked_at, now()), "
-                            "released_at = NULL WHERE id = $1",
-                            1, p + 1, NULL, eb);
-            if (rc)
-                goto rollback;
-            /* Room with older jobs parked means their release was lost: redo it now. */
-            if (room && (rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, p, NULL, eb)))
-                goto rollback;
-            out->outcome = TQ_CLAIM_PARKED;
-            snprintf(out->reason, sizeof out->reason, "%s",
-                     room ? "older jobs of the user are waiting" : "user at the active-job limit");
-            goto commit;
-        }
-    }
-    {
-        char lease[16];
-        snprintf(lease, sizeof lease, "%d", lease_seconds);
-        char why[160];
-        snprintf(why, sizeof why, "claimed by worker %s", worker_id);
-        if ((rc = set_reason(c, why, eb)))
-            goto rollback;
-        const char *p[3] = {m->job_id, worker_id, lease};
-        rc = tq_db_exec(
-            c,
-            "UPDATE training_jobs SET status = 'pending', worker_id = $2, "
-            "fencing_token = fencing_token + 1, attempts = attempts + 1, "
-            "lease_expires_at = now() + make_interval(secs => $3::int), parked_at = NULL, "
-            "released_at = NULL, container_id = NULL, exit_code = NULL "
-            "WHERE id = $1 RETURNING fencing_token, attempts, "
-            "extract(epoch FROM created_at), "
-            "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id, "
-            "'name', name, 'type', type, 'base_model', base_model, 'config', config, "
-            "'trigger_words', to_json(trigger_words))::text",
-            3, p, &r, eb);
-        if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the count above */
-            rc = tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", m->job_id);
-        if (rc)
-            goto rollback;
-        out->fencing_token = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-        out->attempts = (int)strtol(PQgetvalue(r, 0, 1), NULL, 10);
-        out->created_epoch = strtod(PQgetvalue(r, 0, 2), NULL);
-        json_error_t jerr;
-        out->job = json_loads(PQgetvalue(r, 0, 3), 0, &jerr);
-        PQclear(r);
-        r = NULL;
-        if (!out->job) {
-            rc = TQ_ERR_NOMEM;
-            goto rollback;
-        }
-        if ((rc = set_reason(c, "", eb)))
-            goto rollback;
-        /* Still room after this claim: let the user's next parked jobs go too. */
-        const char *pu[1] = {m->user_id};
-        if ((rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb)))
-            goto rollback;
-        out->outcome = TQ_CLAIM_CLAIMED;
-    }
-commit:
     PQclear(r);
-    r = NULL;
-    rc = tq_db_commit(c, eb);
-    if (rc) {
-        json_decref(out->job);
-        out->job = NULL;
-    }
-    goto out;
-rollback:
-    PQclear(r);
-    r = NULL;
-    json_decref(out->job);
-    out->job = NULL;
-    tq_db_rollback(c);
-out:
-    free(body);
     return rc;
 }
 
-int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
-                        const char *container_id, tq_errbuf *eb)
+/* The claimed job's message, decoded once. A message that does not decode (a row edited by
+ * hand; never one that shared/tq_msg.c's encoder wrote) fails the job durably, so that it is
+ * not retried forever; out of memory leaves it to the reaper (it is pending on us, and no
+ * slot renews its lease). */
+static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_claim *out,
+                        tq_errbuf *eb)
 {
-    char tok[24];
-    snprintf(tok, sizeof tok, "%lld", fencing);
+    tq_validation v;
+    memset(&v, 0, sizeof v);
+    int rc = tq_msg_decode(text, strlen(text), &out->job, &v);
+    if (rc == TQ_ERR_NOMEM)
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory decoding job %s", job_id);
+    if (rc == TQ_OK && strcmp(out->job.job_id, job_id) == 0)
+        return TQ_OK;
+    if (rc == TQ_OK)
+        snprintf(out->reason, sizeof out->reason, "stored job names job_id %s", out->job.job_id);
+    else
+        snprintf(out->reason, sizeof out->reason, "stored job is invalid: %s %s",
+                 v.n ? v.items[0].field : "body", v.n ? v.items[0].message : "");
+    tq_msg_free(&out->job);
+    rc = tq_cdb_finish(c, job_id, out->fencing_token, TQ_STATUS_FAILED, -256, out->reason,
+                       out->reason, eb);
+    if (rc != TQ_OK)
+        return rc;
+    out->outcome = TQ_CLAIM_FAILED;
+    return TQ_OK;
+}
+
+int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
+                 int lease_seconds, tq_claim *out, tq_errbuf *eb)
+{
+    memset(out, 0, sizeof *out);
+    claim_arg a = {.job_id = m->job_id, .worker_id = worker_id, .out = out};
+    num(a.lease, lease_seconds);
+    num(a.path_max, TQ_CLAIM_PATH_BUF - 1);
+    /* The row of a message from another service holds these bytes: canonical, so a release
+     * republishes exactly what the producer would have published. */
+    char *message = tq_msg_encode(m);
+    if (!message)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not encode job %s", m->job_id);
+    a.message = message;
+    int rc = tq_db_run_txn(c, how, claim_fn, &a, eb);
+    free(message);
+    if (rc == TQ_OK && out->outcome == TQ_CLAIM_CLAIMED)
+        rc = claim_decode(*c, m->job_id, a.job_message, out, eb);
+    free(a.job_message);
+    if (rc != TQ_OK)
+        tq_claim_free(out);
+    return rc;
+}
+
+/* ---- status changes of a claimed job --------------------------------------------------- */
+
+typedef struct {
+    const char *job_id, *container_id;
+    char token[TQ_NUM_BUF];
     char why[96];
-    snprintf(why, sizeof why, "container %.12s started", container_id);
-    const char *p[4] = {job_id, tok, container_id, why};
-    PGresult *r;
-    int rc = tq_db_begin(c, eb);
-    if (rc || (rc = lock_job_user(c, job_id, eb)))
-        return fail(c, rc);
+} running_arg;
+
+static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    running_arg *a = arg;
+    int rc = lock_job_user(c, a->job_id, eb);
+    if (rc != TQ_OK)
+        return rc;
     /* The reason is set for this transaction only, with the update. */
+    const char *p[4] = {a->job_id, a->token, a->container_id, a->why};
+    PGresult *r;
     rc = tq_db_exec(c,
                     "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
                     "UPDATE training_jobs SET status = 'running', container_id = $3, "
                     "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
                     "AND status = 'pending'",
                     4, p, &r, eb);
-    if (rc)
-        return fail(c, rc);
+    if (rc != TQ_OK)
+        return rc;
     int n = (int)strtol(PQcmdTuples(r), NULL, 10);
     PQclear(r);
     if (n != 1)
-        return fail(c, tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id));
-    return tq_db_commit(c, eb);
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", a->job_id);
+    return TQ_OK;
 }
 
-/* One fenced status change that may free a slot of the user: in one transaction, with
- * `reason` in the audit trail, runs `sql` (an UPDATE ... RETURNING user_id), then releases
- * the user's next parked jobs. TQ_ERR_CONFLICT when the update matched no row (fenced out). */
-static int change_and_release(PGconn *c, const char *job_id, const char *reason,
-                              const char *sql, int nparams, const char *const *params,
-                              tq_errbuf *eb)
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
+                        const char *container_id, tq_errbuf *eb)
 {
-    int rc = tq_db_begin(c, eb);
-    if (rc)
+    running_arg a = {.job_id = job_id, .container_id = container_id};
+    num(a.token, fencing);
+    snprintf(a.why, sizeof a.why, "container %.12s started", container_id);
+    return run(c, mark_running_fn, &a, eb);
+}
+
+/* One fenced status change that may free a slot of the user: with `reason` in the audit
+ * trail, runs `sql` (an UPDATE ... RETURNING user_id), then releases the user's next parked
+ * jobs. TQ_ERR_CONFLICT when the update matched no row (fenced out). */
+typedef struct {
+    const char *job_id, *reason, *sql;
+    int nparams;
+    const char *const *params;
+} release_arg;
+
+static int change_and_release_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    release_arg *a = arg;
+    int rc;
+    if ((rc = lock_job_user(c, a->job_id, eb)) || (rc = set_reason(c, a->reason, eb)))
         return rc;
-    if ((rc = lock_job_user(c, job_id, eb)) || (rc = set_reason(c, reason, eb)))
-        return fail(c, rc);
     PGresult *r;
-    if ((rc = tq_db_exec(c, sql, nparams, params, &r, eb)))
-        return fail(c, rc);
+    if ((rc = tq_db_exec(c, a->sql, a->nparams, a->params, &r, eb)))
+        return rc;
     if (PQntuples(r) != 1) {
         PQclear(r);
-        tq_db_rollback(c);
-        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id);
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", a->job_id);
     }
     const char *pu[1] = {PQgetvalue(r, 0, 0)};
     rc = tq_db_exec(c, "SELECT tq_release_parked($1)", 1, pu, NULL, eb);
     PQclear(r);
-    if (rc || (rc = set_reason(c, "", eb)))
-        return fail(c, rc);
-    return tq_db_commit(c, eb);
+    if (rc == TQ_OK)
+        rc = set_reason(c, "", eb);
+    return rc;
 }
 
-int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
+int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
                   int exit_code, const char *error_message, const char *reason, tq_errbuf *eb)
 {
-    char tok[24], code[16];
-    snprintf(tok, sizeof tok, "%lld", fencing);
-    snprintf(code, sizeof code, "%d", exit_code);
-    const char *p[5] = {job_id, tok, status, exit_code < -255 ? NULL : code, error_message};
-    return change_and_release(
-        c, job_id, reason,
-        "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
-        "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
-        "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
-        "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
-        "RETURNING user_id",
-        5, p, eb);
+    if (!tq_status_terminal(status))
+        return tq_errf(eb, TQ_ERR_INVALID, "cannot finish job %s as %s", job_id,
+                       tq_status_name(status));
+    char tok[TQ_NUM_BUF], code[TQ_NUM_BUF];
+    num(tok, fencing);
+    num(code, exit_code);
+    const char *p[5] = {job_id, tok, tq_status_name(status), exit_code < -255 ? NULL : code,
+                        error_message};
+    release_arg a = {
+        .job_id = job_id,
+        .reason = reason,
+        .sql = "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
+               "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
+               "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
+               "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
+               "RETURNING user_id",
+        .nparams = 5,
+        .params = p,
+    };
+    return run(c, change_and_release_fn, &a, eb);
+}
+
+static const struct {
+    const char *name;
+    tq_give_back_outcome outcome;
+} GIVE_BACK_OUTCOMES[] = {
+    {"requeued", TQ_GIVEN_BACK},
+    {"cancelled", TQ_GIVE_BACK_CANCELLED},
+    {"failed", TQ_GIVE_BACK_FAILED},
+};
+
+typedef struct {
+    const char *job_id, *reason;
+    char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
+    tq_give_back_outcome outcome;
+} give_back_arg;
+
+/* One statement, so one implicit transaction: tq_give_back takes the user's lock, then the
+ * row, and releases the user's next parked job (db/procedures/40_dispatch.sql). */
+static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    give_back_arg *a = arg;
+    const char *p[4] = {a->job_id, a->token, a->reason, a->max};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
+                        eb);
+    if (rc != TQ_OK)
+        return rc;
+    const char *v = PQgetvalue(r, 0, 0);
+    a->outcome = TQ_GIVE_BACK_FENCED;
+    for (size_t i = 0; i < sizeof GIVE_BACK_OUTCOMES / sizeof GIVE_BACK_OUTCOMES[0]; i++)
+        if (strcmp(v, GIVE_BACK_OUTCOMES[i].name) == 0)
+            a->outcome = GIVE_BACK_OUTCOMES[i].outcome;
+    PQclear(r);
+    return TQ_OK;
 }
 
 int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
                      int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb)
 {
-    char tok[24], mx[16];
-    snprintf(tok, sizeof tok, "%lld", fencing);
-    snprintf(mx, sizeof mx, "%d", max_host_retries);
-    const char *p[4] = {job_id, tok, reason, mx};
-    PGresult *r;
-    /* One statement, so one implicit transaction: tq_give_back takes the user's lock, then
-     * the row, and releases the user's next parked job (db/procedures/40_dispatch.sql). */
-    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
-                        eb);
-    if (rc)
-        return rc;
-    const char *v = PQgetvalue(r, 0, 0);
-    *outcome = strcmp(v, "requeued") == 0    ? TQ_GIVEN_BACK
-               : strcmp(v, "cancelled") == 0 ? TQ_GIVE_BACK_CANCELLED
-               : strcmp(v, "failed") == 0    ? TQ_GIVE_BACK_FAILED
-                                             : TQ_GIVE_BACK_FENCED;
-    PQclear(r);
-    return TQ_OK;
+    give_back_arg a = {.job_id = job_id, .reason = reason};
+    num(a.token, fencing);
+    num(a.max, max_host_retries);
+    static const tq_db_txn one_statement = {.implicit = 1};
+    int rc = tq_db_run_txn(&c, &one_statement, give_back_fn, &a, eb);
+    if (rc == TQ_OK)
+        *outcome = a.outcome;
+    return rc;
 }
 
-int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                 int max_attempts, tq_errbuf *eb)
+typedef struct {
+    const char *job_id, *reason;
+    char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
+} retry_arg;
+
+static int retry_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
-    char tok[24], ma[16];
-    snprintf(tok, sizeof tok, "%lld", fencing);
-    snprintf(ma, sizeof ma, "%d", max_attempts);
-    int rc = tq_db_begin(c, eb);
-    if (rc)
+    retry_arg *a = arg;
+    int rc = lock_job_user(c, a->job_id, eb);
+    if (rc != TQ_OK)
         return rc;
-    if ((rc = lock_job_user(c, job_id, eb)))
-        return fail(c, rc);
     /* The row lock, taken with the fencing check, holds until commit: nobody can claim
      * the job in between. */
-    const char *p[2] = {job_id, tok};
+    const char *p[2] = {a->job_id, a->token};
     PGresult *r;
     rc = tq_db_exec(c,
                     "SELECT 1 FROM training_jobs WHERE id = $1 AND fencing_token = $2 "
                     "AND status IN ('pending', 'running') FOR UPDATE",
                     2, p, &r, eb);
-    if (rc)
-        return fail(c, rc);
+    if (rc != TQ_OK)
+        return rc;
     int n = PQntuples(r);
     PQclear(r);
-    if (n != 1) {
-        tq_db_rollback(c);
-        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", job_id);
-    }
-    const char *q[3] = {job_id, reason, ma};
-    rc = tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, q, NULL, eb);
-    if (rc)
-        return fail(c, rc);
-    return tq_db_commit(c, eb);
+    if (n != 1)
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", a->job_id);
+    const char *q[3] = {a->job_id, a->reason, a->max};
+    return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, q, NULL, eb);
+}
+
+int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
+                 int max_attempts, tq_errbuf *eb)
+{
+    retry_arg a = {.job_id = job_id, .reason = reason};
+    num(a.token, fencing);
+    num(a.max, max_attempts);
+    return run(c, retry_fn, &a, eb);
 }
 
 static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
@@ -384,9 +366,9 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
                      int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb)
 {
-    char s[16], lease[16];
-    snprintf(s, sizeof s, "%d", slots);
-    snprintf(lease, sizeof lease, "%d", lease_seconds);
+    char s[TQ_NUM_BUF], lease[TQ_NUM_BUF];
+    num(s, slots);
+    num(lease, lease_seconds);
     const char *p[3] = {worker_id, hostname, s};
     int rc = tq_db_exec(c,
                         "INSERT INTO workers (worker_id, hostname, slots) VALUES ($1, $2, $3) "
@@ -413,8 +395,8 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
 int tq_cdb_extend_leases(PGconn *c, const char *worker_id, const char *held_ids, int seconds,
                          tq_errbuf *eb)
 {
-    char secs[16];
-    snprintf(secs, sizeof secs, "%d", seconds);
+    char secs[TQ_NUM_BUF];
+    num(secs, seconds);
     const char *p[3] = {worker_id, held_ids, secs};
     return tq_db_exec(c,
                       "UPDATE training_jobs SET lease_expires_at = "
@@ -443,8 +425,8 @@ int tq_cdb_worker_jobs(PGconn *c, const char *worker_id, tq_cdb_active **out, si
 
 int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb)
 {
-    char ma[16];
-    snprintf(ma, sizeof ma, "%d", max_attempts);
+    char ma[TQ_NUM_BUF];
+    num(ma, max_attempts);
     const char *p[1] = {ma};
     PGresult *r;
     /* Its own (implicit) transaction: the reaper's try-lock is held only while it works. */
@@ -459,9 +441,9 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb)
 int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
                  tq_errbuf *eb)
 {
-    char secs[16], inq[24];
-    snprintf(secs, sizeof secs, "%d", stranded_seconds);
-    snprintf(inq, sizeof inq, "%lld", in_queue);
+    char secs[TQ_NUM_BUF], inq[TQ_NUM_BUF];
+    num(secs, stranded_seconds);
+    num(inq, in_queue);
     const char *p[2] = {secs, in_queue >= 0 ? inq : NULL};
     PGresult *r;
     int rc = tq_db_exec(c, "SELECT tq_sweep($1::int, $2::bigint)", 2, p, &r, eb);

@@ -1,19 +1,25 @@
 /*
  * cdb — all SQL of the consumer, in one place, parameterised only.
  *
- * The per-user ordering and limit rules live in the database (db/procedures): the claim
- * takes the user's advisory lock, so claims, parks and releases of one user are serialised
- * across every host; the schema's guard refuses a third active job even if this code is
- * wrong. Every change that frees a slot calls tq_release_parked() in the same transaction.
+ * The per-user ordering and limit rules live in the database (db/procedures, the claim
+ * itself in claim.sql): the claim takes the user's advisory lock, so claims, parks and
+ * releases of one user are serialised across every host; the schema's guard refuses a
+ * third active job even if this code is wrong. Every change that frees a slot calls
+ * tq_release_parked() in the same transaction.
+ * Every transaction here runs through tq_db_run_txn (shared/tq_db.h): soft errors are
+ * retried there; the connection passed in is borrowed (its owner reconnects it), except
+ * the claim's, which the runner may reopen.
  */
 #ifndef TQ_CDB_H
 #define TQ_CDB_H
 
-#include <jansson.h>
 #include <libpq-fe.h>
 
+#include "tq_db.h"
 #include "tq_err.h"
 #include "tq_msg.h"
+#include "tq_status.h"
+#include "tq_uuid.h"
 
 typedef enum {
     TQ_CLAIM_CLAIMED,   /* now pending on this worker: launch it */
@@ -23,29 +29,49 @@ typedef enum {
     TQ_CLAIM_MISMATCH,  /* job_id names a different job: dead-letter the message */
 } tq_claim_outcome;
 
+/* Parses the outcome as db/procedures/claim.sql names it ("claimed", "parked", ...):
+ * TQ_OK, or TQ_ERR_INVALID for any other text (out untouched). */
+int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
+
+#define TQ_CLAIM_PATH_BUF 1024  /* storage_path and its NUL; a longer one fails the job */
+#define TQ_CLAIM_REASON_BUF 256
+
 typedef struct {
     tq_claim_outcome outcome;
     long long fencing_token; /* CLAIMED: the token every later update must present */
     int attempts;
-    char storage_path[1024]; /* CLAIMED: the dataset's storage_path */
-    json_t *job;             /* CLAIMED: the job row as JSON (launch input); caller decrefs */
-    char reason[256];        /* FAILED / MISMATCH / PARKED: why */
-    double created_epoch;    /* CLAIMED: job creation time (dispatch latency) */
+    char storage_path[TQ_CLAIM_PATH_BUF]; /* CLAIMED: the dataset's storage_path */
+    /* CLAIMED: the job as its row holds it (training_jobs.message), decoded once by
+     * tq_msg_decode, so every default is tq_job.c's; launch reads it through const
+     * pointers. Release with tq_claim_free. */
+    tq_job_msg job;
+    char reason[TQ_CLAIM_REASON_BUF]; /* FAILED / MISMATCH / PARKED: why */
+    double created_epoch;             /* CLAIMED: job creation time (dispatch latency) */
 } tq_claim;
 
-/* Creates the row of a message published straight to AMQP (idempotent), then claims or
- * parks it in one transaction. */
-int tq_cdb_claim(PGconn *c, const tq_job_msg *m, const char *worker_id, int lease_seconds,
-                 tq_claim *out, tq_errbuf *eb);
+/* Frees cl->job; safe on a zeroed or already freed claim. */
+void tq_claim_free(tq_claim *cl);
+
+/* Claims or parks the job of message m in one round trip: db/procedures/claim.sql's
+ * tq_claim, which also creates the row of a message published straight to AMQP
+ * (idempotently, with m's canonical bytes as its message). Run by tq_db_run_txn with the
+ * caller's policy `how` (the dispatcher retries a lost connection and soft errors with a
+ * backoff; tq_claim is safe to repeat: a claim that committed before its reply was lost
+ * finds its job pending, a duplicate). TQ_ERR_INTERNAL when the schema's active-job guard
+ * refused what the procedure's count allowed. On TQ_OK the caller releases *out with
+ * tq_claim_free. */
+int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
+                 int lease_seconds, tq_claim *out, tq_errbuf *eb);
 
 /* pending → running with the container id; TQ_ERR_CONFLICT when fenced out. */
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
                         const char *container_id, tq_errbuf *eb);
 
-/* Records the outcome (status "completed" | "failed" | "cancelled"; exit_code < -255
- * means none) and releases the user's next parked jobs, in one transaction.
- * TQ_ERR_CONFLICT when fenced out (the job was recovered by a reaper meanwhile). */
-int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, const char *status,
+/* Records the outcome (status completed, failed or cancelled; TQ_ERR_INVALID for any other;
+ * exit_code < -255 means none) and releases the user's next parked jobs, in one
+ * transaction. TQ_ERR_CONFLICT when fenced out (the job was recovered by a reaper
+ * meanwhile). */
+int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
                   int exit_code, const char *error_message, const char *reason, tq_errbuf *eb);
 
 typedef enum {
@@ -70,7 +96,7 @@ int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *r
                  int max_attempts, tq_errbuf *eb);
 
 typedef struct {
-    char job_id[37];
+    char job_id[TQ_UUID_BUF];
     long long fencing_token;
     int cancel_requested;
 } tq_cdb_active;

@@ -43,6 +43,12 @@ static const int CLAIM_BACKOFF_MS[] = {0, 100, 400, 1000};
 #define N_CLAIM_TRIES ((int)(sizeof CLAIM_BACKOFF_MS / sizeof CLAIM_BACKOFF_MS[0]))
 /* How often the ready count of trainq.jobs is read for the sweeper. */
 #define QUEUE_DEPTH_EVERY_S 2.0
+/* An AMQP short string (routing key, message id, consumer tag) with its NUL. */
+#define SHORTSTR_BUF 256
+/* Header keys and values (one slot each, DEFER_KV_BUF bytes with the NUL) copied onto a
+ * deferred delivery's copy. */
+#define DEFER_KV_MAX 16
+#define DEFER_KV_BUF 256
 
 typedef struct {
     tq_worker *w;
@@ -51,7 +57,7 @@ typedef struct {
     PGconn *db;
     int consuming;
     unsigned epoch;
-    char tag[256];
+    char tag[SHORTSTR_BUF];
     long backoff_ms;
     int host_errors;       /* launches in a row that failed for a reason of this host */
     double probe_at;       /* while the host is unhealthy: when to try one job again */
@@ -207,7 +213,7 @@ static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *
                          const char *const *kv, size_t n_kv, const char *default_ct,
                          const char *what)
 {
-    char rk[256] = "", mid[256] = "", ct[128];
+    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "", ct[128];
     snprintf(ct, sizeof ct, "%s", default_ct);
     copy_bytes(rk, sizeof rk, env->routing_key);
     if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
@@ -243,7 +249,7 @@ static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *
 /* Dead-letters the delivery with the reason in a header, then acks it. */
 static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *reason)
 {
-    char rk[256] = "", mid[256] = "";
+    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "";
     copy_bytes(rk, sizeof rk, env->routing_key);
     if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(mid, sizeof mid, env->message.properties.message_id);
@@ -265,8 +271,8 @@ static int string_entry(const amqp_table_entry_t *e)
 /* The string headers of a delivery as key, value pairs (a publisher's signature among
  * them); the broker's own (x-delivery-count, x-death) are not strings or not ours to copy.
  * Returns the number of strings written to kv (at most cap, even). */
-static size_t string_headers(const amqp_envelope_t *env, char (*buf)[256], const char **kv,
-                             size_t cap)
+static size_t string_headers(const amqp_envelope_t *env, char (*buf)[DEFER_KV_BUF],
+                             const char **kv, size_t cap)
 {
     size_t n = 0;
     if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
@@ -295,9 +301,9 @@ static size_t string_headers(const amqp_envelope_t *env, char (*buf)[256], const
  * cannot be confirmed, the original is nacked after all (the broker keeps it either way). */
 static void defer(dispatcher *d, const amqp_envelope_t *env)
 {
-    char hbuf[16][256];
-    const char *kv[16];
-    size_t n = string_headers(env, hbuf, kv, 16);
+    char hbuf[DEFER_KV_MAX][DEFER_KV_BUF];
+    const char *kv[DEFER_KV_MAX];
+    size_t n = string_headers(env, hbuf, kv, DEFER_KV_MAX);
     if (copy_then_ack(d, env, TQ_AMQP_EXCHANGE, kv, n, "application/json", "give back"))
         tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
 }
@@ -319,7 +325,7 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
 static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
 {
     tq_errbuf eb = {{0}};
-    if (tq_cdb_finish(d->db, job_id, fencing, "failed", -256, why, why, &eb) != TQ_OK)
+    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, &eb) != TQ_OK)
         tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
                eb.msg);
     else
@@ -368,7 +374,7 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     tq_errbuf eb = {{0}};
     char why[700];
     double t0 = tq_mono_now();
-    int rc = tq_launch_prepare(w->cfg, cl->job, cl->storage_path, &paths, &eb);
+    int rc = tq_launch_prepare(w->cfg, &cl->job.sub, job_id, cl->storage_path, &paths, &eb);
     double t1 = tq_mono_now();
     if (rc != TQ_OK) {
         if (rc != TQ_ERR_NOMEM && rc != TQ_ERR_IO) {
@@ -383,7 +389,8 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
         return 0;
     }
     char cid[65] = "";
-    rc = tq_launch_container(w->docker, w->cfg, slot, cl->job, w->cfg->worker_id, &paths, cid, &eb);
+    rc = tq_launch_container(w->docker, w->cfg, slot, job_id, cl->job.user_id, w->cfg->worker_id,
+                             &paths, cid, &eb);
     if (rc != TQ_OK) {
         /* Nothing a container does can fail here, only this host: give the job back so that
          * it keeps its place and another host (or this one later) starts it. */
@@ -482,6 +489,21 @@ static int publisher_verified(dispatcher *d, const amqp_envelope_t *env)
     return 0;
 }
 
+typedef struct {
+    tq_worker *w;
+    const char *job_id;
+} claim_retry_arg;
+
+/* Before the claim's next try (tq_db_txn.before_retry): logged, then a short backoff; a
+ * stopping worker gives up (the delivery is deferred). */
+static int claim_retry(void *arg, int next, int rc, const tq_errbuf *eb)
+{
+    (void)rc;
+    claim_retry_arg *a = arg;
+    tq_log(TQ_LOG_INFO, "job.claim_retry", "job %s: %s; trying again", a->job_id, eb->msg);
+    return tq_worker_sleep(a->w, CLAIM_BACKOFF_MS[next]);
+}
+
 static void handle(dispatcher *d, amqp_envelope_t *env)
 {
     tq_worker *w = d->w;
@@ -535,19 +557,19 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
     tq_claim cl;
     tq_errbuf eb = {{0}};
     /* A connection that died while idle (Postgres restarted, sessions cut, a failover) fails
-     * its next statement; tq_db_ensure then connects afresh. Retried here, briefly, so a
-     * blip costs this delivery nothing. */
-    for (int attempt = 0; attempt < N_CLAIM_TRIES; attempt++) {
-        if (attempt && tq_worker_sleep(w, CLAIM_BACKOFF_MS[attempt]))
-            break;
-        rc = tq_db_ensure(&d->db, w->cfg->database_url, "trainq-consumer", &eb);
-        if (rc == TQ_OK)
-            rc = tq_cdb_claim(d->db, &m, w->cfg->worker_id, w->cfg->lease_seconds, &cl, &eb);
-        if (rc != TQ_ERR_DB_RETRY && rc != TQ_ERR_UNAVAILABLE)
-            break;
-        if (attempt + 1 < N_CLAIM_TRIES)
-            tq_log(TQ_LOG_INFO, "job.claim_retry", "job %s: %s; trying again", m.job_id, eb.msg);
-    }
+     * its next statement; the runner then connects afresh. Retried, briefly, so a blip costs
+     * this delivery nothing. */
+    claim_retry_arg ra = {w, m.job_id};
+    const tq_db_txn how = {
+        .url = w->cfg->database_url,
+        .app = "trainq-consumer",
+        .tries = N_CLAIM_TRIES,
+        .implicit = 1,
+        .retry_unavailable = 1,
+        .before_retry = claim_retry,
+        .retry_arg = &ra,
+    };
+    rc = tq_cdb_claim(&d->db, &how, &m, w->cfg->worker_id, w->cfg->lease_seconds, &cl, &eb);
     if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
         if (rc == TQ_ERR_UNAVAILABLE)
             atomic_store(&w->db_ok, 0);
@@ -608,7 +630,7 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         break;
     }
     }
-    json_decref(cl.job);
+    tq_claim_free(&cl);
     tq_msg_free(&m);
 }
 

@@ -17,44 +17,23 @@
 
 /* ---- config.json ---------------------------------------------------------------------- */
 
-static const char *jstr(const json_t *o, const char *key)
+/* "a, b, c" from the trigger words. Caller frees; NULL on OOM. */
+static char *join_words(const tq_submission *job)
 {
-    json_t *v = json_object_get(o, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-static double jnum(const json_t *o, const char *key, double def)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_number(v) ? json_number_value(v) : def;
-}
-
-/* The validator accepts 2.0 for an integer; the scripts want 2. */
-static json_int_t jint(const json_t *o, const char *key, int def)
-{
-    return (json_int_t)jnum(o, key, def);
-}
-
-/* "a, b, c" from the trigger words (non-strings skipped). Caller frees; NULL on OOM. */
-static char *join_words(const json_t *words)
-{
-    size_t total = 1, i;
-    json_t *w;
-    json_array_foreach(words, i, w) if (json_is_string(w)) total += json_string_length(w) + 2;
+    size_t total = 1;
+    for (size_t i = 0; i < job->n_trigger_words; i++)
+        total += strlen(job->trigger_words[i]) + 2;
     char *s = malloc(total);
     if (!s)
         return NULL;
     size_t off = 0;
-    json_array_foreach(words, i, w)
-    {
-        if (!json_is_string(w))
-            continue;
+    for (size_t i = 0; i < job->n_trigger_words; i++) {
         if (off > 0) {
             memcpy(s + off, ", ", 2);
             off += 2;
         }
-        size_t n = json_string_length(w);
-        memcpy(s + off, json_string_value(w), n);
+        size_t n = strlen(job->trigger_words[i]);
+        memcpy(s + off, job->trigger_words[i], n);
         off += n;
     }
     s[off] = '\0';
@@ -80,21 +59,20 @@ static void put(json_t *o, const char *key, json_t *v, int *bad)
         *bad = 1;
 }
 
-json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_container)
+json_t *tq_launch_training_config(const tq_submission *job, const char *job_id,
+                                  const char *dataset_dir_in_container)
 {
-    const char *id = jstr(job, "id");
-    const char *type = jstr(job, "type");
-    const char *base = jstr(job, "base_model");
-    if (!id || !type || !base)
+    if (!job_id || !job->base_model || !job->name)
         return NULL;
-    int dreambooth = strcmp(type, "dreambooth") == 0;
-    if (!dreambooth && strcmp(type, "lora") != 0)
+    int dreambooth = job->type == TQ_JOB_DREAMBOOTH;
+    if (!dreambooth && job->type != TQ_JOB_LORA)
         return NULL;
+    const char *type = tq_job_type_name(job->type);
     const char *data_dir = dataset_dir_in_container ? dataset_dir_in_container
                                                     : TQ_LAUNCH_DATASETS_TARGET;
-    const json_t *c = json_object_get(job, "config");
+    const tq_train_config *c = &job->config;
 
-    char *prompt = join_words(json_object_get(job, "trigger_words"));
+    char *prompt = join_words(job);
     if (!prompt)
         return NULL;
     json_t *o = json_object();
@@ -103,36 +81,29 @@ json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_
         return NULL;
     }
     int bad = 0;
-    json_int_t steps = jint(c, "steps", TQ_DEFAULT_STEPS);
-    json_int_t ckpt = steps / 5 > 0 ? steps / 5 : 1;
-    json_int_t alpha = jint(c, "lora_alpha", TQ_DEFAULT_LORA_ALPHA);
-    const char *name = jstr(job, "name");
+    json_int_t ckpt = c->steps / 5 > 0 ? c->steps / 5 : 1;
 
-    put(o, "pretrained_model_name_or_path", json_string(base), &bad);
+    put(o, "pretrained_model_name_or_path", json_string(job->base_model), &bad);
     put(o, "train_data_dir", json_string(data_dir), &bad);
     if (dreambooth)
         put(o, "instance_data_dir", json_string(data_dir), &bad);
     put(o, "output_dir", json_string(TQ_LAUNCH_OUTPUTS_TARGET), &bad);
     put(o, "cache_dir", json_string(TQ_LAUNCH_MODELS_TARGET), &bad);
-    put(o, "resolution", json_integer(jint(c, "resolution", TQ_DEFAULT_RESOLUTION)), &bad);
-    put(o, "train_batch_size", json_integer(jint(c, "batch_size", TQ_DEFAULT_BATCH_SIZE)), &bad);
-    put(o, "learning_rate", json_real(jnum(c, "learning_rate", TQ_DEFAULT_LEARNING_RATE)), &bad);
-    put(o, "max_train_steps", json_integer(steps), &bad);
+    put(o, "resolution", json_integer(c->resolution), &bad);
+    put(o, "train_batch_size", json_integer(c->batch_size), &bad);
+    put(o, "learning_rate", json_real(c->learning_rate), &bad);
+    put(o, "max_train_steps", json_integer(c->steps), &bad);
     put(o, "checkpointing_steps", json_integer(ckpt), &bad);
-    put(o, "rank", json_integer(jint(c, "lora_rank", TQ_DEFAULT_LORA_RANK)), &bad);
-    put(o, "lora_alpha", json_integer(alpha), &bad);
-    put(o, "network_alpha", json_integer(alpha), &bad);
+    put(o, "rank", json_integer(c->lora_rank), &bad);
+    put(o, "lora_alpha", json_integer(c->lora_alpha), &bad);
+    put(o, "network_alpha", json_integer(c->lora_alpha), &bad);
     put(o, "instance_prompt", json_string(prompt), &bad);
     if (!dreambooth)
         put(o, "validation_prompt", json_string(prompt), &bad);
-    put(o, "seed", json_integer(seed_of(id)), &bad);
+    put(o, "seed", json_integer(seed_of(job_id)), &bad);
     put(o, "mixed_precision", json_string("fp16"), &bad);
-    put(o, "job_id", json_string(id), &bad);
-    if (name) {
-        put(o, "job_name", json_string(name), &bad);
-    } else {
-        put(o, "job_name", json_pack("s++", type, " ", base), &bad);
-    }
+    put(o, "job_id", json_string(job_id), &bad);
+    put(o, "job_name", json_string(job->name), &bad);
     put(o, "training_type", json_string(type), &bad);
     free(prompt);
     if (bad) {
@@ -342,20 +313,18 @@ static int path_join(char *out, size_t cap, const char *a, const char *b, const 
 }
 
 /* The job id, checked: it becomes a file name and a container name. */
-static int job_id_of(const json_t *job, const char **id, tq_errbuf *eb)
+static int job_id_check(const char *id, tq_errbuf *eb)
 {
-    *id = jstr(job, "id");
-    if (!*id || !tq_uuid_valid(*id))
+    if (!id || !tq_uuid_valid(id))
         return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job: id is not a uuid");
     return TQ_OK;
 }
 
-int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *storage_path,
-                      tq_launch_paths *p, tq_errbuf *eb)
+int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char *id,
+                      const char *storage_path, tq_launch_paths *p, tq_errbuf *eb)
 {
     memset(p, 0, sizeof *p);
-    const char *id;
-    int rc = job_id_of(job, &id, eb);
+    int rc = job_id_check(id, eb);
     if (rc != TQ_OK)
         return rc;
     rc = tq_launch_resolve_dataset(cfg->datasets_root, storage_path, p->dataset,
@@ -405,7 +374,7 @@ int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *stora
         memcpy(p->config_file + cl, ".json", 6);
     }
 
-    json_t *conf = tq_launch_training_config(job, TQ_LAUNCH_DATASETS_TARGET);
+    json_t *conf = tq_launch_training_config(job, id, TQ_LAUNCH_DATASETS_TARGET);
     if (!conf)
         return tq_errf(eb, TQ_ERR_INVALID, "cannot build config.json of job %s: job lacks type "
                                            "or base_model", id);
@@ -504,16 +473,14 @@ void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
     out[3] = (tq_mount){p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1};
 }
 
-int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,
-                        const char *worker_id, const tq_launch_paths *p, char container_id[65],
-                        tq_errbuf *eb)
+int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *id,
+                        const char *user_id, const char *worker_id, const tq_launch_paths *p,
+                        char container_id[65], tq_errbuf *eb)
 {
     container_id[0] = '\0';
-    const char *id;
-    int rc = job_id_of(job, &id, eb);
+    int rc = job_id_check(id, eb);
     if (rc != TQ_OK)
         return rc;
-    const char *user_id = jstr(job, "user_id");
     if (!user_id || !*user_id)
         return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: user_id missing", id);
     if (!worker_id || !*worker_id)

@@ -3,11 +3,10 @@
  * the job's config.json, the dataset path (confined to the datasets root), the outputs
  * directory, and the training container itself (Container contract in DESIGN.md).
  *
- * The job is the JSON object the consumer holds for a claimed job:
- *   {id, user_id, dataset_id, name, type ("lora"|"dreambooth"), base_model,
- *    config {learning_rate, batch_size, steps, resolution, lora_rank, lora_alpha},
- *    trigger_words [...]}
- * already validated by tq_job (missing config keys fall back to tq_job.h's defaults).
+ * The job is the typed submission the consumer holds for a claimed job (cdb.h tq_claim:
+ * its row's message, decoded once by tq_msg_decode), with its id beside it: validated, every
+ * default already filled in by tq_job.c, read here through const pointers and never
+ * defaulted again.
  *
  * Layout on the host (cfg = tq_config):
  *   <datasets_root>/<storage_path>      -> /workspace/datasets   (read-only)
@@ -28,8 +27,9 @@
 #include <stddef.h>
 
 #include "docker.h"
-#include "tq_config.h"
+#include "coptions.h"
 #include "tq_err.h"
+#include "tq_job.h"
 
 #define TQ_LAUNCH_DATASETS_TARGET "/workspace/datasets"
 #define TQ_LAUNCH_OUTPUTS_TARGET "/workspace/outputs"
@@ -52,10 +52,11 @@
  *   (= train_data_dir).
  * dataset_dir_in_container NULL means TQ_LAUNCH_DATASETS_TARGET.
  * Deterministic: the same job gives the same object; written with JSON_SORT_KEYS it gives
- * the same bytes. New reference, caller decrefs; NULL if job lacks id, type (or has an
- * unknown type) or base_model, or memory ran out.
+ * the same bytes. New reference, caller decrefs; NULL if job_id, base_model or name is
+ * NULL, the type is outside the enum, or memory ran out.
  */
-json_t *tq_launch_training_config(const json_t *job, const char *dataset_dir_in_container);
+json_t *tq_launch_training_config(const tq_submission *job, const char *job_id,
+                                  const char *dataset_dir_in_container);
 
 /*
  * Resolves storage_path (relative to root; an absolute one must still lie under root) with
@@ -89,8 +90,8 @@ typedef struct {
  * uuid (TQ_ERR_INVALID otherwise: it becomes a path and a container name). File system
  * failures -> TQ_ERR_IO.
  */
-int tq_launch_prepare(const tq_config *cfg, const json_t *job, const char *storage_path,
-                      tq_launch_paths *p, tq_errbuf *eb);
+int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char *job_id,
+                      const char *storage_path, tq_launch_paths *p, tq_errbuf *eb);
 
 /*
  * Splits cmd on spaces (runs of spaces count as one; no quoting, no shell) into argv,
@@ -109,7 +110,8 @@ void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
                       tq_mount out[TQ_LAUNCH_N_MOUNTS]);
 
 /*
- * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot`:
+ * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot` (user_id: the
+ * job's user, for the trainq.user label):
  * labels trainq.job/user/worker/slot and trainq.managed=true; the four mounts above;
  * DeviceRequests per cfg->gpus_mode (ids: tq_config_slot_gpu(cfg, slot)); memory, shm,
  * pids and CPU limits; network "none"; runs as the consumer's uid:gid (all capabilities
@@ -127,8 +129,8 @@ void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
  * (dispatch.c), and counts all but UNAVAILABLE and CONFLICT toward the host's health.
  * container_id gets the 64-hex id on TQ_OK.
  */
-int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const json_t *job,
-                        const char *worker_id, const tq_launch_paths *p, char container_id[65],
-                        tq_errbuf *eb);
+int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *job_id,
+                        const char *user_id, const char *worker_id, const tq_launch_paths *p,
+                        char container_id[65], tq_errbuf *eb);
 
 #endif

@@ -16,7 +16,7 @@
 
 #include "cmetrics.h"
 #include "container_spec.h"
-#include "tq_config.h"
+#include "coptions.h"
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"
@@ -44,9 +44,9 @@ int main(int argc, char **argv)
 {
     tq_config cfg;
     sigset_t sigs;
-    int start = tq_program_start(&cfg, TQ_PROG_CONSUMER, "trainq-consumer", argc, argv, &sigs);
-    if (start >= 0)
-        return start;
+    int start = tq_program_start(&tq_consumer_options, &cfg, "trainq-consumer", argc, argv, &sigs);
+    if (start != TQ_OK)
+        return tq_program_exit_code(start);
     tq_errbuf eb = {{0}};
     srand((unsigned)getpid() ^ (unsigned)time(NULL));
 
@@ -160,7 +160,7 @@ out:
     free(w.slots);
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
-    tq_config_free(&cfg);
+    tq_consumer_config_free(&cfg);
     curl_global_cleanup();
     return exit_code;
 }

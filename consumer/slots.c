@@ -273,7 +273,9 @@ static int record(runner *r, const outcome *o)
                 return 1;
             }
         } else if (rc == TQ_OK) {
-            rc = tq_cdb_finish(r->db, s->job_id, s->fencing, o->status, o->exit_code,
+            tq_job_status st = TQ_STATUS_FAILED;
+            tq_status_parse(o->status, &st);
+            rc = tq_cdb_finish(r->db, s->job_id, s->fencing, st, o->exit_code,
                                o->error[0] ? o->error : NULL, o->reason, &eb);
         }
         if (rc == TQ_OK) {

@@ -25,7 +25,7 @@
 #include <time.h>
 
 #include "docker.h"
-#include "tq_config.h"
+#include "coptions.h"
 
 /* FREE → RESERVED (dispatcher launching) → RUNNING (runner following) → FINISHING (runner
  * recording the outcome: the job leaves this worker on purpose) → FREE */

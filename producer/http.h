@@ -23,7 +23,7 @@
 #include <stddef.h>
 
 #include "auth.h"
-#include "tq_config.h"
+#include "poptions.h"
 #include "tq_err.h"
 
 struct tq_relay;

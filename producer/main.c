@@ -16,7 +16,7 @@
 #include "auth.h"
 #include "http.h"
 #include "pdb.h"
-#include "tq_config.h"
+#include "poptions.h"
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"
@@ -33,9 +33,9 @@ int main(int argc, char **argv)
 {
     tq_config cfg;
     sigset_t sigs;
-    int start = tq_program_start(&cfg, TQ_PROG_PRODUCER, "trainq-producer", argc, argv, &sigs);
-    if (start >= 0)
-        return start;
+    int start = tq_program_start(&tq_producer_options, &cfg, "trainq-producer", argc, argv, &sigs);
+    if (start != TQ_OK)
+        return tq_program_exit_code(start);
     tq_errbuf eb = {{0}};
 
     int exit_code = 1;
@@ -107,7 +107,7 @@ out:
     tq_auth_free(auth);
     if (pdb_ready)
         tq_pdb_shutdown();
-    tq_config_free(&cfg);
+    tq_producer_config_free(&cfg);
     if (exit_code == 0)
         tq_log(TQ_LOG_INFO, "producer.stopped", "stopped");
     return exit_code;

@@ -12,11 +12,9 @@ static char *db_app;
 static pthread_key_t conn_key;
 static int key_made;
 
-/* Per-thread state behind conn_key. `sent` counts statements of the current call that
- * reached the server successfully: a failure while it is 0 is safe to retry. */
+/* Per-thread state behind conn_key: the thread's connection (run_txn opens it). */
 typedef struct {
     PGconn *c;
-    int sent;
 } tconn;
 
 static void tconn_free(void *p)
@@ -60,8 +58,8 @@ void tq_pdb_shutdown(void)
 static const char *const session_sql =
     "SET TimeZone = 'UTC'; SET statement_timeout = '10s'; SET lock_timeout = '5s'";
 
-/* This thread's connection, (re)connected as needed. *fresh says it was just opened. */
-static int conn_get(tconn **out, int *fresh, tq_errbuf *eb)
+/* This thread's state (its connection is opened by run_txn). */
+static int conn_get(tconn **out, tq_errbuf *eb)
 {
     tconn *t = pthread_getspecific(conn_key);
     if (!t) {
@@ -70,21 +68,6 @@ static int conn_get(tconn **out, int *fresh, tq_errbuf *eb)
             return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
         pthread_setspecific(conn_key, t);
     }
-    *fresh = !t->c || PQstatus(t->c) != CONNECTION_OK;
-    int rc = tq_db_ensure(&t->c, db_url, db_app, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (*fresh) {
-        PGresult *r = PQexec(t->c, session_sql);
-        rc = tq_db_check(t->c, r, eb);
-        PQclear(r);
-        if (rc != TQ_OK) {
-            PQfinish(t->c);
-            t->c = NULL;
-            return rc;
-        }
-    }
-    t->sent = 0;
     *out = t;
     return TQ_OK;
 }
@@ -115,60 +98,40 @@ static int col_json(const PGresult *r, int row, int col, json_t **out, tq_errbuf
 static int exec(tconn *t, const char *sql, int n, const char *const *p, PGresult **out,
                 tq_errbuf *eb)
 {
-    int rc = tq_db_exec(t->c, sql, n, p, out, eb);
-    if (rc == TQ_OK)
-        t->sent++;
-    return rc;
-}
-
-/* After a failure: leave no transaction open, and drop a connection that is gone. */
-static void after_error(tconn *t, int rc)
-{
-    if (rc == TQ_ERR_UNAVAILABLE || PQstatus(t->c) != CONNECTION_OK) {
-        PQfinish(t->c);
-        t->c = NULL;
-        return;
-    }
-    tq_db_rollback(t->c);
+    return tq_db_exec(t->c, sql, n, p, out, eb);
 }
 
 /*
- * Runs fn in its own transaction on this thread's connection. Retries:
- *  - once on a fresh connection when the old one turned out dead before anything of
- *    this call reached the server (Postgres restarted while we were idle);
- *  - up to 3 times on serialization failure / deadlock (TQ_ERR_DB_RETRY).
+ * Runs fn in its own transaction on this thread's connection, through tq_db_run_txn:
+ * up to 4 tries in all, on serialization failure / deadlock / timeouts (TQ_ERR_DB_RETRY),
+ * and once on a fresh connection when the old one turned out dead before anything of
+ * this call reached the server (Postgres restarted while we were idle).
  * fn returns TQ_OK to commit; anything else rolls back and is returned.
  */
 typedef int (*txn_fn)(tconn *t, void *arg, tq_errbuf *eb);
 
+typedef struct {
+    tconn *t;
+    txn_fn fn;
+    void *arg;
+} txn_call;
+
+static int txn_body(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    (void)c; /* the same as k->t->c */
+    txn_call *k = arg;
+    return k->fn(k->t, k->arg, eb);
+}
+
 static int run_txn(txn_fn fn, void *arg, tq_errbuf *eb)
 {
-    int rc = TQ_OK;
-    int stale_retry = 1;
-    for (int attempt = 0; attempt < 4; attempt++) {
-        tconn *t = NULL;
-        int fresh = 0;
-        rc = conn_get(&t, &fresh, eb);
-        if (rc != TQ_OK)
-            return rc;
-        rc = exec(t, "BEGIN", 0, NULL, NULL, eb);
-        if (rc == TQ_OK)
-            rc = fn(t, arg, eb);
-        if (rc == TQ_OK) {
-            rc = exec(t, "COMMIT", 0, NULL, NULL, eb);
-            if (rc == TQ_OK)
-                return TQ_OK;
-        }
-        int nothing_sent = t->sent == 0;
-        after_error(t, rc);
-        if (rc == TQ_ERR_UNAVAILABLE && nothing_sent && !fresh && stale_retry) {
-            stale_retry = 0;
-            continue;
-        }
-        if (rc != TQ_ERR_DB_RETRY)
-            return rc;
-    }
-    return rc;
+    tconn *t = NULL;
+    int rc = conn_get(&t, eb);
+    if (rc != TQ_OK)
+        return rc;
+    txn_call k = {t, fn, arg};
+    const tq_db_txn how = {.url = db_url, .app = db_app, .session_sql = session_sql};
+    return tq_db_run_txn(&t->c, &how, txn_body, &k, eb);
 }
 
 /* ------------------------------------------------------------------ ping */

@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      default 30
 #
 # Environment:
-#   TRAINQ_FUZZ_TARGETS   space-separated subset (default: all four)
+#   TRAINQ_FUZZ_TARGETS   space-separated subset (default: all of them)
 #   TRAINQ_FUZZ_JOBS      targets run at once (default: number of CPUs, at most 4)
 #   TRAINQ_FUZZ_BUILD_DIR build tree (default: build-fuzz)
 #   TRAINQ_FUZZ_CORPUS    directory to keep the grown corpora in, one sub-directory per
@@ -28,7 +28,7 @@ if ! [[ "$SECS" =~ ^[0-9]+$ ]] || ((SECS < 1)); then
   exit 2
 fi
 BUILD=${TRAINQ_FUZZ_BUILD_DIR:-$REPO/build-fuzz}
-TARGETS=${TRAINQ_FUZZ_TARGETS:-fuzz_submission fuzz_message fuzz_token fuzz_docker}
+TARGETS=${TRAINQ_FUZZ_TARGETS:-fuzz_submission fuzz_message fuzz_token fuzz_docker fuzz_progress}
 ncpu=$(nproc 2>/dev/null || echo 2)
 JOBS=${TRAINQ_FUZZ_JOBS:-$((ncpu < 4 ? ncpu : 4))}
 ((JOBS >= 1)) || JOBS=1

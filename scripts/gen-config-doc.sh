@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prints docs/configuration.md from the binaries' own option table (--config-markdown), so
-# the documentation is the code's. `tests/CMakeLists.txt` runs it with --check to fail when
-# the committed file differs.  Usage: gen-config-doc.sh BUILD_DIR [--check]
+# Prints docs/configuration.md from the binaries' own option tables (--config-markdown:
+# producer/poptions.c, consumer/coptions.c), so the documentation is the code's.
+# `tests/CMakeLists.txt` runs it with --check to fail when the committed file differs.
+#   Usage: gen-config-doc.sh BUILD_DIR [--check]
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${1:?usage: gen-config-doc.sh BUILD_DIR [--check]}

@@ -3,8 +3,9 @@
 #
 #   scripts/test.sh [--quick] [--keep] [--faults]
 #
-#   1. installs missing Debian packages (scripts/install-deps.sh)
-#   2. builds build/ (normal) and build-asan/ (-DTRAINQ_SANITIZE=ON)
+#   1. installs missing Debian packages and the npm test tools (scripts/install-deps.sh)
+#   2. lints docs/openapi.yaml with Redocly's recommended rules (scripts/lint-openapi.sh);
+#      builds build/ (normal) and build-asan/ (-DTRAINQ_SANITIZE=ON)
 #   3. unless --quick: starts Postgres, RabbitMQ and dockerd (scripts/services.sh up), applies
 #      migrations, builds the fake trainer image
 #   4. ctest -L unit in build/; then in build-asan/ the unit and integration tests (only unit
@@ -14,9 +15,9 @@
 #      prints one summary line per scenario
 #
 # Services are brought down on exit, also on failure or Ctrl-C, unless --keep or
-# TRAINQ_KEEP_SERVICES=1. The last line is "trainq: N passed, M failed" (counted from ctest;
-# a failed build/setup step counts as one failure). Exit status is non-zero if anything
-# failed. A label with no tests is fine.
+# TRAINQ_KEEP_SERVICES=1. The last line is "trainq: N passed, M failed" (counted from ctest,
+# plus one for the lint step; a failed build/setup step counts as one failure). Exit status is
+# non-zero if anything failed. A label with no tests is fine.
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,7 +31,7 @@ for a in "$@"; do
     --quick) quick=1 ;;
     --keep) keep=1 ;;
     --faults) faults=1 ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test.sh: unknown option $a (--quick, --keep, --faults)" >&2; exit 2 ;;
   esac
 done
@@ -112,6 +113,15 @@ mkdir -p "$LOG_DIR"
 
 step "checking Debian packages"
 bash "$REPO/scripts/install-deps.sh" || fail_step "install-deps.sh failed"
+
+# The API document as client generators read it: any problem, warnings included, fails.
+step "linting docs/openapi.yaml"
+if bash "$REPO/scripts/lint-openapi.sh"; then
+  passed=$((passed + 1))
+else
+  echo "test.sh: docs/openapi.yaml does not lint clean (see above)" >&2
+  failed=$((failed + 1))
+fi
 
 build "$REPO/build"
 build "$REPO/build-asan" -DTRAINQ_SANITIZE=ON

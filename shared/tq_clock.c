@@ -1,5 +1,9 @@
 #include "tq_clock.h"
 
+#include <errno.h>
+
+#include "tq_err.h"
+
 int64_t tq_mono_ms(void)
 {
     struct timespec ts;
@@ -37,10 +41,12 @@ int tq_cond_init_monotonic(pthread_cond_t *cv)
     pthread_condattr_t a;
     int rc = pthread_condattr_init(&a);
     if (rc)
-        return rc;
+        return TQ_ERR_NOMEM; /* its only failure */
     rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     if (rc == 0)
         rc = pthread_cond_init(cv, &a);
     pthread_condattr_destroy(&a);
-    return rc;
+    if (rc == 0)
+        return TQ_OK;
+    return rc == ENOMEM || rc == EAGAIN ? TQ_ERR_NOMEM : TQ_ERR_INTERNAL;
 }

@@ -27,7 +27,7 @@ struct timespec tq_mono_deadline(long ms);
 
 /* Initialises cv to measure pthread_cond_timedwait deadlines on CLOCK_MONOTONIC (the
  * default is CLOCK_REALTIME). Every condition variable used with a timed wait is made by
- * this function. 0 or an errno value. */
+ * this function. TQ_OK, TQ_ERR_NOMEM, or TQ_ERR_INTERNAL (the clock cannot be chosen). */
 int tq_cond_init_monotonic(pthread_cond_t *cv);
 
 #endif

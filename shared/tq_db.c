@@ -153,3 +153,87 @@ void tq_db_rollback(PGconn *c)
     if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
         PQclear(PQexec(c, "ROLLBACK"));
 }
+
+/* ---- the transaction runner ---------------------------------------------------------- */
+
+int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *stale_left)
+{
+    if (rc == TQ_ERR_DB_RETRY)
+        return 1;
+    if (rc != TQ_ERR_UNAVAILABLE || !how->url)
+        return 0; /* a borrowed connection is the caller's to reopen */
+    if (how->retry_unavailable)
+        return 1;
+    /* Nothing of the transaction ran on a connection that was already open: it died while
+     * idle, and one try on a fresh one cannot do anything twice. */
+    if (!began && !fresh && *stale_left) {
+        *stale_left = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* (Re)opens *c as needed, with the session settings. *fresh says it was opened here. */
+static int txn_conn(PGconn **c, const tq_db_txn *how, int *fresh, tq_errbuf *eb)
+{
+    *fresh = !*c || PQstatus(*c) != CONNECTION_OK;
+    if (!how->url)
+        return *c ? TQ_OK : tq_errf(eb, TQ_ERR_UNAVAILABLE, "no database connection");
+    int rc = tq_db_ensure(c, how->url, how->app, eb);
+    if (rc != TQ_OK || !*fresh || !how->session_sql)
+        return rc;
+    PGresult *r = PQexec(*c, how->session_sql);
+    rc = tq_db_check(*c, r, eb);
+    PQclear(r);
+    if (rc != TQ_OK) {
+        PQfinish(*c);
+        *c = NULL;
+    }
+    return rc;
+}
+
+/* One try: BEGIN, fn, COMMIT. *began says BEGIN reached the server. */
+static int txn_once(PGconn *c, const tq_db_txn *how, tq_db_txn_fn fn, void *arg, int *began,
+                    tq_errbuf *eb)
+{
+    *began = how->implicit;
+    int rc = how->implicit ? TQ_OK : tq_db_begin(c, eb);
+    if (rc != TQ_OK)
+        return rc;
+    *began = 1;
+    rc = fn(c, arg, eb);
+    if (rc == TQ_OK && !how->implicit)
+        rc = tq_db_commit(c, eb);
+    return rc;
+}
+
+int tq_db_run_txn(PGconn **c, const tq_db_txn *how, tq_db_txn_fn fn, void *arg, tq_errbuf *eb)
+{
+    int tries = how->tries > 0 ? how->tries : TQ_DB_TXN_TRIES;
+    int stale_left = 1;
+    int rc = TQ_OK;
+    for (int attempt = 0; attempt < tries; attempt++) {
+        if (attempt && how->before_retry && how->before_retry(how->retry_arg, attempt, rc, eb))
+            return rc;
+        int fresh = 0, began = 0;
+        rc = txn_conn(c, how, &fresh, eb);
+        if (rc == TQ_OK) {
+            rc = txn_once(*c, how, fn, arg, &began, eb);
+            if (rc == TQ_OK)
+                return TQ_OK;
+            /* Leave no transaction open, and drop a connection that is gone. */
+            if (how->url && (rc == TQ_ERR_UNAVAILABLE || PQstatus(*c) != CONNECTION_OK)) {
+                PQfinish(*c);
+                *c = NULL;
+            } else {
+                tq_db_rollback(*c);
+            }
+        } else {
+            began = 0;
+            fresh = 1; /* a failed connect is never "a connection found dead" */
+        }
+        if (!tq_db_txn_retry(how, rc, began, fresh, &stale_left))
+            return rc;
+    }
+    return rc;
+}

@@ -6,6 +6,9 @@
  * statement_timeout), unavailable (connection lost,
  * server shutting down: the caller answers 503 / stops consuming and reconnects), or ok.
  * All SQL is parameterised; nothing here builds SQL from data.
+ *
+ * Every transaction of both programs runs through tq_db_run_txn: BEGIN, the caller's body,
+ * COMMIT, with the soft-error and dead-connection retries decided in one place.
  */
 #ifndef TQ_DB_H
 #define TQ_DB_H
@@ -36,6 +39,58 @@ int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *param
 int tq_db_begin(PGconn *c, tq_errbuf *eb);
 int tq_db_commit(PGconn *c, tq_errbuf *eb);
 void tq_db_rollback(PGconn *c);
+
+/* ---- the transaction runner (Taler's TEH_DB_run_transaction) --------------------------- */
+
+/* The body of one transaction: its statements on c, TQ_OK to commit, anything else to roll
+ * back (that code is returned). It may run more than once, so it must start from its
+ * arguments every time (no state carried over from a try that rolled back). */
+typedef int (*tq_db_txn_fn)(PGconn *c, void *arg, tq_errbuf *eb);
+
+/* Called before try number `next` (1-based: 1 is the first retry) after a try that failed
+ * with rc (eb says why). Returns 0 to retry, nonzero to give up (rc is then returned). */
+typedef int (*tq_db_retry_fn)(void *arg, int next, int rc, const tq_errbuf *eb);
+
+/* Total tries of a transaction unless tq_db_txn.tries says otherwise. */
+#define TQ_DB_TXN_TRIES 4
+
+/* How tq_db_run_txn gets its connection and when it tries again. Zero is a valid policy
+ * for a borrowed connection: TQ_DB_TXN_TRIES tries on soft errors, no reconnect. */
+typedef struct {
+    /* NULL: *c is borrowed (the caller reconnects with tq_db_ensure); a failure never
+     * closes or replaces it. Otherwise *c is (re)opened from url/app as needed and closed
+     * when it turned out dead. */
+    const char *url, *app;
+    const char *session_sql; /* optional: run once on each connection opened here */
+    int tries;               /* total tries, 0 = TQ_DB_TXN_TRIES */
+    /* fn sends exactly one statement, which is its own transaction (no BEGIN/COMMIT): a
+     * single call of a stored procedure costs one round trip. */
+    int implicit;
+    /* Retry a lost connection even when part of the transaction may have run (fn must be
+     * safe to repeat, as the claim is); otherwise only a connection found dead at BEGIN is
+     * retried, once. Needs url. */
+    int retry_unavailable;
+    tq_db_retry_fn before_retry; /* optional: backoff, logging, giving up */
+    void *retry_arg;
+} tq_db_txn;
+
+/*
+ * Runs fn in one transaction: BEGIN, fn, COMMIT; rolls back on any error. Tries again
+ *  - on a soft error (TQ_ERR_DB_RETRY: serialization failure, deadlock, lock or statement
+ *    timeout), up to how->tries tries in all;
+ *  - once, on a fresh connection, when the connection turned out dead before anything of
+ *    the transaction ran (BEGIN failed with TQ_ERR_UNAVAILABLE on a connection this call did
+ *    not just open: Postgres restarted while we were idle) — or, with retry_unavailable,
+ *    after every TQ_ERR_UNAVAILABLE (also a failed connect), within how->tries.
+ * Every other error is returned at once. Returns TQ_OK once a COMMIT succeeded.
+ */
+int tq_db_run_txn(PGconn **c, const tq_db_txn *how, tq_db_txn_fn fn, void *arg, tq_errbuf *eb);
+
+/* The runner's decision after a failed try, pure so it can be tested: 1 to try again.
+ * began: BEGIN reached the server (always 1 for an implicit transaction, whose one
+ * statement may have run); fresh: the connection was opened by this try; *stale_left: the
+ * one retry of a connection found dead (cleared when used). */
+int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *stale_left);
 
 /* Server settings of every connection whose URL names no `options` of its own: no statement
  * runs longer than 30 s and no lock is awaited longer than 10 s (docs/operations.md). */

@@ -27,6 +27,7 @@ const char *tq_strerror(int err)
     case TQ_ERR_LIMIT: return "limit reached";
     case TQ_ERR_INTERNAL: return "internal error";
     case TQ_ERR_CONFIG: return "invalid configuration";
+    case TQ_ERR_EXIT_OK: return "done, nothing left to run";
     }
     return "unknown error";
 }

@@ -30,6 +30,8 @@ typedef enum {
     TQ_ERR_LIMIT = -15,      /* rate limit or active-job limit reached */
     TQ_ERR_INTERNAL = -16,   /* a bug: an invariant did not hold */
     TQ_ERR_CONFIG = -17,     /* bad configuration value */
+    TQ_ERR_EXIT_OK = -18,    /* not a failure: what was asked is done (--help/--version
+                              * printed) and the program exits 0 without starting */
 } tq_err;
 
 /* Static, never NULL, for every value (and "unknown error" for anything else). */

@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tq_err.h"
+
 static const char *log_prog = "trainq";
 static tq_log_level log_min = TQ_LOG_INFO;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -22,7 +24,7 @@ int tq_log_level_parse(const char *s)
     for (int i = 0; i < 4; i++)
         if (strcmp(s, level_names[i]) == 0)
             return i;
-    return -1;
+    return TQ_ERR_INVALID;
 }
 
 __attribute__((format(printf, 4, 0))) static void log_emit(tq_log_level lvl, const char *event,

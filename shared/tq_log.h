@@ -14,7 +14,7 @@ typedef enum { TQ_LOG_DEBUG = 0, TQ_LOG_INFO, TQ_LOG_WARN, TQ_LOG_ERROR } tq_log
 
 /* Program name shown in every line and the minimum level; call once at start. */
 void tq_log_init(const char *prog, tq_log_level min_level);
-/* "debug" | "info" | "warn" | "error" -> level; returns -1 for anything else. */
+/* "debug" | "info" | "warn" | "error" -> level; TQ_ERR_INVALID (< 0) for anything else. */
 int tq_log_level_parse(const char *s);
 
 void tq_log(tq_log_level lvl, const char *event, const char *fmt, ...)

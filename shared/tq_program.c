@@ -5,18 +5,19 @@
 
 #include "tq_log.h"
 
-int tq_program_start(tq_config *c, unsigned prog, const char *name, int argc, char **argv,
+int tq_program_start(const tq_options *t, void *cfg, const char *name, int argc, char **argv,
                      sigset_t *sigs)
 {
     tq_errbuf eb = {{0}};
-    int rc = tq_config_load(c, prog, argc, argv, &eb);
+    int rc = tq_config_load(t, cfg, argc, argv, &eb);
     if (rc != TQ_OK) {
-        if (rc != TQ_CONFIG_EXIT)
-            fprintf(stderr, "%s: %s\n", name, eb.msg);
-        tq_config_free(c);
-        return rc == TQ_CONFIG_EXIT ? 0 : 2;
+        if (rc != TQ_ERR_EXIT_OK)
+            fprintf(stderr, "%s: %s\n", name, eb.msg[0] ? eb.msg : tq_strerror(rc));
+        tq_config_free(t, cfg);
+        return rc;
     }
-    int lvl = tq_log_level_parse(c->log_level);
+    const char *level = tq_config_str(t, cfg, "TRAINQ_LOG_LEVEL");
+    int lvl = level ? tq_log_level_parse(level) : TQ_LOG_INFO;
     tq_log_init(name, lvl < 0 ? TQ_LOG_INFO : (tq_log_level)lvl);
 
     sigemptyset(sigs);
@@ -24,5 +25,10 @@ int tq_program_start(tq_config *c, unsigned prog, const char *name, int argc, ch
     sigaddset(sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
-    return -1;
+    return TQ_OK;
+}
+
+int tq_program_exit_code(int rc)
+{
+    return rc == TQ_ERR_EXIT_OK ? 0 : 2;
 }

@@ -25,5 +25,7 @@ UPDATE training_jobs j SET message = COALESCE(
 
 ALTER TABLE training_jobs ALTER COLUMN message SET NOT NULL;
 
--- Nothing calls it any more: releases republish training_jobs.message.
+-- Retired writers of the body: releases republish training_jobs.message, and the claim
+-- creates a direct-published job's row with tq_insert_job like the producer.
 DROP FUNCTION IF EXISTS tq_job_message(uuid);
+DROP FUNCTION IF EXISTS tq_claim_ensure_row(jsonb, text);

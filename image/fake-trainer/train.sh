@@ -10,6 +10,12 @@
 #   STEPS      number of "progress: step i/N" lines          (default 5)
 #   EXIT_CODE  exit status                                   (default 0)
 #   MESSAGE    last line printed                             (default "fake-trainer: done")
+#   FORMAT     how progress is printed                       (default plain):
+#              plain      "progress: step i/N" lines on stdout
+#              diffusers  tqdm bar on stderr redrawn with carriage returns, as diffusers'
+#                         train_*_lora.py print it: "Steps:  45%|####▌ | 450/1000 [02:13<02:43,  3.37it/s, loss=0.0912, lr=0.0001]"
+#              kohya      the same with sd-scripts' "steps:" and "avr_loss=…"
+#              ai-toolkit the same with "<name>:" and "lr: 1.0e-04 loss: 4.123e-01"
 # SIGTERM/SIGINT end it promptly with status 143/130 (docker stop, cancellation).
 
 # PID 1 ignores signals it has no handler for, so install the handlers first. Waiting on a
@@ -42,6 +48,7 @@ DURATION=2
 STEPS=5
 EXIT_CODE=0
 MESSAGE="fake-trainer: done"
+FORMAT=plain
 control=/workspace/datasets/trainer.env
 if [ -f "$control" ]; then
     # tr drops CRs of files written on Windows; the here-document keeps the loop in this shell.
@@ -64,6 +71,11 @@ if [ -f "$control" ]; then
                 esac ;;
             MESSAGE)
                 MESSAGE=$v ;;
+            FORMAT)
+                case "$v" in
+                    plain|diffusers|kohya|ai-toolkit) FORMAT=$v ;;
+                    *) echo "fake-trainer: ignoring bad FORMAT '$v'" ;;
+                esac ;;
         esac
         k=
     done <<CONTROL
@@ -86,14 +98,37 @@ say() {
 }
 
 step_sleep=$(awk -v d="$DURATION" -v n="$STEPS" 'BEGIN { printf "%.3f", d / n }')
+# One tqdm state of step $1 (of $STEPS) in $FORMAT, without line end: a 10-cell bar of
+# U+2588 blocks, elapsed<remaining as MM:SS, the rate, and the format's postfix.
+tqdm_state() {
+    awk -v i="$1" -v n="$STEPS" -v s="$step_sleep" -v f="$FORMAT" 'BEGIN {
+        pct = int(100 * i / n); cells = int(10 * i / n); bar = ""
+        for (c = 0; c < 10; c++) bar = bar (c < cells ? "\342\226\210" : " ")
+        el = int(i * s); rem = int((n - i) * s); rate = (s > 0 ? 1 / s : 0)
+        loss = 0.5 / (1 + i)
+        t = sprintf("%02d:%02d<%02d:%02d", el / 60, el % 60, rem / 60, rem % 60)
+        if (f == "diffusers")
+            printf "Steps: %3d%%|%s| %d/%d [%s, %5.2fit/s, loss=%.4g, lr=0.0001]", pct, bar, i, n, t, rate, loss
+        else if (f == "kohya")
+            printf "steps: %3d%%|%s| %d/%d [%s, %5.2fit/s, avr_loss=%.4g]", pct, bar, i, n, t, rate, loss
+        else
+            printf "my_lora: %3d%%|%s| %d/%d [%s, %5.2fit/s, lr: 1.0e-04 loss: %.3e]", pct, bar, i, n, t, rate, loss
+    }'
+}
 say "fake-trainer: training for ${DURATION}s in $STEPS steps"
+[ "$FORMAT" = plain ] || printf '\r%s' "$(tqdm_state 0)" >&2
 i=1
 while [ "$i" -le "$STEPS" ]; do
     sleep "$step_sleep" &
     wait $!
-    say "progress: step $i/$STEPS"
+    if [ "$FORMAT" = plain ]; then
+        say "progress: step $i/$STEPS"
+    else
+        printf '\r%s' "$(tqdm_state "$i")" >&2
+    fi
     i=$((i + 1))
 done
+[ "$FORMAT" = plain ] || printf '\n' >&2
 
 if ! printf 'fake safetensors weights written by trainq fake-trainer\n' \
         >"$out/pytorch_lora_weights.safetensors" 2>/dev/null; then

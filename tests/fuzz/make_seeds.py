@@ -150,6 +150,19 @@ DOCKER = {
     "seed-logs-long": b"\x11\x22" + frame(1, b"x" * 5000) + frame(2, "\u00e9".encode() * 100),
 }
 
+# Trainer output as the consumer reads it: tqdm redraws with carriage returns, escapes.
+PROGRESS = {
+    "seed-diffusers": "Steps:  45%|\u2588\u2588\u2588\u2588\u258c     | 450/1000 [02:13<02:43,  3.37it/s, "
+                      "loss=0.0912, lr=0.0001]\r".encode(),
+    "seed-kohya": "\rsteps:  10%|\u2588         | 100/1000 [00:50<07:30,  2.00it/s, avr_loss=0.123]"
+                  "\rsteps:  11%|\u2588         | 110/1000 [00:55<07:25,  2.00it/s, avr_loss=0.12]\n"
+                  .encode(),
+    "seed-ai-toolkit": "my_lora:  12%|\u2588\u258f        | 120/1000 [01:00<07:20,  2.00it/s, "
+                       "lr: 1.0e-04 loss: 4.123e-01]\r\n".encode(),
+    "seed-plain": b"fake-trainer: starting\nprogress: step 3/5\nprogress: step 5/5\n",
+    "seed-escapes": b"\x1b[32mok\x1b[0m\n\x1b[A\x1b[2K 1/2 [00:01<1d 00:00:01, 1s/it]",
+}
+
 
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
@@ -166,3 +179,4 @@ write("fuzz_submission", SUBMISSIONS)
 write("fuzz_message", MESSAGES)
 write("fuzz_token", TOKENS)
 write("fuzz_docker", DOCKER)
+write("fuzz_progress", PROGRESS)

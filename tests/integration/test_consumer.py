@@ -459,6 +459,67 @@ class TestMessages(ConsumerCase):
                               "WHERE job_id = :'id'", variables={"id": job_id})
         self.assertEqual(released, body, "the release published a different body")
 
+    def test_direct_publish_stores_the_canonical_message(self):
+        """The row of a message from another service holds the body shared/tq_msg.c encodes
+        for it (what a release republishes), not the bytes as they were published: keys in
+        contract order, defaults filled in, the job id lowercased, 1e-4 written shortest."""
+        u = self.user("canon")
+        ds = self.dataset(u, duration=0.2)
+        jid = str(uuid.uuid4())
+        body = ('{"trigger_words":["tq"],"config":{"steps":200,"learning_rate":1.0e-4},'
+                f'"base_model":"stabilityai/sdxl-base-1.0","type":"lora","dataset_id":"{ds}",'
+                f'"user_id":"{u}","job_id":"{jid.upper()}","schema":"trainq.job.v1"}}')
+        self.consumer(f"canon-{run_id()}")
+        self.publish(body, message_id=jid.upper())
+        j = self.wait_status(jid, TERMINAL)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual(
+            j["message"],
+            f'{{"schema":"trainq.job.v1","job_id":"{jid}","user_id":"{u}",'
+            f'"dataset_id":"{ds}","name":"lora stabilityai/sdxl-base-1.0","type":"lora",'
+            '"base_model":"stabilityai/sdxl-base-1.0","config":{"learning_rate":0.0001,'
+            '"batch_size":1,"steps":200,"resolution":512,"lora_rank":16,"lora_alpha":32},'
+            '"trigger_words":["tq"]}')
+
+    def test_claimed_job_is_launched_from_its_stored_message(self):
+        """The consumer launches what the row's message says (decoded once, defaults from
+        tq_job.c), whatever a later delivery of the same job carries."""
+        u = self.user("stored")
+        ds = self.dataset(u, duration=0.2)
+        m = self.message(u, ds)
+        self.insert_job(m, 0)
+        stored = dict(m, config={"steps": 300, "lora_rank": 8}, trigger_words=["a", "b"])
+        tqenv.psql("UPDATE training_jobs SET message = :'m' WHERE id = :'id'",
+                   variables={"m": json.dumps(stored), "id": m["job_id"]})
+        self.consumer(f"stored-{run_id()}")
+        self.publish(m)  # steps 200, trigger word "tq"
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
+        with open(os.path.join(self.tmp, "data", "configs", m["job_id"] + ".json")) as f:
+            conf = json.load(f)
+        self.assertEqual((conf["max_train_steps"], conf["rank"], conf["lora_alpha"]),
+                         (300, 8, 32))
+        self.assertEqual(conf["instance_prompt"], "a, b")
+
+    def test_a_stored_message_that_does_not_decode_fails_the_job(self):
+        """A row whose message was damaged by hand is failed with the reason, once, and
+        starts no container; the consumer carries on."""
+        u = self.user("damaged")
+        ds = self.dataset(u, duration=0.2)
+        m = self.message(u, ds)
+        self.insert_job(m, 0)
+        tqenv.psql("UPDATE training_jobs SET message = '{\"schema\": \"trainq.job.v0\"}' "
+                   "WHERE id = :'id'", variables={"id": m["job_id"]})
+        c = self.consumer(f"damaged-{run_id()}")
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL)
+        self.assertEqual(j["status"], "failed")
+        self.assertIn("stored job is invalid", j["error_message"])
+        self.assertIsNone(j["container_id"])
+        ok = self.message(u, ds)
+        self.publish(ok)
+        self.assertEqual(self.wait_status(ok["job_id"], TERMINAL)["status"], "completed")
+        self.assertEqual(len(c.events("job.started")), 1)
+
     def test_dataset_missing_or_foreign_fails_job(self):
         u, other = self.user("ds"), self.user("ds-other")
         foreign = self.dataset(other)

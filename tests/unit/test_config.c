@@ -1,5 +1,7 @@
 /*
- * Configuration: defaults, env vs flags, and one clear line for every bad value.
+ * The configuration machinery (shared/tq_config) with a small table of its own: every option
+ * type, env vs flags, the shared options' rules, and --help/--version as "done, exit 0"
+ * rather than an error. The programs' own tables are tested in test_poptions/test_coptions.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,201 +13,187 @@
 #include <cmocka.h>
 
 #include "tq_config.h"
+#include "tq_program.h"
 
-static const char *const all_vars[] = {
-    "TRAINQ_DATABASE_URL", "TRAINQ_AMQP_URL", "TRAINQ_HTTP_ADDR", "TRAINQ_JWT_SECRET",
-    "TRAINQ_JWT_ALG", "TRAINQ_JWT_PUBLIC_KEY_FILE", "TRAINQ_GPUS", "TRAINQ_SLOTS",
-    "TRAINQ_HEARTBEAT_SECONDS", "TRAINQ_LEASE_SECONDS", "TRAINQ_WORKER_ID", "TRAINQ_MEMORY_LIMIT",
-    "TRAINQ_DOCKER_HOST", "TRAINQ_LOG_LEVEL", "TRAINQ_REMOVE_CONTAINERS", "TRAINQ_CPUS",
-    "TRAINQ_DATA_DIR", "TRAINQ_MAX_BODY_BYTES", "TRAINQ_HTTP_THREADS", "TRAINQ_METRICS_ADDR",
-    "TRAINQ_JWT_AUDIENCE", "TRAINQ_MODELS_READ_ONLY",
+typedef struct {
+    char *database_url;
+    char *amqp_url;
+    char *log_level;
+    int relay_batch;
+    char *publish_keys;
+    char *publish_keys_file;
+    tq_sign_keys publish_keyring;
+    char *name;
+    int count;
+    long long size;
+    double ratio;
+    int on;
+    int checked; /* set by check */
+} test_cfg;
+
+static const tq_opt test_opts[] = {
+    TQ_OPT_DATABASE_URL(test_cfg),
+    TQ_OPT_AMQP_URL(test_cfg),
+    TQ_OPT_LOG_LEVEL(test_cfg),
+    {"TQTEST_NAME", "name", TQ_OPT_STR, offsetof(test_cfg, name), "dflt", 0, 0, NULL, "a name"},
+    {"TQTEST_COUNT", "count", TQ_OPT_INT, offsetof(test_cfg, count), "3", 1, 9, NULL, "a count"},
+    {"TQTEST_SIZE", "size", TQ_OPT_BYTES, offsetof(test_cfg, size), "1k", 0, 1 << 20, NULL,
+     "a size"},
+    {"TQTEST_RATIO", "ratio", TQ_OPT_DOUBLE, offsetof(test_cfg, ratio), "0.5", 0, 1, NULL,
+     "a ratio"},
+    {"TQTEST_ON", "on", TQ_OPT_BOOL, offsetof(test_cfg, on), "false", 0, 0, NULL, "a switch"},
+    TQ_OPT_RELAY_BATCH(test_cfg),
+    TQ_OPT_PUBLISH_KEYS(test_cfg),
+    TQ_OPT_PUBLISH_KEYS_FILE(test_cfg),
+};
+
+static int test_check(void *cfg, tq_errbuf *eb)
+{
+    test_cfg *c = cfg;
+    c->checked = 1;
+    return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
+                                  &c->publish_keyring, eb);
+}
+
+static void test_release(void *cfg)
+{
+    tq_sign_keys_wipe(&((test_cfg *)cfg)->publish_keyring);
+}
+
+static const tq_options test_options = {
+    .opts = test_opts,
+    .n_opts = sizeof test_opts / sizeof test_opts[0],
+    .size = sizeof(test_cfg),
+    .check = test_check,
+    .release = test_release,
 };
 
 static int reset_env(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof all_vars / sizeof all_vars[0]; i++)
-        unsetenv(all_vars[i]);
+    const char *vars[] = {"TQTEST_NAME",        "TQTEST_COUNT",        "TQTEST_SIZE",
+                          "TQTEST_RATIO",       "TQTEST_ON",           "TRAINQ_LOG_LEVEL",
+                          "TRAINQ_RELAY_BATCH", "TRAINQ_PUBLISH_KEYS", "TRAINQ_PUBLISH_KEYS_FILE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        unsetenv(vars[i]);
     setenv("TRAINQ_DATABASE_URL", "postgresql://u:p@127.0.0.1:5432/db", 1);
     setenv("TRAINQ_AMQP_URL", "amqp://u:p@127.0.0.1:5672/%2f", 1);
-    setenv("TRAINQ_JWT_SECRET", "0123456789abcdef-secret", 1);
-    setenv("TRAINQ_WORKER_ID", "w1", 1);
     return 0;
 }
 
-/* Loads with the given argv; returns the code and leaves the error line in eb. */
-static int load(tq_config *c, unsigned prog, tq_errbuf *eb, int argc, char **argv)
+static int load(test_cfg *c, tq_errbuf *eb, int argc, char **argv)
 {
     memset(eb, 0, sizeof *eb);
-    return tq_config_load(c, prog, argc, argv, eb);
+    return tq_config_load(&test_options, c, argc, argv, eb);
 }
 
-static void test_defaults_match_the_design(void **state)
+static void test_every_type_takes_defaults_env_and_flags(void **state)
 {
     (void)state;
-    tq_config c;
+    test_cfg c;
     tq_errbuf eb;
-    char *argv[] = {"trainq-producer"};
-    assert_int_equal(load(&c, TQ_PROG_PRODUCER, &eb, 1, argv), TQ_OK);
-    assert_string_equal(c.http_host, "127.0.0.1");
-    assert_int_equal(c.http_port, 3000);
-    assert_string_equal(c.jwt_alg, "HS256");
-    assert_string_equal(c.jwt_audience, "authenticated"); /* Supabase's user tokens */
-    assert_int_equal(c.submit_rate_per_minute, 10);
-    assert_int_equal(c.max_body_bytes, 65536);
-    tq_config_free(&c);
+    char *argv[] = {"prog"};
+    assert_int_equal(load(&c, &eb, 1, argv), TQ_OK);
+    assert_string_equal(c.name, "dflt");
+    assert_int_equal(c.count, 3);
+    assert_int_equal(c.size, 1024);
+    assert_true(c.ratio == 0.5);
+    assert_int_equal(c.on, 0);
+    assert_string_equal(c.log_level, "info");
+    assert_int_equal(c.relay_batch, 100);
+    assert_string_equal(c.publish_keys, "");
+    assert_int_equal(c.checked, 1);
+    tq_config_free(&test_options, &c);
+    assert_null(c.name);
 
-    char *argv2[] = {"trainq-consumer"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv2), TQ_OK);
-    assert_string_equal(c.gpus, "none");
-    assert_int_equal(c.gpus_mode, TQ_GPUS_CFG_NONE);
-    assert_int_equal(c.slots, 1);
-    assert_string_equal(c.docker_host, "unix:///var/run/docker.sock");
-    assert_int_equal(c.lease_seconds, 30);
-    assert_int_equal(c.remove_containers, 1);
-    assert_int_equal(c.models_read_only, 0);
-    assert_int_equal(c.shm_bytes, 2LL << 30);
-    tq_config_free(&c);
+    setenv("TQTEST_COUNT", "4", 1);
+    setenv("TQTEST_NAME", "from-env", 1);
+    char *argv2[] = {"prog", "--count=7", "--size", "2k", "--on", "yes", "--ratio=1"};
+    assert_int_equal(load(&c, &eb, 7, argv2), TQ_OK);
+    assert_string_equal(c.name, "from-env");
+    assert_int_equal(c.count, 7); /* the flag wins */
+    assert_int_equal(c.size, 2048);
+    assert_true(c.ratio == 1.0);
+    assert_int_equal(c.on, 1);
+    tq_config_free(&test_options, &c);
 }
 
-static void test_flags_override_environment(void **state)
+static void test_bad_values_name_the_variable_and_the_range(void **state)
 {
-    (void)state;
-    setenv("TRAINQ_HTTP_ADDR", "127.0.0.1:4000", 1);
-    tq_config c;
-    tq_errbuf eb;
-    char *argv[] = {"trainq-producer", "--http-addr=0.0.0.0:5000", "--http-threads", "8"};
-    assert_int_equal(load(&c, TQ_PROG_PRODUCER, &eb, 4, argv), TQ_OK);
-    assert_string_equal(c.http_host, "0.0.0.0");
-    assert_int_equal(c.http_port, 5000);
-    assert_int_equal(c.http_threads, 8);
-    tq_config_free(&c);
-}
-
-typedef struct {
-    unsigned prog;
-    const char *var, *value; /* set before loading */
-    const char *expect;      /* substring of the one error line */
-} bad_case;
-
-static const bad_case bad_cases[] = {
-    {TQ_PROG_PRODUCER, "TRAINQ_HTTP_ADDR", "localhost", "invalid TRAINQ_HTTP_ADDR \"localhost\": expected host:port"},
-    {TQ_PROG_PRODUCER, "TRAINQ_HTTP_ADDR", "127.0.0.1:70000", "invalid TRAINQ_HTTP_ADDR"},
-    {TQ_PROG_PRODUCER, "TRAINQ_HTTP_THREADS", "0", "invalid TRAINQ_HTTP_THREADS \"0\": expected an integer from 1 to 256"},
-    {TQ_PROG_PRODUCER, "TRAINQ_HTTP_THREADS", "4x", "invalid TRAINQ_HTTP_THREADS \"4x\""},
-    {TQ_PROG_PRODUCER, "TRAINQ_JWT_ALG", "none", "invalid TRAINQ_JWT_ALG \"none\": expected one of HS256"},
-    {TQ_PROG_PRODUCER, "TRAINQ_JWT_ALG", "RS256", "missing TRAINQ_JWT_PUBLIC_KEY_FILE"},
-    {TQ_PROG_PRODUCER, "TRAINQ_JWT_SECRET", "short", "invalid TRAINQ_JWT_SECRET: must be at least 16 bytes"},
-    {TQ_PROG_PRODUCER, "TRAINQ_JWT_SECRET", "", "missing TRAINQ_JWT_SECRET"},
-    {TQ_PROG_PRODUCER, "TRAINQ_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem", "conflicting TRAINQ_JWT_PUBLIC_KEY_FILE"},
-    {TQ_PROG_PRODUCER, "TRAINQ_MAX_BODY_BYTES", "10m", "invalid TRAINQ_MAX_BODY_BYTES \"10m\""},
-    {TQ_PROG_PRODUCER, "TRAINQ_AMQP_URL", "http://x", "invalid TRAINQ_AMQP_URL"},
-    {TQ_PROG_PRODUCER, "TRAINQ_DATABASE_URL", "", "invalid TRAINQ_DATABASE_URL: must not be empty"},
-    {TQ_PROG_PRODUCER, "TRAINQ_LOG_LEVEL", "loud", "invalid TRAINQ_LOG_LEVEL \"loud\""},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,,1", "invalid TRAINQ_GPUS \"0,,1\": expected none, all or device ids"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "gpu0", "invalid TRAINQ_GPUS"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "1,", "invalid TRAINQ_GPUS"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,0", "invalid TRAINQ_GPUS \"0,0\": device id 0 is listed twice"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "1,2,01", "invalid TRAINQ_GPUS \"1,2,01\": device id 1 is listed twice"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,12345678", "invalid TRAINQ_GPUS \"0,12345678\": device id \"12345678\" is longer than 7 digits"},
-    {TQ_PROG_CONSUMER, "TRAINQ_GPUS", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64", "like 0,1,2 (at most 64)"},
-    {TQ_PROG_CONSUMER, "TRAINQ_SLOTS", "65", "invalid TRAINQ_SLOTS \"65\": expected an integer from 1 to 64"},
-    {TQ_PROG_CONSUMER, "TRAINQ_HEARTBEAT_SECONDS", "20", "invalid TRAINQ_HEARTBEAT_SECONDS 20: must be at most half of TRAINQ_LEASE_SECONDS (30)"},
-    {TQ_PROG_CONSUMER, "TRAINQ_WORKER_ID", "a b", "invalid TRAINQ_WORKER_ID \"a b\""},
-    {TQ_PROG_CONSUMER, "TRAINQ_MEMORY_LIMIT", "12q", "invalid TRAINQ_MEMORY_LIMIT \"12q\""},
-    {TQ_PROG_CONSUMER, "TRAINQ_DOCKER_HOST", "tcp://1.2.3.4:2375", "invalid TRAINQ_DOCKER_HOST"},
-    {TQ_PROG_CONSUMER, "TRAINQ_REMOVE_CONTAINERS", "maybe", "invalid TRAINQ_REMOVE_CONTAINERS \"maybe\": expected true or false"},
-    {TQ_PROG_CONSUMER, "TRAINQ_CPUS", "nan", "invalid TRAINQ_CPUS \"nan\""},
-    {TQ_PROG_CONSUMER, "TRAINQ_DATA_DIR", "relative/dir", "invalid TRAINQ_DATA_DIR \"relative/dir\": expected an absolute path"},
-    {TQ_PROG_CONSUMER, "TRAINQ_METRICS_ADDR", ":9101", "invalid TRAINQ_METRICS_ADDR"},
-};
-
-static void test_every_bad_value_gets_one_clear_line(void **state)
-{
-    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
-        const bad_case *b = &bad_cases[i];
+    static const struct {
+        const char *var, *value, *expect;
+    } cases[] = {
+        {"TQTEST_COUNT", "10", "invalid TQTEST_COUNT \"10\": expected an integer from 1 to 9"},
+        {"TQTEST_SIZE", "2m",
+         "invalid TQTEST_SIZE \"2m\": expected a size from 0 to 1048576 bytes"},
+        {"TQTEST_RATIO", "1.5", "invalid TQTEST_RATIO \"1.5\": expected a number from 0 to 1"},
+        {"TQTEST_ON", "maybe", "invalid TQTEST_ON \"maybe\": expected true or false"},
+        {"TRAINQ_LOG_LEVEL", "loud", "invalid TRAINQ_LOG_LEVEL \"loud\": expected one of debug"},
+        {"TRAINQ_RELAY_BATCH", "0", "invalid TRAINQ_RELAY_BATCH \"0\": expected an integer"},
+        {"TRAINQ_AMQP_URL", "http://u:hunter2@h", "invalid TRAINQ_AMQP_URL: expected amqp://"},
+        {"TRAINQ_DATABASE_URL", "", "invalid TRAINQ_DATABASE_URL: must not be empty"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         reset_env(state);
-        setenv(b->var, b->value, 1);
-        tq_config c;
+        setenv(cases[i].var, cases[i].value, 1);
+        test_cfg c;
         tq_errbuf eb;
         char *argv[] = {"prog"};
-        int rc = load(&c, b->prog, &eb, 1, argv);
-        if (rc != TQ_ERR_CONFIG || !strstr(eb.msg, b->expect) || strchr(eb.msg, '\n'))
-            fail_msg("%s=%s: rc %d, line \"%s\", wanted \"%s\"", b->var, b->value, rc, eb.msg,
-                     b->expect);
-        tq_config_free(&c);
+        int rc = load(&c, &eb, 1, argv);
+        if (rc != TQ_ERR_CONFIG || !strstr(eb.msg, cases[i].expect) || strstr(eb.msg, "hunter2"))
+            fail_msg("%s=%s: rc %d, line \"%s\"", cases[i].var, cases[i].value, rc, eb.msg);
+        tq_config_free(&test_options, &c);
     }
 }
 
-static void test_secrets_are_never_echoed(void **state)
+static void test_help_and_version_are_done_not_an_error(void **state)
 {
     (void)state;
-    setenv("TRAINQ_AMQP_URL", "http://user:hunter2@host", 1);
-    tq_config c;
-    tq_errbuf eb;
-    char *argv[] = {"trainq-producer"};
-    assert_int_equal(load(&c, TQ_PROG_PRODUCER, &eb, 1, argv), TQ_ERR_CONFIG);
-    assert_null(strstr(eb.msg, "hunter2"));
-    tq_config_free(&c);
+    const char *asks[] = {"--help", "-h", "--version", "--config-markdown"};
+    for (size_t i = 0; i < sizeof asks / sizeof asks[0]; i++) {
+        test_cfg c;
+        tq_errbuf eb;
+        char *argv[] = {"prog", (char *)asks[i]};
+        assert_int_equal(load(&c, &eb, 2, argv), TQ_ERR_EXIT_OK);
+        tq_config_free(&test_options, &c);
+    }
+    /* Negative like every tq_err, with its own message, and main exits 0 for it. */
+    assert_true(TQ_ERR_EXIT_OK < 0);
+    assert_string_not_equal(tq_strerror(TQ_ERR_EXIT_OK), "unknown error");
+    assert_int_equal(tq_program_exit_code(TQ_ERR_EXIT_OK), 0);
+    assert_int_equal(tq_program_exit_code(TQ_ERR_CONFIG), 2);
+    assert_int_equal(tq_program_exit_code(TQ_ERR_NOMEM), 2);
 }
 
-static void test_missing_required_and_unknown_flags(void **state)
+static void test_string_values_are_found_by_variable(void **state)
 {
     (void)state;
-    unsetenv("TRAINQ_DATABASE_URL");
-    tq_config c;
+    setenv("TRAINQ_LOG_LEVEL", "warn", 1);
+    test_cfg c;
     tq_errbuf eb;
-    char *argv[] = {"trainq-consumer"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv), TQ_ERR_CONFIG);
-    assert_non_null(strstr(eb.msg, "missing TRAINQ_DATABASE_URL (or --database-url)"));
-    tq_config_free(&c);
-
-    reset_env(state);
-    char *argv2[] = {"trainq-consumer", "--no-such-flag=1"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 2, argv2), TQ_ERR_CONFIG);
-    assert_non_null(strstr(eb.msg, "unknown option \"--no-such-flag\""));
-    tq_config_free(&c);
-
-    /* A producer flag is unknown to the consumer. */
-    char *argv3[] = {"trainq-consumer", "--http-addr", "127.0.0.1:1"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 3, argv3), TQ_ERR_CONFIG);
-    tq_config_free(&c);
-
-    char *argv4[] = {"trainq-consumer", "--slots"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 2, argv4), TQ_ERR_CONFIG);
-    assert_non_null(strstr(eb.msg, "missing value for --slots"));
-    tq_config_free(&c);
+    char *argv[] = {"prog"};
+    assert_int_equal(load(&c, &eb, 1, argv), TQ_OK);
+    assert_string_equal(tq_config_str(&test_options, &c, "TRAINQ_LOG_LEVEL"), "warn");
+    assert_string_equal(tq_config_str(&test_options, &c, "TQTEST_NAME"), "dflt");
+    assert_null(tq_config_str(&test_options, &c, "TQTEST_COUNT")); /* not a string */
+    assert_null(tq_config_str(&test_options, &c, "TRAINQ_NO_SUCH"));
+    tq_config_free(&test_options, &c);
 }
 
-static void test_gpu_ids_make_one_slot_each(void **state)
+static void test_markdown_lists_every_row_in_table_order(void **state)
 {
     (void)state;
-    setenv("TRAINQ_GPUS", "0,2,3", 1);
-    setenv("TRAINQ_SLOTS", "9", 1); /* ignored with explicit ids */
-    tq_config c;
-    tq_errbuf eb;
-    char *argv[] = {"trainq-consumer"};
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv), TQ_OK);
-    assert_int_equal(c.gpus_mode, TQ_GPUS_CFG_IDS);
-    assert_int_equal(c.slots, 3);
-    assert_string_equal(tq_config_slot_gpu(&c, 0), "0");
-    assert_string_equal(tq_config_slot_gpu(&c, 1), "2");
-    assert_string_equal(tq_config_slot_gpu(&c, 2), "3");
-    assert_null(tq_config_slot_gpu(&c, 3));
-    tq_config_free(&c);
-
-    setenv("TRAINQ_GPUS", "5,1234567", 1); /* the longest id is kept whole */
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv), TQ_OK);
-    assert_int_equal(c.slots, 2);
-    assert_string_equal(tq_config_slot_gpu(&c, 1), "1234567");
-    tq_config_free(&c);
-
-    setenv("TRAINQ_GPUS", "all", 1);
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb, 1, argv), TQ_OK);
-    assert_int_equal(c.gpus_mode, TQ_GPUS_CFG_ALL);
-    assert_int_equal(c.slots, 1);
-    assert_null(tq_config_slot_gpu(&c, 0));
-    tq_config_free(&c);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    tq_config_print_markdown(f, &test_options);
+    fclose(f);
+    assert_non_null(strstr(text, "| `TRAINQ_DATABASE_URL` | `--database-url` | `(required)` |"));
+    assert_non_null(strstr(text, "| `TRAINQ_PUBLISH_KEYS` | `--publish-keys` | `(empty)` |"));
+    assert_non_null(strstr(text, "| `TQTEST_COUNT` | `--count` | `3` | a count |"));
+    assert_true(strstr(text, "TQTEST_ON") < strstr(text, "TRAINQ_RELAY_BATCH"));
+    free(text);
 }
 
 static void test_sizes_and_addresses_parse(void **state)
@@ -240,12 +228,11 @@ static void test_sizes_and_addresses_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(test_defaults_match_the_design, reset_env),
-        cmocka_unit_test_setup(test_flags_override_environment, reset_env),
-        cmocka_unit_test_setup(test_every_bad_value_gets_one_clear_line, reset_env),
-        cmocka_unit_test_setup(test_secrets_are_never_echoed, reset_env),
-        cmocka_unit_test_setup(test_missing_required_and_unknown_flags, reset_env),
-        cmocka_unit_test_setup(test_gpu_ids_make_one_slot_each, reset_env),
+        cmocka_unit_test_setup(test_every_type_takes_defaults_env_and_flags, reset_env),
+        cmocka_unit_test_setup(test_bad_values_name_the_variable_and_the_range, reset_env),
+        cmocka_unit_test_setup(test_help_and_version_are_done_not_an_error, reset_env),
+        cmocka_unit_test_setup(test_string_values_are_found_by_variable, reset_env),
+        cmocka_unit_test_setup(test_markdown_lists_every_row_in_table_order, reset_env),
         cmocka_unit_test_setup(test_sizes_and_addresses_parse, reset_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

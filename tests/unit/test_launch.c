@@ -23,22 +23,25 @@
 #include "launch.h"
 
 #define JOB_ID "3f2a8c1e-9b7d-4e6f-a1b2-c3d4e5f60718"
-#define USER_ID "11111111-2222-3333-4444-555555555555"
 
-static json_t *make_job(const char *type)
+/* The typed job a claim hands to launch: parsed by tq_job.c, as the consumer's decode of
+ * the row's message does, so every default is tq_job.c's. */
+static tq_submission make_job(const char *type)
 {
     json_error_t err;
     json_t *j = json_pack_ex(&err, 0,
-                             "{s:s, s:s, s:s, s:s, s:s, s:s,"
+                             "{s:s, s:s, s:s, s:s,"
                              " s:{s:f, s:i, s:i, s:i, s:i, s:i}, s:[s, s]}",
-                             "id", JOB_ID, "user_id", USER_ID, "dataset_id",
-                             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "name", "my style", "type",
-                             type, "base_model", "runwayml/stable-diffusion-v1-5", "config",
-                             "learning_rate", 2e-4, "batch_size", 2, "steps", 1500, "resolution",
-                             768, "lora_rank", 32, "lora_alpha", 16, "trigger_words", "sks",
-                             "watercolor");
+                             "dataset_id", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "name",
+                             "my style", "type", type, "base_model",
+                             "runwayml/stable-diffusion-v1-5", "config", "learning_rate", 2e-4,
+                             "batch_size", 2, "steps", 1500, "resolution", 768, "lora_rank", 32,
+                             "lora_alpha", 16, "trigger_words", "sks", "watercolor");
     assert_non_null(j);
-    return j;
+    tq_submission sub;
+    assert_int_equal(tq_submission_from_json(j, &sub, NULL), TQ_OK);
+    json_decref(j);
+    return sub;
 }
 
 /* The object's keys, sorted and joined with ",". */
@@ -67,8 +70,8 @@ static void keys_of(const json_t *o, char *out, size_t cap)
 static void config_json_of_a_lora_job_has_the_diffusers_arguments(void **state)
 {
     (void)state;
-    json_t *job = make_job("lora");
-    json_t *c = tq_launch_training_config(job, NULL);
+    tq_submission job = make_job("lora");
+    json_t *c = tq_launch_training_config(&job, JOB_ID, NULL);
     assert_non_null(c);
     char keys[2048];
     keys_of(c, keys, sizeof keys);
@@ -104,14 +107,14 @@ static void config_json_of_a_lora_job_has_the_diffusers_arguments(void **state)
     json_int_t seed = json_integer_value(json_object_get(c, "seed"));
     assert_true(seed >= 0 && seed <= 0x7fffffff);
     json_decref(c);
-    json_decref(job);
+    tq_submission_free(&job);
 }
 
 static void config_json_of_a_dreambooth_job_names_the_instance_data_dir(void **state)
 {
     (void)state;
-    json_t *job = make_job("dreambooth");
-    json_t *c = tq_launch_training_config(job, "/somewhere/else");
+    tq_submission job = make_job("dreambooth");
+    json_t *c = tq_launch_training_config(&job, JOB_ID, "/somewhere/else");
     assert_non_null(c);
     char keys[2048];
     keys_of(c, keys, sizeof keys);
@@ -127,15 +130,15 @@ static void config_json_of_a_dreambooth_job_names_the_instance_data_dir(void **s
                         "sks, watercolor");
     assert_string_equal(json_string_value(json_object_get(c, "training_type")), "dreambooth");
     json_decref(c);
-    json_decref(job);
+    tq_submission_free(&job);
 }
 
 static void config_json_is_the_same_bytes_for_the_same_job(void **state)
 {
     (void)state;
-    json_t *job = make_job("lora");
-    json_t *a = tq_launch_training_config(job, NULL);
-    json_t *b = tq_launch_training_config(job, NULL);
+    tq_submission job = make_job("lora");
+    json_t *a = tq_launch_training_config(&job, JOB_ID, NULL);
+    json_t *b = tq_launch_training_config(&job, JOB_ID, NULL);
     char *sa = json_dumps(a, JSON_SORT_KEYS);
     char *sb = json_dumps(b, JSON_SORT_KEYS);
     assert_string_equal(sa, sb);
@@ -149,22 +152,25 @@ static void config_json_is_the_same_bytes_for_the_same_job(void **state)
     free(sb);
 
     /* Another job id gets another seed. */
-    json_object_set_new(job, "id", json_string("00000000-0000-0000-0000-000000000001"));
-    json_t *c = tq_launch_training_config(job, NULL);
+    json_t *c = tq_launch_training_config(&job, "00000000-0000-0000-0000-000000000001", NULL);
     assert_int_not_equal(json_integer_value(json_object_get(a, "seed")),
                          json_integer_value(json_object_get(c, "seed")));
     json_decref(a);
     json_decref(b);
     json_decref(c);
-    json_decref(job);
+    tq_submission_free(&job);
 }
 
 static void config_json_fills_defaults_and_refuses_a_job_without_type(void **state)
 {
     (void)state;
-    json_t *job = json_pack("{s:s, s:s, s:s, s:{}}", "id", JOB_ID, "type", "lora", "base_model",
-                            "org/model", "config");
-    json_t *c = tq_launch_training_config(job, NULL);
+    /* The defaults come from tq_job.c's parse, the one place that applies them. */
+    json_t *body = json_pack("{s:s, s:s, s:s, s:{}}", "dataset_id",
+                             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "type", "lora", "base_model",
+                             "org/model", "config");
+    tq_submission job;
+    assert_int_equal(tq_submission_from_json(body, &job, NULL), TQ_OK);
+    json_t *c = tq_launch_training_config(&job, JOB_ID, NULL);
     assert_non_null(c);
     assert_int_equal(json_integer_value(json_object_get(c, "max_train_steps")), 1000);
     assert_int_equal(json_integer_value(json_object_get(c, "checkpointing_steps")), 200);
@@ -175,11 +181,21 @@ static void config_json_fills_defaults_and_refuses_a_job_without_type(void **sta
     assert_string_equal(json_string_value(json_object_get(c, "job_name")), "lora org/model");
     json_decref(c);
 
-    json_object_set_new(job, "type", json_string("textual_inversion"));
-    assert_null(tq_launch_training_config(job, NULL));
-    json_object_del(job, "type");
-    assert_null(tq_launch_training_config(job, NULL));
-    json_decref(job);
+    /* A type outside the enum, a job without base_model or without id: refused. */
+    tq_job_type type = job.type;
+    job.type = (tq_job_type)7; /* "textual_inversion" has no place in the enum */
+    assert_null(tq_launch_training_config(&job, JOB_ID, NULL));
+    job.type = type;
+    char *base = job.base_model;
+    job.base_model = NULL;
+    assert_null(tq_launch_training_config(&job, JOB_ID, NULL));
+    job.base_model = base;
+    assert_null(tq_launch_training_config(&job, NULL, NULL));
+    tq_submission_free(&job);
+    /* A job without type never becomes a typed job at all. */
+    json_object_del(body, "type");
+    assert_int_equal(tq_submission_from_json(body, &job, NULL), TQ_ERR_INVALID);
+    json_decref(body);
 }
 
 /* ---- the file system fixture -------------------------------------------------------- */
@@ -378,7 +394,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
     tq_config cfg;
     char data[PATH_MAX], hf[PATH_MAX], p[PATH_MAX];
     test_config(f, &cfg, data, hf);
-    json_t *job = make_job("dreambooth");
+    tq_submission job = make_job("dreambooth");
     tq_launch_paths paths;
     tq_errbuf eb = {{0}};
 
@@ -388,7 +404,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
     for (int round = 0; round < 2; round++) { /* the second run finds everything in place */
         if (round == 1)
             assert_int_equal(chmod(paths.outputs, 0755), 0);
-        int rc = tq_launch_prepare(&cfg, job, "link_in", &paths, &eb);
+        int rc = tq_launch_prepare(&cfg, &job, JOB_ID, "link_in", &paths, &eb);
         if (rc != TQ_OK)
             fail_msg("round %d: %d %s", round, rc, eb.msg);
         pathf(p, "%s/a", f->root);
@@ -410,7 +426,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
         json_error_t jerr;
         json_t *written = json_load_file(paths.config_file, 0, &jerr);
         assert_non_null(written);
-        json_t *want = tq_launch_training_config(job, NULL);
+        json_t *want = tq_launch_training_config(&job, JOB_ID, NULL);
         assert_true(json_equal(written, want));
         json_decref(want);
         json_decref(written);
@@ -427,7 +443,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
             n++;
     closedir(d);
     assert_int_equal(n, 1);
-    json_decref(job);
+    tq_submission_free(&job);
 }
 
 /* The Hugging Face cache is shared by every user's jobs: read-only on request, so one job
@@ -487,15 +503,14 @@ static void prepare_refuses_bad_input_before_writing_anything(void **state)
     tq_errbuf eb = {{0}};
     struct stat st;
 
-    json_t *job = make_job("lora");
-    assert_int_equal(tq_launch_prepare(&cfg, job, "link_out", &paths, &eb), TQ_ERR_FORBIDDEN);
-    assert_int_equal(tq_launch_prepare(&cfg, job, "missing", &paths, &eb), TQ_ERR_NOT_FOUND);
+    tq_submission job = make_job("lora");
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "link_out", &paths, &eb), TQ_ERR_FORBIDDEN);
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "missing", &paths, &eb), TQ_ERR_NOT_FOUND);
     assert_int_equal(stat(data, &st), -1); /* nothing created for a job that cannot run */
 
-    json_object_set_new(job, "id", json_string("../../etc"));
-    assert_int_equal(tq_launch_prepare(&cfg, job, "a", &paths, &eb), TQ_ERR_INVALID);
+    assert_int_equal(tq_launch_prepare(&cfg, &job, "../../etc", "a", &paths, &eb), TQ_ERR_INVALID);
     assert_int_equal(stat(data, &st), -1);
-    json_decref(job);
+    tq_submission_free(&job);
 }
 
 /* ---- command splitting ------------------------------------------------------------- */

@@ -12,7 +12,6 @@
 
 #include <cmocka.h>
 
-#include "tq_config.h"
 #include "tq_sign.h"
 
 static const char SECRET_A[] = "0123456789abcdef0123456789abcdef"; /* 32 bytes */
@@ -279,89 +278,6 @@ static void test_verify_names_what_is_missing_or_malformed(void **state)
     assert_int_equal(tq_sign_verify(&k, "old", 3, v, strlen(v), NULL, 0, why, sizeof why), TQ_OK);
 }
 
-/* ---- the options in tq_config: TRAINQ_PUBLISH_KEYS / TRAINQ_PUBLISH_KEYS_FILE */
-
-static int reset_env(void **state)
-{
-    (void)state;
-    unsetenv("TRAINQ_PUBLISH_KEYS");
-    unsetenv("TRAINQ_PUBLISH_KEYS_FILE");
-    setenv("TRAINQ_DATABASE_URL", "postgresql://u:p@127.0.0.1:5432/db", 1);
-    setenv("TRAINQ_AMQP_URL", "amqp://u:p@127.0.0.1:5672/%2f", 1);
-    setenv("TRAINQ_JWT_SECRET", "0123456789abcdef-secret", 1);
-    setenv("TRAINQ_WORKER_ID", "w1", 1);
-    return 0;
-}
-
-static int load(tq_config *c, unsigned prog, tq_errbuf *eb)
-{
-    char *argv[] = {"trainq"};
-    memset(eb, 0, sizeof *eb);
-    return tq_config_load(c, prog, 1, argv, eb);
-}
-
-static void test_config_keys_are_optional_and_checked_at_start(void **state)
-{
-    (void)state;
-    tq_config c;
-    tq_errbuf eb;
-    unsigned progs[] = {TQ_PROG_PRODUCER, TQ_PROG_CONSUMER};
-    for (size_t i = 0; i < 2; i++) {
-        assert_int_equal(load(&c, progs[i], &eb), TQ_OK);
-        assert_int_equal(c.publish_keyring.n, 0);
-        tq_config_free(&c);
-
-        char text[256];
-        snprintf(text, sizeof text, "new:%s,old:%s", SECRET_B, SECRET_A);
-        setenv("TRAINQ_PUBLISH_KEYS", text, 1);
-        assert_int_equal(load(&c, progs[i], &eb), TQ_OK);
-        assert_int_equal(c.publish_keyring.n, 2);
-        assert_string_equal(c.publish_keyring.keys[0].id, "new");
-        tq_config_free(&c);
-        assert_int_equal(c.publish_keyring.n, 0);
-
-        setenv("TRAINQ_PUBLISH_KEYS", "a:tooshort", 1);
-        assert_int_equal(load(&c, progs[i], &eb), TQ_ERR_CONFIG);
-        assert_string_equal(eb.msg, "invalid TRAINQ_PUBLISH_KEYS: key \"a\" has a secret of 8 "
-                                    "bytes; at least 32 are required");
-        tq_config_free(&c);
-        unsetenv("TRAINQ_PUBLISH_KEYS");
-    }
-}
-
-static void test_config_keys_from_a_file(void **state)
-{
-    (void)state;
-    char path[] = "/tmp/tq-test-sign-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    char text[256];
-    int n = snprintf(text, sizeof text, "new:%s\nold:%s\n", SECRET_B, SECRET_A);
-    assert_int_equal(write(fd, text, (size_t)n), n);
-    close(fd);
-
-    tq_config c;
-    tq_errbuf eb;
-    setenv("TRAINQ_PUBLISH_KEYS_FILE", path, 1);
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb), TQ_OK);
-    assert_int_equal(c.publish_keyring.n, 2);
-    assert_string_equal(c.publish_keyring.keys[1].id, "old");
-    assert_int_equal(c.publish_keyring.keys[1].secret_len, strlen(SECRET_A));
-    tq_config_free(&c);
-
-    /* both set: which one wins would be a guess */
-    setenv("TRAINQ_PUBLISH_KEYS", text, 1);
-    assert_int_equal(load(&c, TQ_PROG_CONSUMER, &eb), TQ_ERR_CONFIG);
-    assert_non_null(strstr(eb.msg, "conflicting TRAINQ_PUBLISH_KEYS_FILE"));
-    tq_config_free(&c);
-    unsetenv("TRAINQ_PUBLISH_KEYS");
-
-    unlink(path);
-    assert_int_equal(load(&c, TQ_PROG_PRODUCER, &eb), TQ_ERR_CONFIG);
-    assert_non_null(strstr(eb.msg, "cannot read TRAINQ_PUBLISH_KEYS_FILE"));
-    tq_config_free(&c);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,8 +288,6 @@ int main(void)
         cmocka_unit_test(test_signature_is_v1_lowercase_hex_of_the_body),
         cmocka_unit_test(test_verify_accepts_any_listed_key_and_nothing_else),
         cmocka_unit_test(test_verify_names_what_is_missing_or_malformed),
-        cmocka_unit_test_setup(test_config_keys_are_optional_and_checked_at_start, reset_env),
-        cmocka_unit_test_setup(test_config_keys_from_a_file, reset_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

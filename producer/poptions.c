@@ -1,0 +1,133 @@
+#include "poptions.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define OFF(f) offsetof(tq_config, f)
+
+static const tq_opt options[] = {
+    TQ_OPT_DATABASE_URL(tq_config),
+    TQ_OPT_AMQP_URL(tq_config),
+    TQ_OPT_LOG_LEVEL(tq_config),
+    {"TRAINQ_HTTP_ADDR", "http-addr", TQ_OPT_STR, OFF(http_addr), "127.0.0.1:3000", 0, 0, NULL,
+     "HTTP listen address host:port (port 0 picks a free port)"},
+    {"TRAINQ_HTTP_THREADS", "http-threads", TQ_OPT_INT, OFF(http_threads), "4", 1, 256, NULL,
+     "HTTP worker threads (each holds one Postgres connection)"},
+    {"TRAINQ_JWT_ALG", "jwt-alg", TQ_OPT_ENUM, OFF(jwt_alg), "HS256", 0, 0,
+     "HS256,HS384,HS512,RS256,RS384,RS512,ES256,ES384",
+     "the only JWT algorithm accepted (never taken from the token)"},
+    {"TRAINQ_JWT_SECRET", "jwt-secret", TQ_OPT_SECRET, OFF(jwt_secret), "", 0, 0, NULL,
+     "HMAC secret for HS* tokens (e.g. the Supabase JWT secret)"},
+    {"TRAINQ_JWT_PUBLIC_KEY_FILE", "jwt-public-key-file", TQ_OPT_STR, OFF(jwt_public_key_file), "",
+     0, 0, NULL, "PEM public key file for RS*/ES* tokens"},
+    {"TRAINQ_JWT_AUDIENCE", "jwt-audience", TQ_OPT_STR, OFF(jwt_audience), "authenticated", 0, 0,
+     NULL, "required `aud` claim (Supabase's user tokens carry `authenticated`); `-`: any"},
+    {"TRAINQ_JWT_ISSUER", "jwt-issuer", TQ_OPT_STR, OFF(jwt_issuer), "", 0, 0, NULL,
+     "required `iss` claim (empty: not checked)"},
+    {"TRAINQ_JWT_LEEWAY_SECONDS", "jwt-leeway-seconds", TQ_OPT_INT, OFF(jwt_leeway_seconds), "30",
+     0, 300, NULL, "clock skew allowed when checking exp/nbf/iat"},
+    {"TRAINQ_CORS_ORIGINS", "cors-origins", TQ_OPT_STR, OFF(cors_origins), "*", 0, 0, NULL,
+     "comma-separated allowed origins, `*` for any, empty for none"},
+    {"TRAINQ_SUBMIT_RATE_PER_MINUTE", "submit-rate-per-minute", TQ_OPT_INT,
+     OFF(submit_rate_per_minute), "10", 1, 1000000, NULL,
+     "submissions per user per minute, shared by all producers"},
+    {"TRAINQ_READ_RATE_PER_MINUTE", "read-rate-per-minute", TQ_OPT_INT, OFF(read_rate_per_minute),
+     "600", 1, 1000000, NULL, "status/list/events requests per user per minute"},
+    {"TRAINQ_MAX_BODY_BYTES", "max-body-bytes", TQ_OPT_BYTES, OFF(max_body_bytes), "64k", 1024,
+     65536, NULL, "largest accepted request body (413 beyond it)"},
+    TQ_OPT_RELAY_BATCH(tq_config),
+    TQ_OPT_PUBLISH_KEYS(tq_config),
+    TQ_OPT_PUBLISH_KEYS_FILE(tq_config),
+    {"TRAINQ_REQUEST_TIMEOUT_SECONDS", "request-timeout-seconds", TQ_OPT_INT,
+     OFF(request_timeout_seconds), "30", 1, 3600, NULL, "idle HTTP connection timeout"},
+    {"TRAINQ_HTTP_MAX_CONNECTIONS", "http-max-connections", TQ_OPT_INT, OFF(http_max_connections),
+     "1024", 16, 100000, NULL,
+     "HTTP connections open at once, all clients (8 more are kept for /healthz and /readyz); "
+     "beyond it new connections are closed at once"},
+    {"TRAINQ_HTTP_MAX_CONNECTIONS_PER_CLIENT", "http-max-connections-per-client", TQ_OPT_INT,
+     OFF(http_max_connections_per_client), "64", 1, 100000, NULL,
+     "HTTP connections one peer address may hold (trusted proxies exempt); more are closed at "
+     "once"},
+    {"TRAINQ_HTTP_HEADER_TIMEOUT_SECONDS", "http-header-timeout-seconds", TQ_OPT_INT,
+     OFF(http_header_timeout_seconds), "10", 1, 3600, NULL,
+     "a request's headers must be in this long after the connection opened (not reset by "
+     "trickled bytes)"},
+    {"TRAINQ_HTTP_BODY_TIMEOUT_SECONDS", "http-body-timeout-seconds", TQ_OPT_INT,
+     OFF(http_body_timeout_seconds), "30", 1, 3600, NULL,
+     "a request's body must be in this long after its headers (not reset by trickled bytes)"},
+    {"TRAINQ_HTTP_TRUSTED_PROXIES", "http-trusted-proxies", TQ_OPT_STR, OFF(http_trusted_proxies),
+     "", 0, 0, NULL,
+     "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (others' is "
+     "ignored)"},
+};
+
+/* The JWT algorithm decides which of the secret and the key file is used: exactly that one
+ * must be set, so a token is never checked against a credential the operator did not mean. */
+static int check_jwt(tq_config *c, tq_errbuf *eb)
+{
+    int hs = c->jwt_alg[0] == 'H';
+    if (hs && !*c->jwt_secret)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "missing TRAINQ_JWT_SECRET: TRAINQ_JWT_ALG %s needs a shared secret",
+                       c->jwt_alg);
+    if (!hs && !*c->jwt_public_key_file)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "missing TRAINQ_JWT_PUBLIC_KEY_FILE: TRAINQ_JWT_ALG %s needs a public key",
+                       c->jwt_alg);
+    if (hs && *c->jwt_public_key_file)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "conflicting TRAINQ_JWT_PUBLIC_KEY_FILE: TRAINQ_JWT_ALG %s uses "
+                       "TRAINQ_JWT_SECRET; set TRAINQ_JWT_ALG to RS256 or ES256 to use a key",
+                       c->jwt_alg);
+    if (!hs && *c->jwt_secret)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "conflicting TRAINQ_JWT_SECRET: TRAINQ_JWT_ALG %s verifies with "
+                       "TRAINQ_JWT_PUBLIC_KEY_FILE",
+                       c->jwt_alg);
+    if (hs && strlen(c->jwt_secret) < 16)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_JWT_SECRET: must be at least 16 bytes long");
+    if (!hs)
+        return tq_config_read_file("TRAINQ_JWT_PUBLIC_KEY_FILE", c->jwt_public_key_file,
+                                   &c->jwt_public_key_pem, eb);
+    return TQ_OK;
+}
+
+static int check(void *cfg, tq_errbuf *eb)
+{
+    tq_config *c = cfg;
+    if (tq_parse_hostport(c->http_addr, c->http_host, sizeof c->http_host, &c->http_port))
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid TRAINQ_HTTP_ADDR \"%.200s\": expected host:port",
+                       c->http_addr);
+    int rc = check_jwt(c, eb);
+    if (rc != TQ_OK)
+        return rc;
+    return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
+                                  &c->publish_keyring, eb);
+}
+
+static void release(void *cfg)
+{
+    tq_config *c = cfg;
+    free(c->jwt_public_key_pem);
+    c->jwt_public_key_pem = NULL;
+    tq_sign_keys_wipe(&c->publish_keyring);
+}
+
+const tq_options tq_producer_options = {
+    .opts = options,
+    .n_opts = sizeof options / sizeof options[0],
+    .size = sizeof(tq_config),
+    .check = check,
+    .release = release,
+};
+
+int tq_producer_config_load(tq_config *c, int argc, char **argv, tq_errbuf *eb)
+{
+    return tq_config_load(&tq_producer_options, c, argc, argv, eb);
+}
+
+void tq_producer_config_free(tq_config *c)
+{
+    tq_config_free(&tq_producer_options, c);
+}

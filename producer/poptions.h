@@ -1,0 +1,54 @@
+/*
+ * poptions — the producer's options: its table (TRAINQ_HTTP_*, TRAINQ_JWT_*, rate limits and
+ * the shared TRAINQ_DATABASE_URL ...), the struct it fills and the rules that join several
+ * values (the JWT algorithm and its secret or key file). shared/tq_config does the parsing.
+ */
+#ifndef TQ_POPTIONS_H
+#define TQ_POPTIONS_H
+
+#include "tq_config.h"
+#include "tq_sign.h"
+
+/* The producer's configuration. Its modules call it tq_config; the consumer has its own
+ * tq_config (consumer/coptions.h), and no file includes both. */
+typedef struct tq_producer_config {
+    /* shared with the consumer (tq_config.h: TQ_OPT_DATABASE_URL ...) */
+    char *database_url;
+    char *amqp_url;
+    char *log_level;
+    int relay_batch;
+    char *publish_keys;
+    char *publish_keys_file;
+    tq_sign_keys publish_keyring; /* parsed from one of the two at load; wiped by free */
+    /* the producer's own */
+    char *http_addr; /* host:port as given */
+    char http_host[TQ_CONFIG_HOST_BUF];
+    int http_port;
+    int http_threads;
+    char *jwt_alg;
+    char *jwt_secret;
+    char *jwt_public_key_file;
+    char *jwt_public_key_pem; /* read from jwt_public_key_file at load; owned */
+    char *jwt_audience;
+    char *jwt_issuer;
+    int jwt_leeway_seconds;
+    char *cors_origins; /* comma-separated, or "*" */
+    int submit_rate_per_minute;
+    int read_rate_per_minute;
+    long long max_body_bytes;
+    int request_timeout_seconds;
+    int http_max_connections;
+    int http_max_connections_per_client;
+    int http_header_timeout_seconds;
+    int http_body_timeout_seconds;
+    char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
+} tq_config;
+
+/* The producer's option table, for tq_program_start and tq_config_print_markdown. */
+extern const tq_options tq_producer_options;
+
+/* tq_config_load / tq_config_free with the producer's table. */
+int tq_producer_config_load(tq_config *c, int argc, char **argv, tq_errbuf *eb);
+void tq_producer_config_free(tq_config *c);
+
+#endif

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "tq_prom.h"
+
 /* ---- values ---------------------------------------------------------------------------- */
 
 static atomic_long values[TQ_CM__COUNT];
@@ -62,9 +64,6 @@ static const struct {
 #define N_BUCKETS 13
 static const double bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                             1,     2.5,  5,     10,   30,  60};
-static const char *const bucket_label[N_BUCKETS] = {"0.005", "0.01", "0.025", "0.05", "0.1",
-                                                    "0.25",  "0.5",  "1",     "2.5",  "5",
-                                                    "10",    "30",   "60"};
 /* Per-bucket (not cumulative) counts; the last one is +Inf. Cumulated at render time. */
 static atomic_ulong dispatch_counts[N_BUCKETS + 1];
 static atomic_llong dispatch_sum_us;
@@ -117,48 +116,28 @@ void tq_cmetrics_reset(void)
 
 char *tq_cmetrics_render(void)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f)
+    tq_prom_doc d;
+    if (tq_prom_begin(&d) != 0)
         return NULL;
     for (size_t i = 0; i < TQ_CM__COUNT; i++) {
-        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %ld\n", defs[i].name, defs[i].help,
-                defs[i].name, defs[i].gauge ? "gauge" : "counter", defs[i].name,
-                atomic_load(&values[i]));
+        tq_prom_scalar(&d, defs[i].name, defs[i].gauge ? "gauge" : "counter", defs[i].help,
+                       atomic_load(&values[i]));
         if (i == TQ_CM_SLOTS_BUSY) {
             long free_slots = atomic_load(&values[TQ_CM_SLOTS_TOTAL]) - atomic_load(&values[i]);
-            fprintf(f,
-                    "# HELP trainq_consumer_slots_free Slots ready for a job.\n"
-                    "# TYPE trainq_consumer_slots_free gauge\n"
-                    "trainq_consumer_slots_free %ld\n",
-                    free_slots > 0 ? free_slots : 0);
+            tq_prom_scalar(&d, "trainq_consumer_slots_free", "gauge", "Slots ready for a job.",
+                           free_slots > 0 ? free_slots : 0);
         }
     }
     const char *h = "trainq_consumer_dispatch_latency_seconds";
-    fprintf(f,
-            "# HELP %s Seconds from the message's publication (or the job's creation) to its "
-            "container start.\n# TYPE %s histogram\n",
-            h, h);
-    unsigned long cum = 0;
-    for (size_t i = 0; i < N_BUCKETS; i++) {
-        cum += atomic_load(&dispatch_counts[i]);
-        fprintf(f, "%s_bucket{le=\"%s\"} %lu\n", h, bucket_label[i], cum);
-    }
-    cum += atomic_load(&dispatch_counts[N_BUCKETS]);
-    long long sum_us = atomic_load(&dispatch_sum_us);
-    fprintf(f, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %lld.%06lld\n%s_count %lu\n", h, cum, h,
-            sum_us / 1000000, sum_us % 1000000, h, cum);
-    if (ferror(f)) {
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    if (fclose(f) != 0) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
+    tq_prom_head(&d, h, "histogram",
+                 "Seconds from the message's publication (or the job's creation) to its "
+                 "container start.");
+    unsigned long long counts[N_BUCKETS + 1];
+    for (size_t i = 0; i <= N_BUCKETS; i++)
+        counts[i] = atomic_load(&dispatch_counts[i]);
+    tq_prom_histogram(&d, h, NULL, bucket_le, N_BUCKETS, counts,
+                      (unsigned long long)atomic_load(&dispatch_sum_us));
+    return tq_prom_end(&d, NULL);
 }
 
 /* ---- server ---------------------------------------------------------------------------- */

@@ -1,10 +1,13 @@
 #include "container_spec.h"
 
 #include <jansson.h>
-#include <stdlib.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "tq_json.h"
 
 #define NAME_MAX_LEN 128
 #define GPU_ID_MAX_LEN 64
@@ -149,7 +152,7 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
                            "container runtime socket",
                            s->name, m->source);
     }
-    if (s->gpu_mode == TQ_GPUS_IDS) {
+    if (s->gpu_mode == TQ_GPUS_CFG_IDS) {
         json_t *arr = json_array();
         int bad = !arr || add_gpu_ids(arr, s->gpu_ids) != 0;
         json_decref(arr);
@@ -164,12 +167,8 @@ int tq_container_spec_check(const tq_container_spec *s, const char *docker_socke
     return TQ_OK;
 }
 
-/* jansson's *_set_new / *_append_new steal the value even on failure, so each helper
- * only has to report whether it worked. */
-static int put(json_t *obj, const char *key, json_t *v)
-{
-    return v && json_object_set_new(obj, key, v) == 0 ? 0 : -1;
-}
+/* jansson's *_set_new / *_append_new steal the value even on failure (tq_json_put too), so
+ * each helper only has to report whether it worked. */
 
 static json_t *string_array(const char *const *v, size_t n)
 {
@@ -195,10 +194,10 @@ static json_t *device_requests(const tq_container_spec *s)
         goto fail;
     if (json_array_append_new(caps, one_string_array("gpu")) != 0)
         goto fail;
-    if (put(req, "Driver", json_string("nvidia")) != 0)
+    if (tq_json_put(req, "Driver", json_string("nvidia"), NULL) != 0)
         goto fail;
-    if (s->gpu_mode == TQ_GPUS_ALL) {
-        if (put(req, "Count", json_integer(-1)) != 0)
+    if (s->gpu_mode == TQ_GPUS_CFG_ALL) {
+        if (tq_json_put(req, "Count", json_integer(-1), NULL) != 0)
             goto fail;
     } else {
         json_t *ids = json_array();
@@ -206,10 +205,10 @@ static json_t *device_requests(const tq_container_spec *s)
             json_decref(ids);
             goto fail;
         }
-        if (put(req, "DeviceIDs", ids) != 0)
+        if (tq_json_put(req, "DeviceIDs", ids, NULL) != 0)
             goto fail;
     }
-    if (put(req, "Capabilities", caps) != 0) {
+    if (tq_json_put(req, "Capabilities", caps, NULL) != 0) {
         caps = NULL;
         goto fail;
     }
@@ -237,31 +236,36 @@ static json_t *host_config(const tq_container_spec *s)
         if (json_array_append_new(mounts, m) != 0)
             goto fail;
     }
-    if (put(hc, "Mounts", mounts) != 0) {
+    if (tq_json_put(hc, "Mounts", mounts, NULL) != 0) {
         mounts = NULL;
         goto fail;
     }
     mounts = NULL;
-    if (put(hc, "NetworkMode", json_string(s->network_mode ? s->network_mode : "none")) != 0 ||
-        put(hc, "Privileged", json_false()) != 0 || put(hc, "AutoRemove", json_false()) != 0 ||
-        put(hc, "SecurityOpt", one_string_array("no-new-privileges")) != 0 ||
-        put(hc, "CapDrop", one_string_array("ALL")) != 0 ||
+    if (tq_json_put(hc, "NetworkMode", json_string(s->network_mode ? s->network_mode : "none"),
+                    NULL) != 0 ||
+        tq_json_put(hc, "Privileged", json_false(), NULL) != 0 ||
+        tq_json_put(hc, "AutoRemove", json_false(), NULL) != 0 ||
+        tq_json_put(hc, "SecurityOpt", one_string_array("no-new-privileges"), NULL) != 0 ||
+        tq_json_put(hc, "CapDrop", one_string_array("ALL"), NULL) != 0 ||
         /* The consumer reads the log tail for failure reasons, so pin a driver the logs
          * endpoint can read, and bound its disk use. */
-        put(hc, "LogConfig",
-            json_pack("{s:s, s:{s:s, s:s}}", "Type", "json-file", "Config", "max-size", "10m",
-                      "max-file", "2")) != 0)
+        tq_json_put(hc, "LogConfig",
+                    json_pack("{s:s, s:{s:s, s:s}}", "Type", "json-file", "Config", "max-size",
+                              "10m", "max-file", "2"),
+                    NULL) != 0)
         goto fail;
-    if (s->memory_bytes > 0 && (put(hc, "Memory", json_integer(s->memory_bytes)) != 0 ||
-                                put(hc, "MemorySwap", json_integer(s->memory_bytes)) != 0))
+    if (s->memory_bytes > 0 &&
+        (tq_json_put(hc, "Memory", json_integer(s->memory_bytes), NULL) != 0 ||
+         tq_json_put(hc, "MemorySwap", json_integer(s->memory_bytes), NULL) != 0))
         goto fail;
-    if (s->shm_bytes > 0 && put(hc, "ShmSize", json_integer(s->shm_bytes)) != 0)
+    if (s->shm_bytes > 0 && tq_json_put(hc, "ShmSize", json_integer(s->shm_bytes), NULL) != 0)
         goto fail;
-    if (s->nano_cpus > 0 && put(hc, "NanoCpus", json_integer(s->nano_cpus)) != 0)
+    if (s->nano_cpus > 0 && tq_json_put(hc, "NanoCpus", json_integer(s->nano_cpus), NULL) != 0)
         goto fail;
-    if (s->pids_limit > 0 && put(hc, "PidsLimit", json_integer(s->pids_limit)) != 0)
+    if (s->pids_limit > 0 && tq_json_put(hc, "PidsLimit", json_integer(s->pids_limit), NULL) != 0)
         goto fail;
-    if (s->gpu_mode != TQ_GPUS_NONE && put(hc, "DeviceRequests", device_requests(s)) != 0)
+    if (s->gpu_mode != TQ_GPUS_CFG_NONE &&
+        tq_json_put(hc, "DeviceRequests", device_requests(s), NULL) != 0)
         goto fail;
     return hc;
 fail:
@@ -280,28 +284,117 @@ char *tq_docker_create_body(const tq_container_spec *s)
         goto out;
     for (size_t i = 0; i < s->n_labels; i++)
         if (!s->labels[i].key ||
-            put(labels, s->labels[i].key, json_string(s->labels[i].value)) != 0)
+            tq_json_put(labels, s->labels[i].key, json_string(s->labels[i].value), NULL) != 0)
             goto out;
-    if (put(root, "Labels", labels) != 0) {
+    if (tq_json_put(root, "Labels", labels, NULL) != 0) {
         labels = NULL;
         goto out;
     }
     labels = NULL;
-    if (put(root, "Image", json_string(s->image)) != 0 ||
-        put(root, "Env", string_array(s->env, s->n_env)) != 0 ||
-        put(root, "Tty", json_false()) != 0 || put(root, "OpenStdin", json_false()) != 0 ||
-        put(root, "AttachStdin", json_false()) != 0)
+    if (tq_json_put(root, "Image", json_string(s->image), NULL) != 0 ||
+        tq_json_put(root, "Env", string_array(s->env, s->n_env), NULL) != 0 ||
+        tq_json_put(root, "Tty", json_false(), NULL) != 0 ||
+        tq_json_put(root, "OpenStdin", json_false(), NULL) != 0 ||
+        tq_json_put(root, "AttachStdin", json_false(), NULL) != 0)
         goto out;
     /* An empty Cmd would replace the image's default with nothing; omit it instead. */
-    if (s->n_cmd > 0 && put(root, "Cmd", string_array(s->cmd, s->n_cmd)) != 0)
+    if (s->n_cmd > 0 && tq_json_put(root, "Cmd", string_array(s->cmd, s->n_cmd), NULL) != 0)
         goto out;
-    if (s->user && put(root, "User", json_string(s->user)) != 0)
+    if (s->user && tq_json_put(root, "User", json_string(s->user), NULL) != 0)
         goto out;
-    if (put(root, "HostConfig", host_config(s)) != 0)
+    if (tq_json_put(root, "HostConfig", host_config(s), NULL) != 0)
         goto out;
     out = json_dumps(root, JSON_COMPACT);
 out:
     json_decref(root);
     json_decref(labels);
     return out;
+}
+
+/* ---- a job's training container -------------------------------------------------------- */
+
+int tq_container_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
+                           size_t *n, tq_errbuf *eb)
+{
+    *n = 0;
+    if (!cmd)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    size_t len = strlen(cmd);
+    if (len >= cap)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: longer than %zu bytes",
+                       cap - 1);
+    memcpy(buf, cmd, len + 1);
+    char *p = buf;
+    while (*p) {
+        while (*p == ' ')
+            *p++ = '\0';
+        if (!*p)
+            break;
+        if (*n == max)
+            return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: more than %zu words",
+                           max);
+        argv[(*n)++] = p;
+        while (*p && *p != ' ')
+            p++;
+    }
+    if (*n == 0)
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
+    return TQ_OK;
+}
+
+int tq_job_container_build(tq_job_container *c, const tq_config *cfg, const tq_job_container_in *in,
+                           tq_errbuf *eb)
+{
+    memset(c, 0, sizeof *c);
+    tq_container_spec *s = &c->spec;
+    size_t nargv;
+    int rc = tq_container_split_cmd(cfg->training_cmd, c->cmd_words, sizeof c->cmd_words, c->argv,
+                                    TQ_CONTAINER_MAX_ARGS, &nargv, eb);
+    if (rc != TQ_OK)
+        return rc;
+    s->gpu_mode = cfg->gpus_mode;
+    if (s->gpu_mode == TQ_GPUS_CFG_IDS) {
+        s->gpu_ids = tq_config_slot_gpu(cfg, in->slot);
+        if (!s->gpu_ids)
+            return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: slot %d has no gpu",
+                           in->job_id, in->slot);
+    }
+
+    snprintf(c->name, sizeof c->name, TQ_CONTAINER_NAME_PREFIX "%s", in->job_id);
+    snprintf(c->slot, sizeof c->slot, "%d", in->slot);
+    c->labels[0] = (tq_label){"trainq.job", in->job_id};
+    c->labels[1] = (tq_label){"trainq.user", in->user_id};
+    c->labels[2] = (tq_label){"trainq.worker", in->worker_id};
+    c->labels[3] = (tq_label){"trainq.slot", c->slot};
+    c->labels[4] = (tq_label){"trainq.managed", "true"};
+    c->mounts[0] = (tq_mount){in->dataset, TQ_CONTAINER_DATASETS_TARGET, 1};
+    c->mounts[1] = (tq_mount){in->outputs, TQ_CONTAINER_OUTPUTS_TARGET, 0};
+    c->mounts[2] = (tq_mount){in->models, TQ_CONTAINER_MODELS_TARGET, cfg->models_read_only != 0};
+    c->mounts[3] = (tq_mount){in->config_file, TQ_CONTAINER_CONFIG_TARGET, 1};
+    snprintf(c->env_job, sizeof c->env_job, "TRAINQ_JOB_ID=%s", in->job_id);
+    c->env[0] = c->env_job;
+    c->env[1] = "TRAINQ_CONFIG=" TQ_CONTAINER_CONFIG_TARGET;
+    c->env[2] = "HF_HOME=" TQ_CONTAINER_MODELS_TARGET;
+    /* Every capability is dropped (container_spec.h), so root inside could not write to
+     * directories the consumer owns; running as the consumer's uid:gid can, and leaves the
+     * outputs owned by it. */
+    snprintf(c->user, sizeof c->user, "%u:%u", (unsigned)getuid(), (unsigned)getgid());
+
+    s->name = c->name;
+    s->image = cfg->training_image;
+    s->cmd = c->argv;
+    s->n_cmd = nargv;
+    s->env = c->env;
+    s->n_env = TQ_CONTAINER_N_ENV;
+    s->labels = c->labels;
+    s->n_labels = TQ_CONTAINER_N_LABELS;
+    s->mounts = c->mounts;
+    s->n_mounts = TQ_CONTAINER_N_MOUNTS;
+    s->memory_bytes = cfg->memory_bytes;
+    s->shm_bytes = cfg->shm_bytes;
+    s->nano_cpus = cfg->cpus > 0 ? (long long)(cfg->cpus * 1e9 + 0.5) : 0;
+    s->pids_limit = cfg->pids_limit;
+    s->network_mode = "none";
+    s->user = c->user;
+    return TQ_OK;
 }

@@ -20,6 +20,8 @@
  * disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row mark the
  * host unhealthy: it stops consuming and tries one job again after a backoff (a probe).
  */
+#include "dispatch.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,7 @@
 #include "cmetrics.h"
 #include "launch.h"
 #include "tq_amqp.h"
+#include "tq_backoff.h"
 #include "tq_db.h"
 #include "tq_log.h"
 #include "tq_msg.h"
@@ -58,7 +61,7 @@ typedef struct {
     int consuming;
     unsigned epoch;
     char tag[SHORTSTR_BUF];
-    long backoff_ms;
+    tq_backoff backoff;    /* reconnecting to RabbitMQ: 100 ms … 5 s, with jitter */
     int host_errors;       /* launches in a row that failed for a reason of this host */
     double probe_at;       /* while the host is unhealthy: when to try one job again */
     long probe_wait_s;     /* the current probe backoff */
@@ -707,7 +710,7 @@ void *tq_dispatch_main(void *arg)
     dispatcher d;
     memset(&d, 0, sizeof d);
     d.w = arg;
-    d.backoff_ms = 100;
+    tq_backoff_init(&d.backoff, 100, 5000, TQ_BACKOFF_JITTER, (unsigned)rand());
     tq_worker *w = d.w;
     int logged_down = 0, ready = 0;
     while (!atomic_load(&w->stopping)) {
@@ -717,10 +720,7 @@ void *tq_dispatch_main(void *arg)
             if (connect_amqp(&d, &eb) != TQ_OK) {
                 if (!logged_down++)
                     tq_log(TQ_LOG_WARN, "amqp.down", "%s; retrying", eb.msg);
-                /* backoff with jitter: 100 ms … 5 s */
-                long j = d.backoff_ms / 2 + rand() % (d.backoff_ms / 2 + 1);
-                tq_worker_sleep(w, j);
-                d.backoff_ms = d.backoff_ms < 5000 ? d.backoff_ms * 2 : 5000;
+                tq_worker_sleep(w, tq_backoff_next(&d.backoff));
                 continue;
             }
             if (!ready) {
@@ -732,7 +732,7 @@ void *tq_dispatch_main(void *arg)
                 tq_log(TQ_LOG_INFO, "amqp.up", "connected to RabbitMQ");
             }
             logged_down = 0;
-            d.backoff_ms = 100;
+            tq_backoff_reset(&d.backoff);
         }
         tq_amqp_pump(d.dead, &eb);
         read_queue_depth(&d);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq_clock.h"
 #include "tq_utf8.h"
 
 /* curl_easy_escape(NULL, ...) needs 7.82; CURLOPT_UNIX_SOCKET_PATH needs 7.40. */
@@ -165,80 +166,13 @@ static const char *obj_str(json_t *o, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-static int digits(const char **p, int n, int *out)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        char c = (*p)[i];
-        if (c < '0' || c > '9')
-            return -1;
-        v = v * 10 + (c - '0');
-    }
-    *p += n;
-    *out = v;
-    return 0;
-}
-
-static int lit(const char **p, char c)
-{
-    if (**p != c)
-        return -1;
-    (*p)++;
-    return 0;
-}
-
 long long tq_docker_parse_time_ms(const char *s)
 {
-    int Y, Mo, D, h, mi, sec, ms = 0, off_min = 0;
-    const char *p = s;
-    if (!s)
+    int64_t ms;
+    if (tq_rfc3339_parse(s, &ms) != TQ_OK)
         return -1;
-    if (digits(&p, 4, &Y) || lit(&p, '-') || digits(&p, 2, &Mo) || lit(&p, '-') ||
-        digits(&p, 2, &D) || lit(&p, 'T') || digits(&p, 2, &h) || lit(&p, ':') ||
-        digits(&p, 2, &mi) || lit(&p, ':') || digits(&p, 2, &sec))
-        return -1;
-    if (*p == '.') {
-        p++;
-        int nd = 0;
-        while (*p >= '0' && *p <= '9') {
-            if (nd < 3)
-                ms = ms * 10 + (*p - '0');
-            nd++;
-            p++;
-        }
-        if (nd == 0)
-            return -1;
-        for (; nd < 3; nd++)
-            ms *= 10;
-    }
-    if (*p == 'Z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        int sign = *p == '-' ? -1 : 1, oh, om;
-        p++;
-        if (digits(&p, 2, &oh) || lit(&p, ':') || digits(&p, 2, &om))
-            return -1;
-        off_min = sign * (oh * 60 + om);
-    } else {
-        return -1;
-    }
-    if (*p != '\0')
-        return -1;
-    if (Mo < 1 || Mo > 12 || D < 1 || D > 31 || h > 23 || mi > 59 || sec > 60)
-        return -1;
-    if (Y < 1970)
-        return 0; /* Go's zero time: "never" */
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = Mo - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return -1;
-    return (long long)t * 1000 + ms - (long long)off_min * 60000;
+    /* Before 1970 is Go's zero time, "0001-01-01T00:00:00Z": never. */
+    return ms > 0 ? (long long)ms : 0;
 }
 
 int tq_docker_parse_inspect(const char *json, size_t len, tq_container_state *st, tq_errbuf *eb)
@@ -577,7 +511,8 @@ int tq_docker_ping(tq_docker *d, tq_errbuf *eb)
     return rc;
 }
 
-int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[65], tq_errbuf *eb)
+int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[TQ_DOCKER_ID_BUF],
+                     tq_errbuf *eb)
 {
     id[0] = '\0';
     int rc = tq_container_spec_check(s, d->sock, eb);
@@ -600,8 +535,8 @@ int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[65], tq_e
     if (r.status == 201) {
         json_t *root = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
         const char *cid = obj_str(root, "Id");
-        if (cid && strlen(cid) == 64)
-            copy_str(id, 65, cid);
+        if (cid && strlen(cid) == TQ_DOCKER_ID_BUF - 1)
+            copy_str(id, TQ_DOCKER_ID_BUF, cid);
         else
             rc = tq_errf(eb, TQ_ERR_DOCKER, "%s: reply has no container id", what);
         json_decref(root);

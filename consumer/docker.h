@@ -35,6 +35,10 @@ typedef struct tq_docker tq_docker;
 #define TQ_DOCKER_DEFAULT_TIMEOUT_MS 60000L
 #define TQ_DOCKER_CONNECT_TIMEOUT_MS 5000L
 #define TQ_DOCKER_LOG_TAIL_MAX 4096 /* bytes of log text kept by tq_docker_logs_tail */
+/* A container id: 64 hex digits and the NUL. */
+#define TQ_DOCKER_ID_BUF 65
+/* A container state or status word ("restarting", "removing") and the NUL. */
+#define TQ_DOCKER_STATE_BUF 16
 
 /* host: "unix:///path/docker.sock" or "/path/docker.sock" (tcp:// is refused:
  * TQ_ERR_CONFIG). Does not contact the daemon. *out is freed with tq_docker_free. */
@@ -56,15 +60,17 @@ int tq_docker_ping(tq_docker *d, tq_errbuf *eb);
  * 409 -> TQ_ERR_CONFLICT (name in use: for trainq, the job already has its container);
  * 404 -> TQ_ERR_NOT_FOUND with `image "x" not found`.
  */
-int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[65], tq_errbuf *eb);
+int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[TQ_DOCKER_ID_BUF],
+                     tq_errbuf *eb);
 
 /* 204, or 304 already started -> TQ_OK; 404 -> TQ_ERR_NOT_FOUND. A missing GPU driver
  * or entrypoint shows up here as TQ_ERR_DOCKER with the daemon's message. */
 int tq_docker_start(tq_docker *d, const char *id_or_name, tq_errbuf *eb);
 
 typedef struct {
-    char id[65];
-    char status[16]; /* created | running | paused | restarting | removing | exited | dead */
+    char id[TQ_DOCKER_ID_BUF];
+    /* created | running | paused | restarting | removing | exited | dead */
+    char status[TQ_DOCKER_STATE_BUF];
     int running;
     int exit_code;
     int oom_killed;
@@ -102,9 +108,9 @@ int tq_docker_kill(tq_docker *d, const char *id, tq_errbuf *eb);
 int tq_docker_remove(tq_docker *d, const char *id, int force, tq_errbuf *eb);
 
 typedef struct {
-    char id[65];
+    char id[TQ_DOCKER_ID_BUF];
     char name[128]; /* without Docker's leading '/' */
-    char state[16];
+    char state[TQ_DOCKER_STATE_BUF];
     char job_label[64];     /* "trainq.job" */
     char worker_label[128]; /* "trainq.worker" */
 } tq_container_summary;
@@ -163,8 +169,9 @@ int tq_docker_list_path(const char *const *labels, const char *const *statuses, 
 int tq_docker_parse_list(const char *json, size_t len, tq_container_summary **out, size_t *n,
                          tq_errbuf *eb);
 
-/* RFC 3339 time as Docker writes it ("2024-05-01T10:00:00.123456789Z") -> Unix ms;
- * Docker's zero time "0001-01-01T00:00:00Z" -> 0. Returns -1 if unparsable. */
+/* RFC 3339 time as Docker writes it ("2024-05-01T10:00:00.123456789Z") -> Unix ms
+ * (tq_rfc3339_parse); Docker's zero time "0001-01-01T00:00:00Z" (any time before 1970)
+ * -> 0. Returns -1 if unparsable. */
 long long tq_docker_parse_time_ms(const char *s);
 
 #endif

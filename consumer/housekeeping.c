@@ -9,10 +9,10 @@
  *    whose worker stopped renewing its lease; the sweeper releases parked jobs whose user
  *    has room and republishes stranded ones (db/procedures/40_dispatch.sql).
  *
- * Start-up adoption (tq_worker_adopt) runs before the dispatcher: a restarted worker takes
- * its containers back by label and repairs its claims that have no container.
+ * Start-up adoption (adoption.c) runs before these threads start.
  */
-#include <signal.h>
+#include "housekeeping.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +21,6 @@
 #include "cmetrics.h"
 #include "tq_db.h"
 #include "tq_log.h"
-#include "tq_utf8.h"
 #include "worker.h"
 
 typedef struct {
@@ -186,160 +185,4 @@ void *tq_housekeeping_main(void *arg)
     }
     tq_docker_free(h.ping);
     return NULL;
-}
-
-/* Finds the fencing token of job_id among this worker's active jobs; -1 if not there. */
-static long long held(const tq_cdb_active *act, size_t n, const char *job_id)
-{
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(act[k].job_id, job_id) == 0)
-            return act[k].fencing_token;
-    return -1;
-}
-
-/*
- * The containers adoption must see: this worker's live ones (any job: those of jobs it no
- * longer holds are stopped), and every container of a job it still holds, whatever its
- * state (one that exited while the consumer was down has an outcome to record). Exited
- * containers of finished jobs are left out: a host keeps many of them (with
- * TRAINQ_REMOVE_CONTAINERS=false, all of them) and listing them all could exceed the
- * Docker reply cap and stop the consumer from starting.
- */
-static int list_adoptable(tq_worker *w, const tq_cdb_active *act, size_t na,
-                          tq_container_summary **out, size_t *n, tq_errbuf *eb)
-{
-    static const char *const live[] = {"created",  "restarting", "running",
-                                       "removing", "paused",     NULL};
-    char worker[160];
-    snprintf(worker, sizeof worker, "trainq.worker=%s", w->cfg->worker_id);
-    const char *labels[3] = {worker, NULL, NULL};
-    int rc = tq_docker_list_where(w->docker, labels, live, out, n, eb);
-    for (size_t k = 0; rc == TQ_OK && k < na; k++) {
-        int listed = 0;
-        for (size_t i = 0; i < *n; i++)
-            listed |= strcmp((*out)[i].job_label, act[k].job_id) == 0;
-        if (listed)
-            continue;
-        char job[96];
-        snprintf(job, sizeof job, "trainq.job=%s", act[k].job_id);
-        labels[1] = job;
-        tq_container_summary *more = NULL;
-        size_t nm = 0;
-        rc = tq_docker_list_where(w->docker, labels, NULL, &more, &nm, eb);
-        if (rc == TQ_OK && nm > 0) {
-            tq_container_summary *all = realloc(*out, (*n + nm) * sizeof **out);
-            if (!all) {
-                rc = tq_errf(eb, TQ_ERR_NOMEM, "could not list containers: out of memory");
-            } else {
-                memcpy(all + *n, more, nm * sizeof *more);
-                *out = all;
-                *n += nm;
-            }
-        }
-        free(more);
-    }
-    return rc;
-}
-
-/* Signals are taken by main's sigwait() only after adoption; until then a SIGTERM stays
- * pending, and adoption (which waits for Postgres and dockerd) must not outlive it. */
-static int stop_signal_pending(void)
-{
-    sigset_t p;
-    return sigpending(&p) == 0 && (sigismember(&p, SIGTERM) == 1 || sigismember(&p, SIGINT) == 1);
-}
-
-void tq_worker_adopt(tq_worker *w)
-{
-    const tq_config *cfg = w->cfg;
-    PGconn *db = NULL;
-    long backoff = 200;
-    for (;;) {
-        if (atomic_load(&w->stopping))
-            goto out;
-        tq_errbuf eb = {{0}};
-        tq_container_summary *cs = NULL;
-        size_t nc = 0;
-        tq_cdb_active *act = NULL;
-        size_t na = 0;
-        int rc = tq_db_ensure(&db, cfg->database_url, "trainq-consumer-adopt", &eb);
-        if (rc == TQ_OK)
-            rc = tq_cdb_worker_jobs(db, cfg->worker_id, &act, &na, &eb);
-        if (rc == TQ_OK)
-            rc = list_adoptable(w, act, na, &cs, &nc, &eb);
-        if (rc != TQ_OK) {
-            free(cs);
-            free(act);
-            tq_log(TQ_LOG_WARN, "adopt.waiting", "could not adopt containers yet: %s", eb.msg);
-            if (stop_signal_pending() || tq_worker_sleep(w, backoff))
-                goto out;
-            backoff = backoff < 5000 ? backoff * 2 : 5000;
-            continue;
-        }
-        int adopted = 0;
-        for (size_t i = 0; i < nc; i++) {
-            long long fencing = held(act, na, cs[i].job_label);
-            tq_errbuf kb = {{0}};
-            tq_container_state st;
-            memset(&st, 0, sizeof st);
-            int inspected = tq_docker_inspect(w->docker, cs[i].id, &st, &kb) == TQ_OK;
-            int slot = fencing >= 0 && inspected ? tq_slot_reserve(w, cs[i].job_label) : -1;
-            if (slot < 0) {
-                /* Not ours any more (recovered elsewhere, finished), no slot, or not readable
-                 * now: stop it so the job never runs twice. A held job without a slot is
-                 * not renewed and the reaper retries it. */
-                tq_docker_kill(w->docker, cs[i].id, &kb);
-                if (cfg->remove_containers)
-                    tq_docker_remove(w->docker, cs[i].id, 1, &kb);
-                tq_log(TQ_LOG_WARN, "adopt.stopped", "stopped container %.12s of job %s: %s",
-                       cs[i].id, cs[i].job_label,
-                       fencing < 0 ? "job not held" : inspected ? "no free slot" : kb.msg);
-                continue;
-            }
-            if (strcmp(st.status, "created") == 0 &&
-                tq_docker_start(w->docker, cs[i].id, &kb) != TQ_OK) {
-                /* Crashed between create and start, and it will not start now: a wait on it
-                 * would report exit code 0 for a job that never ran. Retry the job instead. */
-                char why[400];
-                snprintf(why, sizeof why, "worker %s could not start its adopted container: %.*s",
-                         cfg->worker_id, TQ_UTF8_ARG(kb.msg, 300));
-                tq_docker_remove(w->docker, cs[i].id, 1, &kb);
-                tq_slot_free(w, slot);
-                if (tq_cdb_retry(db, cs[i].job_label, fencing, why, cfg->max_attempts, &kb) !=
-                    TQ_OK)
-                    tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", cs[i].job_label,
-                           kb.msg);
-                continue;
-            }
-            tq_cdb_mark_running(db, cs[i].job_label, fencing, cs[i].id, &kb); /* if still pending */
-            time_t started = st.started_at_ms > 0 ? (time_t)(st.started_at_ms / 1000) : time(NULL);
-            tq_slot_run(w, slot, cs[i].job_label, cs[i].id, fencing, started);
-            adopted++;
-            tq_log(TQ_LOG_INFO, "adopt.container", "adopted container %.12s of job %s (%s)",
-                   cs[i].id, cs[i].job_label, st.status);
-        }
-        /* Claims with no container: the process died between claim and start. */
-        for (size_t k = 0; k < na; k++) {
-            int has = 0;
-            for (size_t i = 0; i < nc; i++)
-                has |= strcmp(cs[i].job_label, act[k].job_id) == 0;
-            if (has)
-                continue;
-            tq_errbuf kb = {{0}};
-            char why[160];
-            snprintf(why, sizeof why, "worker %s restarted and found no container", cfg->worker_id);
-            if (tq_cdb_retry(db, act[k].job_id, act[k].fencing_token, why, cfg->max_attempts,
-                             &kb) != TQ_OK)
-                tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", act[k].job_id, kb.msg);
-            else
-                tq_log(TQ_LOG_INFO, "adopt.repaired", "job %s: %s", act[k].job_id, why);
-        }
-        tq_log(TQ_LOG_INFO, "adopt.done", "adopted %d container(s), %zu claim(s) held", adopted, na);
-        free(cs);
-        free(act);
-        break;
-    }
-out:
-    if (db)
-        PQfinish(db);
 }

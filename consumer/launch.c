@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "tq_job.h"
+#include "tq_json.h"
 #include "tq_uuid.h"
 #include "tq_utf8.h"
 
@@ -52,12 +53,9 @@ static json_int_t seed_of(const char *id)
     return (json_int_t)(h & 0x7fffffffu);
 }
 
-/* json_object_set_new that remembers a failure instead of checking every line. */
-static void put(json_t *o, const char *key, json_t *v, int *bad)
-{
-    if (!v || json_object_set_new(o, key, v) != 0)
-        *bad = 1;
-}
+/* json_object_set_new that remembers a failure instead of checking every line: the shared
+ * one (tq_json.h), under the short name the lines below use. */
+#define put(o, key, v, bad) ((void)tq_json_put((o), (key), (v), (bad)))
 
 json_t *tq_launch_training_config(const tq_submission *job, const char *job_id,
                                   const char *dataset_dir_in_container)
@@ -402,47 +400,18 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
 
 /* ---- the container --------------------------------------------------------------------- */
 
-int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
-                        size_t *n, tq_errbuf *eb)
+static void copy_id(char dst[TQ_DOCKER_ID_BUF], const char *src)
 {
-    *n = 0;
-    if (!cmd)
-        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
-    size_t len = strlen(cmd);
-    if (len >= cap)
-        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: longer than %zu bytes",
-                       cap - 1);
-    memcpy(buf, cmd, len + 1);
-    char *p = buf;
-    while (*p) {
-        while (*p == ' ')
-            *p++ = '\0';
-        if (!*p)
-            break;
-        if (*n == max)
-            return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: more than %zu words",
-                           max);
-        argv[(*n)++] = p;
-        while (*p && *p != ' ')
-            p++;
-    }
-    if (*n == 0)
-        return tq_errf(eb, TQ_ERR_INVALID, "invalid training command: empty");
-    return TQ_OK;
-}
-
-static void copy_id(char dst[65], const char *src)
-{
-    size_t n = strnlen(src, 64);
+    size_t n = strnlen(src, TQ_DOCKER_ID_BUF - 1);
     memcpy(dst, src, n);
     dst[n] = '\0';
 }
 
 /* Create then start. *conflict tells a 409 at create (the name is taken) from other errors. */
-static int create_start(tq_docker *d, const tq_container_spec *s, char container_id[65],
-                        int *conflict, tq_errbuf *eb)
+static int create_start(tq_docker *d, const tq_container_spec *s,
+                        char container_id[TQ_DOCKER_ID_BUF], int *conflict, tq_errbuf *eb)
 {
-    char id[65] = {0};
+    char id[TQ_DOCKER_ID_BUF] = {0};
     *conflict = 0;
     int rc = tq_docker_create(d, s, id, eb);
     if (rc == TQ_ERR_CONFLICT)
@@ -464,18 +433,9 @@ static int create_start(tq_docker *d, const tq_container_spec *s, char container
     return TQ_OK;
 }
 
-void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
-                      tq_mount out[TQ_LAUNCH_N_MOUNTS])
-{
-    out[0] = (tq_mount){p->dataset, TQ_LAUNCH_DATASETS_TARGET, 1};
-    out[1] = (tq_mount){p->outputs, TQ_LAUNCH_OUTPUTS_TARGET, 0};
-    out[2] = (tq_mount){p->models, TQ_LAUNCH_MODELS_TARGET, cfg->models_read_only != 0};
-    out[3] = (tq_mount){p->config_file, TQ_LAUNCH_CONFIG_TARGET, 1};
-}
-
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *id,
                         const char *user_id, const char *worker_id, const tq_launch_paths *p,
-                        char container_id[65], tq_errbuf *eb)
+                        char container_id[TQ_DOCKER_ID_BUF], tq_errbuf *eb)
 {
     container_id[0] = '\0';
     int rc = job_id_check(id, eb);
@@ -486,76 +446,24 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char
     if (!worker_id || !*worker_id)
         return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: worker id is empty", id);
 
-    char name[64];
-    snprintf(name, sizeof name, TQ_LAUNCH_NAME_PREFIX "%s", id);
-
-    char cmdbuf[TQ_LAUNCH_CMD_MAX];
-    const char *argv[TQ_LAUNCH_MAX_ARGS];
-    size_t nargv;
-    rc = tq_launch_split_cmd(cfg->training_cmd, cmdbuf, sizeof cmdbuf, argv, TQ_LAUNCH_MAX_ARGS,
-                             &nargv, eb);
+    tq_job_container jc;
+    const tq_job_container_in in = {.job_id = id,
+                                    .user_id = user_id,
+                                    .worker_id = worker_id,
+                                    .slot = slot,
+                                    .dataset = p->dataset,
+                                    .outputs = p->outputs,
+                                    .models = p->models,
+                                    .config_file = p->config_file};
+    rc = tq_job_container_build(&jc, cfg, &in, eb);
     if (rc != TQ_OK)
         return rc;
-
-    char slotbuf[16];
-    snprintf(slotbuf, sizeof slotbuf, "%d", slot);
-    const tq_label labels[] = {
-        {"trainq.job", id},           {"trainq.user", user_id}, {"trainq.worker", worker_id},
-        {"trainq.slot", slotbuf},     {"trainq.managed", "true"},
-    };
-    tq_mount mounts[TQ_LAUNCH_N_MOUNTS];
-    tq_launch_mounts(cfg, p, mounts);
-    char env_job[64];
-    snprintf(env_job, sizeof env_job, "TRAINQ_JOB_ID=%s", id);
-    const char *const env[] = {
-        env_job,
-        "TRAINQ_CONFIG=" TQ_LAUNCH_CONFIG_TARGET,
-        "HF_HOME=" TQ_LAUNCH_MODELS_TARGET,
-    };
-    /* Every capability is dropped (container_spec.h), so root inside could not write to
-     * directories the consumer owns; running as the consumer's uid:gid can, and leaves the
-     * outputs owned by it. */
-    char user[32];
-    snprintf(user, sizeof user, "%u:%u", (unsigned)getuid(), (unsigned)getgid());
-
-    tq_container_spec s;
-    memset(&s, 0, sizeof s);
-    s.name = name;
-    s.image = cfg->training_image;
-    s.cmd = argv;
-    s.n_cmd = nargv;
-    s.env = env;
-    s.n_env = sizeof env / sizeof env[0];
-    s.labels = labels;
-    s.n_labels = sizeof labels / sizeof labels[0];
-    s.mounts = mounts;
-    s.n_mounts = sizeof mounts / sizeof mounts[0];
-    switch (cfg->gpus_mode) {
-    case TQ_GPUS_CFG_NONE:
-        s.gpu_mode = TQ_GPUS_NONE;
-        break;
-    case TQ_GPUS_CFG_ALL:
-        s.gpu_mode = TQ_GPUS_ALL;
-        break;
-    case TQ_GPUS_CFG_IDS:
-        s.gpu_mode = TQ_GPUS_IDS;
-        s.gpu_ids = tq_config_slot_gpu(cfg, slot);
-        if (!s.gpu_ids)
-            return tq_errf(eb, TQ_ERR_INVALID, "cannot launch job %s: slot %d has no gpu", id,
-                           slot);
-        break;
-    }
-    s.memory_bytes = cfg->memory_bytes;
-    s.shm_bytes = cfg->shm_bytes;
-    s.nano_cpus = cfg->cpus > 0 ? (long long)(cfg->cpus * 1e9 + 0.5) : 0;
-    s.pids_limit = cfg->pids_limit;
-    s.network_mode = "none";
-    s.user = user;
+    const char *name = jc.name;
 
     /* Two rounds at most: the second follows the removal of a stale container. */
     for (int round = 0; round < 2; round++) {
         int conflict;
-        rc = create_start(d, &s, container_id, &conflict, eb);
+        rc = create_start(d, &jc.spec, container_id, &conflict, eb);
         if (!conflict) {
             if (rc == TQ_OK && eb)
                 eb->msg[0] = '\0'; /* drop the 409 text of the first round */

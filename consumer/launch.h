@@ -31,14 +31,11 @@
 #include "tq_err.h"
 #include "tq_job.h"
 
-#define TQ_LAUNCH_DATASETS_TARGET "/workspace/datasets"
-#define TQ_LAUNCH_OUTPUTS_TARGET "/workspace/outputs"
-#define TQ_LAUNCH_MODELS_TARGET "/workspace/models"
-#define TQ_LAUNCH_CONFIG_TARGET "/workspace/config.json"
-
-#define TQ_LAUNCH_MAX_ARGS 32           /* TRAINQ_TRAINING_CMD words */
-#define TQ_LAUNCH_CMD_MAX 4096          /* TRAINQ_TRAINING_CMD bytes */
-#define TQ_LAUNCH_NAME_PREFIX "training-"
+/* The container's side of the layout (container_spec.h), as config.json names it. */
+#define TQ_LAUNCH_DATASETS_TARGET TQ_CONTAINER_DATASETS_TARGET
+#define TQ_LAUNCH_OUTPUTS_TARGET TQ_CONTAINER_OUTPUTS_TARGET
+#define TQ_LAUNCH_MODELS_TARGET TQ_CONTAINER_MODELS_TARGET
+#define TQ_LAUNCH_CONFIG_TARGET TQ_CONTAINER_CONFIG_TARGET
 
 /*
  * The job's config.json: keys named after the arguments of diffusers'
@@ -94,22 +91,6 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
                       const char *storage_path, tq_launch_paths *p, tq_errbuf *eb);
 
 /*
- * Splits cmd on spaces (runs of spaces count as one; no quoting, no shell) into argv,
- * writing the words into buf (cap bytes). *n gets the word count. More than max words, an
- * empty command or a buf too small -> TQ_ERR_INVALID. argv points into buf.
- */
-int tq_launch_split_cmd(const char *cmd, char *buf, size_t cap, const char **argv, size_t max,
-                        size_t *n, tq_errbuf *eb);
-
-#define TQ_LAUNCH_N_MOUNTS 4
-
-/* The container's four mounts (the layout above), borrowing p's paths: dataset and config
- * read-only, outputs read-write, the Hugging Face cache read-only when
- * cfg->models_read_only (it is shared by every user's jobs). */
-void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
-                      tq_mount out[TQ_LAUNCH_N_MOUNTS]);
-
-/*
  * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot` (user_id: the
  * job's user, for the trainq.user label):
  * labels trainq.job/user/worker/slot and trainq.managed=true; the four mounts above;
@@ -131,6 +112,6 @@ void tq_launch_mounts(const tq_config *cfg, const tq_launch_paths *p,
  */
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *job_id,
                         const char *user_id, const char *worker_id, const tq_launch_paths *p,
-                        char container_id[65], tq_errbuf *eb);
+                        char container_id[TQ_DOCKER_ID_BUF], tq_errbuf *eb);
 
 #endif

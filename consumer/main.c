@@ -14,9 +14,13 @@
 
 #include <curl/curl.h>
 
+#include "adoption.h"
 #include "cmetrics.h"
 #include "container_spec.h"
 #include "coptions.h"
+#include "dispatch.h"
+#include "housekeeping.h"
+#include "runner.h"
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"

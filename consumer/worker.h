@@ -1,11 +1,14 @@
 /*
- * worker — the state one trainq-consumer process shares between its threads:
+ * worker — the state one trainq-consumer process shares between its threads (slots, health
+ * flags, the queue's ready count), and the slot operations (slots.c). The threads:
  *
- *   dispatcher (dispatch.c)   AMQP in: decode, claim, launch, ack — one delivery at a time
+ *   dispatcher (dispatch.h)   AMQP in: decode, claim, launch, ack — one delivery at a time
  *   one runner per slot       follows its container to the end and records the outcome
+ *     (runner.h)
  *   housekeeper               heartbeat + leases, cancellations, health
- *   sweeper                   reaper (lost hosts) and sweeper (parked and stranded jobs)
- *   metrics server (MHD)      /metrics, /healthz
+ *   sweeper (housekeeping.h)  reaper (lost hosts) and sweeper (parked and stranded jobs)
+ *   metrics server (MHD)      /metrics, /healthz (cmetrics.h)
+ * and, before any of them, start-up adoption (adoption.h).
  *
  * What must stay true:
  *  - a slot is busy from the moment the dispatcher reserves it until its runner has
@@ -26,6 +29,7 @@
 
 #include "docker.h"
 #include "coptions.h"
+#include "tq_uuid.h"
 
 /* FREE → RESERVED (dispatcher launching) → RUNNING (runner following) → FINISHING (runner
  * recording the outcome: the job leaves this worker on purpose) → FREE */
@@ -40,8 +44,8 @@ typedef struct {
     int index;
     pthread_t thread;
     tq_slot_state state;
-    char job_id[37];
-    char container_id[65];
+    char job_id[TQ_UUID_BUF];
+    char container_id[TQ_DOCKER_ID_BUF];
     long long fencing;
     time_t started_wall;      /* when the container started (max run time) */
     double assigned_mono;     /* when the runner got it (heartbeat race guard) */
@@ -94,20 +98,5 @@ void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_
 void tq_slots_held(tq_worker *w, char *out, size_t cap);
 /* Room for tq_slots_held with every slot busy (at most 64 slots: tq_config). */
 #define TQ_SLOTS_HELD_BUF (64 * 40 + 4)
-
-/* Starts/joins the runner threads (one per slot). */
-int tq_runners_start(tq_worker *w);
-void tq_runners_join(tq_worker *w);
-
-/* The dispatcher thread body (dispatch.c), the housekeeper (heartbeat, leases, health) and
- * the sweeper (reaper and sweeper, on a connection of its own so that a slow sweep never
- * delays a lease renewal) (housekeeping.c). */
-void *tq_dispatch_main(void *arg);
-void *tq_housekeeping_main(void *arg);
-void *tq_sweeper_main(void *arg);
-
-/* Start-up: adopt this worker's containers, repair its claims that have none
- * (housekeeping.c). Returns when done or stopping. */
-void tq_worker_adopt(tq_worker *w);
 
 #endif

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "tq_prom.h"
+
 /* Status codes the producer answers with; anything else is counted as "other". */
 static const unsigned codes[] = {200, 202, 204, 400, 401, 403, 404, 405,
                                  409, 413, 415, 422, 429, 431, 500, 503};
@@ -45,32 +47,26 @@ void tq_metrics_conn_open(int n)
     atomic_store_explicit(&conn_open, n, memory_order_relaxed);
 }
 
-static void render_conns(FILE *f)
+static void render_conns(tq_prom_doc *d)
 {
-    fprintf(f,
-            "# HELP trainq_http_connections_open HTTP connections open (sampled every 200 ms).\n"
-            "# TYPE trainq_http_connections_open gauge\ntrainq_http_connections_open %d\n",
-            atomic_load_explicit(&conn_open, memory_order_relaxed));
-    fprintf(f,
-            "# HELP trainq_http_connections_refused_total Connections closed at accept.\n"
-            "# TYPE trainq_http_connections_refused_total counter\n"
-            "trainq_http_connections_refused_total{reason=\"per_client\"} %llu\n"
-            "trainq_http_connections_refused_total{reason=\"full\"} %llu\n",
-            tq_metrics_conn_total(TQ_CONN_REFUSED_CLIENT),
-            tq_metrics_conn_total(TQ_CONN_REFUSED_FULL));
-    fprintf(f,
-            "# HELP trainq_http_reserve_refused_total Requests other than /healthz and /readyz "
-            "answered 503 on a connection from the health reserve.\n"
-            "# TYPE trainq_http_reserve_refused_total counter\n"
-            "trainq_http_reserve_refused_total %llu\n",
-            tq_metrics_conn_total(TQ_CONN_RESERVE_BUSY));
-    fprintf(f,
-            "# HELP trainq_http_deadline_closed_total Connections closed because a request's "
-            "headers or body were not in by their deadline.\n"
-            "# TYPE trainq_http_deadline_closed_total counter\n"
-            "trainq_http_deadline_closed_total{phase=\"headers\"} %llu\n"
-            "trainq_http_deadline_closed_total{phase=\"body\"} %llu\n",
-            tq_metrics_conn_total(TQ_CONN_CUT_HEADERS), tq_metrics_conn_total(TQ_CONN_CUT_BODY));
+    tq_prom_scalar(d, "trainq_http_connections_open", "gauge",
+                   "HTTP connections open (sampled every 200 ms).",
+                   atomic_load_explicit(&conn_open, memory_order_relaxed));
+    const char *n = "trainq_http_connections_refused_total";
+    tq_prom_head(d, n, "counter", "Connections closed at accept.");
+    tq_prom_sample_u(d, n, "reason=\"per_client\"", tq_metrics_conn_total(TQ_CONN_REFUSED_CLIENT));
+    tq_prom_sample_u(d, n, "reason=\"full\"", tq_metrics_conn_total(TQ_CONN_REFUSED_FULL));
+    n = "trainq_http_reserve_refused_total";
+    tq_prom_head(d, n, "counter",
+                 "Requests other than /healthz and /readyz answered 503 on a connection from "
+                 "the health reserve.");
+    tq_prom_sample_u(d, n, NULL, tq_metrics_conn_total(TQ_CONN_RESERVE_BUSY));
+    n = "trainq_http_deadline_closed_total";
+    tq_prom_head(d, n, "counter",
+                 "Connections closed because a request's headers or body were not in by their "
+                 "deadline.");
+    tq_prom_sample_u(d, n, "phase=\"headers\"", tq_metrics_conn_total(TQ_CONN_CUT_HEADERS));
+    tq_prom_sample_u(d, n, "phase=\"body\"", tq_metrics_conn_total(TQ_CONN_CUT_BODY));
 }
 
 void tq_metrics_init(const char *const *names, size_t n)
@@ -109,17 +105,18 @@ static const char *route_label(size_t i)
     return i < n_routes ? route_names[i] : "other";
 }
 
+/* Room for `route="…",code="…"`: route names are the route table's constants. */
+#define LABELS_BUF 160
+
 char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
 {
-    char *buf = NULL;
-    size_t size = 0;
-    FILE *f = open_memstream(&buf, &size);
-    if (!f)
+    tq_prom_doc d;
+    if (tq_prom_begin(&d) != 0)
         return NULL;
+    char lab[LABELS_BUF];
 
-    fputs("# HELP trainq_http_requests_total HTTP requests answered, by route and status code.\n"
-          "# TYPE trainq_http_requests_total counter\n",
-          f);
+    const char *n = "trainq_http_requests_total";
+    tq_prom_head(&d, n, "counter", "HTTP requests answered, by route and status code.");
     for (size_t r = 0; r < ROUTE_SLOTS; r++) {
         if (r >= n_routes && r != TQ_METRICS_MAX_ROUTES)
             continue;
@@ -128,55 +125,38 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
             if (!v)
                 continue;
             if (c < N_CODES)
-                fprintf(f, "trainq_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n",
-                        route_label(r), codes[c], v);
+                snprintf(lab, sizeof lab, "route=\"%s\",code=\"%u\"", route_label(r), codes[c]);
             else
-                fprintf(f, "trainq_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-                        route_label(r), v);
+                snprintf(lab, sizeof lab, "route=\"%s\",code=\"other\"", route_label(r));
+            tq_prom_sample_u(&d, n, lab, v);
         }
     }
 
-    fputs("# HELP trainq_http_request_duration_seconds Time from request line to response "
-          "sent.\n# TYPE trainq_http_request_duration_seconds histogram\n",
-          f);
+    n = "trainq_http_request_duration_seconds";
+    tq_prom_head(&d, n, "histogram", "Time from request line to response sent.");
     for (size_t r = 0; r < ROUTE_SLOTS; r++) {
         if (r >= n_routes && r != TQ_METRICS_MAX_ROUTES)
             continue;
         unsigned long long count = atomic_load_explicit(&lat_count[r], memory_order_relaxed);
         if (!count && r == TQ_METRICS_MAX_ROUTES)
             continue;
-        unsigned long long cum = 0;
-        for (size_t b = 0; b <= N_BUCKETS; b++) {
-            cum += atomic_load_explicit(&lat_bucket[r][b], memory_order_relaxed);
-            if (b < N_BUCKETS)
-                fprintf(
-                    f, "trainq_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n",
-                    route_label(r), buckets[b], cum);
-            else
-                fprintf(
-                    f,
-                    "trainq_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
-                    route_label(r), cum);
-        }
-        fprintf(f, "trainq_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n", route_label(r),
-                (double)atomic_load_explicit(&lat_sum_us[r], memory_order_relaxed) / 1e6);
-        fprintf(f, "trainq_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
-                route_label(r), cum);
+        unsigned long long counts[N_BUCKETS + 1];
+        for (size_t b = 0; b <= N_BUCKETS; b++)
+            counts[b] = atomic_load_explicit(&lat_bucket[r][b], memory_order_relaxed);
+        snprintf(lab, sizeof lab, "route=\"%s\"", route_label(r));
+        tq_prom_histogram(&d, n, lab, buckets, N_BUCKETS, counts,
+                          atomic_load_explicit(&lat_sum_us[r], memory_order_relaxed));
     }
 
-    render_conns(f);
+    render_conns(&d);
 
     tq_metrics_relay none = {0};
     none.backlog = -1;
     const tq_metrics_relay *rs = relay ? relay : &none;
-    fprintf(f,
-            "# HELP trainq_outbox_backlog Outbox rows not yet published (-1: unknown).\n"
-            "# TYPE trainq_outbox_backlog gauge\ntrainq_outbox_backlog %lld\n",
-            rs->backlog);
-    fprintf(f,
-            "# HELP trainq_relay_amqp_up 1 while the relay's RabbitMQ connection is up.\n"
-            "# TYPE trainq_relay_amqp_up gauge\ntrainq_relay_amqp_up %d\n",
-            rs->connected);
+    tq_prom_scalar(&d, "trainq_outbox_backlog", "gauge",
+                   "Outbox rows not yet published (-1: unknown).", rs->backlog);
+    tq_prom_scalar(&d, "trainq_relay_amqp_up", "gauge",
+                   "1 while the relay's RabbitMQ connection is up.", rs->connected);
     static const struct {
         const char *name, *help;
         size_t off;
@@ -197,14 +177,8 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
     for (size_t i = 0; i < sizeof ctr / sizeof ctr[0]; i++) {
         const unsigned long long *v =
             (const unsigned long long *)(const void *)((const char *)rs + ctr[i].off);
-        fprintf(f, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", ctr[i].name, ctr[i].help,
-                ctr[i].name, ctr[i].name, *v);
+        tq_prom_head(&d, ctr[i].name, "counter", ctr[i].help);
+        tq_prom_sample_u(&d, ctr[i].name, NULL, *v);
     }
-    if (fclose(f) != 0) {
-        free(buf);
-        return NULL;
-    }
-    if (len)
-        *len = size;
-    return buf;
+    return tq_prom_end(&d, len);
 }

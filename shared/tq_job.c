@@ -1,6 +1,7 @@
 #include "tq_job.h"
 
 #include "tq_err.h"
+#include "tq_json.h"
 #include "tq_utf8.h"
 
 #include <math.h>
@@ -513,13 +514,6 @@ int tq_submission_parse(const char *buf, size_t len, tq_submission *out, tq_vali
     return rc;
 }
 
-/* Sets key to val (stolen, may be NULL after a failed allocation) and records failure. */
-static void put(json_t *obj, const char *key, json_t *val, int *failed)
-{
-    if (json_object_set_new(obj, key, val) != 0)
-        *failed = 1;
-}
-
 json_t *tq_submission_to_json(const tq_submission *s)
 {
     int failed = 0;
@@ -536,19 +530,19 @@ json_t *tq_submission_to_json(const tq_submission *s)
         if (!s->trigger_words[i] ||
             json_array_append_new(words, json_string(s->trigger_words[i])) != 0)
             failed = 1;
-    put(cfg, "learning_rate", json_real(s->config.learning_rate), &failed);
-    put(cfg, "batch_size", json_integer(s->config.batch_size), &failed);
-    put(cfg, "steps", json_integer(s->config.steps), &failed);
-    put(cfg, "resolution", json_integer(s->config.resolution), &failed);
-    put(cfg, "lora_rank", json_integer(s->config.lora_rank), &failed);
-    put(cfg, "lora_alpha", json_integer(s->config.lora_alpha), &failed);
+    tq_json_put(cfg, "learning_rate", json_real(s->config.learning_rate), &failed);
+    tq_json_put(cfg, "batch_size", json_integer(s->config.batch_size), &failed);
+    tq_json_put(cfg, "steps", json_integer(s->config.steps), &failed);
+    tq_json_put(cfg, "resolution", json_integer(s->config.resolution), &failed);
+    tq_json_put(cfg, "lora_rank", json_integer(s->config.lora_rank), &failed);
+    tq_json_put(cfg, "lora_alpha", json_integer(s->config.lora_alpha), &failed);
 
-    put(o, "dataset_id", json_string(s->dataset_id), &failed);
-    put(o, "name", json_string(s->name), &failed);
-    put(o, "type", json_string(tq_job_type_name(s->type)), &failed);
-    put(o, "base_model", json_string(s->base_model), &failed);
-    put(o, "config", cfg, &failed);
-    put(o, "trigger_words", words, &failed);
+    tq_json_put(o, "dataset_id", json_string(s->dataset_id), &failed);
+    tq_json_put(o, "name", json_string(s->name), &failed);
+    tq_json_put(o, "type", json_string(tq_job_type_name(s->type)), &failed);
+    tq_json_put(o, "base_model", json_string(s->base_model), &failed);
+    tq_json_put(o, "config", cfg, &failed);
+    tq_json_put(o, "trigger_words", words, &failed);
     if (failed) {
         json_decref(o);
         return NULL;

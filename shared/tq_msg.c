@@ -1,5 +1,6 @@
 #include "tq_msg.h"
 
+#include "tq_clock.h"
 #include "tq_err.h"
 
 #include <stdio.h>
@@ -9,69 +10,11 @@
 
 /* ---- timestamps --------------------------------------------------------------------- */
 
-/* Reads exactly n digits at *p; -1 if any is not a digit. */
-static int digits(const char **p, int n)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        char c = (*p)[i];
-        if (c < '0' || c > '9')
-            return -1;
-        v = v * 10 + (c - '0');
-    }
-    *p += n;
-    return v;
-}
-
-static int days_in_month(int y, int m)
-{
-    static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
-        return 29;
-    return d[m - 1];
-}
-
+/* The parser is tq_clock's; a message's timestamp must also fit its buffer. */
 int tq_rfc3339_valid(const char *s)
 {
-    if (!s || strnlen(s, TQ_TIMESTAMP_BUF) >= TQ_TIMESTAMP_BUF)
-        return 0;
-    const char *p = s;
-    int y = digits(&p, 4);
-    if (y < 0 || *p++ != '-')
-        return 0;
-    int mo = digits(&p, 2);
-    if (mo < 1 || mo > 12 || *p++ != '-')
-        return 0;
-    int d = digits(&p, 2);
-    if (d < 1 || d > days_in_month(y, mo) || (*p != 'T' && *p != 't'))
-        return 0;
-    p++;
-    int h = digits(&p, 2);
-    if (h < 0 || h > 23 || *p++ != ':')
-        return 0;
-    int mi = digits(&p, 2);
-    if (mi < 0 || mi > 59 || *p++ != ':')
-        return 0;
-    int se = digits(&p, 2);
-    if (se < 0 || se > 60) /* 60: a leap second */
-        return 0;
-    if (*p == '.') {
-        int n = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++)
-            n++;
-        if (n < 1 || n > 9)
-            return 0;
-    }
-    if (*p == 'Z' || *p == 'z')
-        return p[1] == '\0';
-    if (*p != '+' && *p != '-')
-        return 0;
-    p++;
-    int oh = digits(&p, 2);
-    if (oh < 0 || oh > 23 || *p++ != ':')
-        return 0;
-    int om = digits(&p, 2);
-    return om >= 0 && om <= 59 && *p == '\0';
+    return s && strnlen(s, TQ_TIMESTAMP_BUF) < TQ_TIMESTAMP_BUF &&
+           tq_rfc3339_parse(s, NULL) == TQ_OK;
 }
 
 void tq_rfc3339_now(char out[TQ_TIMESTAMP_BUF])

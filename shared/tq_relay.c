@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 
 #include "tq_amqp.h"
+#include "tq_backoff.h"
 #include "tq_clock.h"
 #include "tq_db.h"
 #include "tq_log.h"
@@ -105,14 +106,9 @@ static void nap(tq_relay *r, int ms)
         drain_wake(r);
 }
 
-/* Exponential backoff with jitter: the next delay is in [cur/2, cur]. */
-static void backoff_sleep(tq_relay *r, int *cur)
+static void backoff_sleep(tq_relay *r, tq_backoff *b)
 {
-    *cur = *cur ? *cur * 2 : RELAY_BACKOFF_MIN_MS;
-    if (*cur > RELAY_BACKOFF_MAX_MS)
-        *cur = RELAY_BACKOFF_MAX_MS;
-    int half = *cur / 2;
-    nap(r, half + (int)(rand_r(&r->seed) % (unsigned)(half + 1)));
+    nap(r, (int)tq_backoff_next(b));
 }
 
 static void stats_add(tq_relay *r, uint64_t published, uint64_t confirms, uint64_t nacks,
@@ -490,7 +486,10 @@ static void final_flush(tq_relay *r)
 static void *relay_main(void *arg)
 {
     tq_relay *r = arg;
-    int bo_db = 0, bo_amqp = 0, bo_round = 0;
+    tq_backoff bo_db, bo_amqp, bo_round;
+    tq_backoff_init(&bo_db, RELAY_BACKOFF_MIN_MS, RELAY_BACKOFF_MAX_MS, TQ_BACKOFF_JITTER,
+                    (unsigned)rand_r(&r->seed));
+    bo_round = bo_amqp = bo_db;
     int64_t next_backlog = 0;
     /* Spread the hourly cleanup of many instances; first run a minute or two in. */
     int64_t next_cleanup = tq_mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
@@ -500,12 +499,12 @@ static void *relay_main(void *arg)
             backoff_sleep(r, &bo_db);
             continue;
         }
-        bo_db = 0;
+        tq_backoff_reset(&bo_db);
         if (ensure_amqp(r) != TQ_OK) {
             backoff_sleep(r, &bo_amqp);
             continue;
         }
-        bo_amqp = 0;
+        tq_backoff_reset(&bo_amqp);
 
         int full = 0;
         relay_side side;
@@ -516,11 +515,11 @@ static void *relay_main(void *arg)
             backoff_sleep(r, &bo_round);
             continue;
         }
-        if (bo_round) {
+        if (bo_round.failures) {
             tq_logj(TQ_LOG_INFO, "relay.recovered", name_field(r), "outbox rounds succeed again");
             r->last_err[0] = '\0';
         }
-        bo_round = 0;
+        tq_backoff_reset(&bo_round);
         if (full)
             continue;
 

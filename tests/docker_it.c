@@ -306,7 +306,7 @@ static void test_gpu_requests_are_accepted_and_start_errors_surface(void)
     for (int i = 0; i < 2; i++) {
         job j;
         CHECK(job_init(&j, tags[i], "DURATION=0\nEXIT_CODE=0\nMESSAGE=gpu\n") == 0, eb);
-        j.spec.gpu_mode = i == 0 ? TQ_GPUS_ALL : TQ_GPUS_IDS;
+        j.spec.gpu_mode = i == 0 ? TQ_GPUS_CFG_ALL : TQ_GPUS_CFG_IDS;
         j.spec.gpu_ids = "0";
         char id[65];
         CHECK(tq_docker_create(D, &j.spec, id, &eb) == TQ_OK, eb);

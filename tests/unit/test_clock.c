@@ -1,4 +1,5 @@
-/* The monotonic clock and timed waits (shared/tq_clock, consumer tq_worker_sleep). */
+/* The monotonic clock and timed waits (shared/tq_clock, consumer tq_worker_sleep), and the
+ * RFC 3339 parser (tq_rfc3339_parse). */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -100,6 +101,88 @@ static void test_worker_sleep_ends_after_its_time_on_a_monotonic_condvar(void **
     pthread_mutex_destroy(&w.mu);
 }
 
+static int64_t parsed(const char *s)
+{
+    int64_t ms = -999;
+    assert_int_equal(tq_rfc3339_parse(s, &ms), TQ_OK);
+    return ms;
+}
+
+static void test_rfc3339_fraction_keeps_milliseconds_and_drops_the_rest(void **state)
+{
+    (void)state;
+    assert_int_equal(parsed("1970-01-01T00:00:00Z"), 0);
+    assert_int_equal(parsed("1970-01-01T00:00:01.5Z"), 1500);
+    assert_int_equal(parsed("1970-01-01T00:00:01.05Z"), 1050);
+    /* Docker writes nanoseconds: truncated, never rounded up into the next second */
+    assert_int_equal(parsed("1970-01-01T00:00:01.999999999Z"), 1999);
+    assert_int_equal(parsed("2024-05-01T10:00:00.123456789Z"), 1714557600123LL);
+    assert_int_equal(parsed("2024-05-01t10:00:00.1z"), 1714557600100LL);
+}
+
+static void test_rfc3339_offsets_move_the_instant_to_utc(void **state)
+{
+    (void)state;
+    int64_t utc = parsed("2024-05-01T10:00:00Z");
+    assert_int_equal(parsed("2024-05-01T12:00:00+02:00"), utc);
+    assert_int_equal(parsed("2024-05-01T02:30:00-07:30"), utc);
+    assert_int_equal(parsed("2024-05-01T10:00:00+00:00"), utc);
+    assert_int_equal(parsed("2024-05-01T12:00:00.000000001+02:00"), utc);
+    /* across a day and a year boundary */
+    assert_int_equal(parsed("2024-01-01T01:00:00+02:00"), parsed("2023-12-31T23:00:00Z"));
+}
+
+static void test_rfc3339_calendar_leap_days_and_old_years(void **state)
+{
+    (void)state;
+    assert_int_equal(parsed("2024-02-29T00:00:00Z") - parsed("2024-02-28T00:00:00Z"), 86400000);
+    assert_int_equal(parsed("2024-03-01T00:00:00Z") - parsed("2024-02-29T00:00:00Z"), 86400000);
+    assert_int_equal(parsed("2000-02-29T00:00:00Z"), 951782400000LL);
+    /* a leap second counts into the next minute */
+    assert_int_equal(parsed("2016-12-31T23:59:60Z"), parsed("2017-01-01T00:00:00Z"));
+    assert_int_equal(parsed("1969-12-31T23:59:59Z"), -1000);
+    /* Go's zero time: about 62 135 596 800 s before 1970 */
+    assert_int_equal(parsed("0001-01-01T00:00:00Z"), -62135596800000LL);
+    assert_int_equal(tq_rfc3339_parse("0000-01-01T00:00:00Z", NULL), TQ_OK);
+}
+
+static void test_rfc3339_refuses_anything_else_and_leaves_the_result_alone(void **state)
+{
+    (void)state;
+    const char *bad[] = {"",
+                         "2024-01-02",
+                         "2024-01-02 03:04:05Z",
+                         "2024-01-02T03:04:05",
+                         "2024-01-02T03:04:05.Z",
+                         "2024-01-02T03:04:05.1234567890Z",
+                         "2024-13-02T03:04:05Z",
+                         "2024-00-02T03:04:05Z",
+                         "2023-02-29T03:04:05Z",
+                         "1900-02-29T03:04:05Z",
+                         "2024-04-31T03:04:05Z",
+                         "2024-01-00T03:04:05Z",
+                         "2024-01-02T24:00:00Z",
+                         "2024-01-02T03:60:05Z",
+                         "2024-01-02T03:04:61Z",
+                         "2024-01-02T03:04:05+0100",
+                         "2024-01-02T03:04:05+24:00",
+                         "2024-01-02T03:04:05+01:60",
+                         "2024-01-02T03:04:05Zjunk",
+                         "2024-01-02T03:04:05+01:00junk",
+                         "+2024-01-02T03:04:05Z",
+                         " 2024-01-02T03:04:05Z",
+                         "2024-1-02T03:04:05Z",
+                         "2024-01-02T03:04:5Z",
+                         "2024-01-02T03:04:05.-1Z",
+                         NULL};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int64_t ms = 42;
+        if (tq_rfc3339_parse(bad[i], &ms) != TQ_ERR_INVALID)
+            fail_msg("accepted %s", bad[i] ? bad[i] : "(null)");
+        assert_int_equal(ms, 42);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +190,10 @@ int main(void)
         cmocka_unit_test(test_deadline_is_on_the_monotonic_clock),
         cmocka_unit_test(test_monotonic_condvar_waits_until_a_monotonic_deadline),
         cmocka_unit_test(test_worker_sleep_ends_after_its_time_on_a_monotonic_condvar),
+        cmocka_unit_test(test_rfc3339_fraction_keeps_milliseconds_and_drops_the_rest),
+        cmocka_unit_test(test_rfc3339_offsets_move_the_instant_to_utc),
+        cmocka_unit_test(test_rfc3339_calendar_leap_days_and_old_years),
+        cmocka_unit_test(test_rfc3339_refuses_anything_else_and_leaves_the_result_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

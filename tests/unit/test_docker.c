@@ -461,7 +461,7 @@ static void create_body_requests_all_gpus(void **state)
 {
     (void)state;
     tq_container_spec s = base_spec();
-    s.gpu_mode = TQ_GPUS_ALL;
+    s.gpu_mode = TQ_GPUS_CFG_ALL;
     json_t *j = body_json(&s);
     json_t *want =
         json_loads("[{\"Driver\":\"nvidia\",\"Count\":-1,\"Capabilities\":[[\"gpu\"]]}]", 0, NULL);
@@ -475,7 +475,7 @@ static void create_body_requests_gpu_ids(void **state)
 {
     (void)state;
     tq_container_spec s = base_spec();
-    s.gpu_mode = TQ_GPUS_IDS;
+    s.gpu_mode = TQ_GPUS_CFG_IDS;
     s.gpu_ids = "0, 1";
     json_t *j = body_json(&s);
     json_t *want = json_loads(
@@ -498,7 +498,7 @@ static void spec_check_accepts_a_normal_spec(void **state)
     s.mounts = &near;
     s.n_mounts = 1;
     assert_int_equal(tq_container_spec_check(&s, "/tmp/dk/docker.sock", NULL), TQ_OK);
-    s.gpu_mode = TQ_GPUS_IDS;
+    s.gpu_mode = TQ_GPUS_CFG_IDS;
     s.gpu_ids = "GPU-8a3c1f2e-0000-1111-2222-333344445555,2";
     assert_int_equal(tq_container_spec_check(&s, NULL, NULL), TQ_OK);
 }
@@ -549,7 +549,7 @@ static void spec_check_refuses_bad_names_paths_env_and_gpu_ids(void **state)
     s.n_env = 1;
     assert_int_equal(tq_container_spec_check(&s, NULL, NULL), TQ_ERR_INVALID);
     s = base_spec();
-    s.gpu_mode = TQ_GPUS_IDS;
+    s.gpu_mode = TQ_GPUS_CFG_IDS;
     const char *ids[] = {NULL, "", ",", "0,", "0 1", "0;1", "$(x)"};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
         s.gpu_ids = ids[i];

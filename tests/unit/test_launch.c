@@ -461,15 +461,19 @@ static void models_cache_is_mounted_read_only_when_configured(void **state)
         tq_config cfg;
         memset(&cfg, 0, sizeof cfg);
         cfg.models_read_only = ro;
-        tq_mount mounts[TQ_LAUNCH_N_MOUNTS];
-        tq_launch_mounts(&cfg, &paths, mounts);
-        tq_container_spec s;
-        memset(&s, 0, sizeof s);
-        s.name = "training-" JOB_ID;
-        s.image = "trainer:1";
-        s.mounts = mounts;
-        s.n_mounts = TQ_LAUNCH_N_MOUNTS;
-        char *body = tq_docker_create_body(&s);
+        cfg.training_image = "trainer:1";
+        cfg.training_cmd = "python train.py";
+        tq_job_container jc;
+        const tq_job_container_in in = {.job_id = JOB_ID,
+                                        .user_id = "u",
+                                        .worker_id = "w",
+                                        .dataset = paths.dataset,
+                                        .outputs = paths.outputs,
+                                        .models = paths.models,
+                                        .config_file = paths.config_file};
+        tq_errbuf eb = {{0}};
+        assert_int_equal(tq_job_container_build(&jc, &cfg, &in, &eb), TQ_OK);
+        char *body = tq_docker_create_body(&jc.spec);
         assert_non_null(body);
         json_t *j = json_loads(body, 0, NULL);
         free(body);
@@ -519,12 +523,12 @@ static void training_cmd_is_split_on_spaces_without_a_shell(void **state)
 {
     (void)state;
     char buf[256];
-    const char *argv[TQ_LAUNCH_MAX_ARGS];
+    const char *argv[TQ_CONTAINER_MAX_ARGS];
     size_t n;
     tq_errbuf eb;
 
-    assert_int_equal(tq_launch_split_cmd("python train_lora.py --config /workspace/config.json",
-                                         buf, sizeof buf, argv, TQ_LAUNCH_MAX_ARGS, &n, &eb),
+    assert_int_equal(tq_container_split_cmd("python train_lora.py --config /workspace/config.json",
+                                            buf, sizeof buf, argv, TQ_CONTAINER_MAX_ARGS, &n, &eb),
                      TQ_OK);
     assert_int_equal(n, 4);
     assert_string_equal(argv[0], "python");
@@ -533,8 +537,8 @@ static void training_cmd_is_split_on_spaces_without_a_shell(void **state)
     assert_string_equal(argv[3], "/workspace/config.json");
 
     /* Quotes and shell syntax are plain characters. */
-    assert_int_equal(tq_launch_split_cmd("  sh   -c 'echo;rm' $HOME ", buf, sizeof buf, argv,
-                                         TQ_LAUNCH_MAX_ARGS, &n, &eb),
+    assert_int_equal(tq_container_split_cmd("  sh   -c 'echo;rm' $HOME ", buf, sizeof buf, argv,
+                                            TQ_CONTAINER_MAX_ARGS, &n, &eb),
                      TQ_OK);
     assert_int_equal(n, 4);
     assert_string_equal(argv[0], "sh");
@@ -542,14 +546,15 @@ static void training_cmd_is_split_on_spaces_without_a_shell(void **state)
     assert_string_equal(argv[2], "'echo;rm'");
     assert_string_equal(argv[3], "$HOME");
 
-    assert_int_equal(tq_launch_split_cmd("", buf, sizeof buf, argv, 4, &n, &eb), TQ_ERR_INVALID);
-    assert_int_equal(tq_launch_split_cmd("   ", buf, sizeof buf, argv, 4, &n, &eb), TQ_ERR_INVALID);
-    assert_int_equal(tq_launch_split_cmd("a b c d", buf, sizeof buf, argv, 4, &n, &eb), TQ_OK);
+    assert_int_equal(tq_container_split_cmd("", buf, sizeof buf, argv, 4, &n, &eb), TQ_ERR_INVALID);
+    assert_int_equal(tq_container_split_cmd("   ", buf, sizeof buf, argv, 4, &n, &eb),
+                     TQ_ERR_INVALID);
+    assert_int_equal(tq_container_split_cmd("a b c d", buf, sizeof buf, argv, 4, &n, &eb), TQ_OK);
     assert_int_equal(n, 4);
-    assert_int_equal(tq_launch_split_cmd("a b c d e", buf, sizeof buf, argv, 4, &n, &eb),
+    assert_int_equal(tq_container_split_cmd("a b c d e", buf, sizeof buf, argv, 4, &n, &eb),
                      TQ_ERR_INVALID);
     assert_non_null(strstr(eb.msg, "more than 4 words"));
-    assert_int_equal(tq_launch_split_cmd("abcdefgh", buf, 8, argv, 4, &n, &eb), TQ_ERR_INVALID);
+    assert_int_equal(tq_container_split_cmd("abcdefgh", buf, 8, argv, 4, &n, &eb), TQ_ERR_INVALID);
 }
 
 /* ---- metrics ----------------------------------------------------------------------- */

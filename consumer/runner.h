@@ -1,0 +1,72 @@
+/*
+ * runner — what happens when a training container exits.
+ *
+ * One runner thread per slot follows one container at a time: it waits for the exit in
+ * short rounds (so cancellation, overrun, a lost lease and shutdown are noticed within
+ * ~2 s), judges the end (tq_run_judge), records the outcome with the claim's fencing token
+ * — releasing the user's next parked job in the same transaction (cdb.c) — and frees the
+ * slot. An exit caused by dockerd going away is not the job's fault: the job is given back
+ * (retried, bounded by max_attempts) instead of recorded as failed.
+ *
+ * What must stay true:
+ *  - an outcome is written only with the fencing token of the claim the slot holds: a
+ *    runner whose lease was lost kills its container and records nothing;
+ *  - on shutdown a runner leaves its container alone: the next start of this worker adopts
+ *    it (adoption.h), so a restart never kills a training run.
+ */
+#ifndef TQ_RUNNER_H
+#define TQ_RUNNER_H
+
+#include <stddef.h>
+
+#include "tq_status.h"
+#include "worker.h"
+
+/* What is to be done with the job once its container ended. */
+typedef enum {
+    TQ_RUN_RECORD, /* record status (completed, failed or cancelled) */
+    TQ_RUN_RETRY,  /* interrupted by an outage of this host: give the job back */
+} tq_run_verdict;
+
+/* tq_run_outcome.exit_code when the container left none (it disappeared). */
+#define TQ_RUN_NO_EXIT_CODE (-256)
+#define TQ_RUN_ERROR_BUF 4608
+#define TQ_RUN_REASON_BUF 256
+
+/* The container's end, as the job's outcome. */
+typedef struct {
+    tq_run_verdict verdict;
+    tq_job_status status;           /* TQ_RUN_RECORD: a terminal status */
+    int exit_code;                  /* TQ_RUN_NO_EXIT_CODE: none */
+    char error[TQ_RUN_ERROR_BUF];   /* the job's error message, "" for none */
+    char reason[TQ_RUN_REASON_BUF]; /* why, for the log and the status history */
+} tq_run_outcome;
+
+/* What the runner saw when its wait on the container ended. */
+typedef struct {
+    int exit_code; /* TQ_RUN_NO_EXIT_CODE: the container no longer exists */
+    int oom;       /* killed by the kernel's OOM killer */
+    int cancelled; /* the user asked for cancellation */
+    int overrun;   /* the runner stopped it at the maximum run time */
+    int outage;    /* dockerd was unreachable while the job ran, or is going away */
+    int max_run_seconds;
+    const char *container_id;
+} tq_run_end;
+
+/*
+ * Judges the end of a container: cancelled beats overrun, overrun beats an outage, an
+ * outage with a non-zero code is retried, code 0 without OOM completes, anything else
+ * fails. Returns 1 when the outcome is a failed exit whose message wants the container's
+ * log tail (then call tq_run_describe_exit), 0 when *o is complete. Pure.
+ */
+int tq_run_judge(const tq_run_end *e, tq_run_outcome *o);
+
+/* The failed outcome of an exit with exit_code (and the OOM flag), its error message
+ * ending in the log tail (may be NULL), cut at a character boundary. Pure. */
+void tq_run_describe_exit(int exit_code, int oom, const char *tail, tq_run_outcome *o);
+
+/* Starts one runner thread per slot / wakes and joins them (on stopping). */
+int tq_runners_start(tq_worker *w);
+void tq_runners_join(tq_worker *w);
+
+#endif

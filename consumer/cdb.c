@@ -277,7 +277,7 @@ typedef struct {
 } give_back_arg;
 
 /* One statement, so one implicit transaction: tq_give_back takes the user's lock, then the
- * row, and releases the user's next parked job (db/migrations/0004). */
+ * row, and releases the user's next parked job (db/procedures/40_dispatch.sql). */
 static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     give_back_arg *a = arg;

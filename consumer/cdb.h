@@ -1,10 +1,11 @@
 /*
  * cdb — all SQL of the consumer, in one place, parameterised only.
  *
- * The per-user ordering and limit rules live in the database (db/migrations, and the claim
- * itself in db/procedures/claim.sql): the claim takes the user's advisory lock, so claims,
- * parks and releases of one user are serialised across every host; the schema's guard refuses a third active job even if this code is
- * wrong. Every change that frees a slot calls tq_release_parked() in the same transaction.
+ * The per-user ordering and limit rules live in the database (db/procedures, the claim
+ * itself in claim.sql): the claim takes the user's advisory lock, so claims, parks and
+ * releases of one user are serialised across every host; the schema's guard refuses a
+ * third active job even if this code is wrong. Every change that frees a slot calls
+ * tq_release_parked() in the same transaction.
  * Every transaction here runs through tq_db_run_txn (shared/tq_db.h): soft errors are
  * retried there; the connection passed in is borrowed (its owner reconnects it), except
  * the claim's, which the runner may reopen.

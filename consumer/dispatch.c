@@ -14,7 +14,7 @@
  * is published (confirmed) and the original acked, after the consumer is cancelled, so it
  * goes elsewhere. Only a failure that may be the message's own (an unexpected database
  * error) is nacked: the quorum queue's delivery limit then bounds it, and the sweeper
- * republishes a valid job that the limit dead-lettered (db/migrations/0004).
+ * republishes a valid job that the limit dead-lettered (db/procedures/40_dispatch.sql).
  *
  * Host health: a launch that fails for a reason of this host (image or runtime missing,
  * disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row mark the

@@ -7,7 +7,7 @@
  *  - health: pings dockerd and Postgres, so the dispatcher consumes only while both answer;
  *  - the sweeper thread (tq_sweeper_main, its own connection): the reaper recovers jobs
  *    whose worker stopped renewing its lease; the sweeper releases parked jobs whose user
- *    has room and republishes stranded ones (db/migrations 0002, 0004).
+ *    has room and republishes stranded ones (db/procedures/40_dispatch.sql).
  *
  * Start-up adoption (adoption.c) runs before these threads start.
  */

@@ -211,7 +211,7 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
 /* ------------------------------------------------------------------ submit */
 
 typedef struct {
-    const char *user, *job_id, *config_json, *tw_json, *canon, *payload, *idem;
+    const char *user, *job_id, *canon, *payload, *idem;
     const tq_submission *s;
     tq_pdb_submitted *out;
 } submit_arg;
@@ -272,24 +272,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
               eb);
     if (rc != TQ_OK)
         return rc;
-    const char *pj[10] = {a->job_id,
-                          a->user,
-                          a->s->dataset_id,
-                          a->s->name,
-                          tq_job_type_name(a->s->type),
-                          a->s->base_model,
-                          a->config_json,
-                          a->tw_json,
-                          a->idem,
-                          a->canon};
-    rc = exec(t,
-              "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,"
-              " trigger_words, status, source, idempotency_key, request_hash)"
-              " VALUES ($1::uuid, $2, $3::uuid, $4, $5, $6, $7::jsonb,"
-              "  ARRAY(SELECT e FROM jsonb_array_elements_text($8::jsonb) WITH ORDINALITY"
-              "        AS x(e, n) ORDER BY n),"
-              "  'queued', 'http', $9, md5($10))",
-              10, pj, NULL, eb);
+    /* The row is read from the message, and holds it: the outbox row below gets the same
+     * bytes (db/procedures/30_jobs.sql). */
+    const char *pj[3] = {a->payload, a->idem, a->canon};
+    rc = exec(t, "SELECT tq_insert_job($1, 'http', $2, md5($3))", 3, pj, NULL, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -307,14 +293,11 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 }
 
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
-                  const char *config_json, const char *trigger_words_json,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
                   tq_pdb_submitted *out, tq_errbuf *eb)
 {
     submit_arg a = {.user = user,
                     .job_id = job_id,
-                    .config_json = config_json,
-                    .tw_json = trigger_words_json,
                     .canon = canonical_json,
                     .payload = msg_payload,
                     .idem = idem_key,

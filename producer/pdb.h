@@ -38,11 +38,12 @@ typedef struct {
 } tq_pdb_submitted;
 
 /* In one transaction: idempotency lookup, dataset check, job row (status queued, source
- * http) and its outbox row (payload = msg_payload). idem_key may be NULL.
+ * http, made by tq_insert_job from msg_payload, the tq_msg_encode body of job_id) and its
+ * outbox row; both hold msg_payload byte for byte, so a later release republishes exactly
+ * what was first published. idem_key may be NULL.
  * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
  * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
-                  const char *config_json, const char *trigger_words_json,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
                   tq_pdb_submitted *out, tq_errbuf *eb);
 

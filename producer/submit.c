@@ -112,16 +112,10 @@ void tq_h_submit(tq_req *r)
 
     json_t *canon = tq_submission_to_json(&sub);
     char *canon_s = canon ? json_dumps(canon, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    char *config_s =
-        canon ? json_dumps(json_object_get(canon, "config"), JSON_COMPACT | JSON_PRESERVE_ORDER)
-              : NULL;
-    char *tw_s = canon ? json_dumps(json_object_get(canon, "trigger_words"),
-                                    JSON_COMPACT | JSON_PRESERVE_ORDER)
-                       : NULL;
     json_decref(canon);
 
     tq_errbuf eb = {{0}};
-    if (!payload || !canon_s || !config_s || !tw_s) {
+    if (!payload || !canon_s) {
         /* tq_msg_encode also refuses a user id it would not decode (e.g. a `sub` with
          * characters the message contract forbids): not the client's body at fault. */
         tq_errf(&eb, TQ_ERR_INTERNAL, "could not encode job message for user");
@@ -130,8 +124,7 @@ void tq_h_submit(tq_req *r)
     }
 
     tq_pdb_submitted res;
-    rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, config_s, tw_s, canon_s, payload, idem, &res,
-                       &eb);
+    rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem, &res, &eb);
     switch (rc) {
     case TQ_OK:
         if (res.replayed)
@@ -159,7 +152,5 @@ void tq_h_submit(tq_req *r)
 out:
     free(payload);
     free(canon_s);
-    free(config_s);
-    free(tw_s);
     tq_submission_free(&sub);
 }

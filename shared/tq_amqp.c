@@ -459,11 +459,13 @@ static void apply_confirm(tq_amqp_msg *msgs, unsigned char *state, const int *re
         if (ack && !returned[i]) {
             state[i] = PUB_ACKED;
             msgs[i].result = TQ_OK;
+            msgs[i].verdict = TQ_AMQP_ACKED;
             msgs[i].reason[0] = '\0';
         } else {
             /* A returned message is acked afterwards: the ack only means "handled". */
             state[i] = PUB_NACKED;
             msgs[i].result = TQ_ERR_AMQP;
+            msgs[i].verdict = returned[i] ? TQ_AMQP_RETURNED : TQ_AMQP_NACKED;
             if (!returned[i])
                 snprintf(msgs[i].reason, sizeof msgs[i].reason, "nacked by broker");
         }
@@ -511,6 +513,7 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
 {
     for (size_t i = 0; i < n; i++) {
         msgs[i].result = TQ_ERR_UNAVAILABLE;
+        msgs[i].verdict = TQ_AMQP_UNCONFIRMED;
         msgs[i].reason[0] = '\0';
     }
     if (n == 0)

@@ -95,9 +95,17 @@ int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errb
 /* Puts channel 1 in publisher-confirm mode (kept across channel reopens). */
 int tq_amqp_confirm_select(tq_amqp *a, tq_errbuf *eb);
 
+/* What the broker said about one message of a confirmed batch. */
+typedef enum {
+    TQ_AMQP_UNCONFIRMED = 0, /* no verdict: the batch failed before it came (result says why) */
+    TQ_AMQP_ACKED,           /* confirmed (basic.ack) and not returned */
+    TQ_AMQP_NACKED,          /* refused (basic.nack) */
+    TQ_AMQP_RETURNED,        /* unroutable (basic.return, then acked): no queue holds it */
+} tq_amqp_verdict;
+
 /* One message of a confirmed batch. All pointers are borrowed for the call. header_kv
  * is n_header_kv strings: key, value, key, value, ... (even, at most 32 strings).
- * content_type NULL means application/json. result/reason are outputs. */
+ * content_type NULL means application/json. result/verdict/reason are outputs. */
 typedef struct {
     const char *exchange;
     const char *routing_key;
@@ -107,20 +115,21 @@ typedef struct {
     const char *content_type;
     const char *const *header_kv;
     size_t n_header_kv;
-    int result;       /* TQ_OK: confirmed; TQ_ERR_AMQP: nacked or returned; else batch error */
-    char reason[128]; /* set when result != TQ_OK */
+    int result;              /* TQ_OK: acked; TQ_ERR_AMQP: nacked or returned; else batch error */
+    tq_amqp_verdict verdict; /* decide on this, never on the text of reason */
+    char reason[128];        /* for logs and outbox.last_error; set when result != TQ_OK */
 } tq_amqp_msg;
 
 /* Publishes msgs[0..n) persistent (delivery_mode 2), mandatory, with content_type,
  * message_id and timestamp, on a channel in confirm mode (tq_amqp_confirm_select first),
  * then waits up to timeout_ms in total for every confirm. Returns TQ_OK when every
- * message has a verdict in msgs[i].result: TQ_OK (acked), TQ_ERR_AMQP (nacked, or
- * returned as unroutable: reason starts with "unroutable"). Otherwise the whole batch
+ * message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result
+ * TQ_OK (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch
  * failed: TQ_ERR_UNAVAILABLE (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm
  * in time: the wrapper is made dead too, because late confirms could not be told apart),
  * TQ_ERR_AMQP (the broker closed the channel), TQ_ERR_NOMEM; every message without a
- * verdict then has result = that error and must be treated as not published (it may
- * still have been: publish again, consumers dedup by message_id). */
+ * verdict (UNCONFIRMED) then has result = that error and must be treated as not published
+ * (it may still have been: publish again, consumers dedup by message_id). */
 int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
                               tq_errbuf *eb);
 

@@ -96,7 +96,7 @@ int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *sta
  * runs longer than 30 s and no lock is awaited longer than 10 s (docs/operations.md). */
 #define TQ_DB_DEFAULT_OPTIONS "-c statement_timeout=30000 -c lock_timeout=10000"
 
-/* SQLSTATE of the active-job guard raised by db/migrations (tq_guard_active). */
+/* SQLSTATE of the active-job guard raised by tq_guard_active (db/procedures/20_guards.sql). */
 #define TQ_DB_SQLSTATE_ACTIVE_LIMIT "TQ001"
 
 #endif

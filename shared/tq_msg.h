@@ -12,7 +12,9 @@
  *   - decode(encode(m)) reproduces m exactly, the learning rate bit for bit;
  *   - encode is canonical: equal structs give identical bytes, so encode(decode(b)) is the
  *     canonical form of b and encoding it again changes nothing;
- *   - AMQP message_id == job_id, routing key == tq_job_type_name(sub.type).
+ *   - AMQP message_id == job_id, routing key == tq_job_type_name(sub.type);
+ *   - this is the only encoder of trainq.job.v1: every job row keeps the bytes it produced
+ *     (training_jobs.message) and a release republishes those (db/procedures/30_jobs.sql).
  */
 #ifndef TQ_MSG_H
 #define TQ_MSG_H

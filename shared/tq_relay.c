@@ -238,7 +238,7 @@ static char *id_array(PGresult *res, const tq_amqp_msg *msgs, int n, int *count)
     s[len++] = '{';
     *count = 0;
     for (int i = 0; i < n; i++) {
-        if (msgs[i].result != TQ_OK)
+        if (msgs[i].verdict != TQ_AMQP_ACKED)
             continue;
         int w = snprintf(s + len, cap - len, "%s%s", *count ? "," : "", PQgetvalue(res, i, 0));
         if (w < 0 || (size_t)w >= cap - len) {
@@ -317,11 +317,12 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
     uint64_t acked = 0, nacked = 0, returned = 0;
     for (int i = 0; i < n; i++) {
         tq_amqp_msg *m = &r->msgs[i];
-        if (m->result == TQ_OK) {
+        if (m->verdict == TQ_AMQP_ACKED) {
             acked++;
             continue;
         }
-        if (strncmp(m->reason, "unroutable", 10) == 0)
+        /* The whole batch had verdicts (rc == TQ_OK): returned or nacked, both retried. */
+        if (m->verdict == TQ_AMQP_RETURNED)
             returned++;
         else
             nacked++;

@@ -46,6 +46,7 @@ static int probe_channel_close(const char *amqp_url, const char *msgid)
                      .message_id = msgid, .body = "{}", .body_len = 2};
     tq_errbuf eb1 = {{0}};
     int rc1 = tq_amqp_publish_confirmed(a, &m, 1, 5000, &eb1);
+    int unconfirmed1 = m.verdict == TQ_AMQP_UNCONFIRMED;
     int alive1 = tq_amqp_alive(a);
     static const char *const hdr[] = {"x-trainq-probe", "1"};
     m.exchange = TQ_AMQP_EXCHANGE;
@@ -53,10 +54,11 @@ static int probe_channel_close(const char *amqp_url, const char *msgid)
     m.n_header_kv = 2;
     tq_errbuf eb2 = {{0}};
     int rc2 = tq_amqp_publish_confirmed(a, &m, 1, 5000, &eb2);
-    json_t *o = json_pack("{s:i,s:s,s:i,s:i,s:i,s:s,s:i}", "first_rc", rc1, "first_msg", eb1.msg,
-                          "alive_after_first", alive1, "second_rc", rc2, "second_result",
-                          m.result, "second_msg", eb2.msg, "reopened",
-                          tq_amqp_channel_epoch(a) > epoch0);
+    json_t *o =
+        json_pack("{s:i,s:s,s:b,s:i,s:i,s:i,s:b,s:s,s:i}", "first_rc", rc1, "first_msg", eb1.msg,
+                  "first_unconfirmed", unconfirmed1, "alive_after_first", alive1, "second_rc", rc2,
+                  "second_result", m.result, "second_acked", m.verdict == TQ_AMQP_ACKED,
+                  "second_msg", eb2.msg, "reopened", tq_amqp_channel_epoch(a) > epoch0);
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     if (s)
         printf("%s\n", s);

@@ -1,8 +1,11 @@
--- trainq schema, version 1.
+-- trainq schema, version 1: the tables. The functions and triggers that guard them live in
+-- db/procedures/, reloaded by scripts/migrate.sh on every run (databases migrated before
+-- that got first versions of them from 0001-0005; the reload replaces those).
 --
--- What must stay true (each guarded here, not only in application code):
---  * at most N active (pending|running) jobs per user: trigger tq_guard_active serialises
---    every status change of one user on a per-user advisory lock and refuses the N+1th;
+-- What must stay true (guarded in the database, not only in application code):
+--  * at most N active (pending|running) jobs per user: trigger training_jobs_guard_active
+--    (db/procedures/20_guards.sql) serialises every status change of one user on the
+--    user's lock and refuses the N+1th;
 --  * every status change is appended to job_events in the same transaction (trigger);
 --  * a job row and the outbox row that dispatches it are written in one transaction by the
 --    producer; the relay marks outbox rows published only after a broker confirm.
@@ -126,91 +129,3 @@ CREATE TABLE workers (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     stopped_at   timestamptz
 );
-
--- The per-user active limit: override, else the cluster default.
-CREATE FUNCTION tq_user_max_active(p_user text) RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(
-        (SELECT max_active FROM user_limits WHERE user_id = p_user),
-        (SELECT value::integer FROM settings WHERE key = 'default_max_active_per_user'),
-        2)
-$$;
-
--- Serialise all status changes of one user and refuse a transition that would make more
--- than tq_user_max_active(user) jobs active. The advisory lock is held to commit, and the
--- count runs in a fresh snapshot (volatile plpgsql under READ COMMITTED), so two racing
--- transactions on different hosts cannot both see room for one more.
-CREATE FUNCTION tq_guard_active() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    n_active integer;
-    lim integer;
-BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
-        RETURN NEW;
-    END IF;
-    PERFORM pg_advisory_xact_lock(7411, hashtext(NEW.user_id));
-    IF NEW.status IN ('pending', 'running')
-       AND (TG_OP = 'INSERT' OR OLD.status NOT IN ('pending', 'running')) THEN
-        IF current_setting('transaction_isolation') <> 'read committed' THEN
-            RAISE EXCEPTION 'active-job guard needs READ COMMITTED isolation';
-        END IF;
-        SELECT count(*) INTO n_active FROM training_jobs
-         WHERE user_id = NEW.user_id AND status IN ('pending', 'running') AND id <> NEW.id;
-        lim := tq_user_max_active(NEW.user_id);
-        IF n_active >= lim THEN
-            RAISE EXCEPTION 'user % already has % active jobs (limit %)', NEW.user_id, n_active, lim
-                USING ERRCODE = 'TQ001';
-        END IF;
-    END IF;
-    NEW.updated_at := now();
-    RETURN NEW;
-END $$;
-
-CREATE TRIGGER training_jobs_guard_active
-    BEFORE INSERT OR UPDATE OF status ON training_jobs
-    FOR EACH ROW EXECUTE FUNCTION tq_guard_active();
-
--- The reason of a transition: the session's trainq.reason (set with set_config(...,
--- true) inside the transaction), else the job's error_message for failures.
-CREATE FUNCTION tq_audit_status() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    r text := NULLIF(current_setting('trainq.reason', true), '');
-BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
-        RETURN NULL;
-    END IF;
-    IF r IS NULL AND NEW.status = 'failed' THEN
-        r := NEW.error_message;
-    END IF;
-    INSERT INTO job_events (job_id, user_id, from_status, to_status, worker_id, fencing_token, reason)
-    VALUES (NEW.id, NEW.user_id, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
-            NEW.worker_id, NEW.fencing_token, r);
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER training_jobs_audit
-    AFTER INSERT OR UPDATE OF status ON training_jobs
-    FOR EACH ROW EXECUTE FUNCTION tq_audit_status();
-
--- The audit trail is append-only.
-CREATE FUNCTION tq_refuse_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
-END $$;
-CREATE TRIGGER job_events_append_only
-    BEFORE UPDATE OR DELETE ON job_events
-    FOR EACH ROW EXECUTE FUNCTION tq_refuse_change();
-
--- Wake the outbox relays at once instead of waiting for their poll.
-CREATE FUNCTION tq_outbox_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('trainq_outbox', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER outbox_notify
-    AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION tq_outbox_notify();

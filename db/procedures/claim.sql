@@ -3,8 +3,8 @@
 --
 -- tq_claim(message, worker, lease, path_max) runs these steps in order, each its own
 -- function below, under the user's lock taken first:
---   1. ensure the row   tq_claim_ensure_row    a message published straight to AMQP by
---                                              another service gets its row (idempotent)
+--   1. ensure the row   tq_insert_job          a message published straight to AMQP by
+--                       (30_jobs.sql)          another service gets its row (idempotent)
 --   2. check the job    tq_claim_check_job     deleted / someone else's / not queued
 --   3. check the dataset tq_claim_check_dataset missing / someone else's / path too long:
 --                                              the job fails durably
@@ -27,20 +27,11 @@
 --
 -- Idempotent (migrate.sh reloads this file on every run): CREATE OR REPLACE only.
 
--- 1. A message from another service has no row yet: create it from the message, whose
+-- 1. A message from another service has no row yet: tq_insert_job (30_jobs.sql, the one
+-- job-row INSERT, shared with the producer) creates it from the message and stores its
 -- canonical bytes (shared/tq_msg.c's encoder, run by the consumer on the decoded message)
--- are stored as the row's message. A job deleted through the API keeps its audit trail: a
--- stale message must not bring it back.
-CREATE OR REPLACE FUNCTION tq_claim_ensure_row(p_msg jsonb, p_message text) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
-                               trigger_words, source, message)
-    SELECT (p_msg->>'job_id')::uuid, p_msg->>'user_id', (p_msg->>'dataset_id')::uuid,
-           p_msg->>'name', p_msg->>'type', p_msg->>'base_model', p_msg->'config',
-           ARRAY(SELECT jsonb_array_elements_text(p_msg->'trigger_words')), 'amqp', p_message
-     WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (p_msg->>'job_id')::uuid)
-    ON CONFLICT (id) DO NOTHING
-$$;
+-- as the row's message. A job deleted through the API keeps its audit trail: a stale
+-- message does not bring it back.
 
 -- 2. Locks the job's row. outcome NULL: it is queued and the message's, go on.
 CREATE OR REPLACE FUNCTION tq_claim_check_job(p_id uuid, p_user text, p_dataset uuid,
@@ -126,9 +117,8 @@ BEGIN
 END $$;
 
 -- 5. queued -> pending on p_worker with a new fencing token and lease; then, still room
--- after this claim, the user's next parked jobs go too. The job's message is what the
--- consumer decodes and launches; a row written before every writer filled message (0006)
--- gets one built from its columns here, for decoding only (a release never reads it).
+-- after this claim, the user's next parked jobs go too. The job's message (every row has
+-- one: 0007) is what the consumer decodes and launches.
 CREATE OR REPLACE FUNCTION tq_claim_take(p_id uuid, p_user text, p_worker text,
                                          p_lease integer,
                                          OUT token bigint, OUT tries integer,
@@ -142,12 +132,7 @@ BEGIN
            lease_expires_at = now() + make_interval(secs => p_lease), parked_at = NULL,
            released_at = NULL, container_id = NULL, exit_code = NULL
      WHERE t.id = p_id
-     RETURNING t.fencing_token, t.attempts, extract(epoch FROM t.created_at),
-               COALESCE(t.message, json_build_object(
-                   'schema', 'trainq.job.v1', 'job_id', t.id, 'user_id', t.user_id,
-                   'dataset_id', t.dataset_id, 'name', t.name, 'type', t.type,
-                   'base_model', t.base_model, 'config', t.config,
-                   'trigger_words', to_json(t.trigger_words))::text)
+     RETURNING t.fencing_token, t.attempts, extract(epoch FROM t.created_at), t.message
       INTO token, tries, created_epoch, job_message;
     PERFORM set_config('trainq.reason', '', true);
     PERFORM tq_release_parked(p_user);
@@ -168,7 +153,7 @@ DECLARE
     v_dataset constant uuid := (m->>'dataset_id')::uuid;
 BEGIN
     PERFORM tq_lock_user(v_user);
-    PERFORM tq_claim_ensure_row(m, p_message);
+    PERFORM tq_insert_job(p_message, 'amqp');
     SELECT c.outcome, c.reason INTO outcome, reason
       FROM tq_claim_check_job(v_id, v_user, v_dataset) c;
     IF outcome IS NOT NULL THEN

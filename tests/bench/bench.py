@@ -452,9 +452,10 @@ class Bench:
     def pgbench_script(self, one_txn):
         """The statements one submit commits (producer/pdb.c: tq_pdb_rate_hit then
         tq_pdb_submit without Idempotency-Key), with the same parameters as text."""
-        msg = json.dumps({"schema": "trainq.job.v1", "job_id": "00000000-0000-4000-8000-000000000000",
-                          "user_id": "bench-u1", "submitted_at": "2026-01-01T00:00:00.000Z",
-                          "dataset_id": self.pool_dataset(1), "name": "bench 0-1", "type": "lora",
+        # tq_insert_job reads the row from the message: each transaction's own ids go in.
+        msg = json.dumps({"schema": "trainq.job.v1", "job_id": "@JOB@",
+                          "user_id": "@USER@", "submitted_at": "2026-01-01T00:00:00.000Z",
+                          "dataset_id": "@DS@", "name": "bench 0-1", "type": "lora",
                           "base_model": BASE_MODEL,
                           "config": {"steps": 100, "learning_rate": 0.0001, "batch_size": 1,
                                      "resolution": 512},
@@ -463,6 +464,11 @@ class Bench:
         canon = json.dumps({"dataset_id": self.pool_dataset(1), "name": "bench 0-1",
                             "type": "lora", "base_model": BASE_MODEL, "config": json.loads(config),
                             "trigger_words": ["tqbench"]}, separators=(",", ":"))
+        job = ("('cccccccc-' || lpad(to_hex(:r1::int), 4, '0') || '-4000-8000-' || "
+               "lpad(to_hex(:r2::bigint), 12, '0'))")
+        ds = "('bbbbbbbb-0000-4000-8000-' || lpad(:n::text, 12, '0'))"
+        body = (f"replace(replace(replace('{msg}', '@JOB@', {job}), '@USER@', 'bench-u' || :n),"
+                f" '@DS@', {ds})")
         split = "" if one_txn else "COMMIT;\nBEGIN;\n"
         # tq_pdb_rate_hit commits its counter without waiting for the WAL flush; in the
         # folded variant that would cover the job too, so only the 2-transaction script has it.
@@ -478,8 +484,8 @@ DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes';
 \\endif
 {split}SELECT user_id FROM datasets WHERE id = ('bbbbbbbb-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid;
 SELECT set_config('trainq.reason', 'submitted over http', true);
-INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config, trigger_words, status, source, idempotency_key, request_hash) VALUES (('cccccccc-' || lpad(to_hex(:r1::int), 4, '0') || '-4000-8000-' || lpad(to_hex(:r2::bigint), 12, '0'))::uuid, 'bench-u' || :n, ('bbbbbbbb-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid, 'bench pgbench', 'lora', '{BASE_MODEL}', '{config}'::jsonb,  ARRAY(SELECT e FROM jsonb_array_elements_text('["tqbench"]'::jsonb) WITH ORDINALITY        AS x(e, n) ORDER BY n),  'queued', 'http', NULL, md5('{canon}'));
-INSERT INTO outbox (job_id, routing_key, payload) VALUES (('cccccccc-' || lpad(to_hex(:r1::int), 4, '0') || '-4000-8000-' || lpad(to_hex(:r2::bigint), 12, '0'))::uuid, 'lora', '{msg}');
+SELECT tq_insert_job({body}, 'http', NULL, md5('{canon}'));
+INSERT INTO outbox (job_id, routing_key, payload) VALUES ({job}::uuid, 'lora', {body});
 COMMIT;
 """
 

@@ -124,14 +124,15 @@ class ConsumerCase(unittest.TestCase):
         return body
 
     def insert_job(self, msg, created_offset_ms):
-        """The row a producer would have written, with a definite submission time."""
+        """The row a producer would have written, with a definite submission time (and the
+        message a release republishes)."""
         tqenv.psql(
             "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,"
-            " trigger_words, created_at) VALUES (:'id', :'u', :'d', 'ordered', 'lora',"
-            " 'stabilityai/sdxl-base-1.0', '{\"steps\": 200}', '{tq}',"
+            " trigger_words, message, created_at) VALUES (:'id', :'u', :'d', 'ordered', 'lora',"
+            " 'stabilityai/sdxl-base-1.0', '{\"steps\": 200}', '{tq}', :'m',"
             " now() + make_interval(secs => :'off'::int / 1000.0))",
             variables={"id": msg["job_id"], "u": msg["user_id"], "d": msg["dataset_id"],
-                       "off": created_offset_ms})
+                       "m": json.dumps(msg, separators=(",", ":")), "off": created_offset_ms})
 
     AUTO = object()
 
@@ -427,6 +428,36 @@ class TestMessages(ConsumerCase):
         self.assertEqual(j["name"], "lora stabilityai/sdxl-base-1.0")
         self.assertEqual(j["config"], {"learning_rate": 0.0001, "batch_size": 1, "steps": 1000,
                                        "resolution": 512, "lora_rank": 16, "lora_alpha": 32})
+
+    def test_a_parked_direct_job_is_released_with_the_bytes_first_published(self):
+        """A job published straight to AMQP in trainq's canonical encoding (compact, keys in
+        the contract's order, every default written) is parked at its user's limit; its
+        release carries exactly the body first published, not a second encoding."""
+        u = self.user("rebytes")
+        running = [self.message(u, self.dataset(u, duration=60)) for _ in range(2)]
+        job_id = str(uuid.uuid4())
+        body = json.dumps({
+            "schema": "trainq.job.v1", "job_id": job_id, "user_id": u,
+            "submitted_at": "2026-01-02T03:04:05.678Z", "dataset_id": self.dataset(u),
+            "name": "Grüße ✓", "type": "lora", "base_model": "stabilityai/sdxl-base-1.0",
+            "config": {"learning_rate": 0.0003, "batch_size": 2, "steps": 300,
+                       "resolution": 512, "lora_rank": 16, "lora_alpha": 32},
+            "trigger_words": ["ü", "a b"]}, separators=(",", ":"), ensure_ascii=False)
+        self.consumer(f"rebytes-{run_id()}", slots=3)
+        self.publish(*running)
+        self.publish(body.encode(), message_id=job_id)
+        for m in running:
+            self.wait_status(m["job_id"], "running")
+        h.wait_until(lambda: self.job(job_id) and self.job(job_id)["parked_at"],
+                     what="third job parked")
+        self.assertEqual(tqenv.psql("SELECT message FROM training_jobs WHERE id = :'id'",
+                                    variables={"id": job_id}), body)
+        tqenv.psql("UPDATE training_jobs SET cancel_requested_at = now() WHERE id = :'id'",
+                   variables={"id": running[0]["job_id"]})
+        self.wait_status(job_id, ("running",) + TERMINAL, timeout=30)
+        released = tqenv.psql("SELECT string_agg(payload, E'\\n' ORDER BY id) FROM outbox "
+                              "WHERE job_id = :'id'", variables={"id": job_id})
+        self.assertEqual(released, body, "the release published a different body")
 
     def test_direct_publish_stores_the_canonical_message(self):
         """The row of a message from another service holds the body shared/tq_msg.c encodes

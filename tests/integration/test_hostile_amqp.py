@@ -284,8 +284,9 @@ class HostileAmqpTest(unittest.TestCase):
     def test_job_id_of_another_users_job_is_dead_lettered_and_that_job_unchanged(self):
         victim = str(uuid.uuid4())
         tqenv.psql("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, "
-                   "config, trigger_words, status, completed_at) VALUES (:'id', :'u', :'d', "
-                   "'victim job', 'lora', 'gpt2', '{\"steps\": 100}', '{v}', 'completed', now())",
+                   "config, trigger_words, message, status, completed_at) VALUES (:'id', :'u', "
+                   ":'d', 'victim job', 'lora', 'gpt2', '{\"steps\": 100}', '{v}', '{}', "
+                   "'completed', now())",
                    variables={"id": victim, "u": self.other, "d": self.other_ds})
         before = job_row(victim)
         h.purge_queue(DEAD)

@@ -203,6 +203,39 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertTrue(msg["submitted_at"].endswith("Z"))
         h.wait_until(lambda: outbox_published(job_id) == "t", what="outbox row published")
 
+    def test_a_released_job_republishes_its_first_message_byte_for_byte(self):
+        """The row keeps the body the producer published (tq_insert_job); a release of the
+        parked job (tq_release_parked, as a consumer's job end or the sweeper runs it)
+        republishes those bytes, not a second encoding of the row."""
+        ds = add_dataset(self.user)
+        h.purge_queue(QUEUE)
+        r = self.submit(body_for(ds, name="Grüße \"quoted\" ✓", config={"steps": 300,
+                                 "learning_rate": 0.0003}, trigger_words=["ü", "a b"]))
+        self.assertEqual(r.status, 200, r)
+        job_id = r.json["job_id"]
+        self.addCleanup(h.psql, "UPDATE training_jobs SET status = 'cancelled', "
+                        "completed_at = now() WHERE id = :'id'", variables={"id": job_id})
+
+        def published():
+            msgs = h.get_messages(QUEUE, want=lambda m: any(
+                p.message_id == job_id for p, _ in m), timeout=20)
+            mine = [b for p, b in msgs if p.message_id == job_id]
+            self.assertEqual(len(mine), 1)
+            return mine[0]
+
+        first = published()
+        self.assertEqual(h.psql("SELECT message FROM training_jobs WHERE id = :'id'",
+                                variables={"id": job_id}).encode(), first)
+        # parked by a consumer (its user was at the limit), then released: its user has room
+        h.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
+               variables={"id": job_id})
+        self.assertEqual(h.psql("SELECT tq_release_parked(:'u')", variables={"u": self.user}),
+                         "1")
+        again = published()
+        self.assertEqual(again, first, "the release published a different body")
+        self.assertEqual(h.psql("SELECT count(DISTINCT payload) || '/' || count(*) FROM outbox "
+                                "WHERE job_id = :'id'", variables={"id": job_id}), "1/2")
+
     def test_defaults_of_the_seed_are_applied_stored_and_published(self):
         ds = add_dataset(self.user)
         h.purge_queue(QUEUE)
@@ -597,7 +630,7 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         try:
             a.run("SET deadlock_timeout = '100ms'")
             a.run("BEGIN")
-            a.run(f"SELECT pg_advisory_xact_lock(7411, hashtext('{self.user}'))")
+            a.run(f"SELECT tq_lock_user('{self.user}')")
             waiting_before = h.lock_waiters()
             result = {}
 

@@ -182,6 +182,8 @@ class OutboxRelay(unittest.TestCase):
         self.assertIn("404", r["first_msg"])
         self.assertEqual(r["alive_after_first"], 1, "a channel close killed the connection")
         self.assertEqual((r["second_rc"], r["second_result"]), (0, 0), r)
+        self.assertIs(r["first_unconfirmed"], True, r)
+        self.assertIs(r["second_acked"], True, r)
         self.assertEqual(r["reopened"], 1)
         seen = self.messages_by_id()
         self.assertEqual(len(seen.get(probe, [])), 1)
@@ -241,6 +243,7 @@ class OutboxRelay(unittest.TestCase):
                                 id=bad[0]) == [["t"]], 20, "the unroutable row to be attempted")
         stats = self.stop_relay(relay)
         self.assertGreaterEqual(stats["returns"], 1)
+        self.assertEqual(stats["nacks"], 0, "a returned message was counted as nacked")
 
         row = psql("SELECT published_at IS NULL, last_error, available_at > now() - interval '1 second'"
                    " FROM outbox WHERE job_id = :'id'", id=bad[0])[0]

@@ -3,11 +3,14 @@
 They prove the test environment itself works before any trainq binary is involved:
 Postgres is migrated, dockerd runs the fake trainer image as the consumer will, RabbitMQ
 round-trips a persistent message, and the database refuses a third active job per user.
+The migration checks also prove scripts/migrate.sh itself: a fresh database migrates, a
+second run changes nothing, and the stored functions are the ones in db/procedures/.
 """
 
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +31,159 @@ class PostgresSmokeTest(unittest.TestCase):
         applied = set(tqenv.psql("SELECT version FROM schema_migrations").split())
         missing = [v for v in files if v not in applied]
         self.assertEqual(missing, [], "migrations not recorded in schema_migrations")
+
+
+PROCEDURES_DIR = os.path.join(tqenv.SOURCE_DIR, "db", "procedures")
+MIGRATE_SH = os.path.join(tqenv.SOURCE_DIR, "scripts", "migrate.sh")
+CREATE_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)\s*\(", re.I)
+
+
+def sql_files(directory):
+    return sorted(glob.glob(os.path.join(directory, "*.sql")))
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def migrate(url, **env):
+    proc = subprocess.run(["bash", MIGRATE_SH], capture_output=True, text=True, timeout=120,
+                          env=tqenv.child_env(TRAINQ_DATABASE_URL=url, **env))
+    if proc.returncode != 0:
+        raise AssertionError(f"migrate.sh failed: {proc.stderr}")
+    return proc.stdout
+
+
+def functions_called_by_the_programs():
+    """tq_* functions named in the SQL text (string literals) of the C sources."""
+    literal = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+    called = set()
+    for d in ("consumer", "producer", "shared"):
+        for path in glob.glob(os.path.join(tqenv.SOURCE_DIR, d, "*.c")):
+            text = " ".join(literal.findall(read(path)))
+            called.update(re.findall(r"\b(tq_\w+)\s*\(", text))
+    return called
+
+
+class ProceduresTest(unittest.TestCase):
+    """db/procedures/ is the one home of stored functions and triggers, reloaded on every
+    migrate; the numbered migrations hold only tables, columns, indexes and data."""
+
+    @classmethod
+    def setUpClass(cls):
+        # A database of its own: these tests migrate from nothing and change function bodies.
+        cls.db = "tq_fresh_" + uuid.uuid4().hex[:12]
+        tqenv.psql(f"CREATE DATABASE {cls.db} OWNER trainq", superuser=True)
+        base, _, _ = tqenv.DATABASE_URL.rpartition("/")
+        cls.url = f"{base}/{cls.db}"
+        cls.first_run = migrate(cls.url)
+
+    @classmethod
+    def tearDownClass(cls):
+        tqenv.psql(f"DROP DATABASE IF EXISTS {cls.db} WITH (FORCE)", superuser=True)
+
+    def psql(self, sql, **variables):
+        proc = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                               "-d", self.url] + [f"-v{k}={v}" for k, v in variables.items()],
+                              input=sql, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise AssertionError(f"psql failed: {proc.stderr}")
+        return proc.stdout.strip()
+
+    def snapshot(self):
+        """Every function body and every trigger (with its oid: a trigger dropped and made
+        again has a new one) of the fresh database."""
+        return self.psql(
+            "SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '"
+            "       || md5(pg_get_functiondef(p.oid)) FROM pg_proc p"
+            "  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+            " UNION ALL SELECT t.oid || ' ' || pg_get_triggerdef(t.oid) FROM pg_trigger t"
+            "  WHERE NOT t.tgisinternal ORDER BY 1").splitlines()
+
+    def test_a_fresh_database_migrates_works_and_a_second_run_changes_nothing(self):
+        self.assertIn("migrate: applied 0001_init", self.first_run)
+        self.assertRegex(self.first_run, r"reloaded \d+ procedures files")
+        files = sorted(os.path.basename(p)[:-4] for p in
+                       glob.glob(os.path.join(tqenv.MIGRATIONS_DIR, "[0-9]*_*.sql")))
+        self.assertEqual(self.psql("SELECT version FROM schema_migrations ORDER BY 1").split(),
+                         files)
+        triggers = self.psql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+                             "ORDER BY 1").split()
+        self.assertEqual(triggers, ["job_events_append_only", "outbox_notify",
+                                    "training_jobs_audit", "training_jobs_guard_active"])
+        # It works: the guard refuses a third active job, the audit trigger records.
+        user, ds = "fresh-" + uuid.uuid4().hex[:8], str(uuid.uuid4())
+        insert = ("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model,"
+                  " config, status, worker_id, message) VALUES (gen_random_uuid(), :'u',"
+                  " :'d', 'n', 'lora', 'gpt2', '{}', 'running', 'w', '{}');")
+        self.psql(insert * 2, u=user, d=ds)
+        with self.assertRaisesRegex(AssertionError, "already has 2 active jobs"):
+            self.psql(insert, u=user, d=ds)
+        self.assertEqual(self.psql("SELECT count(*) FROM job_events WHERE user_id = :'u'",
+                                   u=user), "2")
+
+        before = self.snapshot()
+        second = migrate(self.url)
+        self.assertNotIn("applied", second)
+        self.assertEqual(self.snapshot(), before, "a second migrate changed a function or "
+                         "re-created a trigger")
+
+    def test_a_procedures_body_changed_on_disk_is_what_the_database_runs(self):
+        tmp = tempfile.mkdtemp(prefix="trainq-procs-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        for path in sql_files(PROCEDURES_DIR):
+            shutil.copy(path, tmp)
+        users = os.path.join(tmp, "10_users.sql")
+        text = read(users)
+        self.assertIn("'default_max_active_per_user'", text)
+        with open(users, "w", encoding="utf-8") as f:
+            f.write(text.replace("'default_max_active_per_user'", "'tq_reload_test_limit'"))
+        self.psql("INSERT INTO settings (key, value) VALUES ('tq_reload_test_limit', '7')")
+        self.addCleanup(self.psql, "DELETE FROM settings WHERE key = 'tq_reload_test_limit'")
+        self.assertEqual(self.psql("SELECT tq_user_max_active('nobody')"), "2")
+
+        migrate(self.url, TRAINQ_PROCEDURES_DIR=tmp)
+        self.assertEqual(self.psql("SELECT tq_user_max_active('nobody')"), "7")
+        migrate(self.url)
+        self.assertEqual(self.psql("SELECT tq_user_max_active('nobody')"), "2")
+
+    def test_every_function_is_defined_in_one_procedures_file_and_exists_once(self):
+        homes = {}
+        for path in sql_files(PROCEDURES_DIR):
+            for name in CREATE_FUNCTION.findall(read(path)):
+                homes.setdefault(name, []).append(os.path.basename(path))
+        twice = {n: f for n, f in homes.items() if len(f) > 1}
+        self.assertEqual(twice, {}, "functions defined more than once")
+        for path in sql_files(tqenv.MIGRATIONS_DIR):
+            self.assertEqual(CREATE_FUNCTION.findall(read(path)), [],
+                             f"{path} defines a function (they belong in db/procedures/)")
+            self.assertNotRegex(read(path), r"(?i)CREATE\s+TRIGGER", path)
+
+        called = functions_called_by_the_programs()
+        for name in ("tq_lock_user", "tq_release_parked", "tq_give_back", "tq_sweep"):
+            self.assertIn(name, called)
+        for name in sorted(called):
+            self.assertIn(name, homes, f"the programs call {name}, which no procedures file "
+                          "defines")
+            for url in (tqenv.DATABASE_URL, self.url):
+                n = subprocess.run(
+                    ["psql", "-X", "-A", "-t", "-d", url, "-c",
+                     f"SELECT count(*) FROM pg_proc p JOIN pg_namespace s "
+                     f"ON s.oid = p.pronamespace WHERE s.nspname = 'public' "
+                     f"AND p.proname = '{name}'"],
+                    capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+                self.assertEqual(n, "1", f"{name} exists {n} times in {url}")
+
+    def test_every_per_user_lock_goes_through_tq_lock_user(self):
+        lock_call = re.compile(r"\bpg_advisory_(?:xact_)?lock\s*\(")
+        found = []
+        for d, ext in (("db/procedures", "sql"), ("db/migrations", "sql"), ("consumer", "c"),
+                       ("producer", "c"), ("shared", "c")):
+            for path in glob.glob(os.path.join(tqenv.SOURCE_DIR, d, f"*.{ext}")):
+                if lock_call.search(read(path)):
+                    found.append(os.path.relpath(path, tqenv.SOURCE_DIR))
+        self.assertEqual(found, ["db/procedures/10_users.sql"])
 
 
 class DockerSmokeTest(unittest.TestCase):
@@ -146,8 +302,8 @@ class ActiveJobGuardTest(unittest.TestCase):
         worker = "smoke-worker" if status in ("pending", "running") else None
         sql = ("\\set VERBOSITY verbose\n"
                "INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, "
-               "config, status, worker_id) VALUES (gen_random_uuid(), :'user', :'ds', 'smoke', "
-               "'lora', 'runwayml/stable-diffusion-v1-5', '{}'::jsonb, :'status', "
+               "config, message, status, worker_id) VALUES (gen_random_uuid(), :'user', :'ds', "
+               "'smoke', 'lora', 'runwayml/stable-diffusion-v1-5', '{}'::jsonb, '{}', :'status', "
                + ("NULL" if worker is None else ":'worker'") + ")")
         return tqenv.psql(sql, check=check, variables={
             "user": self.user, "ds": self.dataset, "status": status,

@@ -200,13 +200,13 @@ class TestNeverStranded(ConsumerCase):
                    variables={"id": parked["job_id"]})
         holder = subprocess.Popen(
             ["psql", "-X", "-q", "-d", tqenv.DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-c",
-             f"SELECT pg_advisory_lock(7411, hashtext('{u2}')), pg_sleep(13)"],
+             f"SELECT tq_lock_user('{u2}'), pg_sleep(13)"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             # the lock is held before the consumer's first sweep can run
             h.wait_until(lambda: tqenv.psql(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.classid = 7411 AND l.granted "
+                "WHERE l.locktype = 'advisory' AND l.granted "
                 "AND a.query LIKE '%pg_sleep(13)%'") == "1", timeout=10,
                 what="the user's lock held by the other session")
             c = self.consumer(f"lease-{run_id()}", TRAINQ_LEASE_SECONDS=4,

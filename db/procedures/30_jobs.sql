@@ -1,0 +1,32 @@
+-- The one way a job row is created: by the producer for a submission over HTTP
+-- (producer/pdb.c) and by the claiming consumer for a message published straight to AMQP.
+--
+-- What must stay true:
+--  * training_jobs.message is the trainq.job.v1 body exactly as shared/tq_msg.c encoded it
+--    (the producer passes the bytes it also writes to the outbox); every release
+--    republishes these bytes, so there is one encoder and a released job carries the same
+--    body as its first publication (docs/message-contract.md);
+--  * the row's columns are read from that body, so the row and its message cannot disagree;
+--  * a job id is created once: a second call with the same id (a redelivery, a re-publish)
+--    changes nothing, and a job deleted through the API (its audit trail stays) is not
+--    brought back by a stale message.
+-- Returns true when it created the row. A clash on (user_id, idempotency_key) is an error
+-- (unique_violation) for the caller to handle.
+CREATE OR REPLACE FUNCTION tq_insert_job(p_message text, p_source text,
+                                         p_idempotency_key text DEFAULT NULL,
+                                         p_request_hash text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    m jsonb := p_message::jsonb;
+BEGIN
+    INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
+                               trigger_words, source, idempotency_key, request_hash, message)
+    SELECT (m->>'job_id')::uuid, m->>'user_id', (m->>'dataset_id')::uuid, m->>'name',
+           m->>'type', m->>'base_model', m->'config',
+           ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
+                          WITH ORDINALITY AS x(e, n) ORDER BY n),
+           p_source, p_idempotency_key, p_request_hash, p_message
+     WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (m->>'job_id')::uuid)
+    ON CONFLICT (id) DO NOTHING;
+    RETURN FOUND;
+END $$;

@@ -544,11 +544,9 @@ static int check_claims(const tq_auth *a, json_t *claims, long long now, char *u
     if (n > TQ_AUTH_USER_ID_MAX)
         return tq_errf(eb, TQ_ERR_AUTH, "token sub claim is too long (over %d bytes)",
                        TQ_AUTH_USER_ID_MAX);
-    /* The user id ends up in SQL parameters, logs, and container labels: visible ASCII
-     * only, which also rules out embedded NULs and control characters. */
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7E)
-            return tq_errf(eb, TQ_ERR_AUTH, "token sub claim has characters that are not allowed");
+    /* n counts embedded NULs too: a NUL is not a visible character, so it is refused. */
+    if (!tq_user_id_valid(s, n))
+        return tq_errf(eb, TQ_ERR_AUTH, "token sub claim has characters that are not allowed");
     if (n + 1 > user_id_cap)
         return tq_errf(eb, TQ_ERR_INTERNAL, "user id buffer too small (%zu bytes)", user_id_cap);
     memcpy(user_id, s, n);

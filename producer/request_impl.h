@@ -32,7 +32,7 @@ struct tq_req {
     size_t discarded; /* bytes of an over-cap body read and dropped */
     int too_large;
     char request_id[TQ_REQ_ID_MAX + 1];
-    char user[TQ_AUTH_USER_ID_MAX + 1];
+    char user[TQ_USER_ID_BUF];
     char client[TQ_ADMIT_ADDR_MAX];
     tq_admit_conn *ac; /* the connection's admission slot; NULL if it has none */
     double t0;         /* tq_mono_now() when the request line arrived */

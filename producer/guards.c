@@ -11,7 +11,7 @@
 #define AUTH_DESC_BUF 200
 #define AUTH_HEADER_BUF 300
 /* A decimal int for a header value. */
-#define INT_TEXT_BUF 32
+#define INT_TEXT_BUF 16
 
 /* error_description is a quoted-string: keep printable ASCII minus quote and backslash. */
 static void quoted_safe(char *dst, size_t cap, const char *src)

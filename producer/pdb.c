@@ -565,8 +565,7 @@ static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *status,
-                      tq_errbuf *eb)
+int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *status, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
     int rc = run_txn(delete_fn, &a, eb);

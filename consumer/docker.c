@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq_buf.h"
 #include "tq_clock.h"
 #include "tq_utf8.h"
 
@@ -263,9 +264,7 @@ out:
 
 typedef struct {
     CURL *curl;
-    size_t max; /* cap for body */
-    char *body; /* NUL-terminated, NULL if empty */
-    size_t len, cap;
+    tq_buf body; /* capped at the client's max_body */
     int overflow;
     tq_log_demux *demux; /* logs: a 200 body goes here instead of into body */
     size_t streamed;
@@ -292,32 +291,15 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
             return n;
         }
     }
-    if (n > r->max - r->len) {
+    int rc = tq_buf_add(&r->body, p, n);
+    if (rc == TQ_ERR_TOO_LARGE)
         r->overflow = 1;
-        return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
-    }
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 4096;
-        while (cap < r->len + n + 1)
-            cap *= 2;
-        if (cap > r->max + 1)
-            cap = r->max + 1;
-        char *nb = realloc(r->body, cap);
-        if (!nb)
-            return 0;
-        r->body = nb;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, p, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return n;
+    return rc == TQ_OK ? n : 0; /* 0 aborts the transfer: CURLE_WRITE_ERROR */
 }
 
 static void resp_free(resp *r)
 {
-    free(r->body);
-    r->body = NULL;
+    tq_buf_free(&r->body);
 }
 
 enum { TIMEOUT_IS_UNAVAILABLE = 0, TIMEOUT_IS_TIMEOUT = 1 };
@@ -339,7 +321,7 @@ static int request(tq_docker *d, const char *method, const char *path, const cha
     if (!c)
         return tq_errf(eb, TQ_ERR_NOMEM, "%s: could not create curl handle", what);
     r->curl = c;
-    r->max = d->max_body;
+    tq_buf_init(&r->body, d->max_body);
     struct curl_slist *hdrs = NULL, *h;
     int rc = TQ_OK;
     if ((h = curl_slist_append(hdrs, "Expect:")) == NULL) {
@@ -377,7 +359,7 @@ static int request(tq_docker *d, const char *method, const char *path, const cha
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     } else if (r->overflow) {
         rc = tq_errf(eb, TQ_ERR_TOO_LARGE, "%s: docker reply larger than %zu bytes", what,
-                     r->demux ? (size_t)LOG_STREAM_MAX : r->max);
+                     r->demux ? (size_t)LOG_STREAM_MAX : r->body.max);
     } else if (cc == CURLE_OPERATION_TIMEDOUT && timeout_kind == TIMEOUT_IS_TIMEOUT) {
         rc = tq_errf(eb, TQ_ERR_TIMEOUT, "%s: no answer within %ld ms", what, timeout_ms);
     } else if (cc == CURLE_OUT_OF_MEMORY || cc == CURLE_WRITE_ERROR) {
@@ -400,16 +382,16 @@ out:
 static void daemon_message(const resp *r, char *dst, size_t cap)
 {
     dst[0] = '\0';
-    if (!r->body || r->len == 0) {
+    if (r->body.len == 0) {
         snprintf(dst, cap, "HTTP %ld", r->status);
         return;
     }
-    json_t *root = json_loadb(r->body, r->len, 0, NULL);
+    json_t *root = json_loadb(tq_buf_str(&r->body), r->body.len, 0, NULL);
     const char *m = obj_str(root, "message");
     if (m)
         copy_line(dst, cap, m, strlen(m));
     else
-        copy_line(dst, cap, r->body, r->len);
+        copy_line(dst, cap, r->body.data, r->body.len);
     json_decref(root);
 }
 
@@ -533,7 +515,7 @@ int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[TQ_DOCKER
     if (rc != TQ_OK)
         goto out;
     if (r.status == 201) {
-        json_t *root = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+        json_t *root = json_loadb(tq_buf_str(&r.body), r.body.len, 0, NULL);
         const char *cid = obj_str(root, "Id");
         if (cid && strlen(cid) == TQ_DOCKER_ID_BUF - 1)
             copy_str(id, TQ_DOCKER_ID_BUF, cid);
@@ -585,7 +567,7 @@ int tq_docker_inspect(tq_docker *d, const char *id_or_name, tq_container_state *
     int rc = simple_call(d, "GET", "inspect", id_or_name, "/json", d->timeout_ms, 200, 200, &r,
                          what, sizeof what, eb);
     if (rc == TQ_OK)
-        rc = tq_docker_parse_inspect(r.body ? r.body : "", r.len, st, eb);
+        rc = tq_docker_parse_inspect(tq_buf_str(&r.body), r.body.len, st, eb);
     resp_free(&r);
     return rc;
 }
@@ -608,7 +590,7 @@ int tq_docker_wait(tq_docker *d, const char *id, long timeout_ms, int *exit_code
         rc = status_error(&r, what, eb);
         goto out;
     }
-    json_t *root = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
+    json_t *root = json_loadb(tq_buf_str(&r.body), r.body.len, 0, NULL);
     json_t *sc = json_object_get(root, "StatusCode");
     if (json_is_integer(sc)) {
         *exit_code = (int)json_integer_value(sc);
@@ -745,7 +727,7 @@ int tq_docker_list_where(tq_docker *d, const char *const *labels, const char *co
     rc = request(d, "GET", path, NULL, d->timeout_ms, TIMEOUT_IS_UNAVAILABLE, &r, what, eb);
     if (rc == TQ_OK) {
         if (r.status == 200)
-            rc = tq_docker_parse_list(r.body ? r.body : "", r.len, out, n, eb);
+            rc = tq_docker_parse_list(tq_buf_str(&r.body), r.body.len, out, n, eb);
         else
             rc = status_error(&r, what, eb);
     }

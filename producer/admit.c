@@ -14,8 +14,13 @@
  * IPv6 address is its IPv4 address, so a dual-stack listener counts one client once). */
 typedef struct {
     int family; /* 0: unknown (unix socket or absent) */
-    uint8_t b[16];
+    uint8_t b[sizeof(struct in6_addr)];
 } addr_key;
+
+#define V4_BYTES sizeof(struct in_addr)
+#define V6_BYTES sizeof(struct in6_addr)
+/* Where a v4-mapped IPv6 address (::ffff:a.b.c.d) holds its IPv4 address. */
+#define V4_MAPPED_AT (V6_BYTES - V4_BYTES)
 
 static void key_of(const struct sockaddr *sa, addr_key *k)
 {
@@ -25,15 +30,15 @@ static void key_of(const struct sockaddr *sa, addr_key *k)
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
         k->family = AF_INET;
-        memcpy(k->b, &s4->sin_addr, 4);
+        memcpy(k->b, &s4->sin_addr, V4_BYTES);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
             k->family = AF_INET;
-            memcpy(k->b, &s6->sin6_addr.s6_addr[12], 4);
+            memcpy(k->b, &s6->sin6_addr.s6_addr[V4_MAPPED_AT], V4_BYTES);
         } else {
             k->family = AF_INET6;
-            memcpy(k->b, &s6->sin6_addr, 16);
+            memcpy(k->b, &s6->sin6_addr, V6_BYTES);
         }
     }
 }
@@ -58,10 +63,10 @@ static int key_parse(const char *s, size_t n, addr_key *k)
     if (inet_pton(AF_INET6, buf, &a6) == 1) {
         if (IN6_IS_ADDR_V4MAPPED(&a6)) {
             k->family = AF_INET;
-            memcpy(k->b, &a6.s6_addr[12], 4);
+            memcpy(k->b, &a6.s6_addr[V4_MAPPED_AT], V4_BYTES);
         } else {
             k->family = AF_INET6;
-            memcpy(k->b, &a6, 16);
+            memcpy(k->b, &a6, V6_BYTES);
         }
         return 0;
     }

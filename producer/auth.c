@@ -106,75 +106,51 @@ static long b64_pack(const unsigned char *sx, size_t n, unsigned char *out)
     return (long)o;
 }
 
-/* Strict unpadded base64url (RFC 7515 §2). Caller frees *out; *out is NUL-terminated so
- * it can be handed to a JSON parser as text. */
-static int b64url_decode(const char *s, size_t n, unsigned char **out, size_t *out_len)
-{
-    unsigned char *sx = malloc(n + 1);
-    unsigned char *buf = malloc(n + 1);
-    if (!sx || !buf) {
-        free(sx);
-        free(buf);
-        return TQ_ERR_NOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)s[i], 1);
-        if (v < 0)
-            goto bad;
-        sx[i] = (unsigned char)v;
-    }
-    long len = b64_pack(sx, n, buf);
-    if (len < 0)
-        goto bad;
-    buf[len] = '\0';
-    free(sx);
-    *out = buf;
-    *out_len = (size_t)len;
-    return TQ_OK;
-bad:
-    free(sx);
-    free(buf);
-    return TQ_ERR_INVALID;
-}
+/* Decodes base64 into a new buffer (caller frees *out; it is NUL-terminated so it can be
+ * handed to a JSON parser as text). Two dialects, one decoder:
+ *  - B64_URL: strict unpadded base64url (RFC 7515 §2), every byte an alphabet character;
+ *  - B64_PEM: standard base64 as found in PEM bodies, whitespace ignored, '=' padding
+ *    allowed at the end only. */
+enum b64_dialect { B64_URL, B64_PEM };
 
-/* Standard base64 as found in PEM bodies: whitespace ignored, '=' padding allowed at the
- * end only. Caller frees *out. */
-static int pem_b64_decode(const char *s, size_t n, unsigned char **out, size_t *out_len)
+static int b64_decode(const char *s, size_t n, enum b64_dialect d, unsigned char **out,
+                      size_t *out_len)
 {
     unsigned char *sx = malloc(n + 1);
     unsigned char *buf = malloc(n + 1);
+    int rc = TQ_ERR_INVALID;
     if (!sx || !buf) {
-        free(sx);
-        free(buf);
-        return TQ_ERR_NOMEM;
+        rc = TQ_ERR_NOMEM;
+        goto out;
     }
     size_t k = 0, pad = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+        if (d == B64_PEM && (c == ' ' || c == '\t' || c == '\r' || c == '\n'))
             continue;
-        if (c == '=') {
+        if (d == B64_PEM && c == '=') {
             pad++;
             continue;
         }
-        int v = b64_value(c, 0);
+        int v = b64_value(c, d == B64_URL);
         if (v < 0 || pad)
-            goto bad;
+            goto out;
         sx[k++] = (unsigned char)v;
     }
-    if (pad > 2 || (k + pad) % 4 != 0)
-        goto bad;
+    if (d == B64_PEM && (pad > 2 || (k + pad) % 4 != 0))
+        goto out;
     long len = b64_pack(sx, k, buf);
     if (len < 0)
-        goto bad;
-    free(sx);
+        goto out;
+    buf[len] = '\0';
     *out = buf;
     *out_len = (size_t)len;
-    return TQ_OK;
-bad:
+    buf = NULL;
+    rc = TQ_OK;
+out:
     free(sx);
     free(buf);
-    return TQ_ERR_INVALID;
+    return rc;
 }
 
 /* ---------------------------------------------------------------- DER / SPKI */
@@ -294,7 +270,7 @@ static int pem_load(const char *pem, const alg_info *alg, unsigned char **out, s
     const char *body = b + strlen(PEM_BEGIN);
     unsigned char *der;
     size_t der_len;
-    int rc = pem_b64_decode(body, (size_t)(e - body), &der, &der_len);
+    int rc = b64_decode(body, (size_t)(e - body), B64_PEM, &der, &der_len);
     if (rc == TQ_ERR_NOMEM)
         return tq_errf(eb, rc, "could not load jwt public key: out of memory");
     if (rc != TQ_OK)
@@ -328,6 +304,42 @@ static char *dup_opt(const char *s, int *nomem)
     return d;
 }
 
+/* The HS secret or the RS/ES public key of cfg, checked against a->alg, into a->key. */
+static int load_key(tq_auth *a, const tq_auth_config *cfg, tq_errbuf *eb)
+{
+    if (a->alg->fam == FAM_HS) {
+        if (cfg->public_key_pem)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "cannot use a jwt public key with alg %s: it needs a secret",
+                           a->alg->name);
+        size_t n = cfg->secret ? strnlen(cfg->secret, KEY_MAX + 1) : 0;
+        if (n == 0)
+            return tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt alg %s without a secret",
+                           a->alg->name);
+        if (n < TQ_AUTH_SECRET_MIN || n > KEY_MAX)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "cannot use jwt secret: it has %zu bytes, %d..%d are required", n,
+                           TQ_AUTH_SECRET_MIN, KEY_MAX);
+        a->key = malloc(n);
+        if (!a->key)
+            return tq_errf(eb, TQ_ERR_NOMEM, "could not set up jwt verification: out of memory");
+        memcpy(a->key, cfg->secret, n);
+        a->key_len = n;
+    } else {
+        if (cfg->secret)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "cannot use a jwt secret with alg %s: it needs a public key",
+                           a->alg->name);
+        if (!cfg->public_key_pem || !cfg->public_key_pem[0])
+            return tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt alg %s without a public key",
+                           a->alg->name);
+        if (strnlen(cfg->public_key_pem, KEY_MAX + 1) > KEY_MAX)
+            return tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt public key: over %d bytes", KEY_MAX);
+        return pem_load(cfg->public_key_pem, a->alg, &a->key, &a->key_len, eb);
+    }
+    return TQ_OK;
+}
+
 int tq_auth_new(const tq_auth_config *cfg, tq_auth **out, tq_errbuf *eb)
 {
     *out = NULL;
@@ -353,51 +365,10 @@ int tq_auth_new(const tq_auth_config *cfg, tq_auth **out, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_NOMEM, "could not set up jwt verification: out of memory");
     a->alg = alg;
     a->leeway = cfg->leeway_seconds;
-    int rc;
 
-    if (alg->fam == FAM_HS) {
-        if (cfg->public_key_pem) {
-            rc = tq_errf(eb, TQ_ERR_CONFIG,
-                         "cannot use a jwt public key with alg %s: it needs a secret", alg->name);
-            goto fail;
-        }
-        size_t n = cfg->secret ? strnlen(cfg->secret, KEY_MAX + 1) : 0;
-        if (n == 0) {
-            rc = tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt alg %s without a secret", alg->name);
-            goto fail;
-        }
-        if (n < TQ_AUTH_SECRET_MIN || n > KEY_MAX) {
-            rc = tq_errf(eb, TQ_ERR_CONFIG,
-                         "cannot use jwt secret: it has %zu bytes, %d..%d are required", n,
-                         TQ_AUTH_SECRET_MIN, KEY_MAX);
-            goto fail;
-        }
-        a->key = malloc(n);
-        if (!a->key) {
-            rc = tq_errf(eb, TQ_ERR_NOMEM, "could not set up jwt verification: out of memory");
-            goto fail;
-        }
-        memcpy(a->key, cfg->secret, n);
-        a->key_len = n;
-    } else {
-        if (cfg->secret) {
-            rc = tq_errf(eb, TQ_ERR_CONFIG,
-                         "cannot use a jwt secret with alg %s: it needs a public key", alg->name);
-            goto fail;
-        }
-        if (!cfg->public_key_pem || !cfg->public_key_pem[0]) {
-            rc =
-                tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt alg %s without a public key", alg->name);
-            goto fail;
-        }
-        if (strnlen(cfg->public_key_pem, KEY_MAX + 1) > KEY_MAX) {
-            rc = tq_errf(eb, TQ_ERR_CONFIG, "cannot use jwt public key: over %d bytes", KEY_MAX);
-            goto fail;
-        }
-        rc = pem_load(cfg->public_key_pem, alg, &a->key, &a->key_len, eb);
-        if (rc != TQ_OK)
-            goto fail;
-    }
+    int rc = load_key(a, cfg, eb);
+    if (rc != TQ_OK)
+        goto fail;
 
     int nomem = 0;
     const char *aud = cfg->audience ? cfg->audience : TQ_AUTH_DEFAULT_AUDIENCE;
@@ -439,7 +410,7 @@ static json_t *segment_json(const char *s, size_t n, int *nomem)
 {
     unsigned char *raw;
     size_t raw_len;
-    int rc = b64url_decode(s, n, &raw, &raw_len);
+    int rc = b64_decode(s, n, B64_URL, &raw, &raw_len);
     if (rc != TQ_OK) {
         if (rc == TQ_ERR_NOMEM)
             *nomem = 1;
@@ -573,16 +544,32 @@ static int check_claims(const tq_auth *a, json_t *claims, long long now, char *u
     if (n > TQ_AUTH_USER_ID_MAX)
         return tq_errf(eb, TQ_ERR_AUTH, "token sub claim is too long (over %d bytes)",
                        TQ_AUTH_USER_ID_MAX);
-    /* The user id ends up in SQL parameters, logs, and container labels: visible ASCII
-     * only, which also rules out embedded NULs and control characters. */
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7E)
-            return tq_errf(eb, TQ_ERR_AUTH, "token sub claim has characters that are not allowed");
+    /* n counts embedded NULs too: a NUL is not a visible character, so it is refused. */
+    if (!tq_user_id_valid(s, n))
+        return tq_errf(eb, TQ_ERR_AUTH, "token sub claim has characters that are not allowed");
     if (n + 1 > user_id_cap)
         return tq_errf(eb, TQ_ERR_INTERNAL, "user id buffer too small (%zu bytes)", user_id_cap);
     memcpy(user_id, s, n);
     user_id[n] = '\0';
     return TQ_OK;
+}
+
+/* Shape: exactly three non-empty base64url segments; dot[] receives the two dots. An
+ * empty signature is refused here rather than trusting libjwt to reject it. */
+static int token_shape_ok(const char *p, size_t len, size_t dot[2])
+{
+    size_t ndots = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == '.') {
+            if (ndots == 2)
+                return 0;
+            dot[ndots++] = i;
+        } else if (b64_value(c, 1) < 0) {
+            return 0;
+        }
+    }
+    return ndots == 2 && dot[0] != 0 && dot[1] != dot[0] + 1 && dot[1] + 1 != len;
 }
 
 int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, char *user_id,
@@ -611,20 +598,8 @@ int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, c
     if (len > TQ_AUTH_TOKEN_MAX)
         return tq_errf(eb, TQ_ERR_AUTH, "token is too long (over %d bytes)", TQ_AUTH_TOKEN_MAX);
 
-    /* Shape: exactly three non-empty base64url segments. An empty signature is refused
-     * here rather than trusting libjwt to reject it. */
-    size_t dot[2], ndots = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c == '.') {
-            if (ndots == 2)
-                return tq_errf(eb, TQ_ERR_AUTH, "token is malformed");
-            dot[ndots++] = i;
-        } else if (b64_value(c, 1) < 0) {
-            return tq_errf(eb, TQ_ERR_AUTH, "token is malformed");
-        }
-    }
-    if (ndots != 2 || dot[0] == 0 || dot[1] == dot[0] + 1 || dot[1] + 1 == len)
+    size_t dot[2];
+    if (!token_shape_ok(p, len, dot))
         return tq_errf(eb, TQ_ERR_AUTH, "token is malformed");
 
     int nomem = 0, rc;

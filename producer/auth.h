@@ -18,11 +18,13 @@
 #include <stddef.h>
 
 #include "tq_err.h"
+#include "tq_job.h"
 
 /* Longest token accepted (the text after "Bearer "), checked before any decoding. */
 #define TQ_AUTH_TOKEN_MAX 8192
-/* Longest `sub` accepted; user_id buffers need TQ_AUTH_USER_ID_MAX + 1 bytes. */
-#define TQ_AUTH_USER_ID_MAX 128
+/* Longest `sub` accepted; user_id buffers need TQ_AUTH_USER_ID_MAX + 1 bytes. The rule for
+ * its characters is tq_user_id_valid's (tq_job.h). */
+#define TQ_AUTH_USER_ID_MAX TQ_USER_ID_MAX_BYTES
 /* Shortest HS* secret accepted by tq_auth_new (Supabase secrets are longer). */
 #define TQ_AUTH_SECRET_MIN 16
 
@@ -60,7 +62,7 @@ void tq_auth_free(tq_auth *a);
 
 /* Verifies an `Authorization` header value ("Bearer <token>": scheme case-insensitive,
  * then one or more spaces; NULL = header absent). `now` is seconds since the epoch.
- * TQ_OK: user_id holds the token's `sub` (1..TQ_AUTH_USER_ID_MAX visible ASCII chars).
+ * TQ_OK: user_id holds the token's `sub` (valid by tq_user_id_valid).
  * TQ_ERR_AUTH: eb holds one line safe to show the client ("token expired", ...).
  * TQ_ERR_NOMEM when out of memory; TQ_ERR_INTERNAL when user_id_cap is too small for the
  * `sub` of an otherwise valid token (a caller bug: pass TQ_AUTH_USER_ID_MAX + 1).

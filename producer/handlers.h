@@ -1,7 +1,8 @@
 /*
- * handlers — one function per HTTP endpoint, called by the dispatcher in http.c after
- * the route and method matched and the whole body was read. Each replies exactly once
- * through the tq_req API.
+ * handlers — one function per HTTP endpoint, named by the route table (routes.c) and
+ * called by its dispatcher after the route and method matched and the whole body was
+ * read. Each replies exactly once through the request API (request.h), after the guards
+ * (guards.h) it needs.
  *
  *   submit.c  POST   /api/training/submit
  *   jobs.c    GET    /api/training/jobs            GET    /api/training/jobs/{id}
@@ -12,7 +13,8 @@
 #ifndef TQ_HANDLERS_H
 #define TQ_HANDLERS_H
 
-#include "http.h"
+#include "guards.h"
+#include "request.h"
 
 void tq_h_submit(tq_req *r);
 

@@ -1,10 +1,11 @@
 /*
- * http — the producer's HTTP server (libmicrohttpd, epoll thread pool) and the small
- * request API its endpoint handlers use.
+ * http — the producer's HTTP server (libmicrohttpd, epoll thread pool): it admits
+ * connections (admit.h), reads each request's (capped) body, hands the request to the
+ * route table's dispatcher (routes.h) and writes the access-log line and the metrics.
  *
- * One tq_req lives per HTTP request: created when MHD sees the request line, filled with
- * the (capped) body, handed to exactly one handler, and freed in MHD's completed callback
- * after the access-log line and the metrics are written.
+ * One tq_req (request.h) lives per HTTP request: created when MHD sees the request line,
+ * filled with the body, handed to exactly one handler, and freed in MHD's completed
+ * callback after the access-log line and the metrics are written.
  *
  * What must stay true:
  *  - every request gets exactly one response; a handler that does not reply is answered
@@ -19,59 +20,9 @@
 #ifndef TQ_HTTP_H
 #define TQ_HTTP_H
 
-#include <jansson.h>
-#include <stddef.h>
-
-#include "auth.h"
 #include "poptions.h"
+#include "request.h"
 #include "tq_err.h"
-
-struct tq_relay;
-
-/* What handlers may read; borrowed by the server for its whole life. */
-typedef struct {
-    const tq_config *cfg;
-    const tq_auth *auth;
-    struct tq_relay *relay; /* NULL when the relay could not be started */
-} tq_app;
-
-typedef struct tq_req tq_req;
-
-/* ---- request accessors (all borrowed until the request completes) ---- */
-const tq_app *tq_req_app(const tq_req *r);
-/* Request header / query argument, NULL when absent. */
-const char *tq_req_header(tq_req *r, const char *name);
-const char *tq_req_query(tq_req *r, const char *name);
-/* The body (NUL-terminated copy, may contain NULs) and its length. */
-const char *tq_req_body(const tq_req *r, size_t *len);
-/* The {id} path segment of the matched route ("" when the route has none). */
-const char *tq_req_param(const tq_req *r);
-/* The authenticated user id ("" before tq_req_authenticate succeeded). */
-const char *tq_req_user(const tq_req *r);
-const char *tq_req_id(const tq_req *r);
-
-/* ---- replies: the first reply wins, later ones are ignored ---- */
-
-/* Adds a response header (copied; both capped at 512 bytes). Call before replying. */
-void tq_req_add_header(tq_req *r, const char *name, const char *value);
-/* Replies with body serialised as JSON; body is stolen (NULL → 500). */
-void tq_req_reply_json(tq_req *r, unsigned status, json_t *body);
-/* {success:false, error:msg} */
-void tq_req_reply_error(tq_req *r, unsigned status, const char *msg);
-/* Replies with the given text (copied) and content type. */
-void tq_req_reply_text(tq_req *r, unsigned status, const char *content_type, const char *text,
-                       size_t len);
-/* Maps a database failure to 503 (TQ_ERR_UNAVAILABLE, with Retry-After) or 500, and logs
- * eb's detail with the request id (never sent to the client). */
-void tq_req_reply_db_error(tq_req *r, int rc, const tq_errbuf *eb);
-
-/* ---- guards: return 0 to go on, -1 when a response was already queued ---- */
-
-/* Verifies the bearer token; 401 with WWW-Authenticate when it fails. */
-int tq_req_authenticate(tq_req *r);
-/* Counts one request in the user's fixed one-minute window of `bucket`
- * ("submit" | "read"); 429 with Retry-After when over the limit, 503 / 500 on DB errors. */
-int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute);
 
 /* ---- the server ---- */
 

@@ -5,31 +5,36 @@
  * Every endpoint authenticates and counts against the user's read limit; a job of another
  * user is answered exactly like a job that does not exist (404), so ids cannot be probed.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "handlers.h"
 #include "pdb.h"
+#include "tq_status.h"
 #include "tq_uuid.h"
 
 #define LIST_DEFAULT 20
 #define LIST_MAX 100
+/* The cursor's microseconds: at most 17 digits (before the year 5000): larger values would
+ * overflow the interval arithmetic in SQL, and no row of ours is that late. */
+#define CURSOR_MICROS_MAX 17
+/* "job is already cancelled: cancel it first" and the like. */
+#define CONFLICT_MSG_BUF 64
 
 static int guard(tq_req *r)
 {
     if (tq_req_authenticate(r) != 0)
         return -1;
-    return tq_req_rate_limit(r, "read", tq_req_app(r)->cfg->read_rate_per_minute);
+    return tq_req_rate_limit(r, TQ_RATE_READ, tq_req_app(r)->cfg->read_rate_per_minute);
 }
 
 static void bad_request(tq_req *r, const char *field, const char *message)
 {
     tq_validation v = {0};
     tq_validation_add(&v, field, "%s", message);
-    tq_req_reply_json(r, 400,
-                      json_pack("{s:b, s:s, s:o*}", "success", 0, "error", "validation failed",
-                                "details", tq_validation_to_json(&v)));
+    tq_req_reply_invalid(r, "validation failed", &v);
 }
 
 /* The {id} segment as a canonical uuid; 400 when malformed. */
@@ -42,26 +47,37 @@ static int job_id_param(tq_req *r, char id[TQ_UUID_BUF])
     return 0;
 }
 
-static int status_valid(const char *s)
+/* A failed lookup: 404 for a job that is absent or another user's (the same answer, so
+ * ids cannot be probed), else 503 / 500. */
+static void reply_failure(tq_req *r, int rc, const tq_errbuf *eb)
 {
-    static const char *const all[] = {"queued",    "pending", "running",
-                                      "completed", "failed",  "cancelled"};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (strcmp(s, all[i]) == 0)
-            return 1;
-    return 0;
+    if (rc == TQ_ERR_NOT_FOUND)
+        tq_req_reply_error(r, 404, "job not found");
+    else
+        tq_req_reply_db_error(r, rc, eb);
+}
+
+/* 409 for a job whose status does not allow the request: the message and the status. */
+__attribute__((format(printf, 3, 4))) static void reply_conflict(tq_req *r, const char *status,
+                                                                 const char *fmt, ...)
+{
+    char msg[CONFLICT_MSG_BUF];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tq_req_reply_json(r, 409,
+                      json_pack("{s:b, s:s, s:s}", "success", 0, "error", msg, "status", status));
 }
 
 /* "<microseconds>_<uuid>" as made by tq_pdb_job_list; split into its two parts. */
-static int cursor_parse(const char *c, char micros[24], char id[TQ_UUID_BUF])
+static int cursor_parse(const char *c, char micros[CURSOR_MICROS_MAX + 1], char id[TQ_UUID_BUF])
 {
     const char *us = strchr(c, '_');
     if (!us)
         return -1;
     size_t n = (size_t)(us - c);
-    /* At most 17 digits (before the year 5000): larger values would overflow the interval
-     * arithmetic in SQL, and no row of ours is that late. */
-    if (n == 0 || n > 17)
+    if (n == 0 || n > CURSOR_MICROS_MAX)
         return -1;
     for (size_t i = 0; i < n; i++)
         if (c[i] < '0' || c[i] > '9')
@@ -76,9 +92,10 @@ void tq_h_job_list(tq_req *r)
     if (guard(r) != 0)
         return;
     const char *status = tq_req_query(r, "status");
+    tq_job_status st;
     if (status && !*status)
         status = NULL;
-    if (status && !status_valid(status)) {
+    if (status && tq_status_parse(status, &st) != 0) {
         bad_request(r, "status",
                     "must be one of queued, pending, running, completed, failed, cancelled");
         return;
@@ -94,7 +111,7 @@ void tq_h_job_list(tq_req *r)
         }
         limit = (int)v;
     }
-    char micros[24] = "", after_id[TQ_UUID_BUF] = "";
+    char micros[CURSOR_MICROS_MAX + 1] = "", after_id[TQ_UUID_BUF] = "";
     const char *cursor = tq_req_query(r, "cursor");
     int have_cursor = cursor && *cursor;
     if (have_cursor && cursor_parse(cursor, micros, after_id) != 0) {
@@ -104,7 +121,7 @@ void tq_h_job_list(tq_req *r)
     json_t *jobs = NULL;
     char next[TQ_PDB_CURSOR_MAX];
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_job_list(tq_req_user(r), status, have_cursor ? micros : NULL,
+    int rc = tq_pdb_job_list(tq_req_user(r), status ? &st : NULL, have_cursor ? micros : NULL,
                              have_cursor ? after_id : NULL, limit, &jobs, next, &eb);
     if (rc != TQ_OK) {
         tq_req_reply_db_error(r, rc, &eb);
@@ -123,10 +140,8 @@ void tq_h_job_get(tq_req *r)
     json_t *job = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_job_get(tq_req_user(r), id, &job, &eb);
-    if (rc == TQ_ERR_NOT_FOUND)
-        tq_req_reply_error(r, 404, "job not found");
-    else if (rc != TQ_OK)
-        tq_req_reply_db_error(r, rc, &eb);
+    if (rc != TQ_OK)
+        reply_failure(r, rc, &eb);
     else
         tq_req_reply_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "job", job));
 }
@@ -136,23 +151,20 @@ void tq_h_job_cancel(tq_req *r)
     char id[TQ_UUID_BUF];
     if (guard(r) != 0 || job_id_param(r, id) != 0)
         return;
-    char status[16] = "";
+    tq_job_status st = TQ_STATUS_QUEUED;
     int done = 0;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_job_cancel(tq_req_user(r), id, status, &done, &eb);
-    if (rc == TQ_ERR_NOT_FOUND) {
-        tq_req_reply_error(r, 404, "job not found");
-    } else if (rc == TQ_ERR_CONFLICT) {
-        char msg[64];
-        snprintf(msg, sizeof msg, "job is already %s", status);
-        tq_req_reply_json(
-            r, 409, json_pack("{s:b, s:s, s:s}", "success", 0, "error", msg, "status", status));
+    int rc = tq_pdb_job_cancel(tq_req_user(r), id, &st, &done, &eb);
+    const char *status = tq_status_name(st);
+    if (rc == TQ_ERR_CONFLICT) {
+        reply_conflict(r, status, "job is already %s", status);
     } else if (rc != TQ_OK) {
-        tq_req_reply_db_error(r, rc, &eb);
+        reply_failure(r, rc, &eb);
     } else if (done) {
         tq_req_reply_json(r, 200,
                           json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "job_id", id, "status",
-                                    "cancelled", "message", "job cancelled"));
+                                    tq_status_name(TQ_STATUS_CANCELLED), "message",
+                                    "job cancelled"));
     } else {
         /* A consumer owns the container: it stops it and records the outcome. */
         tq_req_reply_json(r, 202,
@@ -169,10 +181,8 @@ void tq_h_job_events(tq_req *r)
     json_t *events = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_job_events(tq_req_user(r), id, &events, &eb);
-    if (rc == TQ_ERR_NOT_FOUND)
-        tq_req_reply_error(r, 404, "job not found");
-    else if (rc != TQ_OK)
-        tq_req_reply_db_error(r, rc, &eb);
+    if (rc != TQ_OK)
+        reply_failure(r, rc, &eb);
     else
         tq_req_reply_json(
             r, 200, json_pack("{s:b, s:s, s:o}", "success", 1, "job_id", id, "events", events));
@@ -183,18 +193,14 @@ void tq_h_job_delete(tq_req *r)
     char id[TQ_UUID_BUF];
     if (guard(r) != 0 || job_id_param(r, id) != 0)
         return;
-    char status[16] = "";
+    tq_job_status st = TQ_STATUS_QUEUED;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_job_delete(tq_req_user(r), id, status, &eb);
-    if (rc == TQ_ERR_NOT_FOUND) {
-        tq_req_reply_error(r, 404, "job not found");
-    } else if (rc == TQ_ERR_CONFLICT) {
-        char msg[64];
-        snprintf(msg, sizeof msg, "job is %s: cancel it first", status);
-        tq_req_reply_json(
-            r, 409, json_pack("{s:b, s:s, s:s}", "success", 0, "error", msg, "status", status));
+    int rc = tq_pdb_job_delete(tq_req_user(r), id, &st, &eb);
+    const char *status = tq_status_name(st);
+    if (rc == TQ_ERR_CONFLICT) {
+        reply_conflict(r, status, "job is %s: cancel it first", status);
     } else if (rc != TQ_OK) {
-        tq_req_reply_db_error(r, rc, &eb);
+        reply_failure(r, rc, &eb);
     } else {
         tq_req_reply_json(
             r, 200,

@@ -6,6 +6,10 @@
 #include <string.h>
 
 #include "tq_db.h"
+#include "tq_status.h"
+
+/* An int in decimal, as a text parameter. */
+#define INT_TEXT_BUF 16
 
 static char *db_url;
 static char *db_app;
@@ -151,7 +155,7 @@ int tq_pdb_ping(tq_errbuf *eb)
 
 typedef struct {
     const char *user, *bucket;
-    char def[16];
+    char def[INT_TEXT_BUF];
     int count, limit, retry_after;
 } rate_arg;
 
@@ -216,12 +220,12 @@ typedef struct {
     tq_pdb_submitted *out;
 } submit_arg;
 
-#define IDEM_NONE 1 /* no job with this key yet */
-
 /* The request hash is md5 of the canonical submission (defaults applied, fixed key
- * order), so a retry that spells the same request differently still matches. */
-static int idem_lookup(tconn *t, submit_arg *a, tq_errbuf *eb)
+ * order), so a retry that spells the same request differently still matches. *found is 0
+ * when no job has this key yet (and TQ_OK is returned). */
+static int idem_lookup(tconn *t, submit_arg *a, int *found, tq_errbuf *eb)
 {
+    *found = 0;
     const char *p[3] = {a->user, a->idem, a->canon};
     PGresult *res = NULL;
     int rc = exec(t,
@@ -232,8 +236,9 @@ static int idem_lookup(tconn *t, submit_arg *a, tq_errbuf *eb)
         return rc;
     if (PQntuples(res) == 0) {
         PQclear(res);
-        return IDEM_NONE;
+        return TQ_OK;
     }
+    *found = 1;
     int same = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
     col_copy(res, 0, 0, a->out->job_id, sizeof a->out->job_id);
     PQclear(res);
@@ -249,8 +254,9 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     int rc;
     a->out->replayed = 0;
     if (a->idem) {
-        rc = idem_lookup(t, a, eb);
-        if (rc != IDEM_NONE)
+        int found = 0;
+        rc = idem_lookup(t, a, &found, eb);
+        if (rc != TQ_OK || found)
             return rc;
     }
 
@@ -322,10 +328,10 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
-    char limit[16];
+    char limit[INT_TEXT_BUF];
     json_t *json;
     char cursor[TQ_PDB_CURSOR_MAX];
-    char st[16];
+    tq_job_status st;
     int done;
 } job_arg;
 
@@ -407,12 +413,14 @@ static int list_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-int tq_pdb_job_list(const char *user, const char *status, const char *after_micros,
+int tq_pdb_job_list(const char *user, const tq_job_status *status, const char *after_micros,
                     const char *after_id, int limit, json_t **jobs,
                     char next_cursor[TQ_PDB_CURSOR_MAX], tq_errbuf *eb)
 {
-    job_arg a = {
-        .user = user, .status = status, .after_micros = after_micros, .after_id = after_id};
+    job_arg a = {.user = user,
+                 .status = status ? tq_status_name(*status) : NULL,
+                 .after_micros = after_micros,
+                 .after_id = after_id};
     snprintf(a.limit, sizeof a.limit, "%d", limit);
     int rc = run_json(list_fn, &a, jobs, eb);
     if (rc == TQ_OK)
@@ -441,16 +449,10 @@ static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
         return rc;
     if (PQntuples(res) == 0)
         rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
-    else
-        col_copy(res, 0, 0, a->st, sizeof a->st);
+    else if (tq_status_parse(PQgetvalue(res, 0, 0), &a->st) != 0)
+        rc = tq_errf(eb, TQ_ERR_DB, "job %s has an unknown status", a->job_id);
     PQclear(res);
     return rc;
-}
-
-static int is_terminal(const char *st)
-{
-    return strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 ||
-           strcmp(st, "cancelled") == 0;
 }
 
 /* An unpublished outbox row of a job that will never run is dropped; a row a relay is
@@ -470,10 +472,10 @@ static int cancel_fn(tconn *t, void *arg, tq_errbuf *eb)
     int rc = lock_job(t, a, eb);
     if (rc != TQ_OK)
         return rc;
-    if (is_terminal(a->st))
-        return tq_errf(eb, TQ_ERR_CONFLICT, "job is already %s", a->st);
+    if (tq_status_terminal(a->st))
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job is already %s", tq_status_name(a->st));
     const char *p[1] = {a->job_id};
-    if (strcmp(a->st, "queued") == 0) {
+    if (a->st == TQ_STATUS_QUEUED) {
         rc = exec(t, "SELECT set_config('trainq.reason', 'cancelled by user', true)", 0, NULL, NULL,
                   eb);
         if (rc == TQ_OK)
@@ -494,12 +496,12 @@ static int cancel_fn(tconn *t, void *arg, tq_errbuf *eb)
                 1, p, NULL, eb);
 }
 
-int tq_pdb_job_cancel(const char *user, const char *job_id, char status[16], int *done,
+int tq_pdb_job_cancel(const char *user, const char *job_id, tq_job_status *status, int *done,
                       tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
     int rc = run_txn(cancel_fn, &a, eb);
-    snprintf(status, 16, "%s", a.st);
+    *status = a.st;
     *done = a.done;
     return rc;
 }
@@ -537,8 +539,8 @@ static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
     int rc = lock_job(t, a, eb);
     if (rc != TQ_OK)
         return rc;
-    if (!is_terminal(a->st))
-        return tq_errf(eb, TQ_ERR_CONFLICT, "job is %s", a->st);
+    if (!tq_status_terminal(a->st))
+        return tq_errf(eb, TQ_ERR_CONFLICT, "job is %s", tq_status_name(a->st));
     const char *p[1] = {a->job_id};
     rc = exec(t, "DELETE FROM training_jobs WHERE id = $1::uuid", 1, p, NULL, eb);
     if (rc == TQ_OK)
@@ -546,36 +548,10 @@ static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-int tq_pdb_job_delete(const char *user, const char *job_id, char status[16], tq_errbuf *eb)
+int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *status, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
     int rc = run_txn(delete_fn, &a, eb);
-    snprintf(status, 16, "%s", a.st);
-    return rc;
-}
-
-/* ------------------------------------------------------------------ outbox */
-
-typedef struct {
-    long long n;
-} backlog_arg;
-
-static int backlog_fn(tconn *t, void *arg, tq_errbuf *eb)
-{
-    backlog_arg *a = arg;
-    PGresult *res = NULL;
-    int rc = exec(t, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0, NULL, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    a->n = col_ll(res, 0, 0);
-    PQclear(res);
-    return TQ_OK;
-}
-
-int tq_pdb_outbox_backlog(long long *n, tq_errbuf *eb)
-{
-    backlog_arg a = {0};
-    int rc = run_txn(backlog_fn, &a, eb);
-    *n = a.n;
+    *status = a.st;
     return rc;
 }

@@ -17,6 +17,8 @@
 
 #include "tq_err.h"
 #include "tq_job.h"
+#include "tq_status.h"
+#include "tq_uuid.h"
 
 /* Copies url; call once before any other tq_pdb_ function (and tq_pdb_shutdown at exit,
  * after every thread that used a connection has exited). */
@@ -33,7 +35,7 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
                     int *retry_after, tq_errbuf *eb);
 
 typedef struct {
-    char job_id[37];
+    char job_id[TQ_UUID_BUF];
     int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
 } tq_pdb_submitted;
 
@@ -50,16 +52,16 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
 /* The job as JSON (new reference). TQ_ERR_NOT_FOUND when absent or another user's. */
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb);
 
-/* Newest first. status may be NULL; after_ts/after_id (both or neither) is the keyset
- * cursor. *jobs is a new array; next_cursor is "" when there is no further page. */
+/* Newest first. status may be NULL (any status); after_micros/after_id (both or neither) is the
+ * keyset cursor. *jobs is a new array; next_cursor is "" when there is no further page. */
 #define TQ_PDB_CURSOR_MAX 64
-int tq_pdb_job_list(const char *user, const char *status, const char *after_micros,
+int tq_pdb_job_list(const char *user, const tq_job_status *status, const char *after_micros,
                     const char *after_id, int limit, json_t **jobs,
                     char next_cursor[TQ_PDB_CURSOR_MAX], tq_errbuf *eb);
 
 /* queued → cancelled (*done = 1); pending/running → cancel_requested_at set (*done = 0).
  * status receives the status before the call. TQ_ERR_CONFLICT: already terminal. */
-int tq_pdb_job_cancel(const char *user, const char *job_id, char status[16], int *done,
+int tq_pdb_job_cancel(const char *user, const char *job_id, tq_job_status *status, int *done,
                       tq_errbuf *eb);
 
 /* The audit trail, oldest first (new reference). TQ_ERR_NOT_FOUND when the user has no
@@ -68,9 +70,6 @@ int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_
 
 /* Deletes a terminal job (its events stay). status receives its status.
  * TQ_ERR_NOT_FOUND, or TQ_ERR_CONFLICT when the job is not terminal. */
-int tq_pdb_job_delete(const char *user, const char *job_id, char status[16], tq_errbuf *eb);
-
-/* Unpublished outbox rows. */
-int tq_pdb_outbox_backlog(long long *n, tq_errbuf *eb);
+int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *status, tq_errbuf *eb);
 
 #endif

@@ -16,6 +16,7 @@
 #include "pdb.h"
 #include "tq_log.h"
 #include "tq_msg.h"
+#include "tq_status.h"
 
 #define IDEM_KEY_MAX 128
 
@@ -45,61 +46,101 @@ static int idem_key_ok(const char *k)
     return 1;
 }
 
-static void reply_validation(tq_req *r, const char *error, const tq_validation *v)
-{
-    json_t *details = tq_validation_to_json(v);
-    json_t *body = json_pack("{s:b, s:s, s:o*}", "success", 0, "error", error, "details", details);
-    tq_req_reply_json(r, 400, body);
-}
-
 static void reply_queued(tq_req *r, const char *job_id)
 {
     tq_req_reply_json(r, 200,
                       json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "job_id", job_id, "status",
-                                "queued", "message", "Training job queued"));
+                                tq_status_name(TQ_STATUS_QUEUED), "message",
+                                "Training job queued"));
 }
 
-void tq_h_submit(tq_req *r)
+/* The checks before the body is read: auth (401), rate limit (429), Content-Type (415),
+ * Idempotency-Key syntax (400). 0 to go on (*idem: the key or NULL), -1 when answered. */
+static int check_request(tq_req *r, const char **idem)
 {
     const tq_app *app = tq_req_app(r);
     if (tq_req_authenticate(r) != 0)
-        return;
-    if (tq_req_rate_limit(r, "submit", app->cfg->submit_rate_per_minute) != 0)
-        return;
+        return -1;
+    if (tq_req_rate_limit(r, TQ_RATE_SUBMIT, app->cfg->submit_rate_per_minute) != 0)
+        return -1;
     if (!content_type_ok(tq_req_header(r, "Content-Type"))) {
         tq_req_reply_error(r, 415, "content type must be application/json");
-        return;
+        return -1;
     }
-    const char *idem = tq_req_header(r, "Idempotency-Key");
-    if (idem && !idem_key_ok(idem)) {
+    *idem = tq_req_header(r, "Idempotency-Key");
+    if (*idem && !idem_key_ok(*idem)) {
         tq_validation v = {0};
         tq_validation_add(&v, "Idempotency-Key", "must be 1 to %d printable ASCII characters",
                           IDEM_KEY_MAX);
-        reply_validation(r, "validation failed", &v);
-        return;
+        tq_req_reply_invalid(r, "validation failed", &v);
+        return -1;
     }
+    return 0;
+}
 
+/* The body as a validated submission (413/400/500 otherwise). 0, or -1 when answered; on
+ * 0 the caller frees *sub. */
+static int parse_body(tq_req *r, tq_submission *sub)
+{
     size_t len = 0;
     const char *body = tq_req_body(r, &len);
-    tq_submission sub = {0};
     tq_validation v = {0};
-    int rc = tq_submission_parse(body, len, &sub, &v);
+    int rc = tq_submission_parse(body, len, sub, &v);
     if (rc == TQ_ERR_TOO_LARGE) {
         tq_req_reply_error(r, 413, "request body too large");
-        return;
+        return -1;
     }
     if (rc == TQ_ERR_INVALID) {
         /* A body that is not a JSON object at all reports one error on field "body". */
         int parse = v.n == 1 && strcmp(v.items[0].field, "body") == 0;
-        reply_validation(r, parse ? "invalid JSON" : "validation failed", &v);
-        return;
+        tq_req_reply_invalid(r, parse ? "invalid JSON" : "validation failed", &v);
+        return -1;
     }
     if (rc != TQ_OK) {
         tq_errbuf eb;
         tq_errf(&eb, rc, "could not parse submission");
         tq_req_reply_db_error(r, TQ_ERR_INTERNAL, &eb);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+/* Answers the outcome of tq_pdb_submit. */
+static void reply_submitted(tq_req *r, int rc, const tq_pdb_submitted *res, tq_job_type type,
+                            const tq_errbuf *eb)
+{
+    switch (rc) {
+    case TQ_OK:
+        if (res->replayed)
+            tq_req_add_header(r, "Idempotent-Replayed", "true");
+        else
+            tq_logj(TQ_LOG_INFO, "job.submitted",
+                    json_pack("{s:s, s:s, s:s, s:s}", "job_id", res->job_id, "user", tq_req_user(r),
+                              "type", tq_job_type_name(type), "request_id", tq_req_id(r)),
+                    "job %s queued", res->job_id);
+        reply_queued(r, res->job_id);
+        break;
+    case TQ_ERR_NOT_FOUND:
+        tq_req_reply_error(r, 404, "dataset not found");
+        break;
+    case TQ_ERR_FORBIDDEN:
+        tq_req_reply_error(r, 403, "dataset belongs to another user");
+        break;
+    case TQ_ERR_CONFLICT:
+        tq_req_reply_error(r, 422, "idempotency key reused with a different request");
+        break;
+    default:
+        tq_req_reply_db_error(r, rc, eb);
+        break;
+    }
+}
+
+void tq_h_submit(tq_req *r)
+{
+    const char *idem = NULL;
+    tq_submission sub = {0};
+    if (check_request(r, &idem) != 0 || parse_body(r, &sub) != 0)
+        return;
 
     char job_id[TQ_UUID_BUF];
     tq_uuid_generate(job_id);
@@ -116,39 +157,16 @@ void tq_h_submit(tq_req *r)
 
     tq_errbuf eb = {{0}};
     if (!payload || !canon_s) {
-        /* tq_msg_encode also refuses a user id it would not decode (e.g. a `sub` with
-         * characters the message contract forbids): not the client's body at fault. */
+        /* Out of memory, or a message tq_msg_encode would not decode: not the client's
+         * body at fault (its user id passed the same tq_user_id_valid in auth.c). */
         tq_errf(&eb, TQ_ERR_INTERNAL, "could not encode job message for user");
         tq_req_reply_db_error(r, TQ_ERR_INTERNAL, &eb);
         goto out;
     }
 
     tq_pdb_submitted res;
-    rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem, &res, &eb);
-    switch (rc) {
-    case TQ_OK:
-        if (res.replayed)
-            tq_req_add_header(r, "Idempotent-Replayed", "true");
-        else
-            tq_logj(TQ_LOG_INFO, "job.submitted",
-                    json_pack("{s:s, s:s, s:s, s:s}", "job_id", res.job_id, "user", tq_req_user(r),
-                              "type", tq_job_type_name(sub.type), "request_id", tq_req_id(r)),
-                    "job %s queued", res.job_id);
-        reply_queued(r, res.job_id);
-        break;
-    case TQ_ERR_NOT_FOUND:
-        tq_req_reply_error(r, 404, "dataset not found");
-        break;
-    case TQ_ERR_FORBIDDEN:
-        tq_req_reply_error(r, 403, "dataset belongs to another user");
-        break;
-    case TQ_ERR_CONFLICT:
-        tq_req_reply_error(r, 422, "idempotency key reused with a different request");
-        break;
-    default:
-        tq_req_reply_db_error(r, rc, &eb);
-        break;
-    }
+    int rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem, &res, &eb);
+    reply_submitted(r, rc, &res, sub.type, &eb);
 out:
     free(payload);
     free(canon_s);

@@ -101,6 +101,16 @@ int tq_text_valid(const char *s, size_t len, size_t max_bytes)
     return s && len >= 1 && len <= max_bytes && text_check(s, len) == TEXT_OK;
 }
 
+int tq_user_id_valid(const char *s, size_t len)
+{
+    if (!s || len < 1 || len > TQ_USER_ID_MAX_BYTES)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7E)
+            return 0;
+    return 1;
+}
+
 /* ---- small public helpers ----------------------------------------------------------- */
 
 const char *tq_job_type_name(tq_job_type t)

@@ -137,8 +137,23 @@ int tq_job_type_parse(const char *s, tq_job_type *out);
 void tq_train_config_defaults(tq_train_config *c);
 
 /* 1 if s[0..len) is 1..max_bytes of well-formed UTF-8 with no control character (and so
- * no NUL); 0 otherwise. The rule for name, trigger words and user ids. */
+ * no NUL); 0 otherwise. The rule for name and trigger words. */
 int tq_text_valid(const char *s, size_t len, size_t max_bytes);
+
+/* ---- user ids ------------------------------------------------------------------------ */
+
+#define TQ_USER_ID_MAX_BYTES 128
+/* A user id and its NUL. */
+#define TQ_USER_ID_BUF (TQ_USER_ID_MAX_BYTES + 1)
+
+/* 1 if s[0..len) is a valid user id: 1..TQ_USER_ID_MAX_BYTES bytes, each visible ASCII
+ * (0x21..0x7E: no space, no control character, no NUL, nothing over 0x7E); 0 otherwise
+ * (also for NULL). The one rule for the `sub` of a token the producer accepts (auth.c) and
+ * the `user_id` of a trainq.job.v1 message (tq_msg.c): a user id travels into SQL
+ * parameters, log lines, container labels and metrics, where a space or a look-alike
+ * character would make two users hard to tell apart. docs/api.md and
+ * docs/message-contract.md state it. */
+int tq_user_id_valid(const char *s, size_t len);
 
 /* 1 if s is a Hugging Face repo id: `name` or `owner/name` (zero or one '/'); each part
  * 1..96 bytes of [A-Za-z0-9._-], starting with a letter or digit, not ending with '.' or

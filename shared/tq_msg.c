@@ -29,11 +29,6 @@ void tq_rfc3339_now(char out[TQ_TIMESTAMP_BUF])
     snprintf(out, TQ_TIMESTAMP_BUF, "%s.%03ldZ", base, ts.tv_nsec / 1000000L);
 }
 
-int tq_user_id_valid(const char *s)
-{
-    return s && tq_text_valid(s, strnlen(s, TQ_USER_ID_MAX_BYTES + 1), TQ_USER_ID_MAX_BYTES);
-}
-
 /* ---- decode ------------------------------------------------------------------------- */
 
 void tq_msg_free(tq_job_msg *m)
@@ -85,12 +80,14 @@ static int msg_from_json(json_t *root, tq_job_msg *out, tq_validation *v)
         tq_validation_add(v, "job_id", "must be a uuid");
 
     user_id = get_string(root, "user_id", 1, v);
-    if (user_id && !tq_user_id_valid(user_id)) {
+    if (user_id && !tq_user_id_valid(user_id, strlen(user_id))) {
         size_t n = strnlen(user_id, TQ_USER_ID_MAX_BYTES + 1);
         if (n == 0 || n > TQ_USER_ID_MAX_BYTES)
             tq_validation_add(v, "user_id", "must be 1 to %d bytes", TQ_USER_ID_MAX_BYTES);
-        else
+        else if (!tq_text_valid(user_id, n, TQ_USER_ID_MAX_BYTES))
             tq_validation_add(v, "user_id", "must not contain control characters");
+        else
+            tq_validation_add(v, "user_id", "must be visible ascii, without spaces");
     }
 
     ts = get_string(root, "submitted_at", 0, v);

@@ -25,7 +25,6 @@
 
 #define TQ_MSG_SCHEMA "trainq.job.v1"
 #define TQ_MSG_MAX_BYTES TQ_SUBMISSION_MAX_BYTES
-#define TQ_USER_ID_MAX_BYTES 128
 #define TQ_TIMESTAMP_BUF 40
 
 /* The topology names live in tq_amqp.h (TQ_AMQP_EXCHANGE, ...), one source of truth. */
@@ -34,7 +33,7 @@
 
 typedef struct {
     char job_id[37];                     /* lowercase uuid */
-    char *user_id;                       /* owned; 1..128 bytes, no control characters */
+    char *user_id;                       /* owned; valid by tq_user_id_valid (tq_job.h) */
     char submitted_at[TQ_TIMESTAMP_BUF]; /* RFC 3339, or "" when absent */
     tq_submission sub;                   /* owned */
 } tq_job_msg;
@@ -57,9 +56,6 @@ int tq_msg_decode(const char *body, size_t len, tq_job_msg *out, tq_validation *
 
 /* Frees the members (not m) and zeroes m; safe to call twice. */
 void tq_msg_free(tq_job_msg *m);
-
-/* 1 if s (NUL-terminated) is a valid user_id: 1..128 bytes, UTF-8, no control chars. */
-int tq_user_id_valid(const char *s);
 
 /* 1 if s is an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM), 'T' and
  * 'Z' in either case, at most 9 fraction digits, calendar-checked) shorter than

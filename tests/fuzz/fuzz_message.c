@@ -27,7 +27,7 @@ static void check_msg(const tq_job_msg *m)
     for (size_t i = 0; i < 36; i++)
         FUZZ_CHECK(!(m->job_id[i] >= 'A' && m->job_id[i] <= 'Z'), "job_id not lowercase: %s",
                    m->job_id);
-    FUZZ_CHECK(m->user_id && tq_user_id_valid(m->user_id), "user_id");
+    FUZZ_CHECK(m->user_id && tq_user_id_valid(m->user_id, strlen(m->user_id)), "user_id");
     FUZZ_CHECK(FUZZ_TERMINATED(m->submitted_at), "submitted_at");
     FUZZ_CHECK(m->submitted_at[0] == '\0' || tq_rfc3339_valid(m->submitted_at),
                "submitted_at %s", m->submitted_at);

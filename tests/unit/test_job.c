@@ -855,6 +855,31 @@ static void test_uuids_are_generated_random_and_validated(void **state)
     assert_string_equal(c, "");
 }
 
+/* One rule for the token's `sub` and the message's `user_id` (docs/api.md, "Auth";
+ * docs/message-contract.md). */
+static void test_user_id_is_1_to_128_bytes_of_visible_ascii(void **state)
+{
+    (void)state;
+    char id[TQ_USER_ID_MAX_BYTES + 2];
+    memset(id, 'u', sizeof id);
+    assert_true(tq_user_id_valid(id, 1));
+    assert_true(tq_user_id_valid(id, TQ_USER_ID_MAX_BYTES));
+    assert_false(tq_user_id_valid(id, TQ_USER_ID_MAX_BYTES + 1));
+    assert_false(tq_user_id_valid("", 0));
+    assert_false(tq_user_id_valid(NULL, 0));
+    assert_true(tq_user_id_valid("!", 1)); /* 0x21, the first allowed */
+    assert_true(tq_user_id_valid("~", 1)); /* 0x7E, the last allowed */
+    assert_true(tq_user_id_valid("auth0|user-1", 12));
+    assert_true(tq_user_id_valid("0b6e3f5a-9c1d-4e2f-8a7b-1c2d3e4f5a6b", 36));
+    assert_false(tq_user_id_valid("a b", 3));   /* 0x20 */
+    assert_false(tq_user_id_valid("a\x7f", 2)); /* DEL */
+    assert_false(tq_user_id_valid("a\nb", 3));
+    assert_false(tq_user_id_valid("a\0b", 3)); /* an embedded NUL counts */
+    assert_false(tq_user_id_valid("\xff", 1));
+    assert_false(tq_user_id_valid("\xe7\x94\xa8 x", 5)); /* UTF-8 and a space */
+    assert_false(tq_user_id_valid("caf\xc3\xa9", 5));    /* well-formed non-ASCII */
+}
+
 static void test_text_rule_counts_bytes_and_refuses_controls(void **state)
 {
     (void)state;
@@ -898,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_from_json_accepts_jansson_integers_and_reals),
         cmocka_unit_test(test_job_type_names_round_trip),
         cmocka_unit_test(test_uuids_are_generated_random_and_validated),
+        cmocka_unit_test(test_user_id_is_1_to_128_bytes_of_visible_ascii),
         cmocka_unit_test(test_text_rule_counts_bytes_and_refuses_controls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,139 @@
+/*
+ * The static route table: every endpoint, the handler of each method (handlers.h), and
+ * the dispatch from a request to one of them.
+ */
+#include "routes.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "handlers.h"
+#include "request_impl.h"
+#include "tq_log.h"
+
+/* "GET, HEAD, POST, DELETE, OPTIONS" and a NUL fit. */
+#define ALLOW_BUF 64
+
+typedef void (*handler_fn)(tq_req *r);
+
+/* A pattern segment "{id}" matches any one segment. */
+typedef struct {
+    const char *pattern;
+    handler_fn get, post, del;
+} route_entry;
+
+static const route_entry routes[] = {
+    {"/healthz", tq_h_healthz, NULL, NULL},
+    {"/readyz", tq_h_readyz, NULL, NULL},
+    {"/metrics", tq_h_metrics, NULL, NULL},
+    {"/api/training/submit", NULL, tq_h_submit, NULL},
+    {"/api/training/jobs", tq_h_job_list, NULL, NULL},
+    {"/api/training/jobs/{id}", tq_h_job_get, NULL, tq_h_job_delete},
+    {"/api/training/jobs/{id}/cancel", NULL, tq_h_job_cancel, NULL},
+    {"/api/training/jobs/{id}/events", tq_h_job_events, NULL, NULL},
+};
+#define N_ROUTES (sizeof routes / sizeof routes[0])
+
+size_t tq_route_count(void)
+{
+    return N_ROUTES;
+}
+
+const char *const *tq_route_labels(void)
+{
+    static const char *labels[N_ROUTES];
+    for (size_t i = 0; i < N_ROUTES; i++)
+        labels[i] = routes[i].pattern;
+    return labels;
+}
+
+const char *tq_route_label(int route)
+{
+    return route >= 0 && (size_t)route < N_ROUTES ? routes[route].pattern : "other";
+}
+
+int tq_route_is_health(int route)
+{
+    return route >= 0 && (routes[route].get == tq_h_healthz || routes[route].get == tq_h_readyz);
+}
+
+/* 1 if url[0..ulen) matches pattern p; its {id} segment (if any) goes to param. */
+static int match_one(const char *p, const char *url, size_t ulen, char *param, size_t cap)
+{
+    const char *u = url, *uend = url + ulen;
+    param[0] = '\0';
+    while (*p) {
+        if (strncmp(p, "{id}", 4) == 0) {
+            const char *seg = u;
+            while (u < uend && *u != '/')
+                u++;
+            size_t n = (size_t)(u - seg);
+            if (n == 0 || n >= cap)
+                return 0;
+            memcpy(param, seg, n);
+            param[n] = '\0';
+            p += 4;
+        } else if (u < uend && *p == *u) {
+            p++;
+            u++;
+        } else {
+            return 0;
+        }
+    }
+    return u == uend;
+}
+
+int tq_route_match(const char *url, char *param, size_t param_cap)
+{
+    size_t ulen = strlen(url);
+    if (ulen > 1 && url[ulen - 1] == '/')
+        ulen--;
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (match_one(routes[i].pattern, url, ulen, param, param_cap))
+            return (int)i;
+    param[0] = '\0';
+    return -1;
+}
+
+static void allow_of(const route_entry *rt, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s%s%sOPTIONS", rt->get ? "GET, HEAD, " : "", rt->post ? "POST, " : "",
+             rt->del ? "DELETE, " : "");
+}
+
+void tq_route_dispatch(tq_req *r)
+{
+    if (r->route < 0) {
+        tq_req_reply_error(r, 404, "not found");
+        return;
+    }
+    const route_entry *rt = &routes[r->route];
+    char allow[ALLOW_BUF];
+    allow_of(rt, allow, sizeof allow);
+    if (strcmp(r->method, "OPTIONS") == 0) {
+        tq_req_reply_preflight(r, allow);
+        return;
+    }
+    handler_fn fn = NULL;
+    if (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)
+        fn = rt->get;
+    else if (strcmp(r->method, "POST") == 0)
+        fn = rt->post;
+    else if (strcmp(r->method, "DELETE") == 0)
+        fn = rt->del;
+    if (!fn) {
+        tq_req_add_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+        tq_req_reply_error(r, 405, "method not allowed");
+        return;
+    }
+    if (r->too_large) {
+        tq_req_reply_error(r, 413, "request body too large");
+        return;
+    }
+    fn(r);
+    if (!r->replied) {
+        tq_log(TQ_LOG_ERROR, "http.no_reply", "handler of %s gave no reply (request %s)",
+               rt->pattern, r->request_id);
+        tq_req_reply_error(r, 500, "internal server error");
+    }
+}

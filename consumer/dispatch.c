@@ -1,7 +1,7 @@
 /*
  * The dispatcher: the only thread that talks to the trainq.jobs queue.
  *
- * Capacity rule (DESIGN.md invariant 6): prefetch is 1 and the consumer is registered only
+ * Capacity rule (docs/architecture.md, invariant 6): prefetch is 1 and the consumer is registered only
  * while a slot is free and dockerd and Postgres answer. When a delivery takes the last free
  * slot, basic.cancel is sent *before* that delivery is acked — with prefetch 1 nothing else
  * can arrive meanwhile — so this host never holds a message it cannot start now and an idle
@@ -507,62 +507,63 @@ static int claim_retry(void *arg, int next, int rc, const tq_errbuf *eb)
     return tq_worker_sleep(a->w, CLAIM_BACKOFF_MS[next]);
 }
 
-static void handle(dispatcher *d, amqp_envelope_t *env)
+/* Decodes and checks a delivery: 1 with *m filled (caller frees), or 0 when the delivery
+ * was settled here (nacked after running out of memory, or dead-lettered with the reason:
+ * invalid body, message_id not the job id, routing key not the job's type). */
+static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
 {
-    tq_worker *w = d->w;
-    if (!d->consuming || atomic_load(&w->stopping)) {
-        settle(d, env->delivery_tag, 0); /* arrived after cancel */
-        return;
-    }
-    if (!publisher_verified(d, env))
-        return;
-    tq_job_msg m;
     tq_validation v;
     memset(&v, 0, sizeof v);
     char reason[1024];
-    int rc = tq_msg_decode(env->message.body.bytes, env->message.body.len, &m, &v);
+    int rc = tq_msg_decode(env->message.body.bytes, env->message.body.len, m, &v);
     if (rc == TQ_ERR_NOMEM) {
         settle(d, env->delivery_tag, 0);
-        return;
+        return 0;
     }
     if (rc != TQ_OK) {
         validation_reason(&v, rc, reason, sizeof reason);
         dead_letter(d, env, reason);
-        return;
+        return 0;
     }
     char mid[128] = "";
     if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(mid, sizeof mid, env->message.properties.message_id);
     /* job_id is canonical (lowercase) after decoding; a publisher may send either case */
-    if (strcasecmp(mid, m.job_id) != 0) {
+    if (strcasecmp(mid, m->job_id) != 0) {
         snprintf(reason, sizeof reason,
                  mid[0] ? "invalid message: message_id \"%s\" differs from job_id"
                         : "invalid message: message_id property is required%s",
                  mid);
-        tq_msg_free(&m);
+        tq_msg_free(m);
         dead_letter(d, env, reason);
-        return;
+        return 0;
     }
-
     /* The exchange routes by job type: a body whose type differs from its routing key was
      * queued for the wrong kind of worker. */
     char rk[64];
     copy_bytes(rk, sizeof rk, env->routing_key);
-    if (strcmp(rk, tq_job_type_name(m.sub.type)) != 0) {
+    if (strcmp(rk, tq_job_type_name(m->sub.type)) != 0) {
         snprintf(reason, sizeof reason,
                  "invalid message: routing key \"%s\" differs from type \"%s\"", rk,
-                 tq_job_type_name(m.sub.type));
-        tq_msg_free(&m);
+                 tq_job_type_name(m->sub.type));
+        tq_msg_free(m);
         dead_letter(d, env, reason);
-        return;
+        return 0;
     }
+    return 1;
+}
 
-    tq_claim cl;
+/* Claims the job of m: 1 with *cl filled (caller frees), or 0 when the claim could not be
+ * made and the delivery was settled here: deferred (Postgres unreachable or busy: a
+ * confirmed copy, then the ack, so no delivery count is spent) or nacked (any other error). */
+static int claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *m, tq_claim *cl)
+{
+    tq_worker *w = d->w;
     tq_errbuf eb = {{0}};
     /* A connection that died while idle (Postgres restarted, sessions cut, a failover) fails
      * its next statement; the runner then connects afresh. Retried, briefly, so a blip costs
      * this delivery nothing. */
-    claim_retry_arg ra = {w, m.job_id};
+    claim_retry_arg ra = {w, m->job_id};
     const tq_db_txn how = {
         .url = w->cfg->database_url,
         .app = "trainq-consumer",
@@ -572,55 +573,61 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         .before_retry = claim_retry,
         .retry_arg = &ra,
     };
-    rc = tq_cdb_claim(&d->db, &how, &m, w->cfg->worker_id, w->cfg->lease_seconds, &cl, &eb);
+    int rc = tq_cdb_claim(&d->db, &how, m, w->cfg->worker_id, w->cfg->lease_seconds, cl, &eb);
     if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
         if (rc == TQ_ERR_UNAVAILABLE)
             atomic_store(&w->db_ok, 0);
-        tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", m.job_id, eb.msg);
+        tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", m->job_id, eb.msg);
         tq_errbuf cb = {{0}};
         stop_consuming(d, &cb);
         defer(d, env);
-        tq_msg_free(&m);
-        return;
+        return 0;
     }
     if (rc != TQ_OK) {
         /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
          * a bug), but maybe its own: back to the queue, spending a delivery. Its delivery
          * limit bounds the retries; a message that fails every time ends on the dead-letter
          * queue with x-death, and the sweeper republishes its job if it has a row. */
-        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m.job_id, eb.msg);
-        tq_msg_free(&m);
+        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m->job_id, eb.msg);
         settle(d, env->delivery_tag, 0);
-        return;
+        return 0;
     }
-    switch (cl.outcome) {
+    return 1;
+}
+
+/* Settles a delivery by the claim's outcome; a claimed job is launched first. */
+static void act_on_claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *m,
+                         const tq_claim *cl)
+{
+    tq_worker *w = d->w;
+    switch (cl->outcome) {
     case TQ_CLAIM_MISMATCH:
-        dead_letter(d, env, cl.reason);
+        dead_letter(d, env, cl->reason);
         break;
     case TQ_CLAIM_DUPLICATE:
         tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
-        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)", m.job_id,
-               cl.reason);
+        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)",
+               m->job_id, cl->reason);
         settle(d, env->delivery_tag, 1);
         break;
     case TQ_CLAIM_FAILED:
         tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
-        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: %s", m.job_id, cl.reason);
+        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: %s", m->job_id, cl->reason);
         settle(d, env->delivery_tag, 1);
         break;
     case TQ_CLAIM_PARKED:
         tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
-        tq_log(TQ_LOG_INFO, "job.parked", "job %s parked: %s", m.job_id, cl.reason);
+        tq_log(TQ_LOG_INFO, "job.parked", "job %s parked: %s", m->job_id, cl->reason);
         settle(d, env->delivery_tag, 1);
         break;
     case TQ_CLAIM_CLAIMED: {
-        int slot = tq_slot_reserve(w, m.job_id);
+        int slot = tq_slot_reserve(w, m->job_id);
         if (slot < 0) { /* cannot happen: only this thread reserves */
-            give_back(d, &cl, m.job_id, "no free slot");
+            give_back(d, cl, m->job_id, "no free slot");
             settle(d, env->delivery_tag, 1);
             break;
         }
-        if (!launch(d, slot, &cl, m.job_id))
+        if (!launch(d, slot, cl, m->job_id))
             tq_slot_free(w, slot);
         /* Taking the last slot (or losing dockerd): cancel before the ack, see top. */
         if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok) || !host_usable(d)) {
@@ -633,7 +640,26 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
         break;
     }
     }
-    tq_claim_free(&cl);
+}
+
+/* One delivery: verify the publisher, decode and check, claim, act. Every path settles the
+ * delivery exactly once (ack, nack, dead-letter or defer). */
+static void handle(dispatcher *d, amqp_envelope_t *env)
+{
+    if (!d->consuming || atomic_load(&d->w->stopping)) {
+        settle(d, env->delivery_tag, 0); /* arrived after cancel */
+        return;
+    }
+    if (!publisher_verified(d, env))
+        return;
+    tq_job_msg m;
+    if (!accept_message(d, env, &m))
+        return;
+    tq_claim cl;
+    if (claim(d, env, &m, &cl)) {
+        act_on_claim(d, env, &m, &cl);
+        tq_claim_free(&cl);
+    }
     tq_msg_free(&m);
 }
 

@@ -1,7 +1,7 @@
 /*
  * launch — everything between "this worker claimed job X" and "its container is running":
  * the job's config.json, the dataset path (confined to the datasets root), the outputs
- * directory, and the training container itself (Container contract in DESIGN.md).
+ * directory, and the training container itself (docs/architecture.md, "How a consumer runs a job").
  *
  * The job is the typed submission the consumer holds for a claimed job (cdb.h tq_claim:
  * its row's message, decoded once by tq_msg_decode), with its id beside it: validated, every

@@ -1,7 +1,7 @@
 /*
  * trainq-consumer: takes training jobs from RabbitMQ and runs them as Docker containers,
  * at most one per slot, at most N active per user across every host (worker.h has the
- * thread layout, DESIGN.md the invariants).
+ * thread layout, docs/architecture.md the invariants).
  *
  * SIGTERM/SIGINT: stop consuming, settle the delivery in hand, leave running containers
  * alone (the next start adopts them), exit 0.
@@ -44,6 +44,102 @@ static int health(void *arg, char *why, size_t cap)
     return 0;
 }
 
+/* The worker's shared state for cfg, slots included; -1 when memory ran out. */
+static int worker_init(tq_worker *w, const tq_config *cfg)
+{
+    memset(w, 0, sizeof *w);
+    w->cfg = cfg;
+    if (gethostname(w->hostname, sizeof w->hostname) != 0)
+        snprintf(w->hostname, sizeof w->hostname, "unknown");
+    w->hostname[sizeof w->hostname - 1] = '\0';
+    pthread_mutex_init(&w->mu, NULL);
+    tq_cond_init_monotonic(&w->cv); /* tq_worker_sleep's deadlines are monotonic */
+    w->n_slots = cfg->slots;
+    w->slots = calloc((size_t)w->n_slots, sizeof *w->slots);
+    atomic_store(&w->docker_ok, 1);
+    atomic_store(&w->db_ok, 1);
+    atomic_store(&w->host_ok, 1);
+    return w->slots ? 0 : -1;
+}
+
+/* The dockerd client and the metrics server: TQ_OK, or an error in eb (exit 2). */
+static int open_host(tq_worker *w, tq_cmetrics_server **ms, tq_errbuf *eb)
+{
+    const tq_config *cfg = w->cfg;
+    int rc = tq_docker_new(cfg->docker_host, &w->docker, eb);
+    if (rc != TQ_OK)
+        return rc;
+    /* Mounted into every container as it is: refused here, once, rather than at every
+     * launch, where it would only make this host give every job back. */
+    if (tq_mount_source_exposes_socket(cfg->hf_cache_dir, tq_docker_socket_path(w->docker)))
+        return tq_errf(eb, TQ_ERR_INVALID,
+                       "invalid TRAINQ_HF_CACHE_DIR \"%s\": mounting it would expose the "
+                       "container runtime socket",
+                       cfg->hf_cache_dir);
+    tq_cmetrics_set(TQ_CM_SLOTS_TOTAL, w->n_slots);
+    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
+    int port = 0;
+    rc = tq_cmetrics_start(cfg->metrics_host, cfg->metrics_port, health, w, ms, &port, eb);
+    if (rc != TQ_OK)
+        return rc;
+    tq_logj(TQ_LOG_INFO, "consumer.starting",
+            json_pack("{s:s, s:i, s:s, s:i}", "worker_id", cfg->worker_id, "slots", w->n_slots,
+                      "gpus", cfg->gpus, "metrics_port", port),
+            "trainq-consumer %s starting as worker %s with %d slot(s)", TRAINQ_VERSION,
+            cfg->worker_id, w->n_slots);
+    return TQ_OK;
+}
+
+/* Releases of parked jobs and retries are outbox rows: every consumer relays them, so a
+ * deployment needs no producer for its queue to keep moving. */
+static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
+{
+    tq_relay_config rc_cfg = {.database_url = cfg->database_url, .amqp_url = cfg->amqp_url,
+                              .name = "trainq-consumer-relay", .batch = cfg->relay_batch,
+                              .sign_keys = &cfg->publish_keyring};
+    if (cfg->publish_keyring.n == 0)
+        tq_log(TQ_LOG_WARN, "consumer.unauthenticated_publishers",
+               "TRAINQ_PUBLISH_KEYS is not set: direct publishers are not authenticated; anyone "
+               "who can publish to exchange trainq.jobs can run jobs as any user");
+    return tq_relay_start(&rc_cfg, relay, eb);
+}
+
+/* Starts the housekeeper, the dispatcher and the sweeper, waits for SIGTERM/SIGINT, then
+ * stops and joins them. 0, or 1 when a thread could not be started. */
+static int run_threads(tq_worker *w, sigset_t *sigs)
+{
+    pthread_t disp, hk, sw;
+    int started = 0, exit_code = 0;
+    if (pthread_create(&hk, NULL, tq_housekeeping_main, w) == 0)
+        started |= 1;
+    if (pthread_create(&disp, NULL, tq_dispatch_main, w) == 0)
+        started |= 2;
+    if (pthread_create(&sw, NULL, tq_sweeper_main, w) == 0)
+        started |= 4;
+    if (started != 7) {
+        fprintf(stderr, "trainq-consumer: could not start threads\n");
+        exit_code = 1;
+    } else {
+        /* consumer.ready is logged by the dispatcher once RabbitMQ answered and the
+         * topology is declared. */
+        int sig = 0;
+        sigwait(sigs, &sig);
+        tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
+               sig);
+    }
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->stopping, 1);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (started & 2)
+        pthread_join(disp, NULL);
+    if (started & 1)
+        pthread_join(hk, NULL);
+    if (started & 4)
+        pthread_join(sw, NULL);
+    return exit_code;
+}
+
 int main(int argc, char **argv)
 {
     tq_config cfg;
@@ -55,64 +151,12 @@ int main(int argc, char **argv)
     srand((unsigned)getpid() ^ (unsigned)time(NULL));
 
     tq_worker w;
-    memset(&w, 0, sizeof w);
-    w.cfg = &cfg;
-    if (gethostname(w.hostname, sizeof w.hostname) != 0)
-        snprintf(w.hostname, sizeof w.hostname, "unknown");
-    w.hostname[sizeof w.hostname - 1] = '\0';
-    pthread_mutex_init(&w.mu, NULL);
-    tq_cond_init_monotonic(&w.cv); /* tq_worker_sleep's deadlines are monotonic */
-    w.n_slots = cfg.slots;
-    w.slots = calloc((size_t)w.n_slots, sizeof *w.slots);
-    atomic_store(&w.docker_ok, 1);
-    atomic_store(&w.db_ok, 1);
-    atomic_store(&w.host_ok, 1);
     int exit_code = 0;
     tq_cmetrics_server *ms = NULL;
     tq_relay *relay = NULL;
-    pthread_t disp, hk, sw;
-    int started_threads = 0;
-
-    if (!w.slots || tq_docker_new(cfg.docker_host, &w.docker, &eb) != TQ_OK) {
+    if (worker_init(&w, &cfg) != 0 || open_host(&w, &ms, &eb) != TQ_OK ||
+        start_relay(&cfg, &relay, &eb) != TQ_OK) {
         fprintf(stderr, "trainq-consumer: %s\n", w.slots ? eb.msg : "out of memory");
-        exit_code = 2;
-        goto out;
-    }
-    /* Mounted into every container as it is: refused here, once, rather than at every
-     * launch, where it would only make this host give every job back. */
-    if (tq_mount_source_exposes_socket(cfg.hf_cache_dir, tq_docker_socket_path(w.docker))) {
-        fprintf(stderr,
-                "trainq-consumer: invalid TRAINQ_HF_CACHE_DIR \"%s\": mounting it would expose "
-                "the container runtime socket\n",
-                cfg.hf_cache_dir);
-        exit_code = 2;
-        goto out;
-    }
-    tq_cmetrics_set(TQ_CM_SLOTS_TOTAL, w.n_slots);
-    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
-    int port = 0;
-    if (tq_cmetrics_start(cfg.metrics_host, cfg.metrics_port, health, &w, &ms, &port, &eb) != TQ_OK) {
-        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
-        exit_code = 2;
-        goto out;
-    }
-    tq_logj(TQ_LOG_INFO, "consumer.starting",
-            json_pack("{s:s, s:i, s:s, s:i}", "worker_id", cfg.worker_id, "slots", w.n_slots,
-                      "gpus", cfg.gpus, "metrics_port", port),
-            "trainq-consumer %s starting as worker %s with %d slot(s)", TRAINQ_VERSION,
-            cfg.worker_id, w.n_slots);
-
-    /* Releases of parked jobs and retries are outbox rows: every consumer relays them, so a
-     * deployment needs no producer for its queue to keep moving. */
-    tq_relay_config rc_cfg = {.database_url = cfg.database_url, .amqp_url = cfg.amqp_url,
-                              .name = "trainq-consumer-relay", .batch = cfg.relay_batch,
-                              .sign_keys = &cfg.publish_keyring};
-    if (cfg.publish_keyring.n == 0)
-        tq_log(TQ_LOG_WARN, "consumer.unauthenticated_publishers",
-               "TRAINQ_PUBLISH_KEYS is not set: direct publishers are not authenticated; anyone "
-               "who can publish to exchange trainq.jobs can run jobs as any user");
-    if (tq_relay_start(&rc_cfg, &relay, &eb) != TQ_OK) {
-        fprintf(stderr, "trainq-consumer: %s\n", eb.msg);
         exit_code = 2;
         goto out;
     }
@@ -123,36 +167,10 @@ int main(int argc, char **argv)
         exit_code = 1;
         goto out;
     }
-    /* Adoption runs while a signal can still stop it: in its own thread of control? It
-     * only waits with tq_worker_sleep, so a SIGTERM during it is handled after it returns. */
+    /* Adoption runs before consuming. It only waits with tq_worker_sleep, so a SIGTERM
+     * during it is handled after it returns. */
     tq_worker_adopt(&w);
-    if (pthread_create(&hk, NULL, tq_housekeeping_main, &w) == 0)
-        started_threads |= 1;
-    if (pthread_create(&disp, NULL, tq_dispatch_main, &w) == 0)
-        started_threads |= 2;
-    if (pthread_create(&sw, NULL, tq_sweeper_main, &w) == 0)
-        started_threads |= 4;
-    if (started_threads != 7) {
-        fprintf(stderr, "trainq-consumer: could not start threads\n");
-        exit_code = 1;
-    } else {
-        /* consumer.ready is logged by the dispatcher once RabbitMQ answered and the
-         * topology is declared. */
-        int sig = 0;
-        sigwait(&sigs, &sig);
-        tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
-               sig);
-    }
-    pthread_mutex_lock(&w.mu);
-    atomic_store(&w.stopping, 1);
-    pthread_cond_broadcast(&w.cv);
-    pthread_mutex_unlock(&w.mu);
-    if (started_threads & 2)
-        pthread_join(disp, NULL);
-    if (started_threads & 1)
-        pthread_join(hk, NULL);
-    if (started_threads & 4)
-        pthread_join(sw, NULL);
+    exit_code = run_threads(&w, &sigs);
     tq_runners_join(&w);
     tq_relay_stop(relay, 2000);
     relay = NULL;

@@ -29,6 +29,20 @@ static const char *nonempty(const char *s)
     return s && *s ? s : NULL;
 }
 
+/* The token verifier, from the JWT options (docs/configuration.md). */
+static int start_auth(const tq_config *cfg, tq_auth **auth, tq_errbuf *eb)
+{
+    tq_auth_config ac = {
+        .alg = cfg->jwt_alg,
+        .secret = nonempty(cfg->jwt_secret),
+        .public_key_pem = nonempty(cfg->jwt_public_key_pem),
+        .audience = cfg->jwt_audience, /* empty is refused: "-" says "any" explicitly */
+        .issuer = nonempty(cfg->jwt_issuer),
+        .leeway_seconds = cfg->jwt_leeway_seconds,
+    };
+    return tq_auth_new(&ac, auth, eb);
+}
+
 int main(int argc, char **argv)
 {
     tq_config cfg;
@@ -44,21 +58,13 @@ int main(int argc, char **argv)
     tq_http *http = NULL;
     int pdb_ready = 0;
 
-    tq_auth_config ac = {
-        .alg = cfg.jwt_alg,
-        .secret = nonempty(cfg.jwt_secret),
-        .public_key_pem = nonempty(cfg.jwt_public_key_pem),
-        .audience = cfg.jwt_audience, /* empty is refused: "-" says "any" explicitly */
-        .issuer = nonempty(cfg.jwt_issuer),
-        .leeway_seconds = cfg.jwt_leeway_seconds,
-    };
     int rc = tq_http_prepare(&cfg, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
         exit_code = 2;
         goto out;
     }
-    rc = tq_auth_new(&ac, &auth, &eb);
+    rc = start_auth(&cfg, &auth, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
         exit_code = 2;

@@ -378,6 +378,54 @@ void tq_submission_free(tq_submission *s)
     memset(s, 0, sizeof *s);
 }
 
+/* config: required object; each key optional, absent -> the default (tq_job.h). */
+static void check_config(const json_t *x, tq_train_config *cfg, tq_validation *v)
+{
+    tq_train_config_defaults(cfg);
+    if (!x) {
+        tq_validation_add(v, "config", "is required");
+        return;
+    }
+    if (!json_is_object(x)) {
+        tq_validation_add(v, "config", "must be an object");
+        return;
+    }
+    check_learning_rate(x, &cfg->learning_rate, v);
+    check_int(x, "batch_size", TQ_BATCH_SIZE_MIN, TQ_BATCH_SIZE_MAX, 0, &cfg->batch_size, v);
+    check_int(x, "steps", TQ_STEPS_MIN, TQ_STEPS_MAX, 0, &cfg->steps, v);
+    check_int(x, "resolution", TQ_RESOLUTION_MIN, TQ_RESOLUTION_MAX, TQ_RESOLUTION_MULTIPLE,
+              &cfg->resolution, v);
+    check_int(x, "lora_rank", TQ_LORA_RANK_MIN, TQ_LORA_RANK_MAX, 0, &cfg->lora_rank, v);
+    check_int(x, "lora_alpha", TQ_LORA_ALPHA_MIN, TQ_LORA_ALPHA_MAX, 0, &cfg->lora_alpha, v);
+    check_unknown(x, "config.", config_keys, v);
+}
+
+/* trigger_words: optional array of short texts. The array when present and an array (its
+ * items may still have failed), else NULL. */
+static const json_t *check_trigger_words(const json_t *x, tq_validation *v)
+{
+    if (!x)
+        return NULL;
+    if (!json_is_array(x)) {
+        tq_validation_add(v, "trigger_words", "must be an array");
+        return NULL;
+    }
+    size_t n = json_array_size(x);
+    if (n > TQ_TRIGGER_WORDS_MAX)
+        tq_validation_add(v, "trigger_words", "must have at most %d items",
+                          TQ_TRIGGER_WORDS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        char field[64];
+        snprintf(field, sizeof field, "trigger_words[%zu]", i);
+        check_text(json_array_get(x, i), field, TQ_TRIGGER_WORD_MAX_BYTES, v);
+    }
+    return x;
+}
+
+static int copy_submission(tq_submission *out, const char *dataset_id, const char *name,
+                           tq_job_type type, const char *base_model, const tq_train_config *cfg,
+                           const json_t *words);
+
 int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation *v)
 {
     tq_validation local;
@@ -434,51 +482,27 @@ int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation
         base_model = json_string_value(x);
     }
 
-    tq_train_config_defaults(&cfg);
-    x = json_object_get(obj, "config");
-    if (!x) {
-        tq_validation_add(v, "config", "is required");
-    } else if (!json_is_object(x)) {
-        tq_validation_add(v, "config", "must be an object");
-    } else {
-        check_learning_rate(x, &cfg.learning_rate, v);
-        check_int(x, "batch_size", TQ_BATCH_SIZE_MIN, TQ_BATCH_SIZE_MAX, 0, &cfg.batch_size, v);
-        check_int(x, "steps", TQ_STEPS_MIN, TQ_STEPS_MAX, 0, &cfg.steps, v);
-        check_int(x, "resolution", TQ_RESOLUTION_MIN, TQ_RESOLUTION_MAX, TQ_RESOLUTION_MULTIPLE,
-                  &cfg.resolution, v);
-        check_int(x, "lora_rank", TQ_LORA_RANK_MIN, TQ_LORA_RANK_MAX, 0, &cfg.lora_rank, v);
-        check_int(x, "lora_alpha", TQ_LORA_ALPHA_MIN, TQ_LORA_ALPHA_MAX, 0, &cfg.lora_alpha, v);
-        check_unknown(x, "config.", config_keys, v);
-    }
-
-    x = json_object_get(obj, "trigger_words");
-    if (x && !json_is_array(x)) {
-        tq_validation_add(v, "trigger_words", "must be an array");
-    } else if (x) {
-        size_t n = json_array_size(x);
-        if (n > TQ_TRIGGER_WORDS_MAX)
-            tq_validation_add(v, "trigger_words", "must have at most %d items",
-                              TQ_TRIGGER_WORDS_MAX);
-        for (size_t i = 0; i < n; i++) {
-            char field[64];
-            snprintf(field, sizeof field, "trigger_words[%zu]", i);
-            check_text(json_array_get(x, i), field, TQ_TRIGGER_WORD_MAX_BYTES, v);
-        }
-        words = x;
-    }
-
+    check_config(json_object_get(obj, "config"), &cfg, v);
+    words = check_trigger_words(json_object_get(obj, "trigger_words"), v);
     check_unknown(obj, "", submission_keys, v);
 
     if (v->n > 0)
         return TQ_ERR_INVALID;
+    return copy_submission(out, dataset_id, name, type, base_model, &cfg, words);
+}
 
-    /* everything below only copies what was validated above */
+/* Fills out from values that passed validation; only copies (and lowercases the dataset
+ * id, and makes the default name). TQ_ERR_NOMEM leaves out freed. */
+static int copy_submission(tq_submission *out, const char *dataset_id, const char *name,
+                           tq_job_type type, const char *base_model, const tq_train_config *cfg,
+                           const json_t *words)
+{
     for (int i = 0; i < TQ_UUID_BUF; i++) {
         char c = dataset_id[i];
         out->dataset_id[i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
     }
     out->type = type;
-    out->config = cfg;
+    out->config = *cfg;
     out->base_model = strdup(base_model);
     if (name) {
         out->name = strdup(name);

@@ -253,6 +253,75 @@ static char *id_array(PGresult *res, const tq_amqp_msg *msgs, int n, int *count)
     return s;
 }
 
+/* The messages of the n locked rows in res (borrowing its values), signed when keys are
+ * set: over the bytes published, not a re-encoding, since the consumer verifies those. */
+static int build_batch(tq_relay *r, PGresult *res, int n, tq_errbuf *eb)
+{
+    for (int i = 0; i < n; i++) {
+        tq_amqp_msg *m = &r->msgs[i];
+        memset(m, 0, sizeof *m);
+        m->exchange = TQ_AMQP_EXCHANGE;
+        m->routing_key = PQgetvalue(res, i, 2);
+        m->message_id = PQgetvalue(res, i, 1);
+        m->body = PQgetvalue(res, i, 3);
+        m->body_len = (size_t)PQgetlength(res, i, 3);
+        m->content_type = "application/json";
+        if (!r->sign)
+            continue;
+        int rc = tq_sign_value(&r->sign_key, m->body, m->body_len, r->sigs[i]);
+        if (rc != TQ_OK)
+            return tq_errf(eb, rc, "could not sign outbox row %s", PQgetvalue(res, i, 0));
+        const char **h = r->hdrs[i];
+        h[0] = TQ_SIGN_KEY_ID_HEADER;
+        h[1] = r->sign_key.id;
+        h[2] = TQ_SIGN_SIGNATURE_HEADER;
+        h[3] = r->sigs[i];
+        m->header_kv = h;
+        m->n_header_kv = 4;
+    }
+    return TQ_OK;
+}
+
+typedef struct {
+    uint64_t acked, nacked, returned;
+} batch_verdicts;
+
+/* After the broker's verdicts on the whole batch: marks the acked rows published and the
+ * others failed (returned or nacked: both are retried), in the round's transaction. */
+static int mark_batch(tq_relay *r, PGresult *res, int n, batch_verdicts *bv, tq_errbuf *eb)
+{
+    int rc;
+    for (int i = 0; i < n; i++) {
+        tq_amqp_msg *m = &r->msgs[i];
+        if (m->verdict == TQ_AMQP_ACKED) {
+            bv->acked++;
+            continue;
+        }
+        if (m->verdict == TQ_AMQP_RETURNED)
+            bv->returned++;
+        else
+            bv->nacked++;
+        tq_logj(TQ_LOG_WARN, "relay.publish_failed",
+                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id,
+                          "routing_key", m->routing_key),
+                "could not publish outbox row %s: %s", PQgetvalue(res, i, 0), m->reason);
+        const char *p_fail[2] = {PQgetvalue(res, i, 0), m->reason};
+        rc = tq_db_exec(r->pg, SQL_MARK_FAILED, 2, p_fail, NULL, eb);
+        if (rc != TQ_OK)
+            return rc;
+    }
+    if (bv->acked == 0)
+        return TQ_OK;
+    int count = 0;
+    char *ids = id_array(res, r->msgs, n, &count);
+    if (!ids)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not build id list");
+    const char *p_mark[1] = {ids};
+    rc = tq_db_exec(r->pg, SQL_MARK_PUBLISHED, 1, p_mark, NULL, eb);
+    free(ids);
+    return rc;
+}
+
 /*
  * One round, one transaction: lock due rows, publish them, wait for confirms, mark.
  * The row locks are held while waiting for the broker, so a concurrent relay skips
@@ -281,31 +350,9 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
         return TQ_OK;
     }
 
-    for (int i = 0; i < n; i++) {
-        tq_amqp_msg *m = &r->msgs[i];
-        memset(m, 0, sizeof *m);
-        m->exchange = TQ_AMQP_EXCHANGE;
-        m->routing_key = PQgetvalue(res, i, 2);
-        m->message_id = PQgetvalue(res, i, 1);
-        m->body = PQgetvalue(res, i, 3);
-        m->body_len = (size_t)PQgetlength(res, i, 3);
-        m->content_type = "application/json";
-        if (r->sign) {
-            /* Over the bytes published, not a re-encoding: the consumer verifies those. */
-            rc = tq_sign_value(&r->sign_key, m->body, m->body_len, r->sigs[i]);
-            if (rc != TQ_OK) {
-                tq_errf(eb, rc, "could not sign outbox row %s", PQgetvalue(res, i, 0));
-                goto rollback;
-            }
-            const char **h = r->hdrs[i];
-            h[0] = TQ_SIGN_KEY_ID_HEADER;
-            h[1] = r->sign_key.id;
-            h[2] = TQ_SIGN_SIGNATURE_HEADER;
-            h[3] = r->sigs[i];
-            m->header_kv = h;
-            m->n_header_kv = 4;
-        }
-    }
+    rc = build_batch(r, res, n, eb);
+    if (rc != TQ_OK)
+        goto rollback;
     rc = tq_amqp_publish_confirmed(r->amqp, r->msgs, (size_t)n, confirm_timeout_ms, eb);
     if (rc != TQ_OK) {
         /* Nothing is marked: the rows stay due and are published again after
@@ -314,45 +361,16 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
         goto rollback;
     }
 
-    uint64_t acked = 0, nacked = 0, returned = 0;
-    for (int i = 0; i < n; i++) {
-        tq_amqp_msg *m = &r->msgs[i];
-        if (m->verdict == TQ_AMQP_ACKED) {
-            acked++;
-            continue;
-        }
-        /* The whole batch had verdicts (rc == TQ_OK): returned or nacked, both retried. */
-        if (m->verdict == TQ_AMQP_RETURNED)
-            returned++;
-        else
-            nacked++;
-        tq_logj(TQ_LOG_WARN, "relay.publish_failed",
-                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id,
-                          "routing_key", m->routing_key),
-                "could not publish outbox row %s: %s", PQgetvalue(res, i, 0), m->reason);
-        const char *p_fail[2] = {PQgetvalue(res, i, 0), m->reason};
-        rc = tq_db_exec(r->pg, SQL_MARK_FAILED, 2, p_fail, NULL, eb);
-        if (rc != TQ_OK)
-            goto rollback;
-    }
-    int count = 0;
-    if (acked) {
-        char *ids = id_array(res, r->msgs, n, &count);
-        if (!ids) {
-            rc = tq_errf(eb, TQ_ERR_NOMEM, "could not build id list");
-            goto rollback;
-        }
-        const char *p_mark[1] = {ids};
-        rc = tq_db_exec(r->pg, SQL_MARK_PUBLISHED, 1, p_mark, NULL, eb);
-        free(ids);
-        if (rc != TQ_OK)
-            goto rollback;
-    }
+    batch_verdicts bv = {0, 0, 0};
+    rc = mark_batch(r, res, n, &bv, eb);
+    if (rc != TQ_OK)
+        goto rollback;
+    uint64_t acked = bv.acked;
     /* If this COMMIT fails, the confirmed messages are on the queue but their rows are
      * not marked: they will be published again. That is the at-least-once contract —
      * consumers deduplicate by message_id (the job id). */
     rc = tq_db_commit(r->pg, eb);
-    stats_add(r, rc == TQ_OK ? acked : 0, acked, nacked, returned, 0);
+    stats_add(r, rc == TQ_OK ? acked : 0, acked, bv.nacked, bv.returned, 0);
     if (rc != TQ_OK)
         goto rollback;
     PQclear(res);

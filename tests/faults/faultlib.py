@@ -989,7 +989,7 @@ class FaultCase(unittest.TestCase):
         with f.submitter.lock:
             n500 = f.submitter.statuses.get(500, 0)
         self.assertEqual(n500, 0, f"{name}: the producers answered 500 {n500} time(s) during "
-                         "the fault (DESIGN: 503 while a dependency is down, never 500)")
+                         "the fault (docs/architecture.md: 503 while a dependency is down, never 500)")
         self.assertEqual(figures["lost"], 0, f"{name}: LOST jobs (accepted with 200, not "
                          f"terminal after {SETTLE_TIMEOUT:.0f} s):\n{detail}")
         self.assertEqual(figures["doubles"], 0, f"{name}: a job ran twice at once:\n{detail}")

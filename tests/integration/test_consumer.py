@@ -2,7 +2,7 @@
 
 Each test uses its own users, datasets and data directory; jobs are published straight to
 the exchange with pika (as any service may), with their rows created beforehand where a
-test needs a definite submission order. The invariants of DESIGN.md are checked from the
+test needs a definite submission order. The invariants of docs/architecture.md are checked from the
 audit table (job_events), not from snapshots.
 """
 

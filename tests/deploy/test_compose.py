@@ -1,0 +1,230 @@
+"""The Compose stack (compose/docker-compose.yml) runs the seed's curl example to completion.
+
+Builds the images if missing or stale (scripts/build-images.sh, cached: a warm run builds
+nothing), brings up Postgres, RabbitMQ, the migrations, a producer and a consumer with
+docker-compose on the private dockerd, submits the original spec's curl example through the
+producer container, follows the job to `completed`, checks what the consumer container left
+on the host, and tears everything down (volumes included).
+
+Opt-in (ctest label "deploy", `scripts/test.sh --deploy`): a cold run builds five images
+(about 6 minutes on this machine); a warm one takes well under a minute.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import tqenv  # noqa: E402
+
+import jwt  # noqa: E402  (python3-jwt)
+
+SRC = tqenv.SOURCE_DIR
+COMPOSE_FILE = os.path.join(SRC, "compose", "docker-compose.yml")
+# Ports of this test's stack: away from services.sh's (25432/25672..25675) and the helpers'.
+PG_PORT, AMQP_PORT, EPMD_PORT, DIST_PORT, HTTP_PORT, METRICS_PORT = (
+    int(os.environ.get("TRAINQ_DEPLOY_PORT_BASE", "25860")) + i for i in range(6))
+SECRET = "compose-test-secret-0123456789abcdef"
+USER_ID = "demo-user"
+DATASET = "550e8400-e29b-41d4-a716-446655440000"  # the id in the spec's curl example
+UID = 10001  # the images' user (deploy/images/Dockerfile)
+
+# The seed's curl example, byte for byte except the URL's port and the token.
+SEED_BODY = """{
+    "dataset_id": "550e8400-e29b-41d4-a716-446655440000",
+    "name": "My SDXL LoRA",
+    "type": "lora",
+    "base_model": "stabilityai/sdxl-base-1.0",
+    "config": {
+      "learning_rate": 0.0001,
+      "batch_size": 2,
+      "steps": 1000,
+      "resolution": 512,
+      "lora_rank": 16,
+      "lora_alpha": 32
+    },
+    "trigger_words": ["my-concept"]
+  }"""
+
+
+def log(msg):
+    print("test_compose: " + msg, file=sys.stderr, flush=True)
+
+
+class ComposeStack(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sock = tqenv.docker_socket_path()
+        cls.project = "trainq-deploy-%d" % os.getpid()
+        base = tqenv.STATE_DIR or tempfile.gettempdir()
+        cls.root = tempfile.mkdtemp(prefix="compose-", dir=base)
+        os.chmod(cls.root, 0o755)
+        concept = os.path.join(cls.root, "datasets", USER_ID, "my-concept")
+        os.makedirs(concept)
+        with open(os.path.join(concept, "trainer.env"), "w") as f:
+            f.write("DURATION=2\nSTEPS=4\nEXIT_CODE=0\nMESSAGE=fake-trainer: LoRA weights written\n")
+        with open(os.path.join(concept, "0001.txt"), "w") as f:
+            f.write("a photo of my-concept\n")
+        for d in ("data", "hf-cache"):
+            os.makedirs(os.path.join(cls.root, d))
+            os.chown(os.path.join(cls.root, d), UID, UID)
+        cls.env = dict(os.environ)
+        cls.env.update({
+            "DOCKER_HOST": tqenv.DOCKER_HOST,
+            "TRAINQ_DOCKER_HOST": tqenv.DOCKER_HOST,
+            "TRAINQ_DOCKER_SOCKET": cls.sock,
+            "TRAINQ_DOCKER_GID": str(os.stat(cls.sock).st_gid),
+            "TRAINQ_DATA_ROOT": cls.root,
+            "TRAINQ_JWT_SECRET": SECRET,
+            "TRAINQ_COMPOSE_PG_PORT": str(PG_PORT),
+            "TRAINQ_COMPOSE_AMQP_PORT": str(AMQP_PORT),
+            "TRAINQ_COMPOSE_EPMD_PORT": str(EPMD_PORT),
+            "TRAINQ_COMPOSE_DIST_PORT": str(DIST_PORT),
+            "TRAINQ_COMPOSE_HTTP_ADDR": "127.0.0.1:%d" % HTTP_PORT,
+            "TRAINQ_COMPOSE_METRICS_ADDR": "127.0.0.1:%d" % METRICS_PORT,
+            "TRAINQ_COMPOSE_WORKER_ID": "compose-test",
+            "TRAINQ_TRAINING_IMAGE": tqenv.TRAINING_IMAGE,
+        })
+        t0 = time.monotonic()
+        cls.run_cmd(["bash", os.path.join(SRC, "scripts", "build-images.sh")], timeout=1500)
+        cls.run_cmd(["bash", os.path.join(SRC, "scripts", "build-trainer-image.sh")], timeout=300)
+        t1 = time.monotonic()
+        log("images ready in %.1f s" % (t1 - t0))
+        cls.up = False
+        try:
+            cls.compose("up", "-d", timeout=600)
+            cls.up = True
+            cls.wait_ready()
+        except BaseException:
+            cls.dump_logs()
+            cls.tearDownClass()
+            raise
+        log("stack up and ready in %.1f s" % (time.monotonic() - t1))
+
+    @classmethod
+    def tearDownClass(cls):
+        t = time.monotonic()
+        try:
+            cls.compose("down", "-v", "--remove-orphans", "-t", "20", timeout=300)
+        finally:
+            # Containers ran as uid 10001 and wrote 0700 directories: root removes them.
+            shutil.rmtree(cls.root, ignore_errors=True)
+        log("torn down in %.1f s" % (time.monotonic() - t))
+
+    @classmethod
+    def run_cmd(cls, argv, *, timeout, check=True):
+        r = subprocess.run(argv, env=cls.env, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError("%s exited %d:\n%s%s" % (" ".join(argv), r.returncode,
+                                                          r.stdout[-4000:], r.stderr[-4000:]))
+        return r
+
+    @classmethod
+    def compose(cls, *args, timeout=300, check=True):
+        return cls.run_cmd(["docker-compose", "-f", COMPOSE_FILE, "-p", cls.project, *args],
+                           timeout=timeout, check=check)
+
+    @classmethod
+    def dump_logs(cls):
+        r = cls.compose("logs", "--no-color", "--tail", "40", check=False, timeout=60)
+        log("compose logs:\n" + r.stdout[-8000:] + r.stderr[-2000:])
+
+    @classmethod
+    def wait_ready(cls):
+        deadline = time.monotonic() + 180
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % HTTP_PORT, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError as e:
+                last = e
+            time.sleep(0.5)
+        raise AssertionError("producer never became ready: %r" % (last,))
+
+    def psql(self, sql, **variables):
+        cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               "-d", "postgresql://trainq:trainq@127.0.0.1:%d/trainq" % PG_PORT]
+        for k, v in variables.items():
+            cmd += ["-v", "%s=%s" % (k, v)]
+        r = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout.strip()
+
+    def get(self, path, token):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (HTTP_PORT, path),
+                                     headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+
+    def test_images_are_non_root_and_labelled(self):
+        for name in ("producer", "consumer"):
+            r = self.run_cmd(["docker", "image", "inspect", "--format",
+                              "{{.Config.User}} {{index .Config.Labels \"org.trainq.source-sha\"}}",
+                              "trainq-%s:latest" % name], timeout=30)
+            user, sha = r.stdout.split()
+            self.assertEqual(user, "10001:10001", name)
+            self.assertRegex(sha, r"^[0-9a-f]{16}$", name)
+        r = self.compose("ps", "-q", "consumer", timeout=30)
+        cid = r.stdout.strip()
+        self.assertTrue(cid)
+        r = self.run_cmd(["docker", "inspect", "--format",
+                          "{{.Config.User}} {{.HostConfig.GroupAdd}} {{.HostConfig.NetworkMode}}", cid],
+                         timeout=30)
+        self.assertEqual(r.stdout.split(), ["10001:10001", "[%d]" % os.stat(self.sock).st_gid, "host"])
+
+    def test_seed_curl_example_runs_to_completion(self):
+        self.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                  "VALUES (:'ds', :'u', 'my-concept', 'demo-user/my-concept')",
+                  ds=DATASET, u=USER_ID)
+        token = jwt.encode({"sub": USER_ID, "exp": int(time.time()) + 3600,
+                            "aud": "authenticated"}, SECRET, algorithm="HS256")
+        # The seed's curl command as written (only the port and the token differ).
+        r = subprocess.run(
+            ["curl", "-X", "POST", "http://localhost:%d/api/training/submit" % HTTP_PORT,
+             "-H", "Content-Type: application/json",
+             "-H", "Authorization: Bearer %s" % token,
+             "-d", SEED_BODY, "-s", "-w", "\n%{http_code}"],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body, _, code = r.stdout.rpartition("\n")
+        self.assertEqual(code, "200", body)
+        job = json.loads(body)["job_id"]
+
+        status = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = self.get("/api/training/jobs/%s" % job, token)["job"]["status"]
+            if status in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        if status != "completed":
+            self.dump_logs()
+        self.assertEqual(status, "completed")
+
+        events = [e["to_status"] for e in self.get("/api/training/jobs/%s/events" % job, token)["events"]]
+        self.assertEqual(events, ["queued", "pending", "running", "completed"])
+        # The consumer container wrote config.json and the outputs directory at host paths
+        # (same path inside and out), as uid 10001; the training container ran as that uid too.
+        config_path = os.path.join(self.root, "data", "configs", job + ".json")
+        with open(config_path) as f:
+            config = json.load(f)
+        self.assertEqual(config["pretrained_model_name_or_path"], "stabilityai/sdxl-base-1.0")
+        self.assertEqual(config["rank"], 16)
+        self.assertEqual(config["instance_prompt"], "my-concept")
+        outputs = os.path.join(self.root, "data", "outputs", job)
+        self.assertEqual(os.stat(outputs).st_uid, UID)
+        self.assertTrue(os.listdir(outputs), "the fake trainer wrote nothing into outputs")
+        for name in os.listdir(outputs):
+            self.assertEqual(os.stat(os.path.join(outputs, name)).st_uid, UID, name)
+
+
+if __name__ == "__main__":
+    unittest.main()

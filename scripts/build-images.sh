@@ -131,8 +131,8 @@ build_one() {
   local name=$1 spec df target paths sha have ctx saved
   spec=$(inputs_of "$name")
   read -r df target paths <<<"$spec"
-  # shellcheck disable=SC2086  # paths is a list of repository-relative paths without spaces
   ctx=$(mktemp /var/tmp/trainq-context.XXXXXX)
+  # shellcheck disable=SC2086  # paths: repository-relative paths without spaces, one word each
   context_tar "$df" $paths >"$ctx"
   sha=$( { sha256sum <"$ctx"; echo "$target $BASE_SHA"; sha256sum <"${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-16)
   local image=trainq-$name:latest
@@ -159,7 +159,7 @@ build_one() {
   fi
   rm -f "$ctx"
   rm -f "$CACHE"/trainq-"$name"-*.tar
-  dk save -o "$saved.tmp" "$image" && mv "$saved.tmp" "$saved" || rm -f "$saved.tmp"
+  if dk save -o "$saved.tmp" "$image"; then mv "$saved.tmp" "$saved"; else rm -f "$saved.tmp"; fi
 }
 
 ensure_base

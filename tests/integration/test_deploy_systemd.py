@@ -22,9 +22,10 @@ SYSTEMD_UNITS = "/lib/systemd/system"
 
 # Options each unit must keep (the review of docs/deployment.md's hardening table).
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
-             "PrivateDevices=yes", "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-             "SystemCallFilter=@system-service", "User=trainq", "EnvironmentFile=/etc/trainq/trainq.env",
-             "RestartPreventExitStatus=2"]
+             "PrivateDevices=yes", "CapabilityBoundingSet=",
+             "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+             "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged", "User=trainq",
+             "EnvironmentFile=/etc/trainq/trainq.env", "RestartPreventExitStatus=2"]
 
 
 def unit_lines(name):
@@ -36,9 +37,11 @@ class Verify(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         if shutil.which("systemd-analyze") is None:
-            raise AssertionError("systemd-analyze not found (scripts/install-deps.sh installs systemd)")
+            raise AssertionError(
+                "systemd-analyze not found (scripts/install-deps.sh installs systemd)")
         cls.root = tempfile.mkdtemp(prefix="tq-systemd-")
-        shutil.copytree(SYSTEMD_UNITS, os.path.join(cls.root, "usr/lib/systemd/system"), symlinks=True)
+        shutil.copytree(SYSTEMD_UNITS, os.path.join(cls.root, "usr/lib/systemd/system"),
+                        symlinks=True)
         etc = os.path.join(cls.root, "etc/systemd/system")
         os.makedirs(etc)
         for name in ("trainq-producer.service", "trainq-consumer@.service"):

@@ -23,35 +23,19 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import tqenv  # noqa: E402
+from test_producer import SEED_BODY, SEED_DATASET as DATASET  # noqa: E402  (the seed's example)
 
 import jwt  # noqa: E402  (python3-jwt)
 
 SRC = tqenv.SOURCE_DIR
 COMPOSE_FILE = os.path.join(SRC, "compose", "docker-compose.yml")
+ADAPTER = os.path.join(SRC, "image", "trainer-adapter", "trainq-trainer-adapter")
 # Ports of this test's stack: away from services.sh's (25432/25672..25675) and the helpers'.
 PG_PORT, AMQP_PORT, EPMD_PORT, DIST_PORT, HTTP_PORT, METRICS_PORT = (
     int(os.environ.get("TRAINQ_DEPLOY_PORT_BASE", "25860")) + i for i in range(6))
 SECRET = "compose-test-secret-0123456789abcdef"
 USER_ID = "demo-user"
-DATASET = "550e8400-e29b-41d4-a716-446655440000"  # the id in the spec's curl example
 UID = 10001  # the images' user (deploy/images/Dockerfile)
-
-# The seed's curl example, byte for byte except the URL's port and the token.
-SEED_BODY = """{
-    "dataset_id": "550e8400-e29b-41d4-a716-446655440000",
-    "name": "My SDXL LoRA",
-    "type": "lora",
-    "base_model": "stabilityai/sdxl-base-1.0",
-    "config": {
-      "learning_rate": 0.0001,
-      "batch_size": 2,
-      "steps": 1000,
-      "resolution": 512,
-      "lora_rank": 16,
-      "lora_alpha": 32
-    },
-    "trigger_words": ["my-concept"]
-  }"""
 
 
 def log(msg):
@@ -231,6 +215,13 @@ class ComposeStack(unittest.TestCase):
         self.assertTrue(os.listdir(outputs), "the fake trainer wrote nothing into outputs")
         for name in os.listdir(outputs):
             self.assertEqual(os.stat(os.path.join(outputs, name)).st_uid, UID, name)
+        # The config.json this consumer wrote is one the real trainers' adapter can map
+        # (image/trainer-adapter; --dry-run prints the command line and starts nothing).
+        r = subprocess.run([sys.executable, ADAPTER, "--config", config_path, "--dry-run"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path "
+                      "stabilityai/sdxl-base-1.0", r.stderr)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Opt-in (ctest label "deploy", `scripts/test.sh --deploy`): a cold run builds fiv
 takes well under a minute.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,10 +21,12 @@ import tempfile
 import time
 import unittest
 import urllib.request
+import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import tqenv  # noqa: E402
 from test_producer import SEED_BODY, SEED_DATASET as DATASET  # noqa: E402  (the seed's example)
+import test_deploy_trainer_adapter as standins  # noqa: E402  (the trainers' stand-ins)
 
 import jwt  # noqa: E402  (python3-jwt)
 
@@ -36,6 +39,21 @@ PG_PORT, AMQP_PORT, EPMD_PORT, DIST_PORT, HTTP_PORT, METRICS_PORT = (
 SECRET = "compose-test-secret-0123456789abcdef"
 USER_ID = "demo-user"
 UID = 10001  # the images' user (deploy/images/Dockerfile)
+ADAPTER_IMAGE = "trainq-adapter-test:latest"
+# A training image as image/trainer-adapter/Dockerfile builds one, with the stand-in trainers
+# of test_deploy_trainer_adapter in place of diffusers and sd-scripts (no pip, no CUDA).
+ADAPTER_DOCKERFILE = """FROM trainq-base:bookworm
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 >/dev/null \\
+ && rm -rf /var/lib/apt/lists/*
+COPY trainq-trainer-adapter /usr/local/bin/trainq-trainer-adapter
+COPY diffusers/ /opt/diffusers/examples/dreambooth/
+COPY sd-scripts/ /opt/sd-scripts/
+ENV STANDIN_RECORD=/workspace/outputs/standin-record.json \\
+    STANDIN_CONTROL=/workspace/datasets/standin.env HOME=/tmp
+WORKDIR /workspace
+ENTRYPOINT ["/usr/bin/python3", "/usr/local/bin/trainq-trainer-adapter"]
+CMD ["--config", "/workspace/config.json"]
+"""
 
 
 def log(msg):
@@ -152,6 +170,56 @@ class ComposeStack(unittest.TestCase):
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
+    def token(self, user):
+        return jwt.encode({"sub": user, "exp": int(time.time()) + 3600, "aud": "authenticated"},
+                          SECRET, algorithm="HS256")
+
+    def follow(self, job, token, timeout=120):
+        """Polls the job until it is terminal; returns its record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.get("/api/training/jobs/%s" % job, token)["job"]
+            if rec["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+                return rec
+            time.sleep(0.5)
+
+    def add_dataset(self, user, name, files):
+        """A dataset directory under the stack's datasets root and its row; returns its id."""
+        d = os.path.join(self.root, "datasets", user, name)
+        os.makedirs(d)
+        for fname, text in files.items():
+            with open(os.path.join(d, fname), "w") as f:
+                f.write(text)
+        ds = str(uuid.uuid4())
+        self.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
+                  "VALUES (:'id', :'u', :'n', :'p')",
+                  id=ds, u=user, n=name, p="%s/%s" % (user, name))
+        return ds
+
+    def build_adapter_image(self):
+        ctx = tempfile.mkdtemp(prefix="adapter-image-", dir=self.root)
+        files = {"Dockerfile": ADAPTER_DOCKERFILE}
+        with open(ADAPTER) as f:
+            files["trainq-trainer-adapter"] = f.read()
+        lora = standins.COMMON_DIFFUSERS + standins.RANK
+        for script, body in (("train_dreambooth_lora.py", lora),
+                             ("train_dreambooth_lora_sdxl.py", lora),
+                             ("train_dreambooth.py", standins.COMMON_DIFFUSERS)):
+            files["diffusers/" + script] = standins.STANDIN % body
+        files["sd-scripts/train_network.py"] = standins.STANDIN % standins.KOHYA
+        sha = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        have = self.run_cmd(["docker", "image", "inspect", "--format",
+                             "{{index .Config.Labels \"org.trainq.source-sha\"}}", ADAPTER_IMAGE],
+                            timeout=30, check=False).stdout.strip()
+        if have == sha:
+            return
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(ctx, name)), exist_ok=True)
+            with open(os.path.join(ctx, name), "w") as f:
+                f.write(text)
+        self.run_cmd(["docker", "build", "--network", "host", "--label",
+                      "org.trainq.source-sha=" + sha, "-t", ADAPTER_IMAGE, ctx], timeout=600)
+
     def test_images_are_non_root_and_labelled(self):
         for name in ("producer", "consumer"):
             r = self.run_cmd(["docker", "image", "inspect", "--format",
@@ -174,8 +242,7 @@ class ComposeStack(unittest.TestCase):
         self.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
                   "VALUES (:'ds', :'u', 'my-concept', 'demo-user/my-concept')",
                   ds=DATASET, u=USER_ID)
-        token = jwt.encode({"sub": USER_ID, "exp": int(time.time()) + 3600,
-                            "aud": "authenticated"}, SECRET, algorithm="HS256")
+        token = self.token(USER_ID)
         # The seed's curl command as written (only the port and the token differ).
         r = subprocess.run(
             ["curl", "-X", "POST", "http://localhost:%d/api/training/submit" % HTTP_PORT,
@@ -188,13 +255,7 @@ class ComposeStack(unittest.TestCase):
         self.assertEqual(code, "200", body)
         job = json.loads(body)["job_id"]
 
-        status = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            status = self.get("/api/training/jobs/%s" % job, token)["job"]["status"]
-            if status in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
+        status = self.follow(job, token)["status"]
         if status != "completed":
             self.dump_logs()
         self.assertEqual(status, "completed")
@@ -222,6 +283,50 @@ class ComposeStack(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path "
                       "stabilityai/sdxl-base-1.0", r.stderr)
+
+
+    def test_trainer_adapter_image_runs_in_the_stack(self):
+        """After the seed's job (tests run in name order): the consumer is recreated with a
+        training image whose entrypoint is trainq-trainer-adapter and whose trainers are the
+        stand-ins; a job runs through the real mounts as uid 10001, and a hub failure comes
+        back as the job's exit code 4."""
+        self.build_adapter_image()
+        type(self).env["TRAINQ_TRAINING_IMAGE"] = ADAPTER_IMAGE
+        type(self).env["TRAINQ_TRAINING_CMD"] = "--config /workspace/config.json"
+        self.compose("up", "-d", timeout=300)  # recreates the consumer only (its env changed)
+        user = "adapter-user"
+        token = self.token(user)
+        good = self.add_dataset(user, "concept", {"0001.png": "x", "0001.txt": "a photo"})
+        bad = self.add_dataset(user, "hub-down", {
+            "0001.png": "x",
+            "standin.env": "STANDIN_EXIT=1\nSTANDIN_OUTPUT=huggingface_hub.errors."
+                           "RepositoryNotFoundError: 401 Client Error\n"})
+        jobs = {}
+        for ds in (good, bad):
+            body = json.loads(SEED_BODY)
+            body["dataset_id"] = ds
+            r = subprocess.run(
+                ["curl", "-s", "-X", "POST", "http://127.0.0.1:%d/api/training/submit" % HTTP_PORT,
+                 "-H", "Content-Type: application/json", "-H", "Authorization: Bearer " + token,
+                 "-d", json.dumps(body)], capture_output=True, text=True, timeout=30)
+            jobs[ds] = json.loads(r.stdout)["job_id"]
+        done = self.follow(jobs[good], token)
+        if done["status"] != "completed":
+            self.dump_logs()
+        self.assertEqual(done["status"], "completed", done.get("error_message"))
+        outputs = os.path.join(self.root, "data", "outputs", jobs[good])
+        with open(os.path.join(outputs, "standin-record.json")) as f:
+            rec = json.load(f)
+        self.assertEqual(rec["script"], "train_dreambooth_lora_sdxl.py")
+        a = rec["args"]
+        self.assertEqual((a["instance_data_dir"], a["output_dir"], a["instance_prompt"], a["rank"]),
+                         ("/workspace/datasets", "/workspace/outputs", "my-concept", 16))
+        self.assertEqual(rec["env"], {"PYTHONUNBUFFERED": "1", "HF_HOME": "/workspace/models"})
+
+        failed = self.follow(jobs[bad], token)
+        self.assertEqual(failed["status"], "failed")
+        self.assertEqual(failed["exit_code"], 4)
+        self.assertIn("RepositoryNotFoundError", failed["error_message"])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ train_dreambooth_lora_sdxl.py, train_dreambooth.py and kohya-ss/sd-scripts' trai
 (+ library/train_util.py, config_util.py). An argument the real script does not define makes
 argparse exit 2, which fails the test. Each stand-in records its argv, parsed arguments, a
 few environment variables and the kohya dataset TOML, prints a tqdm-like bar with carriage
-returns, and then behaves as STANDIN_* says (exit code, output, sleep, SIGKILL).
+returns, and then behaves as STANDIN_* says (exit code, output, sleep, SIGKILL), from the
+environment or from the file $STANDIN_CONTROL names. tests/deploy/test_compose.py puts the
+same stand-ins and the adapter into an image and runs them through the Compose stack.
 """
 
 import json
@@ -65,6 +67,11 @@ parser.add_argument("--mixed_precision", type=str, default="no", choices=["no", 
 '''
 STANDIN = '''import argparse, json, os, signal, sys, time
 from pathlib import Path
+# In a container the STANDIN_* settings come from a KEY=VALUE file (tests/deploy).
+if os.path.isfile(os.environ.get("STANDIN_CONTROL", "")):
+    for line in open(os.environ["STANDIN_CONTROL"]):
+        k, _, v = line.rstrip("\\n").partition("=")
+        os.environ[k] = v
 parser = argparse.ArgumentParser()
 %s
 args = parser.parse_args()

@@ -150,7 +150,8 @@ build_one() {
     return 0
   fi
   say "building $image ($sha)"
-  local log=$CACHE/build-$name.log
+  local log=$CACHE/build-$name.log old
+  old=$(dk image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   if ! dk build --network host -f "$df" --target "$target" --build-arg "BASE=$BASE" \
       --label "org.trainq.source-sha=$sha" -t "$image" - <"$ctx" >"$log" 2>&1; then
     rm -f "$ctx"
@@ -158,6 +159,11 @@ build_one() {
     die "docker build of $image failed, see $log"
   fi
   rm -f "$ctx"
+  # The image this one replaces would stay behind untagged; its layers shared with the new
+  # one (and the build stages, the next build's cache) are kept by Docker.
+  if [[ -n $old && $old != "$(dk image inspect --format '{{.Id}}' "$image")" ]]; then
+    dk rmi "$old" >/dev/null 2>&1 || true
+  fi
   rm -f "$CACHE"/trainq-"$name"-*.tar
   if dk save -o "$saved.tmp" "$image"; then mv "$saved.tmp" "$saved"; else rm -f "$saved.tmp"; fi
 }

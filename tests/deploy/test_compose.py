@@ -33,9 +33,10 @@ import jwt  # noqa: E402  (python3-jwt)
 SRC = tqenv.SOURCE_DIR
 COMPOSE_FILE = os.path.join(SRC, "compose", "docker-compose.yml")
 ADAPTER = os.path.join(SRC, "image", "trainer-adapter", "trainq-trainer-adapter")
-# Ports of this test's stack: away from services.sh's (25432/25672..25675) and the helpers'.
+# Ports of this test's stack (six from the base): away from services.sh's defaults (25432,
+# 25672..25675); override when they collide with something else on the machine.
 PG_PORT, AMQP_PORT, EPMD_PORT, DIST_PORT, HTTP_PORT, METRICS_PORT = (
-    int(os.environ.get("TRAINQ_DEPLOY_PORT_BASE", "25860")) + i for i in range(6))
+    int(os.environ.get("TRAINQ_DEPLOY_PORT_BASE", "25854")) + i for i in range(6))
 SECRET = "compose-test-secret-0123456789abcdef"
 USER_ID = "demo-user"
 UID = 10001  # the images' user (deploy/images/Dockerfile)

@@ -152,7 +152,8 @@ build_one() {
   say "building $image ($sha)"
   local log=$CACHE/build-$name.log old
   old=$(dk image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-  if ! dk build --network host -f "$df" --target "$target" --build-arg "BASE=$BASE" \
+  # --force-rm: a failed step's container is removed too (the legacy builder keeps it).
+  if ! dk build --network host --force-rm -f "$df" --target "$target" --build-arg "BASE=$BASE" \
       --label "org.trainq.source-sha=$sha" -t "$image" - <"$ctx" >"$log" 2>&1; then
     rm -f "$ctx"
     tail -n 40 "$log" >&2

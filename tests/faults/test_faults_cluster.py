@@ -1,0 +1,133 @@
+"""Fault scenarios on clustered services (see README.md): a 3-node RabbitMQ cluster and a
+Postgres primary with a synchronous streaming-replication standby, started for this module
+alone with `scripts/services.sh up --rabbitmq-nodes 3 --postgres-standby` in a private state
+dir (the suite's shared services are not touched; dockerd and the trainer image are the
+suite's). The programs get TRAINQ_AMQP_URL as the list of the three nodes and
+TRAINQ_DATABASE_URL as a libpq multi-host URL with target_session_attrs=read-write.
+
+Skipped when the tools are missing, or with TQ_FAULT_CLUSTER=0."""
+
+import os
+import time
+import unittest
+
+import faultlib as fl
+from faultlib import h
+
+SERVICES = None
+SKIP = None
+
+
+def setUpModule():
+    global SERVICES, SKIP
+    if os.environ.get("TQ_FAULT_CLUSTER", "1") == "0":
+        SKIP = "TQ_FAULT_CLUSTER=0"
+    else:
+        SKIP = fl.PrivateServices.available()
+    if SKIP:
+        raise unittest.SkipTest(SKIP)
+    SERVICES = fl.PrivateServices(rabbitmq_nodes=3, standby=True).up()
+    line = f"fault cluster services_up_s={SERVICES.figures['services_up_s']}"
+    print(line, flush=True)
+    out = os.environ.get("TQ_FAULT_SUMMARY")
+    if out:
+        with open(out, "a") as fh:
+            fh.write(line + "\n")
+
+
+def tearDownModule():
+    if SERVICES is not None:
+        SERVICES.down()
+
+
+class ClusterFaults(fl.FaultCase):
+
+    def _bounce_node(self, f, i, down_for=5.0):
+        """Stops RabbitMQ node i under load, keeps it down for `down_for` seconds, starts it
+        again (it rejoins the cluster and catches up on the queue's log)."""
+        before = sum(SERVICES.connections().values())
+        t = time.monotonic()
+        try:
+            SERVICES.services("stop", f"rabbitmq-{i}")
+            stopped = time.monotonic()
+            f.notes.append(f"node{i}_stop_s={stopped - t:.1f}")
+            # every program connection the node took down is back, on the other nodes
+            back = None
+            while time.monotonic() - stopped < down_for:
+                conns = SERVICES.connections()
+                if back is None and conns[i] == 0 and sum(conns.values()) >= before:
+                    back = time.monotonic() - stopped
+                time.sleep(0.5)
+            f.notes.append(f"reconnected_s={'never' if back is None else f'{back:.1f}'}")
+            self.reconnected = back
+        finally:
+            t = time.monotonic()
+            SERVICES.services("start", f"rabbitmq-{i}")
+            f.notes.append(f"node{i}_start_s={time.monotonic() - t:.1f}")
+
+    def test_1_rabbitmq_queue_leader_stops(self):
+        """The node that leads trainq.jobs stops while jobs are submitted and running, and
+        comes back: the queue elects a new leader among the other two, relays and consumers
+        connected to the stopped node reconnect to another node of the list, nothing is lost
+        and nothing runs twice."""
+        def fault(f):
+            f.wait_accepted(8)
+            leader = SERVICES.queue_leader()
+            conns = SERVICES.connections()
+            f.notes.append(f"leader=node{leader} connections_moved={conns[leader]}"
+                           f" connections={sum(conns.values())}")
+            self._bounce_node(f, leader, down_for=8.0)
+            new = SERVICES.queue_leader()
+            f.notes.append(f"new_leader=node{new}")
+        self.run_scenario("rabbitmq-leader-stop", fault)
+        self.assertIsNotNone(self.reconnected, "the programs' connections to the stopped node "
+                             "were not all back on the other nodes while it was down")
+
+    def test_2_rabbitmq_follower_stops(self):
+        """A node that follows trainq.jobs stops under load and comes back: the leader keeps
+        its quorum (2 of 3), programs on the stopped node move to another node."""
+        moved = []
+
+        def fault(f):
+            f.wait_accepted(8)
+            leader = SERVICES.queue_leader()
+            # the follower that serves most of the programs' connections: they must move
+            conns = SERVICES.connections()
+            follower = max((i for i in conns if i != leader), key=lambda i: conns[i])
+            moved.append(conns[follower])
+            f.notes.append(f"leader=node{leader} stopped=node{follower}"
+                           f" connections_moved={conns[follower]} connections={sum(conns.values())}")
+            self._bounce_node(f, follower, down_for=8.0)
+        self.run_scenario("rabbitmq-follower-stop", fault)
+        self.assertIsNotNone(self.reconnected, "the programs' connections to the stopped node "
+                             "were not all back on the other nodes while it was down")
+        self.assertGreater(moved[0], 0, "no program was connected to the stopped node, so "
+                           "the scenario did not prove that connections fail over")
+
+    def test_3_postgres_primary_killed_standby_promoted(self):
+        """The Postgres primary is SIGKILLed under submit load and the synchronous standby is
+        promoted: every submission answered 200 exists on the new primary (a confirmed commit
+        was on the standby), requests in flight got 503 and were retried with their
+        Idempotency-Key (none stored twice), the programs reconnect through the multi-host
+        URL, consumers carry on and no job runs twice. Runs last: the standby stays primary."""
+        def fault(f):
+            f.wait_accepted(8)
+            f.pg.close()
+            t = time.monotonic()
+            SERVICES.services("kill", "postgres")
+            killed = time.monotonic()
+            SERVICES.services("promote-standby")
+            f.notes.append(f"kill_s={killed - t:.1f} promote_s={time.monotonic() - killed:.1f}")
+            h.wait_until(lambda: f.pg.value("SELECT NOT pg_is_in_recovery()") == "t",
+                         timeout=60, interval=0.5, what="the promoted standby to take writes")
+        figures = self.run_scenario("postgres-failover", fault)
+        with self.fleet.submitter.lock:
+            statuses = dict(self.fleet.submitter.statuses)
+        # the failover must have been felt (else the scenario proved nothing)
+        self.assertGreater(sum(n for k, n in statuses.items() if k != 200), 0,
+                           f"no submission saw the failover: {statuses}")
+        self.assertEqual(figures["lost"], 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

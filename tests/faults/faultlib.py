@@ -1131,24 +1131,36 @@ class PrivateServices:
 
     # ------------------------------------------------------------ faults
 
+    def queue_info(self, queue="trainq.jobs"):
+        """list_queues' leader and online members of `queue`, from any node that answers
+        ({} when none does)."""
+        for i in range(1, self.nodes + 1):
+            try:
+                out = self._run("rabbitmqctl-node", str(i), "list_queues", "-q", "name",
+                                "leader", "online", "--formatter", "json", timeout=60)
+                for q in json.loads(out):
+                    if q.get("name") == queue:
+                        return q
+            except (subprocess.SubprocessError, ValueError):
+                continue
+        return {}
+
     def queue_leader(self, queue="trainq.jobs", timeout=30):
-        """Index (1-based) of the node that leads `queue`, asked of any node that answers."""
+        """Index (1-based) of the node that leads `queue`."""
         deadline = time.monotonic() + timeout
         while True:
-            for i in range(1, self.nodes + 1):
-                try:
-                    out = self._run("rabbitmqctl-node", str(i), "list_queues", "-q", "name",
-                                    "leader", "--formatter", "json", timeout=60)
-                    for q in json.loads(out):
-                        if q.get("name") == queue:
-                            for k in range(1, self.nodes + 1):
-                                if q.get("leader") == self.node_name(k):
-                                    return k
-                except (subprocess.SubprocessError, ValueError):
-                    continue
+            leader = self.queue_info(queue).get("leader")
+            for k in range(1, self.nodes + 1):
+                if leader == self.node_name(k):
+                    return k
             if time.monotonic() > deadline:
                 raise AssertionError(f"no node named the leader of {queue}")
             time.sleep(1)
+
+    def wait_queue_online(self, queue="trainq.jobs", timeout=60):
+        """Waits until every replica of `queue` is online again (after a node came back)."""
+        h.wait_until(lambda: len(self.queue_info(queue).get("online") or []) == self.nodes,
+                     timeout=timeout, interval=1, what=f"all {self.nodes} replicas of {queue}")
 
     def connections(self):
         """{node index: number of trainq program connections (connection_name trainq*)}

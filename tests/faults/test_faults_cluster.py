@@ -42,27 +42,34 @@ def tearDownModule():
 
 class ClusterFaults(fl.FaultCase):
 
-    def _bounce_node(self, f, i, down_for=5.0):
-        """Stops RabbitMQ node i under load, keeps it down for `down_for` seconds, starts it
-        again (it rejoins the cluster and catches up on the queue's log)."""
+    def _bounce_node(self, f, i, down_for=8.0, reconnect_within=30.0):
+        """Stops RabbitMQ node i under load, keeps it down for `down_for` seconds and until
+        every program connection it held is back on the other nodes (at most
+        `reconnect_within`: self.reconnected stays None then), starts it again (it rejoins
+        the cluster and catches up on the queue's log) and waits for all replicas."""
         before = sum(SERVICES.connections().values())
+        self.reconnected = None
         t = time.monotonic()
         try:
             SERVICES.services("stop", f"rabbitmq-{i}")
             stopped = time.monotonic()
             f.notes.append(f"node{i}_stop_s={stopped - t:.1f}")
-            # every program connection the node took down is back, on the other nodes
-            back = None
-            while time.monotonic() - stopped < down_for:
-                conns = SERVICES.connections()
-                if back is None and conns[i] == 0 and sum(conns.values()) >= before:
-                    back = time.monotonic() - stopped
+            while True:
+                waited = time.monotonic() - stopped
+                if waited >= down_for and (self.reconnected is not None
+                                           or waited >= reconnect_within):
+                    break
+                if self.reconnected is None:
+                    conns = SERVICES.connections()
+                    if conns[i] == 0 and sum(conns.values()) >= before:
+                        self.reconnected = time.monotonic() - stopped
                 time.sleep(0.5)
-            f.notes.append(f"reconnected_s={'never' if back is None else f'{back:.1f}'}")
-            self.reconnected = back
+            r = self.reconnected
+            f.notes.append(f"node{i}_reconnected_s={'never' if r is None else f'{r:.1f}'}")
         finally:
             t = time.monotonic()
             SERVICES.services("start", f"rabbitmq-{i}")
+            SERVICES.wait_queue_online()
             f.notes.append(f"node{i}_start_s={time.monotonic() - t:.1f}")
 
     def test_1_rabbitmq_queue_leader_stops(self):
@@ -76,7 +83,7 @@ class ClusterFaults(fl.FaultCase):
             conns = SERVICES.connections()
             f.notes.append(f"leader=node{leader} connections_moved={conns[leader]}"
                            f" connections={sum(conns.values())}")
-            self._bounce_node(f, leader, down_for=8.0)
+            self._bounce_node(f, leader)
             new = SERVICES.queue_leader()
             f.notes.append(f"new_leader=node{new}")
         self.run_scenario("rabbitmq-leader-stop", fault)
@@ -97,14 +104,29 @@ class ClusterFaults(fl.FaultCase):
             moved.append(conns[follower])
             f.notes.append(f"leader=node{leader} stopped=node{follower}"
                            f" connections_moved={conns[follower]} connections={sum(conns.values())}")
-            self._bounce_node(f, follower, down_for=8.0)
+            self._bounce_node(f, follower)
         self.run_scenario("rabbitmq-follower-stop", fault)
         self.assertIsNotNone(self.reconnected, "the programs' connections to the stopped node "
                              "were not all back on the other nodes while it was down")
         self.assertGreater(moved[0], 0, "no program was connected to the stopped node, so "
                            "the scenario did not prove that connections fail over")
 
-    def test_3_postgres_primary_killed_standby_promoted(self):
+    def test_3_rabbitmq_rolling_restart(self):
+        """All three nodes restart one after another under load (a rolling upgrade): each
+        time the queue keeps its quorum, the programs move off the node going down, and
+        the next node goes down only once every replica is back online."""
+        late = []
+
+        def fault(f):
+            f.wait_accepted(4)
+            for i in range(1, SERVICES.nodes + 1):
+                self._bounce_node(f, i, down_for=2.0)
+                if self.reconnected is None:
+                    late.append(i)
+        self.run_scenario("rabbitmq-rolling-restart", fault)
+        self.assertEqual(late, [], "connections of these stopped nodes did not move")
+
+    def test_4_postgres_primary_killed_standby_promoted(self):
         """The Postgres primary is SIGKILLed under submit load and the synchronous standby is
         promoted: every submission answered 200 exists on the new primary (a confirmed commit
         was on the standby), requests in flight got 503 and were retried with their

@@ -88,15 +88,15 @@ pg_setup_paths() {
   fi
 }
 
-pg_pid() {
-  [[ -f "$PG_DATA/postmaster.pid" ]] || return 1
-  local pid
-  pid=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
+pg_pid() { # [data dir]: the postmaster's pid, the primary's by default
+  local data=${1:-$PG_DATA} pid
+  [[ -f "$data/postmaster.pid" ]] || return 1
+  pid=$(head -n1 "$data/postmaster.pid" 2>/dev/null) || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s' "$pid"
 }
 
-pg_ready() {
-  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -d postgres -t 2 >/dev/null 2>&1
+pg_ready() { # [port]
+  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "${1:-$PG_PORT}" -d postgres -t 2 >/dev/null 2>&1
 }
 
 pg_wait_ready() {
@@ -159,11 +159,15 @@ SQL
 
 pg_stop() {
   pg_setup_paths
+  pgctl_stop "$PG_DATA" postgres
+}
+
+pgctl_stop() { # data-dir name: a fast shutdown, SIGKILL if it does not end in time
   local pid
-  pid=$(pg_pid) || return 0
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -s -w -t "$WAIT_SECS" stop \
+  pid=$(pg_pid "$1") || return 0
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$1" -m fast -s -w -t "$WAIT_SECS" stop \
     </dev/null >/dev/null 2>&1 9>&- || true
-  wait_gone "$pid" postgres || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" postgres 5 || true; }
+  wait_gone "$pid" "$2" || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" "$2" 5 || true; }
 }
 
 pg_status() {
@@ -197,21 +201,10 @@ sb_setup_paths() {
   SB_LOG="$PG_BASE/standby.log"
 }
 
-sb_pid() {
-  [[ -f "$SB_DATA/postmaster.pid" ]] || return 1
-  local pid
-  pid=$(head -n1 "$SB_DATA/postmaster.pid" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s' "$pid"
-}
-
-sb_ready() {
-  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$SB_PORT" -d postgres -t 2 >/dev/null 2>&1
-}
-
 sb_start() {
   sb_setup_paths
   touch "$SB_FILE"
-  if sb_pid >/dev/null; then
+  if pg_pid "$SB_DATA" >/dev/null; then
     return 0
   fi
   if [[ ! -s "$SB_DATA/PG_VERSION" ]]; then
@@ -250,17 +243,13 @@ sb_start() {
 
 sb_stop() {
   sb_setup_paths
-  local pid
-  pid=$(sb_pid) || return 0
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SB_DATA" -m fast -s -w -t "$WAIT_SECS" stop \
-    </dev/null >/dev/null 2>&1 9>&- || true
-  wait_gone "$pid" postgres-standby || { kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" postgres-standby 5 || true; }
+  pgctl_stop "$SB_DATA" postgres-standby
 }
 
 sb_status() {
   sb_setup_paths
   local pid
-  if pid=$(sb_pid) && sb_ready; then
+  if pid=$(pg_pid "$SB_DATA") && pg_ready "$SB_PORT"; then
     echo "postgres-standby: up (pid $pid, 127.0.0.1:$SB_PORT, data $SB_DATA)"
   else
     echo "postgres-standby: down"
@@ -270,7 +259,7 @@ sb_status() {
 
 sb_promote() {
   sb_setup_paths
-  sb_pid >/dev/null || die "postgres standby is not running"
+  pg_pid "$SB_DATA" >/dev/null || die "postgres standby is not running"
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SB_DATA" -s -w -t "$WAIT_SECS" promote \
     </dev/null >/dev/null 2>&1 9>&- || die "postgres standby: promotion failed, see $SB_LOG"
 }
@@ -659,7 +648,15 @@ case "$cmd" in
       esac
     done
     dk_setup_paths
-    say "up: postgres 127.0.0.1:$PG_PORT$(sb_enabled && echo " (standby 127.0.0.1:$SB_PORT)"), rabbitmq $(rmq_urls | sed 's|amqp://trainq:trainq@||g; s|/%2f||g'), docker $DOCKER_HOST_URL"
+    msg=""
+    for svc in "${only[@]}"; do
+      case "$svc" in
+        postgres) msg+=", postgres 127.0.0.1:$PG_PORT$(sb_enabled && echo " (standby 127.0.0.1:$SB_PORT)")" ;;
+        rabbitmq) msg+=", rabbitmq $(rmq_urls | sed 's|amqp://trainq:trainq@||g; s|/%2f||g')" ;;
+        docker) msg+=", docker $DOCKER_HOST_URL" ;;
+      esac
+    done
+    say "up: ${msg#, }"
     ;;
   down)
     lock
@@ -706,7 +703,7 @@ case "$cmd" in
     pg_setup_paths
     port=$PG_PORT
     # after a failover the promoted standby is the server to talk to
-    if sb_enabled && ! pg_ready && sb_ready; then port=$SB_PORT; fi
+    if sb_enabled && ! pg_ready && pg_ready "$SB_PORT"; then port=$SB_PORT; fi
     exec "$PG_BIN/psql" -X -h "$PG_SOCK" -p "$port" -U postgres -d trainq "$@"
     ;;
   rabbitmqctl)

@@ -324,7 +324,12 @@ int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_
         if (rc == TQ_ERR_CONFIG || rc == TQ_ERR_NOMEM)
             return rc;
     }
-    return rc; /* the last node's reason; the others failed too */
+    if (n > 1 && eb) {
+        char last[TQ_ERRBUF_LEN - 64];
+        snprintf(last, sizeof last, "%.400s", eb->msg);
+        tq_errf(eb, rc, "no rabbitmq node of %d accepted; last: %s", n, last);
+    }
+    return rc;
 }
 
 /* Connects to one parsed node: socket, login, channel 1. */

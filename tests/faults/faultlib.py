@@ -1145,6 +1145,15 @@ class PrivateServices:
                 continue
         return {}
 
+    def queue_arguments(self, queue="trainq.jobs"):
+        """The x-arguments `queue` was declared with, {name: value}."""
+        out = self._run("rabbitmqctl-node", "1", "list_queues", "-q", "name", "arguments",
+                        "--formatter", "json", timeout=60)
+        for q in json.loads(out):
+            if q.get("name") == queue:
+                return {a[0]: a[2] for a in q.get("arguments") or []}
+        return {}
+
     def queue_leader(self, queue="trainq.jobs", timeout=30):
         """Index (1-based) of the node that leads `queue`."""
         deadline = time.monotonic() + timeout

@@ -72,6 +72,23 @@ class ClusterFaults(fl.FaultCase):
             SERVICES.wait_queue_online()
             f.notes.append(f"node{i}_start_s={time.monotonic() - t:.1f}")
 
+    def test_0_one_node_url_uses_the_queue_a_list_declared(self):
+        """trainq.jobs declared by a program given the three-node list (3 replicas) is used,
+        not redeclared, by a consumer given one node's URL: RabbitMQ refuses a redeclaration
+        whose x-quorum-initial-group-size differs (406), which would keep that consumer from
+        ever consuming."""
+        f = self.fleet = fl.Fleet("cluster-one-url")
+        f.start_producer(0)
+        h.wait_until(lambda: SERVICES.queue_info().get("name") == "trainq.jobs", timeout=30,
+                     interval=0.5, what="trainq.jobs declared by the producer")
+        before = SERVICES.queue_arguments()
+        self.assertEqual(before.get("x-quorum-initial-group-size"), 3, before)
+        one = os.environ["TRAINQ_AMQP_URL"].split(",")[1]
+        f.start_consumer(f.worker_id("one"), wait_ready=False, TRAINQ_AMQP_URL=one)
+        p = f.consumers[f.worker_id("one")]
+        p.wait_event("consumer.ready", timeout=30)
+        self.assertEqual(SERVICES.queue_arguments(), before)
+
     def test_1_rabbitmq_queue_leader_stops(self):
         """The node that leads trainq.jobs stops while jobs are submitted and running, and
         comes back: the queue elects a new leader among the other two, relays and consumers

@@ -429,7 +429,19 @@ rmq_start_nodes() { # I... : launches them together, then waits for each
 rmq_start() { # every node
   local n i
   n=$(rmq_nodes)
+  rmq_check_ports "$n"
   rmq_start_nodes $(seq 1 "$n")
+}
+
+rmq_check_ports() { # N: the nodes' AMQP and dist ports and the epmd port must all differ
+  local i p
+  local -A seen=([$EPMD_PORT]=epmd)
+  for ((i = 1; i <= $1; i++)); do
+    for p in $((AMQP_PORT + PORT_STEP * (i - 1))):amqp $((DIST_PORT + PORT_STEP * (i - 1))):dist; do
+      [[ -z "${seen[${p%%:*}]:-}" ]] || die "rabbitmq: port ${p%%:*} is both node $i's ${p#*:} port and ${seen[${p%%:*}]} (choose another TRAINQ_RABBITMQ_PORT_STEP)"
+      seen[${p%%:*}]="node $i's ${p#*:} port"
+    done
+  done
 }
 
 rmq_wait() {

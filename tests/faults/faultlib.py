@@ -1171,13 +1171,13 @@ class PrivateServices:
         h.wait_until(lambda: len(self.queue_info(queue).get("online") or []) == self.nodes,
                      timeout=timeout, interval=1, what=f"all {self.nodes} replicas of {queue}")
 
-    def connections(self):
+    def connections(self, avoid=None):
         """{node index: number of trainq program connections (connection_name trainq*)}
         from any node that answers (list_connections is cluster-wide; the server port
-        tells the node)."""
+        tells the node). Node `avoid` (a stopped one: the CLI waits for it) is asked last."""
         ports = {int(self.env["TRAINQ_AMQP_PORT"]) + self.STEP * (i - 1): i
                  for i in range(1, self.nodes + 1)}
-        for i in range(1, self.nodes + 1):
+        for i in sorted(range(1, self.nodes + 1), key=lambda k: k == avoid):
             try:
                 out = self._run("rabbitmqctl-node", str(i), "list_connections", "-q", "port",
                                 "client_properties", "--formatter", "json", timeout=60)

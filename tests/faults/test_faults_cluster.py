@@ -60,7 +60,7 @@ class ClusterFaults(fl.FaultCase):
                                            or waited >= reconnect_within):
                     break
                 if self.reconnected is None:
-                    conns = SERVICES.connections()
+                    conns = SERVICES.connections(avoid=i)
                     if conns[i] == 0 and sum(conns.values()) >= before:
                         self.reconnected = time.monotonic() - stopped
                 time.sleep(0.5)

@@ -696,6 +696,104 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
     return TQ_OK;
 }
 
+/* One batch waiting for its publisher confirms. */
+typedef struct {
+    tq_amqp_msg *msgs;
+    unsigned char *state; /* PUB_* per message */
+    int *returned;        /* basic.return seen (its ack follows) */
+    size_t n;
+    uint64_t base; /* delivery tag before the batch's first message */
+    size_t remaining;
+} confirm_batch;
+
+/* basic.return: the broker sends a message's return before its ack, in publish order, so
+ * the earliest unconfirmed, not yet returned message with this id is the one returned. */
+static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
+                     tq_errbuf *eb)
+{
+    char text[96];
+    bytes_to_str(m->reply_text, text, sizeof text);
+    unsigned code = m->reply_code;
+    char msgid[256];
+    int rc = skip_returned_content(a, TQ_AMQP_CHANNEL, msgid, sizeof msgid, eb);
+    if (rc != TQ_OK)
+        return rc;
+    for (size_t i = 0; i < b->n; i++) {
+        tq_amqp_msg *msg = &b->msgs[i];
+        if (b->state[i] == PUB_PENDING && !b->returned[i] && msg->message_id &&
+            strcmp(msg->message_id, msgid) == 0) {
+            b->returned[i] = 1;
+            snprintf(msg->reason, sizeof msg->reason, "unroutable: %u %s", code, text);
+            break;
+        }
+    }
+    return TQ_OK;
+}
+
+/* One frame received while waiting for confirms: TQ_OK to go on waiting, else the error
+ * that ends the batch (channel or connection closed). */
+static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
+                            tq_errbuf *eb)
+{
+    if (f->frame_type != AMQP_FRAME_METHOD)
+        return TQ_OK;
+    if (f->channel != TQ_AMQP_CHANNEL && f->payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
+        return TQ_OK;
+    switch (f->payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+        const amqp_basic_ack_t *m = f->payload.method.decoded;
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
+                      m->multiple, 1, &b->remaining);
+        return TQ_OK;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+        const amqp_basic_nack_t *m = f->payload.method.decoded;
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
+                      m->multiple, 0, &b->remaining);
+        return TQ_OK;
+    }
+    case AMQP_BASIC_RETURN_METHOD:
+        return on_return(a, f->payload.method.decoded, b, eb);
+    case AMQP_CHANNEL_CLOSE_METHOD:
+        return on_channel_close(a, f->channel, f->payload.method.decoded, "could not publish",
+                                eb);
+    case AMQP_CONNECTION_CLOSE_METHOD:
+        return on_connection_close(a, f->payload.method.decoded, "could not publish", eb);
+    default:
+        return TQ_OK; /* e.g. connection.blocked: the deadline covers it */
+    }
+}
+
+/* Waits until every message of the batch has the broker's verdict, or timeout_ms. */
+static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbuf *eb)
+{
+    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    while (b->remaining > 0) {
+        int64_t left = deadline - tq_mono_ms();
+        if (left <= 0) {
+            /* Late confirms would arrive on a channel whose tags we no longer trust to
+             * map onto the next batch's returns: drop the connection instead. */
+            a->dead = 1;
+            return tq_errf(eb, TQ_ERR_TIMEOUT,
+                           "could not publish: %zu of %zu messages unconfirmed after %d ms",
+                           b->remaining, b->n, timeout_ms);
+        }
+        struct timeval tv = {.tv_sec = (time_t)(left / 1000),
+                             .tv_usec = (suseconds_t)((left % 1000) * 1000)};
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (st != AMQP_STATUS_OK)
+            return on_library_error(a, st, "could not wait for publisher confirms", eb);
+        int rc = on_confirm_frame(a, &f, b, eb);
+        if (rc != TQ_OK)
+            return rc;
+        amqp_maybe_release_buffers(a->conn);
+    }
+    return TQ_OK;
+}
+
 int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
                               tq_errbuf *eb)
 {
@@ -716,12 +814,14 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
         }
         return rc;
     }
+    rc = TQ_OK; /* tq_amqp_channel answered the channel number */
 
-    unsigned char *state = calloc(n, 1);
-    int *returned = calloc(n, sizeof *returned);
-    if (!state || !returned) {
-        free(state);
-        free(returned);
+    confirm_batch b = {.msgs = msgs, .n = n, .remaining = n};
+    b.state = calloc(n, 1);
+    b.returned = calloc(n, sizeof *b.returned);
+    if (!b.state || !b.returned) {
+        free(b.state);
+        free(b.returned);
         return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate confirm state");
     }
 
@@ -730,99 +830,19 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
     for (size_t i = 0; i < n; i++) {
         if (msgs[i].n_header_kv % 2 != 0 || msgs[i].n_header_kv / 2 > TQ_AMQP_MAX_HEADERS) {
             rc = tq_errf(eb, TQ_ERR_INVALID, "cannot publish: bad header list (message %zu)", i);
-            goto out_fail;
+            goto out;
         }
     }
-    uint64_t base = a->next_tag;
-    size_t remaining = n;
-    for (size_t i = 0; i < n; i++) {
-        rc = publish_one(a, &msgs[i], eb);
-        if (rc != TQ_OK)
-            goto out_fail; /* only a dead connection fails here */
-    }
-
-    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
-    while (remaining > 0) {
-        int64_t left = deadline - tq_mono_ms();
-        if (left <= 0) {
-            /* Late confirms would arrive on a channel whose tags we no longer trust to
-             * map onto the next batch's returns: drop the connection instead. */
-            a->dead = 1;
-            rc = tq_errf(eb, TQ_ERR_TIMEOUT,
-                         "could not publish: %zu of %zu messages unconfirmed after %d ms",
-                         remaining, n, timeout_ms);
-            goto out_fail;
-        }
-        struct timeval tv = {.tv_sec = (time_t)(left / 1000),
-                             .tv_usec = (suseconds_t)((left % 1000) * 1000)};
-        amqp_frame_t f;
-        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &tv);
-        if (st == AMQP_STATUS_TIMEOUT)
-            continue;
-        if (st != AMQP_STATUS_OK) {
-            rc = on_library_error(a, st, "could not wait for publisher confirms", eb);
-            goto out_fail;
-        }
-        if (f.frame_type != AMQP_FRAME_METHOD)
-            continue;
-        if (f.channel != TQ_AMQP_CHANNEL && f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
-            continue;
-        switch (f.payload.method.id) {
-        case AMQP_BASIC_ACK_METHOD: {
-            const amqp_basic_ack_t *m = f.payload.method.decoded;
-            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 1,
-                          &remaining);
-            break;
-        }
-        case AMQP_BASIC_NACK_METHOD: {
-            const amqp_basic_nack_t *m = f.payload.method.decoded;
-            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 0,
-                          &remaining);
-            break;
-        }
-        case AMQP_BASIC_RETURN_METHOD: {
-            const amqp_basic_return_t *m = f.payload.method.decoded;
-            char text[96];
-            bytes_to_str(m->reply_text, text, sizeof text);
-            unsigned code = m->reply_code;
-            char msgid[256];
-            rc = skip_returned_content(a, TQ_AMQP_CHANNEL, msgid, sizeof msgid, eb);
-            if (rc != TQ_OK)
-                goto out_fail;
-            /* The broker sends a message's return before its ack, in publish order:
-             * the earliest unconfirmed, not yet returned message with this id is it. */
-            for (size_t i = 0; i < n; i++) {
-                if (state[i] == PUB_PENDING && !returned[i] && msgs[i].message_id &&
-                    strcmp(msgs[i].message_id, msgid) == 0) {
-                    returned[i] = 1;
-                    snprintf(msgs[i].reason, sizeof msgs[i].reason, "unroutable: %u %s", code,
-                             text);
-                    break;
-                }
-            }
-            break;
-        }
-        case AMQP_CHANNEL_CLOSE_METHOD:
-            rc = on_channel_close(a, f.channel, f.payload.method.decoded,
-                                  "could not publish", eb);
-            goto out_fail;
-        case AMQP_CONNECTION_CLOSE_METHOD:
-            rc = on_connection_close(a, f.payload.method.decoded, "could not publish", eb);
-            goto out_fail;
-        default:
-            break; /* e.g. connection.blocked: the deadline covers it */
-        }
-        amqp_maybe_release_buffers(a->conn);
-    }
-    free(state);
-    free(returned);
-    amqp_maybe_release_buffers(a->conn);
-    return TQ_OK;
-
-out_fail:
-    fail_pending(msgs, state, returned, n, rc, eb ? eb->msg : "batch failed");
-    free(state);
-    free(returned);
+    b.base = a->next_tag;
+    for (size_t i = 0; i < n && rc == TQ_OK; i++)
+        rc = publish_one(a, &msgs[i], eb); /* only a dead connection fails here */
+    if (rc == TQ_OK)
+        rc = await_confirms(a, &b, timeout_ms, eb);
+out:
+    if (rc != TQ_OK)
+        fail_pending(msgs, b.state, b.returned, n, rc, eb ? eb->msg : "batch failed");
+    free(b.state);
+    free(b.returned);
     if (!a->dead)
         amqp_maybe_release_buffers(a->conn);
     return rc;

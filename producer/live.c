@@ -107,47 +107,46 @@ static int last_event_id(tq_req *r, tq_stream_cursor *c)
     return 1;
 }
 
-void tq_h_job_stream(tq_req *r)
+/* Opens the stream of job (NULL: all of the user's jobs) from Last-Event-ID, if sent. */
+static void open_stream(tq_req *r, const char *job)
 {
-    char id[TQ_UUID_BUF];
-    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
-        return;
-    tq_stream_cursor c = {0};
-    if (last_event_id(r, &c) < 0)
-        return;
-    long long newest = 0, now = 0;
-    tq_errbuf eb = {{0}};
-    int rc = tq_pdb_stream_start(tq_req_user(r), id, &newest, &now, &eb);
-    if (rc != TQ_OK) {
-        tq_job_reply_failure(r, rc, &eb);
-        return;
-    }
-    /* Without Last-Event-ID the job's story from its start: every status, its kept log
-     * and its newest progress (both bounded by the consumer's budgets). */
-    tq_streams_open(tq_req_app(r)->streams, r, id, &c);
-}
-
-void tq_h_stream_all(tq_req *r)
-{
-    if (tq_job_guard(r) != 0)
-        return;
     tq_stream_cursor c = {0};
     int have = last_event_id(r, &c);
     if (have < 0)
         return;
     long long newest = 0, now = 0;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_stream_start(tq_req_user(r), NULL, &newest, &now, &eb);
+    int rc = tq_pdb_stream_start(tq_req_user(r), job, &newest, &now, &eb);
     if (rc != TQ_OK) {
-        tq_req_reply_db_error(r, rc, &eb);
+        tq_job_reply_failure(r, rc, &eb);
         return;
     }
-    /* Without Last-Event-ID: from now on (the current state is GET /api/training/jobs). */
-    if (!have)
-        c.event = newest;
-    c.seq = 0;
-    c.micros = now;
-    tq_streams_open(tq_req_app(r)->streams, r, NULL, &c);
+    if (!job) {
+        /* Without Last-Event-ID: from now on (the current state is GET
+         * /api/training/jobs); progress from now on in any case. */
+        if (!have)
+            c.event = newest;
+        c.seq = 0;
+        c.micros = now;
+    }
+    /* A job stream without Last-Event-ID starts at 0.0: the job's story from its start,
+     * every status, its kept log and its newest progress (bounded by the consumer's
+     * budgets). */
+    tq_streams_open(tq_req_app(r)->streams, r, job, &c);
+}
+
+void tq_h_job_stream(tq_req *r)
+{
+    char id[TQ_UUID_BUF];
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
+        return;
+    open_stream(r, id);
+}
+
+void tq_h_stream_all(tq_req *r)
+{
+    if (tq_job_guard(r) == 0)
+        open_stream(r, NULL);
 }
 
 /* ------------------------------------------------------------------ artifacts */

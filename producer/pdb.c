@@ -372,24 +372,23 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-/* Runs fn in a transaction and hands its JSON result (a->json) to *out; on failure the
- * partial result is freed. */
-static int run_json(txn_fn fn, job_arg *a, json_t **out,
-                    tq_errbuf *eb)
+/* Runs fn(arg) in a transaction and hands the JSON it left in *result to *out; on failure
+ * the partial result is freed. */
+static int run_json(txn_fn fn, void *arg, json_t **result, json_t **out, tq_errbuf *eb)
 {
-    int rc = run_txn(fn, a, eb);
+    int rc = run_txn(fn, arg, eb);
     if (rc != TQ_OK) {
-        json_decref(a->json);
+        json_decref(*result);
         return rc;
     }
-    *out = a->json;
+    *out = *result;
     return TQ_OK;
 }
 
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    return run_json(get_fn, &a, job, eb);
+    return run_json(get_fn, &a, &a.json, job, eb);
 }
 
 /* Keyset paging on (created_at, id): the cursor is the last row's created_at in
@@ -442,7 +441,7 @@ int tq_pdb_job_list(const char *user, const tq_job_status *status, const char *a
                  .after_micros = after_micros,
                  .after_id = after_id};
     snprintf(a.limit, sizeof a.limit, "%d", limit);
-    int rc = run_json(list_fn, &a, jobs, eb);
+    int rc = run_json(list_fn, &a, &a.json, jobs, eb);
     if (rc == TQ_OK)
         snprintf(next_cursor, TQ_PDB_CURSOR_MAX, "%s", a.cursor);
     return rc;
@@ -550,7 +549,7 @@ static int events_fn(tconn *t, void *arg, tq_errbuf *eb)
 int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    return run_json(events_fn, &a, events, eb);
+    return run_json(events_fn, &a, &a.json, events, eb);
 }
 
 static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -625,13 +624,7 @@ int tq_pdb_job_log(const char *user, const char *job_id, int tail, json_t **rows
 {
     live_arg a = {.user = user, .job_id = job_id};
     snprintf(a.a, sizeof a.a, "%d", tail);
-    int rc = run_txn(log_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *rows = a.json;
-    return TQ_OK;
+    return run_json(log_fn, &a, &a.json, rows, eb);
 }
 
 static int artifacts_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -649,13 +642,7 @@ static int artifacts_fn(tconn *t, void *arg, tq_errbuf *eb)
 int tq_pdb_job_artifacts(const char *user, const char *job_id, json_t **list, tq_errbuf *eb)
 {
     live_arg a = {.user = user, .job_id = job_id};
-    int rc = run_txn(artifacts_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *list = a.json;
-    return TQ_OK;
+    return run_json(artifacts_fn, &a, &a.json, list, eb);
 }
 
 static int artifact_find_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -719,13 +706,7 @@ int tq_pdb_stream_job(const char *user, const char *job_id, long long after_even
     live_arg a = {.user = user, .job_id = job_id};
     snprintf(a.a, sizeof a.a, "%lld", after_event);
     snprintf(a.b, sizeof a.b, "%lld", after_seq);
-    int rc = run_txn(stream_job_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *out = a.json;
-    return TQ_OK;
+    return run_json(stream_job_fn, &a, &a.json, out, eb);
 }
 
 static int stream_user_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -752,13 +733,7 @@ int tq_pdb_stream_user(const char *user, long long after_event, long long after_
     live_arg a = {.user = user};
     snprintf(a.a, sizeof a.a, "%lld", after_event);
     snprintf(a.b, sizeof a.b, "%lld", after_micros);
-    int rc = run_txn(stream_user_fn, &a, eb);
-    if (rc != TQ_OK) {
-        json_decref(a.json);
-        return rc;
-    }
-    *out = a.json;
-    return TQ_OK;
+    return run_json(stream_user_fn, &a, &a.json, out, eb);
 }
 
 static int stream_start_fn(tconn *t, void *arg, tq_errbuf *eb)

@@ -473,6 +473,27 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual((e["event"], e["data"]), ("log", "more"))
         self.assertLess(time.monotonic() - t0, 10)
 
+    def test_the_connection_deadlines_do_not_cut_a_healthy_long_lived_stream(self):
+        """The header and body deadlines (producer/admit.c) and the idle timeout are for
+        requests; a stream outlives all of them, silent in between (no keepalive yet)."""
+        other = start_producer(TRAINQ_HTTP_HEADER_TIMEOUT_SECONDS="1",
+                               TRAINQ_HTTP_BODY_TIMEOUT_SECONDS="1",
+                               TRAINQ_REQUEST_TIMEOUT_SECONDS="2",
+                               TRAINQ_STREAM_KEEPALIVE_SECONDS="60")
+        try:
+            wait_ready(other.port)
+            job_id = self.submit()
+            s = Sse(other.port, f"/api/training/jobs/{job_id}/stream", self.token, timeout=30)
+            self.streams.append(s)
+            self.assertEqual(s.next()["data"]["status"], "queued")
+            time.sleep(4)
+            set_status(job_id, "pending")
+            e = s.next()
+            self.assertEqual((e["event"], e["data"]["status"]), ("status", "pending"))
+            self.assertEqual(s.comments, [], "no keepalive was due")
+        finally:
+            stop_producer(self, other)
+
     # ------------------------------------------------------------ artifacts
 
     def put_artifact(self, job_id, name, content, listed=True):

@@ -456,8 +456,12 @@ class LiveTest(unittest.TestCase, DocChecks):
     def test_a_client_that_does_not_read_blocks_no_one_else(self):
         job_id = self.submit()
         set_status(job_id, "pending")
+        # 20 rows of 400 kB (a budget far above the default): more than the kernel's socket
+        # buffers hold, so the producer's own buffer for the stream fills and stays bounded
         for i in range(20):
-            write_log(job_id, "\n".join("y" * 200 for _ in range(200)))  # 40 kB a row
+            h.psql("SELECT tq_output_log(:'id', fencing_token, (SELECT string_agg("
+                   "repeat('y', 199), E'\\n') FROM generate_series(1, 2000)), 1 << 30)"
+                   " FROM training_jobs WHERE id = :'id'", variables={"id": job_id})
         # a client that never reads: its socket buffers fill
         slow = self.stream(f"/api/training/jobs/{job_id}/stream")
         self.assertEqual(slow.status, 200)

@@ -31,6 +31,8 @@
 #define RELISTEN_MS 1000
 /* The notifier's longest sleep: keepalives are checked at least this often. */
 #define TICK_MAX_MS 1000
+/* At most one stream.read_failed warning this often while Postgres is away. */
+#define WARN_EVERY_MS 10000
 /* Sent first: the client's reconnection delay (ms), and something for proxies to pass on. */
 static const char preamble[] = "retry: 2000\n\n";
 /* "<event>.<seq>" */
@@ -62,7 +64,8 @@ struct tq_streams {
     int keepalive_ms;
     int conn_timeout_s;
     int stopping;
-    int wake[2]; /* self-pipe: the callbacks and close_all wake the notifier */
+    int wake[2];          /* self-pipe: the callbacks and close_all wake the notifier */
+    int64_t last_warn_ms; /* notifier only: the last stream.read_failed logged */
     pthread_t thread;
     int started;
 };
@@ -332,8 +335,9 @@ static int round_user(stream *s, json_t *o, tq_buf *b)
     return ne >= TQ_PDB_STREAM_EVENTS;
 }
 
-/* Reads what the stream has not sent yet and appends it. */
-static void refill(stream *s, int64_t now)
+/* Reads what the stream has not sent yet and appends it. TQ_OK, or the read's failure
+ * (the stream stays open, its cursor where it was). */
+static int refill(stream *s, int64_t now)
 {
     pthread_mutex_lock(&s->mu);
     int skip = s->done || s->closed;
@@ -343,15 +347,18 @@ static void refill(stream *s, int64_t now)
     }
     pthread_mutex_unlock(&s->mu);
     if (skip)
-        return;
+        return TQ_OK;
     json_t *o = NULL;
     tq_errbuf eb = {{0}};
     int rc = s->job[0] ? tq_pdb_stream_job(s->user, s->job, s->cur.event, s->cur.seq, &o, &eb)
                        : tq_pdb_stream_user(s->user, s->cur.event, s->cur.micros, &o, &eb);
     if (rc != TQ_OK) {
-        /* Postgres away: the stream stays open and is read again at the next poll. */
-        tq_log(TQ_LOG_WARN, "stream.read_failed", "%s", eb.msg);
-        return;
+        /* notifier thread only: no lock */
+        if (now - s->hub->last_warn_ms >= WARN_EVERY_MS) {
+            tq_log(TQ_LOG_WARN, "stream.read_failed", "%s", eb.msg);
+            s->hub->last_warn_ms = now;
+        }
+        return rc;
     }
     tq_buf b;
     tq_buf_init(&b, ROUND_MAX);
@@ -363,6 +370,7 @@ static void refill(stream *s, int64_t now)
         finish(s);
     else if (r > 0)
         mark_dirty(s);
+    return TQ_OK;
 }
 
 /* ------------------------------------------------------------------ notifier */
@@ -444,6 +452,7 @@ static void *notifier_main(void *arg)
     tq_streams *h = arg;
     PGconn *lc = NULL;
     int64_t next_listen = 0, next_poll = 0, next_ka = 0;
+    h->last_warn_ms = tq_mono_ms() - WARN_EVERY_MS;
     int tick = h->keepalive_ms / 4 < TICK_MAX_MS ? h->keepalive_ms / 4 : TICK_MAX_MS;
     pthread_mutex_lock(&h->mu);
     while (!h->stopping) {
@@ -487,8 +496,17 @@ static void *notifier_main(void *arg)
         }
         stream **v = NULL;
         size_t n = take(h, &v, 0);
+        int failed = 0;
         for (size_t i = 0; i < n; i++) {
-            refill(v[i], now);
+            /* After a failed read (Postgres away) the rest wait for the next poll: one
+             * warning per round, not one per stream, and no round of connect timeouts. */
+            if (failed) {
+                pthread_mutex_lock(&h->mu);
+                v[i]->dirty = 1;
+                pthread_mutex_unlock(&h->mu);
+            } else {
+                failed = refill(v[i], now) != TQ_OK;
+            }
             unref(v[i]);
         }
         free(v);

@@ -1043,7 +1043,8 @@ COMMIT;
                 f" VmRSS (RssAnon) | {fmt(100 * r8['cpu_idle'] / r8['idle_s'], ' %', 2)} /"
                 f" {fmt(100 * r8['cpu_busy'] / r8['busy_s'], ' %', 1)};"
                 f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
-                f" | — | — | — | — |")
+                f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
+                f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ row 8
@@ -1076,6 +1077,8 @@ COMMIT;
         self.purge()
         got = {j: {} for j in jobs}
         ready = threading.Barrier(n + 1)
+        rss_before = proc_status(p.pid, "VmRSS")
+        anon_before = proc_status(p.pid, "RssAnon")
 
         def follow(user, job):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -1130,6 +1133,7 @@ COMMIT;
                if (j, st) in at and st in got[j]]
         p.stop()
         self.results[8] = {"n": n, "lat": lat, "rss_kb": rss0, "anon_kb": anon0,
+                           "rss_before_kb": rss_before, "anon_before_kb": anon_before,
                            "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
                            "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 

@@ -477,6 +477,27 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual((e["event"], e["data"]), ("log", "more"))
         self.assertLess(time.monotonic() - t0, 10)
 
+    def test_a_stream_survives_losing_its_postgres_connections(self):
+        """The notifier's LISTEN connection and its reading connection are cut (as by a
+        Postgres restart or failover); it listens again and the stream carries on."""
+        job_id = self.submit()
+        s = self.stream(f"/api/training/jobs/{job_id}/stream")
+        self.assertEqual(s.next()["data"]["status"], "queued")
+        lost = len(self.p.events("stream.listen_lost"))
+        n = h.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                   " WHERE application_name = 'trainq-producer' AND pid <> pg_backend_pid()",
+                   superuser=True)
+        self.assertGreaterEqual(int(n), 2, "the listening and the reading connection")
+        self.p.wait_event("stream.listen_lost", timeout=10, after=lost)
+        set_status(job_id, "pending")
+        e = s.next()
+        self.assertEqual((e["event"], e["data"]["status"]), ("status", "pending"))
+        time.sleep(1.5)  # listening again (RELISTEN_MS) and caught up
+        t0 = time.monotonic()
+        set_status(job_id, "running")
+        self.assertEqual(s.next()["data"]["status"], "running")
+        self.assertLess(time.monotonic() - t0, 2, "woken by NOTIFY, not by the 5 s poll")
+
     def test_the_connection_deadlines_do_not_cut_a_healthy_long_lived_stream(self):
         """The header and body deadlines (producer/admit.c) and the idle timeout are for
         requests; a stream outlives all of them, silent in between (no keepalive yet)."""

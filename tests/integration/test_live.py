@@ -519,6 +519,41 @@ class LiveTest(unittest.TestCase, DocChecks):
         finally:
             stop_producer(self, other)
 
+    def test_a_client_that_stops_reading_is_closed_and_frees_its_place(self):
+        """A stream whose client reads nothing while the producer has plenty to send is
+        closed by the idle timeout (TRAINQ_REQUEST_TIMEOUT_SECONDS + the keepalive
+        interval): its place under TRAINQ_STREAMS_PER_USER comes back."""
+        other = start_producer(TRAINQ_REQUEST_TIMEOUT_SECONDS="2",
+                               TRAINQ_STREAM_KEEPALIVE_SECONDS="1",
+                               TRAINQ_STREAMS_PER_USER="1")
+        try:
+            wait_ready(other.port)
+            job_id = self.submit()
+            set_status(job_id, "pending")
+            for i in range(20):
+                h.psql("SELECT tq_output_log(:'id', fencing_token, (SELECT string_agg("
+                       "repeat('z', 199), E'\\n') FROM generate_series(1, 2000)), 1 << 30)"
+                       " FROM training_jobs WHERE id = :'id'", variables={"id": job_id})
+            path = f"/api/training/jobs/{job_id}/stream"
+            stuck = Sse(other.port, path, self.token)
+            self.streams.append(stuck)
+            self.assertEqual(stuck.status, 200)
+            c = h.Http(other.port)
+            self.assertEqual(c.request("GET", path, token=self.token).status, 429)
+            t0 = time.monotonic()
+
+            def place_freed():
+                s = Sse(other.port, "/api/training/stream", self.token, timeout=5)
+                self.streams.append(s)
+                if s.status != 200:
+                    s.body()
+                return s.status == 200
+            h.wait_until(place_freed, timeout=20, interval=0.5, what="the stuck stream closed")
+            self.assertGreater(time.monotonic() - t0, 1.5, "closed before its idle timeout")
+            c.close()
+        finally:
+            stop_producer(self, other)
+
     # ------------------------------------------------------------ artifacts
 
     def put_artifact(self, job_id, name, content, listed=True):

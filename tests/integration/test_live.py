@@ -124,6 +124,15 @@ def write_progress(job_id, step, total, loss=None, eta=None):
                              "eta": "" if eta is None else repr(eta)})
 
 
+def write_big_log(job_id, rows=20):
+    """rows log rows of 400 kB each (2000 lines of 199 bytes), under a budget far above the
+    default: more than the kernel's socket buffers hold."""
+    for _ in range(rows):
+        h.psql("SELECT tq_output_log(:'id', fencing_token, (SELECT string_agg("
+               "repeat('y', 199), E'\\n') FROM generate_series(1, 2000)), 1 << 30)"
+               " FROM training_jobs WHERE id = :'id'", variables={"id": job_id})
+
+
 class LiveTest(unittest.TestCase, DocChecks):
     @classmethod
     def setUpClass(cls):
@@ -174,6 +183,14 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(r.status, 200, r)
         self.assertShape(r, "/api/training/jobs/{id}", "GET")
         return r.json["job"]
+
+    def stream_opens(self, port):
+        """1 when the caller may open one more stream on the producer at port."""
+        s = Sse(port, "/api/training/stream", self.token, timeout=5)
+        self.streams.append(s)
+        if s.status != 200:
+            s.body()
+        return s.status == 200
 
     def stream(self, path, last_id=None, token=None):
         s = Sse(self.port, path, token or self.token, last_id=last_id)
@@ -446,13 +463,7 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(s.status, 200)
         open_[0].close()
         # the server notices the closed client at its next write (a keepalive at the latest)
-        def place_freed():
-            s = Sse(self.port, "/api/training/stream", self.token, timeout=5)
-            self.streams.append(s)
-            if s.status != 200:
-                s.body()
-            return s.status == 200
-        h.wait_until(place_freed, timeout=10, what="a place freed")
+        h.wait_until(lambda: self.stream_opens(self.port), timeout=10, what="a place freed")
 
     def test_a_silent_stream_gets_keepalive_comments(self):
         job_id = self.submit()
@@ -470,12 +481,8 @@ class LiveTest(unittest.TestCase, DocChecks):
     def test_a_client_that_does_not_read_blocks_no_one_else(self):
         job_id = self.submit()
         set_status(job_id, "pending")
-        # 20 rows of 400 kB (a budget far above the default): more than the kernel's socket
-        # buffers hold, so the producer's own buffer for the stream fills and stays bounded
-        for i in range(20):
-            h.psql("SELECT tq_output_log(:'id', fencing_token, (SELECT string_agg("
-                   "repeat('y', 199), E'\\n') FROM generate_series(1, 2000)), 1 << 30)"
-                   " FROM training_jobs WHERE id = :'id'", variables={"id": job_id})
+        # the producer's own buffer for the stream fills and stays bounded
+        write_big_log(job_id)
         # a client that never reads: its socket buffers fill
         slow = self.stream(f"/api/training/jobs/{job_id}/stream")
         self.assertEqual(slow.status, 200)
@@ -544,10 +551,7 @@ class LiveTest(unittest.TestCase, DocChecks):
             wait_ready(other.port)
             job_id = self.submit()
             set_status(job_id, "pending")
-            for i in range(20):
-                h.psql("SELECT tq_output_log(:'id', fencing_token, (SELECT string_agg("
-                       "repeat('z', 199), E'\\n') FROM generate_series(1, 2000)), 1 << 30)"
-                       " FROM training_jobs WHERE id = :'id'", variables={"id": job_id})
+            write_big_log(job_id)
             path = f"/api/training/jobs/{job_id}/stream"
             stuck = Sse(other.port, path, self.token)
             self.streams.append(stuck)
@@ -555,14 +559,8 @@ class LiveTest(unittest.TestCase, DocChecks):
             c = h.Http(other.port)
             self.assertEqual(c.request("GET", path, token=self.token).status, 429)
             t0 = time.monotonic()
-
-            def place_freed():
-                s = Sse(other.port, "/api/training/stream", self.token, timeout=5)
-                self.streams.append(s)
-                if s.status != 200:
-                    s.body()
-                return s.status == 200
-            h.wait_until(place_freed, timeout=20, interval=0.5, what="the stuck stream closed")
+            h.wait_until(lambda: self.stream_opens(other.port), timeout=20, interval=0.5,
+                         what="the stuck stream closed")
             self.assertGreater(time.monotonic() - t0, 1.5, "closed before its idle timeout")
             c.close()
         finally:

@@ -689,13 +689,19 @@ static int stream_job_fn(tconn *t, void *arg, tq_errbuf *eb)
     live_arg *a = arg;
     const char *p[4] = {a->job_id, a->user, a->a, a->b};
     /* One statement, one snapshot: when it shows the terminal status it shows every output
-     * row (those commit before it: both write the job's row). */
+     * row (those commit before it: both write the job's row). The rows: at most 64, and
+     * no more once TQ_PDB_STREAM_BYTES are in (the first row always). */
     return json_row(t, a,
+                    "WITH o AS (SELECT seq, kind, body FROM ("
+                    "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
+                    "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
+                    "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
+                    "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
                     "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
                         "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
-                    " 'output', (SELECT COALESCE(json_agg(o ORDER BY o.seq), '[]') FROM ("
-                    "  SELECT seq, kind, body FROM job_output WHERE job_id = $1::uuid"
-                    "   AND seq > $4::bigint ORDER BY seq LIMIT 64) o),"
+                    " 'output', (SELECT COALESCE(json_agg(o ORDER BY o.seq), '[]') FROM o),"
+                    " 'more_output', EXISTS (SELECT 1 FROM job_output WHERE job_id = $1::uuid"
+                    "   AND seq > COALESCE((SELECT max(seq) FROM o), $4::bigint)),"
                     " 'status', (SELECT status FROM training_jobs WHERE id = $1::uuid))::text",
                     4, p, eb);
 }

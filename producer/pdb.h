@@ -90,10 +90,11 @@ int tq_pdb_artifact_find(const char *user, const char *job_id, const char *name,
 
 /* The next part of one job's stream after cursor (events, seq): a JSON object
  * {"events": [{id, job_id, status, from_status, reason, at}] (at most TQ_PDB_STREAM_EVENTS),
- *  "output": [{seq, kind, body}] (at most TQ_PDB_STREAM_ROWS), "status": the job's status now
- *  (null when deleted)}, all from one snapshot. */
+ *  "output": [{seq, kind, body}] (at most 64 rows, and once TQ_PDB_STREAM_BYTES of bodies
+ *  are in no further row), "more_output": whether rows after those wait, "status": the
+ *  job's status now (null when deleted)}, all from one snapshot. */
 #define TQ_PDB_STREAM_EVENTS 100
-#define TQ_PDB_STREAM_ROWS 64
+#define TQ_PDB_STREAM_BYTES_SQL "262144"
 int tq_pdb_stream_job(const char *user, const char *job_id, long long after_event,
                       long long after_seq, json_t **out, tq_errbuf *eb);
 

@@ -22,11 +22,12 @@
 #include "tq_log.h"
 #include "tq_status.h"
 
-/* Hard cap of one stream's buffer: TQ_STREAM_BUF_HIGH plus one read (at most
- * TQ_PDB_STREAM_ROWS rows of a log bounded by the consumer's TRAINQ_LOG_MAX_BYTES). */
-#define STREAM_BUF_MAX (8u * 1024 * 1024)
-/* One round of one stream, formatted. */
-#define ROUND_MAX (8u * 1024 * 1024)
+/* A stream's buffer holds at most TQ_STREAM_BUF_HIGH plus one read: 100 events and output
+ * rows up to 256 KiB plus one row (a row is bounded by the consumer's log budget,
+ * TRAINQ_LOG_MAX_BYTES). The caps below only stop a runaway: a stream that reaches one
+ * ends, and its client resumes from its last event. */
+#define STREAM_BUF_MAX (64u * 1024 * 1024)
+#define ROUND_MAX STREAM_BUF_MAX
 /* How long the listening connection waits before another try after it was lost. */
 #define RELISTEN_MS 1000
 /* The notifier's longest sleep: keepalives are checked at least this often. */
@@ -196,38 +197,51 @@ static void finish(stream *s)
 
 /* ------------------------------------------------------------------ formatting */
 
+/* One round's text; after one failed append nothing more is appended, so a cut event is
+ * never followed by others. */
+typedef struct {
+    tq_buf b;
+    int failed;
+} out_t;
+
+static void put(out_t *o, const void *p, size_t n)
+{
+    if (!o->failed && tq_buf_add(&o->b, p, n) != TQ_OK)
+        o->failed = 1;
+}
+
 /* One event: id, event name and data; every line of data its own "data:" field (a CR
  * would end a line for the client, so it becomes a space). */
-static void emit(tq_buf *b, const char *id, const char *event, const char *data)
+static void emit(out_t *b, const char *id, const char *event, const char *data)
 {
     char head[ID_BUF + 64];
     int n = snprintf(head, sizeof head, "id: %s\nevent: %s\n", id, event);
-    tq_buf_add(b, head, (size_t)n);
+    put(b, head, (size_t)n);
     const char *p = data;
     for (;;) {
         const char *nl = strchr(p, '\n');
         size_t len = nl ? (size_t)(nl - p) : strlen(p);
-        tq_buf_add(b, "data: ", 6);
+        put(b, "data: ", 6);
         for (size_t i = 0; i < len;) {
             size_t run = 0;
             while (i + run < len && p[i + run] != '\r')
                 run++;
-            tq_buf_add(b, p + i, run);
+            put(b, p + i, run);
             i += run;
             if (i < len) {
-                tq_buf_add(b, " ", 1);
+                put(b, " ", 1);
                 i++;
             }
         }
-        tq_buf_add(b, "\n", 1);
+        put(b, "\n", 1);
         if (!nl)
             break;
         p = nl + 1;
     }
-    tq_buf_add(b, "\n", 1);
+    put(b, "\n", 1);
 }
 
-static void emit_json(tq_buf *b, const char *id, const char *event, json_t *j)
+static void emit_json(out_t *b, const char *id, const char *event, json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (s)
@@ -249,7 +263,7 @@ static int status_terminal(const char *st)
     return st && tq_status_parse(st, &v) == 0 && tq_status_terminal(v);
 }
 
-static void emit_status(stream *s, tq_buf *b, json_t *e)
+static void emit_status(stream *s, out_t *b, json_t *e)
 {
     s->cur.event = json_integer_value(json_object_get(e, "id"));
     json_object_del(e, "id");
@@ -259,12 +273,12 @@ static void emit_status(stream *s, tq_buf *b, json_t *e)
 }
 
 /* One read of a job stream. Returns 1 when more is waiting (read again). */
-static int round_job(stream *s, json_t *o, tq_buf *b)
+static int round_job(stream *s, json_t *o, out_t *b)
 {
     json_t *events = json_object_get(o, "events"), *output = json_object_get(o, "output");
     const char *now_status = json_string_value(json_object_get(o, "status"));
     size_t ne = json_array_size(events), no = json_array_size(output);
-    int more_output = no >= TQ_PDB_STREAM_ROWS;
+    int more_output = json_is_true(json_object_get(o, "more_output"));
     int more = ne >= TQ_PDB_STREAM_EVENTS || more_output;
     size_t term = ne;
     for (size_t i = 0; i < ne; i++)
@@ -316,7 +330,7 @@ static int round_job(stream *s, json_t *o, tq_buf *b)
     return more;
 }
 
-static int round_user(stream *s, json_t *o, tq_buf *b)
+static int round_user(stream *s, json_t *o, out_t *b)
 {
     json_t *events = json_object_get(o, "events"), *prog = json_object_get(o, "progress");
     size_t ne = json_array_size(events);
@@ -360,12 +374,20 @@ static int refill(stream *s, int64_t now)
         }
         return rc;
     }
-    tq_buf b;
-    tq_buf_init(&b, ROUND_MAX);
-    int r = s->job[0] ? round_job(s, o, &b) : round_user(s, o, &b);
+    out_t out = {.failed = 0};
+    tq_buf_init(&out.b, ROUND_MAX);
+    int r = s->job[0] ? round_job(s, o, &out) : round_user(s, o, &out);
     json_decref(o);
-    push(s, b.data ? b.data : "", b.len, now);
-    tq_buf_free(&b);
+    if (out.failed) {
+        /* Out of memory or over ROUND_MAX: nothing of this round is sent; the stream ends
+         * and its client resumes from the last event it received. */
+        tq_log(TQ_LOG_WARN, "stream.overflow", "stream of user %s ended: round too large", s->user);
+        tq_buf_free(&out.b);
+        finish(s);
+        return TQ_OK;
+    }
+    push(s, out.b.data ? out.b.data : "", out.b.len, now);
+    tq_buf_free(&out.b);
     if (r < 0)
         finish(s);
     else if (r > 0)

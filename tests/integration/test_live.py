@@ -110,10 +110,10 @@ def fencing(job_id):
                   variables={"id": job_id})
 
 
-def write_log(job_id, lines):
+def write_log(job_id, lines, budget=LOG_BUDGET):
     return h.psql("SELECT tq_output_log(:'id', :'tok'::bigint, :'lines', :'max'::bigint)",
                   variables={"id": job_id, "tok": fencing(job_id), "lines": lines,
-                             "max": str(LOG_BUDGET)})
+                             "max": str(budget)})
 
 
 def write_progress(job_id, step, total, loss=None, eta=None):
@@ -539,6 +539,32 @@ class LiveTest(unittest.TestCase, DocChecks):
             self.assertEqual(s.comments, [], "no keepalive was due")
         finally:
             stop_producer(self, other)
+
+    def test_a_large_log_arrives_whole_and_in_order_before_the_end(self):
+        """8 MB of log (rows of 400 kB, more than one read takes and more than the stream's
+        buffer holds): every line once, in order, then the terminal status."""
+        job_id = self.submit()
+        set_status(job_id, "pending")
+        write_big_log(job_id)
+        write_log(job_id, "last line", budget=1 << 30)
+        set_status(job_id, "completed")
+        s = self.stream(f"/api/training/jobs/{job_id}/stream")
+        lines, statuses, seqs = [], [], []
+        while True:
+            e = s.next()
+            if e is None:
+                break
+            if e["event"] == "log":
+                lines.extend(e["data"].split("\n"))
+                seqs.append(int(e["id"].split(".")[1]))
+            elif e["event"] == "status":
+                statuses.append(e["data"]["status"])
+        self.assertEqual(statuses, ["queued", "pending", "completed"])
+        self.assertEqual(len(lines), 20 * 2000 + 1)
+        self.assertEqual(lines[-1], "last line")
+        self.assertEqual(set(lines[:-1]), {"y" * 199})
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(len(seqs), 21)
 
     def test_a_client_that_stops_reading_is_closed_and_frees_its_place(self):
         """A stream whose client reads nothing while the producer has plenty to send is

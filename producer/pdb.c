@@ -806,3 +806,133 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
     }
     return c;
 }
+
+/* ------------------------------------------------------------------ webhooks */
+
+typedef struct {
+    char batch[INT_TEXT_BUF], lease[INT_TEXT_BUF];
+    tq_pdb_hook *rows;
+    int n;
+} hooks_take_arg;
+
+void tq_pdb_hooks_free(tq_pdb_hook *h, int n)
+{
+    for (int i = 0; h && i < n; i++) {
+        free(h[i].url);
+        free(h[i].event);
+        free(h[i].secret);
+        free(h[i].job_json);
+    }
+    free(h);
+}
+
+static char *col_dup(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
+}
+
+/* The secret: the endpoint's, or for a job's own URL the user's default secret. The job
+ * JSON is JOB_JSON over the row as it is now (alias j, as QUEUE_POSITION needs). */
+static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hooks_take_arg *a = arg;
+    tq_pdb_hooks_free(a->rows, a->n);
+    a->rows = NULL;
+    a->n = 0;
+    const char *p[2] = {a->batch, a->lease};
+    PGresult *res = NULL;
+    int rc = exec(
+        t,
+        "WITH c AS (SELECT d.id FROM webhook_deliveries d"
+        "  WHERE d.state = 'pending' AND d.due_at <= now()"
+        "    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
+        "      AND e.job_id = d.job_id AND e.target = d.target AND e.sequence < d.sequence)"
+        "  ORDER BY d.due_at, d.id LIMIT $1::int FOR UPDATE SKIP LOCKED)"
+        " UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2::int),"
+        "   attempts = d.attempts + 1, last_attempt_at = now()"
+        " FROM c WHERE d.id = c.id"
+        " RETURNING d.id, d.job_id::text, d.url, d.event,"
+        "   COALESCE((SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
+        "            (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id)),"
+        "   (SELECT " JOB_JSON " FROM training_jobs j WHERE j.id = d.job_id),"
+        "   to_char(d.event_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+        "   d.sequence, d.attempts",
+        2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int n = PQntuples(res);
+    if (n > 0) {
+        a->rows = calloc((size_t)n, sizeof *a->rows);
+        if (!a->rows) {
+            PQclear(res);
+            return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        tq_pdb_hook *h = &a->rows[i];
+        a->n++;
+        h->id = col_ll(res, i, 0);
+        col_copy(res, i, 1, h->job_id, sizeof h->job_id);
+        h->url = col_dup(res, i, 2);
+        h->event = col_dup(res, i, 3);
+        h->secret = col_dup(res, i, 4);
+        h->job_json = col_dup(res, i, 5);
+        col_copy(res, i, 6, h->event_at, sizeof h->event_at);
+        h->sequence = col_ll(res, i, 7);
+        h->attempts = (int)col_ll(res, i, 8);
+        if (!h->url || !h->event || (!PQgetisnull(res, i, 5) && !h->job_json)) {
+            PQclear(res);
+            return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+        }
+    }
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb)
+{
+    hooks_take_arg a = {0};
+    snprintf(a.batch, sizeof a.batch, "%d", batch);
+    snprintf(a.lease, sizeof a.lease, "%d", lease_seconds);
+    int rc = run_txn(hooks_take_fn, &a, eb);
+    if (rc != TQ_OK) {
+        tq_pdb_hooks_free(a.rows, a.n);
+        *out = NULL;
+        *n = 0;
+        return rc;
+    }
+    *out = a.rows;
+    *n = a.n;
+    return TQ_OK;
+}
+
+typedef struct {
+    const char *p[6];
+} hook_record_arg;
+
+static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hook_record_arg *a = arg;
+    return exec(t,
+                "UPDATE webhook_deliveries SET"
+                " state = CASE WHEN $2 = 'delivered' THEN 'delivered'"
+                "   WHEN $3::bigint < 0 THEN 'failed' ELSE 'pending' END,"
+                " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,"
+                " due_at = CASE WHEN $2 <> 'delivered' AND $3::bigint >= 0"
+                "   THEN now() + make_interval(secs => $3::bigint / 1000.0) ELSE due_at END,"
+                " last_status = NULLIF($4::int, 0), last_error = $5,"
+                " last_latency_ms = $6::int WHERE id = $1::bigint AND state = 'pending'",
+                6, a->p, NULL, eb);
+}
+
+int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
+                       const char *error, long long latency_ms, tq_errbuf *eb)
+{
+    char sid[24], sretry[24], sstatus[INT_TEXT_BUF], slat[24];
+    snprintf(sid, sizeof sid, "%lld", id);
+    snprintf(sretry, sizeof sretry, "%lld", retry_ms);
+    snprintf(sstatus, sizeof sstatus, "%d", status);
+    snprintf(slat, sizeof slat, "%lld", latency_ms);
+    hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat}};
+    return run_txn(hook_record_fn, &a, eb);
+}

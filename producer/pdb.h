@@ -122,3 +122,29 @@ struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
 #endif
+
+/* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
+
+/* One delivery taken by a worker: what it needs to build, sign and send the request. */
+typedef struct {
+    long long id; /* webhook-id is "msg_<id>" */
+    char job_id[TQ_UUID_BUF];
+    char *url, *event, *secret;
+    char *job_json; /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
+    char event_at[40]; /* RFC 3339 */
+    long long sequence;
+    int attempts; /* this one included */
+} tq_pdb_hook;
+
+void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
+
+/* Takes up to batch due deliveries (FOR UPDATE SKIP LOCKED, so any number of workers can
+ * run), each the first pending one of its job and target (so a target receives a job's
+ * events in sequence order), and leases them: due again after lease_seconds, attempts + 1,
+ * in the same transaction. *out is a new array of *n (free with tq_pdb_hooks_free). */
+int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb);
+
+/* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again
+ * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL. */
+int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
+                       const char *error, long long latency_ms, tq_errbuf *eb);

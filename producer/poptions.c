@@ -68,6 +68,22 @@ static const tq_opt options[] = {
     {"TRAINQ_ARTIFACTS_DIR", "artifacts-dir", TQ_OPT_STR, OFF(artifacts_dir), "", 0, 0, NULL,
      "the consumers' outputs directory as this host sees it (shared storage); artifacts are "
      "downloaded from <dir>/<job id>/<name> (empty: downloads answer 404)"},
+    {"TRAINQ_WEBHOOK_ALLOW_LOOPBACK", "webhook-allow-loopback", TQ_OPT_BOOL,
+     OFF(webhook_allow_loopback), "false", 0, 0, NULL,
+     "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "
+     "::1); otherwise only https:// to public addresses (docs/webhooks.md)"},
+    {"TRAINQ_WEBHOOK_MAX_ATTEMPTS", "webhook-max-attempts", TQ_OPT_INT, OFF(webhook_max_attempts),
+     "60", 1, 1000, NULL,
+     "attempts of one webhook delivery before it is marked failed (with the default delays the "
+     "retries span more than 24 h)"},
+    {"TRAINQ_WEBHOOK_RETRY_MIN_SECONDS", "webhook-retry-min-seconds", TQ_OPT_INT,
+     OFF(webhook_retry_min_seconds), "5", 1, 86400, NULL,
+     "delay after a webhook delivery's first failure; doubled (with jitter) after each next one"},
+    {"TRAINQ_WEBHOOK_RETRY_MAX_SECONDS", "webhook-retry-max-seconds", TQ_OPT_INT,
+     OFF(webhook_retry_max_seconds), "3600", 1, 86400, NULL,
+     "longest delay between two attempts of a webhook delivery"},
+    {"TRAINQ_WEBHOOK_BATCH", "webhook-batch", TQ_OPT_INT, OFF(webhook_batch), "16", 1, 1000,
+     NULL, "webhook deliveries one producer takes at a time (sent one after another)"},
 };
 
 /* The JWT algorithm decides which of the secret and the key file is used: exactly that one
@@ -111,6 +127,10 @@ static int check(void *cfg, tq_errbuf *eb)
     int rc = check_jwt(c, eb);
     if (rc != TQ_OK)
         return rc;
+    if (c->webhook_retry_max_seconds < c->webhook_retry_min_seconds)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_WEBHOOK_RETRY_MAX_SECONDS: below "
+                       "TRAINQ_WEBHOOK_RETRY_MIN_SECONDS");
     return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
                                   &c->publish_keyring, eb);
 }

@@ -45,6 +45,12 @@ typedef struct tq_producer_config {
     int streams_per_user;
     int stream_keepalive_seconds;
     char *artifacts_dir; /* "" when downloads are off */
+    /* webhooks (producer/webhooks.c, docs/webhooks.md) */
+    int webhook_allow_loopback; /* tests only: deliveries to 127.0.0.0/8 and http:// */
+    int webhook_max_attempts;
+    int webhook_retry_min_seconds;
+    int webhook_retry_max_seconds;
+    int webhook_batch;
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -47,6 +47,18 @@ void tq_h_stream_all(tq_req *r);
 int tq_range_parse(const char *h, unsigned long long size, unsigned long long *start,
                    unsigned long long *len);
 
+/* Webhooks (webhook_api.c). tq_webhook_events_json: the events array of a request (NULL:
+ * every event) as compact JSON text (caller frees), or NULL with an error on field in v;
+ * tq_webhook_url_field: the URL rule (webhooks.c) on a request's field (-1: error in v). */
+char *tq_webhook_events_json(const json_t *events, tq_validation *v, const char *field);
+int tq_webhook_url_field(const tq_req *r, const json_t *url, tq_validation *v, const char *field);
+void tq_h_webhook_create(tq_req *r);
+void tq_h_webhook_list(tq_req *r);
+void tq_h_webhook_delete(tq_req *r);
+void tq_h_webhook_rotate(tq_req *r);
+void tq_h_webhook_deliveries(tq_req *r);
+void tq_h_webhook_default_secret(tq_req *r);
+
 void tq_h_healthz(tq_req *r);
 void tq_h_readyz(tq_req *r);
 void tq_h_metrics(tq_req *r);

@@ -217,8 +217,27 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
 typedef struct {
     const char *user, *job_id, *canon, *payload, *idem;
     const tq_submission *s;
+    const tq_pdb_job_hook *hook;
     tq_pdb_submitted *out;
 } submit_arg;
+
+/* The job's webhook row goes in before the job row, whose insert trigger
+ * (tq_webhook_enqueue) reads it for job.queued; its foreign key is checked at commit. */
+static int submit_hook(tconn *t, const submit_arg *a, tq_errbuf *eb)
+{
+    const char *ps[2] = {a->user, a->hook->new_secret};
+    int rc = exec(t,
+                  "INSERT INTO webhook_user_secrets (user_id, secret) VALUES ($1, $2)"
+                  " ON CONFLICT (user_id) DO NOTHING",
+                  2, ps, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    const char *pw[3] = {a->job_id, a->hook->url, a->hook->events_json};
+    return exec(t,
+                "INSERT INTO job_webhooks (job_id, url, events) VALUES ($1::uuid, $2,"
+                " ARRAY(SELECT jsonb_array_elements_text($3::jsonb)))",
+                3, pw, NULL, eb);
+}
 
 /* The request hash is md5 of the canonical submission (defaults applied, fixed key
  * order), so a retry that spells the same request differently still matches. *found is 0
@@ -278,6 +297,11 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
               eb);
     if (rc != TQ_OK)
         return rc;
+    if (a->hook) {
+        rc = submit_hook(t, a, eb);
+        if (rc != TQ_OK)
+            return rc;
+    }
     /* The row is read from the message, and holds it: the outbox row below gets the same
      * bytes (db/procedures/30_jobs.sql). */
     const char *pj[3] = {a->payload, a->idem, a->canon};
@@ -300,9 +324,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
-                  tq_pdb_submitted *out, tq_errbuf *eb)
+                  const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb)
 {
     submit_arg a = {.user = user,
+                    .hook = hook,
                     .job_id = job_id,
                     .canon = canonical_json,
                     .payload = msg_payload,
@@ -935,4 +960,135 @@ int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int stat
     snprintf(slat, sizeof slat, "%lld", latency_ms);
     hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat}};
     return run_txn(hook_record_fn, &a, eb);
+}
+
+/* ------------------------------------------------------------------ webhook endpoints API */
+
+#define ENDPOINT_JSON                                                                              \
+    "json_build_object('id', id, 'url', url, 'events', to_json(events),"                           \
+    " 'description', description, 'created_at', created_at,"                                       \
+    " 'disabled', disabled_at IS NOT NULL, 'disabled_at', disabled_at,"                            \
+    " 'disabled_reason', disabled_reason)"
+
+typedef struct {
+    const char *p[6];
+    int np;
+    const char *sql;
+    json_t *json;
+    int need_row; /* TQ_ERR_NOT_FOUND when the statement returned no row */
+} hook_api_arg;
+
+static int hook_api_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hook_api_arg *a = arg;
+    json_decref(a->json);
+    a->json = NULL;
+    PGresult *res = NULL;
+    int rc = exec(t, a->sql, a->np, a->p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0)
+        rc = a->need_row ? tq_errf(eb, TQ_ERR_NOT_FOUND, "webhook not found") : TQ_OK;
+    else if (!PQgetisnull(res, 0, 0))
+        rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+static int hook_api(hook_api_arg *a, json_t **out, tq_errbuf *eb)
+{
+    int rc = run_txn(hook_api_fn, a, eb);
+    if (rc != TQ_OK || !out) {
+        json_decref(a->json);
+        return rc;
+    }
+    *out = a->json;
+    return TQ_OK;
+}
+
+int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
+                          const char *events_json, const char *description, const char *secret,
+                          json_t **out, tq_errbuf *eb)
+{
+    hook_api_arg a = {
+        .p = {id, user, url, events_json, description, secret},
+        .np = 6,
+        .need_row = 1,
+        .sql = "INSERT INTO webhook_endpoints (id, user_id, url, events, description, secret)"
+               " VALUES ($1::uuid, $2, $3, ARRAY(SELECT jsonb_array_elements_text($4::jsonb)),"
+               " $5, $6) RETURNING " ENDPOINT_JSON "::text"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {user},
+                      .np = 1,
+                      .need_row = 1,
+                      .sql = "SELECT COALESCE(json_agg(" ENDPOINT_JSON
+                             " ORDER BY created_at, id), '[]')::text"
+                             " FROM webhook_endpoints WHERE user_id = $1"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {id, user},
+                      .np = 2,
+                      .need_row = 1,
+                      .sql = "DELETE FROM webhook_endpoints WHERE id = $1::uuid AND user_id = $2"
+                             " RETURNING 'true'"};
+    return hook_api(&a, NULL, eb);
+}
+
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {id, user, secret},
+                      .np = 3,
+                      .need_row = 1,
+                      .sql = "UPDATE webhook_endpoints SET secret = $3"
+                             " WHERE id = $1::uuid AND user_id = $2 RETURNING 'true'"};
+    return hook_api(&a, NULL, eb);
+}
+
+int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
+                              tq_errbuf *eb)
+{
+    char lim[INT_TEXT_BUF];
+    snprintf(lim, sizeof lim, "%d", limit);
+    hook_api_arg a = {
+        .p = {id, user, lim},
+        .np = 3,
+        .need_row = 1,
+        .sql = "SELECT (SELECT COALESCE(json_agg(json_build_object("
+               "  'id', 'msg_' || d.id, 'job_id', d.job_id, 'event', d.event,"
+               "  'sequence', d.sequence, 'state', d.state, 'attempts', d.attempts,"
+               "  'created_at', d.event_at, 'last_attempt_at', d.last_attempt_at,"
+               "  'status_code', d.last_status, 'latency_ms', d.last_latency_ms,"
+               "  'error', d.last_error, 'delivered_at', d.delivered_at,"
+               "  'next_attempt_at', CASE WHEN d.state = 'pending' THEN d.due_at END)"
+               "  ORDER BY d.id DESC), '[]')"
+               "  FROM (SELECT * FROM webhook_deliveries WHERE endpoint_id = e.id"
+               "        ORDER BY id DESC LIMIT $3::int) d)::text"
+               " FROM webhook_endpoints e WHERE e.id = $1::uuid AND e.user_id = $2"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
+                          tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {user, candidate},
+                      .np = 2,
+                      .need_row = 1,
+                      .sql = "WITH i AS (INSERT INTO webhook_user_secrets (user_id, secret)"
+                             "  VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING RETURNING secret)"
+                             " SELECT to_json(COALESCE((SELECT secret FROM i),"
+                             "  (SELECT secret FROM webhook_user_secrets WHERE user_id = $1)))::text"};
+    json_t *j = NULL;
+    int rc = hook_api(&a, &j, eb);
+    if (rc != TQ_OK)
+        return rc;
+    snprintf(out, cap, "%s", json_is_string(j) ? json_string_value(j) : "");
+    json_decref(j);
+    return out[0] ? TQ_OK : tq_errf(eb, TQ_ERR_DB, "no default secret");
 }

@@ -180,9 +180,9 @@ void tq_h_webhook_delete(tq_req *r)
     if (rc != TQ_OK)
         reply_failure(r, rc, &eb);
     else
-        tq_req_reply_json(r, 200,
-                          json_pack("{s:b, s:s, s:s}", "success", 1, "id", id, "message",
-                                    "webhook deleted"));
+        tq_req_reply_json(
+            r, 200,
+            json_pack("{s:b, s:s, s:s}", "success", 1, "id", id, "message", "webhook deleted"));
 }
 
 void tq_h_webhook_rotate(tq_req *r)
@@ -228,8 +228,8 @@ void tq_h_webhook_deliveries(tq_req *r)
     if (rc != TQ_OK)
         reply_failure(r, rc, &eb);
     else
-        tq_req_reply_json(
-            r, 200, json_pack("{s:b, s:s, s:o}", "success", 1, "id", id, "deliveries", list));
+        tq_req_reply_json(r, 200,
+                          json_pack("{s:b, s:s, s:o}", "success", 1, "id", id, "deliveries", list));
 }
 
 static int tq_webhook_default_secret(tq_req *r, char out[TQ_WEBHOOK_SECRET_BUF], tq_errbuf *eb)

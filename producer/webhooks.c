@@ -144,8 +144,8 @@ struct tq_webhooks {
 
 typedef struct {
     tq_webhooks *w;
-    size_t got;                          /* response bytes read */
-    char refused[ERROR_BUF];             /* set by open_socket when it refused an address */
+    size_t got;              /* response bytes read */
+    char refused[ERROR_BUF]; /* set by open_socket when it refused an address */
 } send_ctx;
 
 /* Called by curl for every connection it opens, with the address it resolved: the SSRF
@@ -208,8 +208,7 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
     snprintf(msg_id, sizeof msg_id, "msg_%lld", h->id);
     long long now = (long long)time(NULL);
     snprintf(ts, sizeof ts, "%lld", now);
-    if (!h->secret ||
-        tq_webhook_sign(h->secret, msg_id, now, body, strlen(body), sig) != TQ_OK) {
+    if (!h->secret || tq_webhook_sign(h->secret, msg_id, now, body, strlen(body), sig) != TQ_OK) {
         snprintf(error, error_cap, "no usable signing secret");
         return;
     }
@@ -218,8 +217,12 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
     snprintf(hts, sizeof hts, "webhook-timestamp: %s", ts);
     snprintf(hsig, sizeof hsig, "webhook-signature: %s", sig);
     struct curl_slist *hdrs = NULL, *tmp;
-    const char *lines[] = {"Content-Type: application/json", "User-Agent: trainq-webhooks/1",
-                           "Expect:", hid, hts, hsig};
+    const char *lines[] = {"Content-Type: application/json",
+                           "User-Agent: trainq-webhooks/1",
+                           "Expect:",
+                           hid,
+                           hts,
+                           hsig};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
         tmp = curl_slist_append(hdrs, lines[i]);
         if (!tmp) {
@@ -301,7 +304,9 @@ static void deliver(tq_webhooks *w, const tq_pdb_hook *h)
                       "job_id", h->job_id, "event", h->event, "status", status, "attempts",
                       h->attempts, "error", error, "retry_ms", (json_int_t)retry),
             "webhook %lld (%s of job %s): %s", h->id, h->event, h->job_id,
-            ok ? "delivered" : retry < 0 ? "failed for good" : "will retry");
+            ok          ? "delivered"
+            : retry < 0 ? "failed for good"
+                        : "will retry");
 }
 
 static void *worker_main(void *arg)
@@ -319,8 +324,7 @@ static void *worker_main(void *arg)
         int n = 0;
         tq_errbuf eb = {{0}};
         long wait_ms = POLL_MS;
-        int rc = tq_pdb_hooks_take(w->cfg->webhook_batch, TQ_WEBHOOK_LEASE_SECONDS, &rows, &n,
-                                   &eb);
+        int rc = tq_pdb_hooks_take(w->cfg->webhook_batch, TQ_WEBHOOK_LEASE_SECONDS, &rows, &n, &eb);
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);
             wait_ms = tq_backoff_next(&err_backoff);

@@ -39,8 +39,7 @@ int tq_webhook_url_check(const char *url, int allow_loopback, char *why, size_t 
 
 /* The delay (ms) before the next attempt after `attempts` failed ones (1, 2, ...):
  * min_s doubling up to max_s, with jitter (tq_backoff); -1 when attempts >= max_attempts. */
-long long tq_webhook_retry_ms(int attempts, int max_attempts, int min_s, int max_s,
-                              unsigned seed);
+long long tq_webhook_retry_ms(int attempts, int max_attempts, int min_s, int max_s, unsigned seed);
 
 typedef struct tq_webhooks tq_webhooks;
 

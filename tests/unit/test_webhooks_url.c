@@ -100,8 +100,10 @@ static void test_retry_schedule(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_https_public_accepted), cmocka_unit_test(test_scheme),
-        cmocka_unit_test(test_credentials_and_length), cmocka_unit_test(test_inward_literals_refused),
+        cmocka_unit_test(test_https_public_accepted),
+        cmocka_unit_test(test_scheme),
+        cmocka_unit_test(test_credentials_and_length),
+        cmocka_unit_test(test_inward_literals_refused),
         cmocka_unit_test(test_retry_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -933,21 +933,48 @@ int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, t
 
 typedef struct {
     const char *p[6];
+    int gone;
 } hook_record_arg;
+
+/* A receiver that answered 410 Gone wants no more: its endpoint is disabled (the trigger
+ * then writes no new deliveries for it) and its pending deliveries fail; for a job's own
+ * URL, that job's pending deliveries there fail. */
+static int hook_gone(tconn *t, const char *id, tq_errbuf *eb)
+{
+    const char *p[1] = {id};
+    int rc = exec(t,
+                  "UPDATE webhook_endpoints e SET disabled_at = now(),"
+                  " disabled_reason = 'the receiver answered 410 Gone'"
+                  " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
+                  " AND e.disabled_at IS NULL",
+                  1, p, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    return exec(t,
+                "UPDATE webhook_deliveries x SET state = 'failed',"
+                " last_error = 'not sent: the receiver answered 410 Gone'"
+                " FROM webhook_deliveries d WHERE d.id = $1::bigint AND x.id <> d.id"
+                " AND x.state = 'pending' AND x.target = d.target"
+                " AND (d.endpoint_id IS NOT NULL OR x.job_id = d.job_id)",
+                1, p, NULL, eb);
+}
 
 static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     hook_record_arg *a = arg;
-    return exec(t,
-                "UPDATE webhook_deliveries SET"
-                " state = CASE WHEN $2 = 'delivered' THEN 'delivered'"
-                "   WHEN $3::bigint < 0 THEN 'failed' ELSE 'pending' END,"
-                " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,"
-                " due_at = CASE WHEN $2 <> 'delivered' AND $3::bigint >= 0"
-                "   THEN now() + make_interval(secs => $3::bigint / 1000.0) ELSE due_at END,"
-                " last_status = NULLIF($4::int, 0), last_error = $5,"
-                " last_latency_ms = $6::int WHERE id = $1::bigint AND state = 'pending'",
-                6, a->p, NULL, eb);
+    int rc = exec(t,
+                  "UPDATE webhook_deliveries SET"
+                  " state = CASE WHEN $2 = 'delivered' THEN 'delivered'"
+                  "   WHEN $3::bigint < 0 THEN 'failed' ELSE 'pending' END,"
+                  " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,"
+                  " due_at = CASE WHEN $2 <> 'delivered' AND $3::bigint >= 0"
+                  "   THEN now() + make_interval(secs => $3::bigint / 1000.0) ELSE due_at END,"
+                  " last_status = NULLIF($4::int, 0), last_error = $5,"
+                  " last_latency_ms = $6::int WHERE id = $1::bigint AND state = 'pending'",
+                  6, a->p, NULL, eb);
+    if (rc != TQ_OK || !a->gone)
+        return rc;
+    return hook_gone(t, a->p[0], eb);
 }
 
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
@@ -955,10 +982,13 @@ int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int stat
 {
     char sid[24], sretry[24], sstatus[INT_TEXT_BUF], slat[24];
     snprintf(sid, sizeof sid, "%lld", id);
-    snprintf(sretry, sizeof sretry, "%lld", retry_ms);
+    /* 410 Gone: failed for good, and hook_gone */
+    int gone = !delivered && status == 410;
+    snprintf(sretry, sizeof sretry, "%lld", gone ? -1 : retry_ms);
     snprintf(sstatus, sizeof sstatus, "%d", status);
     snprintf(slat, sizeof slat, "%lld", latency_ms);
-    hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat}};
+    hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat},
+                         gone};
     return run_txn(hook_record_fn, &a, eb);
 }
 

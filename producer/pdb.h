@@ -153,7 +153,9 @@ void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
 int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb);
 
 /* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again
- * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL. */
+ * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL.
+ * status 410 (Gone) fails the delivery for good, disables its endpoint and fails the
+ * endpoint's pending deliveries (for a job's own URL: that job's). */
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
                        const char *error, long long latency_ms, tq_errbuf *eb);
 

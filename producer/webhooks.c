@@ -285,7 +285,9 @@ static void deliver(tq_webhooks *w, const tq_pdb_hook *h)
     int ok = status >= 200 && status < 300;
     long long retry = 0;
     if (!ok) {
-        if (__atomic_load_n(&w->stop, __ATOMIC_RELAXED))
+        if (status == 410)
+            retry = -1; /* Gone: never again (tq_pdb_hook_record disables the endpoint) */
+        else if (__atomic_load_n(&w->stop, __ATOMIC_RELAXED))
             retry = 0; /* aborted by our own stop: due again at once */
         else
             retry = tq_webhook_retry_ms(h->attempts, cfg->webhook_max_attempts,

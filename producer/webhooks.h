@@ -7,7 +7,7 @@
  *    webhook_deliveries (written by trigger tq_webhook_enqueue in the status change's
  *    transaction), POSTs each with libcurl, signed (Standard Webhooks v1, shared/tq_webhook),
  *    and records the outcome: delivered on 2xx, else retried with exponential backoff and
- *    jitter up to TRAINQ_WEBHOOK_MAX_ATTEMPTS, then failed. Rows are taken FOR UPDATE SKIP
+ *    jitter up to TRAINQ_WEBHOOK_MAX_ATTEMPTS, then failed; a 410 Gone disables the endpoint. Rows are taken FOR UPDATE SKIP
  *    LOCKED and leased, so any number of producers can run one; a worker killed mid-request
  *    leaves its rows to be sent again after the lease (at least once, same webhook-id).
  *

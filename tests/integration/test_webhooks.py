@@ -396,6 +396,28 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         h.wait_until(lambda: self.deliveries(q, wh["id"])[0]["state"] == "delivered",
                      timeout=10, what="delivered")
 
+    def test_410_gone_disables_the_endpoint_and_nothing_more_is_sent(self):
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver(script=[410])
+        wh = self.endpoint(p, rec.url())
+        job = self.submit(p)
+        self.wait_got(rec, 1)
+
+        def disabled():
+            ws = self.call(p, "GET", "/api/training/webhooks", status=200).json["webhooks"]
+            return ws[0] if ws[0]["disabled"] else None
+        w = h.wait_until(disabled, timeout=10, what="the endpoint disabled")
+        self.assertIn("410", w["disabled_reason"])
+        self.assertIsNotNone(w["disabled_at"])
+        d = self.deliveries(p, wh["id"])
+        self.assertEqual([(x["state"], x["status_code"], x["attempts"]) for x in d],
+                         [("failed", 410, 1)])
+        set_status(job, "pending")
+        set_status(job, "running")
+        time.sleep(2)
+        self.assertEqual(len(rec.events()), 1)
+        self.assertEqual(len(self.deliveries(p, wh["id"])), 1)
+
     # ------------------------------------------------------------------ SSRF
 
     def test_loopback_is_refused_without_the_test_option_and_no_connection_is_made(self):

@@ -82,8 +82,10 @@ static const tq_opt options[] = {
     {"TRAINQ_WEBHOOK_RETRY_MAX_SECONDS", "webhook-retry-max-seconds", TQ_OPT_INT,
      OFF(webhook_retry_max_seconds), "3600", 1, 86400, NULL,
      "longest delay between two attempts of a webhook delivery"},
-    {"TRAINQ_WEBHOOK_BATCH", "webhook-batch", TQ_OPT_INT, OFF(webhook_batch), "16", 1, 1000,
-     NULL, "webhook deliveries one producer takes at a time (sent one after another)"},
+    {"TRAINQ_WEBHOOK_SENDERS", "webhook-senders", TQ_OPT_INT, OFF(webhook_senders), "4", 1, 64,
+     NULL,
+     "webhook requests one producer sends at once (threads, each one request at a time, so a "
+     "slow receiver holds up only one)"},
 };
 
 /* The JWT algorithm decides which of the secret and the key file is used: exactly that one

@@ -50,7 +50,7 @@ typedef struct tq_producer_config {
     int webhook_max_attempts;
     int webhook_retry_min_seconds;
     int webhook_retry_max_seconds;
-    int webhook_batch;
+    int webhook_senders;
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -133,13 +133,21 @@ long long tq_webhook_retry_ms(int attempts, int max_attempts, int min_s, int max
 
 /* ------------------------------------------------------------------ the worker */
 
+/* One sending thread. Each takes one row at a time, so a slow receiver holds up only the
+ * sender in its request, never rows queued behind it in a batch. */
+typedef struct {
+    tq_webhooks *w;
+    pthread_t thread;
+    unsigned seed; /* rand_r state of the retry jitter, this thread's own */
+} sender;
+
 struct tq_webhooks {
     const tq_config *cfg;
-    pthread_t thread;
+    sender *senders;
+    int n_senders; /* started */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop; /* under mu; also read unlocked by the curl callbacks (a late read is harmless) */
-    unsigned seed;
 };
 
 typedef struct {
@@ -269,8 +277,9 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
     curl_slist_free_all(hdrs);
 }
 
-static void deliver(tq_webhooks *w, const tq_pdb_hook *h)
+static void deliver(sender *se, const tq_pdb_hook *h)
 {
+    tq_webhooks *w = se->w;
     const tq_config *cfg = w->cfg;
     int status = 0;
     char error[ERROR_BUF];
@@ -292,7 +301,7 @@ static void deliver(tq_webhooks *w, const tq_pdb_hook *h)
         else
             retry = tq_webhook_retry_ms(h->attempts, cfg->webhook_max_attempts,
                                         cfg->webhook_retry_min_seconds,
-                                        cfg->webhook_retry_max_seconds, w->seed++);
+                                        cfg->webhook_retry_max_seconds, se->seed++);
     }
     tq_errbuf eb = {{0}};
     if (tq_pdb_hook_record(h->id, ok, retry, status, error[0] ? error : NULL, latency, &eb) !=
@@ -313,9 +322,10 @@ static void deliver(tq_webhooks *w, const tq_pdb_hook *h)
 
 static void *worker_main(void *arg)
 {
-    tq_webhooks *w = arg;
+    sender *se = arg;
+    tq_webhooks *w = se->w;
     tq_backoff err_backoff;
-    tq_backoff_init(&err_backoff, 500, 30000, TQ_BACKOFF_JITTER, w->seed);
+    tq_backoff_init(&err_backoff, 500, 30000, TQ_BACKOFF_JITTER, se->seed);
     for (;;) {
         pthread_mutex_lock(&w->mu);
         int stop = w->stop;
@@ -326,14 +336,14 @@ static void *worker_main(void *arg)
         int n = 0;
         tq_errbuf eb = {{0}};
         long wait_ms = POLL_MS;
-        int rc = tq_pdb_hooks_take(w->cfg->webhook_batch, TQ_WEBHOOK_LEASE_SECONDS, &rows, &n, &eb);
+        int rc = tq_pdb_hooks_take(1, TQ_WEBHOOK_LEASE_SECONDS, &rows, &n, &eb);
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);
             wait_ms = tq_backoff_next(&err_backoff);
         } else {
             tq_backoff_reset(&err_backoff);
             for (int i = 0; i < n && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED); i++)
-                deliver(w, &rows[i]);
+                deliver(se, &rows[i]);
             if (n > 0)
                 wait_ms = 0;
         }
@@ -353,16 +363,30 @@ int tq_webhooks_start(const tq_config *cfg, tq_webhooks **out, tq_errbuf *eb)
 {
     *out = NULL;
     tq_webhooks *w = calloc(1, sizeof *w);
-    if (!w)
-        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
-    w->cfg = cfg;
-    w->seed = (unsigned)time(NULL) ^ (unsigned)getpid();
-    pthread_mutex_init(&w->mu, NULL);
-    if (tq_cond_init_monotonic(&w->cv) != TQ_OK ||
-        pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-        pthread_mutex_destroy(&w->mu);
+    sender *ss = calloc((size_t)cfg->webhook_senders, sizeof *ss);
+    if (!w || !ss) {
         free(w);
-        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook worker");
+        free(ss);
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    }
+    w->cfg = cfg;
+    w->senders = ss;
+    pthread_mutex_init(&w->mu, NULL);
+    if (tq_cond_init_monotonic(&w->cv) != TQ_OK) {
+        pthread_mutex_destroy(&w->mu);
+        free(ss);
+        free(w);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook senders");
+    }
+    unsigned base = (unsigned)time(NULL) ^ (unsigned)getpid();
+    for (int i = 0; i < cfg->webhook_senders; i++) {
+        ss[i].w = w;
+        ss[i].seed = base + (unsigned)i * 7919u;
+        if (pthread_create(&ss[i].thread, NULL, worker_main, &ss[i]) != 0) {
+            tq_webhooks_stop(w);
+            return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook senders");
+        }
+        w->n_senders++;
     }
     *out = w;
     return TQ_OK;
@@ -374,10 +398,12 @@ void tq_webhooks_stop(tq_webhooks *w)
         return;
     pthread_mutex_lock(&w->mu);
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
-    pthread_cond_signal(&w->cv);
+    pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
+    for (int i = 0; i < w->n_senders; i++)
+        pthread_join(w->senders[i].thread, NULL);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
+    free(w->senders);
     free(w);
 }

@@ -3,7 +3,7 @@
  *
  *  - tq_webhook_url_check: the rule a URL must pass to be registered (an endpoint, or a
  *    job's webhook_url), before any connection is made;
- *  - the delivery worker: a thread in every producer that takes due rows of
+ *  - the delivery worker: TRAINQ_WEBHOOK_SENDERS threads in every producer that take due rows of
  *    webhook_deliveries (written by trigger tq_webhook_enqueue in the status change's
  *    transaction), POSTs each with libcurl, signed (Standard Webhooks v1, shared/tq_webhook),
  *    and records the outcome: delivered on 2xx, else retried with exponential backoff and
@@ -43,7 +43,7 @@ long long tq_webhook_retry_ms(int attempts, int max_attempts, int min_s, int max
 
 typedef struct tq_webhooks tq_webhooks;
 
-/* Starts the delivery worker; cfg must outlive it. */
+/* Starts the delivery worker (cfg->webhook_senders threads); cfg must outlive it. */
 int tq_webhooks_start(const tq_config *cfg, tq_webhooks **out, tq_errbuf *eb);
 
 /* Stops it: a request in flight is aborted (its row is due again at once). NULL is fine. */

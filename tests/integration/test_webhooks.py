@@ -380,6 +380,27 @@ class WebhooksTest(unittest.TestCase, DocChecks):
                          ["job.queued", "job.cancelled"])
         self.assertSigned(wh["secret"], got)
 
+    def test_a_slow_receiver_does_not_hold_up_another(self):
+        p = self.producer(**LOOPBACK)
+        slow = self.receiver(hold=12.0)
+        self.endpoint(p, slow.url())
+        self.submit(p)
+        self.wait_got(slow, 1)  # its sender is now stuck in that request
+        other_user = self.user
+        fast = self.receiver()
+        self.user = new_user()  # another user's endpoint and job
+        self.token = h.mint(self.user, SECRET)
+        self.ds = add_dataset(self.user)
+        self.addCleanup(h.psql, "UPDATE webhook_deliveries SET state = 'failed'"
+                        " WHERE user_id = :'u' AND state = 'pending'",
+                        variables={"u": other_user})
+        self.endpoint(p, fast.url())
+        t0 = time.time()
+        self.submit(p)
+        got = self.wait_got(fast, 1, timeout=10)
+        self.assertLess(got[0]["at"] - t0, 5.0)
+        self.assertEqual(len(slow.events()), 1)
+
     def test_a_delivery_in_flight_when_the_producer_is_killed_is_sent_again_with_its_id(self):
         p = self.producer(**LOOPBACK)
         rec = self.receiver(hold=60.0)  # the first request hangs: the producer dies in it

@@ -21,9 +21,12 @@
 #define DESCRIPTION_MAX 500
 #define WHY_BUF 128
 
-static const char *const known_events[] = {"job.queued", "job.running", "job.completed",
-                                           "job.failed", "job.cancelled"};
+/* The first N_DEFAULT_EVENTS are what an endpoint gets when it names none; job.progress is
+ * opt-in. */
+static const char *const known_events[] = {"job.queued", "job.running",   "job.completed",
+                                           "job.failed", "job.cancelled", "job.progress"};
 #define N_EVENTS (sizeof known_events / sizeof known_events[0])
+#define N_DEFAULT_EVENTS 5
 
 static int event_known(const char *e)
 {
@@ -39,7 +42,7 @@ char *tq_webhook_events_json(const json_t *events, tq_validation *v, const char 
     if (!out)
         return NULL;
     if (!events || json_is_null(events)) {
-        for (size_t i = 0; i < N_EVENTS; i++)
+        for (size_t i = 0; i < N_DEFAULT_EVENTS; i++)
             json_array_append_new(out, json_string(known_events[i]));
     } else if (!json_is_array(events) || json_array_size(events) == 0 ||
                json_array_size(events) > N_EVENTS) {
@@ -52,7 +55,7 @@ char *tq_webhook_events_json(const json_t *events, tq_validation *v, const char 
             if (!json_is_string(e) || !event_known(json_string_value(e))) {
                 tq_validation_add(v, field,
                                   "unknown event: use job.queued, job.running, job.completed, "
-                                  "job.failed, job.cancelled");
+                                  "job.failed, job.cancelled, job.progress");
                 break;
             }
             json_array_append(out, e);

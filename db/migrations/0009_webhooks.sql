@@ -36,6 +36,15 @@ CREATE TABLE job_webhooks (
     events text[] NOT NULL CHECK (cardinality(events) >= 1)
 );
 
+-- Per job: the last sequence number given to one of its events, and when and at which
+-- progress the last job.progress event was made (at most one per 10 % or 60 s).
+CREATE TABLE webhook_job_state (
+    job_id        uuid PRIMARY KEY REFERENCES training_jobs (id) ON DELETE CASCADE,
+    seq           bigint NOT NULL DEFAULT 0,
+    progress      real,
+    progress_at   timestamptz
+);
+
 -- The deliveries (one per event and target). webhook-id is 'msg_' || id: unique per event
 -- and endpoint, the same on every retry. sequence numbers a job's events (1, 2, ...) so a
 -- receiver can order them; target is the endpoint id, or 'job' for the job's own URL.

@@ -30,7 +30,7 @@ import time
 import unittest
 
 import tqharness as h
-from test_live import set_status
+from test_live import set_status, write_progress
 from test_producer import (DocChecks, SECRET, add_dataset, body_for, new_user,
                            start_producer, stop_producer, wait_ready)
 
@@ -283,6 +283,31 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         r2 = self.call(p, "GET", "/api/training/webhooks/default-secret", status=200)
         self.assertEqual(r2.json["secret"], secret)
 
+    def test_progress_is_opt_in_and_sent_once_per_tenth(self):
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+        plain = self.receiver()
+        wh = self.endpoint(p, rec.url(), events=["job.progress", "job.completed"])
+        self.endpoint(p, plain.url())  # the default: no job.progress
+        job = self.submit(p)
+        set_status(job, "pending")
+        set_status(job, "running")
+        for step in (5, 7, 9, 15, 18, 95):  # tenths 0, 0, 0, 1, 1, 9: three events
+            write_progress(job, step, 100)
+        set_status(job, "completed")
+        got = self.wait_got(rec, 4)
+        time.sleep(1.5)
+        got = rec.events()
+        bodies = [json.loads(g["body"]) for g in got]
+        self.assertEqual([b["type"] for b in bodies], ["job.progress"] * 3 + ["job.completed"])
+        seqs = [b["sequence"] for b in bodies]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(len(set(seqs)), 4)
+        self.assertSigned(wh["secret"], got)
+        plain_types = [json.loads(g["body"])["type"] for g in plain.events()]
+        self.assertNotIn("job.progress", plain_types)
+        self.assertEqual(plain_types, ["job.queued", "job.running", "job.completed"])
+
     def test_the_seeds_request_without_webhook_fields_makes_no_delivery(self):
         p = self.producer(**LOOPBACK)
         job = self.submit(p)
@@ -307,7 +332,7 @@ class WebhooksTest(unittest.TestCase, DocChecks):
             self.assertEqual([d["field"] for d in r.json["details"]], [field], (over, r))
         for body, field in [({"url": "https://10.0.0.8/h"}, "url"),
                             ({"url": "https://[fe80::1]/h"}, "url"),
-                            ({"url": rec.url(), "events": ["job.progress"]}, "events"),
+                            ({"url": rec.url(), "events": ["job.progress", "job.x"]}, "events"),
                             ({"url": rec.url(), "secret": "mine"}, "secret")]:
             r = self.call(p, "POST", "/api/training/webhooks", body, 400)
             self.assertEqual([d["field"] for d in r.json["details"]], [field], (body, r))

@@ -934,29 +934,52 @@ int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, t
 typedef struct {
     const char *p[6];
     int gone;
+    char disable_after[INT_TEXT_BUF];
 } hook_record_arg;
 
-/* A receiver that answered 410 Gone wants no more: its endpoint is disabled (the trigger
- * then writes no new deliveries for it) and its pending deliveries fail; for a job's own
- * URL, that job's pending deliveries there fail. */
-static int hook_gone(tconn *t, const char *id, tq_errbuf *eb)
+/* Stops sending to the target of delivery id: its endpoint is disabled with reason (the
+ * trigger then writes no new deliveries for it) and its pending deliveries, this one too,
+ * fail; for a job's own URL, that job's pending deliveries there fail. */
+static int hook_stop_target(tconn *t, const char *id, const char *reason, tq_errbuf *eb)
 {
-    const char *p[1] = {id};
+    const char *p[2] = {id, reason};
     int rc = exec(t,
-                  "UPDATE webhook_endpoints e SET disabled_at = now(),"
-                  " disabled_reason = 'the receiver answered 410 Gone'"
+                  "UPDATE webhook_endpoints e SET disabled_at = now(), disabled_reason = $2"
                   " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
                   " AND e.disabled_at IS NULL",
-                  1, p, NULL, eb);
+                  2, p, NULL, eb);
     if (rc != TQ_OK)
         return rc;
     return exec(t,
-                "UPDATE webhook_deliveries x SET state = 'failed',"
-                " last_error = 'not sent: the receiver answered 410 Gone'"
-                " FROM webhook_deliveries d WHERE d.id = $1::bigint AND x.id <> d.id"
+                "UPDATE webhook_deliveries x SET state = 'failed', last_error = CASE"
+                " WHEN x.id = d.id THEN x.last_error ELSE 'not sent: ' || $2 END"
+                " FROM webhook_deliveries d WHERE d.id = $1::bigint"
                 " AND x.state = 'pending' AND x.target = d.target"
                 " AND (d.endpoint_id IS NOT NULL OR x.job_id = d.job_id)",
-                1, p, NULL, eb);
+                2, p, NULL, eb);
+}
+
+/* The endpoint's run of failed attempts (reset by a success); at disable_after the
+ * endpoint is disabled. */
+static int hook_count_failures(tconn *t, hook_record_arg *a, tq_errbuf *eb)
+{
+    const char *p[3] = {a->p[0], a->p[1], a->disable_after};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "UPDATE webhook_endpoints e SET failures_in_row ="
+                  " CASE WHEN $2 = 'delivered' THEN 0 ELSE e.failures_in_row + 1 END"
+                  " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
+                  " RETURNING e.failures_in_row >= $3::int AND e.disabled_at IS NULL",
+                  3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int disable = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!disable)
+        return TQ_OK;
+    char reason[96];
+    snprintf(reason, sizeof reason, "%s failed attempts in a row", a->disable_after);
+    return hook_stop_target(t, a->p[0], reason, eb);
 }
 
 static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -972,23 +995,28 @@ static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
                   " last_status = NULLIF($4::int, 0), last_error = $5,"
                   " last_latency_ms = $6::int WHERE id = $1::bigint AND state = 'pending'",
                   6, a->p, NULL, eb);
-    if (rc != TQ_OK || !a->gone)
+    if (rc != TQ_OK)
         return rc;
-    return hook_gone(t, a->p[0], eb);
+    if (a->gone)
+        return hook_stop_target(t, a->p[0], "the receiver answered 410 Gone", eb);
+    return hook_count_failures(t, a, eb);
 }
 
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
-                       const char *error, long long latency_ms, tq_errbuf *eb)
+                       const char *error, long long latency_ms, int disable_after,
+                       tq_errbuf *eb)
 {
     char sid[24], sretry[24], sstatus[INT_TEXT_BUF], slat[24];
     snprintf(sid, sizeof sid, "%lld", id);
-    /* 410 Gone: failed for good, and hook_gone */
+    /* 410 Gone: failed for good, and the target is stopped */
     int gone = !delivered && status == 410;
     snprintf(sretry, sizeof sretry, "%lld", gone ? -1 : retry_ms);
     snprintf(sstatus, sizeof sstatus, "%d", status);
     snprintf(slat, sizeof slat, "%lld", latency_ms);
     hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat},
-                         gone};
+                         gone,
+                         ""};
+    snprintf(a.disable_after, sizeof a.disable_after, "%d", disable_after);
     return run_txn(hook_record_fn, &a, eb);
 }
 

@@ -155,9 +155,11 @@ int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, t
 /* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again
  * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL.
  * status 410 (Gone) fails the delivery for good, disables its endpoint and fails the
- * endpoint's pending deliveries (for a job's own URL: that job's). */
+ * endpoint's pending deliveries (for a job's own URL: that job's); so does the
+ * disable_after-th failed attempt in a row of an endpoint. */
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
-                       const char *error, long long latency_ms, tq_errbuf *eb);
+                       const char *error, long long latency_ms, int disable_after,
+                       tq_errbuf *eb);
 
 /* A new endpoint; *out the listing object of it (without the secret). */
 int tq_pdb_webhook_create(const char *user, const char *id, const char *url,

@@ -82,6 +82,10 @@ static const tq_opt options[] = {
     {"TRAINQ_WEBHOOK_RETRY_MAX_SECONDS", "webhook-retry-max-seconds", TQ_OPT_INT,
      OFF(webhook_retry_max_seconds), "3600", 1, 86400, NULL,
      "longest delay between two attempts of a webhook delivery"},
+    {"TRAINQ_WEBHOOK_DISABLE_AFTER", "webhook-disable-after", TQ_OPT_INT,
+     OFF(webhook_disable_after), "1000", 1, 1000000, NULL,
+     "failed attempts in a row (no success between) after which a webhook endpoint is disabled "
+     "(a 410 Gone disables it at once)"},
     {"TRAINQ_WEBHOOK_SENDERS", "webhook-senders", TQ_OPT_INT, OFF(webhook_senders), "4", 1, 64,
      NULL,
      "webhook requests one producer sends at once (threads, each one request at a time, so a "

@@ -51,6 +51,7 @@ typedef struct tq_producer_config {
     int webhook_retry_min_seconds;
     int webhook_retry_max_seconds;
     int webhook_senders;
+    int webhook_disable_after;
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -304,8 +304,8 @@ static void deliver(sender *se, const tq_pdb_hook *h)
                                         cfg->webhook_retry_max_seconds, se->seed++);
     }
     tq_errbuf eb = {{0}};
-    if (tq_pdb_hook_record(h->id, ok, retry, status, error[0] ? error : NULL, latency, &eb) !=
-        TQ_OK) {
+    if (tq_pdb_hook_record(h->id, ok, retry, status, error[0] ? error : NULL, latency,
+                           cfg->webhook_disable_after, &eb) != TQ_OK) {
         /* The lease makes it due again: sent twice at worst, never lost. */
         tq_log(TQ_LOG_WARN, "webhook.record_failed", "delivery %lld: %s", h->id, eb.msg);
         return;

@@ -15,7 +15,10 @@ CREATE TABLE webhook_endpoints (
     secret          text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     disabled_at     timestamptz,
-    disabled_reason text
+    disabled_reason text,
+    -- failed attempts since the last success; at TRAINQ_WEBHOOK_DISABLE_AFTER the producer
+    -- disables the endpoint
+    failures_in_row integer NOT NULL DEFAULT 0
 );
 CREATE INDEX webhook_endpoints_user ON webhook_endpoints (user_id, created_at, id);
 

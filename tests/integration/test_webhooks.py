@@ -464,6 +464,26 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual(len(rec.events()), 1)
         self.assertEqual(len(self.deliveries(p, wh["id"])), 1)
 
+    def test_a_run_of_failures_disables_the_endpoint(self):
+        p = self.producer(TRAINQ_WEBHOOK_DISABLE_AFTER="3", **LOOPBACK)
+        rec = self.receiver(default=500)
+        wh = self.endpoint(p, rec.url())
+        job = self.submit(p)
+        self.call(p, "POST", f"/api/training/jobs/{job}/cancel", status=200)
+
+        def disabled():
+            ws = self.call(p, "GET", "/api/training/webhooks", status=200).json["webhooks"]
+            return ws[0] if ws[0]["disabled"] else None
+        w = h.wait_until(disabled, timeout=30, what="the endpoint disabled")
+        self.assertIn("3 failed attempts in a row", w["disabled_reason"])
+        ds = {d["event"]: d for d in self.deliveries(p, wh["id"])}
+        self.assertEqual((ds["job.queued"]["state"], ds["job.queued"]["attempts"],
+                          ds["job.queued"]["status_code"]), ("failed", 3, 500))
+        self.assertEqual((ds["job.cancelled"]["state"], ds["job.cancelled"]["attempts"]),
+                         ("failed", 0))
+        time.sleep(3)
+        self.assertEqual(len(rec.events()), 3)
+
     # ------------------------------------------------------------------ SSRF
 
     def test_loopback_is_refused_without_the_test_option_and_no_connection_is_made(self):

@@ -1,5 +1,7 @@
 #include "poptions.h"
 
+#include "admit.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +74,12 @@ static const tq_opt options[] = {
      OFF(webhook_allow_loopback), "false", 0, 0, NULL,
      "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "
      "::1); otherwise only https:// to public addresses (docs/webhooks.md)"},
+    {"TRAINQ_WEBHOOK_ALLOW_HTTP", "webhook-allow-http", TQ_OPT_BOOL, OFF(webhook_allow_http),
+     "false", 0, 0, NULL, "webhook URLs may use http:// as well as https://"},
+    {"TRAINQ_WEBHOOK_ALLOW_CIDRS", "webhook-allow-cidrs", TQ_OPT_STR, OFF(webhook_allow_cidrs), "",
+     0, 0, NULL,
+     "comma-separated addresses/CIDRs webhooks may reach although they are private, loopback, "
+     "link-local ... (e.g. an internal receiver); empty: public addresses only"},
     {"TRAINQ_WEBHOOK_MAX_ATTEMPTS", "webhook-max-attempts", TQ_OPT_INT, OFF(webhook_max_attempts),
      "60", 1, 1000, NULL,
      "attempts of one webhook delivery before it is marked failed (with the default delays the "
@@ -133,6 +141,14 @@ static int check(void *cfg, tq_errbuf *eb)
     int rc = check_jwt(c, eb);
     if (rc != TQ_OK)
         return rc;
+    rc = tq_netlist_parse(c->webhook_allow_cidrs, &c->webhook_allow_nets, eb);
+    if (rc == TQ_ERR_CONFIG) /* its message names the proxies' option */
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_WEBHOOK_ALLOW_CIDRS \"%.200s\": expected comma-separated "
+                       "IP addresses or CIDR blocks",
+                       c->webhook_allow_cidrs);
+    if (rc != TQ_OK)
+        return rc;
     if (c->webhook_retry_max_seconds < c->webhook_retry_min_seconds)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_WEBHOOK_RETRY_MAX_SECONDS: below "
@@ -147,6 +163,8 @@ static void release(void *cfg)
     free(c->jwt_public_key_pem);
     c->jwt_public_key_pem = NULL;
     tq_sign_keys_wipe(&c->publish_keyring);
+    tq_netlist_free(c->webhook_allow_nets);
+    c->webhook_allow_nets = NULL;
 }
 
 const tq_options tq_producer_options = {

@@ -73,8 +73,8 @@ int tq_webhook_url_field(const tq_req *r, const json_t *url, tq_validation *v, c
         tq_validation_add(v, field, "must be a string (an https URL)");
         return -1;
     }
-    if (tq_webhook_url_check(json_string_value(url), tq_req_app(r)->cfg->webhook_allow_loopback,
-                             why, sizeof why) != 0) {
+    tq_webhook_rule rule = tq_webhook_rule_of(tq_req_app(r)->cfg);
+    if (tq_webhook_url_check(json_string_value(url), &rule, why, sizeof why) != 0) {
         tq_validation_add(v, field, "%s", why);
         return -1;
     }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admit.h"
 #include "pdb.h"
 #include "tq_backoff.h"
 #include "tq_clock.h"
@@ -25,6 +26,19 @@
 #define ERROR_BUF 256
 
 /* ------------------------------------------------------------------ the URL rule */
+
+tq_webhook_rule tq_webhook_rule_of(const tq_config *cfg)
+{
+    tq_webhook_rule r = {cfg->webhook_allow_loopback, cfg->webhook_allow_http,
+                         cfg->webhook_allow_nets};
+    return r;
+}
+
+int tq_webhook_rule_addr_ok(const tq_webhook_rule *rule, const struct sockaddr *sa)
+{
+    return tq_webhook_addr_allowed(sa, rule->allow_loopback) ||
+           (rule->allow_nets && tq_netlist_contains(rule->allow_nets, sa));
+}
 
 static int host_is_localhost(const char *h)
 {
@@ -40,7 +54,7 @@ static int host_is_localhost(const char *h)
 
 /* -1 and why when host is an IP literal that may not be connected to; 0 otherwise
  * (names are judged at connect time, on the address they resolve to). */
-static int host_literal_check(const char *host, int allow_loopback, char *why, size_t cap)
+static int host_literal_check(const char *host, const tq_webhook_rule *rule, char *why, size_t cap)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -65,7 +79,7 @@ static int host_literal_check(const char *host, int allow_loopback, char *why, s
         s4->sin_family = AF_INET;
     }
     const struct sockaddr *sa = (const struct sockaddr *)&ss;
-    if (!tq_webhook_addr_allowed(sa, allow_loopback)) {
+    if (!tq_webhook_rule_addr_ok(rule, sa)) {
         snprintf(why, cap, "must not point to a %s address",
                  tq_addr_class_name(tq_addr_classify(sa)));
         return -1;
@@ -73,7 +87,7 @@ static int host_literal_check(const char *host, int allow_loopback, char *why, s
     return 0;
 }
 
-int tq_webhook_url_check(const char *url, int allow_loopback, char *why, size_t why_cap)
+int tq_webhook_url_check(const char *url, const tq_webhook_rule *rule, char *why, size_t why_cap)
 {
     if (!url || !*url) {
         snprintf(why, why_cap, "must be a non-empty URL");
@@ -96,7 +110,8 @@ int tq_webhook_url_check(const char *url, int allow_loopback, char *why, size_t 
         snprintf(why, why_cap, "must be an absolute http(s) URL");
         goto out;
     }
-    if (strcmp(scheme, "https") != 0 && !(allow_loopback && strcmp(scheme, "http") == 0)) {
+    int http_ok = rule->allow_http || rule->allow_loopback;
+    if (strcmp(scheme, "https") != 0 && !(http_ok && strcmp(scheme, "http") == 0)) {
         snprintf(why, why_cap, "must use https");
         goto out;
     }
@@ -105,11 +120,11 @@ int tq_webhook_url_check(const char *url, int allow_loopback, char *why, size_t 
         snprintf(why, why_cap, "must not contain credentials");
         goto out;
     }
-    if (!allow_loopback && host_is_localhost(host)) {
+    if (!rule->allow_loopback && host_is_localhost(host)) {
         snprintf(why, why_cap, "must not point to a loopback address");
         goto out;
     }
-    rc = host_literal_check(host, allow_loopback, why, why_cap);
+    rc = host_literal_check(host, rule, why, why_cap);
 out:
     curl_free(scheme);
     curl_free(host);
@@ -143,6 +158,7 @@ typedef struct {
 
 struct tq_webhooks {
     const tq_config *cfg;
+    tq_webhook_rule rule;
     sender *senders;
     int n_senders; /* started */
     pthread_mutex_t mu;
@@ -161,8 +177,7 @@ typedef struct {
 static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
 {
     send_ctx *s = clientp;
-    if (purpose != CURLSOCKTYPE_IPCXN ||
-        !tq_webhook_addr_allowed(&a->addr, s->w->cfg->webhook_allow_loopback)) {
+    if (purpose != CURLSOCKTYPE_IPCXN || !tq_webhook_rule_addr_ok(&s->w->rule, &a->addr)) {
         snprintf(s->refused, sizeof s->refused, "refused: %s address",
                  tq_addr_class_name(tq_addr_classify(&a->addr)));
         return CURL_SOCKET_BAD;
@@ -247,7 +262,7 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
         return;
     }
     send_ctx s = {.w = w};
-    const char *protos = w->cfg->webhook_allow_loopback ? "http,https" : "https";
+    const char *protos = w->rule.allow_http || w->rule.allow_loopback ? "http,https" : "https";
     curl_easy_setopt(c, CURLOPT_URL, h->url);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, protos);
@@ -370,6 +385,7 @@ int tq_webhooks_start(const tq_config *cfg, tq_webhooks **out, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
     }
     w->cfg = cfg;
+    w->rule = tq_webhook_rule_of(cfg);
     w->senders = ss;
     pthread_mutex_init(&w->mu, NULL);
     if (tq_cond_init_monotonic(&w->cv) != TQ_OK) {

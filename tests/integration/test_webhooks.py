@@ -31,8 +31,8 @@ import unittest
 
 import tqharness as h
 from test_live import set_status, write_progress
-from test_producer import (DocChecks, SECRET, add_dataset, body_for, new_user,
-                           start_producer, stop_producer, wait_ready)
+from test_producer import (DocChecks, PRODUCER, SECRET, add_dataset, body_for, new_user,
+                           producer_env, start_producer, stop_producer, wait_ready)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(REPO, "tests", "tools")
@@ -485,6 +485,29 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual(len(rec.events()), 3)
 
     # ------------------------------------------------------------------ SSRF
+
+    def test_an_operator_allowed_block_and_http_are_admitted_and_nothing_else(self):
+        rec = self.receiver()
+        p = self.producer(TRAINQ_WEBHOOK_ALLOW_HTTP="true",
+                          TRAINQ_WEBHOOK_ALLOW_CIDRS="127.0.0.1/32")
+        wh = self.endpoint(p, rec.url())
+        r = self.call(p, "POST", "/api/training/webhooks",
+                      {"url": f"http://127.0.0.2:{rec.port}/"}, 400)
+        self.assertEqual(r.json["details"][0]["field"], "url")
+        self.submit(p)
+        got = self.wait_got(rec, 1)
+        self.assertEqual(json.loads(got[0]["body"])["type"], "job.queued")
+        self.assertSigned(wh["secret"], got)
+
+    def test_a_bad_allow_cidrs_stops_the_producer_with_exit_2(self):
+        bad = h.Program(PRODUCER,
+                        env=producer_env(TRAINQ_WEBHOOK_ALLOW_CIDRS="10.0.0.0/99")).start()
+        try:
+            bad.proc.wait(30)
+            self.assertEqual(bad.proc.returncode, 2)
+            self.assertIn("invalid TRAINQ_WEBHOOK_ALLOW_CIDRS", bad.stderr_text())
+        finally:
+            bad.cleanup()
 
     def test_loopback_is_refused_without_the_test_option_and_no_connection_is_made(self):
         rec = self.receiver()

@@ -9,18 +9,24 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "admit.h"
 #include "webhooks.h"
 
 static int ok(const char *url, int loop)
 {
     char why[128] = "";
-    return tq_webhook_url_check(url, loop, why, sizeof why) == 0;
+    tq_webhook_rule rule = {.allow_loopback = loop};
+    return tq_webhook_url_check(url, &rule, why, sizeof why) == 0;
 }
 
 static void refused_with(const char *url, int loop, const char *want)
 {
     char why[128] = "";
-    assert_int_equal(tq_webhook_url_check(url, loop, why, sizeof why), -1);
+    tq_webhook_rule rule = {.allow_loopback = loop};
+    assert_int_equal(tq_webhook_url_check(url, &rule, why, sizeof why), -1);
     if (!strstr(why, want))
         fail_msg("%s: reason \"%s\" lacks \"%s\"", url, why, want);
 }
@@ -77,6 +83,32 @@ static void test_inward_literals_refused(void **s)
     refused_with("http://10.0.0.1/", 1, "private");
 }
 
+/* TRAINQ_WEBHOOK_ALLOW_CIDRS admits exactly its blocks; TRAINQ_WEBHOOK_ALLOW_HTTP admits
+ * http and nothing else. */
+static void test_operator_allowances(void **s)
+{
+    (void)s;
+    tq_netlist *nets = NULL;
+    tq_errbuf eb = {{0}};
+    assert_int_equal(tq_netlist_parse("10.20.0.0/16, fd00::1", &nets, &eb), TQ_OK);
+    tq_webhook_rule rule = {.allow_nets = nets};
+    char why[128] = "";
+    assert_int_equal(tq_webhook_url_check("https://10.20.3.4/h", &rule, why, sizeof why), 0);
+    assert_int_equal(tq_webhook_url_check("https://[fd00::1]/h", &rule, why, sizeof why), 0);
+    assert_int_equal(tq_webhook_url_check("https://10.21.0.1/h", &rule, why, sizeof why), -1);
+    assert_int_equal(tq_webhook_url_check("https://[fd00::2]/h", &rule, why, sizeof why), -1);
+    assert_int_equal(tq_webhook_url_check("http://hooks.example.com/", &rule, why, sizeof why), -1);
+    struct sockaddr_in in = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "10.20.9.9", &in.sin_addr);
+    assert_true(tq_webhook_rule_addr_ok(&rule, (struct sockaddr *)&in));
+    inet_pton(AF_INET, "169.254.169.254", &in.sin_addr);
+    assert_false(tq_webhook_rule_addr_ok(&rule, (struct sockaddr *)&in));
+    tq_webhook_rule http = {.allow_http = 1};
+    assert_int_equal(tq_webhook_url_check("http://hooks.example.com/", &http, why, sizeof why), 0);
+    assert_int_equal(tq_webhook_url_check("http://127.0.0.1/", &http, why, sizeof why), -1);
+    tq_netlist_free(nets);
+}
+
 static void test_retry_schedule(void **s)
 {
     (void)s;
@@ -104,6 +136,7 @@ int main(void)
         cmocka_unit_test(test_scheme),
         cmocka_unit_test(test_credentials_and_length),
         cmocka_unit_test(test_inward_literals_refused),
+        cmocka_unit_test(test_operator_allowances),
         cmocka_unit_test(test_retry_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,6 +25,8 @@
 int tq_job_guard(tq_req *r);
 void tq_job_bad_request(tq_req *r, const char *field, const char *message);
 int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF]);
+/* The ?limit= query: def when absent, else 1..max (-1: replied 400 naming limit). */
+int tq_job_limit_param(tq_req *r, int def, int max, int *limit);
 void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb);
 
 void tq_h_submit(tq_req *r);

@@ -214,17 +214,9 @@ void tq_h_webhook_deliveries(tq_req *r)
     char id[TQ_UUID_BUF];
     if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
-    int limit = DELIVERIES_DEFAULT;
-    const char *ls = tq_req_query(r, "limit");
-    if (ls && *ls) {
-        char *end = NULL;
-        long n = strtol(ls, &end, 10);
-        if (*end || end == ls || n < 1 || n > DELIVERIES_MAX) {
-            tq_job_bad_request(r, "limit", "must be an integer between 1 and 500");
-            return;
-        }
-        limit = (int)n;
-    }
+    int limit = 0;
+    if (tq_job_limit_param(r, DELIVERIES_DEFAULT, DELIVERIES_MAX, &limit) != 0)
+        return;
     json_t *list = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_webhook_deliveries(tq_req_user(r), id, limit, &list, &eb);

@@ -835,7 +835,7 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
 /* ------------------------------------------------------------------ webhooks */
 
 typedef struct {
-    char batch[INT_TEXT_BUF], lease[INT_TEXT_BUF];
+    char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
     tq_pdb_hook *rows;
     int n;
 } hooks_take_arg;
@@ -864,18 +864,55 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
     tq_pdb_hooks_free(a->rows, a->n);
     a->rows = NULL;
     a->n = 0;
-    const char *p[2] = {a->batch, a->lease};
+    /* The candidate: due, the first pending one of its job and target, and (judged in
+     * this statement's snapshot, so only roughly) of an endpoint below its cap. */
+    const char *pc[1] = {a->cap};
     PGresult *res = NULL;
-    int rc = exec(
+    int rc = exec(t,
+                  "SELECT d.id, d.endpoint_id::text FROM webhook_deliveries d"
+                  " WHERE d.state = 'pending' AND d.due_at <= now()"
+                  "   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
+                  "     AND e.job_id = d.job_id AND e.target = d.target"
+                  "     AND e.sequence < d.sequence)"
+                  "   AND (d.endpoint_id IS NULL OR (SELECT count(*) FROM webhook_deliveries f"
+                  "     WHERE f.endpoint_id = d.endpoint_id AND f.leased_until > now()) < $1::int)"
+                  " ORDER BY d.due_at, d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED",
+                  1, pc, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return TQ_OK;
+    }
+    char id[24], endpoint[TQ_UUID_BUF];
+    col_copy(res, 0, 0, id, sizeof id);
+    col_copy(res, 0, 1, endpoint, sizeof endpoint);
+    PQclear(res);
+    if (endpoint[0]) {
+        /* The exact cap: takers of one endpoint queue on its lock, and each counts the
+         * leases in a statement that starts after the previous taker committed. */
+        const char *pe[2] = {endpoint, a->cap};
+        rc = exec(t, "SELECT pg_advisory_xact_lock(7413, hashtext($1))", 1, pe, NULL, eb);
+        if (rc != TQ_OK)
+            return rc;
+        rc = exec(t,
+                  "SELECT count(*) < $2::int FROM webhook_deliveries"
+                  " WHERE endpoint_id = $1::uuid AND leased_until > now()",
+                  2, pe, &res, eb);
+        if (rc != TQ_OK)
+            return rc;
+        int room = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!room)
+            return TQ_OK; /* another taker filled it meanwhile: the next round */
+    }
+    const char *p[2] = {id, a->lease};
+    rc = exec(
         t,
-        "WITH c AS (SELECT d.id FROM webhook_deliveries d"
-        "  WHERE d.state = 'pending' AND d.due_at <= now()"
-        "    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
-        "      AND e.job_id = d.job_id AND e.target = d.target AND e.sequence < d.sequence)"
-        "  ORDER BY d.due_at, d.id LIMIT $1::int FOR UPDATE SKIP LOCKED)"
-        " UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2::int),"
+        "UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2::int),"
+        "   leased_until = now() + make_interval(secs => $2::int),"
         "   attempts = d.attempts + 1, last_attempt_at = now()"
-        " FROM c WHERE d.id = c.id"
+        " WHERE d.id = $1::bigint"
         " RETURNING d.id, d.job_id::text, d.url, d.event,"
         "   COALESCE((SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
         "            (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id)),"
@@ -914,10 +951,11 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb)
+int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n,
+                      tq_errbuf *eb)
 {
     hooks_take_arg a = {0};
-    snprintf(a.batch, sizeof a.batch, "%d", batch);
+    snprintf(a.cap, sizeof a.cap, "%d", endpoint_cap);
     snprintf(a.lease, sizeof a.lease, "%d", lease_seconds);
     int rc = run_txn(hooks_take_fn, &a, eb);
     if (rc != TQ_OK) {
@@ -993,7 +1031,8 @@ static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
                   " due_at = CASE WHEN $2 <> 'delivered' AND $3::bigint >= 0"
                   "   THEN now() + make_interval(secs => $3::bigint / 1000.0) ELSE due_at END,"
                   " last_status = NULLIF($4::int, 0), last_error = $5,"
-                  " last_latency_ms = $6::int WHERE id = $1::bigint AND state = 'pending'",
+                  " last_latency_ms = $6::int, leased_until = NULL"
+                  " WHERE id = $1::bigint AND state = 'pending'",
                   6, a->p, NULL, eb);
     if (rc != TQ_OK)
         return rc;

@@ -146,11 +146,13 @@ typedef struct {
 
 void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
 
-/* Takes up to batch due deliveries (FOR UPDATE SKIP LOCKED, so any number of workers can
- * run), each the first pending one of its job and target (so a target receives a job's
- * events in sequence order), and leases them: due again after lease_seconds, attempts + 1,
- * in the same transaction. *out is a new array of *n (free with tq_pdb_hooks_free). */
-int tq_pdb_hooks_take(int batch, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb);
+/* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
+ * first pending one of its job and target (so a target receives a job's events in sequence
+ * order), of an endpoint with fewer than endpoint_cap deliveries in flight (leased), and
+ * leases it: due again after lease_seconds, attempts + 1, in the same transaction. *out is
+ * a new array of *n (0 or 1; free with tq_pdb_hooks_free). */
+int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n,
+                      tq_errbuf *eb);
 
 /* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again
  * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL.

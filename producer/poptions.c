@@ -94,6 +94,10 @@ static const tq_opt options[] = {
      OFF(webhook_disable_after), "1000", 1, 1000000, NULL,
      "failed attempts in a row (no success between) after which a webhook endpoint is disabled "
      "(a 410 Gone disables it at once)"},
+    {"TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY", "webhook-endpoint-concurrency", TQ_OPT_INT,
+     OFF(webhook_endpoint_concurrency), "2", 1, 1000, NULL,
+     "webhook requests in flight to one endpoint at once, all producers together (a slow "
+     "receiver cannot take every sender)"},
     {"TRAINQ_WEBHOOK_SENDERS", "webhook-senders", TQ_OPT_INT, OFF(webhook_senders), "4", 1, 64,
      NULL,
      "webhook requests one producer sends at once (threads, each one request at a time, so a "

@@ -54,6 +54,7 @@ typedef struct tq_producer_config {
     int webhook_retry_min_seconds;
     int webhook_retry_max_seconds;
     int webhook_senders;
+    int webhook_endpoint_concurrency;
     int webhook_disable_after;
 } tq_config;
 

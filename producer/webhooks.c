@@ -351,7 +351,8 @@ static void *worker_main(void *arg)
         int n = 0;
         tq_errbuf eb = {{0}};
         long wait_ms = POLL_MS;
-        int rc = tq_pdb_hooks_take(1, TQ_WEBHOOK_LEASE_SECONDS, &rows, &n, &eb);
+        int rc = tq_pdb_hooks_take(w->cfg->webhook_endpoint_concurrency, TQ_WEBHOOK_LEASE_SECONDS,
+                                   &rows, &n, &eb);
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);
             wait_ms = tq_backoff_next(&err_backoff);

@@ -72,9 +72,14 @@ CREATE TABLE webhook_deliveries (
     last_status     integer,
     last_error      text,
     last_latency_ms integer,
-    delivered_at    timestamptz
+    delivered_at    timestamptz,
+    -- set while a worker holds the row (its request in flight), cleared when it records
+    -- the outcome: what the per-endpoint cap counts
+    leased_until    timestamptz
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (due_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (job_id, target, sequence)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id DESC);
+CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (endpoint_id)
+    WHERE leased_until IS NOT NULL;

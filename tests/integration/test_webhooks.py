@@ -51,6 +51,9 @@ class Receiver:
         self.script = list(script)
         self.default = default
         self.hold = hold
+        self.each = 0.0  # seconds every request is held
+        self.inflight = 0
+        self.max_inflight = 0
         self.lock = threading.Lock()
         rec = self
 
@@ -69,9 +72,15 @@ class Receiver:
                     rec.got.append({"headers": {k.lower(): v for k, v in self.headers.items()},
                                     "body": body, "at": time.time()})
                     status = rec.script.pop(0) if rec.script else rec.default
-                    hold, rec.hold = rec.hold, 0.0
-                if hold:
-                    time.sleep(hold)
+                    hold, rec.hold = rec.hold or rec.each, 0.0
+                    rec.inflight += 1
+                    rec.max_inflight = max(rec.max_inflight, rec.inflight)
+                try:
+                    if hold:
+                        time.sleep(hold)
+                finally:
+                    with rec.lock:
+                        rec.inflight -= 1
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -425,6 +434,18 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         got = self.wait_got(fast, 1, timeout=10)
         self.assertLess(got[0]["at"] - t0, 5.0)
         self.assertEqual(len(slow.events()), 1)
+
+    def test_requests_to_one_endpoint_are_capped_across_producers(self):
+        env = dict(LOOPBACK, TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY="2", TRAINQ_WEBHOOK_SENDERS="4")
+        p = self.producer(**env)
+        self.producer(**env)  # 8 senders in all
+        rec = self.receiver()
+        rec.each = 1.0
+        self.endpoint(p, rec.url(), events=["job.queued"])
+        for _ in range(8):
+            self.submit(p)
+        self.wait_got(rec, 8, timeout=30)
+        self.assertEqual(rec.max_inflight, 2)
 
     def test_a_delivery_in_flight_when_the_producer_is_killed_is_sent_again_with_its_id(self):
         p = self.producer(**LOOPBACK)

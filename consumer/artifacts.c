@@ -16,6 +16,8 @@
 
 #include "tq_utf8.h"
 
+#define HASH_CHUNK (256 * 1024)
+
 typedef struct {
     tq_artifact *v;
     size_t n;
@@ -36,7 +38,7 @@ static int name_ok(const char *s, size_t len)
     return 1;
 }
 
-/* SHA-256 of the open regular file fd, whose size is size; 0 on success. */
+/* SHA-256 of the open regular file fd as lowercase hex; 0 on success. */
 static int hash_fd(int fd, char hex[65])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -44,23 +46,20 @@ static int hash_fd(int fd, char hex[65])
         EVP_MD_CTX_free(ctx);
         return -1;
     }
-    static _Thread_local unsigned char buf[64 * 1024];
-    int rc = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf, sizeof buf);
+    unsigned char *buf = malloc(HASH_CHUNK);
+    int rc = buf ? 0 : -1;
+    while (rc == 0) {
+        ssize_t r = read(fd, buf, HASH_CHUNK);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0) {
+        if (r < 0)
             rc = -1;
+        else if (r == 0)
             break;
-        }
-        if (r == 0)
-            break;
-        if (EVP_DigestUpdate(ctx, buf, (size_t)r) != 1) {
+        else if (EVP_DigestUpdate(ctx, buf, (size_t)r) != 1)
             rc = -1;
-            break;
-        }
     }
+    free(buf);
     unsigned char md[32];
     unsigned int mdlen = 0;
     if (rc == 0 && (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32))

@@ -97,17 +97,23 @@ int tq_out_progress_differs(const tq_progress *a, const tq_progress *b)
 
 /* ---- the follower -------------------------------------------------------------------- */
 
+/* tq_output_finish: silence after the exit that means the output is all there. */
+#define OUTPUT_QUIET_S 0.5
+
 struct tq_output {
     tq_docker *docker;
     char container_id[TQ_DOCKER_ID_BUF];
     int replay;
     pthread_t thread;
+    int joined; /* the owner's alone */
     atomic_int stop;
 
     pthread_mutex_t mu; /* guards batch and ended; cv signals ended and stop */
     pthread_cond_t cv;
     tq_out_batch batch;
-    int ended; /* the follower thread is done */
+    int ended;         /* the follower thread is done */
+    double last_bytes; /* tq_mono_now() of the last bytes received */
+    int gap;           /* output may be missing before the next bytes: say so in the log */
 
     /* the follower thread's alone: stdout (and a TTY's output) and stderr, cut apart so
      * that a tqdm bar on stderr and lines on stdout never run into one line */
@@ -131,14 +137,16 @@ static void on_bytes(void *arg, int stream, const char *data, size_t len)
 {
     tq_output *o = arg;
     pthread_mutex_lock(&o->mu);
+    o->last_bytes = tq_mono_now();
+    if (o->gap) {
+        /* once per gap, right before what follows it (not per failed attach: a dockerd
+         * outage would fill the log with these) */
+        static const char note[] = "[trainq: output followed again from here; lines printed "
+                                   "while it was not followed are missing]";
+        tq_out_batch_line(&o->batch, note, sizeof note - 1);
+        o->gap = 0;
+    }
     tq_log_splitter_feed(&o->splitter[stream == 2], data, len, on_piece, o);
-    pthread_mutex_unlock(&o->mu);
-}
-
-static void note(tq_output *o, const char *text)
-{
-    pthread_mutex_lock(&o->mu);
-    tq_out_batch_line(&o->batch, text, strlen(text));
     pthread_mutex_unlock(&o->mu);
 }
 
@@ -171,27 +179,27 @@ static void *follower_main(void *arg)
     tq_output *o = arg;
     tq_backoff bo;
     tq_backoff_init(&bo, 250, 5000, TQ_BACKOFF_EXACT, 0);
-    int attached_before = 0;
+    int first = 1;
     while (!atomic_load(&o->stop)) {
         tq_errbuf eb = {{0}};
-        if (attached_before || !o->replay)
-            note(o, "[trainq: output followed again from here; lines printed while it was not "
-                    "followed are missing]");
-        int rc = tq_docker_attach(o->docker, o->container_id, o->replay && !attached_before,
-                                  on_bytes, o, &o->stop, &eb);
-        attached_before = 1;
+        int rc = tq_docker_attach(o->docker, o->container_id, first && o->replay, on_bytes, o,
+                                  &o->stop, &eb);
+        first = 0;
         if (atomic_load(&o->stop))
             break;
         int running = rc == TQ_ERR_NOT_FOUND ? 0 : still_running(o);
         if (running == 0)
             break; /* its output ended with it */
+        pthread_mutex_lock(&o->mu);
+        o->gap = 1;
+        pthread_mutex_unlock(&o->mu);
         if (pause_ms(o, tq_backoff_next(&bo)))
             break;
     }
     pthread_mutex_lock(&o->mu);
-    if (!atomic_load(&o->stop))
-        for (int i = 0; i < 2; i++)
-            tq_log_splitter_finish(&o->splitter[i], on_piece, o);
+    /* also when stopped: a last line without '\n' printed just before the exit */
+    for (int i = 0; i < 2; i++)
+        tq_log_splitter_finish(&o->splitter[i], on_piece, o);
     o->ended = 1;
     pthread_cond_broadcast(&o->cv);
     pthread_mutex_unlock(&o->mu);
@@ -210,6 +218,8 @@ int tq_output_start(tq_output **out, tq_docker *d, const char *container_id, int
     o->docker = d;
     snprintf(o->container_id, sizeof o->container_id, "%s", container_id);
     o->replay = replay;
+    o->gap = !replay;
+    o->last_bytes = tq_mono_now();
     tq_log_splitter_init(&o->splitter[0]);
     tq_log_splitter_init(&o->splitter[1]);
     pthread_mutex_init(&o->mu, NULL);
@@ -236,25 +246,43 @@ size_t tq_output_take(tq_output *o, char *row, tq_progress *progress, int *has_p
     return n;
 }
 
-void tq_output_finish(tq_output *o, long wait_ms)
+static void stop_and_join(tq_output *o)
 {
-    struct timespec until = tq_mono_deadline(wait_ms);
-    pthread_mutex_lock(&o->mu);
-    while (!o->ended)
-        if (pthread_cond_timedwait(&o->cv, &o->mu, &until) == ETIMEDOUT)
-            break;
-    pthread_mutex_unlock(&o->mu);
-}
-
-void tq_output_free(tq_output *o)
-{
-    if (!o)
+    if (o->joined)
         return;
     pthread_mutex_lock(&o->mu);
     atomic_store(&o->stop, 1);
     pthread_cond_broadcast(&o->cv);
     pthread_mutex_unlock(&o->mu);
     pthread_join(o->thread, NULL);
+    o->joined = 1;
+}
+
+void tq_output_finish(tq_output *o, long wait_ms)
+{
+    /* Docker copies a container's output out before its wait returns, so the stream
+     * normally ends within milliseconds. It never ends for an attach made after the exit
+     * (a short job, an adopted exited container): once nothing arrived for
+     * OUTPUT_QUIET_S, everything there was has arrived. */
+    double start = tq_mono_now();
+    pthread_mutex_lock(&o->mu);
+    while (!o->ended) {
+        double now = tq_mono_now();
+        double quiet_since = o->last_bytes > start ? o->last_bytes : start;
+        if (now - start >= wait_ms / 1000.0 || now - quiet_since >= OUTPUT_QUIET_S)
+            break;
+        struct timespec until = tq_mono_deadline(100);
+        pthread_cond_timedwait(&o->cv, &o->mu, &until);
+    }
+    pthread_mutex_unlock(&o->mu);
+    stop_and_join(o); /* the batch now holds everything: the follower has finished */
+}
+
+void tq_output_free(tq_output *o)
+{
+    if (!o)
+        return;
+    stop_and_join(o);
     pthread_cond_destroy(&o->cv);
     pthread_mutex_destroy(&o->mu);
     tq_out_batch_free(&o->batch);

@@ -74,8 +74,9 @@ int tq_output_start(tq_output **out, tq_docker *d, const char *container_id, int
 /* The lines collected since the last take, into row (b->cap + 128 bytes: see
  * tq_out_batch_take; returns its length), and the newest progress (1 when there is one). */
 size_t tq_output_take(tq_output *o, char *row, tq_progress *progress, int *has_progress);
-/* The container ended: waits up to wait_ms for the end of its stream (its last lines),
- * then stops the follower. A last line without '\n' counts as a line. */
+/* The container ended: waits up to wait_ms for the end of its stream (its last lines; or
+ * until nothing arrived for half a second), then stops the follower. A last line without
+ * '\n' counts as a line when the stream ended. */
 void tq_output_finish(tq_output *o, long wait_ms);
 /* Stops following (within ~1 s) and frees; NULL is fine. */
 void tq_output_free(tq_output *o);

@@ -927,6 +927,20 @@ COMMIT;
         except Exception:  # noqa: BLE001 - leftover queue only
             pass
 
+    # ------------------------------------------------------------ row 8
+
+    def row8(self):
+        """Reading trainer output: tq_log_splitter + tq_progress_parse (+ the log batch) per
+        MB of a generated tqdm stream, next to memchr over the same bytes
+        (tests/bench/progress_cost.c)."""
+        log("row 8: progress parsing and line splitting per MB of trainer output")
+        out = subprocess.run([os.path.join(self.bin, "tests", "bench", "bench-progress"),
+                              "8" if self.quick else "64"],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise Broken(f"bench-progress failed: {out.stderr.strip()[-600:]}")
+        self.results[8] = json.loads(out.stdout.strip().splitlines()[-1])
+
     # ------------------------------------------------------------ table
 
     def table(self):
@@ -1030,6 +1044,13 @@ COMMIT;
             add(f"| 7 | celery no-op worker (prefork, 1 process per CPU) vs our drain (1 consumer) |"
                 f" our drain: {fmt(drain, ' jobs/s', 2)} | celery: {fmt(r7['worker'], ' tasks/s')} |"
                 f" — | — | — |")
+        r8 = R.get(8)
+        if r8:
+            add(f"| 8 | reading trainer output: split + progress parse per MB of a tqdm stream"
+                f" ({r8['mb']:.0f} MB; + log batch: {r8['consumer_s_per_mb'] * 1e3:.2f} ms/MB) |"
+                f" {r8['parse_s_per_mb'] * 1e3:.2f} ms/MB ({r8['parse_mb_s']:.0f} MB/s) |"
+                f" memchr \\r \\n: {r8['floor_s_per_mb'] * 1e3:.3f} ms/MB |"
+                f" {r8['parse_s_per_mb'] / r8['floor_s_per_mb']:.0f} × | — | — |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ main
@@ -1051,6 +1072,7 @@ COMMIT;
             self.producer.stop()
             self._sampling.set()
             self.row7()
+            self.row8()
         finally:
             self._sampling.set()
             for p in self.procs:

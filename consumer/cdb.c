@@ -320,39 +320,38 @@ typedef struct {
     int has_progress, has_loss, has_eta;
 } output_arg;
 
+/* One call of a fenced output procedure (it returns NULL when the token is stale). */
+static int fenced_call(PGconn *c, const char *sql, int n, const char *const *p,
+                       const char *job_id, tq_errbuf *eb)
+{
+    PGresult *r;
+    int rc = tq_db_exec(c, sql, n, p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int fenced = PQgetisnull(r, 0, 0);
+    PQclear(r);
+    return fenced ? tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id)
+                  : TQ_OK;
+}
+
 static int output_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     output_arg *a = arg;
-    PGresult *r;
-    int rc;
+    int rc = TQ_OK;
     if (a->has_progress) {
         const char *p[7] = {a->job_id, a->token, a->step, a->total,
                             a->has_loss ? a->loss : NULL, a->has_eta ? a->eta : NULL, a->keep};
-        rc = tq_db_exec(c,
-                        "SELECT tq_output_progress($1::uuid, $2::bigint, $3::int, $4::int, "
-                        "$5::float8, $6::float8, $7::int)",
-                        7, p, &r, eb);
-        if (rc != TQ_OK)
-            return rc;
-        int fenced = PQgetisnull(r, 0, 0);
-        PQclear(r);
-        if (fenced)
-            return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)",
-                           a->job_id);
+        rc = fenced_call(c,
+                         "SELECT tq_output_progress($1::uuid, $2::bigint, $3::int, $4::int, "
+                         "$5::float8, $6::float8, $7::int)",
+                         7, p, a->job_id, eb);
     }
-    if (a->lines) {
+    if (rc == TQ_OK && a->lines) {
         const char *p[4] = {a->job_id, a->token, a->lines, a->max};
-        rc = tq_db_exec(c, "SELECT tq_output_log($1::uuid, $2::bigint, $3, $4::bigint)", 4, p,
-                        &r, eb);
-        if (rc != TQ_OK)
-            return rc;
-        int fenced = PQgetisnull(r, 0, 0);
-        PQclear(r);
-        if (fenced)
-            return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)",
-                           a->job_id);
+        rc = fenced_call(c, "SELECT tq_output_log($1::uuid, $2::bigint, $3, $4::bigint)", 4, p,
+                         a->job_id, eb);
     }
-    return TQ_OK;
+    return rc;
 }
 
 int tq_cdb_output(PGconn *c, const char *job_id, long long fencing, const tq_progress *p,

@@ -138,9 +138,10 @@ class TestBudget(LiveCase):
     def test_chatty_trainer_is_trimmed_and_slows_neither_lease_nor_other_slot(self):
         budget = 65536
         uc, uq = self.user("chatty"), self.user("quiet")
-        # 10 steps over 5 s, 5000 lines each: ~10 000 lines/s
-        chatty = self.message(uc, self.dataset_env(uc, FORMAT="diffusers", STEPS=10,
-                                                   DURATION=5, CHATTY_LINES=5000,
+        # 15 steps over 15 s, 10 000 lines each: ~10 000 lines/s, for long enough that the
+        # rows written (at most budget / 8 a second) exceed the budget
+        chatty = self.message(uc, self.dataset_env(uc, FORMAT="diffusers", STEPS=15,
+                                                   DURATION=15, CHATTY_LINES=10000,
                                                    MESSAGE="chatty done"))
         quiet = self.message(uq, self.dataset_env(uq, FORMAT="plain", STEPS=8, DURATION=8))
         self.consumer(f"chat-{run_id()}", slots=2, TRAINQ_LOG_MAX_BYTES=budget)
@@ -169,13 +170,17 @@ class TestBudget(LiveCase):
         # the chatty job's log: within the budget, the newest lines kept, the drop said
         cj = self.job(chatty["job_id"])
         self.assertEqual(cj["status"], "completed")
-        self.assertEqual(cj["current_step"], 10)
+        self.assertEqual(cj["current_step"], 15)
+        rows = int(tqenv.psql("SELECT count(*) FROM job_output WHERE job_id = :'id'",
+                              variables={"id": chatty["job_id"]}))
         kept = int(tqenv.psql("SELECT coalesce(sum(bytes), 0) FROM job_output "
                               "WHERE job_id = :'id' AND kind = 'log'",
                               variables={"id": chatty["job_id"]}))
+        self.assertLess(rows, cj["output_seq"], "no row was trimmed: the test proves nothing")
         self.assertLessEqual(kept, budget)
         self.assertEqual(cj["log_bytes"], kept)
-        self.assertGreater(kept, budget // 2)
+        # trimmed by whole rows of at most budget / 8 (+ the drop line): the rest is kept
+        self.assertGreaterEqual(kept, budget - budget // 8 - 128)
         log = self.log_text(chatty["job_id"])
         self.assertIn("chatty done", log.split("\n")[-2:], log[-300:])
         self.assertNotIn("chatter step 1 line 1/", log, "the oldest lines go first")

@@ -3,8 +3,10 @@
  * flags, the queue's ready count), and the slot operations (slots.c). The threads:
  *
  *   dispatcher (dispatch.h)   AMQP in: decode, claim, launch, ack — one delivery at a time
- *   one runner per slot       follows its container to the end and records the outcome
- *     (runner.h)
+ *   one runner per slot       follows its container to the end, writes its output once a
+ *     (runner.h)              second and records the outcome
+ *   one follower per running  reads the container's output stream (output.h)
+ *     job
  *   housekeeper               heartbeat + leases, cancellations, health
  *   sweeper (housekeeping.h)  reaper (lost hosts) and sweeper (parked and stranded jobs)
  *   metrics server (MHD)      /metrics, /healthz (cmetrics.h)

@@ -37,6 +37,10 @@ class LiveCase(ConsumerCase):
             "SELECT coalesce(string_agg(body, E'\\n' ORDER BY seq), '') FROM job_output "
             "WHERE job_id = :'id' AND kind = 'log'", variables={"id": job_id})
 
+    def step(self, job_id):
+        """The job's current_step, 0 while it has none (or no row yet: not claimed)."""
+        return ((self.job(job_id) or {}).get("current_step")) or 0
+
     def output_rows(self, job_id, kind):
         out = tqenv.psql(
             "SELECT coalesce(json_agg(o ORDER BY seq), '[]') FROM job_output o "
@@ -196,7 +200,7 @@ class TestRestartAndFencing(LiveCase):
         wid = f"rs-{run_id()}"
         c1 = self.consumer(wid, slots=1)
         self.publish(m)
-        h.wait_until(lambda: (self.job(m["job_id"])["current_step"] or 0) >= 2, timeout=30,
+        h.wait_until(lambda: self.step(m["job_id"]) >= 2, timeout=30,
                      what="progress before the restart")
         c1.kill()
         c2 = self.consumer(wid, slots=1)
@@ -221,7 +225,7 @@ class TestRestartAndFencing(LiveCase):
         m = self.message(u, self.dataset_env(u, FORMAT="plain", STEPS=20, DURATION=20))
         c = self.consumer(f"fe-{run_id()}", slots=1, TRAINQ_LEASE_SECONDS=30)
         self.publish(m)
-        h.wait_until(lambda: (self.job(m["job_id"])["current_step"] or 0) >= 1, timeout=30,
+        h.wait_until(lambda: self.step(m["job_id"]) >= 1, timeout=30,
                      what="first progress")
         # another claim took the job over (what a reaper's recovery does to the token)
         tqenv.psql("UPDATE training_jobs SET fencing_token = fencing_token + 1 "

@@ -20,7 +20,7 @@ static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
 }
 
 /* Takes the job's user's advisory lock, the first lock of every transaction that changes a
- * job's status (db/procedures/claim.sql says why: the status guard trigger takes the same
+ * job's status (db/procedures/60_claim.sql says why: the status guard trigger takes the same
  * lock, and a transaction that reaches it holding the job's row lock deadlocks with one
  * that holds the user's lock and waits for that row, e.g. the producer's cancel). A plain
  * read of user_id takes no row lock, and a job's user never changes. */

@@ -2,7 +2,7 @@
  * cdb — all SQL of the consumer, in one place, parameterised only.
  *
  * The per-user ordering and limit rules live in the database (db/procedures, the claim
- * itself in claim.sql): the claim takes the user's advisory lock, so claims, parks and
+ * itself in 60_claim.sql): the claim takes the user's advisory lock, so claims, parks and
  * releases of one user are serialised across every host; the schema's guard refuses a
  * third active job even if this code is wrong. Every change that frees a slot calls
  * tq_release_parked() in the same transaction.
@@ -31,7 +31,7 @@ typedef enum {
     TQ_CLAIM_MISMATCH,  /* job_id names a different job: dead-letter the message */
 } tq_claim_outcome;
 
-/* Parses the outcome as db/procedures/claim.sql names it ("claimed", "parked", ...):
+/* Parses the outcome as db/procedures/60_claim.sql names it ("claimed", "parked", ...):
  * TQ_OK, or TQ_ERR_INVALID for any other text (out untouched). */
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 
@@ -54,7 +54,7 @@ typedef struct {
 /* Frees cl->job; safe on a zeroed or already freed claim. */
 void tq_claim_free(tq_claim *cl);
 
-/* Claims or parks the job of message m in one round trip: db/procedures/claim.sql's
+/* Claims or parks the job of message m in one round trip: db/procedures/60_claim.sql's
  * tq_claim, which also creates the row of a message published straight to AMQP
  * (idempotently, with m's canonical bytes as its message). Run by tq_db_run_txn with the
  * caller's policy `how` (the dispatcher retries a lost connection and soft errors with a

@@ -741,7 +741,9 @@ void *tq_dispatch_main(void *arg)
     int logged_down = 0, ready = 0;
     while (!atomic_load(&w->stopping)) {
         tq_errbuf eb = {{0}};
-        if (!d.in || !tq_amqp_alive(d.in) || !d.dead) {
+        /* Either connection may be the one whose node died (they can sit on different
+         * nodes of a cluster): a dead publishing connection is replaced as well. */
+        if (!tq_amqp_alive(d.in) || !tq_amqp_alive(d.dead)) {
             drop_amqp(&d);
             if (connect_amqp(&d, &eb) != TQ_OK) {
                 if (!logged_down++)

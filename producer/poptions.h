@@ -42,6 +42,9 @@ typedef struct tq_producer_config {
     int http_header_timeout_seconds;
     int http_body_timeout_seconds;
     char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
+    int streams_per_user;
+    int stream_keepalive_seconds;
+    char *artifacts_dir; /* "" when downloads are off */
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainq benchmarks, each next to its floor in the same run (docs/performance.md).
 #
-#   scripts/bench.sh [--quick] [--keep]
+#   scripts/bench.sh [--quick] [--keep] [--only=ROWS]   (ROWS: e.g. 1,8)
 #
 #   1. starts its own Postgres/RabbitMQ/dockerd (scripts/services.sh) in its own state dir
 #      and on its own ports, so it never meets a test run's services
@@ -25,13 +25,15 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 quick=()
+only=()
 keep=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
     --keep) keep=1 ;;
+    --only=*) only=(--only "${a#--only=}") ;;
     -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown option $a (--quick, --keep)" >&2; exit 2 ;;
+    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS)" >&2; exit 2 ;;
   esac
 done
 
@@ -80,7 +82,7 @@ bash "$REPO/scripts/migrate.sh" >/dev/null
 bash "$REPO/scripts/build-trainer-image.sh"
 export TRAINQ_TRAINING_IMAGE=trainq-fake-trainer:latest
 
-/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" --bin-dir "$BUILD" \
+/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" --bin-dir "$BUILD" \
   --out "$BUILD/bench.md" --work-dir "$TRAINQ_STATE_DIR/bench" \
   --duration "${TRAINQ_BENCH_DURATION:-15}" --connections "${TRAINQ_BENCH_CONNECTIONS:-64}" \
   --http-threads "${TRAINQ_BENCH_HTTP_THREADS:-4}" \

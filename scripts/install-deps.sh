@@ -17,6 +17,8 @@ PACKAGES=(
   # test drivers and tools
   python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery
   wrk curl jq valgrind procps iproute2 openssl
+  # deployment: base image, Compose stack, unit checks (scripts/build-images.sh, tests/deploy)
+  debootstrap docker-compose systemd
 )
 
 missing=()

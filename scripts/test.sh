@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command for trainq (CI runs it through .ci/run).
 #
-#   scripts/test.sh [--quick] [--keep] [--faults]
+#   scripts/test.sh [--quick] [--keep] [--faults] [--deploy]
 #
 #   1. installs missing Debian packages and the npm test tools (scripts/install-deps.sh)
 #   2. lints docs/openapi.yaml with Redocly's recommended rules (scripts/lint-openapi.sh);
@@ -13,6 +13,8 @@
 #   5. unless --quick: a short libFuzzer run of every harness (scripts/fuzz.sh)
 #   6. with --faults: the fault suite (tests/faults, label "faults") in build-asan/, which
 #      prints one summary line per scenario
+#   7. with --deploy: the deployment suite (tests/deploy, label "deploy"): container images
+#      (scripts/build-images.sh, cached) and the Compose stack running the seed's curl example
 #
 # Services are brought down on exit, also on failure or Ctrl-C, unless --keep or
 # TRAINQ_KEEP_SERVICES=1. The last line is "trainq: N passed, M failed" (counted from ctest,
@@ -25,14 +27,16 @@ cd "$REPO"
 
 quick=0
 faults=0
+deploy=0
 keep=${TRAINQ_KEEP_SERVICES:-0}
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
     --keep) keep=1 ;;
     --faults) faults=1 ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "test.sh: unknown option $a (--quick, --keep, --faults)" >&2; exit 2 ;;
+    --deploy) deploy=1 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test.sh: unknown option $a (--quick, --keep, --faults, --deploy)" >&2; exit 2 ;;
   esac
 done
 
@@ -164,6 +168,9 @@ else
     run_ctest "$REPO/build-asan" asan-faults -L faults
     step "fault scenarios"
     cat "$TQ_FAULT_SUMMARY" 2>/dev/null || echo "(no fault summary was written)"
+  fi
+  if ((deploy == 1)); then
+    run_ctest "$REPO/build-asan" deploy -L deploy
   fi
 fi
 

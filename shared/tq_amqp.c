@@ -2,16 +2,23 @@
 
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tq_clock.h"
 
 #define TQ_AMQP_URL_MAX 2048
+/* A whole TRAINQ_AMQP_URL list: TQ_AMQP_MAX_NODES urls of ordinary length. */
+#define TQ_AMQP_LIST_MAX 8192
+/* Replicas of a quorum queue declared by trainq: 3 tolerates the loss of one node, and more
+ * replicas cost every publish a wider quorum write (RabbitMQ's advice is 3 or 5). */
+#define TQ_AMQP_QUORUM_REPLICAS 3
 #define TQ_AMQP_CONNECT_TIMEOUT_S 5
 #define TQ_AMQP_HANDSHAKE_TIMEOUT_S 10
 /* Declarations of quorum queues start a Ra cluster: give them room, but never forever. */
@@ -26,6 +33,8 @@ struct tq_amqp {
     int confirm;       /* confirm mode wanted: re-selected on reopen */
     unsigned epoch;    /* channel (re)open count */
     uint64_t next_tag; /* delivery tag the next publish gets (confirm mode) */
+    int n_nodes;       /* nodes in the url list this connection was made from */
+    unsigned last_close_code; /* reply code of the last broker channel.close */
 };
 
 static void set_rpc_timeout(amqp_connection_state_t c, int seconds)
@@ -53,6 +62,7 @@ static int on_channel_close(tq_amqp *a, amqp_channel_t ch, const amqp_channel_cl
         a->dead = 1;
     if (ch == TQ_AMQP_CHANNEL)
         a->channel_open = 0;
+    a->last_close_code = m->reply_code;
     return tq_errf(eb, TQ_ERR_AMQP, "%s: channel closed by broker: %u %s", what,
                    (unsigned)m->reply_code, text);
 }
@@ -166,12 +176,122 @@ static int parse_url(const char *url, char *urlcopy, struct amqp_connection_info
     return TQ_OK;
 }
 
+/* One node of a TRAINQ_AMQP_URL list: where it starts in the list and how long it is. */
+typedef struct {
+    size_t off, len;
+} url_span;
+
+static int is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Cuts `list` at commas into at most TQ_AMQP_MAX_NODES spans, blanks around each trimmed.
+ * Every span is non-empty; the list itself is not modified. Returns the count or
+ * TQ_ERR_CONFIG. */
+static int split_urls(const char *list, url_span *spans, tq_errbuf *eb)
+{
+    if (!list || !*list || strlen(list) >= TQ_AMQP_LIST_MAX)
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: missing or too long");
+    int n = 0;
+    size_t i = 0;
+    for (;;) {
+        size_t end = i + strcspn(list + i, ",");
+        size_t b = i, e = end;
+        while (b < e && is_blank(list[b]))
+            b++;
+        while (e > b && is_blank(list[e - 1]))
+            e--;
+        if (n == TQ_AMQP_MAX_NODES)
+            return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url list: more than %d nodes",
+                           TQ_AMQP_MAX_NODES);
+        if (b == e)
+            return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url list: node %d is empty", n + 1);
+        spans[n].off = b;
+        spans[n].len = e - b;
+        n++;
+        if (list[end] == '\0')
+            return n;
+        i = end + 1;
+    }
+}
+
+/* Parses node `k` of a split list into urlcopy/ci (as parse_url). Errors name the node when
+ * the list has more than one, and never quote the url (it holds a password). */
+static int parse_node(const char *list, const url_span *spans, int k, int n, char *urlcopy,
+                      struct amqp_connection_info *ci, tq_errbuf *eb)
+{
+    char one[TQ_AMQP_URL_MAX];
+    if (spans[k].len >= sizeof one)
+        return n > 1 ? tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url (node %d of %d): too long",
+                               k + 1, n)
+                     : tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: missing or too long");
+    memcpy(one, list + spans[k].off, spans[k].len);
+    one[spans[k].len] = '\0';
+    int rc = parse_url(one, urlcopy, ci, eb);
+    if (rc != TQ_OK && n > 1) {
+        const char *why = strncmp(eb->msg, "invalid amqp url: ", 18) == 0 ? eb->msg + 18 : "";
+        char detail[128];
+        snprintf(detail, sizeof detail, "%s", why);
+        return tq_errf(eb, rc, "invalid amqp url (node %d of %d): %s", k + 1, n, detail);
+    }
+    return rc;
+}
+
+int tq_amqp_url_nodes(const char *urls, tq_errbuf *eb)
+{
+    url_span spans[TQ_AMQP_MAX_NODES];
+    int n = split_urls(urls, spans, eb);
+    if (n < 0)
+        return n;
+    /* Every node must serve the same vhost: a list spanning two vhosts would split the
+     * topology into two unrelated queues, and jobs published to one never reach the other. */
+    char first_vhost[TQ_AMQP_URL_MAX];
+    for (int k = 0; k < n; k++) {
+        char urlcopy[TQ_AMQP_URL_MAX];
+        struct amqp_connection_info ci;
+        int rc = parse_node(urls, spans, k, n, urlcopy, &ci, eb);
+        if (rc != TQ_OK)
+            return rc;
+        if (k == 0)
+            snprintf(first_vhost, sizeof first_vhost, "%s", ci.vhost);
+        else if (strcmp(first_vhost, ci.vhost) != 0)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "invalid amqp url list: node %d of %d names another vhost than node 1",
+                           k + 1, n);
+    }
+    return n;
+}
+
 int tq_amqp_url_check(const char *url, tq_errbuf *eb)
 {
-    char urlcopy[TQ_AMQP_URL_MAX];
-    struct amqp_connection_info ci;
-    return parse_url(url, urlcopy, &ci, eb);
+    int n = tq_amqp_url_nodes(url, eb);
+    return n < 0 ? n : TQ_OK;
 }
+
+int tq_amqp_quorum_group_size(int n_nodes)
+{
+    /* One url may be a load balancer in front of any number of nodes: the broker's own
+     * default (a replica on every cluster node, up to its configured cap) is the safe
+     * choice there, and keeps a single-node declaration exactly as it always was. */
+    if (n_nodes <= 1)
+        return 0;
+    return n_nodes < TQ_AMQP_QUORUM_REPLICAS ? n_nodes : TQ_AMQP_QUORUM_REPLICAS;
+}
+
+/* Where the next connect starts in the list: rotating, from a per-process random start, so
+ * that a fleet's connections spread over the nodes rather than all landing on the first. */
+static unsigned next_start(void)
+{
+    static atomic_uint rotor;
+    static atomic_int seeded;
+    if (!atomic_exchange(&seeded, 1))
+        atomic_store(&rotor, (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL));
+    return atomic_fetch_add(&rotor, 1);
+}
+
+static int connect_node(const struct amqp_connection_info *ci, const char *conn_name,
+                        int heartbeat_s, tq_amqp **out, tq_errbuf *eb);
 
 int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_amqp **out,
                     tq_errbuf *eb)
@@ -179,14 +299,43 @@ int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_
     *out = NULL;
     if (heartbeat_s <= 0)
         heartbeat_s = TQ_AMQP_DEFAULT_HEARTBEAT;
+    int n = tq_amqp_url_nodes(url, eb);
+    if (n < 0)
+        return n;
+    url_span spans[TQ_AMQP_MAX_NODES];
+    (void)split_urls(url, spans, eb); /* cannot fail: tq_amqp_url_nodes accepted it */
 
-    /* amqp_parse_url writes NULs into its argument and points into it. */
-    char urlcopy[TQ_AMQP_URL_MAX];
-    struct amqp_connection_info ci;
-    int prc = parse_url(url, urlcopy, &ci, eb);
-    if (prc != TQ_OK)
-        return prc;
+    /* Every node once, from a rotating start; the first that logs in and opens the channel
+     * wins. A node that refuses (down, booting, partitioned away) costs at most the connect
+     * and handshake timeouts, nothing on loopback where a stopped node refuses at once. */
+    unsigned start = next_start();
+    int rc = TQ_ERR_UNAVAILABLE;
+    for (int t = 0; t < n; t++) {
+        int k = (int)((start + (unsigned)t) % (unsigned)n);
+        char urlcopy[TQ_AMQP_URL_MAX];
+        struct amqp_connection_info ci;
+        rc = parse_node(url, spans, k, n, urlcopy, &ci, eb);
+        if (rc == TQ_OK)
+            rc = connect_node(&ci, conn_name, heartbeat_s, out, eb);
+        if (rc == TQ_OK) {
+            (*out)->n_nodes = n;
+            return TQ_OK;
+        }
+        if (rc == TQ_ERR_CONFIG || rc == TQ_ERR_NOMEM)
+            return rc;
+    }
+    if (n > 1 && eb) {
+        char last[TQ_ERRBUF_LEN - 64];
+        snprintf(last, sizeof last, "%.400s", eb->msg);
+        tq_errf(eb, rc, "no rabbitmq node of %d accepted; last: %s", n, last);
+    }
+    return rc;
+}
 
+/* Connects to one parsed node: socket, login, channel 1. */
+static int connect_node(const struct amqp_connection_info *ci, const char *conn_name,
+                        int heartbeat_s, tq_amqp **out, tq_errbuf *eb)
+{
     tq_amqp *a = calloc(1, sizeof *a);
     if (!a)
         return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate amqp connection");
@@ -203,11 +352,11 @@ int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_
         goto fail;
     }
     struct timeval tv = {.tv_sec = TQ_AMQP_CONNECT_TIMEOUT_S, .tv_usec = 0};
-    int st = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
+    int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
     if (st != AMQP_STATUS_OK) {
         /* errno is not meaningful here (the library polls a non-blocking connect). */
         rc = tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to rabbitmq at %s:%d: %s",
-                     ci.host, ci.port, amqp_error_string2(st));
+                     ci->host, ci->port, amqp_error_string2(st));
         goto fail;
     }
     struct timeval hs = {.tv_sec = TQ_AMQP_HANDSHAKE_TIMEOUT_S, .tv_usec = 0};
@@ -221,10 +370,10 @@ int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_
     amqp_table_t props = {.num_entries = 1, .entries = &prop};
     a->dead = 0;
     amqp_rpc_reply_t r =
-        amqp_login_with_properties(a->conn, ci.vhost, 0, 131072, heartbeat_s, &props,
-                                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+        amqp_login_with_properties(a->conn, ci->vhost, 0, 131072, heartbeat_s, &props,
+                                   AMQP_SASL_METHOD_PLAIN, ci->user, ci->password);
     char what[300];
-    snprintf(what, sizeof what, "could not log in to rabbitmq at %s:%d", ci.host, ci.port);
+    snprintf(what, sizeof what, "could not log in to rabbitmq at %s:%d", ci->host, ci->port);
     rc = tq_amqp_check_reply(a, r, what, eb);
     if (rc != TQ_OK) {
         /* RabbitMQ drops the socket on bad credentials unless the client announces
@@ -361,7 +510,10 @@ static int declare_queue(tq_amqp *a, const char *name, amqp_table_t args, tq_err
     return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
 }
 
-int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb)
+/* A passive declare: TQ_OK (with *ready, when not NULL, the ready message count) when the
+ * queue exists, whatever its arguments; TQ_ERR_NOT_FOUND when it does not (the broker
+ * closed the channel with 404: reopened on next use); else the error. */
+static int passive_declare(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb)
 {
     int rc = tq_amqp_channel(a, eb);
     if (rc < 0)
@@ -371,10 +523,18 @@ int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errb
         amqp_empty_table);
     char what[160];
     snprintf(what, sizeof what, "could not look up queue \"%s\"", queue);
-    if ((rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb)) != TQ_OK)
-        return rc;
-    *ready = ok ? (long long)ok->message_count : 0;
-    return TQ_OK;
+    a->last_close_code = 0;
+    rc = tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
+    if (rc == TQ_ERR_AMQP && !a->dead && a->last_close_code == AMQP_NOT_FOUND)
+        return TQ_ERR_NOT_FOUND;
+    if (rc == TQ_OK && ready)
+        *ready = ok ? (long long)ok->message_count : 0;
+    return rc;
+}
+
+int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb)
+{
+    return passive_declare(a, queue, ready, eb);
 }
 
 static int bind_queue(tq_amqp *a, const char *queue, const char *exchange, const char *key,
@@ -388,6 +548,27 @@ static int bind_queue(tq_amqp *a, const char *queue, const char *exchange, const
     return tq_amqp_check_reply(a, amqp_get_rpc_reply(a->conn), what, eb);
 }
 
+/* Declares a durable queue only where it does not exist yet. An existing queue is used as it
+ * is: RabbitMQ refuses (406) any redeclaration whose x-arguments differ, and a quorum queue's
+ * replica count (x-quorum-initial-group-size) depends on how many nodes the declaring
+ * program was given, so two programs with different lists, or a queue made before the list
+ * grew, must never lock each other out. Nothing here deletes or changes a queue. */
+static int ensure_queue(tq_amqp *a, const char *name, amqp_table_t args, tq_errbuf *eb)
+{
+    int rc = passive_declare(a, name, NULL, eb);
+    if (rc != TQ_ERR_NOT_FOUND)
+        return rc;
+    if ((rc = tq_amqp_channel(a, eb)) < 0)
+        return rc;
+    a->last_close_code = 0;
+    rc = declare_queue(a, name, args, eb);
+    /* Another program created it between our look-up and our declare, with other
+     * arguments: theirs stands, and the queue is there, which is all we need. */
+    if (rc == TQ_ERR_AMQP && !a->dead && a->last_close_code == AMQP_PRECONDITION_FAILED)
+        rc = passive_declare(a, name, NULL, eb);
+    return rc;
+}
+
 int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb)
 {
     int rc = tq_amqp_channel(a, eb);
@@ -398,28 +579,35 @@ int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb)
     if ((rc = declare_exchange(a, TQ_AMQP_DLX, "fanout", eb)) != TQ_OK)
         return rc;
 
-    /* Argument types matter: RabbitMQ refuses a redeclaration whose x-arguments differ,
-     * so this is the one place that declares them. */
-    amqp_table_entry_t dead_args[1] = {
+    /* Argument types matter (an equal value of another AMQP type is "inequivalent"), so
+     * this is the one place that writes them. The group size goes last and only when the
+     * url list names more than one node (tq_amqp_quorum_group_size). */
+    int group = tq_amqp_quorum_group_size(a->n_nodes);
+    amqp_table_entry_t group_arg = {
+        .key = amqp_cstring_bytes("x-quorum-initial-group-size"),
+        .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = group}};
+    amqp_table_entry_t dead_args[2] = {
         {.key = amqp_cstring_bytes("x-queue-type"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}},
+        group_arg,
     };
-    amqp_table_t dead_tbl = {.num_entries = 1, .entries = dead_args};
-    if ((rc = declare_queue(a, TQ_AMQP_DEAD_QUEUE, dead_tbl, eb)) != TQ_OK)
+    amqp_table_t dead_tbl = {.num_entries = group ? 2 : 1, .entries = dead_args};
+    if ((rc = ensure_queue(a, TQ_AMQP_DEAD_QUEUE, dead_tbl, eb)) != TQ_OK)
         return rc;
     if ((rc = bind_queue(a, TQ_AMQP_DEAD_QUEUE, TQ_AMQP_DLX, "", eb)) != TQ_OK)
         return rc;
 
-    amqp_table_entry_t job_args[3] = {
+    amqp_table_entry_t job_args[4] = {
         {.key = amqp_cstring_bytes("x-queue-type"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}},
         {.key = amqp_cstring_bytes("x-delivery-limit"),
          .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = TQ_AMQP_DELIVERY_LIMIT}},
         {.key = amqp_cstring_bytes("x-dead-letter-exchange"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(TQ_AMQP_DLX)}},
+        group_arg,
     };
-    amqp_table_t job_tbl = {.num_entries = 3, .entries = job_args};
-    if ((rc = declare_queue(a, TQ_AMQP_QUEUE, job_tbl, eb)) != TQ_OK)
+    amqp_table_t job_tbl = {.num_entries = group ? 4 : 3, .entries = job_args};
+    if ((rc = ensure_queue(a, TQ_AMQP_QUEUE, job_tbl, eb)) != TQ_OK)
         return rc;
     static const char *const keys[] = {"lora", "dreambooth"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -508,6 +696,104 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
     return TQ_OK;
 }
 
+/* One batch waiting for its publisher confirms. */
+typedef struct {
+    tq_amqp_msg *msgs;
+    unsigned char *state; /* PUB_* per message */
+    int *returned;        /* basic.return seen (its ack follows) */
+    size_t n;
+    uint64_t base; /* delivery tag before the batch's first message */
+    size_t remaining;
+} confirm_batch;
+
+/* basic.return: the broker sends a message's return before its ack, in publish order, so
+ * the earliest unconfirmed, not yet returned message with this id is the one returned. */
+static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
+                     tq_errbuf *eb)
+{
+    char text[96];
+    bytes_to_str(m->reply_text, text, sizeof text);
+    unsigned code = m->reply_code;
+    char msgid[256];
+    int rc = skip_returned_content(a, TQ_AMQP_CHANNEL, msgid, sizeof msgid, eb);
+    if (rc != TQ_OK)
+        return rc;
+    for (size_t i = 0; i < b->n; i++) {
+        tq_amqp_msg *msg = &b->msgs[i];
+        if (b->state[i] == PUB_PENDING && !b->returned[i] && msg->message_id &&
+            strcmp(msg->message_id, msgid) == 0) {
+            b->returned[i] = 1;
+            snprintf(msg->reason, sizeof msg->reason, "unroutable: %u %s", code, text);
+            break;
+        }
+    }
+    return TQ_OK;
+}
+
+/* One frame received while waiting for confirms: TQ_OK to go on waiting, else the error
+ * that ends the batch (channel or connection closed). */
+static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
+                            tq_errbuf *eb)
+{
+    if (f->frame_type != AMQP_FRAME_METHOD)
+        return TQ_OK;
+    if (f->channel != TQ_AMQP_CHANNEL && f->payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
+        return TQ_OK;
+    switch (f->payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+        const amqp_basic_ack_t *m = f->payload.method.decoded;
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
+                      m->multiple, 1, &b->remaining);
+        return TQ_OK;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+        const amqp_basic_nack_t *m = f->payload.method.decoded;
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
+                      m->multiple, 0, &b->remaining);
+        return TQ_OK;
+    }
+    case AMQP_BASIC_RETURN_METHOD:
+        return on_return(a, f->payload.method.decoded, b, eb);
+    case AMQP_CHANNEL_CLOSE_METHOD:
+        return on_channel_close(a, f->channel, f->payload.method.decoded, "could not publish",
+                                eb);
+    case AMQP_CONNECTION_CLOSE_METHOD:
+        return on_connection_close(a, f->payload.method.decoded, "could not publish", eb);
+    default:
+        return TQ_OK; /* e.g. connection.blocked: the deadline covers it */
+    }
+}
+
+/* Waits until every message of the batch has the broker's verdict, or timeout_ms. */
+static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbuf *eb)
+{
+    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    while (b->remaining > 0) {
+        int64_t left = deadline - tq_mono_ms();
+        if (left <= 0) {
+            /* Late confirms would arrive on a channel whose tags we no longer trust to
+             * map onto the next batch's returns: drop the connection instead. */
+            a->dead = 1;
+            return tq_errf(eb, TQ_ERR_TIMEOUT,
+                           "could not publish: %zu of %zu messages unconfirmed after %d ms",
+                           b->remaining, b->n, timeout_ms);
+        }
+        struct timeval tv = {.tv_sec = (time_t)(left / 1000),
+                             .tv_usec = (suseconds_t)((left % 1000) * 1000)};
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &tv);
+        if (st == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (st != AMQP_STATUS_OK)
+            return on_library_error(a, st, "could not wait for publisher confirms", eb);
+        int rc = on_confirm_frame(a, &f, b, eb);
+        if (rc != TQ_OK)
+            return rc;
+        amqp_maybe_release_buffers(a->conn);
+    }
+    return TQ_OK;
+}
+
 int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
                               tq_errbuf *eb)
 {
@@ -528,12 +814,14 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
         }
         return rc;
     }
+    rc = TQ_OK; /* tq_amqp_channel answered the channel number */
 
-    unsigned char *state = calloc(n, 1);
-    int *returned = calloc(n, sizeof *returned);
-    if (!state || !returned) {
-        free(state);
-        free(returned);
+    confirm_batch b = {.msgs = msgs, .n = n, .remaining = n};
+    b.state = calloc(n, 1);
+    b.returned = calloc(n, sizeof *b.returned);
+    if (!b.state || !b.returned) {
+        free(b.state);
+        free(b.returned);
         return tq_errf(eb, TQ_ERR_NOMEM, "could not allocate confirm state");
     }
 
@@ -542,99 +830,19 @@ int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeo
     for (size_t i = 0; i < n; i++) {
         if (msgs[i].n_header_kv % 2 != 0 || msgs[i].n_header_kv / 2 > TQ_AMQP_MAX_HEADERS) {
             rc = tq_errf(eb, TQ_ERR_INVALID, "cannot publish: bad header list (message %zu)", i);
-            goto out_fail;
+            goto out;
         }
     }
-    uint64_t base = a->next_tag;
-    size_t remaining = n;
-    for (size_t i = 0; i < n; i++) {
-        rc = publish_one(a, &msgs[i], eb);
-        if (rc != TQ_OK)
-            goto out_fail; /* only a dead connection fails here */
-    }
-
-    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
-    while (remaining > 0) {
-        int64_t left = deadline - tq_mono_ms();
-        if (left <= 0) {
-            /* Late confirms would arrive on a channel whose tags we no longer trust to
-             * map onto the next batch's returns: drop the connection instead. */
-            a->dead = 1;
-            rc = tq_errf(eb, TQ_ERR_TIMEOUT,
-                         "could not publish: %zu of %zu messages unconfirmed after %d ms",
-                         remaining, n, timeout_ms);
-            goto out_fail;
-        }
-        struct timeval tv = {.tv_sec = (time_t)(left / 1000),
-                             .tv_usec = (suseconds_t)((left % 1000) * 1000)};
-        amqp_frame_t f;
-        int st = amqp_simple_wait_frame_noblock(a->conn, &f, &tv);
-        if (st == AMQP_STATUS_TIMEOUT)
-            continue;
-        if (st != AMQP_STATUS_OK) {
-            rc = on_library_error(a, st, "could not wait for publisher confirms", eb);
-            goto out_fail;
-        }
-        if (f.frame_type != AMQP_FRAME_METHOD)
-            continue;
-        if (f.channel != TQ_AMQP_CHANNEL && f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
-            continue;
-        switch (f.payload.method.id) {
-        case AMQP_BASIC_ACK_METHOD: {
-            const amqp_basic_ack_t *m = f.payload.method.decoded;
-            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 1,
-                          &remaining);
-            break;
-        }
-        case AMQP_BASIC_NACK_METHOD: {
-            const amqp_basic_nack_t *m = f.payload.method.decoded;
-            apply_confirm(msgs, state, returned, n, base, m->delivery_tag, m->multiple, 0,
-                          &remaining);
-            break;
-        }
-        case AMQP_BASIC_RETURN_METHOD: {
-            const amqp_basic_return_t *m = f.payload.method.decoded;
-            char text[96];
-            bytes_to_str(m->reply_text, text, sizeof text);
-            unsigned code = m->reply_code;
-            char msgid[256];
-            rc = skip_returned_content(a, TQ_AMQP_CHANNEL, msgid, sizeof msgid, eb);
-            if (rc != TQ_OK)
-                goto out_fail;
-            /* The broker sends a message's return before its ack, in publish order:
-             * the earliest unconfirmed, not yet returned message with this id is it. */
-            for (size_t i = 0; i < n; i++) {
-                if (state[i] == PUB_PENDING && !returned[i] && msgs[i].message_id &&
-                    strcmp(msgs[i].message_id, msgid) == 0) {
-                    returned[i] = 1;
-                    snprintf(msgs[i].reason, sizeof msgs[i].reason, "unroutable: %u %s", code,
-                             text);
-                    break;
-                }
-            }
-            break;
-        }
-        case AMQP_CHANNEL_CLOSE_METHOD:
-            rc = on_channel_close(a, f.channel, f.payload.method.decoded,
-                                  "could not publish", eb);
-            goto out_fail;
-        case AMQP_CONNECTION_CLOSE_METHOD:
-            rc = on_connection_close(a, f.payload.method.decoded, "could not publish", eb);
-            goto out_fail;
-        default:
-            break; /* e.g. connection.blocked: the deadline covers it */
-        }
-        amqp_maybe_release_buffers(a->conn);
-    }
-    free(state);
-    free(returned);
-    amqp_maybe_release_buffers(a->conn);
-    return TQ_OK;
-
-out_fail:
-    fail_pending(msgs, state, returned, n, rc, eb ? eb->msg : "batch failed");
-    free(state);
-    free(returned);
+    b.base = a->next_tag;
+    for (size_t i = 0; i < n && rc == TQ_OK; i++)
+        rc = publish_one(a, &msgs[i], eb); /* only a dead connection fails here */
+    if (rc == TQ_OK)
+        rc = await_confirms(a, &b, timeout_ms, eb);
+out:
+    if (rc != TQ_OK)
+        fail_pending(msgs, b.state, b.returned, n, rc, eb ? eb->msg : "batch failed");
+    free(b.state);
+    free(b.returned);
     if (!a->dead)
         amqp_maybe_release_buffers(a->conn);
     return rc;

@@ -33,17 +33,32 @@
 
 typedef struct tq_amqp tq_amqp;
 
-/* Parses url (amqp://user:pass@host:port/vhost; not modified), opens the socket with a
- * 5 s timeout, logs in with the given heartbeat (<= 0: 30 s) and client property
- * connection_name, and opens channel 1. *out is caller-owned: tq_amqp_close() it.
- * Errors: TQ_ERR_CONFIG (bad url), TQ_ERR_UNAVAILABLE (cannot connect), TQ_ERR_AUTH
- * (login refused), TQ_ERR_AMQP (other broker refusal). */
+/* A url list names the nodes of one cluster: at most this many. */
+#define TQ_AMQP_MAX_NODES 16
+
+/* url is one node, amqp://user:pass@host:port/vhost, or a comma-separated list of such
+ * nodes of one cluster (blanks around commas ignored; every node must name the same vhost;
+ * not modified). Tries the nodes in turn, starting at a rotating one (random per process),
+ * until one accepts: opens the socket with a 5 s timeout, logs in with the given heartbeat
+ * (<= 0: 30 s) and client property connection_name, and opens channel 1. There is no
+ * failover inside a connection: when its node dies the wrapper turns dead and the caller's
+ * next tq_amqp_connect lands on a node that is up. *out is caller-owned: tq_amqp_close() it.
+ * Errors (of the last node tried when all failed): TQ_ERR_CONFIG (bad url),
+ * TQ_ERR_UNAVAILABLE (cannot connect), TQ_ERR_AUTH (login refused), TQ_ERR_AMQP (other
+ * broker refusal). */
 int tq_amqp_connect(const char *url, const char *conn_name, int heartbeat_s, tq_amqp **out,
                     tq_errbuf *eb);
 
-/* Checks that url parses as tq_amqp_connect wants it (for configuration checks at start):
- * TQ_OK or TQ_ERR_CONFIG. */
+/* Checks that url (one node or a list, as tq_amqp_connect takes it) parses, for
+ * configuration checks at start: TQ_OK or TQ_ERR_CONFIG. Messages never quote the url. */
 int tq_amqp_url_check(const char *url, tq_errbuf *eb);
+
+/* The number of nodes in a valid url list (>= 1), or TQ_ERR_CONFIG. */
+int tq_amqp_url_nodes(const char *urls, tq_errbuf *eb);
+
+/* x-quorum-initial-group-size for quorum queues declared through a list of n_nodes nodes:
+ * min(3, n_nodes) for a list, 0 (argument left out: the broker's default) for one url. */
+int tq_amqp_quorum_group_size(int n_nodes);
 
 /* Closes channel and connection politely (bounded by a 5 s rpc timeout) and frees a.
  * NULL is fine. */
@@ -85,11 +100,16 @@ int tq_amqp_handle_frame(tq_amqp *a, const amqp_frame_t *f, tq_errbuf *eb);
  * an otherwise idle connection. TQ_OK, or the error that made the wrapper dead. */
 int tq_amqp_pump(tq_amqp *a, tq_errbuf *eb);
 
-/* Idempotent declaration of the topology above (both producer and consumer call it). */
+/* Idempotent, non-destructive declaration of the topology above (both producer and consumer
+ * call it): exchanges and bindings are declared as always; a queue is looked up passively
+ * first and declared only when missing (with x-quorum-initial-group-size from the url list,
+ * see tq_amqp_quorum_group_size), so an existing queue is used with the arguments it was
+ * made with and no redeclaration can fail on a differing replica count. */
 int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb);
 
-/* The number of ready (not delivered) messages in `queue`, by a passive declare. Use a
- * connection that does not consume (its deliveries would interleave with the reply). */
+/* The number of ready (not delivered) messages in `queue`, by a passive declare
+ * (TQ_ERR_NOT_FOUND when the queue does not exist). Use a connection that does not consume
+ * (its deliveries would interleave with the reply). */
 int tq_amqp_queue_ready(tq_amqp *a, const char *queue, long long *ready, tq_errbuf *eb);
 
 /* Puts channel 1 in publisher-confirm mode (kept across channel reopens). */

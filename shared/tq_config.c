@@ -1,9 +1,12 @@
 #include "tq_config.h"
 
+#include "tq_amqp.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -279,9 +282,16 @@ int tq_config_check_common(const char *amqp_url, const char *publish_keys,
     int rc = load_publish_keys(publish_keys, publish_keys_file, keyring, eb);
     if (rc != TQ_OK)
         return rc;
-    if (strncmp(amqp_url, "amqp://", 7) != 0 && strncmp(amqp_url, "amqps://", 8) != 0)
+    /* One node or a comma-separated list of a cluster's nodes, each checked as tq_amqp
+     * connects to it; the reason never quotes the url (it holds a password). */
+    if (tq_amqp_url_check(amqp_url, eb) != TQ_OK) {
+        char why[160];
+        snprintf(why, sizeof why, "%.150s", eb->msg);
         return tq_errf(eb, TQ_ERR_CONFIG,
-                       "invalid TRAINQ_AMQP_URL: expected amqp://user:pass@host:port/vhost");
+                       "invalid TRAINQ_AMQP_URL: expected amqp://user:pass@host:port/vhost"
+                       "[,amqp://...] (%s)",
+                       why);
+    }
     return TQ_OK;
 }
 

@@ -66,12 +66,18 @@ typedef struct {
 #define TQ_OPT_DATABASE_URL(T)                                                                     \
     {                                                                                              \
         "TRAINQ_DATABASE_URL", "database-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, database_url, char *), \
-            NULL, 0, 0, NULL, "Postgres connection URL (libpq syntax)"                             \
+            NULL, 0, 0, NULL,                                                                      \
+            "Postgres connection URL (libpq syntax); a multi-host URL with "                       \
+            "target_session_attrs=read-write follows a failover to the promoted standby"           \
     }
 #define TQ_OPT_AMQP_URL(T)                                                                         \
     {                                                                                              \
         "TRAINQ_AMQP_URL", "amqp-url", TQ_OPT_SECRET, TQ_OPT_OFF(T, amqp_url, char *), NULL, 0, 0, \
-            NULL, "RabbitMQ URL, amqp://user:pass@host:port/vhost"                                 \
+            NULL,                                                                                  \
+            "RabbitMQ URL, amqp://user:pass@host:port/vhost, or a comma-separated list of the "    \
+            "URLs of one cluster's nodes (same vhost): every connection starts at a rotating "     \
+            "node and moves to the next when its node is down; quorum queues a list creates get "  \
+            "min(3, nodes) replicas"                                                               \
     }
 #define TQ_OPT_LOG_LEVEL(T)                                                                        \
     {                                                                                              \

@@ -1,6 +1,6 @@
 -- Dispatch: releasing parked jobs, giving a claim back, recovering a job from a lost
 -- worker, the reaper and the sweeper. Shared by every consumer (and usable by an operator
--- with psql). The claim itself is tq_claim (claim.sql).
+-- with psql). The claim itself is tq_claim (60_claim.sql).
 --
 -- What must stay true:
 --  * lock order: the user's lock (tq_lock_user, 10_users.sql) before any row lock, in

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1019,3 +1020,195 @@ class FaultCase(unittest.TestCase):
     def recovery_reasons(self):
         return [e["reason"] or "" for e in self.fleet.events()
                 if e["from_status"] in ACTIVE and e["to_status"] in ("queued", "failed")]
+
+
+# ---------------------------------------------------------------- private clustered services
+
+class PrivateServices:
+    """A RabbitMQ cluster and/or a Postgres primary with a synchronous standby, started with
+    scripts/services.sh in a state dir of their own (never the suite's shared services), for
+    the scenarios of test_faults_cluster.py. up() points tqenv/tqharness (and every program
+    the fleet starts) at them; down() stops them, removes the state dir and points back.
+    dockerd and the trainer image stay the suite's own (TRAINQ_DOCKER_HOST).
+
+    Ports (environment): TQ_CLUSTER_PG_PORT (25440; the standby takes +1) and
+    TQ_CLUSTER_AMQP_PORT (25700; node I listens on + 5 * (I-1), distribution on + 2,
+    epmd on + 3), so they never meet the default services' 25432 / 25672-25675."""
+
+    STEP = 5
+
+    def __init__(self, rabbitmq_nodes=3, standby=True):
+        self.nodes = rabbitmq_nodes
+        self.standby = standby
+        pg = int(os.environ.get("TQ_CLUSTER_PG_PORT", "25440"))
+        amqp = int(os.environ.get("TQ_CLUSTER_AMQP_PORT", "25700"))
+        self.base = "tqfault"
+        self.env = {"TRAINQ_PG_PORT": str(pg), "TRAINQ_PG_STANDBY_PORT": str(pg + 1),
+                    "TRAINQ_AMQP_PORT": str(amqp), "TRAINQ_RABBITMQ_DIST_PORT": str(amqp + 2),
+                    "TRAINQ_EPMD_PORT": str(amqp + 3),
+                    "TRAINQ_RABBITMQ_PORT_STEP": str(self.STEP),
+                    "TRAINQ_RABBITMQ_NODENAME": f"{self.base}@localhost"}
+        self.state = None
+        self.saved = None
+        self.figures = {}
+
+    @staticmethod
+    def available():
+        """Why the clustered services cannot run here (None when they can)."""
+        for tool in ("/usr/lib/postgresql/15/bin/pg_basebackup",
+                     "/usr/lib/rabbitmq/bin/rabbitmq-server"):
+            if not os.access(tool, os.X_OK):
+                return f"{tool} is missing"
+        return None
+
+    def _run(self, *args, timeout=300):
+        env = dict(os.environ)
+        env.update(self.env)
+        env["TRAINQ_STATE_DIR"] = self.state
+        return subprocess.run(["bash", tqenv.SERVICES_SH, *args], env=env, check=True,
+                              capture_output=True, text=True, timeout=timeout).stdout
+
+    def node_name(self, i):
+        return f"{self.base}@localhost" if i == 1 else f"{self.base}-{i}@localhost"
+
+    def up(self):
+        self.state = tempfile.mkdtemp(prefix="tq-cluster-")
+        os.chmod(self.state, 0o755)  # the postgres user keeps its data under it
+        args = ["up", "--rabbitmq-nodes", str(self.nodes)]
+        if self.standby:
+            args.append("--postgres-standby")
+        t = time.monotonic()
+        try:
+            self._run(*args, "postgres", "rabbitmq")
+        except subprocess.CalledProcessError as e:
+            self.down()
+            raise RuntimeError(f"services.sh {' '.join(args)} failed: {e.stderr[-2000:]}")
+        self.figures["services_up_s"] = round(time.monotonic() - t, 1)
+        env = {}
+        for line in self._run("env").splitlines():
+            words = shlex.split(line)
+            if words and words[0] == "export":
+                for w in words[1:]:
+                    k, _, v = w.partition("=")
+                    env[k] = v
+        new = {k: v for k, v in env.items()
+               if k not in ("TRAINQ_DOCKER_HOST", "TRAINQ_RABBITMQCTL")}
+        new.update(self.env)
+        mig = dict(os.environ)
+        mig.update(new)
+        subprocess.run(["bash", os.path.join(tqenv.SOURCE_DIR, "scripts", "migrate.sh")],
+                       env=mig, check=True, capture_output=True, timeout=120)
+        self.saved = ({k: os.environ.get(k) for k in new}, dict(tqenv.ENV),
+                      tqenv.DATABASE_URL, tqenv.AMQP_URL, tqenv.STATE_DIR, h.AMQP_URL,
+                      h.amqp_connection)
+        os.environ.update(new)
+        tqenv.ENV.update(new)
+        tqenv.DATABASE_URL = new["TRAINQ_DATABASE_URL"]
+        tqenv.AMQP_URL = h.AMQP_URL = new["TRAINQ_AMQP_URL"]
+        tqenv.STATE_DIR = self.state
+        urls = new["TRAINQ_AMQP_URL"].split(",")
+        h.amqp_connection = lambda: _amqp_connection_any(urls)
+        return self
+
+    def down(self):
+        if self.saved:
+            env, ENV, tqenv.DATABASE_URL, tqenv.AMQP_URL, tqenv.STATE_DIR, h.AMQP_URL, \
+                h.amqp_connection = self.saved
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            tqenv.ENV.clear()
+            tqenv.ENV.update(ENV)
+            self.saved = None
+        if self.state:
+            try:
+                self._run("down", timeout=300)
+            finally:
+                shutil.rmtree(self.state, ignore_errors=True)
+                self.state = None
+
+    # ------------------------------------------------------------ faults
+
+    def queue_info(self, queue="trainq.jobs"):
+        """list_queues' leader and online members of `queue`, from any node that answers
+        ({} when none does)."""
+        for i in range(1, self.nodes + 1):
+            try:
+                out = self._run("rabbitmqctl-node", str(i), "list_queues", "-q", "name",
+                                "leader", "online", "--formatter", "json", timeout=60)
+                for q in json.loads(out):
+                    if q.get("name") == queue:
+                        return q
+            except (subprocess.SubprocessError, ValueError):
+                continue
+        return {}
+
+    def queue_arguments(self, queue="trainq.jobs"):
+        """The x-arguments `queue` was declared with, {name: value}."""
+        out = self._run("rabbitmqctl-node", "1", "list_queues", "-q", "name", "arguments",
+                        "--formatter", "json", timeout=60)
+        for q in json.loads(out):
+            if q.get("name") == queue:
+                return {a[0]: a[2] for a in q.get("arguments") or []}
+        return {}
+
+    def queue_leader(self, queue="trainq.jobs", timeout=30):
+        """Index (1-based) of the node that leads `queue`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.queue_info(queue).get("leader")
+            for k in range(1, self.nodes + 1):
+                if leader == self.node_name(k):
+                    return k
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no node named the leader of {queue}")
+            time.sleep(1)
+
+    def wait_queue_online(self, queue="trainq.jobs", timeout=60):
+        """Waits until every replica of `queue` is online again (after a node came back)."""
+        h.wait_until(lambda: len(self.queue_info(queue).get("online") or []) == self.nodes,
+                     timeout=timeout, interval=1, what=f"all {self.nodes} replicas of {queue}")
+
+    def connections(self, avoid=None):
+        """{node index: number of trainq program connections (connection_name trainq*)}
+        from any node that answers (list_connections is cluster-wide; the server port
+        tells the node). Node `avoid` (a stopped one: the CLI waits for it) is asked last."""
+        ports = {int(self.env["TRAINQ_AMQP_PORT"]) + self.STEP * (i - 1): i
+                 for i in range(1, self.nodes + 1)}
+        for i in sorted(range(1, self.nodes + 1), key=lambda k: k == avoid):
+            try:
+                out = self._run("rabbitmqctl-node", str(i), "list_connections", "-q", "port",
+                                "client_properties", "--formatter", "json", timeout=60)
+                rows = json.loads(out)
+            except (subprocess.SubprocessError, ValueError):
+                continue
+            count = {k: 0 for k in ports.values()}
+            for r in rows:
+                props = r.get("client_properties") or []
+                name = next((p[2] for p in props if isinstance(p, list) and len(p) == 3
+                             and p[0] == "connection_name"), "")
+                if str(name).startswith("trainq") and r.get("port") in ports:
+                    count[ports[r["port"]]] += 1
+            return count
+        raise AssertionError("no rabbitmq node answered list_connections")
+
+    def services(self, *args, timeout=300):
+        return self._run(*args, timeout=timeout)
+
+
+def _amqp_connection_any(urls):
+    """tqharness.amqp_connection for a cluster: the first node of the list that accepts."""
+    import pika
+    last = None
+    for url in urls:
+        params = pika.URLParameters(url)
+        params.socket_timeout = 10
+        params.blocked_connection_timeout = 10
+        params.connection_attempts = 1
+        try:
+            return pika.BlockingConnection(params)
+        except pika.exceptions.AMQPConnectionError as e:
+            last = e
+    raise last

@@ -493,7 +493,10 @@ class ConsumerSafetyTest(unittest.TestCase):
         self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=30)["status"], "cancelled")
 
     def test_hostile_user_id_over_amqp_is_stored_verbatim_and_labelled(self):
-        uid = "iso-c-o'brien\"; DROP TABLE training_jobs;-- \u00e9\U0001F3A8 %_" + uuid.uuid4().hex[:4]
+        # Every character a user id may hold that SQL, JSON, labels and shells treat specially
+        # (a user id is 1..128 bytes of visible ASCII, the rule of the token's sub: spaces and
+        # non-ASCII are dead-lettered, tests/corpus/amqp/cases.jsonl).
+        uid = "iso-c-o'brien\";DROP/**/TABLE/**/training_jobs;--%_\\$(x)`y`" + uuid.uuid4().hex[:4]
         ds = self.real_dataset(duration=0.3, user=uid)
         m = self.message(ds, user=uid, name="'); DELETE FROM datasets;--",
                          trigger_words=["' OR 1=1", "\u202e"])

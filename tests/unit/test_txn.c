@@ -1,6 +1,6 @@
 /* Unit tests for the pure parts of the transaction runner (shared/tq_db: when a failed try
  * is tried again) and of the consumer's claim (cdb: the outcome names of
- * db/procedures/claim.sql). The runner against a real Postgres is tests/db_it.c. */
+ * db/procedures/60_claim.sql). The runner against a real Postgres is tests/db_it.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -16,6 +16,7 @@ import unittest
 import tqenv
 import tqharness as h
 from test_consumer import TERMINAL, ConsumerCase, run_id
+from test_producer import SECRET, body_for, start_producer, stop_producer, wait_ready
 
 
 def loss_text(fmt, i):
@@ -282,6 +283,58 @@ class TestArtifacts(LiveCase):
             if m is ok:
                 self.assertIn("checkpoint-1/state.bin", names)
                 self.assertFalse([n for n in names if n.startswith("link-")])
+
+
+class TestThroughTheProducer(LiveCase):
+
+    def test_a_submitted_job_is_watched_through_the_api_while_it_runs_and_after(self):
+        """End to end: submitted over HTTP, run by the consumer, read over HTTP (the
+        producer's job fields, log tail and artifacts come from what the consumer wrote)."""
+        u = self.user("e2e")
+        ds = self.dataset_env(u, FORMAT="ai-toolkit", STEPS=6, DURATION=6, MESSAGE="e2e done")
+        self.consumer(f"e2e-{run_id()}", slots=1)
+        outputs = os.path.join(self.tmp, "data", "outputs")
+        p = start_producer(TRAINQ_ARTIFACTS_DIR=outputs)
+        try:
+            wait_ready(p.port)
+            c = h.Http(p.port)
+            tok = h.mint(u, SECRET)
+            r = c.request("POST", "/api/training/submit", json_body=body_for(ds), token=tok)
+            self.assertEqual(r.status, 200, r)
+            jid = r.json["job_id"]
+            seen = []
+            while True:
+                j = c.request("GET", f"/api/training/jobs/{jid}", token=tok).json
+                j = j.get("job", j)
+                seen.append(j)
+                if j["status"] in TERMINAL:
+                    break
+                time.sleep(0.25)
+            self.assertEqual(j["status"], "completed")
+            self.assertEqual((j["current_step"], j["total_steps"], j["progress"]), (6, 6, 1))
+            self.assertAlmostEqual(j["loss"], float(loss_text("ai-toolkit", 6)), places=12)
+            live = {s["current_step"] for s in seen if s["status"] == "running"}
+            self.assertTrue(live & set(range(1, 6)), f"no live progress over the API: {live}")
+            log = c.request("GET", f"/api/training/jobs/{jid}/logs?tail=1000",
+                            token=tok).raw.decode()
+            lines = log.splitlines()
+            self.assertIn("e2e done", lines[-2:])
+            self.assertEqual(len([l for l in lines if "| 6/6 [" in l]), 1, log)
+            self.assertFalse([l for l in lines if "| 3/6 [" in l], "a redraw was logged")
+            arts = c.request("GET", f"/api/training/jobs/{jid}/artifacts", token=tok).json
+            by_name = {a["name"]: a for a in arts["artifacts"]}
+            path = os.path.join(outputs, jid, "pytorch_lora_weights.safetensors")
+            with open(path, "rb") as f:
+                data = f.read()
+            a = by_name["pytorch_lora_weights.safetensors"]
+            self.assertEqual((a["size_bytes"], a["sha256"]),
+                             (len(data), hashlib.sha256(data).hexdigest()))
+            r = c.request("GET", f"/api/training/jobs/{jid}/artifacts/"
+                          "pytorch_lora_weights.safetensors", token=tok)
+            self.assertEqual((r.status, r.raw), (200, data))
+            c.close()
+        finally:
+            stop_producer(self, p)
 
 
 if __name__ == "__main__":

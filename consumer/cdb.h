@@ -15,7 +15,9 @@
 
 #include <libpq-fe.h>
 
+#include "artifacts.h"
 #include "tq_db.h"
+#include "tq_progress.h"
 #include "tq_err.h"
 #include "tq_msg.h"
 #include "tq_status.h"
@@ -63,16 +65,25 @@ void tq_claim_free(tq_claim *cl);
 int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
                  int lease_seconds, tq_claim *out, tq_errbuf *eb);
 
-/* pending → running with the container id; TQ_ERR_CONFLICT when fenced out. */
+/* pending → running with the container id, its progress 0 (a trainer that prints nothing
+ * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. */
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
                         const char *container_id, tq_errbuf *eb);
 
 /* Records the outcome (status completed, failed or cancelled; TQ_ERR_INVALID for any other;
- * exit_code < -255 means none) and releases the user's next parked jobs, in one
- * transaction. TQ_ERR_CONFLICT when fenced out (the job was recovered by a reaper
- * meanwhile). */
+ * exit_code < -255 means none) with the job's n_artifacts output files (job_artifacts) and
+ * releases the user's next parked jobs, in one transaction. TQ_ERR_CONFLICT when fenced out
+ * (the job was recovered by a reaper meanwhile). */
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
-                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb);
+                  int exit_code, const char *error_message, const char *reason,
+                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb);
+
+/* One flush of a running job's output, in one transaction (db/procedures/70_output.sql):
+ * the progress p when given (the newest progress_keep samples are kept), then the log row
+ * `lines` when not NULL (the job's log trimmed to log_max_bytes). TQ_ERR_CONFLICT when
+ * fenced out: the job is no longer this claim's, or no longer active. */
+int tq_cdb_output(PGconn *c, const char *job_id, long long fencing, const tq_progress *p,
+                  int progress_keep, const char *lines, long long log_max_bytes, tq_errbuf *eb);
 
 typedef enum {
     TQ_GIVEN_BACK,          /* queued again (parked, released at once if the user has room) */

@@ -328,7 +328,7 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
 static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
 {
     tq_errbuf eb = {{0}};
-    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, &eb) != TQ_OK)
+    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, NULL, 0, &eb) != TQ_OK)
         tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
                eb.msg);
     else
@@ -430,7 +430,7 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     if (rc != TQ_OK)
         /* Still ours (fenced writes later will tell); the runner records the outcome. */
         tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
-    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL));
+    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL), 0);
     host_ok(d);
     tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
     double now_epoch = (double)time(NULL);

@@ -72,7 +72,7 @@ trap 'exit 130' INT TERM
 echo "bench.sh: building $BUILD (Release)" >&2
 cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >"$TRAINQ_STATE_DIR/cmake.log" 2>&1 \
   || die "cmake configure failed, see $TRAINQ_STATE_DIR/cmake.log"
-cmake --build "$BUILD" -j"$JOBS" --target trainq-producer trainq-consumer bench-fixed200 \
+cmake --build "$BUILD" -j"$JOBS" --target trainq-producer trainq-consumer bench-fixed200 bench-progress \
   >"$TRAINQ_STATE_DIR/build.log" 2>&1 || die "build failed, see $TRAINQ_STATE_DIR/build.log"
 
 echo "bench.sh: starting services in $TRAINQ_STATE_DIR" >&2

@@ -59,6 +59,9 @@ static const tq_opt options[] = {
      "", 0, 0, NULL,
      "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (others' is "
      "ignored)"},
+    {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
+     OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
+     "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
 };
 
 /* The JWT algorithm decides which of the secret and the key file is used: exactly that one

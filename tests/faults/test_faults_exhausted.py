@@ -1,6 +1,7 @@
 """Exhausted dependencies (issue 17, item 3), brought about for real on the suite's services:
-RabbitMQ's memory alarm (connection.blocked) under the fault suite's mixed load, and Postgres
-at max_connections ("too many clients", SQLSTATE 53300).
+RabbitMQ's memory alarm (connection.blocked) under the fault suite's mixed load, Postgres
+at max_connections ("too many clients", SQLSTATE 53300), and a dockerd that stops answering
+(SIGSTOP of the suite's dockerd for a few seconds, then SIGCONT).
 
 Both take a shared service away from everyone (an alarm blocks every publisher of the node;
 held connections starve every other program), so they live in the fault suite: label
@@ -8,6 +9,8 @@ held connections starve every other program), so they live in the fault suite: l
 """
 
 import json
+import os
+import signal
 import time
 import unittest
 import uuid
@@ -175,6 +178,43 @@ class ExhaustedDependencies(fl.FaultCase):
             h.psql("DELETE FROM training_jobs WHERE user_id = :'u'", variables={"u": user})
             h.psql("DELETE FROM datasets WHERE user_id = :'u'", variables={"u": user})
             h.purge_queue()
+
+    def test_3_dockerd_paused(self):
+        """dockerd frozen (SIGSTOP) for a few seconds mid-load: the consumers' health ping
+        (2 s bound) notices, /healthz answers 503 naming dockerd and docker_up is 0, they stop
+        consuming; Engine API calls in flight wait (bounded) and go on after SIGCONT;
+        nothing is lost or run twice."""
+        pidfile = os.path.join(tqenv.STATE_DIR, "docker", "docker.pid")
+        with open(pidfile) as fh:
+            pid = int(fh.read().strip())
+        seen = {}
+
+        def fault(f):
+            f.wait_accepted(8)
+            ports = [c.wait_event("consumer.starting").get("metrics_port")
+                     for c in f.consumers.values()]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+
+                def down():
+                    r = h.http_once(ports[0], "GET", "/healthz", timeout=5)
+                    return r.status == 503 and "docker" in r.raw.decode() and r
+                r = h.wait_until(down, timeout=20, interval=0.3,
+                                 what="consumer /healthz 503 naming dockerd")
+                seen["healthz"] = r.raw.decode()
+                self.assertEqual(metric(ports[0], "trainq_consumer_docker_up"), 0)
+                time.sleep(max(0.0, 6 - (time.monotonic() - t)))
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            for port in ports:
+                h.wait_until(lambda: h.http_once(port, "GET", "/healthz", timeout=5).status
+                             == 200, timeout=60, interval=0.5, what="consumer /healthz 200")
+            self.assertEqual(metric(ports[0], "trainq_consumer_docker_up"), 1)
+            f.notes.append("dockerd_paused_s=6")
+
+        self.run_scenario("dockerd-paused", fault)
+        print("  paused /healthz:", seen.get("healthz"), flush=True)
 
 
 if __name__ == "__main__":

@@ -157,17 +157,23 @@ class MemBench:
         p.port = p.wait_event("http.listening", timeout=30)["port"]
         return p
 
+    def sampled_producer(self, name, n, **extra):
+        """A producer with room for n connections, its idle figures and a running Sampler."""
+        p = self.producer(name, TRAINQ_HTTP_MAX_CONNECTIONS=n + 1000, TRAINQ_HTTP_THREADS=4,
+                          **extra)
+        time.sleep(1)
+        base = idle(p)
+        smp = Sampler({"producer": p})
+        smp.start()
+        return p, base, smp
+
     # ------------------------------------------------------------ rows
 
     def connections(self):
         n = self.args.connections
         sources = [f"127.0.3.{i}" for i in range(1, 101)]
-        p = self.producer("producer-conns", TRAINQ_HTTP_MAX_CONNECTIONS=n + 1000,
-                          TRAINQ_HTTP_HEADER_TIMEOUT_SECONDS=120, TRAINQ_HTTP_THREADS=4)
-        time.sleep(1)
-        base = idle(p)
-        smp = Sampler({"producer": p})
-        smp.start()
+        p, base, smp = self.sampled_producer("producer-conns", n,
+                                             TRAINQ_HTTP_HEADER_TIMEOUT_SECONDS=120)
         t0 = time.monotonic()
         socks = open_many(n, sources, p.port,
                           lambda i: b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -202,12 +208,8 @@ class MemBench:
              f"('{ds}', '{user}', 'membench', '{user}/{ds}')")
         token = bench.mint(user, SECRET)
         sources = [f"127.0.4.{i}" for i in range(1, 41)]
-        p = self.producer("producer-inflight", TRAINQ_HTTP_MAX_CONNECTIONS=n + 1000,
-                          TRAINQ_HTTP_BODY_TIMEOUT_SECONDS=120, TRAINQ_HTTP_THREADS=4)
-        time.sleep(1)
-        base = idle(p)
-        smp = Sampler({"producer": p})
-        smp.start()
+        p, base, smp = self.sampled_producer("producer-inflight", n,
+                                             TRAINQ_HTTP_BODY_TIMEOUT_SECONDS=120)
         head = (f"POST {SUBMIT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n").encode()
         socks = open_many(n, sources, p.port, lambda i: head + b"{" + b" " * 29999)

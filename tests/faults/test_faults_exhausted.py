@@ -210,7 +210,10 @@ class ExhaustedDependencies(fl.FaultCase):
             for port in ports:
                 h.wait_until(lambda: h.http_once(port, "GET", "/healthz", timeout=5).status
                              == 200, timeout=60, interval=0.5, what="consumer /healthz 200")
-            self.assertEqual(metric(ports[0], "trainq_consumer_docker_up"), 1)
+            # The gauge follows the housekeeper's next ping (a launch that failed while
+            # dockerd was frozen may have set it to 0 again just before).
+            h.wait_until(lambda: metric(ports[0], "trainq_consumer_docker_up") == 1,
+                         timeout=30, interval=0.5, what="trainq_consumer_docker_up 1")
             f.notes.append("dockerd_paused_s=6")
 
         self.run_scenario("dockerd-paused", fault)

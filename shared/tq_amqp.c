@@ -831,19 +831,21 @@ static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
 /* While blocked, the wait wakes this often to see whether the caller gave up. */
 #define TQ_AMQP_BLOCKED_SLICE_MS 500
 
-/* Waits until every message of the batch has the broker's verdict, or timeout_ms. The
- * clock stops while the connection is blocked by a resource alarm: the broker has the
- * messages (or will read them) and confirms them once the alarm clears, so a timeout then
- * would only drop the connection and publish again into the same alarm. Such a wait ends
- * when the alarm clears, the connection dies, or the abort flag is raised. */
+/* Waits until every message of the batch has the broker's verdict, or timeout_ms. On a
+ * connection with an abort flag (tq_amqp_set_abort: the relay's), the clock stops while it
+ * is blocked by a resource alarm: the broker has the messages (or will read them) and
+ * confirms them once the alarm clears, so a timeout then would only drop the connection
+ * and publish again into the same alarm. Such a wait ends when the alarm clears, the
+ * connection dies, or the flag is raised. Without a flag (the consumer's one-message
+ * publishes, whose callers have their own fallbacks) the timeout counts as always. */
 static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbuf *eb)
 {
     if (timeout_ms <= 0)
         timeout_ms = 10000;
     int64_t deadline = tq_mono_ms() + timeout_ms;
     while (b->remaining > 0) {
-        if (a->blocked) {
-            if (a->abort && atomic_load(a->abort)) {
+        if (a->blocked && a->abort) {
+            if (atomic_load(a->abort)) {
                 a->dead = 1;
                 return tq_errf(eb, TQ_ERR_UNAVAILABLE,
                                "could not publish: gave up while rabbitmq is blocked (%s)",
@@ -862,7 +864,7 @@ static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbu
                            "could not publish: %zu of %zu messages unconfirmed after %d ms",
                            b->remaining, b->n, timeout_ms);
         }
-        if (a->blocked && left > TQ_AMQP_BLOCKED_SLICE_MS)
+        if (a->blocked && a->abort && left > TQ_AMQP_BLOCKED_SLICE_MS)
             left = TQ_AMQP_BLOCKED_SLICE_MS;
         struct timeval tv = {.tv_sec = (time_t)(left / 1000),
                              .tv_usec = (suseconds_t)((left % 1000) * 1000)};

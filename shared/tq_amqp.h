@@ -75,9 +75,10 @@ int tq_amqp_alive(const tq_amqp *a);
  * login. Consuming and acking keep working while blocked. */
 int tq_amqp_blocked(const tq_amqp *a, char *reason, size_t reason_len);
 
-/* A flag (borrowed; NULL: none) that ends a confirm wait which is paused by a blocked
- * connection: tq_amqp_publish_confirmed then fails with TQ_ERR_UNAVAILABLE and the wrapper
- * is dead. Used by a relay that is asked to stop during an alarm. */
+/* Opts in to waiting out resource alarms: with a flag set (borrowed; NULL: none, the
+ * default), tq_amqp_publish_confirmed's clock stops while the connection is blocked, and
+ * raising the flag ends such a wait (TQ_ERR_UNAVAILABLE, wrapper dead). The relay uses it
+ * with its stop flag. Without one, the timeout runs as always, blocked or not. */
 void tq_amqp_set_abort(tq_amqp *a, const atomic_int *flag);
 
 /* fn(arg) is called on the connection's thread right after each connection.blocked or
@@ -161,8 +162,8 @@ typedef struct {
 
 /* Publishes msgs[0..n) persistent (delivery_mode 2), mandatory, with content_type,
  * message_id and timestamp, on a channel in confirm mode (tq_amqp_confirm_select first),
- * then waits up to timeout_ms in total for every confirm; time while the connection is
- * blocked (tq_amqp_blocked) does not count, see tq_amqp_set_abort. Returns TQ_OK when every
+ * then waits up to timeout_ms in total for every confirm (time while the connection is
+ * blocked does not count when an abort flag is set, see tq_amqp_set_abort). Returns TQ_OK when every
  * message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result
  * TQ_OK (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch
  * failed: TQ_ERR_UNAVAILABLE (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm

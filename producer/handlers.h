@@ -8,13 +8,24 @@
  *   jobs.c    GET    /api/training/jobs            GET    /api/training/jobs/{id}
  *             POST   /api/training/jobs/{id}/cancel
  *             GET    /api/training/jobs/{id}/events DELETE /api/training/jobs/{id}
- *   ops.c     GET    /healthz  /readyz  /metrics
+ *   live.c    GET    /api/training/jobs/{id}/logs   GET /api/training/jobs/{id}/stream
+ *             GET    /api/training/jobs/{id}/artifacts  .../artifacts/{name}  GET
+ * /api/training/stream ops.c     GET    /healthz  /readyz  /metrics
  */
 #ifndef TQ_HANDLERS_H
 #define TQ_HANDLERS_H
 
 #include "guards.h"
 #include "request.h"
+#include "tq_uuid.h"
+
+/* Shared by the job handlers (jobs.c, live.c): authenticate and count against the read
+ * limit (-1: replied); a 400 naming one field; the {id} segment (or given text) as a
+ * canonical uuid (-1: replied 400); 404 for absent or another user's, else 503/500. */
+int tq_job_guard(tq_req *r);
+void tq_job_bad_request(tq_req *r, const char *field, const char *message);
+int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF]);
+void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb);
 
 void tq_h_submit(tq_req *r);
 
@@ -23,6 +34,18 @@ void tq_h_job_get(tq_req *r);
 void tq_h_job_cancel(tq_req *r);
 void tq_h_job_events(tq_req *r);
 void tq_h_job_delete(tq_req *r);
+
+void tq_h_job_logs(tq_req *r);
+void tq_h_job_stream(tq_req *r);
+void tq_h_job_artifacts(tq_req *r);
+void tq_h_job_artifact(tq_req *r);
+void tq_h_stream_all(tq_req *r);
+
+/* A Range header against a file of size bytes: 1 with start and len for one satisfiable
+ * range, -1 when unsatisfiable (416), 0 to send the whole file (absent, not "bytes=",
+ * several ranges, or malformed: RFC 9110 lets a server ignore those). */
+int tq_range_parse(const char *h, unsigned long long size, unsigned long long *start,
+                   unsigned long long *len);
 
 void tq_h_healthz(tq_req *r);
 void tq_h_readyz(tq_req *r);

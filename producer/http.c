@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "request_impl.h"
 #include "routes.h"
+#include "stream.h"
 #include "tq_clock.h"
 #include "tq_log.h"
 #include "tq_uuid.h"
@@ -431,8 +432,8 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
         http_free(h);
         return rc;
     }
-    unsigned flags =
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME; /* event streams (stream.h) */
     if (h->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(
@@ -475,6 +476,8 @@ void tq_http_stop(tq_http *h, int drain_ms)
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);
+    /* Event streams never end by themselves: end them so the drain below can finish. */
+    tq_streams_close_all(h->app->streams);
     for (int waited = 0; atomic_load(&h->in_flight) > 0 && waited < drain_ms; waited += 10) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);

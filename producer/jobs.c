@@ -23,14 +23,14 @@
 /* "job is already cancelled: cancel it first" and the like. */
 #define CONFLICT_MSG_BUF 64
 
-static int guard(tq_req *r)
+int tq_job_guard(tq_req *r)
 {
     if (tq_req_authenticate(r) != 0)
         return -1;
     return tq_req_rate_limit(r, TQ_RATE_READ, tq_req_app(r)->cfg->read_rate_per_minute);
 }
 
-static void bad_request(tq_req *r, const char *field, const char *message)
+void tq_job_bad_request(tq_req *r, const char *field, const char *message)
 {
     tq_validation v = {0};
     tq_validation_add(&v, field, "%s", message);
@@ -38,10 +38,10 @@ static void bad_request(tq_req *r, const char *field, const char *message)
 }
 
 /* The {id} segment as a canonical uuid; 400 when malformed. */
-static int job_id_param(tq_req *r, char id[TQ_UUID_BUF])
+int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF])
 {
     if (tq_uuid_canonical(tq_req_param(r), id) != TQ_OK) {
-        bad_request(r, "id", "must be a uuid");
+        tq_job_bad_request(r, "id", "must be a uuid");
         return -1;
     }
     return 0;
@@ -49,7 +49,7 @@ static int job_id_param(tq_req *r, char id[TQ_UUID_BUF])
 
 /* A failed lookup: 404 for a job that is absent or another user's (the same answer, so
  * ids cannot be probed), else 503 / 500. */
-static void reply_failure(tq_req *r, int rc, const tq_errbuf *eb)
+void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb)
 {
     if (rc == TQ_ERR_NOT_FOUND)
         tq_req_reply_error(r, 404, "job not found");
@@ -89,15 +89,15 @@ static int cursor_parse(const char *c, char micros[CURSOR_MICROS_MAX + 1], char 
 
 void tq_h_job_list(tq_req *r)
 {
-    if (guard(r) != 0)
+    if (tq_job_guard(r) != 0)
         return;
     const char *status = tq_req_query(r, "status");
     tq_job_status st;
     if (status && !*status)
         status = NULL;
     if (status && tq_status_parse(status, &st) != 0) {
-        bad_request(r, "status",
-                    "must be one of queued, pending, running, completed, failed, cancelled");
+        tq_job_bad_request(r, "status",
+                           "must be one of queued, pending, running, completed, failed, cancelled");
         return;
     }
     int limit = LIST_DEFAULT;
@@ -106,7 +106,7 @@ void tq_h_job_list(tq_req *r)
         char *end = NULL;
         long v = strtol(ls, &end, 10);
         if (*end || end == ls || v < 1 || v > LIST_MAX) {
-            bad_request(r, "limit", "must be an integer between 1 and 100");
+            tq_job_bad_request(r, "limit", "must be an integer between 1 and 100");
             return;
         }
         limit = (int)v;
@@ -115,7 +115,7 @@ void tq_h_job_list(tq_req *r)
     const char *cursor = tq_req_query(r, "cursor");
     int have_cursor = cursor && *cursor;
     if (have_cursor && cursor_parse(cursor, micros, after_id) != 0) {
-        bad_request(r, "cursor", "is not a cursor returned by this API");
+        tq_job_bad_request(r, "cursor", "is not a cursor returned by this API");
         return;
     }
     json_t *jobs = NULL;
@@ -135,13 +135,13 @@ void tq_h_job_list(tq_req *r)
 void tq_h_job_get(tq_req *r)
 {
     char id[TQ_UUID_BUF];
-    if (guard(r) != 0 || job_id_param(r, id) != 0)
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
     json_t *job = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_job_get(tq_req_user(r), id, &job, &eb);
     if (rc != TQ_OK)
-        reply_failure(r, rc, &eb);
+        tq_job_reply_failure(r, rc, &eb);
     else
         tq_req_reply_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "job", job));
 }
@@ -149,7 +149,7 @@ void tq_h_job_get(tq_req *r)
 void tq_h_job_cancel(tq_req *r)
 {
     char id[TQ_UUID_BUF];
-    if (guard(r) != 0 || job_id_param(r, id) != 0)
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
     tq_job_status st = TQ_STATUS_QUEUED;
     int done = 0;
@@ -159,7 +159,7 @@ void tq_h_job_cancel(tq_req *r)
     if (rc == TQ_ERR_CONFLICT) {
         reply_conflict(r, status, "job is already %s", status);
     } else if (rc != TQ_OK) {
-        reply_failure(r, rc, &eb);
+        tq_job_reply_failure(r, rc, &eb);
     } else if (done) {
         tq_req_reply_json(r, 200,
                           json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "job_id", id, "status",
@@ -176,13 +176,13 @@ void tq_h_job_cancel(tq_req *r)
 void tq_h_job_events(tq_req *r)
 {
     char id[TQ_UUID_BUF];
-    if (guard(r) != 0 || job_id_param(r, id) != 0)
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
     json_t *events = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_job_events(tq_req_user(r), id, &events, &eb);
     if (rc != TQ_OK)
-        reply_failure(r, rc, &eb);
+        tq_job_reply_failure(r, rc, &eb);
     else
         tq_req_reply_json(
             r, 200, json_pack("{s:b, s:s, s:o}", "success", 1, "job_id", id, "events", events));
@@ -191,7 +191,7 @@ void tq_h_job_events(tq_req *r)
 void tq_h_job_delete(tq_req *r)
 {
     char id[TQ_UUID_BUF];
-    if (guard(r) != 0 || job_id_param(r, id) != 0)
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
     tq_job_status st = TQ_STATUS_QUEUED;
     tq_errbuf eb = {{0}};
@@ -200,7 +200,7 @@ void tq_h_job_delete(tq_req *r)
     if (rc == TQ_ERR_CONFLICT) {
         reply_conflict(r, status, "job is %s: cancel it first", status);
     } else if (rc != TQ_OK) {
-        reply_failure(r, rc, &eb);
+        tq_job_reply_failure(r, rc, &eb);
     } else {
         tq_req_reply_json(
             r, 200,

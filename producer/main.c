@@ -17,6 +17,7 @@
 #include "http.h"
 #include "pdb.h"
 #include "poptions.h"
+#include "stream.h"
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"
@@ -56,6 +57,7 @@ int main(int argc, char **argv)
     tq_auth *auth = NULL;
     tq_relay *relay = NULL;
     tq_http *http = NULL;
+    tq_streams *streams = NULL;
     int pdb_ready = 0;
 
     int rc = tq_http_prepare(&cfg, &eb);
@@ -90,7 +92,12 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay};
+    rc = tq_streams_start(&cfg, &streams, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
+        goto out;
+    }
+    tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay, .streams = streams};
     rc = tq_http_start(&app, &http, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
@@ -109,6 +116,7 @@ int main(int argc, char **argv)
 
 out:
     tq_http_stop(http, DRAIN_MS);
+    tq_streams_stop(streams);
     tq_relay_stop(relay, RELAY_FLUSH_MS);
     tq_auth_free(auth);
     if (pdb_ready)

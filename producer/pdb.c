@@ -316,6 +316,21 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
 /* ------------------------------------------------------------------ jobs */
 
 /* The job as the API shows it (the seed's DbTrainingJob plus queue fields). */
+/* docs/api.md, "Queue position": an unparked queued job counts the unparked queued jobs
+ * submitted before it (every user's: the queue is one FIFO); a parked job counts every
+ * unparked queued job (its release puts it behind them) and its user's parked jobs
+ * submitted before it (released oldest first). Both counts use the partial indexes
+ * training_jobs_unparked and training_jobs_parked; the row is aliased j. */
+#define QUEUE_POSITION                                                                             \
+    "CASE WHEN j.status <> 'queued' THEN NULL WHEN j.parked_at IS NULL THEN"                       \
+    " 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                         \
+    "      AND q.parked_at IS NULL AND (q.created_at, q.id) < (j.created_at, j.id))"               \
+    " ELSE 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                    \
+    "      AND q.parked_at IS NULL)"                                                               \
+    "    + (SELECT count(*) FROM training_jobs q WHERE q.user_id = j.user_id"                      \
+    "      AND q.status = 'queued' AND q.parked_at IS NOT NULL"                                    \
+    "      AND (q.created_at, q.id) < (j.created_at, j.id)) END"
+
 #define JOB_JSON                                                                                   \
     "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,"                    \
     " 'name', name, 'type', type, 'base_model', base_model, 'config', config,"                     \
@@ -324,7 +339,12 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'created_at', created_at, 'updated_at', updated_at, 'started_at', started_at,"               \
     " 'completed_at', completed_at, 'attempts', attempts, 'worker_id', worker_id,"                 \
     " 'progress', progress, 'exit_code', exit_code,"                                               \
-    " 'cancel_requested_at', cancel_requested_at)::text"
+    " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"             \
+    " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
+    " 'progress_updated_at', progress_updated_at,"                                                 \
+    " 'queue_position', " QUEUE_POSITION ","                                                       \
+    " 'waiting_reason', CASE WHEN status <> 'queued' THEN NULL"                                    \
+    "   WHEN parked_at IS NULL THEN 'capacity' ELSE 'user_limit' END)::text"
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
@@ -340,7 +360,7 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     job_arg *a = arg;
     const char *p[2] = {a->job_id, a->user};
     PGresult *res = NULL;
-    int rc = exec(t, "SELECT " JOB_JSON " FROM training_jobs WHERE id = $1::uuid AND user_id = $2",
+    int rc = exec(t, "SELECT " JOB_JSON " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
                   2, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
@@ -352,24 +372,23 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-/* Runs fn in a transaction and hands its JSON result (a->json) to *out; on failure the
- * partial result is freed. */
-static int run_json(txn_fn fn, job_arg *a, json_t **out,
-                    tq_errbuf *eb)
+/* Runs fn(arg) in a transaction and hands the JSON it left in *result to *out; on failure
+ * the partial result is freed. */
+static int run_json(txn_fn fn, void *arg, json_t **result, json_t **out, tq_errbuf *eb)
 {
-    int rc = run_txn(fn, a, eb);
+    int rc = run_txn(fn, arg, eb);
     if (rc != TQ_OK) {
-        json_decref(a->json);
+        json_decref(*result);
         return rc;
     }
-    *out = a->json;
+    *out = *result;
     return TQ_OK;
 }
 
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    return run_json(get_fn, &a, job, eb);
+    return run_json(get_fn, &a, &a.json, job, eb);
 }
 
 /* Keyset paging on (created_at, id): the cursor is the last row's created_at in
@@ -383,7 +402,7 @@ static int list_fn(tconn *t, void *arg, tq_errbuf *eb)
     int rc = exec(t,
                   "SELECT " JOB_JSON ","
                   " (extract(epoch FROM created_at) * 1000000)::bigint::text, id::text"
-                  " FROM training_jobs WHERE user_id = $1"
+                  " FROM training_jobs j WHERE user_id = $1"
                   " AND ($2::text IS NULL OR status = $2)"
                   " AND ($3::bigint IS NULL OR (created_at, id) <"
                   "      (timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid))"
@@ -422,7 +441,7 @@ int tq_pdb_job_list(const char *user, const tq_job_status *status, const char *a
                  .after_micros = after_micros,
                  .after_id = after_id};
     snprintf(a.limit, sizeof a.limit, "%d", limit);
-    int rc = run_json(list_fn, &a, jobs, eb);
+    int rc = run_json(list_fn, &a, &a.json, jobs, eb);
     if (rc == TQ_OK)
         snprintf(next_cursor, TQ_PDB_CURSOR_MAX, "%s", a.cursor);
     return rc;
@@ -530,7 +549,7 @@ static int events_fn(tconn *t, void *arg, tq_errbuf *eb)
 int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_errbuf *eb)
 {
     job_arg a = {.user = user, .job_id = job_id};
-    return run_json(events_fn, &a, events, eb);
+    return run_json(events_fn, &a, &a.json, events, eb);
 }
 
 static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
@@ -554,4 +573,236 @@ int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *statu
     int rc = run_txn(delete_fn, &a, eb);
     *status = a.st;
     return rc;
+}
+
+/* ------------------------------------------------------------------ live output */
+
+typedef struct {
+    const char *user, *job_id, *name;
+    char a[24], b[24];
+    json_t *json;
+    long long n1, n2;
+    int found;
+    char *text;
+    size_t text_cap;
+} live_arg;
+
+/* One row, one text column of JSON built by Postgres → a->json; no row → not found. */
+static int json_row(tconn *t, live_arg *a, const char *sql, int n, const char *const *p,
+                    tq_errbuf *eb)
+{
+    PGresult *res = NULL;
+    int rc = exec(t, sql, n, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    else
+        rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+/* Newest rows first, up to the one where the running count of lines reaches the tail
+ * (a row of k lines holds k-1 newlines). The job row is the ownership check. */
+static int log_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[3] = {a->job_id, a->user, a->a};
+    return json_row(t, a,
+                    "SELECT (SELECT COALESCE(json_agg(body ORDER BY seq DESC), '[]') FROM ("
+                    "  SELECT seq, body, sum(length(body) - length(replace(body, E'\\n', '')) + 1)"
+                    "    OVER (ORDER BY seq DESC) AS lines FROM job_output"
+                    "   WHERE job_id = j.id AND kind = 'log') o"
+                    "  WHERE lines - (length(body) - length(replace(body, E'\\n', '')) + 1)"
+                    "        < $3::int)::text"
+                    " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
+                    3, p, eb);
+}
+
+int tq_pdb_job_log(const char *user, const char *job_id, int tail, json_t **rows, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    snprintf(a.a, sizeof a.a, "%d", tail);
+    return run_json(log_fn, &a, &a.json, rows, eb);
+}
+
+static int artifacts_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[2] = {a->job_id, a->user};
+    return json_row(t, a,
+                    "SELECT (SELECT COALESCE(json_agg(json_build_object('name', name,"
+                    " 'size_bytes', size_bytes, 'sha256', sha256, 'created_at', created_at)"
+                    " ORDER BY name), '[]') FROM job_artifacts WHERE job_id = j.id)::text"
+                    " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
+                    2, p, eb);
+}
+
+int tq_pdb_job_artifacts(const char *user, const char *job_id, json_t **list, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    return run_json(artifacts_fn, &a, &a.json, list, eb);
+}
+
+static int artifact_find_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[3] = {a->job_id, a->user, a->name};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT (SELECT size_bytes FROM job_artifacts WHERE job_id = j.id AND name = $3)"
+                  " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
+                  3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0) {
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    } else {
+        a->found = !PQgetisnull(res, 0, 0);
+        a->n1 = col_ll(res, 0, 0);
+    }
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_artifact_find(const char *user, const char *job_id, const char *name, int *listed,
+                         long long *size, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id, .name = name};
+    int rc = run_txn(artifact_find_fn, &a, eb);
+    *listed = a.found;
+    *size = a.n1;
+    return rc;
+}
+
+/* The stream's events: job_events after the cursor. Per user (and so per job) their id order
+ * is commit order (every status change holds the user's advisory lock to commit), so "id >
+ * cursor" never skips an event that commits later. */
+#define STREAM_EVENTS_SQL(where)                                                                   \
+    "(SELECT COALESCE(json_agg(e ORDER BY e.id), '[]') FROM (SELECT id, job_id,"                   \
+    " to_status AS status, from_status, reason, at FROM job_events WHERE " where                   \
+    " ORDER BY id LIMIT 100) e)::text"
+
+static int stream_job_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[4] = {a->job_id, a->user, a->a, a->b};
+    /* One statement, one snapshot: when it shows the terminal status it shows every output
+     * row (those commit before it: both write the job's row). The rows: at most 64, and
+     * no more once TQ_PDB_STREAM_BYTES are in (the first row always). */
+    return json_row(t, a,
+                    "WITH o AS (SELECT seq, kind, body FROM ("
+                    "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
+                    "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
+                    "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
+                    "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
+                    "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
+                        "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
+                    " 'output', (SELECT COALESCE(json_agg(o ORDER BY o.seq), '[]') FROM o),"
+                    " 'more_output', EXISTS (SELECT 1 FROM job_output WHERE job_id = $1::uuid"
+                    "   AND seq > COALESCE((SELECT max(seq) FROM o), $4::bigint)),"
+                    " 'status', (SELECT status FROM training_jobs WHERE id = $1::uuid))::text",
+                    4, p, eb);
+}
+
+int tq_pdb_stream_job(const char *user, const char *job_id, long long after_event,
+                      long long after_seq, json_t **out, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    snprintf(a.a, sizeof a.a, "%lld", after_event);
+    snprintf(a.b, sizeof a.b, "%lld", after_seq);
+    return run_json(stream_job_fn, &a, &a.json, out, eb);
+}
+
+static int stream_user_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[3] = {a->user, a->a, a->b};
+    return json_row(
+        t, a,
+        "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
+            "user_id = $1 AND id > $2::bigint") "::json,"
+        " 'progress', (SELECT COALESCE(json_agg(json_build_object('job_id', id, 'progress',"
+        "  progress, 'current_step', current_step, 'total_steps', total_steps, 'loss', loss,"
+        "  'eta_seconds', eta_seconds, 'progress_updated_at', progress_updated_at, 'micros',"
+        "  (extract(epoch FROM progress_updated_at) * 1000000)::bigint)"
+        "  ORDER BY progress_updated_at), '[]') FROM training_jobs WHERE user_id = $1"
+        "  AND status IN ('pending', 'running') AND progress_updated_at >"
+        "  timestamptz 'epoch' + $3::bigint * interval '1 microsecond'))::text",
+        3, p, eb);
+}
+
+int tq_pdb_stream_user(const char *user, long long after_event, long long after_micros,
+                       json_t **out, tq_errbuf *eb)
+{
+    live_arg a = {.user = user};
+    snprintf(a.a, sizeof a.a, "%lld", after_event);
+    snprintf(a.b, sizeof a.b, "%lld", after_micros);
+    return run_json(stream_user_fn, &a, &a.json, out, eb);
+}
+
+static int stream_start_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[2] = {a->user, a->job_id};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT (SELECT COALESCE(max(id), 0) FROM job_events WHERE user_id = $1),"
+                  " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
+                  " $2::uuid IS NULL OR EXISTS (SELECT 1 FROM job_events WHERE job_id = $2::uuid"
+                  "   AND user_id = $1)",
+                  2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->n1 = col_ll(res, 0, 0);
+    a->n2 = col_ll(res, 0, 1);
+    if (strcmp(PQgetvalue(res, 0, 2), "t") != 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
+                        long long *now_micros, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    int rc = run_txn(stream_start_fn, &a, eb);
+    *last_event = a.n1;
+    *now_micros = a.n2;
+    return rc;
+}
+
+static int job_user_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[1] = {a->job_id};
+    PGresult *res = NULL;
+    int rc = exec(t, "SELECT user_id FROM training_jobs WHERE id = $1::uuid", 1, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) > 0)
+        col_copy(res, 0, 0, a->text, a->text_cap);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb)
+{
+    user[0] = '\0';
+    live_arg a = {.job_id = job_id, .text = user, .text_cap = TQ_USER_ID_BUF};
+    return run_txn(job_user_fn, &a, eb);
+}
+
+PGconn *tq_pdb_listen_open(tq_errbuf *eb)
+{
+    PGconn *c = tq_db_connect(db_url, db_app, eb);
+    if (!c)
+        return NULL;
+    if (tq_db_exec(c, "LISTEN " TQ_PDB_CHAN_EVENT, 0, NULL, NULL, eb) != TQ_OK ||
+        tq_db_exec(c, "LISTEN " TQ_PDB_CHAN_OUTPUT, 0, NULL, NULL, eb) != TQ_OK) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
 }

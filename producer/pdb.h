@@ -72,4 +72,53 @@ int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_
  * TQ_ERR_NOT_FOUND, or TQ_ERR_CONFLICT when the job is not terminal. */
 int tq_pdb_job_delete(const char *user, const char *job_id, tq_job_status *status, tq_errbuf *eb);
 
+/* ---- live output (docs/api.md "Watching a job"; db/migrations/0008_live_output.sql) ---- */
+
+/* The job's kept log rows, newest first, as a JSON array of strings (each complete lines
+ * joined by '\n'). Rows are read newest first until they hold at least tail lines.
+ * TQ_ERR_NOT_FOUND when the job is absent or another user's. */
+int tq_pdb_job_log(const char *user, const char *job_id, int tail, json_t **rows, tq_errbuf *eb);
+
+/* The job's artifacts [{name, size_bytes, sha256, created_at}], by name. TQ_ERR_NOT_FOUND
+ * as above. */
+int tq_pdb_job_artifacts(const char *user, const char *job_id, json_t **list, tq_errbuf *eb);
+
+/* 1 in *listed when name is one of the job's artifacts (the job being the user's); its
+ * recorded size in *size. TQ_ERR_NOT_FOUND when the job is absent or another user's. */
+int tq_pdb_artifact_find(const char *user, const char *job_id, const char *name, int *listed,
+                         long long *size, tq_errbuf *eb);
+
+/* The next part of one job's stream after cursor (events, seq): a JSON object
+ * {"events": [{id, job_id, status, from_status, reason, at}] (at most TQ_PDB_STREAM_EVENTS),
+ *  "output": [{seq, kind, body}] (at most 64 rows, and once TQ_PDB_STREAM_BYTES of bodies
+ *  are in no further row), "more_output": whether rows after those wait, "status": the
+ *  job's status now (null when deleted)}, all from one snapshot. */
+#define TQ_PDB_STREAM_EVENTS 100
+#define TQ_PDB_STREAM_BYTES_SQL "262144"
+int tq_pdb_stream_job(const char *user, const char *job_id, long long after_event,
+                      long long after_seq, json_t **out, tq_errbuf *eb);
+
+/* The next part of a user's all-jobs stream: {"events": [...] as above, "progress":
+ * [{job_id, progress, current_step, total_steps, loss, eta_seconds, progress_updated_at,
+ * micros}] of the user's jobs whose progress changed after after_micros (µs since the
+ * epoch)}. */
+int tq_pdb_stream_user(const char *user, long long after_event, long long after_micros,
+                       json_t **out, tq_errbuf *eb);
+
+/* Where a stream starts: *last_event the user's newest job_events id (0 if none), *now_micros
+ * the database's clock in µs since the epoch. With job_id non-NULL, TQ_ERR_NOT_FOUND when
+ * the user has no such job (current, or deleted with events left). */
+int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
+                        long long *now_micros, tq_errbuf *eb);
+
+/* The user of a job ("" when the job is gone). */
+int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb);
+
+/* A dedicated connection that LISTENs on trainq_job_event (payload: a user id) and
+ * trainq_job_output (payload: a job id); NULL on failure (eb says why). */
+#define TQ_PDB_CHAN_EVENT "trainq_job_event"
+#define TQ_PDB_CHAN_OUTPUT "trainq_job_output"
+struct pg_conn;
+struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
+
 #endif

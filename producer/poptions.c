@@ -59,6 +59,15 @@ static const tq_opt options[] = {
      "", 0, 0, NULL,
      "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (others' is "
      "ignored)"},
+    {"TRAINQ_STREAMS_PER_USER", "streams-per-user", TQ_OPT_INT, OFF(streams_per_user), "10", 1,
+     10000, NULL,
+     "Server-Sent Events streams one user may hold open on one producer (429 beyond it)"},
+    {"TRAINQ_STREAM_KEEPALIVE_SECONDS", "stream-keepalive-seconds", TQ_OPT_INT,
+     OFF(stream_keepalive_seconds), "15", 1, 300, NULL,
+     "a `: keepalive` comment is sent on a stream that was silent this long"},
+    {"TRAINQ_ARTIFACTS_DIR", "artifacts-dir", TQ_OPT_STR, OFF(artifacts_dir), "", 0, 0, NULL,
+     "the consumers' outputs directory as this host sees it (shared storage); artifacts are "
+     "downloaded from <dir>/<job id>/<name> (empty: downloads answer 404)"},
     {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
      OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
      "/readyz answers 503 while the oldest due outbox row has waited longer than this"},

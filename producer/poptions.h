@@ -43,6 +43,9 @@ typedef struct tq_producer_config {
     int http_body_timeout_seconds;
     int ready_max_backlog_age_seconds;
     char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
+    int streams_per_user;
+    int stream_keepalive_seconds;
+    char *artifacts_dir; /* "" when downloads are off */
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "metrics.h"
 #include "tq_db.h"
@@ -119,12 +120,15 @@ static void add_cors(tq_req *r, struct MHD_Response *resp, int preflight)
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
     }
     if (preflight) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                                "Authorization, Content-Type, Idempotency-Key, X-Request-Id");
+        MHD_add_response_header(
+            resp, "Access-Control-Allow-Headers",
+            "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Range, "
+            "X-Request-Id");
         MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     } else {
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
-                                "Retry-After, X-Request-Id, WWW-Authenticate");
+                                "Retry-After, X-Request-Id, WWW-Authenticate, Content-Range, "
+                                "Accept-Ranges");
     }
 }
 
@@ -173,6 +177,36 @@ void tq_req_reply_text(tq_req *r, unsigned status, const char *content_type, con
         return;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, (void *)(uintptr_t)text, MHD_RESPMEM_MUST_COPY);
+    queue(r, status, resp, content_type, 0);
+}
+
+void tq_req_reply_callback(tq_req *r, unsigned status, const char *content_type,
+                           MHD_ContentReaderCallback cb, void *cls,
+                           MHD_ContentReaderFreeCallback free_cb)
+{
+    if (r->replied) {
+        free_cb(cls);
+        return;
+    }
+    /* 4 KiB: the most one call of cb copies. */
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, cb, cls, free_cb);
+    if (!resp)
+        free_cb(cls);
+    queue(r, status, resp, content_type, 0);
+}
+
+void tq_req_reply_fd(tq_req *r, unsigned status, const char *content_type, int fd,
+                     unsigned long long offset, unsigned long long len)
+{
+    if (r->replied) {
+        close(fd);
+        return;
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_fd_at_offset64((uint64_t)len, fd, (uint64_t)offset);
+    if (!resp)
+        close(fd);
     queue(r, status, resp, content_type, 0);
 }
 

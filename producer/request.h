@@ -21,12 +21,14 @@
 #include "tq_job.h"
 
 struct tq_relay;
+struct tq_streams;
 
 /* What handlers may read; borrowed by the server for its whole life. */
 typedef struct {
     const tq_config *cfg;
     const tq_auth *auth;
-    struct tq_relay *relay; /* NULL when the relay could not be started */
+    struct tq_relay *relay;     /* NULL when the relay could not be started */
+    struct tq_streams *streams; /* the Server-Sent Events hub (stream.h) */
 } tq_app;
 
 typedef struct tq_req tq_req;

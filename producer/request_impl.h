@@ -16,7 +16,9 @@
 /* Longest request id taken from a client's X-Request-Id (else a uuid is made). */
 #define TQ_REQ_ID_MAX 64
 /* The {id} path segment; longer ones match no route (a uuid is 36). */
-#define TQ_REQ_PARAM_MAX 72
+/* The path's placeholder segments, joined by '/' (routes.c): a uuid and an artifact name
+ * (at most 255 bytes); longer ones match no route. */
+#define TQ_REQ_PARAM_MAX 300
 /* Method and path as logged: longer ones are cut (MHD caps the whole request line). */
 #define TQ_REQ_METHOD_BUF 16
 #define TQ_REQ_PATH_BUF 257
@@ -49,6 +51,15 @@ struct tq_req {
  * dispatcher answers 413), but reading goes on so the answer can be sent, up to a
  * discard limit. -1 when the connection must be cut (discard limit or out of memory). */
 int tq_req_append_body(tq_req *r, const char *data, size_t n);
+
+/* A response whose body cb produces (MHD_create_response_from_callback, unknown size,
+ * chunked); free_cb(cls) runs when MHD is done with it, also when the reply fails. */
+void tq_req_reply_callback(tq_req *r, unsigned status, const char *content_type,
+                           MHD_ContentReaderCallback cb, void *cls,
+                           MHD_ContentReaderFreeCallback free_cb);
+/* len bytes of fd from offset (the response owns fd and closes it). */
+void tq_req_reply_fd(tq_req *r, unsigned status, const char *content_type, int fd,
+                     unsigned long long offset, unsigned long long len);
 
 /* 204 to a CORS preflight (OPTIONS): Allow, and Access-Control-Allow-Methods when CORS is
  * configured, both set to allow. */

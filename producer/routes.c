@@ -16,7 +16,8 @@
 
 typedef void (*handler_fn)(tq_req *r);
 
-/* A pattern segment "{id}" matches any one segment. */
+/* A pattern segment "{...}" ("{id}", "{name}") matches any one segment; the matched
+ * segments go to the request's param, joined by '/'. */
 typedef struct {
     const char *pattern;
     handler_fn get, post, del;
@@ -31,6 +32,11 @@ static const route_entry routes[] = {
     {"/api/training/jobs/{id}", tq_h_job_get, NULL, tq_h_job_delete},
     {"/api/training/jobs/{id}/cancel", NULL, tq_h_job_cancel, NULL},
     {"/api/training/jobs/{id}/events", tq_h_job_events, NULL, NULL},
+    {"/api/training/jobs/{id}/logs", tq_h_job_logs, NULL, NULL},
+    {"/api/training/jobs/{id}/stream", tq_h_job_stream, NULL, NULL},
+    {"/api/training/jobs/{id}/artifacts", tq_h_job_artifacts, NULL, NULL},
+    {"/api/training/jobs/{id}/artifacts/{name}", tq_h_job_artifact, NULL, NULL},
+    {"/api/training/stream", tq_h_stream_all, NULL, NULL},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 
@@ -57,22 +63,27 @@ int tq_route_is_health(int route)
     return route >= 0 && (routes[route].get == tq_h_healthz || routes[route].get == tq_h_readyz);
 }
 
-/* 1 if url[0..ulen) matches pattern p; its {id} segment (if any) goes to param. */
+/* 1 if url[0..ulen) matches pattern p; its placeholder segments (if any) go to param,
+ * joined by '/'. */
 static int match_one(const char *p, const char *url, size_t ulen, char *param, size_t cap)
 {
     const char *u = url, *uend = url + ulen;
+    size_t used = 0;
     param[0] = '\0';
     while (*p) {
-        if (strncmp(p, "{id}", 4) == 0) {
+        if (*p == '{') {
             const char *seg = u;
             while (u < uend && *u != '/')
                 u++;
-            size_t n = (size_t)(u - seg);
-            if (n == 0 || n >= cap)
+            size_t n = (size_t)(u - seg), sep = used > 0;
+            if (n == 0 || used + sep + n >= cap)
                 return 0;
-            memcpy(param, seg, n);
-            param[n] = '\0';
-            p += 4;
+            if (sep)
+                param[used++] = '/';
+            memcpy(param + used, seg, n);
+            used += n;
+            param[used] = '\0';
+            p = strchr(p, '}') + 1;
         } else if (u < uend && *p == *u) {
             p++;
             u++;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainq benchmarks, each next to its floor in the same run (docs/performance.md).
 #
-#   scripts/bench.sh [--quick] [--keep] [--memory]
+#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory]   (ROWS: e.g. 1,8)
 #
 #   1. starts its own Postgres/RabbitMQ/dockerd (scripts/services.sh) in its own state dir
 #      and on its own ports, so it never meets a test run's services
@@ -28,15 +28,17 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 quick=()
+only=()
 keep=0
 memory=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
     --keep) keep=1 ;;
+    --only=*) only=(--only "${a#--only=}") ;;
     --memory) memory=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown option $a (--quick, --keep, --memory)" >&2; exit 2 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory)" >&2; exit 2 ;;
   esac
 done
 
@@ -92,7 +94,7 @@ if ((memory)); then
   echo "bench.sh: table written to $BUILD/memory.md" >&2
   exit 0
 fi
-/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" --bin-dir "$BUILD" \
+/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" --bin-dir "$BUILD" \
   --out "$BUILD/bench.md" --work-dir "$TRAINQ_STATE_DIR/bench" \
   --duration "${TRAINQ_BENCH_DURATION:-15}" --connections "${TRAINQ_BENCH_CONNECTIONS:-64}" \
   --http-threads "${TRAINQ_BENCH_HTTP_THREADS:-4}" \

@@ -663,7 +663,7 @@ case "$cmd" in
     msg=""
     for svc in "${only[@]}"; do
       case "$svc" in
-        postgres) msg+=", postgres 127.0.0.1:$PG_PORT$(sb_enabled && echo " (standby 127.0.0.1:$SB_PORT)")" ;;
+        postgres) msg+=", postgres 127.0.0.1:$PG_PORT$(if sb_enabled; then echo " (standby 127.0.0.1:$SB_PORT)"; fi)" ;;
         rabbitmq) msg+=", rabbitmq $(rmq_urls | sed 's|amqp://trainq:trainq@||g; s|/%2f||g')" ;;
         docker) msg+=", docker $DOCKER_HOST_URL" ;;
       esac

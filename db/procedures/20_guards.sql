@@ -55,6 +55,9 @@ BEGIN
     INSERT INTO job_events (job_id, user_id, from_status, to_status, worker_id, fencing_token, reason)
     VALUES (NEW.id, NEW.user_id, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
             NEW.worker_id, NEW.fencing_token, r);
+    -- Wakes the producers' event streams (producer/stream.c) at commit; the payload is the
+    -- user, whose events they read after their cursor. A missed one only waits for a poll.
+    PERFORM pg_notify('trainq_job_event', NEW.user_id);
     RETURN NULL;
 END $$;
 

@@ -10,6 +10,8 @@ Rows (docs/performance.md explains each):
     submit's SQL          2 submit → message on the queue      3 dispatch latency vs bare
     create+start and `docker run -d`    4 release latency      5 backlog drain
   6 footprint             7 python3-celery on the same broker
+  8 Server-Sent Events: status change → event at the client with 100 open streams, and the
+    producer's CPU and memory with them open
 """
 
 import argparse
@@ -1030,7 +1032,110 @@ COMMIT;
             add(f"| 7 | celery no-op worker (prefork, 1 process per CPU) vs our drain (1 consumer) |"
                 f" our drain: {fmt(drain, ' jobs/s', 2)} | celery: {fmt(r7['worker'], ' tasks/s')} |"
                 f" — | — | — |")
+        r8 = R.get(8)
+        if r8:
+            lat = r8["lat"]
+            add(f"| 8 | status change → SSE event at the client, {r8['n']} open streams"
+                f" (n={len(lat)}, bursts of {r8['n']} changes) p50 / p99 |"
+                f" {fmt(pct(lat, 50), ' ms', 1)} / {fmt(pct(lat, 99), ' ms', 1)} | — | — |"
+                f" — | — |")
+            add(f"| 8 | producer with {r8['n']} open streams: CPU idle / during the bursts;"
+                f" VmRSS (RssAnon) | {fmt(100 * r8['cpu_idle'] / r8['idle_s'], ' %', 2)} /"
+                f" {fmt(100 * r8['cpu_busy'] / r8['busy_s'], ' %', 1)};"
+                f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
+                f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
+                f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
         return "\n".join(lines)
+
+    # ------------------------------------------------------------ row 8
+
+    def row8(self):
+        """100 clients each follow one job's stream (GET /api/training/jobs/{id}/stream,
+        one thread each, an independent client). Idle: the producer's CPU and memory with the
+        streams open. Then every job goes queued → pending → running → completed, one
+        transaction each, from one psql session (a burst of 100 changes per step); the
+        latency of a change is the client's receive time minus job_events.at (the
+        change's clock_timestamp() in its transaction, so it includes the commit)."""
+        n = 100
+        log(f"row 8: Server-Sent Events, {n} streams")
+        p = self.start([os.path.join(self.bin, "producer", "trainq-producer")], "producer-sse",
+                       TRAINQ_HTTP_ADDR="127.0.0.1:0", TRAINQ_JWT_SECRET=self.secret,
+                       TRAINQ_HTTP_THREADS=self.threads, TRAINQ_SUBMIT_RATE_PER_MINUTE=1000000,
+                       TRAINQ_READ_RATE_PER_MINUTE=1000000,
+                       TRAINQ_HTTP_MAX_CONNECTIONS_PER_CLIENT=4 * n, TRAINQ_LOG_LEVEL="info")
+        port = int(p.wait_event("http.listening")["port"])
+        tag = f"sse{self.run}"
+        users = [f"bench-{tag}-{i}" for i in range(n)]
+        dss = [str(uuid.uuid4()) for _ in range(n)]
+        psql("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
+             + ",".join(f"('{d}', '{u}', 'bench', 'sse/{d}')" for u, d in zip(users, dss)))
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        jobs = [self.submit(c, u, d, "bench sse") for u, d in zip(users, dss)]
+        c.close()
+        # keep the relay's messages off the queue: nobody consumes in this row
+        self.wait_published()
+        self.purge()
+        got = {j: {} for j in jobs}
+        ready = threading.Barrier(n + 1)
+        rss_before = proc_status(p.pid, "VmRSS")
+        anon_before = proc_status(p.pid, "RssAnon")
+
+        def follow(user, job):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn.request("GET", f"/api/training/jobs/{job}/stream",
+                         headers={"Accept": "text/event-stream",
+                                  "Authorization": f"Bearer {mint(user, self.secret)}"})
+            r = conn.getresponse()
+            event, first = None, True
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                t = time.time()
+                line = line.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "status":
+                    got[job][json.loads(line[6:])["status"]] = t
+                    if first:
+                        first = False
+                        ready.wait(60)
+            conn.close()
+
+        threads = [threading.Thread(target=follow, args=(u, j), daemon=True)
+                   for u, j in zip(users, jobs)]
+        for t in threads:
+            t.start()
+        ready.wait(60)
+        rss0 = proc_status(p.pid, "VmRSS")
+        anon0 = proc_status(p.pid, "RssAnon")
+        idle = 3 if self.quick else 15
+        cpu0 = proc_cpu_seconds(p.pid)
+        time.sleep(idle)
+        cpu_idle = proc_cpu_seconds(p.pid) - cpu0
+        ids = ",".join(f"'{j}'" for j in jobs)
+        steps = [("pending", ", worker_id = 'bench-sse', fencing_token = fencing_token + 1"),
+                 ("running", ", started_at = now()"), ("completed", ", completed_at = now()")]
+        cpu0 = proc_cpu_seconds(p.pid)
+        t0 = time.monotonic()
+        for st, extra in steps:
+            psql("".join(f"UPDATE training_jobs SET status = '{st}'{extra} WHERE id = '{j}';\n"
+                         for j in jobs))
+            wait_until(lambda: all(st in got[j] for j in jobs), 60, f"every stream's {st}")
+        busy = time.monotonic() - t0
+        cpu_busy = proc_cpu_seconds(p.pid) - cpu0
+        for t in threads:
+            t.join(30)
+        at = {(r[0], r[1]): float(r[2]) for r in rows(
+            "SELECT job_id, to_status, extract(epoch FROM at) FROM job_events"
+            f" WHERE job_id IN ({ids}) AND to_status IN ('pending', 'running', 'completed')")}
+        lat = [(got[j][st] - at[(j, st)]) * 1e3 for j in jobs for st, _ in steps
+               if (j, st) in at and st in got[j]]
+        p.stop()
+        self.results[8] = {"n": n, "lat": lat, "rss_kb": rss0, "anon_kb": anon0,
+                           "rss_before_kb": rss_before, "anon_before_kb": anon_before,
+                           "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
+                           "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 
     # ------------------------------------------------------------ main
 
@@ -1040,17 +1145,21 @@ COMMIT;
                 f" producer {self.threads} HTTP threads / DB connections", ""]
         sampler = threading.Thread(target=self.sample_anon, daemon=True)
         sampler.start()
+        only = self.args.only
+        want = lambda n: not only or n in only
         try:
-            self.row1()
-            self.row2()
-            self.row3()
-            self.row4()
-            self.row5()
+            for n, row in ((1, self.row1), (2, self.row2), (3, self.row3), (4, self.row4),
+                           (5, self.row5)):
+                if want(n):
+                    row()
             if self.producer:
                 self.results[6] = {"producer_hwm": proc_status(self.producer.pid, "VmHWM")}
-            self.producer.stop()
+                self.producer.stop()
             self._sampling.set()
-            self.row7()
+            if want(7):
+                self.row7()
+            if want(8):
+                self.row8()
         finally:
             self._sampling.set()
             for p in self.procs:
@@ -1081,6 +1190,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--http-threads", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep logs and scratch files")
+    ap.add_argument("--only", type=lambda v: {int(x) for x in v.split(",") if x},
+                    default=set(), help="comma-separated rows to run (default: all)")
     args = ap.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     try:

@@ -21,7 +21,7 @@ static void test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern
     (void)state;
     char param[TQ_REQ_PARAM_MAX];
     const char *const *labels = tq_route_labels();
-    assert_int_equal(tq_route_count(), 8);
+    assert_int_equal(tq_route_count(), 13);
     for (size_t i = 0; i < tq_route_count(); i++) {
         assert_string_equal(tq_route_label((int)i), labels[i]);
         if (!strstr(labels[i], "{id}"))
@@ -45,6 +45,22 @@ static void test_the_id_segment_is_captured(void **state)
     assert_string_equal(param, "x");
 }
 
+static void test_an_artifact_path_captures_the_id_and_the_name_joined_by_a_slash(void **state)
+{
+    (void)state;
+    char param[TQ_REQ_PARAM_MAX];
+    int a = route_of("/api/training/jobs/abc/artifacts/model.safetensors", param);
+    assert_string_equal(tq_route_label(a), "/api/training/jobs/{id}/artifacts/{name}");
+    assert_string_equal(param, "abc/model.safetensors");
+    int list = route_of("/api/training/jobs/abc/artifacts/", param);
+    assert_string_equal(tq_route_label(list), "/api/training/jobs/{id}/artifacts");
+    assert_string_equal(param, "abc");
+    /* a name is one segment: "a/b" (also MHD's decoding of "a%2Fb") matches nothing */
+    assert_int_equal(route_of("/api/training/jobs/abc/artifacts/a/b", param), -1);
+    assert_string_equal(tq_route_label(route_of("/api/training/stream", param)),
+                        "/api/training/stream");
+}
+
 static void test_one_trailing_slash_is_ignored_and_nothing_else_matches(void **state)
 {
     (void)state;
@@ -65,7 +81,7 @@ static void test_one_trailing_slash_is_ignored_and_nothing_else_matches(void **s
 static void test_an_id_segment_longer_than_the_cap_matches_no_route(void **state)
 {
     (void)state;
-    char param[TQ_REQ_PARAM_MAX], url[256];
+    char param[TQ_REQ_PARAM_MAX], url[TQ_REQ_PARAM_MAX + 64];
     char seg[TQ_REQ_PARAM_MAX + 1];
     memset(seg, 'a', sizeof seg - 1);
     seg[TQ_REQ_PARAM_MAX - 1] = '\0'; /* the longest that fits */
@@ -95,6 +111,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern),
         cmocka_unit_test(test_the_id_segment_is_captured),
+        cmocka_unit_test(test_an_artifact_path_captures_the_id_and_the_name_joined_by_a_slash),
         cmocka_unit_test(test_one_trailing_slash_is_ignored_and_nothing_else_matches),
         cmocka_unit_test(test_an_id_segment_longer_than_the_cap_matches_no_route),
         cmocka_unit_test(test_only_the_health_checks_may_use_the_reserve),

@@ -108,6 +108,13 @@ static const char *route_label(size_t i)
 /* Room for `route="…",code="…"`: route names are the route table's constants. */
 #define LABELS_BUF 160
 
+static atomic_ullong db_exhausted;
+
+void tq_metrics_db_exhausted(void)
+{
+    atomic_fetch_add_explicit(&db_exhausted, 1, memory_order_relaxed);
+}
+
 char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
 {
     tq_prom_doc d;
@@ -155,8 +162,21 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
     const tq_metrics_relay *rs = relay ? relay : &none;
     tq_prom_scalar(&d, "trainq_outbox_backlog", "gauge",
                    "Outbox rows not yet published (-1: unknown).", rs->backlog);
+    tq_prom_scalar(&d, "trainq_outbox_backlog_age_seconds", "gauge",
+                   "How long the oldest due outbox row has waited (-1: unknown).",
+                   rs->backlog_age);
     tq_prom_scalar(&d, "trainq_relay_amqp_up", "gauge",
                    "1 while the relay's RabbitMQ connection is up.", rs->connected);
+    tq_prom_scalar(&d, "trainq_relay_amqp_blocked", "gauge",
+                   "1 while RabbitMQ blocks the relay's publishing (memory or disk alarm).",
+                   rs->blocked);
+    tq_prom_head(&d, "trainq_relay_amqp_blocked_seconds_total", "counter",
+                 "Time the relay's RabbitMQ connection spent blocked by a resource alarm.");
+    tq_prom_sample_u(&d, "trainq_relay_amqp_blocked_seconds_total", NULL, rs->blocked_seconds);
+    tq_prom_head(&d, "trainq_db_connections_refused_total", "counter",
+                 "Postgres connections refused for want of slots (too many clients, 53300).");
+    tq_prom_sample_u(&d, "trainq_db_connections_refused_total", NULL,
+                     atomic_load_explicit(&db_exhausted, memory_order_relaxed));
     static const struct {
         const char *name, *help;
         size_t off;
@@ -173,6 +193,8 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
          offsetof(tq_metrics_relay, errors)},
         {"trainq_relay_reconnects_total", "Relay reconnections to Postgres or RabbitMQ.",
          offsetof(tq_metrics_relay, reconnects)},
+        {"trainq_relay_amqp_blocked_total", "Times RabbitMQ blocked the relay's connection.",
+         offsetof(tq_metrics_relay, blocked_events)},
     };
     for (size_t i = 0; i < sizeof ctr / sizeof ctr[0]; i++) {
         const unsigned long long *v =

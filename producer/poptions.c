@@ -68,6 +68,9 @@ static const tq_opt options[] = {
     {"TRAINQ_ARTIFACTS_DIR", "artifacts-dir", TQ_OPT_STR, OFF(artifacts_dir), "", 0, 0, NULL,
      "the consumers' outputs directory as this host sees it (shared storage); artifacts are "
      "downloaded from <dir>/<job id>/<name> (empty: downloads answer 404)"},
+    {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
+     OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
+     "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
 };
 
 /* The JWT algorithm decides which of the secret and the key file is used: exactly that one

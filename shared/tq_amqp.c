@@ -35,6 +35,11 @@ struct tq_amqp {
     uint64_t next_tag; /* delivery tag the next publish gets (confirm mode) */
     int n_nodes;       /* nodes in the url list this connection was made from */
     unsigned last_close_code; /* reply code of the last broker channel.close */
+    int blocked;              /* connection.blocked received, no connection.unblocked yet */
+    char blocked_reason[128]; /* the broker's reason ("low on memory", "low on disk") */
+    const atomic_int *abort;  /* when set and non-zero: give up a blocked confirm wait */
+    void (*on_block)(void *); /* blocked/unblocked changes, and ticks of a blocked wait */
+    void *on_block_arg;
 };
 
 static void set_rpc_timeout(amqp_connection_state_t c, int seconds)
@@ -363,11 +368,21 @@ static int connect_node(const struct amqp_connection_info *ci, const char *conn_
     amqp_set_handshake_timeout(a->conn, &hs);
     set_rpc_timeout(a->conn, TQ_AMQP_RPC_TIMEOUT_S);
 
-    amqp_table_entry_t prop = {
-        .key = amqp_cstring_bytes("connection_name"),
-        .value = {.kind = AMQP_FIELD_KIND_UTF8,
-                  .value.bytes = amqp_cstring_bytes(conn_name ? conn_name : "trainq")}};
-    amqp_table_t props = {.num_entries = 1, .entries = &prop};
+    /* rabbitmq-c 0.11 announces only authentication_failure_close and
+     * exchange_exchange_bindings; it merges ours into them. Without connection.blocked the
+     * broker silently stops reading a publisher during a memory or disk alarm and the
+     * confirm wait cannot tell that from a dead link. */
+    amqp_table_entry_t cap = {.key = amqp_cstring_bytes("connection.blocked"),
+                              .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1}};
+    amqp_table_entry_t prop[2] = {
+        {.key = amqp_cstring_bytes("connection_name"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                   .value.bytes = amqp_cstring_bytes(conn_name ? conn_name : "trainq")}},
+        {.key = amqp_cstring_bytes("capabilities"),
+         .value = {.kind = AMQP_FIELD_KIND_TABLE,
+                   .value.table = {.num_entries = 1, .entries = &cap}}},
+    };
+    amqp_table_t props = {.num_entries = 2, .entries = prop};
     a->dead = 0;
     amqp_rpc_reply_t r =
         amqp_login_with_properties(a->conn, ci->vhost, 0, 131072, heartbeat_s, &props,
@@ -438,8 +453,53 @@ static int skip_returned_content(tq_amqp *a, amqp_channel_t ch, char *msgid, siz
     return TQ_OK;
 }
 
+/* connection.blocked / connection.unblocked (announced at login, see connect_node): the
+ * broker stopped reading what this connection publishes until a resource alarm clears. */
+static void on_blocked(tq_amqp *a, const amqp_frame_t *f)
+{
+    if (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD) {
+        const amqp_connection_blocked_t *m = f->payload.method.decoded;
+        a->blocked = 1;
+        bytes_to_str(m->reason, a->blocked_reason, sizeof a->blocked_reason);
+    } else {
+        a->blocked = 0;
+        a->blocked_reason[0] = '\0';
+    }
+    if (a->on_block)
+        a->on_block(a->on_block_arg);
+}
+
+static int is_blocked_frame(const amqp_frame_t *f)
+{
+    return f->frame_type == AMQP_FRAME_METHOD && f->channel == 0 &&
+           (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD ||
+            f->payload.method.id == AMQP_CONNECTION_UNBLOCKED_METHOD);
+}
+
+int tq_amqp_blocked(const tq_amqp *a, char *reason, size_t reason_len)
+{
+    if (reason && reason_len)
+        snprintf(reason, reason_len, "%s", a && a->blocked ? a->blocked_reason : "");
+    return a && !a->dead && a->blocked;
+}
+
+void tq_amqp_set_abort(tq_amqp *a, const atomic_int *flag)
+{
+    a->abort = flag;
+}
+
+void tq_amqp_set_block_hook(tq_amqp *a, void (*fn)(void *arg), void *arg)
+{
+    a->on_block = fn;
+    a->on_block_arg = arg;
+}
+
 int tq_amqp_handle_frame(tq_amqp *a, const amqp_frame_t *f, tq_errbuf *eb)
 {
+    if (is_blocked_frame(f)) {
+        on_blocked(a, f);
+        return TQ_OK;
+    }
     if (f->frame_type != AMQP_FRAME_METHOD)
         return TQ_OK;
     switch (f->payload.method.id) {
@@ -735,6 +795,10 @@ static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
 static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
                             tq_errbuf *eb)
 {
+    if (is_blocked_frame(f)) {
+        on_blocked(a, f);
+        return TQ_OK;
+    }
     if (f->frame_type != AMQP_FRAME_METHOD)
         return TQ_OK;
     if (f->channel != TQ_AMQP_CHANNEL && f->payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
@@ -760,15 +824,37 @@ static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
     case AMQP_CONNECTION_CLOSE_METHOD:
         return on_connection_close(a, f->payload.method.decoded, "could not publish", eb);
     default:
-        return TQ_OK; /* e.g. connection.blocked: the deadline covers it */
+        return TQ_OK;
     }
 }
 
-/* Waits until every message of the batch has the broker's verdict, or timeout_ms. */
+/* While blocked, the wait wakes this often to see whether the caller gave up. */
+#define TQ_AMQP_BLOCKED_SLICE_MS 500
+
+/* Waits until every message of the batch has the broker's verdict, or timeout_ms. On a
+ * connection with an abort flag (tq_amqp_set_abort: the relay's), the clock stops while it
+ * is blocked by a resource alarm: the broker has the messages (or will read them) and
+ * confirms them once the alarm clears, so a timeout then would only drop the connection
+ * and publish again into the same alarm. Such a wait ends when the alarm clears, the
+ * connection dies, or the flag is raised. Without a flag (the consumer's one-message
+ * publishes, whose callers have their own fallbacks) the timeout counts as always. */
 static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbuf *eb)
 {
-    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    if (timeout_ms <= 0)
+        timeout_ms = 10000;
+    int64_t deadline = tq_mono_ms() + timeout_ms;
     while (b->remaining > 0) {
+        if (a->blocked && a->abort) {
+            if (atomic_load(a->abort)) {
+                a->dead = 1;
+                return tq_errf(eb, TQ_ERR_UNAVAILABLE,
+                               "could not publish: gave up while rabbitmq is blocked (%s)",
+                               a->blocked_reason);
+            }
+            deadline = tq_mono_ms() + timeout_ms;
+            if (a->on_block)
+                a->on_block(a->on_block_arg);
+        }
         int64_t left = deadline - tq_mono_ms();
         if (left <= 0) {
             /* Late confirms would arrive on a channel whose tags we no longer trust to
@@ -778,6 +864,8 @@ static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbu
                            "could not publish: %zu of %zu messages unconfirmed after %d ms",
                            b->remaining, b->n, timeout_ms);
         }
+        if (a->blocked && a->abort && left > TQ_AMQP_BLOCKED_SLICE_MS)
+            left = TQ_AMQP_BLOCKED_SLICE_MS;
         struct timeval tv = {.tv_sec = (time_t)(left / 1000),
                              .tv_usec = (suseconds_t)((left % 1000) * 1000)};
         amqp_frame_t f;

@@ -19,8 +19,16 @@
 
 /* Connects with a bounded connect timeout (5 s unless the URL sets one), TCP keepalives,
  * TQ_DB_DEFAULT_OPTIONS unless the URL sets `options`, and application_name = app.
- * Returns NULL and fills eb on failure. Caller PQfinish()es. */
+ * Returns NULL and fills eb on failure (TQ_ERR_UNAVAILABLE when the server cannot be
+ * reached or refuses; a refusal for want of connection slots starts with TQ_DB_EXHAUSTED).
+ * Caller PQfinish()es. */
 PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb);
+
+/* The message prefix of a connection refused with SQLSTATE 53300 (max_connections). */
+#define TQ_DB_EXHAUSTED "postgres has no free connections"
+
+/* 1 when eb holds a refusal for want of connection slots (see TQ_DB_EXHAUSTED). */
+int tq_db_exhausted(const tq_errbuf *eb);
 
 /* Makes *c usable: reconnects if it is NULL or its connection is bad. */
 int tq_db_ensure(PGconn **c, const char *url, const char *app, tq_errbuf *eb);

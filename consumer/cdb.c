@@ -27,9 +27,8 @@ static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
 static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
-    return tq_db_exec(c,
-                      "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = $1",
-                      1, p, NULL, eb);
+    return tq_db_exec(c, "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = $1", 1, p,
+                      NULL, eb);
 }
 
 /* Decimal text of a number, for a query parameter. */
@@ -200,8 +199,8 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
-                        const char *container_id, tq_errbuf *eb)
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
+                        tq_errbuf *eb)
 {
     running_arg a = {.job_id = job_id, .container_id = container_id};
     num(a.token, fencing);
@@ -270,8 +269,7 @@ static char *artifacts_json(const tq_artifact *v, size_t n)
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
         json_array_append_new(arr, json_pack("{s:s, s:I, s:s}", "name", v[i].name, "size_bytes",
-                                             (json_int_t)v[i].size_bytes, "sha256",
-                                             v[i].sha256));
+                                             (json_int_t)v[i].size_bytes, "sha256", v[i].sha256));
     char *out = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
     json_decref(arr);
     return out;
@@ -314,15 +312,14 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_statu
 
 typedef struct {
     const char *job_id, *lines;
-    char token[TQ_NUM_BUF], step[TQ_NUM_BUF], total[TQ_NUM_BUF], keep[TQ_NUM_BUF],
-        max[TQ_NUM_BUF];
+    char token[TQ_NUM_BUF], step[TQ_NUM_BUF], total[TQ_NUM_BUF], keep[TQ_NUM_BUF], max[TQ_NUM_BUF];
     char loss[32], eta[32];
     int has_progress, has_loss, has_eta;
 } output_arg;
 
 /* One call of a fenced output procedure (it returns NULL when the token is stale). */
-static int fenced_call(PGconn *c, const char *sql, int n, const char *const *p,
-                       const char *job_id, tq_errbuf *eb)
+static int fenced_call(PGconn *c, const char *sql, int n, const char *const *p, const char *job_id,
+                       tq_errbuf *eb)
 {
     PGresult *r;
     int rc = tq_db_exec(c, sql, n, p, &r, eb);
@@ -339,8 +336,13 @@ static int output_fn(PGconn *c, void *arg, tq_errbuf *eb)
     output_arg *a = arg;
     int rc = TQ_OK;
     if (a->has_progress) {
-        const char *p[7] = {a->job_id, a->token, a->step, a->total,
-                            a->has_loss ? a->loss : NULL, a->has_eta ? a->eta : NULL, a->keep};
+        const char *p[7] = {a->job_id,
+                            a->token,
+                            a->step,
+                            a->total,
+                            a->has_loss ? a->loss : NULL,
+                            a->has_eta ? a->eta : NULL,
+                            a->keep};
         rc = fenced_call(c,
                          "SELECT tq_output_progress($1::uuid, $2::bigint, $3::int, $4::int, "
                          "$5::float8, $6::float8, $7::int)",
@@ -397,8 +399,7 @@ static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
     give_back_arg *a = arg;
     const char *p[4] = {a->job_id, a->token, a->reason, a->max};
     PGresult *r;
-    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
-                        eb);
+    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r, eb);
     if (rc != TQ_OK)
         return rc;
     const char *v = PQgetvalue(r, 0, 0);
@@ -468,7 +469,7 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     if (!*out)
         return TQ_ERR_NOMEM;
     for (size_t i = 0; i < rows; i++) {
-        snprintf((*out)[i].job_id, sizeof (*out)[i].job_id, "%s", PQgetvalue(r, (int)i, 0));
+        snprintf((*out)[i].job_id, sizeof(*out)[i].job_id, "%s", PQgetvalue(r, (int)i, 0));
         (*out)[i].fencing_token = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10);
         (*out)[i].cancel_requested = strcmp(PQgetvalue(r, (int)i, 2), "t") == 0;
     }
@@ -552,8 +553,7 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
-                 tq_errbuf *eb)
+int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released, tq_errbuf *eb)
 {
     char secs[TQ_NUM_BUF], inq[TQ_NUM_BUF];
     num(secs, stranded_seconds);
@@ -571,6 +571,6 @@ int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *relea
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb)
 {
     const char *p[1] = {worker_id};
-    return tq_db_exec(c, "UPDATE workers SET stopped_at = now() WHERE worker_id = $1", 1, p,
-                      NULL, eb);
+    return tq_db_exec(c, "UPDATE workers SET stopped_at = now() WHERE worker_id = $1", 1, p, NULL,
+                      eb);
 }

@@ -7,8 +7,8 @@
  * progress and log lines, on the runner's own connection), judges the end (tq_run_judge),
  * writes the last lines, records the outcome and the job's output files (artifacts.h) with
  * the claim's fencing token — releasing the user's next parked job in the same transaction
- * (cdb.c) — and frees the slot. An exit caused by dockerd going away is not the job's fault: the job is given back
- * (retried, bounded by max_attempts) instead of recorded as failed.
+ * (cdb.c) — and frees the slot. An exit caused by dockerd going away is not the job's fault: the
+ * job is given back (retried, bounded by max_attempts) instead of recorded as failed.
  *
  * What must stay true:
  *  - an outcome is written only with the fencing token of the claim the slot holds: a

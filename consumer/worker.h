@@ -49,11 +49,11 @@ typedef struct {
     char job_id[TQ_UUID_BUF];
     char container_id[TQ_DOCKER_ID_BUF];
     long long fencing;
-    time_t started_wall;      /* when the container started (max run time) */
-    double assigned_mono;     /* when the runner got it (heartbeat race guard) */
-    atomic_int cancel;        /* the user asked for cancellation */
-    atomic_int lost;          /* the lease was lost: another worker owns the job now */
-    int adopted;              /* found running at start (adoption.h), not started by us */
+    time_t started_wall;  /* when the container started (max run time) */
+    double assigned_mono; /* when the runner got it (heartbeat race guard) */
+    atomic_int cancel;    /* the user asked for cancellation */
+    atomic_int lost;      /* the lease was lost: another worker owns the job now */
+    int adopted;          /* found running at start (adoption.h), not started by us */
 } tq_slot;
 
 typedef struct tq_worker {
@@ -83,7 +83,8 @@ typedef struct tq_worker {
     _Atomic double queue_ready_at;
 } tq_worker;
 
-/* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning early (1) when the worker is stopping. */
+/* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning
+ * early (1) when the worker is stopping. */
 int tq_worker_sleep(tq_worker *w, long ms);
 
 /* Number of free slots (locks mu). */

@@ -163,8 +163,7 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
     tq_prom_scalar(&d, "trainq_outbox_backlog", "gauge",
                    "Outbox rows not yet published (-1: unknown).", rs->backlog);
     tq_prom_scalar(&d, "trainq_outbox_backlog_age_seconds", "gauge",
-                   "How long the oldest due outbox row has waited (-1: unknown).",
-                   rs->backlog_age);
+                   "How long the oldest due outbox row has waited (-1: unknown).", rs->backlog_age);
     tq_prom_scalar(&d, "trainq_relay_amqp_up", "gauge",
                    "1 while the relay's RabbitMQ connection is up.", rs->connected);
     tq_prom_scalar(&d, "trainq_relay_amqp_blocked", "gauge",

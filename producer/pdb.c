@@ -173,19 +173,19 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     if (rc != TQ_OK)
         return rc;
     rc = exec(t,
-                  "WITH w AS ("
-                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
-                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
-                  "  ON CONFLICT (user_id, bucket, window_start)"
-                  "  DO UPDATE SET count = rate_limits.count + 1"
-                  "  RETURNING count, window_start)"
-                  " SELECT w.count,"
-                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
-                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
-                  "  GREATEST(1, ceil(extract(epoch FROM"
-                  "   (w.window_start + interval '1 minute' - now()))))::int"
-                  " FROM w",
-                  3, p, &res, eb);
+              "WITH w AS ("
+              "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
+              "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
+              "  ON CONFLICT (user_id, bucket, window_start)"
+              "  DO UPDATE SET count = rate_limits.count + 1"
+              "  RETURNING count, window_start)"
+              " SELECT w.count,"
+              "  COALESCE(CASE WHEN $2 = 'submit' THEN"
+              "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
+              "  GREATEST(1, ceil(extract(epoch FROM"
+              "   (w.window_start + interval '1 minute' - now()))))::int"
+              " FROM w",
+              3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
@@ -339,7 +339,7 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'created_at', created_at, 'updated_at', updated_at, 'started_at', started_at,"               \
     " 'completed_at', completed_at, 'attempts', attempts, 'worker_id', worker_id,"                 \
     " 'progress', progress, 'exit_code', exit_code,"                                               \
-    " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"             \
+    " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"                   \
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
     " 'queue_position', " QUEUE_POSITION ","                                                       \
@@ -360,8 +360,9 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     job_arg *a = arg;
     const char *p[2] = {a->job_id, a->user};
     PGresult *res = NULL;
-    int rc = exec(t, "SELECT " JOB_JSON " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
-                  2, p, &res, eb);
+    int rc =
+        exec(t, "SELECT " JOB_JSON " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2", 2,
+             p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(res) == 0)
@@ -691,19 +692,28 @@ static int stream_job_fn(tconn *t, void *arg, tq_errbuf *eb)
     /* One statement, one snapshot: when it shows the terminal status it shows every output
      * row (those commit before it: both write the job's row). The rows: at most 64, and
      * no more once TQ_PDB_STREAM_BYTES are in (the first row always). */
-    return json_row(t, a,
-                    "WITH o AS (SELECT seq, kind, body FROM ("
-                    "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
-                    "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
-                    "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
-                    "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
-                    "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
-                        "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
-                    " 'output', (SELECT COALESCE(json_agg(o ORDER BY o.seq), '[]') FROM o),"
-                    " 'more_output', EXISTS (SELECT 1 FROM job_output WHERE job_id = $1::uuid"
-                    "   AND seq > COALESCE((SELECT max(seq) FROM o), $4::bigint)),"
-                    " 'status', (SELECT status FROM training_jobs WHERE id = $1::uuid))::text",
-                    4, p, eb);
+    return json_row(
+        t, a,
+        "WITH o AS (SELECT seq, kind, body FROM ("
+        "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
+        "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
+        "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
+        "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
+        "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
+            "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
+                                                                      " 'output', (SELECT "
+                                                                      "COALESCE(json_agg(o ORDER "
+                                                                      "BY o.seq), '[]') FROM o),"
+                                                                      " 'more_output', EXISTS "
+                                                                      "(SELECT 1 FROM job_output "
+                                                                      "WHERE job_id = $1::uuid"
+                                                                      "   AND seq > "
+                                                                      "COALESCE((SELECT max(seq) "
+                                                                      "FROM o), $4::bigint)),"
+                                                                      " 'status', (SELECT status "
+                                                                      "FROM training_jobs WHERE id "
+                                                                      "= $1::uuid))::text",
+        4, p, eb);
 }
 
 int tq_pdb_stream_job(const char *user, const char *job_id, long long after_event,
@@ -723,13 +733,22 @@ static int stream_user_fn(tconn *t, void *arg, tq_errbuf *eb)
         t, a,
         "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
             "user_id = $1 AND id > $2::bigint") "::json,"
-        " 'progress', (SELECT COALESCE(json_agg(json_build_object('job_id', id, 'progress',"
-        "  progress, 'current_step', current_step, 'total_steps', total_steps, 'loss', loss,"
-        "  'eta_seconds', eta_seconds, 'progress_updated_at', progress_updated_at, 'micros',"
-        "  (extract(epoch FROM progress_updated_at) * 1000000)::bigint)"
-        "  ORDER BY progress_updated_at), '[]') FROM training_jobs WHERE user_id = $1"
-        "  AND status IN ('pending', 'running') AND progress_updated_at >"
-        "  timestamptz 'epoch' + $3::bigint * interval '1 microsecond'))::text",
+                                                " 'progress', (SELECT "
+                                                "COALESCE(json_agg(json_build_object('job_id', id, "
+                                                "'progress',"
+                                                "  progress, 'current_step', current_step, "
+                                                "'total_steps', total_steps, 'loss', loss,"
+                                                "  'eta_seconds', eta_seconds, "
+                                                "'progress_updated_at', progress_updated_at, "
+                                                "'micros',"
+                                                "  (extract(epoch FROM progress_updated_at) * "
+                                                "1000000)::bigint)"
+                                                "  ORDER BY progress_updated_at), '[]') FROM "
+                                                "training_jobs WHERE user_id = $1"
+                                                "  AND status IN ('pending', 'running') AND "
+                                                "progress_updated_at >"
+                                                "  timestamptz 'epoch' + $3::bigint * interval '1 "
+                                                "microsecond'))::text",
         3, p, eb);
 }
 

@@ -163,14 +163,14 @@ typedef struct {
 /* Publishes msgs[0..n) persistent (delivery_mode 2), mandatory, with content_type,
  * message_id and timestamp, on a channel in confirm mode (tq_amqp_confirm_select first),
  * then waits up to timeout_ms in total for every confirm (time while the connection is
- * blocked does not count when an abort flag is set, see tq_amqp_set_abort). Returns TQ_OK when every
- * message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result
- * TQ_OK (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch
- * failed: TQ_ERR_UNAVAILABLE (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm
- * in time: the wrapper is made dead too, because late confirms could not be told apart),
- * TQ_ERR_AMQP (the broker closed the channel), TQ_ERR_NOMEM; every message without a
- * verdict (UNCONFIRMED) then has result = that error and must be treated as not published
- * (it may still have been: publish again, consumers dedup by message_id). */
+ * blocked does not count when an abort flag is set, see tq_amqp_set_abort). Returns TQ_OK when
+ * every message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result TQ_OK
+ * (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch failed: TQ_ERR_UNAVAILABLE
+ * (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm in time: the wrapper is made dead
+ * too, because late confirms could not be told apart), TQ_ERR_AMQP (the broker closed the channel),
+ * TQ_ERR_NOMEM; every message without a verdict (UNCONFIRMED) then has result = that error and must
+ * be treated as not published (it may still have been: publish again, consumers dedup by
+ * message_id). */
 int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
                               tq_errbuf *eb);
 

@@ -123,8 +123,8 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
     if (PQstatus(c) != CONNECTION_OK || !state)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);
     /* serialization failure, deadlock, lock_timeout, statement_timeout: soft, retry */
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
-        strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0 ||
+        strcmp(state, "57014") == 0)
         return tq_errf(eb, TQ_ERR_DB_RETRY, "transaction must be retried: %s", msg);
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);
@@ -135,8 +135,8 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
     return tq_errf(eb, TQ_ERR_DB, "database error %s: %s", state, msg);
 }
 
-int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
-               PGresult **out, tq_errbuf *eb)
+int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
+               tq_errbuf *eb)
 {
     if (out)
         *out = NULL;

@@ -38,10 +38,9 @@
 
 /* All SQL of the relay. */
 static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
-static const char SQL_CLAIM[] =
-    "SELECT id, job_id::text, routing_key, payload FROM outbox"
-    " WHERE published_at IS NULL AND available_at <= now()"
-    " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
+static const char SQL_CLAIM[] = "SELECT id, job_id::text, routing_key, payload FROM outbox"
+                                " WHERE published_at IS NULL AND available_at <= now()"
+                                " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
 static const char SQL_MARK_PUBLISHED[] =
     /* clock_timestamp: the moment the confirm arrived, not the start of the round */
     "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])";
@@ -58,10 +57,9 @@ static const char SQL_BACKLOG[] =
     "  ::bigint FROM outbox WHERE published_at IS NULL AND available_at <= clock_timestamp())"
     " FROM outbox WHERE published_at IS NULL";
 /* Chunked and SKIP LOCKED so every relay may run it at once without piling up. */
-static const char SQL_CLEANUP[] =
-    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-    " WHERE published_at < now() - interval '7 days'"
-    " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
+static const char SQL_CLEANUP[] = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                                  " WHERE published_at < now() - interval '7 days'"
+                                  " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
 
 typedef enum { SIDE_NONE = 0, SIDE_DB, SIDE_AMQP } relay_side;
 
@@ -84,7 +82,7 @@ struct tq_relay {
     PGconn *pg;
     tq_amqp *amqp;
     tq_amqp_msg *msgs;
-    int sign;                        /* sign_key is set: every message carries its signature */
+    int sign; /* sign_key is set: every message carries its signature */
     tq_sign_key sign_key;
     char (*sigs)[TQ_SIGN_VALUE_LEN]; /* per message of a batch, borrowed by msgs[i] */
     const char *(*hdrs)[4];
@@ -93,8 +91,8 @@ struct tq_relay {
     int amqp_state; /* same */
     int db_ever, amqp_ever;
     char last_err[TQ_ERRBUF_LEN]; /* last round error logged, to log once per change */
-    int64_t blocked_since; /* tq_mono_ms when the current blocked stretch began, 0: none */
-    int64_t next_backlog;  /* tq_mono_ms of the next backlog count */
+    int64_t blocked_since;        /* tq_mono_ms when the current blocked stretch began, 0: none */
+    int64_t next_backlog;         /* tq_mono_ms of the next backlog count */
 };
 
 static int stopping(const tq_relay *r)
@@ -359,8 +357,8 @@ static int mark_batch(tq_relay *r, PGresult *res, int n, batch_verdicts *bv, tq_
         else
             bv->nacked++;
         tq_logj(TQ_LOG_WARN, "relay.publish_failed",
-                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id,
-                          "routing_key", m->routing_key),
+                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id, "routing_key",
+                          m->routing_key),
                 "could not publish outbox row %s: %s", PQgetvalue(res, i, 0), m->reason);
         const char *p_fail[2] = {PQgetvalue(res, i, 0), m->reason};
         rc = tq_db_exec(r->pg, SQL_MARK_FAILED, 2, p_fail, NULL, eb);

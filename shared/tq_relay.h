@@ -44,8 +44,8 @@ typedef struct {
     /* Seconds the oldest due unpublished row has waited (now - its available_at) at the
      * last count; 0 when none is due, -1 before the first count. */
     int64_t backlog_age_s;
-    int db_up;           /* 1 while the Postgres connection is usable */
-    int amqp_up;         /* 1 while the RabbitMQ connection is usable */
+    int db_up;   /* 1 while the Postgres connection is usable */
+    int amqp_up; /* 1 while the RabbitMQ connection is usable */
     /* RabbitMQ resource alarm: 1 while the broker has the relay's connection blocked
      * (connection.blocked); the relay then publishes nothing and keeps its place. */
     int amqp_blocked;

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import time
 import unittest
 
@@ -285,6 +286,27 @@ class TestArtifacts(LiveCase):
                 self.assertFalse([n for n in names if n.startswith("link-")])
 
 
+def parse_sse(text):
+    """[(event, data)] of a Server-Sent Events body, comments and ids dropped, multi-line
+    data joined with newlines (the format's rules)."""
+    events, name, data = [], "message", []
+    for line in text.split("\n"):
+        if line == "":
+            if data:
+                events.append((name, "\n".join(data)))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+    return events
+
+
 class TestThroughTheProducer(LiveCase):
 
     def test_a_submitted_job_is_watched_through_the_api_while_it_runs_and_after(self):
@@ -302,6 +324,13 @@ class TestThroughTheProducer(LiveCase):
             r = c.request("POST", "/api/training/submit", json_body=body_for(ds), token=tok)
             self.assertEqual(r.status, 200, r)
             jid = r.json["job_id"]
+            # An independent client follows the job's event stream from the start: curl -N
+            # reads until the producer ends the stream after the terminal status.
+            sse = subprocess.Popen(
+                ["curl", "-sSN", "--max-time", "90", "-H", f"Authorization: Bearer {tok}",
+                 "-H", "Accept: text/event-stream",
+                 f"http://127.0.0.1:{p.port}/api/training/jobs/{jid}/stream"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             seen = []
             while True:
                 j = c.request("GET", f"/api/training/jobs/{jid}", token=tok).json
@@ -333,6 +362,16 @@ class TestThroughTheProducer(LiveCase):
                           "pytorch_lora_weights.safetensors", token=tok)
             self.assertEqual((r.status, r.raw), (200, data))
             c.close()
+            out, err = sse.communicate(timeout=60)
+            self.assertEqual(sse.returncode, 0, err)  # ended by the producer, not the timeout
+            events = parse_sse(out.decode())
+            statuses = [json.loads(d)["status"] for e, d in events if e == "status"]
+            self.assertEqual(statuses, ["queued", "pending", "running", "completed"], out)
+            steps = [json.loads(d)["current_step"] for e, d in events if e == "progress"]
+            self.assertTrue(steps and steps == sorted(steps) and steps[-1] == 6, steps)
+            streamed = "\n".join(d for e, d in events if e == "log").splitlines()
+            self.assertIn("e2e done", streamed)
+            self.assertEqual(streamed, lines[-len(streamed):] if streamed else streamed)
         finally:
             stop_producer(self, p)
 

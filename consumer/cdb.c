@@ -1,5 +1,6 @@
 #include "cdb.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,8 @@ static int set_reason(PGconn *c, const char *reason, tq_errbuf *eb)
 static int lock_job_user(PGconn *c, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
-    return tq_db_exec(c,
-                      "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = $1",
-                      1, p, NULL, eb);
+    return tq_db_exec(c, "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = $1", 1, p,
+                      NULL, eb);
 }
 
 /* Decimal text of a number, for a query parameter. */
@@ -135,7 +135,7 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
                  v.n ? v.items[0].field : "body", v.n ? v.items[0].message : "");
     tq_msg_free(&out->job);
     rc = tq_cdb_finish(c, job_id, out->fencing_token, TQ_STATUS_FAILED, -256, out->reason,
-                       out->reason, eb);
+                       out->reason, NULL, 0, eb);
     if (rc != TQ_OK)
         return rc;
     out->outcome = TQ_CLAIM_FAILED;
@@ -185,7 +185,9 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
     rc = tq_db_exec(c,
                     "WITH r AS (SELECT set_config('trainq.reason', $4, true)) "
                     "UPDATE training_jobs SET status = 'running', container_id = $3, "
-                    "started_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
+                    "started_at = now(), progress = 0, current_step = NULL, "
+                    "total_steps = NULL, loss = NULL, eta_seconds = NULL, "
+                    "progress_updated_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
                     "AND status = 'pending'",
                     4, p, &r, eb);
     if (rc != TQ_OK)
@@ -197,8 +199,8 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
-                        const char *container_id, tq_errbuf *eb)
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
+                        tq_errbuf *eb)
 {
     running_arg a = {.job_id = job_id, .container_id = container_id};
     num(a.token, fencing);
@@ -236,8 +238,46 @@ static int change_and_release_fn(PGconn *c, void *arg, tq_errbuf *eb)
     return rc;
 }
 
+typedef struct {
+    release_arg release;
+    const char *job_id;
+    const char *artifacts; /* JSON array of {name, size_bytes, sha256}, or NULL */
+} finish_arg;
+
+static int finish_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    finish_arg *a = arg;
+    int rc = change_and_release_fn(c, &a->release, eb);
+    if (rc != TQ_OK || !a->artifacts)
+        return rc;
+    const char *p[2] = {a->job_id, a->artifacts};
+    return tq_db_exec(c,
+                      "INSERT INTO job_artifacts (job_id, name, size_bytes, sha256) "
+                      "SELECT $1, name, size_bytes, sha256 FROM json_to_recordset($2::json) "
+                      "AS a(name text, size_bytes bigint, sha256 text) "
+                      "ON CONFLICT (job_id, name) DO UPDATE SET size_bytes = "
+                      "excluded.size_bytes, sha256 = excluded.sha256",
+                      2, p, NULL, eb);
+}
+
+/* The artifacts as the JSON parameter of finish_fn; NULL for none (and on out of memory:
+ * the outcome matters more than the list). Caller frees. */
+static char *artifacts_json(const tq_artifact *v, size_t n)
+{
+    if (n == 0)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s, s:I, s:s}", "name", v[i].name, "size_bytes",
+                                             (json_int_t)v[i].size_bytes, "sha256", v[i].sha256));
+    char *out = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    json_decref(arr);
+    return out;
+}
+
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
-                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb)
+                  int exit_code, const char *error_message, const char *reason,
+                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb)
 {
     if (!tq_status_terminal(status))
         return tq_errf(eb, TQ_ERR_INVALID, "cannot finish job %s as %s", job_id,
@@ -247,18 +287,94 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_statu
     num(code, exit_code);
     const char *p[5] = {job_id, tok, tq_status_name(status), exit_code < -255 ? NULL : code,
                         error_message};
-    release_arg a = {
+    finish_arg a = {
+        .release =
+            {
+                .job_id = job_id,
+                .reason = reason,
+                .sql = "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
+                       "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
+                       "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
+                       "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', "
+                       "'running') RETURNING user_id",
+                .nparams = 5,
+                .params = p,
+            },
         .job_id = job_id,
-        .reason = reason,
-        .sql = "UPDATE training_jobs SET status = $3, exit_code = $4::int, "
-               "error_message = $5, completed_at = now(), lease_expires_at = NULL, "
-               "progress = CASE WHEN $3 = 'completed' THEN 1 ELSE progress END "
-               "WHERE id = $1 AND fencing_token = $2 AND status IN ('pending', 'running') "
-               "RETURNING user_id",
-        .nparams = 5,
-        .params = p,
+        .artifacts = artifacts_json(artifacts, n_artifacts),
     };
-    return run(c, change_and_release_fn, &a, eb);
+    int rc = run(c, finish_fn, &a, eb);
+    free((char *)a.artifacts);
+    return rc;
+}
+
+/* ---- a running job's output ----------------------------------------------------------- */
+
+typedef struct {
+    const char *job_id, *lines;
+    char token[TQ_NUM_BUF], step[TQ_NUM_BUF], total[TQ_NUM_BUF], keep[TQ_NUM_BUF], max[TQ_NUM_BUF];
+    char loss[32], eta[32];
+    int has_progress, has_loss, has_eta;
+} output_arg;
+
+/* One call of a fenced output procedure (it returns NULL when the token is stale). */
+static int fenced_call(PGconn *c, const char *sql, int n, const char *const *p, const char *job_id,
+                       tq_errbuf *eb)
+{
+    PGresult *r;
+    int rc = tq_db_exec(c, sql, n, p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int fenced = PQgetisnull(r, 0, 0);
+    PQclear(r);
+    return fenced ? tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours (fenced out)", job_id)
+                  : TQ_OK;
+}
+
+static int output_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    output_arg *a = arg;
+    int rc = TQ_OK;
+    if (a->has_progress) {
+        const char *p[7] = {a->job_id,
+                            a->token,
+                            a->step,
+                            a->total,
+                            a->has_loss ? a->loss : NULL,
+                            a->has_eta ? a->eta : NULL,
+                            a->keep};
+        rc = fenced_call(c,
+                         "SELECT tq_output_progress($1::uuid, $2::bigint, $3::int, $4::int, "
+                         "$5::float8, $6::float8, $7::int)",
+                         7, p, a->job_id, eb);
+    }
+    if (rc == TQ_OK && a->lines) {
+        const char *p[4] = {a->job_id, a->token, a->lines, a->max};
+        rc = fenced_call(c, "SELECT tq_output_log($1::uuid, $2::bigint, $3, $4::bigint)", 4, p,
+                         a->job_id, eb);
+    }
+    return rc;
+}
+
+int tq_cdb_output(PGconn *c, const char *job_id, long long fencing, const tq_progress *p,
+                  int progress_keep, const char *lines, long long log_max_bytes, tq_errbuf *eb)
+{
+    output_arg a = {.job_id = job_id, .lines = lines, .has_progress = p != NULL};
+    num(a.token, fencing);
+    num(a.keep, progress_keep);
+    num(a.max, log_max_bytes);
+    if (p) {
+        num(a.step, p->step);
+        num(a.total, p->total);
+        a.has_loss = p->has_loss;
+        a.has_eta = p->has_eta;
+        /* %.17g: the value read back is the value parsed */
+        snprintf(a.loss, sizeof a.loss, "%.17g", p->loss);
+        snprintf(a.eta, sizeof a.eta, "%.17g", p->eta_seconds);
+    }
+    if (!p && !lines)
+        return TQ_OK;
+    return run(c, output_fn, &a, eb);
 }
 
 static const struct {
@@ -283,8 +399,7 @@ static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
     give_back_arg *a = arg;
     const char *p[4] = {a->job_id, a->token, a->reason, a->max};
     PGresult *r;
-    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r,
-                        eb);
+    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r, eb);
     if (rc != TQ_OK)
         return rc;
     const char *v = PQgetvalue(r, 0, 0);
@@ -354,7 +469,7 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     if (!*out)
         return TQ_ERR_NOMEM;
     for (size_t i = 0; i < rows; i++) {
-        snprintf((*out)[i].job_id, sizeof (*out)[i].job_id, "%s", PQgetvalue(r, (int)i, 0));
+        snprintf((*out)[i].job_id, sizeof(*out)[i].job_id, "%s", PQgetvalue(r, (int)i, 0));
         (*out)[i].fencing_token = strtoll(PQgetvalue(r, (int)i, 1), NULL, 10);
         (*out)[i].cancel_requested = strcmp(PQgetvalue(r, (int)i, 2), "t") == 0;
     }
@@ -438,8 +553,7 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
-                 tq_errbuf *eb)
+int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released, tq_errbuf *eb)
 {
     char secs[TQ_NUM_BUF], inq[TQ_NUM_BUF];
     num(secs, stranded_seconds);
@@ -457,6 +571,6 @@ int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *relea
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb)
 {
     const char *p[1] = {worker_id};
-    return tq_db_exec(c, "UPDATE workers SET stopped_at = now() WHERE worker_id = $1", 1, p,
-                      NULL, eb);
+    return tq_db_exec(c, "UPDATE workers SET stopped_at = now() WHERE worker_id = $1", 1, p, NULL,
+                      eb);
 }

@@ -15,7 +15,9 @@
 
 #include <libpq-fe.h>
 
+#include "artifacts.h"
 #include "tq_db.h"
+#include "tq_progress.h"
 #include "tq_err.h"
 #include "tq_msg.h"
 #include "tq_status.h"
@@ -33,7 +35,7 @@ typedef enum {
  * TQ_OK, or TQ_ERR_INVALID for any other text (out untouched). */
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 
-#define TQ_CLAIM_PATH_BUF 1024  /* storage_path and its NUL; a longer one fails the job */
+#define TQ_CLAIM_PATH_BUF 1024 /* storage_path and its NUL; a longer one fails the job */
 #define TQ_CLAIM_REASON_BUF 256
 
 typedef struct {
@@ -63,16 +65,25 @@ void tq_claim_free(tq_claim *cl);
 int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
                  int lease_seconds, tq_claim *out, tq_errbuf *eb);
 
-/* pending → running with the container id; TQ_ERR_CONFLICT when fenced out. */
-int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing,
-                        const char *container_id, tq_errbuf *eb);
+/* pending → running with the container id, its progress 0 (a trainer that prints nothing
+ * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. */
+int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
+                        tq_errbuf *eb);
 
 /* Records the outcome (status completed, failed or cancelled; TQ_ERR_INVALID for any other;
- * exit_code < -255 means none) and releases the user's next parked jobs, in one
- * transaction. TQ_ERR_CONFLICT when fenced out (the job was recovered by a reaper
- * meanwhile). */
+ * exit_code < -255 means none) with the job's n_artifacts output files (job_artifacts) and
+ * releases the user's next parked jobs, in one transaction. TQ_ERR_CONFLICT when fenced out
+ * (the job was recovered by a reaper meanwhile). */
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
-                  int exit_code, const char *error_message, const char *reason, tq_errbuf *eb);
+                  int exit_code, const char *error_message, const char *reason,
+                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb);
+
+/* One flush of a running job's output, in one transaction (db/procedures/70_output.sql):
+ * the progress p when given (the newest progress_keep samples are kept), then the log row
+ * `lines` when not NULL (the job's log trimmed to log_max_bytes). TQ_ERR_CONFLICT when
+ * fenced out: the job is no longer this claim's, or no longer active. */
+int tq_cdb_output(PGconn *c, const char *job_id, long long fencing, const tq_progress *p,
+                  int progress_keep, const char *lines, long long log_max_bytes, tq_errbuf *eb);
 
 typedef enum {
     TQ_GIVEN_BACK,          /* queued again (parked, released at once if the user has room) */
@@ -103,8 +114,9 @@ typedef struct {
 
 /* Heartbeat: upserts the worker row and renews the lease of the active jobs of this
  * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
- * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database still gives this worker, with
- * their fencing tokens and cancel flags: a slot whose job is missing lost its lease. */
+ * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database
+ * still gives this worker, with their fencing tokens and cancel flags: a slot whose job is missing
+ * lost its lease. */
 int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
                      int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb);
@@ -127,8 +139,7 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb);
  * stranded_seconds (in_queue: ready messages in trainq.jobs, < 0 when unknown, which skips
  * that part), then releases parked jobs of users with room whose release is older than
  * stranded_seconds. *released counts the releases. */
-int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released,
-                 tq_errbuf *eb);
+int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released, tq_errbuf *eb);
 
 /* Marks the worker stopped (clean shutdown). */
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb);

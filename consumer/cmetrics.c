@@ -38,8 +38,7 @@ static const struct {
     [TQ_CM_JOBS_DEAD_LETTERED] = {"trainq_consumer_jobs_dead_lettered_total",
                                   "Invalid messages rejected to the dead-letter queue.", 0},
     [TQ_CM_JOBS_RECOVERED] = {"trainq_consumer_jobs_recovered_total",
-                              "Jobs of lost workers retried or failed by this worker's reaper.",
-                              0},
+                              "Jobs of lost workers retried or failed by this worker's reaper.", 0},
     [TQ_CM_JOBS_REQUEUED] = {"trainq_consumer_jobs_requeued_total",
                              "Deliveries or claimed jobs given back because a service or "
                              "this host could not take them.",
@@ -57,8 +56,7 @@ static const struct {
     [TQ_CM_DB_UP] = {"trainq_consumer_db_up", "1 if Postgres answered the last query.", 1},
     [TQ_CM_AMQP_UP] = {"trainq_consumer_amqp_up", "1 while the AMQP connection is open.", 1},
     [TQ_CM_HOST_HEALTHY] = {"trainq_consumer_host_healthy",
-                            "0 while this host stops consuming after launches failed in a row.",
-                            1},
+                            "0 while this host stops consuming after launches failed in a row.", 1},
 };
 
 #define N_BUCKETS 13
@@ -253,8 +251,7 @@ int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void
         a4->sin_port = htons((uint16_t)port);
     } else {
         freeaddrinfo(ai);
-        return tq_errf(eb, TQ_ERR_INVALID, "invalid metrics host \"%.200s\": not an IP address",
-                       h);
+        return tq_errf(eb, TQ_ERR_INVALID, "invalid metrics host \"%.200s\": not an IP address", h);
     }
     freeaddrinfo(ai);
 

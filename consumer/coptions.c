@@ -76,6 +76,9 @@ static const tq_opt options[] = {
     {"TRAINQ_HOST_PROBE_SECONDS", "host-probe-seconds", TQ_OPT_INT, OFF(host_probe_seconds), "30",
      1, 86400, NULL,
      "first wait before an unhealthy host tries one job again (doubles up to 32x on failure)"},
+    {"TRAINQ_LOG_MAX_BYTES", "log-max-bytes", TQ_OPT_BYTES, OFF(log_max_bytes), "1m", 65536,
+     1073741824LL, NULL,
+     "log lines kept per job in Postgres (job_output; the oldest go first), 64k to 1g"},
 };
 
 static int valid_worker_id(const char *s)

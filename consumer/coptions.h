@@ -58,6 +58,7 @@ typedef struct tq_consumer_config {
     int max_host_retries;
     int host_error_limit;
     int host_probe_seconds;
+    long long log_max_bytes;
 } tq_config;
 
 /* The consumer's option table, for tq_program_start and tq_config_print_markdown. */

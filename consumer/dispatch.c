@@ -1,8 +1,8 @@
 /*
  * The dispatcher: the only thread that talks to the trainq.jobs queue.
  *
- * Capacity rule (docs/architecture.md, invariant 6): prefetch is 1 and the consumer is registered only
- * while a slot is free and dockerd and Postgres answer. When a delivery takes the last free
+ * Capacity rule (docs/architecture.md, invariant 6): prefetch is 1 and the consumer is registered
+ * only while a slot is free and dockerd and Postgres answer. When a delivery takes the last free
  * slot, basic.cancel is sent *before* that delivery is acked — with prefetch 1 nothing else
  * can arrive meanwhile — so this host never holds a message it cannot start now and an idle
  * host elsewhere gets it instead.
@@ -61,11 +61,11 @@ typedef struct {
     int consuming;
     unsigned epoch;
     char tag[SHORTSTR_BUF];
-    tq_backoff backoff;    /* reconnecting to RabbitMQ: 100 ms … 5 s, with jitter */
-    int host_errors;       /* launches in a row that failed for a reason of this host */
-    double probe_at;       /* while the host is unhealthy: when to try one job again */
-    long probe_wait_s;     /* the current probe backoff */
-    double depth_read_at;  /* when trainq.jobs' ready count was last read */
+    tq_backoff backoff;   /* reconnecting to RabbitMQ: 100 ms … 5 s, with jitter */
+    int host_errors;      /* launches in a row that failed for a reason of this host */
+    double probe_at;      /* while the host is unhealthy: when to try one job again */
+    long probe_wait_s;    /* the current probe backoff */
+    double depth_read_at; /* when trainq.jobs' ready count was last read */
 } dispatcher;
 
 static void drop_amqp(dispatcher *d)
@@ -165,7 +165,8 @@ static int start_consuming(dispatcher *d, tq_errbuf *eb)
     amqp_basic_consume_ok_t *ok =
         amqp_basic_consume(st, TQ_AMQP_CHANNEL, amqp_cstring_bytes(TQ_AMQP_QUEUE), amqp_empty_bytes,
                            0, 0 /* manual acks */, 0, amqp_empty_table);
-    int rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not consume trainq.jobs", eb);
+    int rc =
+        tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not consume trainq.jobs", eb);
     if (rc)
         return rc;
     size_t n = ok->consumer_tag.len < sizeof d->tag - 1 ? ok->consumer_tag.len : sizeof d->tag - 1;
@@ -194,8 +195,8 @@ static void settle(dispatcher *d, uint64_t tag, int ack)
                  : amqp_basic_nack(st, TQ_AMQP_CHANNEL, tag, 0, 1 /* requeue */);
     if (rc != AMQP_STATUS_OK) {
         /* The connection is gone: the broker requeues the delivery by itself. */
-        tq_log(TQ_LOG_WARN, "amqp.settle_failed", "could not %s delivery: %s",
-               ack ? "ack" : "nack", amqp_error_string2(rc));
+        tq_log(TQ_LOG_WARN, "amqp.settle_failed", "could not %s delivery: %s", ack ? "ack" : "nack",
+               amqp_error_string2(rc));
         drop_amqp(d);
     }
 }
@@ -240,7 +241,10 @@ static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *
         return 1;
     }
     tq_log(TQ_LOG_WARN, "amqp.copy_failed", "could not %s message %s: %s; nacking it", what,
-           mid[0] ? mid : "(no message_id)", rc == TQ_OK ? m.reason : d->dead ? eb.msg : "no channel");
+           mid[0] ? mid : "(no message_id)",
+           rc == TQ_OK ? m.reason
+           : d->dead   ? eb.msg
+                       : "no channel");
     if (d->dead && !tq_amqp_alive(d->dead)) {
         tq_amqp_close(d->dead);
         d->dead = NULL;
@@ -256,7 +260,7 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
     copy_bytes(rk, sizeof rk, env->routing_key);
     if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
         copy_bytes(mid, sizeof mid, env->message.properties.message_id);
-    const char *hdr[] = {TQ_MSG_REASON_HEADER, reason, "x-trainq-worker", d->w->cfg->worker_id,
+    const char *hdr[] = {TQ_MSG_REASON_HEADER,     reason, "x-trainq-worker", d->w->cfg->worker_id,
                          "x-original-routing-key", rk};
     if (!copy_then_ack(d, env, TQ_AMQP_DLX, hdr, 6, "application/octet-stream", "dead-letter"))
         return;
@@ -274,8 +278,8 @@ static int string_entry(const amqp_table_entry_t *e)
 /* The string headers of a delivery as key, value pairs (a publisher's signature among
  * them); the broker's own (x-delivery-count, x-death) are not strings or not ours to copy.
  * Returns the number of strings written to kv (at most cap, even). */
-static size_t string_headers(const amqp_envelope_t *env, char (*buf)[DEFER_KV_BUF],
-                             const char **kv, size_t cap)
+static size_t string_headers(const amqp_envelope_t *env, char (*buf)[DEFER_KV_BUF], const char **kv,
+                             size_t cap)
 {
     size_t n = 0;
     if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
@@ -328,7 +332,8 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
 static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
 {
     tq_errbuf eb = {{0}};
-    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, &eb) != TQ_OK)
+    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, NULL, 0, &eb) !=
+        TQ_OK)
         tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
                eb.msg);
     else
@@ -385,8 +390,8 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
             return 0;
         }
         /* A problem of this host (disk full, root not mounted): not the job's. */
-        snprintf(why, sizeof why, "could not prepare the job on worker %s: %s",
-                 w->cfg->worker_id, eb.msg);
+        snprintf(why, sizeof why, "could not prepare the job on worker %s: %s", w->cfg->worker_id,
+                 eb.msg);
         give_back(d, cl, job_id, why);
         host_error(d, why);
         return 0;
@@ -430,7 +435,7 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     if (rc != TQ_OK)
         /* Still ours (fenced writes later will tell); the runner records the outcome. */
         tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
-    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL));
+    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL), 0);
     host_ok(d);
     tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
     double now_epoch = (double)time(NULL);
@@ -606,8 +611,8 @@ static void act_on_claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *
         break;
     case TQ_CLAIM_DUPLICATE:
         tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
-        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)",
-               m->job_id, cl->reason);
+        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)", m->job_id,
+               cl->reason);
         settle(d, env->delivery_tag, 1);
         break;
     case TQ_CLAIM_FAILED:

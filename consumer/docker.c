@@ -92,6 +92,14 @@ static void keep(tq_log_demux *m, const unsigned char *p, size_t n)
     m->len += n;
 }
 
+static void take_payload(tq_log_demux *m, const unsigned char *p, size_t n)
+{
+    if (m->sink)
+        m->sink(m->sink_arg, m->raw ? 0 : m->hdr[0], (const char *)p, n);
+    else
+        keep(m, p, n);
+}
+
 static int header_ok(const unsigned char h[8])
 {
     return h[0] <= 2 && h[1] == 0 && h[2] == 0 && h[3] == 0;
@@ -102,12 +110,12 @@ void tq_log_demux_feed(tq_log_demux *m, const void *data, size_t len)
     const unsigned char *p = data;
     while (len > 0) {
         if (m->raw) {
-            keep(m, p, len);
+            take_payload(m, p, len);
             return;
         }
         if (m->frame_left > 0) {
             size_t take = len < m->frame_left ? len : m->frame_left;
-            keep(m, p, take);
+            take_payload(m, p, take);
             m->frame_left -= take;
             p += take;
             len -= take;
@@ -127,7 +135,7 @@ void tq_log_demux_feed(tq_log_demux *m, const void *data, size_t len)
             /* A TTY container's log has no frames; a bad header mid-stream means we lost
              * sync, and showing the bytes beats dropping them. */
             m->raw = 1;
-            keep(m, m->hdr, 8);
+            take_payload(m, m->hdr, 8);
             continue;
         }
         m->started = 1;
@@ -270,6 +278,8 @@ typedef struct {
     size_t streamed;
     int status_known;
     long status;
+    int unbounded;          /* a live stream: no LOG_STREAM_MAX */
+    const atomic_int *stop; /* a live stream: abort once nonzero */
 } resp;
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
@@ -283,7 +293,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
         }
         if (r->status == 200) {
             r->streamed += n;
-            if (r->streamed > LOG_STREAM_MAX) {
+            if (!r->unbounded && r->streamed > LOG_STREAM_MAX) {
                 r->overflow = 1;
                 return 0;
             }
@@ -295,6 +305,14 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
     if (rc == TQ_ERR_TOO_LARGE)
         r->overflow = 1;
     return rc == TQ_OK ? n : 0; /* 0 aborts the transfer: CURLE_WRITE_ERROR */
+}
+
+/* libcurl calls this at least once a second, also while no byte arrives. */
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    const resp *r = ud;
+    return r->stop && atomic_load(r->stop) ? 1 : 0;
 }
 
 static void resp_free(resp *r)
@@ -345,6 +363,11 @@ static int request(tq_docker *d, const char *method, const char *path, const cha
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+    if (r->stop) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, r);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    }
     if (strcmp(method, "POST") == 0) {
         const char *b = json_body ? json_body : "";
         curl_easy_setopt(c, CURLOPT_POST, 1L);
@@ -360,6 +383,8 @@ static int request(tq_docker *d, const char *method, const char *path, const cha
     } else if (r->overflow) {
         rc = tq_errf(eb, TQ_ERR_TOO_LARGE, "%s: docker reply larger than %zu bytes", what,
                      r->demux ? (size_t)LOG_STREAM_MAX : r->body.max);
+    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        rc = tq_errf(eb, TQ_ERR_TIMEOUT, "%s: stopped", what);
     } else if (cc == CURLE_OPERATION_TIMEDOUT && timeout_kind == TIMEOUT_IS_TIMEOUT) {
         rc = tq_errf(eb, TQ_ERR_TIMEOUT, "%s: no answer within %ld ms", what, timeout_ms);
     } else if (cc == CURLE_OUT_OF_MEMORY || cc == CURLE_WRITE_ERROR) {
@@ -622,6 +647,27 @@ int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, char **out, tq_
         if (!*out)
             rc = tq_errf(eb, TQ_ERR_NOMEM, "%s: out of memory", what);
     }
+    resp_free(&r);
+    free(m);
+    return rc;
+}
+
+int tq_docker_attach(tq_docker *d, const char *id, int logs, tq_log_sink_fn sink, void *arg,
+                     const atomic_int *stop, tq_errbuf *eb)
+{
+    tq_log_demux *m = malloc(sizeof *m);
+    if (!m)
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not attach: out of memory");
+    tq_log_demux_init(m);
+    m->sink = sink;
+    m->sink_arg = arg;
+    resp r = {.demux = m, .unbounded = 1, .stop = stop};
+    char what[200];
+    /* timeout 0: curl's "no total timeout"; the stream lasts as long as the training. */
+    int rc = simple_call(d, "POST", "attach to", id,
+                         logs ? "/attach?stream=1&stdout=1&stderr=1&logs=1"
+                              : "/attach?stream=1&stdout=1&stderr=1",
+                         0, 200, 101, &r, what, sizeof what, eb);
     resp_free(&r);
     free(m);
     return rc;

@@ -18,12 +18,17 @@
 #ifndef TQ_DOCKER_H
 #define TQ_DOCKER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "container_spec.h"
 #include "tq_err.h"
 
 typedef struct tq_docker tq_docker;
+
+/* Receives a container's output as it is demultiplexed (tq_docker_attach, tq_log_demux):
+ * stream 1 stdout, 2 stderr, 0 a TTY's (or unframed) output. */
+typedef void (*tq_log_sink_fn)(void *arg, int stream, const char *data, size_t len);
 
 /* Cap of a reply body held in memory (tq_docker_set_limits changes it). The largest
  * replies trainq reads are an inspect (~10 KB) and a filtered list of one worker's
@@ -95,6 +100,21 @@ int tq_docker_wait(tq_docker *d, const char *id, long timeout_ms, int *exit_code
  * column. lines <= 0 means 100. 404 -> TQ_ERR_NOT_FOUND. */
 int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, char **out, tq_errbuf *eb);
 
+/*
+ * POST /containers/{id}/attach?stream=1&stdout=1&stderr=1[&logs=1]: the container's output
+ * as it is written, demultiplexed into sink(arg, stream, bytes, n) on the calling thread, until the
+ * container's output ends (it exited: TQ_OK), *stop becomes nonzero (checked at least once
+ * a second: TQ_ERR_TIMEOUT) or the daemon goes away (TQ_ERR_UNAVAILABLE). logs=1 first
+ * replays what the container printed before (Docker's log driver, whole lines), then
+ * streams. No total timeout and no cap on the bytes streamed: the sink bounds what it
+ * keeps. Attach, not GET /logs?follow=1: the log driver passes a line on only at its '\n'
+ * (or 16 KiB), so tqdm's carriage-return redraws would arrive only when the bar ends.
+ * The sink must not block: Docker buffers at most ~1 MB per attached client and then
+ * stalls the container's writes. 404 -> TQ_ERR_NOT_FOUND.
+ */
+int tq_docker_attach(tq_docker *d, const char *id, int logs, tq_log_sink_fn sink, void *arg,
+                     const atomic_int *stop, tq_errbuf *eb);
+
 /* POST /containers/{id}/stop?t=grace: SIGTERM (or the image's StopSignal), SIGKILL after
  * grace_seconds. 204 or 304 (not running) -> TQ_OK; 404 -> TQ_ERR_NOT_FOUND. */
 int tq_docker_stop(tq_docker *d, const char *id, int grace_seconds, tq_errbuf *eb);
@@ -145,6 +165,10 @@ typedef struct {
     int raw;
     int started;
     int truncated; /* bytes were dropped from the front */
+    /* When set, every payload piece goes to sink(sink_arg, ...) as it arrives and buf is
+     * not used (a live stream, tq_docker_attach); otherwise the tail is kept in buf. */
+    tq_log_sink_fn sink;
+    void *sink_arg;
     size_t len;
     char buf[TQ_DOCKER_LOG_TAIL_MAX];
 } tq_log_demux;

@@ -26,8 +26,8 @@
 typedef struct {
     tq_worker *w;
     PGconn *db;
-    tq_docker *ping;    /* its own handle, short timeout: a hung dockerd must not delay leases */
-    int db_seen;        /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
+    tq_docker *ping; /* its own handle, short timeout: a hung dockerd must not delay leases */
+    int db_seen;     /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
 } housekeeper;
 
 /* The maximum time a health ping may take: well under a heartbeat. */
@@ -129,8 +129,8 @@ void *tq_sweeper_main(void *arg)
             rc = tq_cdb_sweep(db, w->cfg->stranded_seconds, in_queue, &released, &eb);
             if (rc == TQ_OK && released) {
                 tq_log(TQ_LOG_INFO, "sweeper.released",
-                       "released %d parked or stranded job(s) (%lld ready in the queue)",
-                       released, in_queue);
+                       "released %d parked or stranded job(s) (%lld ready in the queue)", released,
+                       in_queue);
                 tq_cmetrics_add(TQ_CM_JOBS_RELEASED, released);
             }
         }
@@ -172,8 +172,8 @@ void *tq_housekeeping_main(void *arg)
         char held[TQ_SLOTS_HELD_BUF];
         tq_slots_held(w, held, sizeof held);
         if (w->cfg->restart_grace_seconds > 0 && strcmp(held, "{}") != 0) {
-            if (tq_cdb_extend_leases(h.db, w->cfg->worker_id, held,
-                                     w->cfg->restart_grace_seconds, &eb) == TQ_OK)
+            if (tq_cdb_extend_leases(h.db, w->cfg->worker_id, held, w->cfg->restart_grace_seconds,
+                                     &eb) == TQ_OK)
                 tq_log(TQ_LOG_INFO, "consumer.leases_extended",
                        "leases of %s extended by %d s for the restart", held,
                        w->cfg->restart_grace_seconds);

@@ -66,8 +66,8 @@ json_t *tq_launch_training_config(const tq_submission *job, const char *job_id,
     if (!dreambooth && job->type != TQ_JOB_LORA)
         return NULL;
     const char *type = tq_job_type_name(job->type);
-    const char *data_dir = dataset_dir_in_container ? dataset_dir_in_container
-                                                    : TQ_LAUNCH_DATASETS_TARGET;
+    const char *data_dir =
+        dataset_dir_in_container ? dataset_dir_in_container : TQ_LAUNCH_DATASETS_TARGET;
     const tq_train_config *c = &job->config;
 
     char *prompt = join_words(job);
@@ -325,8 +325,8 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
     int rc = job_id_check(id, eb);
     if (rc != TQ_OK)
         return rc;
-    rc = tq_launch_resolve_dataset(cfg->datasets_root, storage_path, p->dataset,
-                                   sizeof p->dataset, eb);
+    rc = tq_launch_resolve_dataset(cfg->datasets_root, storage_path, p->dataset, sizeof p->dataset,
+                                   eb);
     if (rc != TQ_OK)
         return rc;
 
@@ -346,8 +346,7 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
     /* A job's outputs are owner-only whatever the umask, also when the directory exists
      * already (a retry, or one made by an older consumer): the container runs as our uid. */
     if (chmod(p->outputs, 0700) != 0)
-        return tq_errf(eb, TQ_ERR_IO, "could not chmod \"%.*s\": %m",
-                       TQ_UTF8_ARG(p->outputs, 200));
+        return tq_errf(eb, TQ_ERR_IO, "could not chmod \"%.*s\": %m", TQ_UTF8_ARG(p->outputs, 200));
 
     /* Resolve the rest too (the dataset already is), so the mounts name real paths. */
     {
@@ -357,13 +356,12 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
         snprintf(p->models, sizeof p->models, "%s", cfg->hf_cache_dir);
         for (int i = 0; i < 2; i++) {
             if (!realpath(paths[i], tmp))
-                return tq_errf(eb, TQ_ERR_IO, "could not resolve %s \"%s\": %s", what[i],
-                               paths[i], strerror(errno));
+                return tq_errf(eb, TQ_ERR_IO, "could not resolve %s \"%s\": %s", what[i], paths[i],
+                               strerror(errno));
             snprintf(paths[i], PATH_MAX, "%s", tmp);
         }
         if (!realpath(configs, tmp))
-            return tq_errf(eb, TQ_ERR_IO, "could not resolve \"%s\": %s", configs,
-                           strerror(errno));
+            return tq_errf(eb, TQ_ERR_IO, "could not resolve \"%s\": %s", configs, strerror(errno));
         if ((rc = path_join(p->config_file, sizeof p->config_file, tmp, "/", id, eb)))
             return rc;
         cl = strlen(p->config_file);
@@ -374,8 +372,10 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
 
     json_t *conf = tq_launch_training_config(job, id, TQ_LAUNCH_DATASETS_TARGET);
     if (!conf)
-        return tq_errf(eb, TQ_ERR_INVALID, "cannot build config.json of job %s: job lacks type "
-                                           "or base_model", id);
+        return tq_errf(eb, TQ_ERR_INVALID,
+                       "cannot build config.json of job %s: job lacks type "
+                       "or base_model",
+                       id);
     /* 15 significant digits print a learning rate of 1e-4 as 0.0001, not
      * 0.00010000000000000000479; every value a person types survives the round trip. */
     char *text = json_dumps(conf, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));

@@ -94,8 +94,10 @@ static int open_host(tq_worker *w, tq_cmetrics_server **ms, tq_errbuf *eb)
  * deployment needs no producer for its queue to keep moving. */
 static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
 {
-    tq_relay_config rc_cfg = {.database_url = cfg->database_url, .amqp_url = cfg->amqp_url,
-                              .name = "trainq-consumer-relay", .batch = cfg->relay_batch,
+    tq_relay_config rc_cfg = {.database_url = cfg->database_url,
+                              .amqp_url = cfg->amqp_url,
+                              .name = "trainq-consumer-relay",
+                              .batch = cfg->relay_batch,
                               .sign_keys = &cfg->publish_keyring};
     if (cfg->publish_keyring.n == 0)
         tq_log(TQ_LOG_WARN, "consumer.unauthenticated_publishers",

@@ -2,17 +2,21 @@
  * runner — what happens when a training container exits.
  *
  * One runner thread per slot follows one container at a time: it waits for the exit in
- * short rounds (so cancellation, overrun, a lost lease and shutdown are noticed within
- * ~2 s), judges the end (tq_run_judge), records the outcome with the claim's fencing token
- * — releasing the user's next parked job in the same transaction (cdb.c) — and frees the
- * slot. An exit caused by dockerd going away is not the job's fault: the job is given back
- * (retried, bounded by max_attempts) instead of recorded as failed.
+ * one-second rounds (so cancellation, overrun, a lost lease and shutdown are noticed within
+ * ~1 s), writes after each round what the job's output follower collected (output.h: its
+ * progress and log lines, on the runner's own connection), judges the end (tq_run_judge),
+ * writes the last lines, records the outcome and the job's output files (artifacts.h) with
+ * the claim's fencing token — releasing the user's next parked job in the same transaction
+ * (cdb.c) — and frees the slot. An exit caused by dockerd going away is not the job's fault: the
+ * job is given back (retried, bounded by max_attempts) instead of recorded as failed.
  *
  * What must stay true:
  *  - an outcome is written only with the fencing token of the claim the slot holds: a
  *    runner whose lease was lost kills its container and records nothing;
  *  - on shutdown a runner leaves its container alone: the next start of this worker adopts
- *    it (adoption.h), so a restart never kills a training run.
+ *    it (adoption.h), so a restart never kills a training run;
+ *  - the job's output is written only by its runner, never by the follower thread, so that
+ *    a slow Postgres never holds up the reading of Docker's stream (output.h).
  */
 #ifndef TQ_RUNNER_H
 #define TQ_RUNNER_H

@@ -74,7 +74,7 @@ void tq_slot_free(tq_worker *w, int i)
 }
 
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
-                 long long fencing, time_t started_wall)
+                 long long fencing, time_t started_wall, int adopted)
 {
     pthread_mutex_lock(&w->mu);
     tq_slot *s = &w->slots[i];
@@ -82,6 +82,7 @@ void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_
     snprintf(s->container_id, sizeof s->container_id, "%s", container_id);
     s->fencing = fencing;
     s->started_wall = started_wall;
+    s->adopted = adopted;
     s->assigned_mono = tq_mono_now();
     atomic_store(&s->cancel, 0);
     atomic_store(&s->lost, 0);

@@ -3,8 +3,10 @@
  * flags, the queue's ready count), and the slot operations (slots.c). The threads:
  *
  *   dispatcher (dispatch.h)   AMQP in: decode, claim, launch, ack — one delivery at a time
- *   one runner per slot       follows its container to the end and records the outcome
- *     (runner.h)
+ *   one runner per slot       follows its container to the end, writes its output once a
+ *     (runner.h)              second and records the outcome
+ *   one follower per running  reads the container's output stream (output.h)
+ *     job
  *   housekeeper               heartbeat + leases, cancellations, health
  *   sweeper (housekeeping.h)  reaper (lost hosts) and sweeper (parked and stranded jobs)
  *   metrics server (MHD)      /metrics, /healthz (cmetrics.h)
@@ -47,10 +49,11 @@ typedef struct {
     char job_id[TQ_UUID_BUF];
     char container_id[TQ_DOCKER_ID_BUF];
     long long fencing;
-    time_t started_wall;      /* when the container started (max run time) */
-    double assigned_mono;     /* when the runner got it (heartbeat race guard) */
-    atomic_int cancel;        /* the user asked for cancellation */
-    atomic_int lost;          /* the lease was lost: another worker owns the job now */
+    time_t started_wall;  /* when the container started (max run time) */
+    double assigned_mono; /* when the runner got it (heartbeat race guard) */
+    atomic_int cancel;    /* the user asked for cancellation */
+    atomic_int lost;      /* the lease was lost: another worker owns the job now */
+    int adopted;          /* found running at start (adoption.h), not started by us */
 } tq_slot;
 
 typedef struct tq_worker {
@@ -80,7 +83,8 @@ typedef struct tq_worker {
     _Atomic double queue_ready_at;
 } tq_worker;
 
-/* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning early (1) when the worker is stopping. */
+/* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning
+ * early (1) when the worker is stopping. */
 int tq_worker_sleep(tq_worker *w, long ms);
 
 /* Number of free slots (locks mu). */
@@ -89,9 +93,9 @@ int tq_slots_free(tq_worker *w);
 int tq_slot_reserve(tq_worker *w, const char *job_id);
 /* Frees slot i: a reservation given back unused, or a job whose outcome is recorded. */
 void tq_slot_free(tq_worker *w, int i);
-/* Hands a started container to slot i's runner. */
+/* Hands a started container to slot i's runner (adopted: found at start, adoption.h). */
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
-                 long long fencing, time_t started_wall);
+                 long long fencing, time_t started_wall, int adopted);
 
 /* The job ids held by non-free slots, as a Postgres array literal "{id,id}" (ids are
  * canonical uuids, so no quoting is needed). */

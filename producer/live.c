@@ -204,30 +204,56 @@ int tq_range_parse(const char *h, unsigned long long size, unsigned long long *s
 
 /* A name the consumer could have recorded and that names a file right in the job's
  * directory: no separator, not "." or "..", no control characters. */
+/* A name as the consumer records it (consumer/artifacts.c): a path relative to the job's
+ * outputs directory, components separated by '/', none empty, "." or "..", no backslash or
+ * control character. Only names listed in job_artifacts are ever opened; this only keeps
+ * the lookup and the open simple. */
 static int artifact_name_ok(const char *n)
 {
     size_t len = strlen(n);
-    if (len == 0 || len > ARTIFACT_NAME_MAX || strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
+    if (len == 0 || len > ARTIFACT_NAME_MAX)
         return 0;
+    for (const char *c = n; *c;) {
+        size_t k = strcspn(c, "/");
+        if (k == 0 || (k == 1 && c[0] == '.') || (k == 2 && c[0] == '.' && c[1] == '.'))
+            return 0;
+        c += k;
+        if (*c == '/')
+            c++;
+        if (*c == '\0' && c[-1] == '/')
+            return 0; /* a trailing slash */
+    }
     for (size_t i = 0; i < len; i++)
-        if (n[i] == '/' || n[i] == '\\' || (unsigned char)n[i] < 0x20 || n[i] == 0x7f)
+        if (n[i] == '\\' || (unsigned char)n[i] < 0x20 || n[i] == 0x7f)
             return 0;
     return 1;
 }
 
-/* Opens <dir>/<job>/<name> without following a symlink at the last two steps (the
- * operator's dir itself may be one), as a regular file. -1 with errno otherwise. */
+/* Opens <dir>/<job>/<name> as a regular file, walking every component below dir with
+ * O_NOFOLLOW (the operator's dir itself may be a symlink), so no link inside the job's
+ * directory can lead out of it. -1 with errno otherwise. */
 static int open_artifact(const char *dir, const char *job, const char *name, struct stat *st)
 {
     int root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0)
         return -1;
-    int jd = openat(root, job, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int d = openat(root, job, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     close(root);
-    if (jd < 0)
+    char part[ARTIFACT_NAME_MAX + 1];
+    const char *c = name;
+    while (d >= 0 && strchr(c, '/')) {
+        size_t k = strcspn(c, "/");
+        memcpy(part, c, k);
+        part[k] = '\0';
+        int next = openat(d, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(d);
+        d = next;
+        c += k + 1;
+    }
+    if (d < 0)
         return -1;
-    int fd = openat(jd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    close(jd);
+    int fd = openat(d, c, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(d);
     if (fd < 0)
         return -1;
     if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {

@@ -47,6 +47,20 @@ static int start_auth(const tq_config *cfg, tq_auth **auth, tq_errbuf *eb)
     return tq_auth_new(&ac, auth, eb);
 }
 
+/* The outbox relay of this producer (every producer runs one; shared/tq_relay.h). */
+static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
+{
+    tq_relay_config rc_cfg = {
+        .database_url = cfg->database_url,
+        .amqp_url = cfg->amqp_url,
+        .name = "trainq-producer-relay",
+        .batch = cfg->relay_batch,
+        .poll_ms = 1000,
+        .sign_keys = &cfg->publish_keyring,
+    };
+    return tq_relay_start(&rc_cfg, relay, eb);
+}
+
 int main(int argc, char **argv)
 {
     tq_config cfg;
@@ -89,15 +103,7 @@ int main(int argc, char **argv)
     }
     curl_ready = 1;
 
-    tq_relay_config rc_cfg = {
-        .database_url = cfg.database_url,
-        .amqp_url = cfg.amqp_url,
-        .name = "trainq-producer-relay",
-        .batch = cfg.relay_batch,
-        .poll_ms = 1000,
-        .sign_keys = &cfg.publish_keyring,
-    };
-    rc = tq_relay_start(&rc_cfg, &relay, &eb);
+    rc = start_relay(&cfg, &relay, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.start", "could not start the outbox relay: %s", eb.msg);
         goto out;

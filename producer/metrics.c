@@ -108,15 +108,19 @@ static const char *route_label(size_t i)
 /* Room for `route="…",code="…"`: route names are the route table's constants. */
 #define LABELS_BUF 160
 
-char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
-{
-    tq_prom_doc d;
-    if (tq_prom_begin(&d) != 0)
-        return NULL;
-    char lab[LABELS_BUF];
+static atomic_ullong db_exhausted;
 
+void tq_metrics_db_exhausted(void)
+{
+    atomic_fetch_add_explicit(&db_exhausted, 1, memory_order_relaxed);
+}
+
+/* Requests by route and status code, and their latency histogram per route. */
+static void render_http(tq_prom_doc *d)
+{
+    char lab[LABELS_BUF];
     const char *n = "trainq_http_requests_total";
-    tq_prom_head(&d, n, "counter", "HTTP requests answered, by route and status code.");
+    tq_prom_head(d, n, "counter", "HTTP requests answered, by route and status code.");
     for (size_t r = 0; r < ROUTE_SLOTS; r++) {
         if (r >= n_routes && r != TQ_METRICS_MAX_ROUTES)
             continue;
@@ -128,12 +132,12 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
                 snprintf(lab, sizeof lab, "route=\"%s\",code=\"%u\"", route_label(r), codes[c]);
             else
                 snprintf(lab, sizeof lab, "route=\"%s\",code=\"other\"", route_label(r));
-            tq_prom_sample_u(&d, n, lab, v);
+            tq_prom_sample_u(d, n, lab, v);
         }
     }
 
     n = "trainq_http_request_duration_seconds";
-    tq_prom_head(&d, n, "histogram", "Time from request line to response sent.");
+    tq_prom_head(d, n, "histogram", "Time from request line to response sent.");
     for (size_t r = 0; r < ROUTE_SLOTS; r++) {
         if (r >= n_routes && r != TQ_METRICS_MAX_ROUTES)
             continue;
@@ -144,19 +148,34 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
         for (size_t b = 0; b <= N_BUCKETS; b++)
             counts[b] = atomic_load_explicit(&lat_bucket[r][b], memory_order_relaxed);
         snprintf(lab, sizeof lab, "route=\"%s\"", route_label(r));
-        tq_prom_histogram(&d, n, lab, buckets, N_BUCKETS, counts,
+        tq_prom_histogram(d, n, lab, buckets, N_BUCKETS, counts,
                           atomic_load_explicit(&lat_sum_us[r], memory_order_relaxed));
     }
+}
 
-    render_conns(&d);
-
+/* The outbox relay's state and counters (relay NULL: not running), and the database's
+ * refused connections. */
+static void render_relay(tq_prom_doc *d, const tq_metrics_relay *relay)
+{
     tq_metrics_relay none = {0};
     none.backlog = -1;
     const tq_metrics_relay *rs = relay ? relay : &none;
-    tq_prom_scalar(&d, "trainq_outbox_backlog", "gauge",
+    tq_prom_scalar(d, "trainq_outbox_backlog", "gauge",
                    "Outbox rows not yet published (-1: unknown).", rs->backlog);
-    tq_prom_scalar(&d, "trainq_relay_amqp_up", "gauge",
+    tq_prom_scalar(d, "trainq_outbox_backlog_age_seconds", "gauge",
+                   "How long the oldest due outbox row has waited (-1: unknown).", rs->backlog_age);
+    tq_prom_scalar(d, "trainq_relay_amqp_up", "gauge",
                    "1 while the relay's RabbitMQ connection is up.", rs->connected);
+    tq_prom_scalar(d, "trainq_relay_amqp_blocked", "gauge",
+                   "1 while RabbitMQ blocks the relay's publishing (memory or disk alarm).",
+                   rs->blocked);
+    tq_prom_head(d, "trainq_relay_amqp_blocked_seconds_total", "counter",
+                 "Time the relay's RabbitMQ connection spent blocked by a resource alarm.");
+    tq_prom_sample_u(d, "trainq_relay_amqp_blocked_seconds_total", NULL, rs->blocked_seconds);
+    tq_prom_head(d, "trainq_db_connections_refused_total", "counter",
+                 "Postgres connections refused for want of slots (too many clients, 53300).");
+    tq_prom_sample_u(d, "trainq_db_connections_refused_total", NULL,
+                     atomic_load_explicit(&db_exhausted, memory_order_relaxed));
     static const struct {
         const char *name, *help;
         size_t off;
@@ -173,12 +192,24 @@ char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
          offsetof(tq_metrics_relay, errors)},
         {"trainq_relay_reconnects_total", "Relay reconnections to Postgres or RabbitMQ.",
          offsetof(tq_metrics_relay, reconnects)},
+        {"trainq_relay_amqp_blocked_total", "Times RabbitMQ blocked the relay's connection.",
+         offsetof(tq_metrics_relay, blocked_events)},
     };
     for (size_t i = 0; i < sizeof ctr / sizeof ctr[0]; i++) {
         const unsigned long long *v =
             (const unsigned long long *)(const void *)((const char *)rs + ctr[i].off);
-        tq_prom_head(&d, ctr[i].name, "counter", ctr[i].help);
-        tq_prom_sample_u(&d, ctr[i].name, NULL, *v);
+        tq_prom_head(d, ctr[i].name, "counter", ctr[i].help);
+        tq_prom_sample_u(d, ctr[i].name, NULL, *v);
     }
+}
+
+char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len)
+{
+    tq_prom_doc d;
+    if (tq_prom_begin(&d) != 0)
+        return NULL;
+    render_http(&d);
+    render_conns(&d);
+    render_relay(&d, relay);
     return tq_prom_end(&d, len);
 }

@@ -37,8 +37,15 @@ typedef struct {
     int have;
     int connected;
     unsigned long long published, confirms, nacks, returns, errors, reconnects;
-    long long backlog; /* -1: unknown */
+    long long backlog;     /* -1: unknown */
+    long long backlog_age; /* seconds, -1: unknown */
+    int blocked;           /* RabbitMQ has the relay's connection blocked (resource alarm) */
+    unsigned long long blocked_events;
+    unsigned long long blocked_seconds; /* whole seconds */
 } tq_metrics_relay;
+
+/* Postgres refused a connection for want of slots ("too many clients", SQLSTATE 53300). */
+void tq_metrics_db_exhausted(void);
 
 /* The Prometheus text exposition (version 0.0.4). Caller frees; NULL when out of memory. */
 char *tq_metrics_render(const tq_metrics_relay *relay, size_t *len);

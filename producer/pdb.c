@@ -173,19 +173,19 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     if (rc != TQ_OK)
         return rc;
     rc = exec(t,
-                  "WITH w AS ("
-                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
-                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
-                  "  ON CONFLICT (user_id, bucket, window_start)"
-                  "  DO UPDATE SET count = rate_limits.count + 1"
-                  "  RETURNING count, window_start)"
-                  " SELECT w.count,"
-                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
-                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
-                  "  GREATEST(1, ceil(extract(epoch FROM"
-                  "   (w.window_start + interval '1 minute' - now()))))::int"
-                  " FROM w",
-                  3, p, &res, eb);
+              "WITH w AS ("
+              "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
+              "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
+              "  ON CONFLICT (user_id, bucket, window_start)"
+              "  DO UPDATE SET count = rate_limits.count + 1"
+              "  RETURNING count, window_start)"
+              " SELECT w.count,"
+              "  COALESCE(CASE WHEN $2 = 'submit' THEN"
+              "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
+              "  GREATEST(1, ceil(extract(epoch FROM"
+              "   (w.window_start + interval '1 minute' - now()))))::int"
+              " FROM w",
+              3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
@@ -364,7 +364,7 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'created_at', created_at, 'updated_at', updated_at, 'started_at', started_at,"               \
     " 'completed_at', completed_at, 'attempts', attempts, 'worker_id', worker_id,"                 \
     " 'progress', progress, 'exit_code', exit_code,"                                               \
-    " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"             \
+    " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"                   \
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
     " 'queue_position', " QUEUE_POSITION ","                                                       \
@@ -385,8 +385,9 @@ static int get_fn(tconn *t, void *arg, tq_errbuf *eb)
     job_arg *a = arg;
     const char *p[2] = {a->job_id, a->user};
     PGresult *res = NULL;
-    int rc = exec(t, "SELECT " JOB_JSON " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
-                  2, p, &res, eb);
+    int rc =
+        exec(t, "SELECT " JOB_JSON " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2", 2,
+             p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(res) == 0)
@@ -716,19 +717,28 @@ static int stream_job_fn(tconn *t, void *arg, tq_errbuf *eb)
     /* One statement, one snapshot: when it shows the terminal status it shows every output
      * row (those commit before it: both write the job's row). The rows: at most 64, and
      * no more once TQ_PDB_STREAM_BYTES are in (the first row always). */
-    return json_row(t, a,
-                    "WITH o AS (SELECT seq, kind, body FROM ("
-                    "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
-                    "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
-                    "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
-                    "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
-                    "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
-                        "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
-                    " 'output', (SELECT COALESCE(json_agg(o ORDER BY o.seq), '[]') FROM o),"
-                    " 'more_output', EXISTS (SELECT 1 FROM job_output WHERE job_id = $1::uuid"
-                    "   AND seq > COALESCE((SELECT max(seq) FROM o), $4::bigint)),"
-                    " 'status', (SELECT status FROM training_jobs WHERE id = $1::uuid))::text",
-                    4, p, eb);
+    return json_row(
+        t, a,
+        "WITH o AS (SELECT seq, kind, body FROM ("
+        "  SELECT seq, kind, body, sum(bytes) OVER (ORDER BY seq) - bytes AS before"
+        "   FROM (SELECT seq, kind, body, bytes FROM job_output WHERE job_id = $1::uuid"
+        "   AND seq > $4::bigint ORDER BY seq LIMIT 64) l) w"
+        "  WHERE before < " TQ_PDB_STREAM_BYTES_SQL ")"
+        "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
+            "job_id = $1::uuid AND user_id = $2 AND id > $3::bigint") "::json,"
+                                                                      " 'output', (SELECT "
+                                                                      "COALESCE(json_agg(o ORDER "
+                                                                      "BY o.seq), '[]') FROM o),"
+                                                                      " 'more_output', EXISTS "
+                                                                      "(SELECT 1 FROM job_output "
+                                                                      "WHERE job_id = $1::uuid"
+                                                                      "   AND seq > "
+                                                                      "COALESCE((SELECT max(seq) "
+                                                                      "FROM o), $4::bigint)),"
+                                                                      " 'status', (SELECT status "
+                                                                      "FROM training_jobs WHERE id "
+                                                                      "= $1::uuid))::text",
+        4, p, eb);
 }
 
 int tq_pdb_stream_job(const char *user, const char *job_id, long long after_event,
@@ -748,13 +758,22 @@ static int stream_user_fn(tconn *t, void *arg, tq_errbuf *eb)
         t, a,
         "SELECT json_build_object('events', " STREAM_EVENTS_SQL(
             "user_id = $1 AND id > $2::bigint") "::json,"
-        " 'progress', (SELECT COALESCE(json_agg(json_build_object('job_id', id, 'progress',"
-        "  progress, 'current_step', current_step, 'total_steps', total_steps, 'loss', loss,"
-        "  'eta_seconds', eta_seconds, 'progress_updated_at', progress_updated_at, 'micros',"
-        "  (extract(epoch FROM progress_updated_at) * 1000000)::bigint)"
-        "  ORDER BY progress_updated_at), '[]') FROM training_jobs WHERE user_id = $1"
-        "  AND status IN ('pending', 'running') AND progress_updated_at >"
-        "  timestamptz 'epoch' + $3::bigint * interval '1 microsecond'))::text",
+                                                " 'progress', (SELECT "
+                                                "COALESCE(json_agg(json_build_object('job_id', id, "
+                                                "'progress',"
+                                                "  progress, 'current_step', current_step, "
+                                                "'total_steps', total_steps, 'loss', loss,"
+                                                "  'eta_seconds', eta_seconds, "
+                                                "'progress_updated_at', progress_updated_at, "
+                                                "'micros',"
+                                                "  (extract(epoch FROM progress_updated_at) * "
+                                                "1000000)::bigint)"
+                                                "  ORDER BY progress_updated_at), '[]') FROM "
+                                                "training_jobs WHERE user_id = $1"
+                                                "  AND status IN ('pending', 'running') AND "
+                                                "progress_updated_at >"
+                                                "  timestamptz 'epoch' + $3::bigint * interval '1 "
+                                                "microsecond'))::text",
         3, p, eb);
 }
 
@@ -951,8 +970,7 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n,
-                      tq_errbuf *eb)
+int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb)
 {
     hooks_take_arg a = {0};
     snprintf(a.cap, sizeof a.cap, "%d", endpoint_cap);
@@ -1042,8 +1060,7 @@ static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
 }
 
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
-                       const char *error, long long latency_ms, int disable_after,
-                       tq_errbuf *eb)
+                       const char *error, long long latency_ms, int disable_after, tq_errbuf *eb)
 {
     char sid[24], sretry[24], sstatus[INT_TEXT_BUF], slat[24];
     snprintf(sid, sizeof sid, "%lld", id);
@@ -1052,9 +1069,8 @@ int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int stat
     snprintf(sretry, sizeof sretry, "%lld", gone ? -1 : retry_ms);
     snprintf(sstatus, sizeof sstatus, "%d", status);
     snprintf(slat, sizeof slat, "%lld", latency_ms);
-    hook_record_arg a = {{sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat},
-                         gone,
-                         ""};
+    hook_record_arg a = {
+        {sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat}, gone, ""};
     snprintf(a.disable_after, sizeof a.disable_after, "%d", disable_after);
     return run_txn(hook_record_fn, &a, eb);
 }
@@ -1153,21 +1169,20 @@ int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_
 {
     char lim[INT_TEXT_BUF];
     snprintf(lim, sizeof lim, "%d", limit);
-    hook_api_arg a = {
-        .p = {id, user, lim},
-        .np = 3,
-        .need_row = 1,
-        .sql = "SELECT (SELECT COALESCE(json_agg(json_build_object("
-               "  'id', 'msg_' || d.id, 'job_id', d.job_id, 'event', d.event,"
-               "  'sequence', d.sequence, 'state', d.state, 'attempts', d.attempts,"
-               "  'created_at', d.event_at, 'last_attempt_at', d.last_attempt_at,"
-               "  'status_code', d.last_status, 'latency_ms', d.last_latency_ms,"
-               "  'error', d.last_error, 'delivered_at', d.delivered_at,"
-               "  'next_attempt_at', CASE WHEN d.state = 'pending' THEN d.due_at END)"
-               "  ORDER BY d.id DESC), '[]')"
-               "  FROM (SELECT * FROM webhook_deliveries WHERE endpoint_id = e.id"
-               "        ORDER BY id DESC LIMIT $3::int) d)::text"
-               " FROM webhook_endpoints e WHERE e.id = $1::uuid AND e.user_id = $2"};
+    hook_api_arg a = {.p = {id, user, lim},
+                      .np = 3,
+                      .need_row = 1,
+                      .sql = "SELECT (SELECT COALESCE(json_agg(json_build_object("
+                             "  'id', 'msg_' || d.id, 'job_id', d.job_id, 'event', d.event,"
+                             "  'sequence', d.sequence, 'state', d.state, 'attempts', d.attempts,"
+                             "  'created_at', d.event_at, 'last_attempt_at', d.last_attempt_at,"
+                             "  'status_code', d.last_status, 'latency_ms', d.last_latency_ms,"
+                             "  'error', d.last_error, 'delivered_at', d.delivered_at,"
+                             "  'next_attempt_at', CASE WHEN d.state = 'pending' THEN d.due_at END)"
+                             "  ORDER BY d.id DESC), '[]')"
+                             "  FROM (SELECT * FROM webhook_deliveries WHERE endpoint_id = e.id"
+                             "        ORDER BY id DESC LIMIT $3::int) d)::text"
+                             " FROM webhook_endpoints e WHERE e.id = $1::uuid AND e.user_id = $2"};
     return hook_api(&a, out, eb);
 }
 
@@ -1177,10 +1192,11 @@ int tq_pdb_default_secret(const char *user, const char *candidate, char *out, si
     hook_api_arg a = {.p = {user, candidate},
                       .np = 2,
                       .need_row = 1,
-                      .sql = "WITH i AS (INSERT INTO webhook_user_secrets (user_id, secret)"
-                             "  VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING RETURNING secret)"
-                             " SELECT to_json(COALESCE((SELECT secret FROM i),"
-                             "  (SELECT secret FROM webhook_user_secrets WHERE user_id = $1)))::text"};
+                      .sql =
+                          "WITH i AS (INSERT INTO webhook_user_secrets (user_id, secret)"
+                          "  VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING RETURNING secret)"
+                          " SELECT to_json(COALESCE((SELECT secret FROM i),"
+                          "  (SELECT secret FROM webhook_user_secrets WHERE user_id = $1)))::text"};
     json_t *j = NULL;
     int rc = hook_api(&a, &j, eb);
     if (rc != TQ_OK)

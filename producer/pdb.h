@@ -138,7 +138,7 @@ typedef struct {
     long long id; /* webhook-id is "msg_<id>" */
     char job_id[TQ_UUID_BUF];
     char *url, *event, *secret;
-    char *job_json; /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
+    char *job_json;    /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
     char event_at[40]; /* RFC 3339 */
     long long sequence;
     int attempts; /* this one included */
@@ -160,8 +160,7 @@ int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, in
  * endpoint's pending deliveries (for a job's own URL: that job's); so does the
  * disable_after-th failed attempt in a row of an endpoint. */
 int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
-                       const char *error, long long latency_ms, int disable_after,
-                       tq_errbuf *eb);
+                       const char *error, long long latency_ms, int disable_after, tq_errbuf *eb);
 
 /* A new endpoint; *out the listing object of it (without the secret). */
 int tq_pdb_webhook_create(const char *user, const char *id, const char *url,

@@ -70,6 +70,9 @@ static const tq_opt options[] = {
     {"TRAINQ_ARTIFACTS_DIR", "artifacts-dir", TQ_OPT_STR, OFF(artifacts_dir), "", 0, 0, NULL,
      "the consumers' outputs directory as this host sees it (shared storage); artifacts are "
      "downloaded from <dir>/<job id>/<name> (empty: downloads answer 404)"},
+    {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
+     OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
+     "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
     {"TRAINQ_WEBHOOK_ALLOW_LOOPBACK", "webhook-allow-loopback", TQ_OPT_BOOL,
      OFF(webhook_allow_loopback), "false", 0, 0, NULL,
      "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "

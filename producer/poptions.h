@@ -41,6 +41,7 @@ typedef struct tq_producer_config {
     int http_max_connections_per_client;
     int http_header_timeout_seconds;
     int http_body_timeout_seconds;
+    int ready_max_backlog_age_seconds;
     char *http_trusted_proxies; /* comma-separated addresses / CIDR blocks */
     int streams_per_user;
     int stream_keepalive_seconds;

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics.h"
+#include "tq_db.h"
 #include "tq_log.h"
 
 /* A chunked body over the cap is read and dropped (so the 413 can be sent), but only up
@@ -246,7 +248,12 @@ void tq_req_reply_db_error(tq_req *r, int rc, const tq_errbuf *eb)
         tq_logj(TQ_LOG_WARN, "http.db_unavailable", json_pack("{s:s}", "request_id", r->request_id),
                 "%s", eb->msg);
         tq_req_add_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
-        tq_req_reply_error(r, 503, "service temporarily unavailable");
+        if (tq_db_exhausted(eb)) {
+            tq_metrics_db_exhausted();
+            tq_req_reply_error(r, 503, "database has no free connections, retry later");
+        } else {
+            tq_req_reply_error(r, 503, "service temporarily unavailable");
+        }
         return;
     }
     tq_logj(TQ_LOG_ERROR, "http.internal_error", json_pack("{s:s}", "request_id", r->request_id),

@@ -78,8 +78,11 @@ static int match_one(const char *p, const char *url, size_t ulen, char *param, s
     param[0] = '\0';
     while (*p) {
         if (*p == '{') {
+            /* "{name}" (an artifact's path, always last in its pattern) takes the rest of
+             * the path, slashes included: files in subdirectories of a job's outputs. */
+            int rest = strncmp(p, "{name}", 6) == 0;
             const char *seg = u;
-            while (u < uend && *u != '/')
+            while (u < uend && (rest || *u != '/'))
                 u++;
             size_t n = (size_t)(u - seg), sep = used > 0;
             if (n == 0 || used + sep + n >= cap)

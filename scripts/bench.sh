@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainq benchmarks, each next to its floor in the same run (docs/performance.md).
 #
-#   scripts/bench.sh [--quick] [--keep] [--only=ROWS]   (ROWS: e.g. 1,8)
+#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory]   (ROWS: e.g. 1,8)
 #
 #   1. starts its own Postgres/RabbitMQ/dockerd (scripts/services.sh) in its own state dir
 #      and on its own ports, so it never meets a test run's services
@@ -11,6 +11,9 @@
 #   4. prints one markdown table (also written to build-bench/bench.md, raw figures in
 #      build-bench/bench.json) and brings the services down (unless --keep)
 #
+# --memory runs tests/bench/memory.py instead of bench.py: peak memory of producer and
+# consumer under 5 000 open connections, 1 000 requests in flight and an outbox backlog of up
+# to 1 GB (bounded: about 10 minutes; table in build-bench/memory.md).
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).
 #
@@ -27,13 +30,15 @@ cd "$REPO"
 quick=()
 only=()
 keep=0
+memory=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
     --keep) keep=1 ;;
     --only=*) only=(--only "${a#--only=}") ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS)" >&2; exit 2 ;;
+    --memory) memory=1 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory)" >&2; exit 2 ;;
   esac
 done
 
@@ -72,7 +77,7 @@ trap 'exit 130' INT TERM
 echo "bench.sh: building $BUILD (Release)" >&2
 cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >"$TRAINQ_STATE_DIR/cmake.log" 2>&1 \
   || die "cmake configure failed, see $TRAINQ_STATE_DIR/cmake.log"
-cmake --build "$BUILD" -j"$JOBS" --target trainq-producer trainq-consumer bench-fixed200 \
+cmake --build "$BUILD" -j"$JOBS" --target trainq-producer trainq-consumer bench-fixed200 bench-progress \
   >"$TRAINQ_STATE_DIR/build.log" 2>&1 || die "build failed, see $TRAINQ_STATE_DIR/build.log"
 
 echo "bench.sh: starting services in $TRAINQ_STATE_DIR" >&2
@@ -82,6 +87,13 @@ bash "$REPO/scripts/migrate.sh" >/dev/null
 bash "$REPO/scripts/build-trainer-image.sh"
 export TRAINQ_TRAINING_IMAGE=trainq-fake-trainer:latest
 
+if ((memory)); then
+  /usr/bin/python3 "$REPO/tests/bench/memory.py" "${quick[@]}" --bin-dir "$BUILD" \
+    --out "$BUILD/memory.md" --work-dir "$TRAINQ_STATE_DIR/memory" \
+    || die "the memory bench broke (machinery, not numbers); logs under $TRAINQ_STATE_DIR/memory"
+  echo "bench.sh: table written to $BUILD/memory.md" >&2
+  exit 0
+fi
 /usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" --bin-dir "$BUILD" \
   --out "$BUILD/bench.md" --work-dir "$TRAINQ_STATE_DIR/bench" \
   --duration "${TRAINQ_BENCH_DURATION:-15}" --connections "${TRAINQ_BENCH_CONNECTIONS:-64}" \

@@ -9,7 +9,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 PACKAGES=(
   # build
-  build-essential cmake pkg-config git clang libclang-rt-14-dev
+  build-essential cmake pkg-config git clang libclang-rt-14-dev clang-format
   libjansson-dev libpq-dev librabbitmq-dev libcurl4-openssl-dev uuid-dev
   libmicrohttpd-dev libjwt-dev libcmocka-dev libssl-dev
   # real services the integration tests run against

@@ -4,8 +4,9 @@
 #   scripts/test.sh [--quick] [--keep] [--faults] [--deploy]
 #
 #   1. installs missing Debian packages and the npm test tools (scripts/install-deps.sh)
-#   2. lints docs/openapi.yaml with Redocly's recommended rules (scripts/lint-openapi.sh);
-#      builds build/ (normal) and build-asan/ (-DTRAINQ_SANITIZE=ON)
+#   2. checks that every C file is as clang-format makes it (scripts/check-format.sh), lints
+#      docs/openapi.yaml with Redocly's recommended rules (scripts/lint-openapi.sh); builds
+#      build/ (normal) and build-asan/ (-DTRAINQ_SANITIZE=ON)
 #   3. unless --quick: starts Postgres, RabbitMQ and dockerd (scripts/services.sh up), applies
 #      migrations, builds the fake trainer image
 #   4. ctest -L unit in build/; then in build-asan/ the unit and integration tests (only unit
@@ -18,7 +19,7 @@
 #
 # Services are brought down on exit, also on failure or Ctrl-C, unless --keep or
 # TRAINQ_KEEP_SERVICES=1. The last line is "trainq: N passed, M failed" (counted from ctest,
-# plus one for the lint step; a failed build/setup step counts as one failure). Exit status is
+# plus one for each lint step; a failed build/setup step counts as one failure). Exit status is
 # non-zero if anything failed. A label with no tests is fine.
 set -uo pipefail
 
@@ -117,6 +118,15 @@ mkdir -p "$LOG_DIR"
 
 step "checking Debian packages"
 bash "$REPO/scripts/install-deps.sh" || fail_step "install-deps.sh failed"
+
+# The code as .clang-format lays it out (scripts/check-format.sh --fix rewrites it).
+step "checking the C formatting"
+if bash "$REPO/scripts/check-format.sh"; then
+  passed=$((passed + 1))
+else
+  echo "test.sh: C files differ from clang-format (see above)" >&2
+  failed=$((failed + 1))
+fi
 
 # The API document as client generators read it: any problem, warnings included, fails.
 step "linting docs/openapi.yaml"

@@ -28,13 +28,18 @@
 
 struct tq_amqp {
     amqp_connection_state_t conn;
-    int dead;          /* socket failed or broker closed the connection */
-    int channel_open;  /* channel 1 is open (0 after a broker channel.close) */
-    int confirm;       /* confirm mode wanted: re-selected on reopen */
-    unsigned epoch;    /* channel (re)open count */
-    uint64_t next_tag; /* delivery tag the next publish gets (confirm mode) */
-    int n_nodes;       /* nodes in the url list this connection was made from */
+    int dead;                 /* socket failed or broker closed the connection */
+    int channel_open;         /* channel 1 is open (0 after a broker channel.close) */
+    int confirm;              /* confirm mode wanted: re-selected on reopen */
+    unsigned epoch;           /* channel (re)open count */
+    uint64_t next_tag;        /* delivery tag the next publish gets (confirm mode) */
+    int n_nodes;              /* nodes in the url list this connection was made from */
     unsigned last_close_code; /* reply code of the last broker channel.close */
+    int blocked;              /* connection.blocked received, no connection.unblocked yet */
+    char blocked_reason[128]; /* the broker's reason ("low on memory", "low on disk") */
+    const atomic_int *abort;  /* when set and non-zero: give up a blocked confirm wait */
+    void (*on_block)(void *); /* blocked/unblocked changes, and ticks of a blocked wait */
+    void *on_block_arg;
 };
 
 static void set_rpc_timeout(amqp_connection_state_t c, int seconds)
@@ -81,8 +86,8 @@ static int on_connection_close(tq_amqp *a, const amqp_connection_close_t *m, con
         err = TQ_ERR_UNAVAILABLE;
     else if (m->reply_code == AMQP_ACCESS_REFUSED || m->reply_code == AMQP_NOT_ALLOWED)
         err = TQ_ERR_AUTH;
-    return tq_errf(eb, err, "%s: connection closed by broker: %u %s", what,
-                   (unsigned)m->reply_code, text);
+    return tq_errf(eb, err, "%s: connection closed by broker: %u %s", what, (unsigned)m->reply_code,
+                   text);
 }
 
 static int on_library_error(tq_amqp *a, int status, const char *what, tq_errbuf *eb)
@@ -119,8 +124,7 @@ int tq_amqp_check_reply(tq_amqp *a, amqp_rpc_reply_t r, const char *what, tq_err
                        (unsigned)r.reply.id);
     }
     a->dead = 1;
-    return tq_errf(eb, TQ_ERR_INTERNAL, "%s: unknown rpc reply type %d", what,
-                   (int)r.reply_type);
+    return tq_errf(eb, TQ_ERR_INTERNAL, "%s: unknown rpc reply type %d", what, (int)r.reply_type);
 }
 
 static int open_channel(tq_amqp *a, tq_errbuf *eb)
@@ -159,8 +163,7 @@ unsigned tq_amqp_channel_epoch(const tq_amqp *a)
 
 /* urlcopy (TQ_AMQP_URL_MAX bytes) receives the url: amqp_parse_url writes NULs into its
  * argument and ci points into it. */
-static int parse_url(const char *url, char *urlcopy, struct amqp_connection_info *ci,
-                     tq_errbuf *eb)
+static int parse_url(const char *url, char *urlcopy, struct amqp_connection_info *ci, tq_errbuf *eb)
 {
     if (!url || strlen(url) >= TQ_AMQP_URL_MAX)
         return tq_errf(eb, TQ_ERR_CONFIG, "invalid amqp url: missing or too long");
@@ -355,19 +358,29 @@ static int connect_node(const struct amqp_connection_info *ci, const char *conn_
     int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
     if (st != AMQP_STATUS_OK) {
         /* errno is not meaningful here (the library polls a non-blocking connect). */
-        rc = tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to rabbitmq at %s:%d: %s",
-                     ci->host, ci->port, amqp_error_string2(st));
+        rc = tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to rabbitmq at %s:%d: %s", ci->host,
+                     ci->port, amqp_error_string2(st));
         goto fail;
     }
     struct timeval hs = {.tv_sec = TQ_AMQP_HANDSHAKE_TIMEOUT_S, .tv_usec = 0};
     amqp_set_handshake_timeout(a->conn, &hs);
     set_rpc_timeout(a->conn, TQ_AMQP_RPC_TIMEOUT_S);
 
-    amqp_table_entry_t prop = {
-        .key = amqp_cstring_bytes("connection_name"),
-        .value = {.kind = AMQP_FIELD_KIND_UTF8,
-                  .value.bytes = amqp_cstring_bytes(conn_name ? conn_name : "trainq")}};
-    amqp_table_t props = {.num_entries = 1, .entries = &prop};
+    /* rabbitmq-c 0.11 announces only authentication_failure_close and
+     * exchange_exchange_bindings; it merges ours into them. Without connection.blocked the
+     * broker silently stops reading a publisher during a memory or disk alarm and the
+     * confirm wait cannot tell that from a dead link. */
+    amqp_table_entry_t cap = {.key = amqp_cstring_bytes("connection.blocked"),
+                              .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1}};
+    amqp_table_entry_t prop[2] = {
+        {.key = amqp_cstring_bytes("connection_name"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                   .value.bytes = amqp_cstring_bytes(conn_name ? conn_name : "trainq")}},
+        {.key = amqp_cstring_bytes("capabilities"),
+         .value = {.kind = AMQP_FIELD_KIND_TABLE,
+                   .value.table = {.num_entries = 1, .entries = &cap}}},
+    };
+    amqp_table_t props = {.num_entries = 2, .entries = prop};
     a->dead = 0;
     amqp_rpc_reply_t r =
         amqp_login_with_properties(a->conn, ci->vhost, 0, 131072, heartbeat_s, &props,
@@ -438,8 +451,53 @@ static int skip_returned_content(tq_amqp *a, amqp_channel_t ch, char *msgid, siz
     return TQ_OK;
 }
 
+/* connection.blocked / connection.unblocked (announced at login, see connect_node): the
+ * broker stopped reading what this connection publishes until a resource alarm clears. */
+static void on_blocked(tq_amqp *a, const amqp_frame_t *f)
+{
+    if (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD) {
+        const amqp_connection_blocked_t *m = f->payload.method.decoded;
+        a->blocked = 1;
+        bytes_to_str(m->reason, a->blocked_reason, sizeof a->blocked_reason);
+    } else {
+        a->blocked = 0;
+        a->blocked_reason[0] = '\0';
+    }
+    if (a->on_block)
+        a->on_block(a->on_block_arg);
+}
+
+static int is_blocked_frame(const amqp_frame_t *f)
+{
+    return f->frame_type == AMQP_FRAME_METHOD && f->channel == 0 &&
+           (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD ||
+            f->payload.method.id == AMQP_CONNECTION_UNBLOCKED_METHOD);
+}
+
+int tq_amqp_blocked(const tq_amqp *a, char *reason, size_t reason_len)
+{
+    if (reason && reason_len)
+        snprintf(reason, reason_len, "%s", a && a->blocked ? a->blocked_reason : "");
+    return a && !a->dead && a->blocked;
+}
+
+void tq_amqp_set_abort(tq_amqp *a, const atomic_int *flag)
+{
+    a->abort = flag;
+}
+
+void tq_amqp_set_block_hook(tq_amqp *a, void (*fn)(void *arg), void *arg)
+{
+    a->on_block = fn;
+    a->on_block_arg = arg;
+}
+
 int tq_amqp_handle_frame(tq_amqp *a, const amqp_frame_t *f, tq_errbuf *eb)
 {
+    if (is_blocked_frame(f)) {
+        on_blocked(a, f);
+        return TQ_OK;
+    }
     if (f->frame_type != AMQP_FRAME_METHOD)
         return TQ_OK;
     switch (f->payload.method.id) {
@@ -518,9 +576,9 @@ static int passive_declare(tq_amqp *a, const char *queue, long long *ready, tq_e
     int rc = tq_amqp_channel(a, eb);
     if (rc < 0)
         return rc;
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(
-        a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(queue), 1 /* passive */, 0, 0, 0,
-        amqp_empty_table);
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(queue), 1 /* passive */, 0,
+                           0, 0, amqp_empty_table);
     char what[160];
     snprintf(what, sizeof what, "could not look up queue \"%s\"", queue);
     a->last_close_code = 0;
@@ -583,9 +641,8 @@ int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb)
      * this is the one place that writes them. The group size goes last and only when the
      * url list names more than one node (tq_amqp_quorum_group_size). */
     int group = tq_amqp_quorum_group_size(a->n_nodes);
-    amqp_table_entry_t group_arg = {
-        .key = amqp_cstring_bytes("x-quorum-initial-group-size"),
-        .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = group}};
+    amqp_table_entry_t group_arg = {.key = amqp_cstring_bytes("x-quorum-initial-group-size"),
+                                    .value = {.kind = AMQP_FIELD_KIND_I64, .value.i64 = group}};
     amqp_table_entry_t dead_args[2] = {
         {.key = amqp_cstring_bytes("x-queue-type"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}},
@@ -671,8 +728,8 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
     }
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof p);
-    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_TIMESTAMP_FLAG;
+    p._flags =
+        AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
     p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
     p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     p.timestamp = (uint64_t)time(NULL);
@@ -686,10 +743,9 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
         p.headers.entries = hdrs;
     }
     amqp_bytes_t body = {.len = m->body_len, .bytes = (void *)(uintptr_t)m->body};
-    int st = amqp_basic_publish(a->conn, TQ_AMQP_CHANNEL,
-                                amqp_cstring_bytes(m->exchange ? m->exchange : ""),
-                                amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), 1, 0,
-                                &p, body);
+    int st = amqp_basic_publish(
+        a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(m->exchange ? m->exchange : ""),
+        amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), 1, 0, &p, body);
     if (st != AMQP_STATUS_OK)
         return on_library_error(a, st, "could not publish message", eb);
     a->next_tag++;
@@ -708,8 +764,7 @@ typedef struct {
 
 /* basic.return: the broker sends a message's return before its ack, in publish order, so
  * the earliest unconfirmed, not yet returned message with this id is the one returned. */
-static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
-                     tq_errbuf *eb)
+static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b, tq_errbuf *eb)
 {
     char text[96];
     bytes_to_str(m->reply_text, text, sizeof text);
@@ -732,9 +787,12 @@ static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
 
 /* One frame received while waiting for confirms: TQ_OK to go on waiting, else the error
  * that ends the batch (channel or connection closed). */
-static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
-                            tq_errbuf *eb)
+static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b, tq_errbuf *eb)
 {
+    if (is_blocked_frame(f)) {
+        on_blocked(a, f);
+        return TQ_OK;
+    }
     if (f->frame_type != AMQP_FRAME_METHOD)
         return TQ_OK;
     if (f->channel != TQ_AMQP_CHANNEL && f->payload.method.id != AMQP_CONNECTION_CLOSE_METHOD)
@@ -742,33 +800,54 @@ static int on_confirm_frame(tq_amqp *a, const amqp_frame_t *f, confirm_batch *b,
     switch (f->payload.method.id) {
     case AMQP_BASIC_ACK_METHOD: {
         const amqp_basic_ack_t *m = f->payload.method.decoded;
-        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
-                      m->multiple, 1, &b->remaining);
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag, m->multiple,
+                      1, &b->remaining);
         return TQ_OK;
     }
     case AMQP_BASIC_NACK_METHOD: {
         const amqp_basic_nack_t *m = f->payload.method.decoded;
-        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag,
-                      m->multiple, 0, &b->remaining);
+        apply_confirm(b->msgs, b->state, b->returned, b->n, b->base, m->delivery_tag, m->multiple,
+                      0, &b->remaining);
         return TQ_OK;
     }
     case AMQP_BASIC_RETURN_METHOD:
         return on_return(a, f->payload.method.decoded, b, eb);
     case AMQP_CHANNEL_CLOSE_METHOD:
-        return on_channel_close(a, f->channel, f->payload.method.decoded, "could not publish",
-                                eb);
+        return on_channel_close(a, f->channel, f->payload.method.decoded, "could not publish", eb);
     case AMQP_CONNECTION_CLOSE_METHOD:
         return on_connection_close(a, f->payload.method.decoded, "could not publish", eb);
     default:
-        return TQ_OK; /* e.g. connection.blocked: the deadline covers it */
+        return TQ_OK;
     }
 }
 
-/* Waits until every message of the batch has the broker's verdict, or timeout_ms. */
+/* While blocked, the wait wakes this often to see whether the caller gave up. */
+#define TQ_AMQP_BLOCKED_SLICE_MS 500
+
+/* Waits until every message of the batch has the broker's verdict, or timeout_ms. On a
+ * connection with an abort flag (tq_amqp_set_abort: the relay's), the clock stops while it
+ * is blocked by a resource alarm: the broker has the messages (or will read them) and
+ * confirms them once the alarm clears, so a timeout then would only drop the connection
+ * and publish again into the same alarm. Such a wait ends when the alarm clears, the
+ * connection dies, or the flag is raised. Without a flag (the consumer's one-message
+ * publishes, whose callers have their own fallbacks) the timeout counts as always. */
 static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbuf *eb)
 {
-    int64_t deadline = tq_mono_ms() + (timeout_ms > 0 ? timeout_ms : 10000);
+    if (timeout_ms <= 0)
+        timeout_ms = 10000;
+    int64_t deadline = tq_mono_ms() + timeout_ms;
     while (b->remaining > 0) {
+        if (a->blocked && a->abort) {
+            if (atomic_load(a->abort)) {
+                a->dead = 1;
+                return tq_errf(eb, TQ_ERR_UNAVAILABLE,
+                               "could not publish: gave up while rabbitmq is blocked (%s)",
+                               a->blocked_reason);
+            }
+            deadline = tq_mono_ms() + timeout_ms;
+            if (a->on_block)
+                a->on_block(a->on_block_arg);
+        }
         int64_t left = deadline - tq_mono_ms();
         if (left <= 0) {
             /* Late confirms would arrive on a channel whose tags we no longer trust to
@@ -778,6 +857,8 @@ static int await_confirms(tq_amqp *a, confirm_batch *b, int timeout_ms, tq_errbu
                            "could not publish: %zu of %zu messages unconfirmed after %d ms",
                            b->remaining, b->n, timeout_ms);
         }
+        if (a->blocked && a->abort && left > TQ_AMQP_BLOCKED_SLICE_MS)
+            left = TQ_AMQP_BLOCKED_SLICE_MS;
         struct timeval tv = {.tv_sec = (time_t)(left / 1000),
                              .tv_usec = (suseconds_t)((left % 1000) * 1000)};
         amqp_frame_t f;

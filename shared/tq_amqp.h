@@ -18,6 +18,7 @@
 #define TQ_AMQP_H
 
 #include <amqp.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "tq_err.h"
@@ -66,6 +67,25 @@ void tq_amqp_close(tq_amqp *a);
 
 /* 1 while the connection is usable, 0 once the broker closed it or the socket failed. */
 int tq_amqp_alive(const tq_amqp *a);
+
+/* 1 while the broker has this live connection blocked (connection.blocked: a memory or
+ * disk alarm; publishes are not read until connection.unblocked), with the broker's reason
+ * copied into reason (may be NULL). The state is updated by frames read through
+ * tq_amqp_pump, tq_amqp_handle_frame and the confirm wait; the capability is announced at
+ * login. Consuming and acking keep working while blocked. */
+int tq_amqp_blocked(const tq_amqp *a, char *reason, size_t reason_len);
+
+/* Opts in to waiting out resource alarms: with a flag set (borrowed; NULL: none, the
+ * default), tq_amqp_publish_confirmed's clock stops while the connection is blocked, and
+ * raising the flag ends such a wait (TQ_ERR_UNAVAILABLE, wrapper dead). The relay uses it
+ * with its stop flag. Without one, the timeout runs as always, blocked or not. */
+void tq_amqp_set_abort(tq_amqp *a, const atomic_int *flag);
+
+/* fn(arg) is called on the connection's thread right after each connection.blocked or
+ * connection.unblocked is read, and about every 500 ms while a confirm wait is paused by a
+ * blocked connection, so the owner can publish the state (tq_amqp_blocked) and keep its
+ * other duties going during a long alarm. fn must not use the connection. */
+void tq_amqp_set_block_hook(tq_amqp *a, void (*fn)(void *arg), void *arg);
 
 /* The underlying connection, borrowed (for amqp_basic_consume, amqp_consume_message, ...).
  * Decode every reply got from it with tq_amqp_check_reply. */
@@ -142,14 +162,15 @@ typedef struct {
 
 /* Publishes msgs[0..n) persistent (delivery_mode 2), mandatory, with content_type,
  * message_id and timestamp, on a channel in confirm mode (tq_amqp_confirm_select first),
- * then waits up to timeout_ms in total for every confirm. Returns TQ_OK when every
- * message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result
- * TQ_OK (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch
- * failed: TQ_ERR_UNAVAILABLE (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm
- * in time: the wrapper is made dead too, because late confirms could not be told apart),
- * TQ_ERR_AMQP (the broker closed the channel), TQ_ERR_NOMEM; every message without a
- * verdict (UNCONFIRMED) then has result = that error and must be treated as not published
- * (it may still have been: publish again, consumers dedup by message_id). */
+ * then waits up to timeout_ms in total for every confirm (time while the connection is
+ * blocked does not count when an abort flag is set, see tq_amqp_set_abort). Returns TQ_OK when
+ * every message has a verdict (msgs[i].verdict ACKED, NACKED or RETURNED) and msgs[i].result TQ_OK
+ * (acked) or TQ_ERR_AMQP (nacked or returned). Otherwise the whole batch failed: TQ_ERR_UNAVAILABLE
+ * (connection lost: wrapper dead), TQ_ERR_TIMEOUT (no confirm in time: the wrapper is made dead
+ * too, because late confirms could not be told apart), TQ_ERR_AMQP (the broker closed the channel),
+ * TQ_ERR_NOMEM; every message without a verdict (UNCONFIRMED) then has result = that error and must
+ * be treated as not published (it may still have been: publish again, consumers dedup by
+ * message_id). */
 int tq_amqp_publish_confirmed(tq_amqp *a, tq_amqp_msg *msgs, size_t n, int timeout_ms,
                               tq_errbuf *eb);
 

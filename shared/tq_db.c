@@ -68,7 +68,13 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
         char msg[300];
         snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
         msg[strcspn(msg, "\n")] = '\0';
-        tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to postgres: %s", msg);
+        /* SQLSTATE 53300 at connect: libpq gives no PGresult, only the server's text
+         * ("sorry, too many clients already", or "remaining connection slots are reserved
+         * ..." once only superuser slots are left; English unless lc_messages says else). */
+        if (strstr(msg, "too many clients") || strstr(msg, "remaining connection slots"))
+            tq_errf(eb, TQ_ERR_UNAVAILABLE, "%s: %s", TQ_DB_EXHAUSTED, msg);
+        else
+            tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to postgres: %s", msg);
         PQfinish(c);
         return NULL;
     }
@@ -83,6 +89,11 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
         return NULL;
     }
     return c;
+}
+
+int tq_db_exhausted(const tq_errbuf *eb)
+{
+    return eb && strncmp(eb->msg, TQ_DB_EXHAUSTED, sizeof TQ_DB_EXHAUSTED - 1) == 0;
 }
 
 int tq_db_ensure(PGconn **c, const char *url, const char *app, tq_errbuf *eb)
@@ -112,8 +123,8 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
     if (PQstatus(c) != CONNECTION_OK || !state)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);
     /* serialization failure, deadlock, lock_timeout, statement_timeout: soft, retry */
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
-        strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0 ||
+        strcmp(state, "57014") == 0)
         return tq_errf(eb, TQ_ERR_DB_RETRY, "transaction must be retried: %s", msg);
     if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: %s", msg);
@@ -124,8 +135,8 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
     return tq_errf(eb, TQ_ERR_DB, "database error %s: %s", state, msg);
 }
 
-int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
-               PGresult **out, tq_errbuf *eb)
+int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
+               tq_errbuf *eb)
 {
     if (out)
         *out = NULL;

@@ -19,21 +19,29 @@
 
 /* Connects with a bounded connect timeout (5 s unless the URL sets one), TCP keepalives,
  * TQ_DB_DEFAULT_OPTIONS unless the URL sets `options`, and application_name = app.
- * Returns NULL and fills eb on failure. Caller PQfinish()es. */
+ * Returns NULL and fills eb on failure (TQ_ERR_UNAVAILABLE when the server cannot be
+ * reached or refuses; a refusal for want of connection slots starts with TQ_DB_EXHAUSTED).
+ * Caller PQfinish()es. */
 PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb);
+
+/* The message prefix of a connection refused with SQLSTATE 53300 (max_connections). */
+#define TQ_DB_EXHAUSTED "postgres has no free connections"
+
+/* 1 when eb holds a refusal for want of connection slots (see TQ_DB_EXHAUSTED). */
+int tq_db_exhausted(const tq_errbuf *eb);
 
 /* Makes *c usable: reconnects if it is NULL or its connection is bad. */
 int tq_db_ensure(PGconn **c, const char *url, const char *app, tq_errbuf *eb);
 
 /* Classifies r (which may be NULL): TQ_OK for COMMAND_OK/TUPLES_OK, TQ_ERR_DB_RETRY for
- * 40001/40P01/55P03/57014, TQ_ERR_UNAVAILABLE for a lost connection or class 08/57P0x, TQ_ERR_LIMIT for
- * the active-job guard (TQ001), TQ_ERR_CONFLICT for 23505, else TQ_ERR_DB. Does not free r. */
+ * 40001/40P01/55P03/57014, TQ_ERR_UNAVAILABLE for a lost connection or class 08/57P0x, TQ_ERR_LIMIT
+ * for the active-job guard (TQ001), TQ_ERR_CONFLICT for 23505, else TQ_ERR_DB. Does not free r. */
 int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb);
 
 /* PQexecParams with text parameters; *out (optional) receives the result on TQ_OK and
  * must be PQclear()ed by the caller; on error the result is freed here. */
-int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
-               PGresult **out, tq_errbuf *eb);
+int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
+               tq_errbuf *eb);
 
 /* BEGIN / COMMIT / ROLLBACK (rollback ignores errors: it runs on the error path). */
 int tq_db_begin(PGconn *c, tq_errbuf *eb);

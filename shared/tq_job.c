@@ -412,8 +412,7 @@ static const json_t *check_trigger_words(const json_t *x, tq_validation *v)
     }
     size_t n = json_array_size(x);
     if (n > TQ_TRIGGER_WORDS_MAX)
-        tq_validation_add(v, "trigger_words", "must have at most %d items",
-                          TQ_TRIGGER_WORDS_MAX);
+        tq_validation_add(v, "trigger_words", "must have at most %d items", TQ_TRIGGER_WORDS_MAX);
     for (size_t i = 0; i < n; i++) {
         char field[64];
         snprintf(field, sizeof field, "trigger_words[%zu]", i);

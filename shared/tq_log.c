@@ -27,9 +27,8 @@ int tq_log_level_parse(const char *s)
     return TQ_ERR_INVALID;
 }
 
-__attribute__((format(printf, 4, 0))) static void log_emit(tq_log_level lvl, const char *event,
-                                                           json_t *fields, const char *fmt,
-                                                           va_list ap)
+__attribute__((format(printf, 4, 0))) static void
+log_emit(tq_log_level lvl, const char *event, json_t *fields, const char *fmt, va_list ap)
 {
     if (lvl < log_min) {
         json_decref(fields);

@@ -31,15 +31,16 @@
 #define RELAY_BACKOFF_MIN_MS 100
 #define RELAY_BACKOFF_MAX_MS 5000
 #define RELAY_BACKLOG_EVERY_MS 5000
+/* How often a blocked relay reads the broker's frames for connection.unblocked. */
+#define RELAY_BLOCKED_POLL_MS 250
 #define RELAY_CLEANUP_EVERY_MS (3600 * 1000)
 #define RELAY_CLEANUP_CHUNK 5000
 
 /* All SQL of the relay. */
 static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
-static const char SQL_CLAIM[] =
-    "SELECT id, job_id::text, routing_key, payload FROM outbox"
-    " WHERE published_at IS NULL AND available_at <= now()"
-    " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
+static const char SQL_CLAIM[] = "SELECT id, job_id::text, routing_key, payload FROM outbox"
+                                " WHERE published_at IS NULL AND available_at <= now()"
+                                " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
 static const char SQL_MARK_PUBLISHED[] =
     /* clock_timestamp: the moment the confirm arrived, not the start of the round */
     "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])";
@@ -47,12 +48,18 @@ static const char SQL_MARK_FAILED[] =
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2,"
     " available_at = now() + least(power(2, attempts + 1), 60) * interval '1 second'"
     " WHERE id = $1::bigint";
-static const char SQL_BACKLOG[] = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+/* The age comes from the partial index's leading column (min over outbox_unpublished), so it
+ * costs an index probe, not a scan, however long the backlog. clock_timestamp, not now():
+ * it may run inside a round's transaction (block_hook), whose now() stands still. */
+static const char SQL_BACKLOG[] =
+    "SELECT count(*),"
+    " (SELECT coalesce(floor(extract(epoch FROM clock_timestamp() - min(available_at))), 0)"
+    "  ::bigint FROM outbox WHERE published_at IS NULL AND available_at <= clock_timestamp())"
+    " FROM outbox WHERE published_at IS NULL";
 /* Chunked and SKIP LOCKED so every relay may run it at once without piling up. */
-static const char SQL_CLEANUP[] =
-    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-    " WHERE published_at < now() - interval '7 days'"
-    " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
+static const char SQL_CLEANUP[] = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                                  " WHERE published_at < now() - interval '7 days'"
+                                  " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
 
 typedef enum { SIDE_NONE = 0, SIDE_DB, SIDE_AMQP } relay_side;
 
@@ -75,7 +82,7 @@ struct tq_relay {
     PGconn *pg;
     tq_amqp *amqp;
     tq_amqp_msg *msgs;
-    int sign;                        /* sign_key is set: every message carries its signature */
+    int sign; /* sign_key is set: every message carries its signature */
     tq_sign_key sign_key;
     char (*sigs)[TQ_SIGN_VALUE_LEN]; /* per message of a batch, borrowed by msgs[i] */
     const char *(*hdrs)[4];
@@ -84,6 +91,8 @@ struct tq_relay {
     int amqp_state; /* same */
     int db_ever, amqp_ever;
     char last_err[TQ_ERRBUF_LEN]; /* last round error logged, to log once per change */
+    int64_t blocked_since;        /* tq_mono_ms when the current blocked stretch began, 0: none */
+    int64_t next_backlog;         /* tq_mono_ms of the next backlog count */
 };
 
 static int stopping(const tq_relay *r)
@@ -133,6 +142,52 @@ static void stats_set_up(tq_relay *r, int db_up, int amqp_up, int reconnected)
     pthread_mutex_unlock(&r->mu);
 }
 
+static json_t *name_field(const tq_relay *r)
+{
+    return json_pack("{s:s}", "relay", r->name);
+}
+
+/* Follows the AMQP connection's blocked state into the stats and the log (once per
+ * change). A dropped connection ends a blocked stretch. */
+static void sync_blocked(tq_relay *r)
+{
+    char reason[128];
+    int b = tq_amqp_blocked(r->amqp, reason, sizeof reason);
+    int64_t now = tq_mono_ms();
+    pthread_mutex_lock(&r->mu);
+    if (b && !r->blocked_since) {
+        r->blocked_since = now;
+        r->st.blocked_events++;
+    } else if (!b && r->blocked_since) {
+        r->st.blocked_ms += (uint64_t)(now - r->blocked_since);
+        r->blocked_since = 0;
+    }
+    int changed = r->st.amqp_blocked != b;
+    r->st.amqp_blocked = b;
+    snprintf(r->st.blocked_reason, sizeof r->st.blocked_reason, "%s", b ? reason : "");
+    pthread_mutex_unlock(&r->mu);
+    if (changed && b)
+        tq_logj(TQ_LOG_WARN, "relay.blocked",
+                json_pack("{s:s,s:s}", "relay", r->name, "reason", reason),
+                "rabbitmq blocked publishing (%s): outbox rows wait until the alarm clears",
+                reason);
+    else if (changed)
+        tq_logj(TQ_LOG_INFO, "relay.unblocked", name_field(r), "rabbitmq unblocked publishing");
+}
+
+static void count_backlog(tq_relay *r);
+
+/* Runs in the relay thread, also inside a round whose confirm wait an alarm paused: the
+ * backlog (and its age, which /readyz watches) keeps being counted on the round's own
+ * connection, between its statements. */
+static void block_hook(void *arg)
+{
+    tq_relay *r = arg;
+    sync_blocked(r);
+    if (r->pg && tq_mono_ms() >= r->next_backlog)
+        count_backlog(r);
+}
+
 static void drop_db(tq_relay *r)
 {
     if (r->pg) {
@@ -148,12 +203,8 @@ static void drop_amqp(tq_relay *r)
         tq_amqp_close(r->amqp);
         r->amqp = NULL;
     }
+    sync_blocked(r);
     stats_set_up(r, r->pg != NULL, 0, 0);
-}
-
-static json_t *name_field(const tq_relay *r)
-{
-    return json_pack("{s:s}", "relay", r->name);
 }
 
 /* Logged once per change of state, not per retry. */
@@ -214,6 +265,10 @@ static int ensure_amqp(tq_relay *r)
     drop_amqp(r);
     tq_errbuf eb = {{0}};
     int rc = tq_amqp_connect(r->amqp_url, r->name, TQ_AMQP_DEFAULT_HEARTBEAT, &r->amqp, &eb);
+    if (rc == TQ_OK) {
+        tq_amqp_set_abort(r->amqp, &r->stopping);
+        tq_amqp_set_block_hook(r->amqp, block_hook, r);
+    }
     if (rc == TQ_OK)
         rc = tq_amqp_declare_topology(r->amqp, &eb);
     if (rc == TQ_OK)
@@ -302,8 +357,8 @@ static int mark_batch(tq_relay *r, PGresult *res, int n, batch_verdicts *bv, tq_
         else
             bv->nacked++;
         tq_logj(TQ_LOG_WARN, "relay.publish_failed",
-                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id,
-                          "routing_key", m->routing_key),
+                json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", m->message_id, "routing_key",
+                          m->routing_key),
                 "could not publish outbox row %s: %s", PQgetvalue(res, i, 0), m->reason);
         const char *p_fail[2] = {PQgetvalue(res, i, 0), m->reason};
         rc = tq_db_exec(r->pg, SQL_MARK_FAILED, 2, p_fail, NULL, eb);
@@ -394,10 +449,13 @@ static void count_backlog(tq_relay *r)
     tq_errbuf eb = {{0}};
     if (tq_db_exec(r->pg, SQL_BACKLOG, 0, NULL, &res, &eb) != TQ_OK)
         return; /* the next round notices a broken connection */
+    r->next_backlog = tq_mono_ms() + RELAY_BACKLOG_EVERY_MS;
     int64_t v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    int64_t age = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     PQclear(res);
     pthread_mutex_lock(&r->mu);
     r->st.backlog = v;
+    r->st.backlog_age_s = age < 0 ? 0 : age;
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -421,6 +479,17 @@ static void cleanup_published(tq_relay *r)
     if (total > 0)
         tq_logj(TQ_LOG_INFO, "relay.cleanup", name_field(r),
                 "deleted %ld published outbox rows older than 7 days", total);
+}
+
+/* Reads what the broker sent (heartbeats, connection.blocked/unblocked, closes). */
+static void pump_amqp(tq_relay *r)
+{
+    tq_errbuf eb = {{0}};
+    if (r->amqp && tq_amqp_pump(r->amqp, &eb) != TQ_OK && !tq_amqp_alive(r->amqp)) {
+        note_down(r, &r->amqp_state, "rabbitmq", &eb);
+        drop_amqp(r);
+    }
+    sync_blocked(r);
 }
 
 /* Waits for a NOTIFY, stop, or timeout; keeps the AMQP connection's heartbeats going.
@@ -453,11 +522,7 @@ static void wait_for_work(tq_relay *r, int timeout_ms)
                 PQfreemem(nt);
         }
     }
-    tq_errbuf eb = {{0}};
-    if (r->amqp && tq_amqp_pump(r->amqp, &eb) != TQ_OK && !tq_amqp_alive(r->amqp)) {
-        note_down(r, &r->amqp_state, "rabbitmq", &eb);
-        drop_amqp(r);
-    }
+    pump_amqp(r);
 }
 
 static void round_failed(tq_relay *r, relay_side side, int rc, const tq_errbuf *eb)
@@ -480,7 +545,8 @@ static void round_failed(tq_relay *r, relay_side side, int rc, const tq_errbuf *
 static void final_flush(tq_relay *r)
 {
     int budget = atomic_load(&r->flush_timeout_ms);
-    if (budget <= 0 || !r->pg || PQstatus(r->pg) != CONNECTION_OK || !tq_amqp_alive(r->amqp))
+    if (budget <= 0 || !r->pg || PQstatus(r->pg) != CONNECTION_OK || !tq_amqp_alive(r->amqp) ||
+        tq_amqp_blocked(r->amqp, NULL, 0))
         return;
     int64_t deadline = tq_mono_ms() + budget;
     for (;;) {
@@ -508,7 +574,6 @@ static void *relay_main(void *arg)
     tq_backoff_init(&bo_db, RELAY_BACKOFF_MIN_MS, RELAY_BACKOFF_MAX_MS, TQ_BACKOFF_JITTER,
                     (unsigned)rand_r(&r->seed));
     bo_round = bo_amqp = bo_db;
-    int64_t next_backlog = 0;
     /* Spread the hourly cleanup of many instances; first run a minute or two in. */
     int64_t next_cleanup = tq_mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
 
@@ -523,6 +588,17 @@ static void *relay_main(void *arg)
             continue;
         }
         tq_backoff_reset(&bo_amqp);
+
+        /* A resource alarm: publish nothing (the broker would not read it) and keep the
+         * connection, so there is no reconnect storm and the rows stay due, in order, for
+         * when connection.unblocked comes. The backlog is still counted for /readyz. */
+        pump_amqp(r);
+        if (tq_amqp_blocked(r->amqp, NULL, 0)) {
+            if (tq_mono_ms() >= r->next_backlog)
+                count_backlog(r);
+            nap(r, RELAY_BLOCKED_POLL_MS);
+            continue;
+        }
 
         int full = 0;
         relay_side side;
@@ -542,10 +618,8 @@ static void *relay_main(void *arg)
             continue;
 
         int64_t now = tq_mono_ms();
-        if (now >= next_backlog) {
+        if (now >= r->next_backlog)
             count_backlog(r);
-            next_backlog = now + RELAY_BACKLOG_EVERY_MS;
-        }
         if (now >= next_cleanup) {
             cleanup_published(r);
             next_cleanup = now + RELAY_CLEANUP_EVERY_MS;
@@ -618,6 +692,7 @@ int tq_relay_start(const tq_relay_config *cfg, tq_relay **out, tq_errbuf *eb)
     }
     r->db_state = r->amqp_state = -1;
     r->st.backlog = -1;
+    r->st.backlog_age_s = -1;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     r->seed = (unsigned)ts.tv_nsec ^ (unsigned)getpid();
@@ -670,5 +745,7 @@ void tq_relay_stats_get(const tq_relay *r, tq_relay_stats *out)
 {
     pthread_mutex_lock((pthread_mutex_t *)&r->mu);
     *out = r->st;
+    if (r->blocked_since)
+        out->blocked_ms += (uint64_t)(tq_mono_ms() - r->blocked_since);
     pthread_mutex_unlock((pthread_mutex_t *)&r->mu);
 }

@@ -41,8 +41,17 @@ typedef struct {
     uint64_t errors;     /* failed rounds (database or broker) */
     uint64_t reconnects; /* successful (re)connections after the first, both sides */
     int64_t backlog;     /* unpublished rows at the last count, -1 before the first */
-    int db_up;           /* 1 while the Postgres connection is usable */
-    int amqp_up;         /* 1 while the RabbitMQ connection is usable */
+    /* Seconds the oldest due unpublished row has waited (now - its available_at) at the
+     * last count; 0 when none is due, -1 before the first count. */
+    int64_t backlog_age_s;
+    int db_up;   /* 1 while the Postgres connection is usable */
+    int amqp_up; /* 1 while the RabbitMQ connection is usable */
+    /* RabbitMQ resource alarm: 1 while the broker has the relay's connection blocked
+     * (connection.blocked); the relay then publishes nothing and keeps its place. */
+    int amqp_blocked;
+    char blocked_reason[128]; /* the broker's reason while blocked, else "" */
+    uint64_t blocked_events;  /* times the connection became blocked */
+    uint64_t blocked_ms;      /* total time blocked, the current stretch included */
 } tq_relay_stats;
 
 typedef struct tq_relay tq_relay;

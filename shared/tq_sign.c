@@ -10,8 +10,8 @@
 
 static int id_char(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
 /* Printable ASCII but ',' (the entry separator) and ' ' (a pasted space is a typo). */
@@ -21,8 +21,8 @@ static int secret_char(unsigned char c)
 }
 
 /* One "id:secret" entry of len bytes (not NUL-terminated) appended to out. */
-static int parse_entry(const char *e, size_t len, const char *what, size_t index,
-                       tq_sign_keys *out, tq_errbuf *eb)
+static int parse_entry(const char *e, size_t len, const char *what, size_t index, tq_sign_keys *out,
+                       tq_errbuf *eb)
 {
     const char *colon = memchr(e, ':', len);
     if (!colon)
@@ -32,8 +32,7 @@ static int parse_entry(const char *e, size_t len, const char *what, size_t index
     const char *s = colon + 1;
     size_t sl = len - il - 1;
     if (il == 0)
-        return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: entry %zu has an empty key id", what,
-                       index);
+        return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: entry %zu has an empty key id", what, index);
     if (il > TQ_SIGN_ID_MAX)
         return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: entry %zu has a key id longer than %d bytes",
                        what, index, TQ_SIGN_ID_MAX);
@@ -48,7 +47,8 @@ static int parse_entry(const char *e, size_t len, const char *what, size_t index
     id[il] = '\0';
     for (size_t k = 0; k < out->n; k++)
         if (strcmp(out->keys[k].id, id) == 0)
-            return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: key id \"%s\" is listed twice", what, id);
+            return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: key id \"%s\" is listed twice", what,
+                           id);
     if (sl < TQ_SIGN_SECRET_MIN)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid %s: key \"%s\" has a secret of %zu bytes; at least %d are required",
@@ -89,8 +89,7 @@ int tq_sign_keys_parse(const char *text, const char *what, tq_sign_keys *out, tq
             p++;
     }
     if (rc == TQ_OK && out->n == 0)
-        rc = tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: expected one or more id:secret entries",
-                     what);
+        rc = tq_errf(eb, TQ_ERR_CONFIG, "invalid %s: expected one or more id:secret entries", what);
     if (rc != TQ_OK)
         tq_sign_keys_wipe(out);
     return rc;
@@ -120,8 +119,7 @@ int tq_sign_hmac(const void *key, size_t key_len, const void *data, size_t len,
     return TQ_OK;
 }
 
-int tq_sign_value(const tq_sign_key *key, const void *body, size_t len,
-                  char out[TQ_SIGN_VALUE_LEN])
+int tq_sign_value(const tq_sign_key *key, const void *body, size_t len, char out[TQ_SIGN_VALUE_LEN])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char mac[TQ_SIGN_MAC_LEN];
@@ -174,9 +172,8 @@ static void quote_id(const char *s, size_t n, char *out, size_t cap)
     out[o] = '\0';
 }
 
-int tq_sign_verify(const tq_sign_keys *k, const char *key_id, size_t ki_len,
-                   const char *signature, size_t sig_len, const void *body, size_t len,
-                   char *why, size_t why_cap)
+int tq_sign_verify(const tq_sign_keys *k, const char *key_id, size_t ki_len, const char *signature,
+                   size_t sig_len, const void *body, size_t len, char *why, size_t why_cap)
 {
     if (!signature) {
         snprintf(why, why_cap, "unsigned message: %s is required", TQ_SIGN_SIGNATURE_HEADER);
@@ -200,8 +197,7 @@ int tq_sign_verify(const tq_sign_keys *k, const char *key_id, size_t ki_len,
     unsigned char got[TQ_SIGN_MAC_LEN], want[TQ_SIGN_MAC_LEN];
     if (sig_len < 3 || memcmp(signature, "v1=", 3) != 0 ||
         decode_mac(signature + 3, sig_len - 3, got) != 0) {
-        snprintf(why, why_cap,
-                 "bad signature: expected v1= followed by 64 hex digits");
+        snprintf(why, why_cap, "bad signature: expected v1= followed by 64 hex digits");
         return TQ_ERR_AUTH;
     }
     if (tq_sign_hmac(key->secret, key->secret_len, body, len, want) != TQ_OK) {

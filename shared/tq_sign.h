@@ -27,10 +27,10 @@
 #define TQ_SIGN_SIGNATURE_HEADER "x-trainq-signature"
 
 #define TQ_SIGN_MAX_KEYS 16
-#define TQ_SIGN_ID_MAX 64          /* bytes of a key id: [A-Za-z0-9._-] */
-#define TQ_SIGN_SECRET_MIN 32      /* bytes of a secret: 256 bits if random bytes are hex'd */
-#define TQ_SIGN_SECRET_MAX 256     /* printable ASCII except ',' and whitespace */
-#define TQ_SIGN_MAC_LEN 32         /* HMAC-SHA256 */
+#define TQ_SIGN_ID_MAX 64              /* bytes of a key id: [A-Za-z0-9._-] */
+#define TQ_SIGN_SECRET_MIN 32          /* bytes of a secret: 256 bits if random bytes are hex'd */
+#define TQ_SIGN_SECRET_MAX 256         /* printable ASCII except ',' and whitespace */
+#define TQ_SIGN_MAC_LEN 32             /* HMAC-SHA256 */
 #define TQ_SIGN_VALUE_LEN (3 + 64 + 1) /* "v1=" + hex + NUL */
 
 typedef struct {
@@ -77,8 +77,7 @@ int tq_sign_value(const tq_sign_key *key, const void *body, size_t len,
  *   bad signature
  * The MAC comparison takes the same time wherever the first difference is.
  */
-int tq_sign_verify(const tq_sign_keys *k, const char *key_id, size_t ki_len,
-                   const char *signature, size_t sig_len, const void *body, size_t len,
-                   char *why, size_t why_cap);
+int tq_sign_verify(const tq_sign_keys *k, const char *key_id, size_t ki_len, const char *signature,
+                   size_t sig_len, const void *body, size_t len, char *why, size_t why_cap);
 
 #endif

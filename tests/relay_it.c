@@ -42,8 +42,11 @@ static int probe_channel_close(const char *amqp_url, const char *msgid)
         return 1;
     }
     unsigned epoch0 = tq_amqp_channel_epoch(a);
-    tq_amqp_msg m = {.exchange = "trainq.no.such.exchange", .routing_key = "lora",
-                     .message_id = msgid, .body = "{}", .body_len = 2};
+    tq_amqp_msg m = {.exchange = "trainq.no.such.exchange",
+                     .routing_key = "lora",
+                     .message_id = msgid,
+                     .body = "{}",
+                     .body_len = 2};
     tq_errbuf eb1 = {{0}};
     int rc1 = tq_amqp_publish_confirmed(a, &m, 1, 5000, &eb1);
     int unconfirmed1 = m.verdict == TQ_AMQP_UNCONFIRMED;
@@ -127,8 +130,8 @@ int main(int argc, char **argv)
     sigaddset(&stop, SIGINT);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
-    tq_relay_config cfg = {.database_url = db, .amqp_url = amqp, .name = name,
-                           .batch = batch, .poll_ms = poll_ms};
+    tq_relay_config cfg = {
+        .database_url = db, .amqp_url = amqp, .name = name, .batch = batch, .poll_ms = poll_ms};
     tq_relay *r = NULL;
     tq_errbuf eb = {{0}};
     if (tq_relay_start(&cfg, &r, &eb) != TQ_OK) {

@@ -16,6 +16,9 @@
 #                         train_*_lora.py print it: "Steps:  45%|####▌ | 450/1000 [02:13<02:43,  3.37it/s, loss=0.0912, lr=0.0001]"
 #              kohya      the same with sd-scripts' "steps:" and "avr_loss=…"
 #              ai-toolkit the same with "<name>:" and "lr: 1.0e-04 loss: 4.123e-01"
+#              none       no progress at all (a trainer trainq cannot read)
+#   CHATTY_LINES lines of chatter printed on stdout at once with every step, as fast as awk
+#              writes them (a chatty trainer; default 0, at most 1000000)
 # SIGTERM/SIGINT end it promptly with status 143/130 (docker stop, cancellation).
 
 # PID 1 ignores signals it has no handler for, so install the handlers first. Waiting on a
@@ -49,6 +52,7 @@ STEPS=5
 EXIT_CODE=0
 MESSAGE="fake-trainer: done"
 FORMAT=plain
+CHATTY_LINES=0
 control=/workspace/datasets/trainer.env
 if [ -f "$control" ]; then
     # tr drops CRs of files written on Windows; the here-document keeps the loop in this shell.
@@ -71,9 +75,14 @@ if [ -f "$control" ]; then
                 esac ;;
             MESSAGE)
                 MESSAGE=$v ;;
+            CHATTY_LINES)
+                case "$v" in
+                    ''|*[!0-9]*) echo "fake-trainer: ignoring bad CHATTY_LINES '$v'" ;;
+                    *) CHATTY_LINES=$v ;;
+                esac ;;
             FORMAT)
                 case "$v" in
-                    plain|diffusers|kohya|ai-toolkit) FORMAT=$v ;;
+                    plain|diffusers|kohya|ai-toolkit|none) FORMAT=$v ;;
                     *) echo "fake-trainer: ignoring bad FORMAT '$v'" ;;
                 esac ;;
         esac
@@ -84,6 +93,7 @@ CONTROL
 fi
 [ "$STEPS" -ge 1 ] 2>/dev/null || STEPS=1
 [ "$STEPS" -le 10000 ] || STEPS=10000
+[ "$CHATTY_LINES" -le 1000000 ] || CHATTY_LINES=1000000
 
 out=/workspace/outputs
 mkdir -p "$out" 2>/dev/null
@@ -116,19 +126,25 @@ tqdm_state() {
     }'
 }
 say "fake-trainer: training for ${DURATION}s in $STEPS steps"
-[ "$FORMAT" = plain ] || printf '\r%s' "$(tqdm_state 0)" >&2
+tqdm=1
+case "$FORMAT" in plain|none) tqdm=0 ;; esac
+[ "$tqdm" = 0 ] || printf '\r%s' "$(tqdm_state 0)" >&2
 i=1
 while [ "$i" -le "$STEPS" ]; do
     sleep "$step_sleep" &
+    if [ "$CHATTY_LINES" -gt 0 ]; then
+        awk -v i="$i" -v n="$CHATTY_LINES" 'BEGIN { for (k = 1; k <= n; k++)
+            printf "chatter step %d line %d/%d: the quick brown fox jumps over the lazy dog\n", i, k, n }'
+    fi
     wait $!
     if [ "$FORMAT" = plain ]; then
         say "progress: step $i/$STEPS"
-    else
+    elif [ "$tqdm" = 1 ]; then
         printf '\r%s' "$(tqdm_state "$i")" >&2
     fi
     i=$((i + 1))
 done
-[ "$FORMAT" = plain ] || printf '\n' >&2
+[ "$tqdm" = 0 ] || printf '\n' >&2
 
 if ! printf 'fake safetensors weights written by trainq fake-trainer\n' \
         >"$out/pytorch_lora_weights.safetensors" 2>/dev/null; then

@@ -929,6 +929,20 @@ COMMIT;
         except Exception:  # noqa: BLE001 - leftover queue only
             pass
 
+    # ------------------------------------------------------------ row 9
+
+    def row9(self):
+        """Reading trainer output: tq_log_splitter + tq_progress_parse (+ the log batch) per
+        MB of a generated tqdm stream, next to memchr over the same bytes
+        (tests/bench/progress_cost.c)."""
+        log("row 9: progress parsing and line splitting per MB of trainer output")
+        out = subprocess.run([os.path.join(self.bin, "tests", "bench", "bench-progress"),
+                              "8" if self.quick else "64"],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise Broken(f"bench-progress failed: {out.stderr.strip()[-600:]}")
+        self.results[9] = json.loads(out.stdout.strip().splitlines()[-1])
+
     # ------------------------------------------------------------ table
 
     def table(self):
@@ -1045,6 +1059,13 @@ COMMIT;
                 f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
                 f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
                 f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
+        r9 = R.get(9)
+        if r9:
+            add(f"| 9 | reading trainer output: split + progress parse per MB of a tqdm stream"
+                f" ({r9['mb']:.0f} MB; + log batch: {r9['consumer_s_per_mb'] * 1e3:.2f} ms/MB) |"
+                f" {r9['parse_s_per_mb'] * 1e3:.2f} ms/MB ({r9['parse_mb_s']:.0f} MB/s) |"
+                f" memchr \\r \\n: {r9['floor_s_per_mb'] * 1e3:.3f} ms/MB |"
+                f" {r9['parse_s_per_mb'] / r9['floor_s_per_mb']:.0f} × | — | — |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ row 8
@@ -1160,6 +1181,8 @@ COMMIT;
                 self.row7()
             if want(8):
                 self.row8()
+            if want(9):
+                self.row9()
         finally:
             self._sampling.set()
             for p in self.procs:

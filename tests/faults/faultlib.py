@@ -475,8 +475,9 @@ def _parse_job_from_msg(msg):
 class Fleet:
     """Producers, consumers, users and datasets of one scenario (and its cleanup)."""
 
-    def __init__(self, scenario, durations=DURATIONS):
+    def __init__(self, scenario, durations=DURATIONS, producer_extra=None):
         self.scenario = scenario
+        self.producer_extra = dict(producer_extra or {})
         self.durations = durations
         self.run = uuid.uuid4().hex[:8]
         self.tmp = tempfile.mkdtemp(prefix=f"tq-fault-{scenario}-")
@@ -518,12 +519,14 @@ class Fleet:
                 if d >= at_least]
 
     def producer_env(self):
-        return {"TRAINQ_HTTP_ADDR": "127.0.0.1:0", "TRAINQ_JWT_ALG": "HS256",
-                "TRAINQ_JWT_SECRET": SECRET, "TRAINQ_JWT_PUBLIC_KEY_FILE": None,
-                "TRAINQ_JWT_AUDIENCE": None, "TRAINQ_JWT_ISSUER": None,
-                "TRAINQ_SUBMIT_RATE_PER_MINUTE": "100000",
-                "TRAINQ_READ_RATE_PER_MINUTE": "100000", "TRAINQ_HTTP_THREADS": "4",
-                "TRAINQ_LOG_LEVEL": "info"}
+        env = {"TRAINQ_HTTP_ADDR": "127.0.0.1:0", "TRAINQ_JWT_ALG": "HS256",
+               "TRAINQ_JWT_SECRET": SECRET, "TRAINQ_JWT_PUBLIC_KEY_FILE": None,
+               "TRAINQ_JWT_AUDIENCE": None, "TRAINQ_JWT_ISSUER": None,
+               "TRAINQ_SUBMIT_RATE_PER_MINUTE": "100000",
+               "TRAINQ_READ_RATE_PER_MINUTE": "100000", "TRAINQ_HTTP_THREADS": "4",
+               "TRAINQ_LOG_LEVEL": "info"}
+        env.update(self.producer_extra)
+        return env
 
     def start_producer(self, i):
         p = h.Program("producer/trainq-producer", env=self.producer_env(),
@@ -967,10 +970,11 @@ class FaultCase(unittest.TestCase):
         if problems:
             self.fail("after the scenario:\n" + "\n".join(problems))
 
-    def run_scenario(self, name, fault, durations=DURATIONS):
+    def run_scenario(self, name, fault, durations=DURATIONS, producer_extra=None):
         """fault(fleet) injects the fault mid-load (it may block while a service restarts).
-        Returns the figures after asserting the invariants."""
-        f = self.fleet = Fleet(name, durations)
+        producer_extra: more environment for the producers. Returns the figures after
+        asserting the invariants."""
+        f = self.fleet = Fleet(name, durations, producer_extra)
         f.start()
         fault(f)
         settled = f.settle()

@@ -29,8 +29,8 @@ static void check_msg(const tq_job_msg *m)
                    m->job_id);
     FUZZ_CHECK(m->user_id && tq_user_id_valid(m->user_id, strlen(m->user_id)), "user_id");
     FUZZ_CHECK(FUZZ_TERMINATED(m->submitted_at), "submitted_at");
-    FUZZ_CHECK(m->submitted_at[0] == '\0' || tq_rfc3339_valid(m->submitted_at),
-               "submitted_at %s", m->submitted_at);
+    FUZZ_CHECK(m->submitted_at[0] == '\0' || tq_rfc3339_valid(m->submitted_at), "submitted_at %s",
+               m->submitted_at);
     fuzz_check_submission(&m->sub);
 }
 

@@ -642,6 +642,11 @@ class LiveTest(unittest.TestCase, DocChecks):
         # several ranges or another unit: the whole file
         r = self.get(url, headers={"Range": "bytes=0-1,5-6"})
         self.assertEqual((r.status, r.raw), (200, data))
+        # a file in a subdirectory of the outputs, named as the consumer records it
+        os.makedirs(os.path.join(self.artifacts, job_id, "checkpoint-1"))
+        self.put_artifact(job_id, "checkpoint-1/state.bin", b"state")
+        r = self.get(f"/api/training/jobs/{job_id}/artifacts/checkpoint-1/state.bin")
+        self.assertEqual((r.status, r.raw), (200, b"state"))
 
     def test_artifact_downloads_stay_inside_the_jobs_directory(self):
         job_id = self.submit()
@@ -658,8 +663,12 @@ class LiveTest(unittest.TestCase, DocChecks):
             f.write(b"x")
         base = f"/api/training/jobs/{job_id}/artifacts/"
         self.assertEqual(self.get(base + "ok.bin").raw, b"ok")
+        # listed, but behind a directory symlink that leads out of the job's directory
+        os.symlink(self.artifacts, os.path.join(jd, "up"))
+        self.put_artifact(job_id, "up/secret.txt", None)
         for name in ("link.bin", "unlisted.bin", "..", "%2e%2e", "..%2Fsecret.txt",
-                     "%2E%2E%2Fsecret.txt", "nothing"):
+                     "%2E%2E%2Fsecret.txt", "nothing", "up/secret.txt", "./ok.bin",
+                     "sub/../ok.bin"):
             r = self.get(base + name)
             self.assertEqual(r.status, 404, name)
             self.assertNotIn(b"not yours", r.raw)

@@ -56,6 +56,47 @@ static void demux_interleaves_stdout_and_stderr_frames(void **state)
     free(s);
 }
 
+typedef struct {
+    char text[3][256];
+    size_t len[3];
+} sink_seen;
+
+static void sink_collect(void *arg, int stream, const char *data, size_t len)
+{
+    sink_seen *s = arg;
+    assert_true(stream >= 0 && stream <= 2);
+    assert_true(s->len[stream] + len < sizeof s->text[stream]);
+    memcpy(s->text[stream] + s->len[stream], data, len);
+    s->len[stream] += len;
+}
+
+static void demux_with_a_sink_passes_every_payload_byte_on_with_its_stream(void **state)
+{
+    (void)state;
+    unsigned char buf[128];
+    size_t off = 0;
+    frame(buf, &off, 2, "\rSteps:  10%", 12);
+    frame(buf, &off, 1, "line one\n", 9);
+    frame(buf, &off, 2, "\rSteps:  20%", 12);
+    for (size_t piece = 1; piece <= off; piece++) {
+        tq_log_demux *m = calloc(1, sizeof *m);
+        assert_non_null(m);
+        tq_log_demux_init(m);
+        sink_seen seen;
+        memset(&seen, 0, sizeof seen);
+        m->sink = sink_collect;
+        m->sink_arg = &seen;
+        for (size_t i = 0; i < off; i += piece)
+            tq_log_demux_feed(m, buf + i, off - i < piece ? off - i : piece);
+        assert_int_equal(m->len, 0); /* nothing kept in the tail buffer */
+        assert_int_equal(seen.len[0], 0);
+        assert_memory_equal(seen.text[1], "line one\n", 9);
+        assert_int_equal(seen.len[2], 24);
+        assert_memory_equal(seen.text[2], "\rSteps:  10%\rSteps:  20%", 24);
+        free(m);
+    }
+}
+
 static void demux_handles_frames_split_at_every_byte(void **state)
 {
     (void)state;
@@ -596,6 +637,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(demux_interleaves_stdout_and_stderr_frames),
         cmocka_unit_test(demux_handles_frames_split_at_every_byte),
+        cmocka_unit_test(demux_with_a_sink_passes_every_payload_byte_on_with_its_stream),
         cmocka_unit_test(demux_keeps_what_arrived_of_a_truncated_frame),
         cmocka_unit_test(demux_drops_a_truncated_header),
         cmocka_unit_test(demux_keeps_the_end_when_the_log_exceeds_4k),

@@ -29,14 +29,14 @@
 static tq_submission make_job(const char *type)
 {
     json_error_t err;
-    json_t *j = json_pack_ex(&err, 0,
-                             "{s:s, s:s, s:s, s:s,"
-                             " s:{s:f, s:i, s:i, s:i, s:i, s:i}, s:[s, s]}",
-                             "dataset_id", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "name",
-                             "my style", "type", type, "base_model",
-                             "runwayml/stable-diffusion-v1-5", "config", "learning_rate", 2e-4,
-                             "batch_size", 2, "steps", 1500, "resolution", 768, "lora_rank", 32,
-                             "lora_alpha", 16, "trigger_words", "sks", "watercolor");
+    json_t *j =
+        json_pack_ex(&err, 0,
+                     "{s:s, s:s, s:s, s:s,"
+                     " s:{s:f, s:i, s:i, s:i, s:i, s:i}, s:[s, s]}",
+                     "dataset_id", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "name", "my style",
+                     "type", type, "base_model", "runwayml/stable-diffusion-v1-5", "config",
+                     "learning_rate", 2e-4, "batch_size", 2, "steps", 1500, "resolution", 768,
+                     "lora_rank", 32, "lora_alpha", 16, "trigger_words", "sks", "watercolor");
     assert_non_null(j);
     tq_submission sub;
     assert_int_equal(tq_submission_from_json(j, &sub, NULL), TQ_OK);
@@ -75,12 +75,11 @@ static void config_json_of_a_lora_job_has_the_diffusers_arguments(void **state)
     assert_non_null(c);
     char keys[2048];
     keys_of(c, keys, sizeof keys);
-    assert_string_equal(keys,
-                        "cache_dir,checkpointing_steps,instance_prompt,job_id,job_name,"
-                        "learning_rate,lora_alpha,max_train_steps,mixed_precision,"
-                        "network_alpha,output_dir,pretrained_model_name_or_path,rank,"
-                        "resolution,seed,train_batch_size,train_data_dir,training_type,"
-                        "validation_prompt");
+    assert_string_equal(keys, "cache_dir,checkpointing_steps,instance_prompt,job_id,job_name,"
+                              "learning_rate,lora_alpha,max_train_steps,mixed_precision,"
+                              "network_alpha,output_dir,pretrained_model_name_or_path,rank,"
+                              "resolution,seed,train_batch_size,train_data_dir,training_type,"
+                              "validation_prompt");
     assert_string_equal(json_string_value(json_object_get(c, "pretrained_model_name_or_path")),
                         "runwayml/stable-diffusion-v1-5");
     assert_string_equal(json_string_value(json_object_get(c, "train_data_dir")),
@@ -165,9 +164,9 @@ static void config_json_fills_defaults_and_refuses_a_job_without_type(void **sta
 {
     (void)state;
     /* The defaults come from tq_job.c's parse, the one place that applies them. */
-    json_t *body = json_pack("{s:s, s:s, s:s, s:{}}", "dataset_id",
-                             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "type", "lora", "base_model",
-                             "org/model", "config");
+    json_t *body =
+        json_pack("{s:s, s:s, s:s, s:{}}", "dataset_id", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+                  "type", "lora", "base_model", "org/model", "config");
     tq_submission job;
     assert_int_equal(tq_submission_from_json(body, &job, NULL), TQ_OK);
     json_t *c = tq_launch_training_config(&job, JOB_ID, NULL);
@@ -508,8 +507,10 @@ static void prepare_refuses_bad_input_before_writing_anything(void **state)
     struct stat st;
 
     tq_submission job = make_job("lora");
-    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "link_out", &paths, &eb), TQ_ERR_FORBIDDEN);
-    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "missing", &paths, &eb), TQ_ERR_NOT_FOUND);
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "link_out", &paths, &eb),
+                     TQ_ERR_FORBIDDEN);
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "missing", &paths, &eb),
+                     TQ_ERR_NOT_FOUND);
     assert_int_equal(stat(data, &st), -1); /* nothing created for a job that cannot run */
 
     assert_int_equal(tq_launch_prepare(&cfg, &job, "../../etc", "a", &paths, &eb), TQ_ERR_INVALID);
@@ -742,12 +743,12 @@ int main(void)
         cmocka_unit_test(config_json_of_a_dreambooth_job_names_the_instance_data_dir),
         cmocka_unit_test(config_json_is_the_same_bytes_for_the_same_job),
         cmocka_unit_test(config_json_fills_defaults_and_refuses_a_job_without_type),
-        cmocka_unit_test_setup_teardown(dataset_paths_are_confined_to_the_datasets_root,
-                                        fs_setup, fs_teardown),
+        cmocka_unit_test_setup_teardown(dataset_paths_are_confined_to_the_datasets_root, fs_setup,
+                                        fs_teardown),
         cmocka_unit_test_setup_teardown(prepare_writes_config_json_and_creates_the_directories,
                                         fs_setup, fs_teardown),
-        cmocka_unit_test_setup_teardown(prepare_refuses_bad_input_before_writing_anything,
-                                        fs_setup, fs_teardown),
+        cmocka_unit_test_setup_teardown(prepare_refuses_bad_input_before_writing_anything, fs_setup,
+                                        fs_teardown),
         cmocka_unit_test(models_cache_is_mounted_read_only_when_configured),
         cmocka_unit_test(training_cmd_is_split_on_spaces_without_a_shell),
         cmocka_unit_test(metrics_render_counters_and_gauges_with_help_and_type),

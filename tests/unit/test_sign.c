@@ -71,9 +71,8 @@ static void test_hmac_sha256_matches_rfc4231(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         unsigned char mac[TQ_SIGN_MAC_LEN];
         char got[2 * TQ_SIGN_MAC_LEN + 1];
-        assert_int_equal(tq_sign_hmac(cases[i].key, cases[i].key_len, cases[i].data, cases[i].len,
-                                      mac),
-                         TQ_OK);
+        assert_int_equal(
+            tq_sign_hmac(cases[i].key, cases[i].key_len, cases[i].data, cases[i].len, mac), TQ_OK);
         hex(mac, sizeof mac, got);
         assert_string_equal(got, cases[i].mac);
     }
@@ -149,7 +148,9 @@ static void test_every_bad_key_list_gets_one_line_without_the_secret(void **stat
         {"a\"b:0123456789abcdef0123456789abcdef", "entry 1 has a key id with a character"},
         {"a:0123456789abcdef 0123456789abcdef", "key \"a\" has a secret with a character"},
         {"a:0123456789abcdef\t0123456789abcdef", "key \"a\" has a secret with a character"},
-        {"a:0123456789abcdef\xc3\xa9" "0123456789abcdef", "key \"a\" has a secret with a character"},
+        {"a:0123456789abcdef\xc3\xa9"
+         "0123456789abcdef",
+         "key \"a\" has a secret with a character"},
         {too_long, "has a secret longer than 256 bytes"},
         {many, "more than 16 keys"},
         {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:"
@@ -254,7 +255,7 @@ static void test_verify_names_what_is_missing_or_malformed(void **state)
         "",
         "3df065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b0", /* no v1= */
         "v2=3df065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b0",
-        "v1=3df065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b",  /* 63 */
+        "v1=3df065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b",   /* 63 */
         "v1=3df065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b0a", /* 65 */
         "v1=zdf065284cd53be0397e0a406e2dd7ab01889f443bf7f6b86ecc4026866648b0",
         "v1=PfBlKEzVO+A5fgpAbi3XqwGIn0Q79/a4bsxAJoZmSLA=", /* base64 of the right MAC */
@@ -269,8 +270,8 @@ static void test_verify_names_what_is_missing_or_malformed(void **state)
     char nul_sig[TQ_SIGN_VALUE_LEN];
     memcpy(nul_sig, BODY_SIG_HEX, sizeof nul_sig);
     nul_sig[10] = '\0';
-    assert_int_equal(tq_sign_verify(&k, "old", 3, nul_sig, sizeof nul_sig - 1, BODY,
-                                    strlen(BODY), why, sizeof why),
+    assert_int_equal(tq_sign_verify(&k, "old", 3, nul_sig, sizeof nul_sig - 1, BODY, strlen(BODY),
+                                    why, sizeof why),
                      TQ_ERR_AUTH);
     /* an empty body is signed like any other */
     char v[TQ_SIGN_VALUE_LEN];

@@ -56,10 +56,12 @@ static void test_clip_drops_a_character_already_cut_short(void **state)
     tq_utf8_clip(c, 100);
     assert_string_equal(c, "ab");
     /* a malformed byte that is not the start of a cut character is sanitise's business */
-    char d[] = "a\xff" "b";
+    char d[] = "a\xff"
+               "b";
     assert_int_equal(tq_utf8_prefix(d, 2), 2);
     tq_utf8_clip(d, 100);
-    assert_string_equal(d, "a\xff" "b");
+    assert_string_equal(d, "a\xff"
+                           "b");
     char e[] = "";
     tq_utf8_clip(e, 0);
     assert_string_equal(e, "");
@@ -87,19 +89,23 @@ static void test_sanitize_replaces_every_malformed_byte(void **state)
     } cases[] = {
         {"plain ascii", 11, "plain ascii", 0},
         {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 0},
-        {"a\xff" "b\xfe", 4, "a?b?", 2},                   /* never valid bytes */
-        {"\x80\xbf" "x", 3, "??x", 2},                      /* lone continuation bytes */
-        {"\xc3(", 2, "?(", 1},                              /* lead without continuation */
-        {"x\xe2\x82", 3, "x??", 2},                         /* cut short at the end */
-        {"\xc0\xaf", 2, "??", 2},                           /* overlong '/' */
-        {"\xe0\x80\xaf", 3, "???", 3},                      /* overlong, 3 bytes */
-        {"\xf0\x80\x80\xaf", 4, "????", 4},                 /* overlong, 4 bytes */
-        {"\xc1\xbf", 2, "??", 2},                           /* overlong DEL */
-        {"\xed\xa0\x80", 3, "???", 3},                      /* surrogate U+D800 */
-        {"\xf4\x90\x80\x80", 4, "????", 4},                 /* past U+10FFFF */
-        {"\xf4\x8f\xbf\xbf", 4, "\xf4\x8f\xbf\xbf", 0},     /* U+10FFFF itself */
-        {"a\0b", 3, "a?b", 1},                              /* NUL inside the text */
-        {"line\nnext\ttab", 13, "line\nnext\ttab", 0},      /* controls stay (log lines) */
+        {"a\xff"
+         "b\xfe",
+         4, "a?b?", 2}, /* never valid bytes */
+        {"\x80\xbf"
+         "x",
+         3, "??x", 2},                                  /* lone continuation bytes */
+        {"\xc3(", 2, "?(", 1},                          /* lead without continuation */
+        {"x\xe2\x82", 3, "x??", 2},                     /* cut short at the end */
+        {"\xc0\xaf", 2, "??", 2},                       /* overlong '/' */
+        {"\xe0\x80\xaf", 3, "???", 3},                  /* overlong, 3 bytes */
+        {"\xf0\x80\x80\xaf", 4, "????", 4},             /* overlong, 4 bytes */
+        {"\xc1\xbf", 2, "??", 2},                       /* overlong DEL */
+        {"\xed\xa0\x80", 3, "???", 3},                  /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", 4, "????", 4},             /* past U+10FFFF */
+        {"\xf4\x8f\xbf\xbf", 4, "\xf4\x8f\xbf\xbf", 0}, /* U+10FFFF itself */
+        {"a\0b", 3, "a?b", 1},                          /* NUL inside the text */
+        {"line\nnext\ttab", 13, "line\nnext\ttab", 0},  /* controls stay (log lines) */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[32];

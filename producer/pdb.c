@@ -911,7 +911,7 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
         /* The exact cap: takers of one endpoint queue on its lock, and each counts the
          * leases in a statement that starts after the previous taker committed. */
         const char *pe[2] = {endpoint, a->cap};
-        rc = exec(t, "SELECT pg_advisory_xact_lock(7413, hashtext($1))", 1, pe, NULL, eb);
+        rc = exec(t, "SELECT tq_lock_webhook_endpoint($1::uuid)", 1, pe, NULL, eb);
         if (rc != TQ_OK)
             return rc;
         rc = exec(t,

@@ -311,6 +311,7 @@ class StrandWatcher(threading.Thread):
            "          WHERE a.user_id = j.user_id AND a.status IN ('pending', 'running'))"
            "          >= tq_user_max_active(j.user_id))"
            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id"
+           "     AND o.exchange = 'trainq.jobs'"
            "     AND (o.published_at IS NULL OR o.published_at > now() - make_interval(secs => {b})))"
            " AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id"
            "     AND e.at > now() - make_interval(secs => {b}))")

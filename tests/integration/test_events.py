@@ -17,7 +17,7 @@ import jsonschema  # python3-jsonschema
 import tqenv
 import tqharness as h
 from test_consumer import ConsumerCase, run_id
-from test_producer import start_producer, stop_producer, wait_ready
+from test_producer import SECRET, start_producer, stop_producer, wait_ready
 
 with open(os.path.join(tqenv.SOURCE_DIR, "docs", "trainq.event.v1.schema.json")) as f:
     SCHEMA = json.load(f)
@@ -255,6 +255,30 @@ class EventsCase(ConsumerCase):
         self.assertEqual(on_exchange[0][2], "job.dead_lettered.lora")
         self.assertIsNone(self.job(msg["job_id"]))
         self.assertEqual(len(h.get_messages("trainq.jobs.dead")), 1)
+
+    def test_an_http_job_cancelled_while_queued_keeps_its_cancelled_event(self):
+        """The cancellation drops the job's unpublished job message, never its events."""
+        u = self.user("cancel")
+        ds = self.dataset(u)
+        cancelled = self.queue("job.cancelled.*", "job.queued.*")
+        p = start_producer()  # no consumer: the job stays queued
+        try:
+            wait_ready(p.port)
+            tok = h.mint(u, SECRET)
+            r = h.http_once(p.port, "POST", "/api/training/submit", token=tok,
+                            headers={"Content-Type": "application/json"},
+                            body=json.dumps({"dataset_id": ds, "type": "lora",
+                                             "base_model": "gpt2", "config": {}}))
+            self.assertEqual(r.status, 200, r)
+            job = r.json["job_id"]
+            r = h.http_once(p.port, "POST", f"/api/training/jobs/{job}/cancel", token=tok)
+            self.assertIn(r.status, (200, 202), r)
+            got = self.received(cancelled, lambda g: len(g) >= 2)
+            self.assertEqual(self.statuses_of(got, job), ["queued", "cancelled"])
+            self.assertEqual([g[0].correlation_id for g in got], [None, None])
+            self.assertIsNone(self.job(job)["reply_to"])
+        finally:
+            stop_producer(self, p)
 
     def test_progress_events_only_when_configured_and_throttled(self):
         u = self.user("progress")

@@ -420,7 +420,8 @@ class Bench:
         ids = ",".join(f"'{j}'" for j in job_ids)
         return {r[0]: float(r[1]) for r in rows(
             f"SELECT job_id, extract(epoch FROM max(published_at)) FROM outbox"
-            f" WHERE job_id IN ({ids}) AND published_at IS NOT NULL GROUP BY job_id")}
+            f" WHERE job_id IN ({ids}) AND published_at IS NOT NULL"
+            " AND exchange = 'trainq.jobs' GROUP BY job_id")}
 
     # ------------------------------------------------------------ row 1
 
@@ -550,7 +551,8 @@ COMMIT;
         self.wait_published()
         lag = [float(r[0]) * 1e3 for r in rows(
             "SELECT extract(epoch FROM o.published_at - j.created_at) FROM training_jobs j"
-            " JOIN outbox o ON o.job_id = j.id WHERE j.user_id LIKE 'bench-u%'"
+            " JOIN outbox o ON o.job_id = j.id AND o.exchange = 'trainq.jobs'"
+            " WHERE j.user_id LIKE 'bench-u%'"
             f" AND j.created_at >= to_timestamp({t0})")]
         self.purge()
         self.retire_queued("bench-u%")

@@ -168,7 +168,8 @@ class ExhaustedDependencies(fl.FaultCase):
             self.assertEqual(r.status, 200, r)
             job = r.json["job_id"]
             h.wait_until(lambda: h.psql("SELECT published_at IS NOT NULL FROM outbox "
-                                        "WHERE job_id = :'j'", variables={"j": job}).strip()
+                                        "WHERE job_id = :'j' AND exchange = 'trainq.jobs'",
+                                        variables={"j": job}).strip()
                          == "t", timeout=30, what="the job's outbox row published")
             self.assertEqual(p.stop(), 0)
             p.assert_no_sanitizer_report()

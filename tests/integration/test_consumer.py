@@ -456,7 +456,8 @@ class TestMessages(ConsumerCase):
                    variables={"id": running[0]["job_id"]})
         self.wait_status(job_id, ("running",) + TERMINAL, timeout=30)
         released = tqenv.psql("SELECT string_agg(payload, E'\\n' ORDER BY id) FROM outbox "
-                              "WHERE job_id = :'id'", variables={"id": job_id})
+                              "WHERE job_id = :'id' AND exchange = 'trainq.jobs'",
+                              variables={"id": job_id})
         self.assertEqual(released, body, "the release published a different body")
 
     def test_direct_publish_stores_the_canonical_message(self):

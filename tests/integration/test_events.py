@@ -202,12 +202,18 @@ class EventsCase(ConsumerCase):
 
     def test_a_deleted_reply_queue_blocks_nothing(self):
         u = self.user("gone")
-        ds = self.dataset(u, duration=0.3)
+        ds = self.dataset(u, duration=3)
         everything = self.queue("job.#")
         c = self.consumer(f"w-gone-{run_id()}")
-        gone = f"it-gone-{run_id()}"  # never declared: every reply comes back
+        gone = self.queue()
         first, second = self.message(u, ds), self.message(u, ds)
         self.publish_job(first, reply_to=gone, correlation_id="c-gone")
+        self.received(gone, lambda g: any(e[1]["status"] == "running" for e in g), timeout=30)
+        conn = h.amqp_connection()  # the service goes away while its job runs
+        try:
+            conn.channel().queue_delete(gone)
+        finally:
+            conn.close()
         self.wait_status(first["job_id"], "completed")
         self.publish_job(second)
         self.wait_status(second["job_id"], "completed")

@@ -272,7 +272,8 @@ class VerbatimTest(unittest.TestCase):
             self.assertEqual(db[k], v, f"row {k}")
         self.assertEqual(db["user_id"], u.id)
         # the outbox message carries them verbatim too
-        msg = json.loads(tqenv.psql("SELECT payload FROM outbox WHERE job_id = :'id'",
+        msg = json.loads(tqenv.psql("SELECT payload FROM outbox WHERE job_id = :'id'"
+                                    " AND exchange = 'trainq.jobs'",
                                     variables={"id": jid}) or "{}")
         for k, v in fields.items():
             if msg:

@@ -101,7 +101,8 @@ def wait_ready(port, timeout=60):
 
 
 def outbox_published(job_id):
-    return h.psql("SELECT published_at IS NOT NULL FROM outbox WHERE job_id = :'id'",
+    return h.psql("SELECT published_at IS NOT NULL FROM outbox WHERE job_id = :'id'"
+                  " AND exchange = 'trainq.jobs'",
                   variables={"id": job_id})
 
 
@@ -234,7 +235,8 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         again = published()
         self.assertEqual(again, first, "the release published a different body")
         self.assertEqual(h.psql("SELECT count(DISTINCT payload) || '/' || count(*) FROM outbox "
-                                "WHERE job_id = :'id'", variables={"id": job_id}), "1/2")
+                                "WHERE job_id = :'id' AND exchange = 'trainq.jobs'",
+                                variables={"id": job_id}), "1/2")
 
     def test_defaults_of_the_seed_are_applied_stored_and_published(self):
         ds = add_dataset(self.user)
@@ -253,7 +255,8 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertEqual(msg["type"], "dreambooth")
         self.assertEqual(msg["trigger_words"], [])
         self.assertEqual(msg["name"], "dreambooth stabilityai/sdxl-base-1.0")
-        rk = h.psql("SELECT routing_key FROM outbox WHERE job_id = :'id'",
+        rk = h.psql("SELECT routing_key FROM outbox WHERE job_id = :'id'"
+                    " AND exchange = 'trainq.jobs'",
                     variables={"id": job_id})
         self.assertEqual(rk, "dreambooth")
 
@@ -383,7 +386,8 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         n = h.psql("SELECT count(*) FROM training_jobs WHERE user_id = :'u'",
                    variables={"u": self.user})
         self.assertEqual(n, "1")
-        self.assertEqual(h.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+        self.assertEqual(h.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                                " AND exchange = 'trainq.jobs'",
                                 variables={"id": r1.json["job_id"]}), "1")
         r3 = self.submit(body_for(ds, config={"steps": 400}), headers={"Idempotency-Key": key})
         self.assertEqual(r3.status, 422, r3)

@@ -303,7 +303,8 @@ class TestBrokenHost(ConsumerCase):
         self.assertEqual(out, "cancelled")
         j = self.job(m["job_id"])
         self.assertEqual((j["status"], j["parked_at"]), ("cancelled", None))
-        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                                    " AND exchange = 'trainq.jobs'",
                                     variables={"id": m["job_id"]}), "0")
         # fenced: a stale token changes nothing
         self.assertEqual(tqenv.psql("SELECT tq_give_back(:'id', 6, 'x', 10)",

@@ -49,6 +49,10 @@ static const struct {
                            0},
     [TQ_CM_JOBS_RELEASED] = {"trainq_consumer_jobs_released_total",
                              "Parked or stranded jobs republished by this worker's sweeper.", 0},
+    [TQ_CM_REPLIES_DROPPED] = {"trainq_consumer_relay_replies_dropped_total",
+                               "Replies to a job's reply_to returned by the broker (queue "
+                               "gone) and dropped by this worker's relay.",
+                               0},
     [TQ_CM_SLOTS_TOTAL] = {"trainq_consumer_slots", "GPU slots of this worker.", 1},
     [TQ_CM_SLOTS_BUSY] = {"trainq_consumer_slots_busy", "Slots running a job.", 1},
     [TQ_CM_DOCKER_UP] = {"trainq_consumer_docker_up",

@@ -30,6 +30,7 @@ typedef enum {
     TQ_CM_JOBS_REQUEUED,      /* deliveries or claimed jobs given back (a service or the host) */
     TQ_CM_HOST_ERRORS,        /* launches that failed for a reason of this host */
     TQ_CM_JOBS_RELEASED,      /* parked or stranded jobs republished by this worker's sweeper */
+    TQ_CM_REPLIES_DROPPED,    /* job event replies returned (reply queue gone), dropped */
     /* gauges (set) */
     TQ_CM_SLOTS_TOTAL,
     TQ_CM_SLOTS_BUSY,

@@ -90,6 +90,11 @@ static int open_host(tq_worker *w, tq_cmetrics_server **ms, tq_errbuf *eb)
     return TQ_OK;
 }
 
+static void replies_dropped(uint64_t n)
+{
+    tq_cmetrics_add(TQ_CM_REPLIES_DROPPED, (long)n);
+}
+
 /* Releases of parked jobs and retries are outbox rows: every consumer relays them, so a
  * deployment needs no producer for its queue to keep moving. */
 static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
@@ -98,7 +103,8 @@ static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
                               .amqp_url = cfg->amqp_url,
                               .name = "trainq-consumer-relay",
                               .batch = cfg->relay_batch,
-                              .sign_keys = &cfg->publish_keyring};
+                              .sign_keys = &cfg->publish_keyring,
+                              .on_replies_dropped = replies_dropped};
     if (cfg->publish_keyring.n == 0)
         tq_log(TQ_LOG_WARN, "consumer.unauthenticated_publishers",
                "TRAINQ_PUBLISH_KEYS is not set: direct publishers are not authenticated; anyone "

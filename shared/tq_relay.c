@@ -72,6 +72,7 @@ struct tq_relay {
     char *name;
     int batch;
     int poll_ms;
+    void (*on_replies_dropped)(uint64_t n);
 
     pthread_t thread;
     int wake[2]; /* self-pipe: stop wakes every wait of the thread */
@@ -456,6 +457,8 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
         r->st.events_published += bv.events;
         r->st.replies_dropped += bv.replies_dropped;
         pthread_mutex_unlock(&r->mu);
+        if (bv.replies_dropped && r->on_replies_dropped)
+            r->on_replies_dropped(bv.replies_dropped);
     }
     if (rc != TQ_OK)
         goto rollback;
@@ -709,6 +712,7 @@ int tq_relay_start(const tq_relay_config *cfg, tq_relay **out, tq_errbuf *eb)
     if (r->batch > RELAY_BATCH_MAX)
         r->batch = RELAY_BATCH_MAX;
     r->poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : RELAY_POLL_DEFAULT_MS;
+    r->on_replies_dropped = cfg->on_replies_dropped;
     if (r->poll_ms > RELAY_POLL_MAX_MS)
         r->poll_ms = RELAY_POLL_MAX_MS;
     r->db_url = strdup(cfg->database_url);

@@ -32,6 +32,10 @@ typedef struct {
      * the first key (x-trainq-key-id, x-trainq-signature over the payload bytes exactly
      * as published). The key is copied. */
     const tq_sign_keys *sign_keys;
+    /* NULL, or called on the relay thread after a round's commit with the number of
+     * replies (to a job's reply_to) that the broker returned and the round dropped: for
+     * a program's own metrics. */
+    void (*on_replies_dropped)(uint64_t n);
 } tq_relay_config;
 
 typedef struct {

@@ -23,6 +23,15 @@ with open(os.path.join(tqenv.SOURCE_DIR, "docs", "trainq.event.v1.schema.json"))
     SCHEMA = json.load(f)
 
 
+def metric(port, name):
+    """The value of an unlabelled sample on /metrics (None when absent)."""
+    text = h.http_once(port, "GET", "/metrics", timeout=5).raw.decode()
+    for ln in text.splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[1])
+    return None
+
+
 class EventsCase(ConsumerCase):
     def setUp(self):
         super().setUp()
@@ -221,6 +230,8 @@ class EventsCase(ConsumerCase):
         h.wait_until(lambda: self.unpublished(ids) == 0, timeout=60,
                      what="every outbox row of both jobs published (returned replies dropped)")
         c.wait_event("relay.reply_dropped", timeout=30)
+        port = c.wait_event("consumer.starting").get("metrics_port")
+        self.assertGreaterEqual(metric(port, "trainq_consumer_relay_replies_dropped_total"), 1)
         got = self.received(everything, lambda g: len(g) >= 8)
         for j in ids:
             self.assertEqual(self.statuses_of(got, j), ["queued", "pending", "running", "completed"])
@@ -235,10 +246,7 @@ class EventsCase(ConsumerCase):
                        variables={"j": jid, "q": gone})
             h.wait_until(lambda: self.unpublished([jid]) == 0, timeout=30,
                          what="the reply row published (dropped)")
-            text = h.http_once(p.port, "GET", "/metrics").raw.decode()
-            line = [ln for ln in text.splitlines()
-                    if ln.startswith("trainq_relay_replies_dropped_total ")]
-            self.assertTrue(line and int(line[0].split()[1]) >= 1, line)
+            self.assertGreaterEqual(metric(p.port, "trainq_relay_replies_dropped_total"), 1)
         finally:
             stop_producer(self, p)
 

@@ -168,24 +168,24 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     const char *p[3] = {a->user, a->bucket, a->def};
     PGresult *res = NULL;
     /* A counter increment lost in a crash only lets one more request through; not worth
-     * an fsync on every request (the job itself is committed synchronously). */
-    int rc = exec(t, "SET LOCAL synchronous_commit = off", 0, NULL, NULL, eb);
-    if (rc != TQ_OK)
-        return rc;
-    rc = exec(t,
-              "WITH w AS ("
-              "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
-              "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
-              "  ON CONFLICT (user_id, bucket, window_start)"
-              "  DO UPDATE SET count = rate_limits.count + 1"
-              "  RETURNING count, window_start)"
-              " SELECT w.count,"
-              "  COALESCE(CASE WHEN $2 = 'submit' THEN"
-              "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
-              "  GREATEST(1, ceil(extract(epoch FROM"
-              "   (w.window_start + interval '1 minute' - now()))))::int"
-              " FROM w",
-              3, p, &res, eb);
+     * an fsync on every request (the job itself is committed synchronously). The
+     * transaction-local synchronous_commit = off rides in the same statement (CTE s):
+     * one round trip less. */
+    int rc = exec(t,
+                  "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"
+                  " w AS ("
+                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
+                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
+                  "  ON CONFLICT (user_id, bucket, window_start)"
+                  "  DO UPDATE SET count = rate_limits.count + 1"
+                  "  RETURNING count, window_start)"
+                  " SELECT w.count,"
+                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
+                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
+                  "  GREATEST(1, ceil(extract(epoch FROM"
+                  "   (w.window_start + interval '1 minute' - now()))))::int"
+                  " FROM w, s",
+                  3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
@@ -220,68 +220,20 @@ typedef struct {
     tq_pdb_submitted *out;
 } submit_arg;
 
-/* The request hash is md5 of the canonical submission (defaults applied, fixed key
- * order), so a retry that spells the same request differently still matches. *found is 0
- * when no job has this key yet (and TQ_OK is returned). */
-static int idem_lookup(tconn *t, submit_arg *a, int *found, tq_errbuf *eb)
-{
-    *found = 0;
-    const char *p[3] = {a->user, a->idem, a->canon};
-    PGresult *res = NULL;
-    int rc = exec(t,
-                  "SELECT id::text, request_hash IS NOT DISTINCT FROM md5($3)"
-                  " FROM training_jobs WHERE user_id = $1 AND idempotency_key = $2",
-                  3, p, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return TQ_OK;
-    }
-    *found = 1;
-    int same = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
-    col_copy(res, 0, 0, a->out->job_id, sizeof a->out->job_id);
-    PQclear(res);
-    if (!same)
-        return tq_errf(eb, TQ_ERR_CONFLICT, "idempotency key reused with a different request");
-    a->out->replayed = 1;
-    return TQ_OK;
-}
-
+/* One round trip: tq_submit (db/procedures/35_submit.sql) does the idempotency lookup (the
+ * request hash is md5 of the canonical submission: defaults applied, fixed key order, so a
+ * retry that spells the same request differently still matches), the dataset check, the job
+ * row, its outbox row and (by trigger) the audit row, and names the outcome. */
 static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     submit_arg *a = arg;
-    int rc;
     a->out->replayed = 0;
-    if (a->idem) {
-        int found = 0;
-        rc = idem_lookup(t, a, &found, eb);
-        if (rc != TQ_OK || found)
-            return rc;
-    }
-
-    const char *pd[1] = {a->s->dataset_id};
+    const char *p[7] = {a->user,    a->job_id, a->s->dataset_id, tq_job_type_name(a->s->type),
+                        a->payload, a->idem,   a->canon};
     PGresult *res = NULL;
-    rc = exec(t, "SELECT user_id FROM datasets WHERE id = $1::uuid", 1, pd, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
-    }
-    int mine = strcmp(PQgetvalue(res, 0, 0), a->user) == 0;
-    PQclear(res);
-    if (!mine)
-        return tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
-
-    rc = exec(t, "SELECT set_config('trainq.reason', 'submitted over http', true)", 0, NULL, NULL,
-              eb);
-    if (rc != TQ_OK)
-        return rc;
-    /* The row is read from the message, and holds it: the outbox row below gets the same
-     * bytes (db/procedures/30_jobs.sql). */
-    const char *pj[3] = {a->payload, a->idem, a->canon};
-    rc = exec(t, "SELECT tq_insert_job($1, 'http', $2, md5($3))", 3, pj, NULL, eb);
+    int rc = exec(
+        t, "SELECT outcome, submitted_id FROM tq_submit($1, $2::uuid, $3::uuid, $4, $5, $6, $7)", 7,
+        p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -289,13 +241,27 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     }
     if (rc != TQ_OK)
         return rc;
-    const char *po[3] = {a->job_id, tq_job_type_name(a->s->type), a->payload};
-    rc = exec(t, "INSERT INTO outbox (job_id, routing_key, payload) VALUES ($1::uuid, $2, $3)", 3,
-              po, NULL, eb);
-    if (rc != TQ_OK)
-        return rc;
-    snprintf(a->out->job_id, sizeof a->out->job_id, "%s", a->job_id);
-    return TQ_OK;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return tq_errf(eb, TQ_ERR_DB, "tq_submit returned no outcome");
+    }
+    const char *outcome = PQgetvalue(res, 0, 0);
+    col_copy(res, 0, 1, a->out->job_id, sizeof a->out->job_id);
+    if (strcmp(outcome, "created") == 0)
+        rc = TQ_OK;
+    else if (strcmp(outcome, "replayed") == 0) {
+        a->out->replayed = 1;
+        rc = TQ_OK;
+    } else if (strcmp(outcome, "conflict") == 0)
+        rc = tq_errf(eb, TQ_ERR_CONFLICT, "idempotency key reused with a different request");
+    else if (strcmp(outcome, "dataset_missing") == 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
+    else if (strcmp(outcome, "dataset_forbidden") == 0)
+        rc = tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
+    else
+        rc = tq_errf(eb, TQ_ERR_DB, "tq_submit: unknown outcome \"%s\"", outcome);
+    PQclear(res);
+    return rc;
 }
 
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,

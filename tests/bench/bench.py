@@ -7,7 +7,8 @@ finishes, a tool that errors) makes it exit non-zero.
 
 Rows (docs/performance.md explains each):
   1 submit throughput/latency (wrk) vs fixed-200 on the same HTTP stack and pgbench of the
-    submit's SQL          2 submit → message on the queue      3 dispatch latency vs bare
+    submit's SQL and the database's floor (bare durable insert + commit, with and without
+    NOTIFY)          2 submit → message on the queue      3 dispatch latency vs bare
     create+start and `docker run -d`    4 release latency      5 backlog drain
   6 footprint             7 python3-celery on the same broker
   8 Server-Sent Events: status change → event at the client with 100 open streams, and the

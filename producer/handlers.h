@@ -25,6 +25,8 @@
 int tq_job_guard(tq_req *r);
 void tq_job_bad_request(tq_req *r, const char *field, const char *message);
 int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF]);
+/* The ?limit= query: def when absent, else 1..max (-1: replied 400 naming limit). */
+int tq_job_limit_param(tq_req *r, int def, int max, int *limit);
 void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb);
 
 void tq_h_submit(tq_req *r);
@@ -46,6 +48,18 @@ void tq_h_stream_all(tq_req *r);
  * several ranges, or malformed: RFC 9110 lets a server ignore those). */
 int tq_range_parse(const char *h, unsigned long long size, unsigned long long *start,
                    unsigned long long *len);
+
+/* Webhooks (webhook_api.c). tq_webhook_events_json: the events array of a request (NULL:
+ * every event) as compact JSON text (caller frees), or NULL with an error on field in v;
+ * tq_webhook_url_field: the URL rule (webhooks.c) on a request's field (-1: error in v). */
+char *tq_webhook_events_json(const json_t *events, tq_validation *v, const char *field);
+int tq_webhook_url_field(const tq_req *r, const json_t *url, tq_validation *v, const char *field);
+void tq_h_webhook_create(tq_req *r);
+void tq_h_webhook_list(tq_req *r);
+void tq_h_webhook_delete(tq_req *r);
+void tq_h_webhook_rotate(tq_req *r);
+void tq_h_webhook_deliveries(tq_req *r);
+void tq_h_webhook_default_secret(tq_req *r);
 
 void tq_h_healthz(tq_req *r);
 void tq_h_readyz(tq_req *r);

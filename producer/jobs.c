@@ -47,6 +47,24 @@ int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF])
     return 0;
 }
 
+int tq_job_limit_param(tq_req *r, int def, int max, int *limit)
+{
+    *limit = def;
+    const char *ls = tq_req_query(r, "limit");
+    if (!ls || !*ls)
+        return 0;
+    char *end = NULL;
+    long v = strtol(ls, &end, 10);
+    if (*end || end == ls || v < 1 || v > max) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "must be an integer between 1 and %d", max);
+        tq_job_bad_request(r, "limit", msg);
+        return -1;
+    }
+    *limit = (int)v;
+    return 0;
+}
+
 /* A failed lookup: 404 for a job that is absent or another user's (the same answer, so
  * ids cannot be probed), else 503 / 500. */
 void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb)
@@ -100,17 +118,9 @@ void tq_h_job_list(tq_req *r)
                            "must be one of queued, pending, running, completed, failed, cancelled");
         return;
     }
-    int limit = LIST_DEFAULT;
-    const char *ls = tq_req_query(r, "limit");
-    if (ls && *ls) {
-        char *end = NULL;
-        long v = strtol(ls, &end, 10);
-        if (*end || end == ls || v < 1 || v > LIST_MAX) {
-            tq_job_bad_request(r, "limit", "must be an integer between 1 and 100");
-            return;
-        }
-        limit = (int)v;
-    }
+    int limit = 0;
+    if (tq_job_limit_param(r, LIST_DEFAULT, LIST_MAX, &limit) != 0)
+        return;
     char micros[CURSOR_MICROS_MAX + 1] = "", after_id[TQ_UUID_BUF] = "";
     const char *cursor = tq_req_query(r, "cursor");
     int have_cursor = cursor && *cursor;

@@ -1,13 +1,15 @@
 /*
  * trainq-producer: the HTTP front door. Accepts training submissions, writes each as a
  * job row plus an outbox row in one transaction, and runs the outbox relay that publishes
- * them to RabbitMQ with publisher confirms.
+ * them to RabbitMQ with publisher confirms, and sends the webhooks of status changes
+ * (producer/webhooks.c).
  *
  * Signals: SIGTERM/SIGINT stop accepting connections, let in-flight requests finish
  * (up to DRAIN_MS), stop the HTTP threads, give the relay one last flush, then exit 0.
  * All signals of interest are blocked before any thread starts and taken with sigwait()
  * here, so no handler runs on an arbitrary thread.
  */
+#include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"
+#include "webhooks.h"
 
 #define DRAIN_MS 10000
 #define RELAY_FLUSH_MS 5000
@@ -72,7 +75,9 @@ int main(int argc, char **argv)
     tq_relay *relay = NULL;
     tq_http *http = NULL;
     tq_streams *streams = NULL;
+    tq_webhooks *hooks = NULL;
     int pdb_ready = 0;
+    int curl_ready = 0;
 
     int rc = tq_http_prepare(&cfg, &eb);
     if (rc != TQ_OK) {
@@ -91,10 +96,22 @@ int main(int argc, char **argv)
         goto out;
     }
     pdb_ready = 1;
+    /* Before any thread: curl_global_init is not thread-safe. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "could not initialise libcurl");
+        goto out;
+    }
+    curl_ready = 1;
 
     rc = start_relay(&cfg, &relay, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.start", "could not start the outbox relay: %s", eb.msg);
+        goto out;
+    }
+
+    rc = tq_webhooks_start(&cfg, &hooks, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
         goto out;
     }
 
@@ -123,10 +140,13 @@ int main(int argc, char **argv)
 out:
     tq_http_stop(http, DRAIN_MS);
     tq_streams_stop(streams);
+    tq_webhooks_stop(hooks);
     tq_relay_stop(relay, RELAY_FLUSH_MS);
     tq_auth_free(auth);
     if (pdb_ready)
         tq_pdb_shutdown();
+    if (curl_ready)
+        curl_global_cleanup();
     tq_producer_config_free(&cfg);
     if (exit_code == 0)
         tq_log(TQ_LOG_INFO, "producer.stopped", "stopped");

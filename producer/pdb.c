@@ -217,23 +217,35 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
 typedef struct {
     const char *user, *job_id, *canon, *payload, *idem;
     const tq_submission *s;
+    const tq_pdb_job_hook *hook;
     tq_pdb_submitted *out;
 } submit_arg;
 
 /* One round trip: tq_submit (db/procedures/35_submit.sql) does the idempotency lookup (the
  * request hash is md5 of the canonical submission: defaults applied, fixed key order, so a
- * retry that spells the same request differently still matches), the dataset check, the job
- * row, its outbox row and (by trigger) the audit row, and names the outcome. */
+ * retry that spells the same request differently still matches), the dataset check, the
+ * job's own webhook row and the user's default secret (with a hook), the job row, its outbox
+ * row and (by trigger) the audit row, and names the outcome. */
 static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     submit_arg *a = arg;
     a->out->replayed = 0;
-    const char *p[7] = {a->user,    a->job_id, a->s->dataset_id, tq_job_type_name(a->s->type),
-                        a->payload, a->idem,   a->canon};
+    const tq_pdb_job_hook *h = a->hook;
+    const char *p[10] = {a->user,
+                         a->job_id,
+                         a->s->dataset_id,
+                         tq_job_type_name(a->s->type),
+                         a->payload,
+                         a->idem,
+                         a->canon,
+                         h ? h->url : NULL,
+                         h ? h->events_json : NULL,
+                         h ? h->new_secret : NULL};
     PGresult *res = NULL;
-    int rc = exec(
-        t, "SELECT outcome, submitted_id FROM tq_submit($1, $2::uuid, $3::uuid, $4, $5, $6, $7)", 7,
-        p, &res, eb);
+    int rc = exec(t,
+                  "SELECT outcome, submitted_id FROM tq_submit($1, $2::uuid, $3::uuid, $4, $5,"
+                  " $6, $7, $8, $9::jsonb, $10)",
+                  10, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -266,9 +278,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
-                  tq_pdb_submitted *out, tq_errbuf *eb)
+                  const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb)
 {
     submit_arg a = {.user = user,
+                    .hook = hook,
                     .job_id = job_id,
                     .canon = canonical_json,
                     .payload = msg_payload,
@@ -790,4 +803,359 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
         return NULL;
     }
     return c;
+}
+
+/* ------------------------------------------------------------------ webhooks */
+
+typedef struct {
+    char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
+    tq_pdb_hook *rows;
+    int n;
+} hooks_take_arg;
+
+void tq_pdb_hooks_free(tq_pdb_hook *h, int n)
+{
+    for (int i = 0; h && i < n; i++) {
+        free(h[i].url);
+        free(h[i].event);
+        free(h[i].secret);
+        free(h[i].job_json);
+    }
+    free(h);
+}
+
+static char *col_dup(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
+}
+
+/* The secret: the endpoint's, or for a job's own URL the user's default secret. The job
+ * JSON is JOB_JSON over the row as it is now (alias j, as QUEUE_POSITION needs). */
+static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hooks_take_arg *a = arg;
+    tq_pdb_hooks_free(a->rows, a->n);
+    a->rows = NULL;
+    a->n = 0;
+    /* The candidate: due, the first pending one of its job and target, and (judged in
+     * this statement's snapshot, so only roughly) of an endpoint below its cap. */
+    const char *pc[1] = {a->cap};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT d.id, d.endpoint_id::text FROM webhook_deliveries d"
+                  " WHERE d.state = 'pending' AND d.due_at <= now()"
+                  "   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
+                  "     AND e.job_id = d.job_id AND e.target = d.target"
+                  "     AND e.sequence < d.sequence)"
+                  "   AND (d.endpoint_id IS NULL OR (SELECT count(*) FROM webhook_deliveries f"
+                  "     WHERE f.endpoint_id = d.endpoint_id AND f.leased_until > now()) < $1::int)"
+                  " ORDER BY d.due_at, d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED",
+                  1, pc, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return TQ_OK;
+    }
+    char id[24], endpoint[TQ_UUID_BUF];
+    col_copy(res, 0, 0, id, sizeof id);
+    col_copy(res, 0, 1, endpoint, sizeof endpoint);
+    PQclear(res);
+    if (endpoint[0]) {
+        /* The exact cap: takers of one endpoint queue on its lock, and each counts the
+         * leases in a statement that starts after the previous taker committed. */
+        const char *pe[2] = {endpoint, a->cap};
+        rc = exec(t, "SELECT tq_lock_webhook_endpoint($1::uuid)", 1, pe, NULL, eb);
+        if (rc != TQ_OK)
+            return rc;
+        rc = exec(t,
+                  "SELECT count(*) < $2::int FROM webhook_deliveries"
+                  " WHERE endpoint_id = $1::uuid AND leased_until > now()",
+                  2, pe, &res, eb);
+        if (rc != TQ_OK)
+            return rc;
+        int room = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!room)
+            return TQ_OK; /* another taker filled it meanwhile: the next round */
+    }
+    const char *p[2] = {id, a->lease};
+    rc = exec(
+        t,
+        "UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2::int),"
+        "   leased_until = now() + make_interval(secs => $2::int),"
+        "   attempts = d.attempts + 1, last_attempt_at = now()"
+        " WHERE d.id = $1::bigint"
+        " RETURNING d.id, d.job_id::text, d.url, d.event,"
+        "   COALESCE((SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
+        "            (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id)),"
+        "   (SELECT " JOB_JSON " FROM training_jobs j WHERE j.id = d.job_id),"
+        "   to_char(d.event_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+        "   d.sequence, d.attempts",
+        2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int n = PQntuples(res);
+    if (n > 0) {
+        a->rows = calloc((size_t)n, sizeof *a->rows);
+        if (!a->rows) {
+            PQclear(res);
+            return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        tq_pdb_hook *h = &a->rows[i];
+        a->n++;
+        h->id = col_ll(res, i, 0);
+        col_copy(res, i, 1, h->job_id, sizeof h->job_id);
+        h->url = col_dup(res, i, 2);
+        h->event = col_dup(res, i, 3);
+        h->secret = col_dup(res, i, 4);
+        h->job_json = col_dup(res, i, 5);
+        col_copy(res, i, 6, h->event_at, sizeof h->event_at);
+        h->sequence = col_ll(res, i, 7);
+        h->attempts = (int)col_ll(res, i, 8);
+        if (!h->url || !h->event || (!PQgetisnull(res, i, 5) && !h->job_json)) {
+            PQclear(res);
+            return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+        }
+    }
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb)
+{
+    hooks_take_arg a = {0};
+    snprintf(a.cap, sizeof a.cap, "%d", endpoint_cap);
+    snprintf(a.lease, sizeof a.lease, "%d", lease_seconds);
+    int rc = run_txn(hooks_take_fn, &a, eb);
+    if (rc != TQ_OK) {
+        tq_pdb_hooks_free(a.rows, a.n);
+        *out = NULL;
+        *n = 0;
+        return rc;
+    }
+    *out = a.rows;
+    *n = a.n;
+    return TQ_OK;
+}
+
+typedef struct {
+    const char *p[6];
+    int gone;
+    char disable_after[INT_TEXT_BUF];
+} hook_record_arg;
+
+/* Stops sending to the target of delivery id: its endpoint is disabled with reason (the
+ * trigger then writes no new deliveries for it) and its pending deliveries, this one too,
+ * fail; for a job's own URL, that job's pending deliveries there fail. */
+static int hook_stop_target(tconn *t, const char *id, const char *reason, tq_errbuf *eb)
+{
+    const char *p[2] = {id, reason};
+    int rc = exec(t,
+                  "UPDATE webhook_endpoints e SET disabled_at = now(), disabled_reason = $2"
+                  " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
+                  " AND e.disabled_at IS NULL",
+                  2, p, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    return exec(t,
+                "UPDATE webhook_deliveries x SET state = 'failed', last_error = CASE"
+                " WHEN x.id = d.id THEN x.last_error ELSE 'not sent: ' || $2 END"
+                " FROM webhook_deliveries d WHERE d.id = $1::bigint"
+                " AND x.state = 'pending' AND x.target = d.target"
+                " AND (d.endpoint_id IS NOT NULL OR x.job_id = d.job_id)",
+                2, p, NULL, eb);
+}
+
+/* The endpoint's run of failed attempts (reset by a success); at disable_after the
+ * endpoint is disabled. */
+static int hook_count_failures(tconn *t, hook_record_arg *a, tq_errbuf *eb)
+{
+    const char *p[3] = {a->p[0], a->p[1], a->disable_after};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "UPDATE webhook_endpoints e SET failures_in_row ="
+                  " CASE WHEN $2 = 'delivered' THEN 0 ELSE e.failures_in_row + 1 END"
+                  " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
+                  " RETURNING e.failures_in_row >= $3::int AND e.disabled_at IS NULL",
+                  3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    int disable = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!disable)
+        return TQ_OK;
+    char reason[96];
+    snprintf(reason, sizeof reason, "%s failed attempts in a row", a->disable_after);
+    return hook_stop_target(t, a->p[0], reason, eb);
+}
+
+static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hook_record_arg *a = arg;
+    int rc = exec(t,
+                  "UPDATE webhook_deliveries SET"
+                  " state = CASE WHEN $2 = 'delivered' THEN 'delivered'"
+                  "   WHEN $3::bigint < 0 THEN 'failed' ELSE 'pending' END,"
+                  " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,"
+                  " due_at = CASE WHEN $2 <> 'delivered' AND $3::bigint >= 0"
+                  "   THEN now() + make_interval(secs => $3::bigint / 1000.0) ELSE due_at END,"
+                  " last_status = NULLIF($4::int, 0), last_error = $5,"
+                  " last_latency_ms = $6::int, leased_until = NULL"
+                  " WHERE id = $1::bigint AND state = 'pending'",
+                  6, a->p, NULL, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (a->gone)
+        return hook_stop_target(t, a->p[0], "the receiver answered 410 Gone", eb);
+    return hook_count_failures(t, a, eb);
+}
+
+int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
+                       const char *error, long long latency_ms, int disable_after, tq_errbuf *eb)
+{
+    char sid[24], sretry[24], sstatus[INT_TEXT_BUF], slat[24];
+    snprintf(sid, sizeof sid, "%lld", id);
+    /* 410 Gone: failed for good, and the target is stopped */
+    int gone = !delivered && status == 410;
+    snprintf(sretry, sizeof sretry, "%lld", gone ? -1 : retry_ms);
+    snprintf(sstatus, sizeof sstatus, "%d", status);
+    snprintf(slat, sizeof slat, "%lld", latency_ms);
+    hook_record_arg a = {
+        {sid, delivered ? "delivered" : "retry", sretry, sstatus, error, slat}, gone, ""};
+    snprintf(a.disable_after, sizeof a.disable_after, "%d", disable_after);
+    return run_txn(hook_record_fn, &a, eb);
+}
+
+/* ------------------------------------------------------------------ webhook endpoints API */
+
+#define ENDPOINT_JSON                                                                              \
+    "json_build_object('id', id, 'url', url, 'events', to_json(events),"                           \
+    " 'description', description, 'created_at', created_at,"                                       \
+    " 'disabled', disabled_at IS NOT NULL, 'disabled_at', disabled_at,"                            \
+    " 'disabled_reason', disabled_reason)"
+
+typedef struct {
+    const char *p[6];
+    int np;
+    const char *sql;
+    json_t *json;
+    int need_row; /* TQ_ERR_NOT_FOUND when the statement returned no row */
+} hook_api_arg;
+
+static int hook_api_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hook_api_arg *a = arg;
+    json_decref(a->json);
+    a->json = NULL;
+    PGresult *res = NULL;
+    int rc = exec(t, a->sql, a->np, a->p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 0)
+        rc = a->need_row ? tq_errf(eb, TQ_ERR_NOT_FOUND, "webhook not found") : TQ_OK;
+    else if (!PQgetisnull(res, 0, 0))
+        rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+static int hook_api(hook_api_arg *a, json_t **out, tq_errbuf *eb)
+{
+    int rc = run_txn(hook_api_fn, a, eb);
+    if (rc != TQ_OK || !out) {
+        json_decref(a->json);
+        return rc;
+    }
+    *out = a->json;
+    return TQ_OK;
+}
+
+int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
+                          const char *events_json, const char *description, const char *secret,
+                          json_t **out, tq_errbuf *eb)
+{
+    hook_api_arg a = {
+        .p = {id, user, url, events_json, description, secret},
+        .np = 6,
+        .need_row = 1,
+        .sql = "INSERT INTO webhook_endpoints (id, user_id, url, events, description, secret)"
+               " VALUES ($1::uuid, $2, $3, ARRAY(SELECT jsonb_array_elements_text($4::jsonb)),"
+               " $5, $6) RETURNING " ENDPOINT_JSON "::text"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {user},
+                      .np = 1,
+                      .need_row = 1,
+                      .sql = "SELECT COALESCE(json_agg(" ENDPOINT_JSON
+                             " ORDER BY created_at, id), '[]')::text"
+                             " FROM webhook_endpoints WHERE user_id = $1"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {id, user},
+                      .np = 2,
+                      .need_row = 1,
+                      .sql = "DELETE FROM webhook_endpoints WHERE id = $1::uuid AND user_id = $2"
+                             " RETURNING 'true'"};
+    return hook_api(&a, NULL, eb);
+}
+
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {id, user, secret},
+                      .np = 3,
+                      .need_row = 1,
+                      .sql = "UPDATE webhook_endpoints SET secret = $3"
+                             " WHERE id = $1::uuid AND user_id = $2 RETURNING 'true'"};
+    return hook_api(&a, NULL, eb);
+}
+
+int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
+                              tq_errbuf *eb)
+{
+    char lim[INT_TEXT_BUF];
+    snprintf(lim, sizeof lim, "%d", limit);
+    hook_api_arg a = {.p = {id, user, lim},
+                      .np = 3,
+                      .need_row = 1,
+                      .sql = "SELECT (SELECT COALESCE(json_agg(json_build_object("
+                             "  'id', 'msg_' || d.id, 'job_id', d.job_id, 'event', d.event,"
+                             "  'sequence', d.sequence, 'state', d.state, 'attempts', d.attempts,"
+                             "  'created_at', d.event_at, 'last_attempt_at', d.last_attempt_at,"
+                             "  'status_code', d.last_status, 'latency_ms', d.last_latency_ms,"
+                             "  'error', d.last_error, 'delivered_at', d.delivered_at,"
+                             "  'next_attempt_at', CASE WHEN d.state = 'pending' THEN d.due_at END)"
+                             "  ORDER BY d.id DESC), '[]')"
+                             "  FROM (SELECT * FROM webhook_deliveries WHERE endpoint_id = e.id"
+                             "        ORDER BY id DESC LIMIT $3::int) d)::text"
+                             " FROM webhook_endpoints e WHERE e.id = $1::uuid AND e.user_id = $2"};
+    return hook_api(&a, out, eb);
+}
+
+int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
+                          tq_errbuf *eb)
+{
+    hook_api_arg a = {.p = {user, candidate},
+                      .np = 2,
+                      .need_row = 1,
+                      .sql =
+                          "WITH i AS (INSERT INTO webhook_user_secrets (user_id, secret)"
+                          "  VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING RETURNING secret)"
+                          " SELECT to_json(COALESCE((SELECT secret FROM i),"
+                          "  (SELECT secret FROM webhook_user_secrets WHERE user_id = $1)))::text"};
+    json_t *j = NULL;
+    int rc = hook_api(&a, &j, eb);
+    if (rc != TQ_OK)
+        return rc;
+    snprintf(out, cap, "%s", json_is_string(j) ? json_string_value(j) : "");
+    json_decref(j);
+    return out[0] ? TQ_OK : tq_errf(eb, TQ_ERR_DB, "no default secret");
 }

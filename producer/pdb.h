@@ -34,6 +34,13 @@ int tq_pdb_ping(tq_errbuf *eb);
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
                     int *retry_after, tq_errbuf *eb);
 
+/* A job's own webhook from the submit body (events: a JSON array of event names). */
+typedef struct {
+    const char *url;
+    const char *events_json;
+    const char *new_secret; /* the user's default secret if they have none yet */
+} tq_pdb_job_hook;
+
 typedef struct {
     char job_id[TQ_UUID_BUF];
     int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
@@ -42,12 +49,14 @@ typedef struct {
 /* In one transaction: idempotency lookup, dataset check, job row (status queued, source
  * http, made by tq_insert_job from msg_payload, the tq_msg_encode body of job_id) and its
  * outbox row; both hold msg_payload byte for byte, so a later release republishes exactly
- * what was first published. idem_key may be NULL.
+ * what was first published. idem_key may be NULL. With hook non-NULL, before the job row
+ * (whose insert trigger reads it), the job's webhook row and the user's default secret.
+ * All of it in one round trip (tq_submit, db/procedures/35_submit.sql).
  * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
  * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
-                  tq_pdb_submitted *out, tq_errbuf *eb);
+                  const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb);
 
 /* The job as JSON (new reference). TQ_ERR_NOT_FOUND when absent or another user's. */
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb);
@@ -122,3 +131,50 @@ struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
 #endif
+
+/* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
+
+/* One delivery taken by a worker: what it needs to build, sign and send the request. */
+typedef struct {
+    long long id; /* webhook-id is "msg_<id>" */
+    char job_id[TQ_UUID_BUF];
+    char *url, *event, *secret;
+    char *job_json;    /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
+    char event_at[40]; /* RFC 3339 */
+    long long sequence;
+    int attempts; /* this one included */
+} tq_pdb_hook;
+
+void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
+
+/* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
+ * first pending one of its job and target (so a target receives a job's events in sequence
+ * order), of an endpoint with fewer than endpoint_cap deliveries in flight (leased), and
+ * leases it: due again after lease_seconds, attempts + 1, in the same transaction. *out is
+ * a new array of *n (0 or 1; free with tq_pdb_hooks_free). */
+int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n,
+                      tq_errbuf *eb);
+
+/* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again
+ * then), or retry_ms < 0 (state failed). status 0 when no response; error may be NULL.
+ * status 410 (Gone) fails the delivery for good, disables its endpoint and fails the
+ * endpoint's pending deliveries (for a job's own URL: that job's); so does the
+ * disable_after-th failed attempt in a row of an endpoint. */
+int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int status,
+                       const char *error, long long latency_ms, int disable_after, tq_errbuf *eb);
+
+/* A new endpoint; *out the listing object of it (without the secret). */
+int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
+                          const char *events_json, const char *description, const char *secret,
+                          json_t **out, tq_errbuf *eb);
+/* The user's endpoints, oldest first, without secrets. */
+int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb);
+/* TQ_ERR_NOT_FOUND when absent or another user's (also for the two below). */
+int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb);
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb);
+/* The endpoint's newest deliveries (at most limit). */
+int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
+                              tq_errbuf *eb);
+/* The user's default secret, made from candidate when they have none. */
+int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
+                          tq_errbuf *eb);

@@ -1,5 +1,7 @@
 #include "poptions.h"
 
+#include "admit.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +73,38 @@ static const tq_opt options[] = {
     {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
      OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
      "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
+    {"TRAINQ_WEBHOOK_ALLOW_LOOPBACK", "webhook-allow-loopback", TQ_OPT_BOOL,
+     OFF(webhook_allow_loopback), "false", 0, 0, NULL,
+     "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "
+     "::1); otherwise only https:// to public addresses (docs/webhooks.md)"},
+    {"TRAINQ_WEBHOOK_ALLOW_HTTP", "webhook-allow-http", TQ_OPT_BOOL, OFF(webhook_allow_http),
+     "false", 0, 0, NULL, "webhook URLs may use http:// as well as https://"},
+    {"TRAINQ_WEBHOOK_ALLOW_CIDRS", "webhook-allow-cidrs", TQ_OPT_STR, OFF(webhook_allow_cidrs), "",
+     0, 0, NULL,
+     "comma-separated addresses/CIDRs webhooks may reach although they are private, loopback, "
+     "link-local ... (e.g. an internal receiver); empty: public addresses only"},
+    {"TRAINQ_WEBHOOK_MAX_ATTEMPTS", "webhook-max-attempts", TQ_OPT_INT, OFF(webhook_max_attempts),
+     "60", 1, 1000, NULL,
+     "attempts of one webhook delivery before it is marked failed (with the default delays the "
+     "retries span more than 24 h)"},
+    {"TRAINQ_WEBHOOK_RETRY_MIN_SECONDS", "webhook-retry-min-seconds", TQ_OPT_INT,
+     OFF(webhook_retry_min_seconds), "5", 1, 86400, NULL,
+     "delay after a webhook delivery's first failure; doubled (with jitter) after each next one"},
+    {"TRAINQ_WEBHOOK_RETRY_MAX_SECONDS", "webhook-retry-max-seconds", TQ_OPT_INT,
+     OFF(webhook_retry_max_seconds), "3600", 1, 86400, NULL,
+     "longest delay between two attempts of a webhook delivery"},
+    {"TRAINQ_WEBHOOK_DISABLE_AFTER", "webhook-disable-after", TQ_OPT_INT,
+     OFF(webhook_disable_after), "1000", 1, 1000000, NULL,
+     "failed attempts in a row (no success between) after which a webhook endpoint is disabled "
+     "(a 410 Gone disables it at once)"},
+    {"TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY", "webhook-endpoint-concurrency", TQ_OPT_INT,
+     OFF(webhook_endpoint_concurrency), "2", 1, 1000, NULL,
+     "webhook requests in flight to one endpoint at once, all producers together (a slow "
+     "receiver cannot take every sender)"},
+    {"TRAINQ_WEBHOOK_SENDERS", "webhook-senders", TQ_OPT_INT, OFF(webhook_senders), "4", 1, 64,
+     NULL,
+     "webhook requests one producer sends at once (threads, each one request at a time, so a "
+     "slow receiver holds up only one)"},
 };
 
 /* The JWT algorithm decides which of the secret and the key file is used: exactly that one
@@ -114,6 +148,18 @@ static int check(void *cfg, tq_errbuf *eb)
     int rc = check_jwt(c, eb);
     if (rc != TQ_OK)
         return rc;
+    rc = tq_netlist_parse(c->webhook_allow_cidrs, &c->webhook_allow_nets, eb);
+    if (rc == TQ_ERR_CONFIG) /* its message names the proxies' option */
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_WEBHOOK_ALLOW_CIDRS \"%.200s\": expected comma-separated "
+                       "IP addresses or CIDR blocks",
+                       c->webhook_allow_cidrs);
+    if (rc != TQ_OK)
+        return rc;
+    if (c->webhook_retry_max_seconds < c->webhook_retry_min_seconds)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_WEBHOOK_RETRY_MAX_SECONDS: below "
+                       "TRAINQ_WEBHOOK_RETRY_MIN_SECONDS");
     return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
                                   &c->publish_keyring, eb);
 }
@@ -124,6 +170,8 @@ static void release(void *cfg)
     free(c->jwt_public_key_pem);
     c->jwt_public_key_pem = NULL;
     tq_sign_keys_wipe(&c->publish_keyring);
+    tq_netlist_free(c->webhook_allow_nets);
+    c->webhook_allow_nets = NULL;
 }
 
 const tq_options tq_producer_options = {

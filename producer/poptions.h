@@ -46,6 +46,17 @@ typedef struct tq_producer_config {
     int streams_per_user;
     int stream_keepalive_seconds;
     char *artifacts_dir; /* "" when downloads are off */
+    /* webhooks (producer/webhooks.c, docs/webhooks.md) */
+    int webhook_allow_loopback; /* tests only: deliveries to 127.0.0.0/8 and http:// */
+    int webhook_allow_http;
+    char *webhook_allow_cidrs;
+    struct tq_netlist *webhook_allow_nets; /* parsed from webhook_allow_cidrs at load; owned */
+    int webhook_max_attempts;
+    int webhook_retry_min_seconds;
+    int webhook_retry_max_seconds;
+    int webhook_senders;
+    int webhook_endpoint_concurrency;
+    int webhook_disable_after;
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

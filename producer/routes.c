@@ -37,6 +37,12 @@ static const route_entry routes[] = {
     {"/api/training/jobs/{id}/artifacts", tq_h_job_artifacts, NULL, NULL},
     {"/api/training/jobs/{id}/artifacts/{name}", tq_h_job_artifact, NULL, NULL},
     {"/api/training/stream", tq_h_stream_all, NULL, NULL},
+    /* before ".../{id}", which would take "default-secret" for an id */
+    {"/api/training/webhooks/default-secret", tq_h_webhook_default_secret, NULL, NULL},
+    {"/api/training/webhooks", tq_h_webhook_list, tq_h_webhook_create, NULL},
+    {"/api/training/webhooks/{id}", NULL, NULL, tq_h_webhook_delete},
+    {"/api/training/webhooks/{id}/rotate-secret", NULL, tq_h_webhook_rotate, NULL},
+    {"/api/training/webhooks/{id}/deliveries", tq_h_webhook_deliveries, NULL, NULL},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 

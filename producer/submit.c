@@ -6,6 +6,11 @@
  * (200 with the earlier job, or 422) → dataset (404/403) → one transaction writing the job
  * row and its outbox row → 200. Publishing to RabbitMQ happens later, in the relay: a
  * broker outage never fails or slows a submission.
+ *
+ * Optional webhook_url / webhook_events (docs/webhooks.md) are the producer's alone: taken
+ * out of the body before the seed's validation (tq_submission_parse, which refuses unknown
+ * fields) and stored beside the job (job_webhooks), not in the trainq.job.v1 message. A body
+ * without them is parsed byte for byte as before.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,6 +22,7 @@
 #include "tq_log.h"
 #include "tq_msg.h"
 #include "tq_status.h"
+#include "tq_webhook.h"
 
 #define IDEM_KEY_MAX 128
 
@@ -78,12 +84,65 @@ static int check_request(tq_req *r, const char **idem)
     return 0;
 }
 
+/* A job's own webhook from the submit body (url NULL: none). */
+typedef struct {
+    char *url, *events;
+    char *rest; /* the body without the two fields, when they were there */
+} job_hook;
+
+static void job_hook_free(job_hook *h)
+{
+    free(h->url);
+    free(h->events);
+    free(h->rest);
+}
+
+/* Takes webhook_url / webhook_events out of a body that is a JSON object holding either;
+ * anything else is left to tq_submission_parse as it is. 0, or -1 when answered (400
+ * naming the field). */
+static int take_hook(tq_req *r, const char *body, size_t len, job_hook *h)
+{
+    json_t *o = body ? json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *url = json_object_get(o, "webhook_url"), *ev = json_object_get(o, "webhook_events");
+    if (!url && !ev) {
+        json_decref(o);
+        return 0;
+    }
+    tq_validation v = {0};
+    if (!url || json_is_null(url)) {
+        if (ev && !json_is_null(ev))
+            tq_validation_add(&v, "webhook_events", "needs webhook_url");
+    } else if (tq_webhook_url_field(r, url, &v, "webhook_url") == 0) {
+        h->events = tq_webhook_events_json(ev, &v, "webhook_events");
+        h->url = strdup(json_string_value(url));
+    }
+    json_object_del(o, "webhook_url");
+    json_object_del(o, "webhook_events");
+    h->rest = v.n == 0 ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (v.n > 0) {
+        tq_req_reply_invalid(r, "validation failed", &v);
+        return -1;
+    }
+    if (!h->rest || (h->url && !h->events) || (!h->url && h->events)) {
+        tq_req_reply_error(r, 500, "internal server error");
+        return -1;
+    }
+    return 0;
+}
+
 /* The body as a validated submission (413/400/500 otherwise). 0, or -1 when answered; on
- * 0 the caller frees *sub. */
-static int parse_body(tq_req *r, tq_submission *sub)
+ * 0 the caller frees *sub and *hook. */
+static int parse_body(tq_req *r, tq_submission *sub, job_hook *hook)
 {
     size_t len = 0;
     const char *body = tq_req_body(r, &len);
+    if (take_hook(r, body, len, hook) != 0)
+        return -1;
+    if (hook->rest) {
+        body = hook->rest;
+        len = strlen(body);
+    }
     tq_validation v = {0};
     int rc = tq_submission_parse(body, len, sub, &v);
     if (rc == TQ_ERR_TOO_LARGE) {
@@ -139,8 +198,14 @@ void tq_h_submit(tq_req *r)
 {
     const char *idem = NULL;
     tq_submission sub = {0};
-    if (check_request(r, &idem) != 0 || parse_body(r, &sub) != 0)
+    job_hook hook = {0};
+    char secret[TQ_WEBHOOK_SECRET_BUF] = "";
+    if (check_request(r, &idem) != 0)
         return;
+    if (parse_body(r, &sub, &hook) != 0) {
+        job_hook_free(&hook);
+        return;
+    }
 
     char job_id[TQ_UUID_BUF];
     tq_uuid_generate(job_id);
@@ -164,10 +229,20 @@ void tq_h_submit(tq_req *r)
         goto out;
     }
 
+    /* The user's default secret, should this be their first job with a webhook. */
+    tq_pdb_job_hook ph = {.url = hook.url, .events_json = hook.events, .new_secret = secret};
+    if (hook.url && tq_webhook_secret_new(secret) != TQ_OK) {
+        tq_errf(&eb, TQ_ERR_INTERNAL, "could not make a webhook secret");
+        tq_req_reply_db_error(r, TQ_ERR_INTERNAL, &eb);
+        goto out;
+    }
     tq_pdb_submitted res;
-    int rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem, &res, &eb);
+    int rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem,
+                           hook.url ? &ph : NULL, &res, &eb);
     reply_submitted(r, rc, &res, sub.type, &eb);
 out:
+    explicit_bzero(secret, sizeof secret);
+    job_hook_free(&hook);
     free(payload);
     free(canon_s);
     tq_submission_free(&sub);

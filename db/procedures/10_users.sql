@@ -22,3 +22,10 @@ $$;
 -- function, so no code can take a different lock for the same user.
 CREATE OR REPLACE FUNCTION tq_lock_user(p_user text) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7411, hashtext(p_user)) $$;
+
+-- Every advisory lock key of trainq is spelled in this file (scripts/migrate.sh's own key
+-- aside). The webhook senders' per-endpoint lock (7413, hashtext(endpoint id)), held to
+-- commit: takers of one endpoint queue on it, so the count of its leases that each makes
+-- next is exact (producer/pdb.c, the per-endpoint concurrency cap of docs/webhooks.md).
+CREATE OR REPLACE FUNCTION tq_lock_webhook_endpoint(p_endpoint uuid) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7413, hashtext(p_endpoint::text)) $$;

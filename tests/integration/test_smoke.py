@@ -111,7 +111,8 @@ class ProceduresTest(unittest.TestCase):
         triggers = self.psql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
                              "ORDER BY 1").split()
         self.assertEqual(triggers, ["job_events_append_only", "outbox_notify",
-                                    "training_jobs_audit", "training_jobs_guard_active"])
+                                    "training_jobs_audit", "training_jobs_guard_active",
+                                    "training_jobs_webhook_progress", "training_jobs_webhooks"])
         # It works: the guard refuses a third active job, the audit trigger records.
         user, ds = "fresh-" + uuid.uuid4().hex[:8], str(uuid.uuid4())
         insert = ("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model,"

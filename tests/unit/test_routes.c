@@ -21,7 +21,7 @@ static void test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern
     (void)state;
     char param[TQ_REQ_PARAM_MAX];
     const char *const *labels = tq_route_labels();
-    assert_int_equal(tq_route_count(), 13);
+    assert_int_equal(tq_route_count(), 18);
     for (size_t i = 0; i < tq_route_count(); i++) {
         assert_string_equal(tq_route_label((int)i), labels[i]);
         if (!strstr(labels[i], "{id}"))
@@ -43,6 +43,17 @@ static void test_the_id_segment_is_captured(void **state)
     int events = route_of("/api/training/jobs/x/events/", param);
     assert_string_equal(tq_route_label(events), "/api/training/jobs/{id}/events");
     assert_string_equal(param, "x");
+}
+
+static void test_default_secret_is_not_taken_for_a_webhook_id(void **state)
+{
+    (void)state;
+    char param[TQ_REQ_PARAM_MAX];
+    assert_string_equal(tq_route_label(route_of("/api/training/webhooks/default-secret", param)),
+                        "/api/training/webhooks/default-secret");
+    int rot = route_of("/api/training/webhooks/abc/rotate-secret", param);
+    assert_string_equal(tq_route_label(rot), "/api/training/webhooks/{id}/rotate-secret");
+    assert_string_equal(param, "abc");
 }
 
 static void test_an_artifact_path_captures_the_id_and_the_rest_as_the_name(void **state)
@@ -114,6 +125,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern),
         cmocka_unit_test(test_the_id_segment_is_captured),
+        cmocka_unit_test(test_default_secret_is_not_taken_for_a_webhook_id),
         cmocka_unit_test(test_an_artifact_path_captures_the_id_and_the_rest_as_the_name),
         cmocka_unit_test(test_one_trailing_slash_is_ignored_and_nothing_else_matches),
         cmocka_unit_test(test_an_id_segment_longer_than_the_cap_matches_no_route),

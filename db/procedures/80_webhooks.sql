@@ -1,0 +1,82 @@
+-- Webhook deliveries are written in the transaction of the status change (or progress
+-- update) that causes them (db/migrations/0009_webhooks.sql, docs/webhooks.md). The event of
+-- a status s is 'job.' || s; 'pending' has none (a claim, not something a web app acts
+-- on). job.progress is opt-in and made at most once per 10 % or 60 s of a job.
+
+-- The targets of event ev of job j: the user's enabled endpoints that want it, and the job's
+-- own URL if it wants it. Writes one delivery per target with the job's next sequence number
+-- (webhook_job_state.seq, under the job's row lock, which the changing statement holds: a
+-- job's events get increasing numbers in the order of the changes). Returns the number of
+-- deliveries written.
+CREATE OR REPLACE FUNCTION tq_webhook_write(j training_jobs, ev text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    seq bigint;
+    n1 bigint;
+    n2 bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
+                     AND e.disabled_at IS NULL AND ev = ANY (e.events))
+       AND NOT EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events))
+    THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO webhook_job_state AS s (job_id, seq) VALUES (j.id, 1)
+    ON CONFLICT (job_id) DO UPDATE SET seq = s.seq + 1
+    RETURNING s.seq INTO seq;
+    INSERT INTO webhook_deliveries (user_id, job_id, endpoint_id, target, url, event, sequence)
+    SELECT j.user_id, j.id, e.id, e.id::text, e.url, ev, seq
+      FROM webhook_endpoints e
+     WHERE e.user_id = j.user_id AND e.disabled_at IS NULL AND ev = ANY (e.events);
+    GET DIAGNOSTICS n1 = ROW_COUNT;
+    INSERT INTO webhook_deliveries (user_id, job_id, endpoint_id, target, url, event, sequence)
+    SELECT j.user_id, j.id, NULL, 'job', w.url, ev, seq
+      FROM job_webhooks w
+     WHERE w.job_id = j.id AND ev = ANY (w.events);
+    GET DIAGNOSTICS n2 = ROW_COUNT;
+    -- Wakes the producers' delivery workers at commit; a missed one waits for their poll.
+    PERFORM pg_notify('trainq_webhook', '');
+    RETURN n1 + n2;
+END $$;
+
+CREATE OR REPLACE FUNCTION tq_webhook_enqueue() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status IN ('queued', 'running', 'completed', 'failed', 'cancelled') THEN
+        PERFORM tq_webhook_write(NEW, 'job.' || NEW.status);
+    END IF;
+    RETURN NULL;
+END $$;
+
+SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhooks',
+    'AFTER INSERT OR UPDATE OF status', 'FOR EACH ROW EXECUTE FUNCTION tq_webhook_enqueue()');
+
+-- job.progress of a running job: the first progress, then whenever it enters a new tenth
+-- or 60 s after the last one.
+CREATE OR REPLACE FUNCTION tq_webhook_progress() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    st webhook_job_state;
+BEGIN
+    IF NEW.progress IS NULL OR NEW.progress IS NOT DISTINCT FROM OLD.progress
+       OR NEW.status <> 'running' THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO st FROM webhook_job_state WHERE job_id = NEW.id;
+    IF st.progress_at IS NOT NULL
+       AND floor(NEW.progress * 10) <= floor(st.progress * 10)
+       AND st.progress_at > now() - interval '60 seconds' THEN
+        RETURN NULL;
+    END IF;
+    IF tq_webhook_write(NEW, 'job.progress') > 0 THEN
+        UPDATE webhook_job_state SET progress = NEW.progress, progress_at = now()
+         WHERE job_id = NEW.id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhook_progress',
+    'AFTER UPDATE OF progress', 'FOR EACH ROW EXECUTE FUNCTION tq_webhook_progress()');

@@ -160,8 +160,8 @@ typedef struct {
 } rate_arg;
 
 /* Fixed one-minute windows aligned to the clock (date_trunc), so every producer agrees on
- * the window without coordination. Windows older than 5 minutes are trimmed now and then
- * (about one call in 64) so the table stays small. */
+ * the window without coordination. Rows of past windows are pruned by retention
+ * (tq_pdb_retention_prune), not here: the request's transaction only counts. */
 static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     rate_arg *a = arg;
@@ -192,10 +192,7 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     a->limit = (int)col_ll(res, 0, 1);
     a->retry_after = (int)col_ll(res, 0, 2);
     PQclear(res);
-    if ((random() & 63) == 0)
-        rc = exec(t, "DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes'", 0,
-                  NULL, NULL, eb);
-    return rc;
+    return TQ_OK;
 }
 
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
@@ -803,6 +800,43 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
         return NULL;
     }
     return c;
+}
+
+/* ------------------------------------------------------------------ retention */
+
+typedef struct {
+    char p[4][INT_TEXT_BUF];
+    tq_pdb_pruned *out;
+} prune_arg;
+
+static int prune_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    prune_arg *a = arg;
+    const char *p[4] = {a->p[0], a->p[1], a->p[2], a->p[3]};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT outbox_rows, rate_rows, jobs"
+                  " FROM tq_retention_prune($1::int, $2::int, $3::int, $4::int)",
+                  4, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->out->outbox_rows = col_ll(res, 0, 0);
+    a->out->rate_rows = col_ll(res, 0, 1);
+    a->out->jobs = col_ll(res, 0, 2);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
+                           tq_pdb_pruned *out, tq_errbuf *eb)
+{
+    prune_arg a = {.out = out};
+    snprintf(a.p[0], sizeof a.p[0], "%d", outbox_seconds);
+    snprintf(a.p[1], sizeof a.p[1], "%d", job_seconds);
+    snprintf(a.p[2], sizeof a.p[2], "%d", batch);
+    snprintf(a.p[3], sizeof a.p[3], "%d", job_batch);
+    memset(out, 0, sizeof *out);
+    return run_txn(prune_fn, &a, eb);
 }
 
 /* ------------------------------------------------------------------ webhooks */

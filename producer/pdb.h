@@ -130,6 +130,17 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
 struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
+/* One batch of retention (tq_retention_prune, db/procedures/95_retention.sql) in its own
+ * transaction: published outbox rows older than outbox_seconds, rate-limit rows of windows
+ * past, and with job_seconds > 0 the jobs finished more than job_seconds ago with their
+ * audit, outbox, output and artifact rows; at most batch rows of the first two, job_batch
+ * jobs. Fills what each deleted (a kind came back full when its count is its limit). */
+typedef struct {
+    long long outbox_rows, rate_rows, jobs;
+} tq_pdb_pruned;
+int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
+                           tq_pdb_pruned *out, tq_errbuf *eb);
+
 #endif
 
 /* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */

@@ -73,6 +73,18 @@ static const tq_opt options[] = {
     {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
      OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
      "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
+    {"TRAINQ_OUTBOX_RETENTION_SECONDS", "outbox-retention-seconds", TQ_OPT_INT,
+     OFF(outbox_retention_seconds), "259200", 60, 315360000, NULL,
+     "published outbox rows are pruned this long after publication (default 3 days); "
+     "unpublished rows are kept whatever their age"},
+    {"TRAINQ_JOB_RETENTION_SECONDS", "job-retention-seconds", TQ_OPT_INT,
+     OFF(job_retention_seconds), "0", 0, 315360000, NULL,
+     "finished (completed, failed, cancelled) jobs are deleted with their audit trail, output "
+     "and artifact rows this long after they ended; 0: kept forever"},
+    {"TRAINQ_RETENTION_INTERVAL_SECONDS", "retention-interval-seconds", TQ_OPT_INT,
+     OFF(retention_interval_seconds), "300", 1, 86400, NULL,
+     "how often each producer prunes (outbox, rate-limit rows of past windows, finished jobs), "
+     "in batches of short transactions"},
     {"TRAINQ_WEBHOOK_ALLOW_LOOPBACK", "webhook-allow-loopback", TQ_OPT_BOOL,
      OFF(webhook_allow_loopback), "false", 0, 0, NULL,
      "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "

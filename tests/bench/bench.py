@@ -1202,6 +1202,27 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                            "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
                            "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 
+    # ------------------------------------------------------------ table sizes
+
+    def table_sizes(self):
+        """What the run left in the tables retention bounds (docs/operations.md,
+        "Retention"): rows and size with indexes and TOAST, after every row ran."""
+        names = ("training_jobs", "job_events", "outbox", "rate_limits", "job_output",
+                 "job_artifacts", "webhook_deliveries")
+        try:
+            got = rows(" UNION ALL ".join(
+                f"SELECT '{t}', (SELECT count(*) FROM {t}),"
+                f" pg_size_pretty(pg_total_relation_size('{t}'))" for t in names))
+        except Exception as e:  # noqa: BLE001 - a report, not a row
+            return f"\ntable sizes: could not read ({e})\n"
+        self.results["tables"] = {r[0]: {"rows": int(r[1]), "size": r[2]} for r in got}
+        out = ["", "Table sizes after the run (retention: published outbox rows after"
+               " TRAINQ_OUTBOX_RETENTION_SECONDS, past rate-limit windows, finished jobs after"
+               " TRAINQ_JOB_RETENTION_SECONDS when set):", "",
+               "| table | rows | size (indexes, TOAST included) |", "|---|---|---|"]
+        out += [f"| {r[0]} | {int(r[1]):,} | {r[2]} |" for r in got]
+        return "\n".join(out) + "\n"
+
     # ------------------------------------------------------------ main
 
     def run_all(self):
@@ -1237,7 +1258,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.retire_queued("bench-%")
             except Exception:  # noqa: BLE001 - best effort
                 pass
-        table = "\n".join(head) + self.table() + "\n"
+        table = "\n".join(head) + self.table() + "\n" + self.table_sizes()
         with open(self.args.out, "w") as f:
             f.write(table)
         print(table)

@@ -30,18 +30,18 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ids uuid[];
 BEGIN
-    -- published_at is set in id order give or take a relay round, so the oldest published
-    -- rows are at the low end of outbox_pkey and the walk stops after p_batch of them.
+    -- Oldest first on outbox_published (a range of the index, never the table): the order
+    -- makes the planner walk the index even when most rows are due.
     DELETE FROM outbox WHERE id IN (
         SELECT o.id FROM outbox o
          WHERE o.published_at < now() - make_interval(secs => p_outbox_seconds)
-         ORDER BY o.id LIMIT p_batch FOR UPDATE SKIP LOCKED);
+         ORDER BY o.published_at LIMIT p_batch FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS outbox_rows = ROW_COUNT;
 
     DELETE FROM rate_limits WHERE ctid = ANY (ARRAY(
         SELECT r.ctid FROM rate_limits r
          WHERE r.window_start < date_trunc('minute', now()) - interval '1 minute'
-         LIMIT p_batch FOR UPDATE SKIP LOCKED));
+         ORDER BY r.window_start LIMIT p_batch FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS rate_rows = ROW_COUNT;
 
     jobs := 0;

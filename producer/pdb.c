@@ -853,6 +853,16 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
 
 /* ------------------------------------------------------------------ webhooks */
 
+PGconn *tq_pdb_hooks_listen_open(tq_errbuf *eb)
+{
+    PGconn *c = tq_db_connect(db_url, db_app, eb);
+    if (c && tq_db_exec(c, "LISTEN " TQ_PDB_CHAN_WEBHOOK, 0, NULL, NULL, eb) != TQ_OK) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
 typedef struct {
     char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
     tq_pdb_hook *rows;

@@ -129,8 +129,6 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
 struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
-#endif
-
 /* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
 
 /* One delivery taken by a worker: what it needs to build, sign and send the request. */
@@ -145,6 +143,11 @@ typedef struct {
 } tq_pdb_hook;
 
 void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
+
+/* A dedicated connection that LISTENs on trainq_webhook (notified at the commit of a
+ * transaction that wrote deliveries, db/procedures/80_webhooks.sql); NULL on failure. */
+#define TQ_PDB_CHAN_WEBHOOK "trainq_webhook"
+struct pg_conn *tq_pdb_hooks_listen_open(tq_errbuf *eb);
 
 /* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
  * first pending one of its job and target (so a target receives a job's events in sequence
@@ -177,3 +180,5 @@ int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_
 /* The user's default secret, made from candidate when they have none. */
 int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
                           tq_errbuf *eb);
+
+#endif

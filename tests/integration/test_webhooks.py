@@ -414,6 +414,22 @@ class WebhooksTest(unittest.TestCase, DocChecks):
                          ["job.queued", "job.cancelled"])
         self.assertSigned(wh["secret"], got)
 
+    def test_a_status_change_reaches_the_receiver_within_milliseconds_not_a_poll(self):
+        # Senders are woken by the commit's notification: with the 0.5 s poll alone the
+        # median would be ~250 ms.
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+        self.endpoint(p, rec.url(), events=["job.queued"])
+        for _ in range(16):
+            self.submit(p)
+            time.sleep(0.15)
+        got = self.wait_got(rec, 16)
+        made = dict(l.split("|") for l in h.psql(
+            "SELECT 'msg_' || id || '|' || extract(epoch FROM event_at) FROM webhook_deliveries"
+            " WHERE user_id = :'u'", variables={"u": self.user}).splitlines())
+        lat = sorted(g["at"] - float(made[g["headers"]["webhook-id"]]) for g in got)
+        self.assertLess(lat[len(lat) // 2], 0.1, lat)
+
     def test_a_slow_receiver_does_not_hold_up_another(self):
         p = self.producer(**LOOPBACK)
         slow = self.receiver(hold=12.0)

@@ -136,6 +136,7 @@ typedef struct {
     long long id; /* webhook-id is "msg_<id>" */
     char job_id[TQ_UUID_BUF];
     char *url, *event, *secret;
+    char *old_secret;  /* the endpoint's replaced secret while it still signs; else NULL */
     char *job_json;    /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
     char event_at[40]; /* RFC 3339 */
     long long sequence;
@@ -173,7 +174,10 @@ int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
 int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb);
 /* TQ_ERR_NOT_FOUND when absent or another user's (also for the two below). */
 int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb);
-int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb);
+/* Rotation keeps the replaced secret signing for overlap_seconds (none when 0); *expires the
+ * JSON of when it stops (an RFC 3339 string, or null; new reference, caller decrefs). */
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, int overlap_seconds,
+                          json_t **expires, tq_errbuf *eb);
 /* The endpoint's newest deliveries (at most limit). */
 int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
                               tq_errbuf *eb);

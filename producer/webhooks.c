@@ -254,7 +254,7 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
 {
     *status = 0;
     error[0] = '\0';
-    char msg_id[32], ts[24], sig[TQ_WEBHOOK_SIGNATURE_BUF];
+    char msg_id[32], ts[24], sig[TQ_WEBHOOK_SIGNATURE_BUF], old[TQ_WEBHOOK_SIGNATURE_BUF];
     snprintf(msg_id, sizeof msg_id, "msg_%lld", h->id);
     long long now = (long long)time(NULL);
     snprintf(ts, sizeof ts, "%lld", now);
@@ -262,10 +262,16 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
         snprintf(error, error_cap, "no usable signing secret");
         return;
     }
-    char hid[64], hts[64], hsig[32 + TQ_WEBHOOK_SIGNATURE_BUF];
+    /* During a rotation's overlap the replaced secret signs too (Standard Webhooks: the
+     * receiver accepts any one of the space-separated signatures), new one first. */
+    old[0] = '\0';
+    if (h->old_secret &&
+        tq_webhook_sign(h->old_secret, msg_id, now, body, strlen(body), old) != TQ_OK)
+        old[0] = '\0';
+    char hid[64], hts[64], hsig[32 + 2 * TQ_WEBHOOK_SIGNATURE_BUF];
     snprintf(hid, sizeof hid, "webhook-id: %s", msg_id);
     snprintf(hts, sizeof hts, "webhook-timestamp: %s", ts);
-    snprintf(hsig, sizeof hsig, "webhook-signature: %s", sig);
+    snprintf(hsig, sizeof hsig, "webhook-signature: %s%s%s", sig, old[0] ? " " : "", old);
     struct curl_slist *hdrs = NULL, *tmp;
     const char *lines[] = {"Content-Type: application/json",
                            "User-Agent: trainq-webhooks/1",

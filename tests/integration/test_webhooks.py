@@ -366,6 +366,42 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual(self.call(p, "GET", "/api/training/webhooks", status=200)
                          .json["webhooks"], [])
 
+    def test_after_rotation_deliveries_verify_with_the_old_and_the_new_secret_until_the_overlap_ends(self):
+        p = self.producer(**LOOPBACK)  # the default overlap: 24 h
+        rec = self.receiver()
+        wh = self.endpoint(p, rec.url(), events=["job.queued"])
+        t0 = time.time()
+        r = self.call(p, "POST", f"/api/training/webhooks/{wh['id']}/rotate-secret", status=200)
+        self.assertShape(r, "/api/training/webhooks/{id}/rotate-secret", "POST")
+        new = r.json["secret"]
+        until = h.psql("SELECT extract(epoch FROM previous_secret_until) FROM webhook_endpoints"
+                       " WHERE id = :'id'", variables={"id": wh["id"]})
+        self.assertAlmostEqual(float(until) - t0, 86400, delta=60)
+        self.assertIsNotNone(r.json["previous_secret_expires_at"])
+        listed = self.call(p, "GET", "/api/training/webhooks", status=200).json["webhooks"][0]
+        self.assertEqual(listed["previous_secret_expires_at"], r.json["previous_secret_expires_at"])
+        self.submit(p)
+        got = self.wait_got(rec, 1)
+        self.assertEqual(len(got[0]["headers"]["webhook-signature"].split()), 2)
+        self.assertSigned(new, got)
+        self.assertSigned(wh["secret"], got)  # a receiver still configured with the old one
+
+        # A producer with a 1 s overlap: once it ends, only the new secret signs.
+        q = self.producer(TRAINQ_WEBHOOK_SECRET_OVERLAP_SECONDS="1", **LOOPBACK)
+        r = self.call(q, "POST", f"/api/training/webhooks/{wh['id']}/rotate-secret", status=200)
+        newer = r.json["secret"]
+        time.sleep(1.5)
+        self.assertIsNone(self.call(q, "GET", "/api/training/webhooks", status=200)
+                          .json["webhooks"][0]["previous_secret_expires_at"])
+        self.submit(q)
+        late = self.wait_got(rec, 2)[1:]
+        self.assertEqual(len(late[0]["headers"]["webhook-signature"].split()), 1)
+        self.assertSigned(newer, late)
+        self.assertFalse(hmac_ok(new, late[0]))
+        res = npm_verify([(new, late[0]), (wh["secret"], late[0])])
+        if res is not None:
+            self.assertEqual([v["ok"] for v in res], [False, False])
+
     # ------------------------------------------------------------------ delivery
 
     def test_500s_are_retried_with_the_same_id_and_later_events_wait_in_sequence_order(self):

@@ -69,9 +69,9 @@ class Receiver:
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
                 with rec.lock:
-                    rec.got.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                                    "body": body, "at": time.time()})
                     status = rec.script.pop(0) if rec.script else rec.default
+                    rec.got.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                                    "body": body, "at": time.time(), "status": status})
                     hold, rec.hold = rec.hold or rec.each, 0.0
                     rec.inflight += 1
                     rec.max_inflight = max(rec.max_inflight, rec.inflight)
@@ -465,6 +465,58 @@ class WebhooksTest(unittest.TestCase, DocChecks):
             " WHERE user_id = :'u'", variables={"u": self.user}).splitlines())
         lat = sorted(g["at"] - float(made[g["headers"]["webhook-id"]]) for g in got)
         self.assertLess(lat[len(lat) // 2], 0.1, lat)
+
+    def test_a_receiver_down_for_two_minutes_gets_every_event_in_sequence_order_after(self):
+        # Two minutes of the default schedule (5 s doubling) is about 5 attempts of the first
+        # event of each job; scaled here to ~20 s with delays of 1 s doubling to 4 s: 10 s of
+        # refused connections, then 10 s of 503s, then the receiver answers 200.
+        p = self.producer(**dict(LOOPBACK, TRAINQ_WEBHOOK_RETRY_MAX_SECONDS="4"))
+        port = free_port()
+        rec = self.receiver(port=port)
+        wh = self.endpoint(p, rec.url())
+        first = self.submit(p)
+        self.wait_got(rec, 1)
+        rec.close()  # down: connections refused
+        a, b, c = self.submit(p), self.submit(p), self.submit(p)
+        for s in ("pending", "running", "completed"):
+            set_status(first, s)
+        for s in ("pending", "running"):
+            set_status(a, s)
+            set_status(b, s)
+        self.call(p, "POST", f"/api/training/jobs/{c}/cancel", status=200)
+        set_status(a, "completed")
+        set_status(b, "failed", reason="exit 1")
+        time.sleep(10)
+        self.assertEqual(len(rec.events()), 1)
+        rec = self.receiver(port=port, default=503)  # up, but failing
+        time.sleep(10)
+        rec.default = 200
+        rows = h.psql("SELECT 'msg_' || id FROM webhook_deliveries WHERE endpoint_id = :'e'"
+                      " ORDER BY id", variables={"e": wh["id"]}).split()
+        self.assertEqual(len(rows), 11)  # first, a and b: 3 events each; c: 2
+        done = self.wait_got(rec, 10, timeout=40, pred=lambda g: g["status"] == 200)
+        time.sleep(1.5)
+        got = rec.events()
+        ok = [g for g in got if g["status"] == 200]
+        self.assertEqual(len(ok), len(done))  # nothing repeats after a 2xx
+        ids = [g["headers"]["webhook-id"] for g in ok]
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(set(ids), set(rows[1:]))  # all but the one delivered before
+        self.assertLessEqual({g["headers"]["webhook-id"] for g in got if g["status"] == 503},
+                             set(ids))  # retried with the same webhook-id
+        by_job = {}
+        for g in ok:
+            body = json.loads(g["body"])
+            by_job.setdefault(body["data"]["id"], []).append((body["sequence"], body["type"]))
+        want = {first: ["job.running", "job.completed"],
+                a: ["job.queued", "job.running", "job.completed"],
+                b: ["job.queued", "job.running", "job.failed"],
+                c: ["job.queued", "job.cancelled"]}
+        self.assertEqual({j: [t for _, t in v] for j, v in by_job.items()}, want)
+        for v in by_job.values():
+            self.assertEqual([s for s, _ in v], sorted(s for s, _ in v))
+        self.assertSigned(wh["secret"], ok)
+        self.assertTrue(all(d["state"] == "delivered" for d in self.deliveries(p, wh["id"])))
 
     def test_a_slow_receiver_does_not_hold_up_another(self):
         p = self.producer(**LOOPBACK)

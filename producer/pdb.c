@@ -841,6 +841,16 @@ int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int j
 
 /* ------------------------------------------------------------------ webhooks */
 
+PGconn *tq_pdb_hooks_listen_open(tq_errbuf *eb)
+{
+    PGconn *c = tq_db_connect(db_url, db_app, eb);
+    if (c && tq_db_exec(c, "LISTEN " TQ_PDB_CHAN_WEBHOOK, 0, NULL, NULL, eb) != TQ_OK) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
 typedef struct {
     char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
     tq_pdb_hook *rows;
@@ -853,6 +863,7 @@ void tq_pdb_hooks_free(tq_pdb_hook *h, int n)
         free(h[i].url);
         free(h[i].event);
         free(h[i].secret);
+        free(h[i].old_secret);
         free(h[i].job_json);
     }
     free(h);
@@ -925,7 +936,9 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
         "            (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id)),"
         "   (SELECT " JOB_JSON " FROM training_jobs j WHERE j.id = d.job_id),"
         "   to_char(d.event_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-        "   d.sequence, d.attempts",
+        "   d.sequence, d.attempts,"
+        "   (SELECT s.previous_secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id"
+        "      AND s.previous_secret_until > now())",
         2, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
@@ -949,7 +962,9 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
         col_copy(res, i, 6, h->event_at, sizeof h->event_at);
         h->sequence = col_ll(res, i, 7);
         h->attempts = (int)col_ll(res, i, 8);
-        if (!h->url || !h->event || (!PQgetisnull(res, i, 5) && !h->job_json)) {
+        h->old_secret = col_dup(res, i, 9);
+        if (!h->url || !h->event || (!PQgetisnull(res, i, 5) && !h->job_json) ||
+            (!PQgetisnull(res, i, 9) && !h->old_secret)) {
             PQclear(res);
             return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
         }
@@ -1069,7 +1084,8 @@ int tq_pdb_hook_record(long long id, int delivered, long long retry_ms, int stat
     "json_build_object('id', id, 'url', url, 'events', to_json(events),"                           \
     " 'description', description, 'created_at', created_at,"                                       \
     " 'disabled', disabled_at IS NOT NULL, 'disabled_at', disabled_at,"                            \
-    " 'disabled_reason', disabled_reason)"
+    " 'disabled_reason', disabled_reason, 'previous_secret_expires_at',"                           \
+    " CASE WHEN previous_secret_until > now() THEN previous_secret_until END)"
 
 typedef struct {
     const char *p[6];
@@ -1142,14 +1158,23 @@ int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb)
     return hook_api(&a, NULL, eb);
 }
 
-int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb)
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, int overlap_seconds,
+                          json_t **expires, tq_errbuf *eb)
 {
-    hook_api_arg a = {.p = {id, user, secret},
-                      .np = 3,
+    char overlap[INT_TEXT_BUF];
+    snprintf(overlap, sizeof overlap, "%d", overlap_seconds);
+    /* The secret replaced is the current one: a second rotation inside the window ends the
+     * first one's overlap (two signatures at most). */
+    hook_api_arg a = {.p = {id, user, secret, overlap},
+                      .np = 4,
                       .need_row = 1,
-                      .sql = "UPDATE webhook_endpoints SET secret = $3"
-                             " WHERE id = $1::uuid AND user_id = $2 RETURNING 'true'"};
-    return hook_api(&a, NULL, eb);
+                      .sql = "UPDATE webhook_endpoints SET secret = $3,"
+                             " previous_secret = CASE WHEN $4::int > 0 THEN secret END,"
+                             " previous_secret_until = CASE WHEN $4::int > 0"
+                             "   THEN now() + make_interval(secs => $4::int) END"
+                             " WHERE id = $1::uuid AND user_id = $2"
+                             " RETURNING COALESCE(to_json(previous_secret_until), 'null')::text"};
+    return hook_api(&a, expires, eb);
 }
 
 int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,

@@ -141,8 +141,6 @@ typedef struct {
 int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
                            tq_pdb_pruned *out, tq_errbuf *eb);
 
-#endif
-
 /* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
 
 /* One delivery taken by a worker: what it needs to build, sign and send the request. */
@@ -150,6 +148,7 @@ typedef struct {
     long long id; /* webhook-id is "msg_<id>" */
     char job_id[TQ_UUID_BUF];
     char *url, *event, *secret;
+    char *old_secret;  /* the endpoint's replaced secret while it still signs; else NULL */
     char *job_json;    /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
     char event_at[40]; /* RFC 3339 */
     long long sequence;
@@ -157,6 +156,11 @@ typedef struct {
 } tq_pdb_hook;
 
 void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
+
+/* A dedicated connection that LISTENs on trainq_webhook (notified at the commit of a
+ * transaction that wrote deliveries, db/procedures/80_webhooks.sql); NULL on failure. */
+#define TQ_PDB_CHAN_WEBHOOK "trainq_webhook"
+struct pg_conn *tq_pdb_hooks_listen_open(tq_errbuf *eb);
 
 /* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
  * first pending one of its job and target (so a target receives a job's events in sequence
@@ -182,10 +186,15 @@ int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
 int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb);
 /* TQ_ERR_NOT_FOUND when absent or another user's (also for the two below). */
 int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb);
-int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb);
+/* Rotation keeps the replaced secret signing for overlap_seconds (none when 0); *expires the
+ * JSON of when it stops (an RFC 3339 string, or null; new reference, caller decrefs). */
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, int overlap_seconds,
+                          json_t **expires, tq_errbuf *eb);
 /* The endpoint's newest deliveries (at most limit). */
 int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
                               tq_errbuf *eb);
 /* The user's default secret, made from candidate when they have none. */
 int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
                           tq_errbuf *eb);
+
+#endif

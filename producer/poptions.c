@@ -113,6 +113,10 @@ static const tq_opt options[] = {
      OFF(webhook_endpoint_concurrency), "2", 1, 1000, NULL,
      "webhook requests in flight to one endpoint at once, all producers together (a slow "
      "receiver cannot take every sender)"},
+    {"TRAINQ_WEBHOOK_SECRET_OVERLAP_SECONDS", "webhook-secret-overlap-seconds", TQ_OPT_INT,
+     OFF(webhook_secret_overlap_seconds), "86400", 0, 2592000, NULL,
+     "after rotate-secret, deliveries are also signed with the replaced secret for this long, so "
+     "receivers can switch (0: the old secret stops at once)"},
     {"TRAINQ_WEBHOOK_SENDERS", "webhook-senders", TQ_OPT_INT, OFF(webhook_senders), "4", 1, 64,
      NULL,
      "webhook requests one producer sends at once (threads, each one request at a time, so a "

@@ -61,6 +61,7 @@ typedef struct tq_producer_config {
     int webhook_senders;
     int webhook_endpoint_concurrency;
     int webhook_disable_after;
+    int webhook_secret_overlap_seconds; /* the replaced secret still signs this long */
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -66,6 +66,7 @@ void tq_claim_free(tq_claim *cl)
 
 typedef struct {
     const char *job_id, *message, *worker_id;
+    const char *reply_to, *correlation_id; /* NULL: none */
     char lease[TQ_NUM_BUF], path_max[TQ_NUM_BUF];
     tq_claim *out;
     char *job_message; /* CLAIMED: the row's message, decoded after the runner returns */
@@ -85,12 +86,13 @@ static int claim_fn(PGconn *c, void *arg, tq_errbuf *eb)
     memset(out, 0, sizeof *out);
     free(a->job_message);
     a->job_message = NULL;
-    const char *p[4] = {a->message, a->worker_id, a->lease, a->path_max};
+    const char *p[6] = {a->message,  a->worker_id, a->lease,
+                        a->path_max, a->reply_to,  a->correlation_id};
     PGresult *r;
     int rc = tq_db_exec(c,
                         "SELECT outcome, reason, fencing_token, attempts, storage_path, "
-                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int)",
-                        4, p, &r, eb);
+                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int, $5, $6)",
+                        6, p, &r, eb);
     if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the procedure's count */
         return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", a->job_id);
     if (rc != TQ_OK)
@@ -143,10 +145,14 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
 }
 
 int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
-                 int lease_seconds, tq_claim *out, tq_errbuf *eb)
+                 int lease_seconds, const tq_reply_addr *reply, tq_claim *out, tq_errbuf *eb)
 {
     memset(out, 0, sizeof *out);
     claim_arg a = {.job_id = m->job_id, .worker_id = worker_id, .out = out};
+    if (reply && reply->reply_to[0]) {
+        a.reply_to = reply->reply_to;
+        a.correlation_id = reply->correlation_id[0] ? reply->correlation_id : NULL;
+    }
     num(a.lease, lease_seconds);
     num(a.path_max, TQ_CLAIM_PATH_BUF - 1);
     /* The row of a message from another service holds these bytes: canonical, so a release
@@ -163,6 +169,25 @@ int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const ch
     if (rc != TQ_OK)
         tq_claim_free(out);
     return rc;
+}
+
+typedef struct {
+    const char *p[5];
+} dead_letter_arg;
+
+static int dead_letter_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    dead_letter_arg *a = arg;
+    return tq_db_exec(c, "SELECT tq_event_dead_letter($1, $2, $3, $4, $5)", 5, a->p, NULL, eb);
+}
+
+int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *message_id,
+                             const char *routing_key, const char *reason,
+                             const tq_reply_addr *reply, tq_errbuf *eb)
+{
+    dead_letter_arg a = {{message_id, routing_key, reason, reply ? reply->reply_to : "",
+                          reply ? reply->correlation_id : ""}};
+    return tq_db_run_txn(c, how, dead_letter_fn, &a, eb);
 }
 
 /* ---- status changes of a claimed job --------------------------------------------------- */

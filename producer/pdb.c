@@ -451,14 +451,15 @@ static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
     return rc;
 }
 
-/* An unpublished outbox row of a job that will never run is dropped; a row a relay is
- * publishing right now (locked) is left alone: the consumer sees the job is cancelled. */
+/* An unpublished job message of a job that will never run is dropped (its events stay: the
+ * cancellation's own is among them); a row a relay is publishing right now (locked) is left
+ * alone: the consumer sees the job is cancelled. */
 static int drop_unpublished(tconn *t, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
     return exec(t,
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE job_id = $1::uuid"
-                " AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
+                " AND exchange = 'trainq.jobs' AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
                 1, p, NULL, eb);
 }
 

@@ -15,7 +15,7 @@ PACKAGES=(
   # real services the integration tests run against
   postgresql postgresql-client rabbitmq-server docker.io busybox-static
   # test drivers and tools
-  python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery
+  python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery python3-jsonschema
   wrk curl jq valgrind procps iproute2 openssl
   # deployment: base image, Compose stack, unit checks (scripts/build-images.sh, tests/deploy)
   debootstrap docker-compose systemd

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tq_utf8.h"
+
 /* Every transaction of the functions below: on the caller's (borrowed) connection, soft
  * errors retried by the runner, a lost connection returned for its owner to reopen. */
 static int run(PGconn *c, tq_db_txn_fn fn, void *arg, tq_errbuf *eb)
@@ -502,21 +504,28 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     return TQ_OK;
 }
 
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb)
 {
-    char s[TQ_NUM_BUF], lease[TQ_NUM_BUF];
-    num(s, slots);
+    char s[TQ_NUM_BUF], busy[TQ_NUM_BUF], lease[TQ_NUM_BUF];
+    num(s, ws->slots);
+    num(busy, ws->busy);
     num(lease, lease_seconds);
-    const char *p[3] = {worker_id, hostname, s};
+    const char *worker_id = ws->worker_id;
+    const char *p[6] = {worker_id, ws->hostname, s, busy, ws->gpus, ws->healthy ? "t" : "f"};
+    PGresult *dr;
     int rc = tq_db_exec(c,
-                        "INSERT INTO workers (worker_id, hostname, slots) VALUES ($1, $2, $3) "
+                        "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) "
                         "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
-                        "heartbeat_at = now(), stopped_at = NULL",
-                        3, p, NULL, eb);
+                        "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
+                        "stopped_at = NULL RETURNING draining",
+                        6, p, &dr, eb);
     if (rc)
         return rc;
+    *draining = PQntuples(dr) == 1 && strcmp(PQgetvalue(dr, 0, 0), "t") == 0;
+    PQclear(dr);
     const char *q[3] = {worker_id, lease, held_ids};
     PGresult *r;
     rc = tq_db_exec(c,
@@ -529,6 +538,29 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
         return rc;
     rc = active_rows(r, out, n);
     PQclear(r);
+    return rc;
+}
+
+/* Longest dead-letter body kept (a valid message is far smaller). */
+#define DEAD_BODY_MAX (64 * 1024)
+
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb)
+{
+    size_t n = len < DEAD_BODY_MAX ? len : DEAD_BODY_MAX;
+    char *text = malloc(n + 1);
+    if (!text)
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    if (n)
+        memcpy(text, body, n);
+    tq_utf8_sanitize(text, n);
+    const char *p[5] = {message_id, routing_key, reason, worker_id, text};
+    int rc = tq_db_exec(c,
+                        "INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, "
+                        "body) VALUES ($1, $2, $3, $4, $5)",
+                        5, p, NULL, eb);
+    free(text);
     return rc;
 }
 

@@ -126,14 +126,28 @@ typedef struct {
     int cancel_requested;
 } tq_cdb_active;
 
+/* What a heartbeat reports about this worker (the admin API's workers table). */
+typedef struct {
+    const char *worker_id, *hostname;
+    int slots, busy;
+    const char *gpus; /* TRAINQ_GPUS as given */
+    int healthy;
+} tq_cdb_worker_state;
+
 /* Heartbeat: upserts the worker row and renews the lease of the active jobs of this
  * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
  * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database
  * still gives this worker, with their fencing tokens and cancel flags: a slot whose job is missing
- * lost its lease. */
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+ * lost its lease. *draining: 1 when an operator asked this worker to drain (workers.draining). */
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb);
+
+/* Records a message this worker dead-lettered (after the broker confirmed the copy), for the
+ * admin API; body is sanitised to UTF-8 and capped here. */
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb);
 
 /* Clean stop: extends the leases of the held jobs (held_ids, a uuid[] literal) to
  * `seconds` from now, so that this worker's restart adopts their containers before a

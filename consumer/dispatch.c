@@ -266,6 +266,13 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
         return;
     tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
             "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
+    /* For the admin API; the copy on trainq.jobs.dead is already confirmed either way. */
+    tq_errbuf eb = {{0}};
+    if (tq_db_ensure(&d->db, d->w->cfg->database_url, "trainq-consumer", &eb) != TQ_OK ||
+        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, env->message.body.bytes,
+                           env->message.body.len, &eb) != TQ_OK)
+        tq_log(TQ_LOG_WARN, "db.dead_letter_failed", "could not record dead letter %s: %s",
+               mid[0] ? mid : "(no message_id)", eb.msg);
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
 }
 
@@ -838,7 +845,7 @@ void *tq_dispatch_main(void *arg)
         tq_amqp_pump(d.dead, &eb);
         read_queue_depth(&d);
         int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && host_usable(&d) &&
-                   tq_slots_free(w) > 0;
+                   tq_slots_free(w) > 0 && !atomic_load(&w->draining);
         if (want && !d.consuming) {
             if (start_consuming(&d, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);

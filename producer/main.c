@@ -45,6 +45,8 @@ static int start_auth(const tq_config *cfg, tq_auth **auth, tq_errbuf *eb)
         .audience = cfg->jwt_audience, /* empty is refused: "-" says "any" explicitly */
         .issuer = nonempty(cfg->jwt_issuer),
         .leeway_seconds = cfg->jwt_leeway_seconds,
+        .operator_claim = cfg->admin_claim,
+        .operator_value = cfg->admin_claim_value,
     };
     return tq_auth_new(&ac, auth, eb);
 }

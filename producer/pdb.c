@@ -790,6 +790,98 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
     return run_txn(job_user_fn, &a, eb);
 }
 
+/* The job's kept progress samples (the consumer keeps the newest few hundred 'progress'
+ * rows of job_output), oldest first: the dashboard's loss curve. */
+static int progress_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[2] = {a->job_id, a->user};
+    return json_row(t, a,
+                    "SELECT (SELECT COALESCE(json_agg(body::json ORDER BY seq), '[]')"
+                    " FROM job_output WHERE job_id = j.id AND kind = 'progress')::text"
+                    " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
+                    2, p, eb);
+}
+
+int tq_pdb_job_progress(const char *user, const char *job_id, json_t **samples, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    return run_json(progress_fn, &a, &a.json, samples, eb);
+}
+
+/* ------------------------------------------------------------------ admin (90_admin.sql) */
+
+static const char *const admin_read_sql[] = {
+    [TQ_PDB_ADMIN_OVERVIEW] = "SELECT tq_admin_overview()::text",
+    [TQ_PDB_ADMIN_WORKERS] = "SELECT tq_admin_workers()::text",
+    [TQ_PDB_ADMIN_USERS] = "SELECT tq_admin_users()::text",
+    [TQ_PDB_ADMIN_DEAD_LETTERS] = "SELECT tq_admin_dead_letters($1::int)::text",
+    [TQ_PDB_ADMIN_JOBS] =
+        "SELECT COALESCE(json_agg(j ORDER BY c DESC, i DESC), '[]')::text FROM ("
+        " SELECT " JOB_JSON "::json AS j, created_at AS c, id AS i FROM training_jobs j"
+        " WHERE ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC"
+        " LIMIT $1::int) t",
+};
+
+static const char *const admin_action_sql[] = {
+    [TQ_PDB_ADMIN_RETRY] = "SELECT tq_admin_retry($1::uuid)",
+    [TQ_PDB_ADMIN_REPUBLISH] = "SELECT tq_admin_republish($1::bigint)",
+    [TQ_PDB_ADMIN_DRAIN] = "SELECT tq_admin_drain($1, true)",
+    [TQ_PDB_ADMIN_UNDRAIN] = "SELECT tq_admin_drain($1, false)",
+};
+
+typedef struct {
+    const char *sql, *arg, *arg2;
+    char limit[INT_TEXT_BUF];
+    json_t *json;
+    char *outcome;
+    size_t outcome_cap;
+} admin_arg;
+
+static int admin_read_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    admin_arg *a = arg;
+    const char *p[2] = {a->limit, a->arg2};
+    PGresult *res = NULL;
+    int n = strstr(a->sql, "$2") ? 2 : strstr(a->sql, "$1") ? 1 : 0;
+    int rc = exec(t, a->sql, n, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_admin_read(tq_pdb_admin_read_kind what, int limit, const char *status, json_t **out,
+                      tq_errbuf *eb)
+{
+    admin_arg a = {.sql = admin_read_sql[what], .arg2 = status};
+    snprintf(a.limit, sizeof a.limit, "%d", limit);
+    return run_json(admin_read_fn, &a, &a.json, out, eb);
+}
+
+static int admin_action_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    admin_arg *a = arg;
+    const char *p[1] = {a->arg};
+    PGresult *res = NULL;
+    int rc = exec(t, a->sql, 1, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    col_copy(res, 0, 0, a->outcome, a->outcome_cap);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_admin_action(tq_pdb_admin_action_kind what, const char *arg, char *outcome,
+                        size_t outcome_cap, tq_errbuf *eb)
+{
+    admin_arg a = {
+        .sql = admin_action_sql[what], .arg = arg, .outcome = outcome, .outcome_cap = outcome_cap};
+    outcome[0] = '\0';
+    return run_txn(admin_action_fn, &a, eb);
+}
+
 PGconn *tq_pdb_listen_open(tq_errbuf *eb)
 {
     PGconn *c = tq_db_connect(db_url, db_app, eb);

@@ -120,6 +120,33 @@ int tq_pdb_stream_user(const char *user, long long after_event, long long after_
 int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
                         long long *now_micros, tq_errbuf *eb);
 
+/* The job's kept progress samples [{progress, current_step, total_steps, loss, eta_seconds,
+ * progress_updated_at}], oldest first. TQ_ERR_NOT_FOUND as above. */
+int tq_pdb_job_progress(const char *user, const char *job_id, json_t **samples, tq_errbuf *eb);
+
+/* The admin API's reads (db/procedures/90_admin.sql), each one JSON value (*out, new):
+ * limit is used by DEAD_LETTERS and JOBS, status (NULL: any) by JOBS. */
+typedef enum {
+    TQ_PDB_ADMIN_OVERVIEW,
+    TQ_PDB_ADMIN_WORKERS,
+    TQ_PDB_ADMIN_USERS,
+    TQ_PDB_ADMIN_DEAD_LETTERS,
+    TQ_PDB_ADMIN_JOBS
+} tq_pdb_admin_read_kind;
+int tq_pdb_admin_read(tq_pdb_admin_read_kind what, int limit, const char *status, json_t **out,
+                      tq_errbuf *eb);
+
+/* The admin API's actions on arg (a job id, a dead letter's id, a worker id); outcome gets
+ * "ok", "not_found" or "conflict:<why>" (90_admin.sql). */
+typedef enum {
+    TQ_PDB_ADMIN_RETRY,
+    TQ_PDB_ADMIN_REPUBLISH,
+    TQ_PDB_ADMIN_DRAIN,
+    TQ_PDB_ADMIN_UNDRAIN
+} tq_pdb_admin_action_kind;
+int tq_pdb_admin_action(tq_pdb_admin_action_kind what, const char *arg, char *outcome,
+                        size_t outcome_cap, tq_errbuf *eb);
+
 /* The user of a job ("" when the job is gone). */
 int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb);
 

@@ -123,8 +123,8 @@ static void reply_action(tq_req *r, tq_pdb_admin_action_kind what, const char *a
     if (rc != TQ_OK)
         tq_req_reply_db_error(r, rc, &eb);
     else if (strcmp(outcome, "ok") == 0)
-        tq_req_reply_json(r, 200, json_pack("{s:b, s:s, s:s}", "success", 1, "id", arg, "message",
-                                            done));
+        tq_req_reply_json(r, 200,
+                          json_pack("{s:b, s:s, s:s}", "success", 1, "id", arg, "message", done));
     else if (strcmp(outcome, "not_found") == 0)
         tq_req_reply_error(r, 404, missing);
     else
@@ -198,8 +198,7 @@ static int worker_param(tq_req *r)
 void tq_h_admin_worker_drain(tq_req *r)
 {
     if (admin_guard(r) == 0 && worker_param(r) == 0)
-        reply_action(r, TQ_PDB_ADMIN_DRAIN, tq_req_param(r), "worker draining",
-                     "worker not found");
+        reply_action(r, TQ_PDB_ADMIN_DRAIN, tq_req_param(r), "worker draining", "worker not found");
 }
 
 void tq_h_admin_worker_undrain(tq_req *r)

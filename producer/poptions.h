@@ -50,7 +50,7 @@ typedef struct tq_producer_config {
     int outbox_retention_seconds;
     int job_retention_seconds; /* 0: jobs are kept forever */
     int retention_interval_seconds;
-    char *admin_claim;   /* the operator claim's name and value (auth.h) */
+    char *admin_claim; /* the operator claim's name and value (auth.h) */
     char *admin_claim_value;
     char *ui_dir; /* the dashboard's files; "" when /ui/ is off (resolved at load) */
     /* webhooks (producer/webhooks.c, docs/webhooks.md) */

@@ -13,12 +13,12 @@ import time
 from datetime import datetime
 import unittest
 import urllib.parse
-import urllib.request
 
 import tqenv
 import tqharness as h
 from test_consumer import TERMINAL, ConsumerCase, run_id
 from test_producer import SECRET, start_producer, stop_producer, wait_ready
+from test_stranded import metrics
 
 HUB_503 = ("huggingface_hub.utils._errors.HfHubHTTPError: 503 Server Error: Service "
            "Unavailable for url: https://huggingface.co/api/models/stabilityai/sdxl-base-1.0")
@@ -38,18 +38,6 @@ def container_creates(job_id, since):
 
 def ts(s):
     return datetime.fromisoformat(s).timestamp()
-
-
-def metrics(p):
-    port = p.wait_event("consumer.starting")["metrics_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 class OutcomesCase(ConsumerCase):

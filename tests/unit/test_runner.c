@@ -267,6 +267,11 @@ static void test_hub_failures_in_the_log_tail_are_hub_errors(void **state)
     assert_int_equal(tq_hub_failure_find(NULL, &h), 0);
 }
 
+static const char HUB_502[] = "HfHubHTTPError: 502 Server Error: Bad Gateway for url: "
+                              "https://huggingface.co/x";
+static const char HUB_404[] = "HTTPError: 404 Client Error: Not Found for url: "
+                              "https://huggingface.co/x";
+
 static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
 {
     (void)state;
@@ -281,33 +286,21 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
     int delay = -1;
     /* hub_error, transient: retried with a doubling backoff, then failed */
     tq_run_end e = end_with(1);
-    tq_run_describe_exit(&e,
-                         "HfHubHTTPError: 502 Server Error: Bad Gateway for url: "
-                         "https://huggingface.co/x",
-                         &o);
+    tq_run_describe_exit(&e, HUB_502, &o);
     tq_run_apply_policy(&p, 0, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RETRY);
     assert_int_equal(o.status, TQ_STATUS_QUEUED);
     assert_int_equal(delay, 30);
     assert_non_null(strstr(o.reason, "hub_error, retry 1 of 3"));
-    tq_run_describe_exit(&e,
-                         "HfHubHTTPError: 502 Server Error: Bad Gateway for url: "
-                         "https://huggingface.co/x",
-                         &o);
+    tq_run_describe_exit(&e, HUB_502, &o);
     tq_run_apply_policy(&p, 2, 30, &o, &delay);
     assert_int_equal(delay, 120);
-    tq_run_describe_exit(&e,
-                         "HfHubHTTPError: 502 Server Error: Bad Gateway for url: "
-                         "https://huggingface.co/x",
-                         &o);
+    tq_run_describe_exit(&e, HUB_502, &o);
     tq_run_apply_policy(&p, 3, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
     /* a 404 will not change: not retried */
-    tq_run_describe_exit(&e,
-                         "HTTPError: 404 Client Error: Not Found for url: "
-                         "https://huggingface.co/x",
-                         &o);
+    tq_run_describe_exit(&e, HUB_404, &o);
     tq_run_apply_policy(&p, 0, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     /* an oom is not retried by default, and is when the policy says so */

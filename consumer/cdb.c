@@ -138,8 +138,9 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
         snprintf(out->reason, sizeof out->reason, "stored job is invalid: %s %s",
                  v.n ? v.items[0].field : "body", v.n ? v.items[0].message : "");
     tq_msg_free(&out->job);
+    const tq_cdb_failure f = {.cls = "config_error"};
     rc = tq_cdb_finish(c, job_id, out->fencing_token, TQ_STATUS_FAILED, -256, out->reason,
-                       out->reason, NULL, 0, eb);
+                       out->reason, &f, NULL, 0, eb);
     if (rc != TQ_OK)
         return rc;
     out->outcome = TQ_CLAIM_FAILED;
@@ -242,13 +243,24 @@ typedef struct {
     const char *job_id, *reason, *sql;
     int nparams;
     const char *const *params;
+    const tq_cdb_failure *failure; /* NULL: none */
 } release_arg;
+
+/* The class and message the next status change of this transaction records
+ * (db/procedures/62_outcomes.sql); NULL clears them. */
+static int set_failure(PGconn *c, const tq_cdb_failure *f, tq_errbuf *eb)
+{
+    const char *p[2] = {f && f->cls ? f->cls : NULL, f ? f->message : NULL};
+    return tq_db_exec(c, "SELECT tq_set_failure($1, $2)", 2, p, NULL, eb);
+}
 
 static int change_and_release_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     release_arg *a = arg;
     int rc;
     if ((rc = lock_job_user(c, a->job_id, eb)) || (rc = set_reason(c, a->reason, eb)))
+        return rc;
+    if (a->failure && (rc = set_failure(c, a->failure, eb)))
         return rc;
     PGresult *r;
     if ((rc = tq_db_exec(c, a->sql, a->nparams, a->params, &r, eb)))
@@ -304,7 +316,8 @@ static char *artifacts_json(const tq_artifact *v, size_t n)
 
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
                   int exit_code, const char *error_message, const char *reason,
-                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb)
+                  const tq_cdb_failure *failure, const tq_artifact *artifacts, size_t n_artifacts,
+                  tq_errbuf *eb)
 {
     if (!tq_status_terminal(status))
         return tq_errf(eb, TQ_ERR_INVALID, "cannot finish job %s as %s", job_id,
@@ -326,6 +339,7 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_statu
                        "'running') RETURNING user_id",
                 .nparams = 5,
                 .params = p,
+                .failure = failure,
             },
         .job_id = job_id,
         .artifacts = artifacts_json(artifacts, n_artifacts),
@@ -414,7 +428,7 @@ static const struct {
 };
 
 typedef struct {
-    const char *job_id, *reason;
+    const char *job_id, *reason, *cls;
     char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
     tq_give_back_outcome outcome;
 } give_back_arg;
@@ -424,9 +438,10 @@ typedef struct {
 static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     give_back_arg *a = arg;
-    const char *p[4] = {a->job_id, a->token, a->reason, a->max};
+    const char *p[5] = {a->job_id, a->token, a->reason, a->max, a->cls};
     PGresult *r;
-    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r, eb);
+    int rc = tq_db_exec(c, "SELECT tq_give_back_as($5, $1::uuid, $2::bigint, $3, $4::int)", 5, p,
+                        &r, eb);
     if (rc != TQ_OK)
         return rc;
     const char *v = PQgetvalue(r, 0, 0);
@@ -439,9 +454,10 @@ static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
 }
 
 int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                     int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb)
+                     const char *failure_class, int max_host_retries, tq_give_back_outcome *outcome,
+                     tq_errbuf *eb)
 {
-    give_back_arg a = {.job_id = job_id, .reason = reason};
+    give_back_arg a = {.job_id = job_id, .reason = reason, .cls = failure_class};
     num(a.token, fencing);
     num(a.max, max_host_retries);
     static const tq_db_txn one_statement = {.implicit = 1};
@@ -453,7 +469,8 @@ int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const cha
 
 typedef struct {
     const char *job_id, *reason;
-    char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
+    char token[TQ_NUM_BUF], max[TQ_NUM_BUF], delay[TQ_NUM_BUF];
+    const tq_cdb_failure *failure;
 } retry_arg;
 
 static int retry_fn(PGconn *c, void *arg, tq_errbuf *eb)
@@ -476,17 +493,45 @@ static int retry_fn(PGconn *c, void *arg, tq_errbuf *eb)
     PQclear(r);
     if (n != 1)
         return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", a->job_id);
-    const char *q[3] = {a->job_id, a->reason, a->max};
-    return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, q, NULL, eb);
+    const tq_cdb_failure *f = a->failure;
+    const char *q[6] = {a->job_id, a->reason, a->max, f ? f->cls : NULL, f ? f->message : NULL,
+                        a->delay};
+    return tq_db_exec(c, "SELECT tq_retry_as($4, $5, $1, $2, $3::int, $6::int)", 6, q, NULL, eb);
 }
 
 int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                 int max_attempts, tq_errbuf *eb)
+                 const tq_cdb_failure *failure, int max_attempts, tq_errbuf *eb)
 {
-    retry_arg a = {.job_id = job_id, .reason = reason};
+    retry_arg a = {.job_id = job_id, .reason = reason, .failure = failure};
     num(a.token, fencing);
     num(a.max, max_attempts);
+    num(a.delay, failure ? failure->delay_s : 0);
     return run(c, retry_fn, &a, eb);
+}
+
+int tq_cdb_last_failure(PGconn *c, const char *job_id, char *out, size_t cap, tq_errbuf *eb)
+{
+    const char *p[1] = {job_id};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT coalesce(failure_class, '') FROM training_jobs WHERE id = $1", 1,
+                        p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    snprintf(out, cap, "%s", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+    return TQ_OK;
+}
+
+int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, tq_errbuf *eb)
+{
+    const char *p[2] = {job_id, cls};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT tq_class_failures($1, $2)", 2, p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    *n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return TQ_OK;
 }
 
 static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)

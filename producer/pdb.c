@@ -315,6 +315,7 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'created_at', created_at, 'updated_at', updated_at, 'started_at', started_at,"               \
     " 'completed_at', completed_at, 'attempts', attempts, 'worker_id', worker_id,"                 \
     " 'progress', progress, 'exit_code', exit_code,"                                               \
+    " 'failure_class', failure_class, 'failure_message', failure_message,"                         \
     " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"                   \
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
@@ -511,7 +512,8 @@ static int events_fn(tconn *t, void *arg, tq_errbuf *eb)
     int rc = exec(t,
                   "SELECT COALESCE(json_agg(json_build_object('id', id, 'from_status',"
                   " from_status, 'to_status', to_status, 'reason', reason, 'worker_id',"
-                  " worker_id, 'at', at) ORDER BY id), '[]')::text, count(*)"
+                  " worker_id, 'failure_class', failure_class, 'at', at) ORDER BY id),"
+                  " '[]')::text, count(*)"
                   " FROM job_events WHERE job_id = $1::uuid AND user_id = $2",
                   2, p, &res, eb);
     if (rc != TQ_OK)

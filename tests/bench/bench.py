@@ -323,6 +323,8 @@ class Bench:
         os.makedirs(os.path.join(self.root, rel))
         with open(os.path.join(self.root, rel, "trainer.env"), "w") as f:
             f.write(f"DURATION={duration}\nEXIT_CODE=0\nSTEPS=1\nMESSAGE=bench done\n")
+        with open(os.path.join(self.root, rel, "0001.png"), "wb") as f:  # the preflight's image
+            f.write(b"\x89PNG\r\n\x1a\n")
         psql(f"INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
              f"('{ds}', '{user}', 'bench', '{rel}')")
         return ds

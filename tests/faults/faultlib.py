@@ -521,6 +521,8 @@ class Fleet:
                 os.makedirs(path)
                 with open(os.path.join(path, "trainer.env"), "w") as f:
                     f.write(f"DURATION={d}\nEXIT_CODE=0\nMESSAGE=fake-trainer: done\nSTEPS=3\n")
+                with open(os.path.join(path, "0001.png"), "wb") as f:  # the preflight's image
+                    f.write(b"\x89PNG\r\n\x1a\n")
                 self.datasets[u].append(ds)
                 values.append(f"({q(ds)}, {q(u)}, 'fault dataset', {q(rel)})")
         self.pg.query("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "

@@ -11,27 +11,16 @@
 --
 -- Idempotent (migrate.sh reloads this file on every run): CREATE OR REPLACE only.
 
--- Failed and cancelled jobs of the last 24 h by class: failure_class when the schema has
--- it (the failure classification adds it), else the job's status. Dynamic SQL so that this
--- file loads on either schema.
+-- Failed and cancelled jobs of the last 24 h by class (db/procedures/62_outcomes.sql sets
+-- failure_class; a job failed before classes existed counts under its status).
 CREATE OR REPLACE FUNCTION tq_admin_failures() RETURNS json
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    col text := 'status';
-    out json;
-BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-                WHERE table_name = 'training_jobs' AND column_name = 'failure_class'
-                  AND table_schema = current_schema()) THEN
-        col := 'COALESCE(failure_class, status)';
-    END IF;
-    EXECUTE format('SELECT COALESCE(json_agg(json_build_object(''class'', c, ''count'', n)'
-                   ' ORDER BY n DESC, c), ''[]'') FROM (SELECT %s AS c, count(*) AS n'
-                   ' FROM training_jobs WHERE status IN (''failed'', ''cancelled'')'
-                   ' AND completed_at > now() - interval ''24 hours'' GROUP BY 1) t', col)
-      INTO out;
-    RETURN out;
-END $$;
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(json_agg(json_build_object('class', c, 'count', n) ORDER BY n DESC, c), '[]')
+      FROM (SELECT COALESCE(failure_class, status) AS c, count(*) AS n
+              FROM training_jobs
+             WHERE status IN ('failed', 'cancelled') AND completed_at > now() - interval '24 hours'
+             GROUP BY 1) t
+$$;
 
 -- Queue depth by waiting reason, active jobs, failures, submissions and completions per
 -- minute over the last hour, and dispatch latency (created → started) of the last hour.
@@ -128,6 +117,7 @@ BEGIN
     PERFORM set_config('trainq.reason', 'retried by an operator', true);
     UPDATE training_jobs
        SET status = 'queued', completed_at = NULL, started_at = NULL, error_message = NULL,
+           failure_class = NULL, failure_message = NULL,
            exit_code = NULL, worker_id = NULL, container_id = NULL, attempts = 0,
            host_retries = 0, parked_at = NULL, released_at = NULL, cancel_requested_at = NULL,
            lease_expires_at = NULL, progress = NULL, current_step = NULL, total_steps = NULL,

@@ -35,24 +35,17 @@ static long long held(const tq_cdb_active *act, size_t n, const char *job_id)
 static int list_adoptable(tq_worker *w, const tq_cdb_active *act, size_t na,
                           tq_container_summary **out, size_t *n, tq_errbuf *eb)
 {
-    static const char *const live[] = {"created",  "restarting", "running",
-                                       "removing", "paused",     NULL};
-    char worker[160];
-    snprintf(worker, sizeof worker, "trainq.worker=%s", w->cfg->worker_id);
-    const char *labels[3] = {worker, NULL, NULL};
-    int rc = tq_docker_list_where(w->docker, labels, live, out, n, eb);
+    const tq_launcher *l = w->launcher;
+    int rc = l->ops->list_own(l->ctx, NULL, 1, out, n, eb);
     for (size_t k = 0; rc == TQ_OK && k < na; k++) {
         int listed = 0;
         for (size_t i = 0; i < *n; i++)
             listed |= strcmp((*out)[i].job_label, act[k].job_id) == 0;
         if (listed)
             continue;
-        char job[96];
-        snprintf(job, sizeof job, "trainq.job=%s", act[k].job_id);
-        labels[1] = job;
         tq_container_summary *more = NULL;
         size_t nm = 0;
-        rc = tq_docker_list_where(w->docker, labels, NULL, &more, &nm, eb);
+        rc = l->ops->list_own(l->ctx, act[k].job_id, 0, &more, &nm, eb);
         if (rc == TQ_OK && nm > 0) {
             tq_container_summary *all = realloc(*out, (*n + nm) * sizeof **out);
             if (!all) {
@@ -84,15 +77,16 @@ static int adopt_one(tq_worker *w, PGconn *db, const tq_container_summary *c, lo
     tq_errbuf kb = {{0}};
     tq_container_state st;
     memset(&st, 0, sizeof st);
-    int inspected = tq_docker_inspect(w->docker, c->id, &st, &kb) == TQ_OK;
+    const tq_launcher *l = w->launcher;
+    int inspected = l->ops->inspect(l->ctx, c->id, &st, &kb) == TQ_OK;
     int slot = fencing >= 0 && inspected ? tq_slot_reserve(w, c->job_label) : -1;
     if (slot < 0) {
         /* Not ours any more (recovered elsewhere, finished), no slot, or not readable now:
          * stop it so the job never runs twice. A held job without a slot is not renewed and
          * the reaper retries it. */
-        tq_docker_kill(w->docker, c->id, &kb);
+        l->ops->kill(l->ctx, c->id, &kb);
         if (cfg->remove_containers)
-            tq_docker_remove(w->docker, c->id, 1, &kb);
+            l->ops->remove(l->ctx, c->id, &kb);
         tq_log(TQ_LOG_WARN, "adopt.stopped", "stopped container %.12s of job %s: %s", c->id,
                c->job_label,
                fencing < 0 ? "job not held"
@@ -100,15 +94,16 @@ static int adopt_one(tq_worker *w, PGconn *db, const tq_container_summary *c, lo
                            : kb.msg);
         return 0;
     }
-    if (strcmp(st.status, "created") == 0 && tq_docker_start(w->docker, c->id, &kb) != TQ_OK) {
+    if (strcmp(st.status, "created") == 0 && l->ops->start_existing(l->ctx, c->id, &kb) != TQ_OK) {
         /* Crashed between create and start, and it will not start now: a wait on it would
          * report exit code 0 for a job that never ran. Retry the job instead. */
         char why[400];
         snprintf(why, sizeof why, "worker %s could not start its adopted container: %.*s",
                  cfg->worker_id, TQ_UTF8_ARG(kb.msg, 300));
-        tq_docker_remove(w->docker, c->id, 1, &kb);
+        l->ops->remove(l->ctx, c->id, &kb);
         tq_slot_free(w, slot);
-        if (tq_cdb_retry(db, c->job_label, fencing, why, cfg->max_attempts, &kb) != TQ_OK)
+        const tq_cdb_failure f = {.cls = "host_error", .message = why};
+        if (tq_cdb_retry(db, c->job_label, fencing, why, &f, cfg->max_attempts, &kb) != TQ_OK)
             tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", c->job_label, kb.msg);
         return 0;
     }
@@ -134,8 +129,9 @@ static void repair_claims(tq_worker *w, PGconn *db, const tq_cdb_active *act, si
         tq_errbuf kb = {{0}};
         char why[160];
         snprintf(why, sizeof why, "worker %s restarted and found no container", cfg->worker_id);
-        if (tq_cdb_retry(db, act[k].job_id, act[k].fencing_token, why, cfg->max_attempts, &kb) !=
-            TQ_OK)
+        const tq_cdb_failure f = {.cls = "host_lost"};
+        if (tq_cdb_retry(db, act[k].job_id, act[k].fencing_token, why, &f, cfg->max_attempts,
+                         &kb) != TQ_OK)
             tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", act[k].job_id, kb.msg);
         else
             tq_log(TQ_LOG_INFO, "adopt.repaired", "job %s: %s", act[k].job_id, why);

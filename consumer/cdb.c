@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tq_utf8.h"
+
 /* Every transaction of the functions below: on the caller's (borrowed) connection, soft
  * errors retried by the runner, a lost connection returned for its owner to reopen. */
 static int run(PGconn *c, tq_db_txn_fn fn, void *arg, tq_errbuf *eb)
@@ -136,8 +138,9 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
         snprintf(out->reason, sizeof out->reason, "stored job is invalid: %s %s",
                  v.n ? v.items[0].field : "body", v.n ? v.items[0].message : "");
     tq_msg_free(&out->job);
+    const tq_cdb_failure f = {.cls = "config_error"};
     rc = tq_cdb_finish(c, job_id, out->fencing_token, TQ_STATUS_FAILED, -256, out->reason,
-                       out->reason, NULL, 0, eb);
+                       out->reason, &f, NULL, 0, eb);
     if (rc != TQ_OK)
         return rc;
     out->outcome = TQ_CLAIM_FAILED;
@@ -240,13 +243,24 @@ typedef struct {
     const char *job_id, *reason, *sql;
     int nparams;
     const char *const *params;
+    const tq_cdb_failure *failure; /* NULL: none */
 } release_arg;
+
+/* The class and message the next status change of this transaction records
+ * (db/procedures/62_outcomes.sql); NULL clears them. */
+static int set_failure(PGconn *c, const tq_cdb_failure *f, tq_errbuf *eb)
+{
+    const char *p[2] = {f && f->cls ? f->cls : NULL, f ? f->message : NULL};
+    return tq_db_exec(c, "SELECT tq_set_failure($1, $2)", 2, p, NULL, eb);
+}
 
 static int change_and_release_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     release_arg *a = arg;
     int rc;
     if ((rc = lock_job_user(c, a->job_id, eb)) || (rc = set_reason(c, a->reason, eb)))
+        return rc;
+    if (a->failure && (rc = set_failure(c, a->failure, eb)))
         return rc;
     PGresult *r;
     if ((rc = tq_db_exec(c, a->sql, a->nparams, a->params, &r, eb)))
@@ -302,7 +316,8 @@ static char *artifacts_json(const tq_artifact *v, size_t n)
 
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
                   int exit_code, const char *error_message, const char *reason,
-                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb)
+                  const tq_cdb_failure *failure, const tq_artifact *artifacts, size_t n_artifacts,
+                  tq_errbuf *eb)
 {
     if (!tq_status_terminal(status))
         return tq_errf(eb, TQ_ERR_INVALID, "cannot finish job %s as %s", job_id,
@@ -324,6 +339,7 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_statu
                        "'running') RETURNING user_id",
                 .nparams = 5,
                 .params = p,
+                .failure = failure,
             },
         .job_id = job_id,
         .artifacts = artifacts_json(artifacts, n_artifacts),
@@ -412,7 +428,7 @@ static const struct {
 };
 
 typedef struct {
-    const char *job_id, *reason;
+    const char *job_id, *reason, *cls;
     char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
     tq_give_back_outcome outcome;
 } give_back_arg;
@@ -422,9 +438,10 @@ typedef struct {
 static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     give_back_arg *a = arg;
-    const char *p[4] = {a->job_id, a->token, a->reason, a->max};
+    const char *p[5] = {a->job_id, a->token, a->reason, a->max, a->cls};
     PGresult *r;
-    int rc = tq_db_exec(c, "SELECT tq_give_back($1::uuid, $2::bigint, $3, $4::int)", 4, p, &r, eb);
+    int rc = tq_db_exec(c, "SELECT tq_give_back_as($5, $1::uuid, $2::bigint, $3, $4::int)", 5, p,
+                        &r, eb);
     if (rc != TQ_OK)
         return rc;
     const char *v = PQgetvalue(r, 0, 0);
@@ -437,9 +454,10 @@ static int give_back_fn(PGconn *c, void *arg, tq_errbuf *eb)
 }
 
 int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                     int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb)
+                     const char *failure_class, int max_host_retries, tq_give_back_outcome *outcome,
+                     tq_errbuf *eb)
 {
-    give_back_arg a = {.job_id = job_id, .reason = reason};
+    give_back_arg a = {.job_id = job_id, .reason = reason, .cls = failure_class};
     num(a.token, fencing);
     num(a.max, max_host_retries);
     static const tq_db_txn one_statement = {.implicit = 1};
@@ -451,7 +469,8 @@ int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const cha
 
 typedef struct {
     const char *job_id, *reason;
-    char token[TQ_NUM_BUF], max[TQ_NUM_BUF];
+    char token[TQ_NUM_BUF], max[TQ_NUM_BUF], delay[TQ_NUM_BUF];
+    const tq_cdb_failure *failure;
 } retry_arg;
 
 static int retry_fn(PGconn *c, void *arg, tq_errbuf *eb)
@@ -474,17 +493,45 @@ static int retry_fn(PGconn *c, void *arg, tq_errbuf *eb)
     PQclear(r);
     if (n != 1)
         return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", a->job_id);
-    const char *q[3] = {a->job_id, a->reason, a->max};
-    return tq_db_exec(c, "SELECT tq_recover_job($1, $2, $3::int, false)", 3, q, NULL, eb);
+    const tq_cdb_failure *f = a->failure;
+    const char *q[6] = {a->job_id, a->reason, a->max, f ? f->cls : NULL, f ? f->message : NULL,
+                        a->delay};
+    return tq_db_exec(c, "SELECT tq_retry_as($4, $5, $1, $2, $3::int, $6::int)", 6, q, NULL, eb);
 }
 
 int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                 int max_attempts, tq_errbuf *eb)
+                 const tq_cdb_failure *failure, int max_attempts, tq_errbuf *eb)
 {
-    retry_arg a = {.job_id = job_id, .reason = reason};
+    retry_arg a = {.job_id = job_id, .reason = reason, .failure = failure};
     num(a.token, fencing);
     num(a.max, max_attempts);
+    num(a.delay, failure ? failure->delay_s : 0);
     return run(c, retry_fn, &a, eb);
+}
+
+int tq_cdb_last_failure(PGconn *c, const char *job_id, char *out, size_t cap, tq_errbuf *eb)
+{
+    const char *p[1] = {job_id};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT coalesce(failure_class, '') FROM training_jobs WHERE id = $1", 1,
+                        p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    snprintf(out, cap, "%s", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+    return TQ_OK;
+}
+
+int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, tq_errbuf *eb)
+{
+    const char *p[2] = {job_id, cls};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT tq_class_failures($1, $2)", 2, p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    *n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return TQ_OK;
 }
 
 static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
@@ -502,21 +549,28 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     return TQ_OK;
 }
 
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb)
 {
-    char s[TQ_NUM_BUF], lease[TQ_NUM_BUF];
-    num(s, slots);
+    char s[TQ_NUM_BUF], busy[TQ_NUM_BUF], lease[TQ_NUM_BUF];
+    num(s, ws->slots);
+    num(busy, ws->busy);
     num(lease, lease_seconds);
-    const char *p[3] = {worker_id, hostname, s};
+    const char *worker_id = ws->worker_id;
+    const char *p[6] = {worker_id, ws->hostname, s, busy, ws->gpus, ws->healthy ? "t" : "f"};
+    PGresult *dr;
     int rc = tq_db_exec(c,
-                        "INSERT INTO workers (worker_id, hostname, slots) VALUES ($1, $2, $3) "
+                        "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) "
                         "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
-                        "heartbeat_at = now(), stopped_at = NULL",
-                        3, p, NULL, eb);
+                        "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
+                        "stopped_at = NULL RETURNING draining",
+                        6, p, &dr, eb);
     if (rc)
         return rc;
+    *draining = PQntuples(dr) == 1 && strcmp(PQgetvalue(dr, 0, 0), "t") == 0;
+    PQclear(dr);
     const char *q[3] = {worker_id, lease, held_ids};
     PGresult *r;
     rc = tq_db_exec(c,
@@ -529,6 +583,29 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
         return rc;
     rc = active_rows(r, out, n);
     PQclear(r);
+    return rc;
+}
+
+/* Longest dead-letter body kept (a valid message is far smaller). */
+#define DEAD_BODY_MAX (64 * 1024)
+
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb)
+{
+    size_t n = len < DEAD_BODY_MAX ? len : DEAD_BODY_MAX;
+    char *text = malloc(n + 1);
+    if (!text)
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    if (n)
+        memcpy(text, body, n);
+    tq_utf8_sanitize(text, n);
+    const char *p[5] = {message_id, routing_key, reason, worker_id, text};
+    int rc = tq_db_exec(c,
+                        "INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, "
+                        "body) VALUES ($1, $2, $3, $4, $5)",
+                        5, p, NULL, eb);
+    free(text);
     return rc;
 }
 

@@ -84,13 +84,23 @@ int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *messa
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
                         tq_errbuf *eb);
 
+/* The failure class of an attempt (consumer/outcome.h; db/procedures/62_outcomes.sql stores
+ * it on the job and in job_events) with its actionable message, and for a retry the seconds
+ * before the job is released again (0: at once). */
+typedef struct {
+    const char *cls;     /* "oom" ... "cancelled"; NULL: none (completed) */
+    const char *message; /* NULL: the reason */
+    int delay_s;
+} tq_cdb_failure;
+
 /* Records the outcome (status completed, failed or cancelled; TQ_ERR_INVALID for any other;
  * exit_code < -255 means none) with the job's n_artifacts output files (job_artifacts) and
  * releases the user's next parked jobs, in one transaction. TQ_ERR_CONFLICT when fenced out
  * (the job was recovered by a reaper meanwhile). */
 int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_status status,
                   int exit_code, const char *error_message, const char *reason,
-                  const tq_artifact *artifacts, size_t n_artifacts, tq_errbuf *eb);
+                  const tq_cdb_failure *failure, const tq_artifact *artifacts, size_t n_artifacts,
+                  tq_errbuf *eb);
 
 /* One flush of a running job's output, in one transaction (db/procedures/70_output.sql):
  * the progress p when given (the newest progress_keep samples are kept), then the log row
@@ -112,13 +122,23 @@ typedef enum {
  * Bounded: the max_host_retries-th give-back fails it with `reason`. TQ_OK with *outcome,
  * or a database error (then nothing changed). */
 int tq_cdb_give_back(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                     int max_host_retries, tq_give_back_outcome *outcome, tq_errbuf *eb);
+                     const char *failure_class, int max_host_retries, tq_give_back_outcome *outcome,
+                     tq_errbuf *eb);
 
-/* Retries (or fails after max_attempts) a job of this worker that was interrupted by an
- * outage rather than by its own doing (dockerd restarted under it). Fenced: TQ_ERR_CONFLICT
- * if the job is no longer this claim's. */
+/* Retries (or fails after max_attempts) a job of this worker whose attempt ended with
+ * `failure` and may be tried again (an outage of this host, or the retry policy), its
+ * release held back failure->delay_s. Fenced: TQ_ERR_CONFLICT if the job is no longer this
+ * claim's. */
 int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *reason,
-                 int max_attempts, tq_errbuf *eb);
+                 const tq_cdb_failure *failure, int max_attempts, tq_errbuf *eb);
+
+/* The job's failure_class (of its last attempt that ended without success) into out, ""
+ * for none. */
+int tq_cdb_last_failure(PGconn *c, const char *job_id, char *out, size_t cap, tq_errbuf *eb);
+
+/* How many attempts of the job already ended with failure class cls (the retry policy's
+ * count, from job_events). */
+int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, tq_errbuf *eb);
 
 typedef struct {
     char job_id[TQ_UUID_BUF];
@@ -126,14 +146,28 @@ typedef struct {
     int cancel_requested;
 } tq_cdb_active;
 
+/* What a heartbeat reports about this worker (the admin API's workers table). */
+typedef struct {
+    const char *worker_id, *hostname;
+    int slots, busy;
+    const char *gpus; /* TRAINQ_GPUS as given */
+    int healthy;
+} tq_cdb_worker_state;
+
 /* Heartbeat: upserts the worker row and renews the lease of the active jobs of this
  * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
  * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database
  * still gives this worker, with their fencing tokens and cancel flags: a slot whose job is missing
- * lost its lease. */
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+ * lost its lease. *draining: 1 when an operator asked this worker to drain (workers.draining). */
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb);
+
+/* Records a message this worker dead-lettered (after the broker confirmed the copy), for the
+ * admin API; body is sanitised to UTF-8 and capped here. */
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb);
 
 /* Clean stop: extends the leases of the held jobs (held_ids, a uuid[] literal) to
  * `seconds` from now, so that this worker's restart adopts their containers before a

@@ -70,6 +70,15 @@ static const double bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 static atomic_ulong dispatch_counts[N_BUCKETS + 1];
 static atomic_llong dispatch_sum_us;
 
+/* Attempts that ended without success, by failure class (outcome.h). */
+static atomic_long class_failures[TQ_FAIL__COUNT];
+
+void tq_cmetrics_attempt_failed(tq_failure_class c)
+{
+    if ((int)c > 0 && c < TQ_FAIL__COUNT)
+        atomic_fetch_add(&class_failures[c], 1);
+}
+
 void tq_cmetrics_inc(tq_cmetric_id id)
 {
     tq_cmetrics_add(id, 1);
@@ -114,6 +123,8 @@ void tq_cmetrics_reset(void)
     for (size_t i = 0; i <= N_BUCKETS; i++)
         atomic_store(&dispatch_counts[i], 0ul);
     atomic_store(&dispatch_sum_us, 0);
+    for (size_t i = 0; i < TQ_FAIL__COUNT; i++)
+        atomic_store(&class_failures[i], 0);
 }
 
 char *tq_cmetrics_render(void)
@@ -129,6 +140,14 @@ char *tq_cmetrics_render(void)
             tq_prom_scalar(&d, "trainq_consumer_slots_free", "gauge", "Slots ready for a job.",
                            free_slots > 0 ? free_slots : 0);
         }
+    }
+    const char *fc = "trainq_consumer_attempt_failures_total";
+    tq_prom_head(&d, fc, "counter",
+                 "Attempts that ended without success on this worker, by failure class.");
+    for (int c = 1; c < TQ_FAIL__COUNT; c++) {
+        char labels[48]; /* every class, also at 0: a rate() needs the series before the first */
+        snprintf(labels, sizeof labels, "class=\"%s\"", tq_failure_class_name((tq_failure_class)c));
+        tq_prom_sample(&d, fc, labels, atomic_load(&class_failures[c]));
     }
     const char *h = "trainq_consumer_dispatch_latency_seconds";
     tq_prom_head(&d, h, "histogram",

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 
+#include "outcome.h"
 #include "tq_err.h"
 
 typedef enum {
@@ -46,6 +47,10 @@ void tq_cmetrics_inc(tq_cmetric_id id);
 void tq_cmetrics_add(tq_cmetric_id id, long n);
 void tq_cmetrics_set(tq_cmetric_id id, long v);
 long tq_cmetrics_get(tq_cmetric_id id);
+
+/* An attempt ended without success with class c (retried or not): the counter
+ * trainq_consumer_attempt_failures_total{class="..."}. TQ_FAIL_NONE is ignored. */
+void tq_cmetrics_attempt_failed(tq_failure_class c);
 
 /* Dispatch latency: seconds from the message's AMQP timestamp (or the job's created_at) to
  * its container start. Negative values (clock skew between hosts) count as 0. Buckets

@@ -71,6 +71,17 @@ static const tq_opt options[] = {
      "sweeper"},
     {"TRAINQ_MAX_HOST_RETRIES", "max-host-retries", TQ_OPT_INT, OFF(max_host_retries), "10", 1,
      1000, NULL, "times a job is given back by hosts that could not start it before it fails"},
+    {"TRAINQ_DATASET_MAX_BYTES", "dataset-max-bytes", TQ_OPT_BYTES, OFF(dataset_max_bytes), "50g",
+     0, LLONG_MAX, NULL,
+     "preflight: a dataset larger than this fails as dataset_error before any container starts "
+     "(0: no limit)"},
+    {"TRAINQ_RETRY_POLICY", "retry-policy", TQ_OPT_STR, OFF(retry_policy), TQ_RETRY_POLICY_DEFAULT,
+     0, 0, NULL,
+     "retries per failure class of a run, `class=N,...` (oom, trainer_error, config_error, "
+     "dataset_error, hub_error, timeout, host_lost, host_error; others: none; `none`: no retry)"},
+    {"TRAINQ_RETRY_BACKOFF_SECONDS", "retry-backoff-seconds", TQ_OPT_INT,
+     OFF(retry_backoff_seconds), "30", 0, 3600, NULL,
+     "wait before the first hub_error retry, doubling with each (at most 32 times)"},
     {"TRAINQ_HOST_ERROR_LIMIT", "host-error-limit", TQ_OPT_INT, OFF(host_error_limit), "3", 1, 1000,
      NULL, "consecutive start failures of this host before it stops consuming and is unhealthy"},
     {"TRAINQ_HOST_PROBE_SECONDS", "host-probe-seconds", TQ_OPT_INT, OFF(host_probe_seconds), "30",
@@ -192,6 +203,9 @@ static int check(void *cfg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_TRAINING_CMD: expected a command such as \"python "
                        "train_lora.py --config /workspace/config.json\"");
+    rc = tq_retry_policy_parse(c->retry_policy, &c->retry, eb);
+    if (rc != TQ_OK)
+        return rc;
     const char *dirs[][2] = {{"TRAINQ_DATA_DIR", c->data_dir},
                              {"TRAINQ_DATASETS_ROOT", c->datasets_root},
                              {"TRAINQ_HF_CACHE_DIR", c->hf_cache_dir}};

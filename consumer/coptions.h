@@ -7,6 +7,7 @@
 #ifndef TQ_COPTIONS_H
 #define TQ_COPTIONS_H
 
+#include "outcome.h"
 #include "tq_config.h"
 #include "tq_sign.h"
 
@@ -59,6 +60,10 @@ typedef struct tq_consumer_config {
     int host_error_limit;
     int host_probe_seconds;
     long long log_max_bytes;
+    long long dataset_max_bytes; /* preflight: a larger dataset fails as dataset_error */
+    char *retry_policy;          /* as given (TRAINQ_RETRY_POLICY) */
+    tq_retry_policy retry;       /* parsed from it at load (outcome.h) */
+    int retry_backoff_seconds;   /* hub_error's first wait, doubling */
 } tq_config;
 
 /* The consumer's option table, for tq_program_start and tq_config_print_markdown. */

@@ -266,6 +266,13 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
         return;
     tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
             "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
+    /* For the admin API; the copy on trainq.jobs.dead is already confirmed either way. */
+    tq_errbuf eb = {{0}};
+    if (tq_db_ensure(&d->db, d->w->cfg->database_url, "trainq-consumer", &eb) != TQ_OK ||
+        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, env->message.body.bytes,
+                           env->message.body.len, &eb) != TQ_OK)
+        tq_log(TQ_LOG_WARN, "db.dead_letter_failed", "could not record dead letter %s: %s",
+               mid[0] ? mid : "(no message_id)", eb.msg);
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
 }
 
@@ -328,16 +335,20 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
                                  v->items[i].field, v->items[i].message);
 }
 
-/* Fails a claimed job that cannot start here for a reason retrying will not fix. */
+/* Fails a claimed job that cannot start here for a reason retrying will not fix: its
+ * dataset (the preflight's dataset_error). */
 static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
 {
     tq_errbuf eb = {{0}};
-    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, NULL, 0, &eb) !=
+    const tq_cdb_failure f = {.cls = "dataset_error", .message = why};
+    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, &f, NULL, 0, &eb) !=
         TQ_OK)
         tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
                eb.msg);
-    else
+    else {
         tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
+        tq_cmetrics_attempt_failed(TQ_FAIL_DATASET);
+    }
     tq_log(TQ_LOG_WARN, "job.failed", "job %s failed before start: %s", job_id, why);
 }
 
@@ -347,13 +358,15 @@ static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, con
     tq_worker *w = d->w;
     tq_errbuf qb = {{0}};
     tq_give_back_outcome out = TQ_GIVEN_BACK;
-    if (tq_cdb_give_back(d->db, job_id, cl->fencing_token, why, w->cfg->max_host_retries, &out,
-                         &qb) != TQ_OK) {
+    if (tq_cdb_give_back(d->db, job_id, cl->fencing_token, why, "host_error",
+                         w->cfg->max_host_retries, &out, &qb) != TQ_OK) {
         /* Still claimed by us: our lease is no longer renewed (no slot holds it), so the
          * reaper recovers it within a lease. */
         tq_log(TQ_LOG_ERROR, "job.give_back_failed", "job %s: %s", job_id, qb.msg);
         return;
     }
+    if (out != TQ_GIVE_BACK_FENCED)
+        tq_cmetrics_attempt_failed(TQ_FAIL_HOST_ERROR);
     switch (out) {
     case TQ_GIVE_BACK_FENCED:
         tq_log(TQ_LOG_WARN, "job.fenced", "job %s: not given back, no longer ours", job_id);
@@ -374,6 +387,25 @@ static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, con
     }
 }
 
+/* Whether the job's retry resumes from a checkpoint: its outputs hold checkpoint-* and its
+ * last attempt ended with host_lost or host_error (not the job's doing: a run of its own
+ * that failed starts afresh). The outputs must be on storage every host shares for a
+ * retry elsewhere to find them (docs/operations.md). */
+static int resumes(dispatcher *d, const char *job_id)
+{
+    char outputs[PATH_MAX], last[32] = "";
+    if (snprintf(outputs, sizeof outputs, "%s/outputs/%s", d->w->cfg->data_dir, job_id) >=
+            (int)sizeof outputs ||
+        !tq_launch_has_checkpoint(outputs))
+        return 0;
+    tq_errbuf eb = {{0}};
+    if (tq_cdb_last_failure(d->db, job_id, last, sizeof last, &eb) != TQ_OK) {
+        tq_log(TQ_LOG_WARN, "job.resume_unknown", "job %s: %s; starting afresh", job_id, eb.msg);
+        return 0;
+    }
+    return strcmp(last, "host_lost") == 0 || strcmp(last, "host_error") == 0;
+}
+
 /* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
 static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_id)
 {
@@ -382,8 +414,16 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     tq_errbuf eb = {{0}};
     char why[700];
     double t0 = tq_mono_now();
-    int rc = tq_launch_prepare(w->cfg, &cl->job.sub, job_id, cl->storage_path, &paths, &eb);
+    int resume = resumes(d, job_id);
+    int rc = tq_launch_prepare(w->cfg, &cl->job.sub, job_id, cl->storage_path, resume, &paths, &eb);
+    /* The preflight, before any container exists: the dataset's own faults fail the job at
+     * once (dataset_error); a training image missing here is this host's (host_error). */
+    if (rc == TQ_OK)
+        rc = tq_launch_preflight_dataset(paths.dataset, w->cfg->dataset_max_bytes, &eb);
     double t1 = tq_mono_now();
+    if (rc == TQ_OK && resume)
+        tq_logj(TQ_LOG_INFO, "job.resuming", json_pack("{s:s}", "job_id", job_id),
+                "job %s resumes from its latest checkpoint", job_id);
     if (rc != TQ_OK) {
         if (rc != TQ_ERR_NOMEM && rc != TQ_ERR_IO) {
             fail_claimed(d, job_id, cl->fencing_token, eb.msg); /* the job's own fault */
@@ -396,9 +436,11 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
         host_error(d, why);
         return 0;
     }
-    char cid[65] = "";
-    rc = tq_launch_container(w->docker, w->cfg, slot, job_id, cl->job.user_id, w->cfg->worker_id,
-                             &paths, cid, &eb);
+    char cid[TQ_LAUNCHER_ID_BUF] = "";
+    const tq_launch_request req = {slot, job_id, cl->job.user_id, &paths};
+    rc = w->launcher->ops->preflight_image(w->launcher->ctx, &eb);
+    if (rc == TQ_OK)
+        rc = w->launcher->ops->start(w->launcher->ctx, &req, cid, &eb);
     if (rc != TQ_OK) {
         /* Nothing a container does can fail here, only this host: give the job back so that
          * it keeps its place and another host (or this one later) starts it. */
@@ -406,8 +448,8 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
             snprintf(why, sizeof why, "training image \"%s\" not found on worker %s",
                      w->cfg->training_image, w->cfg->worker_id);
         else if (rc == TQ_ERR_UNAVAILABLE)
-            snprintf(why, sizeof why, "docker unavailable on worker %s: %s", w->cfg->worker_id,
-                     eb.msg);
+            snprintf(why, sizeof why, "%s unavailable on worker %s: %s", w->launcher->ops->name,
+                     w->cfg->worker_id, eb.msg);
         else
             snprintf(why, sizeof why, "could not start training container on worker %s: %s",
                      w->cfg->worker_id, eb.msg);
@@ -428,7 +470,7 @@ static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_i
     if (rc == TQ_ERR_CONFLICT) {
         /* Recovered by a reaper meanwhile: this container must not run. */
         tq_errbuf kb = {{0}};
-        tq_docker_remove(w->docker, cid, 1, &kb);
+        w->launcher->ops->remove(w->launcher->ctx, cid, &kb);
         tq_log(TQ_LOG_WARN, "job.fenced", "job %s: %s; container removed", job_id, eb.msg);
         return 0;
     }
@@ -838,7 +880,7 @@ void *tq_dispatch_main(void *arg)
         tq_amqp_pump(d.dead, &eb);
         read_queue_depth(&d);
         int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && host_usable(&d) &&
-                   tq_slots_free(w) > 0;
+                   tq_slots_free(w) > 0 && !atomic_load(&w->draining);
         if (want && !d.consuming) {
             if (start_consuming(&d, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);

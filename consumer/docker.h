@@ -22,13 +22,10 @@
 #include <stddef.h>
 
 #include "container_spec.h"
+#include "launcher.h"
 #include "tq_err.h"
 
 typedef struct tq_docker tq_docker;
-
-/* Receives a container's output as it is demultiplexed (tq_docker_attach, tq_log_demux):
- * stream 1 stdout, 2 stderr, 0 a TTY's (or unframed) output. */
-typedef void (*tq_log_sink_fn)(void *arg, int stream, const char *data, size_t len);
 
 /* Cap of a reply body held in memory (tq_docker_set_limits changes it). The largest
  * replies trainq reads are an inspect (~10 KB) and a filtered list of one worker's
@@ -41,9 +38,9 @@ typedef void (*tq_log_sink_fn)(void *arg, int stream, const char *data, size_t l
 #define TQ_DOCKER_CONNECT_TIMEOUT_MS 5000L
 #define TQ_DOCKER_LOG_TAIL_MAX 4096 /* bytes of log text kept by tq_docker_logs_tail */
 /* A container id: 64 hex digits and the NUL. */
-#define TQ_DOCKER_ID_BUF 65
+#define TQ_DOCKER_ID_BUF TQ_LAUNCHER_ID_BUF
 /* A container state or status word ("restarting", "removing") and the NUL. */
-#define TQ_DOCKER_STATE_BUF 16
+#define TQ_DOCKER_STATE_BUF TQ_LAUNCHER_STATE_BUF
 
 /* host: "unix:///path/docker.sock" or "/path/docker.sock" (tcp:// is refused:
  * TQ_ERR_CONFIG). Does not contact the daemon. *out is freed with tq_docker_free. */
@@ -72,19 +69,7 @@ int tq_docker_create(tq_docker *d, const tq_container_spec *s, char id[TQ_DOCKER
  * or entrypoint shows up here as TQ_ERR_DOCKER with the daemon's message. */
 int tq_docker_start(tq_docker *d, const char *id_or_name, tq_errbuf *eb);
 
-typedef struct {
-    char id[TQ_DOCKER_ID_BUF];
-    /* created | running | paused | restarting | removing | exited | dead */
-    char status[TQ_DOCKER_STATE_BUF];
-    int running;
-    int exit_code;
-    int oom_killed;
-    long long started_at_ms, finished_at_ms; /* Unix ms; 0 = never */
-    long long memory_bytes;                  /* HostConfig.Memory, 0 = unlimited */
-    char job_label[64];                      /* label "trainq.job", "" if absent */
-    char error[256];                         /* State.Error, e.g. why start failed */
-} tq_container_state;
-
+/* tq_container_state (launcher.h), from the daemon's inspect. */
 /* GET /containers/{id}/json. 404 -> TQ_ERR_NOT_FOUND. */
 int tq_docker_inspect(tq_docker *d, const char *id_or_name, tq_container_state *st, tq_errbuf *eb);
 
@@ -127,14 +112,7 @@ int tq_docker_kill(tq_docker *d, const char *id, tq_errbuf *eb);
  * force, or removal already in progress) -> TQ_ERR_CONFLICT. */
 int tq_docker_remove(tq_docker *d, const char *id, int force, tq_errbuf *eb);
 
-typedef struct {
-    char id[TQ_DOCKER_ID_BUF];
-    char name[128]; /* without Docker's leading '/' */
-    char state[TQ_DOCKER_STATE_BUF];
-    char job_label[64];     /* "trainq.job" */
-    char worker_label[128]; /* "trainq.worker" */
-} tq_container_summary;
-
+/* tq_container_summary: launcher.h. */
 /* GET /containers/json?all=true&filters={"label":[label_filter]}. label_filter is "key" or
  * "key=value"; NULL lists every container. *out (caller frees with free(); NULL when *n is
  * 0) holds *n entries. The reply must fit the handle's max_body (each container is ~1-2 KB

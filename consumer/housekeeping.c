@@ -26,18 +26,16 @@
 typedef struct {
     tq_worker *w;
     PGconn *db;
-    tq_docker *ping; /* its own handle, short timeout: a hung dockerd must not delay leases */
-    int db_seen;     /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
+    int db_seen; /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
 } housekeeper;
-
-/* The maximum time a health ping may take: well under a heartbeat. */
-#define PING_TIMEOUT_MS 2000
 
 static void health_docker(housekeeper *h)
 {
     tq_worker *w = h->w;
     tq_errbuf eb = {{0}};
-    int ok = tq_docker_ping(h->ping ? h->ping : w->docker, &eb) == TQ_OK;
+    /* the launcher pings with a short timeout of its own: a hung runtime must not delay
+     * the leases renewed in the same loop */
+    int ok = w->launcher->ops->ping(w->launcher->ctx, &eb) == TQ_OK;
     int was = atomic_exchange(&w->docker_ok, ok);
     if (was != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "docker.up" : "docker.down", "%s",
@@ -66,12 +64,23 @@ static void heartbeat(housekeeper *h)
     tq_errbuf eb = {{0}};
     char held[TQ_SLOTS_HELD_BUF];
     tq_slots_held(w, held, sizeof held);
-    int rc = tq_cdb_heartbeat(h->db, w->cfg->worker_id, w->hostname, w->n_slots,
-                              w->cfg->lease_seconds, held, &act, &n, &eb);
+    tq_cdb_worker_state ws = {
+        .worker_id = w->cfg->worker_id,
+        .hostname = w->hostname,
+        .slots = w->n_slots,
+        .busy = w->n_slots - tq_slots_free(w),
+        .gpus = w->cfg->gpus,
+        .healthy = atomic_load(&w->host_ok) && atomic_load(&w->docker_ok),
+    };
+    int draining = 0;
+    int rc = tq_cdb_heartbeat(h->db, &ws, w->cfg->lease_seconds, held, &draining, &act, &n, &eb);
     if (rc != TQ_OK) {
         set_db_ok(h, 0, eb.msg);
         return;
     }
+    if (atomic_exchange(&w->draining, draining) != draining)
+        tq_log(TQ_LOG_INFO, "worker.drain", "worker %s %s", w->cfg->worker_id,
+               draining ? "draining: takes no new jobs" : "no longer draining");
     set_db_ok(h, 1, NULL);
     pthread_mutex_lock(&w->mu);
     for (int i = 0; i < w->n_slots; i++) {
@@ -151,10 +160,6 @@ void *tq_housekeeping_main(void *arg)
     housekeeper h = {.w = arg, .db_seen = -1};
     tq_worker *w = h.w;
     tq_errbuf eb = {{0}};
-    if (tq_docker_new(w->cfg->docker_host, &h.ping, &eb) == TQ_OK)
-        tq_docker_set_limits(h.ping, 64 * 1024, PING_TIMEOUT_MS);
-    else
-        tq_log(TQ_LOG_WARN, "housekeeper.ping", "%s; pinging with the shared handle", eb.msg);
     while (!atomic_load(&w->stopping)) {
         /* Leases first: nothing else in this loop may delay them. */
         if (tq_db_ensure(&h.db, w->cfg->database_url, "trainq-consumer-housekeeper", &eb) !=
@@ -183,6 +188,5 @@ void *tq_housekeeping_main(void *arg)
         tq_cdb_worker_stopped(h.db, w->cfg->worker_id, &eb);
         PQfinish(h.db);
     }
-    tq_docker_free(h.ping);
     return NULL;
 }

@@ -1,5 +1,6 @@
 #include "launch.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -318,8 +320,118 @@ static int job_id_check(const char *id, tq_errbuf *eb)
     return TQ_OK;
 }
 
+/* ---- preflight and resume ---------------------------------------------------------- */
+
+/* Directory levels and entries the dataset preflight looks at: a dataset is a folder of
+ * images (with captions), not a tree; a bound keeps a hostile one from stalling dispatch. */
+#define PREFLIGHT_MAX_DEPTH 4
+#define PREFLIGHT_MAX_ENTRIES 200000L
+
+typedef struct {
+    long long bytes, max_bytes;
+    long entries, images;
+    char image[PATH_MAX]; /* the first image found */
+} preflight_walk;
+
+static int image_name(const char *name)
+{
+    static const char *const EXT[] = {".jpg", ".jpeg", ".png", ".webp"};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof EXT / sizeof EXT[0]; i++) {
+        size_t e = strlen(EXT[i]);
+        if (n > e && strcasecmp(name + n - e, EXT[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Walks dir (no symlink followed: the bind mount shows them as they are) counting bytes and
+ * images. TQ_OK, or the first reason the dataset cannot be used. */
+static int walk(preflight_walk *w, const char *dir, int depth, tq_errbuf *eb)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return tq_errf(eb, errno == EACCES ? TQ_ERR_FORBIDDEN : TQ_ERR_IO,
+                       "dataset directory \"%.*s\" is not readable: %s", TQ_UTF8_ARG(dir, 300),
+                       strerror(errno));
+    int rc = TQ_OK;
+    struct dirent *de;
+    while (rc == TQ_OK && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (++w->entries > PREFLIGHT_MAX_ENTRIES) {
+            rc = tq_errf(eb, TQ_ERR_TOO_LARGE, "dataset holds more than %ld files",
+                         PREFLIGHT_MAX_ENTRIES);
+            break;
+        }
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path)
+            continue;
+        struct stat st;
+        if (lstat(path, &st) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth < PREFLIGHT_MAX_DEPTH)
+                rc = walk(w, path, depth + 1, eb);
+            continue;
+        }
+        if (!S_ISREG(st.st_mode))
+            continue;
+        w->bytes += st.st_size;
+        if (w->max_bytes > 0 && w->bytes > w->max_bytes)
+            rc = tq_errf(eb, TQ_ERR_TOO_LARGE,
+                         "dataset is larger than TRAINQ_DATASET_MAX_BYTES (%lld bytes)",
+                         w->max_bytes);
+        else if (image_name(de->d_name) && w->images++ == 0)
+            snprintf(w->image, sizeof w->image, "%s", path);
+    }
+    closedir(d);
+    return rc;
+}
+
+int tq_launch_preflight_dataset(const char *dir, long long max_bytes, tq_errbuf *eb)
+{
+    preflight_walk w = {.max_bytes = max_bytes};
+    int rc = walk(&w, dir, 0, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (w.images == 0)
+        return tq_errf(eb, TQ_ERR_INVALID, "dataset holds no image file (jpg, jpeg, png or webp)");
+    /* One image opened, as the trainer will: a dataset of files it cannot read is empty. */
+    int fd = open(w.image, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset image \"%.*s\" is not readable: %s",
+                       TQ_UTF8_ARG(w.image, 300), strerror(errno));
+    close(fd);
+    return TQ_OK;
+}
+
+int tq_launch_has_checkpoint(const char *outputs_dir)
+{
+    DIR *d = opendir(outputs_dir);
+    if (!d)
+        return 0;
+    int found = 0;
+    struct dirent *de;
+    while (!found && (de = readdir(d)) != NULL) {
+        /* diffusers' checkpoint-<step>, kohya's <name>-<step>-state (the trainer adapter
+         * resumes from the newest of those for "latest") */
+        size_t n = strlen(de->d_name);
+        int diffusers = strncmp(de->d_name, "checkpoint-", 11) == 0 && de->d_name[11];
+        int kohya = n > 6 && strcmp(de->d_name + n - 6, "-state") == 0;
+        if (!diffusers && !kohya)
+            continue;
+        char path[PATH_MAX];
+        struct stat st;
+        found = snprintf(path, sizeof path, "%s/%s", outputs_dir, de->d_name) < (int)sizeof path &&
+                lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    }
+    closedir(d);
+    return found;
+}
+
 int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char *id,
-                      const char *storage_path, tq_launch_paths *p, tq_errbuf *eb)
+                      const char *storage_path, int resume, tq_launch_paths *p, tq_errbuf *eb)
 {
     memset(p, 0, sizeof *p);
     int rc = job_id_check(id, eb);
@@ -376,6 +488,11 @@ int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char
                        "cannot build config.json of job %s: job lacks type "
                        "or base_model",
                        id);
+    /* diffusers' scripts take "latest" as the newest checkpoint-* under output_dir */
+    if (resume && json_object_set_new(conf, "resume_from_checkpoint", json_string("latest"))) {
+        json_decref(conf);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not build config.json: out of memory");
+    }
     /* 15 significant digits print a learning rate of 1e-4 as 0.0001, not
      * 0.00010000000000000000479; every value a person types survives the round trip. */
     char *text = json_dumps(conf, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));

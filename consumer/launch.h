@@ -70,7 +70,7 @@ int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *
                               tq_errbuf *eb);
 
 /* Host paths of one job's mounts. */
-typedef struct {
+typedef struct tq_launch_paths_s {
     char dataset[PATH_MAX];     /* resolved dataset directory */
     char outputs[PATH_MAX];     /* <data_dir>/outputs/<job_id> */
     char config_file[PATH_MAX]; /* <data_dir>/configs/<job_id>.json */
@@ -81,14 +81,30 @@ typedef struct {
 /*
  * Resolves the dataset (errors as tq_launch_resolve_dataset), creates the outputs
  * directory (mode 0700 whatever the umask, also when it exists) and hf_cache_dir, and
- * writes config.json atomically (temporary file, rename), mode 0600. Owner-only: one
+ * writes config.json atomically (temporary file, rename), mode 0600 — with
+ * resume_from_checkpoint "latest" when resume is set (a retry after host_lost or host_error
+ * whose outputs hold a checkpoint). Owner-only: one
  * user's outputs and config are not readable by other local users; the container runs as
  * the consumer's uid (tq_launch_container), so it can still use them. The job id must be a
  * uuid (TQ_ERR_INVALID otherwise: it becomes a path and a container name). File system
  * failures -> TQ_ERR_IO.
  */
 int tq_launch_prepare(const tq_config *cfg, const tq_submission *job, const char *job_id,
-                      const char *storage_path, tq_launch_paths *p, tq_errbuf *eb);
+                      const char *storage_path, int resume, tq_launch_paths *p, tq_errbuf *eb);
+
+/*
+ * The preflight of a resolved dataset directory, before any container is created: readable,
+ * at most max_bytes of regular files (0: no limit; symlinks are not followed), and at least
+ * one image file (.jpg .jpeg .png .webp, any case) that can be opened. Looks 4 levels
+ * deep and at 200 000 entries at most. Errors (the job's dataset_error): TQ_ERR_FORBIDDEN
+ * (not readable), TQ_ERR_TOO_LARGE, TQ_ERR_INVALID (no image), TQ_ERR_IO.
+ */
+int tq_launch_preflight_dataset(const char *dir, long long max_bytes, tq_errbuf *eb);
+
+/* Whether a job's outputs directory holds a checkpoint directory — checkpoint-* (diffusers'
+ * scripts write one every checkpointing_steps) or *-state (kohya's --save_state) —: a retry
+ * after host_lost/host_error then resumes from it. Symlinks do not count. */
+int tq_launch_has_checkpoint(const char *outputs_dir);
 
 /*
  * Creates and starts training-<job_id> from cfg and p, for GPU slot `slot` (user_id: the

@@ -16,7 +16,6 @@
 
 #include "adoption.h"
 #include "cmetrics.h"
-#include "container_spec.h"
 #include "coptions.h"
 #include "dispatch.h"
 #include "housekeeping.h"
@@ -62,20 +61,13 @@ static int worker_init(tq_worker *w, const tq_config *cfg)
     return w->slots ? 0 : -1;
 }
 
-/* The dockerd client and the metrics server: TQ_OK, or an error in eb (exit 2). */
+/* The launcher (launcher.h) and the metrics server: TQ_OK, or an error in eb (exit 2). */
 static int open_host(tq_worker *w, tq_cmetrics_server **ms, tq_errbuf *eb)
 {
     const tq_config *cfg = w->cfg;
-    int rc = tq_docker_new(cfg->docker_host, &w->docker, eb);
+    int rc = tq_launcher_docker_new(cfg, &w->launcher, eb);
     if (rc != TQ_OK)
         return rc;
-    /* Mounted into every container as it is: refused here, once, rather than at every
-     * launch, where it would only make this host give every job back. */
-    if (tq_mount_source_exposes_socket(cfg->hf_cache_dir, tq_docker_socket_path(w->docker)))
-        return tq_errf(eb, TQ_ERR_INVALID,
-                       "invalid TRAINQ_HF_CACHE_DIR \"%s\": mounting it would expose the "
-                       "container runtime socket",
-                       cfg->hf_cache_dir);
     tq_cmetrics_set(TQ_CM_SLOTS_TOTAL, w->n_slots);
     tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
     int port = 0;
@@ -186,7 +178,7 @@ int main(int argc, char **argv)
 out:
     tq_relay_stop(relay, 0);
     tq_cmetrics_stop(ms);
-    tq_docker_free(w.docker);
+    tq_launcher_free(w.launcher);
     free(w.slots);
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);

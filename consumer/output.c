@@ -101,8 +101,8 @@ int tq_out_progress_differs(const tq_progress *a, const tq_progress *b)
 #define OUTPUT_QUIET_S 0.5
 
 struct tq_output {
-    tq_docker *docker;
-    char container_id[TQ_DOCKER_ID_BUF];
+    const tq_launcher *launcher;
+    char container_id[TQ_LAUNCHER_ID_BUF];
     int replay;
     pthread_t thread;
     int joined; /* the owner's alone */
@@ -132,7 +132,7 @@ static void on_piece(void *arg, tq_log_piece kind, const char *line, size_t len)
         tq_out_batch_line(&o->batch, line, len);
 }
 
-/* Called by tq_docker_attach on the follower thread: must not block (docker.h). */
+/* Called by the launcher's attach on the follower thread: must not block (launcher.h). */
 static void on_bytes(void *arg, int stream, const char *data, size_t len)
 {
     tq_output *o = arg;
@@ -168,7 +168,7 @@ static int still_running(tq_output *o)
 {
     tq_errbuf eb = {{0}};
     tq_container_state st;
-    int rc = tq_docker_inspect(o->docker, o->container_id, &st, &eb);
+    int rc = o->launcher->ops->inspect(o->launcher->ctx, o->container_id, &st, &eb);
     if (rc == TQ_ERR_NOT_FOUND)
         return 0;
     return rc == TQ_OK ? st.running : -1;
@@ -182,8 +182,8 @@ static void *follower_main(void *arg)
     int first = 1;
     while (!atomic_load(&o->stop)) {
         tq_errbuf eb = {{0}};
-        int rc = tq_docker_attach(o->docker, o->container_id, first && o->replay, on_bytes, o,
-                                  &o->stop, &eb);
+        int rc = o->launcher->ops->attach(o->launcher->ctx, o->container_id, first && o->replay,
+                                          on_bytes, o, &o->stop, &eb);
         first = 0;
         if (atomic_load(&o->stop))
             break;
@@ -206,7 +206,7 @@ static void *follower_main(void *arg)
     return NULL;
 }
 
-int tq_output_start(tq_output **out, tq_docker *d, const char *container_id, int replay,
+int tq_output_start(tq_output **out, const tq_launcher *l, const char *container_id, int replay,
                     size_t row_cap, tq_errbuf *eb)
 {
     *out = NULL;
@@ -215,7 +215,7 @@ int tq_output_start(tq_output **out, tq_docker *d, const char *container_id, int
         free(o);
         return tq_errf(eb, TQ_ERR_NOMEM, "could not follow container output: out of memory");
     }
-    o->docker = d;
+    o->launcher = l;
     snprintf(o->container_id, sizeof o->container_id, "%s", container_id);
     o->replay = replay;
     o->gap = !replay;

@@ -25,7 +25,7 @@
 
 #include <stddef.h>
 
-#include "docker.h"
+#include "launcher.h"
 #include "tq_progress.h"
 
 /* ---- the batch of one flush: pure, exported for the unit tests ------------------------- */
@@ -69,7 +69,7 @@ typedef struct tq_output tq_output;
 
 /* Starts following container_id (replay: also what it printed before, from Docker's log:
  * for a container this process just started). *out is released with tq_output_free. */
-int tq_output_start(tq_output **out, tq_docker *d, const char *container_id, int replay,
+int tq_output_start(tq_output **out, const tq_launcher *l, const char *container_id, int replay,
                     size_t row_cap, tq_errbuf *eb);
 /* The lines collected since the last take, into row (b->cap + 128 bytes: see
  * tq_out_batch_take; returns its length), and the newest progress (1 when there is one). */

@@ -40,19 +40,94 @@ typedef struct {
     double last_flush;
 } runner;
 
-void tq_run_describe_exit(int exit_code, int oom, const char *tail, tq_run_outcome *o)
+/* The last non-empty line of the tail (a trainer's own refusal of its config), into out. */
+static void last_line(const char *tail, char *out, size_t cap)
 {
+    out[0] = '\0';
+    if (!tail)
+        return;
+    const char *end = tail + strlen(tail);
+    while (end > tail && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' '))
+        end--;
+    const char *b = end;
+    while (b > tail && b[-1] != '\n')
+        b--;
+    size_t n = (size_t)(end - b) < cap - 1 ? (size_t)(end - b) : cap - 1;
+    memcpy(out, b, n);
+    out[n] = '\0';
+    tq_utf8_clip(out, n);
+}
+
+void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome *o)
+{
+    int code = e->exit_code;
+    /* 137 is SIGKILL: under a memory limit, and with no stop of ours (cancel and overrun
+     * are judged before), the kernel's OOM killer is the one that sends it. */
+    int oom = e->oom || (code == 137 && e->oom_ctx.memory_limit > 0);
+    int gpu_oom = !oom && code == TQ_EXIT_GPU_OOM;
+    tq_hub_failure hub;
+    int hub_found = tq_hub_failure_find(tail, &hub);
     o->verdict = TQ_RUN_RECORD;
     o->status = TQ_STATUS_FAILED;
-    o->exit_code = exit_code;
-    /* The tail is sanitised (tq_log_demux_finish); a cut must not split a character. */
-    int n = snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", exit_code,
+    o->exit_code = code;
+    o->transient = 0;
+    char line[200];
+    if (oom || gpu_oom) {
+        o->failure_class = TQ_FAIL_OOM;
+        tq_oom_context c = e->oom_ctx;
+        c.gpu = gpu_oom;
+        tq_oom_advice(&c, o->failure_message, sizeof o->failure_message);
+    } else if (code == TQ_EXIT_CONFIG_ERROR) {
+        o->failure_class = TQ_FAIL_CONFIG;
+        last_line(tail, line, sizeof line);
+        snprintf(o->failure_message, sizeof o->failure_message,
+                 "the trainer refused its config (exit code 2)%s%s: fix the job's config",
+                 line[0] ? ": " : "", line);
+    } else if (code == TQ_EXIT_DATASET_ERROR) {
+        o->failure_class = TQ_FAIL_DATASET;
+        last_line(tail, line, sizeof line);
+        snprintf(o->failure_message, sizeof o->failure_message,
+                 "the trainer could not use the dataset (exit code 3)%s%s", line[0] ? ": " : "",
+                 line);
+    } else if (code == TQ_EXIT_MISSING) {
+        o->failure_class = TQ_FAIL_HOST_ERROR;
+        snprintf(o->failure_message, sizeof o->failure_message,
+                 "the training image lacks its trainer or launcher (exit code 127): a broken "
+                 "image on this host");
+    } else if (hub_found || code == TQ_EXIT_HUB_ERROR) {
+        if (!hub_found) /* the adapter said so (exit 4) without a status we know */
+            hub = (tq_hub_failure){.status = 0, .transient = 1};
+        o->failure_class = TQ_FAIL_HUB;
+        o->transient = hub.transient;
+        const char *what = hub.status == 0     ? "could not be reached"
+                           : hub.status == 401 ? "refused access (401): the model is private or "
+                                                 "gated; check base_model and the host's token"
+                           : hub.status == 403 ? "refused access (403): accept the model's terms "
+                                                 "or check the host's token"
+                           : hub.status == 404 ? "has no such model or file (404): check base_model"
+                           : hub.status == 429 ? "rate-limited the download (429)"
+                                               : "failed with a server error";
+        if (hub.status >= 500)
+            snprintf(o->failure_message, sizeof o->failure_message,
+                     "the Hugging Face hub %s (%d) while downloading the base model", what,
+                     hub.status);
+        else
+            snprintf(o->failure_message, sizeof o->failure_message,
+                     "the Hugging Face hub %s while downloading the base model", what);
+    } else {
+        o->failure_class = TQ_FAIL_TRAINER;
+        snprintf(o->failure_message, sizeof o->failure_message, "training exited with code %d",
+                 code);
+    }
+    /* The error message stays the raw facts (code, OOM flag, log tail); the class's advice is
+     * failure_message. The tail is sanitised (tq_log_demux_finish); a cut must not split a
+     * character. */
+    int n = snprintf(o->error, sizeof o->error, "training exited with code %d%s%s%s", code,
                      oom ? " (killed: out of memory)" : "", tail && *tail ? ": " : "",
                      tail ? tail : "");
     if (n >= (int)sizeof o->error)
         tq_utf8_clip(o->error, sizeof o->error - 1);
-    snprintf(o->reason, sizeof o->reason, "exit code %d%s", exit_code,
-             oom ? ", out of memory" : "");
+    snprintf(o->reason, sizeof o->reason, "exit code %d%s", code, oom ? ", out of memory" : "");
 }
 
 int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
@@ -60,16 +135,22 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
     o->verdict = TQ_RUN_RECORD;
     o->exit_code = e->exit_code;
     o->error[0] = '\0';
+    o->failure_message[0] = '\0';
+    o->failure_class = TQ_FAIL_NONE;
+    o->transient = 0;
     if (e->exit_code == TQ_RUN_NO_EXIT_CODE) {
         o->status = e->cancelled ? TQ_STATUS_CANCELLED : TQ_STATUS_FAILED;
+        o->failure_class = e->cancelled ? TQ_FAIL_CANCELLED : TQ_FAIL_HOST_ERROR;
         snprintf(o->error, sizeof o->error, "%s",
                  e->cancelled ? "" : "training container disappeared");
         snprintf(o->reason, sizeof o->reason, "container %.12s no longer exists", e->container_id);
     } else if (e->cancelled) {
         o->status = TQ_STATUS_CANCELLED;
+        o->failure_class = TQ_FAIL_CANCELLED;
         snprintf(o->reason, sizeof o->reason, "cancelled by user");
     } else if (e->overrun) {
         o->status = TQ_STATUS_FAILED;
+        o->failure_class = TQ_FAIL_TIMEOUT;
         snprintf(o->error, sizeof o->error, "exceeded the maximum run time of %d s",
                  e->max_run_seconds);
         snprintf(o->reason, sizeof o->reason, "maximum run time exceeded");
@@ -78,6 +159,7 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
          * with it. Not the job's fault: retry it (bounded). */
         o->verdict = TQ_RUN_RETRY;
         o->status = TQ_STATUS_QUEUED;
+        o->failure_class = TQ_FAIL_HOST_LOST;
         snprintf(o->reason, sizeof o->reason,
                  "container %.12s ended with code %d while dockerd was unreachable",
                  e->container_id, e->exit_code);
@@ -85,10 +167,40 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
         o->status = TQ_STATUS_COMPLETED;
         snprintf(o->reason, sizeof o->reason, "exit code 0");
     } else {
-        tq_run_describe_exit(e->exit_code, e->oom, NULL, o);
+        tq_run_describe_exit(e, NULL, o);
         return 1;
     }
+    if (o->failure_class != TQ_FAIL_NONE && !o->failure_message[0])
+        snprintf(o->failure_message, sizeof o->failure_message, "%.*s",
+                 (int)sizeof o->failure_message - 1, o->error[0] ? o->error : o->reason);
     return 0;
+}
+
+void tq_run_apply_policy(const tq_retry_policy *p, int done, int backoff_base_s, tq_run_outcome *o,
+                         int *delay_s)
+{
+    *delay_s = 0;
+    tq_failure_class c = o->failure_class;
+    if (c == TQ_FAIL_NONE || c == TQ_FAIL_CANCELLED || o->status == TQ_STATUS_CANCELLED ||
+        o->status == TQ_STATUS_COMPLETED)
+        return;
+    int may = done < p->max_retries[c] && (c != TQ_FAIL_HUB || o->transient);
+    if (!may) {
+        if (o->verdict == TQ_RUN_RETRY) { /* an outage past its retries fails */
+            o->verdict = TQ_RUN_RECORD;
+            o->status = TQ_STATUS_FAILED;
+            snprintf(o->error, sizeof o->error, "%s; not retried after %d such failures", o->reason,
+                     done);
+        }
+        return;
+    }
+    o->verdict = TQ_RUN_RETRY;
+    o->status = TQ_STATUS_QUEUED;
+    if (c == TQ_FAIL_HUB)
+        *delay_s = tq_retry_backoff_seconds(backoff_base_s, done);
+    size_t n = strlen(o->reason);
+    snprintf(o->reason + n, sizeof o->reason - n, "; %s, retry %d of %d", tq_failure_class_name(c),
+             done + 1, p->max_retries[c]);
 }
 
 /* Whether dockerd stops answering within a few seconds (it is shutting down). */
@@ -96,7 +208,7 @@ static int dockerd_going_away(tq_worker *w)
 {
     for (int i = 0; i < 15; i++) {
         tq_errbuf eb = {{0}};
-        if (tq_docker_ping(w->docker, &eb) != TQ_OK)
+        if (w->launcher->ops->ping(w->launcher->ctx, &eb) != TQ_OK)
             return 1;
         if (tq_worker_sleep(w, 200))
             return 0;
@@ -110,8 +222,8 @@ static void give_up_lost(runner *r)
     tq_worker *w = r->w;
     tq_slot *s = r->s;
     tq_errbuf eb = {{0}};
-    tq_docker_kill(w->docker, s->container_id, &eb);
-    tq_docker_remove(w->docker, s->container_id, 1, &eb);
+    w->launcher->ops->kill(w->launcher->ctx, s->container_id, &eb);
+    w->launcher->ops->remove(w->launcher->ctx, s->container_id, &eb);
     tq_log(TQ_LOG_WARN, "job.lease_lost",
            "job %s: lease lost, container %.12s killed; the job belongs to another worker now",
            s->job_id, s->container_id);
@@ -131,7 +243,8 @@ static int stop_if_due(runner *r, int *overrun)
     tq_log(TQ_LOG_INFO, *overrun ? "job.overrun" : "job.cancelling",
            "job %s: stopping container %.12s (grace %d s)", s->job_id, s->container_id,
            cfg->stop_grace_seconds);
-    if (tq_docker_stop(w->docker, s->container_id, cfg->stop_grace_seconds, &eb) != TQ_OK) {
+    if (w->launcher->ops->stop(w->launcher->ctx, s->container_id, cfg->stop_grace_seconds, &eb) !=
+        TQ_OK) {
         tq_log(TQ_LOG_WARN, "docker.stop_failed", "job %s: %s", s->job_id, eb.msg);
         return 0; /* try again next round */
     }
@@ -149,12 +262,34 @@ static void exit_facts(runner *r, int code, int stop_sent, tq_run_end *e)
         tq_errbuf eb = {{0}};
         tq_container_state st;
         memset(&st, 0, sizeof st);
-        e->oom = tq_docker_inspect(w->docker, s->container_id, &st, &eb) == TQ_OK && st.oom_killed;
+        if (w->launcher->ops->inspect(w->launcher->ctx, s->container_id, &st, &eb) == TQ_OK) {
+            e->oom = st.oom_killed;
+            e->oom_ctx.memory_limit = st.memory_bytes;
+        }
     }
     /* Killed by a signal we did not send: dockerd shutting down (no live-restore) stops its
      * containers and may still answer this wait before it goes. */
     if (!stop_sent && !e->oom && (code == 137 || code == 143) && dockerd_going_away(w))
         e->outage = 1;
+}
+
+/* The job's batch size and resolution, from its config.json (also for an adopted job, whose
+ * submission this process never saw), for the OOM's advice; left 0 when unreadable. */
+static void job_size(runner *r, tq_oom_context *c)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/configs/%s.json", r->w->cfg->data_dir, r->s->job_id);
+    json_error_t err;
+    json_t *conf = json_load_file(path, JSON_DECODE_ANY, &err); /* ours, written by launch.c */
+    if (!conf)
+        return;
+    json_t *b = json_object_get(conf, "train_batch_size"),
+           *res = json_object_get(conf, "resolution");
+    if (json_is_integer(b) && json_integer_value(b) > 0 && json_integer_value(b) < 1 << 20)
+        c->batch_size = (int)json_integer_value(b);
+    if (json_is_integer(res) && json_integer_value(res) > 0 && json_integer_value(res) < 1 << 20)
+        c->resolution = (int)json_integer_value(res);
+    json_decref(conf);
 }
 
 /* Starts following the slot's container output; without it the job still runs (the log
@@ -165,7 +300,7 @@ static void output_begin(runner *r)
     r->has_written = 0;
     r->last_flush = tq_mono_now();
     tq_errbuf eb = {{0}};
-    if (tq_output_start(&r->out, r->w->docker, s->container_id, !s->adopted, r->row_cap, &eb) !=
+    if (tq_output_start(&r->out, r->w->launcher, s->container_id, !s->adopted, r->row_cap, &eb) !=
         TQ_OK)
         tq_log(TQ_LOG_WARN, "job.output_unfollowed", "job %s: %s", s->job_id, eb.msg);
 }
@@ -245,7 +380,8 @@ static int follow(runner *r, tq_run_outcome *o)
             stop_sent = stop_if_due(r, &e.overrun);
         int code = -1;
         tq_errbuf eb = {{0}};
-        int rc = tq_docker_wait(w->docker, s->container_id, WAIT_ROUND_MS, &code, &eb);
+        int rc =
+            w->launcher->ops->wait(w->launcher->ctx, s->container_id, WAIT_ROUND_MS, &code, &eb);
         if (rc == TQ_ERR_TIMEOUT) {
             output_flush(r, 0);
             continue;
@@ -259,10 +395,18 @@ static int follow(runner *r, tq_run_outcome *o)
                 e.exit_code = TQ_RUN_NO_EXIT_CODE;
             }
             e.cancelled = atomic_load(&s->cancel);
+            /* The last lines and progress first: an OOM's advice names the step it died at. */
+            output_end(r, 1);
+            e.oom_ctx.has_progress = r->has_written;
+            e.oom_ctx.step = r->written.step;
+            e.oom_ctx.total = r->written.total;
+            if (e.exit_code != 0)
+                job_size(r, &e.oom_ctx);
             if (tq_run_judge(&e, o)) {
                 char *tail = NULL;
-                tq_docker_logs_tail(w->docker, s->container_id, LOG_TAIL_LINES, &tail, &eb);
-                tq_run_describe_exit(e.exit_code, e.oom, tail, o);
+                w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, LOG_TAIL_LINES,
+                                            &tail, &eb);
+                tq_run_describe_exit(&e, tail, o);
                 free(tail);
             }
             return 0;
@@ -287,7 +431,8 @@ static tq_cmetric_id finished_metric(tq_job_status st)
 
 /* Records the outcome with the job's artifacts; retries while Postgres is away. Returns 1
  * if recorded or fenced out (done either way), 0 when stopping first. */
-static int record(runner *r, const tq_run_outcome *o, const tq_artifact *arts, size_t n_arts)
+static int record(runner *r, const tq_run_outcome *o, int delay_s, const tq_artifact *arts,
+                  size_t n_arts)
 {
     tq_worker *w = r->w;
     tq_slot *s = r->s;
@@ -296,25 +441,34 @@ static int record(runner *r, const tq_run_outcome *o, const tq_artifact *arts, s
     for (;;) {
         tq_errbuf eb = {{0}};
         int rc = tq_db_ensure(&r->db, w->cfg->database_url, "trainq-consumer-runner", &eb);
+        const tq_cdb_failure f = {.cls = tq_failure_class_name(o->failure_class),
+                                  .message = o->failure_message[0] ? o->failure_message : NULL,
+                                  .delay_s = delay_s};
         if (rc == TQ_OK && o->verdict == TQ_RUN_RETRY) {
-            rc = tq_cdb_retry(r->db, s->job_id, s->fencing, o->reason, w->cfg->max_attempts, &eb);
+            rc = tq_cdb_retry(r->db, s->job_id, s->fencing, o->reason, &f, w->cfg->max_attempts,
+                              &eb);
             if (rc == TQ_OK) {
-                tq_log(TQ_LOG_WARN, "job.interrupted", "job %s given back: %s", s->job_id,
-                       o->reason);
+                tq_logj(TQ_LOG_WARN, "job.interrupted",
+                        json_pack("{s:s, s:s?, s:i}", "job_id", s->job_id, "failure_class", f.cls,
+                                  "retry_in_s", delay_s),
+                        "job %s given back: %s", s->job_id, o->reason);
                 tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
+                tq_cmetrics_attempt_failed(o->failure_class);
                 return 1;
             }
         } else if (rc == TQ_OK) {
             rc = tq_cdb_finish(r->db, s->job_id, s->fencing, o->status, o->exit_code,
-                               o->error[0] ? o->error : NULL, o->reason, arts, n_arts, &eb);
+                               o->error[0] ? o->error : NULL, o->reason, &f, arts, n_arts, &eb);
         }
         if (rc == TQ_OK) {
             const char *status = tq_status_name(o->status);
             tq_logj(TQ_LOG_INFO, "job.finished",
-                    json_pack("{s:s, s:s, s:i}", "job_id", s->job_id, "status", status, "exit_code",
-                              o->exit_code),
+                    json_pack("{s:s, s:s, s:i, s:s?, s:s?}", "job_id", s->job_id, "status", status,
+                              "exit_code", o->exit_code, "failure_class", f.cls, "failure_message",
+                              f.message),
                     "job %s %s (%s)", s->job_id, status, o->reason);
             tq_cmetrics_inc(finished_metric(o->status));
+            tq_cmetrics_attempt_failed(o->failure_class);
             return 1;
         }
         if (rc == TQ_ERR_CONFLICT) {
@@ -327,6 +481,35 @@ static int record(runner *r, const tq_run_outcome *o, const tq_artifact *arts, s
         if (rc == TQ_ERR_UNAVAILABLE)
             atomic_store(&w->db_ok, 0);
         if (tq_worker_sleep(w, tq_backoff_next(&bo)))
+            return 0;
+    }
+}
+
+/* Applies the retry policy (TRAINQ_RETRY_POLICY) to a failed outcome: it counts the
+ * class's earlier failures of the job in Postgres, waiting while Postgres is away. Returns 0
+ * when stopping first. */
+static int police(runner *r, tq_run_outcome *o, int *delay_s)
+{
+    *delay_s = 0;
+    if (o->failure_class == TQ_FAIL_NONE || o->failure_class == TQ_FAIL_CANCELLED)
+        return 1;
+    tq_backoff bo;
+    tq_backoff_init(&bo, 250, 5000, TQ_BACKOFF_EXACT, 0);
+    for (;;) {
+        tq_errbuf eb = {{0}};
+        int done = 0;
+        int rc = tq_db_ensure(&r->db, r->w->cfg->database_url, "trainq-consumer-runner", &eb);
+        if (rc == TQ_OK)
+            rc = tq_cdb_class_failures(r->db, r->s->job_id, tq_failure_class_name(o->failure_class),
+                                       &done, &eb);
+        if (rc == TQ_OK) {
+            tq_run_apply_policy(&r->w->cfg->retry, done, r->w->cfg->retry_backoff_seconds, o,
+                                delay_s);
+            return 1;
+        }
+        tq_log(TQ_LOG_WARN, "db.retry", "could not read the failures of job %s: %s", r->s->job_id,
+               eb.msg);
+        if (tq_worker_sleep(r->w, tq_backoff_next(&bo)))
             return 0;
     }
 }
@@ -348,7 +531,7 @@ static void scan_artifacts(runner *r, tq_artifact **arts, size_t *n)
 static void remove_before_retry(runner *r)
 {
     tq_errbuf eb = {{0}};
-    if (tq_docker_remove(r->w->docker, r->s->container_id, 1, &eb) != TQ_OK)
+    if (r->w->launcher->ops->remove(r->w->launcher->ctx, r->s->container_id, &eb) != TQ_OK)
         tq_log(TQ_LOG_WARN, "docker.remove_failed", "job %s: %s", r->s->job_id, eb.msg);
 }
 
@@ -367,20 +550,23 @@ static void *runner_main(void *arg)
 
         tq_run_outcome o;
         memset(&o, 0, sizeof o);
-        char done_job[TQ_UUID_BUF] = "", done_container[TQ_DOCKER_ID_BUF] = "";
+        char done_job[TQ_UUID_BUF] = "", done_container[TQ_LAUNCHER_ID_BUF] = "";
         output_begin(r);
         if (follow(r, &o) == 0) {
             output_end(r, 1);
             pthread_mutex_lock(&w->mu);
             s->state = TQ_SLOT_FINISHING;
             pthread_mutex_unlock(&w->mu);
+            int delay_s = 0;
+            if (!police(r, &o, &delay_s))
+                break; /* stopping: the container stays for adoption */
             if (o.verdict == TQ_RUN_RETRY)
                 remove_before_retry(r);
             tq_artifact *arts = NULL;
             size_t n_arts = 0;
             if (o.verdict == TQ_RUN_RECORD)
                 scan_artifacts(r, &arts, &n_arts);
-            int recorded = record(r, &o, arts, n_arts);
+            int recorded = record(r, &o, delay_s, arts, n_arts);
             free(arts);
             if (!recorded)
                 break; /* stopping: the container stays for adoption */
@@ -402,7 +588,7 @@ static void *runner_main(void *arg)
         tq_slot_free(w, s->index);
         if (done_container[0]) {
             tq_errbuf eb = {{0}};
-            if (tq_docker_remove(w->docker, done_container, 1, &eb) != TQ_OK)
+            if (w->launcher->ops->remove(w->launcher->ctx, done_container, &eb) != TQ_OK)
                 tq_log(TQ_LOG_WARN, "docker.remove_failed", "job %s: %s", done_job, eb.msg);
         }
     }

@@ -23,13 +23,14 @@
 
 #include <stddef.h>
 
+#include "outcome.h"
 #include "tq_status.h"
 #include "worker.h"
 
 /* What is to be done with the job once its container ended. */
 typedef enum {
     TQ_RUN_RECORD, /* record status (completed, failed or cancelled) */
-    TQ_RUN_RETRY,  /* interrupted by an outage of this host: give the job back */
+    TQ_RUN_RETRY,  /* try the job again: an outage of this host, or the retry policy */
 } tq_run_verdict;
 
 /* tq_run_outcome.exit_code when the container left none (it disappeared). */
@@ -44,6 +45,11 @@ typedef struct {
     int exit_code;                  /* TQ_RUN_NO_EXIT_CODE: none */
     char error[TQ_RUN_ERROR_BUF];   /* the job's error message, "" for none */
     char reason[TQ_RUN_REASON_BUF]; /* why, for the log and the status history */
+    tq_failure_class failure_class; /* TQ_FAIL_NONE when completed */
+    /* what a person should know and do (outcome.h: the OOM's step, batch size, resolution
+     * and what to lower), stored as training_jobs.failure_message */
+    char failure_message[TQ_RUN_REASON_BUF * 2];
+    int transient; /* hub_error: the hub may answer later (429, 5xx, no connection) */
 } tq_run_outcome;
 
 /* What the runner saw when its wait on the container ended. */
@@ -55,19 +61,32 @@ typedef struct {
     int outage;    /* dockerd was unreachable while the job ran, or is going away */
     int max_run_seconds;
     const char *container_id;
+    tq_oom_context oom_ctx; /* progress, batch size, resolution, memory limit (outcome.h) */
 } tq_run_end;
 
 /*
- * Judges the end of a container: cancelled beats overrun, overrun beats an outage, an
- * outage with a non-zero code is retried, code 0 without OOM completes, anything else
- * fails. Returns 1 when the outcome is a failed exit whose message wants the container's
- * log tail (then call tq_run_describe_exit), 0 when *o is complete. Pure.
+ * Judges the end of a container: cancelled beats overrun (timeout), overrun beats an
+ * outage, an outage with a non-zero code is retried (host_lost), a vanished container is
+ * host_error, code 0 without OOM completes, anything else fails. Returns 1 when the outcome
+ * is a failed exit whose class and message want the container's log tail (then call
+ * tq_run_describe_exit), 0 when *o is complete. Every failed outcome has a failure class.
+ * Pure.
  */
 int tq_run_judge(const tq_run_end *e, tq_run_outcome *o);
 
-/* The failed outcome of an exit with exit_code (and the OOM flag), its error message
- * ending in the log tail (may be NULL), cut at a character boundary. Pure. */
-void tq_run_describe_exit(int exit_code, int oom, const char *tail, tq_run_outcome *o);
+/* The failed outcome of e's exit, classified (outcome.h): oom (the OOM flag, or 137 under a
+ * memory limit), config_error (exit 2), hub_error (the hub's failure in the tail),
+ * trainer_error; its error message ends in the log tail (may be NULL), cut at a character
+ * boundary. Pure. */
+void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome *o);
+
+/* Applies the retry policy to a failed outcome whose class already failed `done` earlier
+ * attempts of the job: RETRY (status queued, *delay_s the seconds before the job is
+ * released again: hub_error's backoff from backoff_base_s) while done < the class's
+ * maximum; a hub_error the hub will not change its mind about (401, 403, 404) is not
+ * retried. Pure. */
+void tq_run_apply_policy(const tq_retry_policy *p, int done, int backoff_base_s, tq_run_outcome *o,
+                         int *delay_s);
 
 /* Starts one runner thread per slot / wakes and joins them (on stopping). */
 int tq_runners_start(tq_worker *w);

@@ -29,7 +29,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#include "docker.h"
+#include "launcher.h"
 #include "coptions.h"
 #include "tq_uuid.h"
 
@@ -47,7 +47,7 @@ typedef struct {
     pthread_t thread;
     tq_slot_state state;
     char job_id[TQ_UUID_BUF];
-    char container_id[TQ_DOCKER_ID_BUF];
+    char container_id[TQ_LAUNCHER_ID_BUF];
     long long fencing;
     time_t started_wall;  /* when the container started (max run time) */
     double assigned_mono; /* when the runner got it (heartbeat race guard) */
@@ -58,7 +58,7 @@ typedef struct {
 
 typedef struct tq_worker {
     const tq_config *cfg;
-    tq_docker *docker;
+    tq_launcher *launcher; /* how jobs run on this host (launcher.h) */
     char hostname[256];
 
     pthread_mutex_t mu; /* guards slot state transitions; cv signals them and stopping */
@@ -75,6 +75,9 @@ typedef struct tq_worker {
      * (image or runtime missing, disk full): the dispatcher stops consuming and tries one
      * job again after a backoff; /healthz reports host_error meanwhile (guarded by mu). */
     atomic_int host_ok;
+    /* An operator asked this worker to drain (read on every heartbeat): the dispatcher stops
+     * consuming; running jobs finish. */
+    atomic_int draining;
     char host_error[256];
 
     /* Ready messages in trainq.jobs as last seen by the dispatcher (passive declare), and

@@ -51,6 +51,7 @@ typedef struct {
  * outbox row; both hold msg_payload byte for byte, so a later release republishes exactly
  * what was first published. idem_key may be NULL. With hook non-NULL, before the job row
  * (whose insert trigger reads it), the job's webhook row and the user's default secret.
+ * All of it in one round trip (tq_submit, db/procedures/35_submit.sql).
  * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
  * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
@@ -119,6 +120,33 @@ int tq_pdb_stream_user(const char *user, long long after_event, long long after_
 int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
                         long long *now_micros, tq_errbuf *eb);
 
+/* The job's kept progress samples [{progress, current_step, total_steps, loss, eta_seconds,
+ * progress_updated_at}], oldest first. TQ_ERR_NOT_FOUND as above. */
+int tq_pdb_job_progress(const char *user, const char *job_id, json_t **samples, tq_errbuf *eb);
+
+/* The admin API's reads (db/procedures/90_admin.sql), each one JSON value (*out, new):
+ * limit is used by DEAD_LETTERS and JOBS, status (NULL: any) by JOBS. */
+typedef enum {
+    TQ_PDB_ADMIN_OVERVIEW,
+    TQ_PDB_ADMIN_WORKERS,
+    TQ_PDB_ADMIN_USERS,
+    TQ_PDB_ADMIN_DEAD_LETTERS,
+    TQ_PDB_ADMIN_JOBS
+} tq_pdb_admin_read_kind;
+int tq_pdb_admin_read(tq_pdb_admin_read_kind what, int limit, const char *status, json_t **out,
+                      tq_errbuf *eb);
+
+/* The admin API's actions on arg (a job id, a dead letter's id, a worker id); outcome gets
+ * "ok", "not_found" or "conflict:<why>" (90_admin.sql). */
+typedef enum {
+    TQ_PDB_ADMIN_RETRY,
+    TQ_PDB_ADMIN_REPUBLISH,
+    TQ_PDB_ADMIN_DRAIN,
+    TQ_PDB_ADMIN_UNDRAIN
+} tq_pdb_admin_action_kind;
+int tq_pdb_admin_action(tq_pdb_admin_action_kind what, const char *arg, char *outcome,
+                        size_t outcome_cap, tq_errbuf *eb);
+
 /* The user of a job ("" when the job is gone). */
 int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb);
 
@@ -129,7 +157,16 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
 struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
-#endif
+/* One batch of retention (tq_retention_prune, db/procedures/95_retention.sql) in its own
+ * transaction: published outbox rows older than outbox_seconds, rate-limit rows of windows
+ * past, and with job_seconds > 0 the jobs finished more than job_seconds ago with their
+ * audit, outbox, output and artifact rows; at most batch rows of the first two, job_batch
+ * jobs. Fills what each deleted (a kind came back full when its count is its limit). */
+typedef struct {
+    long long outbox_rows, rate_rows, jobs;
+} tq_pdb_pruned;
+int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
+                           tq_pdb_pruned *out, tq_errbuf *eb);
 
 /* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
 
@@ -138,6 +175,7 @@ typedef struct {
     long long id; /* webhook-id is "msg_<id>" */
     char job_id[TQ_UUID_BUF];
     char *url, *event, *secret;
+    char *old_secret;  /* the endpoint's replaced secret while it still signs; else NULL */
     char *job_json;    /* the job as GET /api/training/jobs/{id} shows it; NULL when deleted */
     char event_at[40]; /* RFC 3339 */
     long long sequence;
@@ -145,6 +183,11 @@ typedef struct {
 } tq_pdb_hook;
 
 void tq_pdb_hooks_free(tq_pdb_hook *h, int n);
+
+/* A dedicated connection that LISTENs on trainq_webhook (notified at the commit of a
+ * transaction that wrote deliveries, db/procedures/80_webhooks.sql); NULL on failure. */
+#define TQ_PDB_CHAN_WEBHOOK "trainq_webhook"
+struct pg_conn *tq_pdb_hooks_listen_open(tq_errbuf *eb);
 
 /* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
  * first pending one of its job and target (so a target receives a job's events in sequence
@@ -170,10 +213,15 @@ int tq_pdb_webhook_create(const char *user, const char *id, const char *url,
 int tq_pdb_webhook_list(const char *user, json_t **out, tq_errbuf *eb);
 /* TQ_ERR_NOT_FOUND when absent or another user's (also for the two below). */
 int tq_pdb_webhook_delete(const char *user, const char *id, tq_errbuf *eb);
-int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, tq_errbuf *eb);
+/* Rotation keeps the replaced secret signing for overlap_seconds (none when 0); *expires the
+ * JSON of when it stops (an RFC 3339 string, or null; new reference, caller decrefs). */
+int tq_pdb_webhook_rotate(const char *user, const char *id, const char *secret, int overlap_seconds,
+                          json_t **expires, tq_errbuf *eb);
 /* The endpoint's newest deliveries (at most limit). */
 int tq_pdb_webhook_deliveries(const char *user, const char *id, int limit, json_t **out,
                               tq_errbuf *eb);
 /* The user's default secret, made from candidate when they have none. */
 int tq_pdb_default_secret(const char *user, const char *candidate, char *out, size_t cap,
                           tq_errbuf *eb);
+
+#endif

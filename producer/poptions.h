@@ -46,6 +46,13 @@ typedef struct tq_producer_config {
     int streams_per_user;
     int stream_keepalive_seconds;
     char *artifacts_dir; /* "" when downloads are off */
+    /* retention (producer/retention.c) */
+    int outbox_retention_seconds;
+    int job_retention_seconds; /* 0: jobs are kept forever */
+    int retention_interval_seconds;
+    char *admin_claim; /* the operator claim's name and value (auth.h) */
+    char *admin_claim_value;
+    char *ui_dir; /* the dashboard's files; "" when /ui/ is off (resolved at load) */
     /* webhooks (producer/webhooks.c, docs/webhooks.md) */
     int webhook_allow_loopback; /* tests only: deliveries to 127.0.0.0/8 and http:// */
     int webhook_allow_http;
@@ -57,6 +64,7 @@ typedef struct tq_producer_config {
     int webhook_senders;
     int webhook_endpoint_concurrency;
     int webhook_disable_after;
+    int webhook_secret_overlap_seconds; /* the replaced secret still signs this long */
 } tq_config;
 
 /* The producer's option table, for tq_program_start and tq_config_print_markdown. */

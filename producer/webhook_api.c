@@ -196,16 +196,21 @@ void tq_h_webhook_rotate(tq_req *r)
         return;
     char secret[TQ_WEBHOOK_SECRET_BUF];
     tq_errbuf eb = {{0}};
+    json_t *expires = NULL;
     int rc = tq_webhook_secret_new(secret);
     if (rc == TQ_OK)
-        rc = tq_pdb_webhook_rotate(tq_req_user(r), id, secret, &eb);
+        rc = tq_pdb_webhook_rotate(tq_req_user(r), id, secret,
+                                   tq_req_app(r)->cfg->webhook_secret_overlap_seconds, &expires,
+                                   &eb);
     else
         tq_errf(&eb, rc, "could not make a webhook secret");
     if (rc != TQ_OK)
         reply_failure(r, rc, &eb);
     else
         tq_req_reply_json(r, 200,
-                          json_pack("{s:b, s:s, s:s}", "success", 1, "id", id, "secret", secret));
+                          json_pack("{s:b, s:s, s:s, s:o}", "success", 1, "id", id, "secret",
+                                    secret, "previous_secret_expires_at",
+                                    expires ? expires : json_null()));
     explicit_bzero(secret, sizeof secret);
 }
 

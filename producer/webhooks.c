@@ -2,8 +2,11 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +23,14 @@
 #include "tq_log.h"
 #include "tq_webhook.h"
 
-/* How often an idle worker looks for due rows. */
+/* Senders are woken by Postgres notifications (channel trainq_webhook, sent at the commit
+ * of a transaction that wrote deliveries); the listener also wakes one every POLL_MS, for
+ * retries that fell due and notifications missed while its connection was down. */
 #define POLL_MS 500
+/* A waiting sender looks by itself this often, should the listener be stuck (connecting). */
+#define BACKSTOP_MS 5000
+/* How long the listener waits before connecting again after its connection was lost. */
+#define RELISTEN_MS 1000
 /* A short reason for the deliveries listing (curl's message or our own). */
 #define ERROR_BUF 256
 
@@ -156,15 +165,33 @@ typedef struct {
     unsigned seed; /* rand_r state of the retry jitter, this thread's own */
 } sender;
 
+/* Waking: the listener thread turns each batch of notifications (and each POLL_MS tick)
+ * into one kick, which wakes one idle sender; a sender that took a row kicks the next one,
+ * so a backlog spreads over all senders without every notification waking all of them. A
+ * kick nobody waits for is kept (up to the number of senders) for the next that does. */
 struct tq_webhooks {
     const tq_config *cfg;
     tq_webhook_rule rule;
     sender *senders;
     int n_senders; /* started */
+    pthread_t listener;
+    int listener_started;
+    int wake[2]; /* self-pipe: tq_webhooks_stop wakes the listener out of poll() */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t idle_cv;  /* idle senders wait here for a kick */
+    pthread_cond_t pause_cv; /* senders backing off after an error wait here (stop only) */
+    int kicks;               /* under mu: pending wake-ups, at most n_senders */
     int stop; /* under mu; also read unlocked by the curl callbacks (a late read is harmless) */
 };
+
+static void kick(tq_webhooks *w)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->kicks < w->n_senders)
+        w->kicks++;
+    pthread_cond_signal(&w->idle_cv);
+    pthread_mutex_unlock(&w->mu);
+}
 
 typedef struct {
     tq_webhooks *w;
@@ -227,7 +254,7 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
 {
     *status = 0;
     error[0] = '\0';
-    char msg_id[32], ts[24], sig[TQ_WEBHOOK_SIGNATURE_BUF];
+    char msg_id[32], ts[24], sig[TQ_WEBHOOK_SIGNATURE_BUF], old[TQ_WEBHOOK_SIGNATURE_BUF];
     snprintf(msg_id, sizeof msg_id, "msg_%lld", h->id);
     long long now = (long long)time(NULL);
     snprintf(ts, sizeof ts, "%lld", now);
@@ -235,10 +262,16 @@ static void send_one(tq_webhooks *w, const tq_pdb_hook *h, const char *body, int
         snprintf(error, error_cap, "no usable signing secret");
         return;
     }
-    char hid[64], hts[64], hsig[32 + TQ_WEBHOOK_SIGNATURE_BUF];
+    /* During a rotation's overlap the replaced secret signs too (Standard Webhooks: the
+     * receiver accepts any one of the space-separated signatures), new one first. */
+    old[0] = '\0';
+    if (h->old_secret &&
+        tq_webhook_sign(h->old_secret, msg_id, now, body, strlen(body), old) != TQ_OK)
+        old[0] = '\0';
+    char hid[64], hts[64], hsig[32 + 2 * TQ_WEBHOOK_SIGNATURE_BUF];
     snprintf(hid, sizeof hid, "webhook-id: %s", msg_id);
     snprintf(hts, sizeof hts, "webhook-timestamp: %s", ts);
-    snprintf(hsig, sizeof hsig, "webhook-signature: %s", sig);
+    snprintf(hsig, sizeof hsig, "webhook-signature: %s%s%s", sig, old[0] ? " " : "", old);
     struct curl_slist *hdrs = NULL, *tmp;
     const char *lines[] = {"Content-Type: application/json",
                            "User-Agent: trainq-webhooks/1",
@@ -335,6 +368,19 @@ static void deliver(sender *se, const tq_pdb_hook *h)
                         : "will retry");
 }
 
+/* Waits (on cv, at most ms) until stop, or with idle_cv until a kick, which it takes. */
+static void sender_wait(tq_webhooks *w, pthread_cond_t *cv, long ms)
+{
+    struct timespec ts = tq_mono_deadline(ms);
+    pthread_mutex_lock(&w->mu);
+    int timed_out = 0;
+    while (!w->stop && !timed_out && !(cv == &w->idle_cv && w->kicks > 0))
+        timed_out = pthread_cond_timedwait(cv, &w->mu, &ts) != 0;
+    if (cv == &w->idle_cv && w->kicks > 0)
+        w->kicks--;
+    pthread_mutex_unlock(&w->mu);
+}
+
 static void *worker_main(void *arg)
 {
     sender *se = arg;
@@ -350,28 +396,76 @@ static void *worker_main(void *arg)
         tq_pdb_hook *rows = NULL;
         int n = 0;
         tq_errbuf eb = {{0}};
-        long wait_ms = POLL_MS;
         int rc = tq_pdb_hooks_take(w->cfg->webhook_endpoint_concurrency, TQ_WEBHOOK_LEASE_SECONDS,
                                    &rows, &n, &eb);
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);
-            wait_ms = tq_backoff_next(&err_backoff);
+            /* Kicks are for senders that can work: this one pauses for its backoff. */
+            sender_wait(w, &w->pause_cv, tq_backoff_next(&err_backoff));
         } else {
             tq_backoff_reset(&err_backoff);
+            if (n > 0)
+                kick(w); /* there may be more: another sender looks while this one sends */
             for (int i = 0; i < n && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED); i++)
                 deliver(se, &rows[i]);
-            if (n > 0)
-                wait_ms = 0;
         }
         tq_pdb_hooks_free(rows, n);
-        if (wait_ms > 0) {
-            struct timespec ts = tq_mono_deadline(wait_ms);
-            pthread_mutex_lock(&w->mu);
-            if (!w->stop)
-                pthread_cond_timedwait(&w->cv, &w->mu, &ts);
-            pthread_mutex_unlock(&w->mu);
+        if (rc == TQ_OK && n == 0)
+            sender_wait(w, &w->idle_cv, BACKSTOP_MS);
+    }
+    return NULL;
+}
+
+/* The listener: one connection LISTENing on trainq_webhook; every batch of notifications
+ * and every POLL_MS tick kick one sender. While it has no connection the ticks go on (the
+ * senders poll), and every new connection kicks once for what was missed meanwhile. */
+static void *listener_main(void *arg)
+{
+    tq_webhooks *w = arg;
+    PGconn *lc = NULL;
+    int64_t next_listen = 0, next_tick = 0;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        int stop = w->stop;
+        pthread_mutex_unlock(&w->mu);
+        if (stop)
+            break;
+        int64_t now = tq_mono_ms();
+        if (!lc && now >= next_listen) {
+            tq_errbuf eb = {{0}};
+            lc = tq_pdb_hooks_listen_open(&eb);
+            if (!lc) {
+                tq_log(TQ_LOG_WARN, "webhook.listen_failed", "%s", eb.msg);
+                next_listen = now + RELISTEN_MS;
+            }
+            next_tick = now; /* what was written while nobody listened */
+        }
+        if (now >= next_tick) {
+            kick(w);
+            next_tick = now + POLL_MS;
+        }
+        struct pollfd pf[2] = {{.fd = w->wake[0], .events = POLLIN},
+                               {.fd = lc ? PQsocket(lc) : -1, .events = POLLIN}};
+        poll(pf, 2, (int)(next_tick > now ? next_tick - now : 0));
+        if (lc && (pf[1].revents & (POLLIN | POLLERR | POLLHUP))) {
+            if (!PQconsumeInput(lc)) {
+                tq_log(TQ_LOG_WARN, "webhook.listen_lost", "%s", PQerrorMessage(lc));
+                PQfinish(lc);
+                lc = NULL;
+                continue;
+            }
+            int got = 0;
+            PGnotify *nt;
+            while ((nt = PQnotifies(lc)) != NULL) {
+                got = 1;
+                PQfreemem(nt);
+            }
+            if (got)
+                kick(w);
         }
     }
+    if (lc)
+        PQfinish(lc);
     return NULL;
 }
 
@@ -388,11 +482,23 @@ int tq_webhooks_start(const tq_config *cfg, tq_webhooks **out, tq_errbuf *eb)
     w->cfg = cfg;
     w->rule = tq_webhook_rule_of(cfg);
     w->senders = ss;
+    w->wake[0] = w->wake[1] = -1;
     pthread_mutex_init(&w->mu, NULL);
-    if (tq_cond_init_monotonic(&w->cv) != TQ_OK) {
+    if (tq_cond_init_monotonic(&w->idle_cv) != TQ_OK) {
         pthread_mutex_destroy(&w->mu);
         free(ss);
         free(w);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook senders");
+    }
+    if (tq_cond_init_monotonic(&w->pause_cv) != TQ_OK) {
+        pthread_cond_destroy(&w->idle_cv);
+        pthread_mutex_destroy(&w->mu);
+        free(ss);
+        free(w);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook senders");
+    }
+    if (pipe(w->wake) != 0 || fcntl(w->wake[0], F_SETFL, O_NONBLOCK) != 0) {
+        tq_webhooks_stop(w);
         return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook senders");
     }
     unsigned base = (unsigned)time(NULL) ^ (unsigned)getpid();
@@ -405,6 +511,11 @@ int tq_webhooks_start(const tq_config *cfg, tq_webhooks **out, tq_errbuf *eb)
         }
         w->n_senders++;
     }
+    if (pthread_create(&w->listener, NULL, listener_main, w) != 0) {
+        tq_webhooks_stop(w);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "could not start the webhook listener");
+    }
+    w->listener_started = 1;
     *out = w;
     return TQ_OK;
 }
@@ -415,11 +526,23 @@ void tq_webhooks_stop(tq_webhooks *w)
         return;
     pthread_mutex_lock(&w->mu);
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
-    pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->idle_cv);
+    pthread_cond_broadcast(&w->pause_cv);
     pthread_mutex_unlock(&w->mu);
+    if (w->wake[1] >= 0) {
+        char c = 1;
+        ssize_t n = write(w->wake[1], &c, 1);
+        (void)n; /* a full pipe has woken it already */
+    }
+    if (w->listener_started)
+        pthread_join(w->listener, NULL);
     for (int i = 0; i < w->n_senders; i++)
         pthread_join(w->senders[i].thread, NULL);
-    pthread_cond_destroy(&w->cv);
+    for (int i = 0; i < 2; i++)
+        if (w->wake[i] >= 0)
+            close(w->wake[i]);
+    pthread_cond_destroy(&w->idle_cv);
+    pthread_cond_destroy(&w->pause_cv);
     pthread_mutex_destroy(&w->mu);
     free(w->senders);
     free(w);

@@ -39,6 +39,8 @@ mkdir -p "$DEMO/datasets/demo-user/my-concept" "$DEMO/data" "$DEMO/hf-cache"
 printf 'DURATION=4\nSTEPS=4\nEXIT_CODE=0\nMESSAGE=fake-trainer: LoRA weights written\n' \
   >"$DEMO/datasets/demo-user/my-concept/trainer.env"
 printf 'a photo of my-concept\n' >"$DEMO/datasets/demo-user/my-concept/0001.txt"
+# The consumer's preflight wants at least one image (a PNG signature is enough for it).
+printf '\211PNG\r\n\032\n' >"$DEMO/datasets/demo-user/my-concept/0001.png"
 
 USER_ID=demo-user
 DATASET=550e8400-e29b-41d4-a716-446655440000   # the id in the spec's curl example

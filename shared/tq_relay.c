@@ -33,8 +33,6 @@
 #define RELAY_BACKLOG_EVERY_MS 5000
 /* How often a blocked relay reads the broker's frames for connection.unblocked. */
 #define RELAY_BLOCKED_POLL_MS 250
-#define RELAY_CLEANUP_EVERY_MS (3600 * 1000)
-#define RELAY_CLEANUP_CHUNK 5000
 
 /* All SQL of the relay. */
 static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
@@ -59,10 +57,8 @@ static const char SQL_BACKLOG[] =
     " (SELECT coalesce(floor(extract(epoch FROM clock_timestamp() - min(available_at))), 0)"
     "  ::bigint FROM outbox WHERE published_at IS NULL AND available_at <= clock_timestamp())"
     " FROM outbox WHERE published_at IS NULL";
-/* Chunked and SKIP LOCKED so every relay may run it at once without piling up. */
-static const char SQL_CLEANUP[] = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                                  " WHERE published_at < now() - interval '7 days'"
-                                  " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
+/* Published rows are pruned by the producers' retention thread (producer/retention.c,
+ * TRAINQ_OUTBOX_RETENTION_SECONDS), not here. */
 
 typedef enum { SIDE_NONE = 0, SIDE_DB, SIDE_AMQP } relay_side;
 
@@ -493,28 +489,6 @@ static void count_backlog(tq_relay *r)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void cleanup_published(tq_relay *r)
-{
-    char chunk[16];
-    snprintf(chunk, sizeof chunk, "%d", RELAY_CLEANUP_CHUNK);
-    const char *p[1] = {chunk};
-    long total = 0;
-    for (int i = 0; i < 20 && !stopping(r); i++) {
-        PGresult *res = NULL;
-        tq_errbuf eb = {{0}};
-        if (tq_db_exec(r->pg, SQL_CLEANUP, 1, p, &res, &eb) != TQ_OK)
-            break;
-        long n = strtol(PQcmdTuples(res), NULL, 10);
-        PQclear(res);
-        total += n;
-        if (n < RELAY_CLEANUP_CHUNK)
-            break;
-    }
-    if (total > 0)
-        tq_logj(TQ_LOG_INFO, "relay.cleanup", name_field(r),
-                "deleted %ld published outbox rows older than 7 days", total);
-}
-
 /* Reads what the broker sent (heartbeats, connection.blocked/unblocked, closes). */
 static void pump_amqp(tq_relay *r)
 {
@@ -608,8 +582,6 @@ static void *relay_main(void *arg)
     tq_backoff_init(&bo_db, RELAY_BACKOFF_MIN_MS, RELAY_BACKOFF_MAX_MS, TQ_BACKOFF_JITTER,
                     (unsigned)rand_r(&r->seed));
     bo_round = bo_amqp = bo_db;
-    /* Spread the hourly cleanup of many instances; first run a minute or two in. */
-    int64_t next_cleanup = tq_mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
 
     while (!stopping(r)) {
         if (ensure_db(r) != TQ_OK) {
@@ -654,10 +626,6 @@ static void *relay_main(void *arg)
         int64_t now = tq_mono_ms();
         if (now >= r->next_backlog)
             count_backlog(r);
-        if (now >= next_cleanup) {
-            cleanup_published(r);
-            next_cleanup = now + RELAY_CLEANUP_EVERY_MS;
-        }
         if (r->pg)
             wait_for_work(r, r->poll_ms);
     }

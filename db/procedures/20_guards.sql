@@ -52,9 +52,12 @@ BEGIN
     IF r IS NULL AND NEW.status = 'failed' THEN
         r := NEW.error_message;
     END IF;
-    INSERT INTO job_events (job_id, user_id, from_status, to_status, worker_id, fencing_token, reason)
+    INSERT INTO job_events (job_id, user_id, from_status, to_status, worker_id, fencing_token, reason,
+                            failure_class)
     VALUES (NEW.id, NEW.user_id, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
-            NEW.worker_id, NEW.fencing_token, r);
+            NEW.worker_id, NEW.fencing_token, r,
+            tq_event_failure_class(TG_OP, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+                                   NEW.status, NEW.failure_class)); -- 62_outcomes.sql
     -- Wakes the producers' event streams (producer/stream.c) at commit; the payload is the
     -- user, whose events they read after their cursor. A missed one only waits for a poll.
     PERFORM pg_notify('trainq_job_event', NEW.user_id);
@@ -64,10 +67,15 @@ END $$;
 SELECT tq_ensure_trigger('training_jobs', 'training_jobs_audit',
     'AFTER INSERT OR UPDATE OF status', 'FOR EACH ROW EXECUTE FUNCTION tq_audit_status()');
 
--- The audit trail is append-only.
+-- The audit trail is append-only. The one exception: retention deletes the audit rows of
+-- the finished jobs it prunes (tq_retention_prune, db/procedures/95_retention.sql, which
+-- sets trainq.retention for that statement only).
 CREATE OR REPLACE FUNCTION tq_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('trainq.retention', true) = 'prune' THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
 END $$;
 

@@ -36,8 +36,13 @@ BEGIN
       FROM job_webhooks w
      WHERE w.job_id = j.id AND ev = ANY (w.events);
     GET DIAGNOSTICS n2 = ROW_COUNT;
-    -- Wakes the producers' delivery workers at commit; a missed one waits for their poll.
-    PERFORM pg_notify('trainq_webhook', '');
+    -- Wakes the producers' senders at commit (producer/webhooks.c); a missed one waits for
+    -- their poll. Postgres folds identical notifications of one transaction into one, so a
+    -- transaction that changes many jobs still sends a single one, and the empty payload
+    -- keeps that fold a cheap comparison.
+    IF n1 + n2 > 0 THEN
+        PERFORM pg_notify('trainq_webhook', '');
+    END IF;
     RETURN n1 + n2;
 END $$;
 

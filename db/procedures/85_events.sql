@@ -79,9 +79,7 @@ BEGIN
         'status', j.status,
         'previous_status', a.from_status,
         'reason', a.reason,
-        -- training_jobs.failure_class comes with another change; read through to_jsonb so
-        -- this works before and after that column exists (null while it does not)
-        'failure_class', jj->'failure_class',
+        'failure_class', j.failure_class,
         'exit_code', j.exit_code,
         'attempt', j.attempts,
         'progress', CASE WHEN j.progress IS NULL THEN NULL ELSE jsonb_build_object(

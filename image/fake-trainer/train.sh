@@ -19,6 +19,14 @@
 #              none       no progress at all (a trainer trainq cannot read)
 #   CHATTY_LINES lines of chatter printed on stdout at once with every step, as fast as awk
 #              writes them (a chatty trainer; default 0, at most 1000000)
+#   ALLOC_MB   MiB of memory allocated (and touched) after step ALLOC_STEP, held while it
+#              is allocated, then freed; more than the container's memory limit
+#              (TRAINQ_MEMORY_LIMIT) gets the trainer killed by the kernel's OOM killer:
+#              exit 137 (default 0: none, at most 65536)
+#   ALLOC_STEP the step after which ALLOC_MB is allocated (default 1; 0: before the first)
+#   CONFIG_ERROR when set, the trainer refuses its config as a real one does: prints
+#              "fake-trainer: invalid config: <value>" on stderr and exits 2 (the trainer
+#              contract's config error, docs/architecture.md) before training
 # SIGTERM/SIGINT end it promptly with status 143/130 (docker stop, cancellation).
 
 # PID 1 ignores signals it has no handler for, so install the handlers first. Waiting on a
@@ -53,6 +61,9 @@ EXIT_CODE=0
 MESSAGE="fake-trainer: done"
 FORMAT=plain
 CHATTY_LINES=0
+ALLOC_MB=0
+ALLOC_STEP=1
+CONFIG_ERROR=
 control=/workspace/datasets/trainer.env
 if [ -f "$control" ]; then
     # tr drops CRs of files written on Windows; the here-document keeps the loop in this shell.
@@ -75,6 +86,18 @@ if [ -f "$control" ]; then
                 esac ;;
             MESSAGE)
                 MESSAGE=$v ;;
+            CONFIG_ERROR)
+                CONFIG_ERROR=$v ;;
+            ALLOC_MB)
+                case "$v" in
+                    ''|*[!0-9]*) echo "fake-trainer: ignoring bad ALLOC_MB '$v'" ;;
+                    *) ALLOC_MB=$v ;;
+                esac ;;
+            ALLOC_STEP)
+                case "$v" in
+                    ''|*[!0-9]*) echo "fake-trainer: ignoring bad ALLOC_STEP '$v'" ;;
+                    *) ALLOC_STEP=$v ;;
+                esac ;;
             CHATTY_LINES)
                 case "$v" in
                     ''|*[!0-9]*) echo "fake-trainer: ignoring bad CHATTY_LINES '$v'" ;;
@@ -94,6 +117,27 @@ fi
 [ "$STEPS" -ge 1 ] 2>/dev/null || STEPS=1
 [ "$STEPS" -le 10000 ] || STEPS=10000
 [ "$CHATTY_LINES" -le 1000000 ] || CHATTY_LINES=1000000
+[ "$ALLOC_MB" -le 65536 ] || ALLOC_MB=65536
+
+if [ -n "$CONFIG_ERROR" ]; then
+    echo "fake-trainer: invalid config: $CONFIG_ERROR" >&2
+    exit 2
+fi
+
+# Allocates and touches $ALLOC_MB MiB in a child (awk doubles a string until it is that
+# long), as a model and its activations fill memory. Killed by the OOM killer, the trainer
+# dies with it as a one-process trainer would: exit 137.
+allocate() {
+    [ "$ALLOC_MB" -gt 0 ] || return 0
+    echo "fake-trainer: allocating ${ALLOC_MB} MiB"
+    awk -v mb="$ALLOC_MB" 'BEGIN { s = "0123456789abcdef"; need = mb * 1048576
+        while (length(s) < need) s = s s }'
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        [ "$rc" -gt 128 ] || rc=137
+        exit "$rc"
+    fi
+}
 
 out=/workspace/outputs
 mkdir -p "$out" 2>/dev/null
@@ -129,8 +173,10 @@ say "fake-trainer: training for ${DURATION}s in $STEPS steps"
 tqdm=1
 case "$FORMAT" in plain|none) tqdm=0 ;; esac
 [ "$tqdm" = 0 ] || printf '\r%s' "$(tqdm_state 0)" >&2
+[ "$ALLOC_STEP" -ne 0 ] || allocate
 i=1
 while [ "$i" -le "$STEPS" ]; do
+    [ "$i" -ne $((ALLOC_STEP + 1)) ] || [ "$ALLOC_STEP" -eq 0 ] || allocate
     sleep "$step_sleep" &
     if [ "$CHATTY_LINES" -gt 0 ]; then
         awk -v i="$i" -v n="$CHATTY_LINES" 'BEGIN { for (k = 1; k <= n; k++)
@@ -145,6 +191,7 @@ while [ "$i" -le "$STEPS" ]; do
     i=$((i + 1))
 done
 [ "$tqdm" = 0 ] || printf '\n' >&2
+[ "$ALLOC_STEP" -lt "$STEPS" ] || allocate
 
 if ! printf 'fake safetensors weights written by trainq fake-trainer\n' \
         >"$out/pytorch_lora_weights.safetensors" 2>/dev/null; then

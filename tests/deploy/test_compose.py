@@ -76,6 +76,8 @@ class ComposeStack(unittest.TestCase):
         with open(os.path.join(concept, "trainer.env"), "w") as f:
             f.write("DURATION=2\nSTEPS=4\nEXIT_CODE=0\n"
                     "MESSAGE=fake-trainer: LoRA weights written\n")
+        with open(os.path.join(concept, "0001.png"), "wb") as f:  # the preflight's image
+            f.write(b"\x89PNG\r\n\x1a\n")
         with open(os.path.join(concept, "0001.txt"), "w") as f:
             f.write("a photo of my-concept\n")
         for d in ("data", "hf-cache"):

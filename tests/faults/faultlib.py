@@ -26,6 +26,10 @@ watcher's samples) plus the consumers' own logs:
               STRANDED_BOUND was neither in the queue (trainq.jobs had no ready message),
               nor parked behind a user at the limit, nor on its way (outbox row unpublished
               or published within the bound) — the sweeper must republish such a job first
+  hooks_lost  webhook deliveries (webhook_deliveries rows of the users' endpoints, one per
+              status event) that the fleet's receiver never answered 2xx by the end
+  hooks_dup   2xx requests at that receiver beyond the first per webhook-id (at least once
+              allows them after a crash; reported, not asserted)
 
 Only this suite's users, workers and containers are looked at, so leftovers of other tests
 in the same database do not count. Tests import this module; it is not a test itself.
@@ -497,6 +501,12 @@ class Fleet:
         self.t0 = time.monotonic()
         self.notes = []          # free-form facts printed with the summary
         self._make_datasets()
+        self.hooks = HookReceiver()  # every user's status events go to it (webhooks)
+        self.pg.query("INSERT INTO webhook_endpoints (id, user_id, url, events, secret) VALUES "
+                      + ", ".join(f"(gen_random_uuid(), {q(u)}, {q(self.hooks.url)}, "
+                                  "'{job.queued,job.running,job.completed,job.failed,"
+                                  "job.cancelled}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')"
+                                  for u in self.users) + ";")
 
     # ------------------------------------------------------------ fixtures
 
@@ -511,6 +521,8 @@ class Fleet:
                 os.makedirs(path)
                 with open(os.path.join(path, "trainer.env"), "w") as f:
                     f.write(f"DURATION={d}\nEXIT_CODE=0\nMESSAGE=fake-trainer: done\nSTEPS=3\n")
+                with open(os.path.join(path, "0001.png"), "wb") as f:  # the preflight's image
+                    f.write(b"\x89PNG\r\n\x1a\n")
                 self.datasets[u].append(ds)
                 values.append(f"({q(ds)}, {q(u)}, 'fault dataset', {q(rel)})")
         self.pg.query("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
@@ -527,7 +539,8 @@ class Fleet:
                "TRAINQ_JWT_AUDIENCE": None, "TRAINQ_JWT_ISSUER": None,
                "TRAINQ_SUBMIT_RATE_PER_MINUTE": "100000",
                "TRAINQ_READ_RATE_PER_MINUTE": "100000", "TRAINQ_HTTP_THREADS": "4",
-               "TRAINQ_LOG_LEVEL": "info"}
+               "TRAINQ_LOG_LEVEL": "info", "TRAINQ_WEBHOOK_ALLOW_LOOPBACK": "true",
+               "TRAINQ_WEBHOOK_RETRY_MIN_SECONDS": "1", "TRAINQ_WEBHOOK_RETRY_MAX_SECONDS": "2"}
         env.update(self.producer_extra)
         return env
 
@@ -858,6 +871,7 @@ class Fleet:
 
         lost = len(missing) + len(unsettled)
         doubles = audit_doubles + docker_doubles + claim_doubles
+        hooks, hooks_lost, hooks_dup = self.hooks.counts(self.pg, self.users, problems)
         return {
             "accepted": len(accepted),
             "completed": by_status.get("completed", 0),
@@ -881,6 +895,9 @@ class Fleet:
             "settled": settled,
             "failure_reasons": failure_reasons,
             "problems": problems,
+            "hooks": hooks,
+            "hooks_lost": hooks_lost,
+            "hooks_dup": hooks_dup,
         }
 
     def summary(self, figures):
@@ -909,6 +926,7 @@ class Fleet:
                     counts[ev] = counts.get(ev, 0) + 1
         line += "".join(f" {self.EVIDENCE[k]}={counts.get(k, 0)}" for k in self.EVIDENCE)
         line += f" lease_lost_racing_finish={spurious}"
+        line += "".join(f" {k}={figures[k]}" for k in ("hooks", "hooks_lost", "hooks_dup"))
         with self.submitter.lock:
             other = sorted((str(k), n) for k, n in self.submitter.statuses.items() if k != 200)
         if other:
@@ -966,7 +984,13 @@ class Fleet:
                     tqenv.remove_container(c["Id"])
         except Exception as e:  # dockerd down after a failed scenario
             problems.append(f"cleanup: could not remove containers: {e}")
+        self.hooks.close()
         try:
+            # No webhook left for later scenarios' producers to retry against a closed port.
+            self.pg.query(f"UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason ="
+                          f" 'fault scenario over' WHERE user_id = ANY({qlist(self.users)});"
+                          "UPDATE webhook_deliveries SET state = 'failed' WHERE user_id ="
+                          f" ANY({qlist(self.users)}) AND state = 'pending';")
             self.pg.query(
                 "UPDATE training_jobs SET status = 'cancelled', completed_at = now()"
                 f" WHERE user_id = ANY({qlist(self.users)})"
@@ -986,6 +1010,62 @@ class Fleet:
             p.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
         return problems
+
+
+# ---------------------------------------------------------------- webhooks
+
+class HookReceiver:
+    """The webhook receiver of a fleet (127.0.0.1, port 0): answers every POST 204 and
+    counts the answers per webhook-id. Signatures are the integration tests' business."""
+
+    def __init__(self):
+        import http.server
+        self.ok = {}
+        self.lock = threading.Lock()
+        rec = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+                hid = self.headers.get("webhook-id", "")
+                with rec.lock:
+                    rec.ok[hid] = rec.ok.get(hid, 0) + 1
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/hook"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def counts(self, pg, users, problems, timeout=60):
+        """(deliveries, lost, duplicates) once no delivery of users is pending (a producer
+        killed mid-request leaves its row leased for 30 s) or timeout passed."""
+        pending = f"SELECT count(*) FROM webhook_deliveries WHERE user_id = ANY({qlist(users)})" \
+                  " AND state = 'pending'"
+        try:
+            h.wait_until(lambda: pg.value(pending) == "0", timeout=timeout, interval=0.5,
+                         what="webhook deliveries to finish")
+        except AssertionError:
+            pass
+        ids = [r["id"] for r in pg.rows("SELECT 'msg_' || id AS id FROM webhook_deliveries"
+                                        f" WHERE user_id = ANY({qlist(users)})")]
+        with self.lock:
+            lost = [i for i in ids if i not in self.ok]
+            dup = sum(n - 1 for n in self.ok.values())
+        for i in lost[:10]:
+            problems.append(f"hooks_lost: delivery {i} never answered 2xx at the receiver")
+        return len(ids), len(lost), dup
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
 
 
 # ---------------------------------------------------------------- the test base
@@ -1038,6 +1118,7 @@ class FaultCase(unittest.TestCase):
                          f"terminal after {SETTLE_TIMEOUT:.0f} s):\n{detail}")
         self.assertEqual(figures["events_lost"], 0, f"{name}: job events lost:\n{detail}")
         self.assertEqual(figures["doubles"], 0, f"{name}: a job ran twice at once:\n{detail}")
+        self.assertEqual(figures["hooks_lost"], 0, f"{name}: webhook deliveries lost:\n{detail}")
         self.assertEqual(figures["violations"], 0,
                          f"{name}: per-user limit of {LIMIT} exceeded:\n{detail}")
         self.assertEqual(figures["unreasoned"], 0,

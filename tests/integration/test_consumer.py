@@ -78,6 +78,8 @@ class ConsumerCase(unittest.TestCase):
         os.makedirs(path)
         with open(os.path.join(path, "trainer.env"), "w") as f:
             f.write(f"DURATION={duration}\nEXIT_CODE={exit_code}\nMESSAGE={message}\nSTEPS=3\n")
+        with open(os.path.join(path, "0001.png"), "wb") as f:  # the preflight wants an image
+            f.write(b"\x89PNG\r\n\x1a\n")
         tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
                    "VALUES (:'id', :'u', 'test dataset', :'p')",
                    variables={"id": ds, "u": user, "p": rel})

@@ -149,6 +149,8 @@ class HostileAmqpTest(unittest.TestCase):
         os.makedirs(os.path.join(cls.root, rel))
         with open(os.path.join(cls.root, rel, "trainer.env"), "w") as f:
             f.write(f"DURATION={duration}\nEXIT_CODE=0\nMESSAGE=hostile done\nSTEPS=2\n")
+        with open(os.path.join(cls.root, rel, "0001.png"), "wb") as f:  # the preflight's image
+            f.write(b"\x89PNG\r\n\x1a\n")
         tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
                    "VALUES (:'id', :'u', 'd', :'p')", variables={"id": ds, "u": user, "p": rel})
         return ds

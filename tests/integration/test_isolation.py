@@ -325,6 +325,8 @@ class ConsumerSafetyTest(unittest.TestCase):
         os.makedirs(cls.outside)
         with open(os.path.join(cls.outside, "trainer.env"), "w") as f:
             f.write("DURATION=0.2\nEXIT_CODE=0\nMESSAGE=escaped\nSTEPS=1\n")
+        with open(os.path.join(cls.outside, "0001.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n")
         cls.user = "iso-c-" + uuid.uuid4().hex[:10]
         cls.workers, cls.procs = [], []
         cls.c = cls.consumer()
@@ -387,6 +389,8 @@ class ConsumerSafetyTest(unittest.TestCase):
         os.makedirs(os.path.join(self.root, rel))
         with open(os.path.join(self.root, rel, "trainer.env"), "w") as f:
             f.write(f"DURATION={duration}\nEXIT_CODE=0\nMESSAGE=ok\nSTEPS=2\n")
+        with open(os.path.join(self.root, rel, "0001.png"), "wb") as f:  # the preflight's image
+            f.write(b"\x89PNG\r\n\x1a\n")
         return self.dataset(rel, user=user)
 
     def publish(self, m):

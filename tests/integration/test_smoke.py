@@ -111,7 +111,8 @@ class ProceduresTest(unittest.TestCase):
         triggers = self.psql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
                              "ORDER BY 1").split()
         self.assertEqual(triggers, ["job_events_append_only", "outbox_notify",
-                                    "training_jobs_audit", "training_jobs_guard_active",
+                                    "training_jobs_audit", "training_jobs_failure_class",
+                                    "training_jobs_guard_active",
                                     "training_jobs_webhook_progress", "training_jobs_webhooks"])
         # It works: the guard refuses a third active job, the audit trigger records.
         user, ds = "fresh-" + uuid.uuid4().hex[:8], str(uuid.uuid4())
@@ -162,7 +163,7 @@ class ProceduresTest(unittest.TestCase):
             self.assertNotRegex(read(path), r"(?i)CREATE\s+TRIGGER", path)
 
         called = functions_called_by_the_programs()
-        for name in ("tq_lock_user", "tq_release_parked", "tq_give_back", "tq_sweep"):
+        for name in ("tq_lock_user", "tq_release_parked", "tq_give_back_as", "tq_sweep"):
             self.assertIn(name, called)
         for name in sorted(called):
             self.assertIn(name, homes, f"the programs call {name}, which no procedures file "

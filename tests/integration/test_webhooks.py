@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 import unittest
+import uuid
 
 import tqharness as h
 from test_live import set_status, write_progress
@@ -69,9 +70,9 @@ class Receiver:
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
                 with rec.lock:
-                    rec.got.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                                    "body": body, "at": time.time()})
                     status = rec.script.pop(0) if rec.script else rec.default
+                    rec.got.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                                    "body": body, "at": time.time(), "status": status})
                     hold, rec.hold = rec.hold or rec.each, 0.0
                     rec.inflight += 1
                     rec.max_inflight = max(rec.max_inflight, rec.inflight)
@@ -325,6 +326,45 @@ class WebhooksTest(unittest.TestCase, DocChecks):
                    variables={"id": job})
         self.assertEqual(n, "0")
 
+    def test_a_replayed_or_refused_submit_with_a_webhook_writes_no_webhook_row(self):
+        # The submit's one round trip (tq_submit) writes the job's webhook row only for a
+        # job it creates: a replay under the same Idempotency-Key, a reused key and a dataset
+        # refused leave job_webhooks, the user's secret and the deliveries as they were.
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+
+        def rows():
+            return h.psql("SELECT (SELECT count(*) FROM job_webhooks w JOIN training_jobs j"
+                          "  ON j.id = w.job_id WHERE j.user_id = :'u')"
+                          " || ' ' || (SELECT count(*) FROM job_webhooks)"
+                          " || ' ' || (SELECT count(*) FROM webhook_user_secrets"
+                          "  WHERE user_id = :'u')"
+                          " || ' ' || (SELECT count(*) FROM webhook_deliveries"
+                          "  WHERE user_id = :'u')", variables={"u": self.user})
+
+        def send(body, status, key="k-" + self.user):
+            r = p.c.request("POST", "/api/training/submit", json_body=body, token=self.token,
+                            headers={"Idempotency-Key": key})
+            self.assertEqual(r.status, status, r)
+            return r
+
+        other = add_dataset(new_user())
+        send(body_for(other, webhook_url=rec.url("/x")), 403, key="refused")
+        send(body_for(str(uuid.uuid4()), webhook_url=rec.url("/x")), 404, key="missing")
+        self.assertEqual(rows().split()[0::2], ["0", "0"])
+        first = send(body_for(self.ds, webhook_url=rec.url("/a")), 200)
+        before = rows()
+        self.assertEqual(before.split()[0::2], ["1", "1"])  # its row and the user's secret
+        again = send(body_for(self.ds, webhook_url=rec.url("/a")), 200)
+        self.assertEqual(again.json["job_id"], first.json["job_id"])
+        moved = send(body_for(self.ds, webhook_url=rec.url("/elsewhere")), 200)
+        self.assertEqual(moved.json["job_id"], first.json["job_id"])
+        send(body_for(self.ds, config={"steps": 400}, webhook_url=rec.url("/a")), 422)
+        self.assertEqual(rows(), before)
+        url = h.psql("SELECT url FROM job_webhooks WHERE job_id = :'id'",
+                     variables={"id": first.json["job_id"]})
+        self.assertEqual(url, rec.url("/a"))
+
     def test_bad_webhook_fields_are_400_naming_the_field(self):
         p = self.producer(**LOOPBACK)
         rec = self.receiver()
@@ -365,6 +405,42 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.call(p, "DELETE", f"/api/training/webhooks/{wh['id']}", status=200)
         self.assertEqual(self.call(p, "GET", "/api/training/webhooks", status=200)
                          .json["webhooks"], [])
+
+    def test_after_rotation_deliveries_verify_with_the_old_and_the_new_secret_until_the_overlap_ends(self):
+        p = self.producer(**LOOPBACK)  # the default overlap: 24 h
+        rec = self.receiver()
+        wh = self.endpoint(p, rec.url(), events=["job.queued"])
+        t0 = time.time()
+        r = self.call(p, "POST", f"/api/training/webhooks/{wh['id']}/rotate-secret", status=200)
+        self.assertShape(r, "/api/training/webhooks/{id}/rotate-secret", "POST")
+        new = r.json["secret"]
+        until = h.psql("SELECT extract(epoch FROM previous_secret_until) FROM webhook_endpoints"
+                       " WHERE id = :'id'", variables={"id": wh["id"]})
+        self.assertAlmostEqual(float(until) - t0, 86400, delta=60)
+        self.assertIsNotNone(r.json["previous_secret_expires_at"])
+        listed = self.call(p, "GET", "/api/training/webhooks", status=200).json["webhooks"][0]
+        self.assertEqual(listed["previous_secret_expires_at"], r.json["previous_secret_expires_at"])
+        self.submit(p)
+        got = self.wait_got(rec, 1)
+        self.assertEqual(len(got[0]["headers"]["webhook-signature"].split()), 2)
+        self.assertSigned(new, got)
+        self.assertSigned(wh["secret"], got)  # a receiver still configured with the old one
+
+        # A producer with a 1 s overlap: once it ends, only the new secret signs.
+        q = self.producer(TRAINQ_WEBHOOK_SECRET_OVERLAP_SECONDS="1", **LOOPBACK)
+        r = self.call(q, "POST", f"/api/training/webhooks/{wh['id']}/rotate-secret", status=200)
+        newer = r.json["secret"]
+        time.sleep(1.5)
+        self.assertIsNone(self.call(q, "GET", "/api/training/webhooks", status=200)
+                          .json["webhooks"][0]["previous_secret_expires_at"])
+        self.submit(q)
+        late = self.wait_got(rec, 2)[1:]
+        self.assertEqual(len(late[0]["headers"]["webhook-signature"].split()), 1)
+        self.assertSigned(newer, late)
+        self.assertFalse(hmac_ok(new, late[0]))
+        res = npm_verify([(new, late[0]), (wh["secret"], late[0])])
+        if res is not None:
+            self.assertEqual([v["ok"] for v in res], [False, False])
 
     # ------------------------------------------------------------------ delivery
 
@@ -413,6 +489,74 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual([json.loads(g["body"])["type"] for g in got],
                          ["job.queued", "job.cancelled"])
         self.assertSigned(wh["secret"], got)
+
+    def test_a_status_change_reaches_the_receiver_within_milliseconds_not_a_poll(self):
+        # Senders are woken by the commit's notification: with the 0.5 s poll alone the
+        # median would be ~250 ms.
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+        self.endpoint(p, rec.url(), events=["job.queued"])
+        for _ in range(16):
+            self.submit(p)
+            time.sleep(0.15)
+        got = self.wait_got(rec, 16)
+        made = dict(l.split("|") for l in h.psql(
+            "SELECT 'msg_' || id || '|' || extract(epoch FROM event_at) FROM webhook_deliveries"
+            " WHERE user_id = :'u'", variables={"u": self.user}).splitlines())
+        lat = sorted(g["at"] - float(made[g["headers"]["webhook-id"]]) for g in got)
+        self.assertLess(lat[len(lat) // 2], 0.1, lat)
+
+    def test_a_receiver_down_for_two_minutes_gets_every_event_in_sequence_order_after(self):
+        # Two minutes of the default schedule (5 s doubling) is about 5 attempts of the first
+        # event of each job; scaled here to ~20 s with delays of 1 s doubling to 4 s: 10 s of
+        # refused connections, then 10 s of 503s, then the receiver answers 200.
+        p = self.producer(**dict(LOOPBACK, TRAINQ_WEBHOOK_RETRY_MAX_SECONDS="4"))
+        port = free_port()
+        rec = self.receiver(port=port)
+        wh = self.endpoint(p, rec.url())
+        first = self.submit(p)
+        self.wait_got(rec, 1)
+        rec.close()  # down: connections refused
+        a, b, c = self.submit(p), self.submit(p), self.submit(p)
+        for s in ("pending", "running", "completed"):
+            set_status(first, s)
+        for s in ("pending", "running"):
+            set_status(a, s)
+            set_status(b, s)
+        self.call(p, "POST", f"/api/training/jobs/{c}/cancel", status=200)
+        set_status(a, "completed")
+        set_status(b, "failed", reason="exit 1")
+        time.sleep(10)
+        self.assertEqual(len(rec.events()), 1)
+        rec = self.receiver(port=port, default=503)  # up, but failing
+        time.sleep(10)
+        rec.default = 200
+        rows = h.psql("SELECT 'msg_' || id FROM webhook_deliveries WHERE endpoint_id = :'e'"
+                      " ORDER BY id", variables={"e": wh["id"]}).split()
+        self.assertEqual(len(rows), 11)  # first, a and b: 3 events each; c: 2
+        done = self.wait_got(rec, 10, timeout=40, pred=lambda g: g["status"] == 200)
+        time.sleep(1.5)
+        got = rec.events()
+        ok = [g for g in got if g["status"] == 200]
+        self.assertEqual(len(ok), len(done))  # nothing repeats after a 2xx
+        ids = [g["headers"]["webhook-id"] for g in ok]
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(set(ids), set(rows[1:]))  # all but the one delivered before
+        self.assertLessEqual({g["headers"]["webhook-id"] for g in got if g["status"] == 503},
+                             set(ids))  # retried with the same webhook-id
+        by_job = {}
+        for g in ok:
+            body = json.loads(g["body"])
+            by_job.setdefault(body["data"]["id"], []).append((body["sequence"], body["type"]))
+        want = {first: ["job.running", "job.completed"],
+                a: ["job.queued", "job.running", "job.completed"],
+                b: ["job.queued", "job.running", "job.failed"],
+                c: ["job.queued", "job.cancelled"]}
+        self.assertEqual({j: [t for _, t in v] for j, v in by_job.items()}, want)
+        for v in by_job.values():
+            self.assertEqual([s for s, _ in v], sorted(s for s, _ in v))
+        self.assertSigned(wh["secret"], ok)
+        self.assertTrue(all(d["state"] == "delivered" for d in self.deliveries(p, wh["id"])))
 
     def test_a_slow_receiver_does_not_hold_up_another(self):
         p = self.producer(**LOOPBACK)

@@ -403,7 +403,7 @@ static void prepare_writes_config_json_and_creates_the_directories(void **state)
     for (int round = 0; round < 2; round++) { /* the second run finds everything in place */
         if (round == 1)
             assert_int_equal(chmod(paths.outputs, 0755), 0);
-        int rc = tq_launch_prepare(&cfg, &job, JOB_ID, "link_in", &paths, &eb);
+        int rc = tq_launch_prepare(&cfg, &job, JOB_ID, "link_in", 0, &paths, &eb);
         if (rc != TQ_OK)
             fail_msg("round %d: %d %s", round, rc, eb.msg);
         pathf(p, "%s/a", f->root);
@@ -507,13 +507,14 @@ static void prepare_refuses_bad_input_before_writing_anything(void **state)
     struct stat st;
 
     tq_submission job = make_job("lora");
-    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "link_out", &paths, &eb),
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "link_out", 0, &paths, &eb),
                      TQ_ERR_FORBIDDEN);
-    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "missing", &paths, &eb),
+    assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "missing", 0, &paths, &eb),
                      TQ_ERR_NOT_FOUND);
     assert_int_equal(stat(data, &st), -1); /* nothing created for a job that cannot run */
 
-    assert_int_equal(tq_launch_prepare(&cfg, &job, "../../etc", "a", &paths, &eb), TQ_ERR_INVALID);
+    assert_int_equal(tq_launch_prepare(&cfg, &job, "../../etc", "a", 0, &paths, &eb),
+                     TQ_ERR_INVALID);
     assert_int_equal(stat(data, &st), -1);
     tq_submission_free(&job);
 }
@@ -581,6 +582,9 @@ static void metrics_render_counters_and_gauges_with_help_and_type(void **state)
     tq_cmetrics_inc((tq_cmetric_id)999); /* ignored, not a crash */
     assert_int_equal(tq_cmetrics_get(TQ_CM_JOBS_STARTED), 3);
 
+    tq_cmetrics_attempt_failed(TQ_FAIL_OOM);
+    tq_cmetrics_attempt_failed(TQ_FAIL_OOM);
+    tq_cmetrics_attempt_failed(TQ_FAIL_NONE); /* ignored */
     char *m = tq_cmetrics_render();
     assert_non_null(m);
     assert_contains(m, "# HELP trainq_consumer_jobs_started_total ");
@@ -602,7 +606,10 @@ static void metrics_render_counters_and_gauges_with_help_and_type(void **state)
         types++;
     for (const char *p = m; (p = strstr(p, "# HELP ")) != NULL; p++)
         helps++;
-    assert_int_equal(types, TQ_CM__COUNT + 2); /* + slots_free + the histogram */
+    /* + slots_free + the failures by class + the histogram */
+    assert_int_equal(types, TQ_CM__COUNT + 3);
+    assert_contains(m, "\ntrainq_consumer_attempt_failures_total{class=\"oom\"} 2\n");
+    assert_contains(m, "\ntrainq_consumer_attempt_failures_total{class=\"hub_error\"} 0\n");
     assert_int_equal(helps, types);
     assert_int_equal(m[strlen(m) - 1], '\n');
     free(m);
@@ -735,6 +742,93 @@ static void metrics_server_serves_metrics_and_healthz_on_a_free_port(void **stat
     tq_cmetrics_reset();
 }
 
+static void write_bytes(const char *path, size_t n)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    for (size_t i = 0; i < n; i++)
+        fputc('x', fp);
+    fclose(fp);
+}
+
+static void preflight_wants_a_readable_image_under_the_size_limit(void **state)
+{
+    fs_fixture *f = *state;
+    char d[PATH_MAX], p[PATH_MAX];
+    tq_errbuf eb = {{0}};
+    pathf(d, "%s/pf", f->tmp);
+    mkdir_ok(d);
+    /* no image: a caption and trainer.env are not a dataset */
+    pathf(p, "%s/0001.txt", d);
+    write_bytes(p, 10);
+    assert_int_equal(tq_launch_preflight_dataset(d, 0, &eb), TQ_ERR_INVALID);
+    assert_non_null(strstr(eb.msg, "holds no image file"));
+    /* a symlink to an image elsewhere is not followed, so it does not count */
+    pathf(p, "%s/link.png", d);
+    assert_int_equal(symlink("/etc/hostname", p), 0);
+    assert_int_equal(tq_launch_preflight_dataset(d, 0, &eb), TQ_ERR_INVALID);
+    /* one image, any case, in a subdirectory */
+    pathf(p, "%s/sub", d);
+    mkdir_ok(p);
+    pathf(p, "%s/sub/A.WebP", d);
+    write_bytes(p, 100);
+    assert_int_equal(tq_launch_preflight_dataset(d, 0, &eb), TQ_OK);
+    assert_int_equal(tq_launch_preflight_dataset(d, 110, &eb), TQ_OK);
+    assert_int_equal(tq_launch_preflight_dataset(d, 109, &eb), TQ_ERR_TOO_LARGE);
+    assert_non_null(strstr(eb.msg, "TRAINQ_DATASET_MAX_BYTES"));
+    /* missing */
+    pathf(p, "%s/nope", d);
+    assert_int_not_equal(tq_launch_preflight_dataset(p, 0, &eb), TQ_OK);
+    assert_non_null(strstr(eb.msg, "not readable"));
+}
+
+static void checkpoints_are_checkpoint_or_state_directories(void **state)
+{
+    fs_fixture *f = *state;
+    char d[PATH_MAX], p[PATH_MAX];
+    pathf(d, "%s/outs", f->tmp);
+    assert_int_equal(tq_launch_has_checkpoint(d), 0); /* no directory yet */
+    mkdir_ok(d);
+    pathf(p, "%s/checkpoint-", d); /* no step */
+    mkdir_ok(p);
+    pathf(p, "%s/checkpoint-9.txt", d); /* a file */
+    write_bytes(p, 1);
+    pathf(p, "%s/checkpoint-7", d); /* a link */
+    assert_int_equal(symlink(f->root, p), 0);
+    assert_int_equal(tq_launch_has_checkpoint(d), 0);
+    pathf(p, "%s/job-step00000200-state", d);
+    mkdir_ok(p);
+    assert_int_equal(tq_launch_has_checkpoint(d), 1);
+    assert_int_equal(rmdir(p), 0);
+    pathf(p, "%s/checkpoint-500", d);
+    mkdir_ok(p);
+    assert_int_equal(tq_launch_has_checkpoint(d), 1);
+}
+
+static void prepare_with_resume_asks_for_the_latest_checkpoint(void **state)
+{
+    fs_fixture *f = *state;
+    tq_config cfg;
+    char data[PATH_MAX], hf[PATH_MAX];
+    test_config(f, &cfg, data, hf);
+    tq_submission job = make_job("lora");
+    tq_launch_paths paths;
+    tq_errbuf eb = {{0}};
+    for (int resume = 0; resume < 2; resume++) {
+        assert_int_equal(tq_launch_prepare(&cfg, &job, JOB_ID, "a", resume, &paths, &eb), TQ_OK);
+        json_error_t err;
+        json_t *c = json_load_file(paths.config_file, 0, &err);
+        assert_non_null(c);
+        json_t *r = json_object_get(c, "resume_from_checkpoint");
+        if (resume)
+            assert_string_equal(json_string_value(r), "latest");
+        else
+            assert_null(r);
+        json_decref(c);
+    }
+    tq_submission_free(&job);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -749,6 +843,12 @@ int main(void)
                                         fs_setup, fs_teardown),
         cmocka_unit_test_setup_teardown(prepare_refuses_bad_input_before_writing_anything, fs_setup,
                                         fs_teardown),
+        cmocka_unit_test_setup_teardown(preflight_wants_a_readable_image_under_the_size_limit,
+                                        fs_setup, fs_teardown),
+        cmocka_unit_test_setup_teardown(checkpoints_are_checkpoint_or_state_directories, fs_setup,
+                                        fs_teardown),
+        cmocka_unit_test_setup_teardown(prepare_with_resume_asks_for_the_latest_checkpoint,
+                                        fs_setup, fs_teardown),
         cmocka_unit_test(models_cache_is_mounted_read_only_when_configured),
         cmocka_unit_test(training_cmd_is_split_on_spaces_without_a_shell),
         cmocka_unit_test(metrics_render_counters_and_gauges_with_help_and_type),

@@ -101,15 +101,10 @@ void tq_h_admin_jobs(tq_req *r)
     if (admin_guard(r) != 0 ||
         tq_job_limit_param(r, ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
         return;
-    const char *status = tq_req_query(r, "status");
+    const char *status;
     tq_job_status st;
-    if (status && !*status)
-        status = NULL;
-    if (status && tq_status_parse(status, &st) != 0) {
-        tq_job_bad_request(r, "status",
-                           "must be one of queued, pending, running, completed, failed, cancelled");
+    if (tq_job_status_param(r, &status, &st) != 0)
         return;
-    }
     reply_read(r, TQ_PDB_ADMIN_JOBS, "jobs", limit, status ? tq_status_name(st) : NULL);
 }
 
@@ -123,8 +118,8 @@ static void reply_action(tq_req *r, tq_pdb_admin_action_kind what, const char *a
     if (rc != TQ_OK)
         tq_req_reply_db_error(r, rc, &eb);
     else if (strcmp(outcome, "ok") == 0)
-        tq_req_reply_json(r, 200, json_pack("{s:b, s:s, s:s}", "success", 1, "id", arg, "message",
-                                            done));
+        tq_req_reply_json(r, 200,
+                          json_pack("{s:b, s:s, s:s}", "success", 1, "id", arg, "message", done));
     else if (strcmp(outcome, "not_found") == 0)
         tq_req_reply_error(r, 404, missing);
     else
@@ -198,8 +193,7 @@ static int worker_param(tq_req *r)
 void tq_h_admin_worker_drain(tq_req *r)
 {
     if (admin_guard(r) == 0 && worker_param(r) == 0)
-        reply_action(r, TQ_PDB_ADMIN_DRAIN, tq_req_param(r), "worker draining",
-                     "worker not found");
+        reply_action(r, TQ_PDB_ADMIN_DRAIN, tq_req_param(r), "worker draining", "worker not found");
 }
 
 void tq_h_admin_worker_undrain(tq_req *r)

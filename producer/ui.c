@@ -28,9 +28,12 @@ static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'sel
 static const struct {
     const char *ext, *type;
 } types[] = {
-    {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
-    {".css", "text/css; charset=utf-8"},   {".svg", "image/svg+xml"},
-    {".png", "image/png"},                 {".ico", "image/x-icon"},
+    {".html", "text/html; charset=utf-8"},
+    {".js", "text/javascript; charset=utf-8"},
+    {".css", "text/css; charset=utf-8"},
+    {".svg", "image/svg+xml"},
+    {".png", "image/png"},
+    {".ico", "image/x-icon"},
     {".json", "application/json"},
 };
 

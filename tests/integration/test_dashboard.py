@@ -258,6 +258,10 @@ class TestAdminApi(AdminCase):
         self.assertIn("only failed jobs", r.json["error"])
 
     def test_the_consumer_records_dead_letters_and_an_operator_republishes_one(self):
+        old_id = "old-" + run_id()
+        tqenv.psql("INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, body,"
+                   " created_at) VALUES (:'m', 'lora', 'old', 'w', '', now() - interval '31 days')",
+                   variables={"m": old_id})
         self.consumer(f"dlq-{run_id()}", slots=1)
         bad_id = "not-a-job-" + run_id()
         self.publish(b"{not json", message_id=bad_id)
@@ -274,6 +278,9 @@ class TestAdminApi(AdminCase):
                             and {x["message_id"] for x in d} >= {bad_id, m["job_id"]} and d,
                             timeout=30, what="both dead letters recorded")
         by_id = {x["message_id"]: x for x in rows}
+        # recording one drops those older than 30 days
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM dead_letters WHERE message_id = :'m'",
+                                    variables={"m": old_id}), "0")
         self.assertIn("json", by_id[bad_id]["reason"].lower())
         self.assertEqual(by_id[bad_id]["body"], "{not json")
         self.assertTrue(by_id[m["job_id"]]["reason"])

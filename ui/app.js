@@ -404,7 +404,9 @@
     const eta = job.status === "running" ? fmtDuration(job.eta_seconds) : "";
     return el("tr", { "data-job": job.id, "data-status": job.status },
       el("td", {}, link),
-      el("td", {}, statusEl(job.status)),
+      el("td", {}, statusEl(job.status),
+        // on a phone the ETA and queue columns are hidden: the gist goes under the status
+        el("div", { class: "muted show-narrow", text: eta ? "ETA " + eta : waitingText(job) })),
       el("td", {}, progressEl(job)),
       el("td", { class: "hide-narrow", text: eta || "—" }),
       el("td", { class: "hide-narrow", text: waitingText(job) || "—" }),

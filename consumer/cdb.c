@@ -601,10 +601,7 @@ int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_ke
         memcpy(text, body, n);
     tq_utf8_sanitize(text, n);
     const char *p[5] = {message_id, routing_key, reason, worker_id, text};
-    int rc = tq_db_exec(c,
-                        "INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, "
-                        "body) VALUES ($1, $2, $3, $4, $5)",
-                        5, p, NULL, eb);
+    int rc = tq_db_exec(c, "SELECT tq_dead_letter_record($1, $2, $3, $4, $5)", 5, p, NULL, eb);
     free(text);
     return rc;
 }

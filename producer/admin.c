@@ -101,15 +101,10 @@ void tq_h_admin_jobs(tq_req *r)
     if (admin_guard(r) != 0 ||
         tq_job_limit_param(r, ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
         return;
-    const char *status = tq_req_query(r, "status");
+    const char *status;
     tq_job_status st;
-    if (status && !*status)
-        status = NULL;
-    if (status && tq_status_parse(status, &st) != 0) {
-        tq_job_bad_request(r, "status",
-                           "must be one of queued, pending, running, completed, failed, cancelled");
+    if (tq_job_status_param(r, &status, &st) != 0)
         return;
-    }
     reply_read(r, TQ_PDB_ADMIN_JOBS, "jobs", limit, status ? tq_status_name(st) : NULL);
 }
 

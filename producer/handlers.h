@@ -19,6 +19,7 @@
 
 #include "guards.h"
 #include "request.h"
+#include "tq_status.h"
 #include "tq_uuid.h"
 
 /* Shared by the job handlers (jobs.c, live.c): authenticate and count against the read
@@ -29,6 +30,9 @@ void tq_job_bad_request(tq_req *r, const char *field, const char *message);
 int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF]);
 /* The ?limit= query: def when absent, else 1..max (-1: replied 400 naming limit). */
 int tq_job_limit_param(tq_req *r, int def, int max, int *limit);
+/* The ?status= query: *status NULL when absent or empty, else its parsed *st (-1: replied
+ * 400 naming status). */
+int tq_job_status_param(tq_req *r, const char **status, tq_job_status *st);
 void tq_job_reply_failure(tq_req *r, int rc, const tq_errbuf *eb);
 
 void tq_h_submit(tq_req *r);

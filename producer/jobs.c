@@ -105,19 +105,27 @@ static int cursor_parse(const char *c, char micros[CURSOR_MICROS_MAX + 1], char 
     return tq_uuid_canonical(us + 1, id) == TQ_OK ? 0 : -1;
 }
 
+int tq_job_status_param(tq_req *r, const char **status, tq_job_status *st)
+{
+    *status = tq_req_query(r, "status");
+    if (*status && !**status)
+        *status = NULL;
+    if (*status && tq_status_parse(*status, st) != 0) {
+        tq_job_bad_request(r, "status",
+                           "must be one of queued, pending, running, completed, failed, cancelled");
+        return -1;
+    }
+    return 0;
+}
+
 void tq_h_job_list(tq_req *r)
 {
     if (tq_job_guard(r) != 0)
         return;
-    const char *status = tq_req_query(r, "status");
+    const char *status;
     tq_job_status st;
-    if (status && !*status)
-        status = NULL;
-    if (status && tq_status_parse(status, &st) != 0) {
-        tq_job_bad_request(r, "status",
-                           "must be one of queued, pending, running, completed, failed, cancelled");
+    if (tq_job_status_param(r, &status, &st) != 0)
         return;
-    }
     int limit = 0;
     if (tq_job_limit_param(r, LIST_DEFAULT, LIST_MAX, &limit) != 0)
         return;

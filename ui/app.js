@@ -60,7 +60,9 @@
   const $ = (sel) => document.querySelector(sel);
   const main = () => $("#main");
 
-  function flash(msg, bad) {
+  // A message stays for the next page only when set just before navigating (keep).
+  function flash(msg, bad, keep) {
+    state.flashKeep = !!keep;
     const f = $("#flash");
     f.textContent = msg || "";
     f.className = "flash" + (bad ? " bad" : "");
@@ -125,11 +127,11 @@
   function signIn(token, quiet) {
     const claims = claimsOf(token);
     if (!claims || typeof claims.sub !== "string") {
-      flash("That is not a token this dashboard can read (a JWT with a sub claim).", true);
+      flash("That is not a token this dashboard can read (a JWT with a sub claim).", true, true);
       return false;
     }
     if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
-      flash("That token has expired: get a fresh one from the web app.", true);
+      flash("That token has expired: get a fresh one from the web app.", true, true);
       return false;
     }
     state.token = token;
@@ -159,7 +161,7 @@
     $("#nav").hidden = true;
     for (const li of document.querySelectorAll("li.op")) li.hidden = true;
     setLive("offline");
-    if (message) flash(message, bad);
+    if (message) flash(message, bad, true);
     if (location.hash !== "#/signin") location.hash = "#/signin";
     else route();
   }
@@ -402,7 +404,9 @@
     const eta = job.status === "running" ? fmtDuration(job.eta_seconds) : "";
     return el("tr", { "data-job": job.id, "data-status": job.status },
       el("td", {}, link),
-      el("td", {}, statusEl(job.status)),
+      el("td", {}, statusEl(job.status),
+        // on a phone the ETA and queue columns are hidden: the gist goes under the status
+        el("div", { class: "muted show-narrow", text: eta ? "ETA " + eta : waitingText(job) })),
       el("td", {}, progressEl(job)),
       el("td", { class: "hide-narrow", text: eta || "—" }),
       el("td", { class: "hide-narrow", text: waitingText(job) || "—" }),
@@ -461,8 +465,10 @@
     renderJobHeader(job);
     loadTimeline(id);
     loadArtifacts(id);
+    // A running job's stream starts with its kept log; a finished job's tail is read once.
+    const live = !TERMINAL.includes(job.status);
     const [logs, prog] = await Promise.all([
-      api("GET", "/api/training/jobs/" + encodeURIComponent(id) + "/logs?tail=200", null, { text: true, quiet: true }),
+      live ? null : api("GET", "/api/training/jobs/" + encodeURIComponent(id) + "/logs?tail=200", null, { text: true, quiet: true }),
       api("GET", "/api/training/jobs/" + encodeURIComponent(id) + "/progress", null, { quiet: true }),
     ]);
     if (state.view !== "job:" + id) return;
@@ -470,7 +476,7 @@
     const samples = prog && prog.ok && prog.body ? prog.body.samples : [];
     state.samples = samples.slice();
     renderLoss(state.samples);
-    if (!TERMINAL.includes(job.status)) followJob(id);
+    if (live) followJob(id);
   }
 
   function renderJobHeader(job) {
@@ -493,6 +499,14 @@
                ["Created", fmtTime(job.created_at)], ["Started", fmtTime(job.started_at)],
                ["Finished", fmtTime(job.completed_at)], ["Id", job.id]);
     const dl = el("dl", { class: "kv" }, items.map(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+    // Progress redraws the facts only: the buttons (and a keyboard user's focus on one)
+    // stay until the status changes.
+    const oldDl = head.querySelector("dl");
+    if (oldDl && head.dataset.status === job.status) {
+      oldDl.replaceWith(dl);
+      return;
+    }
+    head.dataset.status = job.status;
     const actions = el("div", { class: "actions" });
     if (!TERMINAL.includes(job.status)) {
       actions.append(el("button", { type: "button", class: "danger", id: "cancel-job", onclick: () => cancelJob(job) }, "Cancel job"));
@@ -566,21 +580,19 @@
     const ctl = new AbortController();
     const s = { ctl, lastId: null, id };
     state.jobStream = s;
-    let replay = true;
     (async () => {
       while (state.jobStream === s) {
         let res;
         try {
           res = await readSse("/api/training/jobs/" + encodeURIComponent(id) + "/stream", s.lastId, ctl.signal, (e) => {
             if (e.id) s.lastId = e.id;
-            onJobEvent(id, e, replay);
+            onJobEvent(id, e);
           });
         } catch (e) {
           if (ctl.signal.aborted) return;
         }
         if (res && res.ended) return; // the job ended
         if (res && res.stop) return;
-        replay = false;
         await new Promise((r) => setTimeout(r, 2000));
       }
     })();
@@ -590,11 +602,9 @@
     state.jobStream = null;
   }
 
-  function onJobEvent(id, e, replay) {
+  function onJobEvent(id, e) {
     if (state.view !== "job:" + id) return;
     if (e.event === "log") {
-      // the stream replays the kept log first; the tail was loaded already
-      if (replay && !state.logLive) return;
       const pre = $("#log");
       if (pre) {
         pre.append(e.data + "\n");
@@ -621,7 +631,6 @@
         renderLoss(state.samples);
       }
     } else if (e.event === "status") {
-      state.logLive = true;
       refreshJob(id);
       if (TERMINAL.includes(d.status)) {
         loadTimeline(id);
@@ -761,7 +770,7 @@
     const r = await api("POST", "/api/training/submit", values);
     btn.disabled = false;
     if (r && r.ok) {
-      flash("Job submitted: " + r.body.job_id);
+      flash("Job submitted: " + r.body.job_id, false, true);
       location.hash = "#/jobs/" + r.body.job_id;
       return;
     }
@@ -874,7 +883,8 @@
     const rows = r.body.workers.map((w) => el("tr", { "data-worker": w.worker_id },
       el("td", { text: w.worker_id }),
       el("td", { class: "hide-narrow", text: w.hostname }),
-      el("td", {}, el("span", { class: "badge " + (w.healthy ? "ok" : "bad"), text: w.stopped_at ? "stopped" : w.healthy ? "healthy" : "unhealthy" }),
+      el("td", {}, el("span", { class: "badge " + (w.healthy && w.heartbeat_age_seconds <= 60 ? "ok" : "bad"),
+        text: w.stopped_at ? "stopped" : w.heartbeat_age_seconds > 60 ? "no heartbeat" : w.healthy ? "healthy" : "unhealthy" }),
         w.draining ? el("span", { class: "badge", text: " draining" }) : null),
       el("td", { class: "num", text: fmtDuration(w.heartbeat_age_seconds) }),
       el("td", { class: "num", text: w.busy + " / " + w.slots }),
@@ -946,10 +956,12 @@
       return;
     }
     if (state.view && state.view.startsWith("job:") && path !== "/jobs/" + state.view.slice(4)) closeJobStream();
+    if (state.flashKeep) state.flashKeep = false;
+    else flash("");
     let nav = "";
     if (path === "/signin") viewSignIn();
     else if (path === "/jobs" || path === "/" || path === "") { nav = "jobs"; viewJobs(); }
-    else if (path.startsWith("/jobs/")) { nav = "jobs"; state.logLive = false; viewJob(decodeURIComponent(path.slice(6))); }
+    else if (path.startsWith("/jobs/")) { nav = "jobs"; viewJob(decodeURIComponent(path.slice(6))); }
     else if (path === "/new") { nav = "new"; viewNew(params.get("from")); }
     else if (path === "/usage") { nav = "usage"; viewUsage(); }
     else if (path === "/admin") { nav = "admin"; viewAdmin(); }

@@ -12,7 +12,7 @@ ALTER TABLE workers
 -- Every message a consumer dead-lettered, with its reason, recorded after the broker
 -- confirmed the copy on trainq.jobs.dead (the queue stays the source of the bytes; this is
 -- what an operator reads and acts on). body is the message as text, non-UTF-8 bytes
--- replaced by '?', capped by the consumer.
+-- replaced by '?', capped by the consumer. Kept 30 days (tq_dead_letter_record).
 CREATE TABLE dead_letters (
     id             bigserial PRIMARY KEY,
     message_id     text NOT NULL,

@@ -164,6 +164,19 @@ BEGIN
     RETURN 'ok';
 END $$;
 
+-- A consumer records a message it dead-lettered (consumer/cdb.c); rows older than 30 days
+-- go at the same time, so the table stays bounded without a job of its own (the queue
+-- trainq.jobs.dead keeps the messages themselves as long as the operator lets it).
+CREATE OR REPLACE FUNCTION tq_dead_letter_record(p_message_id text, p_routing_key text,
+                                                 p_reason text, p_worker text, p_body text)
+    RETURNS bigint
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM dead_letters WHERE created_at < now() - interval '30 days')
+    INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, body)
+    VALUES (p_message_id, p_routing_key, p_reason, p_worker, p_body)
+    RETURNING id
+$$;
+
 -- Sets a worker's drain flag; the worker reads it on its next heartbeat.
 CREATE OR REPLACE FUNCTION tq_admin_drain(p_worker text, p_drain boolean) RETURNS text
 LANGUAGE sql AS $$

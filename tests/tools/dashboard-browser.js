@@ -3,7 +3,7 @@
 // tokens and datasets, and passes them in the environment:
 //
 //   TQ_UI_BASE      http://127.0.0.1:PORT (the producer)
-//   TQ_UI_USER_TOKEN, TQ_UI_OPERATOR_TOKEN
+//   TQ_UI_USER_TOKEN, TQ_UI_OPERATOR_TOKEN, TQ_UI_EXPIRED_TOKEN
 //   TQ_UI_DATASET   a dataset of the user whose job runs a few seconds with a loss
 //   TQ_UI_SLOW_DATASET  one whose job runs long (to be cancelled)
 //   TQ_UI_WORKER    the consumer's worker id
@@ -55,7 +55,7 @@ async function newPage(browser, name) {
   await page.setViewport({ width: 1280, height: 800 });
   page.on("request", (req) => {
     const u = req.url();
-    if (u.startsWith("data:") || u.startsWith("blob:")) return;
+    if (u.startsWith("data:") || u.startsWith("blob:") || u === "about:blank") return;
     if (new URL(u).origin !== origin) foreign.push(u);
   });
   page.on("console", (msg) => {
@@ -115,12 +115,44 @@ async function main() {
   try {
     // ---------------------------------------------------------------- sign in
     const user = await newPage(browser, "user");
+    step("an expired token is refused with a message");
+    await user.goto(BASE + "/ui/#token=" + process.env.TQ_UI_EXPIRED_TOKEN, { waitUntil: "domcontentloaded" });
+    await user.waitForSelector("#token");
+    check(/expired/.test(await text(user, "#flash")), "an expired token is explained");
+    check(await user.evaluate(() => sessionStorage.getItem("trainq.token") === null), "an expired token is not kept");
     step("sign in with the token in the fragment");
+    await user.goto("about:blank"); // a new document, not a fragment change of this one
     await user.goto(BASE + "/ui/#token=" + process.env.TQ_UI_USER_TOKEN, { waitUntil: "domcontentloaded" });
     await user.waitForFunction(() => document.querySelector("#who").textContent.startsWith("Signed in as"));
     check(!(await user.evaluate(() => location.href)).includes("token="), "the token stays in the address bar");
     check(/expires/.test(await text(user, "#expiry")), "expiry is shown");
     await user.evaluate(() => { window.__noReload = 1; });
+    // keyboard: from the content (focused after each navigation) Shift+Tab walks back
+    // through sign out, the navigation and the skip link; Tab reaches the content's links
+    const walk = async (key, n) => {
+      const seen = [];
+      for (let i = 0; i < n; i++) {
+        if (key === "Shift+Tab") {
+          await user.keyboard.down("Shift");
+          await user.keyboard.press("Tab");
+          await user.keyboard.up("Shift");
+        } else {
+          await user.keyboard.press(key);
+        }
+        seen.push(await user.evaluate(() => {
+          const a = document.activeElement;
+          return (a.id ? "#" + a.id : "") + (a.className ? "." + a.className : "") + (a.getAttribute("href") || "");
+        }));
+      }
+      await user.focus("main");
+      return seen.join(" ");
+    };
+    await user.waitForSelector('main a[href="#/new"]');
+    await user.focus("main");
+    const back = await walk("Shift+Tab", 12);
+    check(/#signout/.test(back) && /#\/jobs/.test(back) && /\.skip/.test(back), "Shift+Tab reaches sign out, the navigation and the skip link: " + back);
+    const fwd = await walk("Tab", 3);
+    check(/#\/new/.test(fwd), "Tab reaches the content: " + fwd);
     await user.waitForSelector("main h1");
     check(await user.$eval("li.op", (e) => e.hidden), "a user sees no operator pages");
 

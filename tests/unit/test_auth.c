@@ -222,6 +222,57 @@ static void valid_hs256_token_yields_its_sub(void **state)
     free(t);
 }
 
+/* The operator claim (TRAINQ_ADMIN_CLAIM): a string equal to the value or an array holding
+ * it marks an operator's token; anything else, or no claim configured, does not. */
+static int operator_of_token(const char *claim, const char *value, const char *claims_json)
+{
+    tq_auth_config cfg = {.alg = "HS256",
+                          .secret = SECRET,
+                          .leeway_seconds = 30,
+                          .operator_claim = claim,
+                          .operator_value = value};
+    tq_auth *a = NULL;
+    tq_errbuf eb = {{0}};
+    assert_int_equal(tq_auth_new(&cfg, &a, &eb), TQ_OK);
+    char *t = mint_hs(SECRET, claims_json), *b = bearer(t);
+    char user[TQ_AUTH_USER_ID_MAX + 1];
+    int op = -1;
+    assert_int_equal(tq_auth_verify_operator(a, b, NOW, user, sizeof user, &op, &eb), TQ_OK);
+    assert_string_equal(user, "user-1");
+    free(b);
+    free(t);
+    tq_auth_free(a);
+    return op;
+}
+
+#define CLAIMS_WITH(extra)                                                                         \
+    "{\"aud\":\"authenticated\",\"sub\":\"user-1\",\"exp\":1700003600," extra "}"
+
+static void operator_claim_marks_an_operators_token_and_nothing_else(void **state)
+{
+    (void)state;
+    assert_int_equal(
+        operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":\"admin\"")), 1);
+    assert_int_equal(
+        operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":[\"x\",\"admin\"]")),
+        1);
+    assert_int_equal(
+        operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":\"Admin\"")), 0);
+    assert_int_equal(
+        operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":\"admins\"")), 0);
+    assert_int_equal(operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"role\":\"admin\"")),
+                     0);
+    assert_int_equal(
+        operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":{\"a\":\"admin\"}")),
+        0);
+    assert_int_equal(operator_of_token("trainq_role", "admin", CLAIMS_WITH("\"trainq_role\":true")),
+                     0);
+    assert_int_equal(operator_of_token("role", "ops", CLAIMS_WITH("\"role\":\"ops\"")), 1);
+    /* no claim configured: no token is an operator's */
+    assert_int_equal(operator_of_token("", "admin", CLAIMS_WITH("\"trainq_role\":\"admin\"")), 0);
+    assert_int_equal(operator_of_token(NULL, NULL, CLAIMS_WITH("\"trainq_role\":\"admin\"")), 0);
+}
+
 static void valid_rs256_token_yields_its_sub(void **state)
 {
     fixture *fx = *state;
@@ -786,6 +837,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(valid_hs256_token_yields_its_sub, setup_hs, teardown),
         cmocka_unit_test_setup_teardown(valid_rs256_token_yields_its_sub, setup_rs, teardown),
+        cmocka_unit_test(operator_claim_marks_an_operators_token_and_nothing_else),
         cmocka_unit_test_setup_teardown(valid_es256_token_yields_its_sub, setup_es, teardown),
         cmocka_unit_test_setup_teardown(scheme_is_case_insensitive_and_allows_several_spaces,
                                         setup_hs, teardown),

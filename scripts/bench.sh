@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainq benchmarks, each next to its floor in the same run (docs/performance.md).
 #
-#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory]   (ROWS: e.g. 1,8)
+#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory] [--big]   (ROWS: e.g. 1,8)
 #
 #   1. starts its own Postgres/RabbitMQ/dockerd (scripts/services.sh) in its own state dir
 #      and on its own ports, so it never meets a test run's services
@@ -14,6 +14,9 @@
 # --memory runs tests/bench/memory.py instead of bench.py: peak memory of producer and
 # consumer under 5 000 open connections, 1 000 requests in flight and an outbox backlog of up
 # to 1 GB (bounded: about 10 minutes; table in build-bench/memory.md).
+# --big adds row 10 (opt-in, several minutes more): submit, GET /jobs/{id}, the list's first
+# and 100th page of a user with 50 000 jobs, claim and release transactions, on the database
+# as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=10` runs it alone).
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).
 #
@@ -31,14 +34,16 @@ quick=()
 only=()
 keep=0
 memory=0
+big=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
     --keep) keep=1 ;;
     --only=*) only=(--only "${a#--only=}") ;;
     --memory) memory=1 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory)" >&2; exit 2 ;;
+    --big) big=(--big) ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory, --big)" >&2; exit 2 ;;
   esac
 done
 
@@ -94,7 +99,7 @@ if ((memory)); then
   echo "bench.sh: table written to $BUILD/memory.md" >&2
   exit 0
 fi
-/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" --bin-dir "$BUILD" \
+/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" "${big[@]}" --bin-dir "$BUILD" \
   --out "$BUILD/bench.md" --work-dir "$TRAINQ_STATE_DIR/bench" \
   --duration "${TRAINQ_BENCH_DURATION:-15}" --connections "${TRAINQ_BENCH_CONNECTIONS:-64}" \
   --http-threads "${TRAINQ_BENCH_HTTP_THREADS:-4}" \

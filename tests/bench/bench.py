@@ -484,13 +484,9 @@ class Bench:
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 65535)
 \\set r2 random(0, 281474976710655)
-\\set trim random(1, 64)
 BEGIN;
 WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w, s;
-\\if :trim = 1
-DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes';
-\\endif
-{split}SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}');
+{split}SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}', NULL, NULL, NULL);
 COMMIT;
 """
 
@@ -1107,6 +1103,23 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
                 f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
                 f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
+        r10 = R.get(10)
+        if r10:
+            e, b = r10["empty"], r10["big"]
+            for key, label, unit, higher in (
+                    ("submit_rps", "submit req/s (wrk)", "", True),
+                    ("get_ms", "GET /jobs/{id} p50", " ms", False),
+                    ("list1_ms", "list, first page p50", " ms", False),
+                    ("list100_ms", "list, 100th page p50", " ms", False),
+                    ("claim_ms", "claim transaction (tq_claim), mean", " ms", False),
+                    ("release_ms", "job end + tq_release_parked transaction, mean", " ms", False)):
+                ratio = b[key] / e[key] if e[key] else None
+                ok = None if ratio is None else (ratio >= 0.8 if higher else ratio <= 1.2)
+                add(f"| 10 | {label}: {e['jobs']:,} jobs / {e['events']:,} audit rows →"
+                    f" {b['jobs']:,} / {b['events']:,} (a user with {r10['user_jobs']:,}"
+                    " jobs) |"
+                    f" {fmt(b[key], unit, 2)} | before: {fmt(e[key], unit, 2)} |"
+                    f" {fmt(ratio, ' ×', 2)} | within 20 % | {yes(ok)} |")
         r9 = R.get(9)
         if r9:
             add(f"| 9 | reading trainer output: split + progress parse per MB of a tqdm stream"
@@ -1206,6 +1219,170 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                            "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
                            "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 
+    # ------------------------------------------------------------ row 10 (--big)
+
+    def superuser_psql(self, sql, timeout=1800):
+        """psql as postgres (services.sh psql): the bulk fill runs with the triggers off."""
+        p = subprocess.run(["bash", os.path.join(REPO, "scripts", "services.sh"), "psql", "-q",
+                            "-A", "-t", "-v", "ON_ERROR_STOP=1"], input=sql,
+                           capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise Broken(f"psql (superuser) failed: {p.stderr.strip()[:500]}")
+        return p.stdout.strip()
+
+    def fill(self, prefix, users, jobs, events_per_job, first):
+        """jobs finished jobs of users prefix0..prefix{users-1} (prefix0 gets the first ones
+        when users == 1), events_per_job audit rows and one published outbox row each,
+        written with the triggers off (what years of use would have left)."""
+        self.superuser_psql(f"""
+            SET session_replication_role = replica;
+            INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
+                status, created_at, updated_at, started_at, completed_at, message)
+            SELECT id, u, gen_random_uuid(), 'old', 'lora', 'm', '{{}}',
+                   (ARRAY['completed', 'failed', 'cancelled'])[1 + i % 3], ts, ts, ts,
+                   ts + interval '1 hour',
+                   json_build_object('schema', 'trainq.job.v1', 'job_id', id, 'user_id', u)::text
+              FROM (SELECT i, gen_random_uuid() AS id, '{prefix}' || (i % {users}) AS u,
+                           now() - interval '400 days' + i * interval '10 ms' AS ts
+                      FROM generate_series({first}, {first} + {jobs} - 1) i) g;
+            INSERT INTO job_events (job_id, user_id, from_status, to_status, fencing_token, at)
+            SELECT j.id, j.user_id, NULL, 'queued', 0, j.created_at + k * interval '1 ms'
+              FROM training_jobs j, generate_series(1, {events_per_job}) k
+             WHERE j.user_id LIKE '{prefix}%' AND j.name = 'old'
+               AND j.created_at >= now() - interval '400 days' + {first} * interval '10 ms';
+            INSERT INTO outbox (job_id, routing_key, payload, created_at, published_at)
+            SELECT id, 'lora', '{{}}', created_at, created_at FROM training_jobs
+             WHERE user_id LIKE '{prefix}%' AND name = 'old'
+               AND created_at >= now() - interval '400 days' + {first} * interval '10 ms';
+            RESET session_replication_role;
+            VACUUM ANALYZE training_jobs, job_events, outbox;
+            CHECKPOINT;""")
+
+    def timed_gets(self, port, token, path, n):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        lat = []
+        body = None
+        for _ in range(n):
+            t = time.perf_counter()
+            c.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            r = c.getresponse()
+            body = r.read()
+            lat.append((time.perf_counter() - t) * 1e3)
+            if r.status != 200:
+                raise Broken(f"GET {path} answered {r.status}: {body[:200]!r}")
+        c.close()
+        return pct(lat, 50), json.loads(body)
+
+    def txn_latency(self, name, script, seconds):
+        """Mean latency (ms) of a rolled-back transaction, pgbench with one client."""
+        path = os.path.join(self.work, f"pgbench-{name}.sql")
+        with open(path, "w") as f:
+            f.write(script)
+        u = urllib.parse.urlparse(DATABASE_URL)
+        p = subprocess.run(["pgbench", "-n", "-M", "extended", "-c", "1", "-T", str(seconds),
+                            "-f", path, "-h", u.hostname, "-p", str(u.port),
+                            "-U", urllib.parse.unquote(u.username), u.path.lstrip("/")],
+                           env=self.env(PGPASSWORD=urllib.parse.unquote(u.password or "")),
+                           capture_output=True, text=True, timeout=seconds + 120)
+        lat = re.search(r"latency average = ([0-9.]+) ms", p.stdout)
+        if p.returncode != 0 or not lat:
+            raise Broken(f"pgbench {name} failed: {(p.stderr or p.stdout).strip()[-500:]}")
+        return float(lat.group(1))
+
+    def claim_release_setup(self):
+        """A queued job to claim (user rc, at no limit) and a user rr with a running and a
+        parked job, made through the programs' own functions."""
+        tag = f"bench-big-{self.run}"
+        cu, ru = f"{tag}-claim", f"{tag}-release"
+        ids = {}
+        for name, u in (("claim", cu), ("run", ru), ("parked", ru)):
+            ds = str(uuid.uuid4())
+            psql(f"INSERT INTO datasets (id, user_id, name, storage_path) VALUES ('{ds}', '{u}',"
+                 f" 'bench', 'big/{ds}')")
+            j = str(uuid.uuid4())
+            msg = json.dumps({"schema": "trainq.job.v1", "job_id": j, "user_id": u,
+                              "submitted_at": "2026-12-01T00:00:00.000Z", "dataset_id": ds,
+                              "name": "n", "type": "lora", "base_model": BASE_MODEL,
+                              "config": {}, "trigger_words": []}, separators=(",", ":"))
+            psql(f"SELECT tq_insert_job('{msg}', 'http')")
+            ids[name] = (j, msg)
+        psql(f"UPDATE training_jobs SET status = 'pending', worker_id = 'bench-big',"
+             f" fencing_token = 1 WHERE id = '{ids['run'][0]}';"
+             f" UPDATE training_jobs SET status = 'running' WHERE id = '{ids['run'][0]}';"
+             f" UPDATE training_jobs SET parked_at = now() WHERE id = '{ids['parked'][0]}'")
+        claim = ("BEGIN;\n"
+                 f"SELECT outcome FROM tq_claim('{ids['claim'][1]}', 'bench-big', 30, 4096);\n"
+                 "ROLLBACK;\n")
+        release = ("BEGIN;\n"
+                   "UPDATE training_jobs SET status = 'completed', completed_at = now(),"
+                   f" lease_expires_at = NULL WHERE id = '{ids['run'][0]}'"
+                   " AND status IN ('pending', 'running') RETURNING user_id;\n"
+                   f"SELECT tq_release_parked('{ru}');\nROLLBACK;\n")
+        return claim, release
+
+    def measure_big(self, port, token, claim, release):
+        secs = 3 if self.quick else 8
+        r = {"jobs": int(psql("SELECT count(*) FROM training_jobs")),
+             "events": int(psql("SELECT count(*) FROM job_events"))}
+        self.timed_gets(port, token, f"/api/training/jobs/{self.big_job}", 20)  # warm-up
+        r["submit_rps"] = self.wrk(port, self.wrk_data())["rps"]
+        self.retire_queued("bench-u%")
+        r["get_ms"], _ = self.timed_gets(port, token, f"/api/training/jobs/{self.big_job}", 200)
+        r["list1_ms"], _ = self.timed_gets(port, token, "/api/training/jobs?limit=20", 100)
+        cursor = None
+        for _ in range(99):  # the 100th page's cursor, walked as a client would
+            q = "/api/training/jobs?limit=20" + (f"&cursor={cursor}" if cursor else "")
+            _, page = self.timed_gets(port, token, q, 1)
+            cursor = page["next_cursor"]
+        r["list100_ms"], _ = self.timed_gets(
+            port, token, f"/api/training/jobs?limit=20&cursor={cursor}", 100)
+        r["claim_ms"] = self.txn_latency("claim", claim, secs)
+        r["release_ms"] = self.txn_latency("release", release, secs)
+        return r
+
+    def row10(self):
+        """Cost as the data grows (issue 11, item 4): the same measures on the bench database
+        with one user's 50 000 finished jobs, then after 950 000 more jobs of 10 000 other
+        users and 5 audit rows per job (5 M) were added. Opt-in (--big): the fill takes
+        minutes; its rows are deleted afterwards."""
+        user_jobs, jobs, per = (5000, 100000, 5) if self.quick else (50000, 1000000, 5)
+        log(f"row 10: empty vs {jobs:,} jobs / {jobs * per:,} audit rows")
+        self.make_pool()
+        tag = f"bench-big-{self.run}"
+        user = f"{tag}-user"
+        t0 = time.monotonic()
+        self.fill(user, 1, user_jobs, per, 0)
+        self.big_job = psql(f"SELECT id FROM training_jobs WHERE user_id = '{user}0'"
+                            " ORDER BY created_at LIMIT 1 OFFSET 777")
+        claim, release = self.claim_release_setup()
+        p = self.start([os.path.join(self.bin, "producer", "trainq-producer")], "producer-big",
+                       TRAINQ_HTTP_ADDR="127.0.0.1:0", TRAINQ_JWT_SECRET=self.secret,
+                       TRAINQ_HTTP_THREADS=self.threads, TRAINQ_SUBMIT_RATE_PER_MINUTE=1000000,
+                       TRAINQ_READ_RATE_PER_MINUTE=1000000, TRAINQ_LOG_LEVEL="info")
+        port = int(p.wait_event("http.listening")["port"])
+        token = mint(f"{user}0", self.secret)
+        empty = self.measure_big(port, token, claim, release)
+        t1 = time.monotonic()
+        self.fill(f"{tag}-other", 10000, jobs - user_jobs, per, user_jobs)
+        fill_s = time.monotonic() - t1
+        big = self.measure_big(port, token, claim, release)
+        p.stop()
+        self.wait_published()
+        self.purge()
+        self.retire_queued("bench-%")
+        self.superuser_psql(f"""
+            SET session_replication_role = replica;
+            DELETE FROM job_events WHERE user_id LIKE '{tag}%';
+            DELETE FROM outbox WHERE job_id IN (SELECT id FROM training_jobs
+                                                 WHERE user_id LIKE '{tag}%');
+            DELETE FROM training_jobs WHERE user_id LIKE '{tag}%';
+            DELETE FROM datasets WHERE user_id LIKE '{tag}%';
+            RESET session_replication_role;
+            VACUUM ANALYZE training_jobs, job_events, outbox;""")
+        self.results[10] = {"jobs": jobs, "events": jobs * per, "user_jobs": user_jobs,
+                            "empty": empty, "big": big, "fill_s": fill_s,
+                            "total_s": time.monotonic() - t0}
+
     # ------------------------------------------------------------ table sizes
 
     def table_sizes(self):
@@ -1252,6 +1429,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.row8()
             if want(9):
                 self.row9()
+            if self.args.big and want(10):
+                self.row10()
         finally:
             self._sampling.set()
             for p in self.procs:
@@ -1282,6 +1461,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--http-threads", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep logs and scratch files")
+    ap.add_argument("--big", action="store_true",
+                    help="row 10: the measures on an empty database and with 1 M jobs")
     ap.add_argument("--only", type=lambda v: {int(x) for x in v.split(",") if x},
                     default=set(), help="comma-separated rows to run (default: all)")
     args = ap.parse_args()

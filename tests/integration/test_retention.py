@@ -13,6 +13,7 @@ transaction, as if they had happened days ago.
 Needs TRAINQ_BIN_DIR, TRAINQ_DATABASE_URL (migrated), TRAINQ_AMQP_URL, TRAINQ_SERVICES.
 """
 
+import time
 import unittest
 
 import tqharness as h
@@ -151,6 +152,41 @@ class RetentionTest(unittest.TestCase):
         self.assertGreaterEqual(sum(e["jobs"] for e in logged), 2, logged)
         self.assertGreaterEqual(sum(e["outbox_rows"] for e in logged), 4, logged)
         self.assertGreaterEqual(sum(e["rate_limit_rows"] for e in logged), 2, logged)
+
+    def test_two_producers_prune_one_backlog_together_without_a_failure(self):
+        # 12 000 old published outbox rows (several batches) and 250 finished jobs (three
+        # batches), pruned by two producers at once: each row goes once, none waits on the
+        # other's locks long enough to fail, and what they log adds up.
+        n_jobs = 250
+        q("INSERT INTO outbox (job_id, routing_key, payload, created_at, published_at)"
+          " SELECT gen_random_uuid(), 'lora', '{}', now() - interval '3 days',"
+          "  now() - interval '3 days' FROM generate_series(1, 12000);"
+          " SELECT count(tq_insert_job(json_build_object('schema', 'trainq.job.v1',"
+          "  'job_id', gen_random_uuid(), 'user_id', :'u', 'dataset_id', :'ds'::uuid,"
+          "  'name', 'old', 'type', 'lora', 'base_model', 'm', 'config', '{}'::json,"
+          "  'trigger_words', '[]'::json)::text, 'http')) FROM generate_series(1, :n);"
+          " UPDATE training_jobs SET status = 'cancelled', completed_at = now()"
+          "  WHERE user_id = :'u' AND name = 'old';"
+          " UPDATE training_jobs SET completed_at = now() - interval '2 days'"
+          "  WHERE user_id = :'u' AND name = 'old'",
+          u=self.user, ds=self.ds, n=str(n_jobs))
+        self.assertEqual(q("SELECT count(*) FROM job_events e JOIN training_jobs j"
+                           " ON j.id = e.job_id WHERE j.user_id = :'u'", u=self.user),
+                         str(2 * n_jobs))
+        a = self.producer(TRAINQ_JOB_RETENTION_SECONDS=str(DAY))
+        b = self.producer(TRAINQ_JOB_RETENTION_SECONDS=str(DAY))
+        h.wait_until(lambda: q("SELECT (SELECT count(*) FROM training_jobs WHERE user_id = :'u')"
+                               " + (SELECT count(*) FROM outbox"
+                               "    WHERE published_at < now() - interval '2 days')",
+                               u=self.user) == "0",
+                     timeout=60, interval=0.3, what="the backlog pruned")
+        self.assertEqual(q("SELECT count(*) FROM job_events WHERE user_id = :'u'", u=self.user),
+                         "0")
+        time.sleep(1.5)  # a pass logs when it ends
+        logged = a.events("retention.pruned") + b.events("retention.pruned")
+        self.assertGreaterEqual(sum(e["jobs"] for e in logged), n_jobs, logged)
+        self.assertGreaterEqual(sum(e["outbox_rows"] for e in logged), 12000, logged)
+        self.assertEqual(a.events("retention.failed") + b.events("retention.failed"), [])
 
     def test_finished_jobs_are_kept_forever_by_default(self):
         p = self.producer()

@@ -8,10 +8,3 @@ ALTER TABLE webhook_endpoints
     ADD COLUMN previous_secret_until timestamptz,
     ADD CONSTRAINT webhook_endpoints_previous_secret
         CHECK ((previous_secret IS NULL) = (previous_secret_until IS NULL));
-
--- The senders' take (producer/pdb.c, tq_pdb_hooks_take) asks for the first due pending row
--- in (due_at, id) order. Rows written by one transaction share due_at, so an index on
--- due_at alone made it read and sort all of them on every take (28 ms for a backlog of
--- 2 000, growing with it); in (due_at, id) order it stops at the first row that qualifies.
-CREATE INDEX webhook_deliveries_due_id ON webhook_deliveries (due_at, id) WHERE state = 'pending';
-DROP INDEX webhook_deliveries_due;

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tq_utf8.h"
+
 /* Every transaction of the functions below: on the caller's (borrowed) connection, soft
  * errors retried by the runner, a lost connection returned for its owner to reopen. */
 static int run(PGconn *c, tq_db_txn_fn fn, void *arg, tq_errbuf *eb)
@@ -66,6 +68,7 @@ void tq_claim_free(tq_claim *cl)
 
 typedef struct {
     const char *job_id, *message, *worker_id;
+    const char *reply_to, *correlation_id; /* NULL: none */
     char lease[TQ_NUM_BUF], path_max[TQ_NUM_BUF];
     tq_claim *out;
     char *job_message; /* CLAIMED: the row's message, decoded after the runner returns */
@@ -85,12 +88,13 @@ static int claim_fn(PGconn *c, void *arg, tq_errbuf *eb)
     memset(out, 0, sizeof *out);
     free(a->job_message);
     a->job_message = NULL;
-    const char *p[4] = {a->message, a->worker_id, a->lease, a->path_max};
+    const char *p[6] = {a->message,  a->worker_id, a->lease,
+                        a->path_max, a->reply_to,  a->correlation_id};
     PGresult *r;
     int rc = tq_db_exec(c,
                         "SELECT outcome, reason, fencing_token, attempts, storage_path, "
-                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int)",
-                        4, p, &r, eb);
+                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int, $5, $6)",
+                        6, p, &r, eb);
     if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the procedure's count */
         return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", a->job_id);
     if (rc != TQ_OK)
@@ -143,10 +147,14 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
 }
 
 int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
-                 int lease_seconds, tq_claim *out, tq_errbuf *eb)
+                 int lease_seconds, const tq_reply_addr *reply, tq_claim *out, tq_errbuf *eb)
 {
     memset(out, 0, sizeof *out);
     claim_arg a = {.job_id = m->job_id, .worker_id = worker_id, .out = out};
+    if (reply && reply->reply_to[0]) {
+        a.reply_to = reply->reply_to;
+        a.correlation_id = reply->correlation_id[0] ? reply->correlation_id : NULL;
+    }
     num(a.lease, lease_seconds);
     num(a.path_max, TQ_CLAIM_PATH_BUF - 1);
     /* The row of a message from another service holds these bytes: canonical, so a release
@@ -163,6 +171,25 @@ int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const ch
     if (rc != TQ_OK)
         tq_claim_free(out);
     return rc;
+}
+
+typedef struct {
+    const char *p[5];
+} dead_letter_arg;
+
+static int dead_letter_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    dead_letter_arg *a = arg;
+    return tq_db_exec(c, "SELECT tq_event_dead_letter($1, $2, $3, $4, $5)", 5, a->p, NULL, eb);
+}
+
+int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *message_id,
+                             const char *routing_key, const char *reason,
+                             const tq_reply_addr *reply, tq_errbuf *eb)
+{
+    dead_letter_arg a = {{message_id, routing_key, reason, reply ? reply->reply_to : "",
+                          reply ? reply->correlation_id : ""}};
+    return tq_db_run_txn(c, how, dead_letter_fn, &a, eb);
 }
 
 /* ---- status changes of a claimed job --------------------------------------------------- */
@@ -477,21 +504,28 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     return TQ_OK;
 }
 
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb)
 {
-    char s[TQ_NUM_BUF], lease[TQ_NUM_BUF];
-    num(s, slots);
+    char s[TQ_NUM_BUF], busy[TQ_NUM_BUF], lease[TQ_NUM_BUF];
+    num(s, ws->slots);
+    num(busy, ws->busy);
     num(lease, lease_seconds);
-    const char *p[3] = {worker_id, hostname, s};
+    const char *worker_id = ws->worker_id;
+    const char *p[6] = {worker_id, ws->hostname, s, busy, ws->gpus, ws->healthy ? "t" : "f"};
+    PGresult *dr;
     int rc = tq_db_exec(c,
-                        "INSERT INTO workers (worker_id, hostname, slots) VALUES ($1, $2, $3) "
+                        "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) "
                         "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
-                        "heartbeat_at = now(), stopped_at = NULL",
-                        3, p, NULL, eb);
+                        "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
+                        "stopped_at = NULL RETURNING draining",
+                        6, p, &dr, eb);
     if (rc)
         return rc;
+    *draining = PQntuples(dr) == 1 && strcmp(PQgetvalue(dr, 0, 0), "t") == 0;
+    PQclear(dr);
     const char *q[3] = {worker_id, lease, held_ids};
     PGresult *r;
     rc = tq_db_exec(c,
@@ -504,6 +538,29 @@ int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int
         return rc;
     rc = active_rows(r, out, n);
     PQclear(r);
+    return rc;
+}
+
+/* Longest dead-letter body kept (a valid message is far smaller). */
+#define DEAD_BODY_MAX (64 * 1024)
+
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb)
+{
+    size_t n = len < DEAD_BODY_MAX ? len : DEAD_BODY_MAX;
+    char *text = malloc(n + 1);
+    if (!text)
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    if (n)
+        memcpy(text, body, n);
+    tq_utf8_sanitize(text, n);
+    const char *p[5] = {message_id, routing_key, reason, worker_id, text};
+    int rc = tq_db_exec(c,
+                        "INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, "
+                        "body) VALUES ($1, $2, $3, $4, $5)",
+                        5, p, NULL, eb);
+    free(text);
     return rc;
 }
 

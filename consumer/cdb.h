@@ -51,6 +51,13 @@ typedef struct {
     double created_epoch;             /* CLAIMED: job creation time (dispatch latency) */
 } tq_claim;
 
+/* A delivery's reply_to and correlation_id properties (AMQP short strings; "": absent):
+ * where the job's events are also sent (db/procedures/85_events.sql). */
+typedef struct {
+    char reply_to[256];
+    char correlation_id[256];
+} tq_reply_addr;
+
 /* Frees cl->job; safe on a zeroed or already freed claim. */
 void tq_claim_free(tq_claim *cl);
 
@@ -63,7 +70,14 @@ void tq_claim_free(tq_claim *cl);
  * refused what the procedure's count allowed. On TQ_OK the caller releases *out with
  * tq_claim_free. */
 int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
-                 int lease_seconds, tq_claim *out, tq_errbuf *eb);
+                 int lease_seconds, const tq_reply_addr *reply, tq_claim *out, tq_errbuf *eb);
+
+/* The job.dead_lettered event of a delivery dead-lettered before it had a job row
+ * (tq_event_dead_letter, 85_events.sql): to trainq.events and to reply->reply_to (NULL or
+ * "": none), with the dead-letter reason. Run like the claim (same policy `how`). */
+int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *message_id,
+                             const char *routing_key, const char *reason,
+                             const tq_reply_addr *reply, tq_errbuf *eb);
 
 /* pending → running with the container id, its progress 0 (a trainer that prints nothing
  * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. */
@@ -112,14 +126,28 @@ typedef struct {
     int cancel_requested;
 } tq_cdb_active;
 
+/* What a heartbeat reports about this worker (the admin API's workers table). */
+typedef struct {
+    const char *worker_id, *hostname;
+    int slots, busy;
+    const char *gpus; /* TRAINQ_GPUS as given */
+    int healthy;
+} tq_cdb_worker_state;
+
 /* Heartbeat: upserts the worker row and renews the lease of the active jobs of this
  * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
  * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database
  * still gives this worker, with their fencing tokens and cancel flags: a slot whose job is missing
- * lost its lease. */
-int tq_cdb_heartbeat(PGconn *c, const char *worker_id, const char *hostname, int slots,
-                     int lease_seconds, const char *held_ids, tq_cdb_active **out, size_t *n,
+ * lost its lease. *draining: 1 when an operator asked this worker to drain (workers.draining). */
+int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
+                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
                      tq_errbuf *eb);
+
+/* Records a message this worker dead-lettered (after the broker confirmed the copy), for the
+ * admin API; body is sanitised to UTF-8 and capped here. */
+int tq_cdb_dead_letter(PGconn *c, const char *message_id, const char *routing_key,
+                       const char *reason, const char *worker_id, const void *body, size_t len,
+                       tq_errbuf *eb);
 
 /* Clean stop: extends the leases of the held jobs (held_ids, a uuid[] literal) to
  * `seconds` from now, so that this worker's restart adopts their containers before a

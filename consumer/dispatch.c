@@ -266,6 +266,13 @@ static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *r
         return;
     tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
             "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
+    /* For the admin API; the copy on trainq.jobs.dead is already confirmed either way. */
+    tq_errbuf eb = {{0}};
+    if (tq_db_ensure(&d->db, d->w->cfg->database_url, "trainq-consumer", &eb) != TQ_OK ||
+        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, env->message.body.bytes,
+                           env->message.body.len, &eb) != TQ_OK)
+        tq_log(TQ_LOG_WARN, "db.dead_letter_failed", "could not record dead letter %s: %s",
+               mid[0] ? mid : "(no message_id)", eb.msg);
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
 }
 
@@ -512,6 +519,86 @@ static int claim_retry(void *arg, int next, int rc, const tq_errbuf *eb)
     return tq_worker_sleep(a->w, CLAIM_BACKOFF_MS[next]);
 }
 
+/* How a delivery's database work runs: on a fresh connection when the old one died, with a
+ * few tries and a backoff (claim_retry) so a blip costs the delivery nothing. */
+static tq_db_txn claim_policy(tq_worker *w, claim_retry_arg *ra)
+{
+    return (tq_db_txn){
+        .url = w->cfg->database_url,
+        .app = "trainq-consumer",
+        .tries = N_CLAIM_TRIES,
+        .implicit = 1,
+        .retry_unavailable = 1,
+        .before_retry = claim_retry,
+        .retry_arg = ra,
+    };
+}
+
+/* After a delivery's database work failed with rc: Postgres unreachable or busy (or out of
+ * memory) gives the delivery back, after the consumer is cancelled, and returns 1. */
+static int deferred_for_db(dispatcher *d, const amqp_envelope_t *env, const char *job_id, int rc,
+                           const tq_errbuf *eb)
+{
+    if (rc != TQ_ERR_UNAVAILABLE && rc != TQ_ERR_DB_RETRY && rc != TQ_ERR_NOMEM)
+        return 0;
+    if (rc == TQ_ERR_UNAVAILABLE)
+        atomic_store(&d->w->db_ok, 0);
+    tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", job_id, eb->msg);
+    tq_errbuf cb = {{0}};
+    stop_consuming(d, &cb);
+    defer(d, env);
+    return 1;
+}
+
+/* The delivery's reply_to and correlation_id ("" when absent), made valid UTF-8 for
+ * Postgres (a malformed byte becomes '?': such a queue name only gets its replies
+ * returned and dropped). */
+static void reply_addr(const amqp_envelope_t *env, tq_reply_addr *out)
+{
+    const amqp_basic_properties_t *p = &env->message.properties;
+    out->reply_to[0] = out->correlation_id[0] = '\0';
+    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
+        copy_bytes(out->reply_to, sizeof out->reply_to, p->reply_to);
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+        copy_bytes(out->correlation_id, sizeof out->correlation_id, p->correlation_id);
+    tq_utf8_sanitize(out->reply_to, strlen(out->reply_to));
+    tq_utf8_sanitize(out->correlation_id, strlen(out->correlation_id));
+    /* Events in trainq's own queues would be taken for jobs (and dead-lettered). */
+    if (strncmp(out->reply_to, "trainq.", 7) == 0) {
+        tq_log(TQ_LOG_WARN, "job.reply_to_ignored", "reply_to \"%.200s\" names a trainq queue",
+               out->reply_to);
+        out->reply_to[0] = '\0';
+    }
+}
+
+/* Dead-letters a delivery that passed the publisher check but gets no job row, with its
+ * job.dead_lettered event (db/procedures/85_events.sql) written first: a dead-letter copy
+ * that fails makes the delivery come again (a second event: at least once), and Postgres
+ * away gives it back like a claim, so the event is never lost. */
+static void dead_letter_event(dispatcher *d, amqp_envelope_t *env, const char *reason)
+{
+    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "", why[1024];
+    copy_bytes(rk, sizeof rk, env->routing_key);
+    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    snprintf(why, sizeof why, "%s", reason);
+    tq_utf8_sanitize(rk, strlen(rk));
+    tq_utf8_sanitize(mid, strlen(mid));
+    tq_utf8_sanitize(why, strlen(why));
+    tq_reply_addr reply;
+    reply_addr(env, &reply);
+    claim_retry_arg ra = {d->w, mid};
+    const tq_db_txn how = claim_policy(d->w, &ra);
+    tq_errbuf eb = {{0}};
+    int rc = tq_cdb_dead_letter_event(&d->db, &how, mid, rk, why, &reply, &eb);
+    if (deferred_for_db(d, env, mid, rc, &eb))
+        return;
+    if (rc != TQ_OK) /* not Postgres away: the message's own bytes, say; it goes all the same */
+        tq_log(TQ_LOG_WARN, "job.event_failed", "no dead-letter event for message %s: %s", mid,
+               eb.msg);
+    dead_letter(d, env, reason);
+}
+
 /* Decodes and checks a delivery: 1 with *m filled (caller frees), or 0 when the delivery
  * was settled here (nacked after running out of memory, or dead-lettered with the reason:
  * invalid body, message_id not the job id, routing key not the job's type). */
@@ -527,7 +614,7 @@ static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
     }
     if (rc != TQ_OK) {
         validation_reason(&v, rc, reason, sizeof reason);
-        dead_letter(d, env, reason);
+        dead_letter_event(d, env, reason);
         return 0;
     }
     char mid[128] = "";
@@ -540,7 +627,7 @@ static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
                         : "invalid message: message_id property is required%s",
                  mid);
         tq_msg_free(m);
-        dead_letter(d, env, reason);
+        dead_letter_event(d, env, reason);
         return 0;
     }
     /* The exchange routes by job type: a body whose type differs from its routing key was
@@ -552,7 +639,7 @@ static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
                  "invalid message: routing key \"%s\" differs from type \"%s\"", rk,
                  tq_job_type_name(m->sub.type));
         tq_msg_free(m);
-        dead_letter(d, env, reason);
+        dead_letter_event(d, env, reason);
         return 0;
     }
     return 1;
@@ -569,25 +656,13 @@ static int claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *m, tq_cl
      * its next statement; the runner then connects afresh. Retried, briefly, so a blip costs
      * this delivery nothing. */
     claim_retry_arg ra = {w, m->job_id};
-    const tq_db_txn how = {
-        .url = w->cfg->database_url,
-        .app = "trainq-consumer",
-        .tries = N_CLAIM_TRIES,
-        .implicit = 1,
-        .retry_unavailable = 1,
-        .before_retry = claim_retry,
-        .retry_arg = &ra,
-    };
-    int rc = tq_cdb_claim(&d->db, &how, m, w->cfg->worker_id, w->cfg->lease_seconds, cl, &eb);
-    if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
-        if (rc == TQ_ERR_UNAVAILABLE)
-            atomic_store(&w->db_ok, 0);
-        tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", m->job_id, eb.msg);
-        tq_errbuf cb = {{0}};
-        stop_consuming(d, &cb);
-        defer(d, env);
+    const tq_db_txn how = claim_policy(w, &ra);
+    tq_reply_addr reply;
+    reply_addr(env, &reply);
+    int rc =
+        tq_cdb_claim(&d->db, &how, m, w->cfg->worker_id, w->cfg->lease_seconds, &reply, cl, &eb);
+    if (deferred_for_db(d, env, m->job_id, rc, &eb))
         return 0;
-    }
     if (rc != TQ_OK) {
         /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
          * a bug), but maybe its own: back to the queue, spending a delivery. Its delivery
@@ -770,7 +845,7 @@ void *tq_dispatch_main(void *arg)
         tq_amqp_pump(d.dead, &eb);
         read_queue_depth(&d);
         int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && host_usable(&d) &&
-                   tq_slots_free(w) > 0;
+                   tq_slots_free(w) > 0 && !atomic_load(&w->draining);
         if (want && !d.consuming) {
             if (start_consuming(&d, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);

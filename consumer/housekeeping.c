@@ -66,12 +66,23 @@ static void heartbeat(housekeeper *h)
     tq_errbuf eb = {{0}};
     char held[TQ_SLOTS_HELD_BUF];
     tq_slots_held(w, held, sizeof held);
-    int rc = tq_cdb_heartbeat(h->db, w->cfg->worker_id, w->hostname, w->n_slots,
-                              w->cfg->lease_seconds, held, &act, &n, &eb);
+    tq_cdb_worker_state ws = {
+        .worker_id = w->cfg->worker_id,
+        .hostname = w->hostname,
+        .slots = w->n_slots,
+        .busy = w->n_slots - tq_slots_free(w),
+        .gpus = w->cfg->gpus,
+        .healthy = atomic_load(&w->host_ok) && atomic_load(&w->docker_ok),
+    };
+    int draining = 0;
+    int rc = tq_cdb_heartbeat(h->db, &ws, w->cfg->lease_seconds, held, &draining, &act, &n, &eb);
     if (rc != TQ_OK) {
         set_db_ok(h, 0, eb.msg);
         return;
     }
+    if (atomic_exchange(&w->draining, draining) != draining)
+        tq_log(TQ_LOG_INFO, "worker.drain", "worker %s %s", w->cfg->worker_id,
+               draining ? "draining: takes no new jobs" : "no longer draining");
     set_db_ok(h, 1, NULL);
     pthread_mutex_lock(&w->mu);
     for (int i = 0; i < w->n_slots; i++) {

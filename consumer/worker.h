@@ -75,6 +75,9 @@ typedef struct tq_worker {
      * (image or runtime missing, disk full): the dispatcher stops consuming and tries one
      * job again after a backoff; /healthz reports host_error meanwhile (guarded by mu). */
     atomic_int host_ok;
+    /* An operator asked this worker to drain (read on every heartbeat): the dispatcher stops
+     * consuming; running jobs finish. */
+    atomic_int draining;
     char host_error[256];
 
     /* Ready messages in trainq.jobs as last seen by the dispatcher (passive declare), and

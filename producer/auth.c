@@ -63,6 +63,7 @@ struct tq_auth {
     char *audience; /* NULL = not checked (TQ_AUTH_ANY_AUDIENCE configured) */
     char *issuer;   /* NULL = not checked */
     long leeway;
+    char *operator_claim, *operator_value; /* NULL: no token is an operator's */
 };
 
 /* ---------------------------------------------------------------- base64 */
@@ -374,6 +375,11 @@ int tq_auth_new(const tq_auth_config *cfg, tq_auth **out, tq_errbuf *eb)
     const char *aud = cfg->audience ? cfg->audience : TQ_AUTH_DEFAULT_AUDIENCE;
     a->audience = strcmp(aud, TQ_AUTH_ANY_AUDIENCE) == 0 ? NULL : dup_opt(aud, &nomem);
     a->issuer = dup_opt(cfg->issuer, &nomem);
+    if (cfg->operator_claim && cfg->operator_claim[0] && cfg->operator_value &&
+        cfg->operator_value[0]) {
+        a->operator_claim = dup_opt(cfg->operator_claim, &nomem);
+        a->operator_value = dup_opt(cfg->operator_value, &nomem);
+    }
     if (nomem) {
         rc = tq_errf(eb, TQ_ERR_NOMEM, "could not set up jwt verification: out of memory");
         goto fail;
@@ -398,6 +404,8 @@ void tq_auth_free(tq_auth *a)
     free(a->key);
     free(a->audience);
     free(a->issuer);
+    free(a->operator_claim);
+    free(a->operator_value);
     free(a);
 }
 
@@ -572,9 +580,34 @@ static int token_shape_ok(const char *p, size_t len, size_t dot[2])
     return ndots == 2 && dot[0] != 0 && dot[1] != dot[0] + 1 && dot[1] + 1 != len;
 }
 
+/* The operator claim: a string equal to the configured value, or an array holding it. */
+static int operator_of(const tq_auth *a, json_t *claims)
+{
+    if (!a->operator_claim)
+        return 0;
+    json_t *c = json_object_get(claims, a->operator_claim), *v;
+    size_t i;
+    if (json_is_string(c))
+        return strcmp(json_string_value(c), a->operator_value) == 0;
+    json_array_foreach(c, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), a->operator_value) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, char *user_id,
                    size_t user_id_cap, tq_errbuf *eb)
 {
+    return tq_auth_verify_operator(a, authorization, now, user_id, user_id_cap, NULL, eb);
+}
+
+int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long long now,
+                            char *user_id, size_t user_id_cap, int *is_operator, tq_errbuf *eb)
+{
+    if (is_operator)
+        *is_operator = 0;
     if (user_id && user_id_cap > 0)
         user_id[0] = '\0';
     if (!authorization)
@@ -638,6 +671,8 @@ int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, c
     }
 
     rc = check_claims(a, claims, now, user_id, user_id_cap, eb);
+    if (rc == TQ_OK && is_operator)
+        *is_operator = operator_of(a, claims);
 out:
     jwt_free(jwt);
     json_decref(claims);

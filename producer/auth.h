@@ -49,6 +49,8 @@ typedef struct {
                                    checked (an operator's explicit choice, never a default) */
     const char *issuer;         /* NULL = not checked; else `iss` must equal it */
     long leeway_seconds;        /* clock skew allowed for exp/nbf/iat (0..3600), e.g. 30 */
+    const char *operator_claim; /* a token whose claim of this name is operator_value (or an */
+    const char *operator_value; /* array holding it) is an operator's; NULL/"": none is */
 } tq_auth_config;
 
 /* Builds a verifier. TQ_ERR_CONFIG (eb says which setting and why) for an unknown alg, a
@@ -69,5 +71,10 @@ void tq_auth_free(tq_auth *a);
  * Thread-safe: `a` is only read. */
 int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, char *user_id,
                    size_t user_id_cap, tq_errbuf *eb);
+
+/* tq_auth_verify, and *is_operator (may be NULL) set to 1 when the verified token carries
+ * the configured operator claim (tq_auth_config.operator_claim), else 0. */
+int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long long now,
+                            char *user_id, size_t user_id_cap, int *is_operator, tq_errbuf *eb);
 
 #endif

@@ -33,7 +33,8 @@ int tq_req_authenticate(tq_req *r)
         return -1;
     }
     tq_errbuf eb = {{0}};
-    int rc = tq_auth_verify(r->app->auth, h, (long long)time(NULL), r->user, sizeof r->user, &eb);
+    int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
+                                     sizeof r->user, &r->is_operator, &eb);
     if (rc == TQ_OK)
         return 0;
     r->user[0] = '\0';

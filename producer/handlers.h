@@ -9,6 +9,8 @@
  *             POST   /api/training/jobs/{id}/cancel
  *             GET    /api/training/jobs/{id}/events DELETE /api/training/jobs/{id}
  *   live.c    GET    /api/training/jobs/{id}/logs   GET /api/training/jobs/{id}/stream
+ *             GET    /api/training/jobs/{id}/progress
+ *   admin.c   /api/admin/...                        ui.c  GET /ui/{name}
  *             GET    /api/training/jobs/{id}/artifacts  .../artifacts/{name}  GET
  * /api/training/stream ops.c     GET    /healthz  /readyz  /metrics
  */
@@ -60,6 +62,26 @@ void tq_h_webhook_delete(tq_req *r);
 void tq_h_webhook_rotate(tq_req *r);
 void tq_h_webhook_deliveries(tq_req *r);
 void tq_h_webhook_default_secret(tq_req *r);
+
+/* GET /api/training/me: the caller's user id and whether the token is an operator's. */
+void tq_h_me(tq_req *r);
+/* The admin API (admin.c): an operator's token only (403 otherwise). */
+void tq_h_admin_overview(tq_req *r);
+void tq_h_admin_workers(tq_req *r);
+void tq_h_admin_users(tq_req *r);
+void tq_h_admin_dead_letters(tq_req *r);
+void tq_h_admin_jobs(tq_req *r);
+void tq_h_admin_job_cancel(tq_req *r);
+void tq_h_admin_job_retry(tq_req *r);
+void tq_h_admin_dead_letter_republish(tq_req *r);
+void tq_h_admin_worker_drain(tq_req *r);
+void tq_h_admin_worker_undrain(tq_req *r);
+
+/* The dashboard's static files (ui.c). */
+void tq_h_ui(tq_req *r);
+
+/* A job's kept progress samples (live.c): the dashboard's loss curve. */
+void tq_h_job_progress(tq_req *r);
 
 void tq_h_healthz(tq_req *r);
 void tq_h_readyz(tq_req *r);

@@ -75,6 +75,21 @@ void tq_h_job_logs(tq_req *r)
     tq_buf_free(&b);
 }
 
+void tq_h_job_progress(tq_req *r)
+{
+    char id[TQ_UUID_BUF];
+    if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
+        return;
+    json_t *samples = NULL;
+    tq_errbuf eb = {{0}};
+    int rc = tq_pdb_job_progress(tq_req_user(r), id, &samples, &eb);
+    if (rc != TQ_OK)
+        tq_job_reply_failure(r, rc, &eb);
+    else
+        tq_req_reply_json(
+            r, 200, json_pack("{s:b, s:s, s:o}", "success", 1, "job_id", id, "samples", samples));
+}
+
 /* ------------------------------------------------------------------ streams */
 
 static int digits(const char *s, size_t n, long long *out)

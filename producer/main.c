@@ -2,7 +2,8 @@
  * trainq-producer: the HTTP front door. Accepts training submissions, writes each as a
  * job row plus an outbox row in one transaction, and runs the outbox relay that publishes
  * them to RabbitMQ with publisher confirms, and sends the webhooks of status changes
- * (producer/webhooks.c).
+ * (producer/webhooks.c). Its retention thread prunes what is kept only for a while
+ * (producer/retention.c).
  *
  * Signals: SIGTERM/SIGINT stop accepting connections, let in-flight requests finish
  * (up to DRAIN_MS), stop the HTTP threads, give the relay one last flush, then exit 0.
@@ -19,6 +20,7 @@
 #include "http.h"
 #include "pdb.h"
 #include "poptions.h"
+#include "retention.h"
 #include "stream.h"
 #include "tq_log.h"
 #include "tq_program.h"
@@ -43,6 +45,8 @@ static int start_auth(const tq_config *cfg, tq_auth **auth, tq_errbuf *eb)
         .audience = cfg->jwt_audience, /* empty is refused: "-" says "any" explicitly */
         .issuer = nonempty(cfg->jwt_issuer),
         .leeway_seconds = cfg->jwt_leeway_seconds,
+        .operator_claim = cfg->admin_claim,
+        .operator_value = cfg->admin_claim_value,
     };
     return tq_auth_new(&ac, auth, eb);
 }
@@ -76,6 +80,7 @@ int main(int argc, char **argv)
     tq_http *http = NULL;
     tq_streams *streams = NULL;
     tq_webhooks *hooks = NULL;
+    tq_retention *retention = NULL;
     int pdb_ready = 0;
     int curl_ready = 0;
 
@@ -115,6 +120,12 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    rc = tq_retention_start(&cfg, &retention, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
+        goto out;
+    }
+
     rc = tq_streams_start(&cfg, &streams, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
@@ -141,6 +152,7 @@ out:
     tq_http_stop(http, DRAIN_MS);
     tq_streams_stop(streams);
     tq_webhooks_stop(hooks);
+    tq_retention_stop(retention);
     tq_relay_stop(relay, RELAY_FLUSH_MS);
     tq_auth_free(auth);
     if (pdb_ready)

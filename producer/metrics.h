@@ -42,6 +42,8 @@ typedef struct {
     int blocked;           /* RabbitMQ has the relay's connection blocked (resource alarm) */
     unsigned long long blocked_events;
     unsigned long long blocked_seconds; /* whole seconds */
+    /* Job events published to trainq.events; replies returned (reply queue gone), dropped. */
+    unsigned long long events_published, replies_dropped;
 } tq_metrics_relay;
 
 /* Postgres refused a connection for want of slots ("too many clients", SQLSTATE 53300). */

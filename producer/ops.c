@@ -97,6 +97,8 @@ void tq_h_metrics(tq_req *r)
         mr.confirms = st.confirms;
         mr.nacks = st.nacks;
         mr.returns = st.returns;
+        mr.events_published = st.events_published;
+        mr.replies_dropped = st.replies_dropped;
         mr.errors = st.errors;
         mr.reconnects = st.reconnects;
         mr.backlog = st.backlog;

@@ -160,42 +160,39 @@ typedef struct {
 } rate_arg;
 
 /* Fixed one-minute windows aligned to the clock (date_trunc), so every producer agrees on
- * the window without coordination. Windows older than 5 minutes are trimmed now and then
- * (about one call in 64) so the table stays small. */
+ * the window without coordination. Rows of past windows are pruned by retention
+ * (tq_pdb_retention_prune), not here: the request's transaction only counts. */
 static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     rate_arg *a = arg;
     const char *p[3] = {a->user, a->bucket, a->def};
     PGresult *res = NULL;
     /* A counter increment lost in a crash only lets one more request through; not worth
-     * an fsync on every request (the job itself is committed synchronously). */
-    int rc = exec(t, "SET LOCAL synchronous_commit = off", 0, NULL, NULL, eb);
-    if (rc != TQ_OK)
-        return rc;
-    rc = exec(t,
-              "WITH w AS ("
-              "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
-              "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
-              "  ON CONFLICT (user_id, bucket, window_start)"
-              "  DO UPDATE SET count = rate_limits.count + 1"
-              "  RETURNING count, window_start)"
-              " SELECT w.count,"
-              "  COALESCE(CASE WHEN $2 = 'submit' THEN"
-              "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
-              "  GREATEST(1, ceil(extract(epoch FROM"
-              "   (w.window_start + interval '1 minute' - now()))))::int"
-              " FROM w",
-              3, p, &res, eb);
+     * an fsync on every request (the job itself is committed synchronously). The
+     * transaction-local synchronous_commit = off rides in the same statement (CTE s):
+     * one round trip less. */
+    int rc = exec(t,
+                  "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"
+                  " w AS ("
+                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
+                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
+                  "  ON CONFLICT (user_id, bucket, window_start)"
+                  "  DO UPDATE SET count = rate_limits.count + 1"
+                  "  RETURNING count, window_start)"
+                  " SELECT w.count,"
+                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
+                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
+                  "  GREATEST(1, ceil(extract(epoch FROM"
+                  "   (w.window_start + interval '1 minute' - now()))))::int"
+                  " FROM w, s",
+                  3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
     a->limit = (int)col_ll(res, 0, 1);
     a->retry_after = (int)col_ll(res, 0, 2);
     PQclear(res);
-    if ((random() & 63) == 0)
-        rc = exec(t, "DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes'", 0,
-                  NULL, NULL, eb);
-    return rc;
+    return TQ_OK;
 }
 
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
@@ -221,91 +218,31 @@ typedef struct {
     tq_pdb_submitted *out;
 } submit_arg;
 
-/* The job's webhook row goes in before the job row, whose insert trigger
- * (tq_webhook_enqueue) reads it for job.queued; its foreign key is checked at commit. */
-static int submit_hook(tconn *t, const submit_arg *a, tq_errbuf *eb)
-{
-    const char *ps[2] = {a->user, a->hook->new_secret};
-    int rc = exec(t,
-                  "INSERT INTO webhook_user_secrets (user_id, secret) VALUES ($1, $2)"
-                  " ON CONFLICT (user_id) DO NOTHING",
-                  2, ps, NULL, eb);
-    if (rc != TQ_OK)
-        return rc;
-    const char *pw[3] = {a->job_id, a->hook->url, a->hook->events_json};
-    return exec(t,
-                "INSERT INTO job_webhooks (job_id, url, events) VALUES ($1::uuid, $2,"
-                " ARRAY(SELECT jsonb_array_elements_text($3::jsonb)))",
-                3, pw, NULL, eb);
-}
-
-/* The request hash is md5 of the canonical submission (defaults applied, fixed key
- * order), so a retry that spells the same request differently still matches. *found is 0
- * when no job has this key yet (and TQ_OK is returned). */
-static int idem_lookup(tconn *t, submit_arg *a, int *found, tq_errbuf *eb)
-{
-    *found = 0;
-    const char *p[3] = {a->user, a->idem, a->canon};
-    PGresult *res = NULL;
-    int rc = exec(t,
-                  "SELECT id::text, request_hash IS NOT DISTINCT FROM md5($3)"
-                  " FROM training_jobs WHERE user_id = $1 AND idempotency_key = $2",
-                  3, p, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return TQ_OK;
-    }
-    *found = 1;
-    int same = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
-    col_copy(res, 0, 0, a->out->job_id, sizeof a->out->job_id);
-    PQclear(res);
-    if (!same)
-        return tq_errf(eb, TQ_ERR_CONFLICT, "idempotency key reused with a different request");
-    a->out->replayed = 1;
-    return TQ_OK;
-}
-
+/* One round trip: tq_submit (db/procedures/35_submit.sql) does the idempotency lookup (the
+ * request hash is md5 of the canonical submission: defaults applied, fixed key order, so a
+ * retry that spells the same request differently still matches), the dataset check, the
+ * job's own webhook row and the user's default secret (with a hook), the job row, its outbox
+ * row and (by trigger) the audit row, and names the outcome. */
 static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     submit_arg *a = arg;
-    int rc;
     a->out->replayed = 0;
-    if (a->idem) {
-        int found = 0;
-        rc = idem_lookup(t, a, &found, eb);
-        if (rc != TQ_OK || found)
-            return rc;
-    }
-
-    const char *pd[1] = {a->s->dataset_id};
+    const tq_pdb_job_hook *h = a->hook;
+    const char *p[10] = {a->user,
+                         a->job_id,
+                         a->s->dataset_id,
+                         tq_job_type_name(a->s->type),
+                         a->payload,
+                         a->idem,
+                         a->canon,
+                         h ? h->url : NULL,
+                         h ? h->events_json : NULL,
+                         h ? h->new_secret : NULL};
     PGresult *res = NULL;
-    rc = exec(t, "SELECT user_id FROM datasets WHERE id = $1::uuid", 1, pd, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
-    }
-    int mine = strcmp(PQgetvalue(res, 0, 0), a->user) == 0;
-    PQclear(res);
-    if (!mine)
-        return tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
-
-    rc = exec(t, "SELECT set_config('trainq.reason', 'submitted over http', true)", 0, NULL, NULL,
-              eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (a->hook) {
-        rc = submit_hook(t, a, eb);
-        if (rc != TQ_OK)
-            return rc;
-    }
-    /* The row is read from the message, and holds it: the outbox row below gets the same
-     * bytes (db/procedures/30_jobs.sql). */
-    const char *pj[3] = {a->payload, a->idem, a->canon};
-    rc = exec(t, "SELECT tq_insert_job($1, 'http', $2, md5($3))", 3, pj, NULL, eb);
+    int rc = exec(t,
+                  "SELECT outcome, submitted_id FROM tq_submit($1, $2::uuid, $3::uuid, $4, $5,"
+                  " $6, $7, $8, $9::jsonb, $10)",
+                  10, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -313,13 +250,27 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     }
     if (rc != TQ_OK)
         return rc;
-    const char *po[3] = {a->job_id, tq_job_type_name(a->s->type), a->payload};
-    rc = exec(t, "INSERT INTO outbox (job_id, routing_key, payload) VALUES ($1::uuid, $2, $3)", 3,
-              po, NULL, eb);
-    if (rc != TQ_OK)
-        return rc;
-    snprintf(a->out->job_id, sizeof a->out->job_id, "%s", a->job_id);
-    return TQ_OK;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return tq_errf(eb, TQ_ERR_DB, "tq_submit returned no outcome");
+    }
+    const char *outcome = PQgetvalue(res, 0, 0);
+    col_copy(res, 0, 1, a->out->job_id, sizeof a->out->job_id);
+    if (strcmp(outcome, "created") == 0)
+        rc = TQ_OK;
+    else if (strcmp(outcome, "replayed") == 0) {
+        a->out->replayed = 1;
+        rc = TQ_OK;
+    } else if (strcmp(outcome, "conflict") == 0)
+        rc = tq_errf(eb, TQ_ERR_CONFLICT, "idempotency key reused with a different request");
+    else if (strcmp(outcome, "dataset_missing") == 0)
+        rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
+    else if (strcmp(outcome, "dataset_forbidden") == 0)
+        rc = tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
+    else
+        rc = tq_errf(eb, TQ_ERR_DB, "tq_submit: unknown outcome \"%s\"", outcome);
+    PQclear(res);
+    return rc;
 }
 
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
@@ -500,14 +451,15 @@ static int lock_job(tconn *t, job_arg *a, tq_errbuf *eb)
     return rc;
 }
 
-/* An unpublished outbox row of a job that will never run is dropped; a row a relay is
- * publishing right now (locked) is left alone: the consumer sees the job is cancelled. */
+/* An unpublished job message of a job that will never run is dropped (its events stay: the
+ * cancellation's own is among them); a row a relay is publishing right now (locked) is left
+ * alone: the consumer sees the job is cancelled. */
 static int drop_unpublished(tconn *t, const char *job_id, tq_errbuf *eb)
 {
     const char *p[1] = {job_id};
     return exec(t,
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE job_id = $1::uuid"
-                " AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
+                " AND exchange = 'trainq.jobs' AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
                 1, p, NULL, eb);
 }
 
@@ -838,6 +790,98 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
     return run_txn(job_user_fn, &a, eb);
 }
 
+/* The job's kept progress samples (the consumer keeps the newest few hundred 'progress'
+ * rows of job_output), oldest first: the dashboard's loss curve. */
+static int progress_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    live_arg *a = arg;
+    const char *p[2] = {a->job_id, a->user};
+    return json_row(t, a,
+                    "SELECT (SELECT COALESCE(json_agg(body::json ORDER BY seq), '[]')"
+                    " FROM job_output WHERE job_id = j.id AND kind = 'progress')::text"
+                    " FROM training_jobs j WHERE id = $1::uuid AND user_id = $2",
+                    2, p, eb);
+}
+
+int tq_pdb_job_progress(const char *user, const char *job_id, json_t **samples, tq_errbuf *eb)
+{
+    live_arg a = {.user = user, .job_id = job_id};
+    return run_json(progress_fn, &a, &a.json, samples, eb);
+}
+
+/* ------------------------------------------------------------------ admin (90_admin.sql) */
+
+static const char *const admin_read_sql[] = {
+    [TQ_PDB_ADMIN_OVERVIEW] = "SELECT tq_admin_overview()::text",
+    [TQ_PDB_ADMIN_WORKERS] = "SELECT tq_admin_workers()::text",
+    [TQ_PDB_ADMIN_USERS] = "SELECT tq_admin_users()::text",
+    [TQ_PDB_ADMIN_DEAD_LETTERS] = "SELECT tq_admin_dead_letters($1::int)::text",
+    [TQ_PDB_ADMIN_JOBS] =
+        "SELECT COALESCE(json_agg(j ORDER BY c DESC, i DESC), '[]')::text FROM ("
+        " SELECT " JOB_JSON "::json AS j, created_at AS c, id AS i FROM training_jobs j"
+        " WHERE ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC"
+        " LIMIT $1::int) t",
+};
+
+static const char *const admin_action_sql[] = {
+    [TQ_PDB_ADMIN_RETRY] = "SELECT tq_admin_retry($1::uuid)",
+    [TQ_PDB_ADMIN_REPUBLISH] = "SELECT tq_admin_republish($1::bigint)",
+    [TQ_PDB_ADMIN_DRAIN] = "SELECT tq_admin_drain($1, true)",
+    [TQ_PDB_ADMIN_UNDRAIN] = "SELECT tq_admin_drain($1, false)",
+};
+
+typedef struct {
+    const char *sql, *arg, *arg2;
+    char limit[INT_TEXT_BUF];
+    json_t *json;
+    char *outcome;
+    size_t outcome_cap;
+} admin_arg;
+
+static int admin_read_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    admin_arg *a = arg;
+    const char *p[2] = {a->limit, a->arg2};
+    PGresult *res = NULL;
+    int n = strstr(a->sql, "$2") ? 2 : strstr(a->sql, "$1") ? 1 : 0;
+    int rc = exec(t, a->sql, n, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_admin_read(tq_pdb_admin_read_kind what, int limit, const char *status, json_t **out,
+                      tq_errbuf *eb)
+{
+    admin_arg a = {.sql = admin_read_sql[what], .arg2 = status};
+    snprintf(a.limit, sizeof a.limit, "%d", limit);
+    return run_json(admin_read_fn, &a, &a.json, out, eb);
+}
+
+static int admin_action_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    admin_arg *a = arg;
+    const char *p[1] = {a->arg};
+    PGresult *res = NULL;
+    int rc = exec(t, a->sql, 1, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    col_copy(res, 0, 0, a->outcome, a->outcome_cap);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_admin_action(tq_pdb_admin_action_kind what, const char *arg, char *outcome,
+                        size_t outcome_cap, tq_errbuf *eb)
+{
+    admin_arg a = {
+        .sql = admin_action_sql[what], .arg = arg, .outcome = outcome, .outcome_cap = outcome_cap};
+    outcome[0] = '\0';
+    return run_txn(admin_action_fn, &a, eb);
+}
+
 PGconn *tq_pdb_listen_open(tq_errbuf *eb)
 {
     PGconn *c = tq_db_connect(db_url, db_app, eb);
@@ -849,6 +893,43 @@ PGconn *tq_pdb_listen_open(tq_errbuf *eb)
         return NULL;
     }
     return c;
+}
+
+/* ------------------------------------------------------------------ retention */
+
+typedef struct {
+    char p[4][INT_TEXT_BUF];
+    tq_pdb_pruned *out;
+} prune_arg;
+
+static int prune_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    prune_arg *a = arg;
+    const char *p[4] = {a->p[0], a->p[1], a->p[2], a->p[3]};
+    PGresult *res = NULL;
+    int rc = exec(t,
+                  "SELECT outbox_rows, rate_rows, jobs"
+                  " FROM tq_retention_prune($1::int, $2::int, $3::int, $4::int)",
+                  4, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    a->out->outbox_rows = col_ll(res, 0, 0);
+    a->out->rate_rows = col_ll(res, 0, 1);
+    a->out->jobs = col_ll(res, 0, 2);
+    PQclear(res);
+    return TQ_OK;
+}
+
+int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
+                           tq_pdb_pruned *out, tq_errbuf *eb)
+{
+    prune_arg a = {.out = out};
+    snprintf(a.p[0], sizeof a.p[0], "%d", outbox_seconds);
+    snprintf(a.p[1], sizeof a.p[1], "%d", job_seconds);
+    snprintf(a.p[2], sizeof a.p[2], "%d", batch);
+    snprintf(a.p[3], sizeof a.p[3], "%d", job_batch);
+    memset(out, 0, sizeof *out);
+    return run_txn(prune_fn, &a, eb);
 }
 
 /* ------------------------------------------------------------------ webhooks */

@@ -51,6 +51,7 @@ typedef struct {
  * outbox row; both hold msg_payload byte for byte, so a later release republishes exactly
  * what was first published. idem_key may be NULL. With hook non-NULL, before the job row
  * (whose insert trigger reads it), the job's webhook row and the user's default secret.
+ * All of it in one round trip (tq_submit, db/procedures/35_submit.sql).
  * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
  * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
@@ -119,6 +120,33 @@ int tq_pdb_stream_user(const char *user, long long after_event, long long after_
 int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
                         long long *now_micros, tq_errbuf *eb);
 
+/* The job's kept progress samples [{progress, current_step, total_steps, loss, eta_seconds,
+ * progress_updated_at}], oldest first. TQ_ERR_NOT_FOUND as above. */
+int tq_pdb_job_progress(const char *user, const char *job_id, json_t **samples, tq_errbuf *eb);
+
+/* The admin API's reads (db/procedures/90_admin.sql), each one JSON value (*out, new):
+ * limit is used by DEAD_LETTERS and JOBS, status (NULL: any) by JOBS. */
+typedef enum {
+    TQ_PDB_ADMIN_OVERVIEW,
+    TQ_PDB_ADMIN_WORKERS,
+    TQ_PDB_ADMIN_USERS,
+    TQ_PDB_ADMIN_DEAD_LETTERS,
+    TQ_PDB_ADMIN_JOBS
+} tq_pdb_admin_read_kind;
+int tq_pdb_admin_read(tq_pdb_admin_read_kind what, int limit, const char *status, json_t **out,
+                      tq_errbuf *eb);
+
+/* The admin API's actions on arg (a job id, a dead letter's id, a worker id); outcome gets
+ * "ok", "not_found" or "conflict:<why>" (90_admin.sql). */
+typedef enum {
+    TQ_PDB_ADMIN_RETRY,
+    TQ_PDB_ADMIN_REPUBLISH,
+    TQ_PDB_ADMIN_DRAIN,
+    TQ_PDB_ADMIN_UNDRAIN
+} tq_pdb_admin_action_kind;
+int tq_pdb_admin_action(tq_pdb_admin_action_kind what, const char *arg, char *outcome,
+                        size_t outcome_cap, tq_errbuf *eb);
+
 /* The user of a job ("" when the job is gone). */
 int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb);
 
@@ -128,6 +156,17 @@ int tq_pdb_job_user(const char *job_id, char user[TQ_USER_ID_BUF], tq_errbuf *eb
 #define TQ_PDB_CHAN_OUTPUT "trainq_job_output"
 struct pg_conn;
 struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
+
+/* One batch of retention (tq_retention_prune, db/procedures/95_retention.sql) in its own
+ * transaction: published outbox rows older than outbox_seconds, rate-limit rows of windows
+ * past, and with job_seconds > 0 the jobs finished more than job_seconds ago with their
+ * audit, outbox, output and artifact rows; at most batch rows of the first two, job_batch
+ * jobs. Fills what each deleted (a kind came back full when its count is its limit). */
+typedef struct {
+    long long outbox_rows, rate_rows, jobs;
+} tq_pdb_pruned;
+int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
+                           tq_pdb_pruned *out, tq_errbuf *eb);
 
 /* ---- webhooks (db/migrations/0009_webhooks.sql, producer/webhooks.c) ---------------- */
 

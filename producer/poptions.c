@@ -2,8 +2,11 @@
 
 #include "admit.h"
 
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define OFF(f) offsetof(tq_config, f)
 
@@ -70,9 +73,30 @@ static const tq_opt options[] = {
     {"TRAINQ_ARTIFACTS_DIR", "artifacts-dir", TQ_OPT_STR, OFF(artifacts_dir), "", 0, 0, NULL,
      "the consumers' outputs directory as this host sees it (shared storage); artifacts are "
      "downloaded from <dir>/<job id>/<name> (empty: downloads answer 404)"},
+    {"TRAINQ_ADMIN_CLAIM", "admin-claim", TQ_OPT_STR, OFF(admin_claim), "trainq_role", 0, 0, NULL,
+     "the JWT claim that marks an operator's token for /api/admin/... (empty: no operators)"},
+    {"TRAINQ_ADMIN_CLAIM_VALUE", "admin-claim-value", TQ_OPT_STR, OFF(admin_claim_value), "admin",
+     0, 0, NULL,
+     "the value of TRAINQ_ADMIN_CLAIM (or one element of it, when an array) an operator's "
+     "token carries"},
+    {"TRAINQ_UI_DIR", "ui-dir", TQ_OPT_STR, OFF(ui_dir), "", 0, 0, NULL,
+     "the dashboard's files served under /ui/ (empty: ../share/trainq/ui beside the binary, "
+     "else the repository's ui/; `-`: no dashboard)"},
     {"TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS", "ready-max-backlog-age-seconds", TQ_OPT_INT,
      OFF(ready_max_backlog_age_seconds), "60", 1, 86400, NULL,
      "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
+    {"TRAINQ_OUTBOX_RETENTION_SECONDS", "outbox-retention-seconds", TQ_OPT_INT,
+     OFF(outbox_retention_seconds), "259200", 60, 315360000, NULL,
+     "published outbox rows are pruned this long after publication (default 3 days); "
+     "unpublished rows are kept whatever their age"},
+    {"TRAINQ_JOB_RETENTION_SECONDS", "job-retention-seconds", TQ_OPT_INT,
+     OFF(job_retention_seconds), "0", 0, 315360000, NULL,
+     "finished (completed, failed, cancelled) jobs are deleted with their audit trail, output "
+     "and artifact rows this long after they ended; 0: kept forever"},
+    {"TRAINQ_RETENTION_INTERVAL_SECONDS", "retention-interval-seconds", TQ_OPT_INT,
+     OFF(retention_interval_seconds), "300", 1, 86400, NULL,
+     "how often each producer prunes (outbox, rate-limit rows of past windows, finished jobs), "
+     "in batches of short transactions"},
     {"TRAINQ_WEBHOOK_ALLOW_LOOPBACK", "webhook-allow-loopback", TQ_OPT_BOOL,
      OFF(webhook_allow_loopback), "false", 0, 0, NULL,
      "FOR TESTS ONLY: webhooks may use http:// and deliver to loopback addresses (127.0.0.0/8, "
@@ -143,9 +167,65 @@ static int check_jwt(tq_config *c, tq_errbuf *eb)
     return TQ_OK;
 }
 
+/* A directory holding the dashboard (its index.html), as an absolute path (caller frees). */
+static char *ui_candidate(const char *dir)
+{
+    char index[PATH_MAX + 16];
+    char *abs = realpath(dir, NULL);
+    if (!abs)
+        return NULL;
+    snprintf(index, sizeof index, "%s/index.html", abs);
+    if (access(index, R_OK) != 0) {
+        free(abs);
+        return NULL;
+    }
+    return abs;
+}
+
+/* TRAINQ_UI_DIR: "-" turns the dashboard off; a given directory must hold it; by default it
+ * is looked for beside the binary: installed (<prefix>/bin → <prefix>/share/trainq/ui) or in
+ * the build tree (<repo>/build/producer → <repo>/ui). Not found by default: off. */
+static int resolve_ui_dir(tq_config *c, tq_errbuf *eb)
+{
+    char *found = NULL;
+    if (strcmp(c->ui_dir, "-") == 0) {
+        found = strdup("");
+    } else if (c->ui_dir[0]) {
+        found = ui_candidate(c->ui_dir);
+        if (!found)
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "invalid TRAINQ_UI_DIR \"%.200s\": not a directory with an index.html",
+                           c->ui_dir);
+    } else {
+        char exe[PATH_MAX], dir[PATH_MAX + 32];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n > 0) {
+            exe[n] = '\0';
+            char *slash = strrchr(exe, '/');
+            if (slash)
+                *slash = '\0';
+            static const char *const rel[] = {"../share/trainq/ui", "../../ui", "../ui"};
+            for (size_t i = 0; !found && i < sizeof rel / sizeof rel[0]; i++) {
+                snprintf(dir, sizeof dir, "%s/%s", exe, rel[i]);
+                found = ui_candidate(dir);
+            }
+        }
+        if (!found)
+            found = strdup("");
+    }
+    if (!found)
+        return tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
+    free(c->ui_dir);
+    c->ui_dir = found;
+    return TQ_OK;
+}
+
 static int check(void *cfg, tq_errbuf *eb)
 {
     tq_config *c = cfg;
+    int urc = resolve_ui_dir(c, eb);
+    if (urc != TQ_OK)
+        return urc;
     if (tq_parse_hostport(c->http_addr, c->http_host, sizeof c->http_host, &c->http_port))
         return tq_errf(eb, TQ_ERR_CONFIG, "invalid TRAINQ_HTTP_ADDR \"%.200s\": expected host:port",
                        c->http_addr);

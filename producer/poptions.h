@@ -46,6 +46,13 @@ typedef struct tq_producer_config {
     int streams_per_user;
     int stream_keepalive_seconds;
     char *artifacts_dir; /* "" when downloads are off */
+    /* retention (producer/retention.c) */
+    int outbox_retention_seconds;
+    int job_retention_seconds; /* 0: jobs are kept forever */
+    int retention_interval_seconds;
+    char *admin_claim; /* the operator claim's name and value (auth.h) */
+    char *admin_claim_value;
+    char *ui_dir; /* the dashboard's files; "" when /ui/ is off (resolved at load) */
     /* webhooks (producer/webhooks.c, docs/webhooks.md) */
     int webhook_allow_loopback; /* tests only: deliveries to 127.0.0.0/8 and http:// */
     int webhook_allow_http;

@@ -51,6 +51,11 @@ const char *tq_req_user(const tq_req *r)
     return r->user;
 }
 
+int tq_req_is_operator(const tq_req *r)
+{
+    return r->is_operator;
+}
+
 const char *tq_req_id(const tq_req *r)
 {
     return r->request_id;

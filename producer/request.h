@@ -44,6 +44,8 @@ const char *tq_req_body(const tq_req *r, size_t *len);
 const char *tq_req_param(const tq_req *r);
 /* The authenticated user id ("" before tq_req_authenticate succeeded). */
 const char *tq_req_user(const tq_req *r);
+/* 1 when the authenticated token is an operator's (TRAINQ_ADMIN_CLAIM). */
+int tq_req_is_operator(const tq_req *r);
 const char *tq_req_id(const tq_req *r);
 
 /* ---- replies: the first reply wins, later ones are ignored ---- */

@@ -43,6 +43,22 @@ static const route_entry routes[] = {
     {"/api/training/webhooks/{id}", NULL, NULL, tq_h_webhook_delete},
     {"/api/training/webhooks/{id}/rotate-secret", NULL, tq_h_webhook_rotate, NULL},
     {"/api/training/webhooks/{id}/deliveries", tq_h_webhook_deliveries, NULL, NULL},
+    {"/api/training/jobs/{id}/progress", tq_h_job_progress, NULL, NULL},
+    {"/api/training/me", tq_h_me, NULL, NULL},
+    {"/api/admin/overview", tq_h_admin_overview, NULL, NULL},
+    {"/api/admin/workers", tq_h_admin_workers, NULL, NULL},
+    {"/api/admin/workers/{id}/drain", NULL, tq_h_admin_worker_drain, NULL},
+    {"/api/admin/workers/{id}/undrain", NULL, tq_h_admin_worker_undrain, NULL},
+    {"/api/admin/users", tq_h_admin_users, NULL, NULL},
+    {"/api/admin/jobs", tq_h_admin_jobs, NULL, NULL},
+    {"/api/admin/jobs/{id}/cancel", NULL, tq_h_admin_job_cancel, NULL},
+    {"/api/admin/jobs/{id}/retry", NULL, tq_h_admin_job_retry, NULL},
+    {"/api/admin/dead-letters", tq_h_admin_dead_letters, NULL, NULL},
+    {"/api/admin/dead-letters/{id}/republish", NULL, tq_h_admin_dead_letter_republish, NULL},
+    /* "/ui" and "/ui/" (the trailing slash is ignored) give index.html; "{name}" takes the
+     * rest of the path, which ui.c refuses unless it is one plain file name. */
+    {"/ui", tq_h_ui, NULL, NULL},
+    {"/ui/{name}", tq_h_ui, NULL, NULL},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 

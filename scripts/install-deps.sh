@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every Debian package trainq needs to build, run and test, then the npm test tools
-# pinned in tests/tools/package-lock.json (the OpenAPI linter).
+# pinned in tests/tools/package-lock.json (the OpenAPI linter, puppeteer-core and axe-core).
 # Idempotent and silent when everything is already present: dpkg-query decides first, and
 # apt-get (update + install) runs only for what is missing; `npm ci` runs only when the lock
 # file changed since the last install, so repeated CI runs cost nothing.
@@ -15,8 +15,10 @@ PACKAGES=(
   # real services the integration tests run against
   postgresql postgresql-client rabbitmq-server docker.io busybox-static
   # test drivers and tools
-  python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery
+  python3 python3-pika python3-jwt python3-cryptography python3-yaml python3-celery python3-jsonschema
   wrk curl jq valgrind procps iproute2 openssl
+  # the dashboard's browser test (tests/integration/test_dashboard.py, puppeteer-core)
+  chromium
   # deployment: base image, Compose stack, unit checks (scripts/build-images.sh, tests/deploy)
   debootstrap docker-compose systemd
 )

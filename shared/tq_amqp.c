@@ -636,6 +636,8 @@ int tq_amqp_declare_topology(tq_amqp *a, tq_errbuf *eb)
         return rc;
     if ((rc = declare_exchange(a, TQ_AMQP_DLX, "fanout", eb)) != TQ_OK)
         return rc;
+    if ((rc = declare_exchange(a, TQ_AMQP_EVENTS, "topic", eb)) != TQ_OK)
+        return rc;
 
     /* Argument types matter (an equal value of another AMQP type is "inequivalent"), so
      * this is the one place that writes them. The group size goes last and only when the
@@ -737,6 +739,10 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
         p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
         p.message_id = amqp_cstring_bytes(m->message_id);
     }
+    if (m->correlation_id) {
+        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        p.correlation_id = amqp_cstring_bytes(m->correlation_id);
+    }
     if (nh) {
         p._flags |= AMQP_BASIC_HEADERS_FLAG;
         p.headers.num_entries = (int)nh;
@@ -745,7 +751,7 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
     amqp_bytes_t body = {.len = m->body_len, .bytes = (void *)(uintptr_t)m->body};
     int st = amqp_basic_publish(
         a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(m->exchange ? m->exchange : ""),
-        amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), 1, 0, &p, body);
+        amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), !m->not_mandatory, 0, &p, body);
     if (st != AMQP_STATUS_OK)
         return on_library_error(a, st, "could not publish message", eb);
     a->next_tag++;
@@ -775,8 +781,9 @@ static int on_return(tq_amqp *a, const amqp_basic_return_t *m, confirm_batch *b,
         return rc;
     for (size_t i = 0; i < b->n; i++) {
         tq_amqp_msg *msg = &b->msgs[i];
-        if (b->state[i] == PUB_PENDING && !b->returned[i] && msg->message_id &&
-            strcmp(msg->message_id, msgid) == 0) {
+        /* Only mandatory messages come back: an event and its reply share a message_id. */
+        if (b->state[i] == PUB_PENDING && !b->returned[i] && !msg->not_mandatory &&
+            msg->message_id && strcmp(msg->message_id, msgid) == 0) {
             b->returned[i] = 1;
             snprintf(msg->reason, sizeof msg->reason, "unroutable: %u %s", code, text);
             break;

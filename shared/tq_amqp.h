@@ -28,6 +28,8 @@
 #define TQ_AMQP_DLX "trainq.jobs.dlx"         /* fanout, durable */
 #define TQ_AMQP_QUEUE "trainq.jobs"           /* quorum, delivery limit, dead-letters to DLX */
 #define TQ_AMQP_DEAD_QUEUE "trainq.jobs.dead" /* quorum, bound to the DLX */
+/* topic, durable; routing key job.<status>.<type>: job events (docs/message-contract.md) */
+#define TQ_AMQP_EVENTS "trainq.events"
 #define TQ_AMQP_DELIVERY_LIMIT 5
 #define TQ_AMQP_CHANNEL 1
 #define TQ_AMQP_DEFAULT_HEARTBEAT 30
@@ -155,6 +157,11 @@ typedef struct {
     const char *content_type;
     const char *const *header_kv;
     size_t n_header_kv;
+    /* Sent as the correlation_id property when not NULL (a reply to a job's reply_to). */
+    const char *correlation_id;
+    /* 1: published without the mandatory flag, so never returned (an event nobody is
+     * bound to is fine); 0: mandatory, as the comment below says. */
+    int not_mandatory;
     int result;              /* TQ_OK: acked; TQ_ERR_AMQP: nacked or returned; else batch error */
     tq_amqp_verdict verdict; /* decide on this, never on the text of reason */
     char reason[128];        /* for logs and outbox.last_error; set when result != TQ_OK */

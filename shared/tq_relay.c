@@ -33,12 +33,13 @@
 #define RELAY_BACKLOG_EVERY_MS 5000
 /* How often a blocked relay reads the broker's frames for connection.unblocked. */
 #define RELAY_BLOCKED_POLL_MS 250
-#define RELAY_CLEANUP_EVERY_MS (3600 * 1000)
-#define RELAY_CLEANUP_CHUNK 5000
 
 /* All SQL of the relay. */
 static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
-static const char SQL_CLAIM[] = "SELECT id, job_id::text, routing_key, payload FROM outbox"
+/* Columns 4-6 (db/migrations/0015_events.sql): the exchange, the message_id (the job id
+ * for a job message), the correlation_id or NULL. */
+static const char SQL_CLAIM[] = "SELECT id, job_id::text, routing_key, payload, exchange,"
+                                " COALESCE(message_id, job_id::text), correlation_id FROM outbox"
                                 " WHERE published_at IS NULL AND available_at <= now()"
                                 " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
 static const char SQL_MARK_PUBLISHED[] =
@@ -56,10 +57,8 @@ static const char SQL_BACKLOG[] =
     " (SELECT coalesce(floor(extract(epoch FROM clock_timestamp() - min(available_at))), 0)"
     "  ::bigint FROM outbox WHERE published_at IS NULL AND available_at <= clock_timestamp())"
     " FROM outbox WHERE published_at IS NULL";
-/* Chunked and SKIP LOCKED so every relay may run it at once without piling up. */
-static const char SQL_CLEANUP[] = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
-                                  " WHERE published_at < now() - interval '7 days'"
-                                  " LIMIT $1::int FOR UPDATE SKIP LOCKED)";
+/* Published rows are pruned by the producers' retention thread (producer/retention.c,
+ * TRAINQ_OUTBOX_RETENTION_SECONDS), not here. */
 
 typedef enum { SIDE_NONE = 0, SIDE_DB, SIDE_AMQP } relay_side;
 
@@ -282,6 +281,18 @@ static int ensure_amqp(tq_relay *r)
     return TQ_OK;
 }
 
+typedef struct {
+    uint64_t acked, nacked, returned;
+    uint64_t replies_dropped; /* returned replies, marked published (among acked) */
+    uint64_t events;          /* acked messages to trainq.events */
+} batch_verdicts;
+
+/* A reply (default exchange, to a job's reply_to) that came back: its queue is gone. */
+static int is_dropped_reply(const tq_amqp_msg *m)
+{
+    return m->verdict == TQ_AMQP_RETURNED && m->exchange[0] == '\0';
+}
+
 /* "{1,2,3}" from the confirmed rows' ids (digits only: safe as an array literal). */
 static char *id_array(PGresult *res, const tq_amqp_msg *msgs, int n, int *count)
 {
@@ -293,7 +304,7 @@ static char *id_array(PGresult *res, const tq_amqp_msg *msgs, int n, int *count)
     s[len++] = '{';
     *count = 0;
     for (int i = 0; i < n; i++) {
-        if (msgs[i].verdict != TQ_AMQP_ACKED)
+        if (msgs[i].verdict != TQ_AMQP_ACKED && !is_dropped_reply(&msgs[i]))
             continue;
         int w = snprintf(s + len, cap - len, "%s%s", *count ? "," : "", PQgetvalue(res, i, 0));
         if (w < 0 || (size_t)w >= cap - len) {
@@ -315,9 +326,13 @@ static int build_batch(tq_relay *r, PGresult *res, int n, tq_errbuf *eb)
     for (int i = 0; i < n; i++) {
         tq_amqp_msg *m = &r->msgs[i];
         memset(m, 0, sizeof *m);
-        m->exchange = TQ_AMQP_EXCHANGE;
+        m->exchange = PQgetvalue(res, i, 4);
         m->routing_key = PQgetvalue(res, i, 2);
-        m->message_id = PQgetvalue(res, i, 1);
+        m->message_id = PQgetvalue(res, i, 5);
+        m->correlation_id = PQgetisnull(res, i, 6) ? NULL : PQgetvalue(res, i, 6);
+        /* An event nobody is bound to is not an error: only job messages and replies are
+         * mandatory. */
+        m->not_mandatory = strcmp(m->exchange, TQ_AMQP_EVENTS) == 0;
         m->body = PQgetvalue(res, i, 3);
         m->body_len = (size_t)PQgetlength(res, i, 3);
         m->content_type = "application/json";
@@ -337,10 +352,6 @@ static int build_batch(tq_relay *r, PGresult *res, int n, tq_errbuf *eb)
     return TQ_OK;
 }
 
-typedef struct {
-    uint64_t acked, nacked, returned;
-} batch_verdicts;
-
 /* After the broker's verdicts on the whole batch: marks the acked rows published and the
  * others failed (returned or nacked: both are retried), in the round's transaction. */
 static int mark_batch(tq_relay *r, PGresult *res, int n, batch_verdicts *bv, tq_errbuf *eb)
@@ -348,8 +359,18 @@ static int mark_batch(tq_relay *r, PGresult *res, int n, batch_verdicts *bv, tq_
     int rc;
     for (int i = 0; i < n; i++) {
         tq_amqp_msg *m = &r->msgs[i];
-        if (m->verdict == TQ_AMQP_ACKED) {
+        if (is_dropped_reply(m)) {
+            /* Retrying would hold the job's later events behind a queue that may never
+             * come back: logged, counted, and marked published with the others. */
+            bv->replies_dropped++;
+            tq_logj(TQ_LOG_WARN, "relay.reply_dropped",
+                    json_pack("{s:s,s:s,s:s}", "relay", r->name, "job_id", PQgetvalue(res, i, 1),
+                              "reply_to", m->routing_key),
+                    "reply to \"%s\" dropped: %s", m->routing_key, m->reason);
+        }
+        if (m->verdict == TQ_AMQP_ACKED || is_dropped_reply(m)) {
             bv->acked++;
+            bv->events += m->verdict == TQ_AMQP_ACKED && m->not_mandatory;
             continue;
         }
         if (m->verdict == TQ_AMQP_RETURNED)
@@ -416,7 +437,7 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
         goto rollback;
     }
 
-    batch_verdicts bv = {0, 0, 0};
+    batch_verdicts bv = {0};
     rc = mark_batch(r, res, n, &bv, eb);
     if (rc != TQ_OK)
         goto rollback;
@@ -426,6 +447,12 @@ static int relay_round(tq_relay *r, int confirm_timeout_ms, int *full, relay_sid
      * consumers deduplicate by message_id (the job id). */
     rc = tq_db_commit(r->pg, eb);
     stats_add(r, rc == TQ_OK ? acked : 0, acked, bv.nacked, bv.returned, 0);
+    if (rc == TQ_OK) {
+        pthread_mutex_lock(&r->mu);
+        r->st.events_published += bv.events;
+        r->st.replies_dropped += bv.replies_dropped;
+        pthread_mutex_unlock(&r->mu);
+    }
     if (rc != TQ_OK)
         goto rollback;
     PQclear(res);
@@ -457,28 +484,6 @@ static void count_backlog(tq_relay *r)
     r->st.backlog = v;
     r->st.backlog_age_s = age < 0 ? 0 : age;
     pthread_mutex_unlock(&r->mu);
-}
-
-static void cleanup_published(tq_relay *r)
-{
-    char chunk[16];
-    snprintf(chunk, sizeof chunk, "%d", RELAY_CLEANUP_CHUNK);
-    const char *p[1] = {chunk};
-    long total = 0;
-    for (int i = 0; i < 20 && !stopping(r); i++) {
-        PGresult *res = NULL;
-        tq_errbuf eb = {{0}};
-        if (tq_db_exec(r->pg, SQL_CLEANUP, 1, p, &res, &eb) != TQ_OK)
-            break;
-        long n = strtol(PQcmdTuples(res), NULL, 10);
-        PQclear(res);
-        total += n;
-        if (n < RELAY_CLEANUP_CHUNK)
-            break;
-    }
-    if (total > 0)
-        tq_logj(TQ_LOG_INFO, "relay.cleanup", name_field(r),
-                "deleted %ld published outbox rows older than 7 days", total);
 }
 
 /* Reads what the broker sent (heartbeats, connection.blocked/unblocked, closes). */
@@ -574,8 +579,6 @@ static void *relay_main(void *arg)
     tq_backoff_init(&bo_db, RELAY_BACKOFF_MIN_MS, RELAY_BACKOFF_MAX_MS, TQ_BACKOFF_JITTER,
                     (unsigned)rand_r(&r->seed));
     bo_round = bo_amqp = bo_db;
-    /* Spread the hourly cleanup of many instances; first run a minute or two in. */
-    int64_t next_cleanup = tq_mono_ms() + 60000 + (int64_t)(rand_r(&r->seed) % 60000);
 
     while (!stopping(r)) {
         if (ensure_db(r) != TQ_OK) {
@@ -620,10 +623,6 @@ static void *relay_main(void *arg)
         int64_t now = tq_mono_ms();
         if (now >= r->next_backlog)
             count_backlog(r);
-        if (now >= next_cleanup) {
-            cleanup_published(r);
-            next_cleanup = now + RELAY_CLEANUP_EVERY_MS;
-        }
         if (r->pg)
             wait_for_work(r, r->poll_ms);
     }

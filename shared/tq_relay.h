@@ -1,6 +1,7 @@
 /*
  * tq_relay — the transactional-outbox relay: a thread that moves rows of table `outbox`
- * to exchange trainq.jobs with publisher confirms, and marks them published.
+ * to their exchange (trainq.jobs, trainq.events, or the default exchange for a reply) with
+ * publisher confirms, and marks them published.
  *
  * What must stay true:
  *  - a row is marked published only after the broker confirmed its message, in the same
@@ -52,6 +53,10 @@ typedef struct {
     char blocked_reason[128]; /* the broker's reason while blocked, else "" */
     uint64_t blocked_events;  /* times the connection became blocked */
     uint64_t blocked_ms;      /* total time blocked, the current stretch included */
+    /* Job events (trainq.events) confirmed, and replies to a job's reply_to that the broker
+     * returned (the queue is gone): logged and dropped, never retried. */
+    uint64_t events_published;
+    uint64_t replies_dropped;
 } tq_relay_stats;
 
 typedef struct tq_relay tq_relay;

@@ -64,10 +64,15 @@ END $$;
 SELECT tq_ensure_trigger('training_jobs', 'training_jobs_audit',
     'AFTER INSERT OR UPDATE OF status', 'FOR EACH ROW EXECUTE FUNCTION tq_audit_status()');
 
--- The audit trail is append-only.
+-- The audit trail is append-only. The one exception: retention deletes the audit rows of
+-- the finished jobs it prunes (tq_retention_prune, db/procedures/95_retention.sql, which
+-- sets trainq.retention for that statement only).
 CREATE OR REPLACE FUNCTION tq_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('trainq.retention', true) = 'prune' THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
 END $$;
 

@@ -11,21 +11,28 @@
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
 -- Returns true when it created the row. A clash on (user_id, idempotency_key) is an error
--- (unique_violation) for the caller to handle.
+-- (unique_violation) for the caller to handle. p_reply_to / p_correlation_id: the AMQP
+-- properties of a message published straight to AMQP (0015_events.sql), stored with the
+-- row before its insert trigger writes the first event, so even 'queued' is replied to.
+DROP FUNCTION IF EXISTS tq_insert_job(text, text, text, text);
 CREATE OR REPLACE FUNCTION tq_insert_job(p_message text, p_source text,
                                          p_idempotency_key text DEFAULT NULL,
-                                         p_request_hash text DEFAULT NULL) RETURNS boolean
+                                         p_request_hash text DEFAULT NULL,
+                                         p_reply_to text DEFAULT NULL,
+                                         p_correlation_id text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     m jsonb := p_message::jsonb;
 BEGIN
     INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
-                               trigger_words, source, idempotency_key, request_hash, message)
+                               trigger_words, source, idempotency_key, request_hash, message,
+                               reply_to, correlation_id)
     SELECT (m->>'job_id')::uuid, m->>'user_id', (m->>'dataset_id')::uuid, m->>'name',
            m->>'type', m->>'base_model', m->'config',
            ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
                           WITH ORDINALITY AS x(e, n) ORDER BY n),
-           p_source, p_idempotency_key, p_request_hash, p_message
+           p_source, p_idempotency_key, p_request_hash, p_message,
+           NULLIF(p_reply_to, ''), NULLIF(p_correlation_id, '')
      WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (m->>'job_id')::uuid)
     ON CONFLICT (id) DO NOTHING;
     RETURN FOUND;

@@ -110,7 +110,7 @@ BEGIN
         -- Whatever kept it from starting may still be there a moment later (a name being
         -- removed, a host about to notice it is broken): its release waits 2, 4, 8 … 60 s.
         UPDATE outbox SET available_at = now() + make_interval(secs => least(60, 2 ^ (j.host_retries + 1)))
-         WHERE job_id = p_id AND published_at IS NULL;
+         WHERE job_id = p_id AND published_at IS NULL AND exchange = 'trainq.jobs';
     END IF;
     RETURN outcome;
 END $$;
@@ -211,12 +211,14 @@ DECLARE
     t interval := make_interval(secs => p_stranded_seconds);
 BEGIN
     IF p_in_queue IS NOT NULL THEN
-        -- No outbox row of the job unpublished (the relay will publish it) or published
-        -- within t (it may be on its way through the queue).
+        -- No job message of the job unpublished (the relay will publish it) or published
+        -- within t (it may be on its way through the queue); its events (85_events.sql) do
+        -- not count.
         WITH stranded AS (
             SELECT j.id FROM training_jobs j
              WHERE j.status = 'queued' AND j.parked_at IS NULL AND j.created_at < now() - t
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id
+                                  AND o.exchange = 'trainq.jobs'
                                   AND (o.published_at IS NULL OR o.published_at > now() - t))
              ORDER BY j.created_at DESC, j.id DESC
             OFFSET p_in_queue

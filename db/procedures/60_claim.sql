@@ -140,8 +140,11 @@ END $$;
 
 -- The claim: the steps above, the user's lock first. p_message is the delivered message's
 -- canonical body (tq_msg_encode of what tq_msg_decode accepted), so its fields are valid.
+-- p_reply_to / p_correlation_id: the delivery's properties, kept by a row it creates.
+DROP FUNCTION IF EXISTS tq_claim(text, text, integer, integer);
 CREATE OR REPLACE FUNCTION tq_claim(p_message text, p_worker text, p_lease integer,
-                                    p_path_max integer,
+                                    p_path_max integer, p_reply_to text DEFAULT NULL,
+                                    p_correlation_id text DEFAULT NULL,
                                     OUT outcome text, OUT reason text, OUT fencing_token bigint,
                                     OUT attempts integer, OUT storage_path text,
                                     OUT created_epoch double precision, OUT message text)
@@ -153,7 +156,7 @@ DECLARE
     v_dataset constant uuid := (m->>'dataset_id')::uuid;
 BEGIN
     PERFORM tq_lock_user(v_user);
-    PERFORM tq_insert_job(p_message, 'amqp');
+    PERFORM tq_insert_job(p_message, 'amqp', NULL, NULL, p_reply_to, p_correlation_id);
     SELECT c.outcome, c.reason INTO outcome, reason
       FROM tq_claim_check_job(v_id, v_user, v_dataset) c;
     IF outcome IS NOT NULL THEN

@@ -3,27 +3,29 @@
 -- a status s is 'job.' || s; 'pending' has none (a claim, not something a web app acts
 -- on). job.progress is opt-in and made at most once per 10 % or 60 s of a job.
 
--- The targets of event ev of job j: the user's enabled endpoints that want it, and the job's
--- own URL if it wants it. Writes one delivery per target with the job's next sequence number
--- (webhook_job_state.seq, under the job's row lock, which the changing statement holds: a
--- job's events get increasing numbers in the order of the changes). Returns the number of
--- deliveries written.
-CREATE OR REPLACE FUNCTION tq_webhook_write(j training_jobs, ev text) RETURNS bigint
+-- Whether event ev of job j has a target: one of the user's enabled endpoints, or the job's
+-- own URL, wants it.
+CREATE OR REPLACE FUNCTION tq_webhook_wanted(j training_jobs, ev text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
+                     AND e.disabled_at IS NULL AND ev = ANY (e.events))
+        OR EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events))
+$$;
+
+-- Writes one delivery of event ev of job j per target, with sequence number seq (the
+-- job's next, tq_job_event_seq in 85_events.sql: webhooks and AMQP events share one
+-- numbering, so a job's numbers may skip ones its webhooks did not get). Returns the
+-- number of deliveries written.
+DROP FUNCTION IF EXISTS tq_webhook_write(training_jobs, text);
+CREATE OR REPLACE FUNCTION tq_webhook_write(j training_jobs, ev text, seq bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    seq bigint;
     n1 bigint;
     n2 bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
-                     AND e.disabled_at IS NULL AND ev = ANY (e.events))
-       AND NOT EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events))
-    THEN
+    IF NOT tq_webhook_wanted(j, ev) THEN
         RETURN 0;
     END IF;
-    INSERT INTO webhook_job_state AS s (job_id, seq) VALUES (j.id, 1)
-    ON CONFLICT (job_id) DO UPDATE SET seq = s.seq + 1
-    RETURNING s.seq INTO seq;
     INSERT INTO webhook_deliveries (user_id, job_id, endpoint_id, target, url, event, sequence)
     SELECT j.user_id, j.id, e.id, e.id::text, e.url, ev, seq
       FROM webhook_endpoints e
@@ -44,15 +46,20 @@ BEGIN
     RETURN n1 + n2;
 END $$;
 
+-- Every status change also makes an AMQP event (85_events.sql), with the same number.
 CREATE OR REPLACE FUNCTION tq_webhook_enqueue() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    seq bigint;
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
         RETURN NULL;
     END IF;
+    seq := tq_job_event_seq(NEW.id);
     IF NEW.status IN ('queued', 'running', 'completed', 'failed', 'cancelled') THEN
-        PERFORM tq_webhook_write(NEW, 'job.' || NEW.status);
+        PERFORM tq_webhook_write(NEW, 'job.' || NEW.status, seq);
     END IF;
+    PERFORM tq_event_write(NEW, NEW.status, seq);
     RETURN NULL;
 END $$;
 
@@ -60,11 +67,15 @@ SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhooks',
     'AFTER INSERT OR UPDATE OF status', 'FOR EACH ROW EXECUTE FUNCTION tq_webhook_enqueue()');
 
 -- job.progress of a running job: the first progress, then whenever it enters a new tenth
--- or 60 s after the last one.
+-- or 60 s after the last one. The same throttle makes the opt-in AMQP progress events
+-- (tq_events_progress_on, 85_events.sql).
 CREATE OR REPLACE FUNCTION tq_webhook_progress() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     st webhook_job_state;
+    wh boolean;
+    amqp boolean;
+    seq bigint;
 BEGIN
     IF NEW.progress IS NULL OR NEW.progress IS NOT DISTINCT FROM OLD.progress
        OR NEW.status <> 'running' THEN
@@ -76,10 +87,18 @@ BEGIN
        AND st.progress_at > now() - interval '60 seconds' THEN
         RETURN NULL;
     END IF;
-    IF tq_webhook_write(NEW, 'job.progress') > 0 THEN
-        UPDATE webhook_job_state SET progress = NEW.progress, progress_at = now()
-         WHERE job_id = NEW.id;
+    wh := tq_webhook_wanted(NEW, 'job.progress');
+    amqp := tq_events_progress_on();
+    IF NOT wh AND NOT amqp THEN
+        RETURN NULL;
     END IF;
+    seq := tq_job_event_seq(NEW.id);
+    PERFORM tq_webhook_write(NEW, 'job.progress', seq);
+    IF amqp THEN
+        PERFORM tq_event_write(NEW, 'progress', seq);
+    END IF;
+    UPDATE webhook_job_state SET progress = NEW.progress, progress_at = now()
+     WHERE job_id = NEW.id;
     RETURN NULL;
 END $$;
 

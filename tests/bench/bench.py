@@ -7,7 +7,8 @@ finishes, a tool that errors) makes it exit non-zero.
 
 Rows (docs/performance.md explains each):
   1 submit throughput/latency (wrk) vs fixed-200 on the same HTTP stack and pgbench of the
-    submit's SQL          2 submit → message on the queue      3 dispatch latency vs bare
+    submit's SQL and the database's floor (bare durable insert + commit, with and without
+    NOTIFY)          2 submit → message on the queue      3 dispatch latency vs bare
     create+start and `docker run -d`    4 release latency      5 backlog drain
   6 footprint             7 python3-celery on the same broker
   8 Server-Sent Events: status change → event at the client with 100 open streams, and the
@@ -455,8 +456,9 @@ class Bench:
         raise Broken(f"wrk printed no summary: {p.stdout[-500:]}")
 
     def pgbench_script(self, one_txn):
-        """The statements one submit commits (producer/pdb.c: tq_pdb_rate_hit then
-        tq_pdb_submit without Idempotency-Key), with the same parameters as text."""
+        """The statements one submit sends (producer/pdb.c: tq_pdb_rate_hit then
+        tq_pdb_submit, i.e. tq_submit of db/procedures/35_submit.sql, without
+        Idempotency-Key), with the same parameters as text."""
         # tq_insert_job reads the row from the message: each transaction's own ids go in.
         msg = json.dumps({"schema": "trainq.job.v1", "job_id": "@JOB@",
                           "user_id": "@USER@", "submitted_at": "2026-01-01T00:00:00.000Z",
@@ -477,27 +479,58 @@ class Bench:
         split = "" if one_txn else "COMMIT;\nBEGIN;\n"
         # tq_pdb_rate_hit commits its counter without waiting for the WAL flush; in the
         # folded variant that would cover the job too, so only the 2-transaction script has it.
-        rate_async = "" if one_txn else "SET LOCAL synchronous_commit = off;\n"
+        rate_async = "" if one_txn else "set_config('synchronous_commit', 'off', true)"
+        rate_s = f"s AS (SELECT {rate_async or '1'}),"
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 65535)
 \\set r2 random(0, 281474976710655)
 \\set trim random(1, 64)
 BEGIN;
-{rate_async}WITH w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w;
+WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w, s;
 \\if :trim = 1
 DELETE FROM rate_limits WHERE window_start < now() - interval '5 minutes';
 \\endif
-{split}SELECT user_id FROM datasets WHERE id = ('bbbbbbbb-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid;
-SELECT set_config('trainq.reason', 'submitted over http', true);
-SELECT tq_insert_job({body}, 'http', NULL, md5('{canon}'));
-INSERT INTO outbox (job_id, routing_key, payload) VALUES ({job}::uuid, 'lora', {body});
+{split}SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}');
 COMMIT;
 """
 
-    def pgbench(self, one_txn):
-        path = os.path.join(self.work, f"pgbench-{'1' if one_txn else '2'}txn.sql")
+    def floor_script(self, notify):
+        """The database's floor for a submission: one durable insert + commit of a row the
+        size of a job (its message as jsonb, as training_jobs.message holds it) into a table
+        with a primary key and no triggers, synchronous_commit on. With notify, the same
+        transaction also sends a NOTIFY, as the outbox trigger (50_outbox.sql) does in every
+        submit: the difference is what NOTIFY costs on this machine."""
+        msg = json.dumps({"schema": "trainq.job.v1", "job_id": "@JOB@",
+                          "user_id": "@USER@", "submitted_at": "2026-01-01T00:00:00.000Z",
+                          "dataset_id": self.pool_dataset(1), "name": "bench 0-1",
+                          "type": "lora", "base_model": BASE_MODEL,
+                          "config": {"steps": 100, "learning_rate": 0.0001, "batch_size": 1,
+                                     "resolution": 512},
+                          "trigger_words": ["tqbench"]}, separators=(",", ":"))
+        job = "md5(:r1::text || ':' || :r2::text)::uuid"
+        note = "SELECT pg_notify('tq_bench_floor', '');\n" if notify else ""
+        return f"""\\set n random(1, {self.n_users})
+\\set r1 random(0, 2147483647)
+\\set r2 random(0, 281474976710655)
+BEGIN;
+INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n, replace(replace('{msg}', '@JOB@', {job}::text), '@USER@', 'bench-u' || :n)::jsonb);
+{note}COMMIT;
+"""
+
+    def pgbench_floor(self, notify):
+        psql("CREATE TABLE IF NOT EXISTS tq_bench_floor (id uuid PRIMARY KEY,"
+             " user_id text NOT NULL, message jsonb NOT NULL,"
+             " created_at timestamptz NOT NULL DEFAULT now())")
+        try:
+            return self.pgbench(script=self.floor_script(notify),
+                                name=f"floor{'-notify' if notify else ''}")
+        finally:
+            psql("DROP TABLE IF EXISTS tq_bench_floor")
+
+    def pgbench(self, one_txn=None, script=None, name=None):
+        path = os.path.join(self.work, f"pgbench-{name or ('1' if one_txn else '2') + 'txn'}.sql")
         with open(path, "w") as f:
-            f.write(self.pgbench_script(one_txn))
+            f.write(script if script is not None else self.pgbench_script(one_txn))
         u = urllib.parse.urlparse(DATABASE_URL)
         env = self.env(PGPASSWORD=urllib.parse.unquote(u.password or ""))
         c = self.threads
@@ -538,6 +571,9 @@ COMMIT;
         # (b) Postgres alone, same SQL, as many clients as the producer has DB connections
         pg2 = self.pgbench(one_txn=False)
         pg1 = self.pgbench(one_txn=True)
+        # (c) the database's floor: a bare durable insert + commit, and the same with NOTIFY
+        floor = self.pgbench_floor(notify=False)
+        floor_n = self.pgbench_floor(notify=True)
         # the producer
         p = self.start_producer()
         c = self.http()
@@ -557,7 +593,8 @@ COMMIT;
             f" AND j.created_at >= to_timestamp({t0})")]
         self.purge()
         self.retire_queued("bench-u%")
-        self.results[1] = {"fixed": fixed, "pg2": pg2, "pg1": pg1, "sub": sub, "committed": ok,
+        self.results[1] = {"fixed": fixed, "pg2": pg2, "pg1": pg1, "floor": floor,
+                           "floor_notify": floor_n, "sub": sub, "committed": ok,
                            "cpu": cpu1 - cpu0, "sat_lag": lag}
 
     # ------------------------------------------------------------ row 2
@@ -970,6 +1007,13 @@ COMMIT;
                 f" folded into 1 txn: {fmt(pg1['tps'])} tps |"
                 f" {fmt(ratio, nd=2)} (vs 1-txn: {fmt(s['rps'] / pg1['tps'], nd=2)}) |"
                 f" ≥ 0.70 | {yes(ratio >= 0.7 if ratio else None)} |")
+            fl, fn = r1["floor"], r1["floor_notify"]
+            fr = s["rps"] / fl["tps"] if fl["tps"] else None
+            add(f"| 1 | submit ÷ the database's floor ({self.threads} clients): pgbench of a bare"
+                f" durable insert + commit of one job-sized row, no triggers | {fmt(s['rps'])} |"
+                f" floor: {fmt(fl['tps'])} tps; with one NOTIFY in the transaction:"
+                f" {fmt(fn['tps'])} tps ({fmt(fn['tps'] / fl['tps'] if fl['tps'] else None, nd=2)}"
+                f" × floor) | {fmt(fr, nd=2)} | ≥ 0.50 | {yes(fr >= 0.5 if fr else None)} |")
             p99 = s["p99_us"] / 1e3
             add(f"| 1 | submit latency p50 / p99 | {fmt(s['p50_us'] / 1e3, ' ms', 2)} /"
                 f" {fmt(p99, ' ms', 2)} | fixed-200: {fmt(fx['p50_us'] / 1e3, ' ms', 2)} /"
@@ -1274,6 +1318,27 @@ COMMIT;
                            "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
                            "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 
+    # ------------------------------------------------------------ table sizes
+
+    def table_sizes(self):
+        """What the run left in the tables retention bounds (docs/operations.md,
+        "Retention"): rows and size with indexes and TOAST, after every row ran."""
+        names = ("training_jobs", "job_events", "outbox", "rate_limits", "job_output",
+                 "job_artifacts", "webhook_deliveries")
+        try:
+            got = rows(" UNION ALL ".join(
+                f"SELECT '{t}', (SELECT count(*) FROM {t}),"
+                f" pg_size_pretty(pg_total_relation_size('{t}'))" for t in names))
+        except Exception as e:  # noqa: BLE001 - a report, not a row
+            return f"\ntable sizes: could not read ({e})\n"
+        self.results["tables"] = {r[0]: {"rows": int(r[1]), "size": r[2]} for r in got}
+        out = ["", "Table sizes after the run (retention: published outbox rows after"
+               " TRAINQ_OUTBOX_RETENTION_SECONDS, past rate-limit windows, finished jobs after"
+               " TRAINQ_JOB_RETENTION_SECONDS when set):", "",
+               "| table | rows | size (indexes, TOAST included) |", "|---|---|---|"]
+        out += [f"| {r[0]} | {int(r[1]):,} | {r[2]} |" for r in got]
+        return "\n".join(out) + "\n"
+
     # ------------------------------------------------------------ main
 
     def run_all(self):
@@ -1311,7 +1376,7 @@ COMMIT;
                 self.retire_queued("bench-%")
             except Exception:  # noqa: BLE001 - best effort
                 pass
-        table = "\n".join(head) + self.table() + "\n"
+        table = "\n".join(head) + self.table() + "\n" + self.table_sizes()
         with open(self.args.out, "w") as f:
             f.write(table)
         print(table)

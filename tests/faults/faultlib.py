@@ -10,6 +10,8 @@ Postgres (training_jobs, job_events, outbox), RabbitMQ (queue depths) and Docker
 watcher's samples) plus the consumers' own logs:
 
   lost        accepted jobs with no row, or not terminal when the wait ended
+  events_lost status changes of accepted jobs without their job event row, or event rows
+              that never reached a quorum queue bound to trainq.events (job.#)
   doubles     a job with two live containers at once (Docker), two claims in a row without
               an end between them (job_events), or two consumer processes following the same
               job at once (logs: job.started/adopt.container .. job.finished/job.fenced)
@@ -313,6 +315,7 @@ class StrandWatcher(threading.Thread):
            "          WHERE a.user_id = j.user_id AND a.status IN ('pending', 'running'))"
            "          >= tq_user_max_active(j.user_id))"
            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id"
+           "     AND o.exchange = 'trainq.jobs'"
            "     AND (o.published_at IS NULL OR o.published_at > now() - make_interval(secs => {b})))"
            " AND NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = j.id"
            "     AND e.at > now() - make_interval(secs => {b}))")
@@ -582,9 +585,24 @@ class Fleet:
             p.wait_event("consumer.ready", timeout=60)
         return p
 
+    def bind_events_queue(self):
+        """A quorum queue bound to every job event (trainq.events, job.#), as a service
+        would bind one: check() counts the events of accepted jobs that never reach it."""
+        name = f"fault-events-{self.scenario}-{uuid.uuid4().hex[:6]}"
+        conn = h.amqp_connection()
+        try:
+            ch = conn.channel()
+            ch.exchange_declare("trainq.events", "topic", durable=True)
+            ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+            ch.queue_bind(name, "trainq.events", "job.#")
+        finally:
+            conn.close()
+        return name
+
     def start(self):
         """Both producers ready, both consumers consuming, queues empty."""
         h.purge_queue()
+        self.events_queue = self.bind_events_queue()
         self.start_producer(0)
         self.start_producer(1)
         for p in self.producers:
@@ -836,6 +854,19 @@ class Fleet:
             problems.append(f"stranded: job {j} was queued, not in the queue, not parked and "
                             f"not republished for {t:.1f} s (bound {STRANDED_BOUND} s)")
 
+        # events lost: a status change of an accepted job without its event row, or an event
+        # row (its id: a republish repeats it) that never reached the bound queue
+        audit_n = sum(1 for e in ev if e["job_id"] in rows)
+        want = {r["message_id"] for r in self.pg.rows(
+            "SELECT message_id FROM outbox WHERE exchange = 'trainq.events'"
+            f" AND job_id::text = ANY({qlist(accepted)})")}
+        got = {p.message_id for p, _ in h.get_messages(
+            self.events_queue, want=lambda m: {p.message_id for p, _ in m} >= want, timeout=30)}
+        events_lost = max(0, audit_n - len(want)) + len(want - got)
+        if events_lost:
+            problems.append(f"events lost: {audit_n} status changes, {len(want)} event rows, "
+                            f"{len(want - got)} of them never reached {self.events_queue}")
+
         lost = len(missing) + len(unsettled)
         doubles = audit_doubles + docker_doubles + claim_doubles
         hooks, hooks_lost, hooks_dup = self.hooks.counts(self.pg, self.users, problems)
@@ -845,6 +876,7 @@ class Fleet:
             "failed": by_status.get("failed", 0),
             "cancelled": by_status.get("cancelled", 0),
             "lost": lost,
+            "events_lost": events_lost,
             "doubles": doubles,
             "violations": violations + docker_violations,
             "recovered": recovered,
@@ -868,7 +900,8 @@ class Fleet:
 
     def summary(self, figures):
         secs = time.monotonic() - self.t0
-        keys = ("accepted", "completed", "failed", "lost", "doubles", "violations", "stranded",
+        keys = ("accepted", "completed", "failed", "lost", "events_lost", "doubles", "violations",
+                "stranded",
                 "recovered", "unreasoned", "stuck", "retried_submits", "max_active")
         line = f"fault scenario={self.scenario} " + " ".join(
             f"{k}={figures[k]}" for k in keys) + f" seconds={secs:.1f}"
@@ -922,6 +955,12 @@ class Fleet:
         for w in (getattr(self, "watcher", None), getattr(self, "strands", None)):
             if w:
                 w.stop()
+        try:
+            conn = h.amqp_connection()
+            conn.channel().queue_delete(self.events_queue)
+            conn.close()
+        except Exception:  # never bound (start failed) or the broker is down: not a problem
+            pass
         for p in self.procs:
             if p.running():
                 try:
@@ -1075,6 +1114,7 @@ class FaultCase(unittest.TestCase):
                          "the fault (docs/architecture.md: 503 while a dependency is down, never 500)")
         self.assertEqual(figures["lost"], 0, f"{name}: LOST jobs (accepted with 200, not "
                          f"terminal after {SETTLE_TIMEOUT:.0f} s):\n{detail}")
+        self.assertEqual(figures["events_lost"], 0, f"{name}: job events lost:\n{detail}")
         self.assertEqual(figures["doubles"], 0, f"{name}: a job ran twice at once:\n{detail}")
         self.assertEqual(figures["hooks_lost"], 0, f"{name}: webhook deliveries lost:\n{detail}")
         self.assertEqual(figures["violations"], 0,

@@ -172,6 +172,29 @@ class OutboxRelay(unittest.TestCase):
 
     # -- cases -----------------------------------------------------------------------
 
+    def test_9_the_claim_reads_the_backlog_not_every_published_row(self):
+        """The relay's claim (shared/tq_relay.c, SQL_CLAIM, copied here) with 5 000 published
+        rows kept: it must not walk them. Before migration 0010 the only ordered path was
+        outbox_pkey, which the planner takes whenever its statistics say many rows are
+        unpublished (stale under load) and which visits every published row;
+        enable_sort = off makes it take the ordered path here deterministically, and
+        outbox_unpublished_id is now that path. All in one transaction, rolled back."""
+        out = psql("BEGIN;"
+                   " INSERT INTO outbox (job_id, routing_key, payload, published_at)"
+                   " SELECT gen_random_uuid(), 'lora', repeat('x', 400), now()"
+                   " FROM generate_series(1, 5000);"
+                   " SET LOCAL enable_sort = off;"
+                   " EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)"
+                   " SELECT id, job_id::text, routing_key, payload FROM outbox"
+                   " WHERE published_at IS NULL AND available_at <= now()"
+                   " ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED;"
+                   " ROLLBACK;")
+        plan = json.loads("\n".join(r[0] for r in out))[0]["Plan"]
+        text = json.dumps(plan)
+        self.assertNotIn('"outbox_pkey"', text, "the claim walks the primary key")
+        hits = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        self.assertLess(hits, 500, f"the claim read {hits} buffers past 5 000 published rows")
+
     def test_0_a_batch_the_broker_refuses_closes_only_the_channel_and_the_next_is_confirmed(self):
         probe = f"probe-{os.getpid()}-{time.monotonic_ns()}"
         out = subprocess.run([DRIVER, "--probe-channel-close", probe], capture_output=True,

@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 import unittest
+import uuid
 
 import tqharness as h
 from test_live import set_status, write_progress
@@ -324,6 +325,45 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         n = h.psql("SELECT count(*) FROM webhook_deliveries WHERE job_id = :'id'",
                    variables={"id": job})
         self.assertEqual(n, "0")
+
+    def test_a_replayed_or_refused_submit_with_a_webhook_writes_no_webhook_row(self):
+        # The submit's one round trip (tq_submit) writes the job's webhook row only for a
+        # job it creates: a replay under the same Idempotency-Key, a reused key and a dataset
+        # refused leave job_webhooks, the user's secret and the deliveries as they were.
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+
+        def rows():
+            return h.psql("SELECT (SELECT count(*) FROM job_webhooks w JOIN training_jobs j"
+                          "  ON j.id = w.job_id WHERE j.user_id = :'u')"
+                          " || ' ' || (SELECT count(*) FROM job_webhooks)"
+                          " || ' ' || (SELECT count(*) FROM webhook_user_secrets"
+                          "  WHERE user_id = :'u')"
+                          " || ' ' || (SELECT count(*) FROM webhook_deliveries"
+                          "  WHERE user_id = :'u')", variables={"u": self.user})
+
+        def send(body, status, key="k-" + self.user):
+            r = p.c.request("POST", "/api/training/submit", json_body=body, token=self.token,
+                            headers={"Idempotency-Key": key})
+            self.assertEqual(r.status, status, r)
+            return r
+
+        other = add_dataset(new_user())
+        send(body_for(other, webhook_url=rec.url("/x")), 403, key="refused")
+        send(body_for(str(uuid.uuid4()), webhook_url=rec.url("/x")), 404, key="missing")
+        self.assertEqual(rows().split()[0::2], ["0", "0"])
+        first = send(body_for(self.ds, webhook_url=rec.url("/a")), 200)
+        before = rows()
+        self.assertEqual(before.split()[0::2], ["1", "1"])  # its row and the user's secret
+        again = send(body_for(self.ds, webhook_url=rec.url("/a")), 200)
+        self.assertEqual(again.json["job_id"], first.json["job_id"])
+        moved = send(body_for(self.ds, webhook_url=rec.url("/elsewhere")), 200)
+        self.assertEqual(moved.json["job_id"], first.json["job_id"])
+        send(body_for(self.ds, config={"steps": 400}, webhook_url=rec.url("/a")), 422)
+        self.assertEqual(rows(), before)
+        url = h.psql("SELECT url FROM job_webhooks WHERE job_id = :'id'",
+                     variables={"id": first.json["job_id"]})
+        self.assertEqual(url, rec.url("/a"))
 
     def test_bad_webhook_fields_are_400_naming_the_field(self):
         p = self.producer(**LOOPBACK)

@@ -21,7 +21,7 @@ static void test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern
     (void)state;
     char param[TQ_REQ_PARAM_MAX];
     const char *const *labels = tq_route_labels();
-    assert_int_equal(tq_route_count(), 18);
+    assert_int_equal(tq_route_count(), 32);
     for (size_t i = 0; i < tq_route_count(); i++) {
         assert_string_equal(tq_route_label((int)i), labels[i]);
         if (!strstr(labels[i], "{id}"))
@@ -43,6 +43,26 @@ static void test_the_id_segment_is_captured(void **state)
     int events = route_of("/api/training/jobs/x/events/", param);
     assert_string_equal(tq_route_label(events), "/api/training/jobs/{id}/events");
     assert_string_equal(param, "x");
+}
+
+static void test_the_dashboard_takes_everything_under_ui_and_the_admin_api_its_ids(void **state)
+{
+    (void)state;
+    char param[TQ_REQ_PARAM_MAX];
+    assert_string_equal(tq_route_label(route_of("/ui/", param)), "/ui");
+    assert_string_equal(param, "");
+    assert_string_equal(tq_route_label(route_of("/ui/app.js", param)), "/ui/{name}");
+    assert_string_equal(param, "app.js");
+    /* what ui.c must refuse reaches it whole */
+    assert_string_equal(tq_route_label(route_of("/ui/../../etc/passwd", param)), "/ui/{name}");
+    assert_string_equal(param, "../../etc/passwd");
+    assert_int_equal(route_of("/uix", param), -1);
+    int drain = route_of("/api/admin/workers/gpu-host-1/drain", param);
+    assert_string_equal(tq_route_label(drain), "/api/admin/workers/{id}/drain");
+    assert_string_equal(param, "gpu-host-1");
+    int rep = route_of("/api/admin/dead-letters/42/republish", param);
+    assert_string_equal(tq_route_label(rep), "/api/admin/dead-letters/{id}/republish");
+    assert_string_equal(param, "42");
 }
 
 static void test_default_secret_is_not_taken_for_a_webhook_id(void **state)
@@ -126,6 +146,7 @@ int main(void)
         cmocka_unit_test(test_every_route_matches_its_own_path_and_is_labelled_by_its_pattern),
         cmocka_unit_test(test_the_id_segment_is_captured),
         cmocka_unit_test(test_default_secret_is_not_taken_for_a_webhook_id),
+        cmocka_unit_test(test_the_dashboard_takes_everything_under_ui_and_the_admin_api_its_ids),
         cmocka_unit_test(test_an_artifact_path_captures_the_id_and_the_rest_as_the_name),
         cmocka_unit_test(test_one_trailing_slash_is_ignored_and_nothing_else_matches),
         cmocka_unit_test(test_an_id_segment_longer_than_the_cap_matches_no_route),

@@ -1,0 +1,71 @@
+-- A submission over HTTP in one round trip: producer/pdb.c (tq_pdb_submit) calls tq_submit
+-- once inside its transaction instead of sending the idempotency lookup, the dataset check,
+-- the reason, the job insert and the outbox insert one by one (5 round trips → 1; issue 11).
+--
+-- What must stay true:
+--  * the job row (tq_insert_job, from the message), its outbox row with the same bytes and
+--    (by trigger tq_audit_status) its audit row are written in the caller's transaction, so
+--    they commit together before the producer answers 200;
+--  * a request that carries an Idempotency-Key already used by this user creates nothing:
+--    'replayed' with that job's id when the canonical request hashes the same, 'conflict'
+--    (with the id) when it does not;
+--  * the dataset must exist ('dataset_missing') and be the user's ('dataset_forbidden');
+--    nothing is written otherwise;
+--  * with p_hook_url (the submit body's webhook_url; p_hook_events its webhook_events), the
+--    job's own webhook row (job_webhooks) and the user's default secret (p_new_secret, kept
+--    if they have one) go in before the job row, whose insert trigger tq_webhook_enqueue
+--    reads them for job.queued (db/procedures/80_webhooks.sql); job_webhooks' foreign key
+--    is deferred to commit for that reason. They come after the idempotency lookup and the
+--    dataset check, so a replay, a conflict or a refused dataset writes nothing;
+--  * two concurrent requests with the same key: the second one's tq_insert_job raises
+--    unique_violation, which the producer retries (its idempotency lookup then finds the
+--    first one's job).
+-- submitted_id: the new job (p_job_id), or the job the key already names.
+-- (The signature before the webhooks, gone so no caller meets a copy without them.)
+DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text);
+CREATE OR REPLACE FUNCTION tq_submit(p_user text, p_job_id uuid, p_dataset_id uuid,
+                                     p_routing_key text, p_message text,
+                                     p_idempotency_key text, p_canonical text,
+                                     p_hook_url text, p_hook_events jsonb, p_new_secret text,
+                                     OUT outcome text, OUT submitted_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id    uuid;
+    v_same  boolean;
+    v_owner text;
+BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT j.id, j.request_hash IS NOT DISTINCT FROM md5(p_canonical)
+          INTO v_id, v_same
+          FROM training_jobs j
+         WHERE j.user_id = p_user AND j.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
+            submitted_id := v_id::text;
+            outcome := CASE WHEN v_same THEN 'replayed' ELSE 'conflict' END;
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT d.user_id INTO v_owner FROM datasets d WHERE d.id = p_dataset_id;
+    IF NOT FOUND THEN
+        outcome := 'dataset_missing';
+        RETURN;
+    END IF;
+    IF v_owner <> p_user THEN
+        outcome := 'dataset_forbidden';
+        RETURN;
+    END IF;
+
+    PERFORM set_config('trainq.reason', 'submitted over http', true);
+    IF p_hook_url IS NOT NULL THEN
+        INSERT INTO webhook_user_secrets (user_id, secret) VALUES (p_user, p_new_secret)
+        ON CONFLICT (user_id) DO NOTHING;
+        INSERT INTO job_webhooks (job_id, url, events)
+        VALUES (p_job_id, p_hook_url, ARRAY(SELECT jsonb_array_elements_text(p_hook_events)));
+    END IF;
+    PERFORM tq_insert_job(p_message, 'http', p_idempotency_key, md5(p_canonical));
+    INSERT INTO outbox (job_id, routing_key, payload)
+    VALUES (p_job_id, p_routing_key, p_message);
+    outcome := 'created';
+    submitted_id := p_job_id::text;
+END $$;

@@ -1,0 +1,65 @@
+-- Retention (issue 11, item 5): what keeps outbox, rate_limits and, when the operator asks
+-- for it, finished jobs from growing without bound. Called by every producer's retention
+-- thread (producer/retention.c, through tq_pdb_retention_prune) every
+-- TRAINQ_RETENTION_INTERVAL_SECONDS, over and over while a batch comes back full.
+--
+-- What must stay true:
+--  * one call is one short transaction that deletes at most p_batch outbox rows, p_batch
+--    rate-limit rows and p_job_batch jobs (with their rows in other tables), each chosen
+--    FOR UPDATE SKIP LOCKED: several producers prune at once without waiting on each other,
+--    and nothing the relay, a claim or a request holds is waited for;
+--  * an outbox row goes only once published (published_at set) and older than
+--    p_outbox_seconds: an unpublished row is never pruned, whatever its age;
+--  * a rate-limit row goes once its one-minute window ended more than a minute ago (a
+--    counter of a past window is never read again: tq_pdb_rate_hit counts in the current
+--    window only);
+--  * with p_job_seconds > 0 (0: keep jobs forever), a job goes only when it is terminal
+--    (completed, failed, cancelled) since more than p_job_seconds and has no unpublished
+--    outbox row; with it go its audit rows (job_events, whose append-only trigger lets a
+--    delete through only under trainq.retention = 'prune', set here for that statement),
+--    its outbox rows, and by ON DELETE CASCADE its output, artifacts and webhook rows.
+--    Once its audit rows are gone, tq_insert_job no longer knows the id: a message for it
+--    that arrived after the retention period would make the job anew (docs/operations.md,
+--    "Retention": keep p_job_seconds well above how long a message can wait in the queue).
+-- Every selection runs on an index (db/migrations/0011_indexes.sql; test_indexes.py).
+CREATE OR REPLACE FUNCTION tq_retention_prune(p_outbox_seconds int, p_job_seconds int,
+                                              p_batch int, p_job_batch int,
+                                              OUT outbox_rows bigint, OUT rate_rows bigint,
+                                              OUT jobs bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids uuid[];
+BEGIN
+    -- Oldest first on outbox_published (a range of the index, never the table): the order
+    -- makes the planner walk the index even when most rows are due.
+    DELETE FROM outbox WHERE id IN (
+        SELECT o.id FROM outbox o
+         WHERE o.published_at < now() - make_interval(secs => p_outbox_seconds)
+         ORDER BY o.published_at LIMIT p_batch FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS outbox_rows = ROW_COUNT;
+
+    DELETE FROM rate_limits WHERE ctid = ANY (ARRAY(
+        SELECT r.ctid FROM rate_limits r
+         WHERE r.window_start < date_trunc('minute', now()) - interval '1 minute'
+         ORDER BY r.window_start LIMIT p_batch FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS rate_rows = ROW_COUNT;
+
+    jobs := 0;
+    IF p_job_seconds > 0 THEN
+        SELECT array_agg(f.id) INTO ids FROM (
+            SELECT j.id FROM training_jobs j
+             WHERE j.status IN ('completed', 'failed', 'cancelled')
+               AND j.completed_at < now() - make_interval(secs => p_job_seconds)
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                                WHERE o.job_id = j.id AND o.published_at IS NULL)
+             ORDER BY j.completed_at LIMIT p_job_batch FOR UPDATE SKIP LOCKED) f;
+        IF ids IS NOT NULL THEN
+            PERFORM set_config('trainq.retention', 'prune', true);
+            DELETE FROM job_events WHERE job_id = ANY (ids);
+            PERFORM set_config('trainq.retention', '', true);
+            DELETE FROM outbox WHERE job_id = ANY (ids);
+            DELETE FROM training_jobs WHERE id = ANY (ids);
+            GET DIAGNOSTICS jobs = ROW_COUNT;
+        END IF;
+    END IF;
+END $$;

@@ -1222,6 +1222,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                if h[3] in lat_jobs and h[2] in ("job.running", "job.completed")
                and (h[3], h[2][4:]) in at]
         p.stop()
+        psql(f"UPDATE webhook_endpoints SET disabled_at = now() WHERE id = '{wid}'")
         self.results[10] = {"lat": lat, "backlog": backlog, "drain_s": drain_s,
                             "drain_rate": backlog / drain_s if drain_s > 0 else None,
                             "ceiling": ceiling, "senders": senders, "body_bytes": size,

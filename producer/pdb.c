@@ -948,6 +948,7 @@ PGconn *tq_pdb_hooks_listen_open(tq_errbuf *eb)
 
 typedef struct {
     char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
+    char id[24]; /* the leased delivery; "" when none was due */
     tq_pdb_hook *rows;
     int n;
 } hooks_take_arg;
@@ -969,72 +970,46 @@ static char *col_dup(const PGresult *r, int row, int col)
     return PQgetisnull(r, row, col) ? NULL : strdup(PQgetvalue(r, row, col));
 }
 
-/* The secret: the endpoint's, or for a job's own URL the user's default secret. The job
- * JSON is JOB_JSON over the row as it is now (alias j, as QUEUE_POSITION needs). */
+/* The lease, in its own transaction (tq_webhook_take, db/procedures/80_webhooks.sql): it
+ * holds the endpoint's lock until its commit, so nothing else is done inside it. */
+static int hooks_lease_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    hooks_take_arg *a = arg;
+    const char *p[2] = {a->cap, a->lease};
+    PGresult *res = NULL;
+    a->id[0] = '\0';
+    int rc = exec(t, "SELECT tq_webhook_take($1::int, $2::int)", 2, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        col_copy(res, 0, 0, a->id, sizeof a->id);
+    PQclear(res);
+    return TQ_OK;
+}
+
+/* What the request needs, read after the lease. The secret: the endpoint's, or for a job's
+ * own URL the user's default secret. The job JSON is JOB_JSON over the row as it is now
+ * (alias j, as QUEUE_POSITION needs). */
 static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     hooks_take_arg *a = arg;
     tq_pdb_hooks_free(a->rows, a->n);
     a->rows = NULL;
     a->n = 0;
-    /* The candidate: due, the first pending one of its job and target, and (judged in
-     * this statement's snapshot, so only roughly) of an endpoint below its cap. */
-    const char *pc[1] = {a->cap};
+    const char *p[1] = {a->id};
     PGresult *res = NULL;
-    int rc = exec(t,
-                  "SELECT d.id, d.endpoint_id::text FROM webhook_deliveries d"
-                  " WHERE d.state = 'pending' AND d.due_at <= now()"
-                  "   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
-                  "     AND e.job_id = d.job_id AND e.target = d.target"
-                  "     AND e.sequence < d.sequence)"
-                  "   AND (d.endpoint_id IS NULL OR (SELECT count(*) FROM webhook_deliveries f"
-                  "     WHERE f.endpoint_id = d.endpoint_id AND f.leased_until > now()) < $1::int)"
-                  " ORDER BY d.due_at, d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED",
-                  1, pc, &res, eb);
-    if (rc != TQ_OK)
-        return rc;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return TQ_OK;
-    }
-    char id[24], endpoint[TQ_UUID_BUF];
-    col_copy(res, 0, 0, id, sizeof id);
-    col_copy(res, 0, 1, endpoint, sizeof endpoint);
-    PQclear(res);
-    if (endpoint[0]) {
-        /* The exact cap: takers of one endpoint queue on its lock, and each counts the
-         * leases in a statement that starts after the previous taker committed. */
-        const char *pe[2] = {endpoint, a->cap};
-        rc = exec(t, "SELECT tq_lock_webhook_endpoint($1::uuid)", 1, pe, NULL, eb);
-        if (rc != TQ_OK)
-            return rc;
-        rc = exec(t,
-                  "SELECT count(*) < $2::int FROM webhook_deliveries"
-                  " WHERE endpoint_id = $1::uuid AND leased_until > now()",
-                  2, pe, &res, eb);
-        if (rc != TQ_OK)
-            return rc;
-        int room = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-        PQclear(res);
-        if (!room)
-            return TQ_OK; /* another taker filled it meanwhile: the next round */
-    }
-    const char *p[2] = {id, a->lease};
-    rc = exec(
+    int rc = exec(
         t,
-        "UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2::int),"
-        "   leased_until = now() + make_interval(secs => $2::int),"
-        "   attempts = d.attempts + 1, last_attempt_at = now()"
-        " WHERE d.id = $1::bigint"
-        " RETURNING d.id, d.job_id::text, d.url, d.event,"
+        "SELECT d.id, d.job_id::text, d.url, d.event,"
         "   COALESCE((SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
         "            (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id)),"
         "   (SELECT " JOB_JSON " FROM training_jobs j WHERE j.id = d.job_id),"
         "   to_char(d.event_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
         "   d.sequence, d.attempts,"
         "   (SELECT s.previous_secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id"
-        "      AND s.previous_secret_until > now())",
-        2, p, &res, eb);
+        "      AND s.previous_secret_until > now())"
+        " FROM webhook_deliveries d WHERE d.id = $1::bigint AND d.state = 'pending'",
+        1, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     int n = PQntuples(res);
@@ -1073,7 +1048,9 @@ int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, in
     hooks_take_arg a = {0};
     snprintf(a.cap, sizeof a.cap, "%d", endpoint_cap);
     snprintf(a.lease, sizeof a.lease, "%d", lease_seconds);
-    int rc = run_txn(hooks_take_fn, &a, eb);
+    int rc = run_txn(hooks_lease_fn, &a, eb);
+    if (rc == TQ_OK && a.id[0])
+        rc = run_txn(hooks_take_fn, &a, eb);
     if (rc != TQ_OK) {
         tq_pdb_hooks_free(a.rows, a.n);
         *out = NULL;
@@ -1123,6 +1100,9 @@ static int hook_count_failures(tconn *t, hook_record_arg *a, tq_errbuf *eb)
                   "UPDATE webhook_endpoints e SET failures_in_row ="
                   " CASE WHEN $2 = 'delivered' THEN 0 ELSE e.failures_in_row + 1 END"
                   " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
+                  /* a success after a success changes nothing: no write, no row lock for
+                   * the endpoint's other senders to queue on */
+                  " AND ($2 <> 'delivered' OR e.failures_in_row <> 0)"
                   " RETURNING e.failures_in_row >= $3::int AND e.disabled_at IS NULL",
                   3, p, &res, eb);
     if (rc != TQ_OK)
@@ -1139,6 +1119,11 @@ static int hook_count_failures(tconn *t, hook_record_arg *a, tq_errbuf *eb)
 static int hook_record_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     hook_record_arg *a = arg;
+    /* An outcome lost in a Postgres crash is an attempt made again (same webhook-id), as
+     * the lease already allows. */
+    int sc = exec(t, "SET LOCAL synchronous_commit = off", 0, NULL, NULL, eb);
+    if (sc != TQ_OK)
+        return sc;
     int rc = exec(t,
                   "UPDATE webhook_deliveries SET"
                   " state = CASE WHEN $2 = 'delivered' THEN 'delivered'"

@@ -184,6 +184,14 @@ struct tq_webhooks {
     int stop; /* under mu; also read unlocked by the curl callbacks (a late read is harmless) */
 };
 
+static int stopping(tq_webhooks *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int stop = w->stop;
+    pthread_mutex_unlock(&w->mu);
+    return stop;
+}
+
 static void kick(tq_webhooks *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -388,10 +396,7 @@ static void *worker_main(void *arg)
     tq_backoff err_backoff;
     tq_backoff_init(&err_backoff, 500, 30000, TQ_BACKOFF_JITTER, se->seed);
     for (;;) {
-        pthread_mutex_lock(&w->mu);
-        int stop = w->stop;
-        pthread_mutex_unlock(&w->mu);
-        if (stop)
+        if (stopping(w))
             break;
         tq_pdb_hook *rows = NULL;
         int n = 0;
@@ -425,10 +430,7 @@ static void *listener_main(void *arg)
     PGconn *lc = NULL;
     int64_t next_listen = 0, next_tick = 0;
     for (;;) {
-        pthread_mutex_lock(&w->mu);
-        int stop = w->stop;
-        pthread_mutex_unlock(&w->mu);
-        if (stop)
+        if (stopping(w))
             break;
         int64_t now = tq_mono_ms();
         if (!lc && now >= next_listen) {

@@ -10,7 +10,8 @@
  *    jitter up to TRAINQ_WEBHOOK_MAX_ATTEMPTS, then failed; a 410 Gone disables the endpoint. Rows
  * are taken FOR UPDATE SKIP LOCKED and leased, so any number of producers can run one; a worker
  * killed mid-request leaves its rows to be sent again after the lease (at least once, same
- * webhook-id).
+ * webhook-id). Idle senders are woken by a listener thread on Postgres channel
+ * trainq_webhook (notified at the commit that wrote deliveries) and every 0.5 s as a fallback.
  *
  * What must stay true: a request only ever connects to an address tq_webhook_addr_allowed
  * accepted (checked in curl's open-socket callback on the address it connects to: no second

@@ -14,9 +14,9 @@
 # --memory runs tests/bench/memory.py instead of bench.py: peak memory of producer and
 # consumer under 5 000 open connections, 1 000 requests in flight and an outbox backlog of up
 # to 1 GB (bounded: about 10 minutes; table in build-bench/memory.md).
-# --big adds row 10 (opt-in, several minutes more): submit, GET /jobs/{id}, the list's first
+# --big adds row 11 (opt-in, several minutes more): submit, GET /jobs/{id}, the list's first
 # and 100th page of a user with 50 000 jobs, claim and release transactions, on the database
-# as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=10` runs it alone).
+# as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=11` runs it alone).
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).
 #

@@ -13,9 +13,12 @@ Rows (docs/performance.md explains each):
   6 footprint             7 python3-celery on the same broker
   8 Server-Sent Events: status change → event at the client with 100 open streams, and the
     producer's CPU and memory with them open
+  10 webhooks: status change → request at a receiver on 127.0.0.1, and a backlog of 10 000
+    deliveries drained next to the receiver's own ceiling (wrk, new connection per request)
 """
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -1103,9 +1106,9 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
                 f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
                 f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
-        r10 = R.get(10)
-        if r10:
-            e, b = r10["empty"], r10["big"]
+        r11 = R.get(11)
+        if r11:
+            e, b = r11["empty"], r11["big"]
             for key, label, unit, higher in (
                     ("submit_rps", "submit req/s (wrk)", "", True),
                     ("get_ms", "GET /jobs/{id} p50", " ms", False),
@@ -1115,8 +1118,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                     ("release_ms", "job end + tq_release_parked transaction, mean", " ms", False)):
                 ratio = b[key] / e[key] if e[key] else None
                 ok = None if ratio is None else (ratio >= 0.8 if higher else ratio <= 1.2)
-                add(f"| 10 | {label}: {e['jobs']:,} jobs / {e['events']:,} audit rows →"
-                    f" {b['jobs']:,} / {b['events']:,} (a user with {r10['user_jobs']:,}"
+                add(f"| 11 | {label}: {e['jobs']:,} jobs / {e['events']:,} audit rows →"
+                    f" {b['jobs']:,} / {b['events']:,} (a user with {r11['user_jobs']:,}"
                     " jobs) |"
                     f" {fmt(b[key], unit, 2)} | before: {fmt(e[key], unit, 2)} |"
                     f" {fmt(ratio, ' ×', 2)} | within 20 % | {yes(ok)} |")
@@ -1127,7 +1130,121 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {r9['parse_s_per_mb'] * 1e3:.2f} ms/MB ({r9['parse_mb_s']:.0f} MB/s) |"
                 f" memchr \\r \\n: {r9['floor_s_per_mb'] * 1e3:.3f} ms/MB |"
                 f" {r9['parse_s_per_mb'] / r9['floor_s_per_mb']:.0f} × | — | — |")
+        r10 = R.get(10)
+        if r10:
+            lat = r10["lat"]
+            add(f"| 10 | webhooks: status change → request at a receiver on 127.0.0.1"
+                f" (n={len(lat)}, one change at a time) p50 / p99 |"
+                f" {fmt(pct(lat, 50), ' ms', 1)} / {fmt(pct(lat, 99), ' ms', 1)} | — | — |"
+                f" — | — |")
+            add(f"| 10 | webhooks: backlog of {r10['backlog']:,} deliveries to one endpoint drained,"
+                f" {r10['senders']} senders, cap {r10['senders']} in flight |"
+                f" {fmt(r10['drain_rate'], '/s')} ({fmt(r10['drain_s'], ' s', 1)}) |"
+                f" the receiver's ceiling: wrk {r10['senders']} conns, new connection per"
+                f" request, same body: {fmt(r10['ceiling'], '/s')} |"
+                f" {fmt(r10['drain_rate'] / r10['ceiling'] if r10['ceiling'] else None, nd=2)} ×"
+                f" | — | — |")
         return "\n".join(lines)
+
+    # ------------------------------------------------------------ row 10
+
+    def row10(self):
+        """Webhooks (docs/webhooks.md). A receiver process on 127.0.0.1
+        (tests/bench/webhook_receiver.py, 204 at once) and one endpoint of one user.
+        Backlog: 5 000 jobs inserted queued and then cancelled with no producer running
+        (10 000 deliveries), then a producer starts and drains them; the rate is from its
+        first to its last request at the receiver. Ceiling: wrk posting a body of the same
+        size to the same receiver, as many connections as senders, a new connection per
+        request as the senders make. Latency: jobs go pending → running → completed one
+        change at a time; a change's latency is the receive time minus job_events.at."""
+        n_backlog = 1000 if self.quick else 10000
+        n_lat = 20 if self.quick else 100
+        senders = 4
+        log(f"row 10: webhooks, backlog of {n_backlog}, {n_lat} jobs for latency")
+        rp = subprocess.Popen([sys.executable, os.path.join(HERE, "webhook_receiver.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+        try:
+            rport = int(rp.stdout.readline())
+            self._row10(rport, n_backlog, n_lat, senders)
+        finally:
+            rp.kill()
+            rp.wait(10)
+
+    def _row10(self, rport, n_backlog, n_lat, senders):
+        def stats():
+            c = http.client.HTTPConnection("127.0.0.1", rport, timeout=60)
+            c.request("GET", "/stats")
+            out = json.loads(c.getresponse().read())
+            c.close()
+            return out
+
+        user = f"bench-wh{self.run}"
+        ds = str(uuid.uuid4())
+        wid = str(uuid.uuid4())
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        job = ("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model,"
+               f" config, trigger_words, message) SELECT gen_random_uuid(), '{user}', '{ds}',"
+               f" 'bench webhook', 'lora', '{BASE_MODEL}', '{{\"steps\": 100}}', '{{wh}}', '{{}}'")
+        psql(f"INSERT INTO datasets (id, user_id, name, storage_path) VALUES ('{ds}', '{user}',"
+             f" 'bench', 'wh/{ds}');"
+             "INSERT INTO webhook_endpoints (id, user_id, url, events, secret) VALUES"
+             f" ('{wid}', '{user}', 'http://127.0.0.1:{rport}/hook',"
+             " '{job.queued,job.running,job.completed,job.failed,job.cancelled}', "
+             f"'{secret}');"
+             f"{job} FROM generate_series(1, {n_backlog // 2});"
+             "UPDATE training_jobs SET status = 'cancelled', completed_at = now()"
+             f" WHERE user_id = '{user}';", timeout=600)
+        backlog = int(psql(f"SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = '{wid}'"))
+        p = self.start([os.path.join(self.bin, "producer", "trainq-producer")], "producer-wh",
+                       TRAINQ_HTTP_ADDR="127.0.0.1:0", TRAINQ_JWT_SECRET=self.secret,
+                       TRAINQ_WEBHOOK_ALLOW_LOOPBACK="true", TRAINQ_WEBHOOK_SENDERS=senders,
+                       TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY=senders, TRAINQ_LOG_LEVEL="warn")
+        wait_until(lambda: len(stats()["hooks"]) >= backlog, 1800, "the webhook backlog")
+        hooks = stats()["hooks"]
+        first, last = min(h[0] for h in hooks), max(h[0] for h in hooks)
+        drain_s = last - first
+        size = int(statistics.median(h[5] for h in hooks))
+        lua = os.path.join(self.work, "wh-post.lua")
+        with open(lua, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                    'wrk.headers["Connection"] = "close"\n'
+                    f'wrk.body = string.rep("x", {size})\n')
+        dur = 3 if self.quick else 10
+        w = subprocess.run(["wrk", "-t2", f"-c{senders}", f"-d{dur}s", "-s", lua,
+                            f"http://127.0.0.1:{rport}/plain"], capture_output=True, text=True,
+                           timeout=dur + 60)
+        m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
+        if w.returncode != 0 or not m:
+            raise Broken(f"wrk failed: {(w.stderr or w.stdout).strip()[-500:]}")
+        ceiling = float(m.group(1))
+        # latency: one change at a time
+        psql(f"{job} FROM generate_series(1, {n_lat})")
+        lat_jobs = {r[0] for r in rows(f"SELECT id FROM training_jobs WHERE user_id = '{user}'"
+                                       " AND status = 'queued'")}
+        wait_until(lambda: len(stats()["hooks"]) >= backlog + n_lat, 120, "the queued events")
+        steps = [("pending", ", worker_id = 'bench-wh', fencing_token = fencing_token + 1"),
+                 ("running", ", started_at = now()"), ("completed", ", completed_at = now()")]
+        for j in lat_jobs:
+            for st, extra in steps:
+                psql(f"UPDATE training_jobs SET status = '{st}'{extra} WHERE id = '{j}'")
+                time.sleep(0.02)
+        want = backlog + 3 * n_lat
+        wait_until(lambda: len(stats()["hooks"]) >= want, 120, "the latency events")
+        ids = ",".join(f"'{j}'" for j in lat_jobs)
+        at = {(r[0], r[1]): float(r[2]) for r in rows(
+            "SELECT job_id, to_status, extract(epoch FROM at) FROM job_events"
+            f" WHERE job_id IN ({ids}) AND to_status IN ('running', 'completed')")}
+        lat = [(h[0] - at[(h[3], h[2][4:])]) * 1e3 for h in stats()["hooks"]
+               if h[3] in lat_jobs and h[2] in ("job.running", "job.completed")
+               and (h[3], h[2][4:]) in at]
+        p.stop()
+        psql(f"UPDATE webhook_endpoints SET disabled_at = now() WHERE id = '{wid}'")
+        self.results[10] = {"lat": lat, "backlog": backlog, "drain_s": drain_s,
+                            "drain_rate": backlog / drain_s if drain_s > 0 else None,
+                            "ceiling": ceiling, "senders": senders, "body_bytes": size,
+                            "received": len(hooks),
+                            "distinct": len({h[1] for h in hooks})}
 
     # ------------------------------------------------------------ row 8
 
@@ -1219,7 +1336,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                            "cpu_idle": cpu_idle, "idle_s": idle, "cpu_busy": cpu_busy,
                            "busy_s": busy, "ended": sum(not t.is_alive() for t in threads)}
 
-    # ------------------------------------------------------------ row 10 (--big)
+    # ------------------------------------------------------------ row 11 (--big)
 
     def superuser_psql(self, sql, timeout=1800):
         """psql as postgres (services.sh psql): the bulk fill runs with the triggers off."""
@@ -1340,13 +1457,13 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         r["release_ms"] = self.txn_latency("release", release, secs)
         return r
 
-    def row10(self):
+    def row11(self):
         """Cost as the data grows (issue 11, item 4): the same measures on the bench database
         with one user's 50 000 finished jobs, then after 950 000 more jobs of 10 000 other
         users and 5 audit rows per job (5 M) were added. Opt-in (--big): the fill takes
         minutes; its rows are deleted afterwards."""
         user_jobs, jobs, per = (5000, 100000, 5) if self.quick else (50000, 1000000, 5)
-        log(f"row 10: empty vs {jobs:,} jobs / {jobs * per:,} audit rows")
+        log(f"row 11: empty vs {jobs:,} jobs / {jobs * per:,} audit rows")
         self.make_pool()
         tag = f"bench-big-{self.run}"
         user = f"{tag}-user"
@@ -1379,7 +1496,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             DELETE FROM datasets WHERE user_id LIKE '{tag}%';
             RESET session_replication_role;
             VACUUM ANALYZE training_jobs, job_events, outbox;""")
-        self.results[10] = {"jobs": jobs, "events": jobs * per, "user_jobs": user_jobs,
+        self.results[11] = {"jobs": jobs, "events": jobs * per, "user_jobs": user_jobs,
                             "empty": empty, "big": big, "fill_s": fill_s,
                             "total_s": time.monotonic() - t0}
 
@@ -1429,8 +1546,10 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.row8()
             if want(9):
                 self.row9()
-            if self.args.big and want(10):
+            if want(10):
                 self.row10()
+            if self.args.big and want(11):
+                self.row11()
         finally:
             self._sampling.set()
             for p in self.procs:
@@ -1462,7 +1581,7 @@ def main():
     ap.add_argument("--http-threads", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep logs and scratch files")
     ap.add_argument("--big", action="store_true",
-                    help="row 10: the measures on an empty database and with 1 M jobs")
+                    help="row 11: the measures on an empty database and with 1 M jobs")
     ap.add_argument("--only", type=lambda v: {int(x) for x in v.split(",") if x},
                     default=set(), help="comma-separated rows to run (default: all)")
     args = ap.parse_args()

@@ -251,28 +251,21 @@ def queries(k):
         (p, "job's user", f"SELECT user_id FROM training_jobs WHERE id = {done}"),
         (p, "retention (tq_retention_prune)",
          "SELECT * FROM tq_retention_prune(3600, 86400, 2000, 100)"),
-        (p, "webhook take (candidate)",
-         "SELECT d.id, d.endpoint_id::text FROM webhook_deliveries d"
-         " WHERE d.state = 'pending' AND d.due_at <= now()"
-         "   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'"
-         "     AND e.job_id = d.job_id AND e.target = d.target AND e.sequence < d.sequence)"
-         "   AND (d.endpoint_id IS NULL OR (SELECT count(*) FROM webhook_deliveries f"
-         "     WHERE f.endpoint_id = d.endpoint_id AND f.leased_until > now()) < 2)"
-         " ORDER BY d.due_at, d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED"),
-        (p, "webhook take (cap, lease)",
-         f"SELECT tq_lock_webhook_endpoint({lit(k['endpoint'])}::uuid);"
-         " SELECT count(*) < 2 FROM webhook_deliveries"
-         f" WHERE endpoint_id = {lit(k['endpoint'])}::uuid AND leased_until > now();"
-         " UPDATE webhook_deliveries d SET due_at = now(), leased_until = now(),"
-         f" attempts = d.attempts + 1 WHERE d.id = {k['delivery']}"
-         " RETURNING (SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
+        (p, "webhook take (tq_webhook_take: candidate, cap, lease)",
+         "SELECT tq_webhook_take(2, 30)"),
+        (p, "webhook take (what the request needs)",
+         "SELECT d.id, (SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"
          " (SELECT s.secret FROM webhook_user_secrets s WHERE s.user_id = d.user_id),"
-         f" (SELECT {JOB_JSON} FROM training_jobs j WHERE j.id = d.job_id)"),
+         f" (SELECT {JOB_JSON} FROM training_jobs j WHERE j.id = d.job_id),"
+         " (SELECT s.previous_secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id"
+         "  AND s.previous_secret_until > now())"
+         f" FROM webhook_deliveries d WHERE d.id = {k['delivery']} AND d.state = 'pending'"),
         (p, "webhook record",
          "UPDATE webhook_deliveries SET state = 'delivered', leased_until = NULL"
          f" WHERE id = {k['delivery']} AND state = 'pending';"
          " UPDATE webhook_endpoints e SET failures_in_row = e.failures_in_row + 1"
-         f" FROM webhook_deliveries d WHERE d.id = {k['delivery']} AND e.id = d.endpoint_id;"
+         f" FROM webhook_deliveries d WHERE d.id = {k['delivery']} AND e.id = d.endpoint_id"
+         " AND ('retry' <> 'delivered' OR e.failures_in_row <> 0);"
          " UPDATE webhook_endpoints e SET disabled_at = now() FROM webhook_deliveries d"
          f" WHERE d.id = {k['delivery']} AND e.id = d.endpoint_id AND e.disabled_at IS NULL;"
          " UPDATE webhook_deliveries x SET state = 'failed' FROM webhook_deliveries d"
@@ -283,7 +276,9 @@ def queries(k):
          " SELECT (SELECT count(*) FROM (SELECT * FROM webhook_deliveries"
          "  WHERE endpoint_id = e.id ORDER BY id DESC LIMIT 20) d)"
          f" FROM webhook_endpoints e WHERE e.id = {lit(k['endpoint'])}::uuid AND e.user_id = {u7};"
-         f" UPDATE webhook_endpoints SET secret = 'x' WHERE id = {lit(k['endpoint'])}::uuid"
+         f" UPDATE webhook_endpoints SET secret = 'x', previous_secret = secret,"
+         " previous_secret_until = now() + make_interval(secs => 86400)"
+         f" WHERE id = {lit(k['endpoint'])}::uuid"
          f" AND user_id = {u7};"
          f" DELETE FROM webhook_endpoints WHERE id = {lit(k['endpoint'])}::uuid"
          f" AND user_id = {u7}"),

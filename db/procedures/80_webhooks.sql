@@ -145,12 +145,3 @@ BEGIN
      WHERE d.id = did;
     RETURN did;
 END $$;
-
--- The take asks for the first due pending row in (due_at, id) order. Rows written by one
--- transaction share due_at, so an index on due_at alone (0009) made it read and sort all of
--- them on every take (28 ms at a backlog of 2 000, growing with it); in (due_at, id) order it
--- stops at the first row that qualifies. Here rather than in a migration because a migration
--- number was not to be had when it was found (idempotent: a no-op once done).
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due_id ON webhook_deliveries (due_at, id)
-    WHERE state = 'pending';
-DROP INDEX IF EXISTS webhook_deliveries_due;

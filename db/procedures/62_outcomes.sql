@@ -97,7 +97,7 @@ BEGIN
     PERFORM tq_set_failure(NULL, NULL);
     IF outcome = 'retried' AND p_delay_seconds > 0 THEN
         UPDATE outbox SET available_at = now() + make_interval(secs => p_delay_seconds)
-         WHERE job_id = p_id AND published_at IS NULL;
+         WHERE job_id = p_id AND published_at IS NULL AND exchange = 'trainq.jobs';
     END IF;
     RETURN outcome;
 END $$;

@@ -174,6 +174,9 @@ class EventsCase(ConsumerCase):
                          [("job.failed.lora", bad["job_id"])])
         self.assertEqual(got[0][1]["exit_code"], 3)
         self.assertTrue(got[0][1]["reason"])
+        # the job's failure class, set by the same change (62_outcomes.sql)
+        self.assertIsNotNone(got[0][1]["failure_class"])
+        self.assertEqual(got[0][1]["failure_class"], self.job(bad["job_id"])["failure_class"])
         # job.# saw both jobs whole, with routing keys job.<status>.<type>
         alls = self.received(everything, lambda g: len(g) >= 8)
         for _, ev, rk in alls:

@@ -288,7 +288,8 @@ def queries(k):
          " SELECT COALESCE((SELECT secret FROM i),"
          " (SELECT secret FROM webhook_user_secrets WHERE user_id = 'u0'))"),
         (r, "relay claim",
-         "SELECT id, job_id::text, routing_key, payload FROM outbox"
+         "SELECT id, job_id::text, routing_key, payload, exchange,"
+         " COALESCE(message_id, job_id::text), correlation_id FROM outbox"
          " WHERE published_at IS NULL AND available_at <= now()"
          " ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED"),
         (r, "relay mark published / failed",
@@ -301,9 +302,12 @@ def queries(k):
         (c, "claim (tq_claim, a queued job)",
          f"SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = {queued};"
          f" SELECT * FROM tq_claim({lit(k['queued_msg'])}, 'w-test', 30, 4096)"),
-        (c, "claim (tq_claim, a job published straight to AMQP)",
+        (c, "claim (tq_claim, a job published straight to AMQP, with reply_to)",
          f"SELECT * FROM tq_claim({lit(message(str(uuid.uuid4()), 'u7', ds7))},"
-         " 'w-test', 30, 4096)"),
+         " 'w-test', 30, 4096, 'replies', 'corr')"),
+        (c, "dead-letter event (tq_event_dead_letter)",
+         f"SELECT tq_event_dead_letter({lit(str(uuid.uuid4()))}, 'lora',"
+         " 'invalid message: base_model is required', 'replies', 'corr')"),
         (c, "running",
          "WITH r AS (SELECT set_config('trainq.reason', 'started', true))"
          " UPDATE training_jobs SET status = 'running', container_id = 'c', started_at = now(),"

@@ -82,10 +82,12 @@ class RetentionTest(unittest.TestCase):
         return job
 
     def rows(self, job):
-        """job row, audit rows, outbox rows, output rows, artifact rows of job."""
+        """job row, audit rows, outbox rows (its job messages; its events are outbox rows
+        too, one per status change), output rows, artifact rows of job."""
         return q("SELECT (SELECT count(*) FROM training_jobs WHERE id = :'id')"
                  " || ' ' || (SELECT count(*) FROM job_events WHERE job_id = :'id')"
-                 " || ' ' || (SELECT count(*) FROM outbox WHERE job_id = :'id')"
+                 " || ' ' || (SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                 "            AND exchange = 'trainq.jobs')"
                  " || ' ' || (SELECT count(*) FROM job_output WHERE job_id = :'id')"
                  " || ' ' || (SELECT count(*) FROM job_artifacts WHERE job_id = :'id')",
                  id=job).split()

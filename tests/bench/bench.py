@@ -882,6 +882,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
     def drain(self, n_consumers, n_users=None, per_user=None, tag="r5"):
         per_user = per_user or (2 if self.quick else 5)
         n_users = n_users or (4 if self.quick else 8)
+        if not self.producer:  # run without row 1 (--only=5)
+            self.start_producer()
         users = [self.user(f"{tag}n{n_consumers}") for _ in range(n_users)]
         dss = self.datasets(users, 0.2)
         c = self.http()
@@ -926,8 +928,6 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         (at most 20 of the 40 slots usable: the per-user limit)."""
         cons, few, many = (4, (10, 20), (100, 2)) if self.quick else (20, (10, 300), (1000, 3))
         log(f"row 11: drain with {cons} consumers × 2 slots: {many[0]} users vs {few[0]} users")
-        if not self.producer:
-            self.start_producer()
         self.results[11] = {
             "consumers": cons,
             "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r11m"),

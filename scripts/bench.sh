@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainq benchmarks, each next to its floor in the same run (docs/performance.md).
 #
-#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory] [--big]   (ROWS: e.g. 1,8)
+#   scripts/bench.sh [--quick] [--keep] [--only=ROWS] [--memory] [--big] [--many]   (ROWS: e.g. 1,8)
 #
 #   1. starts its own Postgres/RabbitMQ/dockerd (scripts/services.sh) in its own state dir
 #      and on its own ports, so it never meets a test run's services
@@ -17,6 +17,8 @@
 # --big adds row 11 (opt-in, several minutes more): submit, GET /jobs/{id}, the list's first
 # and 100th page of a user with 50 000 jobs, claim and release transactions, on the database
 # as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=11` runs it alone).
+# --many adds row 12 (opt-in): a backlog of 1 000 users × 3 jobs and of 10 users × 300 drained
+# by 20 consumers × 2 slots (0.2 s jobs): seconds, jobs/s, idle slot-seconds.
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).
 #
@@ -35,6 +37,7 @@ only=()
 keep=0
 memory=0
 big=()
+many=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=(--quick) ;;
@@ -42,8 +45,9 @@ for a in "$@"; do
     --only=*) only=(--only "${a#--only=}") ;;
     --memory) memory=1 ;;
     --big) big=(--big) ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory, --big)" >&2; exit 2 ;;
+    --many) many=(--many) ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory, --big, --many)" >&2; exit 2 ;;
   esac
 done
 
@@ -99,7 +103,7 @@ if ((memory)); then
   echo "bench.sh: table written to $BUILD/memory.md" >&2
   exit 0
 fi
-/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" "${big[@]}" --bin-dir "$BUILD" \
+/usr/bin/python3 "$REPO/tests/bench/bench.py" "${quick[@]}" "${only[@]}" "${big[@]}" "${many[@]}" --bin-dir "$BUILD" \
   --out "$BUILD/bench.md" --work-dir "$TRAINQ_STATE_DIR/bench" \
   --duration "${TRAINQ_BENCH_DURATION:-15}" --connections "${TRAINQ_BENCH_CONNECTIONS:-64}" \
   --http-threads "${TRAINQ_BENCH_HTTP_THREADS:-4}" \

@@ -875,13 +875,26 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             state[j] = to
         return total
 
-    def drain(self, n_consumers):
-        per_user = 2 if self.quick else 5
-        n_users = 4 if self.quick else 8
-        users = [self.user(f"r5n{n_consumers}") for _ in range(n_users)]
-        dss = [self.dataset(u, 0.2) for u in users]
+    def datasets(self, users, duration):
+        """self.dataset for many users at once (one INSERT)."""
+        dss = [str(uuid.uuid4()) for _ in users]
+        for u, ds in zip(users, dss):
+            os.makedirs(os.path.join(self.root, u, ds))
+            with open(os.path.join(self.root, u, ds, "trainer.env"), "w") as f:
+                f.write(f"DURATION={duration}\nEXIT_CODE=0\nSTEPS=1\nMESSAGE=bench done\n")
+        psql("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
+             + ",".join(f"('{ds}', '{u}', 'bench', '{u}/{ds}')" for u, ds in zip(users, dss)))
+        return dss
+
+    def drain(self, n_consumers, n_users=None, per_user=None, tag="r5"):
+        per_user = per_user or (2 if self.quick else 5)
+        n_users = n_users or (4 if self.quick else 8)
+        if not self.producer:  # run without row 1 (--only=5)
+            self.start_producer()
+        users = [self.user(f"{tag}n{n_consumers}") for _ in range(n_users)]
+        dss = self.datasets(users, 0.2)
         c = self.http()
-        jobs = [self.submit(c, users[k % n_users], dss[k % n_users], f"r5 {k}")
+        jobs = [self.submit(c, users[k % n_users], dss[k % n_users], f"{tag} {k}")
                 for k in range(per_user * n_users)]
         c.close()
         self.wait_published()
@@ -907,12 +920,25 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             " extract(epoch FROM max(at) FILTER (WHERE to_status IN"
             f" ('completed','failed','cancelled'))) FROM job_events WHERE job_id IN ({ids})")[0])
         idle = self.idle_slot_seconds(jobs, 2 * n_consumers, t0, t1)
-        return {"jobs": len(jobs), "secs": t1 - t0, "rate": len(jobs) / (t1 - t0),
+        return {"jobs": len(jobs), "users": n_users, "secs": t1 - t0,
+                "rate": len(jobs) / (t1 - t0),
                 "idle": idle, "slot_secs": 2 * n_consumers * (t1 - t0), "start": t_start}
 
     def row5(self):
         log("row 5: backlog drain with 1 and 2 consumers")
         self.results[5] = {n: self.drain(n) for n in (1, 2)}
+
+    def row12(self):
+        """Many users, many hosts (issue 11, item 6; opt-in, --many): the same backlog drain
+        as row 5 with 20 consumers × 2 slots, once for 1 000 users with 3 jobs each (one
+        running pair and a parked one per user at first) and once for 10 users with 300 each
+        (at most 20 of the 40 slots usable: the per-user limit)."""
+        cons, few, many = (4, (10, 20), (100, 2)) if self.quick else (20, (10, 300), (1000, 3))
+        log(f"row 12: drain with {cons} consumers × 2 slots: {many[0]} users vs {few[0]} users")
+        self.results[12] = {
+            "consumers": cons,
+            "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r12m"),
+            "few": self.drain(cons, n_users=few[0], per_user=few[1], tag="r12f")}
 
     # ------------------------------------------------------------ row 7
 
@@ -1106,6 +1132,18 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {fmt(r8['rss_kb'] / 1024, ' MB', 1)} ({fmt(r8['anon_kb'] / 1024, ' MB', 1)})"
                 f" | before the streams opened: {fmt(r8['rss_before_kb'] / 1024, ' MB', 1)}"
                 f" ({fmt(r8['anon_before_kb'] / 1024, ' MB', 1)}) | — | — | — |")
+        r12 = R.get(12)
+        if r12:
+            for key in ("many", "few"):
+                d = r12[key]
+                users = d["users"]
+                add(f"| 12 | drain {d['jobs']:,} jobs (0.2 s) of {users:,} users,"
+                    f" {r12['consumers']} consumers × 2 slots |"
+                    f" {fmt(d['secs'], ' s', 1)}, {fmt(d['rate'], ' jobs/s', 2)} |"
+                    f" idle slot-seconds while runnable work waited: {fmt(d['idle'], ' s', 1)}"
+                    f" of {fmt(d['slot_secs'], ' s', 1)} |"
+                    f" {fmt(100 * d['idle'] / d['slot_secs'] if d['slot_secs'] else None, ' %')}"
+                    " idle | — | — |")
         r11 = R.get(11)
         if r11:
             e, b = r11["empty"], r11["big"]
@@ -1550,6 +1588,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.row10()
             if self.args.big and want(11):
                 self.row11()
+            if self.args.many and want(12):
+                self.row12()
         finally:
             self._sampling.set()
             for p in self.procs:
@@ -1582,6 +1622,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep logs and scratch files")
     ap.add_argument("--big", action="store_true",
                     help="row 11: the measures on an empty database and with 1 M jobs")
+    ap.add_argument("--many", action="store_true",
+                    help="row 12: 1 000 users vs 10 users drained by 20 consumers")
     ap.add_argument("--only", type=lambda v: {int(x) for x in v.split(",") if x},
                     default=set(), help="comma-separated rows to run (default: all)")
     args = ap.parse_args()

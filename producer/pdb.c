@@ -272,6 +272,7 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     submit_arg *a = arg;
     int rc;
     a->out->replayed = 0;
+    a->out->max_priority[0] = '\0';
     if (a->idem) {
         int found = 0;
         rc = idem_lookup(t, a, &found, eb);
@@ -292,6 +293,22 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     PQclear(res);
     if (!mine)
         return tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
+    if (a->s->priority != TQ_PRIORITY_NORMAL) {
+        const char *pp[2] = {tq_priority_name(a->s->priority), a->user};
+        rc = exec(t,
+                  "SELECT tq_user_max_priority($2), "
+                  "tq_priority_rank($1) <= tq_priority_rank(tq_user_max_priority($2))",
+                  2, pp, &res, eb);
+        if (rc != TQ_OK)
+            return rc;
+        int allowed = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+        if (!allowed)
+            snprintf(a->out->max_priority, sizeof a->out->max_priority, "%s",
+                     PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (!allowed)
+            return tq_errf(eb, TQ_ERR_FORBIDDEN, "priority above the user's max_priority");
+    }
 
     rc = exec(t, "SELECT set_config('trainq.reason', 'submitted over http', true)", 0, NULL, NULL,
               eb);
@@ -341,20 +358,10 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
 /* ------------------------------------------------------------------ jobs */
 
 /* The job as the API shows it (the seed's DbTrainingJob plus queue fields). */
-/* docs/api.md, "Queue position": an unparked queued job counts the unparked queued jobs
- * submitted before it (every user's: the queue is one FIFO); a parked job counts every
- * unparked queued job (its release puts it behind them) and its user's parked jobs
- * submitted before it (released oldest first). Both counts use the partial indexes
- * training_jobs_unparked and training_jobs_parked; the row is aliased j. */
-#define QUEUE_POSITION                                                                             \
-    "CASE WHEN j.status <> 'queued' THEN NULL WHEN j.parked_at IS NULL THEN"                       \
-    " 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                         \
-    "      AND q.parked_at IS NULL AND (q.created_at, q.id) < (j.created_at, j.id))"               \
-    " ELSE 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                    \
-    "      AND q.parked_at IS NULL)"                                                               \
-    "    + (SELECT count(*) FROM training_jobs q WHERE q.user_id = j.user_id"                      \
-    "      AND q.status = 'queued' AND q.parked_at IS NOT NULL"                                    \
-    "      AND (q.created_at, q.id) < (j.created_at, j.id)) END"
+/* docs/api.md, "Queue position": the order in which free slots pick queued jobs
+ * (db/procedures/65_schedule.sql: tq_queue_position, tq_waiting_reason); the row is
+ * aliased j. */
+#define QUEUE_POSITION "CASE WHEN j.status = 'queued' THEN tq_queue_position(j.id) END"
 
 #define JOB_JSON                                                                                   \
     "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,"                    \
@@ -368,8 +375,8 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
     " 'queue_position', " QUEUE_POSITION ","                                                       \
-    " 'waiting_reason', CASE WHEN status <> 'queued' THEN NULL"                                    \
-    "   WHEN parked_at IS NULL THEN 'capacity' ELSE 'user_limit' END)::text"
+    " 'waiting_reason', CASE WHEN status = 'queued' THEN tq_waiting_reason(user_id) END,"          \
+    " 'priority', tq_priority_name(priority))::text"
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
@@ -576,6 +583,50 @@ int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_
 {
     job_arg a = {.user = user, .job_id = job_id};
     return run_json(events_fn, &a, &a.json, events, eb);
+}
+
+/* ------------------------------------------------------------------ usage */
+
+typedef struct {
+    const char *user;
+    char from[INT_TEXT_BUF], to[INT_TEXT_BUF];
+    json_t *json;
+} usage_arg;
+
+static int usage_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    usage_arg *a = arg;
+    const char *p[3] = {a->user, a->from, a->to};
+    PGresult *res = NULL;
+    int rc = exec(
+        t,
+        "WITH r AS (SELECT to_timestamp($2::bigint / 1000.0) AS f,"
+        "                  to_timestamp($3::bigint / 1000.0) AS t),"
+        " d AS (SELECT u.* FROM r, tq_usage_days($1, r.f, r.t) u)"
+        " SELECT json_build_object('from', (SELECT f FROM r), 'to', (SELECT t FROM r),"
+        "  'days', COALESCE((SELECT json_agg(json_build_object('day', day, 'jobs',"
+        "    json_build_object('completed', completed, 'failed', failed, 'cancelled', cancelled),"
+        "    'attempts', attempts, 'gpu_seconds', gpu_seconds, 'wall_seconds', wall_seconds)"
+        "    ORDER BY day) FROM d), '[]'),"
+        "  'totals', (SELECT json_build_object('jobs', json_build_object('completed',"
+        "    COALESCE(sum(completed), 0), 'failed', COALESCE(sum(failed), 0), 'cancelled',"
+        "    COALESCE(sum(cancelled), 0)), 'attempts', COALESCE(sum(attempts), 0),"
+        "    'gpu_seconds', COALESCE(sum(gpu_seconds), 0), 'wall_seconds',"
+        "    COALESCE(sum(wall_seconds), 0)) FROM d))::text",
+        3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_usage(const char *user, int64_t from_ms, int64_t to_ms, json_t **out, tq_errbuf *eb)
+{
+    usage_arg a = {.user = user};
+    snprintf(a.from, sizeof a.from, "%lld", (long long)from_ms);
+    snprintf(a.to, sizeof a.to, "%lld", (long long)to_ms);
+    return run_json(usage_fn, &a, &a.json, out, eb);
 }
 
 static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)

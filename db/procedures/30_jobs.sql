@@ -20,12 +20,14 @@ DECLARE
     m jsonb := p_message::jsonb;
 BEGIN
     INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
-                               trigger_words, source, idempotency_key, request_hash, message)
+                               trigger_words, source, idempotency_key, request_hash, message,
+                               priority)
     SELECT (m->>'job_id')::uuid, m->>'user_id', (m->>'dataset_id')::uuid, m->>'name',
            m->>'type', m->>'base_model', m->'config',
            ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
                           WITH ORDINALITY AS x(e, n) ORDER BY n),
-           p_source, p_idempotency_key, p_request_hash, p_message
+           p_source, p_idempotency_key, p_request_hash, p_message,
+           COALESCE(tq_priority_rank(m->>'priority'), 1)
      WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (m->>'job_id')::uuid)
     ON CONFLICT (id) DO NOTHING;
     RETURN FOUND;

@@ -47,6 +47,7 @@ static const struct {
     {"claimed", TQ_CLAIM_CLAIMED},
     {"failed", TQ_CLAIM_FAILED},
     {"none", TQ_CLAIM_NONE},
+    {"busy", TQ_CLAIM_BUSY},
 };
 
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out)
@@ -221,7 +222,9 @@ int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb)
 
 int tq_cdb_runnable_notified(PGconn *c)
 {
-    if (!c || PQstatus(c) != CONNECTION_OK || !PQconsumeInput(c))
+    /* Reading also finds a connection that died while idle (its backend terminated, a
+     * restart): libpq marks it bad on the end of file. */
+    if (!c || PQstatus(c) != CONNECTION_OK || !PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
         return -1;
     int got = 0;
     PGnotify *n;
@@ -631,6 +634,36 @@ int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *relea
     if (rc)
         return rc;
     *released = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return TQ_OK;
+}
+
+int tq_cdb_usage_totals(PGconn *c, tq_cdb_usage *t, tq_errbuf *eb)
+{
+    char id[TQ_NUM_BUF];
+    num(id, t->after_id);
+    const char *p[2] = {t->after_at[0] ? t->after_at : "-infinity", id};
+    PGresult *r;
+    int rc = tq_db_exec(c,
+                        "WITH n AS (SELECT id, ended_at, gpu_seconds, wall_seconds FROM job_usage"
+                        " WHERE (ended_at, id) > ($1::timestamptz, $2::bigint)"
+                        " AND ended_at < now() - interval '1 minute'"
+                        " ORDER BY ended_at, id LIMIT 10000),"
+                        " l AS (SELECT ended_at, id FROM n ORDER BY ended_at DESC, id DESC LIMIT 1)"
+                        " SELECT count(*), COALESCE(sum(gpu_seconds), 0),"
+                        " COALESCE(sum(wall_seconds), 0), (SELECT ended_at::text FROM l),"
+                        " (SELECT id FROM l) FROM n",
+                        2, p, &r, eb);
+    if (rc)
+        return rc;
+    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    if (n > 0 && !PQgetisnull(r, 0, 3)) {
+        t->attempts += n;
+        t->gpu_seconds += strtod(PQgetvalue(r, 0, 1), NULL);
+        t->wall_seconds += strtod(PQgetvalue(r, 0, 2), NULL);
+        snprintf(t->after_at, sizeof t->after_at, "%s", PQgetvalue(r, 0, 3));
+        t->after_id = strtoll(PQgetvalue(r, 0, 4), NULL, 10);
+    }
     PQclear(r);
     return TQ_OK;
 }

@@ -27,9 +27,11 @@ typedef enum {
     TQ_CLAIM_CLAIMED, /* now pending on this worker: launch it */
     TQ_CLAIM_FAILED,  /* the job at the head failed durably (dataset, priority): pick again */
     TQ_CLAIM_NONE,    /* nothing runnable now */
+    TQ_CLAIM_BUSY,    /* nothing claimed, a candidate was locked by someone else: ask again soon */
 } tq_claim_outcome;
 
-/* Parses the outcome as db/procedures/65_schedule.sql names it ("claimed", "failed", "none"):
+/* Parses the outcome as db/procedures/65_schedule.sql names it ("claimed", "failed", "none",
+ * "busy"):
  * TQ_OK, or TQ_ERR_INVALID for any other text (out untouched). */
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 
@@ -70,11 +72,11 @@ int tq_cdb_intake(PGconn **c, const tq_db_txn *how, const tq_job_msg *const *msg
 /* The pick (db/procedures/65_schedule.sql tq_pick): claims the next runnable job for a
  * free slot holding `gpus` GPUs — priority, then fair share, then submission order; the
  * per-user limit and quota respected — in one round trip. *out: CLAIMED (the job decoded
- * from its stored message, as launch needs it), FAILED (a job failed durably: pick again)
- * or NONE. Not repeated after a lost reply (it may have claimed): a claim nobody holds
- * expires and the reaper gives it back. TQ_ERR_INTERNAL when the schema's active-job
- * guard refused what the procedure's count allowed. On TQ_OK the caller releases *out
- * with tq_claim_free. */
+ * from its stored message, as launch needs it), FAILED (a job failed durably: pick again),
+ * BUSY (a candidate was locked elsewhere: pick again soon) or NONE. Not repeated after a lost reply
+ * (it may have claimed): a claim nobody holds expires and the reaper gives it back. TQ_ERR_INTERNAL
+ * when the schema's active-job guard refused what the procedure's count allowed. On TQ_OK the
+ * caller releases *out with tq_claim_free. */
 int tq_cdb_pick(PGconn **c, const tq_db_txn *how, const char *worker_id, int lease_seconds,
                 int gpus, tq_claim *out, tq_errbuf *eb);
 
@@ -82,7 +84,8 @@ int tq_cdb_pick(PGconn **c, const tq_db_txn *how, const char *worker_id, int lea
 int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb);
 
 /* Reads what c received without waiting: 1 when a trainq_runnable notification arrived
- * since the last call (all are drained), 0 when none, -1 when the connection is bad. */
+ * since the last call (all are drained), 0 when none, -1 when the connection is bad (also
+ * one that died while idle: the caller replaces it before its next transaction). */
 int tq_cdb_runnable_notified(PGconn *c);
 
 /* pending → running with the container id, its progress 0 (a trainer that prints nothing
@@ -160,6 +163,18 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb);
  * that part), then releases parked jobs of users with room whose release is older than
  * stranded_seconds. *released counts the releases. */
 int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released, tq_errbuf *eb);
+
+/* The cluster's usage totals (every worker's attempts, db/procedures/65_schedule.sql's
+ * job_usage), read incrementally: each call adds the rows that ended after the cursor and
+ * more than a minute ago (by then their transactions committed, so no row is skipped for
+ * committing late), at most 10 000 a call. Start from a zeroed struct. */
+typedef struct {
+    char after_at[48]; /* ended_at of the last row counted ("" before the first) */
+    long long after_id;
+    long long attempts;
+    double gpu_seconds, wall_seconds;
+} tq_cdb_usage;
+int tq_cdb_usage_totals(PGconn *c, tq_cdb_usage *t, tq_errbuf *eb);
 
 /* Marks the worker stopped (clean shutdown). */
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb);

@@ -55,6 +55,8 @@
 #define BATCH_WAIT_MS 2
 /* A free slot asks for work at least this often, notification or not. */
 #define PICK_EVERY_S 1.0
+/* ... and again this soon when a candidate's user was locked by someone else. */
+#define PICK_BUSY_S 0.05
 /* Jobs that fail at the head of the queue (dataset missing...) handled per round. */
 #define PICK_FAILED_MAX 100
 #define HEARTBEAT_S 60
@@ -605,7 +607,46 @@ static tq_db_txn dispatcher_txn(dispatcher *d, claim_retry_arg *ra, int repeat)
     return how;
 }
 
-/* Stores the batch (one round trip) and settles every delivery of it exactly once. */
+/* Whether an intake failure is ours (Postgres away or busy, memory) rather than maybe the
+ * batch's own (an unexpected database error). */
+static int intake_soft(int rc)
+{
+    return rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM;
+}
+
+/* Settles one delivery of a stored (or failed) batch by rc and its outcome; frees it. */
+static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcome outcome)
+{
+    if (!d->in) {
+        /* the connection is gone: the broker requeues the delivery by itself */
+    } else if (intake_soft(rc)) {
+        defer(d, &it->env);
+    } else if (rc != TQ_OK) {
+        /* Maybe the message's own fault: its delivery limit bounds this. */
+        settle(d, it->env.delivery_tag, 0);
+    } else if (outcome == TQ_INTAKE_MISMATCH) {
+        char why[160];
+        snprintf(why, sizeof why, "job_id %s already names a job of another user or dataset",
+                 it->m.job_id);
+        dead_letter(d, &it->env, why);
+    } else {
+        if (outcome == TQ_INTAKE_DUPLICATE) {
+            tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
+            tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped",
+                   it->m.job_id);
+        } else {
+            tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
+        }
+        settle(d, it->env.delivery_tag, 1);
+    }
+    tq_msg_free(&it->m);
+    amqp_destroy_envelope(&it->env);
+}
+
+/* Stores the batch (one round trip) and settles every delivery of it exactly once. A batch
+ * that fails for a reason that may be one message's own is stored again message by message,
+ * so that only that message spends its delivery count (and is dead-lettered by the queue's
+ * limit in the end), never its batch-mates. */
 static void flush_intake(dispatcher *d)
 {
     tq_worker *w = d->w;
@@ -614,52 +655,39 @@ static void flush_intake(dispatcher *d)
         return;
     const tq_job_msg *msgs[INTAKE_BATCH];
     tq_intake_outcome outcome[INTAKE_BATCH];
+    int rcs[INTAKE_BATCH];
     for (size_t i = 0; i < n; i++)
         msgs[i] = &d->batch[i].m;
     tq_errbuf eb = {{0}};
     claim_retry_arg ra = {w, "(intake)"};
     const tq_db_txn how = dispatcher_txn(d, &ra, 1);
     int rc = tq_cdb_intake(&d->db, &how, msgs, n, outcome, &eb);
-    if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc;
+    if (rc != TQ_OK && !intake_soft(rc) && n > 1)
+        for (size_t i = 0; i < n; i++) {
+            tq_errbuf one = {{0}};
+            rcs[i] = tq_cdb_intake(&d->db, &how, &msgs[i], 1, &outcome[i], &one);
+            if (rcs[i] != TQ_OK)
+                tq_log(TQ_LOG_ERROR, "job.intake_failed", "job %s: %s", msgs[i]->job_id, one.msg);
+        }
+    else if (rc != TQ_OK)
+        tq_log(intake_soft(rc) ? TQ_LOG_WARN : TQ_LOG_ERROR,
+               intake_soft(rc) ? "job.intake_deferred" : "job.intake_failed", "%zu deliveries: %s",
+               n, eb.msg);
+    if (intake_soft(rc)) {
         if (rc == TQ_ERR_UNAVAILABLE)
             atomic_store(&w->db_ok, 0);
-        tq_log(TQ_LOG_WARN, "job.intake_deferred", "%zu deliveries: %s", n, eb.msg);
         tq_errbuf cb = {{0}};
         if (d->in)
             stop_consuming(d, &cb);
-    } else if (rc != TQ_OK) {
-        tq_log(TQ_LOG_ERROR, "job.intake_failed", "%zu deliveries: %s", n, eb.msg);
     }
     for (size_t i = 0; i < n; i++) {
-        intake_item *it = &d->batch[i];
-        if (!d->in) {
-            /* the connection is gone: the broker requeues the delivery by itself */
-        } else if (rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM) {
-            defer(d, &it->env);
-        } else if (rc != TQ_OK) {
-            /* Maybe the message's own fault: its delivery limit bounds this. */
-            settle(d, it->env.delivery_tag, 0);
-        } else if (outcome[i] == TQ_INTAKE_MISMATCH) {
-            char why[160];
-            snprintf(why, sizeof why, "job_id %s already names a job of another user or dataset",
-                     it->m.job_id);
-            dead_letter(d, &it->env, why);
-        } else {
-            if (outcome[i] == TQ_INTAKE_DUPLICATE) {
-                tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
-                tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped",
-                       it->m.job_id);
-            } else {
-                tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
-            }
-            settle(d, it->env.delivery_tag, 1);
-        }
-        tq_msg_free(&it->m);
-        amqp_destroy_envelope(&it->env);
+        settle_item(d, &d->batch[i], rcs[i], outcome[i]);
+        if (rcs[i] == TQ_OK)
+            d->wake = 1;
     }
     d->n_batch = 0;
-    if (rc == TQ_OK)
-        d->wake = 1;
 }
 
 /* One delivery: verify the publisher, decode and check. 1: it joined the batch (the batch
@@ -704,7 +732,15 @@ static void fill(dispatcher *d)
 {
     tq_worker *w = d->w;
     double now = tq_mono_now();
-    if (d->db && tq_cdb_runnable_notified(d->db) > 0)
+    int heard = d->db ? tq_cdb_runnable_notified(d->db) : 0;
+    if (heard < 0) {
+        /* Died while idle: a fresh one now, so that neither the next pick nor the next
+         * intake fails on it (the runner opens it), and LISTEN again on it. */
+        PQfinish(d->db);
+        d->db = NULL;
+        d->listen_pid = 0;
+    }
+    if (heard != 0)
         d->wake = 1;
     int free_now = tq_slots_free(w);
     if (free_now > d->free_seen)
@@ -732,7 +768,9 @@ static void fill(dispatcher *d)
                    eb.msg);
             break;
         }
-        if (cl.outcome == TQ_CLAIM_NONE) {
+        if (cl.outcome == TQ_CLAIM_NONE || cl.outcome == TQ_CLAIM_BUSY) {
+            if (cl.outcome == TQ_CLAIM_BUSY) /* that claim or job end commits in a moment */
+                d->pick_at = tq_mono_now() + PICK_BUSY_S;
             tq_claim_free(&cl);
             break;
         }

@@ -126,47 +126,50 @@ CREATE OR REPLACE FUNCTION tq_intake(p_messages jsonb)
 RETURNS TABLE (idx integer, outcome text, reason text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    m record;
-    j record;
-    added boolean := false;
+    bodies constant text[] := ARRAY(SELECT x.body
+                                      FROM jsonb_array_elements_text(p_messages)
+                                           WITH ORDINALITY AS x(body, n)
+                                     ORDER BY x.n);
+    u text;
+    added uuid[];
 BEGIN
-    FOR m IN SELECT (x.n - 1)::integer AS i, x.body, x.body::jsonb AS b
-               FROM jsonb_array_elements_text(p_messages) WITH ORDINALITY AS x(body, n)
-              ORDER BY x.body::jsonb->>'user_id', x.n
-    LOOP
-        PERFORM tq_lock_user(m.b->>'user_id');
-        idx := m.i;
-        reason := NULL;
-        IF tq_insert_job(m.body, 'amqp') THEN
-            added := true;
-            outcome := 'accepted';
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        SELECT t.user_id, t.dataset_id, t.status INTO j FROM training_jobs t
-         WHERE t.id = (m.b->>'job_id')::uuid;
-        IF NOT FOUND THEN
-            outcome := 'duplicate';
-            reason := 'job was deleted';
-        ELSIF j.user_id <> m.b->>'user_id' OR j.dataset_id <> (m.b->>'dataset_id')::uuid THEN
-            outcome := 'mismatch';
-            reason := format('job_id %s already names a job of another user or dataset',
-                             m.b->>'job_id');
-        ELSE
-            outcome := 'duplicate';
-            reason := format('job is %s', j.status);
-        END IF;
-        RETURN NEXT;
+    FOR u IN SELECT DISTINCT b::jsonb->>'user_id' FROM unnest(bodies) AS b ORDER BY 1 LOOP
+        PERFORM tq_lock_user(u);
     END LOOP;
-    IF added THEN
+    -- One statement for the batch (the triggers still run per row): a burst is stored a
+    -- few times faster than row by row.
+    added := ARRAY(SELECT tq_insert_jobs(bodies, 'amqp'));
+    IF cardinality(added) > 0 THEN
         PERFORM pg_notify('trainq_runnable', '');
     END IF;
+    -- A new statement, so a fresh snapshot: it sees the rows just inserted and every other.
+    -- A job twice in one batch is accepted once (its first message), a duplicate after.
+    RETURN QUERY
+    SELECT (m.n - 1)::integer,
+           CASE WHEN m.first AND m.id = ANY (added) THEN 'accepted'
+                WHEN t.id IS NOT NULL AND (t.user_id <> m.b->>'user_id'
+                                           OR t.dataset_id <> (m.b->>'dataset_id')::uuid)
+                    THEN 'mismatch'
+                ELSE 'duplicate' END,
+           CASE WHEN m.first AND m.id = ANY (added) THEN NULL
+                WHEN t.id IS NULL THEN 'job was deleted'
+                WHEN t.user_id <> m.b->>'user_id' OR t.dataset_id <> (m.b->>'dataset_id')::uuid
+                    THEN format('job_id %s already names a job of another user or dataset', m.id)
+                ELSE format('job is %s', t.status) END
+      FROM (SELECT x.n, y.b, (y.b->>'job_id')::uuid AS id,
+                   row_number() OVER (PARTITION BY y.b->>'job_id' ORDER BY x.n) = 1 AS first
+              FROM unnest(bodies) WITH ORDINALITY AS x(body, n)
+                   CROSS JOIN LATERAL (SELECT x.body::jsonb AS b) y) m
+      LEFT JOIN training_jobs t ON t.id = m.id
+     ORDER BY m.n;
 END $$;
 
 -- The pick: claims the next runnable job for a free slot of p_worker holding p_gpus GPUs.
 -- One row: outcome 'claimed' (with the job and the claim, as tq_claim returns them),
 -- 'failed' (the job at the head failed durably — dataset missing or foreign, priority
--- above the user's max_priority — : pick again) or 'none' (nothing runnable).
+-- above the user's max_priority — : pick again), 'busy' (nothing claimed, but a candidate
+-- user's lock was held by another transaction — a claim, an intake, a job's end —: ask
+-- again in a moment) or 'none' (nothing runnable).
 -- Candidates are each user's first queued job (priority, then submission), in the order of
 -- the queue; for each: try the user's lock, re-count room and quota, lock the job's row
 -- (SKIP LOCKED: a cancel or another picker holds it), check, claim.
@@ -180,6 +183,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     c record;
     j record;
+    busy boolean := false;
 BEGIN
     FOR c IN
         WITH heads AS (
@@ -197,6 +201,7 @@ BEGIN
          LIMIT 50
     LOOP
         IF NOT tq_try_lock_user(c.user_id) THEN
+            busy := true;
             CONTINUE;
         END IF;
         IF (SELECT count(*) FROM training_jobs a
@@ -211,6 +216,7 @@ BEGIN
          LIMIT 1
            FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
+            busy := true; -- held by a cancel or a delete, or gone meanwhile
             CONTINUE;
         END IF;
         job_id := j.id;
@@ -242,7 +248,7 @@ BEGIN
         outcome := 'claimed';
         RETURN;
     END LOOP;
-    outcome := 'none';
+    outcome := CASE WHEN busy THEN 'busy' ELSE 'none' END;
 END $$;
 
 -- Usage: one job_usage row per attempt, when the job leaves pending/running (any way:

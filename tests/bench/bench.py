@@ -749,7 +749,7 @@ COMMIT;
     # ------------------------------------------------------------ row 4
 
     def row4(self):
-        log("row 4: release latency (parked job of a user at the limit)")
+        log("row 4: release latency (a job waiting at its user's limit)")
         rounds = 1 if self.quick else 6
         cons = self.start_consumer(f"bench-w2-{self.run}", 4, remove=False)
         c = self.http()
@@ -764,9 +764,9 @@ COMMIT;
                 b = self.submit(c, u, self.dataset(u, 2.5), f"r4 b{i}")
                 wait_until(lambda: self.event_at([b], "running"), 30, "job B to run")
                 x = self.submit(c, u, self.dataset(u, 0.2), f"r4 c{i}")
-                parked = wait_until(lambda: psql(
-                    f"SELECT parked_at IS NOT NULL OR status <> 'queued' FROM training_jobs"
-                    f" WHERE id = '{x}'") == "t", 30, "job C to be parked")
+                # C waits as a queued row while A and B are active (nothing is parked or
+                # republished since 0012: a freed slot picks the row)
+                parked = psql(f"SELECT status FROM training_jobs WHERE id = '{x}'") == "queued"
                 was_parked = psql(f"SELECT count(*) FROM job_events WHERE job_id = '{x}'"
                                   " AND to_status = 'running' AND at < (SELECT min(at) FROM"
                                   f" job_events WHERE job_id = '{a}' AND to_status IN"
@@ -784,11 +784,10 @@ COMMIT;
                 done_a = min(float(v) for (v,) in rows(
                     f"SELECT extract(epoch FROM at) FROM job_events WHERE job_id = '{a}'"
                     " AND to_status IN ('completed', 'failed', 'cancelled')"))
-                pub_c = self.published_at([x])[x]
                 if parked and was_parked:
                     lat.append((run_c - fin) * 1e3)
-                    parts.append(((done_a - fin) * 1e3, (pub_c - done_a) * 1e3,
-                                  (pend_c - pub_c) * 1e3, (run_c - pend_c) * 1e3))
+                    parts.append(((done_a - fin) * 1e3, (pend_c - done_a) * 1e3,
+                                  (run_c - pend_c) * 1e3))
                 for j in (a, b, x):
                     containers.append(psql(f"SELECT container_id FROM training_jobs"
                                            f" WHERE id = '{j}'"))
@@ -799,7 +798,7 @@ COMMIT;
                 if cid:
                     self.docker.call("DELETE", f"/containers/{cid}?force=1&v=1")
         if not lat:
-            raise Broken("no round of row 4 had its third job parked")
+            raise Broken("no round of row 4 had its third job waiting")
         self.results[4] = {"ours": lat, "parts": parts}
 
     # ------------------------------------------------------------ row 5
@@ -873,6 +872,55 @@ COMMIT;
     def row5(self):
         log("row 5: backlog drain with 1 and 2 consumers")
         self.results[5] = {n: self.drain(n) for n in (1, 2)}
+
+    # ------------------------------------------------------------ row 10
+
+    def burst_wait(self, burst):
+        """Seconds from publishing user B's one job (straight to AMQP) to its claim, with
+        `burst` jobs of user A published just before it on the same channel, on 2 consumers
+        x 2 slots where A holds 2 slots with long jobs; and how long the publishing took."""
+        import pika
+        a, b = self.user("r10a"), self.user("r10b")
+        ds_a, ds_b = self.dataset(a, 600), self.dataset(b, 0.2)
+        cons = [self.start_consumer(f"bench-r10-{i}-{self.run}", 2) for i in (1, 2)]
+
+        def msg(u, ds):
+            return {"schema": "trainq.job.v1", "job_id": str(uuid.uuid4()), "user_id": u,
+                    "dataset_id": ds, "type": "lora", "base_model": BASE_MODEL, "config": {}}
+
+        def publish(msgs):
+            conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            try:
+                ch = conn.channel()
+                for m in msgs:
+                    ch.basic_publish("trainq.jobs", "lora", json.dumps(m), pika.BasicProperties(
+                        content_type="application/json", delivery_mode=2,
+                        message_id=m["job_id"]))
+            finally:
+                conn.close()
+        try:
+            first = [msg(a, ds_a) for _ in range(2)]
+            publish(first)
+            ids = ",".join(f"'{m['job_id']}'" for m in first)
+            wait_until(lambda: psql(f"SELECT count(*) FROM training_jobs WHERE id IN ({ids})"
+                                    " AND status = 'running'") == "2", 60, "A's two jobs running")
+            mb = msg(b, ds_b)
+            t0 = time.time()
+            publish([msg(a, ds_a) for _ in range(burst)] + [mb])
+            t1 = time.time()
+            wait_until(lambda: self.event_at([mb["job_id"]], "pending"), 60, "B's claim")
+            return self.event_at([mb["job_id"]], "pending")[mb["job_id"]] - t1, t1 - t0
+        finally:
+            for p in cons:
+                self.stop_consumer(p)
+            self.retire_queued(f"bench-r10%-{self.run}-%")
+
+    def row10(self):
+        log("row 10: another user's job behind a burst of one user's direct jobs")
+        burst = 100 if self.quick else 1000
+        alone, _ = self.burst_wait(0)
+        behind, took = self.burst_wait(burst)
+        self.results[10] = {"burst": burst, "alone": alone, "behind": behind, "publish": took}
 
     # ------------------------------------------------------------ row 7
 
@@ -1003,15 +1051,15 @@ COMMIT;
         if r4 and r3:
             o = statistics.median(r4["ours"])
             b = statistics.median(r3["bare"])
-            add(f"| 4 | release: container exit → user's parked job running, median (max)"
+            add(f"| 4 | release: container exit → user's waiting job running, median (max)"
                 f" n={len(r4['ours'])} | {fmt(o, ' ms')} ({fmt(max(r4['ours']), ' ms')}) |"
                 f" bare create+start {fmt(b, ' ms')} | {sfmt(o - b, ' ms')} |"
                 f" ≤ create+start + 50 ms | {yes(o <= b + 50)} |")
-            med = [statistics.median(p[k] for p in r4["parts"]) for k in range(4)]
+            med = [statistics.median(p[k] for p in r4["parts"]) for k in range(3)]
             bw = statistics.median(r3["bare_wait"]) if r3.get("bare_wait") else None
             add(f"| 4 | release breakdown, medians | exit → outcome recorded {fmt(med[0], ' ms')};"
-                f" → release published {fmt(med[1], ' ms')}; → claimed {fmt(med[2], ' ms')};"
-                f" → running {fmt(med[3], ' ms')} | bare: exit → wait returns {fmt(bw, ' ms')};"
+                f" → picked (claimed) {fmt(med[1], ' ms')};"
+                f" → running {fmt(med[2], ' ms')} | bare: exit → wait returns {fmt(bw, ' ms')};"
                 f" create+start {fmt(b, ' ms')} | — | — | — |")
         r5 = R.get(5)
         if r5:
@@ -1066,6 +1114,13 @@ COMMIT;
                 f" {r9['parse_s_per_mb'] * 1e3:.2f} ms/MB ({r9['parse_mb_s']:.0f} MB/s) |"
                 f" memchr \\r \\n: {r9['floor_s_per_mb'] * 1e3:.3f} ms/MB |"
                 f" {r9['parse_s_per_mb'] / r9['floor_s_per_mb']:.0f} × | — | — |")
+        r10 = R.get(10)
+        if r10:
+            extra = r10["behind"] - r10["alone"]
+            add(f"| 10 | another user's job: published → claimed behind {r10['burst']:,} direct jobs"
+                f" of one user (published in {fmt(r10['publish'], ' s', 2)}) |"
+                f" {fmt(r10['behind'], ' s', 3)} | alone: {fmt(r10['alone'], ' s', 3)} |"
+                f" +{fmt(extra, ' s', 3)} | < +1 s | {yes(extra < 1.0)} |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ row 8
@@ -1183,6 +1238,8 @@ COMMIT;
                 self.row8()
             if want(9):
                 self.row9()
+            if want(10):
+                self.row10()
         finally:
             self._sampling.set()
             for p in self.procs:

@@ -274,6 +274,34 @@ class TestUsageAndQuota(SchedulingCase):
         self.assertEqual(self.wait_status(mq["job_id"], TERMINAL)["status"], "completed")
 
 
+class TestClusterMetrics(SchedulingCase):
+
+    def test_a_consumer_reports_the_clusters_usage_totals_without_user_labels(self):
+        """Attempts that ended over a minute ago, any worker's, are in every consumer's
+        trainq_cluster_* counters (whole seconds), with no per-user label."""
+        u = self.user("metrics")
+        before = float(tqenv.psql("SELECT COALESCE(sum(gpu_seconds), 0) FROM job_usage"
+                                  " WHERE ended_at < now() - interval '1 minute'"))
+        self.seed_usage(u, 4321, hours_ago=2)
+        c = self.consumer(f"metrics-{run_id()}")
+        port = c.wait_event("consumer.starting").get("metrics_port")
+
+        def sample(name):
+            r = h.http_once(port, "GET", "/metrics", timeout=5)
+            for line in r.raw.decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+            return None
+
+        h.wait_until(lambda: (sample("trainq_cluster_gpu_seconds_total") or 0)
+                     >= int(before + 4321), timeout=15, what="the cluster's GPU-seconds")
+        self.assertGreaterEqual(sample("trainq_cluster_attempts_total"), 1)
+        self.assertGreaterEqual(sample("trainq_cluster_attempt_seconds_total"), 4321 - 1)
+        text = h.http_once(port, "GET", "/metrics", timeout=5).raw.decode()
+        self.assertNotIn(u, text)
+        self.assertIn("# TYPE trainq_cluster_gpu_seconds_total counter", text)
+
+
 class TestSubmitPriority(SchedulingCase):
 
     def test_submit_priority_above_max_priority_is_403_naming_the_field(self):

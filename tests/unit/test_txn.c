@@ -76,6 +76,7 @@ static void claim_outcomes_are_parsed_by_their_procedure_names(void **state)
         {"claimed", TQ_CLAIM_CLAIMED},
         {"failed", TQ_CLAIM_FAILED},
         {"none", TQ_CLAIM_NONE},
+        {"busy", TQ_CLAIM_BUSY},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tq_claim_outcome o = (tq_claim_outcome)-1;

@@ -185,6 +185,7 @@ static int intake_fn(PGconn *c, void *arg, tq_errbuf *eb)
         if (idx >= 0 && (size_t)idx < a->n)
             a->outcome[idx] = strcmp(o, "mismatch") == 0    ? TQ_INTAKE_MISMATCH
                               : strcmp(o, "duplicate") == 0 ? TQ_INTAKE_DUPLICATE
+                              : strcmp(o, "known") == 0     ? TQ_INTAKE_KNOWN
                                                             : TQ_INTAKE_ACCEPTED;
     }
     if ((size_t)PQntuples(r) != a->n)

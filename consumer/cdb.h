@@ -57,6 +57,7 @@ void tq_claim_free(tq_claim *cl);
 
 typedef enum {
     TQ_INTAKE_ACCEPTED,  /* a new queued row */
+    TQ_INTAKE_KNOWN,     /* the producer's publication of a job it stored, still queued */
     TQ_INTAKE_DUPLICATE, /* the job exists already (or was deleted): drop the message */
     TQ_INTAKE_MISMATCH,  /* job_id names a job of another user or dataset: dead-letter it */
 } tq_intake_outcome;

@@ -50,7 +50,7 @@
 
 #define CONSUME_WAIT_MS 100
 /* Deliveries held at once (the prefetch) and stored in one intake round trip. */
-#define INTAKE_BATCH 64
+#define INTAKE_BATCH 256
 /* Waiting for the rest of a batch that is already streaming in. */
 #define BATCH_WAIT_MS 2
 /* A free slot asks for work at least this often, notification or not. */
@@ -634,7 +634,7 @@ static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcom
             tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
             tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped",
                    it->m.job_id);
-        } else {
+        } else if (outcome == TQ_INTAKE_ACCEPTED) {
             tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
         }
         settle(d, it->env.delivery_tag, 1);

@@ -50,8 +50,8 @@ void tq_h_usage(tq_req *r)
     int rf = time_param(r, "from", &from), rt;
     if (rf < 0 || (rt = time_param(r, "to", &to)) < 0)
         return;
-    if (rt)
-        to = (int64_t)time(NULL) * 1000;
+    if (rt) /* the next whole second: what ended a moment ago is in */
+        to = ((int64_t)time(NULL) + 1) * 1000;
     if (rf)
         from = to - USAGE_DEFAULT_DAYS * DAY_MS;
     if (from >= to) {

@@ -117,10 +117,11 @@ $$;
 
 -- Intake: makes each delivered job (p_messages, a JSON array of canonical trainq.job.v1
 -- bodies, as tq_msg_encode wrote them) durable as a queued row, idempotently, through
--- tq_insert_job (30_jobs.sql). One row per message, by its 0-based index: 'accepted' (its
--- row is new), 'duplicate' (the job exists already, or was deleted: the message is
--- dropped) or 'mismatch' (job_id names a job of another user or dataset: the consumer
--- dead-letters the message). The users' locks in
+-- tq_insert_jobs (30_jobs.sql). One row per message, by its 0-based index: 'accepted' (its
+-- row is new), 'known' (the producer's own publication of a job it stored: the expected
+-- path of every HTTP submission), 'duplicate' (the job exists already, or was deleted:
+-- the message is dropped) or 'mismatch' (job_id names a job of another user or dataset:
+-- the consumer dead-letters the message). The users' locks in
 -- user_id order (see the top). Wakes the pickers when a job was added.
 CREATE OR REPLACE FUNCTION tq_intake(p_messages jsonb)
 RETURNS TABLE (idx integer, outcome text, reason text)
@@ -150,6 +151,7 @@ BEGIN
                 WHEN t.id IS NOT NULL AND (t.user_id <> m.b->>'user_id'
                                            OR t.dataset_id <> (m.b->>'dataset_id')::uuid)
                     THEN 'mismatch'
+                WHEN m.first AND t.source = 'http' AND t.status = 'queued' THEN 'known'
                 ELSE 'duplicate' END,
            CASE WHEN m.first AND m.id = ANY (added) THEN NULL
                 WHEN t.id IS NULL THEN 'job was deleted'

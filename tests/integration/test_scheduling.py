@@ -201,10 +201,11 @@ class TestUsageAndQuota(SchedulingCase):
         u = self.user("usage")
         ok = self.message(u, self.dataset(u, duration=1))
         bad = self.message(u, self.dataset(u, duration=0.5, exit_code=3))
-        self.consumer(f"usage-{run_id()}", slots=2)
+        c = self.consumer(f"usage-{run_id()}", slots=2)
         self.publish(ok, bad)
         self.assertEqual(self.wait_status(ok["job_id"], TERMINAL)["status"], "completed")
         self.assertEqual(self.wait_status(bad["job_id"], TERMINAL)["status"], "failed")
+        c.stop()  # nobody else may pick the next job
         # A claim on 2 GPUs, by hand: the trigger records whatever changes a job's status.
         g = self.message(u, self.dataset(u))
         self.insert_job(g, 0)

@@ -46,9 +46,10 @@ static const struct {
     const char *name;
     tq_claim_outcome outcome;
 } CLAIM_OUTCOMES[] = {
-    {"claimed", TQ_CLAIM_CLAIMED},     {"parked", TQ_CLAIM_PARKED},
-    {"duplicate", TQ_CLAIM_DUPLICATE}, {"failed", TQ_CLAIM_FAILED},
-    {"mismatch", TQ_CLAIM_MISMATCH},
+    {"claimed", TQ_CLAIM_CLAIMED},
+    {"failed", TQ_CLAIM_FAILED},
+    {"none", TQ_CLAIM_NONE},
+    {"busy", TQ_CLAIM_BUSY},
 };
 
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out)
@@ -67,9 +68,8 @@ void tq_claim_free(tq_claim *cl)
 }
 
 typedef struct {
-    const char *job_id, *message, *worker_id;
-    const char *reply_to, *correlation_id; /* NULL: none */
-    char lease[TQ_NUM_BUF], path_max[TQ_NUM_BUF];
+    const char *worker_id;
+    char lease[TQ_NUM_BUF], path_max[TQ_NUM_BUF], gpus[TQ_NUM_BUF];
     tq_claim *out;
     char *job_message; /* CLAIMED: the row's message, decoded after the runner returns */
 } claim_arg;
@@ -79,38 +79,38 @@ static const char *col(const PGresult *r, int c)
     return PQgetisnull(r, 0, c) ? "" : PQgetvalue(r, 0, c);
 }
 
-/* The one round trip of the claim; its outcome copied into a->out. Starts afresh on every
+/* The one round trip of the pick; its outcome copied into a->out. Starts afresh on every
  * try (the runner may repeat it). */
-static int claim_fn(PGconn *c, void *arg, tq_errbuf *eb)
+static int pick_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     claim_arg *a = arg;
     tq_claim *out = a->out;
     memset(out, 0, sizeof *out);
     free(a->job_message);
     a->job_message = NULL;
-    const char *p[6] = {a->message,  a->worker_id, a->lease,
-                        a->path_max, a->reply_to,  a->correlation_id};
+    const char *p[4] = {a->worker_id, a->lease, a->path_max, a->gpus};
     PGresult *r;
     int rc = tq_db_exec(c,
-                        "SELECT outcome, reason, fencing_token, attempts, storage_path, "
-                        "created_epoch, message FROM tq_claim($1, $2, $3::int, $4::int, $5, $6)",
-                        6, p, &r, eb);
+                        "SELECT outcome, reason, job_id, fencing_token, attempts, storage_path, "
+                        "created_epoch, message FROM tq_pick($1, $2::int, $3::int, $4::int)",
+                        4, p, &r, eb);
     if (rc == TQ_ERR_LIMIT) /* the schema's guard disagreed with the procedure's count */
-        return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused claim of %s", a->job_id);
+        return tq_errf(eb, TQ_ERR_INTERNAL, "active-job guard refused a pick of %s", a->worker_id);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(r) != 1 || tq_claim_outcome_parse(col(r, 0), &out->outcome) != TQ_OK) {
-        rc = tq_errf(eb, TQ_ERR_INTERNAL, "tq_claim of %s returned no known outcome", a->job_id);
+        rc = tq_errf(eb, TQ_ERR_INTERNAL, "tq_pick returned no known outcome");
         PQclear(r);
         return rc;
     }
     snprintf(out->reason, sizeof out->reason, "%s", col(r, 1));
+    snprintf(out->job_id, sizeof out->job_id, "%s", col(r, 2));
     if (out->outcome == TQ_CLAIM_CLAIMED) {
-        out->fencing_token = strtoll(col(r, 2), NULL, 10);
-        out->attempts = (int)strtol(col(r, 3), NULL, 10);
-        snprintf(out->storage_path, sizeof out->storage_path, "%s", col(r, 4));
-        out->created_epoch = strtod(col(r, 5), NULL);
-        a->job_message = strdup(col(r, 6));
+        out->fencing_token = strtoll(col(r, 3), NULL, 10);
+        out->attempts = (int)strtol(col(r, 4), NULL, 10);
+        snprintf(out->storage_path, sizeof out->storage_path, "%s", col(r, 5));
+        out->created_epoch = strtod(col(r, 6), NULL);
+        a->job_message = strdup(col(r, 7));
         if (!a->job_message)
             rc = tq_errf(eb, TQ_ERR_NOMEM, "out of memory");
     }
@@ -147,27 +147,17 @@ static int claim_decode(PGconn *c, const char *job_id, const char *text, tq_clai
     return TQ_OK;
 }
 
-int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
-                 int lease_seconds, const tq_reply_addr *reply, tq_claim *out, tq_errbuf *eb)
+int tq_cdb_pick(PGconn **c, const tq_db_txn *how, const char *worker_id, int lease_seconds,
+                int gpus, tq_claim *out, tq_errbuf *eb)
 {
     memset(out, 0, sizeof *out);
-    claim_arg a = {.job_id = m->job_id, .worker_id = worker_id, .out = out};
-    if (reply && reply->reply_to[0]) {
-        a.reply_to = reply->reply_to;
-        a.correlation_id = reply->correlation_id[0] ? reply->correlation_id : NULL;
-    }
+    claim_arg a = {.worker_id = worker_id, .out = out};
     num(a.lease, lease_seconds);
     num(a.path_max, TQ_CLAIM_PATH_BUF - 1);
-    /* The row of a message from another service holds these bytes: canonical, so a release
-     * republishes exactly what the producer would have published. */
-    char *message = tq_msg_encode(m);
-    if (!message)
-        return tq_errf(eb, TQ_ERR_NOMEM, "could not encode job %s", m->job_id);
-    a.message = message;
-    int rc = tq_db_run_txn(c, how, claim_fn, &a, eb);
-    free(message);
+    num(a.gpus, gpus);
+    int rc = tq_db_run_txn(c, how, pick_fn, &a, eb);
     if (rc == TQ_OK && out->outcome == TQ_CLAIM_CLAIMED)
-        rc = claim_decode(*c, m->job_id, a.job_message, out, eb);
+        rc = claim_decode(*c, out->job_id, a.job_message, out, eb);
     free(a.job_message);
     if (rc != TQ_OK)
         tq_claim_free(out);
@@ -191,6 +181,99 @@ int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *messa
     dead_letter_arg a = {{message_id, routing_key, reason, reply ? reply->reply_to : "",
                           reply ? reply->correlation_id : ""}};
     return tq_db_run_txn(c, how, dead_letter_fn, &a, eb);
+}
+
+/* ---- intake --------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *batch;   /* a JSON array of the canonical bodies */
+    const char *replies; /* a JSON array of [reply_to, correlation_id] or null, per body */
+    size_t n;
+    tq_intake_outcome *outcome;
+} intake_arg;
+
+static int intake_fn(PGconn *c, void *arg, tq_errbuf *eb)
+{
+    intake_arg *a = arg;
+    const char *p[2] = {a->batch, a->replies};
+    PGresult *r;
+    int rc =
+        tq_db_exec(c, "SELECT idx, outcome FROM tq_intake($1::jsonb, $2::jsonb)", 2, p, &r, eb);
+    if (rc != TQ_OK)
+        return rc;
+    for (size_t i = 0; i < a->n; i++)
+        a->outcome[i] = TQ_INTAKE_ACCEPTED;
+    for (int i = 0; i < PQntuples(r); i++) {
+        long idx = strtol(PQgetvalue(r, i, 0), NULL, 10);
+        const char *o = PQgetvalue(r, i, 1);
+        if (idx >= 0 && (size_t)idx < a->n)
+            a->outcome[idx] = strcmp(o, "mismatch") == 0    ? TQ_INTAKE_MISMATCH
+                              : strcmp(o, "duplicate") == 0 ? TQ_INTAKE_DUPLICATE
+                              : strcmp(o, "known") == 0     ? TQ_INTAKE_KNOWN
+                                                            : TQ_INTAKE_ACCEPTED;
+    }
+    if ((size_t)PQntuples(r) != a->n)
+        rc = tq_errf(eb, TQ_ERR_INTERNAL, "tq_intake answered %d of %zu messages", PQntuples(r),
+                     a->n);
+    PQclear(r);
+    return rc;
+}
+
+/* [reply_to, correlation_id] of a delivery (correlation_id null when absent), or null. */
+static json_t *reply_json(const tq_reply_addr *r)
+{
+    if (!r || !r->reply_to[0])
+        return json_null();
+    return json_pack("[ss?]", r->reply_to, r->correlation_id[0] ? r->correlation_id : NULL);
+}
+
+int tq_cdb_intake(PGconn **c, const tq_db_txn *how, const tq_job_msg *const *msgs,
+                  const tq_reply_addr *const *replies, size_t n, tq_intake_outcome *outcome,
+                  tq_errbuf *eb)
+{
+    /* The rows hold these bytes: canonical, the body a producer would have published. */
+    json_t *arr = json_array(), *rep = json_array();
+    int failed = !arr || !rep;
+    for (size_t i = 0; i < n && !failed; i++) {
+        char *m = tq_msg_encode(msgs[i]);
+        failed = !m || json_array_append_new(arr, json_string(m)) != 0 ||
+                 json_array_append_new(rep, reply_json(replies ? replies[i] : NULL)) != 0;
+        free(m);
+    }
+    char *batch = failed ? NULL : json_dumps(arr, JSON_COMPACT);
+    char *reps = failed ? NULL : json_dumps(rep, JSON_COMPACT);
+    json_decref(arr);
+    json_decref(rep);
+    if (!batch || !reps) {
+        free(batch);
+        free(reps);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not encode an intake batch of %zu", n);
+    }
+    intake_arg a = {.batch = batch, .replies = reps, .n = n, .outcome = outcome};
+    int rc = tq_db_run_txn(c, how, intake_fn, &a, eb);
+    free(batch);
+    free(reps);
+    return rc;
+}
+
+int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb)
+{
+    return tq_db_exec(c, "LISTEN trainq_runnable", 0, NULL, NULL, eb);
+}
+
+int tq_cdb_runnable_notified(PGconn *c)
+{
+    /* Reading also finds a connection that died while idle (its backend terminated, a
+     * restart): libpq marks it bad on the end of file. */
+    if (!c || PQstatus(c) != CONNECTION_OK || !PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
+        return -1;
+    int got = 0;
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        got = 1;
+        PQfreemem(n);
+    }
+    return got;
 }
 
 /* ---- status changes of a claimed job --------------------------------------------------- */
@@ -663,6 +746,36 @@ int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *relea
     if (rc)
         return rc;
     *released = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return TQ_OK;
+}
+
+int tq_cdb_usage_totals(PGconn *c, tq_cdb_usage *t, tq_errbuf *eb)
+{
+    char id[TQ_NUM_BUF];
+    num(id, t->after_id);
+    const char *p[2] = {t->after_at[0] ? t->after_at : "-infinity", id};
+    PGresult *r;
+    int rc = tq_db_exec(c,
+                        "WITH n AS (SELECT id, ended_at, gpu_seconds, wall_seconds FROM job_usage"
+                        " WHERE (ended_at, id) > ($1::timestamptz, $2::bigint)"
+                        " AND ended_at < now() - interval '1 minute'"
+                        " ORDER BY ended_at, id LIMIT 10000),"
+                        " l AS (SELECT ended_at, id FROM n ORDER BY ended_at DESC, id DESC LIMIT 1)"
+                        " SELECT count(*), COALESCE(sum(gpu_seconds), 0),"
+                        " COALESCE(sum(wall_seconds), 0), (SELECT ended_at::text FROM l),"
+                        " (SELECT id FROM l) FROM n",
+                        2, p, &r, eb);
+    if (rc)
+        return rc;
+    long long n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    if (n > 0 && !PQgetisnull(r, 0, 3)) {
+        t->attempts += n;
+        t->gpu_seconds += strtod(PQgetvalue(r, 0, 1), NULL);
+        t->wall_seconds += strtod(PQgetvalue(r, 0, 2), NULL);
+        snprintf(t->after_at, sizeof t->after_at, "%s", PQgetvalue(r, 0, 3));
+        t->after_id = strtoll(PQgetvalue(r, 0, 4), NULL, 10);
+    }
     PQclear(r);
     return TQ_OK;
 }

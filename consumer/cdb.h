@@ -24,14 +24,14 @@
 #include "tq_uuid.h"
 
 typedef enum {
-    TQ_CLAIM_CLAIMED,   /* now pending on this worker: launch it */
-    TQ_CLAIM_PARKED,    /* user at the limit (or older jobs parked): stays queued */
-    TQ_CLAIM_DUPLICATE, /* already claimed, running or finished: drop the message */
-    TQ_CLAIM_FAILED,    /* failed durably (dataset missing / not the user's) */
-    TQ_CLAIM_MISMATCH,  /* job_id names a different job: dead-letter the message */
+    TQ_CLAIM_CLAIMED, /* now pending on this worker: launch it */
+    TQ_CLAIM_FAILED,  /* the job at the head failed durably (dataset, priority): pick again */
+    TQ_CLAIM_NONE,    /* nothing runnable now */
+    TQ_CLAIM_BUSY,    /* nothing claimed, a candidate was locked by someone else: ask again soon */
 } tq_claim_outcome;
 
-/* Parses the outcome as db/procedures/60_claim.sql names it ("claimed", "parked", ...):
+/* Parses the outcome as db/procedures/65_schedule.sql names it ("claimed", "failed", "none",
+ * "busy"):
  * TQ_OK, or TQ_ERR_INVALID for any other text (out untouched). */
 int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 
@@ -40,14 +40,15 @@ int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 
 typedef struct {
     tq_claim_outcome outcome;
-    long long fencing_token; /* CLAIMED: the token every later update must present */
+    char job_id[TQ_UUID_BUF]; /* CLAIMED / FAILED: the job */
+    long long fencing_token;  /* CLAIMED: the token every later update must present */
     int attempts;
     char storage_path[TQ_CLAIM_PATH_BUF]; /* CLAIMED: the dataset's storage_path */
     /* CLAIMED: the job as its row holds it (training_jobs.message), decoded once by
      * tq_msg_decode, so every default is tq_job.c's; launch reads it through const
      * pointers. Release with tq_claim_free. */
     tq_job_msg job;
-    char reason[TQ_CLAIM_REASON_BUF]; /* FAILED / MISMATCH / PARKED: why */
+    char reason[TQ_CLAIM_REASON_BUF]; /* FAILED: why */
     double created_epoch;             /* CLAIMED: job creation time (dispatch latency) */
 } tq_claim;
 
@@ -61,23 +62,48 @@ typedef struct {
 /* Frees cl->job; safe on a zeroed or already freed claim. */
 void tq_claim_free(tq_claim *cl);
 
-/* Claims or parks the job of message m in one round trip: db/procedures/60_claim.sql's
- * tq_claim, which also creates the row of a message published straight to AMQP
- * (idempotently, with m's canonical bytes as its message). Run by tq_db_run_txn with the
- * caller's policy `how` (the dispatcher retries a lost connection and soft errors with a
- * backoff; tq_claim is safe to repeat: a claim that committed before its reply was lost
- * finds its job pending, a duplicate). TQ_ERR_INTERNAL when the schema's active-job guard
- * refused what the procedure's count allowed. On TQ_OK the caller releases *out with
- * tq_claim_free. */
-int tq_cdb_claim(PGconn **c, const tq_db_txn *how, const tq_job_msg *m, const char *worker_id,
-                 int lease_seconds, const tq_reply_addr *reply, tq_claim *out, tq_errbuf *eb);
-
 /* The job.dead_lettered event of a delivery dead-lettered before it had a job row
  * (tq_event_dead_letter, 85_events.sql): to trainq.events and to reply->reply_to (NULL or
  * "": none), with the dead-letter reason. Run like the claim (same policy `how`). */
 int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *message_id,
                              const char *routing_key, const char *reason,
                              const tq_reply_addr *reply, tq_errbuf *eb);
+
+typedef enum {
+    TQ_INTAKE_ACCEPTED,  /* a new queued row */
+    TQ_INTAKE_KNOWN,     /* the producer's publication of a job it stored, still queued */
+    TQ_INTAKE_DUPLICATE, /* the job exists already (or was deleted): drop the message */
+    TQ_INTAKE_MISMATCH,  /* job_id names a job of another user or dataset: dead-letter it */
+} tq_intake_outcome;
+
+/* Intake of delivered messages (db/procedures/65_schedule.sql tq_intake): the n
+ * messages' jobs made durable as queued rows in one round trip (a row that exists is left
+ * as it is), each with its delivery's reply address replies[i] (NULL: none), where the
+ * job's events also go (85_events.sql). Run by tq_db_run_txn with the caller's policy `how` (safe
+ * to repeat: a repeat finds duplicates). outcome[i] says what became of message i. TQ_OK, or an
+ * error (then nothing was stored). */
+int tq_cdb_intake(PGconn **c, const tq_db_txn *how, const tq_job_msg *const *msgs,
+                  const tq_reply_addr *const *replies, size_t n, tq_intake_outcome *outcome,
+                  tq_errbuf *eb);
+
+/* The pick (db/procedures/65_schedule.sql tq_pick): claims the next runnable job for a
+ * free slot holding `gpus` GPUs — priority, then fair share, then submission order; the
+ * per-user limit and quota respected — in one round trip. *out: CLAIMED (the job decoded
+ * from its stored message, as launch needs it), FAILED (a job failed durably: pick again),
+ * BUSY (a candidate was locked elsewhere: pick again soon) or NONE. Not repeated after a lost reply
+ * (it may have claimed): a claim nobody holds expires and the reaper gives it back. TQ_ERR_INTERNAL
+ * when the schema's active-job guard refused what the procedure's count allowed. On TQ_OK the
+ * caller releases *out with tq_claim_free. */
+int tq_cdb_pick(PGconn **c, const tq_db_txn *how, const char *worker_id, int lease_seconds,
+                int gpus, tq_claim *out, tq_errbuf *eb);
+
+/* LISTEN trainq_runnable on c (sent by every transaction that may make a job runnable). */
+int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb);
+
+/* Reads what c received without waiting: 1 when a trainq_runnable notification arrived
+ * since the last call (all are drained), 0 when none, -1 when the connection is bad (also
+ * one that died while idle: the caller replaces it before its next transaction). */
+int tq_cdb_runnable_notified(PGconn *c);
 
 /* pending → running with the container id, its progress 0 (a trainer that prints nothing
  * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. */
@@ -188,6 +214,18 @@ int tq_cdb_reap(PGconn *c, int max_attempts, int *recovered, tq_errbuf *eb);
  * that part), then releases parked jobs of users with room whose release is older than
  * stranded_seconds. *released counts the releases. */
 int tq_cdb_sweep(PGconn *c, int stranded_seconds, long long in_queue, int *released, tq_errbuf *eb);
+
+/* The cluster's usage totals (every worker's attempts, db/procedures/65_schedule.sql's
+ * job_usage), read incrementally: each call adds the rows that ended after the cursor and
+ * more than a minute ago (by then their transactions committed, so no row is skipped for
+ * committing late), at most 10 000 a call. Start from a zeroed struct. */
+typedef struct {
+    char after_at[48]; /* ended_at of the last row counted ("" before the first) */
+    long long after_id;
+    long long attempts;
+    double gpu_seconds, wall_seconds;
+} tq_cdb_usage;
+int tq_cdb_usage_totals(PGconn *c, tq_cdb_usage *t, tq_errbuf *eb);
 
 /* Marks the worker stopped (clean shutdown). */
 int tq_cdb_worker_stopped(PGconn *c, const char *worker_id, tq_errbuf *eb);

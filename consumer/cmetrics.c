@@ -61,6 +61,15 @@ static const struct {
     [TQ_CM_AMQP_UP] = {"trainq_consumer_amqp_up", "1 while the AMQP connection is open.", 1},
     [TQ_CM_HOST_HEALTHY] = {"trainq_consumer_host_healthy",
                             "0 while this host stops consuming after launches failed in a row.", 1},
+    /* Set from the database's running totals, which only grow: counters to Prometheus. */
+    [TQ_CM_CLUSTER_ATTEMPTS] = {"trainq_cluster_attempts_total",
+                                "Attempts that ended, every worker's (read a minute behind).", 0},
+    [TQ_CM_CLUSTER_GPU_SECONDS] = {"trainq_cluster_gpu_seconds_total",
+                                   "GPU-seconds of the attempts that ended, every worker's "
+                                   "(GPUs held x wall time).",
+                                   0},
+    [TQ_CM_CLUSTER_WALL_SECONDS] = {"trainq_cluster_attempt_seconds_total",
+                                    "Wall seconds of the attempts that ended, every worker's.", 0},
 };
 
 #define N_BUCKETS 13

@@ -39,6 +39,12 @@ typedef enum {
     TQ_CM_DB_UP,
     TQ_CM_AMQP_UP,
     TQ_CM_HOST_HEALTHY, /* 0 while the host is unhealthy (consecutive launch failures) */
+    /* counters set with tq_cmetrics_set: the cluster's usage (every worker's attempts, no
+     * user labels), as this worker last read it from job_usage (a minute behind), the same
+     * figures on every worker; whole seconds */
+    TQ_CM_CLUSTER_ATTEMPTS,
+    TQ_CM_CLUSTER_GPU_SECONDS,
+    TQ_CM_CLUSTER_WALL_SECONDS,
     TQ_CM__COUNT
 } tq_cmetric_id;
 

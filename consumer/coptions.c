@@ -67,8 +67,8 @@ static const tq_opt options[] = {
      "on a clean stop, leases of running jobs are extended this long so a restart adopts them"},
     {"TRAINQ_STRANDED_SECONDS", "stranded-seconds", TQ_OPT_INT, OFF(stranded_seconds), "30", 1,
      3600, NULL,
-     "a queued job neither claimed, parked nor republished this long is republished by the "
-     "sweeper"},
+     "unused since free slots pick queued rows (0012): nothing can be stranded; kept so "
+     "that configurations stay valid"},
     {"TRAINQ_MAX_HOST_RETRIES", "max-host-retries", TQ_OPT_INT, OFF(max_host_retries), "10", 1,
      1000, NULL, "times a job is given back by hosts that could not start it before it fails"},
     {"TRAINQ_DATASET_MAX_BYTES", "dataset-max-bytes", TQ_OPT_BYTES, OFF(dataset_max_bytes), "50g",

@@ -1,24 +1,33 @@
 /*
- * The dispatcher: the only thread that talks to the trainq.jobs queue.
+ * The dispatcher: the only thread that talks to the trainq.jobs queue, and the one that
+ * fills this host's free slots.
  *
- * Capacity rule (docs/architecture.md, invariant 6): prefetch is 1 and the consumer is registered
- * only while a slot is free and dockerd and Postgres answer. When a delivery takes the last free
- * slot, basic.cancel is sent *before* that delivery is acked — with prefetch 1 nothing else
- * can arrive meanwhile — so this host never holds a message it cannot start now and an idle
- * host elsewhere gets it instead.
+ * Two jobs, one thread (docs/architecture.md, "Who runs next"):
+ *  - intake: a delivery is only a job arriving. Deliveries (prefetch INTAKE_BATCH) are
+ *    checked (signature, decode, message_id, routing key) and made durable as queued rows
+ *    in batches, one round trip each (tq_cdb_intake), then acked. A burst of one user's
+ *    jobs is swallowed in batches instead of being claimed and parked one by one, so it
+ *    delays nobody's job behind it by more than a few batches.
+ *  - picking: while a slot is free, the host asks Postgres for the next runnable job
+ *    (tq_cdb_pick: priority, fair share, submission order; the per-user limit and quota
+ *    respected) and launches it. It asks when something may have become runnable: after
+ *    its own intake, when one of its slots freed, on NOTIFY trainq_runnable, and every
+ *    PICK_EVERY_S in any case.
  *
- * Ack rule (invariant 4): a delivery is acked once its fate is durable in Postgres
- * (claimed and started, parked, failed, duplicate) or it is confirmed on the dead-letter
- * queue; never at training end. A delivery that cannot be handled now (Postgres away after
- * retries on a fresh connection) is given back without spending its delivery count: a copy
- * is published (confirmed) and the original acked, after the consumer is cancelled, so it
- * goes elsewhere. Only a failure that may be the message's own (an unexpected database
- * error) is nacked: the quorum queue's delivery limit then bounds it, and the sweeper
- * republishes a valid job that the limit dead-lettered (db/procedures/40_dispatch.sql).
+ * Ack rule (invariant 4): a delivery is acked once its row is committed (or it is confirmed
+ * on the dead-letter queue); never at training end. A batch that cannot be stored now
+ * (Postgres away after retries on a fresh connection) is given back without spending its
+ * delivery count: a copy of each is published (confirmed) and the original acked, after the
+ * consumer is cancelled. Only a failure that may be the batch's own (an unexpected database
+ * error) is nacked: the quorum queue's delivery limit then bounds it.
+ *
+ * Capacity (invariant 6): a container starts only in a slot reserved here, from a pick, so
+ * never more containers than slots; deliveries are held only for one batch (milliseconds),
+ * whatever the slots, so no host sits on work another could start.
  *
  * Host health: a launch that fails for a reason of this host (image or runtime missing,
  * disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row mark the
- * host unhealthy: it stops consuming and tries one job again after a backoff (a probe).
+ * host unhealthy: it stops picking and tries one job again after a backoff (a probe).
  */
 #include "dispatch.h"
 
@@ -39,9 +48,19 @@
 #include "tq_sign.h"
 #include "worker.h"
 
-#define CONSUME_WAIT_MS 200
+#define CONSUME_WAIT_MS 100
+/* Deliveries held at once (the prefetch) and stored in one intake round trip. */
+#define INTAKE_BATCH 256
+/* Waiting for the rest of a batch that is already streaming in. */
+#define BATCH_WAIT_MS 2
+/* A free slot asks for work at least this often, notification or not. */
+#define PICK_EVERY_S 1.0
+/* ... and again this soon when a candidate's user was locked by someone else. */
+#define PICK_BUSY_S 0.05
+/* Jobs that fail at the head of the queue (dataset missing...) handled per round. */
+#define PICK_FAILED_MAX 100
 #define HEARTBEAT_S 60
-/* Claim tries on a fresh connection before a delivery is given back, and their pauses. */
+/* Intake tries on a fresh connection before a batch is given back, and their pauses. */
 static const int CLAIM_BACKOFF_MS[] = {0, 100, 400, 1000};
 #define N_CLAIM_TRIES ((int)(sizeof CLAIM_BACKOFF_MS / sizeof CLAIM_BACKOFF_MS[0]))
 /* How often the ready count of trainq.jobs is read for the sweeper. */
@@ -52,6 +71,13 @@ static const int CLAIM_BACKOFF_MS[] = {0, 100, 400, 1000};
  * deferred delivery's copy. */
 #define DEFER_KV_MAX 16
 #define DEFER_KV_BUF 256
+
+/* A delivery waiting in the intake batch, with its decoded job (both owned). */
+typedef struct {
+    amqp_envelope_t env;
+    tq_job_msg m;
+    tq_reply_addr reply; /* filled when the batch is stored */
+} intake_item;
 
 typedef struct {
     tq_worker *w;
@@ -66,6 +92,12 @@ typedef struct {
     double probe_at;      /* while the host is unhealthy: when to try one job again */
     long probe_wait_s;    /* the current probe backoff */
     double depth_read_at; /* when trainq.jobs' ready count was last read */
+    intake_item *batch;   /* INTAKE_BATCH items */
+    size_t n_batch;
+    int wake;       /* something may have become runnable: pick now */
+    double pick_at; /* the next pick in any case */
+    int free_seen;  /* free slots at the last look: more now means one freed */
+    int listen_pid; /* backend of d->db that LISTENs (0: none) */
 } dispatcher;
 
 static void drop_amqp(dispatcher *d)
@@ -135,7 +167,7 @@ static int connect_amqp(dispatcher *d, tq_errbuf *eb)
         rc = tq_amqp_confirm_select(d->dead, eb);
     if (rc == TQ_OK) {
         amqp_connection_state_t st = tq_amqp_state(d->in);
-        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, 1, 0);
+        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, INTAKE_BATCH, 0);
         rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not set prefetch", eb);
     }
     if (rc != TQ_OK) {
@@ -156,7 +188,7 @@ static int start_consuming(dispatcher *d, tq_errbuf *eb)
         return TQ_ERR_AMQP;
     if (tq_amqp_channel_epoch(d->in) != d->epoch) {
         /* the channel was reopened: its prefetch setting is gone too */
-        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, 1, 0);
+        amqp_basic_qos(st, TQ_AMQP_CHANNEL, 0, INTAKE_BATCH, 0);
         int rc = tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not set prefetch", eb);
         if (rc)
             return rc;
@@ -554,19 +586,22 @@ static int claim_retry(void *arg, int next, int rc, const tq_errbuf *eb)
     return tq_worker_sleep(a->w, CLAIM_BACKOFF_MS[next]);
 }
 
-/* How a delivery's database work runs: on a fresh connection when the old one died, with a
- * few tries and a backoff (claim_retry) so a blip costs the delivery nothing. */
-static tq_db_txn claim_policy(tq_worker *w, claim_retry_arg *ra)
+/* The policy of the dispatcher's transactions: a connection that died while idle (Postgres
+ * restarted, sessions cut, a failover) fails its next statement; the runner then connects
+ * afresh, with a backoff, so a blip costs nothing. `repeat`: safe to repeat after a lost
+ * reply (intake is; a pick is not: it may have claimed). */
+static tq_db_txn dispatcher_txn(dispatcher *d, claim_retry_arg *ra, int repeat)
 {
-    return (tq_db_txn){
-        .url = w->cfg->database_url,
+    const tq_db_txn how = {
+        .url = d->w->cfg->database_url,
         .app = "trainq-consumer",
         .tries = N_CLAIM_TRIES,
         .implicit = 1,
-        .retry_unavailable = 1,
+        .retry_unavailable = repeat,
         .before_retry = claim_retry,
         .retry_arg = ra,
     };
+    return how;
 }
 
 /* After a delivery's database work failed with rc: Postgres unreachable or busy (or out of
@@ -623,7 +658,7 @@ static void dead_letter_event(dispatcher *d, amqp_envelope_t *env, const char *r
     tq_reply_addr reply;
     reply_addr(env, &reply);
     claim_retry_arg ra = {d->w, mid};
-    const tq_db_txn how = claim_policy(d->w, &ra);
+    const tq_db_txn how = dispatcher_txn(d, &ra, 1);
     tq_errbuf eb = {{0}};
     int rc = tq_cdb_dead_letter_event(&d->db, &how, mid, rk, why, &reply, &eb);
     if (deferred_for_db(d, env, mid, rc, &eb))
@@ -680,102 +715,200 @@ static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
     return 1;
 }
 
-/* Claims the job of m: 1 with *cl filled (caller frees), or 0 when the claim could not be
- * made and the delivery was settled here: deferred (Postgres unreachable or busy: a
- * confirmed copy, then the ack, so no delivery count is spent) or nacked (any other error). */
-static int claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *m, tq_claim *cl)
+/* Whether an intake failure is ours (Postgres away or busy, memory) rather than maybe the
+ * batch's own (an unexpected database error). */
+static int intake_soft(int rc)
+{
+    return rc == TQ_ERR_UNAVAILABLE || rc == TQ_ERR_DB_RETRY || rc == TQ_ERR_NOMEM;
+}
+
+/* Settles one delivery of a stored (or failed) batch by rc and its outcome; frees it. */
+static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcome outcome)
+{
+    if (!d->in) {
+        /* the connection is gone: the broker requeues the delivery by itself */
+    } else if (intake_soft(rc)) {
+        defer(d, &it->env);
+    } else if (rc != TQ_OK) {
+        /* Maybe the message's own fault: its delivery limit bounds this. */
+        settle(d, it->env.delivery_tag, 0);
+    } else if (outcome == TQ_INTAKE_MISMATCH) {
+        char why[160];
+        snprintf(why, sizeof why, "job_id %s already names a job of another user or dataset",
+                 it->m.job_id);
+        dead_letter(d, &it->env, why);
+    } else {
+        if (outcome == TQ_INTAKE_DUPLICATE) {
+            tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
+            tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped",
+                   it->m.job_id);
+        } else if (outcome == TQ_INTAKE_ACCEPTED) {
+            tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
+        }
+        settle(d, it->env.delivery_tag, 1);
+    }
+    tq_msg_free(&it->m);
+    amqp_destroy_envelope(&it->env);
+}
+
+/* Stores the batch (one round trip) and settles every delivery of it exactly once. A batch
+ * that fails for a reason that may be one message's own is stored again message by message,
+ * so that only that message spends its delivery count (and is dead-lettered by the queue's
+ * limit in the end), never its batch-mates. */
+static void flush_intake(dispatcher *d)
 {
     tq_worker *w = d->w;
+    size_t n = d->n_batch;
+    if (n == 0)
+        return;
+    const tq_job_msg *msgs[INTAKE_BATCH];
+    const tq_reply_addr *replies[INTAKE_BATCH];
+    tq_intake_outcome outcome[INTAKE_BATCH];
+    int rcs[INTAKE_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        msgs[i] = &d->batch[i].m;
+        reply_addr(&d->batch[i].env, &d->batch[i].reply);
+        replies[i] = &d->batch[i].reply;
+    }
     tq_errbuf eb = {{0}};
-    /* A connection that died while idle (Postgres restarted, sessions cut, a failover) fails
-     * its next statement; the runner then connects afresh. Retried, briefly, so a blip costs
-     * this delivery nothing. */
-    claim_retry_arg ra = {w, m->job_id};
-    const tq_db_txn how = claim_policy(w, &ra);
-    tq_reply_addr reply;
-    reply_addr(env, &reply);
-    int rc =
-        tq_cdb_claim(&d->db, &how, m, w->cfg->worker_id, w->cfg->lease_seconds, &reply, cl, &eb);
-    if (deferred_for_db(d, env, m->job_id, rc, &eb))
-        return 0;
-    if (rc != TQ_OK) {
-        /* Not the message's fault as far as we can tell (a full disk, a cancelled statement,
-         * a bug), but maybe its own: back to the queue, spending a delivery. Its delivery
-         * limit bounds the retries; a message that fails every time ends on the dead-letter
-         * queue with x-death, and the sweeper republishes its job if it has a row. */
-        tq_log(TQ_LOG_ERROR, "job.claim_failed", "job %s: %s", m->job_id, eb.msg);
-        settle(d, env->delivery_tag, 0);
+    claim_retry_arg ra = {w, "(intake)"};
+    const tq_db_txn how = dispatcher_txn(d, &ra, 1);
+    int rc = tq_cdb_intake(&d->db, &how, msgs, replies, n, outcome, &eb);
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc;
+    if (rc != TQ_OK && !intake_soft(rc) && n > 1)
+        for (size_t i = 0; i < n; i++) {
+            tq_errbuf one = {{0}};
+            rcs[i] = tq_cdb_intake(&d->db, &how, &msgs[i], &replies[i], 1, &outcome[i], &one);
+            if (rcs[i] != TQ_OK)
+                tq_log(TQ_LOG_ERROR, "job.intake_failed", "job %s: %s", msgs[i]->job_id, one.msg);
+        }
+    else if (rc != TQ_OK)
+        tq_log(intake_soft(rc) ? TQ_LOG_WARN : TQ_LOG_ERROR,
+               intake_soft(rc) ? "job.intake_deferred" : "job.intake_failed", "%zu deliveries: %s",
+               n, eb.msg);
+    if (intake_soft(rc)) {
+        if (rc == TQ_ERR_UNAVAILABLE)
+            atomic_store(&w->db_ok, 0);
+        tq_errbuf cb = {{0}};
+        if (d->in)
+            stop_consuming(d, &cb);
+    }
+    for (size_t i = 0; i < n; i++) {
+        settle_item(d, &d->batch[i], rcs[i], outcome[i]);
+        if (rcs[i] == TQ_OK)
+            d->wake = 1;
+    }
+    d->n_batch = 0;
+}
+
+/* One delivery: verify the publisher, decode and check. 1: it joined the batch (the batch
+ * owns *env now); 0: settled here (dead-lettered, deferred or nacked). */
+static int handle(dispatcher *d, amqp_envelope_t *env)
+{
+    if (!d->consuming || atomic_load(&d->w->stopping)) {
+        /* arrived after cancel: elsewhere, without spending its delivery count */
+        defer(d, env);
         return 0;
     }
+    if (!publisher_verified(d, env))
+        return 0;
+    intake_item *it = &d->batch[d->n_batch];
+    if (!accept_message(d, env, &it->m))
+        return 0;
+    it->env = *env;
+    d->n_batch++;
     return 1;
 }
 
-/* Settles a delivery by the claim's outcome; a claimed job is launched first. */
-static void act_on_claim(dispatcher *d, amqp_envelope_t *env, const tq_job_msg *m,
-                         const tq_claim *cl)
+/* LISTEN on the dispatcher's connection, again whenever the runner replaced it. */
+static void listen_runnable(dispatcher *d)
 {
-    tq_worker *w = d->w;
-    switch (cl->outcome) {
-    case TQ_CLAIM_MISMATCH:
-        dead_letter(d, env, cl->reason);
-        break;
-    case TQ_CLAIM_DUPLICATE:
-        tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
-        tq_log(TQ_LOG_INFO, "job.duplicate", "job %s: duplicate delivery dropped (%s)", m->job_id,
-               cl->reason);
-        settle(d, env->delivery_tag, 1);
-        break;
-    case TQ_CLAIM_FAILED:
-        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
-        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: %s", m->job_id, cl->reason);
-        settle(d, env->delivery_tag, 1);
-        break;
-    case TQ_CLAIM_PARKED:
-        tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
-        tq_log(TQ_LOG_INFO, "job.parked", "job %s parked: %s", m->job_id, cl->reason);
-        settle(d, env->delivery_tag, 1);
-        break;
-    case TQ_CLAIM_CLAIMED: {
-        int slot = tq_slot_reserve(w, m->job_id);
-        if (slot < 0) { /* cannot happen: only this thread reserves */
-            give_back(d, cl, m->job_id, "no free slot");
-            settle(d, env->delivery_tag, 1);
-            break;
-        }
-        if (!launch(d, slot, cl, m->job_id))
-            tq_slot_free(w, slot);
-        /* Taking the last slot (or losing dockerd): cancel before the ack, see top. */
-        if (tq_slots_free(w) == 0 || !atomic_load(&w->docker_ok) || !host_usable(d)) {
-            tq_errbuf cb = {{0}};
-            if (stop_consuming(d, &cb) != TQ_OK)
-                tq_log(TQ_LOG_WARN, "amqp.cancel_failed", "%s", cb.msg);
-        }
-        if (d->in)
-            settle(d, env->delivery_tag, 1);
-        break;
-    }
-    }
+    if (!d->db || PQstatus(d->db) != CONNECTION_OK || PQbackendPID(d->db) == d->listen_pid)
+        return;
+    tq_errbuf eb = {{0}};
+    if (tq_cdb_listen_runnable(d->db, &eb) == TQ_OK)
+        d->listen_pid = PQbackendPID(d->db);
+    else
+        tq_log(TQ_LOG_DEBUG, "db.listen_failed", "%s", eb.msg);
 }
 
-/* One delivery: verify the publisher, decode and check, claim, act. Every path settles the
- * delivery exactly once (ack, nack, dead-letter or defer). */
-static void handle(dispatcher *d, amqp_envelope_t *env)
+/* GPUs one slot holds: one device per slot with ids or `all` (one slot), none on CPU. */
+static int slot_gpus(const tq_config *cfg)
 {
-    if (!d->consuming || atomic_load(&d->w->stopping)) {
-        settle(d, env->delivery_tag, 0); /* arrived after cancel */
-        return;
+    return cfg->gpus_mode == TQ_GPUS_CFG_NONE ? 0 : 1;
+}
+
+/* Fills the free slots from Postgres, when something may have become runnable. */
+static void fill(dispatcher *d)
+{
+    tq_worker *w = d->w;
+    double now = tq_mono_now();
+    int heard = d->db ? tq_cdb_runnable_notified(d->db) : 0;
+    if (heard < 0) {
+        /* Died while idle: a fresh one now, so that neither the next pick nor the next
+         * intake fails on it (the runner opens it), and LISTEN again on it. */
+        PQfinish(d->db);
+        d->db = NULL;
+        d->listen_pid = 0;
     }
-    if (!publisher_verified(d, env))
+    if (heard != 0)
+        d->wake = 1;
+    int free_now = tq_slots_free(w);
+    if (free_now > d->free_seen)
+        d->wake = 1; /* one of ours ended */
+    d->free_seen = free_now;
+    if (!d->wake && now < d->pick_at)
         return;
-    tq_job_msg m;
-    if (!accept_message(d, env, &m))
-        return;
-    tq_claim cl;
-    if (claim(d, env, &m, &cl)) {
-        act_on_claim(d, env, &m, &cl);
+    /* A draining worker (an operator's drain, db/procedures/90_admin.sql) finishes what runs
+     * and picks nothing new; its intake goes on, which only makes rows durable. */
+    if (free_now == 0 || atomic_load(&w->stopping) || !atomic_load(&w->docker_ok) ||
+        !atomic_load(&w->db_ok) || !host_usable(d) || atomic_load(&w->draining))
+        return; /* the wake stays: it is taken up once a slot can be filled */
+    d->wake = 0;
+    d->pick_at = now + PICK_EVERY_S;
+    int failed = 0;
+    while (tq_slots_free(w) > 0 && failed < PICK_FAILED_MAX && !atomic_load(&w->stopping)) {
+        tq_claim cl;
+        tq_errbuf eb = {{0}};
+        claim_retry_arg ra = {w, "(pick)"};
+        const tq_db_txn how = dispatcher_txn(d, &ra, 0);
+        int rc = tq_cdb_pick(&d->db, &how, w->cfg->worker_id, w->cfg->lease_seconds,
+                             slot_gpus(w->cfg), &cl, &eb);
+        if (rc != TQ_OK) {
+            if (rc == TQ_ERR_UNAVAILABLE)
+                atomic_store(&w->db_ok, 0);
+            tq_log(rc == TQ_ERR_INTERNAL ? TQ_LOG_ERROR : TQ_LOG_WARN, "job.pick_failed", "%s",
+                   eb.msg);
+            break;
+        }
+        if (cl.outcome == TQ_CLAIM_NONE || cl.outcome == TQ_CLAIM_BUSY) {
+            if (cl.outcome == TQ_CLAIM_BUSY) /* that claim or job end commits in a moment */
+                d->pick_at = tq_mono_now() + PICK_BUSY_S;
+            tq_claim_free(&cl);
+            break;
+        }
+        if (cl.outcome == TQ_CLAIM_FAILED) {
+            failed++;
+            tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
+            tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: %s", cl.job_id, cl.reason);
+            tq_claim_free(&cl);
+            continue;
+        }
+        int slot = tq_slot_reserve(w, cl.job_id);
+        if (slot < 0) { /* cannot happen: only this thread reserves */
+            give_back(d, &cl, cl.job_id, "no free slot");
+            tq_claim_free(&cl);
+            break;
+        }
+        if (!launch(d, slot, &cl, cl.job_id))
+            tq_slot_free(w, slot);
         tq_claim_free(&cl);
+        if (!atomic_load(&w->docker_ok) || !host_usable(d))
+            break;
     }
-    tq_msg_free(&m);
+    listen_runnable(d);
+    d->free_seen = tq_slots_free(w);
 }
 
 /* Every few seconds: the ready count of trainq.jobs, for the sweeper's stranded repair
@@ -798,36 +931,36 @@ static void read_queue_depth(dispatcher *d)
     atomic_store(&d->w->queue_ready_at, now);
 }
 
-/* Reads one delivery or frame (bounded wait). */
-static void pump(dispatcher *d)
+/* Reads one delivery or frame (waits at most wait_ms). 1 when a delivery was read. */
+static int read_one(dispatcher *d, long wait_ms)
 {
     amqp_connection_state_t st = tq_amqp_state(d->in);
     amqp_maybe_release_buffers(st);
     amqp_envelope_t env;
-    struct timeval tv = {0, CONSUME_WAIT_MS * 1000};
+    struct timeval tv = {0, wait_ms * 1000};
     amqp_rpc_reply_t res = amqp_consume_message(st, &env, &tv, 0);
     if (res.reply_type == AMQP_RESPONSE_NORMAL) {
-        handle(d, &env);
-        amqp_destroy_envelope(&env);
-        return;
+        if (!handle(d, &env))
+            amqp_destroy_envelope(&env);
+        return 1;
     }
     if (res.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
         res.library_error == AMQP_STATUS_TIMEOUT)
-        return;
+        return 0;
     tq_errbuf eb = {{0}};
     if (res.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
         res.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
         amqp_frame_t f;
         if (amqp_simple_wait_frame(st, &f) != AMQP_STATUS_OK) {
             drop_amqp(d);
-            return;
+            return 0;
         }
         if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_CANCEL_METHOD) {
             /* the broker cancelled us (queue deleted): consume again once redeclared */
             tq_log(TQ_LOG_WARN, "amqp.cancelled", "broker cancelled the consumer");
             d->consuming = 0;
             tq_amqp_declare_topology(d->in, &eb);
-            return;
+            return 0;
         }
         if (tq_amqp_handle_frame(d->in, &f, &eb) != TQ_OK) {
             /* The broker closed our channel (or connection): the consumer is gone with it
@@ -839,11 +972,21 @@ static void pump(dispatcher *d)
             drop_amqp(d);
         else if (tq_amqp_channel_epoch(d->in) != d->epoch)
             d->consuming = 0;
-        return;
+        return 0;
     }
     tq_amqp_check_reply(d->in, res, "could not read from trainq.jobs", &eb);
     tq_log(TQ_LOG_WARN, "amqp.lost", "%s", eb.msg);
     drop_amqp(d);
+    return 0;
+}
+
+/* Reads deliveries while they stream in, up to one batch, and stores them. */
+static void pump(dispatcher *d)
+{
+    if (read_one(d, CONSUME_WAIT_MS))
+        while (d->in && d->n_batch < INTAKE_BATCH && read_one(d, BATCH_WAIT_MS))
+            ;
+    flush_intake(d);
 }
 
 void *tq_dispatch_main(void *arg)
@@ -851,6 +994,12 @@ void *tq_dispatch_main(void *arg)
     dispatcher d;
     memset(&d, 0, sizeof d);
     d.w = arg;
+    d.batch = calloc(INTAKE_BATCH, sizeof *d.batch);
+    if (!d.batch) {
+        tq_log(TQ_LOG_ERROR, "consumer.nomem", "could not allocate the intake batch");
+        atomic_store(&d.w->stopping, 1);
+        return NULL;
+    }
     tq_backoff_init(&d.backoff, 100, 5000, TQ_BACKOFF_JITTER, (unsigned)rand());
     tq_worker *w = d.w;
     int logged_down = 0, ready = 0;
@@ -879,8 +1028,9 @@ void *tq_dispatch_main(void *arg)
         }
         tq_amqp_pump(d.dead, &eb);
         read_queue_depth(&d);
-        int want = atomic_load(&w->docker_ok) && atomic_load(&w->db_ok) && host_usable(&d) &&
-                   tq_slots_free(w) > 0 && !atomic_load(&w->draining);
+        fill(&d);
+        /* Intake needs only Postgres: slots and dockerd are the picker's business. */
+        int want = atomic_load(&w->db_ok);
         if (want && !d.consuming) {
             if (start_consuming(&d, &eb) != TQ_OK) {
                 tq_log(TQ_LOG_WARN, "amqp.consume_failed", "%s", eb.msg);
@@ -906,5 +1056,6 @@ void *tq_dispatch_main(void *arg)
     drop_amqp(&d);
     if (d.db)
         PQfinish(d.db);
+    free(d.batch);
     return NULL;
 }

@@ -115,6 +115,7 @@ void *tq_sweeper_main(void *arg)
     tq_worker *w = arg;
     PGconn *db = NULL;
     double up_since = -1; /* monotonic time since when this connection has answered */
+    tq_cdb_usage usage = {0};
     while (!atomic_load(&w->stopping)) {
         tq_errbuf eb = {{0}};
         int recovered = 0, released = 0;
@@ -136,12 +137,16 @@ void *tq_sweeper_main(void *arg)
                                      ? atomic_load(&w->queue_ready)
                                      : -1;
             rc = tq_cdb_sweep(db, w->cfg->stranded_seconds, in_queue, &released, &eb);
-            if (rc == TQ_OK && released) {
-                tq_log(TQ_LOG_INFO, "sweeper.released",
-                       "released %d parked or stranded job(s) (%lld ready in the queue)", released,
-                       in_queue);
-                tq_cmetrics_add(TQ_CM_JOBS_RELEASED, released);
-            }
+            /* Only a wake-up since 0012 (db/procedures/40_dispatch.sql): the pickers of
+             * every host look again; nothing is republished. */
+            if (rc == TQ_OK && released)
+                tq_log(TQ_LOG_DEBUG, "sweeper.woke",
+                       "%d user(s) have queued jobs with room: pickers woken", released);
+        }
+        if (rc == TQ_OK && (rc = tq_cdb_usage_totals(db, &usage, &eb)) == TQ_OK) {
+            tq_cmetrics_set(TQ_CM_CLUSTER_ATTEMPTS, (long)usage.attempts);
+            tq_cmetrics_set(TQ_CM_CLUSTER_GPU_SECONDS, (long)usage.gpu_seconds);
+            tq_cmetrics_set(TQ_CM_CLUSTER_WALL_SECONDS, (long)usage.wall_seconds);
         }
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "sweeper.failed", "%s", eb.msg);

@@ -43,6 +43,8 @@ void tq_h_job_cancel(tq_req *r);
 void tq_h_job_events(tq_req *r);
 void tq_h_job_delete(tq_req *r);
 
+void tq_h_usage(tq_req *r); /* usage.c: GET /api/training/usage */
+
 void tq_h_job_logs(tq_req *r);
 void tq_h_job_stream(tq_req *r);
 void tq_h_job_artifacts(tq_req *r);

@@ -227,8 +227,9 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     submit_arg *a = arg;
     a->out->replayed = 0;
+    a->out->max_priority[0] = '\0';
     const tq_pdb_job_hook *h = a->hook;
-    const char *p[10] = {a->user,
+    const char *p[11] = {a->user,
                          a->job_id,
                          a->s->dataset_id,
                          tq_job_type_name(a->s->type),
@@ -237,12 +238,14 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
                          a->canon,
                          h ? h->url : NULL,
                          h ? h->events_json : NULL,
-                         h ? h->new_secret : NULL};
+                         h ? h->new_secret : NULL,
+                         a->s->priority != TQ_PRIORITY_NORMAL ? tq_priority_name(a->s->priority)
+                                                              : NULL};
     PGresult *res = NULL;
     int rc = exec(t,
-                  "SELECT outcome, submitted_id FROM tq_submit($1, $2::uuid, $3::uuid, $4, $5,"
-                  " $6, $7, $8, $9::jsonb, $10)",
-                  10, p, &res, eb);
+                  "SELECT outcome, submitted_id, max_priority FROM tq_submit($1, $2::uuid,"
+                  " $3::uuid, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)",
+                  11, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -267,7 +270,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
         rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset not found");
     else if (strcmp(outcome, "dataset_forbidden") == 0)
         rc = tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset belongs to another user");
-    else
+    else if (strcmp(outcome, "priority_forbidden") == 0) {
+        col_copy(res, 0, 2, a->out->max_priority, sizeof a->out->max_priority);
+        rc = tq_errf(eb, TQ_ERR_FORBIDDEN, "priority above the user's max_priority");
+    } else
         rc = tq_errf(eb, TQ_ERR_DB, "tq_submit: unknown outcome \"%s\"", outcome);
     PQclear(res);
     return rc;
@@ -292,20 +298,10 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
 /* ------------------------------------------------------------------ jobs */
 
 /* The job as the API shows it (the seed's DbTrainingJob plus queue fields). */
-/* docs/api.md, "Queue position": an unparked queued job counts the unparked queued jobs
- * submitted before it (every user's: the queue is one FIFO); a parked job counts every
- * unparked queued job (its release puts it behind them) and its user's parked jobs
- * submitted before it (released oldest first). Both counts use the partial indexes
- * training_jobs_unparked and training_jobs_parked; the row is aliased j. */
-#define QUEUE_POSITION                                                                             \
-    "CASE WHEN j.status <> 'queued' THEN NULL WHEN j.parked_at IS NULL THEN"                       \
-    " 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                         \
-    "      AND q.parked_at IS NULL AND (q.created_at, q.id) < (j.created_at, j.id))"               \
-    " ELSE 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued'"                    \
-    "      AND q.parked_at IS NULL)"                                                               \
-    "    + (SELECT count(*) FROM training_jobs q WHERE q.user_id = j.user_id"                      \
-    "      AND q.status = 'queued' AND q.parked_at IS NOT NULL"                                    \
-    "      AND (q.created_at, q.id) < (j.created_at, j.id)) END"
+/* docs/api.md, "Queue position": the order in which free slots pick queued jobs
+ * (db/procedures/65_schedule.sql: tq_queue_position, tq_waiting_reason); the row is
+ * aliased j. */
+#define QUEUE_POSITION "CASE WHEN j.status = 'queued' THEN tq_queue_position(j.id) END"
 
 #define JOB_JSON                                                                                   \
     "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,"                    \
@@ -320,8 +316,8 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
     " 'queue_position', " QUEUE_POSITION ","                                                       \
-    " 'waiting_reason', CASE WHEN status <> 'queued' THEN NULL"                                    \
-    "   WHEN parked_at IS NULL THEN 'capacity' ELSE 'user_limit' END)::text"
+    " 'waiting_reason', CASE WHEN status = 'queued' THEN tq_waiting_reason(user_id) END,"          \
+    " 'priority', tq_priority_name(priority))::text"
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
@@ -530,6 +526,50 @@ int tq_pdb_job_events(const char *user, const char *job_id, json_t **events, tq_
 {
     job_arg a = {.user = user, .job_id = job_id};
     return run_json(events_fn, &a, &a.json, events, eb);
+}
+
+/* ------------------------------------------------------------------ usage */
+
+typedef struct {
+    const char *user;
+    char from[INT_TEXT_BUF], to[INT_TEXT_BUF];
+    json_t *json;
+} usage_arg;
+
+static int usage_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    usage_arg *a = arg;
+    const char *p[3] = {a->user, a->from, a->to};
+    PGresult *res = NULL;
+    int rc = exec(
+        t,
+        "WITH r AS (SELECT to_timestamp($2::bigint / 1000.0) AS f,"
+        "                  to_timestamp($3::bigint / 1000.0) AS t),"
+        " d AS (SELECT u.* FROM r, tq_usage_days($1, r.f, r.t) u)"
+        " SELECT json_build_object('from', (SELECT f FROM r), 'to', (SELECT t FROM r),"
+        "  'days', COALESCE((SELECT json_agg(json_build_object('day', day, 'jobs',"
+        "    json_build_object('completed', completed, 'failed', failed, 'cancelled', cancelled),"
+        "    'attempts', attempts, 'gpu_seconds', gpu_seconds, 'wall_seconds', wall_seconds)"
+        "    ORDER BY day) FROM d), '[]'),"
+        "  'totals', (SELECT json_build_object('jobs', json_build_object('completed',"
+        "    COALESCE(sum(completed), 0), 'failed', COALESCE(sum(failed), 0), 'cancelled',"
+        "    COALESCE(sum(cancelled), 0)), 'attempts', COALESCE(sum(attempts), 0),"
+        "    'gpu_seconds', COALESCE(sum(gpu_seconds), 0), 'wall_seconds',"
+        "    COALESCE(sum(wall_seconds), 0)) FROM d))::text",
+        3, p, &res, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = col_json(res, 0, 0, &a->json, eb);
+    PQclear(res);
+    return rc;
+}
+
+int tq_pdb_usage(const char *user, int64_t from_ms, int64_t to_ms, json_t **out, tq_errbuf *eb)
+{
+    usage_arg a = {.user = user};
+    snprintf(a.from, sizeof a.from, "%lld", (long long)from_ms);
+    snprintf(a.to, sizeof a.to, "%lld", (long long)to_ms);
+    return run_json(usage_fn, &a, &a.json, out, eb);
 }
 
 static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)

@@ -44,6 +44,8 @@ typedef struct {
 typedef struct {
     char job_id[TQ_UUID_BUF];
     int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
+    /* TQ_ERR_FORBIDDEN for the priority: the highest the user may ask for ("" otherwise) */
+    char max_priority[8];
 } tq_pdb_submitted;
 
 /* In one transaction: idempotency lookup, dataset check, job row (status queued, source
@@ -52,11 +54,17 @@ typedef struct {
  * what was first published. idem_key may be NULL. With hook non-NULL, before the job row
  * (whose insert trigger reads it), the job's webhook row and the user's default secret.
  * All of it in one round trip (tq_submit, db/procedures/35_submit.sql).
- * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user.
+ * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user, or (with
+ * out->max_priority set) s->priority above the user's user_limits.max_priority.
  * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
                   const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb);
+
+/* The user's usage in [from_ms, to_ms) (Unix milliseconds) as a new JSON object (caller
+ * decrefs): {from, to, days: [{day, jobs: {completed, failed, cancelled}, attempts,
+ * gpu_seconds, wall_seconds}], totals: {the same without day}} (tq_usage_days). */
+int tq_pdb_usage(const char *user, int64_t from_ms, int64_t to_ms, json_t **out, tq_errbuf *eb);
 
 /* The job as JSON (new reference). TQ_ERR_NOT_FOUND when absent or another user's. */
 int tq_pdb_job_get(const char *user, const char *job_id, json_t **job, tq_errbuf *eb);

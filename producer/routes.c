@@ -37,6 +37,7 @@ static const route_entry routes[] = {
     {"/api/training/jobs/{id}/artifacts", tq_h_job_artifacts, NULL, NULL},
     {"/api/training/jobs/{id}/artifacts/{name}", tq_h_job_artifact, NULL, NULL},
     {"/api/training/stream", tq_h_stream_all, NULL, NULL},
+    {"/api/training/usage", tq_h_usage, NULL, NULL},
     /* before ".../{id}", which would take "default-secret" for an id */
     {"/api/training/webhooks/default-secret", tq_h_webhook_default_secret, NULL, NULL},
     {"/api/training/webhooks", tq_h_webhook_list, tq_h_webhook_create, NULL},

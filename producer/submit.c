@@ -183,7 +183,18 @@ static void reply_submitted(tq_req *r, int rc, const tq_pdb_submitted *res, tq_j
         tq_req_reply_error(r, 404, "dataset not found");
         break;
     case TQ_ERR_FORBIDDEN:
-        tq_req_reply_error(r, 403, "dataset belongs to another user");
+        if (res->max_priority[0]) {
+            /* the shape of a 400's details, so that a client finds the field the same way */
+            tq_validation v = {0};
+            tq_validation_add(&v, "priority", "must be at most \"%s\" for this user",
+                              res->max_priority);
+            tq_req_reply_json(r, 403,
+                              json_pack("{s:b, s:s, s:o*}", "success", 0, "error",
+                                        "priority not allowed", "details",
+                                        tq_validation_to_json(&v)));
+        } else {
+            tq_req_reply_error(r, 403, "dataset belongs to another user");
+        }
         break;
     case TQ_ERR_CONFLICT:
         tq_req_reply_error(r, 422, "idempotency key reused with a different request");

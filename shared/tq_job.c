@@ -124,6 +124,23 @@ const char *tq_job_type_name(tq_job_type t)
     return "unknown";
 }
 
+static const char *const PRIORITY_NAMES[] = {"normal", "low", "high"}; /* by tq_priority */
+
+const char *tq_priority_name(tq_priority p)
+{
+    return (unsigned)p < 3 ? PRIORITY_NAMES[p] : "unknown";
+}
+
+int tq_priority_parse(const char *s, tq_priority *out)
+{
+    for (int i = 0; s && i < 3; i++)
+        if (strcmp(s, PRIORITY_NAMES[i]) == 0) {
+            *out = (tq_priority)i;
+            return TQ_OK;
+        }
+    return TQ_ERR_INVALID;
+}
+
 int tq_job_type_parse(const char *s, tq_job_type *out)
 {
     if (s && strcmp(s, "lora") == 0) {
@@ -359,8 +376,8 @@ static void check_unknown(const json_t *obj, const char *prefix, const char *con
     }
 }
 
-static const char *const submission_keys[] = {"dataset_id", "name",          "type", "base_model",
-                                              "config",     "trigger_words", NULL};
+static const char *const submission_keys[] = {
+    "dataset_id", "name", "type", "base_model", "config", "trigger_words", "priority", NULL};
 static const char *const config_keys[] = {"learning_rate", "batch_size", "steps", "resolution",
                                           "lora_rank",     "lora_alpha", NULL};
 
@@ -425,6 +442,16 @@ static int copy_submission(tq_submission *out, const char *dataset_id, const cha
                            tq_job_type type, const char *base_model, const tq_train_config *cfg,
                            const json_t *words);
 
+/* priority: optional, one of the three names; absent -> normal. */
+static tq_priority check_priority(const json_t *x, tq_validation *v)
+{
+    tq_priority p = TQ_PRIORITY_NORMAL;
+    if (x && (!json_is_string(x) || json_string_length(x) != strlen(json_string_value(x)) ||
+              tq_priority_parse(json_string_value(x), &p) != TQ_OK))
+        tq_validation_add(v, "priority", "must be one of \"low\", \"normal\", \"high\"");
+    return p;
+}
+
 int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation *v)
 {
     tq_validation local;
@@ -483,11 +510,15 @@ int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation
 
     check_config(json_object_get(obj, "config"), &cfg, v);
     words = check_trigger_words(json_object_get(obj, "trigger_words"), v);
+    tq_priority priority = check_priority(json_object_get(obj, "priority"), v);
     check_unknown(obj, "", submission_keys, v);
 
     if (v->n > 0)
         return TQ_ERR_INVALID;
-    return copy_submission(out, dataset_id, name, type, base_model, &cfg, words);
+    int rc = copy_submission(out, dataset_id, name, type, base_model, &cfg, words);
+    if (rc == TQ_OK)
+        out->priority = priority;
+    return rc;
 }
 
 /* Fills out from values that passed validation; only copies (and lowercases the dataset
@@ -576,6 +607,8 @@ json_t *tq_submission_to_json(const tq_submission *s)
     tq_json_put(o, "base_model", json_string(s->base_model), &failed);
     tq_json_put(o, "config", cfg, &failed);
     tq_json_put(o, "trigger_words", words, &failed);
+    if (s->priority != TQ_PRIORITY_NORMAL)
+        tq_json_put(o, "priority", json_string(tq_priority_name(s->priority)), &failed);
     if (failed) {
         json_decref(o);
         return NULL;

@@ -109,6 +109,10 @@ json_t *tq_validation_to_json(const tq_validation *v);
 
 typedef enum { TQ_JOB_LORA, TQ_JOB_DREAMBOOTH } tq_job_type;
 
+/* Normal is 0, so that a zeroed submission is a normal one; the database keeps its own
+ * numbers, in the order of starting (training_jobs.priority, 65_schedule.sql). */
+typedef enum { TQ_PRIORITY_NORMAL, TQ_PRIORITY_LOW, TQ_PRIORITY_HIGH } tq_priority;
+
 typedef struct {
     double learning_rate;
     int batch_size, steps, resolution, lora_rank, lora_alpha;
@@ -125,6 +129,7 @@ typedef struct {
     tq_train_config config;
     char **trigger_words;
     size_t n_trigger_words;
+    tq_priority priority; /* optional in the body; TQ_PRIORITY_NORMAL when absent */
 } tq_submission;
 
 /* Static string "lora" / "dreambooth" ("unknown" for a value outside the enum). */
@@ -132,6 +137,11 @@ const char *tq_job_type_name(tq_job_type t);
 
 /* Exact, case-sensitive. TQ_OK or TQ_ERR_INVALID (out untouched). */
 int tq_job_type_parse(const char *s, tq_job_type *out);
+
+/* Static string "low" / "normal" / "high" ("unknown" outside the enum); parse is exact,
+ * case-sensitive: TQ_OK or TQ_ERR_INVALID (out untouched). */
+const char *tq_priority_name(tq_priority p);
+int tq_priority_parse(const char *s, tq_priority *out);
 
 /* Fills c with the seed's defaults. */
 void tq_train_config_defaults(tq_train_config *c);
@@ -178,8 +188,9 @@ int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation
 
 /* Every field present, defaults applied, keys in a fixed order (dataset_id, name, type,
  * base_model, config{learning_rate, batch_size, steps, resolution, lora_rank, lora_alpha},
- * trigger_words). New reference, caller decrefs; NULL on allocation failure or when s has
- * a NULL string member. */
+ * trigger_words, then priority only when it is not normal: a normal job's body is the same
+ * bytes as before priorities existed). New reference, caller decrefs; NULL on allocation failure or
+ * when s has a NULL string member. */
 json_t *tq_submission_to_json(const tq_submission *s);
 
 /* Frees the members (not s itself) and zeroes s; safe to call twice. */

@@ -164,7 +164,8 @@ static int msg_equal(const tq_job_msg *a, const tq_job_msg *b)
         x->config.batch_size != y->config.batch_size || x->config.steps != y->config.steps ||
         x->config.resolution != y->config.resolution ||
         x->config.lora_rank != y->config.lora_rank ||
-        x->config.lora_alpha != y->config.lora_alpha || x->n_trigger_words != y->n_trigger_words)
+        x->config.lora_alpha != y->config.lora_alpha || x->n_trigger_words != y->n_trigger_words ||
+        x->priority != y->priority)
         return 0;
     for (size_t i = 0; i < x->n_trigger_words; i++)
         if (strcmp(x->trigger_words[i], y->trigger_words[i]) != 0)

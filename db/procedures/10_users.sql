@@ -29,3 +29,9 @@ LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7411, hashtext(p_user)) $$;
 -- next is exact (producer/pdb.c, the per-endpoint concurrency cap of docs/webhooks.md).
 CREATE OR REPLACE FUNCTION tq_lock_webhook_endpoint(p_endpoint uuid) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7413, hashtext(p_endpoint::text)) $$;
+
+-- The user's lock without waiting (tq_pick, 65_schedule.sql): a picker that already holds
+-- other users' locks must not wait for one out of user_id order; a user whose lock is held
+-- is being claimed or released by someone else and is skipped this time. false: not taken.
+CREATE OR REPLACE FUNCTION tq_try_lock_user(p_user text) RETURNS boolean
+LANGUAGE sql AS $$ SELECT pg_try_advisory_xact_lock(7411, hashtext(p_user)) $$;

@@ -10,11 +10,43 @@
 --  * a job id is created once: a second call with the same id (a redelivery, a re-publish)
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
--- Returns true when it created the row. A clash on (user_id, idempotency_key) is an error
--- (unique_violation) for the caller to handle. p_reply_to / p_correlation_id: the AMQP
--- properties of a message published straight to AMQP (0015_events.sql), stored with the
--- row before its insert trigger writes the first event, so even 'queued' is replied to.
+-- tq_insert_jobs inserts a batch (the consumer's intake, 65_schedule.sql: one statement for
+-- the batch, the triggers still per row) and returns the ids it created; tq_insert_job one
+-- message, true when it created the row. A clash on (user_id, idempotency_key) is an error
+-- (unique_violation) for the caller to handle. p_reply_tos / p_correlation_ids (parallel to
+-- p_messages, NULL or '' for none): the AMQP properties of a message published straight to
+-- AMQP (0015_events.sql), stored with the row before its insert trigger writes the first
+-- event, so even 'queued' is replied to.
 DROP FUNCTION IF EXISTS tq_insert_job(text, text, text, text);
+DROP FUNCTION IF EXISTS tq_insert_jobs(text[], text, text, text);
+CREATE OR REPLACE FUNCTION tq_insert_jobs(p_messages text[], p_source text,
+                                          p_idempotency_key text DEFAULT NULL,
+                                          p_request_hash text DEFAULT NULL,
+                                          p_reply_tos text[] DEFAULT NULL,
+                                          p_correlation_ids text[] DEFAULT NULL)
+RETURNS SETOF uuid
+LANGUAGE sql AS $$
+    INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
+                               trigger_words, source, idempotency_key, request_hash, message,
+                               priority, reply_to, correlation_id, created_at)
+    SELECT (m->>'job_id')::uuid, m->>'user_id', (m->>'dataset_id')::uuid, m->>'name',
+           m->>'type', m->>'base_model', m->'config',
+           ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
+                          WITH ORDINALITY AS w(e, k) ORDER BY k),
+           p_source, p_idempotency_key, p_request_hash, x.body,
+           COALESCE(tq_priority_rank(m->>'priority'), 1),
+           NULLIF(p_reply_tos[x.n], ''), NULLIF(p_correlation_ids[x.n], ''),
+           -- the clock, not the transaction's start: the rows of one intake batch keep the
+           -- order of their messages, which is their order of starting within a user
+           clock_timestamp()
+      FROM unnest(p_messages) WITH ORDINALITY AS x(body, n),
+           LATERAL (SELECT x.body::jsonb AS m) j
+     WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (m->>'job_id')::uuid)
+     ORDER BY x.n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+$$;
+
 CREATE OR REPLACE FUNCTION tq_insert_job(p_message text, p_source text,
                                          p_idempotency_key text DEFAULT NULL,
                                          p_request_hash text DEFAULT NULL,
@@ -22,18 +54,10 @@ CREATE OR REPLACE FUNCTION tq_insert_job(p_message text, p_source text,
                                          p_correlation_id text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    m jsonb := p_message::jsonb;
+    n integer;
 BEGIN
-    INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config,
-                               trigger_words, source, idempotency_key, request_hash, message,
-                               reply_to, correlation_id)
-    SELECT (m->>'job_id')::uuid, m->>'user_id', (m->>'dataset_id')::uuid, m->>'name',
-           m->>'type', m->>'base_model', m->'config',
-           ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
-                          WITH ORDINALITY AS x(e, n) ORDER BY n),
-           p_source, p_idempotency_key, p_request_hash, p_message,
-           NULLIF(p_reply_to, ''), NULLIF(p_correlation_id, '')
-     WHERE NOT EXISTS (SELECT 1 FROM job_events WHERE job_id = (m->>'job_id')::uuid)
-    ON CONFLICT (id) DO NOTHING;
-    RETURN FOUND;
+    SELECT count(*) INTO n
+      FROM tq_insert_jobs(ARRAY[p_message], p_source, p_idempotency_key, p_request_hash,
+                          ARRAY[p_reply_to], ARRAY[p_correlation_id]);
+    RETURN n > 0;
 END $$;

@@ -23,11 +23,14 @@
 -- submitted_id: the new job (p_job_id), or the job the key already names.
 -- (The signature before the webhooks, gone so no caller meets a copy without them.)
 DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text);
+DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text, text, jsonb, text);
 CREATE OR REPLACE FUNCTION tq_submit(p_user text, p_job_id uuid, p_dataset_id uuid,
                                      p_routing_key text, p_message text,
                                      p_idempotency_key text, p_canonical text,
                                      p_hook_url text, p_hook_events jsonb, p_new_secret text,
-                                     OUT outcome text, OUT submitted_id text)
+                                     p_priority text,
+                                     OUT outcome text, OUT submitted_id text,
+                                     OUT max_priority text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id    uuid;
@@ -53,6 +56,13 @@ BEGIN
     END IF;
     IF v_owner <> p_user THEN
         outcome := 'dataset_forbidden';
+        RETURN;
+    END IF;
+    -- p_priority: the submission's, NULL for normal (65_schedule.sql: the user's cap)
+    IF p_priority IS NOT NULL
+       AND tq_priority_rank(p_priority) > tq_priority_rank(tq_user_max_priority(p_user)) THEN
+        outcome := 'priority_forbidden';
+        max_priority := tq_user_max_priority(p_user);
         RETURN;
     END IF;
 

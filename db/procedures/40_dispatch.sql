@@ -1,26 +1,23 @@
--- Dispatch: releasing parked jobs, giving a claim back, recovering a job from a lost
--- worker, the reaper and the sweeper. Shared by every consumer (and usable by an operator
--- with psql). The claim itself is tq_claim (60_claim.sql).
+-- Dispatch: waking the pickers when a slot frees, giving a claim back, recovering a job
+-- from a lost worker, the reaper and the sweeper. Shared by every consumer (and usable by an
+-- operator with psql). The claim itself is tq_pick (65_schedule.sql).
 --
 -- What must stay true:
 --  * lock order: the user's lock (tq_lock_user, 10_users.sql) before any row lock, in
 --    every transaction that changes a job's status; a function that takes several users'
 --    locks takes them in user_id order;
---  * a parked job keeps its place in its user's submission order and is released (put
---    back in the outbox) when the user has room, in the transaction that made the room;
---  * a release republishes training_jobs.message, the bytes of the job's first
---    publication (30_jobs.sql), never a new encoding.
+--  * a queued job keeps its place in the order (65_schedule.sql) whatever happens to it:
+--    a retry or a give-back leaves priority and created_at as they are;
+--  * every transaction that frees a user's slot calls tq_release_parked, which wakes the
+--    pickers at its commit.
 
--- Release (republish through the outbox) the oldest parked jobs of a user, as many as the
--- user has free active slots. Must run in the transaction that freed the slot (or found it
--- free), after that change, so that the release is durable exactly when the slot is.
--- Takes the user's lock, as the active-job guard does: releases and claims of one user are
--- serialised, which is what keeps each user's jobs in submission order.
--- Skips parked rows that another transaction holds (a claim of that very job, or a cancel):
--- waiting for them while holding the user's lock could deadlock with a transaction that
--- locked the row first and then needs that lock. The skipped job is being handled by
--- whoever holds it; the sweeper covers the rest. A release is not repeated within a couple
--- of seconds, so job ends and the sweeper do not flood the queue with copies.
+-- A slot of the user was freed (or found free): wakes the pickers (NOTIFY trainq_runnable,
+-- 65_schedule.sql) when the user has queued jobs that may now start. Must run in the
+-- transaction that freed the slot, after that change: the notification is sent at its
+-- commit, when the room is visible. Takes the user's lock, as the active-job guard does.
+-- Returns how many of the user's queued jobs now have room (at most the free slots). The
+-- name stays from when a release republished parked jobs through the outbox: a job's row
+-- is now all a free slot needs (tq_pick).
 CREATE OR REPLACE FUNCTION tq_release_parked(p_user text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -33,29 +30,19 @@ BEGIN
     IF n_free <= 0 THEN
         RETURN 0;
     END IF;
-    WITH next AS (
-        SELECT id FROM training_jobs
-         WHERE user_id = p_user AND status = 'queued' AND parked_at IS NOT NULL
-         ORDER BY created_at, id
-         LIMIT n_free
-         FOR UPDATE SKIP LOCKED
-    ), fresh AS (
-        UPDATE training_jobs t SET released_at = now()
-          FROM next
-         WHERE t.id = next.id
-           AND (t.released_at IS NULL OR t.released_at < now() - interval '2 seconds')
-        RETURNING t.id, t.type, t.message
-    )
-    INSERT INTO outbox (job_id, routing_key, payload)
-    SELECT id, type, message FROM fresh;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    SELECT count(*) INTO n FROM (SELECT 1 FROM training_jobs
+                                  WHERE user_id = p_user AND status = 'queued'
+                                  LIMIT n_free) q;
+    IF n > 0 THEN
+        PERFORM pg_notify('trainq_runnable', '');
+    END IF;
     RETURN n;
 END $$;
 
 -- Give a claimed job back: it could not start on this host for a reason of the host's
 -- (dockerd away, image or runtime missing, container name still being removed). It keeps its
--- place in its user's order (parked, released if the user has room, after a short backoff)
--- and its attempts.
+-- place in the order (queued, picked again after a short backoff, not_before) and its
+-- attempts.
 -- A cancellation requested meanwhile is completed instead of requeueing a job nobody wants;
 -- after p_max_host_retries give-backs the job fails with the last reason. Fenced: returns
 -- 'fenced' when the claim is no longer the caller's. Returns 'requeued' | 'cancelled' |
@@ -101,22 +88,18 @@ BEGIN
         UPDATE training_jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
                container_id = NULL, fencing_token = fencing_token + 1,
                attempts = GREATEST(attempts - 1, 0), host_retries = host_retries + 1,
-               parked_at = now(), released_at = NULL
+               -- Whatever kept it from starting may still be there a moment later (a name
+               -- being removed, a host about to notice it is broken): 2, 4, 8 … 60 s.
+               not_before = now() + make_interval(secs => least(60, 2 ^ (j.host_retries + 1)))
          WHERE id = p_id;
     END IF;
     PERFORM set_config('trainq.reason', '', true);
     PERFORM tq_release_parked(j.user_id);
-    IF outcome = 'requeued' THEN
-        -- Whatever kept it from starting may still be there a moment later (a name being
-        -- removed, a host about to notice it is broken): its release waits 2, 4, 8 … 60 s.
-        UPDATE outbox SET available_at = now() + make_interval(secs => least(60, 2 ^ (j.host_retries + 1)))
-         WHERE job_id = p_id AND published_at IS NULL AND exchange = 'trainq.jobs';
-    END IF;
     RETURN outcome;
 END $$;
 
--- Take an active job away from its worker: retry it (queued and parked, so it keeps its
--- place in its user's order and is released at once if the user has room), fail it after
+-- Take an active job away from its worker: retry it (queued, so it keeps its place in the
+-- order and is picked at once if the user has room), fail it after
 -- p_max_attempts, or finish a requested cancellation. The fencing token moves on, so a
 -- worker that comes back late cannot overwrite the outcome. With p_only_expired the lease
 -- is re-checked under the row lock (the reaper's race with a renewing worker).
@@ -146,8 +129,7 @@ BEGIN
         PERFORM set_config('trainq.reason',
             format('%s; retrying (attempt %s of %s)', p_reason, j.attempts + 1, p_max_attempts), true);
         UPDATE training_jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
-               container_id = NULL, fencing_token = fencing_token + 1,
-               parked_at = now(), released_at = NULL
+               container_id = NULL, fencing_token = fencing_token + 1
          WHERE id = p_id;
     ELSE
         outcome := 'failed';
@@ -189,53 +171,25 @@ BEGIN
     END LOOP;
 END $$;
 
--- The sweeper: releases parked jobs of every user who has room (repairs a release that a
--- crash lost), with the stranded repair. p_stranded_seconds bounds how long a queued job
--- may go without being claimed, parked or republished. p_in_queue is the number of ready
--- messages in trainq.jobs (a passive declare; NULL when unknown): the queue is FIFO, so the
--- newest p_in_queue unparked jobs may still be waiting there behind a backlog and are left
--- alone; older ones have certainly left it (or were never there) and are parked, then
--- released in their user's order. With p_in_queue NULL only parked jobs are swept.
--- Returns how many jobs it released.
---
--- What must stay true: every job that is `queued` is either in the trainq.jobs queue
--- (published recently, or behind a backlog), parked, or found here within
--- p_stranded_seconds (+ one sweep interval) and republished. The queue is a cache of the
--- job rows and the outbox: a message that left it without a claim (dead-lettered by the
--- delivery limit, purged, lost with a broker's disk) is repaired from the row.
+-- The sweeper: wakes the pickers when some queued job has room (a notification that a
+-- crash or a lost connection swallowed). Nothing else is left to repair: a queued job's row
+-- is all a free slot needs (tq_pick, 65_schedule.sql), so a message that left the queue
+-- without a claim (dead-lettered by the delivery limit, purged, lost with a broker's disk)
+-- strands nothing. p_stranded_seconds and p_in_queue are kept for the callers and unused.
+-- Returns how many users have a queued job with room.
 CREATE OR REPLACE FUNCTION tq_sweep(p_stranded_seconds integer, p_in_queue bigint) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    u record;
-    n integer := 0;
-    t interval := make_interval(secs => p_stranded_seconds);
+    n integer;
 BEGIN
-    IF p_in_queue IS NOT NULL THEN
-        -- No job message of the job unpublished (the relay will publish it) or published
-        -- within t (it may be on its way through the queue); its events (85_events.sql) do
-        -- not count.
-        WITH stranded AS (
-            SELECT j.id FROM training_jobs j
-             WHERE j.status = 'queued' AND j.parked_at IS NULL AND j.created_at < now() - t
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id
-                                  AND o.exchange = 'trainq.jobs'
-                                  AND (o.published_at IS NULL OR o.published_at > now() - t))
-             ORDER BY j.created_at DESC, j.id DESC
-            OFFSET p_in_queue
-             LIMIT 1000
-        )
-        UPDATE training_jobs t2 SET parked_at = now(), released_at = NULL
-          FROM stranded s
-         WHERE t2.id = s.id AND t2.status = 'queued' AND t2.parked_at IS NULL;
+    SELECT count(*) INTO n FROM (
+        SELECT DISTINCT q.user_id FROM training_jobs q
+         WHERE q.status = 'queued'
+           AND (SELECT count(*) FROM training_jobs a
+                 WHERE a.user_id = q.user_id AND a.status IN ('pending', 'running'))
+               < tq_user_max_active(q.user_id)) u;
+    IF n > 0 THEN
+        PERFORM pg_notify('trainq_runnable', '');
     END IF;
-    -- Users in one order (their locks are held to the end): two sweepers, or a sweeper and
-    -- the reaper (tq_reap), never wait for each other in a cycle.
-    FOR u IN SELECT DISTINCT user_id FROM training_jobs
-              WHERE status = 'queued' AND parked_at IS NOT NULL
-                AND (released_at IS NULL OR released_at < now() - t)
-              ORDER BY user_id
-    LOOP
-        n := n + tq_release_parked(u.user_id);
-    END LOOP;
     RETURN n;
 END $$;

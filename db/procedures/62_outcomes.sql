@@ -84,8 +84,9 @@ BEGIN
 END $$;
 
 -- A retry of a job whose attempt ended on this worker (the caller holds the user's lock and
--- the row lock with its fencing token): tq_recover_job with the class, and the job's next
--- release held back p_delay_seconds (hub_error's backoff; 0 for none).
+-- the row lock with its fencing token): tq_recover_job with the class, and the job held
+-- back from the pick (not_before, 65_schedule.sql) p_delay_seconds (hub_error's backoff; 0
+-- for none).
 CREATE OR REPLACE FUNCTION tq_retry_as(p_class text, p_message text, p_id uuid, p_reason text,
                                        p_max_attempts integer, p_delay_seconds integer)
 RETURNS text LANGUAGE plpgsql AS $$
@@ -96,8 +97,8 @@ BEGIN
     outcome := tq_recover_job(p_id, p_reason, p_max_attempts, false);
     PERFORM tq_set_failure(NULL, NULL);
     IF outcome = 'retried' AND p_delay_seconds > 0 THEN
-        UPDATE outbox SET available_at = now() + make_interval(secs => p_delay_seconds)
-         WHERE job_id = p_id AND published_at IS NULL AND exchange = 'trainq.jobs';
+        UPDATE training_jobs SET not_before = now() + make_interval(secs => p_delay_seconds)
+         WHERE id = p_id;
     END IF;
     RETURN outcome;
 END $$;

@@ -789,7 +789,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
     # ------------------------------------------------------------ row 4
 
     def row4(self):
-        log("row 4: release latency (parked job of a user at the limit)")
+        log("row 4: release latency (a job waiting at its user's limit)")
         rounds = 1 if self.quick else 6
         cons = self.start_consumer(f"bench-w2-{self.run}", 4, remove=False)
         c = self.http()
@@ -804,9 +804,9 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 b = self.submit(c, u, self.dataset(u, 2.5), f"r4 b{i}")
                 wait_until(lambda: self.event_at([b], "running"), 30, "job B to run")
                 x = self.submit(c, u, self.dataset(u, 0.2), f"r4 c{i}")
-                parked = wait_until(lambda: psql(
-                    f"SELECT parked_at IS NOT NULL OR status <> 'queued' FROM training_jobs"
-                    f" WHERE id = '{x}'") == "t", 30, "job C to be parked")
+                # C waits as a queued row while A and B are active (nothing is parked or
+                # republished since 0012: a freed slot picks the row)
+                parked = psql(f"SELECT status FROM training_jobs WHERE id = '{x}'") == "queued"
                 was_parked = psql(f"SELECT count(*) FROM job_events WHERE job_id = '{x}'"
                                   " AND to_status = 'running' AND at < (SELECT min(at) FROM"
                                   f" job_events WHERE job_id = '{a}' AND to_status IN"
@@ -824,11 +824,10 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 done_a = min(float(v) for (v,) in rows(
                     f"SELECT extract(epoch FROM at) FROM job_events WHERE job_id = '{a}'"
                     " AND to_status IN ('completed', 'failed', 'cancelled')"))
-                pub_c = self.published_at([x])[x]
                 if parked and was_parked:
                     lat.append((run_c - fin) * 1e3)
-                    parts.append(((done_a - fin) * 1e3, (pub_c - done_a) * 1e3,
-                                  (pend_c - pub_c) * 1e3, (run_c - pend_c) * 1e3))
+                    parts.append(((done_a - fin) * 1e3, (pend_c - done_a) * 1e3,
+                                  (run_c - pend_c) * 1e3))
                 for j in (a, b, x):
                     containers.append(psql(f"SELECT container_id FROM training_jobs"
                                            f" WHERE id = '{j}'"))
@@ -839,7 +838,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 if cid:
                     self.docker.call("DELETE", f"/containers/{cid}?force=1&v=1")
         if not lat:
-            raise Broken("no round of row 4 had its third job parked")
+            raise Broken("no round of row 4 had its third job waiting")
         self.results[4] = {"ours": lat, "parts": parts}
 
     # ------------------------------------------------------------ row 5
@@ -939,6 +938,55 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             "consumers": cons,
             "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r12m"),
             "few": self.drain(cons, n_users=few[0], per_user=few[1], tag="r12f")}
+
+    # ------------------------------------------------------------ row 13
+
+    def burst_wait(self, burst):
+        """Seconds from publishing user B's one job (straight to AMQP) to its claim, with
+        `burst` jobs of user A published just before it on the same channel, on 2 consumers
+        x 2 slots where A holds 2 slots with long jobs; and how long the publishing took."""
+        import pika
+        a, b = self.user("r13a"), self.user("r13b")
+        ds_a, ds_b = self.dataset(a, 600), self.dataset(b, 0.2)
+        cons = [self.start_consumer(f"bench-r13-{i}-{self.run}", 2) for i in (1, 2)]
+
+        def msg(u, ds):
+            return {"schema": "trainq.job.v1", "job_id": str(uuid.uuid4()), "user_id": u,
+                    "dataset_id": ds, "type": "lora", "base_model": BASE_MODEL, "config": {}}
+
+        def publish(msgs):
+            conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            try:
+                ch = conn.channel()
+                for m in msgs:
+                    ch.basic_publish("trainq.jobs", "lora", json.dumps(m), pika.BasicProperties(
+                        content_type="application/json", delivery_mode=2,
+                        message_id=m["job_id"]))
+            finally:
+                conn.close()
+        try:
+            first = [msg(a, ds_a) for _ in range(2)]
+            publish(first)
+            ids = ",".join(f"'{m['job_id']}'" for m in first)
+            wait_until(lambda: psql(f"SELECT count(*) FROM training_jobs WHERE id IN ({ids})"
+                                    " AND status = 'running'") == "2", 60, "A's two jobs running")
+            mb = msg(b, ds_b)
+            t0 = time.time()
+            publish([msg(a, ds_a) for _ in range(burst)] + [mb])
+            t1 = time.time()
+            wait_until(lambda: self.event_at([mb["job_id"]], "pending"), 60, "B's claim")
+            return self.event_at([mb["job_id"]], "pending")[mb["job_id"]] - t1, t1 - t0
+        finally:
+            for p in cons:
+                self.stop_consumer(p)
+            self.retire_queued(f"bench-r13%-{self.run}-%")
+
+    def row13(self):
+        log("row 13: another user's job behind a burst of one user's direct jobs")
+        burst = 100 if self.quick else 1000
+        alone, _ = self.burst_wait(0)
+        behind, took = self.burst_wait(burst)
+        self.results[13] = {"burst": burst, "alone": alone, "behind": behind, "publish": took}
 
     # ------------------------------------------------------------ row 7
 
@@ -1076,15 +1124,15 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         if r4 and r3:
             o = statistics.median(r4["ours"])
             b = statistics.median(r3["bare"])
-            add(f"| 4 | release: container exit → user's parked job running, median (max)"
+            add(f"| 4 | release: container exit → user's waiting job running, median (max)"
                 f" n={len(r4['ours'])} | {fmt(o, ' ms')} ({fmt(max(r4['ours']), ' ms')}) |"
                 f" bare create+start {fmt(b, ' ms')} | {sfmt(o - b, ' ms')} |"
                 f" ≤ create+start + 50 ms | {yes(o <= b + 50)} |")
-            med = [statistics.median(p[k] for p in r4["parts"]) for k in range(4)]
+            med = [statistics.median(p[k] for p in r4["parts"]) for k in range(3)]
             bw = statistics.median(r3["bare_wait"]) if r3.get("bare_wait") else None
             add(f"| 4 | release breakdown, medians | exit → outcome recorded {fmt(med[0], ' ms')};"
-                f" → release published {fmt(med[1], ' ms')}; → claimed {fmt(med[2], ' ms')};"
-                f" → running {fmt(med[3], ' ms')} | bare: exit → wait returns {fmt(bw, ' ms')};"
+                f" → picked (claimed) {fmt(med[1], ' ms')};"
+                f" → running {fmt(med[2], ' ms')} | bare: exit → wait returns {fmt(bw, ' ms')};"
                 f" create+start {fmt(b, ' ms')} | — | — | — |")
         r5 = R.get(5)
         if r5:
@@ -1182,6 +1230,13 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" request, same body: {fmt(r10['ceiling'], '/s')} |"
                 f" {fmt(r10['drain_rate'] / r10['ceiling'] if r10['ceiling'] else None, nd=2)} ×"
                 f" | — | — |")
+        r13 = R.get(13)
+        if r13:
+            extra = r13["behind"] - r13["alone"]
+            add(f"| 13 | another user's job: published → claimed behind {r13['burst']:,} direct jobs"
+                f" of one user (published in {fmt(r13['publish'], ' s', 2)}) |"
+                f" {fmt(r13['behind'], ' s', 3)} | alone: {fmt(r13['alone'], ' s', 3)} |"
+                f" +{fmt(extra, ' s', 3)} | < +1 s | {yes(extra < 1.0)} |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ row 10
@@ -1590,6 +1645,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.row11()
             if self.args.many and want(12):
                 self.row12()
+            if want(13):
+                self.row13()
         finally:
             self._sampling.set()
             for p in self.procs:

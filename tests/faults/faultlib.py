@@ -23,9 +23,10 @@ watcher's samples) plus the consumers' own logs:
   stuck       active jobs whose lease expired more than a lease ago, messages left in
               trainq.jobs, unpublished outbox rows, accepted jobs still queued
   stranded    sampled during the scenario (StrandWatcher): a queued job that for longer than
-              STRANDED_BOUND was neither in the queue (trainq.jobs had no ready message),
-              nor parked behind a user at the limit, nor on its way (outbox row unpublished
-              or published within the bound) — the sweeper must republish such a job first
+              STRANDED_BOUND was its user's next job, runnable (user below the limit, no
+              quota, no backoff) while the live workers had a free slot, with no message in
+              trainq.jobs and none on its way (outbox row unpublished or published within
+              the bound) — a free slot must pick such a job first
   hooks_lost  webhook deliveries (webhook_deliveries rows of the users' endpoints, one per
               status event) that the fleet's receiver never answered 2xx by the end
   hooks_dup   2xx requests at that receiver beyond the first per webhook-id (at least once
@@ -308,12 +309,20 @@ class StrandWatcher(threading.Thread):
     it has looked stranded in every sample for longer than STRANDED_BOUND; samples taken while
     Postgres or RabbitMQ do not answer are skipped (nothing can move then)."""
 
-    # queued, and neither waiting behind its user's limit nor on its way through the outbox
+    # the next job of its user in the pick's order (65_schedule.sql), runnable (the user has
+    # room, no quota, no give-back backoff) while the live workers have a free slot, and
+    # nothing happened to it lately: a free slot should have picked it
     SQL = ("SELECT j.id::text FROM training_jobs j WHERE j.user_id = ANY({users})"
-           " AND j.status = 'queued'"
-           " AND NOT (j.parked_at IS NOT NULL AND (SELECT count(*) FROM training_jobs a"
-           "          WHERE a.user_id = j.user_id AND a.status IN ('pending', 'running'))"
-           "          >= tq_user_max_active(j.user_id))"
+           " AND j.status = 'queued' AND (j.not_before IS NULL OR j.not_before < now())"
+           " AND NOT EXISTS (SELECT 1 FROM training_jobs o WHERE o.user_id = j.user_id"
+           "     AND o.status = 'queued' AND (-o.priority, o.created_at, o.id)"
+           "         < (-j.priority, j.created_at, j.id))"
+           " AND (SELECT count(*) FROM training_jobs a"
+           "      WHERE a.user_id = j.user_id AND a.status IN ('pending', 'running'))"
+           "     < tq_user_max_active(j.user_id) AND NOT tq_user_over_quota(j.user_id)"
+           " AND (SELECT COALESCE(sum(w.slots), 0) FROM workers w WHERE w.stopped_at IS NULL"
+           "      AND w.heartbeat_at > now() - interval '5 seconds')"
+           "     > (SELECT count(*) FROM training_jobs a WHERE a.status IN ('pending', 'running'))"
            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id"
            "     AND o.exchange = 'trainq.jobs'"
            "     AND (o.published_at IS NULL OR o.published_at > now() - make_interval(secs => {b})))"
@@ -853,8 +862,8 @@ class Fleet:
             stranded = dict(self.strands.stranded)
             strand_samples = self.strands.samples
         for j, t in sorted(stranded.items()):
-            problems.append(f"stranded: job {j} was queued, not in the queue, not parked and "
-                            f"not republished for {t:.1f} s (bound {STRANDED_BOUND} s)")
+            problems.append(f"stranded: job {j} was runnable with a free slot and not picked "
+                            f"for {t:.1f} s (bound {STRANDED_BOUND} s)")
 
         # events lost: a status change of an accepted job without its event row, or an event
         # row (its id: a republish repeats it) that never reached the bound queue
@@ -941,7 +950,8 @@ class Fleet:
                 "job.parked": "parked", "job.duplicate": "duplicates",
                 "job.requeued": "requeued", "job.interrupted": "interrupted",
                 "job.claim_retry": "claim_retried", "job.claim_deferred": "claim_deferred",
-                "sweeper.released": "sweeps_releasing", "host.unhealthy": "host_unhealthy"}
+                "sweeper.released": "sweeps_releasing", "host.unhealthy": "host_unhealthy",
+                "job.intake_deferred": "intake_deferred", "job.pick_failed": "pick_failed"}
 
     # ------------------------------------------------------------ cleanup
 

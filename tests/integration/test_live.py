@@ -229,15 +229,17 @@ class LiveTest(unittest.TestCase, DocChecks):
         mine = [x for x in r.json["jobs"] if x["id"] == job_id][0]
         self.assertEqual(mine["current_step"], 460)
 
-    def test_queue_position_counts_what_must_start_first(self):
+    def test_queue_position_and_waiting_reason_follow_the_order_of_the_pick(self):
+        """Positions follow the pick's order (priority, the user's recent usage, submission):
+        three jobs of one user stand one after the other, a job raised to high goes before
+        them; the reason says user_limit at the user's active limit and quota over it."""
         a, b, c = self.submit(), self.submit(), self.submit()
-        unparked = lambda: int(h.psql("SELECT count(*) FROM training_jobs WHERE "
-                                      "status = 'queued' AND parked_at IS NULL"))
         pa = self.job(a)["queue_position"]
         self.assertGreaterEqual(pa, 1)
-        # the first job of all: nothing queued before it
-        first = h.psql("SELECT id FROM training_jobs WHERE status = 'queued' AND parked_at IS "
-                       "NULL ORDER BY created_at, id LIMIT 1")
+        # the first job in the pick's order stands at 1
+        first = h.psql("SELECT id FROM training_jobs WHERE status = 'queued' AND NOT"
+                       " tq_user_over_quota(user_id) ORDER BY priority DESC,"
+                       " tq_recent_usage(user_id), created_at, id LIMIT 1")
         r = self.get(f"/api/training/jobs/{first}", token=h.mint(
             h.psql("SELECT user_id FROM training_jobs WHERE id = :'id'",
                    variables={"id": first}), SECRET))
@@ -246,17 +248,21 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(self.job(c)["queue_position"], pa + 2)
         for j in (a, b, c):
             self.assertEqual(self.job(j)["waiting_reason"], "capacity")
-        # b parked behind the user's own active jobs: it starts after every unparked job
-        h.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
-               variables={"id": b})
-        jb = self.job(b)
-        self.assertEqual(jb["waiting_reason"], "user_limit")
-        self.assertEqual(jb["queue_position"], unparked() + 1)
-        self.assertEqual(self.job(c)["queue_position"], pa + 1, "c moved up past parked b")
-        # c parked too: after b (released oldest first)
-        h.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
-               variables={"id": c})
-        self.assertEqual(self.job(c)["queue_position"], unparked() + 2)
+        # c raised to high: before every normal job, a and b one place down
+        h.psql("UPDATE training_jobs SET priority = 2 WHERE id = :'id'", variables={"id": c})
+        self.assertLess(self.job(c)["queue_position"], self.job(a)["queue_position"])
+        self.assertEqual(self.job(c)["priority"], "high")
+        self.assertEqual(self.job(a)["queue_position"], pa + 1)
+        user = h.psql("SELECT user_id FROM training_jobs WHERE id = :'id'", variables={"id": a})
+        try:
+            h.psql("INSERT INTO user_limits (user_id, max_active) VALUES (:'u', 0)",
+                   variables={"u": user})
+            self.assertEqual(self.job(b)["waiting_reason"], "user_limit")
+            h.psql("UPDATE user_limits SET gpu_seconds_per_day = 0 WHERE user_id = :'u'",
+                   variables={"u": user})
+            self.assertEqual(self.job(b)["waiting_reason"], "quota")
+        finally:
+            h.psql("DELETE FROM user_limits WHERE user_id = :'u'", variables={"u": user})
         # once it has left queued: both null
         set_status(a, "cancelled")
         ja = self.job(a)

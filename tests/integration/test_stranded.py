@@ -47,8 +47,9 @@ class TestNeverStranded(ConsumerCase):
                           variables={"a": app_like})
 
     def test_sessions_cut_while_idle_cost_the_delivery_nothing(self):
-        """All of the dispatcher's sessions are cut while it is idle: the next claim fails on
-        the dead connection and is retried on a fresh one at once, not nacked back."""
+        """All of the dispatcher's sessions are cut while it is idle: the dispatcher finds
+        its connection dead before using it and opens a fresh one; the next job is stored,
+        picked and run without a failed pick or a deferred delivery."""
         u = self.user("cut")
         c = self.consumer(f"cut-{run_id()}")
         warm = self.message(u, self.dataset(u, duration=0.2))
@@ -58,8 +59,8 @@ class TestNeverStranded(ConsumerCase):
         m = self.message(u, self.dataset(u, duration=0.2))
         self.publish(m)
         self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
-        self.assertTrue(c.events("job.claim_retry"), "the claim was not retried")
-        self.assertEqual(c.events("job.claim_deferred"), [],
+        self.assertEqual(c.events("job.pick_failed"), [], "a pick ran on the dead connection")
+        self.assertEqual(c.events("job.intake_deferred"), [],
                          "a blip of Postgres must not give the delivery back")
 
     def test_postgres_refusing_connections_never_spends_the_delivery_limit(self):
@@ -77,7 +78,7 @@ class TestNeverStranded(ConsumerCase):
         try:
             self.terminate_sessions("trainq-consumer")
             self.publish(m)
-            h.wait_until(lambda: len(c.events("job.claim_deferred")) >= 6, timeout=90,
+            h.wait_until(lambda: len(c.events("job.intake_deferred")) >= 6, timeout=90,
                          interval=0.5, what="six deferrals of the delivery")
         finally:
             tqenv.psql("ALTER ROLE trainq CONNECTION LIMIT -1", superuser=True)
@@ -86,10 +87,10 @@ class TestNeverStranded(ConsumerCase):
         self.assertEqual(h.queue_depth("trainq.jobs.dead"), 0,
                          "a valid job reached the dead-letter queue")
 
-    def test_a_job_whose_message_left_the_queue_is_republished(self):
+    def test_a_job_whose_message_left_the_queue_runs_from_its_row(self):
         """The row and its published outbox entry say the job is queued, but its message is
-        gone (dead-lettered, purged, lost with a broker's disk): the sweeper republishes it
-        within TRAINQ_STRANDED_SECONDS and it runs."""
+        gone (dead-lettered, purged, lost with a broker's disk): a free slot picks the row
+        at once, and nothing is published again."""
         u = self.user("lost")
         m = self.message(u, self.dataset(u, duration=0.2))
         self.insert_job(m, -60000)
@@ -97,91 +98,65 @@ class TestNeverStranded(ConsumerCase):
                    "VALUES (:'id', 'lora', '{}', now() - interval '1 minute')",
                    variables={"id": m["job_id"]})
         t0 = time.monotonic()
-        c = self.consumer(f"lost-{run_id()}", TRAINQ_STRANDED_SECONDS=2)
+        self.consumer(f"lost-{run_id()}", TRAINQ_SWEEP_SECONDS=600)
         j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
         self.assertEqual(j["status"], "completed")
-        self.assertLess(time.monotonic() - t0, 20)
-        c.wait_event("sweeper.released", timeout=5)
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+                                    variables={"id": m["job_id"]}), "1")
 
-    def test_a_job_the_delivery_limit_dead_lettered_is_republished_and_runs(self):
-        """Every claim of one job fails with an unexpected database error (a trigger refuses
-        its claim): each delivery is nacked, the queue's delivery limit dead-letters the
-        message, and the consumer lives on. Once the error is gone, the sweeper republishes
-        the job from its row and it runs: the operator republishes nothing."""
+    def test_a_message_whose_intake_keeps_failing_is_dead_lettered_alone(self):
+        """Storing one job fails with an unexpected database error every time (a trigger
+        refuses its row): its batch is stored again message by message, so its batch-mates
+        run, while its own deliveries are nacked until the queue's delivery limit
+        dead-letters it; the consumer lives on."""
         u = self.user("poison")
-        m = self.message(u, self.dataset(u, duration=0.2))
-        self.insert_job(m, -60000)
+        ds = self.dataset(u, duration=0.2)
+        m = self.message(u, ds)
+        mates = [self.message(u, ds) for _ in range(3)]
         tqenv.psql(
-            "CREATE TABLE tq_test_refused_claims (id uuid PRIMARY KEY);"
-            "CREATE FUNCTION tq_test_refuse_claim() RETURNS trigger LANGUAGE plpgsql AS $f$"
-            " BEGIN IF NEW.status = 'pending' AND EXISTS (SELECT 1 FROM tq_test_refused_claims"
-            "  WHERE id = NEW.id) THEN RAISE EXCEPTION 'claim refused by the test'; END IF;"
+            "CREATE TABLE tq_test_refused_rows (id uuid PRIMARY KEY);"
+            "CREATE FUNCTION tq_test_refuse_row() RETURNS trigger LANGUAGE plpgsql"
+            " SECURITY DEFINER AS $f$"
+            " BEGIN IF EXISTS (SELECT 1 FROM tq_test_refused_rows WHERE id = NEW.id) THEN"
+            "  RAISE EXCEPTION 'row refused by the test'; END IF;"
             " RETURN NEW; END $f$;"
-            "CREATE TRIGGER tq_test_refuse_claim BEFORE UPDATE OF status ON training_jobs"
-            " FOR EACH ROW EXECUTE FUNCTION tq_test_refuse_claim();", superuser=True)
+            "CREATE TRIGGER tq_test_refuse_row BEFORE INSERT ON training_jobs"
+            " FOR EACH ROW EXECUTE FUNCTION tq_test_refuse_row();", superuser=True)
         try:
-            tqenv.psql("INSERT INTO tq_test_refused_claims VALUES (:'id')", superuser=True,
+            tqenv.psql("INSERT INTO tq_test_refused_rows VALUES (:'id')", superuser=True,
                        variables={"id": m["job_id"]})
-            # long stranded threshold: the sweeper must not republish it before it is dead
-            c = self.consumer(f"poison-{run_id()}", TRAINQ_STRANDED_SECONDS=3600)
-            self.publish(m)
+            c = self.consumer(f"poison-{run_id()}")
+            self.publish(mates[0], m, *mates[1:])
             ours = lambda msgs: [b for _, b in msgs if json.loads(b).get("job_id") == m["job_id"]]
             dead = h.get_messages("trainq.jobs.dead", want=lambda msgs: ours(msgs), timeout=30)
             self.assertEqual(len(ours(dead)), 1, "the message was not dead-lettered once")
-            self.assertGreaterEqual(len(c.events("job.claim_failed")), 5)
-            self.assertEqual(self.job(m["job_id"])["status"], "queued")
-            self.assertTrue(c.running(), "the consumer must survive the failed claims")
+            self.assertGreaterEqual(len(c.events("job.intake_failed")), 5)
+            self.assertIsNone(self.job(m["job_id"]))
+            for x in mates:
+                self.assertEqual(self.wait_status(x["job_id"], TERMINAL, timeout=30)["status"],
+                                 "completed")
+            self.assertTrue(c.running(), "the consumer must survive the failed intakes")
         finally:
-            tqenv.psql("DROP TRIGGER tq_test_refuse_claim ON training_jobs;"
-                       "DROP FUNCTION tq_test_refuse_claim(); DROP TABLE tq_test_refused_claims",
+            tqenv.psql("DROP TRIGGER tq_test_refuse_row ON training_jobs;"
+                       "DROP FUNCTION tq_test_refuse_row(); DROP TABLE tq_test_refused_rows",
                        superuser=True)
-        c.stop()
-        self.consumer(f"poison2-{run_id()}", TRAINQ_STRANDED_SECONDS=2)
-        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=30)["status"],
-                         "completed")
 
-    def test_the_newest_jobs_behind_a_backlog_are_left_alone(self):
-        """As many of the newest unclaimed jobs as there are ready messages in the queue may
-        still be waiting there: the stranded repair leaves them alone (no copies)."""
-        u = self.user("backlog")
-        ds = self.dataset(u, duration=0.2)
-        old, new = self.message(u, ds), self.message(u, ds)
-        self.insert_job(old, -120000)
-        self.insert_job(new, -60000)
-        for j in (old, new):
-            tqenv.psql("INSERT INTO outbox (job_id, routing_key, payload, published_at) "
-                       "VALUES (:'id', 'lora', '{}', now() - interval '2 minutes')",
-                       variables={"id": j["job_id"]})
-        # one ready message in the queue (another user's, for a dataset nobody can run
-        # here: no consumer takes it during the test)
-        other = self.user("backlog-other")
-        self.publish(self.message(other, self.dataset(other)), routing_key="lora")
-        tqenv.psql("SELECT tq_sweep(1, 1)")
-        rows = {r["id"]: r for r in (self.job(old["job_id"]), self.job(new["job_id"]))}
-        self.assertIsNotNone(rows[old["job_id"]]["parked_at"], "the old job was not repaired")
-        self.assertIsNone(rows[new["job_id"]]["parked_at"],
-                          "the newest job may still be in the queue: no copy")
-
-    def test_a_consumed_release_does_not_throttle_the_next_one(self):
-        """A release whose message finds the user at the limit again is used up: the next
-        release must go out at once, not wait for the sweeper's throttle."""
+    def test_a_job_waiting_at_the_users_limit_starts_when_the_slot_frees_without_the_sweeper(self):
+        """With the sweeper asleep, a job waiting at its user's limit starts as soon as the
+        user's running job ends (the freed slot and NOTIFY trainq_runnable)."""
         u = self.user("rel")
         tqenv.psql("INSERT INTO user_limits (user_id, max_active) VALUES (:'u', 1)",
                    variables={"u": u})
         a = self.message(u, self.dataset(u, duration=30))
         x = self.message(u, self.dataset(u, duration=0.2))
-        c = self.consumer(f"rel-{run_id()}", TRAINQ_SWEEP_SECONDS=600)
+        self.consumer(f"rel-{run_id()}", TRAINQ_SWEEP_SECONDS=600)
         self.publish(a)
         self.wait_status(a["job_id"], "running")
-        self.insert_job(x, 0)
-        # x was released (its message is on the way) while a is still active
-        tqenv.psql("UPDATE training_jobs SET parked_at = now(), released_at = now() "
-                   "WHERE id = :'id'", variables={"id": x["job_id"]})
         self.publish(x)
-        c.wait_event("job.parked", timeout=20)
-        j = self.job(x["job_id"])
-        self.assertIsNotNone(j["parked_at"])
-        self.assertIsNone(j["released_at"], "the consumed release still throttles the next")
+        h.wait_until(lambda: self.job(x["job_id"]), what="x stored")
+        time.sleep(1.5)
+        self.assertEqual(self.job(x["job_id"])["status"], "queued")
         tqenv.psql("UPDATE training_jobs SET cancel_requested_at = now() WHERE id = :'id'",
                    variables={"id": a["job_id"]})
         self.wait_status(a["job_id"], "cancelled", timeout=20)
@@ -189,25 +164,27 @@ class TestNeverStranded(ConsumerCase):
                          "completed")
 
     def test_a_slow_sweep_never_delays_the_lease_renewal(self):
-        """Another session holds a user's lock, so the sweeper's release for that user waits
-        (until lock_timeout). The worker's own heartbeat runs on another connection: the
-        running job's lease keeps being renewed, and the sweeper's wait ends in an error."""
+        """Another session holds a user's lock, so the reaper's recovery of that user's
+        expired claim waits (until lock_timeout). The worker's own heartbeat runs on another
+        connection: the running job's lease keeps being renewed, and the sweeper thread's
+        wait ends in an error."""
         u1, u2 = self.user("lease"), self.user("slow")
         m = self.message(u1, self.dataset(u1, duration=20))
-        parked = self.message(u2, self.dataset(u2))
-        self.insert_job(parked, -1000)
-        tqenv.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
-                   variables={"id": parked["job_id"]})
+        lost = self.message(u2, self.dataset(u2))
+        self.insert_job(lost, -1000)
+        tqenv.psql("UPDATE training_jobs SET status = 'pending', worker_id = 'gone-worker',"
+                   " attempts = 1, lease_expires_at = now() - interval '1 minute'"
+                   " WHERE id = :'id'", variables={"id": lost["job_id"]})
         holder = subprocess.Popen(
             ["psql", "-X", "-q", "-d", tqenv.DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-c",
-             f"SELECT tq_lock_user('{u2}'), pg_sleep(13)"],
+             f"SELECT tq_lock_user('{u2}'), pg_sleep(40)"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             # the lock is held before the consumer's first sweep can run
             h.wait_until(lambda: tqenv.psql(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                 "WHERE l.locktype = 'advisory' AND l.granted "
-                "AND a.query LIKE '%pg_sleep(13)%'") == "1", timeout=10,
+                "AND a.query LIKE '%pg_sleep(40)%'") == "1", timeout=10,
                 what="the user's lock held by the other session")
             c = self.consumer(f"lease-{run_id()}", TRAINQ_LEASE_SECONDS=4,
                               TRAINQ_HEARTBEAT_SECONDS=1, TRAINQ_SWEEP_SECONDS=1)
@@ -302,7 +279,7 @@ class TestBrokenHost(ConsumerCase):
                          variables={"id": m["job_id"]})
         self.assertEqual(out, "cancelled")
         j = self.job(m["job_id"])
-        self.assertEqual((j["status"], j["parked_at"]), ("cancelled", None))
+        self.assertEqual((j["status"], j["not_before"]), ("cancelled", None))
         self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
                                     " AND exchange = 'trainq.jobs'",
                                     variables={"id": m["job_id"]}), "0")

@@ -292,7 +292,11 @@ static const body_case body_cases[] = {
      "trigger_words[1],trigger_words[2],trigger_words[3]", "must be 1 to 100 bytes"},
     /* unknown keys: a typo must never become a default */
     {HEAD ",\"config\":{\"stpes\":5000}}", "config.stpes", "unknown field"},
-    {HEAD ",\"config\":{},\"priority\":1}", "priority", "unknown field"},
+    {HEAD ",\"config\":{},\"priority\":1}", "priority",
+     "must be one of \"low\", \"normal\", \"high\""},
+    {HEAD ",\"config\":{},\"priority\":\"urgent\"}", "priority",
+     "must be one of \"low\", \"normal\", \"high\""},
+    {HEAD ",\"config\":{},\"Priority\":\"high\"}", "Priority", "unknown field"},
     {HEAD ",\"config\":{},\"Name\":\"x\"}", "Name", "unknown field"},
     {HEAD ",\"config\":{\"steps\":1000,\"learningRate\":0.1,\"epochs\":3}}",
      "config.learningRate,config.epochs", "unknown field"},

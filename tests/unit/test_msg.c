@@ -105,6 +105,33 @@ static void test_the_encoding_is_compact_json_in_a_fixed_key_order(void **state)
     tq_msg_free(&m); /* twice is safe */
 }
 
+static void test_priority_is_written_last_and_only_when_not_normal(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"low", "normal", "high"};
+    for (int i = 0; i < 3; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"priority\":\"%s\",\"config\":{},\"base_model\":\"a/b\","
+                 "\"type\":\"lora\",\"dataset_id\":\"" DS "\"}",
+                 names[i]);
+        tq_job_msg m;
+        make_msg(&m, body, "user-1", "");
+        assert_string_equal(tq_priority_name(m.sub.priority), names[i]);
+        assert_round_trip(&m);
+        char *s = tq_msg_encode(&m);
+        assert_non_null(s);
+        char want[64];
+        snprintf(want, sizeof want, "],\"priority\":\"%s\"}", names[i]);
+        if (i == 1) /* a normal job's body is the one it had before priorities existed */
+            assert_null(strstr(s, "priority"));
+        else
+            assert_non_null(strstr(s, want));
+        free(s);
+        tq_msg_free(&m);
+    }
+}
+
 static void test_messages_round_trip_exactly(void **state)
 {
     (void)state;
@@ -298,7 +325,9 @@ static const struct {
     {"{" ENV ",\"submitted_at\":\"yesterday\"," SUB "}", "submitted_at",
      "must be an rfc 3339 timestamp"},
     {"{" ENV ",\"submitted_at\":1700000000," SUB "}", "submitted_at", "must be a string"},
-    {"{" ENV "," SUB ",\"priority\":9}", "priority", "unknown field"},
+    {"{" ENV "," SUB ",\"priority\":9}", "priority",
+     "must be one of \"low\", \"normal\", \"high\""},
+    {"{" ENV "," SUB ",\"Priority\":\"high\"}", "Priority", "unknown field"},
     {"{" ENV "," SUB ",\"Schema\":\"x\"}", "Schema", "unknown field"},
     {"{" ENV ",\"dataset_id\":\"" DS "\",\"type\":\"lora\",\"base_model\":\"gpt2\","
      "\"config\":{\"schema\":\"trainq.job.v1\"}}",
@@ -492,6 +521,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_encoding_is_compact_json_in_a_fixed_key_order),
+        cmocka_unit_test(test_priority_is_written_last_and_only_when_not_normal),
         cmocka_unit_test(test_messages_round_trip_exactly),
         cmocka_unit_test(test_maximal_message_round_trips),
         cmocka_unit_test(test_every_learning_rate_in_range_round_trips_bit_exactly),

@@ -73,20 +73,21 @@ static void claim_outcomes_are_parsed_by_their_procedure_names(void **state)
         const char *name;
         tq_claim_outcome want;
     } cases[] = {
-        {"claimed", TQ_CLAIM_CLAIMED},     {"parked", TQ_CLAIM_PARKED},
-        {"duplicate", TQ_CLAIM_DUPLICATE}, {"failed", TQ_CLAIM_FAILED},
-        {"mismatch", TQ_CLAIM_MISMATCH},
+        {"claimed", TQ_CLAIM_CLAIMED},
+        {"failed", TQ_CLAIM_FAILED},
+        {"none", TQ_CLAIM_NONE},
+        {"busy", TQ_CLAIM_BUSY},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tq_claim_outcome o = (tq_claim_outcome)-1;
         assert_int_equal(tq_claim_outcome_parse(cases[i].name, &o), TQ_OK);
         assert_int_equal(o, cases[i].want);
     }
-    const char *bad[] = {"", "Claimed", "claimed ", "requeued", NULL};
+    const char *bad[] = {"", "Claimed", "claimed ", "parked", NULL};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        tq_claim_outcome o = TQ_CLAIM_PARKED;
+        tq_claim_outcome o = TQ_CLAIM_NONE;
         assert_int_equal(tq_claim_outcome_parse(bad[i], &o), TQ_ERR_INVALID);
-        assert_int_equal(o, TQ_CLAIM_PARKED); /* untouched */
+        assert_int_equal(o, TQ_CLAIM_NONE); /* untouched */
     }
 }
 

@@ -10,6 +10,23 @@
 --  * a job id is created once: a second call with the same id (a redelivery, a re-publish)
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
+-- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
+CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 END::smallint
+$$;
+
+CREATE OR REPLACE FUNCTION tq_priority_name(p smallint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 0 THEN 'low' WHEN 1 THEN 'normal' WHEN 2 THEN 'high' END
+$$;
+
+-- The highest priority the user may ask for: user_limits.max_priority, else normal.
+CREATE OR REPLACE FUNCTION tq_user_max_priority(p_user text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE((SELECT max_priority FROM user_limits WHERE user_id = p_user), 'normal')
+$$;
+
 -- tq_insert_jobs inserts a batch (the consumer's intake, 65_schedule.sql: one statement for
 -- the batch, the triggers still per row) and returns the ids it created; tq_insert_job one
 -- message, true when it created the row. A clash on (user_id, idempotency_key) is an error

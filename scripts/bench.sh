@@ -19,6 +19,7 @@
 # as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=11` runs it alone).
 # --many adds row 12 (opt-in): a backlog of 1 000 users × 3 jobs and of 10 users × 300 drained
 # by 20 consumers × 2 slots (0.2 s jobs): seconds, jobs/s, idle slot-seconds.
+# Row 14 (default): row 5's drain with mixed low/normal/high backlogs: idle slots, inversions.
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).
 #
@@ -46,7 +47,7 @@ for a in "$@"; do
     --memory) memory=1 ;;
     --big) big=(--big) ;;
     --many) many=(--many) ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown option $a (--quick, --keep, --only=ROWS, --memory, --big, --many)" >&2; exit 2 ;;
   esac
 done

@@ -15,6 +15,7 @@ Rows (docs/performance.md explains each):
     producer's CPU and memory with them open
   10 webhooks: status change → request at a receiver on 127.0.0.1, and a backlog of 10 000
     deliveries drained next to the receiver's own ceiling (wrk, new connection per request)
+  14 backlog drain with mixed priorities: jobs/s, idle slot-seconds, priority inversions
 """
 
 import argparse
@@ -148,6 +149,9 @@ class Program:
 
     def start(self):
         self._f = open(self.logpath, "ab")
+        # A restart under the same name appends: its events are the ones after this offset
+        # (a second producer must not be told the first one's port).
+        self._from = self._f.tell()
         self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=self._f, stderr=self._f, start_new_session=True)
         return self
@@ -162,6 +166,7 @@ class Program:
     def events(self, name):
         out = []
         with open(self.logpath, "r", errors="replace") as f:
+            f.seek(getattr(self, "_from", 0))
             for line in f:
                 if line.startswith("{"):
                     try:
@@ -335,14 +340,16 @@ class Bench:
     def user(self, tag):
         return f"bench-{tag}-{self.run}-{uuid.uuid4().hex[:4]}"
 
-    def body(self, ds, name="bench job"):
-        return json.dumps({"dataset_id": ds, "name": name, "type": "lora", "base_model": BASE_MODEL,
-                           "trigger_words": ["tqbench"],
-                           "config": {"steps": 100, "learning_rate": 0.0001, "batch_size": 1,
-                                      "resolution": 512}})
+    def body(self, ds, name="bench job", priority=None):
+        b = {"dataset_id": ds, "name": name, "type": "lora", "base_model": BASE_MODEL,
+             "trigger_words": ["tqbench"],
+             "config": {"steps": 100, "learning_rate": 0.0001, "batch_size": 1, "resolution": 512}}
+        if priority:
+            b["priority"] = priority
+        return json.dumps(b)
 
-    def submit(self, conn, user, ds, name="bench job"):
-        conn.request("POST", "/api/training/submit", body=self.body(ds, name),
+    def submit(self, conn, user, ds, name="bench job", priority=None):
+        conn.request("POST", "/api/training/submit", body=self.body(ds, name, priority),
                      headers={"Content-Type": "application/json",
                               "Authorization": f"Bearer {mint(user, self.secret)}"})
         r = conn.getresponse()
@@ -881,19 +888,27 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             os.makedirs(os.path.join(self.root, u, ds))
             with open(os.path.join(self.root, u, ds, "trainer.env"), "w") as f:
                 f.write(f"DURATION={duration}\nEXIT_CODE=0\nSTEPS=1\nMESSAGE=bench done\n")
+            with open(os.path.join(self.root, u, ds, "0001.png"), "wb") as f:  # the preflight's
+                f.write(b"\x89PNG\r\n\x1a\n")
         psql("INSERT INTO datasets (id, user_id, name, storage_path) VALUES "
              + ",".join(f"('{ds}', '{u}', 'bench', '{u}/{ds}')" for u, ds in zip(users, dss)))
         return dss
 
-    def drain(self, n_consumers, n_users=None, per_user=None, tag="r5"):
+    def drain(self, n_consumers, n_users=None, per_user=None, tag="r5", priority=None):
+        """priority: None, or priority(k) -> 'low'|'normal'|'high' of the k-th submission
+        (every user may then ask for 'high'); the result adds the job ids ("ids")."""
         per_user = per_user or (2 if self.quick else 5)
         n_users = n_users or (4 if self.quick else 8)
-        if not self.producer:  # run without row 1 (--only=5)
+        if not self.producer or not self.producer.running():  # without row 1, or after 6
             self.start_producer()
         users = [self.user(f"{tag}n{n_consumers}") for _ in range(n_users)]
         dss = self.datasets(users, 0.2)
+        if priority:
+            psql("INSERT INTO user_limits (user_id, max_priority) VALUES "
+                 + ",".join(f"('{u}', 'high')" for u in users))
         c = self.http()
-        jobs = [self.submit(c, users[k % n_users], dss[k % n_users], f"{tag} {k}")
+        jobs = [self.submit(c, users[k % n_users], dss[k % n_users], f"{tag} {k}",
+                            priority(k) if priority else None)
                 for k in range(per_user * n_users)]
         c.close()
         self.wait_published()
@@ -919,9 +934,12 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             " extract(epoch FROM max(at) FILTER (WHERE to_status IN"
             f" ('completed','failed','cancelled'))) FROM job_events WHERE job_id IN ({ids})")[0])
         idle = self.idle_slot_seconds(jobs, 2 * n_consumers, t0, t1)
-        return {"jobs": len(jobs), "users": n_users, "secs": t1 - t0,
-                "rate": len(jobs) / (t1 - t0),
-                "idle": idle, "slot_secs": 2 * n_consumers * (t1 - t0), "start": t_start}
+        out = {"jobs": len(jobs), "users": n_users, "secs": t1 - t0,
+               "rate": len(jobs) / (t1 - t0),
+               "idle": idle, "slot_secs": 2 * n_consumers * (t1 - t0), "start": t_start}
+        if priority:
+            out["ids"] = jobs
+        return out
 
     def row5(self):
         log("row 5: backlog drain with 1 and 2 consumers")
@@ -938,6 +956,50 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             "consumers": cons,
             "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r12m"),
             "few": self.drain(cons, n_users=few[0], per_user=few[1], tag="r12f")}
+
+    # ------------------------------------------------------------ row 14
+
+    def row14(self):
+        """Idle slots with mixed priorities (issue 14): row 5's drain on 2 consumers × 2
+        slots of 6 users whose backlogs mix low, normal and high (0.2 s jobs), all submitted
+        before a consumer starts. Besides jobs/s and idle slot-seconds, the order in which
+        priorities started: an inversion is a job that started (pending) while a job of a
+        higher priority was queued and runnable (its user below the limit of 2)."""
+        n_users, per_user = (6, 3) if self.quick else (6, 12)
+        names = ("low", "normal", "high")
+        # the k-th submission goes to user k % 6; every user gets all three priorities
+        prio = lambda k: names[(k // n_users + k) % 3]  # noqa: E731
+        log(f"row 14: drain of {n_users} users × {per_user} jobs, mixed priorities,"
+            " 2 consumers × 2 slots")
+        d = self.drain(2, n_users=n_users, per_user=per_user, tag="r14", priority=prio)
+        jobs = d.pop("ids")
+        ids = ",".join(f"'{j}'" for j in jobs)
+        user = dict(rows(f"SELECT id, user_id FROM training_jobs WHERE id IN ({ids})"))
+        rank = dict(rows(f"SELECT id, priority FROM training_jobs WHERE id IN ({ids})"))
+        rank = {j: int(v) for j, v in rank.items()}
+        ev = rows(f"SELECT extract(epoch FROM e.at), e.job_id, e.to_status FROM job_events e"
+                  f" WHERE e.job_id IN ({ids}) AND e.to_status <> 'queued' ORDER BY e.at, e.id")
+        state = {j: "queued" for j in jobs}
+        inversions, first, last = 0, {}, {}
+        for at, j, to in ev:
+            if to == "pending" and state[j] == "queued":
+                active = {}
+                for o, s in state.items():
+                    if s in ("pending", "running"):
+                        active[user[o]] = active.get(user[o], 0) + 1
+                if any(s == "queued" and rank[o] > rank[j] and active.get(user[o], 0) < 2
+                       for o, s in state.items()):
+                    inversions += 1
+                p = names[rank[j]]
+                first.setdefault(p, float(at))
+                last[p] = float(at)
+            state[j] = to
+        t0 = min(first.values())
+        d.update({"inversions": inversions,
+                  "first": {p: first[p] - t0 for p in first},
+                  "last": {p: last[p] - t0 for p in last},
+                  "by_priority": {p: sum(1 for j in jobs if names[rank[j]] == p) for p in names}})
+        self.results[14] = d
 
     # ------------------------------------------------------------ row 13
 
@@ -1237,6 +1299,19 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" of one user (published in {fmt(r13['publish'], ' s', 2)}) |"
                 f" {fmt(r13['behind'], ' s', 3)} | alone: {fmt(r13['alone'], ' s', 3)} |"
                 f" +{fmt(extra, ' s', 3)} | < +1 s | {yes(extra < 1.0)} |")
+        r14 = R.get(14)
+        if r14:
+            span = ", ".join(f"{p} {fmt(r14['first'].get(p), ' s', 1)}–"
+                             f"{fmt(r14['last'].get(p), ' s', 1)}"
+                             for p in ("high", "normal", "low"))
+            add(f"| 14 | drain {r14['jobs']} jobs (0.2 s) of {r14['users']} users, mixed"
+                f" priorities ({', '.join(f'{n} {p}' for p, n in r14['by_priority'].items())}),"
+                f" 2 consumers × 2 slots |"
+                f" {fmt(r14['secs'], ' s', 1)}, {fmt(r14['rate'], ' jobs/s', 2)} |"
+                f" idle slot-seconds while runnable work waited: {fmt(r14['idle'], ' s', 1)}"
+                f" of {fmt(r14['slot_secs'], ' s', 1)}; starts (s after the first): {span} |"
+                f" inversions (a start while a higher priority was runnable):"
+                f" {r14['inversions']} | 0 | {yes(r14['inversions'] == 0)} |")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ row 10
@@ -1647,6 +1722,8 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 self.row12()
             if want(13):
                 self.row13()
+            if want(14):
+                self.row14()
         finally:
             self._sampling.set()
             for p in self.procs:

@@ -71,6 +71,20 @@ DURATIONS = (1.0, 2.0, 3.0, 1.5)
 USER_PATTERN = (0, 1, 0, 2, 0, 1, 0, 3)
 SUBMIT_INTERVAL = 0.1  # seconds between submissions: ~3 s of submitting, so jobs queue up
                        # behind the 4 slots and users sit at their limit (parking, releases)
+# Priorities and a quota in the mix (issue 14): users 0 and 2 may ask for 'high'
+# (user_limits.max_priority); submission i asks for PRIORITY_PATTERN[i % 7] (coprime with
+# USER_PATTERN, so every user gets a mix), 'normal' instead of 'high' for the other users
+# (above their max_priority it would be refused 403, not accepted).
+HIGH_USERS = (0, 2)
+PRIORITY_PATTERN = ("normal", "high", "low", "normal", "low", "high", "normal")
+PRIORITY_VALUE = {"low": 0, "normal": 1, "high": 2}  # training_jobs.priority
+# User 1 has a daily GPU quota over seeded past usage that the scenario cannot reach (its
+# consumers have CPU slots: 0 GPU-seconds an attempt), so every pick and the strand check
+# evaluate tq_user_over_quota as a real comparison (false) and fair share sees that user's
+# recent usage, while none of its jobs is held back (a held job would be lost or stuck).
+QUOTA_USER = 1
+QUOTA_GPU_SECONDS = 3600
+QUOTA_HISTORY = 600  # GPU-seconds, ended an hour ago
 STRANDED = 5  # TRAINQ_STRANDED_SECONDS of the fleet's consumers
 # How long a job may look stranded before it counts: the sweeper's threshold, one sweep, the
 # dispatcher's queue-depth reading (every 2 s) and the release's way through outbox and relay.
@@ -420,10 +434,13 @@ class Submitter(threading.Thread):
         # the k-th job of a user; durations rotate differently per user, so slots free up
         # at different times and users really compete (not in lockstep)
         k = sum(1 for n in range(i) if USER_PATTERN[n % len(USER_PATTERN)] == ui)
+        prio = PRIORITY_PATTERN[i % len(PRIORITY_PATTERN)]
+        if prio == "high" and ui not in HIGH_USERS:
+            prio = "normal"
         ds = f.datasets[user][(k + ui) % len(f.datasets[user])]
         body = {"dataset_id": ds, "name": f"fault job {i}", "type": "lora",
                 "base_model": "stabilityai/sdxl-base-1.0", "config": {"steps": 100},
-                "trigger_words": ["tq"]}
+                "trigger_words": ["tq"], "priority": prio}
         key = f"{f.run}-{i}"
         deadline = time.monotonic() + self.per_job_timeout
         attempt = 0
@@ -451,7 +468,8 @@ class Submitter(threading.Thread):
             if r.status == 200:
                 jid = r.json["job_id"]
                 with self.lock:
-                    self.accepted[jid] = {"user": user, "index": i, "producer": pi}
+                    self.accepted[jid] = {"user": user, "index": i, "producer": pi,
+                                          "priority": prio}
                 return
             if r.status in (429, 500, 502, 503, 504):
                 with self.lock:
@@ -516,6 +534,16 @@ class Fleet:
                                   "'{job.queued,job.running,job.completed,job.failed,"
                                   "job.cancelled}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')"
                                   for u in self.users) + ";")
+        self.pg.query("INSERT INTO user_limits (user_id, max_priority) VALUES "
+                      + ", ".join(f"({q(self.users[i])}, 'high')" for i in HIGH_USERS) + ";"
+                      f"INSERT INTO user_limits (user_id, gpu_seconds_per_day) VALUES"
+                      f" ({q(self.users[QUOTA_USER])}, {QUOTA_GPU_SECONDS});"
+                      "INSERT INTO job_usage (job_id, user_id, worker_id, attempt, gpus,"
+                      " started_at, ended_at, wall_seconds, gpu_seconds, outcome) VALUES"
+                      f" (gen_random_uuid(), {q(self.users[QUOTA_USER])}, 'history', 1, 1,"
+                      f" now() - make_interval(secs => 3600 + {QUOTA_HISTORY}),"
+                      f" now() - interval '1 hour', {QUOTA_HISTORY}, {QUOTA_HISTORY},"
+                      " 'completed');")
 
     # ------------------------------------------------------------ fixtures
 
@@ -797,6 +825,22 @@ class Fleet:
             if r["status"] == "failed" and not (r["error_message"] or "").strip():
                 unreasoned += 1
                 problems.append(f"reason: failed job {j} has no error_message")
+
+        # priorities: each accepted job's row holds the priority it asked for; the quota user
+        # was never held back (its usage stays under the quota: CPU slots add 0 GPU-seconds)
+        prio_by = {}
+        for r in self.pg.rows("SELECT id::text, priority FROM training_jobs"
+                              f" WHERE id::text = ANY({qlist(accepted)})"):
+            want = PRIORITY_VALUE[sub.accepted[r["id"]]["priority"]]
+            prio_by[want] = prio_by.get(want, 0) + 1
+            if int(r["priority"]) != want:
+                problems.append(f"priority: job {r['id']} asked for {want}, row holds "
+                                f"{r['priority']}")
+        if self.pg.value(f"SELECT tq_user_over_quota({q(self.users[QUOTA_USER])})") != "f":
+            problems.append(f"quota: {self.users[QUOTA_USER]} went over {QUOTA_GPU_SECONDS}"
+                            " GPU-seconds a day with CPU slots only")
+        self.notes.append("priorities=" + ",".join(
+            f"{n}:{prio_by.get(v, 0)}" for n, v in PRIORITY_VALUE.items()))
 
         # Docker: two live containers of one job; more running containers than the limit
         w = self.watcher

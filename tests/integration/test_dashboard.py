@@ -346,6 +346,11 @@ class TestDashboardInBrowser(AdminCase):
         u = self.user("ui")
         ds = self.dataset_env(u, FORMAT="diffusers", STEPS=8, DURATION=8)
         slow = self.dataset_env(u, FORMAT="diffusers", STEPS=60, DURATION=60)
+        # a job of the user that failed: the trainer refuses its config (exit 2, config_error)
+        failed = self.message(u, self.dataset_env(u, CONFIG_ERROR="unknown key rank_dropout"))
+        self.publish(failed)
+        self.assertEqual(self.wait_status(failed["job_id"], ("completed", "failed", "cancelled"),
+                                          timeout=60)["failure_class"], "config_error")
         dead_id = "ui-dead-" + run_id()
         self.publish(b"\xff not json", message_id=dead_id)
         h.wait_until(lambda: tqenv.psql("SELECT count(*) FROM dead_letters WHERE message_id = :'m'",
@@ -357,7 +362,7 @@ class TestDashboardInBrowser(AdminCase):
                    TQ_UI_OPERATOR_TOKEN=self.op_token,
                    TQ_UI_EXPIRED_TOKEN=h.mint(u, SECRET, exp_in=-60),
                    TQ_UI_DATASET=ds, TQ_UI_SLOW_DATASET=slow, TQ_UI_WORKER=wid,
-                   TQ_UI_DEAD_ID=dead_id, TQ_UI_OUT=out, CHROMIUM=browser)
+                   TQ_UI_DEAD_ID=dead_id, TQ_UI_FAILED_JOB=failed["job_id"], TQ_UI_OUT=out, CHROMIUM=browser)
         proc = subprocess.run(["node", os.path.join(TOOLS, "dashboard-browser.js")], env=env,
                               cwd=TOOLS, capture_output=True, text=True, timeout=600)
         with open(os.path.join(out, "result.json")) as f:
@@ -368,7 +373,7 @@ class TestDashboardInBrowser(AdminCase):
         self.assertEqual(result["consoleErrors"], [])
         shots = sorted(f for f in os.listdir(out) if f.endswith(".png"))
         for page in ("signin", "workers", "new-job-400", "jobs-queued", "jobs-running",
-                     "job-completed", "jobs-list", "usage", "operations", "dead-letters",
+                     "job-completed", "job-failed", "jobs-list", "usage", "operations", "dead-letters",
                      "all-jobs"):
             for size in ("1280x800", "390x844"):
                 self.assertIn(f"{page}-{size}.png", shots)

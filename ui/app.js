@@ -862,6 +862,7 @@
       el("h1", { text: "Operations" }),
       el("h2", { text: "Queue" }),
       el("div", { class: "cards" }, card("Waiting for a GPU", q.capacity), card("Waiting at a user's limit", q.user_limit),
+        card("Waiting for a user's daily quota", q.quota === undefined ? "—" : q.quota),
         card("Pending", q.pending), card("Running", q.running),
         card("Dispatch latency p50", lat.p50 === null || lat.p50 === undefined ? "—" : fmtDuration(lat.p50)),
         card("Dispatch latency p95", lat.p95 === null || lat.p95 === undefined ? "—" : fmtDuration(lat.p95))),

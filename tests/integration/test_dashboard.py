@@ -207,17 +207,38 @@ class TestAdminApi(AdminCase):
         finally:
             stop_producer(self, p)
 
-    def test_overview_counts_queued_jobs_by_waiting_reason_and_users(self):
-        u = self.user("ov")
-        ds = self.dataset(u)
+    def queue_jobs(self, user, n):
+        """n queued jobs of the user, the last one parked (at the user's limit)."""
+        ds = self.dataset(user)
         ids = []
-        for i in range(3):
-            m = self.message(u, ds)
+        for i in range(n):
+            m = self.message(user, ds)
             self.insert_job(m, i)
             ids.append(m["job_id"])
         tqenv.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
-                   variables={"id": ids[2]})
+                   variables={"id": ids[-1]})
+        return ids
+
+    def test_overview_counts_queued_jobs_by_waiting_reason_and_users(self):
+        u = self.user("ov")
+        ids = self.queue_jobs(u, 3)
+        # a user over the daily GPU quota: both queued jobs (one parked) count under quota
+        q = self.user("quota")
+        self.addCleanup(tqenv.psql, "DELETE FROM job_usage WHERE user_id = :'u';"
+                        "DELETE FROM user_limits WHERE user_id = :'u'", variables={"u": q})
+        tqenv.psql("INSERT INTO user_limits (user_id, gpu_seconds_per_day) VALUES (:'u', 10);"
+                   "INSERT INTO job_usage (job_id, user_id, worker_id, attempt, gpus, started_at,"
+                   " ended_at, wall_seconds, gpu_seconds, outcome) VALUES (gen_random_uuid(),"
+                   " :'u', 'history', 1, 1, now() - interval '2 hours', now() - interval '1 hour',"
+                   " 3600, 3600, 'completed')", variables={"u": q})
+        before = self.admin("GET", "/api/admin/overview").json["queue"]
+        qids = self.queue_jobs(q, 2)
+        job = self.http.request("GET", f"/api/training/jobs/{qids[0]}", token=h.mint(q, SECRET)).json["job"]
+        self.assertEqual(job["waiting_reason"], "quota")
         o = self.admin("GET", "/api/admin/overview").json
+        self.assertEqual(o["queue"]["quota"] - before["quota"], 2)
+        self.assertEqual((o["queue"]["capacity"], o["queue"]["user_limit"]),
+                         (before["capacity"], before["user_limit"]))
         self.assertGreaterEqual(o["queue"]["capacity"], 2)
         self.assertGreaterEqual(o["queue"]["user_limit"], 1)
         self.assertEqual(len(o["per_minute"]), 60)

@@ -24,6 +24,10 @@
     lora_alpha: { min: 1, max: 128, def: 32, step: 1, hint: "1 to 128 (default 32)" },
   };
   const TERMINAL = ["completed", "failed", "cancelled"];
+  // docs/api.md "Queue position": why a queued job waits
+  const WAITING = { capacity: "waiting for a GPU", user_limit: "at your limit",
+                    quota: "daily GPU quota used" };
+  const PRIORITIES = ["low", "normal", "high"];
 
   const state = {
     token: null, claims: null, operator: false, jobs: new Map(), order: [],
@@ -93,7 +97,7 @@
     if (job.status !== "queued") return "";
     const parts = [];
     if (job.queue_position !== null && job.queue_position !== undefined) parts.push("#" + job.queue_position);
-    if (job.waiting_reason) parts.push(job.waiting_reason === "user_limit" ? "at your limit" : "waiting for a GPU");
+    if (job.waiting_reason) parts.push(WAITING[job.waiting_reason] || job.waiting_reason);
     return parts.join(" · ");
   }
   function table(headers, rows, caption) {
@@ -410,7 +414,7 @@
       el("td", {}, progressEl(job)),
       el("td", { class: "hide-narrow", text: eta || "—" }),
       el("td", { class: "hide-narrow", text: waitingText(job) || "—" }),
-      el("td", { class: "hide-narrow num", text: job.priority === undefined || job.priority === null ? "—" : String(job.priority) }),
+      el("td", { class: "hide-narrow", "data-priority": job.priority || null, text: job.priority || "—" }),
       el("td", { class: "hide-narrow", text: fmtTime(job.created_at) }),
       el("td", { class: "hide-narrow", text: fmtTime(job.updated_at) }));
   }
@@ -420,7 +424,7 @@
     const body = rows.length
       ? table([{ label: "Name" }, { label: "Status" }, { label: "Progress" },
                { label: "ETA", cls: "hide-narrow" }, { label: "Queue", cls: "hide-narrow" },
-               { label: "Priority", cls: "hide-narrow num" }, { label: "Created", cls: "hide-narrow" },
+               { label: "Priority", cls: "hide-narrow" }, { label: "Created", cls: "hide-narrow" },
                { label: "Updated", cls: "hide-narrow" }], rows)
       : el("p", { class: "muted", text: "No jobs yet." });
     main().replaceChildren(
@@ -713,6 +717,10 @@
       const v = from && from.config && from.config[k] !== undefined ? from.config[k] : r.def;
       field("config." + k, k.replace(/_/g, " "), el("input", { type: "number", min: r.min, max: r.max, step: r.step, value: v, inputmode: r.step === "any" ? "decimal" : "numeric" }), r.hint);
     }
+    const prioSel = el("select", {}, PRIORITIES.map((p) => el("option", { value: p, text: p })));
+    prioSel.value = from && PRIORITIES.includes(from.priority) ? from.priority : "normal";
+    field("priority", "Priority", prioSel,
+          "low, normal or high: higher starts first when slots are scarce; above your allowed maximum (normal unless an operator raised it) is refused.");
     field("trigger_words", "Trigger words", el("input", { type: "text", value: from && from.trigger_words ? from.trigger_words.join(", ") : "" }),
           "Optional: comma-separated, at most 20, each up to 100 bytes.");
     const form = el("form", { class: "job", novalidate: true, onsubmit: (ev) => { ev.preventDefault(); submitJob(form); } },
@@ -755,6 +763,7 @@
     const values = { dataset_id: get("dataset_id"), type: get("type"), base_model: get("base_model"), config: {},
                      trigger_words: get("trigger_words") ? get("trigger_words").split(",").map((s) => s.trim()).filter(Boolean) : [] };
     if (get("name")) values.name = get("name");
+    values.priority = get("priority");
     for (const k of Object.keys(RULES)) if (get("config." + k) !== "") values.config[k] = Number(get("config." + k));
     for (const f of form.querySelectorAll("[data-field]")) setFieldError(form, f.dataset.field, "");
     const errs = localErrors(values);
@@ -774,7 +783,8 @@
       location.hash = "#/jobs/" + r.body.job_id;
       return;
     }
-    if (r && r.status === 400 && r.body && Array.isArray(r.body.details)) {
+    // 400 (validation) and 403 (priority above the user's maximum) name their fields
+    if (r && (r.status === 400 || r.status === 403) && r.body && Array.isArray(r.body.details)) {
       let first = null;
       const other = [];
       for (const d of r.body.details) {
@@ -791,22 +801,41 @@
 
   // ------------------------------------------------------------------ views: usage
 
+  // GET /api/training/usage (docs/api.md "Usage"): per UTC day of the last 30 days, the
+  // jobs that ended by outcome and the attempts that ended with their GPU and wall seconds.
+  function usageCells(u) {
+    const jobs = u.jobs || {};
+    return [
+      el("td", { class: "num", "data-k": "completed", text: String(jobs.completed || 0) }),
+      el("td", { class: "num", "data-k": "failed", text: String(jobs.failed || 0) }),
+      el("td", { class: "num hide-narrow", "data-k": "cancelled", text: String(jobs.cancelled || 0) }),
+      el("td", { class: "num hide-narrow", "data-k": "attempts", text: String(u.attempts || 0) }),
+      el("td", { class: "num", "data-k": "gpu_hours", text: ((u.gpu_seconds || 0) / 3600).toFixed(2) }),
+      el("td", { class: "num", "data-k": "wall", text: fmtDuration(u.wall_seconds || 0) }),
+    ];
+  }
+
   async function viewUsage() {
     state.view = "usage";
     main().replaceChildren(el("h1", { text: "Usage" }), el("p", { class: "muted", text: "Loading…" }));
     const r = await api("GET", "/api/training/usage", null, { quiet: true });
     if (state.view !== "usage") return;
-    if (!r || !r.ok || !r.body) {
+    if (!r || !r.ok || !r.body || !Array.isArray(r.body.days)) {
       main().replaceChildren(el("h1", { text: "Usage" }), el("p", { class: "muted",
-        text: r && r.status === 404 ? "This server does not report usage." : "Could not load usage: " + errorText(r) }));
+        text: "Could not load usage: " + errorText(r) }));
       return;
     }
-    const days = r.body.days || r.body.usage || [];
-    const rows = (Array.isArray(days) ? days : []).map((d) => el("tr", {},
-      el("td", { text: d.day || d.date || "" }),
-      el("td", { class: "num", text: String(d.gpu_hours !== undefined ? d.gpu_hours : d.gpu_seconds !== undefined ? (d.gpu_seconds / 3600).toFixed(3) : "") })));
-    main().replaceChildren(el("h1", { text: "Usage" }), el("h2", { text: "GPU-hours per day" }),
-      rows.length ? table([{ label: "Day" }, { label: "GPU-hours", cls: "num" }], rows) : el("p", { class: "muted", text: "No usage recorded." }));
+    const b = r.body;
+    const rows = b.days.map((d) => el("tr", { "data-day": d.day }, el("th", { scope: "row", text: d.day }), usageCells(d)));
+    const head = [{ label: "Day (UTC)" }, { label: "Completed", cls: "num" }, { label: "Failed", cls: "num" },
+                  { label: "Cancelled", cls: "num hide-narrow" }, { label: "Attempts", cls: "num hide-narrow" },
+                  { label: "GPU-hours", cls: "num" }, { label: "Wall time", cls: "num" }];
+    const totals = el("tr", { "data-day": "total" }, el("th", { scope: "row", text: "Total" }), usageCells(b.totals || {}));
+    main().replaceChildren(el("h1", { text: "Usage" }),
+      el("p", { class: "muted", text: "From " + fmtTime(b.from) + " to " + fmtTime(b.to) +
+        ". A job counts on the day it ended; GPU-hours are the GPUs an attempt held times its run time (a CPU slot holds none, its run time is still in the wall time)." }),
+      el("h2", { text: "GPU-hours and jobs per day" }),
+      rows.length ? table(head, [...rows, totals]) : el("p", { class: "muted", text: "No usage recorded." }));
   }
 
   // ------------------------------------------------------------------ views: operator
@@ -825,7 +854,7 @@
       return;
     }
     const b = o.body, q = b.queue || {}, lat = b.dispatch_latency_seconds || {};
-    const failures = (b.failures_24h || []).map((f) => el("tr", {}, el("td", { text: f.class }), el("td", { class: "num", text: String(f.count) })));
+    const failures = (b.failures_24h || []).map((f) => el("tr", { "data-failure-class": f.class }, el("td", { text: f.class }), el("td", { class: "num", text: String(f.count) })));
     const users = (u && u.ok ? u.body.users : []).map((x) => el("tr", {},
       el("td", { text: x.user_id }), el("td", { class: "num", text: String(x.active) }),
       el("td", { class: "num", text: String(x.queued) }), el("td", { class: "num", text: String(x.gpu_hours_today === null ? 0 : x.gpu_hours_today) })));
@@ -833,6 +862,7 @@
       el("h1", { text: "Operations" }),
       el("h2", { text: "Queue" }),
       el("div", { class: "cards" }, card("Waiting for a GPU", q.capacity), card("Waiting at a user's limit", q.user_limit),
+        card("Waiting for a user's daily quota", q.quota === undefined ? "—" : q.quota),
         card("Pending", q.pending), card("Running", q.running),
         card("Dispatch latency p50", lat.p50 === null || lat.p50 === undefined ? "—" : fmtDuration(lat.p50)),
         card("Dispatch latency p95", lat.p95 === null || lat.p95 === undefined ? "—" : fmtDuration(lat.p95))),

@@ -207,17 +207,38 @@ class TestAdminApi(AdminCase):
         finally:
             stop_producer(self, p)
 
-    def test_overview_counts_queued_jobs_by_waiting_reason_and_users(self):
-        u = self.user("ov")
-        ds = self.dataset(u)
+    def queue_jobs(self, user, n):
+        """n queued jobs of the user, the last one parked (at the user's limit)."""
+        ds = self.dataset(user)
         ids = []
-        for i in range(3):
-            m = self.message(u, ds)
+        for i in range(n):
+            m = self.message(user, ds)
             self.insert_job(m, i)
             ids.append(m["job_id"])
         tqenv.psql("UPDATE training_jobs SET parked_at = now() WHERE id = :'id'",
-                   variables={"id": ids[2]})
+                   variables={"id": ids[-1]})
+        return ids
+
+    def test_overview_counts_queued_jobs_by_waiting_reason_and_users(self):
+        u = self.user("ov")
+        ids = self.queue_jobs(u, 3)
+        # a user over the daily GPU quota: both queued jobs (one parked) count under quota
+        q = self.user("quota")
+        self.addCleanup(tqenv.psql, "DELETE FROM job_usage WHERE user_id = :'u';"
+                        "DELETE FROM user_limits WHERE user_id = :'u'", variables={"u": q})
+        tqenv.psql("INSERT INTO user_limits (user_id, gpu_seconds_per_day) VALUES (:'u', 10);"
+                   "INSERT INTO job_usage (job_id, user_id, worker_id, attempt, gpus, started_at,"
+                   " ended_at, wall_seconds, gpu_seconds, outcome) VALUES (gen_random_uuid(),"
+                   " :'u', 'history', 1, 1, now() - interval '2 hours', now() - interval '1 hour',"
+                   " 3600, 3600, 'completed')", variables={"u": q})
+        before = self.admin("GET", "/api/admin/overview").json["queue"]
+        qids = self.queue_jobs(q, 2)
+        job = self.http.request("GET", f"/api/training/jobs/{qids[0]}", token=h.mint(q, SECRET)).json["job"]
+        self.assertEqual(job["waiting_reason"], "quota")
         o = self.admin("GET", "/api/admin/overview").json
+        self.assertEqual(o["queue"]["quota"] - before["quota"], 2)
+        self.assertEqual((o["queue"]["capacity"], o["queue"]["user_limit"]),
+                         (before["capacity"], before["user_limit"]))
         self.assertGreaterEqual(o["queue"]["capacity"], 2)
         self.assertGreaterEqual(o["queue"]["user_limit"], 1)
         self.assertEqual(len(o["per_minute"]), 60)
@@ -346,6 +367,11 @@ class TestDashboardInBrowser(AdminCase):
         u = self.user("ui")
         ds = self.dataset_env(u, FORMAT="diffusers", STEPS=8, DURATION=8)
         slow = self.dataset_env(u, FORMAT="diffusers", STEPS=60, DURATION=60)
+        # a job of the user that failed: the trainer refuses its config (exit 2, config_error)
+        failed = self.message(u, self.dataset_env(u, CONFIG_ERROR="unknown key rank_dropout"))
+        self.publish(failed)
+        self.assertEqual(self.wait_status(failed["job_id"], ("completed", "failed", "cancelled"),
+                                          timeout=60)["failure_class"], "config_error")
         dead_id = "ui-dead-" + run_id()
         self.publish(b"\xff not json", message_id=dead_id)
         h.wait_until(lambda: tqenv.psql("SELECT count(*) FROM dead_letters WHERE message_id = :'m'",
@@ -357,7 +383,7 @@ class TestDashboardInBrowser(AdminCase):
                    TQ_UI_OPERATOR_TOKEN=self.op_token,
                    TQ_UI_EXPIRED_TOKEN=h.mint(u, SECRET, exp_in=-60),
                    TQ_UI_DATASET=ds, TQ_UI_SLOW_DATASET=slow, TQ_UI_WORKER=wid,
-                   TQ_UI_DEAD_ID=dead_id, TQ_UI_OUT=out, CHROMIUM=browser)
+                   TQ_UI_DEAD_ID=dead_id, TQ_UI_FAILED_JOB=failed["job_id"], TQ_UI_OUT=out, CHROMIUM=browser)
         proc = subprocess.run(["node", os.path.join(TOOLS, "dashboard-browser.js")], env=env,
                               cwd=TOOLS, capture_output=True, text=True, timeout=600)
         with open(os.path.join(out, "result.json")) as f:
@@ -368,7 +394,7 @@ class TestDashboardInBrowser(AdminCase):
         self.assertEqual(result["consoleErrors"], [])
         shots = sorted(f for f in os.listdir(out) if f.endswith(".png"))
         for page in ("signin", "workers", "new-job-400", "jobs-queued", "jobs-running",
-                     "job-completed", "jobs-list", "usage", "operations", "dead-letters",
+                     "job-completed", "job-failed", "jobs-list", "usage", "operations", "dead-letters",
                      "all-jobs"):
             for size in ("1280x800", "390x844"):
                 self.assertIn(f"{page}-{size}.png", shots)

@@ -8,6 +8,7 @@
 //   TQ_UI_SLOW_DATASET  one whose job runs long (to be cancelled)
 //   TQ_UI_WORKER    the consumer's worker id
 //   TQ_UI_DEAD_ID   a message id the consumer dead-lettered
+//   TQ_UI_FAILED_JOB  a job of the user that failed as config_error (exit 2)
 //   TQ_UI_OUT       directory for screenshots and result.json
 //   CHROMIUM        the browser (default /usr/bin/chromium)
 //
@@ -39,14 +40,12 @@ function step(what) {
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// Errors the flows cause on purpose: the 400 of the refused submission, and the usage
-// endpoint on a server without it (404).
+// Errors the flows cause on purpose: the 400 and the 403 (priority) of the refused
+// submissions.
 function expectedError(msg) {
   const url = (msg.location() && msg.location().url) || "";
   const text = msg.text();
-  if (/status of 400/.test(text) && url.endsWith("/api/training/submit")) return true;
-  if (/status of 404/.test(text) && url.endsWith("/api/training/usage")) return true;
-  return false;
+  return /status of 40[03]/.test(text) && url.endsWith("/api/training/submit");
 }
 
 async function newPage(browser, name) {
@@ -204,6 +203,17 @@ async function main() {
     await user.type("#f-base_model", "stabilityai/sdxl-base-1.0");
     await user.$eval("#f-name", (e) => { e.value = ""; });
     await user.type("#f-name", "browser job");
+    step("priority: defaults to normal; high is above the user's maximum (403 next to the field)");
+    check(await user.$eval("#f-priority", (e) => e.value) === "normal", "the priority defaults to normal");
+    await user.select("#f-priority", "high");
+    const forbidden = user.waitForResponse((r) => r.url().endsWith("/api/training/submit"));
+    await user.click("#submit-job");
+    check((await forbidden).status() === 403, "the server refuses priority high");
+    await user.waitForFunction(() => document.querySelector("#f-priority-error").textContent !== "");
+    check(/at most "normal"/.test(await text(user, "#f-priority-error")), "the 403 detail is next to priority: " + await text(user, "#f-priority-error"));
+    check(await user.$eval("#f-priority", (e) => e.getAttribute("aria-invalid") === "true"), "priority is marked invalid");
+    check(await text(user, "#f-base_model-error") === "", "the fixed field's error is gone");
+    await user.select("#f-priority", "normal");
     await user.click("#submit-job");
     await user.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(location.hash), { timeout: 10000 });
     const jobId = (await user.evaluate(() => location.hash)).slice(7);
@@ -216,6 +226,7 @@ async function main() {
       return tr && tr.dataset.status === "queued";
     }, { timeout: 10000 }, jobId);
     check(/waiting for a GPU/.test(await text(user, 'tr[data-job="' + jobId + '"]')), "a queued job shows its waiting reason");
+    check(await text(user, 'tr[data-job="' + jobId + '"] td[data-priority]') === "normal", "the list shows the job's priority");
     await shoot(user, "jobs-queued");
     // record what the row shows, every 100 ms, in the page (no reload in between)
     await user.evaluate((id) => {
@@ -267,6 +278,7 @@ async function main() {
     await user.waitForFunction(() => document.querySelectorAll("#timeline tr").length >= 4, { timeout: 10000 });
     check(/completed/.test(await text(user, "#timeline")), "the timeline shows completed");
     check(await user.$('a[href^="#/new?from="]') !== null, "submit again is offered");
+    check(/Priority\s*normal/.test(await text(user, "#job-head dl")), "the job page shows its priority");
     await shoot(user, "job-completed");
 
     // ---------------------------------------------------------------- cancel another
@@ -291,14 +303,53 @@ async function main() {
     check(await user.$eval('tr[data-job="' + slowId + '"]', (e) => e.dataset.status) === "cancelled", "the list shows it cancelled");
     await shoot(user, "jobs-list");
 
-    await go(user, "#/usage", "main h1");
-    await user.waitForFunction(() => !/Loading/.test(document.querySelector("main").textContent));
+    step("a failed job's page shows its failure class and message");
+    const failedId = process.env.TQ_UI_FAILED_JOB;
+    await go(user, "#/jobs/" + failedId, "#job-head dl");
+    const failedHead = await text(user, "#job-head dl");
+    check(/Failure class\s*config_error/.test(failedHead), "the failure class is shown: " + failedHead);
+    check(/invalid config: unknown key rank_dropout/.test(failedHead), "the failure message is shown: " + failedHead);
+    await shoot(user, "job-failed");
+
+    step("usage: the page shows what the API reports, and the jobs that ran are in it");
+    await go(user, "#/usage", 'tr[data-day="total"]');
+    const usage = await user.evaluate(async () => {
+      const r = await fetch("/api/training/usage", { headers: { Authorization: "Bearer " + sessionStorage.getItem("trainq.token") } });
+      return r.json();
+    });
+    const shown = await user.evaluate(() => [...document.querySelectorAll("tr[data-day]")].map((tr) => {
+      const o = { day: tr.dataset.day };
+      for (const td of tr.querySelectorAll("td[data-k]")) o[td.dataset.k] = td.textContent;
+      return o;
+    }));
+    const expect = (day, u) => ({ day, completed: String(u.jobs.completed), failed: String(u.jobs.failed),
+      cancelled: String(u.jobs.cancelled), attempts: String(u.attempts),
+      gpu_hours: (u.gpu_seconds / 3600).toFixed(2), wall: u.wall_seconds });
+    const want = [...usage.days.map((d) => expect(d.day, d)), expect("total", usage.totals)];
+    // wall time is shown as a duration: compare it in whole seconds
+    const secs = (t) => { let s = 0; for (const [, n, u] of t.matchAll(/(\d+) (h|min|s)/g)) s += Number(n) * (u === "h" ? 3600 : u === "min" ? 60 : 1); return s; };
+    check(shown.length === want.length, "one row per day and a total: " + JSON.stringify(shown));
+    for (let i = 0; i < Math.min(shown.length, want.length); i++) {
+      const w = want[i], g = shown[i];
+      const wallOk = Math.abs(secs(g.wall) - w.wall) <= (w.wall >= 3600 ? 60 : 1);
+      check(g.day === w.day && g.completed === w.completed && g.failed === w.failed && g.cancelled === w.cancelled &&
+            g.attempts === w.attempts && g.gpu_hours === w.gpu_hours && wallOk,
+            "usage row " + i + " shows " + JSON.stringify(g) + ", the API says " + JSON.stringify(w));
+    }
+    // the completed, the failed and the cancelled job ended today, each after one attempt
+    // that ran (on a CPU slot: no GPU-seconds, but wall time)
+    const t = usage.totals;
+    check(t.jobs.completed >= 1 && t.jobs.failed >= 1 && t.jobs.cancelled >= 1 && t.attempts >= 3 && t.wall_seconds > 0,
+          "the API counts the jobs that ran: " + JSON.stringify(t));
     await shoot(user, "usage");
 
     // ---------------------------------------------------------------- operator pages
     step("operator pages");
     await go(op, "#/admin", ".cards");
     check(/Waiting for a GPU/.test(await text(op, "main")), "queue depth by waiting reason");
+    const failClass = await op.$('tr[data-failure-class="config_error"]');
+    check(failClass !== null && /config_error\s*[1-9]/.test(await op.evaluate((e) => e.textContent, failClass)),
+          "failures by class (24 h) shows config_error");
     await shoot(op, "operations");
     await go(op, "#/admin/dead-letters", 'tr[data-dead]');
     const dead = await text(op, "main table");

@@ -10,6 +10,9 @@
 --  * a job id is created once: a second call with the same id (a redelivery, a re-publish)
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
+-- The priority helpers are here rather than in 65_schedule.sql: tq_insert_jobs below is
+-- LANGUAGE sql, whose body Postgres checks when it is created, so on a fresh database they
+-- must exist first.
 -- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
 CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
 LANGUAGE sql IMMUTABLE AS $$
@@ -34,19 +37,6 @@ $$;
 -- p_messages, NULL or '' for none): the AMQP properties of a message published straight to
 -- AMQP (0015_events.sql), stored with the row before its insert trigger writes the first
 -- event, so even 'queued' is replied to.
--- Here rather than in 65_schedule.sql: tq_insert_jobs below is LANGUAGE sql, whose body
--- Postgres checks when it is created, so on a fresh database this must exist first.
--- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
-CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE p WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 END::smallint
-$$;
-
-CREATE OR REPLACE FUNCTION tq_priority_name(p smallint) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE p WHEN 0 THEN 'low' WHEN 1 THEN 'normal' WHEN 2 THEN 'high' END
-$$;
-
 DROP FUNCTION IF EXISTS tq_insert_job(text, text, text, text);
 DROP FUNCTION IF EXISTS tq_insert_jobs(text[], text, text, text);
 CREATE OR REPLACE FUNCTION tq_insert_jobs(p_messages text[], p_source text,

@@ -10,6 +10,7 @@
 --  * a job id is created once: a second call with the same id (a redelivery, a re-publish)
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
+
 -- The priority helpers are here rather than in 65_schedule.sql: tq_insert_jobs below is
 -- LANGUAGE sql, whose body Postgres checks when it is created, so on a fresh database they
 -- must exist first.

@@ -950,7 +950,7 @@ static int prune_fn(tconn *t, void *arg, tq_errbuf *eb)
     const char *p[4] = {a->p[0], a->p[1], a->p[2], a->p[3]};
     PGresult *res = NULL;
     int rc = exec(t,
-                  "SELECT outbox_rows, rate_rows, jobs"
+                  "SELECT outbox_rows, rate_rows, jobs, webhook_rows"
                   " FROM tq_retention_prune($1::int, $2::int, $3::int, $4::int)",
                   4, p, &res, eb);
     if (rc != TQ_OK)
@@ -958,6 +958,7 @@ static int prune_fn(tconn *t, void *arg, tq_errbuf *eb)
     a->out->outbox_rows = col_ll(res, 0, 0);
     a->out->rate_rows = col_ll(res, 0, 1);
     a->out->jobs = col_ll(res, 0, 2);
+    a->out->webhook_rows = col_ll(res, 0, 3);
     PQclear(res);
     return TQ_OK;
 }

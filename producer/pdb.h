@@ -167,11 +167,13 @@ struct pg_conn *tq_pdb_listen_open(tq_errbuf *eb);
 
 /* One batch of retention (tq_retention_prune, db/procedures/95_retention.sql) in its own
  * transaction: published outbox rows older than outbox_seconds, rate-limit rows of windows
- * past, and with job_seconds > 0 the jobs finished more than job_seconds ago with their
- * audit, outbox, output and artifact rows; at most batch rows of the first two, job_batch
- * jobs. Fills what each deleted (a kind came back full when its count is its limit). */
+ * past, delivered and failed webhook deliveries whose last attempt is older than
+ * outbox_seconds, and with job_seconds > 0 the jobs finished more than job_seconds ago with
+ * their audit, outbox, output and artifact rows; at most batch rows of each of the first
+ * three, job_batch jobs. Fills what each deleted (a kind came back full when its count is its
+ * limit). */
 typedef struct {
-    long long outbox_rows, rate_rows, jobs;
+    long long outbox_rows, rate_rows, jobs, webhook_rows;
 } tq_pdb_pruned;
 int tq_pdb_retention_prune(int outbox_seconds, int job_seconds, int batch, int job_batch,
                            tq_pdb_pruned *out, tq_errbuf *eb);

@@ -87,8 +87,9 @@ static const tq_opt options[] = {
      "/readyz answers 503 while the oldest due outbox row has waited longer than this"},
     {"TRAINQ_OUTBOX_RETENTION_SECONDS", "outbox-retention-seconds", TQ_OPT_INT,
      OFF(outbox_retention_seconds), "259200", 60, 315360000, NULL,
-     "published outbox rows are pruned this long after publication (default 3 days); "
-     "unpublished rows are kept whatever their age"},
+     "published outbox rows are pruned this long after publication (default 3 days), "
+     "delivered and failed webhook deliveries this long after their last attempt; "
+     "unpublished rows and pending deliveries are kept whatever their age"},
     {"TRAINQ_JOB_RETENTION_SECONDS", "job-retention-seconds", TQ_OPT_INT,
      OFF(job_retention_seconds), "0", 0, 315360000, NULL,
      "finished (completed, failed, cancelled) jobs are deleted with their audit trail, output "

@@ -11,9 +11,10 @@
 #include "tq_clock.h"
 #include "tq_log.h"
 
-/* Rows of outbox and of rate_limits per transaction, and jobs (each with its audit, output
- * and artifact rows, a few hundred rows for a chatty one) per transaction: each batch stays
- * far below the connection's 10 s statement timeout and holds its row locks only briefly. */
+/* Rows of outbox, of rate_limits and of webhook_deliveries per transaction, and jobs (each
+ * with its audit, output and artifact rows, a few hundred rows for a chatty one) per
+ * transaction: each batch stays far below the connection's 10 s statement timeout and holds its row
+ * locks only briefly. */
 #define RETENTION_BATCH 2000
 #define RETENTION_JOB_BATCH 100
 /* Batches in one pass at most (a backlog of millions goes over several passes), and the
@@ -58,19 +59,21 @@ static void prune_pass(tq_retention *r)
         sum.outbox_rows += got.outbox_rows;
         sum.rate_rows += got.rate_rows;
         sum.jobs += got.jobs;
+        sum.webhook_rows += got.webhook_rows;
         if (got.outbox_rows < RETENTION_BATCH && got.rate_rows < RETENTION_BATCH &&
-            got.jobs < RETENTION_JOB_BATCH)
+            got.jobs < RETENTION_JOB_BATCH && got.webhook_rows < RETENTION_BATCH)
             break;
         if (wait_ms(r, RETENTION_PAUSE_MS))
             break;
     }
-    if (sum.outbox_rows + sum.rate_rows + sum.jobs > 0)
+    if (sum.outbox_rows + sum.rate_rows + sum.jobs + sum.webhook_rows > 0)
         tq_logj(TQ_LOG_INFO, "retention.pruned",
-                json_pack("{s:I, s:I, s:I}", "outbox_rows", (json_int_t)sum.outbox_rows,
+                json_pack("{s:I, s:I, s:I, s:I}", "outbox_rows", (json_int_t)sum.outbox_rows,
                           "rate_limit_rows", (json_int_t)sum.rate_rows, "jobs",
-                          (json_int_t)sum.jobs),
-                "pruned %lld published outbox rows, %lld rate-limit rows, %lld finished jobs",
-                sum.outbox_rows, sum.rate_rows, sum.jobs);
+                          (json_int_t)sum.jobs, "webhook_rows", (json_int_t)sum.webhook_rows),
+                "pruned %lld published outbox rows, %lld rate-limit rows, %lld finished jobs, "
+                "%lld webhook deliveries",
+                sum.outbox_rows, sum.rate_rows, sum.jobs, sum.webhook_rows);
 }
 
 static void *retention_main(void *arg)

@@ -1,9 +1,10 @@
 /*
  * retention — the producer's thread that keeps the tables from growing without bound
  * (issue 11, item 5; docs/operations.md, "Retention"): every TRAINQ_RETENTION_INTERVAL_SECONDS
- * it prunes published outbox rows older than TRAINQ_OUTBOX_RETENTION_SECONDS, rate-limit rows
- * of past windows, and (TRAINQ_JOB_RETENTION_SECONDS > 0) jobs finished longer ago than that
- * with their audit, output and artifact rows.
+ * it prunes published outbox rows and finished webhook deliveries older than
+ * TRAINQ_OUTBOX_RETENTION_SECONDS, rate-limit rows of past windows, and
+ * (TRAINQ_JOB_RETENTION_SECONDS > 0) jobs finished longer ago than that with their audit, output
+ * and artifact rows.
  *
  * What must stay true: every batch is its own short transaction over rows taken FOR UPDATE
  * SKIP LOCKED (db/procedures/95_retention.sql), so every producer runs this thread and none

@@ -10,6 +10,9 @@
 --    and nothing the relay, a claim or a request holds is waited for;
 --  * an outbox row goes only once published (published_at set) and older than
 --    p_outbox_seconds: an unpublished row is never pruned, whatever its age;
+--  * a webhook delivery goes once it is delivered or failed and its last attempt (its event
+--    when it failed unsent) is older than p_outbox_seconds: a pending delivery is never
+--    pruned, whatever its age (GET /api/training/webhooks/{id}/deliveries shows the rest);
 --  * a rate-limit row goes once its one-minute window ended more than a minute ago (a
 --    counter of a past window is never read again: tq_pdb_rate_hit counts in the current
 --    window only);
@@ -21,11 +24,13 @@
 --    Once its audit rows are gone, tq_insert_job no longer knows the id: a message for it
 --    that arrived after the retention period would make the job anew (docs/operations.md,
 --    "Retention": keep p_job_seconds well above how long a message can wait in the queue).
--- Every selection runs on an index (db/migrations/0011_indexes.sql; test_indexes.py).
+-- Every selection runs on an index (db/migrations/0011_indexes.sql, 0018; test_indexes.py).
+-- (The signature before webhook_rows, dropped: OUT columns cannot change in place.)
+DROP FUNCTION IF EXISTS tq_retention_prune(int, int, int, int);
 CREATE OR REPLACE FUNCTION tq_retention_prune(p_outbox_seconds int, p_job_seconds int,
                                               p_batch int, p_job_batch int,
                                               OUT outbox_rows bigint, OUT rate_rows bigint,
-                                              OUT jobs bigint)
+                                              OUT jobs bigint, OUT webhook_rows bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     ids uuid[];
@@ -43,6 +48,18 @@ BEGIN
          WHERE r.window_start < date_trunc('minute', now()) - interval '1 minute'
          ORDER BY r.window_start LIMIT p_batch FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS rate_rows = ROW_COUNT;
+
+    -- Oldest first on webhook_deliveries_done (0018), as the outbox above; the ids as an
+    -- array, so the delete is p_batch probes of the primary key (with IN (…) the planner
+    -- may join against a scan of the whole table).
+    DELETE FROM webhook_deliveries WHERE id = ANY (ARRAY(
+        SELECT d.id FROM webhook_deliveries d
+         WHERE d.state <> 'pending'
+           AND COALESCE(d.last_attempt_at, d.event_at)
+               < now() - make_interval(secs => p_outbox_seconds)
+         ORDER BY COALESCE(d.last_attempt_at, d.event_at) LIMIT p_batch
+           FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS webhook_rows = ROW_COUNT;
 
     jobs := 0;
     IF p_job_seconds > 0 THEN

@@ -107,6 +107,20 @@ def proc_status(pid, key):
     return None
 
 
+def proc_pss(pid):
+    """Proportional set size in kB (/proc/<pid>/smaps_rollup): the process's own pages plus
+    its share of each page it maps with others (a library mapped by 4 processes counts a
+    quarter), or None."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def proc_cpu_seconds(pid):
     """utime + stime of a process (all its threads) in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -283,6 +297,7 @@ class Bench:
         self.producer = None
         self.port = None
         self.anon_peak = {"producer": 0, "consumer": 0}
+        self.pss_peak = {"producer": 0, "consumer": 0}
         self._sampling = threading.Event()
 
     # ------------------------------------------------------------ fixtures
@@ -307,6 +322,8 @@ class Bench:
                 if kind and p.running():
                     v = proc_status(p.pid, "RssAnon") or 0
                     self.anon_peak[kind] = max(self.anon_peak[kind], v)
+                    v = proc_pss(p.pid) or 0
+                    self.pss_peak[kind] = max(self.pss_peak[kind], v)
 
     @staticmethod
     def pool_user(i):
@@ -1215,6 +1232,11 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
             add(f"| 6 | of which the process's own memory: peak RssAnon producer / consumer"
                 f" (sampled every 100 ms; the rest of VmHWM is shared library pages) |"
                 f" {fmt(pa / 1024, ' MB', 1)} / {fmt(ca / 1024, ' MB', 1)} | — | — | — | — |")
+            pp, cp = self.pss_peak["producer"], self.pss_peak["consumer"]
+            add(f"| 6 | peak PSS producer / consumer (smaps_rollup, sampled every 100 ms: own"
+                f" pages plus a share of each shared one) | {fmt(pp / 1024, ' MB', 1)} /"
+                f" {fmt(cp / 1024, ' MB', 1)} | — | — | < 10 MB / < 5 MB |"
+                f" {yes(None if not pp or not cp else pp < 10240 and cp < 5120)} |")
         if r1:
             per_k = r1["cpu"] / max(1, r1["committed"]) * 1000
             add(f"| 6 | producer CPU seconds per 1000 submissions | {fmt(per_k, ' s', 3)} | — |"

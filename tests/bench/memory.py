@@ -8,7 +8,7 @@ migrated services whose TRAINQ_DATABASE_URL / TRAINQ_AMQP_URL are exported:
         --work-dir /tmp/memory [--quick] [--connections 5000] [--inflight 1000] \
         [--backlog-mb 1024] [--build-seconds 180] [--drain-seconds 240]
 
-Rows (each prints the peak VmHWM and RssAnon of the processes it names, in MiB, and the
+Rows (each prints the peak VmHWM, RssAnon and PSS of the processes it names, in MiB, and the
 growth over the same process idle):
   connections  5 000 connections from 100 loopback addresses, each holding an incomplete
                header, for 10 s; /healthz from another address must still answer
@@ -67,7 +67,7 @@ class Sampler(threading.Thread):
         self.procs = procs
         self.interval = interval
         self.stop_ev = threading.Event()
-        self.peak = {name: {"VmHWM": 0, "RssAnon": 0} for name in procs}
+        self.peak = {name: {"VmHWM": 0, "RssAnon": 0, "Pss": 0} for name in procs}
         self.trace = []  # (t, {name: RssAnon kB})
 
     def sample(self):
@@ -78,6 +78,7 @@ class Sampler(threading.Thread):
             for key in ("VmHWM", "RssAnon"):
                 v = bench.proc_status(p.pid, key) or 0
                 self.peak[name][key] = max(self.peak[name][key], v)
+            self.peak[name]["Pss"] = max(self.peak[name]["Pss"], bench.proc_pss(p.pid) or 0)
             now[name] = bench.proc_status(p.pid, "RssAnon") or 0
         self.trace.append((time.monotonic(), now))
 
@@ -95,7 +96,9 @@ class Sampler(threading.Thread):
 
 
 def idle(p):
-    return {k: bench.proc_status(p.pid, k) for k in ("VmHWM", "RssAnon")}
+    d = {k: bench.proc_status(p.pid, k) for k in ("VmHWM", "RssAnon")}
+    d["Pss"] = bench.proc_pss(p.pid)
+    return d
 
 
 def open_many(n, sources, port, first_bytes):
@@ -331,7 +334,8 @@ class MemBench:
         cells = []
         for proc, (base, peak) in peaks.items():
             cells.append(f"{proc}: VmHWM {mib(peak['VmHWM']):,.1f} MiB, RssAnon peak "
-                         f"{mib(peak['RssAnon']):,.1f} MiB (idle {mib(base['RssAnon']):,.1f})")
+                         f"{mib(peak['RssAnon']):,.1f} MiB (idle {mib(base['RssAnon']):,.1f}), "
+                         f"PSS peak {mib(peak['Pss']):,.1f} MiB (idle {mib(base['Pss'] or 0):,.1f})")
         line = f"| {name} | {what} | {'; '.join(cells)} |"
         print(line, flush=True)
         self.rows.append(line)

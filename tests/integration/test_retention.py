@@ -190,6 +190,33 @@ class RetentionTest(unittest.TestCase):
         self.assertGreaterEqual(sum(e["outbox_rows"] for e in logged), 12000, logged)
         self.assertEqual(a.events("retention.failed") + b.events("retention.failed"), [])
 
+    def test_finished_webhook_deliveries_go_after_the_outbox_retention_pending_ones_stay(self):
+        # Deliveries of one job's own URL (no endpoint): delivered, failed after attempts and
+        # failed unsent (no attempt: counted from its event) two days ago go; a delivery of
+        # ten minutes ago and a pending one however old (its next attempt a day away, so no
+        # sender takes it) stay.
+        self.addCleanup(q, "DELETE FROM webhook_deliveries WHERE user_id = :'u'", u=self.user)
+        ids = q("INSERT INTO webhook_deliveries (user_id, job_id, target, url, event, sequence,"
+                " event_at, state, due_at, attempts, last_attempt_at, delivered_at)"
+                " SELECT :'u', gen_random_uuid(), 'job', 'http://127.0.0.1:9/h', 'job.queued', 1,"
+                "  now() - v.ev * interval '1 hour', v.st, now() + interval '1 day', v.att,"
+                "  now() - v.last * interval '1 hour',"
+                "  CASE WHEN v.st = 'delivered' THEN now() - v.last * interval '1 hour' END"
+                " FROM (VALUES (1, 'delivered', 48, 48, 1), (2, 'failed', 60, 48, 5),"
+                "  (3, 'failed', 48, NULL, 0), (4, 'delivered', 1, 0.17, 1),"
+                "  (5, 'pending', 72, 48, 3)) v(k, st, ev, last, att)"
+                " ORDER BY v.k RETURNING id", u=self.user).split()
+        self.assertEqual(len(ids), 5)
+        p = self.producer()  # outbox retention 1 hour
+        left = lambda: q("SELECT string_agg(id::text, ',' ORDER BY id) FROM webhook_deliveries"
+                         " WHERE user_id = :'u'", u=self.user)
+        h.wait_until(lambda: left() == ",".join(ids[3:]), timeout=30, interval=0.2,
+                     what="the old finished deliveries pruned")
+        time.sleep(1.5)  # a pass logs when it ends
+        logged = p.events("retention.pruned")
+        self.assertGreaterEqual(sum(e["webhook_rows"] for e in logged), 3, logged)
+        self.assertEqual(left(), ",".join(ids[3:]))
+
     def test_finished_jobs_are_kept_forever_by_default(self):
         p = self.producer()
         old = self.finished(p)

@@ -1284,7 +1284,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                     ("get_ms", "GET /jobs/{id} p50", " ms", False),
                     ("list1_ms", "list, first page p50", " ms", False),
                     ("list100_ms", "list, 100th page p50", " ms", False),
-                    ("claim_ms", "claim transaction (tq_claim), mean", " ms", False),
+                    ("claim_ms", "claim transaction (tq_pick), mean", " ms", False),
                     ("release_ms", "job end + tq_release_parked transaction, mean", " ms", False)):
                 ratio = b[key] / e[key] if e[key] else None
                 ok = None if ratio is None else (ratio >= 0.8 if higher else ratio <= 1.2)
@@ -1597,8 +1597,9 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         return float(lat.group(1))
 
     def claim_release_setup(self):
-        """A queued job to claim (user rc, at no limit) and a user rr with a running and a
-        parked job, made through the programs' own functions."""
+        """A queued job to claim (user rc, at no limit; the pick takes the next runnable job,
+        this one or another) and a user rr with a running and a queued job, made through the
+        programs' own functions."""
         tag = f"bench-big-{self.run}"
         cu, ru = f"{tag}-claim", f"{tag}-release"
         ids = {}
@@ -1618,7 +1619,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
              f" UPDATE training_jobs SET status = 'running' WHERE id = '{ids['run'][0]}';"
              f" UPDATE training_jobs SET parked_at = now() WHERE id = '{ids['parked'][0]}'")
         claim = ("BEGIN;\n"
-                 f"SELECT outcome FROM tq_claim('{ids['claim'][1]}', 'bench-big', 30, 4096);\n"
+                 "SELECT outcome FROM tq_pick('bench-big', 30, 4096, 0);\n"
                  "ROLLBACK;\n")
         release = ("BEGIN;\n"
                    "UPDATE training_jobs SET status = 'completed', completed_at = now(),"

@@ -1,3 +1,17 @@
+-- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
+-- Here, not in 65_schedule.sql: tq_insert_jobs below is LANGUAGE sql, whose body Postgres
+-- checks when the function is created, so on a fresh database the functions it calls must
+-- already exist (migrate.sh loads these files in name order).
+CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 END::smallint
+$$;
+
+CREATE OR REPLACE FUNCTION tq_priority_name(p smallint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 0 THEN 'low' WHEN 1 THEN 'normal' WHEN 2 THEN 'high' END
+$$;
+
 -- The one way a job row is created: by the producer for a submission over HTTP
 -- (producer/pdb.c) and by the claiming consumer for a message published straight to AMQP.
 --

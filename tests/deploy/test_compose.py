@@ -7,7 +7,7 @@ producer container, follows the job to `completed`, checks what the consumer con
 on the host, and tears everything down (volumes included).
 
 Opt-in (ctest label "deploy", `scripts/test.sh --deploy`): a cold run builds five images
-(3 to 6.5 minutes on this machine, mostly downloads from the Debian archive); a warm one
+(5 to 10.5 minutes on this machine, mostly downloads from the Debian archive); a warm one
 takes well under a minute.
 """
 

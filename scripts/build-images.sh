@@ -107,7 +107,7 @@ ensure_base() {
 inputs_of() {
   case "$1" in
     producer | consumer)
-      echo "deploy/images/Dockerfile $1 CMakeLists.txt shared producer consumer deploy/images/runtime-packages.sh" ;;
+      echo "deploy/images/Dockerfile $1 CMakeLists.txt shared producer consumer ui deploy/images/runtime-packages.sh" ;;
     postgres)
       echo "deploy/images/postgres.Dockerfile postgres compose/postgresql.conf deploy/images/postgres-entrypoint.sh" ;;
     migrate)

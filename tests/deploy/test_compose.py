@@ -7,7 +7,7 @@ producer container, follows the job to `completed`, checks what the consumer con
 on the host, and tears everything down (volumes included).
 
 Opt-in (ctest label "deploy", `scripts/test.sh --deploy`): a cold run builds five images
-(3 to 6.5 minutes on this machine, mostly downloads from the Debian archive); a warm one
+(5 to 10.5 minutes on this machine, mostly downloads from the Debian archive); a warm one
 takes well under a minute.
 """
 
@@ -222,6 +222,22 @@ class ComposeStack(unittest.TestCase):
                 f.write(text)
         self.run_cmd(["docker", "build", "--network", "host", "--label",
                       "org.trainq.source-sha=" + sha, "-t", ADAPTER_IMAGE, ctx], timeout=600)
+
+    def test_dashboard_is_served_by_the_producer_container(self):
+        """The producer image carries ui/ where the producer looks by default
+        (/usr/local/share/trainq/ui, beside its binary): GET /ui/ answers the repository's
+        index.html and its script, byte for byte, with the dashboard's headers."""
+        for path, name, ctype in (("/ui/", "index.html", "text/html; charset=utf-8"),
+                                  ("/ui/app.js", "app.js", "text/javascript; charset=utf-8")):
+            url = "http://127.0.0.1:%d%s" % (HTTP_PORT, path)
+            with urllib.request.urlopen(url, timeout=10) as r:
+                status, headers, body = r.status, r.headers, r.read()
+            with open(os.path.join(SRC, "ui", name), "rb") as f:
+                self.assertEqual(body, f.read(), path)
+            self.assertEqual(status, 200, path)
+            self.assertEqual(headers["Content-Type"], ctype, path)
+            self.assertIn("default-src 'none'", headers["Content-Security-Policy"], path)
+            self.assertEqual(headers["X-Content-Type-Options"], "nosniff", path)
 
     def test_images_are_non_root_and_labelled(self):
         for name in ("producer", "consumer"):

@@ -17,6 +17,17 @@
 -- p_messages, NULL or '' for none): the AMQP properties of a message published straight to
 -- AMQP (0015_events.sql), stored with the row before its insert trigger writes the first
 -- event, so even 'queued' is replied to.
+-- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
+CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 END::smallint
+$$;
+
+CREATE OR REPLACE FUNCTION tq_priority_name(p smallint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p WHEN 0 THEN 'low' WHEN 1 THEN 'normal' WHEN 2 THEN 'high' END
+$$;
+
 DROP FUNCTION IF EXISTS tq_insert_job(text, text, text, text);
 DROP FUNCTION IF EXISTS tq_insert_jobs(text[], text, text, text);
 CREATE OR REPLACE FUNCTION tq_insert_jobs(p_messages text[], p_source text,

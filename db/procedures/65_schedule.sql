@@ -26,16 +26,8 @@
 --
 -- Idempotent (migrate.sh reloads this file on every run): CREATE OR REPLACE only.
 
--- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
-CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE p WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 END::smallint
-$$;
-
-CREATE OR REPLACE FUNCTION tq_priority_name(p smallint) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE p WHEN 0 THEN 'low' WHEN 1 THEN 'normal' WHEN 2 THEN 'high' END
-$$;
+-- tq_priority_rank and tq_priority_name: 30_jobs.sql (tq_insert_jobs reads the first, and
+-- a LANGUAGE sql body is checked when it is created, so they load before it).
 
 -- The highest priority the user may ask for: user_limits.max_priority, else normal.
 CREATE OR REPLACE FUNCTION tq_user_max_priority(p_user text) RETURNS text

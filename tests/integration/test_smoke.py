@@ -112,7 +112,7 @@ class ProceduresTest(unittest.TestCase):
                              "ORDER BY 1").split()
         self.assertEqual(triggers, ["job_events_append_only", "outbox_notify",
                                     "training_jobs_audit", "training_jobs_failure_class",
-                                    "training_jobs_guard_active",
+                                    "training_jobs_guard_active", "training_jobs_usage",
                                     "training_jobs_webhook_progress", "training_jobs_webhooks"])
         # It works: the guard refuses a third active job, the audit trigger records.
         user, ds = "fresh-" + uuid.uuid4().hex[:8], str(uuid.uuid4())

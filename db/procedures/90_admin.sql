@@ -89,8 +89,11 @@ LANGUAGE sql STABLE AS $$
                        COALESCE(completed_at, now()) - GREATEST(started_at, date_trunc('day', now()))))
                        FILTER (WHERE started_at IS NOT NULL) / 3600)::numeric, 3) AS gpu_hours
               FROM training_jobs
-             WHERE status IN ('queued', 'pending', 'running')
-                OR completed_at >= date_trunc('day', now())
+             -- arms that match partial indexes (training_jobs_queued, training_jobs_active,
+             -- training_jobs_finished); completed_at is set only on the finished statuses
+             WHERE status = 'queued' OR status IN ('pending', 'running')
+                OR (status IN ('completed', 'failed', 'cancelled')
+                    AND completed_at >= date_trunc('day', now()))
              GROUP BY user_id) t
 $$;
 

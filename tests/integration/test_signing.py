@@ -106,7 +106,8 @@ class SigningTest(ConsumerCase):
                  and e["to_status"] == "pending"]
         self.assertEqual(len(third), 1)
         self.assertGreater(third[0], first_end, "the third job did not wait for the limit")
-        self.assertEqual(h.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+        self.assertEqual(h.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                                " AND exchange = 'trainq.jobs'",
                                 variables={"id": parked["job_id"]}), "0")
         self.assertEqual(h.get_messages(DEAD, timeout=1), [])
 

@@ -102,7 +102,8 @@ class TestNeverStranded(ConsumerCase):
         j = self.wait_status(m["job_id"], TERMINAL, timeout=30)
         self.assertEqual(j["status"], "completed")
         self.assertLess(time.monotonic() - t0, 10)
-        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'",
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                                    " AND exchange = 'trainq.jobs'",
                                     variables={"id": m["job_id"]}), "1")
 
     def test_a_message_whose_intake_keeps_failing_is_dead_lettered_alone(self):

@@ -25,6 +25,7 @@
 #include "tq_log.h"
 #include "tq_program.h"
 #include "tq_relay.h"
+#include "wake.h"
 #include "webhooks.h"
 
 #define DRAIN_MS 10000
@@ -81,6 +82,7 @@ int main(int argc, char **argv)
     tq_streams *streams = NULL;
     tq_webhooks *hooks = NULL;
     tq_retention *retention = NULL;
+    tq_wake *wake = NULL;
     int pdb_ready = 0;
     int curl_ready = 0;
 
@@ -131,7 +133,12 @@ int main(int argc, char **argv)
         tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
         goto out;
     }
-    tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay, .streams = streams};
+    rc = tq_wake_start(&wake, &eb);
+    if (rc != TQ_OK) {
+        tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
+        goto out;
+    }
+    tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay, .streams = streams, .wake = wake};
     rc = tq_http_start(&app, &http, &eb);
     if (rc != TQ_OK) {
         tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
@@ -150,6 +157,7 @@ int main(int argc, char **argv)
 
 out:
     tq_http_stop(http, DRAIN_MS);
+    tq_wake_stop(wake); /* after the last request: its wake-ups go out before the relay's flush */
     tq_streams_stop(streams);
     tq_webhooks_stop(hooks);
     tq_retention_stop(retention);

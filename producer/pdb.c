@@ -57,10 +57,44 @@ void tq_pdb_shutdown(void)
     db_url = db_app = NULL;
 }
 
+/* The two statements of every submission. Each is PREPAREd once per connection (session_sql)
+ * and runs as its own implicit transaction (run_txn_as, exec_prepared): one round trip each,
+ * and no parse and plan per request, which cost about a quarter of the submission's database
+ * CPU (docs/performance.md, "What bounds submit").
+ * The rate-limit hit: fixed one-minute windows aligned to the clock (date_trunc), so every
+ * producer agrees on the window without coordination. A counter increment lost in a crash
+ * only lets one more request through; not worth an fsync on every request (the job itself
+ * is committed synchronously), so the transaction-local synchronous_commit = off rides in
+ * the same statement (CTE s). */
+#define SQL_RATE_HIT                                                                               \
+    "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"                            \
+    " w AS ("                                                                                      \
+    "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"                             \
+    "  VALUES ($1, $2, date_trunc('minute', now()), 1)"                                            \
+    "  ON CONFLICT (user_id, bucket, window_start)"                                                \
+    "  DO UPDATE SET count = rate_limits.count + 1"                                                \
+    "  RETURNING count, window_start)"                                                             \
+    " SELECT w.count,"                                                                             \
+    "  COALESCE(CASE WHEN $2 = 'submit' THEN"                                                      \
+    "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"                \
+    "  GREATEST(1, ceil(extract(epoch FROM"                                                        \
+    "   (w.window_start + interval '1 minute' - now()))))::int"                                    \
+    " FROM w, s"
+/* The submission (tq_submit, db/procedures/35_submit.sql). */
+#define SQL_SUBMIT                                                                                 \
+    "SELECT outcome, submitted_id, max_priority, deferred_notify"                                  \
+    " FROM tq_submit($1::text, $2::uuid, $3::uuid, $4::text, $5::text, $6::text, $7::text,"        \
+    " $8::text, $9::jsonb, $10::text, $11::text)"
+
 /* Session settings every producer connection needs: UTC so JSON timestamps read
- * "...+00:00", and a statement timeout so a wedged server yields 503/500, not a hang. */
+ * "...+00:00", a statement timeout so a wedged server yields 503/500, not a hang, and the
+ * prepared statements. The reload of the procedures at every program start
+ * (scripts/migrate.sh, CREATE OR REPLACE) does not break them: Postgres plans a prepared
+ * statement again when what it uses changed. */
 static const char *const session_sql =
-    "SET TimeZone = 'UTC'; SET statement_timeout = '10s'; SET lock_timeout = '5s'";
+    "SET TimeZone = 'UTC'; SET statement_timeout = '10s'; SET lock_timeout = '5s';"
+    " PREPARE rate_hit (text, text, text) AS " SQL_RATE_HIT ";"
+    " PREPARE submit_call AS " SQL_SUBMIT;
 
 /* This thread's state (its connection is opened by run_txn). */
 static int conn_get(tconn **out, tq_errbuf *eb)
@@ -105,6 +139,21 @@ static int exec(tconn *t, const char *sql, int n, const char *const *p, PGresult
     return tq_db_exec(t->c, sql, n, p, out, eb);
 }
 
+/* A statement session_sql PREPAREd, by name. */
+static int exec_prepared(tconn *t, const char *name, int n, const char *const *p, PGresult **out,
+                         tq_errbuf *eb)
+{
+    if (out)
+        *out = NULL;
+    PGresult *r = PQexecPrepared(t->c, name, n, p, NULL, NULL, 0);
+    int rc = tq_db_check(t->c, r, eb);
+    if (rc == TQ_OK && out)
+        *out = r;
+    else
+        PQclear(r);
+    return rc;
+}
+
 /*
  * Runs fn in its own transaction on this thread's connection, through tq_db_run_txn:
  * up to 4 tries in all, on serialization failure / deadlock / timeouts (TQ_ERR_DB_RETRY),
@@ -127,15 +176,26 @@ static int txn_body(PGconn *c, void *arg, tq_errbuf *eb)
     return k->fn(k->t, k->arg, eb);
 }
 
-static int run_txn(txn_fn fn, void *arg, tq_errbuf *eb)
+/* implicit: fn sends one statement, its own transaction (one round trip, no BEGIN/COMMIT). */
+static int run_txn_as(txn_fn fn, void *arg, int implicit, tq_errbuf *eb)
 {
     tconn *t = NULL;
     int rc = conn_get(&t, eb);
     if (rc != TQ_OK)
         return rc;
     txn_call k = {t, fn, arg};
-    const tq_db_txn how = {.url = db_url, .app = db_app, .session_sql = session_sql};
+    /* check_idle: these connections never LISTEN (tq_pdb_listen_open opens its own) */
+    const tq_db_txn how = {.url = db_url,
+                           .app = db_app,
+                           .session_sql = session_sql,
+                           .implicit = implicit,
+                           .check_idle = 1};
     return tq_db_run_txn(&t->c, &how, txn_body, &k, eb);
+}
+
+static int run_txn(txn_fn fn, void *arg, tq_errbuf *eb)
+{
+    return run_txn_as(fn, arg, 0, eb);
 }
 
 /* ------------------------------------------------------------------ ping */
@@ -159,33 +219,14 @@ typedef struct {
     int count, limit, retry_after;
 } rate_arg;
 
-/* Fixed one-minute windows aligned to the clock (date_trunc), so every producer agrees on
- * the window without coordination. Rows of past windows are pruned by retention
- * (tq_pdb_retention_prune), not here: the request's transaction only counts. */
+/* SQL_RATE_HIT. Rows of past windows are pruned by retention (tq_pdb_retention_prune), not
+ * here: the request's transaction only counts. */
 static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     rate_arg *a = arg;
     const char *p[3] = {a->user, a->bucket, a->def};
     PGresult *res = NULL;
-    /* A counter increment lost in a crash only lets one more request through; not worth
-     * an fsync on every request (the job itself is committed synchronously). The
-     * transaction-local synchronous_commit = off rides in the same statement (CTE s):
-     * one round trip less. */
-    int rc = exec(t,
-                  "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"
-                  " w AS ("
-                  "  INSERT INTO rate_limits (user_id, bucket, window_start, count)"
-                  "  VALUES ($1, $2, date_trunc('minute', now()), 1)"
-                  "  ON CONFLICT (user_id, bucket, window_start)"
-                  "  DO UPDATE SET count = rate_limits.count + 1"
-                  "  RETURNING count, window_start)"
-                  " SELECT w.count,"
-                  "  COALESCE(CASE WHEN $2 = 'submit' THEN"
-                  "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"
-                  "  GREATEST(1, ceil(extract(epoch FROM"
-                  "   (w.window_start + interval '1 minute' - now()))))::int"
-                  " FROM w, s",
-                  3, p, &res, eb);
+    int rc = exec_prepared(t, "rate_hit", 3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
@@ -200,7 +241,9 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
 {
     rate_arg a = {.user = user, .bucket = bucket};
     snprintf(a.def, sizeof a.def, "%d", default_limit);
-    int rc = run_txn(rate_fn, &a, eb);
+    /* one statement, its own transaction; repeated after a lost connection, it counts one
+     * hit twice at worst */
+    int rc = run_txn_as(rate_fn, &a, 1, eb);
     if (rc == TQ_OK) {
         *count = a.count;
         *limit = a.limit;
@@ -242,10 +285,7 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
                          a->s->priority != TQ_PRIORITY_NORMAL ? tq_priority_name(a->s->priority)
                                                               : NULL};
     PGresult *res = NULL;
-    int rc = exec(t,
-                  "SELECT outcome, submitted_id, max_priority FROM tq_submit($1, $2::uuid,"
-                  " $3::uuid, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)",
-                  11, p, &res, eb);
+    int rc = exec_prepared(t, "submit_call", 11, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -259,9 +299,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     }
     const char *outcome = PQgetvalue(res, 0, 0);
     col_copy(res, 0, 1, a->out->job_id, sizeof a->out->job_id);
-    if (strcmp(outcome, "created") == 0)
+    if (strcmp(outcome, "created") == 0) {
+        col_copy(res, 0, 3, a->out->deferred_notify, sizeof a->out->deferred_notify);
         rc = TQ_OK;
-    else if (strcmp(outcome, "replayed") == 0) {
+    } else if (strcmp(outcome, "replayed") == 0) {
         a->out->replayed = 1;
         rc = TQ_OK;
     } else if (strcmp(outcome, "conflict") == 0)
@@ -292,7 +333,31 @@ int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                     .s = s,
                     .out = out};
     memset(out, 0, sizeof *out);
-    return run_txn(submit_fn, &a, eb);
+    /* One statement, its own transaction (tq_submit does everything in one call). Only a
+     * connection found closed before the statement is sent is retried (tq_db_run_txn): a
+     * submission whose connection is lost in flight answers 503, and the client's retry
+     * with its Idempotency-Key finds the job if it was committed. */
+    return run_txn_as(submit_fn, &a, 1, eb);
+}
+
+/* ------------------------------------------------------------------ wake-ups */
+
+typedef struct {
+    const char *channels, *users;
+} wake_arg;
+
+static int wake_fn(tconn *t, void *arg, tq_errbuf *eb)
+{
+    wake_arg *a = arg;
+    const char *p[2] = {a->channels, a->users};
+    return exec(t, "SELECT tq_wake($1::jsonb, $2::jsonb)", 2, p, NULL, eb);
+}
+
+int tq_pdb_wake(const char *channels_json, const char *users_json, tq_errbuf *eb)
+{
+    wake_arg a = {channels_json, users_json};
+    /* one statement, one round trip: nothing in it needs to be retried as a whole */
+    return run_txn_as(wake_fn, &a, 1, eb);
 }
 
 /* ------------------------------------------------------------------ jobs */

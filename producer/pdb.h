@@ -34,6 +34,9 @@ int tq_pdb_ping(tq_errbuf *eb);
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
                     int *retry_after, tq_errbuf *eb);
 
+/* Room for tq_submit's deferred_notify: every channel name once. */
+#define TQ_PDB_DEFERRED_BUF 160
+
 /* A job's own webhook from the submit body (events: a JSON array of event names). */
 typedef struct {
     const char *url;
@@ -46,6 +49,10 @@ typedef struct {
     int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
     /* TQ_ERR_FORBIDDEN for the priority: the highest the user may ask for ("" otherwise) */
     char max_priority[8];
+    /* A new job: the channels whose NOTIFY tq_submit deferred to after the commit
+     * (comma-separated, e.g. "trainq_job_event,trainq_outbox"); the caller hands them to
+     * tq_wake_note (producer/wake.h). "" otherwise. */
+    char deferred_notify[TQ_PDB_DEFERRED_BUF];
 } tq_pdb_submitted;
 
 /* In one transaction: idempotency lookup, dataset check, job row (status queued, source
@@ -60,6 +67,12 @@ typedef struct {
 int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
                   const char *canonical_json, const char *msg_payload, const char *idem_key,
                   const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb);
+
+/* Sends the notifications that committed submissions deferred (tq_wake, db/procedures/
+ * 35_submit.sql), in a transaction of its own committed without a WAL flush: channels_json
+ * the channels, users_json the users whose streams trainq_job_event wakes ([] for every
+ * stream); both JSON arrays of strings. */
+int tq_pdb_wake(const char *channels_json, const char *users_json, tq_errbuf *eb);
 
 /* The user's usage in [from_ms, to_ms) (Unix milliseconds) as a new JSON object (caller
  * decrefs): {from, to, days: [{day, jobs: {completed, failed, cancelled}, attempts,

@@ -22,6 +22,7 @@
 
 struct tq_relay;
 struct tq_streams;
+struct tq_wake;
 
 /* What handlers may read; borrowed by the server for its whole life. */
 typedef struct {
@@ -29,6 +30,7 @@ typedef struct {
     const tq_auth *auth;
     struct tq_relay *relay;     /* NULL when the relay could not be started */
     struct tq_streams *streams; /* the Server-Sent Events hub (stream.h) */
+    struct tq_wake *wake;       /* after-commit wake-ups of submissions (wake.h) */
 } tq_app;
 
 typedef struct tq_req tq_req;

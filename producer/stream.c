@@ -405,7 +405,8 @@ static void on_notify(tq_streams *h, const char *chan, const char *payload)
     int any_all = 0;
     pthread_mutex_lock(&h->mu);
     for (stream *s = h->list; s; s = s->next) {
-        if (event ? strcmp(s->user, payload) == 0 : strcmp(s->job, payload) == 0)
+        /* An event without a user: every stream (tq_wake when its list of users overflowed). */
+        if (event ? !payload[0] || strcmp(s->user, payload) == 0 : strcmp(s->job, payload) == 0)
             s->dirty = 1;
         any_all |= !event && !s->job[0];
     }

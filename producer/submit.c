@@ -23,6 +23,7 @@
 #include "tq_msg.h"
 #include "tq_status.h"
 #include "tq_webhook.h"
+#include "wake.h"
 
 #define IDEM_KEY_MAX 128
 
@@ -250,6 +251,8 @@ void tq_h_submit(tq_req *r)
     tq_pdb_submitted res;
     int rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem,
                            hook.url ? &ph : NULL, &res, &eb);
+    if (rc == TQ_OK && !res.replayed)
+        tq_wake_note(tq_req_app(r)->wake, tq_req_user(r), res.deferred_notify);
     reply_submitted(r, rc, &res, sub.type, &eb);
 out:
     explicit_bzero(secret, sizeof secret);

@@ -1,5 +1,6 @@
 #include "tq_db.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -184,9 +185,28 @@ int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *sta
     return 0;
 }
 
+/* Whether the server closed idle connection c, found without a round trip: an idle
+ * connection that never LISTENs (tq_db_txn.check_idle) hears nothing from the server but its
+ * goodbye (a restart's or pg_terminate_backend's "terminating connection", an idle timeout), so
+ * anything waiting on the socket means it is gone (at worst a rare unsolicited notice costs a
+ * reconnect). So a connection that died while idle is opened again before anything is sent on it,
+ * also for an implicit transaction, whose failed statement tq_db_txn_retry cannot tell from one
+ * that ran. (A connection lost without a word, or in the moment between this look and the send,
+ * still fails the try.) */
+static int closed_while_idle(PGconn *c)
+{
+    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+    return p.fd < 0 || poll(&p, 1, 0) != 0;
+}
+
 /* (Re)opens *c as needed, with the session settings. *fresh says it was opened here. */
 static int txn_conn(PGconn **c, const tq_db_txn *how, int *fresh, tq_errbuf *eb)
 {
+    if (how->check_idle && how->url && *c && PQstatus(*c) == CONNECTION_OK &&
+        closed_while_idle(*c)) {
+        PQfinish(*c);
+        *c = NULL;
+    }
     *fresh = !*c || PQstatus(*c) != CONNECTION_OK;
     if (!how->url)
         return *c ? TQ_OK : tq_errf(eb, TQ_ERR_UNAVAILABLE, "no database connection");

@@ -78,6 +78,11 @@ typedef struct {
      * safe to repeat, as the claim is); otherwise only a connection found dead at BEGIN is
      * retried, once. Needs url. */
     int retry_unavailable;
+    /* Before each try, look whether the server closed the (idle) connection, without a round
+     * trip, and open a fresh one if so: for an implicit transaction, which a failure cannot
+     * retry. Only for connections that never LISTEN: anything waiting on the socket of an
+     * idle connection is taken for the server's goodbye. Needs url. */
+    int check_idle;
     tq_db_retry_fn before_retry; /* optional: backoff, logging, giving up */
     void *retry_arg;
 } tq_db_txn;

@@ -253,6 +253,28 @@ static void an_implicit_transaction_sends_no_begin(void)
     PQfinish(c);
 }
 
+/* Its one statement may have run when it fails, so a failed implicit transaction is never
+ * tried again; a connection the server closed while idle is noticed before anything is
+ * sent on it (the server's goodbye waits on the socket) and replaced. */
+static void an_implicit_transaction_on_a_connection_that_died_idle_runs_on_a_fresh_one(void)
+{
+    PGconn *c = NULL;
+    const tq_db_txn how = {.url = url, .app = "db_it", .implicit = 1, .check_idle = 1};
+    body b = {0};
+    tq_errbuf eb = {{0}};
+    int rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
+    CHECK(rc == TQ_OK && c, "first: rc %d %s", rc, eb.msg);
+    int old_pid = c ? PQbackendPID(c) : 0;
+    kill_idle(c);
+    b = (body){0};
+    rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
+    CHECK(rc == TQ_OK, "after the kill: rc %d %s", rc, eb.msg);
+    CHECK(b.calls == 1, "body ran %d times, want 1", b.calls);
+    CHECK(c && PQbackendPID(c) != old_pid, "not a fresh connection");
+    CHECK(committed() == 2, "want both transactions' rows");
+    PQfinish(c);
+}
+
 int main(void)
 {
     url = getenv("TRAINQ_DATABASE_URL");
@@ -279,6 +301,7 @@ int main(void)
     a_connection_that_died_idle_is_replaced_once();
     a_connection_lost_inside_the_transaction_is_not_repeated();
     an_implicit_transaction_sends_no_begin();
+    an_implicit_transaction_on_a_connection_that_died_idle_runs_on_a_fresh_one();
     committed();
     PQfinish(checker);
     printf("db_it: %s\n", failures ? "FAILED" : "ok");

@@ -31,3 +31,29 @@ BEGIN
         EXECUTE want;
     END IF;
 END $$;
+
+-- Every NOTIFY of a trigger or procedure goes through tq_notify, so that a transaction can
+-- defer its wake-ups to after its commit. Why: at commit, a transaction that notified takes
+-- the database's notification lock and holds it through its WAL flush, so notifying
+-- transactions commit one at a time (docs/performance.md, "What bounds submit").
+-- A transaction that set trainq.notify to 'deferred' (set_config(..., true); tq_submit in
+-- 35_submit.sql does) sends nothing here: the channel is added to trainq.notify_deferred (a
+-- comma-separated list, each channel once), and its caller, once the commit has returned,
+-- sends the notifications from a transaction of its own that needs no flush (tq_wake,
+-- 35_submit.sql). The caller supplies the payloads then: for trainq_job_event the user, as
+-- here. A wake-up that never comes only waits for the listener's poll.
+CREATE OR REPLACE FUNCTION tq_notify(p_channel text, p_payload text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d text;
+BEGIN
+    IF current_setting('trainq.notify', true) IS DISTINCT FROM 'deferred' THEN
+        PERFORM pg_notify(p_channel, p_payload);
+        RETURN;
+    END IF;
+    d := COALESCE(current_setting('trainq.notify_deferred', true), '');
+    IF NOT p_channel = ANY (string_to_array(d, ',')) THEN
+        PERFORM set_config('trainq.notify_deferred',
+                           CASE WHEN d = '' THEN p_channel ELSE d || ',' || p_channel END, true);
+    END IF;
+END $$;

@@ -60,7 +60,7 @@ BEGIN
                                    NEW.status, NEW.failure_class)); -- 62_outcomes.sql
     -- Wakes the producers' event streams (producer/stream.c) at commit; the payload is the
     -- user, whose events they read after their cursor. A missed one only waits for a poll.
-    PERFORM pg_notify('trainq_job_event', NEW.user_id);
+    PERFORM tq_notify('trainq_job_event', NEW.user_id);
     RETURN NULL;
 END $$;
 

@@ -19,18 +19,31 @@
 --    dataset check, so a replay, a conflict or a refused dataset writes nothing;
 --  * two concurrent requests with the same key: the second one's tq_insert_job raises
 --    unique_violation, which the producer retries (its idempotency lookup then finds the
---    first one's job).
+--    first one's job);
+--  * it sends no NOTIFY: the transaction's notifications are deferred (tq_notify,
+--    00_triggers.sql) and named in deferred_notify, and the caller wakes their listeners
+--    with tq_wake once the commit has returned (producer/wake.c). A submission's commit
+--    then never waits on the notification lock, which serialises notifying commits.
 -- submitted_id: the new job (p_job_id), or the job the key already names.
+-- deferred_notify: the channels to wake after the commit (comma-separated), '' if none.
 -- (The signature before the webhooks, gone so no caller meets a copy without them.)
 DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text);
 DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text, text, jsonb, text);
+-- (Before deferred_notify: CREATE OR REPLACE cannot change the OUT columns.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'tq_submit'
+                  AND NOT 'deferred_notify' = ANY (COALESCE(proargnames, '{}'))) THEN
+        DROP FUNCTION tq_submit(text, uuid, uuid, text, text, text, text, text, jsonb, text, text);
+    END IF;
+END $$;
 CREATE OR REPLACE FUNCTION tq_submit(p_user text, p_job_id uuid, p_dataset_id uuid,
                                      p_routing_key text, p_message text,
                                      p_idempotency_key text, p_canonical text,
                                      p_hook_url text, p_hook_events jsonb, p_new_secret text,
                                      p_priority text,
                                      OUT outcome text, OUT submitted_id text,
-                                     OUT max_priority text)
+                                     OUT max_priority text, OUT deferred_notify text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id    uuid;
@@ -67,6 +80,7 @@ BEGIN
     END IF;
 
     PERFORM set_config('trainq.reason', 'submitted over http', true);
+    PERFORM set_config('trainq.notify', 'deferred', true);
     IF p_hook_url IS NOT NULL THEN
         INSERT INTO webhook_user_secrets (user_id, secret) VALUES (p_user, p_new_secret)
         ON CONFLICT (user_id) DO NOTHING;
@@ -78,4 +92,27 @@ BEGIN
     VALUES (p_job_id, p_routing_key, p_message);
     outcome := 'created';
     submitted_id := p_job_id::text;
+    deferred_notify := COALESCE(current_setting('trainq.notify_deferred', true), '');
+END $$;
+
+-- The wake-ups of submissions that have committed (tq_submit's deferred_notify), for many
+-- at once: producer/wake.c gathers them and sends one call per round. p_channels: the
+-- channels (JSON array of strings); p_users (JSON array): the users whose streams
+-- trainq_job_event wakes, one notification each; an empty array wakes every stream (the
+-- producer's list of them overflowed). Its own transaction, committed without waiting for
+-- the WAL flush: it writes nothing that must survive a crash, so the notification lock is
+-- held only for the moment of the commit.
+CREATE OR REPLACE FUNCTION tq_wake(p_channels jsonb, p_users jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ch text;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    FOR ch IN SELECT jsonb_array_elements_text(p_channels) LOOP
+        IF ch = 'trainq_job_event' AND jsonb_array_length(p_users) > 0 THEN
+            PERFORM pg_notify(ch, u) FROM jsonb_array_elements_text(p_users) AS u;
+        ELSE
+            PERFORM pg_notify(ch, '');
+        END IF;
+    END LOOP;
 END $$;

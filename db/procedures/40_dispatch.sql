@@ -34,7 +34,7 @@ BEGIN
                                   WHERE user_id = p_user AND status = 'queued'
                                   LIMIT n_free) q;
     IF n > 0 THEN
-        PERFORM pg_notify('trainq_runnable', '');
+        PERFORM tq_notify('trainq_runnable', '');
     END IF;
     RETURN n;
 END $$;
@@ -189,7 +189,7 @@ BEGIN
                  WHERE a.user_id = q.user_id AND a.status IN ('pending', 'running'))
                < tq_user_max_active(q.user_id)) u;
     IF n > 0 THEN
-        PERFORM pg_notify('trainq_runnable', '');
+        PERFORM tq_notify('trainq_runnable', '');
     END IF;
     RETURN n;
 END $$;

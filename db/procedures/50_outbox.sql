@@ -3,7 +3,7 @@
 CREATE OR REPLACE FUNCTION tq_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('trainq_outbox', '');
+    PERFORM tq_notify('trainq_outbox', '');
     RETURN NULL;
 END $$;
 

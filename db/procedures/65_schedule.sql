@@ -141,7 +141,7 @@ BEGIN
     -- few times faster than row by row.
     added := ARRAY(SELECT tq_insert_jobs(bodies, 'amqp', NULL, NULL, reply_tos, correlation_ids));
     IF cardinality(added) > 0 THEN
-        PERFORM pg_notify('trainq_runnable', '');
+        PERFORM tq_notify('trainq_runnable', '');
     END IF;
     -- A new statement, so a fresh snapshot: it sees the rows just inserted and every other.
     -- A job twice in one batch is accepted once (its first message), a duplicate after.

@@ -42,7 +42,7 @@ BEGIN
                                                WHERE job_id = p_id AND kind = 'log')
          WHERE id = p_id;
     END IF;
-    PERFORM pg_notify('trainq_job_output', p_id::text);
+    PERFORM tq_notify('trainq_job_output', p_id::text);
     RETURN s;
 END $$;
 
@@ -73,6 +73,6 @@ BEGIN
     DELETE FROM job_output WHERE job_id = p_id AND kind = 'progress'
        AND seq <= (SELECT seq FROM job_output WHERE job_id = p_id AND kind = 'progress'
                     ORDER BY seq DESC OFFSET p_keep LIMIT 1);
-    PERFORM pg_notify('trainq_job_output', p_id::text);
+    PERFORM tq_notify('trainq_job_output', p_id::text);
     RETURN s;
 END $$;

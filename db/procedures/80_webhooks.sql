@@ -4,13 +4,14 @@
 -- on). job.progress is opt-in and made at most once per 10 % or 60 s of a job.
 
 -- Whether event ev of job j has a target: one of the user's enabled endpoints, or the job's
--- own URL, wants it.
+-- own URL, wants it. (PL/pgSQL, planned once per session: it runs in every status change.)
 CREATE OR REPLACE FUNCTION tq_webhook_wanted(j training_jobs, ev text) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
                      AND e.disabled_at IS NULL AND ev = ANY (e.events))
-        OR EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events))
-$$;
+        OR EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events));
+END $$;
 
 -- Writes one delivery of event ev of job j per target, with sequence number seq (the
 -- job's next, tq_job_event_seq in 85_events.sql: webhooks and AMQP events share one
@@ -41,7 +42,7 @@ BEGIN
     -- transaction that changes many jobs still sends a single one, and the empty payload
     -- keeps that fold a cheap comparison.
     IF n1 + n2 > 0 THEN
-        PERFORM pg_notify('trainq_webhook', '');
+        PERFORM tq_notify('trainq_webhook', '');
     END IF;
     RETURN n1 + n2;
 END $$;
@@ -55,7 +56,8 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status THEN
         RETURN NULL;
     END IF;
-    seq := tq_job_event_seq(NEW.id);
+    -- the insert's event is the job's first (tq_job_event_seq: it writes no row)
+    seq := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE tq_job_event_seq(NEW.id) END;
     IF NEW.status IN ('queued', 'running', 'completed', 'failed', 'cancelled') THEN
         PERFORM tq_webhook_write(NEW, 'job.' || NEW.status, seq);
     END IF;

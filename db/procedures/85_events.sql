@@ -16,13 +16,20 @@
 
 -- The job's next event number (webhook_job_state.seq), under the job's row lock, which
 -- the changing statement holds: a job's events get increasing numbers in the order of
--- its changes.
+-- its changes. The job's first event, its insert's, is number 1 and writes no row
+-- (tq_webhook_enqueue, 80_webhooks.sql): a submission writes one row less. So a job
+-- without a row has had exactly that one event, and its next is number 2.
+-- (PL/pgSQL, planned once per session: it runs in every status change.)
 CREATE OR REPLACE FUNCTION tq_job_event_seq(p_job uuid) RETURNS bigint
-LANGUAGE sql AS $$
-    INSERT INTO webhook_job_state AS s (job_id, seq) VALUES (p_job, 1)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    INSERT INTO webhook_job_state AS s (job_id, seq) VALUES (p_job, 2)
     ON CONFLICT (job_id) DO UPDATE SET seq = s.seq + 1
-    RETURNING s.seq
-$$;
+    RETURNING s.seq INTO n;
+    RETURN n;
+END $$;
 
 -- Whether throttled job.progress.<type> events are published (settings row
 -- 'amqp_progress_events' = 'on'; off by default: progress is many messages).
@@ -66,10 +73,13 @@ CREATE OR REPLACE FUNCTION tq_event_write(j training_jobs, p_event text, p_seq b
 LANGUAGE plpgsql AS $$
 DECLARE
     a job_events;
-    jj jsonb := to_jsonb(j);
+    jj jsonb; -- the whole row as JSON, message and all: made only for progress fields
 BEGIN
     IF p_event <> 'progress' THEN
         SELECT * INTO a FROM job_events WHERE job_id = j.id ORDER BY id DESC LIMIT 1;
+    END IF;
+    IF j.progress IS NOT NULL THEN
+        jj := to_jsonb(j);
     END IF;
     PERFORM tq_event_publish(j.id, j.type, p_event, jsonb_build_object(
         'event', 'job.' || p_event,

@@ -465,11 +465,12 @@ class Bench:
             f.write("} }\n")
         return path
 
-    def wrk(self, port, data):
+    def wrk(self, port, data, gap_ms=0):
         cmd = ["wrk", "-t2", f"-c{self.args.connections}", f"-d{self.duration}s", "--latency",
                "--timeout", "10s", "-s", os.path.join(HERE, "submit.lua"),
                f"http://127.0.0.1:{port}"]
-        p = subprocess.run(cmd, env=self.env(TQ_BENCH_WRK_DATA=data), capture_output=True,
+        p = subprocess.run(cmd, env=self.env(TQ_BENCH_WRK_DATA=data, TQ_BENCH_GAP_MS=gap_ms),
+                           capture_output=True,
                            text=True, timeout=self.duration + 120)
         if p.returncode != 0:
             raise Broken(f"wrk failed: {p.stderr.strip()[:500]}")
@@ -503,7 +504,9 @@ class Bench:
         ds = "('bbbbbbbb-0000-4000-8000-' || lpad(:n::text, 12, '0'))"
         body = (f"replace(replace(replace('{msg}', '@JOB@', {job}), '@USER@', 'bench-u' || :n),"
                 f" '@DS@', {ds})")
-        split = "" if one_txn else "COMMIT;\nBEGIN;\n"
+        # As the producer sends them (producer/pdb.c): two statements, each its own implicit
+        # transaction, prepared (pgbench -M prepared); folded: both in one BEGIN … COMMIT.
+        begin, commit = ("BEGIN;\n", "COMMIT;\n") if one_txn else ("", "")
         # tq_pdb_rate_hit commits its counter without waiting for the WAL flush; in the
         # folded variant that would cover the job too, so only the 2-transaction script has it.
         rate_async = "" if one_txn else "set_config('synchronous_commit', 'off', true)"
@@ -511,18 +514,18 @@ class Bench:
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 65535)
 \\set r2 random(0, 281474976710655)
-BEGIN;
-WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w, s;
-{split}SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}', NULL, NULL, NULL);
-COMMIT;
-"""
+{begin}WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w, s;
+SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}', NULL, NULL, NULL, NULL);
+{commit}"""
 
     def floor_script(self, notify):
         """The database's floor for a submission: one durable insert + commit of a row the
         size of a job (its message as jsonb, as training_jobs.message holds it) into a table
         with a primary key and no triggers, synchronous_commit on. With notify, the same
         transaction also sends a NOTIFY, as the outbox trigger (50_outbox.sql) does in every
-        submit: the difference is what NOTIFY costs on this machine."""
+        submit (before tq_submit deferred it): the difference is what NOTIFY costs on this
+        machine. One statement, its own transaction, prepared: the fastest way to commit a
+        row, as the producer's two statements are sent."""
         msg = json.dumps({"schema": "trainq.job.v1", "job_id": "@JOB@",
                           "user_id": "@USER@", "submitted_at": "2026-01-01T00:00:00.000Z",
                           "dataset_id": self.pool_dataset(1), "name": "bench 0-1",
@@ -531,13 +534,14 @@ COMMIT;
                                      "resolution": 512},
                           "trigger_words": ["tqbench"]}, separators=(",", ":"))
         job = "md5(:r1::text || ':' || :r2::text)::uuid"
-        note = "SELECT pg_notify('tq_bench_floor', '');\n" if notify else ""
+        insert = (f"INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n,"
+                  f" replace(replace('{msg}', '@JOB@', {job}::text), '@USER@', 'bench-u' || :n)::jsonb)")
+        if notify:
+            insert = f"WITH i AS ({insert} RETURNING 1) SELECT pg_notify('tq_bench_floor', '') FROM i"
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 2147483647)
 \\set r2 random(0, 281474976710655)
-BEGIN;
-INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n, replace(replace('{msg}', '@JOB@', {job}::text), '@USER@', 'bench-u' || :n)::jsonb);
-{note}COMMIT;
+{insert};
 """
 
     def pgbench_floor(self, notify):
@@ -557,7 +561,7 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         u = urllib.parse.urlparse(DATABASE_URL)
         env = self.env(PGPASSWORD=urllib.parse.unquote(u.password or ""))
         c = self.threads
-        cmd = ["pgbench", "-n", "-M", "extended", "-c", str(c), "-j", str(min(c, 2)),
+        cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(c), "-j", str(min(c, 2)),
                "-T", str(self.duration), "-f", path, "-h", u.hostname, "-p", str(u.port),
                "-U", urllib.parse.unquote(u.username), u.path.lstrip("/")]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True,
@@ -609,16 +613,23 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
         ok = int(psql(f"SELECT count(*) FROM training_jobs WHERE user_id LIKE 'bench-u%'"
                       f" AND source = 'http' AND name LIKE 'bench %-%'"
                       f" AND created_at >= to_timestamp({t0})"))
+        # The same 64 connections paced to about half that rate (each waits after a reply):
+        # latency below saturation, where closed-loop p99 is queueing (Little's law).
+        gap = max(1, round(2 * self.args.connections * 1000 / max(sub["rps"], 1)))
+        t1 = psql("SELECT extract(epoch FROM clock_timestamp())")
+        paced = self.wrk(self.port, data, gap_ms=gap)
+        paced["gap_ms"] = gap
         self.wait_published()
         lag = [float(r[0]) * 1e3 for r in rows(
             "SELECT extract(epoch FROM o.published_at - j.created_at) FROM training_jobs j"
             " JOIN outbox o ON o.job_id = j.id AND o.exchange = 'trainq.jobs'"
             " WHERE j.user_id LIKE 'bench-u%'"
-            f" AND j.created_at >= to_timestamp({t0})")]
+            f" AND j.created_at >= to_timestamp({t0}) AND j.created_at < to_timestamp({t1})")]
         self.purge()
         self.retire_queued("bench-u%")
         self.results[1] = {"fixed": fixed, "pg2": pg2, "pg1": pg1, "floor": floor,
-                           "floor_notify": floor_n, "sub": sub, "committed": ok,
+                           "floor_notify": floor_n, "sub": sub, "paced": paced,
+                           "committed": ok,
                            "cpu": cpu1 - cpu0, "sat_lag": lag}
 
     # ------------------------------------------------------------ row 2
@@ -1156,14 +1167,14 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {fmt(s['rps'])} | fixed-200 (same MHD stack): {fmt(fx['rps'])} |"
                 f" {fmt(s['rps'] / fx['rps'], nd=3)} × HTTP floor | — | — |")
             add(f"| 1 | submit ÷ pgbench of the same SQL ({self.threads} clients) |"
-                f" {fmt(s['rps'])} | pgbench as committed (2 txns/submit): {fmt(pg2['tps'])} tps;"
+                f" {fmt(s['rps'])} | pgbench as the producer sends it (2 prepared statements, each its own transaction): {fmt(pg2['tps'])} tps;"
                 f" folded into 1 txn: {fmt(pg1['tps'])} tps |"
                 f" {fmt(ratio, nd=2)} (vs 1-txn: {fmt(s['rps'] / pg1['tps'], nd=2)}) |"
                 f" ≥ 0.70 | {yes(ratio >= 0.7 if ratio else None)} |")
             fl, fn = r1["floor"], r1["floor_notify"]
             fr = s["rps"] / fl["tps"] if fl["tps"] else None
             add(f"| 1 | submit ÷ the database's floor ({self.threads} clients): pgbench of a bare"
-                f" durable insert + commit of one job-sized row, no triggers | {fmt(s['rps'])} |"
+                f" durable insert + commit of one job-sized row (one prepared statement), no triggers | {fmt(s['rps'])} |"
                 f" floor: {fmt(fl['tps'])} tps; with one NOTIFY in the transaction:"
                 f" {fmt(fn['tps'])} tps ({fmt(fn['tps'] / fl['tps'] if fl['tps'] else None, nd=2)}"
                 f" × floor) | {fmt(fr, nd=2)} | ≥ 0.50 | {yes(fr >= 0.5 if fr else None)} |")
@@ -1172,6 +1183,13 @@ INSERT INTO tq_bench_floor (id, user_id, message) VALUES ({job}, 'bench-u' || :n
                 f" {fmt(p99, ' ms', 2)} | fixed-200: {fmt(fx['p50_us'] / 1e3, ' ms', 2)} /"
                 f" {fmt(fx['p99_us'] / 1e3, ' ms', 2)}; pgbench mean {fmt(pg2['lat_ms'], ' ms', 2)} |"
                 f" — | p99 < 20 ms | {yes(p99 < 20)} |")
+            pc = r1.get("paced")
+            if pc:
+                add(f"| 1 | submit latency p50 / p99, {self.args.connections} conns paced to about"
+                    f" half the rate above (each waits {pc['gap_ms']} ms after a reply):"
+                    f" {fmt(pc['rps'])} req/s | {fmt(pc['p50_us'] / 1e3, ' ms', 2)} /"
+                    f" {fmt(pc['p99_us'] / 1e3, ' ms', 2)} | — | — | p99 < 20 ms |"
+                    f" {yes(pc['p99_us'] / 1e3 < 20)} |")
             add(f"| 1 | submit errors (non-2xx, socket) | {s['errors']} of {s['requests']:,}"
                 f" ({r1['committed']:,} jobs committed) | fixed-200: {fx['errors']};"
                 f" pgbench failed txns: {pg2['failed']} | — | 0 | {yes(s['errors'] == 0)} |")

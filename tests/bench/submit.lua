@@ -5,11 +5,14 @@
 -- Each wrk thread walks the users from a different offset and numbers its requests, so
 -- every body differs. done() prints one JSON line (prefix "BENCH ") that bench.py parses.
 -- The same script drives the fixed-200 floor, so both sides send identical bytes.
+-- TQ_BENCH_GAP_MS (default 0): each connection waits this long after a reply before its next
+-- request, which paces the load below what the server can take (latency below saturation).
 
 local data = dofile(os.getenv("TQ_BENCH_WRK_DATA"))
 local users = data.users
 local threads = {}
 local counter = 0
+local gap = tonumber(os.getenv("TQ_BENCH_GAP_MS") or "0")
 
 
 function setup(thread)
@@ -19,6 +22,10 @@ end
 
 function init(args)
   counter = 0
+end
+
+function delay()
+  return gap
 end
 
 function request()

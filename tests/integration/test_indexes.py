@@ -268,17 +268,20 @@ def queries(k):
          " GREATEST(1, ceil(extract(epoch FROM"
          "  (w.window_start + interval '1 minute' - now()))))::int FROM w, s"),
         (p, "submit (tq_submit, new job with a webhook)",
-         f"SELECT outcome, submitted_id, max_priority FROM tq_submit({u}, {lit(new_job)}::uuid,"
+         f"SELECT outcome, submitted_id, max_priority, deferred_notify FROM tq_submit({u}, {lit(new_job)}::uuid,"
          f" {ds}::uuid, 'lora', {lit(message(new_job, 'u0', ds.strip(chr(39))))}, 'k-new', '{{}}',"
          " 'https://hooks.example.com/x', '[\"job.completed\"]'::jsonb, 'whsec_x', NULL)"),
         (p, "submit (tq_submit, high priority over max_priority)",
-         f"SELECT outcome, submitted_id, max_priority FROM tq_submit('u1',"
+         f"SELECT outcome, submitted_id, max_priority, deferred_notify FROM tq_submit('u1',"
          f" {lit(uuid.uuid4())}::uuid, {lit(str(uuid.UUID(hex=k['ds_many']['1'])))}::uuid,"
          " 'lora', '{}', NULL, '{}', NULL, NULL::jsonb, NULL, 'high')"),
         (p, "submit (tq_submit, idempotent replay)",
-         f"SELECT outcome, submitted_id, max_priority FROM tq_submit({u},"
+         f"SELECT outcome, submitted_id, max_priority, deferred_notify FROM tq_submit({u},"
          f" {lit(uuid.uuid4())}::uuid, {ds}::uuid, 'lora', '{{}}',"
          f" {lit(k['idem'])}, '{{}}', NULL, NULL::jsonb, NULL, NULL)"),
+        (p, "wake-ups after submits (tq_wake)",
+         "SELECT tq_wake('[\"trainq_outbox\", \"trainq_job_event\"]'::jsonb,"
+         " '[\"u0\", \"u1\"]'::jsonb)"),
         (p, "GET /jobs/{id} (finished)",
          f"SELECT {JOB_JSON} FROM training_jobs j WHERE id = {done}::uuid AND user_id = {u}"),
         (p, "GET /jobs/{id} (queued)",

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -447,6 +448,67 @@ class LiveTest(unittest.TestCase, DocChecks):
         set_status(a, "running")
         e = s2.next()
         self.assertEqual((e["data"]["job_id"], e["data"]["status"]), (a, "running"))
+
+    def test_a_submit_commits_without_notify_and_the_producer_wakes_its_listeners_after(self):
+        """tq_submit defers its NOTIFYs (tq_notify, db/procedures/00_triggers.sql), so the
+        submission's own commit never queues on the notification lock; producer/wake.c
+        sends them after the commit from its own backend, with the user as
+        trainq_job_event's payload. psql prints each notification with the PID of the
+        backend that sent it."""
+        listener = h.PsqlSession()
+        heard = {}
+        pat = re.compile(r'Asynchronous notification "(\w+)"(?: with payload "([^"]*)")?'
+                         r' received from server process with PID (\d+)')
+
+        def listen():
+            for m in pat.finditer(listener.run("SELECT 1")):
+                heard.setdefault((m[1], m[2] or ""), set()).add(int(m[3]))
+            return ("trainq_outbox", "") in heard and ("trainq_job_event", self.user) in heard
+
+        try:
+            listener.run("LISTEN trainq_outbox")
+            listener.run("LISTEN trainq_job_event")
+            job_id = self.submit()
+            h.wait_until(listen, timeout=10, what="the wake-ups of the submission")
+        finally:
+            listener.close()
+        waker = h.psql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT tq_wake(%'")
+        submitters = h.psql("SELECT pid FROM pg_stat_activity"
+                            " WHERE query LIKE '%FROM tq_submit(%'").split()
+        self.assertTrue(waker.isdigit(), f"no tq_wake backend: {waker!r}")
+        self.assertTrue(submitters, "no tq_submit backend")
+        self.assertNotIn(waker, submitters)
+        for key in (("trainq_outbox", ""), ("trainq_job_event", self.user)):
+            self.assertEqual(heard[key], {int(waker)}, f"{key} sent by {heard[key]}")
+        # and the wake-up reached the relay: the job's message is published
+        h.wait_until(lambda: h.psql("SELECT count(*) FROM outbox WHERE job_id = :'id'"
+                                    " AND exchange = 'trainq.jobs' AND published_at IS NOT NULL",
+                                    variables={"id": job_id}) == "1",
+                     timeout=10, what="the job's message published")
+
+    def test_a_job_event_without_a_user_wakes_every_stream(self):
+        """What tq_wake sends when one round gathered more users than producer/wake.c
+        keeps (an empty trainq_job_event payload): every stream reads its events at once,
+        not at its next poll (every 5 s). Three rounds, each a change made without any
+        NOTIFY and then one empty notification: each change arrives within 1.5 s of it (a
+        poll alone would bring all three that fast about 3 times in 100)."""
+        s = self.stream("/api/training/stream")
+        self.assertEqual(s.status, 200)
+        job_id = self.submit()
+        self.assertEqual(s.next()["data"]["status"], "queued")
+        for status in ("pending", "running", "completed"):
+            extra = {"pending": ", worker_id = 'test-worker', fencing_token = fencing_token + 1",
+                     "running": ", started_at = now()",
+                     "completed": ", completed_at = now()"}[status]
+            h.psql("BEGIN; SELECT set_config('trainq.notify', 'deferred', true);"
+                   f" UPDATE training_jobs SET status = :'st'{extra} WHERE id = :'id'; COMMIT",
+                   variables={"id": job_id, "st": status})
+            t0 = time.monotonic()
+            h.psql("NOTIFY trainq_job_event, ''")
+            e = s.next()
+            took = time.monotonic() - t0
+            self.assertEqual((e["data"]["job_id"], e["data"]["status"]), (job_id, status))
+            self.assertLess(took, 1.5, f"{status} arrived {took:.2f} s after the wake-up")
 
     def test_streams_per_user_are_capped_with_429_and_a_closed_one_frees_its_place(self):
         job_id = self.submit()

@@ -11,9 +11,8 @@
 --    changes nothing, and a job deleted through the API (its audit trail stays) is not
 --    brought back by a stale message.
 
--- The priority helpers are here rather than in 65_schedule.sql: tq_insert_jobs below is
--- LANGUAGE sql, whose body Postgres checks when it is created, so on a fresh database they
--- must exist first.
+-- The priority helpers are here rather than in 65_schedule.sql, beside tq_insert_jobs
+-- below, which uses them (and 65_schedule.sql loads after this file).
 -- 'low' | 'normal' | 'high' <-> 0 | 1 | 2 (training_jobs.priority). NULL for anything else.
 CREATE OR REPLACE FUNCTION tq_priority_rank(p text) RETURNS smallint
 LANGUAGE sql IMMUTABLE AS $$

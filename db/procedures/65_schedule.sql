@@ -27,7 +27,7 @@
 -- Idempotent (migrate.sh reloads this file on every run): CREATE OR REPLACE only.
 
 -- tq_priority_rank, tq_priority_name and tq_user_max_priority are in 30_jobs.sql, which
--- loads first: tq_insert_jobs, a SQL function, needs them when it is created.
+-- loads first, beside tq_insert_jobs, which uses them.
 
 CREATE OR REPLACE FUNCTION tq_half_life_seconds() RETURNS double precision
 LANGUAGE sql STABLE AS $$

@@ -1067,9 +1067,18 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             wait_until(lambda: self.event_at([mb["job_id"]], "pending"), 60, "B's claim")
             return self.event_at([mb["job_id"]], "pending")[mb["job_id"]] - t1, t1 - t0
         finally:
+            like = f"bench-r13%-{self.run}-%"
+            self.retire_queued(like)
+            # A's 600 s jobs are cancelled before the consumers stop: a stopped consumer leaves
+            # its containers running, and the next call's consumers (the same worker ids)
+            # would adopt them and have no slot free for B.
+            psql("UPDATE training_jobs SET cancel_requested_at = now()"
+                 f" WHERE status IN ('pending', 'running') AND user_id LIKE '{like}'")
+            wait_until(lambda: psql("SELECT count(*) FROM training_jobs WHERE status IN"
+                                    f" ('pending', 'running') AND user_id LIKE '{like}'") == "0",
+                       120, "row 13's long jobs cancelled", interval=0.2)
             for p in cons:
                 self.stop_consumer(p)
-            self.retire_queued(f"bench-r13%-{self.run}-%")
 
     def row13(self):
         log("row 13: another user's job behind a burst of one user's direct jobs")
@@ -1740,31 +1749,36 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         sampler.start()
         only = self.args.only
         want = lambda n: not only or n in only
+        broken = None
         try:
-            for n, row in ((1, self.row1), (2, self.row2), (3, self.row3), (4, self.row4),
-                           (5, self.row5)):
-                if want(n):
-                    row()
-            if self.producer:
-                self.results[6] = {"producer_hwm": proc_status(self.producer.pid, "VmHWM")}
-                self.producer.stop()
-            self._sampling.set()
-            if want(7):
-                self.row7()
-            if want(8):
-                self.row8()
-            if want(9):
-                self.row9()
-            if want(10):
-                self.row10()
-            if self.args.big and want(11):
-                self.row11()
-            if self.args.many and want(12):
-                self.row12()
-            if want(13):
-                self.row13()
-            if want(14):
-                self.row14()
+            try:
+                for n, row in ((1, self.row1), (2, self.row2), (3, self.row3), (4, self.row4),
+                               (5, self.row5)):
+                    if want(n):
+                        row()
+                if self.producer:
+                    self.results[6] = {"producer_hwm": proc_status(self.producer.pid, "VmHWM")}
+                    self.producer.stop()
+                self._sampling.set()
+                if want(7):
+                    self.row7()
+                if want(8):
+                    self.row8()
+                if want(9):
+                    self.row9()
+                if want(10):
+                    self.row10()
+                if self.args.big and want(11):
+                    self.row11()
+                if self.args.many and want(12):
+                    self.row12()
+                if want(13):
+                    self.row13()
+                if want(14):
+                    self.row14()
+            except Broken as e:
+                # the rows finished so far are still reported, with where it broke
+                broken = e
         finally:
             self._sampling.set()
             for p in self.procs:
@@ -1776,6 +1790,8 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             except Exception:  # noqa: BLE001 - best effort
                 pass
         table = "\n".join(head) + self.table() + "\n" + self.table_sizes()
+        if broken:
+            table += f"\n**The run broke before its end** (rows above it stand): {broken}\n"
         with open(self.args.out, "w") as f:
             f.write(table)
         print(table)
@@ -1783,6 +1799,8 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             json.dump({str(k): v for k, v in self.results.items()}, f, indent=1, default=str)
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
+        if broken:
+            raise broken
 
 
 def main():

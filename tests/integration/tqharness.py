@@ -14,6 +14,7 @@ Processes write stderr (JSON log lines) to a temporary file, never a pipe, so a 
 child can never block on a full pipe while a test waits for something else.
 """
 
+import atexit
 import base64
 import hashlib
 import hmac
@@ -80,6 +81,7 @@ class Program:
         self.proc = subprocess.Popen([self.path, *self.args], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._err)
+        _started.append(self.proc)
         return self
 
     @property
@@ -192,6 +194,21 @@ class Program:
                 os.unlink(self._err.name)
             except OSError:
                 pass
+
+
+# Every program a test started, killed when the test process exits: a test that fails before
+# it stops its program (or a suite killed by ctest's timeout) must not leave a producer or
+# consumer behind, whose relay would go on publishing the outbox rows of the next suites,
+# on the same database, as if it were theirs.
+_started = []
+
+
+@atexit.register
+def _kill_leftovers():
+    for p in _started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 # ---------------------------------------------------------------- HTTP

@@ -1,6 +1,7 @@
 #include "cdb.h"
 
 #include <jansson.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,8 +265,16 @@ int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb)
 int tq_cdb_runnable_notified(PGconn *c)
 {
     /* Reading also finds a connection that died while idle (its backend terminated, a
-     * restart): libpq marks it bad on the end of file. */
-    if (!c || PQstatus(c) != CONNECTION_OK || !PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
+     * restart): libpq marks it bad on the end of file. But the server's goodbye ("terminating
+     * connection") may be read before the end of file is there, and libpq takes it for a
+     * notice: whatever arrives on this idle connection that is not a notification is taken
+     * for that goodbye, so the next pick never runs on a dead connection. (At worst a rare
+     * notice costs a reconnect; the caller picks anyway.) */
+    if (!c || PQstatus(c) != CONNECTION_OK)
+        return -1;
+    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+    int arrived = poll(&p, 1, 0) != 0;
+    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
         return -1;
     int got = 0;
     PGnotify *n;
@@ -273,7 +282,7 @@ int tq_cdb_runnable_notified(PGconn *c)
         got = 1;
         PQfreemem(n);
     }
-    return got;
+    return arrived && !got ? -1 : got;
 }
 
 /* ---- status changes of a claimed job --------------------------------------------------- */

@@ -362,13 +362,21 @@ int tq_pdb_wake(const char *channels_json, const char *users_json, tq_errbuf *eb
 
 /* ------------------------------------------------------------------ jobs */
 
-/* The job as the API shows it (the seed's DbTrainingJob plus queue fields). */
-/* docs/api.md, "Queue position": the order in which free slots pick queued jobs
- * (db/procedures/65_schedule.sql: tq_queue_position, tq_waiting_reason); the row is
- * aliased j. */
-#define QUEUE_POSITION "CASE WHEN j.status = 'queued' THEN tq_queue_position(j.id) END"
+/* The job as the API shows it (the seed's DbTrainingJob plus queue fields): JOB_JSON_POS over
+ * the row aliased j, with pos the SQL of its queue position. docs/api.md, "Queue position":
+ * the order in which free slots pick queued jobs (db/procedures/65_schedule.sql:
+ * tq_queue_positions, tq_waiting_reason). A position costs one ranking of the queue.
+ * One job's: */
+#define QUEUE_POSITION                                                                             \
+    "CASE WHEN j.status = 'queued' THEN"                                                           \
+    " (SELECT p.queue_position FROM tq_queue_positions(ARRAY[j.id]) p) END"
+/* A page's (its rows in CTE page): one ranking for all of them, in CTE pos. */
+#define PAGE_POSITIONS                                                                             \
+    " pos AS MATERIALIZED (SELECT * FROM tq_queue_positions("                                      \
+    "   ARRAY(SELECT id FROM page WHERE status = 'queued')))"
+#define PAGE_POSITION "(SELECT p.queue_position FROM pos p WHERE p.id = j.id)"
 
-#define JOB_JSON                                                                                   \
+#define JOB_JSON_POS(pos)                                                                          \
     "json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,"                    \
     " 'name', name, 'type', type, 'base_model', base_model, 'config', config,"                     \
     " 'trigger_words', to_json(trigger_words), 'status', status,"                                  \
@@ -380,9 +388,11 @@ int tq_pdb_wake(const char *channels_json, const char *users_json, tq_errbuf *eb
     " 'cancel_requested_at', cancel_requested_at, 'current_step', current_step,"                   \
     " 'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,"                       \
     " 'progress_updated_at', progress_updated_at,"                                                 \
-    " 'queue_position', " QUEUE_POSITION ","                                                       \
+    " 'queue_position', " pos ","                                                                  \
     " 'waiting_reason', CASE WHEN status = 'queued' THEN tq_waiting_reason(user_id) END,"          \
     " 'priority', tq_priority_name(priority))::text"
+#define JOB_JSON JOB_JSON_POS(QUEUE_POSITION)
+#define PAGE_JSON JOB_JSON_POS(PAGE_POSITION)
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
@@ -439,13 +449,14 @@ static int list_fn(tconn *t, void *arg, tq_errbuf *eb)
     const char *p[5] = {a->user, a->status, a->after_micros, a->after_id, a->limit};
     PGresult *res = NULL;
     int rc = exec(t,
-                  "SELECT " JOB_JSON ","
+                  "WITH page AS MATERIALIZED (SELECT * FROM training_jobs WHERE user_id = $1"
+                  "   AND ($2::text IS NULL OR status = $2)"
+                  "   AND ($3::bigint IS NULL OR (created_at, id) <"
+                  "        (timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid))"
+                  "   ORDER BY created_at DESC, id DESC LIMIT $5::int + 1)," PAGE_POSITIONS
+                  " SELECT " PAGE_JSON ","
                   " (extract(epoch FROM created_at) * 1000000)::bigint::text, id::text"
-                  " FROM training_jobs j WHERE user_id = $1"
-                  " AND ($2::text IS NULL OR status = $2)"
-                  " AND ($3::bigint IS NULL OR (created_at, id) <"
-                  "      (timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid))"
-                  " ORDER BY created_at DESC, id DESC LIMIT $5::int + 1",
+                  " FROM page j ORDER BY created_at DESC, id DESC",
                   5, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
@@ -924,10 +935,11 @@ static const char *const admin_read_sql[] = {
     [TQ_PDB_ADMIN_USERS] = "SELECT tq_admin_users()::text",
     [TQ_PDB_ADMIN_DEAD_LETTERS] = "SELECT tq_admin_dead_letters($1::int)::text",
     [TQ_PDB_ADMIN_JOBS] =
-        "SELECT COALESCE(json_agg(j ORDER BY c DESC, i DESC), '[]')::text FROM ("
-        " SELECT " JOB_JSON "::json AS j, created_at AS c, id AS i FROM training_jobs j"
-        " WHERE ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC"
-        " LIMIT $1::int) t",
+        "WITH page AS MATERIALIZED (SELECT * FROM training_jobs"
+        "   WHERE ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC"
+        "   LIMIT $1::int)," PAGE_POSITIONS " SELECT COALESCE(json_agg(" PAGE_JSON
+        "::json ORDER BY j.created_at DESC, j.id DESC),"
+        "   '[]')::text FROM page j",
 };
 
 static const char *const admin_action_sql[] = {
@@ -1095,7 +1107,7 @@ static int hooks_lease_fn(tconn *t, void *arg, tq_errbuf *eb)
 
 /* What the request needs, read after the lease. The secret: the endpoint's, or for a job's
  * own URL the user's default secret. The job JSON is JOB_JSON over the row as it is now
- * (alias j, as QUEUE_POSITION needs). */
+ * (alias j, as JOB_JSON needs). */
 static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     hooks_take_arg *a = arg;

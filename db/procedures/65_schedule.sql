@@ -36,18 +36,144 @@ LANGUAGE sql STABLE AS $$
         86400), 1)
 $$;
 
--- The user's recent usage for fair share: decayed GPU-seconds of the attempts that ended
--- within 30 half-lives (older ones weigh less than 1e-9 of their value).
+-- Fair share compares users by their decayed usage: the GPU-seconds of their ended attempts,
+-- each weighed by 2^(-age / half-life). Since the weight's factor 2^(-now / half-life) is the
+-- same for every user, the order is that of a score that changes only when an attempt ends:
+--   score = log2(sum of gpu_seconds * 2^(epoch(ended_at) / half-life))
+-- (logarithmic, so that it never overflows), kept per user in user_usage_scores
+-- (db/migrations/0021_usage_scores.sql) by the triggers below. The decayed usage itself is
+-- 2^(score - epoch(now) / half-life). The pick and queue_position read one row per user
+-- instead of summing job_usage for every queued user.
+--
+-- What must stay true: user_usage_scores is a function of job_usage and the half-life; every
+-- change of either goes through a trigger here.
+
+-- The score one attempt adds: log2(gpu_seconds) + epoch(ended_at) / half-life; NULL for an
+-- attempt without GPU-seconds (a CPU slot), which adds nothing.
+CREATE OR REPLACE FUNCTION tq_usage_term(p_gpu_seconds double precision, p_ended timestamptz,
+                                         p_half_life double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_gpu_seconds > 0
+                THEN ln(p_gpu_seconds) / ln(2) + extract(epoch FROM p_ended) / p_half_life END
+$$;
+
+-- log2(2^a + 2^b), NULL standing for 2^-infinity (no usage). Terms more than 1000 apart
+-- (float8 has 53 bits) leave the larger as it is; power() would underflow.
+CREATE OR REPLACE FUNCTION tq_log2_add(a double precision, b double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN a IS NULL THEN b
+                WHEN b IS NULL THEN a
+                WHEN abs(a - b) > 1000 THEN GREATEST(a, b)
+                ELSE GREATEST(a, b) + ln(1 + power(2::double precision, -abs(a - b))) / ln(2)
+           END
+$$;
+
+-- Computes the scores of p_users (NULL: every user) again from job_usage.
+CREATE OR REPLACE FUNCTION tq_usage_scores_recompute(p_users text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    h constant double precision := tq_half_life_seconds();
+BEGIN
+    DELETE FROM user_usage_scores WHERE p_users IS NULL OR user_id = ANY (p_users);
+    -- log-sum-exp: each term taken relative to the user's largest, so nothing overflows
+    INSERT INTO user_usage_scores (user_id, score)
+    SELECT t.user_id,
+           max(t.m) + ln(sum(CASE WHEN t.x - t.m < -1000 THEN 0
+                                  ELSE power(2::double precision, t.x - t.m) END)) / ln(2)
+      FROM (SELECT x.user_id, x.x, max(x.x) OVER (PARTITION BY x.user_id) AS m
+              FROM (SELECT u.user_id, tq_usage_term(u.gpu_seconds, u.ended_at, h) AS x
+                      FROM job_usage u
+                     WHERE p_users IS NULL OR u.user_id = ANY (p_users)) x
+             WHERE x.x IS NOT NULL) t
+     GROUP BY t.user_id;
+END $$;
+
+-- A new attempt adds its term (the common case: one row when a job leaves pending/running).
+CREATE OR REPLACE FUNCTION tq_usage_scores_add() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    x constant double precision :=
+        tq_usage_term(NEW.gpu_seconds, NEW.ended_at, tq_half_life_seconds());
+BEGIN
+    IF x IS NOT NULL THEN
+        INSERT INTO user_usage_scores AS s (user_id, score) VALUES (NEW.user_id, x)
+            ON CONFLICT (user_id) DO UPDATE SET score = tq_log2_add(s.score, EXCLUDED.score);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A changed or deleted attempt (by hand: the programs only insert) cannot be subtracted in
+-- log space without losing precision: its users are computed again.
+CREATE OR REPLACE FUNCTION tq_usage_scores_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        PERFORM tq_usage_scores_recompute(
+            ARRAY(SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows));
+    ELSE
+        PERFORM tq_usage_scores_recompute(ARRAY(SELECT DISTINCT user_id FROM old_rows));
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A new half-life weighs every attempt anew.
+CREATE OR REPLACE FUNCTION tq_usage_scores_half_life() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (TG_OP <> 'DELETE' AND NEW.key = 'fair_share_half_life_seconds')
+       OR (TG_OP <> 'INSERT' AND OLD.key = 'fair_share_half_life_seconds') THEN
+        PERFORM tq_usage_scores_recompute(NULL);
+    END IF;
+    RETURN NULL;
+END $$;
+
+SELECT tq_ensure_trigger('job_usage', 'job_usage_score_add', 'AFTER INSERT',
+    'FOR EACH ROW EXECUTE FUNCTION tq_usage_scores_add()');
+-- (a trigger with transition tables takes one event)
+SELECT tq_ensure_trigger('job_usage', 'job_usage_score_update', 'AFTER UPDATE',
+    'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT'
+    ' EXECUTE FUNCTION tq_usage_scores_changed()');
+SELECT tq_ensure_trigger('job_usage', 'job_usage_score_delete', 'AFTER DELETE',
+    'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT'
+    ' EXECUTE FUNCTION tq_usage_scores_changed()');
+SELECT tq_ensure_trigger('settings', 'settings_half_life', 'AFTER INSERT OR DELETE OR UPDATE',
+    'FOR EACH ROW EXECUTE FUNCTION tq_usage_scores_half_life()');
+
+-- The usage recorded before user_usage_scores existed (migration 0021 leaves this mark).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM settings WHERE key = 'usage_scores_stale') THEN
+        PERFORM tq_usage_scores_recompute(NULL);
+        DELETE FROM settings WHERE key = 'usage_scores_stale';
+    END IF;
+END $$;
+
+-- The key fair share sorts by, from a user's score (NULL: no usage) and
+-- epoch(now()) / half-life: the score, or -infinity when the decayed usage is under 2^-20
+-- GPU-seconds (about a microsecond), which counts as none, so that submission order decides
+-- between such users.
+CREATE OR REPLACE FUNCTION tq_usage_key(p_score double precision, p_now double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_score IS NULL OR p_score - p_now < -20 THEN '-Infinity'::double precision
+                ELSE p_score END
+$$;
+
+-- epoch(now()) / half-life: the second argument of tq_usage_key.
+CREATE OR REPLACE FUNCTION tq_usage_now() RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT extract(epoch FROM now()) / tq_half_life_seconds()
+$$;
+
+-- The user's decayed usage now (GPU-seconds), as fair share weighs it.
 CREATE OR REPLACE FUNCTION tq_recent_usage(p_user text) RETURNS double precision
 LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(sum(u.gpu_seconds * power(2, -extract(epoch FROM now() - u.ended_at) / h.s)),
-                    0)
-      -- the half-life read once (OFFSET 0 keeps the subquery from being pulled up): in the
-      -- sum it ran its settings lookup once per usage row, ~140 000 times in one pick over
-      -- 2 000 users (test_indexes.py)
-      FROM (SELECT tq_half_life_seconds() AS s OFFSET 0) h, job_usage u
-     WHERE u.user_id = p_user
-       AND u.ended_at > now() - make_interval(secs => 30 * h.s)
+    SELECT COALESCE((SELECT CASE WHEN k = '-Infinity' THEN 0 ELSE power(2, k - n) END
+                       FROM (SELECT tq_usage_key(s.score, n.n) AS k, n.n
+                               FROM user_usage_scores s, (SELECT tq_usage_now() AS n) n
+                              WHERE s.user_id = p_user) x), 0)
 $$;
 
 -- GPU-seconds of the user's attempts that ended in the last 24 hours.
@@ -76,34 +202,56 @@ LANGUAGE sql STABLE AS $$
         ELSE 'capacity' END
 $$;
 
--- Where a queued job stands in the order of tq_pick: 1 + the queued jobs that come before
--- it (priority, its user's recent usage, submission), not counting jobs of other users held
--- back by their quota. NULL when the job is not queued. An estimate of order, not a
+-- Where queued jobs stand in the order of tq_pick: for each of p_ids that is queued, 1 + the
+-- queued jobs that come before it (priority, its user's usage key, submission), not
+-- counting jobs of other users held back by their quota (a held user's own jobs do count
+-- for it). Jobs of p_ids that are not queued are left out. An estimate of order, not a
 -- promise: the per-user limit lets a later job of another user start before jobs of a user
--- at the limit.
-CREATE OR REPLACE FUNCTION tq_queue_position(p_id uuid) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    WITH me AS (
-        SELECT j.id, j.user_id, j.priority, j.created_at, tq_recent_usage(j.user_id) AS usage
-          FROM training_jobs j WHERE j.id = p_id AND j.status = 'queued'
-    ), users AS MATERIALIZED (
-        -- MATERIALIZED: the usage and quota functions once per queued user; a CTE inlined
-        -- into the join below may evaluate them once per queued job instead
-        SELECT q.user_id,
-               CASE WHEN q.user_id = (SELECT user_id FROM me) THEN (SELECT usage FROM me)
-                    ELSE tq_recent_usage(q.user_id) END AS usage,
-               q.user_id <> (SELECT user_id FROM me) AND tq_user_over_quota(q.user_id) AS held
-          FROM (SELECT DISTINCT user_id FROM training_jobs WHERE status = 'queued') q
+-- at the limit. One ranking of the queue serves a whole page of a list: its cost is that of
+-- reading the queued rows once, whatever the page's length.
+DROP FUNCTION IF EXISTS tq_queue_position(uuid);
+CREATE OR REPLACE FUNCTION tq_queue_positions(p_ids uuid[])
+RETURNS TABLE (id uuid, queue_position bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    -- a constant of the query (in a subquery the planner would pull it up into every row:
+    -- a settings lookup per queued job)
+    usage_now constant double precision := tq_usage_now();
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM training_jobs t
+                    WHERE t.id = ANY (p_ids) AND t.status = 'queued') THEN
+        RETURN; -- nothing to rank: the queue is not read
+    END IF;
+    RETURN QUERY
+    WITH held AS MATERIALIZED (
+        -- the users over their quota (tq_user_over_quota, over the few users with a quota)
+        SELECT l.user_id FROM user_limits l
+         WHERE l.gpu_seconds_per_day <= tq_usage_last_day(l.user_id)
+    ), asked AS MATERIALIZED (
+        SELECT DISTINCT t.user_id FROM training_jobs t
+         WHERE t.id = ANY (p_ids) AND t.status = 'queued'
+    ), queue AS (
+        SELECT q.id, q.user_id, q.priority, q.created_at,
+               tq_usage_key(s.score, usage_now) AS k,
+               q.user_id IN (SELECT h.user_id FROM held h) AS held
+          FROM training_jobs q
+          LEFT JOIN user_usage_scores s ON s.user_id = q.user_id
+         WHERE q.status = 'queued'
+    ), ranked AS (
+        -- free: the jobs of users not held up to this one (itself included if free); own:
+        -- a held job's rank among its user's jobs
+        SELECT x.id, x.held,
+               count(*) FILTER (WHERE NOT x.held) OVER (
+                   ORDER BY x.priority DESC, x.k, x.created_at, x.id
+                   ROWS UNBOUNDED PRECEDING) AS free,
+               row_number() OVER (PARTITION BY x.user_id
+                                  ORDER BY x.priority DESC, x.created_at, x.id) AS own
+          FROM queue x
+         WHERE NOT x.held OR x.user_id IN (SELECT a.user_id FROM asked a)
     )
-    SELECT 1 + count(*) FILTER (
-               WHERE NOT u.held
-                 AND (-q.priority, u.usage, q.created_at, q.id)
-                     < (-me.priority, me.usage, me.created_at, me.id))
-      FROM me
-      LEFT JOIN training_jobs q ON q.status = 'queued' AND q.id <> me.id
-      LEFT JOIN users u ON u.user_id = q.user_id
-     GROUP BY me.id
-$$;
+    SELECT r.id, CASE WHEN r.held THEN r.free + r.own ELSE r.free END
+      FROM ranked r WHERE r.id = ANY (p_ids);
+END $$;
 
 -- Intake: makes each delivered job (p_messages, a JSON array of canonical trainq.job.v1
 -- bodies, as tq_msg_encode wrote them) durable as a queued row, idempotently, through
@@ -173,8 +321,22 @@ END $$;
 -- user's lock was held by another transaction — a claim, an intake, a job's end —: ask
 -- again in a moment) or 'none' (nothing runnable).
 -- Candidates are each user's first queued job (priority, then submission), in the order of
--- the queue; for each: try the user's lock, re-count room and quota, lock the job's row
--- (SKIP LOCKED: a cancel or another picker holds it), check, claim.
+-- the queue; for each: look at room and quota without a lock (users at their limit or over
+-- their quota are passed over, not locked), try the user's lock, count again, lock the
+-- job's row (SKIP LOCKED: a cancel or another picker holds it), check, claim. At most 50
+-- candidates that had room are tried.
+-- Room and quota are looked at in the loop, one user at a time in the order of the queue,
+-- not as a filter of the query: the planner pushed such a filter down to every queued job
+-- (a quota sum per job, 0.5 s for 11 000 queued jobs in test_indexes' database), and a
+-- filter ahead of the sort would look at every user even when the first one can start.
+CREATE OR REPLACE FUNCTION tq_user_can_start(p_user text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT count(*) FROM training_jobs a
+             WHERE a.user_id = p_user AND a.status IN ('pending', 'running'))
+           < tq_user_max_active(p_user)
+       AND NOT tq_user_over_quota(p_user)
+$$;
+
 CREATE OR REPLACE FUNCTION tq_pick(p_worker text, p_lease integer, p_path_max integer,
                                    p_gpus integer,
                                    OUT outcome text, OUT reason text, OUT job_id uuid,
@@ -186,6 +348,8 @@ DECLARE
     c record;
     j record;
     busy boolean := false;
+    tried integer := 0;
+    usage_now constant double precision := tq_usage_now();
 BEGIN
     FOR c IN
         WITH heads AS (
@@ -195,20 +359,20 @@ BEGIN
              ORDER BY t.user_id, t.priority DESC, t.created_at, t.id
         )
         SELECT h.user_id FROM heads h
-         WHERE (SELECT count(*) FROM training_jobs a
-                 WHERE a.user_id = h.user_id AND a.status IN ('pending', 'running'))
-               < tq_user_max_active(h.user_id)
-           AND NOT tq_user_over_quota(h.user_id)
-         ORDER BY h.priority DESC, tq_recent_usage(h.user_id), h.created_at, h.id
-         LIMIT 50
+          LEFT JOIN user_usage_scores s ON s.user_id = h.user_id
+         ORDER BY h.priority DESC, tq_usage_key(s.score, usage_now), h.created_at, h.id
     LOOP
+        IF NOT tq_user_can_start(c.user_id) THEN
+            CONTINUE;
+        END IF;
+        tried := tried + 1;
+        EXIT WHEN tried > 50;
         IF NOT tq_try_lock_user(c.user_id) THEN
             busy := true;
             CONTINUE;
         END IF;
-        IF (SELECT count(*) FROM training_jobs a
-             WHERE a.user_id = c.user_id AND a.status IN ('pending', 'running'))
-           >= tq_user_max_active(c.user_id) OR tq_user_over_quota(c.user_id) THEN
+        -- again under the lock, in this statement's fresh snapshot
+        IF NOT tq_user_can_start(c.user_id) THEN
             CONTINUE;
         END IF;
         SELECT t.id, t.dataset_id, t.priority INTO j FROM training_jobs t

@@ -151,6 +151,8 @@ SELECT 'w' || w, 'h' || w, 2, w % 3, '0,1', w % 17 <> 0, w % 23 = 0,
        CASE WHEN w >= 150 THEN now() - interval '3 days' END
   FROM generate_series(0, 199) w;
 RESET session_replication_role;
+-- the usage scores, as the job_usage triggers (off above) would have kept them
+SELECT tq_usage_scores_recompute(NULL);
 VACUUM ANALYZE;
 """
 
@@ -184,8 +186,10 @@ SELECT json_build_object(
                WHERE worker_id = 'w5' AND status IN ('pending', 'running')))
 """
 
-# producer/pdb.c's JOB_JSON (the row aliased j).
-JOB_JSON = """json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,
+# producer/pdb.c's JOB_JSON_POS (the row aliased j, {pos} its queue position) and the two
+# positions it is given: QUEUE_POSITION (one job's) and PAGE_POSITION (a page's, from CTE pos,
+# PAGE_POSITIONS).
+JOB_JSON_POS = """json_build_object('id', id, 'user_id', user_id, 'dataset_id', dataset_id,
   'name', name, 'type', type, 'base_model', base_model, 'config', config,
   'trigger_words', to_json(trigger_words), 'status', status,
   'container_id', container_id, 'error_message', error_message,
@@ -196,9 +200,14 @@ JOB_JSON = """json_build_object('id', id, 'user_id', user_id, 'dataset_id', data
   'cancel_requested_at', cancel_requested_at, 'current_step', current_step,
   'total_steps', total_steps, 'loss', loss, 'eta_seconds', eta_seconds,
   'progress_updated_at', progress_updated_at,
-  'queue_position', CASE WHEN j.status = 'queued' THEN tq_queue_position(j.id) END,
+  'queue_position', {pos},
   'waiting_reason', CASE WHEN status = 'queued' THEN tq_waiting_reason(user_id) END,
   'priority', tq_priority_name(priority))::text"""
+JOB_JSON = JOB_JSON_POS.format(pos="CASE WHEN j.status = 'queued' THEN (SELECT p.queue_position"
+                               " FROM tq_queue_positions(ARRAY[j.id]) p) END")
+PAGE_JSON = JOB_JSON_POS.format(pos="(SELECT p.queue_position FROM pos p WHERE p.id = j.id)")
+PAGE_POSITIONS = (" pos AS MATERIALIZED (SELECT * FROM tq_queue_positions("
+                  " ARRAY(SELECT id FROM page WHERE status = 'queued')))")
 
 # producer/pdb.c's STREAM_EVENTS_SQL
 def stream_events(where):
@@ -236,12 +245,14 @@ def queries(k):
     replies = [["replies", "corr"], None, None, None, None, None]
     # producer/pdb.c's job list (list_fn) with $2 status, $3 micros, $4 id, $5 limit
     def job_list(status, micros, after):
-        return (f"SELECT {JOB_JSON}, (extract(epoch FROM created_at) * 1000000)::bigint::text,"
-                f" id::text FROM training_jobs j WHERE user_id = {u}"
+        return (f"WITH page AS MATERIALIZED (SELECT * FROM training_jobs WHERE user_id = {u}"
                 f" AND ({status}::text IS NULL OR status = {status})"
                 f" AND ({micros}::bigint IS NULL OR (created_at, id) <"
                 f" (timestamptz 'epoch' + {micros}::bigint * interval '1 microsecond',"
-                f" {after}::uuid)) ORDER BY created_at DESC, id DESC LIMIT 20::int + 1")
+                f" {after}::uuid)) ORDER BY created_at DESC, id DESC LIMIT 20::int + 1),"
+                f"{PAGE_POSITIONS} SELECT {PAGE_JSON},"
+                " (extract(epoch FROM created_at) * 1000000)::bigint::text, id::text"
+                " FROM page j ORDER BY created_at DESC, id DESC")
     def lock_job(job):
         return (f"SELECT tq_lock_user({u});"
                 f" SELECT status FROM training_jobs WHERE id = {job}::uuid AND user_id = {u}"
@@ -251,10 +262,11 @@ def queries(k):
                 f" {job}::uuid AND exchange = 'trainq.jobs' AND published_at IS NULL"
                 " FOR UPDATE SKIP LOCKED)")
     def admin_jobs(status):
-        return ("SELECT COALESCE(json_agg(j ORDER BY c DESC, i DESC), '[]')::text FROM ("
-                f" SELECT {JOB_JSON}::json AS j, created_at AS c, id AS i FROM training_jobs j"
+        return ("WITH page AS MATERIALIZED (SELECT * FROM training_jobs"
                 f" WHERE ({status}::text IS NULL OR status = {status})"
-                " ORDER BY created_at DESC, id DESC LIMIT 50::int) t")
+                f" ORDER BY created_at DESC, id DESC LIMIT 50::int),{PAGE_POSITIONS}"
+                f" SELECT COALESCE(json_agg({PAGE_JSON}::json"
+                " ORDER BY j.created_at DESC, j.id DESC), '[]')::text FROM page j")
     lock_job_user = "SELECT tq_lock_user(user_id) FROM training_jobs WHERE id = {}"
     return [
         (p, "rate limit hit",

@@ -349,5 +349,99 @@ class TestNoHeadOfLineBlocking(SchedulingCase):
                         f"B's job waited {loaded:.2f} s behind {BURST} jobs vs {base:.2f} s")
 
 
+class TestOrderInSql(unittest.TestCase):
+    """The usage scores and queue positions of db/procedures/65_schedule.sql, each case in one
+    rolled-back transaction (other suites' queued jobs are in the same database: every
+    expectation is computed in the same statement, from the same snapshot)."""
+
+    # the decayed usage summed straight from job_usage, as fair share defines it
+    DIRECT = ("(SELECT COALESCE(sum(gpu_seconds * power(2, -extract(epoch FROM now() - ended_at)"
+              " / tq_half_life_seconds())), 0) FROM job_usage WHERE user_id = {u})")
+
+    def check_usage(self, u, label):
+        """tq_recent_usage (from the score) against the direct sum; 'ok' when they agree to
+        1e-9 relative (or are both 0)."""
+        d = self.DIRECT.format(u=u)
+        return (f"SELECT '{label}: ' || CASE WHEN abs(tq_recent_usage({u}) - {d})"
+                f" <= 1e-9 * GREATEST({d}, 1e-300) OR ({d} = 0 AND tq_recent_usage({u}) = 0)"
+                f" THEN 'ok' ELSE tq_recent_usage({u}) || ' <> ' || {d} END;")
+
+    def test_usage_scores_follow_every_change_of_job_usage_and_of_the_half_life(self):
+        u = f"'score-{uuid.uuid4().hex[:8]}'"
+        usage = ("INSERT INTO job_usage (job_id, user_id, worker_id, attempt, gpus, started_at,"
+                 " ended_at, wall_seconds, gpu_seconds, outcome) SELECT gen_random_uuid(), {u},"
+                 " 'w', 1, 1, now() - make_interval(hours => i), now() - make_interval(hours => i),"
+                 " 10, {g}, 'completed' FROM generate_series({a}, {b}) i;")
+        out = tqenv.psql(
+            "BEGIN;"
+            + self.check_usage(u, "none")
+            + usage.format(u=u, g="100 * i", a=0, b=40)
+            + usage.format(u=u, g="0", a=1, b=3)  # CPU-slot attempts add nothing
+            + self.check_usage(u, "inserted")
+            + f"UPDATE job_usage SET ended_at = ended_at - interval '20 hours' WHERE user_id = {u}"
+            " AND gpu_seconds > 2000;"
+            + self.check_usage(u, "updated")
+            + f"DELETE FROM job_usage WHERE user_id = {u} AND gpu_seconds < 500;"
+            + self.check_usage(u, "deleted")
+            + "UPDATE settings SET value = '3600' WHERE key = 'fair_share_half_life_seconds';"
+            + self.check_usage(u, "half-life 1 h")
+            + f"DELETE FROM job_usage WHERE user_id = {u};"
+            + self.check_usage(u, "all deleted")
+            + f"SELECT 'rows left: ' || count(*) FROM user_usage_scores WHERE user_id = {u};"
+            "ROLLBACK;")
+        self.assertEqual(out.splitlines(), [
+            "none: ok", "inserted: ok", "updated: ok", "deleted: ok", "half-life 1 h: ok",
+            "all deleted: ok", "rows left: 0"])
+
+    def test_positions_of_a_page_are_each_jobs_own_with_held_users_counting_only_themselves(self):
+        """Two users over their quota (held) and two free users with different usage, three
+        queued jobs each, asked for all at once (as a page of the admin list is) and one by
+        one: both equal the definition (1 + the queued jobs before it in the pick's order,
+        by the decayed usage summed straight from job_usage; jobs of other held users not
+        counted), computed in the same statement."""
+        tag = uuid.uuid4().hex[:8]
+        users = [f"pos-{n}-{tag}" for n in ("held1", "held2", "light", "heavy")]
+        held = users[:2]
+        sql = ["BEGIN;"]
+        for u in held:
+            sql.append(f"INSERT INTO user_limits (user_id, gpu_seconds_per_day) VALUES ('{u}', 0);")
+        sql.append("INSERT INTO job_usage (job_id, user_id, worker_id, attempt, gpus, started_at,"
+                   " ended_at, wall_seconds, gpu_seconds, outcome) VALUES (gen_random_uuid(),"
+                   f" '{users[3]}', 'w', 1, 1, now(), now(), 1, 500, 'completed');")
+        for k in range(3):
+            for n, u in enumerate(users):
+                sql.append("INSERT INTO training_jobs (id, user_id, dataset_id, name, type,"
+                           " base_model, config, status, message, created_at, priority) VALUES"
+                           f" (gen_random_uuid(), '{u}', gen_random_uuid(), 'p', 'lora', 'm',"
+                           f" '{{}}', 'queued', '{{}}', now() - make_interval(secs => {100 - 10 * k - n}),"
+                           f" {2 if (k, n) == (2, 2) else 1});")
+        ids = (f"ARRAY(SELECT id FROM training_jobs WHERE user_id = ANY('{{{','.join(users)}}}')"
+               " AND status = 'queued')")
+        sql.append(
+            f"WITH mine AS (SELECT * FROM training_jobs WHERE id = ANY({ids})),"
+            f" page AS (SELECT * FROM tq_queue_positions({ids}))"
+            " SELECT m.user_id, page.queue_position,"
+            " (SELECT p.queue_position FROM tq_queue_positions(ARRAY[m.id]) p),"
+            " 1 + (SELECT count(*) FROM training_jobs q WHERE q.status = 'queued' AND q.id <> m.id"
+            "   AND (q.user_id = m.user_id OR NOT tq_user_over_quota(q.user_id))"
+            "   AND (-q.priority, tq_recent_usage(q.user_id), q.created_at, q.id)"
+            "     < (-m.priority, tq_recent_usage(m.user_id), m.created_at, m.id))"
+            " FROM mine m LEFT JOIN page ON page.id = m.id ORDER BY m.created_at;")
+        sql.append("ROLLBACK;")
+        out = [line.split("|") for line in tqenv.psql("".join(sql)).splitlines()]
+        self.assertEqual(len(out), 12, out)
+        for user, on_page, alone, defined in out:
+            self.assertEqual((on_page, alone), (defined, defined), f"{user}: {out}")
+        pos = {(user, n): int(row[1]) for n, row in enumerate(out) for user in [row[0]]}
+        by_user = {u: sorted(p for (uu, _), p in pos.items() if uu == u) for u in users}
+        # the light user's raised job (high) is first of all of these; the heavy user (500
+        # GPU-seconds just now) comes after the light one's normal jobs
+        self.assertEqual(min(by_user[users[2]]), min(pos.values()))
+        self.assertGreater(min(by_user[users[3]]), max(by_user[users[2]]))
+        # a held user's jobs count its own, not the other held user's: both stand alike
+        self.assertEqual([b - a for a, b in zip(by_user[held[0]], by_user[held[0]][1:])],
+                         [b - a for a, b in zip(by_user[held[1]], by_user[held[1]][1:])])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -110,7 +110,9 @@ class ProceduresTest(unittest.TestCase):
                          files)
         triggers = self.psql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
                              "ORDER BY 1").split()
-        self.assertEqual(triggers, ["job_events_append_only", "outbox_notify",
+        self.assertEqual(triggers, ["job_events_append_only", "job_usage_score_add",
+                                    "job_usage_score_delete", "job_usage_score_update",
+                                    "outbox_notify", "settings_half_life",
                                     "training_jobs_audit", "training_jobs_failure_class",
                                     "training_jobs_guard_active", "training_jobs_usage",
                                     "training_jobs_webhook_progress", "training_jobs_webhooks"])

@@ -37,11 +37,14 @@
 /* All SQL of the relay. */
 static const char SQL_LISTEN[] = "LISTEN trainq_outbox";
 /* Columns 4-6 (db/migrations/0015_events.sql): the exchange, the message_id (the job id
- * for a job message), the correlation_id or NULL. */
+ * for a job message), the correlation_id or NULL. Job messages and replies first, events
+ * after them, each in id order (db/migrations/0022_outbox_jobs_first.sql: a burst of events
+ * must not hold new jobs back; the index outbox_unpublished_order is this order). */
 static const char SQL_CLAIM[] = "SELECT id, job_id::text, routing_key, payload, exchange,"
                                 " COALESCE(message_id, job_id::text), correlation_id FROM outbox"
                                 " WHERE published_at IS NULL AND available_at <= now()"
-                                " ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
+                                " ORDER BY exchange = '" TQ_AMQP_EVENTS "', id"
+                                " LIMIT $1::int FOR UPDATE SKIP LOCKED";
 static const char SQL_MARK_PUBLISHED[] =
     /* clock_timestamp: the moment the confirm arrived, not the start of the round */
     "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])";

@@ -463,7 +463,7 @@ def queries(k):
          "SELECT id, job_id::text, routing_key, payload, exchange,"
          " COALESCE(message_id, job_id::text), correlation_id FROM outbox"
          " WHERE published_at IS NULL AND available_at <= now()"
-         " ORDER BY id LIMIT 100::int FOR UPDATE SKIP LOCKED"),
+         " ORDER BY exchange = 'trainq.events', id LIMIT 100::int FOR UPDATE SKIP LOCKED"),
         (r, "relay mark published / failed",
          "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY('{1,2,3}'::bigint[]);"
          " UPDATE outbox SET attempts = attempts + 1, last_error = 'x',"

@@ -178,7 +178,8 @@ class OutboxRelay(unittest.TestCase):
         outbox_pkey, which the planner takes whenever its statistics say many rows are
         unpublished (stale under load) and which visits every published row;
         enable_sort = off makes it take the ordered path here deterministically, and
-        outbox_unpublished_id is now that path. All in one transaction, rolled back."""
+        outbox_unpublished_order (migration 0022, after outbox_unpublished_id of 0010) is
+        now that path. All in one transaction, rolled back."""
         out = psql("BEGIN;"
                    " INSERT INTO outbox (job_id, routing_key, payload, published_at)"
                    " SELECT gen_random_uuid(), 'lora', repeat('x', 400), now()"
@@ -187,13 +188,44 @@ class OutboxRelay(unittest.TestCase):
                    " EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)"
                    " SELECT id, job_id::text, routing_key, payload FROM outbox"
                    " WHERE published_at IS NULL AND available_at <= now()"
-                   " ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED;"
+                   " ORDER BY exchange = 'trainq.events', id LIMIT 100 FOR UPDATE SKIP LOCKED;"
                    " ROLLBACK;")
         plan = json.loads("\n".join(r[0] for r in out))[0]["Plan"]
         text = json.dumps(plan)
         self.assertNotIn('"outbox_pkey"', text, "the claim walks the primary key")
         hits = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
         self.assertLess(hits, 500, f"the claim read {hits} buffers past 5 000 published rows")
+
+    def test_9_a_job_message_goes_before_a_backlog_of_events(self):
+        """3 000 events (a mass cancel's job.cancelled rows) and, committed with them but
+        after them in id order, one job message: the job's message is in the first batch
+        (fewer than 1 000 of the events are marked before it, whichever relays of the
+        suites running beside this one take part), the events all follow."""
+        rows = psql("WITH e AS (INSERT INTO outbox (job_id, routing_key, payload, exchange,"
+                    "   message_id)"
+                    "  SELECT gen_random_uuid(), 'job.cancelled.lora', '{}', 'trainq.events',"
+                    "   gen_random_uuid()::text FROM generate_series(1, 3000) RETURNING job_id),"
+                    " j AS (INSERT INTO outbox (job_id, routing_key, payload)"
+                    "  SELECT gen_random_uuid(), 'lora', '{\"test\": \"relay\"}'"
+                    "  FROM (SELECT count(*) FROM e) c RETURNING job_id)"
+                    " SELECT job_id, 'e' FROM e UNION ALL SELECT job_id, 'j' FROM j")
+        events = [r[0] for r in rows if r[1] == "e"]
+        job = [r[0] for r in rows if r[1] == "j"]
+        self.ids += events + job
+        self.assertEqual((len(events), len(job)), (3000, 1))
+        self.assertLess(int(psql("SELECT max(id) FROM outbox WHERE job_id = ANY(:'ids'::uuid[])",
+                                 ids=pg_array(events))[0][0]),
+                        int(psql("SELECT id FROM outbox WHERE job_id = :'j'::uuid",
+                                 j=job[0])[0][0]), "the job's row is not the newest")
+        relay = self.start_relay("it-jobs-first")
+        self.wait_published(events + job, timeout=60)
+        self.stop_relay(relay)
+        before = int(psql("SELECT count(*) FROM outbox WHERE job_id = ANY(:'ids'::uuid[])"
+                          " AND published_at < (SELECT published_at FROM outbox"
+                          "                     WHERE job_id = :'j'::uuid)",
+                          ids=pg_array(events), j=job[0])[0][0])
+        self.assertLess(before, 1000, "the job's message waited for the events")
+        self.assertIn(job[0], self.messages_by_id())
 
     def test_0_a_batch_the_broker_refuses_closes_only_the_channel_and_the_next_is_confirmed(self):
         probe = f"probe-{os.getpid()}-{time.monotonic_ns()}"

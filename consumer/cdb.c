@@ -1,7 +1,6 @@
 #include "cdb.h"
 
 #include <jansson.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,25 +263,9 @@ int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb)
 
 int tq_cdb_runnable_notified(PGconn *c)
 {
-    /* Reading also finds a connection that died while idle (its backend terminated, a
-     * restart): libpq marks it bad on the end of file. But the server's goodbye ("terminating
-     * connection") may be read before the end of file is there, and libpq takes it for a
-     * notice: whatever arrives on this idle connection that is not a notification is taken
-     * for that goodbye, so the next pick never runs on a dead connection. (At worst a rare
-     * notice costs a reconnect; the caller picks anyway.) */
-    if (!c || PQstatus(c) != CONNECTION_OK)
-        return -1;
-    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
-    int arrived = poll(&p, 1, 0) != 0;
-    if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
-        return -1;
-    int got = 0;
-    PGnotify *n;
-    while ((n = PQnotifies(c)) != NULL) {
-        got = 1;
-        PQfreemem(n);
-    }
-    return arrived && !got ? -1 : got;
+    /* Also finds a connection that died while idle (tq_db_idle_check), so the next pick
+     * never runs on a dead connection. */
+    return tq_db_idle_check(c);
 }
 
 /* ---- status changes of a claimed job --------------------------------------------------- */

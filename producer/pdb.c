@@ -58,9 +58,9 @@ void tq_pdb_shutdown(void)
 }
 
 /* The two statements of every submission. Each is PREPAREd once per connection (session_sql)
- * and runs as its own implicit transaction (run_txn_as, exec_prepared): one round trip each,
- * and no parse and plan per request, which cost about a quarter of the submission's database
- * CPU (docs/performance.md, "What bounds submit").
+ * and runs as its own implicit transaction (run_txn_as, tq_db_exec_prepared): one round trip
+ * each, and no parse and plan per request, which cost about a quarter of the submission's
+ * database CPU (docs/performance.md, "What bounds submit").
  * The rate-limit hit: fixed one-minute windows aligned to the clock (date_trunc), so every
  * producer agrees on the window without coordination. A counter increment lost in a crash
  * only lets one more request through; not worth an fsync on every request (the job itself
@@ -140,20 +140,6 @@ static int exec(tconn *t, const char *sql, int n, const char *const *p, PGresult
 }
 
 /* A statement session_sql PREPAREd, by name. */
-static int exec_prepared(tconn *t, const char *name, int n, const char *const *p, PGresult **out,
-                         tq_errbuf *eb)
-{
-    if (out)
-        *out = NULL;
-    PGresult *r = PQexecPrepared(t->c, name, n, p, NULL, NULL, 0);
-    int rc = tq_db_check(t->c, r, eb);
-    if (rc == TQ_OK && out)
-        *out = r;
-    else
-        PQclear(r);
-    return rc;
-}
-
 /*
  * Runs fn in its own transaction on this thread's connection, through tq_db_run_txn:
  * up to 4 tries in all, on serialization failure / deadlock / timeouts (TQ_ERR_DB_RETRY),
@@ -226,7 +212,7 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     rate_arg *a = arg;
     const char *p[3] = {a->user, a->bucket, a->def};
     PGresult *res = NULL;
-    int rc = exec_prepared(t, "rate_hit", 3, p, &res, eb);
+    int rc = tq_db_exec_prepared(t->c, "rate_hit", 3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->count = (int)col_ll(res, 0, 0);
@@ -285,7 +271,7 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
                          a->s->priority != TQ_PRIORITY_NORMAL ? tq_priority_name(a->s->priority)
                                                               : NULL};
     PGresult *res = NULL;
-    int rc = exec_prepared(t, "submit_call", 11, p, &res, eb);
+    int rc = tq_db_exec_prepared(t->c, "submit_call", 11, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */

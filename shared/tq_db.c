@@ -136,18 +136,49 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb)
     return tq_errf(eb, TQ_ERR_DB, "database error %s: %s", state, msg);
 }
 
-int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
-               tq_errbuf *eb)
+/* The result of one statement, as tq_db_exec hands it over. */
+static int take_result(PGconn *c, PGresult *r, PGresult **out, tq_errbuf *eb)
 {
-    if (out)
-        *out = NULL;
-    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
     int rc = tq_db_check(c, r, eb);
     if (rc == TQ_OK && out)
         *out = r;
     else
         PQclear(r);
     return rc;
+}
+
+int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
+               tq_errbuf *eb)
+{
+    if (out)
+        *out = NULL;
+    return take_result(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), out, eb);
+}
+
+int tq_db_exec_prepared(PGconn *c, const char *name, int nparams, const char *const *params,
+                        PGresult **out, tq_errbuf *eb)
+{
+    if (out)
+        *out = NULL;
+    return take_result(c, PQexecPrepared(c, name, nparams, params, NULL, NULL, 0), out, eb);
+}
+
+int tq_db_idle_check(PGconn *c)
+{
+    if (!c || PQstatus(c) != CONNECTION_OK || PQsocket(c) < 0)
+        return -1;
+    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+    int arrived = poll(&p, 1, 0) != 0;
+    /* notifications may also sit in libpq's buffer, read with an earlier result */
+    if (arrived && (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK))
+        return -1;
+    int got = 0;
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        got = 1;
+        PQfreemem(n);
+    }
+    return arrived && !got ? -1 : got;
 }
 
 int tq_db_begin(PGconn *c, tq_errbuf *eb)
@@ -185,25 +216,16 @@ int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *sta
     return 0;
 }
 
-/* Whether the server closed idle connection c, found without a round trip: an idle
- * connection that never LISTENs (tq_db_txn.check_idle) hears nothing from the server but its
- * goodbye (a restart's or pg_terminate_backend's "terminating connection", an idle timeout), so
- * anything waiting on the socket means it is gone (at worst a rare unsolicited notice costs a
- * reconnect). So a connection that died while idle is opened again before anything is sent on it,
- * also for an implicit transaction, whose failed statement tq_db_txn_retry cannot tell from one
- * that ran. (A connection lost without a word, or in the moment between this look and the send,
- * still fails the try.) */
-static int closed_while_idle(PGconn *c)
-{
-    struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
-    return p.fd < 0 || poll(&p, 1, 0) != 0;
-}
-
 /* (Re)opens *c as needed, with the session settings. *fresh says it was opened here. */
 static int txn_conn(PGconn **c, const tq_db_txn *how, int *fresh, tq_errbuf *eb)
 {
+    /* An idle connection that never LISTENs (tq_db_txn.check_idle) hears nothing from the
+     * server but its goodbye: one that died while idle is opened again before anything is
+     * sent on it, also for an implicit transaction, whose failed statement tq_db_txn_retry
+     * cannot tell from one that ran. (A connection lost without a word, or in the moment
+     * between this look and the send, still fails the try.) */
     if (how->check_idle && how->url && *c && PQstatus(*c) == CONNECTION_OK &&
-        closed_while_idle(*c)) {
+        tq_db_idle_check(*c) != 0) {
         PQfinish(*c);
         *c = NULL;
     }

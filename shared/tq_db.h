@@ -42,6 +42,17 @@ int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb);
  * must be PQclear()ed by the caller; on error the result is freed here. */
 int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
                tq_errbuf *eb);
+/* The same for statement `name`, PREPAREd on c. */
+int tq_db_exec_prepared(PGconn *c, const char *name, int nparams, const char *const *params,
+                        PGresult **out, tq_errbuf *eb);
+
+/* What idle connection c (no query in flight) received, read without waiting: 1 when
+ * notifications arrived (all are drained), 0 when nothing did, -1 when c is bad or gone.
+ * Gone includes anything else waiting on its socket: the server's goodbye to a connection
+ * it closed while idle (a restart, pg_terminate_backend, an idle timeout) may be read before
+ * the end of file, and libpq takes it for a notice and keeps the connection marked good.
+ * (At worst a rare unsolicited notice costs the caller a reconnect.) */
+int tq_db_idle_check(PGconn *c);
 
 /* BEGIN / COMMIT / ROLLBACK (rollback ignores errors: it runs on the error path). */
 int tq_db_begin(PGconn *c, tq_errbuf *eb);

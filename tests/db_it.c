@@ -188,32 +188,39 @@ static void before_retry_sees_every_retry_and_can_give_up(void)
     PQfinish(c);
 }
 
+/* Runs how's transaction, kills its connection's backend while idle, runs it again: the
+ * second run must run its body once, on a fresh connection, and both rows be committed. */
+static void rerun_after_idle_kill(PGconn **c, const tq_db_txn *how, body *b)
+{
+    tq_errbuf eb = {{0}};
+    int rc = tq_db_run_txn(c, how, body_fn, b, &eb);
+    CHECK(rc == TQ_OK && *c, "first: rc %d %s", rc, eb.msg);
+    int old_pid = *c ? PQbackendPID(*c) : 0;
+    kill_idle(*c);
+    *b = (body){0};
+    rc = tq_db_run_txn(c, how, body_fn, b, &eb);
+    CHECK(rc == TQ_OK, "after the kill: rc %d %s", rc, eb.msg);
+    CHECK(b->calls == 1, "body ran %d times, want 1", b->calls);
+    CHECK(*c && PQbackendPID(*c) != old_pid, "not a fresh connection");
+    CHECK(committed() == 2, "want both transactions' rows");
+}
+
 static void a_connection_that_died_idle_is_replaced_once(void)
 {
     PGconn *c = NULL;
     const tq_db_txn how = {.url = url, .app = "db_it", .session_sql = "SET lock_timeout = 4321"};
     body b = {0};
     tq_errbuf eb = {{0}};
-    int rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
-    CHECK(rc == TQ_OK && c, "first transaction: rc %d %s", rc, eb.msg);
-    CHECK(strcmp(b.lock_timeout, "4321ms") == 0, "session_sql not applied: lock_timeout %s",
+    rerun_after_idle_kill(&c, &how, &b);
+    CHECK(strcmp(b.lock_timeout, "4321ms") == 0, "session_sql not applied on the fresh one: %s",
           b.lock_timeout);
-    int old_pid = c ? PQbackendPID(c) : 0;
-    kill_idle(c);
-    b = (body){0};
-    rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
-    CHECK(rc == TQ_OK, "after the kill: rc %d %s", rc, eb.msg);
-    CHECK(b.calls == 1, "body ran %d times, want 1", b.calls);
-    CHECK(c && PQbackendPID(c) != old_pid, "not a fresh connection");
-    CHECK(strcmp(b.lock_timeout, "4321ms") == 0, "session_sql not applied on the fresh one");
-    CHECK(committed() == 2, "want both transactions' rows");
 
     /* Borrowed: the runner neither closes nor replaces the caller's connection. */
     PGconn *borrowed = c;
     kill_idle(c);
     const tq_db_txn none = {0};
     b = (body){0};
-    rc = tq_db_run_txn(&c, &none, body_fn, &b, &eb);
+    int rc = tq_db_run_txn(&c, &none, body_fn, &b, &eb);
     CHECK(rc == TQ_ERR_UNAVAILABLE, "borrowed: rc %d", rc);
     CHECK(b.calls == 0 && c == borrowed, "borrowed: %d calls, replaced %d", b.calls, c != borrowed);
     PQfinish(c);
@@ -261,18 +268,43 @@ static void an_implicit_transaction_on_a_connection_that_died_idle_runs_on_a_fre
     PGconn *c = NULL;
     const tq_db_txn how = {.url = url, .app = "db_it", .implicit = 1, .check_idle = 1};
     body b = {0};
-    tq_errbuf eb = {{0}};
-    int rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
-    CHECK(rc == TQ_OK && c, "first: rc %d %s", rc, eb.msg);
-    int old_pid = c ? PQbackendPID(c) : 0;
-    kill_idle(c);
-    b = (body){0};
-    rc = tq_db_run_txn(&c, &how, body_fn, &b, &eb);
-    CHECK(rc == TQ_OK, "after the kill: rc %d %s", rc, eb.msg);
-    CHECK(b.calls == 1, "body ran %d times, want 1", b.calls);
-    CHECK(c && PQbackendPID(c) != old_pid, "not a fresh connection");
-    CHECK(committed() == 2, "want both transactions' rows");
+    rerun_after_idle_kill(&c, &how, &b);
     PQfinish(c);
+}
+
+/* tq_db_idle_check: 0 while nothing came, 1 once notifications came (drained: 0 after),
+ * -1 once the server closed the connection, before libpq has seen the end of file. */
+static void the_idle_check_tells_quiet_notified_and_gone_apart(void)
+{
+    tq_errbuf eb = {{0}};
+    PGconn *c = tq_db_connect(url, "db_it-idle", &eb);
+    CHECK(c != NULL, "connect: %s", eb.msg);
+    if (!c)
+        return;
+    CHECK(tq_db_exec(c, "LISTEN tq_db_it_idle", 0, NULL, NULL, &eb) == TQ_OK, "listen: %s", eb.msg);
+    CHECK(tq_db_idle_check(c) == 0, "quiet connection: not 0");
+    /* two in one transaction: the listener's backend sends them together */
+    tq_db_exec(checker,
+               "SELECT pg_notify('tq_db_it_idle', 'first'), pg_notify('tq_db_it_idle', 'second')",
+               0, NULL, NULL, &eb);
+    int got = 0;
+    for (int i = 0; i < 100 && !got; i++) {
+        got = tq_db_idle_check(c);
+        if (!got)
+            usleep(20 * 1000);
+    }
+    CHECK(got == 1, "notified connection: %d, want 1", got);
+    CHECK(tq_db_idle_check(c) == 0, "drained connection: not 0");
+    kill_idle(c);
+    int gone = 0;
+    for (int i = 0; i < 100 && !gone; i++) {
+        gone = tq_db_idle_check(c);
+        if (!gone)
+            usleep(20 * 1000);
+    }
+    CHECK(gone == -1, "terminated connection: %d, want -1", gone);
+    PQfinish(c);
+    CHECK(tq_db_idle_check(NULL) == -1, "no connection: not -1");
 }
 
 int main(void)
@@ -302,6 +334,7 @@ int main(void)
     a_connection_lost_inside_the_transaction_is_not_repeated();
     an_implicit_transaction_sends_no_begin();
     an_implicit_transaction_on_a_connection_that_died_idle_runs_on_a_fresh_one();
+    the_idle_check_tells_quiet_notified_and_gone_apart();
     committed();
     PQfinish(checker);
     printf("db_it: %s\n", failures ? "FAILED" : "ok");

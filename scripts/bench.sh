@@ -18,7 +18,8 @@
 # and 100th page of a user with 50 000 jobs, claim and release transactions, on the database
 # as it is and again with 1 M jobs / 5 M audit rows in it (`--big --only=11` runs it alone).
 # --many adds row 12 (opt-in): a backlog of 1 000 users × 3 jobs and of 10 users × 300 drained
-# by 20 consumers × 2 slots (0.2 s jobs): seconds, jobs/s, idle slot-seconds.
+# by 20 consumers × 2 slots (0.2 s jobs), each for its first 90 s: jobs done, jobs/s, idle
+# slot-seconds, the mean time of a pick.
 # Row 14 (default): row 5's drain with mixed low/normal/high backlogs: idle slots, inversions.
 # --quick runs a seconds-long version of every row (CI smoke). The script reports numbers; it
 # fails only when the machinery breaks (build, services, a program or tool that errors).

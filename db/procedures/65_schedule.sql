@@ -329,6 +329,11 @@ END $$;
 -- not as a filter of the query: the planner pushed such a filter down to every queued job
 -- (a quota sum per job, 0.5 s for 11 000 queued jobs in test_indexes' database), and a
 -- filter ahead of the sort would look at every user even when the first one can start.
+-- The users with queued jobs are found by a skip scan of training_jobs_queued (one index
+-- descent per user, the recursive CTE `u`) and each one's head by a LIMIT 1 on the same
+-- index, so a pick reads about one entry per waiting user however long their backlogs are:
+-- a DISTINCT ON over the queued rows read every one (10 users with 300 jobs each: 5.9 ms
+-- against 1.7 ms; it grew with the backlog, this grows with the users).
 CREATE OR REPLACE FUNCTION tq_user_can_start(p_user text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT (SELECT count(*) FROM training_jobs a
@@ -352,11 +357,21 @@ DECLARE
     usage_now constant double precision := tq_usage_now();
 BEGIN
     FOR c IN
-        WITH heads AS (
-            SELECT DISTINCT ON (t.user_id) t.user_id, t.priority, t.created_at, t.id
-              FROM training_jobs t
-             WHERE t.status = 'queued' AND (t.not_before IS NULL OR t.not_before <= now())
-             ORDER BY t.user_id, t.priority DESC, t.created_at, t.id
+        WITH RECURSIVE u AS (
+            (SELECT t.user_id FROM training_jobs t WHERE t.status = 'queued'
+              ORDER BY t.user_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT t.user_id FROM training_jobs t
+                     WHERE t.status = 'queued' AND t.user_id > u.user_id
+                     ORDER BY t.user_id LIMIT 1)
+              FROM u WHERE u.user_id IS NOT NULL
+        ), heads AS (
+            SELECT h.* FROM u CROSS JOIN LATERAL (
+                SELECT t.user_id, t.priority, t.created_at, t.id FROM training_jobs t
+                 WHERE t.user_id = u.user_id AND t.status = 'queued'
+                   AND (t.not_before IS NULL OR t.not_before <= now())
+                 ORDER BY t.priority DESC, t.created_at, t.id
+                 LIMIT 1) h
         )
         SELECT h.user_id FROM heads h
           LEFT JOIN user_usage_scores s ON s.user_id = h.user_id

@@ -314,7 +314,7 @@ class Bench:
 
     def sample_anon(self):
         """Peak RssAnon (the process's own memory; VmHWM also counts shared library pages)
-        of producer and consumers, sampled every 100 ms."""
+        of producer and consumers, sampled every 100 ms through every row of the run."""
         while not self._sampling.wait(0.1):
             for p in list(self.procs):
                 kind = ("producer" if p.name == "producer"
@@ -926,9 +926,14 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
              + ",".join(f"('{ds}', '{u}', 'bench', '{u}/{ds}')" for u, ds in zip(users, dss)))
         return dss
 
-    def drain(self, n_consumers, n_users=None, per_user=None, tag="r5", priority=None):
+    def drain(self, n_consumers, n_users=None, per_user=None, tag="r5", priority=None,
+              window=None):
         """priority: None, or priority(k) -> 'low'|'normal'|'high' of the k-th submission
-        (every user may then ask for 'high'); the result adds the job ids ("ids")."""
+        (every user may then ask for 'high'); the result adds the job ids ("ids").
+        window: measure the first `window` seconds from the first claim instead of the whole
+        drain (the backlog stays large throughout; what is still queued then is cancelled and
+        the running jobs finish before the consumers stop); the result adds the mean time of
+        a pick (`tq_pick`, pg_stat_user_functions) over the run."""
         per_user = per_user or (2 if self.quick else 5)
         n_users = n_users or (4 if self.quick else 8)
         if not self.producer or not self.producer.running():  # without row 1, or after 6
@@ -955,20 +960,45 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             t.join()
         if not all(cons):
             raise Broken("a drain consumer did not start")
+        ids = ",".join(f"'{j}'" for j in jobs)
         try:
-            self.wait_terminal(jobs, 600)
+            if window:
+                picks0 = self.pick_stats()
+                wait_until(lambda: psql(
+                    "SELECT clock_timestamp() > min(at) + make_interval(secs => %d)"
+                    " FROM job_events WHERE to_status = 'pending'"
+                    f" AND job_id IN ({ids})" % window) == "t", window + 120,
+                    "the drain's window to pass", interval=0.5)
+                picks1 = self.pick_stats()
+                cut = float(psql("SELECT extract(epoch FROM clock_timestamp())"))
+                self.retire_queued(f"bench-{tag}%")
+                ids_run = [j for j, st in rows(f"SELECT id, status FROM training_jobs"
+                                               f" WHERE id IN ({ids})") if st != "cancelled"]
+                self.wait_terminal(ids_run, 300)
+            else:
+                self.wait_terminal(jobs, 600)
         finally:
             for p in cons:
                 self.stop_consumer(p)
-        ids = ",".join(f"'{j}'" for j in jobs)
         t0, t1 = (float(x) for x in rows(
             "SELECT extract(epoch FROM min(at) FILTER (WHERE to_status = 'pending')),"
             " extract(epoch FROM max(at) FILTER (WHERE to_status IN"
             f" ('completed','failed','cancelled'))) FROM job_events WHERE job_id IN ({ids})")[0])
+        done = len(jobs)
+        if window:
+            # The window's end: the cancel of what was still queued, or the drain's end.
+            t1 = min(t1, cut)
+            done = int(psql(f"SELECT count(*) FROM job_events WHERE job_id IN ({ids})"
+                            " AND to_status = 'completed'"
+                            f" AND at <= to_timestamp({t1})"))
         idle = self.idle_slot_seconds(jobs, 2 * n_consumers, t0, t1)
-        out = {"jobs": len(jobs), "users": n_users, "secs": t1 - t0,
-               "rate": len(jobs) / (t1 - t0),
+        out = {"jobs": len(jobs), "done": done, "users": n_users, "secs": t1 - t0,
+               "rate": done / (t1 - t0),
                "idle": idle, "slot_secs": 2 * n_consumers * (t1 - t0), "start": t_start}
+        if window:
+            calls = picks1[0] - picks0[0]
+            out["pick_ms"] = (picks1[1] - picks0[1]) / calls if calls else None
+            out["picks"] = calls
         if priority:
             out["ids"] = jobs
         return out
@@ -977,17 +1007,36 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         log("row 5: backlog drain with 1 and 2 consumers")
         self.results[5] = {n: self.drain(n) for n in (1, 2)}
 
+    @staticmethod
+    def pick_stats():
+        """(calls, total ms) of tq_pick so far (track_functions, set by row12)."""
+        r = rows("SELECT calls, total_time FROM pg_stat_user_functions"
+                 " WHERE funcname = 'tq_pick'")
+        return (int(r[0][0]), float(r[0][1])) if r else (0, 0.0)
+
     def row12(self):
         """Many users, many hosts (issue 11, item 6; opt-in, --many): the same backlog drain
-        as row 5 with 20 consumers × 2 slots, once for 1 000 users with 3 jobs each (one
-        running pair and a parked one per user at first) and once for 10 users with 300 each
-        (at most 20 of the 40 slots usable: the per-user limit)."""
-        cons, few, many = (4, (10, 20), (100, 2)) if self.quick else (20, (10, 300), (1000, 3))
+        as row 5 with 20 consumers × 2 slots, once for 1 000 users with 3 jobs each and once
+        for 10 users with 300 each (at most 20 of the 40 slots usable: the per-user limit),
+        each measured over its first 90 s (the backlog stays in the thousands throughout:
+        draining 6 000 jobs would take a quarter of an hour on 2 cores, and its tail, with
+        few users left, says nothing about many)."""
+        cons, few, many, window = ((4, (10, 20), (100, 2), 30) if self.quick
+                                   else (20, (10, 300), (1000, 3), 90))
         log(f"row 12: drain with {cons} consumers × 2 slots: {many[0]} users vs {few[0]} users")
-        self.results[12] = {
-            "consumers": cons,
-            "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r12m"),
-            "few": self.drain(cons, n_users=few[0], per_user=few[1], tag="r12f")}
+        # The pick's own time, from the consumers' backends (who connect after this).
+        track = ("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET track_functions = %L',"
+                 " current_database(), '{}'); END $$;")
+        self.superuser_psql(track.format("pl"))
+        try:
+            self.results[12] = {
+                "consumers": cons, "window": window,
+                "many": self.drain(cons, n_users=many[0], per_user=many[1], tag="r12m",
+                                   window=window),
+                "few": self.drain(cons, n_users=few[0], per_user=few[1], tag="r12f",
+                                  window=window)}
+        finally:
+            self.superuser_psql(track.format("none"))
 
     # ------------------------------------------------------------ row 14
 
@@ -1262,11 +1311,13 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             pa, ca = self.anon_peak["producer"], self.anon_peak["consumer"]
             add(f"| 6 | of which the process's own memory: peak RssAnon producer / consumer"
                 f" (sampled every 100 ms; the rest of VmHWM is shared library pages) |"
-                f" {fmt(pa / 1024, ' MB', 1)} / {fmt(ca / 1024, ' MB', 1)} | — | — | — | — |")
+                f" {fmt(pa / 1024 if pa else None, ' MB', 1)} / {fmt(ca / 1024 if ca else None, ' MB', 1)}"
+                " | — | — | — | — |")
             pp, cp = self.pss_peak["producer"], self.pss_peak["consumer"]
             add(f"| 6 | peak PSS producer / consumer (smaps_rollup, sampled every 100 ms: own"
-                f" pages plus a share of each shared one) | {fmt(pp / 1024, ' MB', 1)} /"
-                f" {fmt(cp / 1024, ' MB', 1)} | — | — | < 10 MB / < 5 MB |"
+                f" pages plus a share of each shared one) |"
+                f" {fmt(pp / 1024 if pp else None, ' MB', 1)} /"
+                f" {fmt(cp / 1024 if cp else None, ' MB', 1)} | — | — | < 10 MB / < 5 MB |"
                 f" {yes(None if not pp or not cp else pp < 10240 and cp < 5120)} |")
         if r1:
             per_k = r1["cpu"] / max(1, r1["committed"]) * 1000
@@ -1300,9 +1351,11 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             for key in ("many", "few"):
                 d = r12[key]
                 users = d["users"]
-                add(f"| 12 | drain {d['jobs']:,} jobs (0.2 s) of {users:,} users,"
-                    f" {r12['consumers']} consumers × 2 slots |"
-                    f" {fmt(d['secs'], ' s', 1)}, {fmt(d['rate'], ' jobs/s', 2)} |"
+                add(f"| 12 | backlog of {d['jobs']:,} jobs (0.2 s) of {users:,} users,"
+                    f" {r12['consumers']} consumers × 2 slots, first {r12['window']} s |"
+                    f" {d['done']:,} done in {fmt(d['secs'], ' s', 1)},"
+                    f" {fmt(d['rate'], ' jobs/s', 2)}; a pick (`tq_pick`) took"
+                    f" {fmt(d.get('pick_ms'), ' ms', 2)} on average ({d.get('picks', 0):,}) |"
                     f" idle slot-seconds while runnable work waited: {fmt(d['idle'], ' s', 1)}"
                     f" of {fmt(d['slot_secs'], ' s', 1)} |"
                     f" {fmt(100 * d['idle'] / d['slot_secs'] if d['slot_secs'] else None, ' %')}"
@@ -1763,7 +1816,6 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
                 if self.producer:
                     self.results[6] = {"producer_hwm": proc_status(self.producer.pid, "VmHWM")}
                     self.producer.stop()
-                self._sampling.set()
                 if want(7):
                     self.row7()
                 if want(8):

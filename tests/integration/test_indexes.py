@@ -598,10 +598,12 @@ class IndexesTest(unittest.TestCase):
     def tearDownClass(cls):
         tqenv.psql(f"DROP DATABASE IF EXISTS {cls.db} WITH (FORCE)", superuser=True)
 
-    def plans(self, statements):
+    def plans(self, statements, analyze=False):
         """{name: [(query text, plan)]} of every statement run (nested ones included), each
-        entry of statements in its own rolled-back transaction."""
+        entry of statements in its own rolled-back transaction; analyze: with the rows each
+        node returned ("Actual Rows", "Actual Loops")."""
         script = ["LOAD 'auto_explain';", "SET auto_explain.log_min_duration = 0;",
+                  f"SET auto_explain.log_analyze = {'on' if analyze else 'off'};",
                   "SET auto_explain.log_nested_statements = on;",
                   "SET auto_explain.log_format = json;", "SET auto_explain.log_level = notice;",
                   "SET client_min_messages = notice;"]
@@ -633,6 +635,29 @@ class IndexesTest(unittest.TestCase):
                     bad.append(f"{src}: {name}: Seq Scan on {rel} in: "
                                f"{' '.join(text.split())[:300]}")
         self.assertEqual(bad, [], "\n" + "\n".join(bad))
+
+    def test_a_pick_reads_the_waiting_users_not_their_backlogs(self):
+        # u0 alone has a quarter of the jobs, thousands of them queued: a pick that read
+        # every queued row would grow with that backlog (db/procedures/65_schedule.sql).
+        queued, users = (int(x) for x in superuser_psql(
+            self.db, "SELECT count(*), count(DISTINCT user_id) FROM training_jobs"
+            " WHERE status = 'queued'").stdout.split("|"))
+        self.assertGreater(queued, 3 * users)
+        pick = [(src, name, sql) for src, name, sql in queries(self.k)
+                if sql.lstrip().startswith("SELECT outcome") and "tq_pick(" in sql]
+        self.assertEqual(len(pick), 1)
+
+        def rows_read(plan):
+            n = 0
+            if plan.get("Relation Name") == "training_jobs":
+                n += plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)
+            return n + sum(rows_read(p) for p in plan.get("Plans", []))
+        plans = self.plans(pick, analyze=True)[0]
+        read = sum(rows_read(plan) for _, plan in plans)
+        self.assertGreater(read, 0, "no rows of training_jobs seen: was the plan analysed?")
+        self.assertLess(read, 3 * users + 200,
+                        f"the pick read {read} rows of training_jobs for {users} waiting users"
+                        f" with {queued} queued jobs")
 
     def test_every_function_the_programs_call_is_in_the_list(self):
         listed = " ".join(sql for _, _, sql in queries(self.k))

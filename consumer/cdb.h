@@ -38,7 +38,7 @@ int tq_claim_outcome_parse(const char *s, tq_claim_outcome *out);
 #define TQ_CLAIM_PATH_BUF 1024 /* storage_path and its NUL; a longer one fails the job */
 #define TQ_CLAIM_REASON_BUF 256
 
-typedef struct {
+typedef struct tq_claim {
     tq_claim_outcome outcome;
     char job_id[TQ_UUID_BUF]; /* CLAIMED / FAILED: the job */
     long long fencing_token;  /* CLAIMED: the token every later update must present */

@@ -10,7 +10,10 @@
  *    delays nobody's job behind it by more than a few batches.
  *  - picking: while a slot is free, the host asks Postgres for the next runnable job
  *    (tq_cdb_pick: priority, fair share, submission order; the per-user limit and quota
- *    respected) and launches it. It asks when something may have become runnable: after
+ *    respected), reserves the slot and hands the job to the slot's runner, which starts
+ *    its container (start.h) while this thread picks for the next free slot: one slow
+ *    container start never holds the host's other slots. It asks when something may have
+ *    become runnable: after
  *    its own intake, when one of its slots freed, on NOTIFY trainq_runnable, and every
  *    PICK_EVERY_S in any case.
  *
@@ -25,9 +28,9 @@
  * never more containers than slots; deliveries are held only for one batch (milliseconds),
  * whatever the slots, so no host sits on work another could start.
  *
- * Host health: a launch that fails for a reason of this host (image or runtime missing,
- * disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row mark the
- * host unhealthy: it stops picking and tries one job again after a backoff (a probe).
+ * Host health (start.c): a launch that fails for a reason of this host (image or runtime
+ * missing, disk full) gives the job back; TRAINQ_HOST_ERROR_LIMIT such failures in a row
+ * mark the host unhealthy: it stops picking and tries one job again after a backoff (a probe).
  */
 #include "dispatch.h"
 
@@ -38,7 +41,7 @@
 
 #include "cdb.h"
 #include "cmetrics.h"
-#include "launch.h"
+#include "start.h"
 #include "tq_amqp.h"
 #include "tq_backoff.h"
 #include "tq_db.h"
@@ -88,9 +91,6 @@ typedef struct {
     unsigned epoch;
     char tag[SHORTSTR_BUF];
     tq_backoff backoff;   /* reconnecting to RabbitMQ: 100 ms … 5 s, with jitter */
-    int host_errors;      /* launches in a row that failed for a reason of this host */
-    double probe_at;      /* while the host is unhealthy: when to try one job again */
-    long probe_wait_s;    /* the current probe backoff */
     double depth_read_at; /* when trainq.jobs' ready count was last read */
     intake_item *batch;   /* INTAKE_BATCH items */
     size_t n_batch;
@@ -109,50 +109,6 @@ static void drop_amqp(dispatcher *d)
     atomic_store(&d->w->amqp_ok, 0);
     atomic_store(&d->w->queue_ready_at, 0.0); /* unknown from now on */
     tq_cmetrics_set(TQ_CM_AMQP_UP, 0);
-}
-
-/* Whether this host may take a job now: healthy, or unhealthy with a probe due. */
-static int host_usable(const dispatcher *d)
-{
-    return atomic_load(&d->w->host_ok) || tq_mono_now() >= d->probe_at;
-}
-
-/* A launch failed for a reason of this host. */
-static void host_error(dispatcher *d, const char *why)
-{
-    tq_worker *w = d->w;
-    tq_cmetrics_inc(TQ_CM_HOST_ERRORS);
-    if (++d->host_errors < w->cfg->host_error_limit)
-        return;
-    if (atomic_exchange(&w->host_ok, 0)) {
-        d->probe_wait_s = w->cfg->host_probe_seconds;
-        tq_log(TQ_LOG_ERROR, "host.unhealthy",
-               "%d launches in a row failed on this host; not consuming, next try in %ld s: %s",
-               d->host_errors, d->probe_wait_s, why);
-    } else {
-        /* a failed probe: wait longer, up to 32 times the first wait */
-        long cap = 32L * w->cfg->host_probe_seconds;
-        d->probe_wait_s = d->probe_wait_s * 2 < cap ? d->probe_wait_s * 2 : cap;
-        tq_log(TQ_LOG_WARN, "host.probe_failed", "still cannot start jobs, next try in %ld s: %s",
-               d->probe_wait_s, why);
-    }
-    d->probe_at = tq_mono_now() + (double)d->probe_wait_s;
-    pthread_mutex_lock(&w->mu);
-    snprintf(w->host_error, sizeof w->host_error, "%s", why);
-    tq_utf8_clip(w->host_error, sizeof w->host_error - 1); /* a cut character is no text */
-    pthread_mutex_unlock(&w->mu);
-    tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 0);
-}
-
-/* A job started: whatever failed before was not permanent. */
-static void host_ok(dispatcher *d)
-{
-    tq_worker *w = d->w;
-    d->host_errors = 0;
-    if (!atomic_exchange(&w->host_ok, 1)) {
-        tq_log(TQ_LOG_INFO, "host.healthy", "a job started again; consuming");
-        tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 1);
-    }
 }
 
 static int connect_amqp(dispatcher *d, tq_errbuf *eb)
@@ -365,161 +321,6 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
     for (size_t i = 0; i < v->n && used < cap; i++)
         used += (size_t)snprintf(out + used, cap - used, "%s%s %s", i ? "; " : "",
                                  v->items[i].field, v->items[i].message);
-}
-
-/* Fails a claimed job that cannot start here for a reason retrying will not fix: its
- * dataset (the preflight's dataset_error). */
-static void fail_claimed(dispatcher *d, const char *job_id, long long fencing, const char *why)
-{
-    tq_errbuf eb = {{0}};
-    const tq_cdb_failure f = {.cls = "dataset_error", .message = why};
-    if (tq_cdb_finish(d->db, job_id, fencing, TQ_STATUS_FAILED, -256, why, why, &f, NULL, 0, &eb) !=
-        TQ_OK)
-        tq_log(TQ_LOG_ERROR, "job.fail_failed", "could not record failure of job %s: %s", job_id,
-               eb.msg);
-    else {
-        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
-        tq_cmetrics_attempt_failed(TQ_FAIL_DATASET);
-    }
-    tq_log(TQ_LOG_WARN, "job.failed", "job %s failed before start: %s", job_id, why);
-}
-
-/* Gives a claimed job back: it could not start here for a reason of this host's. */
-static void give_back(dispatcher *d, const tq_claim *cl, const char *job_id, const char *why)
-{
-    tq_worker *w = d->w;
-    tq_errbuf qb = {{0}};
-    tq_give_back_outcome out = TQ_GIVEN_BACK;
-    if (tq_cdb_give_back(d->db, job_id, cl->fencing_token, why, "host_error",
-                         w->cfg->max_host_retries, &out, &qb) != TQ_OK) {
-        /* Still claimed by us: our lease is no longer renewed (no slot holds it), so the
-         * reaper recovers it within a lease. */
-        tq_log(TQ_LOG_ERROR, "job.give_back_failed", "job %s: %s", job_id, qb.msg);
-        return;
-    }
-    if (out != TQ_GIVE_BACK_FENCED)
-        tq_cmetrics_attempt_failed(TQ_FAIL_HOST_ERROR);
-    switch (out) {
-    case TQ_GIVE_BACK_FENCED:
-        tq_log(TQ_LOG_WARN, "job.fenced", "job %s: not given back, no longer ours", job_id);
-        break;
-    case TQ_GIVE_BACK_FAILED:
-        tq_cmetrics_inc(TQ_CM_JOBS_FAILED);
-        tq_log(TQ_LOG_WARN, "job.failed", "job %s failed: no worker could start it: %s", job_id,
-               why);
-        break;
-    case TQ_GIVE_BACK_CANCELLED:
-        tq_cmetrics_inc(TQ_CM_JOBS_CANCELLED);
-        tq_log(TQ_LOG_INFO, "job.cancelled", "job %s cancelled before it started", job_id);
-        break;
-    case TQ_GIVEN_BACK:
-        tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
-        tq_log(TQ_LOG_WARN, "job.requeued", "job %s given back: %s", job_id, why);
-        break;
-    }
-}
-
-/* Whether the job's retry resumes from a checkpoint: its outputs hold checkpoint-* and its
- * last attempt ended with host_lost or host_error (not the job's doing: a run of its own
- * that failed starts afresh). The outputs must be on storage every host shares for a
- * retry elsewhere to find them (docs/operations.md). */
-static int resumes(dispatcher *d, const char *job_id)
-{
-    char outputs[PATH_MAX], last[32] = "";
-    if (snprintf(outputs, sizeof outputs, "%s/outputs/%s", d->w->cfg->data_dir, job_id) >=
-            (int)sizeof outputs ||
-        !tq_launch_has_checkpoint(outputs))
-        return 0;
-    tq_errbuf eb = {{0}};
-    if (tq_cdb_last_failure(d->db, job_id, last, sizeof last, &eb) != TQ_OK) {
-        tq_log(TQ_LOG_WARN, "job.resume_unknown", "job %s: %s; starting afresh", job_id, eb.msg);
-        return 0;
-    }
-    return strcmp(last, "host_lost") == 0 || strcmp(last, "host_error") == 0;
-}
-
-/* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
-static int launch(dispatcher *d, int slot, const tq_claim *cl, const char *job_id)
-{
-    tq_worker *w = d->w;
-    tq_launch_paths paths;
-    tq_errbuf eb = {{0}};
-    char why[700];
-    double t0 = tq_mono_now();
-    int resume = resumes(d, job_id);
-    int rc = tq_launch_prepare(w->cfg, &cl->job.sub, job_id, cl->storage_path, resume, &paths, &eb);
-    /* The preflight, before any container exists: the dataset's own faults fail the job at
-     * once (dataset_error); a training image missing here is this host's (host_error). */
-    if (rc == TQ_OK)
-        rc = tq_launch_preflight_dataset(paths.dataset, w->cfg->dataset_max_bytes, &eb);
-    double t1 = tq_mono_now();
-    if (rc == TQ_OK && resume)
-        tq_logj(TQ_LOG_INFO, "job.resuming", json_pack("{s:s}", "job_id", job_id),
-                "job %s resumes from its latest checkpoint", job_id);
-    if (rc != TQ_OK) {
-        if (rc != TQ_ERR_NOMEM && rc != TQ_ERR_IO) {
-            fail_claimed(d, job_id, cl->fencing_token, eb.msg); /* the job's own fault */
-            return 0;
-        }
-        /* A problem of this host (disk full, root not mounted): not the job's. */
-        snprintf(why, sizeof why, "could not prepare the job on worker %s: %s", w->cfg->worker_id,
-                 eb.msg);
-        give_back(d, cl, job_id, why);
-        host_error(d, why);
-        return 0;
-    }
-    char cid[TQ_LAUNCHER_ID_BUF] = "";
-    const tq_launch_request req = {slot, job_id, cl->job.user_id, &paths};
-    rc = w->launcher->ops->preflight_image(w->launcher->ctx, &eb);
-    if (rc == TQ_OK)
-        rc = w->launcher->ops->start(w->launcher->ctx, &req, cid, &eb);
-    if (rc != TQ_OK) {
-        /* Nothing a container does can fail here, only this host: give the job back so that
-         * it keeps its place and another host (or this one later) starts it. */
-        if (rc == TQ_ERR_NOT_FOUND)
-            snprintf(why, sizeof why, "training image \"%s\" not found on worker %s",
-                     w->cfg->training_image, w->cfg->worker_id);
-        else if (rc == TQ_ERR_UNAVAILABLE)
-            snprintf(why, sizeof why, "%s unavailable on worker %s: %s", w->launcher->ops->name,
-                     w->cfg->worker_id, eb.msg);
-        else
-            snprintf(why, sizeof why, "could not start training container on worker %s: %s",
-                     w->cfg->worker_id, eb.msg);
-        give_back(d, cl, job_id, why);
-        if (rc == TQ_ERR_UNAVAILABLE)
-            atomic_store(&w->docker_ok, 0); /* the housekeeper's ping says when it is back */
-        else if (rc != TQ_ERR_CONFLICT)
-            host_error(d, why); /* a name still being removed is no fault of the host */
-        return 0;
-    }
-    double t2 = tq_mono_now();
-    rc = tq_cdb_mark_running(d->db, job_id, cl->fencing_token, cid, &eb);
-    tq_logj(TQ_LOG_DEBUG, "job.launch_timing",
-            json_pack("{s:s, s:i, s:i, s:i}", "job_id", job_id, "prepare_us",
-                      (int)((t1 - t0) * 1e6), "create_start_us", (int)((t2 - t1) * 1e6),
-                      "mark_running_us", (int)((tq_mono_now() - t2) * 1e6)),
-            "job %s launch phases", job_id);
-    if (rc == TQ_ERR_CONFLICT) {
-        /* Recovered by a reaper meanwhile: this container must not run. */
-        tq_errbuf kb = {{0}};
-        w->launcher->ops->remove(w->launcher->ctx, cid, &kb);
-        tq_log(TQ_LOG_WARN, "job.fenced", "job %s: %s; container removed", job_id, eb.msg);
-        return 0;
-    }
-    if (rc != TQ_OK)
-        /* Still ours (fenced writes later will tell); the runner records the outcome. */
-        tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
-    tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL), 0);
-    host_ok(d);
-    tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
-    double now_epoch = (double)time(NULL);
-    if (cl->created_epoch > 0 && now_epoch >= cl->created_epoch)
-        tq_cmetrics_observe_dispatch(now_epoch - cl->created_epoch);
-    tq_logj(TQ_LOG_INFO, "job.started",
-            json_pack("{s:s, s:s, s:i, s:i}", "job_id", job_id, "container", cid, "slot", slot,
-                      "attempt", cl->attempts),
-            "job %s started in slot %d", job_id, slot);
-    return 1;
 }
 
 /* A string header of the delivery: 1 found (*v, *n borrowed from env), 0 absent, -1 present
@@ -863,7 +664,7 @@ static void fill(dispatcher *d)
     /* A draining worker (an operator's drain, db/procedures/90_admin.sql) finishes what runs
      * and picks nothing new; its intake goes on, which only makes rows durable. */
     if (free_now == 0 || atomic_load(&w->stopping) || !atomic_load(&w->docker_ok) ||
-        !atomic_load(&w->db_ok) || !host_usable(d) || atomic_load(&w->draining))
+        !atomic_load(&w->db_ok) || !tq_host_usable(w) || atomic_load(&w->draining))
         return; /* the wake stays: it is taken up once a slot can be filled */
     d->wake = 0;
     d->pick_at = now + PICK_EVERY_S;
@@ -895,16 +696,21 @@ static void fill(dispatcher *d)
             tq_claim_free(&cl);
             continue;
         }
+        /* The slot's runner starts it (start.h); this thread goes on picking for the next
+         * free slot meanwhile. */
         int slot = tq_slot_reserve(w, cl.job_id);
-        if (slot < 0) { /* cannot happen: only this thread reserves */
-            give_back(d, &cl, cl.job_id, "no free slot");
+        tq_claim *held = slot >= 0 ? malloc(sizeof *held) : NULL;
+        if (!held) { /* out of memory, or no free slot (cannot happen: only we reserve) */
+            tq_give_back_claim(w, d->db, &cl, cl.job_id,
+                               slot < 0 ? "no free slot" : "out of memory");
+            if (slot >= 0)
+                tq_slot_free(w, slot);
             tq_claim_free(&cl);
             break;
         }
-        if (!launch(d, slot, &cl, cl.job_id))
-            tq_slot_free(w, slot);
-        tq_claim_free(&cl);
-        if (!atomic_load(&w->docker_ok) || !host_usable(d))
+        *held = cl; /* the runner owns it (and its decoded job) from here */
+        tq_slot_start(w, slot, held);
+        if (!atomic_load(&w->docker_ok) || !tq_host_usable(w))
             break;
     }
     listen_runnable(d);

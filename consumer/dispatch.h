@@ -1,6 +1,6 @@
 /*
- * dispatch — the dispatcher thread: AMQP in, decode, claim, launch, ack, one delivery at a
- * time (dispatch.c says what must stay true).
+ * dispatch — the dispatcher thread: AMQP in, decode, store, ack; the pick for each free
+ * slot, whose runner starts it (dispatch.c says what must stay true).
  */
 #ifndef TQ_DISPATCH_H
 #define TQ_DISPATCH_H

@@ -12,6 +12,7 @@
 #include "cdb.h"
 #include "cmetrics.h"
 #include "output.h"
+#include "start.h"
 #include "tq_backoff.h"
 #include "tq_db.h"
 #include "tq_log.h"
@@ -542,9 +543,21 @@ static void *runner_main(void *arg)
     tq_slot *s = r->s;
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (s->state != TQ_SLOT_RUNNING && !atomic_load(&w->stopping))
+        while (s->state != TQ_SLOT_RUNNING && !s->claim && !atomic_load(&w->stopping))
             pthread_cond_wait(&w->cv, &w->mu);
+        tq_claim *cl = s->claim;
+        s->claim = NULL;
         pthread_mutex_unlock(&w->mu);
+        if (cl) {
+            /* A pick to start, even when stopping: it is claimed already, and a container
+             * started now is adopted by the next start of this worker like any other. */
+            int started = tq_start_claimed(w, &r->db, s->index, cl);
+            tq_claim_free(cl);
+            free(cl);
+            if (!started)
+                tq_slot_free(w, s->index);
+            continue;
+        }
         if (atomic_load(&w->stopping))
             break;
 
@@ -632,4 +645,15 @@ void tq_runners_join(tq_worker *w)
     pthread_mutex_unlock(&w->mu);
     for (int i = 0; i < w->n_runners; i++)
         pthread_join(w->slots[i].thread, NULL);
+    /* A pick handed over after its runner had stopped: claimed, never started. Left to the
+     * reaper (this worker no longer renews its lease), as a kill at that moment would. */
+    for (int i = 0; i < w->n_slots; i++)
+        if (w->slots[i].claim) {
+            tq_log(TQ_LOG_WARN, "job.not_started",
+                   "job %s: stopping before its start; the reaper gives it back",
+                   w->slots[i].claim->job_id);
+            tq_claim_free(w->slots[i].claim);
+            free(w->slots[i].claim);
+            w->slots[i].claim = NULL;
+        }
 }

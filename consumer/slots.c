@@ -73,6 +73,14 @@ void tq_slot_free(tq_worker *w, int i)
     tq_cmetrics_set(TQ_CM_SLOTS_BUSY, w->n_slots - tq_slots_free(w));
 }
 
+void tq_slot_start(tq_worker *w, int i, struct tq_claim *cl)
+{
+    pthread_mutex_lock(&w->mu);
+    w->slots[i].claim = cl;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
                  long long fencing, time_t started_wall, int adopted)
 {

@@ -2,9 +2,9 @@
  * worker — the state one trainq-consumer process shares between its threads (slots, health
  * flags, the queue's ready count), and the slot operations (slots.c). The threads:
  *
- *   dispatcher (dispatch.h)   AMQP in: decode, claim, launch, ack — one delivery at a time
- *   one runner per slot       follows its container to the end, writes its output once a
- *     (runner.h)              second and records the outcome
+ *   dispatcher (dispatch.h)   AMQP in: intake, ack; picks a job for each free slot
+ *   one runner per slot       starts the picked job's container (start.h), follows it to the
+ *     (runner.h)              end, writes its output once a second, records the outcome
  *   one follower per running  reads the container's output stream (output.h)
  *     job
  *   housekeeper               heartbeat + leases, cancellations, health
@@ -17,7 +17,7 @@
  *    recorded the outcome (or given the job up); busy slots never exceed n_slots, so this
  *    worker never runs more containers than it has slots;
  *  - only the dispatcher reserves slots, so "a slot is free" seen by the dispatcher stays
- *    true until it uses it;
+ *    true until it uses it; a reserved slot is freed by its runner once the start failed;
  *  - every DB write about a job presents the fencing token of the claim.
  */
 #ifndef TQ_WORKER_H
@@ -33,8 +33,11 @@
 #include "coptions.h"
 #include "tq_uuid.h"
 
-/* FREE → RESERVED (dispatcher launching) → RUNNING (runner following) → FINISHING (runner
- * recording the outcome: the job leaves this worker on purpose) → FREE */
+struct tq_claim; /* cdb.h */
+
+/* FREE → RESERVED (picked; the runner starting its container, start.h) → RUNNING (runner
+ * following) → FINISHING (runner recording the outcome: the job leaves this worker on
+ * purpose) → FREE */
 typedef enum {
     TQ_SLOT_FREE = 0,
     TQ_SLOT_RESERVED,
@@ -49,11 +52,13 @@ typedef struct {
     char job_id[TQ_UUID_BUF];
     char container_id[TQ_LAUNCHER_ID_BUF];
     long long fencing;
-    time_t started_wall;  /* when the container started (max run time) */
-    double assigned_mono; /* when the runner got it (heartbeat race guard) */
-    atomic_int cancel;    /* the user asked for cancellation */
-    atomic_int lost;      /* the lease was lost: another worker owns the job now */
-    int adopted;          /* found running at start (adoption.h), not started by us */
+    time_t started_wall;    /* when the container started (max run time) */
+    double assigned_mono;   /* when the runner got it (heartbeat race guard) */
+    atomic_int cancel;      /* the user asked for cancellation */
+    atomic_int lost;        /* the lease was lost: another worker owns the job now */
+    int adopted;            /* found running at start (adoption.h), not started by us */
+    struct tq_claim *claim; /* RESERVED: the pick to start, handed over by the dispatcher
+                             * (owned; the runner takes it, guarded by mu) */
 } tq_slot;
 
 typedef struct tq_worker {
@@ -79,6 +84,11 @@ typedef struct tq_worker {
      * consuming; running jobs finish. */
     atomic_int draining;
     char host_error[256];
+    /* Launches in a row that failed for a reason of this host, and while unhealthy when to
+     * try one job again and the current probe backoff (start.c; guarded by mu). */
+    int host_errors;
+    double probe_at;
+    long probe_wait_s;
 
     /* Ready messages in trainq.jobs as last seen by the dispatcher (passive declare), and
      * when (tq_mono_now); the sweeper's stranded repair leaves that many newest jobs alone. */
@@ -96,6 +106,9 @@ int tq_slots_free(tq_worker *w);
 int tq_slot_reserve(tq_worker *w, const char *job_id);
 /* Frees slot i: a reservation given back unused, or a job whose outcome is recorded. */
 void tq_slot_free(tq_worker *w, int i);
+/* Hands the pick cl (a CLAIMED tq_claim, heap, ownership passes) to reserved slot i's
+ * runner, which starts it. */
+void tq_slot_start(tq_worker *w, int i, struct tq_claim *cl);
 /* Hands a started container to slot i's runner (adopted: found at start, adoption.h). */
 void tq_slot_run(tq_worker *w, int i, const char *job_id, const char *container_id,
                  long long fencing, time_t started_wall, int adopted);

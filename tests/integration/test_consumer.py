@@ -10,7 +10,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -204,7 +206,95 @@ class ConsumerCase(unittest.TestCase):
         return peak
 
 
+class DockerDelay:
+    """A unix socket in front of the real dockerd that holds the create of one container
+    (by its name in `POST .../containers/create?name=`) for `delay` seconds and passes every
+    other byte through as it is (hijacked attach streams included)."""
+
+    def __init__(self, path, name, delay):
+        self.path, self.name, self.delay = path, name, delay
+        self.upstream = urllib.parse.urlparse(tqenv.DOCKER_HOST).path
+        self.held = threading.Event()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _serve(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = client.recv(65536)
+            if not data:
+                client.close()
+                return
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if line.startswith("POST ") and "/containers/create?" in line and f"name={self.name}" in line:
+            self.held.set()
+            time.sleep(self.delay)
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(self.upstream)
+        up.sendall(head)
+        threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
+        self._pipe(client, up)
+
+
 class TestCapacityAndFairness(ConsumerCase):
+
+    def test_a_slow_container_start_holds_only_its_own_slot(self):
+        """Two users' jobs on a 2-slot consumer, the first one's container held 6 s at its
+        create (a proxy in front of dockerd: a large image, a busy daemon). The second is
+        picked and running while the first is still being created: each slot's runner starts
+        its own job (consumer/start.c), the dispatcher does not wait for one start to pick
+        for the next free slot."""
+        slow_user, fast_user = self.user("slow"), self.user("fast")
+        slow = self.message(slow_user, self.dataset(slow_user, duration=1))
+        fast = self.message(fast_user, self.dataset(fast_user, duration=1))
+        proxy = DockerDelay(os.path.join(self.tmp, "docker.sock"), f"training-{slow['job_id']}",
+                            6.0)
+        self.addCleanup(proxy.close)
+        self.insert_job(slow, -2000)  # first in the queue: picked first
+        self.insert_job(fast, -1000)
+        self.consumer(f"slowstart-{run_id()}", slots=2,
+                      TRAINQ_DOCKER_HOST=f"unix://{proxy.path}")
+        for m in (slow, fast):
+            self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
+        self.assertTrue(proxy.held.is_set(), "the slow job's create never reached the proxy")
+        out = tqenv.psql(
+            "SELECT job_id, to_status, extract(epoch FROM min(at)) FROM job_events"
+            " WHERE job_id IN (:'a', :'b') AND to_status IN ('pending', 'running')"
+            " GROUP BY job_id, to_status", variables={"a": slow["job_id"], "b": fast["job_id"]})
+        at = {(r[0], r[1]): float(r[2]) for r in (line.split("|") for line in out.splitlines())}
+        s, f = slow["job_id"], fast["job_id"]
+        self.assertLess(at[(s, "pending")], at[(f, "pending")], "the slow job was not picked first")
+        self.assertGreaterEqual(at[(s, "running")] - at[(s, "pending")], 5.0)
+        self.assertLess(at[(f, "running")], at[(s, "running")],
+                        f"the second job waited for the first one's start: {at}")
+        self.assertLess(at[(f, "pending")] - at[(s, "pending")], 3.0)
 
     def test_two_consumers_three_users_limit_order_and_no_idle_slot(self):
         """2 consumers x 2 slots, 3 users x 5 jobs: at most 2 active per user (from the audit

@@ -701,8 +701,7 @@ static void fill(dispatcher *d)
         int slot = tq_slot_reserve(w, cl.job_id);
         tq_claim *held = slot >= 0 ? malloc(sizeof *held) : NULL;
         if (!held) { /* out of memory, or no free slot (cannot happen: only we reserve) */
-            tq_give_back_claim(w, d->db, &cl, cl.job_id,
-                               slot < 0 ? "no free slot" : "out of memory");
+            tq_give_back_claim(w, d->db, &cl, slot < 0 ? "no free slot" : "out of memory");
             if (slot >= 0)
                 tq_slot_free(w, slot);
             tq_claim_free(&cl);

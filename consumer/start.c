@@ -93,9 +93,9 @@ static void fail_claimed(PGconn *db, const char *job_id, long long fencing, cons
 }
 
 /* Gives a claimed job back: it could not start here for a reason of this host's. */
-void tq_give_back_claim(tq_worker *w, PGconn *db, const tq_claim *cl, const char *job_id,
-                        const char *why)
+void tq_give_back_claim(tq_worker *w, PGconn *db, const tq_claim *cl, const char *why)
 {
+    const char *job_id = cl->job_id;
     tq_errbuf qb = {{0}};
     tq_give_back_outcome out = TQ_GIVEN_BACK;
     if (tq_cdb_give_back(db, job_id, cl->fencing_token, why, "host_error", w->cfg->max_host_retries,
@@ -147,8 +147,9 @@ static int resumes(tq_worker *w, PGconn *db, const char *job_id)
 }
 
 /* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
-static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl, const char *job_id)
+static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
 {
+    const char *job_id = cl->job_id;
     tq_launch_paths paths;
     tq_errbuf eb = {{0}};
     char why[700];
@@ -171,7 +172,7 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl, const 
         /* A problem of this host (disk full, root not mounted): not the job's. */
         snprintf(why, sizeof why, "could not prepare the job on worker %s: %s", w->cfg->worker_id,
                  eb.msg);
-        tq_give_back_claim(w, db, cl, job_id, why);
+        tq_give_back_claim(w, db, cl, why);
         host_error(w, why);
         return 0;
     }
@@ -192,7 +193,7 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl, const 
         else
             snprintf(why, sizeof why, "could not start training container on worker %s: %s",
                      w->cfg->worker_id, eb.msg);
-        tq_give_back_claim(w, db, cl, job_id, why);
+        tq_give_back_claim(w, db, cl, why);
         if (rc == TQ_ERR_UNAVAILABLE)
             atomic_store(&w->docker_ok, 0); /* the housekeeper's ping says when it is back */
         else if (rc != TQ_ERR_CONFLICT)
@@ -246,5 +247,5 @@ int tq_start_claimed(tq_worker *w, PGconn **db, int slot, const tq_claim *cl)
         atomic_store(&w->db_ok, 0);
         return 0;
     }
-    return launch(w, *db, slot, cl, cl->job_id);
+    return launch(w, *db, slot, cl);
 }

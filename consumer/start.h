@@ -16,8 +16,7 @@
 int tq_start_claimed(tq_worker *w, PGconn **db, int slot, const tq_claim *cl);
 
 /* Gives a claimed job back on db: it could not start here for a reason of this host's. */
-void tq_give_back_claim(tq_worker *w, PGconn *db, const tq_claim *cl, const char *job_id,
-                        const char *why);
+void tq_give_back_claim(tq_worker *w, PGconn *db, const tq_claim *cl, const char *why);
 
 /* Whether this host may take a job now: healthy, or unhealthy with a probe due. */
 int tq_host_usable(tq_worker *w);

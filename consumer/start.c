@@ -35,32 +35,38 @@ int tq_host_usable(tq_worker *w)
     return tq_mono_now() >= at;
 }
 
-/* A launch failed for a reason of this host. */
+/* A launch failed for a reason of this host. The counters change under w->mu; the log
+ * line is written after it is released (the health endpoint waits on the same lock). */
 static void host_error(tq_worker *w, const char *why)
 {
     tq_cmetrics_inc(TQ_CM_HOST_ERRORS);
     pthread_mutex_lock(&w->mu);
-    if (++w->host_errors < w->cfg->host_error_limit) {
+    int errors = ++w->host_errors;
+    if (errors < w->cfg->host_error_limit) {
         pthread_mutex_unlock(&w->mu);
         return;
     }
-    if (atomic_exchange(&w->host_ok, 0)) {
+    int first = atomic_exchange(&w->host_ok, 0);
+    if (first) {
         w->probe_wait_s = w->cfg->host_probe_seconds;
-        tq_log(TQ_LOG_ERROR, "host.unhealthy",
-               "%d launches in a row failed on this host; not consuming, next try in %ld s: %s",
-               w->host_errors, w->probe_wait_s, why);
     } else {
         /* a failed probe: wait longer, up to 32 times the first wait */
         long cap = 32L * w->cfg->host_probe_seconds;
         w->probe_wait_s = w->probe_wait_s * 2 < cap ? w->probe_wait_s * 2 : cap;
-        tq_log(TQ_LOG_WARN, "host.probe_failed", "still cannot start jobs, next try in %ld s: %s",
-               w->probe_wait_s, why);
     }
-    w->probe_at = tq_mono_now() + (double)w->probe_wait_s;
+    long wait_s = w->probe_wait_s;
+    w->probe_at = tq_mono_now() + (double)wait_s;
     snprintf(w->host_error, sizeof w->host_error, "%s", why);
     tq_utf8_clip(w->host_error, sizeof w->host_error - 1); /* a cut character is no text */
     pthread_mutex_unlock(&w->mu);
     tq_cmetrics_set(TQ_CM_HOST_HEALTHY, 0);
+    if (first)
+        tq_log(TQ_LOG_ERROR, "host.unhealthy",
+               "%d launches in a row failed on this host; not consuming, next try in %ld s: %s",
+               errors, wait_s, why);
+    else
+        tq_log(TQ_LOG_WARN, "host.probe_failed", "still cannot start jobs, next try in %ld s: %s",
+               wait_s, why);
 }
 
 /* A job started: whatever failed before was not permanent. */

@@ -55,8 +55,8 @@ typedef struct tq_claim {
 /* A delivery's reply_to and correlation_id properties (AMQP short strings; "": absent):
  * where the job's events are also sent (db/procedures/85_events.sql). */
 typedef struct {
-    char reply_to[256];
-    char correlation_id[256];
+    const char *reply_to;       /* borrowed */
+    const char *correlation_id; /* borrowed */
 } tq_reply_addr;
 
 /* Frees cl->job; safe on a zeroed or already freed claim. */

@@ -41,6 +41,7 @@
 
 #include "cdb.h"
 #include "cmetrics.h"
+#include "delivery.h"
 #include "start.h"
 #include "tq_amqp.h"
 #include "tq_backoff.h"
@@ -68,18 +69,13 @@ static const int CLAIM_BACKOFF_MS[] = {0, 100, 400, 1000};
 #define N_CLAIM_TRIES ((int)(sizeof CLAIM_BACKOFF_MS / sizeof CLAIM_BACKOFF_MS[0]))
 /* How often the ready count of trainq.jobs is read for the sweeper. */
 #define QUEUE_DEPTH_EVERY_S 2.0
-/* An AMQP short string (routing key, message id, consumer tag) with its NUL. */
+/* An AMQP short string (consumer tag) with its NUL. */
 #define SHORTSTR_BUF 256
-/* Header keys and values (one slot each, DEFER_KV_BUF bytes with the NUL) copied onto a
- * deferred delivery's copy. */
-#define DEFER_KV_MAX 16
-#define DEFER_KV_BUF 256
 
 /* A delivery waiting in the intake batch, with its decoded job (both owned). */
 typedef struct {
-    amqp_envelope_t env;
+    tq_delivery dl;
     tq_job_msg m;
-    tq_reply_addr reply; /* filled when the batch is stored */
 } intake_item;
 
 typedef struct {
@@ -189,43 +185,29 @@ static void settle(dispatcher *d, uint64_t tag, int ack)
     }
 }
 
-static void copy_bytes(char *dst, size_t cap, amqp_bytes_t b)
-{
-    size_t n = b.len < cap - 1 ? b.len : cap - 1;
-    if (n) /* an empty property has bytes == NULL */
-        memcpy(dst, b.bytes, n);
-    dst[n] = '\0';
-}
-
 /* Publishes a copy of the delivery (routing key, message_id, content type — default_ct when
  * it has none —, body, and the headers in kv) to `exchange` and waits for the broker's
  * confirm; then acks the original. When the copy cannot be confirmed the original is nacked
  * back instead, so the message is never lost between the two. Returns 1 when acked. */
-static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *exchange,
+static int copy_then_ack(dispatcher *d, const tq_delivery *dl, const char *exchange,
                          const char *const *kv, size_t n_kv, const char *default_ct,
                          const char *what)
 {
-    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "", ct[128];
-    snprintf(ct, sizeof ct, "%s", default_ct);
-    copy_bytes(rk, sizeof rk, env->routing_key);
-    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
-    if (env->message.properties._flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
-        copy_bytes(ct, sizeof ct, env->message.properties.content_type);
+    const char *mid = dl->message_id;
     tq_amqp_msg m = {
         .exchange = exchange,
-        .routing_key = rk,
+        .routing_key = dl->routing_key,
         .message_id = mid[0] ? mid : NULL,
-        .body = env->message.body.bytes,
-        .body_len = env->message.body.len,
-        .content_type = ct,
+        .body = dl->body,
+        .body_len = dl->body_len,
+        .content_type = dl->content_type ? dl->content_type : default_ct,
         .header_kv = kv,
         .n_header_kv = n_kv,
     };
     tq_errbuf eb = {{0}};
     int rc = d->dead ? tq_amqp_publish_confirmed(d->dead, &m, 1, 5000, &eb) : TQ_ERR_UNAVAILABLE;
     if (rc == TQ_OK && m.result == TQ_OK) {
-        settle(d, env->delivery_tag, 1);
+        settle(d, dl->tag, 1);
         return 1;
     }
     tq_log(TQ_LOG_WARN, "amqp.copy_failed", "could not %s message %s: %s; nacking it", what,
@@ -237,28 +219,25 @@ static int copy_then_ack(dispatcher *d, const amqp_envelope_t *env, const char *
         tq_amqp_close(d->dead);
         d->dead = NULL;
     }
-    settle(d, env->delivery_tag, 0);
+    settle(d, dl->tag, 0);
     return 0;
 }
 
 /* Dead-letters the delivery with the reason in a header, then acks it. */
-static void dead_letter(dispatcher *d, const amqp_envelope_t *env, const char *reason)
+static void dead_letter(dispatcher *d, const tq_delivery *dl, const char *reason)
 {
-    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "";
-    copy_bytes(rk, sizeof rk, env->routing_key);
-    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    const char *rk = dl->routing_key, *mid = dl->message_id;
     const char *hdr[] = {TQ_MSG_REASON_HEADER,     reason, "x-trainq-worker", d->w->cfg->worker_id,
                          "x-original-routing-key", rk};
-    if (!copy_then_ack(d, env, TQ_AMQP_DLX, hdr, 6, "application/octet-stream", "dead-letter"))
+    if (!copy_then_ack(d, dl, TQ_AMQP_DLX, hdr, 6, "application/octet-stream", "dead-letter"))
         return;
     tq_logj(TQ_LOG_WARN, "job.dead_lettered", json_pack("{s:s}", "message_id", mid),
             "message %s dead-lettered: %s", mid[0] ? mid : "(no message_id)", reason);
     /* For the admin API; the copy on trainq.jobs.dead is already confirmed either way. */
     tq_errbuf eb = {{0}};
     if (tq_db_ensure(&d->db, d->w->cfg->database_url, "trainq-consumer", &eb) != TQ_OK ||
-        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, env->message.body.bytes,
-                           env->message.body.len, &eb) != TQ_OK)
+        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, dl->body, dl->body_len,
+                           &eb) != TQ_OK)
         tq_log(TQ_LOG_WARN, "db.dead_letter_failed", "could not record dead letter %s: %s",
                mid[0] ? mid : "(no message_id)", eb.msg);
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
@@ -270,43 +249,14 @@ static int string_entry(const amqp_table_entry_t *e)
     return e->value.kind == AMQP_FIELD_KIND_UTF8 || e->value.kind == AMQP_FIELD_KIND_BYTES;
 }
 
-/* The string headers of a delivery as key, value pairs (a publisher's signature among
- * them); the broker's own (x-delivery-count, x-death) are not strings or not ours to copy.
- * Returns the number of strings written to kv (at most cap, even). */
-static size_t string_headers(const amqp_envelope_t *env, char (*buf)[DEFER_KV_BUF], const char **kv,
-                             size_t cap)
-{
-    size_t n = 0;
-    if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
-        return 0;
-    const amqp_table_t *t = &env->message.properties.headers;
-    for (int i = 0; i < t->num_entries && n + 2 <= cap; i++) {
-        const amqp_table_entry_t *e = &t->entries[i];
-        if (!string_entry(e))
-            continue;
-        if (e->key.len >= 2 && memcmp(e->key.bytes, "x-", 2) == 0 &&
-            !(e->key.len > 9 && memcmp(e->key.bytes, "x-trainq-", 9) == 0))
-            continue;
-        copy_bytes(buf[n], sizeof buf[n], e->key);
-        copy_bytes(buf[n + 1], sizeof buf[n + 1], e->value.value.bytes);
-        kv[n] = buf[n];
-        kv[n + 1] = buf[n + 1];
-        n += 2;
-    }
-    return n;
-}
-
 /* Gives a delivery back without spending its delivery count: a nack would count toward the
  * quorum queue's delivery limit although the failure is ours (Postgres away), and enough
  * of them would dead-letter a valid job. A copy is published (confirmed) to the exchange
  * with the same routing key, body and headers, then the original is acked; if the copy
  * cannot be confirmed, the original is nacked after all (the broker keeps it either way). */
-static void defer(dispatcher *d, const amqp_envelope_t *env)
+static void defer(dispatcher *d, const tq_delivery *dl)
 {
-    char hbuf[DEFER_KV_MAX][DEFER_KV_BUF];
-    const char *kv[DEFER_KV_MAX];
-    size_t n = string_headers(env, hbuf, kv, DEFER_KV_MAX);
-    if (copy_then_ack(d, env, TQ_AMQP_EXCHANGE, kv, n, "application/json", "give back"))
+    if (copy_then_ack(d, dl, TQ_AMQP_EXCHANGE, dl->kv, dl->n_kv, "application/json", "give back"))
         tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
 }
 
@@ -346,7 +296,7 @@ static int header_string(const amqp_envelope_t *env, const char *name, const cha
 
 /* With publisher keys configured, only a body signed by one of them gets further: this runs
  * before the body is even parsed, and long before any database work. 1: go on. */
-static int publisher_verified(dispatcher *d, const amqp_envelope_t *env)
+static int publisher_verified(dispatcher *d, const amqp_envelope_t *env, const tq_delivery *dl)
 {
     const tq_sign_keys *keys = &d->w->cfg->publish_keyring;
     if (keys->n == 0)
@@ -358,17 +308,17 @@ static int publisher_verified(dispatcher *d, const amqp_envelope_t *env)
     for (int i = 0; i < 2; i++)
         if (header_string(env, names[i], &hv[i], &hn[i]) < 0) {
             snprintf(why, sizeof why, "bad signature: header %s must be a string", names[i]);
-            dead_letter(d, env, why);
+            dead_letter(d, dl, why);
             return 0;
         }
-    int rc = tq_sign_verify(keys, hv[0], hn[0], hv[1], hn[1], env->message.body.bytes,
-                            env->message.body.len, why, sizeof why);
+    int rc =
+        tq_sign_verify(keys, hv[0], hn[0], hv[1], hn[1], dl->body, dl->body_len, why, sizeof why);
     if (rc == TQ_OK)
         return 1;
     if (rc == TQ_ERR_AUTH)
-        dead_letter(d, env, why);
+        dead_letter(d, dl, why);
     else /* libcrypto failed: not the message's fault; its delivery limit bounds this */
-        settle(d, env->delivery_tag, 0);
+        settle(d, dl->tag, 0);
     return 0;
 }
 
@@ -407,7 +357,7 @@ static tq_db_txn dispatcher_txn(dispatcher *d, claim_retry_arg *ra, int repeat)
 
 /* After a delivery's database work failed with rc: Postgres unreachable or busy (or out of
  * memory) gives the delivery back, after the consumer is cancelled, and returns 1. */
-static int deferred_for_db(dispatcher *d, const amqp_envelope_t *env, const char *job_id, int rc,
+static int deferred_for_db(dispatcher *d, const tq_delivery *dl, const char *job_id, int rc,
                            const tq_errbuf *eb)
 {
     if (rc != TQ_ERR_UNAVAILABLE && rc != TQ_ERR_DB_RETRY && rc != TQ_ERR_NOMEM)
@@ -417,80 +367,67 @@ static int deferred_for_db(dispatcher *d, const amqp_envelope_t *env, const char
     tq_log(TQ_LOG_WARN, "job.claim_deferred", "job %s: %s", job_id, eb->msg);
     tq_errbuf cb = {{0}};
     stop_consuming(d, &cb);
-    defer(d, env);
+    defer(d, dl);
     return 1;
 }
 
-/* The delivery's reply_to and correlation_id ("" when absent), made valid UTF-8 for
- * Postgres (a malformed byte becomes '?': such a queue name only gets its replies
- * returned and dropped). */
-static void reply_addr(const amqp_envelope_t *env, tq_reply_addr *out)
+/* The delivery's reply addresses (tq_delivery_copy made them valid UTF-8 for Postgres),
+ * with a word when its reply_to was refused: events in trainq's own queues would be taken
+ * for jobs (and dead-lettered). */
+static const tq_reply_addr *reply_addr(const tq_delivery *dl)
 {
-    const amqp_basic_properties_t *p = &env->message.properties;
-    out->reply_to[0] = out->correlation_id[0] = '\0';
-    if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
-        copy_bytes(out->reply_to, sizeof out->reply_to, p->reply_to);
-    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
-        copy_bytes(out->correlation_id, sizeof out->correlation_id, p->correlation_id);
-    tq_utf8_sanitize(out->reply_to, strlen(out->reply_to));
-    tq_utf8_sanitize(out->correlation_id, strlen(out->correlation_id));
-    /* Events in trainq's own queues would be taken for jobs (and dead-lettered). */
-    if (strncmp(out->reply_to, "trainq.", 7) == 0) {
-        tq_log(TQ_LOG_WARN, "job.reply_to_ignored", "reply_to \"%.200s\" names a trainq queue",
-               out->reply_to);
-        out->reply_to[0] = '\0';
-    }
+    if (dl->reply_refused)
+        tq_log(TQ_LOG_WARN, "job.reply_to_ignored", "message %.200s: reply_to names a trainq queue",
+               dl->message_id);
+    return &dl->reply;
 }
 
 /* Dead-letters a delivery that passed the publisher check but gets no job row, with its
  * job.dead_lettered event (db/procedures/85_events.sql) written first: a dead-letter copy
  * that fails makes the delivery come again (a second event: at least once), and Postgres
  * away gives it back like a claim, so the event is never lost. */
-static void dead_letter_event(dispatcher *d, amqp_envelope_t *env, const char *reason)
+static void dead_letter_event(dispatcher *d, const tq_delivery *dl, const char *reason)
 {
-    char rk[SHORTSTR_BUF] = "", mid[SHORTSTR_BUF] = "", why[1024];
-    copy_bytes(rk, sizeof rk, env->routing_key);
-    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    /* valid UTF-8 for Postgres; the dead-letter copy keeps the delivery's own bytes */
+    char rk[SHORTSTR_BUF], mid[SHORTSTR_BUF], why[1024];
+    snprintf(rk, sizeof rk, "%s", dl->routing_key);
+    snprintf(mid, sizeof mid, "%s", dl->message_id);
     snprintf(why, sizeof why, "%s", reason);
     tq_utf8_sanitize(rk, strlen(rk));
     tq_utf8_sanitize(mid, strlen(mid));
     tq_utf8_sanitize(why, strlen(why));
-    tq_reply_addr reply;
-    reply_addr(env, &reply);
     claim_retry_arg ra = {d->w, mid};
     const tq_db_txn how = dispatcher_txn(d, &ra, 1);
     tq_errbuf eb = {{0}};
-    int rc = tq_cdb_dead_letter_event(&d->db, &how, mid, rk, why, &reply, &eb);
-    if (deferred_for_db(d, env, mid, rc, &eb))
+    int rc = tq_cdb_dead_letter_event(&d->db, &how, mid, rk, why, reply_addr(dl), &eb);
+    if (deferred_for_db(d, dl, mid, rc, &eb))
         return;
     if (rc != TQ_OK) /* not Postgres away: the message's own bytes, say; it goes all the same */
         tq_log(TQ_LOG_WARN, "job.event_failed", "no dead-letter event for message %s: %s", mid,
                eb.msg);
-    dead_letter(d, env, reason);
+    dead_letter(d, dl, reason);
 }
 
 /* Decodes and checks a delivery: 1 with *m filled (caller frees), or 0 when the delivery
  * was settled here (nacked after running out of memory, or dead-lettered with the reason:
  * invalid body, message_id not the job id, routing key not the job's type). */
-static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
+static int accept_message(dispatcher *d, const tq_delivery *dl, tq_job_msg *m)
 {
     tq_validation v;
     memset(&v, 0, sizeof v);
     char reason[1024];
-    int rc = tq_msg_decode(env->message.body.bytes, env->message.body.len, m, &v);
+    int rc = tq_msg_decode(dl->body, dl->body_len, m, &v);
     if (rc == TQ_ERR_NOMEM) {
-        settle(d, env->delivery_tag, 0);
+        settle(d, dl->tag, 0);
         return 0;
     }
     if (rc != TQ_OK) {
         validation_reason(&v, rc, reason, sizeof reason);
-        dead_letter_event(d, env, reason);
+        dead_letter_event(d, dl, reason);
         return 0;
     }
-    char mid[128] = "";
-    if (env->message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        copy_bytes(mid, sizeof mid, env->message.properties.message_id);
+    char mid[128];
+    snprintf(mid, sizeof mid, "%s", dl->message_id);
     /* job_id is canonical (lowercase) after decoding; a publisher may send either case */
     if (strcasecmp(mid, m->job_id) != 0) {
         snprintf(reason, sizeof reason,
@@ -498,19 +435,19 @@ static int accept_message(dispatcher *d, amqp_envelope_t *env, tq_job_msg *m)
                         : "invalid message: message_id property is required%s",
                  mid);
         tq_msg_free(m);
-        dead_letter_event(d, env, reason);
+        dead_letter_event(d, dl, reason);
         return 0;
     }
     /* The exchange routes by job type: a body whose type differs from its routing key was
      * queued for the wrong kind of worker. */
     char rk[64];
-    copy_bytes(rk, sizeof rk, env->routing_key);
+    snprintf(rk, sizeof rk, "%s", dl->routing_key);
     if (strcmp(rk, tq_job_type_name(m->sub.type)) != 0) {
         snprintf(reason, sizeof reason,
                  "invalid message: routing key \"%s\" differs from type \"%s\"", rk,
                  tq_job_type_name(m->sub.type));
         tq_msg_free(m);
-        dead_letter_event(d, env, reason);
+        dead_letter_event(d, dl, reason);
         return 0;
     }
     return 1;
@@ -529,15 +466,15 @@ static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcom
     if (!d->in) {
         /* the connection is gone: the broker requeues the delivery by itself */
     } else if (intake_soft(rc)) {
-        defer(d, &it->env);
+        defer(d, &it->dl);
     } else if (rc != TQ_OK) {
         /* Maybe the message's own fault: its delivery limit bounds this. */
-        settle(d, it->env.delivery_tag, 0);
+        settle(d, it->dl.tag, 0);
     } else if (outcome == TQ_INTAKE_MISMATCH) {
         char why[160];
         snprintf(why, sizeof why, "job_id %s already names a job of another user or dataset",
                  it->m.job_id);
-        dead_letter(d, &it->env, why);
+        dead_letter(d, &it->dl, why);
     } else {
         if (outcome == TQ_INTAKE_DUPLICATE) {
             tq_cmetrics_inc(TQ_CM_JOBS_DUPLICATES);
@@ -546,10 +483,10 @@ static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcom
         } else if (outcome == TQ_INTAKE_ACCEPTED) {
             tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
         }
-        settle(d, it->env.delivery_tag, 1);
+        settle(d, it->dl.tag, 1);
     }
     tq_msg_free(&it->m);
-    amqp_destroy_envelope(&it->env);
+    tq_delivery_free(&it->dl);
 }
 
 /* Stores the batch (one round trip) and settles every delivery of it exactly once. A batch
@@ -568,8 +505,7 @@ static void flush_intake(dispatcher *d)
     int rcs[INTAKE_BATCH];
     for (size_t i = 0; i < n; i++) {
         msgs[i] = &d->batch[i].m;
-        reply_addr(&d->batch[i].env, &d->batch[i].reply);
-        replies[i] = &d->batch[i].reply;
+        replies[i] = reply_addr(&d->batch[i].dl);
     }
     tq_errbuf eb = {{0}};
     claim_retry_arg ra = {w, "(intake)"};
@@ -603,23 +539,30 @@ static void flush_intake(dispatcher *d)
     d->n_batch = 0;
 }
 
-/* One delivery: verify the publisher, decode and check. 1: it joined the batch (the batch
- * owns *env now); 0: settled here (dead-lettered, deferred or nacked). */
-static int handle(dispatcher *d, amqp_envelope_t *env)
+/* One delivery: copied out of its envelope (delivery.h; the envelope is destroyed here),
+ * then the publisher verified, the body decoded and checked. It joins the batch, which
+ * owns it from then on, or is settled here (dead-lettered, deferred or nacked). */
+static void handle(dispatcher *d, amqp_envelope_t *env)
 {
+    intake_item *it = &d->batch[d->n_batch]; /* pump reads only while the batch has room */
+    if (tq_delivery_copy(env, &it->dl) != TQ_OK) {
+        settle(d, env->delivery_tag, 0);
+        amqp_destroy_envelope(env);
+        return;
+    }
+    int go_on;
     if (!d->consuming || atomic_load(&d->w->stopping)) {
         /* arrived after cancel: elsewhere, without spending its delivery count */
-        defer(d, env);
-        return 0;
+        defer(d, &it->dl);
+        go_on = 0;
+    } else {
+        go_on = publisher_verified(d, env, &it->dl);
     }
-    if (!publisher_verified(d, env))
-        return 0;
-    intake_item *it = &d->batch[d->n_batch];
-    if (!accept_message(d, env, &it->m))
-        return 0;
-    it->env = *env;
-    d->n_batch++;
-    return 1;
+    amqp_destroy_envelope(env);
+    if (go_on && accept_message(d, &it->dl, &it->m))
+        d->n_batch++;
+    else
+        tq_delivery_free(&it->dl);
 }
 
 /* LISTEN on the dispatcher's connection, again whenever the runner replaced it. */
@@ -745,8 +688,7 @@ static int read_one(dispatcher *d, long wait_ms)
     struct timeval tv = {0, wait_ms * 1000};
     amqp_rpc_reply_t res = amqp_consume_message(st, &env, &tv, 0);
     if (res.reply_type == AMQP_RESPONSE_NORMAL) {
-        if (!handle(d, &env))
-            amqp_destroy_envelope(&env);
+        handle(d, &env);
         return 1;
     }
     if (res.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&

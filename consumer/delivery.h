@@ -1,0 +1,51 @@
+/*
+ * delivery — what the dispatcher still needs of a delivery once it has been read: copied
+ * out of its rabbitmq-c envelope into one allocation, so that the envelope can go at once.
+ *
+ * Why: rabbitmq-c gives every envelope a properties pool of its own, one 4 KB page, and the
+ * dispatcher holds up to a whole intake batch (256 deliveries) until the batch is stored;
+ * the envelopes alone would keep about 1 MB of a consumer's memory (issue 11's footprint).
+ * A copy costs the body and a few hundred bytes.
+ */
+#ifndef TQ_DELIVERY_H
+#define TQ_DELIVERY_H
+
+#include <amqp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cdb.h"
+
+/* At most this many strings (key, value, key, value...) of headers are kept ... */
+#define TQ_DELIVERY_KV_MAX 16
+/* ... each cut to this many bytes with its NUL. */
+#define TQ_DELIVERY_KV_BUF 256
+
+typedef struct {
+    uint64_t tag;
+    /* routing key, message id, content type: AMQP short strings, whole (≤ 255 bytes) */
+    const char *routing_key;  /* "" when absent */
+    const char *message_id;   /* "" when absent */
+    const char *content_type; /* NULL when absent */
+    const char *body;         /* body_len bytes, then a NUL (the body may hold NULs) */
+    size_t body_len;
+    /* reply_to and correlation_id, valid UTF-8 (a malformed byte becomes '?'); reply_to
+     * is "" when absent or when it names one of trainq's own queues ("trainq." — events
+     * there would be taken for jobs); then reply_refused is 1. */
+    tq_reply_addr reply;
+    int reply_refused;
+    /* The string headers a give-back copies onto the new message: the publisher's (its
+     * signature among them) and trainq's own x-trainq-*; not the broker's x-* (delivery
+     * count, x-death) nor any header that is not a string. */
+    const char *kv[TQ_DELIVERY_KV_MAX];
+    size_t n_kv;
+    char *mem; /* owns every string above */
+} tq_delivery;
+
+/* Copies env into *out (env is left as it was). TQ_OK, or TQ_ERR_NOMEM with *out zeroed. */
+int tq_delivery_copy(const amqp_envelope_t *env, tq_delivery *out);
+
+/* Frees what d owns and zeroes it; safe on a zeroed delivery. */
+void tq_delivery_free(tq_delivery *d);
+
+#endif

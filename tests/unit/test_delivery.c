@@ -1,0 +1,191 @@
+/* Unit tests for a delivery copied out of its envelope (consumer/delivery.h): every field
+ * the dispatcher settles with, the headers a give-back copies and those it must not, the
+ * reply address made safe, and the cuts. Envelopes are built by hand, as rabbitmq-c fills
+ * them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "delivery.h"
+#include "tq_err.h"
+#include "tq_sign.h"
+
+static amqp_bytes_t bytes(const char *s)
+{
+    amqp_bytes_t b = {strlen(s), (void *)s};
+    return b;
+}
+
+static amqp_table_entry_t str_entry(const char *key, const char *value)
+{
+    amqp_table_entry_t e;
+    memset(&e, 0, sizeof e);
+    e.key = bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = bytes(value);
+    return e;
+}
+
+static amqp_table_entry_t int_entry(const char *key, int64_t v)
+{
+    amqp_table_entry_t e;
+    memset(&e, 0, sizeof e);
+    e.key = bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = v;
+    return e;
+}
+
+static void envelope(amqp_envelope_t *env, uint64_t tag, const char *rk, const void *body,
+                     size_t body_len)
+{
+    memset(env, 0, sizeof *env);
+    env->delivery_tag = tag;
+    env->routing_key = bytes(rk);
+    env->message.body.bytes = (void *)body;
+    env->message.body.len = body_len;
+}
+
+static void every_field_is_copied_with_the_body_whole(void **state)
+{
+    (void)state;
+    static const char body[] = {'{', '"', 'a', '"', 0, ':', '1', '}'}; /* a NUL inside */
+    amqp_envelope_t env;
+    envelope(&env, 42, "lora", body, sizeof body);
+    amqp_basic_properties_t *p = &env.message.properties;
+    p->_flags = AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+                AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+    p->message_id = bytes("7d0c0d4e-8a54-4d55-9d8e-1b1b3c0c0a01");
+    p->content_type = bytes("application/json");
+    p->reply_to = bytes("amq.rabbitmq.reply-to.g1h");
+    p->correlation_id = bytes("req-17");
+
+    tq_delivery dl;
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_int_equal(dl.tag, 42);
+    assert_string_equal(dl.routing_key, "lora");
+    assert_string_equal(dl.message_id, "7d0c0d4e-8a54-4d55-9d8e-1b1b3c0c0a01");
+    assert_string_equal(dl.content_type, "application/json");
+    assert_int_equal(dl.body_len, sizeof body);
+    assert_memory_equal(dl.body, body, sizeof body);
+    assert_int_equal(dl.body[sizeof body], '\0');
+    assert_string_equal(dl.reply.reply_to, "amq.rabbitmq.reply-to.g1h");
+    assert_string_equal(dl.reply.correlation_id, "req-17");
+    assert_int_equal(dl.reply_refused, 0);
+    assert_int_equal(dl.n_kv, 0);
+    /* a copy: nothing points into the envelope */
+    assert_true(dl.body != (const char *)body);
+    tq_delivery_free(&dl);
+    assert_null(dl.mem);
+    tq_delivery_free(&dl); /* twice is safe */
+}
+
+static void absent_properties_read_as_empty_and_no_content_type(void **state)
+{
+    (void)state;
+    amqp_envelope_t env;
+    envelope(&env, 1, "", NULL, 0); /* rabbitmq-c's empty body has bytes == NULL */
+    tq_delivery dl;
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_string_equal(dl.routing_key, "");
+    assert_string_equal(dl.message_id, "");
+    assert_null(dl.content_type);
+    assert_int_equal(dl.body_len, 0);
+    assert_string_equal(dl.body, "");
+    assert_string_equal(dl.reply.reply_to, "");
+    assert_string_equal(dl.reply.correlation_id, "");
+    tq_delivery_free(&dl);
+}
+
+static void only_the_publishers_and_trainqs_string_headers_are_kept(void **state)
+{
+    (void)state;
+    amqp_table_entry_t e[] = {
+        str_entry(TQ_SIGN_KEY_ID_HEADER, "k1"),
+        int_entry("x-delivery-count", 3),              /* the broker's, and not a string */
+        str_entry("x-first-death-reason", "rejected"), /* the broker's */
+        str_entry("tenant", "acme"),
+        int_entry("attempt", 2), /* not a string */
+        str_entry(TQ_SIGN_SIGNATURE_HEADER, "c2ln"),
+    };
+    e[3].value.kind = AMQP_FIELD_KIND_BYTES; /* bytes count as a string */
+    amqp_envelope_t env;
+    envelope(&env, 2, "lora", "{}", 2);
+    env.message.properties._flags = AMQP_BASIC_HEADERS_FLAG;
+    env.message.properties.headers.num_entries = (int)(sizeof e / sizeof e[0]);
+    env.message.properties.headers.entries = e;
+    tq_delivery dl;
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_int_equal(dl.n_kv, 6);
+    const char *want[] = {TQ_SIGN_KEY_ID_HEADER,    "k1",  "tenant", "acme",
+                          TQ_SIGN_SIGNATURE_HEADER, "c2ln"};
+    for (size_t i = 0; i < 6; i++)
+        assert_string_equal(dl.kv[i], want[i]);
+    tq_delivery_free(&dl);
+}
+
+static void headers_are_cut_to_their_slots_and_their_number(void **state)
+{
+    (void)state;
+    char long_value[400];
+    memset(long_value, 'v', sizeof long_value - 1);
+    long_value[sizeof long_value - 1] = '\0';
+    char keys[12][8];
+    amqp_table_entry_t e[12];
+    for (int i = 0; i < 12; i++) {
+        snprintf(keys[i], sizeof keys[i], "h%d", i);
+        e[i] = str_entry(keys[i], i == 0 ? long_value : "v");
+    }
+    amqp_envelope_t env;
+    envelope(&env, 3, "lora", "{}", 2);
+    env.message.properties._flags = AMQP_BASIC_HEADERS_FLAG;
+    env.message.properties.headers.num_entries = 12;
+    env.message.properties.headers.entries = e;
+    tq_delivery dl;
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_int_equal(dl.n_kv, TQ_DELIVERY_KV_MAX); /* the first 8 pairs */
+    assert_string_equal(dl.kv[0], "h0");
+    assert_int_equal(strlen(dl.kv[1]), TQ_DELIVERY_KV_BUF - 1);
+    assert_string_equal(dl.kv[TQ_DELIVERY_KV_MAX - 2], "h7");
+    tq_delivery_free(&dl);
+}
+
+static void a_reply_to_a_trainq_queue_is_refused_and_bad_utf8_replaced(void **state)
+{
+    (void)state;
+    amqp_envelope_t env;
+    envelope(&env, 4, "lora", "{}", 2);
+    amqp_basic_properties_t *p = &env.message.properties;
+    p->_flags = AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG;
+    p->reply_to = bytes("trainq.jobs");
+    p->correlation_id = bytes("id-\xff-x");
+    tq_delivery dl;
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_int_equal(dl.reply_refused, 1);
+    assert_string_equal(dl.reply.reply_to, "");
+    assert_string_equal(dl.reply.correlation_id, "id-?-x");
+    tq_delivery_free(&dl);
+
+    p->reply_to = bytes("my.replies\xc3");
+    assert_int_equal(tq_delivery_copy(&env, &dl), TQ_OK);
+    assert_int_equal(dl.reply_refused, 0);
+    assert_string_equal(dl.reply.reply_to, "my.replies?");
+    tq_delivery_free(&dl);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(every_field_is_copied_with_the_body_whole),
+        cmocka_unit_test(absent_properties_read_as_empty_and_no_content_type),
+        cmocka_unit_test(only_the_publishers_and_trainqs_string_headers_are_kept),
+        cmocka_unit_test(headers_are_cut_to_their_slots_and_their_number),
+        cmocka_unit_test(a_reply_to_a_trainq_queue_is_refused_and_bad_utf8_replaced),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -298,6 +298,9 @@ class Bench:
         self.port = None
         self.anon_peak = {"producer": 0, "consumer": 0}
         self.pss_peak = {"producer": 0, "consumer": 0}
+        # While a drain's window runs (row 12): the consumers' peak PSS and RssAnon then,
+        # with every consumer of the fleet up (sample_anon fills it; None: no window).
+        self.window_peak = None
         self._sampling = threading.Event()
 
     # ------------------------------------------------------------ fixtures
@@ -322,8 +325,11 @@ class Bench:
                 if kind and p.running():
                     v = proc_status(p.pid, "RssAnon") or 0
                     self.anon_peak[kind] = max(self.anon_peak[kind], v)
-                    v = proc_pss(p.pid) or 0
-                    self.pss_peak[kind] = max(self.pss_peak[kind], v)
+                    pss = proc_pss(p.pid) or 0
+                    self.pss_peak[kind] = max(self.pss_peak[kind], pss)
+                    wp = self.window_peak
+                    if wp is not None and kind == "consumer":
+                        wp["pss"], wp["anon"] = max(wp["pss"], pss), max(wp["anon"], v)
 
     @staticmethod
     def pool_user(i):
@@ -964,6 +970,7 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         try:
             if window:
                 picks0 = self.pick_stats()
+                self.window_peak = {"pss": 0, "anon": 0}
                 wait_until(lambda: psql(
                     "SELECT clock_timestamp() > min(at) + make_interval(secs => %d)"
                     " FROM job_events WHERE to_status = 'pending'"
@@ -971,6 +978,7 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
                     "the drain's window to pass", interval=0.5)
                 picks1 = self.pick_stats()
                 cut = float(psql("SELECT extract(epoch FROM clock_timestamp())"))
+                footprint, self.window_peak = self.window_peak, None
                 self.retire_queued(f"bench-{tag}%")
                 ids_run = [j for j, st in rows(f"SELECT id, status FROM training_jobs"
                                                f" WHERE id IN ({ids})") if st != "cancelled"]
@@ -978,6 +986,7 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             else:
                 self.wait_terminal(jobs, 600)
         finally:
+            self.window_peak = None
             for p in cons:
                 self.stop_consumer(p)
         t0, t1 = (float(x) for x in rows(
@@ -999,6 +1008,7 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
             calls = picks1[0] - picks0[0]
             out["pick_ms"] = (picks1[1] - picks0[1]) / calls if calls else None
             out["picks"] = calls
+            out["pss_kb"], out["anon_kb"] = footprint["pss"], footprint["anon"]
         if priority:
             out["ids"] = jobs
         return out
@@ -1360,6 +1370,10 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
                     f" of {fmt(d['slot_secs'], ' s', 1)} |"
                     f" {fmt(100 * d['idle'] / d['slot_secs'] if d['slot_secs'] else None, ' %')}"
                     " idle | — | — |")
+                add(f"| 12 | its consumers' peak PSS / RssAnon during that window (all"
+                    f" {r12['consumers']} up, sampled every 100 ms) |"
+                    f" {fmt(d['pss_kb'] / 1024, ' MB', 1)} / {fmt(d['anon_kb'] / 1024, ' MB', 1)}"
+                    f" | — | — | PSS < 5 MB | {yes(d['pss_kb'] < 5 * 1024)} |")
         r11 = R.get(11)
         if r11:
             e, b = r11["empty"], r11["big"]

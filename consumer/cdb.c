@@ -178,8 +178,9 @@ int tq_cdb_dead_letter_event(PGconn **c, const tq_db_txn *how, const char *messa
                              const char *routing_key, const char *reason,
                              const tq_reply_addr *reply, tq_errbuf *eb)
 {
-    dead_letter_arg a = {{message_id, routing_key, reason, reply ? reply->reply_to : "",
-                          reply ? reply->correlation_id : ""}};
+    const char *to = reply && reply->reply_to ? reply->reply_to : "";
+    const char *cid = reply && reply->correlation_id ? reply->correlation_id : "";
+    dead_letter_arg a = {{message_id, routing_key, reason, to, cid}};
     return tq_db_run_txn(c, how, dead_letter_fn, &a, eb);
 }
 
@@ -222,9 +223,10 @@ static int intake_fn(PGconn *c, void *arg, tq_errbuf *eb)
 /* [reply_to, correlation_id] of a delivery (correlation_id null when absent), or null. */
 static json_t *reply_json(const tq_reply_addr *r)
 {
-    if (!r || !r->reply_to[0])
+    if (!r || !r->reply_to || !r->reply_to[0])
         return json_null();
-    return json_pack("[ss?]", r->reply_to, r->correlation_id[0] ? r->correlation_id : NULL);
+    return json_pack("[ss?]", r->reply_to,
+                     r->correlation_id && r->correlation_id[0] ? r->correlation_id : NULL);
 }
 
 int tq_cdb_intake(PGconn **c, const tq_db_txn *how, const tq_job_msg *const *msgs,

@@ -55,8 +55,8 @@ typedef struct tq_claim {
 /* A delivery's reply_to and correlation_id properties (AMQP short strings; "": absent):
  * where the job's events are also sent (db/procedures/85_events.sql). */
 typedef struct {
-    const char *reply_to;       /* borrowed */
-    const char *correlation_id; /* borrowed */
+    const char *reply_to;       /* borrowed; NULL or "": none */
+    const char *correlation_id; /* borrowed; NULL or "": none */
 } tq_reply_addr;
 
 /* Frees cl->job; safe on a zeroed or already freed claim. */

@@ -1,10 +1,11 @@
 /*
- * delivery — a delivery copied out of its envelope (delivery.h says why).
+ * delivery — a delivery taken out of its envelope (delivery.h says why).
  *
- * What must stay true: every string is a C string cut where the dispatcher cut it before
- * (short strings whole, header keys and values at TQ_DELIVERY_KV_BUF - 1 bytes), so a
- * give-back or a dead-letter copy publishes the same bytes as when it read the envelope;
- * one allocation holds them all, sized exactly in a first pass.
+ * What must stay true: a give-back or a dead-letter copy publishes what the delivery
+ * carried: the body as received (its allocation is moved, never copied or cut), routing
+ * key, message id and content type whole (AMQP short strings), header keys and values cut
+ * at TQ_DELIVERY_KV_BUF - 1 bytes as the give-back always cut them. One allocation holds
+ * the strings, sized exactly in a first pass.
  */
 #include "delivery.h"
 
@@ -13,6 +14,9 @@
 
 #include "tq_err.h"
 #include "tq_utf8.h"
+
+/* An AMQP short string and its NUL. */
+#define SHORT_BUF 256
 
 /* The bytes of b as a C string, cut to cap - 1 bytes. */
 static size_t cut_len(amqp_bytes_t b, size_t cap)
@@ -41,7 +45,7 @@ static char *put(char **at, amqp_bytes_t b, size_t cap)
     return s;
 }
 
-int tq_delivery_copy(const amqp_envelope_t *env, tq_delivery *out)
+int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
 {
     memset(out, 0, sizeof *out);
     static const amqp_bytes_t none = {0, NULL};
@@ -51,10 +55,10 @@ int tq_delivery_copy(const amqp_envelope_t *env, tq_delivery *out)
     amqp_bytes_t ct = p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG ? p->content_type : none;
     amqp_bytes_t rt = p->_flags & AMQP_BASIC_REPLY_TO_FLAG ? p->reply_to : none;
     amqp_bytes_t cid = p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG ? p->correlation_id : none;
-    const size_t sc = 256; /* a short string and its NUL */
 
-    size_t size = env->message.body.len + 1 + cut_len(env->routing_key, sc) + 1 + cut_len(mid, sc) +
-                  1 + cut_len(ct, sc) + 1 + cut_len(rt, sc) + 1 + cut_len(cid, sc) + 1;
+    size_t size = cut_len(env->routing_key, SHORT_BUF) + 1 + cut_len(mid, SHORT_BUF) + 1 +
+                  cut_len(ct, SHORT_BUF) + 1 + cut_len(rt, SHORT_BUF) + 1 +
+                  cut_len(cid, SHORT_BUF) + 1;
     size_t n_kv = 0;
     for (int i = 0; h && i < h->num_entries && n_kv + 2 <= TQ_DELIVERY_KV_MAX; i++)
         if (copied_header(&h->entries[i])) {
@@ -65,35 +69,37 @@ int tq_delivery_copy(const amqp_envelope_t *env, tq_delivery *out)
     char *at = malloc(size);
     if (!at)
         return TQ_ERR_NOMEM;
-    out->mem = at;
+    out->strings = at;
     out->tag = env->delivery_tag;
-    out->body = put(&at, env->message.body, env->message.body.len + 1);
-    out->body_len = env->message.body.len;
-    out->routing_key = put(&at, env->routing_key, sc);
-    out->message_id = put(&at, mid, sc);
-    out->content_type = put(&at, ct, sc);
+    out->routing_key = put(&at, env->routing_key, SHORT_BUF);
+    out->message_id = put(&at, mid, SHORT_BUF);
+    out->content_type = put(&at, ct, SHORT_BUF);
     if (!(p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG))
         out->content_type = NULL;
-    char *reply_to = put(&at, rt, sc), *correlation_id = put(&at, cid, sc);
+    char *reply_to = put(&at, rt, SHORT_BUF), *correlation_id = put(&at, cid, SHORT_BUF);
     /* valid UTF-8 for Postgres: such a queue only gets its replies returned and dropped */
     tq_utf8_sanitize(reply_to, strlen(reply_to));
     tq_utf8_sanitize(correlation_id, strlen(correlation_id));
-    if (strncmp(reply_to, "trainq.", 7) == 0) {
-        out->reply_refused = 1;
-        reply_to[0] = '\0';
-    }
     out->reply.reply_to = reply_to;
     out->reply.correlation_id = correlation_id;
+    if (strncmp(reply_to, "trainq.", 7) == 0) {
+        out->refused_reply_to = reply_to;
+        out->reply.reply_to = "";
+    }
     for (int i = 0; h && i < h->num_entries && out->n_kv < n_kv; i++)
         if (copied_header(&h->entries[i])) {
             out->kv[out->n_kv++] = put(&at, h->entries[i].key, TQ_DELIVERY_KV_BUF);
             out->kv[out->n_kv++] = put(&at, h->entries[i].value.value.bytes, TQ_DELIVERY_KV_BUF);
         }
+    /* rabbitmq-c allocated it with amqp_bytes_malloc; amqp_destroy_envelope frees none */
+    out->body = env->message.body;
+    env->message.body = amqp_empty_bytes;
     return TQ_OK;
 }
 
 void tq_delivery_free(tq_delivery *d)
 {
-    free(d->mem);
+    amqp_bytes_free(d->body);
+    free(d->strings);
     memset(d, 0, sizeof *d);
 }

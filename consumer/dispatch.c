@@ -167,7 +167,7 @@ static int stop_consuming(dispatcher *d, tq_errbuf *eb)
     d->consuming = 0;
     amqp_connection_state_t st = tq_amqp_state(d->in);
     /* A delivery racing the cancel is kept by rabbitmq-c and handed to the next
-     * amqp_consume_message, which nacks it back (we are no longer consuming). */
+     * amqp_consume_message, which gives it back (handle: we are no longer consuming). */
     amqp_basic_cancel(st, TQ_AMQP_CHANNEL, amqp_cstring_bytes(d->tag));
     return tq_amqp_check_reply(d->in, amqp_get_rpc_reply(st), "could not cancel consumer", eb);
 }
@@ -198,8 +198,8 @@ static int copy_then_ack(dispatcher *d, const tq_delivery *dl, const char *excha
         .exchange = exchange,
         .routing_key = dl->routing_key,
         .message_id = mid[0] ? mid : NULL,
-        .body = dl->body,
-        .body_len = dl->body_len,
+        .body = dl->body.bytes,
+        .body_len = dl->body.len,
         .content_type = dl->content_type ? dl->content_type : default_ct,
         .header_kv = kv,
         .n_header_kv = n_kv,
@@ -236,8 +236,8 @@ static void dead_letter(dispatcher *d, const tq_delivery *dl, const char *reason
     /* For the admin API; the copy on trainq.jobs.dead is already confirmed either way. */
     tq_errbuf eb = {{0}};
     if (tq_db_ensure(&d->db, d->w->cfg->database_url, "trainq-consumer", &eb) != TQ_OK ||
-        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, dl->body, dl->body_len,
-                           &eb) != TQ_OK)
+        tq_cdb_dead_letter(d->db, mid, rk, reason, d->w->cfg->worker_id, dl->body.bytes,
+                           dl->body.len, &eb) != TQ_OK)
         tq_log(TQ_LOG_WARN, "db.dead_letter_failed", "could not record dead letter %s: %s",
                mid[0] ? mid : "(no message_id)", eb.msg);
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
@@ -311,8 +311,8 @@ static int publisher_verified(dispatcher *d, const amqp_envelope_t *env, const t
             dead_letter(d, dl, why);
             return 0;
         }
-    int rc =
-        tq_sign_verify(keys, hv[0], hn[0], hv[1], hn[1], dl->body, dl->body_len, why, sizeof why);
+    int rc = tq_sign_verify(keys, hv[0], hn[0], hv[1], hn[1], dl->body.bytes, dl->body.len, why,
+                            sizeof why);
     if (rc == TQ_OK)
         return 1;
     if (rc == TQ_ERR_AUTH)
@@ -371,14 +371,14 @@ static int deferred_for_db(dispatcher *d, const tq_delivery *dl, const char *job
     return 1;
 }
 
-/* The delivery's reply addresses (tq_delivery_copy made them valid UTF-8 for Postgres),
+/* The delivery's reply addresses (tq_delivery_take made them valid UTF-8 for Postgres),
  * with a word when its reply_to was refused: events in trainq's own queues would be taken
  * for jobs (and dead-lettered). */
 static const tq_reply_addr *reply_addr(const tq_delivery *dl)
 {
-    if (dl->reply_refused)
-        tq_log(TQ_LOG_WARN, "job.reply_to_ignored", "message %.200s: reply_to names a trainq queue",
-               dl->message_id);
+    if (dl->refused_reply_to)
+        tq_log(TQ_LOG_WARN, "job.reply_to_ignored", "reply_to \"%.200s\" names a trainq queue",
+               dl->refused_reply_to);
     return &dl->reply;
 }
 
@@ -416,7 +416,7 @@ static int accept_message(dispatcher *d, const tq_delivery *dl, tq_job_msg *m)
     tq_validation v;
     memset(&v, 0, sizeof v);
     char reason[1024];
-    int rc = tq_msg_decode(dl->body, dl->body_len, m, &v);
+    int rc = tq_msg_decode(dl->body.bytes, dl->body.len, m, &v);
     if (rc == TQ_ERR_NOMEM) {
         settle(d, dl->tag, 0);
         return 0;
@@ -539,13 +539,14 @@ static void flush_intake(dispatcher *d)
     d->n_batch = 0;
 }
 
-/* One delivery: copied out of its envelope (delivery.h; the envelope is destroyed here),
- * then the publisher verified, the body decoded and checked. It joins the batch, which
- * owns it from then on, or is settled here (dead-lettered, deferred or nacked). */
+/* One delivery: taken out of its envelope (delivery.h; the envelope is destroyed here once
+ * the signature check has read its headers), then the body decoded and checked. It joins
+ * the batch, which owns it from then on, or is settled here (dead-lettered, deferred, or
+ * nacked when memory ran out). */
 static void handle(dispatcher *d, amqp_envelope_t *env)
 {
     intake_item *it = &d->batch[d->n_batch]; /* pump reads only while the batch has room */
-    if (tq_delivery_copy(env, &it->dl) != TQ_OK) {
+    if (tq_delivery_take(env, &it->dl) != TQ_OK) {
         settle(d, env->delivery_tag, 0);
         amqp_destroy_envelope(env);
         return;
@@ -796,7 +797,7 @@ void *tq_dispatch_main(void *arg)
     if (d.in) {
         tq_errbuf eb = {{0}};
         stop_consuming(&d, &eb);
-        /* Drain what raced the cancel: nack it back so another worker takes it. */
+        /* Drain what raced the cancel: give it back so another worker takes it. */
         for (int i = 0; i < 5 && d.in && tq_amqp_alive(d.in); i++)
             pump(&d);
     }

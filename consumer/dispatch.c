@@ -426,8 +426,7 @@ static int accept_message(dispatcher *d, const tq_delivery *dl, tq_job_msg *m)
         dead_letter_event(d, dl, reason);
         return 0;
     }
-    char mid[128];
-    snprintf(mid, sizeof mid, "%s", dl->message_id);
+    const char *mid = dl->message_id, *rk = dl->routing_key;
     /* job_id is canonical (lowercase) after decoding; a publisher may send either case */
     if (strcasecmp(mid, m->job_id) != 0) {
         snprintf(reason, sizeof reason,
@@ -440,8 +439,6 @@ static int accept_message(dispatcher *d, const tq_delivery *dl, tq_job_msg *m)
     }
     /* The exchange routes by job type: a body whose type differs from its routing key was
      * queued for the wrong kind of worker. */
-    char rk[64];
-    snprintf(rk, sizeof rk, "%s", dl->routing_key);
     if (strcmp(rk, tq_job_type_name(m->sub.type)) != 0) {
         snprintf(reason, sizeof reason,
                  "invalid message: routing key \"%s\" differs from type \"%s\"", rk,

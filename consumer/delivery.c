@@ -48,13 +48,13 @@ static char *put(char **at, amqp_bytes_t b, size_t cap)
 int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
 {
     memset(out, 0, sizeof *out);
-    static const amqp_bytes_t none = {0, NULL};
     const amqp_basic_properties_t *p = &env->message.properties;
     const amqp_table_t *h = p->_flags & AMQP_BASIC_HEADERS_FLAG ? &p->headers : NULL;
-    amqp_bytes_t mid = p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG ? p->message_id : none;
-    amqp_bytes_t ct = p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG ? p->content_type : none;
-    amqp_bytes_t rt = p->_flags & AMQP_BASIC_REPLY_TO_FLAG ? p->reply_to : none;
-    amqp_bytes_t cid = p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG ? p->correlation_id : none;
+    amqp_bytes_t mid = p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG ? p->message_id : amqp_empty_bytes;
+    amqp_bytes_t ct = p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG ? p->content_type : amqp_empty_bytes;
+    amqp_bytes_t rt = p->_flags & AMQP_BASIC_REPLY_TO_FLAG ? p->reply_to : amqp_empty_bytes;
+    amqp_bytes_t cid =
+        p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG ? p->correlation_id : amqp_empty_bytes;
 
     size_t size = cut_len(env->routing_key, SHORT_BUF) + 1 + cut_len(mid, SHORT_BUF) + 1 +
                   cut_len(ct, SHORT_BUF) + 1 + cut_len(rt, SHORT_BUF) + 1 +

@@ -24,10 +24,16 @@ static size_t cut_len(amqp_bytes_t b, size_t cap)
     return b.len < cap - 1 ? b.len : cap - 1;
 }
 
+/* Whether a header table entry holds a string (AMQP longstr, or bytes). */
+static int string_entry(const amqp_table_entry_t *e)
+{
+    return e->value.kind == AMQP_FIELD_KIND_UTF8 || e->value.kind == AMQP_FIELD_KIND_BYTES;
+}
+
 /* Whether header entry e is one a give-back copies (delivery.h). */
 static int copied_header(const amqp_table_entry_t *e)
 {
-    if (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES)
+    if (!string_entry(e))
         return 0;
     return !(e->key.len >= 2 && memcmp(e->key.bytes, "x-", 2) == 0) ||
            (e->key.len > 9 && memcmp(e->key.bytes, "x-trainq-", 9) == 0);
@@ -102,4 +108,23 @@ void tq_delivery_free(tq_delivery *d)
     amqp_bytes_free(d->body);
     free(d->strings);
     memset(d, 0, sizeof *d);
+}
+
+int tq_delivery_header(const amqp_envelope_t *env, const char *name, const char **v, size_t *n)
+{
+    if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
+        return 0;
+    const amqp_table_t *t = &env->message.properties.headers;
+    size_t nl = strlen(name);
+    for (int i = 0; i < t->num_entries; i++) {
+        const amqp_table_entry_t *e = &t->entries[i];
+        if (e->key.len != nl || memcmp(e->key.bytes, name, nl) != 0)
+            continue;
+        if (!string_entry(e))
+            return -1;
+        *v = e->value.value.bytes.len ? e->value.value.bytes.bytes : "";
+        *n = e->value.value.bytes.len;
+        return 1;
+    }
+    return 0;
 }

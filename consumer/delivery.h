@@ -47,6 +47,11 @@ typedef struct {
  * TQ_ERR_NOMEM with *out zeroed and env as it was. */
 int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out);
 
+/* The string header name of env (the signature check reads its headers before env goes):
+ * 1 found (*v, *n borrowed from env), 0 absent, -1 present with a type other than a
+ * string. */
+int tq_delivery_header(const amqp_envelope_t *env, const char *name, const char **v, size_t *n);
+
 /* Frees what d owns and zeroes it; safe on a zeroed delivery. */
 void tq_delivery_free(tq_delivery *d);
 

@@ -243,12 +243,6 @@ static void dead_letter(dispatcher *d, const tq_delivery *dl, const char *reason
     tq_cmetrics_inc(TQ_CM_JOBS_DEAD_LETTERED);
 }
 
-/* Whether a header table entry holds a string (AMQP longstr, or bytes). */
-static int string_entry(const amqp_table_entry_t *e)
-{
-    return e->value.kind == AMQP_FIELD_KIND_UTF8 || e->value.kind == AMQP_FIELD_KIND_BYTES;
-}
-
 /* Gives a delivery back without spending its delivery count: a nack would count toward the
  * quorum queue's delivery limit although the failure is ours (Postgres away), and enough
  * of them would dead-letter a valid job. A copy is published (confirmed) to the exchange
@@ -273,27 +267,6 @@ static void validation_reason(const tq_validation *v, int rc, char *out, size_t 
                                  v->items[i].field, v->items[i].message);
 }
 
-/* A string header of the delivery: 1 found (*v, *n borrowed from env), 0 absent, -1 present
- * with a type other than a string. */
-static int header_string(const amqp_envelope_t *env, const char *name, const char **v, size_t *n)
-{
-    if (!(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG))
-        return 0;
-    const amqp_table_t *t = &env->message.properties.headers;
-    size_t nl = strlen(name);
-    for (int i = 0; i < t->num_entries; i++) {
-        const amqp_table_entry_t *e = &t->entries[i];
-        if (e->key.len != nl || memcmp(e->key.bytes, name, nl) != 0)
-            continue;
-        if (!string_entry(e))
-            return -1;
-        *v = e->value.value.bytes.len ? e->value.value.bytes.bytes : "";
-        *n = e->value.value.bytes.len;
-        return 1;
-    }
-    return 0;
-}
-
 /* With publisher keys configured, only a body signed by one of them gets further: this runs
  * before the body is even parsed, and long before any database work. 1: go on. */
 static int publisher_verified(dispatcher *d, const amqp_envelope_t *env, const tq_delivery *dl)
@@ -306,7 +279,7 @@ static int publisher_verified(dispatcher *d, const amqp_envelope_t *env, const t
     const char *names[2] = {TQ_SIGN_KEY_ID_HEADER, TQ_SIGN_SIGNATURE_HEADER};
     char why[256];
     for (int i = 0; i < 2; i++)
-        if (header_string(env, names[i], &hv[i], &hn[i]) < 0) {
+        if (tq_delivery_header(env, names[i], &hv[i], &hn[i]) < 0) {
             snprintf(why, sizeof why, "bad signature: header %s must be a string", names[i]);
             dead_letter(d, dl, why);
             return 0;

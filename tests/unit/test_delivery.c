@@ -187,6 +187,35 @@ static void a_reply_to_a_trainq_queue_is_refused_and_bad_utf8_replaced(void **st
     amqp_destroy_envelope(&env);
 }
 
+static void a_named_header_is_read_only_as_a_string(void **state)
+{
+    (void)state;
+    amqp_table_entry_t e[] = {
+        str_entry("x-trainq-key-id", "k1"),
+        int_entry("x-trainq-signature", 7), /* present, not a string */
+        str_entry("tenant", ""),
+    };
+    e[0].value.kind = AMQP_FIELD_KIND_BYTES; /* bytes count as a string */
+    amqp_envelope_t env;
+    envelope(&env, 3, "lora", "{}", 2);
+    const char *v = NULL;
+    size_t n = 99;
+    assert_int_equal(tq_delivery_header(&env, "x-trainq-key-id", &v, &n), 0); /* no headers */
+    env.message.properties._flags = AMQP_BASIC_HEADERS_FLAG;
+    env.message.properties.headers.num_entries = (int)(sizeof e / sizeof e[0]);
+    env.message.properties.headers.entries = e;
+    assert_int_equal(tq_delivery_header(&env, "x-trainq-key-id", &v, &n), 1);
+    assert_int_equal(n, 2);
+    assert_memory_equal(v, "k1", 2);
+    assert_int_equal(tq_delivery_header(&env, "x-trainq-signature", &v, &n), -1);
+    assert_int_equal(tq_delivery_header(&env, "tenant", &v, &n), 1);
+    assert_int_equal(n, 0);
+    assert_string_equal(v, "");
+    assert_int_equal(tq_delivery_header(&env, "x-trainq-key", &v, &n), 0); /* a prefix only */
+    assert_int_equal(tq_delivery_header(&env, "tenants", &v, &n), 0);
+    amqp_destroy_envelope(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +224,7 @@ int main(void)
         cmocka_unit_test(only_the_publishers_and_trainqs_string_headers_are_kept),
         cmocka_unit_test(headers_are_cut_to_their_slots_and_their_number),
         cmocka_unit_test(a_reply_to_a_trainq_queue_is_refused_and_bad_utf8_replaced),
+        cmocka_unit_test(a_named_header_is_read_only_as_a_string),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

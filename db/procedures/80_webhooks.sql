@@ -104,7 +104,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
-SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhook_progress',
+-- Named to sort after training_jobs_webhooks: AFTER triggers of one statement fire in name
+-- order, and a status change's event must take its sequence number before the progress
+-- that the same statement sets (mark-running sets progress 0; migration 0023).
+SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhooks_progress',
     'AFTER UPDATE OF progress', 'FOR EACH ROW EXECUTE FUNCTION tq_webhook_progress()');
 
 -- A sender's take (producer/pdb.c, tq_pdb_hooks_take): the id of one due delivery, leased

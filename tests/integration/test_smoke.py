@@ -115,7 +115,7 @@ class ProceduresTest(unittest.TestCase):
                                     "outbox_notify", "settings_half_life",
                                     "training_jobs_audit", "training_jobs_failure_class",
                                     "training_jobs_guard_active", "training_jobs_usage",
-                                    "training_jobs_webhook_progress", "training_jobs_webhooks"])
+                                    "training_jobs_webhooks", "training_jobs_webhooks_progress"])
         # It works: the guard refuses a third active job, the audit trigger records.
         user, ds = "fresh-" + uuid.uuid4().hex[:8], str(uuid.uuid4())
         insert = ("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model,"

@@ -318,6 +318,25 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertNotIn("job.progress", plain_types)
         self.assertEqual(plain_types, ["job.queued", "job.running", "job.completed"])
 
+    def test_running_comes_before_the_progress_its_own_statement_sets(self):
+        # The consumer marks a job running with progress 0 in one UPDATE (consumer/cdb.c):
+        # both triggers fire on it, and the status event must take the smaller sequence,
+        # or a receiver ordering by sequence sees progress before running (migration 0023).
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver()
+        wh = self.endpoint(p, rec.url(), events=["job.running", "job.progress"])
+        job = self.submit(p)
+        set_status(job, "pending")
+        h.psql("UPDATE training_jobs SET status = 'running', started_at = now(), progress = 0,"
+               " progress_updated_at = now() WHERE id = :'id'", variables={"id": job})
+        got = self.wait_got(rec, 2)
+        time.sleep(1.0)
+        bodies = sorted((json.loads(g["body"]) for g in rec.events()),
+                        key=lambda b: b["sequence"])
+        self.assertEqual([b["type"] for b in bodies], ["job.running", "job.progress"])
+        self.assertEqual(bodies[1]["sequence"], bodies[0]["sequence"] + 1)
+        self.assertSigned(wh["secret"], got)
+
     def test_the_seeds_request_without_webhook_fields_makes_no_delivery(self):
         p = self.producer(**LOOPBACK)
         job = self.submit(p)

@@ -436,6 +436,10 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
                      MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME; /* event streams (stream.h) */
     if (h->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: set to 1 it adds SO_REUSEPORT, and a second
+     * producer (a stale one, another configuration) then binds the same address and takes
+     * a share of the connections without a word. MHD's default, SO_REUSEADDR, still lets
+     * a restart bind while the old connections sit in TIME_WAIT. */
     h->d = MHD_start_daemon(
         flags, (uint16_t)app->cfg->http_port, on_accept, h, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, so every message goes here */
@@ -443,8 +447,8 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
         (unsigned int)app->cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)app->cfg->request_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)CONN_MEMORY_LIMIT, MHD_OPTION_CONNECTION_LIMIT, mhd_connection_limit(cfg),
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        h, MHD_OPTION_END);
     if (!h->d) {
         int e = errno;
         http_free(h);

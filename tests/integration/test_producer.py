@@ -949,6 +949,25 @@ class ProducerFaultTest(unittest.TestCase):
         p.assert_no_sanitizer_report()
         self.assertTrue(p.events("producer.stopped"))
 
+    def test_a_second_producer_on_a_taken_address_fails_instead_of_sharing_it(self):
+        # With SO_REUSEPORT the kernel would split the connections between the two, a
+        # stale producer or another configuration answering part of them unseen.
+        first = self.start()
+        second = h.Program(PRODUCER, env=producer_env(
+            TRAINQ_HTTP_ADDR=f"127.0.0.1:{first.port}")).start()
+        self.procs.append(second)
+        second.proc.wait(30)
+        self.assertNotEqual(second.proc.returncode, 0)
+        self.assertIn(f"could not listen on 127.0.0.1:{first.port}: Address already in use",
+                      second.stderr_text())
+        self.assertEqual(h.http_once(first.port, "GET", "/healthz").status, 200)
+        # and the same address again at once after a stop (SO_REUSEADDR: TIME_WAIT is fine)
+        port = first.port
+        stop_producer(self, first)
+        self.procs.remove(first)
+        again = self.start(TRAINQ_HTTP_ADDR=f"127.0.0.1:{port}")
+        self.assertEqual(again.port, port)
+
     def test_bad_configuration_fails_at_start_with_one_line(self):
         p = h.Program(PRODUCER, env=producer_env(TRAINQ_JWT_SECRET="short")).start()
         self.procs.append(p)

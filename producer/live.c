@@ -217,8 +217,6 @@ int tq_range_parse(const char *h, unsigned long long size, unsigned long long *s
     return 1;
 }
 
-/* A name the consumer could have recorded and that names a file right in the job's
- * directory: no separator, not "." or "..", no control characters. */
 /* A name as the consumer records it (consumer/artifacts.c): a path relative to the job's
  * outputs directory, components separated by '/', none empty, "." or "..", no backslash or
  * control character. Only names listed in job_artifacts are ever opened; this only keeps

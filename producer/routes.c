@@ -120,14 +120,21 @@ static int match_one(const char *p, const char *url, size_t ulen, char *param, s
     return u == uend;
 }
 
+/* The path as it is first, then without one trailing slash ("/api/training/jobs/"). In
+ * that order because "{name}" takes the rest of the path: an artifact name ending in '/'
+ * has an empty last component, which the handler refuses (404), where stripping the slash
+ * first would have served the file under a name that is not listed. */
 int tq_route_match(const char *url, char *param, size_t param_cap)
 {
     size_t ulen = strlen(url);
-    if (ulen > 1 && url[ulen - 1] == '/')
-        ulen--;
-    for (size_t i = 0; i < N_ROUTES; i++)
-        if (match_one(routes[i].pattern, url, ulen, param, param_cap))
-            return (int)i;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && !(ulen > 1 && url[ulen - 1] == '/'))
+            break;
+        size_t n = pass == 0 ? ulen : ulen - 1;
+        for (size_t i = 0; i < N_ROUTES; i++)
+            if (match_one(routes[i].pattern, url, n, param, param_cap))
+                return (int)i;
+    }
     param[0] = '\0';
     return -1;
 }

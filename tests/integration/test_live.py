@@ -736,7 +736,7 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.put_artifact(job_id, "up/secret.txt", None)
         for name in ("link.bin", "unlisted.bin", "..", "%2e%2e", "..%2Fsecret.txt",
                      "%2E%2E%2Fsecret.txt", "nothing", "up/secret.txt", "./ok.bin",
-                     "sub/../ok.bin"):
+                     "sub/../ok.bin", "ok.bin/"):  # a trailing slash: an empty component
             r = self.get(base + name)
             self.assertEqual(r.status, 404, name)
             self.assertNotIn(b"not yours", r.raw)

@@ -93,6 +93,11 @@ static void test_an_artifact_path_captures_the_id_and_the_rest_as_the_name(void 
     assert_string_equal(param, "abc/checkpoint-1/state.bin");
     assert_string_equal(tq_route_label(route_of("/api/training/stream", param)),
                         "/api/training/stream");
+    /* a trailing slash stays part of the name (its empty last component is the handler's
+     * 404), not dropped to serve the file without it */
+    a = route_of("/api/training/jobs/abc/artifacts/trainer.log/", param);
+    assert_string_equal(tq_route_label(a), "/api/training/jobs/{id}/artifacts/{name}");
+    assert_string_equal(param, "abc/trainer.log/");
 }
 
 static void test_one_trailing_slash_is_ignored_and_nothing_else_matches(void **state)

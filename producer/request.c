@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "metrics.h"
@@ -28,6 +29,29 @@ const tq_app *tq_req_app(const tq_req *r)
 const char *tq_req_header(tq_req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+/* Content-Type may be absent (the body is JSON either way) or application/json with any
+ * parameters (charset=utf-8); anything else is 415. */
+static int content_type_ok(const char *ct)
+{
+    if (!ct)
+        return 1;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1) != 0)
+        return 0;
+    char after = ct[sizeof want - 1];
+    return after == '\0' || after == ';' || after == ' ' || after == '\t';
+}
+
+int tq_req_require_json(tq_req *r)
+{
+    if (content_type_ok(tq_req_header(r, "Content-Type")))
+        return 0;
+    tq_req_reply_error(r, 415, "content type must be application/json");
+    return -1;
 }
 
 const char *tq_req_query(tq_req *r, const char *name)

@@ -40,6 +40,9 @@ const tq_app *tq_req_app(const tq_req *r);
 /* Request header / query argument, NULL when absent. */
 const char *tq_req_header(tq_req *r, const char *name);
 const char *tq_req_query(tq_req *r, const char *name);
+/* 0 when the request's Content-Type is absent or application/json (parameters allowed);
+ * otherwise replies 415 and returns -1. For every handler that reads a JSON body. */
+int tq_req_require_json(tq_req *r);
 /* The body (NUL-terminated copy, may contain NULs) and its length. */
 const char *tq_req_body(const tq_req *r, size_t *len);
 /* The {id} path segment of the matched route ("" when the route has none). */

@@ -15,7 +15,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "handlers.h"
 #include "pdb.h"
@@ -26,21 +25,6 @@
 #include "wake.h"
 
 #define IDEM_KEY_MAX 128
-
-/* Content-Type may be absent (the body is JSON either way) or application/json with any
- * parameters (charset=utf-8); anything else is 415. */
-static int content_type_ok(const char *ct)
-{
-    if (!ct)
-        return 1;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
-    static const char want[] = "application/json";
-    if (strncasecmp(ct, want, sizeof want - 1) != 0)
-        return 0;
-    char after = ct[sizeof want - 1];
-    return after == '\0' || after == ';' || after == ' ' || after == '\t';
-}
 
 static int idem_key_ok(const char *k)
 {
@@ -70,10 +54,8 @@ static int check_request(tq_req *r, const char **idem)
         return -1;
     if (tq_req_rate_limit(r, TQ_RATE_SUBMIT, app->cfg->submit_rate_per_minute) != 0)
         return -1;
-    if (!content_type_ok(tq_req_header(r, "Content-Type"))) {
-        tq_req_reply_error(r, 415, "content type must be application/json");
+    if (tq_req_require_json(r) != 0)
         return -1;
-    }
     *idem = tq_req_header(r, "Idempotency-Key");
     if (*idem && !idem_key_ok(*idem)) {
         tq_validation v = {0};

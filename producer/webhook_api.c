@@ -81,9 +81,11 @@ int tq_webhook_url_field(const tq_req *r, const json_t *url, tq_validation *v, c
     return 0;
 }
 
-/* The body as a JSON object (-1: replied 400). */
+/* The body as a JSON object (NULL: replied 415 or 400). */
 static json_t *body_object(tq_req *r)
 {
+    if (tq_req_require_json(r) != 0)
+        return NULL;
     size_t len = 0;
     const char *body = tq_req_body(r, &len);
     json_t *o = body ? json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL) : NULL;

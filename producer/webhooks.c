@@ -96,6 +96,16 @@ static int host_literal_check(const char *host, const tq_webhook_rule *rule, cha
     return 0;
 }
 
+/* Whether url spells "<scheme>://" followed by a host. libcurl is lenient and reads a host
+ * out of "https:///x", "https:/x" or "https:x" too ("x"): such a URL is a typo, and it
+ * would be stored and retried against a host its writer never named. */
+static int authority_follows(const char *url, const char *scheme)
+{
+    size_t n = strlen(scheme);
+    return strncasecmp(url, scheme, n) == 0 && strncmp(url + n, "://", 3) == 0 &&
+           url[n + 3] != '\0' && url[n + 3] != '/';
+}
+
 int tq_webhook_url_check(const char *url, const tq_webhook_rule *rule, char *why, size_t why_cap)
 {
     if (!url || !*url) {
@@ -115,7 +125,8 @@ int tq_webhook_url_check(const char *url, const tq_webhook_rule *rule, char *why
     char *scheme = NULL, *host = NULL, *user = NULL, *pass = NULL;
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host) {
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host ||
+        !authority_follows(url, scheme)) {
         snprintf(why, why_cap, "must be an absolute http(s) URL");
         goto out;
     }

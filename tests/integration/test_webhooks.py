@@ -394,16 +394,24 @@ class WebhooksTest(unittest.TestCase, DocChecks):
                  ({"webhook_url": rec.url(), "webhook_events": []}, "webhook_events"),
                  ({"webhook_events": ["job.failed"]}, "webhook_events"),
                  ({"webhook_url": "https://user:pw@hooks.example.com/"}, "webhook_url"),
-                 ({"webhook_url": "https://169.254.169.254/latest"}, "webhook_url")]
+                 ({"webhook_url": "https://169.254.169.254/latest"}, "webhook_url"),
+                 ({"webhook_url": "https:///x"}, "webhook_url")]  # curl would read host "x"
         for over, field in cases:
             r = self.call(p, "POST", "/api/training/submit", body_for(self.ds, **over), 400)
             self.assertEqual([d["field"] for d in r.json["details"]], [field], (over, r))
         for body, field in [({"url": "https://10.0.0.8/h"}, "url"),
                             ({"url": "https://[fe80::1]/h"}, "url"),
                             ({"url": rec.url(), "events": ["job.progress", "job.x"]}, "events"),
-                            ({"url": rec.url(), "secret": "mine"}, "secret")]:
+                            ({"url": rec.url(), "secret": "mine"}, "secret"),
+                            ({"url": "https:///x"}, "url")]:
             r = self.call(p, "POST", "/api/training/webhooks", body, 400)
             self.assertEqual([d["field"] for d in r.json["details"]], [field], (body, r))
+        # a body that says it is not JSON is 415, as on submit
+        r = p.c.request("POST", "/api/training/webhooks", body=json.dumps({"url": rec.url()}),
+                        headers={"Content-Type": "text/plain"}, token=self.token)
+        self.assertEqual(r.status, 415, r)
+        self.assertEqual(self.call(p, "GET", "/api/training/webhooks", status=200)
+                         .json["webhooks"], [])
         self.assertEqual(h.psql("SELECT count(*) FROM training_jobs WHERE user_id = :'u'",
                                 variables={"u": self.user}), "0")
         self.assertEqual(rec.connections, 0)

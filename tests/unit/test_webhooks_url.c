@@ -47,6 +47,13 @@ static void test_scheme(void **s)
     refused_with("hooks.example.com/x", 0, "");
     refused_with("", 0, "non-empty");
     assert_true(ok("http://127.0.0.1:8080/hook", 1));
+    assert_true(ok("HTTPS://hooks.example.com/x", 0));
+    /* curl would read a host out of these ("x"); the URL must name it after "//" */
+    refused_with("https:///x", 0, "absolute");
+    refused_with("https:////hooks.example.com/x", 0, "absolute");
+    refused_with("https:hooks.example.com/x", 0, "absolute");
+    refused_with("https:/hooks.example.com/x", 0, "absolute");
+    refused_with("https://", 0, "absolute");
 }
 
 static void test_credentials_and_length(void **s)

@@ -404,9 +404,13 @@ BEGIN
         IF j.priority > tq_priority_rank(tq_user_max_priority(c.user_id)) THEN
             reason := format('priority %s is above the user''s max_priority %s',
                              tq_priority_name(j.priority), tq_user_max_priority(c.user_id));
+            -- the job asked for what its user may not (over HTTP that is a 403): its class
+            -- is the request's, config_error (tq_failure_class, 62_outcomes.sql)
+            PERFORM set_config('trainq.failure_class', 'config_error', true);
             UPDATE training_jobs SET status = 'failed', error_message = reason,
                    completed_at = now()
              WHERE id = j.id;
+            PERFORM set_config('trainq.failure_class', '', true);
             outcome := 'failed';
             RETURN;
         END IF;

@@ -140,6 +140,12 @@ class TestOrder(SchedulingCase):
         j = self.wait_status(m["job_id"], TERMINAL)
         self.assertEqual(j["status"], "failed")
         self.assertIn("priority high is above the user's max_priority normal", j["error_message"])
+        # a failure like any other: classed (docs/api.md, "Failure classes"), on the job
+        # and on the audit event that failed it
+        self.assertEqual(j["failure_class"], "config_error")
+        self.assertEqual(tqenv.psql("SELECT failure_class FROM job_events WHERE job_id = :'id'"
+                                    " AND to_status = 'failed'", variables={"id": m["job_id"]}),
+                         "config_error")
 
     def test_fair_share_starts_the_user_with_the_least_decayed_recent_usage_first(self):
         """Three users, one job each, submitted heaviest past first: the one without usage

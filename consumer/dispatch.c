@@ -254,16 +254,17 @@ static void defer(dispatcher *d, const tq_delivery *dl)
         tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
 }
 
-/* Why a decode failed, as one header-sized line. */
+/* Why a decode failed, as one header-sized line: "invalid message: " and every failure as
+ * "<field>: <reason>", joined by "; " (docs/message-contract.md, "Validation reasons"). */
 static void validation_reason(const tq_validation *v, int rc, char *out, size_t cap)
 {
     size_t used = (size_t)snprintf(out, cap, "invalid message: ");
     if (rc == TQ_ERR_TOO_LARGE) {
-        snprintf(out + used, cap - used, "body larger than %d bytes", TQ_MSG_MAX_BYTES);
+        snprintf(out + used, cap - used, "body: must be at most %d bytes", TQ_MSG_MAX_BYTES);
         return;
     }
     for (size_t i = 0; i < v->n && used < cap; i++)
-        used += (size_t)snprintf(out + used, cap - used, "%s%s %s", i ? "; " : "",
+        used += (size_t)snprintf(out + used, cap - used, "%s%s: %s", i ? "; " : "",
                                  v->items[i].field, v->items[i].message);
 }
 

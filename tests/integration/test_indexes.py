@@ -140,7 +140,7 @@ UPDATE webhook_deliveries SET delivered_at = NULL, due_at = now() - interval '1 
 INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, body, created_at,
                           republished_at)
 SELECT CASE WHEN d % 4 = 0 THEN 'not-a-job-' || d ELSE md5('job' || (d * 7) % {jobs})::uuid::text END,
-       'lora', 'invalid message: base_model is required', 'w' || (d % 200), '{{"x":1}}',
+       'lora', 'invalid message: base_model: is required', 'w' || (d % 200), '{{"x":1}}',
        now() - (100000 - d) * interval '25 seconds',
        CASE WHEN d % 9 = 0 THEN now() - (100000 - d) * interval '25 seconds' END
   FROM generate_series(0, 99999) d;
@@ -481,9 +481,9 @@ def queries(k):
          " created_epoch, message FROM tq_pick('w-test', 30::int, 4096::int, 1::int)"),
         (c, "dead-letter event (tq_event_dead_letter), record (tq_dead_letter_record)",
          f"SELECT tq_event_dead_letter({lit(str(uuid.uuid4()))}, 'lora',"
-         " 'invalid message: base_model is required', 'replies', 'corr');"
+         " 'invalid message: base_model: is required', 'replies', 'corr');"
          f" SELECT tq_dead_letter_record({lit(str(uuid.uuid4()))}, 'lora',"
-         " 'invalid message: base_model is required', 'w-test', '{\"x\":1}')"),
+         " 'invalid message: base_model: is required', 'w-test', '{\"x\":1}')"),
         (c, "running",
          lock_job_user.format(running) + ";"
          " WITH r AS (SELECT set_config('trainq.reason', 'started', true))"

@@ -355,11 +355,6 @@ static unsigned mhd_connection_limit(const tq_config *cfg)
 
 int tq_http_prepare(const tq_config *cfg, tq_errbuf *eb)
 {
-    tq_netlist *l = NULL;
-    int rc = tq_netlist_parse(cfg->http_trusted_proxies, &l, eb);
-    tq_netlist_free(l);
-    if (rc != TQ_OK)
-        return rc;
     rlim_t need = (rlim_t)mhd_connection_limit(cfg) + (rlim_t)cfg->http_threads * 4 + OTHER_FDS;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)

@@ -28,9 +28,9 @@
 
 typedef struct tq_http tq_http;
 
-/* Checks the HTTP options that the option table cannot (the trusted proxy list) and raises
- * the file descriptor soft limit to what TRAINQ_HTTP_MAX_CONNECTIONS needs. TQ_ERR_CONFIG
- * with one line in eb when it cannot. Call before any thread starts. */
+/* Raises the file descriptor soft limit to what TRAINQ_HTTP_MAX_CONNECTIONS needs.
+ * TQ_ERR_CONFIG with one line in eb when the hard limit is lower. Call before any thread
+ * starts. */
 int tq_http_prepare(const tq_config *cfg, tq_errbuf *eb);
 /* Binds cfg->http_host:http_port (port 0: any free port) and starts the thread pool.
  * app must outlive the server. *out is caller-owned (tq_http_stop). */

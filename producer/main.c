@@ -66,6 +66,13 @@ static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
     return tq_relay_start(&rc_cfg, relay, eb);
 }
 
+/* A configuration found bad after loading (a key file, the file descriptor limit): one
+ * line, as tq_program_start prints the others, then exit 2. */
+static void config_error(const tq_errbuf *eb)
+{
+    fprintf(stderr, "trainq-producer: %s\n", eb->msg);
+}
+
 int main(int argc, char **argv)
 {
     tq_config cfg;
@@ -88,13 +95,13 @@ int main(int argc, char **argv)
 
     int rc = tq_http_prepare(&cfg, &eb);
     if (rc != TQ_OK) {
-        tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
+        config_error(&eb);
         exit_code = 2;
         goto out;
     }
     rc = start_auth(&cfg, &auth, &eb);
     if (rc != TQ_OK) {
-        tq_log(TQ_LOG_ERROR, "producer.config", "%s", eb.msg);
+        config_error(&eb);
         exit_code = 2;
         goto out;
     }

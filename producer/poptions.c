@@ -1,6 +1,7 @@
 #include "poptions.h"
 
 #include "admit.h"
+#include "request.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -33,7 +34,8 @@ static const tq_opt options[] = {
     {"TRAINQ_JWT_LEEWAY_SECONDS", "jwt-leeway-seconds", TQ_OPT_INT, OFF(jwt_leeway_seconds), "30",
      0, 300, NULL, "clock skew allowed when checking exp/nbf/iat"},
     {"TRAINQ_CORS_ORIGINS", "cors-origins", TQ_OPT_STR, OFF(cors_origins), "*", 0, 0, NULL,
-     "comma-separated allowed origins, `*` for any, empty for none"},
+     "comma-separated allowed origins (scheme://host[:port], as browsers send Origin), `*` for "
+     "any, empty for none"},
     {"TRAINQ_SUBMIT_RATE_PER_MINUTE", "submit-rate-per-minute", TQ_OPT_INT,
      OFF(submit_rate_per_minute), "10", 1, 1000000, NULL,
      "submissions per user per minute, shared by all producers"},
@@ -232,6 +234,14 @@ static int check(void *cfg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFIG, "invalid TRAINQ_HTTP_ADDR \"%.200s\": expected host:port",
                        c->http_addr);
     int rc = check_jwt(c, eb);
+    if (rc != TQ_OK)
+        return rc;
+    rc = tq_req_cors_check(c->cors_origins, eb);
+    if (rc != TQ_OK)
+        return rc;
+    tq_netlist *proxies = NULL; /* parsed again by the HTTP server, which keeps it */
+    rc = tq_netlist_parse(c->http_trusted_proxies, &proxies, eb);
+    tq_netlist_free(proxies);
     if (rc != TQ_OK)
         return rc;
     rc = tq_netlist_parse(c->webhook_allow_cidrs, &c->webhook_allow_nets, eb);

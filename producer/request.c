@@ -4,6 +4,7 @@
  */
 #include "request_impl.h"
 
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,24 +114,66 @@ void tq_req_add_header(tq_req *r, const char *name, const char *value)
 
 /* 1 if origin is one of the comma-separated entries of list (spaces around entries are
  * ignored; comparison is exact, as browsers send the origin verbatim). */
+/* The next entry of a TRAINQ_CORS_ORIGINS list from p: *start and *len (0 for an empty
+ * one; spaces around entries are not part of them); returns where the entry after it
+ * begins, or NULL at the end. The one reader of the list's format. */
+static const char *next_origin(const char *p, const char **start, size_t *len)
+{
+    while (*p == ' ' || *p == ',')
+        p++;
+    if (!*p)
+        return NULL;
+    const char *e = p;
+    while (*e && *e != ',')
+        e++;
+    const char *end = e;
+    while (end > p && end[-1] == ' ')
+        end--;
+    *start = p;
+    *len = (size_t)(end - p);
+    return e;
+}
+
 static int origin_listed(const char *list, const char *origin)
 {
-    size_t olen = strlen(origin);
-    const char *p = list;
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *end = e;
-        while (end > p && end[-1] == ' ')
-            end--;
-        if ((size_t)(end - p) == olen && olen && memcmp(p, origin, olen) == 0)
+    size_t olen = strlen(origin), n;
+    const char *entry;
+    for (const char *p = list; (p = next_origin(p, &entry, &n)) != NULL;)
+        if (n == olen && olen && memcmp(entry, origin, olen) == 0)
             return 1;
-        p = e;
-    }
     return 0;
+}
+
+/* One origin as a browser sends it in Origin: scheme "://" host [":" port], nothing after
+ * (no path, not even "/"), no space. An entry that is not one could never match, and the
+ * operator who wrote it would wonder why the browser is refused. */
+static int origin_ok(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (isalnum((unsigned char)p[i]) || p[i] == '+' || p[i] == '-' || p[i] == '.'))
+        i++;
+    if (i == 0 || !isalpha((unsigned char)p[0]) || n - i < 4 || memcmp(p + i, "://", 3) != 0)
+        return 0;
+    for (i += 3; i < n; i++)
+        if (p[i] == '/' || p[i] == '?' || p[i] == '#' || p[i] == '@' ||
+            (unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+int tq_req_cors_check(const char *list, tq_errbuf *eb)
+{
+    if (strcmp(list, "*") == 0)
+        return TQ_OK;
+    size_t n;
+    const char *entry;
+    for (const char *p = list; (p = next_origin(p, &entry, &n)) != NULL;)
+        if (!origin_ok(entry, n))
+            return tq_errf(eb, TQ_ERR_CONFIG,
+                           "invalid TRAINQ_CORS_ORIGINS entry \"%.*s\": expected an origin such "
+                           "as https://app.example.com (scheme://host[:port], no path), or * alone",
+                           (int)(n > 200 ? 200 : n), entry);
+    return TQ_OK;
 }
 
 static void add_cors(tq_req *r, struct MHD_Response *resp, int preflight)
@@ -155,9 +198,12 @@ static void add_cors(tq_req *r, struct MHD_Response *resp, int preflight)
             "X-Request-Id");
         MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     } else {
+        /* Every header of ours a script may need (docs/api.md): a browser hides the
+         * others from a cross-origin caller, whatever the response carries. */
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
                                 "Retry-After, X-Request-Id, WWW-Authenticate, Content-Range, "
-                                "Accept-Ranges");
+                                "Accept-Ranges, Content-Disposition, X-RateLimit-Limit, "
+                                "X-RateLimit-Remaining, Idempotent-Replayed");
     }
 }
 

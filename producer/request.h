@@ -40,6 +40,9 @@ const tq_app *tq_req_app(const tq_req *r);
 /* Request header / query argument, NULL when absent. */
 const char *tq_req_header(tq_req *r, const char *name);
 const char *tq_req_query(tq_req *r, const char *name);
+/* TRAINQ_CORS_ORIGINS: "*", empty, or comma-separated origins (scheme://host[:port]) that a
+ * browser's Origin can equal. TQ_ERR_CONFIG with one line naming the first bad entry. */
+int tq_req_cors_check(const char *list, tq_errbuf *eb);
 /* 0 when the request's Content-Type is absent or application/json (parameters allowed);
  * otherwise replies 415 and returns -1. For every handler that reads a JSON body. */
 int tq_req_require_json(tq_req *r);

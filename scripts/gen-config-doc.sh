@@ -17,6 +17,9 @@ one line naming the variable, the value and what was expected, and exit code 2:
     $ TRAINQ_HTTP_ADDR=localhost trainq-producer
     trainq-producer: invalid TRAINQ_HTTP_ADDR "localhost": expected host:port
 
+A switch (default `true` or `false` below) takes `true` or `false`, also `1`/`0` and
+`yes`/`no`.
+
 `--help` prints the same table; this file is generated from it by
 `scripts/gen-config-doc.sh build > docs/configuration.md` (a test fails when it is stale).
 

@@ -174,7 +174,7 @@ static int set_value(void *cfg, const tq_opt *o, const char *v, tq_errbuf *eb)
         else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 || strcmp(v, "no") == 0)
             *(int *)base = 0;
         else
-            return bad(eb, o, v, "expected true or false");
+            return bad(eb, o, v, "expected true or false (or 1/0, yes/no)");
         return TQ_OK;
     }
     }

@@ -501,6 +501,13 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         r = self.c.request("POST", "/api/training/submit", body="{}", headers=JSON_HEADERS)
         self.assertEqual(r.status, 401)
         self.assertEqual(r.header("Access-Control-Allow-Origin"), "*")
+        # a cross-origin script reads only the headers exposed: every one docs/api.md
+        # promises a client
+        exposed = {x.strip().lower() for x in r.header("Access-Control-Expose-Headers").split(",")}
+        for hname in ("Retry-After", "X-Request-Id", "WWW-Authenticate", "Content-Range",
+                      "Accept-Ranges", "Content-Disposition", "X-RateLimit-Limit",
+                      "X-RateLimit-Remaining", "Idempotent-Replayed"):
+            self.assertIn(hname.lower(), exposed)
 
     def test_health_ready_and_metrics(self):
         r = self.c.request("GET", "/healthz")
@@ -969,11 +976,23 @@ class ProducerFaultTest(unittest.TestCase):
         self.assertEqual(again.port, port)
 
     def test_bad_configuration_fails_at_start_with_one_line(self):
-        p = h.Program(PRODUCER, env=producer_env(TRAINQ_JWT_SECRET="short")).start()
-        self.procs.append(p)
-        p.proc.wait(30)
-        self.assertNotEqual(p.proc.returncode, 0)
-        self.assertIn("TRAINQ_JWT_SECRET", p.stderr_text())
+        # docs/configuration.md: one line "trainq-producer: invalid VAR ...", exit 2 — for
+        # the checks after the option table too (the key file, the proxy list, the origins)
+        for env, want in [({"TRAINQ_JWT_SECRET": "short"}, "invalid TRAINQ_JWT_SECRET"),
+                          ({"TRAINQ_HTTP_TRUSTED_PROXIES": "garbage"},
+                           "invalid TRAINQ_HTTP_TRUSTED_PROXIES entry \"garbage\""),
+                          ({"TRAINQ_CORS_ORIGINS": "not an origin"},
+                           "invalid TRAINQ_CORS_ORIGINS entry \"not an origin\""),
+                          ({"TRAINQ_JWT_ALG": "RS256", "TRAINQ_JWT_SECRET": None,
+                            "TRAINQ_JWT_PUBLIC_KEY_FILE": "/dev/null"}, "TRAINQ_JWT_PUBLIC_KEY")]:
+            p = h.Program(PRODUCER, env=producer_env(**env)).start()
+            self.procs.append(p)
+            p.proc.wait(30)
+            self.assertEqual(p.proc.returncode, 2, env)
+            lines = p.stderr_text().strip().splitlines()
+            self.assertEqual(len(lines), 1, (env, lines))
+            self.assertTrue(lines[0].startswith("trainq-producer: "), (env, lines))
+            self.assertIn(want, lines[0])
 
 
 if __name__ == "__main__":

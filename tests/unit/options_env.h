@@ -33,6 +33,8 @@ static const char *const all_vars[] = {
     "TRAINQ_MODELS_READ_ONLY",
     "TRAINQ_PUBLISH_KEYS",
     "TRAINQ_PUBLISH_KEYS_FILE",
+    "TRAINQ_HTTP_TRUSTED_PROXIES",
+    "TRAINQ_CORS_ORIGINS",
 };
 
 static int reset_env(void **state)

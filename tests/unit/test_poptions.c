@@ -69,7 +69,36 @@ static const bad_case bad_cases[] = {
     {"TRAINQ_AMQP_URL", "http://x", "invalid TRAINQ_AMQP_URL"},
     {"TRAINQ_DATABASE_URL", "", "invalid TRAINQ_DATABASE_URL: must not be empty"},
     {"TRAINQ_LOG_LEVEL", "loud", "invalid TRAINQ_LOG_LEVEL \"loud\""},
+    {"TRAINQ_HTTP_TRUSTED_PROXIES", "garbage",
+     "invalid TRAINQ_HTTP_TRUSTED_PROXIES entry \"garbage\""},
+    {"TRAINQ_CORS_ORIGINS", "not an origin",
+     "invalid TRAINQ_CORS_ORIGINS entry \"not an origin\": expected an origin"},
+    {"TRAINQ_CORS_ORIGINS", "https://app.example.com/", "entry \"https://app.example.com/\""},
+    {"TRAINQ_CORS_ORIGINS", "https://a.example.com, app.example.com", "entry \"app.example.com\""},
+    {"TRAINQ_CORS_ORIGINS", "*, https://a.example.com", "entry \"*\""},
+    {"TRAINQ_CORS_ORIGINS", "https://", "entry \"https://\""},
 };
+
+/* What TRAINQ_CORS_ORIGINS takes: "*", nothing, or origins as browsers send them. */
+static void test_cors_origins_that_can_match_are_accepted(void **state)
+{
+    const char *good[] = {"*",
+                          "",
+                          "https://app.example.com",
+                          " https://a.example.com , http://localhost:5173,",
+                          "chrome-extension://abcdef",
+                          "http://[::1]:8080"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        reset_env(state);
+        setenv("TRAINQ_CORS_ORIGINS", good[i], 1);
+        tq_config c;
+        tq_errbuf eb;
+        char *argv[] = {"prog"};
+        if (load(&c, &eb, 1, argv) != TQ_OK)
+            fail_msg("%s refused: %s", good[i], eb.msg);
+        tq_producer_config_free(&c);
+    }
+}
 
 static void test_every_bad_value_gets_one_clear_line(void **state)
 {
@@ -151,6 +180,7 @@ int main(void)
         cmocka_unit_test_setup(test_defaults_match_the_design, reset_env),
         cmocka_unit_test_setup(test_flags_override_environment, reset_env),
         cmocka_unit_test_setup(test_every_bad_value_gets_one_clear_line, reset_env),
+        cmocka_unit_test_setup(test_cors_origins_that_can_match_are_accepted, reset_env),
         cmocka_unit_test_setup(test_secrets_are_never_echoed, reset_env),
         cmocka_unit_test_setup(test_consumer_flags_are_unknown_to_the_producer, reset_env),
         cmocka_unit_test_setup(test_publish_keys_are_optional_and_checked_at_start, reset_env),

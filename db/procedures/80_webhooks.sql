@@ -106,7 +106,18 @@ END $$;
 
 -- Named to sort after training_jobs_webhooks: AFTER triggers of one statement fire in name
 -- order, and a status change's event must take its sequence number before the progress
--- that the same statement sets (mark-running sets progress 0; migration 0023).
+-- that the same statement sets (mark-running sets progress 0). Its name before that,
+-- training_jobs_webhook_progress, sorted first ('_' < 's'): job.progress took sequence n
+-- and job.running n + 1. That trigger is dropped here when present (only then, so no
+-- reload locks the table for it): a database from before, or a program of an older
+-- release that reloaded its own procedures meanwhile.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'training_jobs'::regclass
+                  AND tgname = 'training_jobs_webhook_progress') THEN
+        DROP TRIGGER training_jobs_webhook_progress ON training_jobs;
+    END IF;
+END $$;
 SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhooks_progress',
     'AFTER UPDATE OF progress', 'FOR EACH ROW EXECUTE FUNCTION tq_webhook_progress()');
 

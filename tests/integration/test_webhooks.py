@@ -321,7 +321,7 @@ class WebhooksTest(unittest.TestCase, DocChecks):
     def test_running_comes_before_the_progress_its_own_statement_sets(self):
         # The consumer marks a job running with progress 0 in one UPDATE (consumer/cdb.c):
         # both triggers fire on it, and the status event must take the smaller sequence,
-        # or a receiver ordering by sequence sees progress before running (migration 0023).
+        # or a receiver ordering by sequence sees progress before running (80_webhooks.sql).
         p = self.producer(**LOOPBACK)
         rec = self.receiver()
         wh = self.endpoint(p, rec.url(), events=["job.running", "job.progress"])

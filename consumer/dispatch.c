@@ -577,9 +577,10 @@ static void fill(dispatcher *d)
     if (!d->wake && now < d->pick_at)
         return;
     /* A draining worker (an operator's drain, db/procedures/90_admin.sql) finishes what runs
-     * and picks nothing new; its intake goes on, which only makes rows durable. */
+     * and picks nothing new; its intake goes on, which only makes rows durable. Before its
+     * first heartbeat (draining -1) it does not know yet, and waits. */
     if (free_now == 0 || atomic_load(&w->stopping) || !atomic_load(&w->docker_ok) ||
-        !atomic_load(&w->db_ok) || !tq_host_usable(w) || atomic_load(&w->draining))
+        !atomic_load(&w->db_ok) || !tq_host_usable(w) || atomic_load(&w->draining) != 0)
         return; /* the wake stays: it is taken up once a slot can be filled */
     d->wake = 0;
     d->pick_at = now + PICK_EVERY_S;

@@ -78,7 +78,8 @@ static void heartbeat(housekeeper *h)
         set_db_ok(h, 0, eb.msg);
         return;
     }
-    if (atomic_exchange(&w->draining, draining) != draining)
+    int was = atomic_exchange(&w->draining, draining);
+    if (was != draining && (was != -1 || draining)) /* not "no longer draining" at start */
         tq_log(TQ_LOG_INFO, "worker.drain", "worker %s %s", w->cfg->worker_id,
                draining ? "draining: takes no new jobs" : "no longer draining");
     set_db_ok(h, 1, NULL);

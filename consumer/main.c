@@ -58,6 +58,9 @@ static int worker_init(tq_worker *w, const tq_config *cfg)
     atomic_store(&w->docker_ok, 1);
     atomic_store(&w->db_ok, 1);
     atomic_store(&w->host_ok, 1);
+    /* Unknown until the first heartbeat reads workers.draining: a drained worker that
+     * restarts must not pick in the moment before it learns it is drained. */
+    atomic_store(&w->draining, -1);
     return w->slots ? 0 : -1;
 }
 

@@ -80,8 +80,9 @@ typedef struct tq_worker {
      * (image or runtime missing, disk full): the dispatcher stops consuming and tries one
      * job again after a backoff; /healthz reports host_error meanwhile (guarded by mu). */
     atomic_int host_ok;
-    /* An operator asked this worker to drain (read on every heartbeat): the dispatcher stops
-     * consuming; running jobs finish. */
+    /* An operator asked this worker to drain (read on every heartbeat): the dispatcher picks
+     * no new job; running jobs finish. -1 until the first heartbeat has answered: picks
+     * wait for it, so a drained worker that restarts stays drained. */
     atomic_int draining;
     char host_error[256];
     /* Launches in a row that failed for a reason of this host, and while unhealthy when to

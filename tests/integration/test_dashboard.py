@@ -341,6 +341,14 @@ class TestAdminApi(AdminCase):
                          "a draining worker took a new job")
         w = {w["worker_id"]: w for w in self.admin("GET", "/api/admin/workers").json["workers"]}[wid]
         self.assertTrue(w["draining"])
+        # restarted, it stays drained: not even in the moment before its first heartbeat
+        # has read the drain does it pick the job that waits (operations.md)
+        self.assertEqual(self.procs[-1].stop(), 0)
+        again = self.consumer(wid, slots=2, TRAINQ_GPUS="none")
+        again.wait_event("worker.drain", timeout=10)
+        time.sleep(2)
+        self.assertEqual(self.job(waiting["job_id"])["status"], "queued",
+                         "a drained worker took a new job once restarted")
         self.assertEqual(self.admin("POST", f"/api/admin/workers/{wid}/undrain").status, 200)
         self.wait_status(waiting["job_id"], "completed", timeout=60)
         self.assertEqual(self.admin("POST", "/api/admin/workers/no-such-worker/drain").status, 404)

@@ -60,7 +60,8 @@ static const struct {
     [TQ_CM_DB_UP] = {"trainq_consumer_db_up", "1 if Postgres answered the last query.", 1},
     [TQ_CM_AMQP_UP] = {"trainq_consumer_amqp_up", "1 while the AMQP connection is open.", 1},
     [TQ_CM_HOST_HEALTHY] = {"trainq_consumer_host_healthy",
-                            "0 while this host stops consuming after launches failed in a row.", 1},
+                            "0 while this host starts no new job after launches failed in a row.",
+                            1},
     /* Set from the database's running totals, which only grow: counters to Prometheus. */
     [TQ_CM_CLUSTER_ATTEMPTS] = {"trainq_cluster_attempts_total",
                                 "Attempts that ended, every worker's (read a minute behind).", 0},

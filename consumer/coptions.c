@@ -84,7 +84,7 @@ static const tq_opt options[] = {
      OFF(retry_backoff_seconds), "30", 0, 3600, NULL,
      "wait before the first hub_error retry, doubling with each (at most 32 times)"},
     {"TRAINQ_HOST_ERROR_LIMIT", "host-error-limit", TQ_OPT_INT, OFF(host_error_limit), "3", 1, 1000,
-     NULL, "consecutive start failures of this host before it stops consuming and is unhealthy"},
+     NULL, "consecutive start failures of this host before it starts no new job and is unhealthy"},
     {"TRAINQ_HOST_PROBE_SECONDS", "host-probe-seconds", TQ_OPT_INT, OFF(host_probe_seconds), "30",
      1, 86400, NULL,
      "first wait before an unhealthy host tries one job again (doubles up to 32x on failure)"},

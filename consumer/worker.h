@@ -77,7 +77,7 @@ typedef struct tq_worker {
     atomic_int db_ok;
     atomic_int amqp_ok;
     /* 0 once TRAINQ_HOST_ERROR_LIMIT launches in a row failed for a reason of this host
-     * (image or runtime missing, disk full): the dispatcher stops consuming and tries one
+     * (image or runtime missing, disk full): the dispatcher starts no new job and tries one
      * job again after a backoff; /healthz reports host_error meanwhile (guarded by mu). */
     atomic_int host_ok;
     /* An operator asked this worker to drain (read on every heartbeat): the dispatcher picks

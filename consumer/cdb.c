@@ -599,14 +599,19 @@ int tq_cdb_last_failure(PGconn *c, const char *job_id, char *out, size_t cap, tq
     return TQ_OK;
 }
 
-int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, tq_errbuf *eb)
+int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, int *attempts,
+                          tq_errbuf *eb)
 {
     const char *p[2] = {job_id, cls};
     PGresult *r;
-    int rc = tq_db_exec(c, "SELECT tq_class_failures($1, $2)", 2, p, &r, eb);
+    int rc = tq_db_exec(c,
+                        "SELECT tq_class_failures($1, $2),"
+                        " COALESCE((SELECT attempts FROM training_jobs WHERE id = $1), 0)",
+                        2, p, &r, eb);
     if (rc != TQ_OK)
         return rc;
     *n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    *attempts = (int)strtol(PQgetvalue(r, 0, 1), NULL, 10);
     PQclear(r);
     return TQ_OK;
 }

@@ -163,8 +163,9 @@ int tq_cdb_retry(PGconn *c, const char *job_id, long long fencing, const char *r
 int tq_cdb_last_failure(PGconn *c, const char *job_id, char *out, size_t cap, tq_errbuf *eb);
 
 /* How many attempts of the job already ended with failure class cls (the retry policy's
- * count, from job_events). */
-int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, tq_errbuf *eb);
+ * count, from job_events), and its attempts so far (training_jobs.attempts). */
+int tq_cdb_class_failures(PGconn *c, const char *job_id, const char *cls, int *n, int *attempts,
+                          tq_errbuf *eb);
 
 typedef struct {
     char job_id[TQ_UUID_BUF];

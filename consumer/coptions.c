@@ -45,8 +45,9 @@ static const tq_opt options[] = {
     {"TRAINQ_HEARTBEAT_SECONDS", "heartbeat-seconds", TQ_OPT_INT, OFF(heartbeat_seconds), "5", 1,
      600, NULL,
      "how often the worker renews its heartbeat and leases (at most half of TRAINQ_LEASE_SECONDS)"},
-    {"TRAINQ_MAX_ATTEMPTS", "max-attempts", TQ_OPT_INT, OFF(max_attempts), "3", 1, 100, NULL,
-     "attempts before a job whose worker was lost is failed"},
+    {"TRAINQ_MAX_ATTEMPTS", "max-attempts", TQ_OPT_INT, OFF(max_attempts), "4", 1, 100, NULL,
+     "a job's attempts in all (the first and its retries): caps TRAINQ_RETRY_POLICY's retries "
+     "and a lost worker's; the default lets each class retry its 3 times"},
     {"TRAINQ_MAX_RUN_SECONDS", "max-run-seconds", TQ_OPT_INT, OFF(max_run_seconds), "86400", 1,
      2592000, NULL, "a container running longer is stopped and its job failed"},
     {"TRAINQ_MEMORY_LIMIT", "memory-limit", TQ_OPT_BYTES, OFF(memory_bytes), "0", 0, LLONG_MAX,

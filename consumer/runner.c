@@ -177,21 +177,33 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
     return 0;
 }
 
-void tq_run_apply_policy(const tq_retry_policy *p, int done, int backoff_base_s, tq_run_outcome *o,
-                         int *delay_s)
+void tq_run_apply_policy(const tq_retry_policy *p, int done, int attempts, int max_attempts,
+                         int backoff_base_s, tq_run_outcome *o, int *delay_s)
 {
     *delay_s = 0;
     tq_failure_class c = o->failure_class;
     if (c == TQ_FAIL_NONE || c == TQ_FAIL_CANCELLED || o->status == TQ_STATUS_CANCELLED ||
         o->status == TQ_STATUS_COMPLETED)
         return;
-    int may = done < p->max_retries[c] && (c != TQ_FAIL_HUB || o->transient);
-    if (!may) {
+    int by_class = done < p->max_retries[c] && (c != TQ_FAIL_HUB || o->transient);
+    /* The job's attempts in all cap every class: without it, a job that failed one class
+     * after another would be retried the sum of their retries. */
+    int capped = by_class && attempts >= max_attempts;
+    if (!by_class || capped) {
         if (o->verdict == TQ_RUN_RETRY) { /* an outage past its retries fails */
             o->verdict = TQ_RUN_RECORD;
             o->status = TQ_STATUS_FAILED;
-            snprintf(o->error, sizeof o->error, "%s; not retried after %d such failures", o->reason,
-                     done);
+            if (capped)
+                snprintf(o->error, sizeof o->error, "%s; gave up after %d attempts", o->reason,
+                         attempts);
+            else
+                snprintf(o->error, sizeof o->error, "%s; not retried after %d such failures",
+                         o->reason, done);
+        } else if (capped) { /* the exit's own error (its log tail) stays the job's error */
+            size_t n = strlen(o->reason);
+            snprintf(o->reason + n, sizeof o->reason - n,
+                     "; %s, not retried: gave up after %d attempts (TRAINQ_MAX_ATTEMPTS)",
+                     tq_failure_class_name(c), attempts);
         }
         return;
     }
@@ -500,12 +512,13 @@ static int police(runner *r, tq_run_outcome *o, int *delay_s)
         tq_errbuf eb = {{0}};
         int done = 0;
         int rc = tq_db_ensure(&r->db, r->w->cfg->database_url, "trainq-consumer-runner", &eb);
+        int attempts = 0;
         if (rc == TQ_OK)
             rc = tq_cdb_class_failures(r->db, r->s->job_id, tq_failure_class_name(o->failure_class),
-                                       &done, &eb);
+                                       &done, &attempts, &eb);
         if (rc == TQ_OK) {
-            tq_run_apply_policy(&r->w->cfg->retry, done, r->w->cfg->retry_backoff_seconds, o,
-                                delay_s);
+            tq_run_apply_policy(&r->w->cfg->retry, done, attempts, r->w->cfg->max_attempts,
+                                r->w->cfg->retry_backoff_seconds, o, delay_s);
             return 1;
         }
         tq_log(TQ_LOG_WARN, "db.retry", "could not read the failures of job %s: %s", r->s->job_id,

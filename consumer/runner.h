@@ -81,12 +81,14 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o);
 void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome *o);
 
 /* Applies the retry policy to a failed outcome whose class already failed `done` earlier
- * attempts of the job: RETRY (status queued, *delay_s the seconds before the job is
- * released again: hub_error's backoff from backoff_base_s) while done < the class's
- * maximum; a hub_error the hub will not change its mind about (401, 403, 404) is not
- * retried. Pure. */
-void tq_run_apply_policy(const tq_retry_policy *p, int done, int backoff_base_s, tq_run_outcome *o,
-                         int *delay_s);
+ * attempts of the job, `attempts` its attempts so far (this one included): RETRY (status
+ * queued, *delay_s the seconds before the job is released again: hub_error's backoff from
+ * backoff_base_s) while done < the class's maximum and attempts < max_attempts; a hub_error
+ * the hub will not change its mind about (401, 403, 404) is not retried. Otherwise the
+ * outcome stays the failure it is (its exit code, its error with the log tail), the reason
+ * saying why it was not retried. Pure. */
+void tq_run_apply_policy(const tq_retry_policy *p, int done, int attempts, int max_attempts,
+                         int backoff_base_s, tq_run_outcome *o, int *delay_s);
 
 /* Starts one runner thread per slot / wakes and joins them (on stopping). */
 int tq_runners_start(tq_worker *w);

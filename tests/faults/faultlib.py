@@ -1183,7 +1183,7 @@ class FaultCase(unittest.TestCase):
                            f"{name}: the never-stranded invariant was never sampled")
         self.assertEqual(figures["audit_breaks"], 0, f"{name}: job_events chain broken:\n{detail}")
         # Every trainer here exits 0 and each scenario is one transient fault, well within
-        # max_attempts (3): a failed job means the system gave a job up for a fault it was
+        # max_attempts (4): a failed job means the system gave a job up for a fault it was
         # meant to ride out (e.g. a container dockerd took down counted as a training failure).
         reasons = "; ".join(f"{n}x {r}" for r, n in figures["failure_reasons"].items())
         self.assertEqual(figures["failed"], 0,

@@ -252,6 +252,27 @@ class RetryPolicyTest(OutcomesCase):
         self.assertGreaterEqual(waits[0], 0.9, waits)
         self.assertGreaterEqual(waits[1], 1.9, waits)
 
+    def test_the_last_attempt_allowed_is_recorded_as_the_failure_it_is(self):
+        # TRAINQ_MAX_ATTEMPTS caps every class's retries; the attempt that meets it is not a
+        # retry given up afterwards but the job's failure: its exit code, its log tail,
+        # failed_total (docs/api.md, "Failure classes")
+        u = self.user("cap")
+        m = self.message(u, self.env_dataset(u, DURATION=0.2, EXIT_CODE=1,
+                                             MESSAGE="Traceback: boom"))
+        c = self.consumer(f"cap-{run_id()}", slots=1, TRAINQ_RETRY_POLICY="trainer_error=5",
+                          TRAINQ_MAX_ATTEMPTS=2)
+        self.publish(m)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=90)
+        self.assertEqual((j["status"], j["failure_class"], j["attempts"], j["exit_code"]),
+                         ("failed", "trainer_error", 2, 1))
+        self.assertIn("Traceback: boom", j["error_message"])
+        last = self.failed_events(m["job_id"])[-1]
+        self.assertEqual((last["from_status"], last["to_status"]), ("running", "failed"))
+        self.assertIn("gave up after 2 attempts", last["reason"])
+        fin = c.wait_event("job.finished", timeout=10)
+        self.assertEqual((fin["job_id"], fin["status"], fin["exit_code"]),
+                         (m["job_id"], "failed", 1))
+
 
 if __name__ == "__main__":
     unittest.main()

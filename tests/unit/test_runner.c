@@ -287,30 +287,30 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
     /* hub_error, transient: retried with a doubling backoff, then failed */
     tq_run_end e = end_with(1);
     tq_run_describe_exit(&e, HUB_502, &o);
-    tq_run_apply_policy(&p, 0, 30, &o, &delay);
+    tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RETRY);
     assert_int_equal(o.status, TQ_STATUS_QUEUED);
     assert_int_equal(delay, 30);
     assert_non_null(strstr(o.reason, "hub_error, retry 1 of 3"));
     tq_run_describe_exit(&e, HUB_502, &o);
-    tq_run_apply_policy(&p, 2, 30, &o, &delay);
+    tq_run_apply_policy(&p, 2, 3, 100, 30, &o, &delay);
     assert_int_equal(delay, 120);
     tq_run_describe_exit(&e, HUB_502, &o);
-    tq_run_apply_policy(&p, 3, 30, &o, &delay);
+    tq_run_apply_policy(&p, 3, 4, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
     /* a 404 will not change: not retried */
     tq_run_describe_exit(&e, HUB_404, &o);
-    tq_run_apply_policy(&p, 0, 30, &o, &delay);
+    tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     /* an oom is not retried by default, and is when the policy says so */
     e = end_with(137);
     e.oom = 1;
     tq_run_describe_exit(&e, NULL, &o);
-    tq_run_apply_policy(&p, 0, 30, &o, &delay);
+    tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(tq_retry_policy_parse("oom=1", &p, &eb), TQ_OK);
-    tq_run_apply_policy(&p, 0, 30, &o, &delay);
+    tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RETRY);
     assert_int_equal(delay, 0);
     /* an outage past its retries fails instead of being given back again */
@@ -318,13 +318,38 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
     e = end_with(137);
     e.outage = 1;
     tq_run_judge(&e, &o);
-    tq_run_apply_policy(&p, 1, 30, &o, &delay);
+    tq_run_apply_policy(&p, 1, 2, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
+    /* the job's attempts in all cap every class (TRAINQ_MAX_ATTEMPTS): its last attempt is
+     * the failure it is, its exit's error and log tail kept, the reason saying why */
+    assert_int_equal(tq_retry_policy_parse(TQ_RETRY_POLICY_DEFAULT, &p, &eb), TQ_OK);
+    e = end_with(1);
+    tq_run_describe_exit(&e, HUB_502, &o);
+    char error[sizeof o.error];
+    snprintf(error, sizeof error, "%s", o.error);
+    tq_run_apply_policy(&p, 2, 3, 4, 30, &o, &delay);
+    assert_int_equal(o.verdict, TQ_RUN_RETRY); /* the third attempt: one more to go */
+    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_apply_policy(&p, 2, 4, 4, 30, &o, &delay);
+    assert_int_equal(o.verdict, TQ_RUN_RECORD);
+    assert_int_equal(o.status, TQ_STATUS_FAILED);
+    assert_int_equal(o.exit_code, 1);
+    assert_int_equal(delay, 0);
+    assert_string_equal(o.error, error);
+    assert_non_null(strstr(o.reason, "hub_error, not retried: gave up after 4 attempts"));
+    /* and an outage on the last attempt fails with the cap as its error */
+    e = end_with(137);
+    e.outage = 1;
+    tq_run_judge(&e, &o);
+    tq_run_apply_policy(&p, 0, 4, 4, 30, &o, &delay);
+    assert_int_equal(o.verdict, TQ_RUN_RECORD);
+    assert_int_equal(o.status, TQ_STATUS_FAILED);
+    assert_non_null(strstr(o.error, "gave up after 4 attempts"));
     /* cancellation and completion are never retried */
     e = end_with(0);
     tq_run_judge(&e, &o);
-    tq_run_apply_policy(&p, 0, 30, &o, &delay);
+    tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.status, TQ_STATUS_COMPLETED);
 }
 

@@ -199,13 +199,36 @@ static void print_help(FILE *out, const char *prog_name, const tq_options *t)
                  "print the version\n");
 }
 
+/* What a value may be, as the loader checks it: a number's range, an enum's choices; "" for
+ * the rest (strings, switches), whose rules the help text says. */
+static void values_of(const tq_opt *o, char *out, size_t cap)
+{
+    switch (o->type) {
+    case TQ_OPT_INT:
+    case TQ_OPT_DOUBLE:
+        snprintf(out, cap, "%lld – %lld", o->min, o->max);
+        break;
+    case TQ_OPT_BYTES:
+        snprintf(out, cap, "%lld – %lld bytes (k, m, g suffixes)", o->min, o->max);
+        break;
+    case TQ_OPT_ENUM:
+        snprintf(out, cap, "one of %s", o->choices);
+        break;
+    default:
+        out[0] = '\0';
+    }
+}
+
 void tq_config_print_markdown(FILE *out, const tq_options *t)
 {
-    fprintf(out, "| variable | flag | default | meaning |\n|---|---|---|---|\n");
+    fprintf(out, "| variable | flag | default | values | meaning |\n|---|---|---|---|---|\n");
     for (size_t i = 0; i < t->n_opts; i++) {
         const tq_opt *o = &t->opts[i];
         const char *def = o->def == NULL ? "(required)" : (*o->def ? o->def : "(empty)");
-        fprintf(out, "| `%s` | `--%s` | `%s` | %s |\n", o->env, o->flag, def, o->help);
+        char values[160];
+        values_of(o, values, sizeof values);
+        fprintf(out, "| `%s` | `--%s` | `%s` | %s | %s |\n", o->env, o->flag, def, values,
+                o->help);
     }
 }
 

@@ -994,7 +994,7 @@ class Fleet:
                 "job.parked": "parked", "job.duplicate": "duplicates",
                 "job.requeued": "requeued", "job.interrupted": "interrupted",
                 "job.claim_retry": "claim_retried", "job.claim_deferred": "claim_deferred",
-                "sweeper.released": "sweeps_releasing", "host.unhealthy": "host_unhealthy",
+                "host.unhealthy": "host_unhealthy",
                 "job.intake_deferred": "intake_deferred", "job.pick_failed": "pick_failed"}
 
     # ------------------------------------------------------------ cleanup

@@ -191,7 +191,7 @@ static void test_markdown_lists_every_row_in_table_order(void **state)
     fclose(f);
     assert_non_null(strstr(text, "| `TRAINQ_DATABASE_URL` | `--database-url` | `(required)` |"));
     assert_non_null(strstr(text, "| `TRAINQ_PUBLISH_KEYS` | `--publish-keys` | `(empty)` |"));
-    assert_non_null(strstr(text, "| `TQTEST_COUNT` | `--count` | `3` | a count |"));
+    assert_non_null(strstr(text, "| `TQTEST_COUNT` | `--count` | `3` | 1 – 9 | a count |"));
     assert_true(strstr(text, "TQTEST_ON") < strstr(text, "TRAINQ_RELAY_BATCH"));
     free(text);
 }

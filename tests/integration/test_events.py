@@ -151,6 +151,13 @@ class EventsCase(ConsumerCase):
             self.assertIsNone(ev["failure_class"])
         done = [e for _, e, _ in got if e["status"] == "completed"][0]
         self.assertEqual((done["previous_status"], done["exit_code"]), ("running", 0))
+        # each event's reason is its audit row's, null where that is (message-contract.md)
+        audit = json.loads(tqenv.psql(
+            "SELECT json_agg(json_build_object('to', to_status, 'reason', reason) ORDER BY id)"
+            " FROM job_events WHERE job_id = :'id'", variables={"id": msg["job_id"]}))
+        self.assertEqual([(e["status"], e["reason"]) for _, e, _ in
+                          sorted(got, key=lambda g: g[1]["sequence"])],
+                         [(a["to"], a["reason"]) for a in audit])
         # the reply address is the job's, stored with its row
         row = self.job(msg["job_id"])
         self.assertEqual((row["reply_to"], row["correlation_id"]), (replies, corr))

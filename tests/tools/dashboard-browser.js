@@ -119,6 +119,8 @@ async function main() {
     await user.waitForSelector("#token");
     check(/expired/.test(await text(user, "#flash")), "an expired token is explained");
     check(await user.evaluate(() => sessionStorage.getItem("trainq.token") === null), "an expired token is not kept");
+    // nobody is signed in: no "Sign out" shown (the hidden attribute over .session's flex)
+    check(await user.$eval("#session", (e) => getComputedStyle(e).display === "none"), "the sign-in page shows no session bar");
     step("sign in with the token in the fragment");
     await user.goto("about:blank"); // a new document, not a fragment change of this one
     await user.goto(BASE + "/ui/#token=" + process.env.TQ_UI_USER_TOKEN, { waitUntil: "domcontentloaded" });
@@ -364,6 +366,7 @@ async function main() {
     await user.click("#signout");
     await user.waitForSelector("#token");
     check(await user.evaluate(() => sessionStorage.getItem("trainq.token") === null), "sign out forgets the token");
+    check(await user.$eval("#session", (e) => getComputedStyle(e).display === "none"), "signed out, the session bar is gone");
   } catch (e) {
     failures.push("exception: " + (e && e.stack ? e.stack : e));
     // what each page showed when it went wrong

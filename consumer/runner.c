@@ -190,20 +190,20 @@ void tq_run_apply_policy(const tq_retry_policy *p, int done, int attempts, int m
      * after another would be retried the sum of their retries. */
     int capped = by_class && attempts >= max_attempts;
     if (!by_class || capped) {
-        if (o->verdict == TQ_RUN_RETRY) { /* an outage past its retries fails */
-            o->verdict = TQ_RUN_RECORD;
-            o->status = TQ_STATUS_FAILED;
-            if (capped)
-                snprintf(o->error, sizeof o->error, "%s; gave up after %d attempts", o->reason,
-                         attempts);
-            else
-                snprintf(o->error, sizeof o->error, "%s; not retried after %d such failures",
-                         o->reason, done);
-        } else if (capped) { /* the exit's own error (its log tail) stays the job's error */
+        if (capped) { /* the audit reason says why; an exit keeps its own error (log tail) */
             size_t n = strlen(o->reason);
             snprintf(o->reason + n, sizeof o->reason - n,
                      "; %s, not retried: gave up after %d attempts (TRAINQ_MAX_ATTEMPTS)",
                      tq_failure_class_name(c), attempts);
+        }
+        if (o->verdict == TQ_RUN_RETRY) { /* an outage past its retries fails */
+            o->verdict = TQ_RUN_RECORD;
+            o->status = TQ_STATUS_FAILED;
+            if (capped)
+                snprintf(o->error, sizeof o->error, "%s", o->reason);
+            else
+                snprintf(o->error, sizeof o->error, "%s; not retried after %d such failures",
+                         o->reason, done);
         }
         return;
     }

@@ -144,19 +144,23 @@ static int origin_listed(const char *list, const char *origin)
     return 0;
 }
 
-/* One origin as a browser sends it in Origin: scheme "://" host [":" port], nothing after
- * (no path, not even "/"), no space. An entry that is not one could never match, and the
- * operator who wrote it would wonder why the browser is refused. */
+/* One origin as a browser sends it in Origin: scheme "://" host [":" port], lowercase (as
+ * browsers serialise it), nothing after (no path, not even "/"), no space. An entry that
+ * is not one could never match, and the operator who wrote it would wonder why the browser
+ * is refused. "null" (what sandboxed and file: pages send) is refused too: allowing it
+ * would allow any such page. */
 static int origin_ok(const char *p, size_t n)
 {
     size_t i = 0;
-    while (i < n && (isalnum((unsigned char)p[i]) || p[i] == '+' || p[i] == '-' || p[i] == '.'))
+    while (i < n && (islower((unsigned char)p[i]) || isdigit((unsigned char)p[i]) || p[i] == '+' ||
+                     p[i] == '-' || p[i] == '.'))
         i++;
-    if (i == 0 || !isalpha((unsigned char)p[0]) || n - i < 4 || memcmp(p + i, "://", 3) != 0)
+    if (i == 0 || !islower((unsigned char)p[0]) || n - i < 4 || memcmp(p + i, "://", 3) != 0)
         return 0;
     for (i += 3; i < n; i++)
         if (p[i] == '/' || p[i] == '?' || p[i] == '#' || p[i] == '@' ||
-            (unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f)
+            isupper((unsigned char)p[i]) || (unsigned char)p[i] <= ' ' ||
+            (unsigned char)p[i] >= 0x7f)
             return 0;
     return 1;
 }
@@ -171,7 +175,8 @@ int tq_req_cors_check(const char *list, tq_errbuf *eb)
         if (!origin_ok(entry, n))
             return tq_errf(eb, TQ_ERR_CONFIG,
                            "invalid TRAINQ_CORS_ORIGINS entry \"%.*s\": expected an origin such "
-                           "as https://app.example.com (scheme://host[:port], no path), or * alone",
+                           "as https://app.example.com (scheme://host[:port], lowercase, no "
+                           "path), or * alone",
                            (int)(n > 200 ? 200 : n), entry);
     return TQ_OK;
 }

@@ -209,7 +209,10 @@ static void values_of(const tq_opt *o, char *out, size_t cap)
         snprintf(out, cap, "%lld – %lld", o->min, o->max);
         break;
     case TQ_OPT_BYTES:
-        snprintf(out, cap, "%lld – %lld bytes (k, m, g suffixes)", o->min, o->max);
+        if (o->max == LLONG_MAX)
+            snprintf(out, cap, "%lld bytes or more (k, m, g suffixes)", o->min);
+        else
+            snprintf(out, cap, "%lld – %lld bytes (k, m, g suffixes)", o->min, o->max);
         break;
     case TQ_OPT_ENUM:
         snprintf(out, cap, "one of %s", o->choices);
@@ -227,8 +230,7 @@ void tq_config_print_markdown(FILE *out, const tq_options *t)
         const char *def = o->def == NULL ? "(required)" : (*o->def ? o->def : "(empty)");
         char values[160];
         values_of(o, values, sizeof values);
-        fprintf(out, "| `%s` | `--%s` | `%s` | %s | %s |\n", o->env, o->flag, def, values,
-                o->help);
+        fprintf(out, "| `%s` | `--%s` | `%s` | %s | %s |\n", o->env, o->flag, def, values, o->help);
     }
 }
 

@@ -137,7 +137,7 @@ class ProcessFaults(fl.FaultCase):
     def test_6_broken_host(self):
         """A third consumer joins whose training image is missing (a broken host). It fails
         no job: each one it takes is given back and runs elsewhere; after 2 failed launches
-        in a row it stops consuming and /healthz says why."""
+        in a row it starts no new job (its intake goes on) and /healthz says why."""
         def fault(f):
             wid = f.worker_id("c")
             p = f.start_consumer(wid, TRAINQ_TRAINING_IMAGE="trainq-no-such-image:1",

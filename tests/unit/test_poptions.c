@@ -77,6 +77,8 @@ static const bad_case bad_cases[] = {
     {"TRAINQ_CORS_ORIGINS", "https://a.example.com, app.example.com", "entry \"app.example.com\""},
     {"TRAINQ_CORS_ORIGINS", "*, https://a.example.com", "entry \"*\""},
     {"TRAINQ_CORS_ORIGINS", "https://", "entry \"https://\""},
+    {"TRAINQ_CORS_ORIGINS", "https://App.example.com", "entry \"https://App.example.com\""},
+    {"TRAINQ_CORS_ORIGINS", "null", "entry \"null\""},
 };
 
 /* What TRAINQ_CORS_ORIGINS takes: "*", nothing, or origins as browsers send them. */

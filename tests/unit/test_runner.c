@@ -346,6 +346,7 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
     assert_non_null(strstr(o.error, "gave up after 4 attempts"));
+    assert_non_null(strstr(o.reason, "host_lost, not retried: gave up after 4 attempts"));
     /* cancellation and completion are never retried */
     e = end_with(0);
     tq_run_judge(&e, &o);

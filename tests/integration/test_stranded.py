@@ -12,6 +12,7 @@ import time
 import unittest
 import urllib.request
 import uuid
+from datetime import datetime
 
 import tqenv
 import tqharness as h
@@ -55,11 +56,21 @@ class TestNeverStranded(ConsumerCase):
         warm = self.message(u, self.dataset(u, duration=0.2))
         self.publish(warm)
         self.wait_status(warm["job_id"], "completed")
+        cut_at = time.time()
         self.assertEqual(self.terminate_sessions("trainq-consumer"), "1")
         m = self.message(u, self.dataset(u, duration=0.2))
         self.publish(m)
         self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
-        self.assertEqual(c.events("job.pick_failed"), [], "a pick ran on the dead connection")
+        # The one failure the design admits (shared/tq_db.c, txn_conn): a pick sent in the
+        # moment between the signal and the server's goodbye reaching the socket (the
+        # dispatcher also picks once a second). Any later one ran on a connection it should
+        # have found dead.
+        def late(event):
+            return [e for e in c.events(event)
+                    if datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                    > cut_at + 0.5]
+        self.assertEqual(late("job.pick_failed"), [], "a pick ran on the dead connection")
+        self.assertEqual(late("job.claim_retry"), [], "the intake ran on the dead connection")
         self.assertEqual(c.events("job.intake_deferred"), [],
                          "a blip of Postgres must not give the delivery back")
 

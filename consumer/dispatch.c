@@ -593,8 +593,10 @@ static void fill(dispatcher *d)
         int rc = tq_cdb_pick(&d->db, &how, w->cfg->worker_id, w->cfg->lease_seconds,
                              slot_gpus(w->cfg), &cl, &eb);
         if (rc != TQ_OK) {
-            if (rc == TQ_ERR_UNAVAILABLE)
-                atomic_store(&w->db_ok, 0);
+            /* Not db_ok = 0: that also stops the intake until the next heartbeat, and a
+             * periodic pick failing each second then kept a given-back delivery out for
+             * tens of seconds while the heartbeat got through. The heartbeat says whether
+             * Postgres is up; the next pick is PICK_EVERY_S away anyway. */
             tq_log(rc == TQ_ERR_INTERNAL ? TQ_LOG_ERROR : TQ_LOG_WARN, "job.pick_failed", "%s",
                    eb.msg);
             break;

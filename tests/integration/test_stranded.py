@@ -89,9 +89,9 @@ class TestNeverStranded(ConsumerCase):
         try:
             self.terminate_sessions("trainq-consumer")
             self.publish(m)
-            # about 14 s a give-back here (the intake's tries, then consuming again once a
-            # heartbeat succeeds): six took 84 s alone, too close to a 90 s limit beside
-            # other suites
+            # about 2 s a give-back here (the intake's tries, then consuming again at the
+            # next heartbeat, 1 s); 15 – 60 s each while a failed periodic pick also stopped
+            # the intake (consumer/dispatch.c, fill), which made this wait time out in CI
             h.wait_until(lambda: len(c.events("job.intake_deferred")) >= 6, timeout=180,
                          interval=0.5, what="six deferrals of the delivery")
         finally:

@@ -112,11 +112,9 @@ void tq_req_add_header(tq_req *r, const char *name, const char *value)
     r->nhdr++;
 }
 
-/* 1 if origin is one of the comma-separated entries of list (spaces around entries are
- * ignored; comparison is exact, as browsers send the origin verbatim). */
-/* The next entry of a TRAINQ_CORS_ORIGINS list from p: *start and *len (0 for an empty
- * one; spaces around entries are not part of them); returns where the entry after it
- * begins, or NULL at the end. The one reader of the list's format. */
+/* The next entry of a TRAINQ_CORS_ORIGINS list from p: *start and *len (never empty:
+ * commas and spaces around entries are skipped); returns where the entry after it begins,
+ * or NULL when none is left. The one reader of the list's format. */
 static const char *next_origin(const char *p, const char **start, size_t *len)
 {
     while (*p == ' ' || *p == ',')
@@ -134,6 +132,8 @@ static const char *next_origin(const char *p, const char **start, size_t *len)
     return e;
 }
 
+/* 1 if origin is one of the entries of list (comparison is exact, as browsers send the
+ * origin verbatim). */
 static int origin_listed(const char *list, const char *origin)
 {
     size_t olen = strlen(origin), n;

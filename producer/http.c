@@ -83,6 +83,19 @@ static tq_admit_conn *conn_slot(struct MHD_Connection *c)
     return ci ? (tq_admit_conn *)ci->socket_context : NULL;
 }
 
+/* MHD's decoding of the path and of each query value, except that one holding %00 is left
+ * as sent. Decoded, the NUL would end the C string every reader sees: `?status=queued%00x`
+ * read as `queued`, `?limit=%00` as no limit, `/jobs/<uuid>%00x` as that job. Left encoded,
+ * the value fails its own check (400 naming the field, or 404) like any other bad value. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    if (strstr(s, "%00"))
+        return strlen(s);
+    return MHD_http_unescape(s);
+}
+
 static tq_req *req_new(tq_http *srv, struct MHD_Connection *c, const char *url, const char *method)
 {
     tq_req *r = calloc(1, sizeof *r);
@@ -443,7 +456,7 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
         (unsigned int)app->cfg->request_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)CONN_MEMORY_LIMIT, MHD_OPTION_CONNECTION_LIMIT, mhd_connection_limit(cfg),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-        h, MHD_OPTION_END);
+        h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
     if (!h->d) {
         int e = errno;
         http_free(h);

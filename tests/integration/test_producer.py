@@ -595,11 +595,19 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertIsNone(r.json["next_cursor"])
         r = self.get("/api/training/jobs")
         self.assertEqual(len(r.json["jobs"]), 5)
-        for bad in ("status=bogus", "limit=0", "limit=101", "limit=x", "cursor=zzz"):
+        # An encoded NUL must not cut a value short: `queued%00x` is not `queued`, `%00`
+        # is not an absent limit.
+        for bad, field in (("status=bogus", "status"), ("limit=0", "limit"),
+                           ("limit=101", "limit"), ("limit=x", "limit"), ("cursor=zzz", "cursor"),
+                           ("status=cancelled%00x", "status"), ("limit=%00", "limit"),
+                           ("limit=2%002", "limit")):
             with self.subTest(bad):
                 r = self.get("/api/training/jobs?" + bad)
                 self.assertEqual(r.status, 400, r)
                 self.assertShape(r, "/api/training/jobs", "GET")
+                self.assertEqual([d["field"] for d in r.json["details"]], [field], r)
+        r = self.get(f"/api/training/jobs/{ids[1]}%00x")
+        self.assertEqual((r.status, r.json["details"][0]["field"]), (400, "id"), r)
 
     def test_cancel_queued_at_once_active_on_request_terminal_409(self):
         ds = add_dataset(self.user)

@@ -2,13 +2,14 @@
  * delivery — a delivery taken out of its envelope (delivery.h says why).
  *
  * What must stay true: a give-back or a dead-letter copy publishes what the delivery
- * carried: the body as received (its allocation is moved, never copied or cut), routing
- * key, message id and content type whole (AMQP short strings), header keys and values cut
- * at TQ_DELIVERY_KV_BUF - 1 bytes as the give-back always cut them. One allocation holds
- * the strings, sized exactly in a first pass.
+ * carried: the body as received (its allocation is moved, never copied or cut), every
+ * property whole (AMQP short strings) but user_id, and the headers but the broker's own,
+ * in wire form, whole or not at all (headers_too_big). One allocation holds the strings
+ * and the headers, sized exactly in a first pass.
  */
 #include "delivery.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,13 +31,22 @@ static int string_entry(const amqp_table_entry_t *e)
     return e->value.kind == AMQP_FIELD_KIND_UTF8 || e->value.kind == AMQP_FIELD_KIND_BYTES;
 }
 
-/* Whether header entry e is one a give-back copies (delivery.h). */
+/* Whether key k starts with prefix p. */
+static int key_starts(amqp_bytes_t k, const char *p)
+{
+    size_t n = strlen(p);
+    return k.len >= n && memcmp(k.bytes, p, n) == 0;
+}
+
+/* Whether header entry e is one a copy keeps (delivery.h): all but those RabbitMQ sets on a
+ * redelivery or its own dead-lettering, which would be stale on a new message. Other x-*
+ * are the publisher's (an old custom-header habit). */
 static int copied_header(const amqp_table_entry_t *e)
 {
-    if (!string_entry(e))
-        return 0;
-    return !(e->key.len >= 2 && memcmp(e->key.bytes, "x-", 2) == 0) ||
-           (e->key.len > 9 && memcmp(e->key.bytes, "x-trainq-", 9) == 0);
+    amqp_bytes_t k = e->key;
+    return !(k.len == 16 && key_starts(k, "x-delivery-count")) &&
+           !(k.len == 7 && key_starts(k, "x-death")) && !key_starts(k, "x-first-death-") &&
+           !key_starts(k, "x-last-death-");
 }
 
 /* Appends b (cut to cap - 1 bytes) at *at as a C string; returns where it starts. */
@@ -51,6 +61,55 @@ static char *put(char **at, amqp_bytes_t b, size_t cap)
     return s;
 }
 
+/* The byte properties a copy keeps as they came (short strings: always whole). user_id is
+ * not among them (delivery.h); message_id and content_type point at the fields above. */
+static const struct {
+    amqp_flags_t flag;
+    size_t off;
+} KEPT[] = {
+    {AMQP_BASIC_CONTENT_ENCODING_FLAG, offsetof(amqp_basic_properties_t, content_encoding)},
+    {AMQP_BASIC_CORRELATION_ID_FLAG, offsetof(amqp_basic_properties_t, correlation_id)},
+    {AMQP_BASIC_REPLY_TO_FLAG, offsetof(amqp_basic_properties_t, reply_to)},
+    {AMQP_BASIC_EXPIRATION_FLAG, offsetof(amqp_basic_properties_t, expiration)},
+    {AMQP_BASIC_TYPE_FLAG, offsetof(amqp_basic_properties_t, type)},
+    {AMQP_BASIC_APP_ID_FLAG, offsetof(amqp_basic_properties_t, app_id)},
+    {AMQP_BASIC_CLUSTER_ID_FLAG, offsetof(amqp_basic_properties_t, cluster_id)},
+};
+#define N_KEPT (sizeof KEPT / sizeof KEPT[0])
+
+static amqp_bytes_t *prop(amqp_basic_properties_t *p, size_t i)
+{
+    return (amqp_bytes_t *)(void *)((char *)p + KEPT[i].off);
+}
+
+/* The headers a copy keeps, in wire form, into a buffer of TQ_DELIVERY_HEADERS_MAX: TQ_OK
+ * with *len (0: none to keep), TQ_ERR_TOO_LARGE, or TQ_ERR_NOMEM. */
+static int encode_headers(const amqp_table_t *h, unsigned char *buf, size_t *len)
+{
+    *len = 0;
+    if (!h || h->num_entries <= 0)
+        return TQ_OK;
+    amqp_table_entry_t *kept = malloc((size_t)h->num_entries * sizeof *kept);
+    if (!kept)
+        return TQ_ERR_NOMEM;
+    amqp_table_t t = {0, kept};
+    for (int i = 0; i < h->num_entries; i++)
+        if (copied_header(&h->entries[i]))
+            kept[t.num_entries++] = h->entries[i];
+    int rc = TQ_OK;
+    if (t.num_entries > 0) {
+        amqp_bytes_t out = {TQ_DELIVERY_HEADERS_MAX, buf};
+        size_t off = 0;
+        int st = amqp_encode_table(out, &t, &off);
+        if (st == AMQP_STATUS_OK)
+            *len = off;
+        else
+            rc = st == AMQP_STATUS_NO_MEMORY ? TQ_ERR_NOMEM : TQ_ERR_TOO_LARGE;
+    }
+    free(kept);
+    return rc;
+}
+
 int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
 {
     memset(out, 0, sizeof *out);
@@ -62,19 +121,28 @@ int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
     amqp_bytes_t cid =
         p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG ? p->correlation_id : amqp_empty_bytes;
 
+    unsigned char *hbuf = h ? malloc(TQ_DELIVERY_HEADERS_MAX) : NULL;
+    size_t hlen = 0;
+    int hrc = h ? (hbuf ? encode_headers(h, hbuf, &hlen) : TQ_ERR_NOMEM) : TQ_OK;
+    if (hrc == TQ_ERR_NOMEM) {
+        free(hbuf);
+        return TQ_ERR_NOMEM;
+    }
+    amqp_basic_properties_t props = *p;
+    props._flags &= (amqp_flags_t) ~(AMQP_BASIC_USER_ID_FLAG | AMQP_BASIC_HEADERS_FLAG);
+    props.headers = amqp_empty_table;
+
     size_t size = cut_len(env->routing_key, SHORT_BUF) + 1 + cut_len(mid, SHORT_BUF) + 1 +
                   cut_len(ct, SHORT_BUF) + 1 + cut_len(rt, SHORT_BUF) + 1 +
-                  cut_len(cid, SHORT_BUF) + 1;
-    size_t n_kv = 0;
-    for (int i = 0; h && i < h->num_entries && n_kv + 2 <= TQ_DELIVERY_KV_MAX; i++)
-        if (copied_header(&h->entries[i])) {
-            size += cut_len(h->entries[i].key, TQ_DELIVERY_KV_BUF) + 1 +
-                    cut_len(h->entries[i].value.value.bytes, TQ_DELIVERY_KV_BUF) + 1;
-            n_kv += 2;
-        }
+                  cut_len(cid, SHORT_BUF) + 1 + hlen;
+    for (size_t i = 0; i < N_KEPT; i++)
+        if (props._flags & KEPT[i].flag)
+            size += cut_len(*prop(&props, i), SHORT_BUF) + 1;
     char *at = malloc(size);
-    if (!at)
+    if (!at) {
+        free(hbuf);
         return TQ_ERR_NOMEM;
+    }
     out->strings = at;
     out->tag = env->delivery_tag;
     out->routing_key = put(&at, env->routing_key, SHORT_BUF);
@@ -82,6 +150,11 @@ int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
     out->content_type = put(&at, ct, SHORT_BUF);
     if (!(p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG))
         out->content_type = NULL;
+    props.message_id.bytes = (void *)out->message_id;
+    props.content_type.bytes = (void *)out->content_type;
+    for (size_t i = 0; i < N_KEPT; i++)
+        if (props._flags & KEPT[i].flag)
+            prop(&props, i)->bytes = put(&at, *prop(&props, i), SHORT_BUF);
     char *reply_to = put(&at, rt, SHORT_BUF), *correlation_id = put(&at, cid, SHORT_BUF);
     /* valid UTF-8 for Postgres: such a queue only gets its replies returned and dropped */
     tq_utf8_sanitize(reply_to, strlen(reply_to));
@@ -92,11 +165,14 @@ int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
         out->refused_reply_to = reply_to;
         out->reply.reply_to = "";
     }
-    for (int i = 0; h && i < h->num_entries && out->n_kv < n_kv; i++)
-        if (copied_header(&h->entries[i])) {
-            out->kv[out->n_kv++] = put(&at, h->entries[i].key, TQ_DELIVERY_KV_BUF);
-            out->kv[out->n_kv++] = put(&at, h->entries[i].value.value.bytes, TQ_DELIVERY_KV_BUF);
-        }
+    if (hlen) {
+        memcpy(at, hbuf, hlen);
+        out->headers.bytes = at;
+        out->headers.len = hlen;
+    }
+    free(hbuf);
+    out->headers_too_big = hrc == TQ_ERR_TOO_LARGE;
+    out->props = props;
     /* rabbitmq-c allocated it with amqp_bytes_malloc; amqp_destroy_envelope frees none */
     out->body = env->message.body;
     env->message.body = amqp_empty_bytes;

@@ -6,7 +6,8 @@
  * dispatcher holds up to a whole intake batch (256 deliveries) until the batch is stored;
  * the envelopes alone would keep about 1 MB of a consumer's memory (issue 11's footprint).
  * A taken delivery keeps the body's own allocation (taken over, not copied) and one block
- * of strings: a few hundred bytes for a job message (at most 21 strings of 256 bytes).
+ * of strings and headers: a few hundred bytes for a job message (at most 16 strings of 256
+ * bytes, and the headers in wire form).
  */
 #ifndef TQ_DELIVERY_H
 #define TQ_DELIVERY_H
@@ -17,10 +18,9 @@
 
 #include "cdb.h"
 
-/* At most this many strings (key, value, key, value...) of headers are kept ... */
-#define TQ_DELIVERY_KV_MAX 16
-/* ... each cut to this many bytes with its NUL. */
-#define TQ_DELIVERY_KV_BUF 256
+/* A delivery's headers are kept for its copies up to this size in wire form (an AMQP field
+ * table, 4-byte length included); a message with more is dead-lettered for it (dispatch.c). */
+#define TQ_DELIVERY_HEADERS_MAX 16384
 
 typedef struct {
     uint64_t tag;
@@ -34,11 +34,17 @@ typedef struct {
      * be taken for jobs): then refused_reply_to is that name, NULL otherwise. */
     tq_reply_addr reply;
     const char *refused_reply_to;
-    /* The string headers a give-back copies onto the new message: the publisher's (its
-     * signature among them) and trainq's own x-trainq-*; not the broker's x-* (delivery
-     * count, x-death) nor any header that is not a string. */
-    const char *kv[TQ_DELIVERY_KV_MAX];
-    size_t n_kv;
+    /* What a copy of the delivery (a give-back, a dead letter) is published with, so that
+     * it keeps everything its publisher set: every property but user_id (RabbitMQ refuses
+     * a user_id other than the publishing connection's user) and headers, whose field
+     * table is in `headers` instead. Byte fields point into `strings`. */
+    amqp_basic_properties_t props;
+    /* The headers but those RabbitMQ set on a redelivery or a dead-lettering of its own
+     * (x-delivery-count, x-death, x-first-death-*, x-last-death-*), as a field table in wire
+     * form (amqp_encode_table); len 0 when none, or when they did not fit in
+     * TQ_DELIVERY_HEADERS_MAX: then headers_too_big is 1. */
+    amqp_bytes_t headers;
+    int headers_too_big;
     char *strings; /* owns every string above */
 } tq_delivery;
 

@@ -185,10 +185,12 @@ static void settle(dispatcher *d, uint64_t tag, int ack)
     }
 }
 
-/* Publishes a copy of the delivery (routing key, message_id, content type — default_ct when
- * it has none —, body, and the headers in kv) to `exchange` and waits for the broker's
- * confirm; then acks the original. When the copy cannot be confirmed the original is nacked
- * back instead, so the message is never lost between the two. Returns 1 when acked. */
+/* Publishes a copy of the delivery to `exchange` and waits for the broker's confirm, then
+ * acks the original: routing key, body, and the properties and headers the publisher set
+ * (delivery.h: all but user_id and the broker's own headers), with the headers in kv added
+ * or replacing theirs, and content type default_ct when it had none. When the copy cannot be
+ * confirmed the original is nacked back instead, so the message is never lost between the
+ * two. Returns 1 when acked. */
 static int copy_then_ack(dispatcher *d, const tq_delivery *dl, const char *exchange,
                          const char *const *kv, size_t n_kv, const char *default_ct,
                          const char *what)
@@ -197,12 +199,15 @@ static int copy_then_ack(dispatcher *d, const tq_delivery *dl, const char *excha
     tq_amqp_msg m = {
         .exchange = exchange,
         .routing_key = dl->routing_key,
-        .message_id = mid[0] ? mid : NULL,
+        .message_id = mid[0] ? mid : NULL, /* how a return is matched to it */
         .body = dl->body.bytes,
         .body_len = dl->body.len,
-        .content_type = dl->content_type ? dl->content_type : default_ct,
+        .content_type = default_ct,
         .header_kv = kv,
         .n_header_kv = n_kv,
+        .props = &dl->props,
+        .headers = dl->headers,
+        .drop_expiration = strcmp(exchange, TQ_AMQP_DLX) == 0,
     };
     tq_errbuf eb = {{0}};
     int rc = d->dead ? tq_amqp_publish_confirmed(d->dead, &m, 1, 5000, &eb) : TQ_ERR_UNAVAILABLE;
@@ -246,13 +251,25 @@ static void dead_letter(dispatcher *d, const tq_delivery *dl, const char *reason
 /* Gives a delivery back without spending its delivery count: a nack would count toward the
  * quorum queue's delivery limit although the failure is ours (Postgres away), and enough
  * of them would dead-letter a valid job. A copy is published (confirmed) to the exchange
- * with the same routing key, body and headers, then the original is acked; if the copy
- * cannot be confirmed, the original is nacked after all (the broker keeps it either way). */
+ * with the same routing key, body, properties and headers, then the original is acked; if
+ * the copy cannot be confirmed, the original is nacked after all (the broker keeps it
+ * either way). */
 static void defer(dispatcher *d, const tq_delivery *dl)
 {
-    if (copy_then_ack(d, dl, TQ_AMQP_EXCHANGE, dl->kv, dl->n_kv, "application/json", "give back"))
+    /* Headers too big to keep (delivery.h) would not survive the copy: back the ordinary
+     * way; it is dead-lettered for them when next taken. */
+    if (dl->headers_too_big) {
+        settle(d, dl->tag, 0);
+        return;
+    }
+    if (copy_then_ack(d, dl, TQ_AMQP_EXCHANGE, NULL, 0, "application/json", "give back"))
         tq_cmetrics_inc(TQ_CM_JOBS_REQUEUED);
 }
+
+/* A message whose headers a copy could not keep whole (delivery.h). */
+#define HEADERS_TOO_BIG_(n) "invalid message: headers: must be at most " #n " bytes"
+#define HEADERS_TOO_BIG_N(n) HEADERS_TOO_BIG_(n)
+#define HEADERS_TOO_BIG HEADERS_TOO_BIG_N(TQ_DELIVERY_HEADERS_MAX)
 
 /* Why a decode failed, as one header-sized line: "invalid message: " and every failure as
  * "<field>: <reason>", joined by "; " (docs/message-contract.md, "Validation reasons"). */
@@ -526,6 +543,9 @@ static void handle(dispatcher *d, amqp_envelope_t *env)
     if (!d->consuming || atomic_load(&d->w->stopping)) {
         /* arrived after cancel: elsewhere, without spending its delivery count */
         defer(d, &it->dl);
+        go_on = 0;
+    } else if (it->dl.headers_too_big) {
+        dead_letter_event(d, &it->dl, HEADERS_TOO_BIG);
         go_on = 0;
     } else {
         go_on = publisher_verified(d, env, &it->dl);

@@ -719,39 +719,106 @@ static void apply_confirm(tq_amqp_msg *msgs, unsigned char *state, const int *re
     }
 }
 
+/* Whether header_kv names the key k. */
+static int kv_has(const tq_amqp_msg *m, amqp_bytes_t k)
+{
+    for (size_t i = 0; i < m->n_header_kv; i += 2)
+        if (strlen(m->header_kv[i]) == k.len && memcmp(m->header_kv[i], k.bytes, k.len) == 0)
+            return 1;
+    return 0;
+}
+
+/* The properties of a copy (tq_amqp_msg.props): its headers decoded into pool, the entries
+ * header_kv replaces left out, header_kv's appended. TQ_OK or TQ_ERR_INVALID/NOMEM. */
+static int copy_props(const tq_amqp_msg *m, amqp_pool_t *pool, amqp_basic_properties_t *p,
+                      tq_errbuf *eb)
+{
+    *p = *m->props;
+    amqp_table_t orig = amqp_empty_table;
+    if (m->headers.len) {
+        size_t off = 0;
+        if (amqp_decode_table(m->headers, pool, &orig, &off) != AMQP_STATUS_OK)
+            return tq_errf(eb, TQ_ERR_INVALID, "cannot publish: the copy's headers do not decode");
+    }
+    size_t cap = (size_t)orig.num_entries + m->n_header_kv / 2;
+    amqp_table_entry_t *e = cap ? amqp_pool_alloc(pool, cap * sizeof *e) : NULL;
+    if (cap && !e)
+        return tq_errf(eb, TQ_ERR_NOMEM, "cannot publish: out of memory");
+    int n = 0;
+    for (int i = 0; i < orig.num_entries; i++)
+        if (!kv_has(m, orig.entries[i].key))
+            e[n++] = orig.entries[i];
+    for (size_t i = 0; i + 1 < m->n_header_kv; i += 2) {
+        e[n].key = amqp_cstring_bytes(m->header_kv[i]);
+        e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+        e[n++].value.value.bytes = amqp_cstring_bytes(m->header_kv[i + 1]);
+    }
+    p->_flags &= (amqp_flags_t) ~(AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_USER_ID_FLAG);
+    if (n) {
+        p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+        p->headers.num_entries = n;
+        p->headers.entries = e;
+    }
+    if (!(p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+        p->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        p->content_type =
+            amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
+    }
+    if (!(p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)) {
+        p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+        p->timestamp = (uint64_t)time(NULL);
+    }
+    if (m->drop_expiration)
+        p->_flags &= (amqp_flags_t)~AMQP_BASIC_EXPIRATION_FLAG;
+    p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    return TQ_OK;
+}
+
 static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
 {
     amqp_table_entry_t hdrs[TQ_AMQP_MAX_HEADERS];
     size_t nh = m->n_header_kv / 2; /* checked by the caller */
-    for (size_t i = 0; i < nh; i++) {
-        hdrs[i].key = amqp_cstring_bytes(m->header_kv[2 * i]);
-        hdrs[i].value.kind = AMQP_FIELD_KIND_UTF8;
-        hdrs[i].value.value.bytes = amqp_cstring_bytes(m->header_kv[2 * i + 1]);
-    }
     amqp_basic_properties_t p;
-    memset(&p, 0, sizeof p);
-    p._flags =
-        AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
-    p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
-    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    p.timestamp = (uint64_t)time(NULL);
-    if (m->message_id) {
-        p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
-        p.message_id = amqp_cstring_bytes(m->message_id);
-    }
-    if (m->correlation_id) {
-        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
-        p.correlation_id = amqp_cstring_bytes(m->correlation_id);
-    }
-    if (nh) {
-        p._flags |= AMQP_BASIC_HEADERS_FLAG;
-        p.headers.num_entries = (int)nh;
-        p.headers.entries = hdrs;
+    amqp_pool_t pool;
+    init_amqp_pool(&pool, 1024);
+    if (m->props) {
+        int rc = copy_props(m, &pool, &p, eb);
+        if (rc != TQ_OK) {
+            empty_amqp_pool(&pool);
+            return rc;
+        }
+    } else {
+        for (size_t i = 0; i < nh; i++) {
+            hdrs[i].key = amqp_cstring_bytes(m->header_kv[2 * i]);
+            hdrs[i].value.kind = AMQP_FIELD_KIND_UTF8;
+            hdrs[i].value.value.bytes = amqp_cstring_bytes(m->header_kv[2 * i + 1]);
+        }
+        memset(&p, 0, sizeof p);
+        p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+                   AMQP_BASIC_TIMESTAMP_FLAG;
+        p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
+        p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+        p.timestamp = (uint64_t)time(NULL);
+        if (m->message_id) {
+            p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+            p.message_id = amqp_cstring_bytes(m->message_id);
+        }
+        if (m->correlation_id) {
+            p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+            p.correlation_id = amqp_cstring_bytes(m->correlation_id);
+        }
+        if (nh) {
+            p._flags |= AMQP_BASIC_HEADERS_FLAG;
+            p.headers.num_entries = (int)nh;
+            p.headers.entries = hdrs;
+        }
     }
     amqp_bytes_t body = {.len = m->body_len, .bytes = (void *)(uintptr_t)m->body};
     int st = amqp_basic_publish(
         a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(m->exchange ? m->exchange : ""),
         amqp_cstring_bytes(m->routing_key ? m->routing_key : ""), !m->not_mandatory, 0, &p, body);
+    empty_amqp_pool(&pool);
     if (st != AMQP_STATUS_OK)
         return on_library_error(a, st, "could not publish message", eb);
     a->next_tag++;

@@ -159,6 +159,16 @@ typedef struct {
     size_t n_header_kv;
     /* Sent as the correlation_id property when not NULL (a reply to a job's reply_to). */
     const char *correlation_id;
+    /* A copy of a delivery (a give-back, a dead letter): when not NULL these properties
+     * are sent as they are, message_id, correlation_id and content_type above ignored
+     * (content_type still the default when props has none), with the field table
+     * `headers` (wire form, amqp_encode_table; len 0: none) whose entries header_kv
+     * replaces or adds to. Always persistent; a missing timestamp is set to now; expiration
+     * is dropped when drop_expiration (a dead letter must not expire off its queue, as
+     * RabbitMQ's own dead-lettering drops it). */
+    const amqp_basic_properties_t *props;
+    amqp_bytes_t headers;
+    int drop_expiration;
     /* 1: published without the mandatory flag, so never returned (an event nobody is
      * bound to is fine); 0: mandatory, as the comment below says. */
     int not_mandatory;

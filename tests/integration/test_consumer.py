@@ -140,9 +140,9 @@ class ConsumerCase(unittest.TestCase):
 
     AUTO = object()
 
-    def publish(self, *msgs, message_id=AUTO, routing_key="lora"):
+    def publish(self, *msgs, message_id=AUTO, routing_key="lora", props=None):
         """Publishes like any service would; message_id defaults to the body's job_id,
-        None sends no message_id at all."""
+        None sends no message_id at all; props: more pika.BasicProperties fields."""
         import pika
         conn = h.amqp_connection()
         try:
@@ -153,9 +153,9 @@ class ConsumerCase(unittest.TestCase):
                 mid = message_id
                 if mid is self.AUTO:
                     mid = m["job_id"] if isinstance(m, dict) else None
-                props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                             message_id=mid)
-                ch.basic_publish("trainq.jobs", routing_key, body, props, mandatory=True)
+                bp = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                          message_id=mid, **(props or {}))
+                ch.basic_publish("trainq.jobs", routing_key, body, bp, mandatory=True)
         finally:
             conn.close()
 

@@ -325,6 +325,58 @@ class HostileAmqpTest(unittest.TestCase):
             self.assertIsNone(j["container_id"])
             self.assertEqual(containers_of_job(j["id"]), [])
 
+    def test_a_dead_letter_keeps_the_publishers_properties_and_headers(self):
+        """An operator fixes a dead letter and publishes it again: it must still carry what
+        its publisher set (docs/message-contract.md): every property but user_id, the
+        expiration dropped, every header of any type but the broker's own, and trainq's
+        reason in place of a forged one. Headers beyond 16 KiB in wire form are a reason of
+        their own."""
+        import pika
+        h.purge_queue(DEAD)
+        m = self.valid_message()
+        m["config"]["steps"] = 5
+        body = json.dumps(m).encode()
+        big = self.valid_message()
+        big_body = json.dumps(big).encode()
+        conn = h.amqp_connection()
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            props = pika.BasicProperties(
+                content_type="application/json", content_encoding="identity", delivery_mode=2,
+                priority=3, correlation_id="corr-9", reply_to="hostile.replies",
+                expiration="600000", message_id=m["job_id"], timestamp=1234567890,
+                type="trainq.job.v1", app_id="billing",
+                headers={"x-custom": "keep-me", "n": 7, "nested": {"a": [1, "b"]},
+                         "x-trainq-reason": "all good"})
+            ch.basic_publish("trainq.jobs", "lora", body, props, mandatory=True)
+            ch.basic_publish("trainq.jobs", "lora", big_body, pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, message_id=big["job_id"],
+                headers={"a": "v" * 9000, "b": "v" * 9000}), mandatory=True)
+        finally:
+            conn.close()
+        got = dict((b, p) for p, b in h.get_messages(DEAD, want=lambda ms: len(ms) >= 2,
+                                                        timeout=30))
+        self.assertIn(body, got)
+        p = got[body]
+        kept = {k: getattr(p, k) for k in ("content_type", "content_encoding", "delivery_mode",
+                                           "priority", "correlation_id", "reply_to",
+                                           "message_id", "timestamp", "type", "app_id",
+                                           "expiration", "user_id")}
+        self.assertEqual(kept, {
+            "content_type": "application/json", "content_encoding": "identity",
+            "delivery_mode": 2, "priority": 3, "correlation_id": "corr-9",
+            "reply_to": "hostile.replies", "message_id": m["job_id"], "timestamp": 1234567890,
+            "type": "trainq.job.v1", "app_id": "billing", "expiration": None, "user_id": None})
+        hd = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in p.headers.items()}
+        self.assertEqual((hd["x-custom"], hd["n"], hd["nested"]), ("keep-me", 7, {"a": [1, "b"]}))
+        self.assertIn("config.steps: must be between", hd["x-trainq-reason"])
+        self.assertEqual(hd["x-original-routing-key"], "lora")
+        self.assertIn(big_body, got, "a message with 18 KB of headers was not dead-lettered")
+        self.assertEqual(got[big_body].headers.get("x-trainq-reason"),
+                         "invalid message: headers: must be at most 16384 bytes")
+        self.assertIsNone(job_row(big["job_id"]))
+
     def test_unroutable_routing_keys_are_returned_to_the_publisher(self):
         import pika
         m = self.valid_message()

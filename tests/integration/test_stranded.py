@@ -78,7 +78,8 @@ class TestNeverStranded(ConsumerCase):
         """The dispatcher cannot reach Postgres for longer than its retries: the delivery is
         given back as a confirmed copy (no delivery count spent) as often as it takes. More
         give-backs than the queue's delivery limit (5) must still end with the job run, not
-        dead-lettered."""
+        dead-lettered, and with the reply address it was published with: each copy keeps the
+        publisher's properties."""
         u = self.user("refuse")
         c = self.consumer(f"refuse-{run_id()}")
         warm = self.message(u, self.dataset(u, duration=0.2))
@@ -88,7 +89,8 @@ class TestNeverStranded(ConsumerCase):
         tqenv.psql("ALTER ROLE trainq CONNECTION LIMIT 0", superuser=True)
         try:
             self.terminate_sessions("trainq-consumer")
-            self.publish(m)
+            self.publish(m, props={"reply_to": "stranded.replies", "correlation_id": "order-7",
+                                   "headers": {"tenant": "acme", "n": 7}})
             # about 2 s a give-back here (the intake's tries, then consuming again at the
             # next heartbeat, 1 s); 15 – 60 s each while a failed periodic pick also stopped
             # the intake (consumer/dispatch.c, fill), which made this wait time out in CI
@@ -96,8 +98,10 @@ class TestNeverStranded(ConsumerCase):
                          interval=0.5, what="six deferrals of the delivery")
         finally:
             tqenv.psql("ALTER ROLE trainq CONNECTION LIMIT -1", superuser=True)
-        self.assertEqual(self.wait_status(m["job_id"], TERMINAL, timeout=60)["status"],
-                         "completed")
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=60)
+        self.assertEqual(j["status"], "completed")
+        self.assertEqual((j["reply_to"], j["correlation_id"]), ("stranded.replies", "order-7"),
+                         "a give-back lost the message's reply address")
         self.assertEqual(h.queue_depth("trainq.jobs.dead"), 0,
                          "a valid job reached the dead-letter queue")
 

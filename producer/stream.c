@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "pdb.h"
@@ -164,6 +165,39 @@ static void resume_locked(stream *s)
         s->suspended = 0;
         MHD_resume_connection(s->conn);
     }
+}
+
+/* Under s->mu: whether the client of a suspended stream has closed its end. A suspended
+ * connection is out of MHD's event loop, so MHD would notice only at the next write (a
+ * keepalive, up to TRAINQ_STREAM_KEEPALIVE_SECONDS later), and until then the stream would
+ * hold its connection and count against its user's TRAINQ_STREAMS_PER_USER. Only while
+ * suspended: MHD then leaves the connection, and so its socket, alone. */
+static int peer_gone_locked(stream *s)
+{
+    if (!s->suspended || s->closed || s->done)
+        return 0;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return 0;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Whether s still serves a client: not ending, and its client still there. A stream whose
+ * client left is ended here (resumed, MHD closes the connection and frees it at once). */
+static int stream_live(stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int gone = peer_gone_locked(s);
+    if (gone) {
+        s->done = 1;
+        resume_locked(s);
+    }
+    int live = !s->done && !s->closed;
+    pthread_mutex_unlock(&s->mu);
+    return live;
 }
 
 /* Appends text (under s->mu); on overflow (cannot happen below STREAM_BUF_MAX with the
@@ -460,11 +494,14 @@ static void keepalives(tq_streams *h, int64_t now)
     size_t n = take(h, &v, 1);
     static const char ka[] = ": keepalive\n\n";
     for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&v[i]->mu);
-        int due = now - v[i]->last_write_ms >= h->keepalive_ms;
-        pthread_mutex_unlock(&v[i]->mu);
-        if (due)
-            push(v[i], ka, sizeof ka - 1, now);
+        /* every tick: a client that left frees its stream within a second */
+        if (stream_live(v[i])) {
+            pthread_mutex_lock(&v[i]->mu);
+            int due = now - v[i]->last_write_ms >= h->keepalive_ms;
+            pthread_mutex_unlock(&v[i]->mu);
+            if (due)
+                push(v[i], ka, sizeof ka - 1, now);
+        }
         unref(v[i]);
     }
     free(v);
@@ -641,9 +678,9 @@ void tq_streams_open(tq_streams *h, tq_req *r, const char *job_id, const tq_stre
     s->last_write_ms = tq_mono_ms();
 
     pthread_mutex_lock(&h->mu);
-    int mine = 0;
+    int mine = 0; /* streams ending, or whose client left, do not count */
     for (stream *o = h->list; o; o = o->next)
-        mine += strcmp(o->user, user) == 0;
+        mine += strcmp(o->user, user) == 0 && stream_live(o);
     int stopping = h->stopping;
     if (!stopping && mine < h->per_user) {
         s->next = h->list;

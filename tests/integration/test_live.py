@@ -634,6 +634,35 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(seqs, sorted(seqs))
         self.assertEqual(len(seqs), 21)
 
+    def test_a_client_that_leaves_frees_its_place_at_once(self):
+        """A stream waiting for events is out of the server's event loop, which would see
+        its client's close only at its next write: with a keepalive a minute away, a user
+        who reloads a page with two streams open would get 429 for that minute. Both places
+        must come back within a couple of seconds."""
+        other = start_producer(TRAINQ_STREAM_KEEPALIVE_SECONDS="60",
+                               TRAINQ_STREAMS_PER_USER="2")
+        try:
+            wait_ready(other.port)
+            path = "/api/training/stream"
+            first = [Sse(other.port, path, self.token) for _ in range(2)]
+            self.streams.extend(first)
+            self.assertEqual([s.status for s in first], [200, 200])
+            c = h.Http(other.port)
+            self.assertEqual(c.request("GET", path, token=self.token).status, 429)
+            time.sleep(0.5)  # both suspended, waiting for events
+            for s in first:
+                s.close()
+            t0 = time.monotonic()
+            h.wait_until(lambda: self.stream_opens(other.port), timeout=10, interval=0.3,
+                         what="a place freed")
+            again = Sse(other.port, path, self.token)
+            self.streams.append(again)
+            self.assertEqual(again.status, 200, "the second closed stream still counts")
+            self.assertLess(time.monotonic() - t0, 3)
+            c.close()
+        finally:
+            stop_producer(self, other)
+
     def test_a_client_that_stops_reading_is_closed_and_frees_its_place(self):
         """A stream whose client reads nothing while the producer has plenty to send is
         closed by the idle timeout (TRAINQ_REQUEST_TIMEOUT_SECONDS + the keepalive

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -123,11 +124,46 @@ static tq_req *req_new(tq_http *srv, struct MHD_Connection *c, const char *url, 
     return r;
 }
 
+/* Counts the headers named by *cls (a header_count). */
+typedef struct {
+    const char *name;
+    int n;
+} header_count;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    (void)value;
+    header_count *hc = cls;
+    hc->n += strcasecmp(key, hc->name) == 0;
+    return MHD_YES;
+}
+
+static int header_times(struct MHD_Connection *c, const char *name)
+{
+    header_count hc = {name, 0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, &hc);
+    return hc.n;
+}
+
+/* Why the request's framing or Host cannot be trusted, or NULL (on_request). */
+static const char *framing_error(struct MHD_Connection *c, const char *version)
+{
+    int cl = header_times(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl > 1)
+        return "request has more than one Content-Length";
+    if (cl && header_times(c, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        return "request has both Content-Length and Transfer-Encoding";
+    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && !header_times(c, MHD_HTTP_HEADER_HOST))
+        return "request has no Host header";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
     tq_http *srv = cls;
     tq_req *r = *con_cls;
     size_t max = (size_t)srv->app->cfg->max_body_bytes;
@@ -144,6 +180,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             tq_req_add_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
             tq_req_add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
             tq_req_reply_error(r, 503, "server busy, retry later");
+            return MHD_YES;
+        }
+        /* Framing that two parsers could read two ways (RFC 9112 6.1, 6.3): a request
+         * smuggled inside a body that a proxy in front framed otherwise. libmicrohttpd
+         * 0.9.75 takes the first Content-Length, or chunked over any length; refused
+         * here, and the connection closed after the answer. So is HTTP/1.1 without Host
+         * (RFC 9112 3.2). */
+        const char *framing = framing_error(c, version);
+        if (framing) {
+            tq_req_add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+            tq_req_reply_error(r, 400, framing);
             return MHD_YES;
         }
         /* A declared length over the cap is refused before reading a byte of it; MHD then

@@ -450,6 +450,50 @@ class HostileHttpTest(unittest.TestCase):
         self.assert_alive()
         self.assertEqual(self.valid_submit().status, 200)
 
+    # ------------------------------------------------------------ framing
+
+    def test_ambiguous_framing_is_refused_and_nothing_is_smuggled(self):
+        """A body that two parsers could frame two ways lets a request ride inside it past
+        a proxy that framed it otherwise (RFC 9112 6.1, 6.3). Each is 400 and the
+        connection closes after it: the smuggled request is never answered. HTTP/1.1
+        without Host is 400 too (RFC 9112 3.2)."""
+        smuggled = (f"GET /api/training/jobs/{self.job} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {self.token}\r\n\r\n").encode()
+        path = f"/api/training/jobs/{self.job}/cancel"
+        cases = {
+            "two lengths": (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                            f"Content-Length: {2 + len(smuggled)}\r\n\r\n{{}}").encode()
+            + smuggled,
+            "length and chunked": (f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                                   "Transfer-Encoding: chunked\r\n"
+                                   f"Content-Length: {5 + len(smuggled)}\r\n\r\n"
+                                   "0\r\n\r\n").encode() + smuggled,
+            "no host": (f"GET /api/training/jobs/{self.job} HTTP/1.1\r\n"
+                        f"Authorization: Bearer {self.token}\r\n\r\n").encode() + smuggled,
+        }
+        for name, data in cases.items():
+            with self.subTest(name):
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                try:
+                    s.sendall(data)
+                    r = read_response(s)
+                    self.assertEqual(r.status, 400, r)
+                    self.assertIn(r.json["error"], (
+                        "request has more than one Content-Length",
+                        "request has both Content-Length and Transfer-Encoding",
+                        "request has no Host header"))
+                    self.assertEqual(r.header("Connection"), "close", r.headers)
+                    self.assertIsNone(read_response(s, timeout=5),
+                                      "the request inside the body was answered")
+                finally:
+                    s.close()
+        # HTTP/1.0 needs no Host; one Content-Length is fine
+        r = send_raw(self.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.valid_submit().status, 200)
+        self.assertEqual(h.psql("SELECT status FROM training_jobs WHERE id = :'id'",
+                                variables={"id": self.job}), "queued")
+
     # ------------------------------------------------------------ slow clients
 
     def test_slow_clients_are_timed_out_while_others_are_served(self):

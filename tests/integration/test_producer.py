@@ -550,6 +550,32 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertEqual(r.status, 200, r)
         return r.json["job_id"]
 
+    def test_the_openapi_schema_refuses_what_the_server_refuses(self):
+        """A client generated from docs/openapi.yaml must not pass submissions the server
+        then refuses: its patterns for base_model, name and trigger_words agree with the
+        server on values at each rule's edge (lengths aside: the schema counts characters,
+        the server bytes, as the schema says)."""
+        import jsonschema  # python3-jsonschema
+        doc = h.load_openapi()
+        props = h._resolve(doc, {"$ref": "#/components/schemas/Submission"})["properties"]
+        ds = add_dataset(self.user)
+        cases = {"base_model": ["gpt2", "a/b", "a.b-c_d", "a_", "x" * 96, "o/" + "y" * 96,
+                                "a/b--c", "a..b", "ab-", "ab.", "-a", "a/b/c", "x" * 97, "a/"],
+                 "name": ["plain", "é ü", "tab\there", "nul\u0000", "del\u007f", "c1\u0085"],
+                 "trigger_words": [["ok"], ["new\nline"], ["\u009f"]]}
+        for field, values in cases.items():
+            schema = dict(props[field])
+            for v in values:
+                with self.subTest(field=field, value=v):
+                    try:
+                        jsonschema.validate(v, schema)
+                        schema_ok = True
+                    except jsonschema.ValidationError:
+                        schema_ok = False
+                    r = self.submit(body_for(ds, **{field: v}))
+                    self.assertIn(r.status, (200, 400), r)
+                    self.assertEqual(schema_ok, r.status == 200, r)
+
     def test_get_job_shows_the_seed_fields_and_hides_other_users_jobs(self):
         ds = add_dataset(self.user)
         job_id = self.submit_job(ds, name="mine", trigger_words=["a", "b"])

@@ -107,7 +107,7 @@ static int adopt_one(tq_worker *w, PGconn *db, const tq_container_summary *c, lo
             tq_log(TQ_LOG_WARN, "adopt.repair_failed", "job %s: %s", c->job_label, kb.msg);
         return 0;
     }
-    tq_cdb_mark_running(db, c->job_label, fencing, c->id, &kb); /* if still pending */
+    tq_cdb_mark_running(db, c->job_label, fencing, c->id, NULL, &kb); /* if still pending */
     time_t started = st.started_at_ms > 0 ? (time_t)(st.started_at_ms / 1000) : time(NULL);
     tq_slot_run(w, slot, c->job_label, c->id, fencing, started, 1);
     tq_log(TQ_LOG_INFO, "adopt.container", "adopted container %.12s of job %s (%s)", c->id,

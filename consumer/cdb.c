@@ -276,6 +276,7 @@ typedef struct {
     const char *job_id, *container_id;
     char token[TQ_NUM_BUF];
     char why[96];
+    int cancel; /* out */
 } running_arg;
 
 static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
@@ -293,11 +294,12 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
                     "started_at = now(), progress = 0, current_step = NULL, "
                     "total_steps = NULL, loss = NULL, eta_seconds = NULL, "
                     "progress_updated_at = now() FROM r WHERE id = $1 AND fencing_token = $2 "
-                    "AND status = 'pending'",
+                    "AND status = 'pending' RETURNING cancel_requested_at IS NOT NULL",
                     4, p, &r, eb);
     if (rc != TQ_OK)
         return rc;
-    int n = (int)strtol(PQcmdTuples(r), NULL, 10);
+    int n = PQntuples(r);
+    a->cancel = n == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
     PQclear(r);
     if (n != 1)
         return tq_errf(eb, TQ_ERR_CONFLICT, "job %s is no longer ours", a->job_id);
@@ -305,12 +307,15 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
 }
 
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
-                        tq_errbuf *eb)
+                        int *cancel, tq_errbuf *eb)
 {
     running_arg a = {.job_id = job_id, .container_id = container_id};
     num(a.token, fencing);
     snprintf(a.why, sizeof a.why, "container %.12s started", container_id);
-    return run(c, mark_running_fn, &a, eb);
+    int rc = run(c, mark_running_fn, &a, eb);
+    if (cancel)
+        *cancel = rc == TQ_OK && a.cancel;
+    return rc;
 }
 
 /* One fenced status change that may free a slot of the user: with `reason` in the audit

@@ -106,9 +106,11 @@ int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb);
 int tq_cdb_runnable_notified(PGconn *c);
 
 /* pending → running with the container id, its progress 0 (a trainer that prints nothing
- * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. */
+ * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. *cancel (may be NULL)
+ * is 1 when a cancellation was requested meanwhile (while the container was being created):
+ * the caller stops it now rather than at the next heartbeat. */
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
-                        tq_errbuf *eb);
+                        int *cancel, tq_errbuf *eb);
 
 /* The failure class of an attempt (consumer/outcome.h; db/procedures/62_outcomes.sql stores
  * it on the job and in job_events) with its actionable message, and for a retry the seconds

@@ -207,7 +207,8 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
         return 0;
     }
     double t2 = tq_mono_now();
-    rc = tq_cdb_mark_running(db, job_id, cl->fencing_token, cid, &eb);
+    int cancel = 0;
+    rc = tq_cdb_mark_running(db, job_id, cl->fencing_token, cid, &cancel, &eb);
     tq_logj(TQ_LOG_DEBUG, "job.launch_timing",
             json_pack("{s:s, s:i, s:i, s:i}", "job_id", job_id, "prepare_us",
                       (int)((t1 - t0) * 1e6), "create_start_us", (int)((t2 - t1) * 1e6),
@@ -224,6 +225,13 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
         /* Still ours (fenced writes later will tell); the runner records the outcome. */
         tq_log(TQ_LOG_WARN, "db.mark_running_failed", "job %s: %s", job_id, eb.msg);
     tq_slot_run(w, slot, job_id, cid, cl->fencing_token, time(NULL), 0);
+    if (cancel) {
+        /* Requested while the container was being created: the heartbeat that would tell
+         * the runner may be two intervals away (one begun before the slot was handed over
+         * skips it), and the job would train until then. */
+        atomic_store(&w->slots[slot].cancel, 1);
+        tq_log(TQ_LOG_INFO, "job.cancel_requested", "job %s: cancellation requested", job_id);
+    }
     host_ok(w);
     tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
     double now_epoch = (double)time(NULL);

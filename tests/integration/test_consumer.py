@@ -296,6 +296,30 @@ class TestCapacityAndFairness(ConsumerCase):
                         f"the second job waited for the first one's start: {at}")
         self.assertLess(at[(f, "pending")] - at[(s, "pending")], 3.0)
 
+    def test_a_job_cancelled_while_its_container_is_created_stops_as_it_starts(self):
+        """A cancellation requested while the job is pending (its container being created:
+        held 3 s by a proxy in front of dockerd) is seen when the job is marked running, and
+        the container is stopped then, not at a heartbeat: with heartbeats a minute apart,
+        the job must end cancelled within seconds of its start."""
+        u = self.user("cancelstart")
+        m = self.message(u, self.dataset(u, duration=60))
+        proxy = DockerDelay(os.path.join(self.tmp, "docker-cancel.sock"),
+                            f"training-{m['job_id']}", 3.0)
+        self.addCleanup(proxy.close)
+        self.insert_job(m, -1000)
+        self.consumer(f"cancelstart-{run_id()}", slots=1, TRAINQ_HEARTBEAT_SECONDS="60",
+                      TRAINQ_LEASE_SECONDS="180", TRAINQ_DOCKER_HOST=f"unix://{proxy.path}")
+        h.wait_until(proxy.held.is_set, timeout=30, what="the create held at the proxy")
+        # what the producer's cancel of an active job writes (producer/pdb.c, cancel_fn)
+        tqenv.psql("UPDATE training_jobs SET cancel_requested_at = now() WHERE id = :'id'"
+                   " AND status = 'pending'", variables={"id": m["job_id"]})
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=40)
+        self.assertEqual(j["status"], "cancelled", j)
+        out = tqenv.psql(
+            "SELECT extract(epoch FROM max(at) - min(at)) FROM job_events WHERE job_id = :'id'"
+            " AND to_status IN ('running', 'cancelled')", variables={"id": m["job_id"]})
+        self.assertLess(float(out), 10.0, "the container ran on until a heartbeat")
+
     def test_two_consumers_three_users_limit_order_and_no_idle_slot(self):
         """2 consumers x 2 slots, 3 users x 5 jobs: at most 2 active per user (from the audit
         table), every job completes, each user's jobs start in submission order, and no slot

@@ -1172,9 +1172,9 @@ typedef struct {
     char disable_after[INT_TEXT_BUF];
 } hook_record_arg;
 
-/* Stops sending to the target of delivery id: its endpoint is disabled with reason (the
- * trigger then writes no new deliveries for it) and its pending deliveries, this one too,
- * fail; for a job's own URL, that job's pending deliveries there fail. */
+/* Stops sending to the target of delivery id: its endpoint is disabled with reason, or for
+ * a job's own URL that job's webhook is stopped (either way the trigger writes no new
+ * deliveries for it), and its pending deliveries, this one too, fail. */
 static int hook_stop_target(tconn *t, const char *id, const char *reason, tq_errbuf *eb)
 {
     const char *p[2] = {id, reason};
@@ -1182,6 +1182,12 @@ static int hook_stop_target(tconn *t, const char *id, const char *reason, tq_err
                   "UPDATE webhook_endpoints e SET disabled_at = now(), disabled_reason = $2"
                   " FROM webhook_deliveries d WHERE d.id = $1::bigint AND e.id = d.endpoint_id"
                   " AND e.disabled_at IS NULL",
+                  2, p, NULL, eb);
+    if (rc == TQ_OK)
+        rc = exec(t,
+                  "UPDATE job_webhooks w SET stopped_at = now(), stopped_reason = $2"
+                  " FROM webhook_deliveries d WHERE d.id = $1::bigint AND d.endpoint_id IS NULL"
+                  " AND w.job_id = d.job_id AND w.stopped_at IS NULL",
                   2, p, NULL, eb);
     if (rc != TQ_OK)
         return rc;

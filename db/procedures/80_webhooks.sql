@@ -10,7 +10,8 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = j.user_id
                      AND e.disabled_at IS NULL AND ev = ANY (e.events))
-        OR EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND ev = ANY (w.events));
+        OR EXISTS (SELECT 1 FROM job_webhooks w WHERE w.job_id = j.id AND w.stopped_at IS NULL
+                     AND ev = ANY (w.events));
 END $$;
 
 -- Writes one delivery of event ev of job j per target, with sequence number seq (the
@@ -35,7 +36,7 @@ BEGIN
     INSERT INTO webhook_deliveries (user_id, job_id, endpoint_id, target, url, event, sequence)
     SELECT j.user_id, j.id, NULL, 'job', w.url, ev, seq
       FROM job_webhooks w
-     WHERE w.job_id = j.id AND ev = ANY (w.events);
+     WHERE w.job_id = j.id AND w.stopped_at IS NULL AND ev = ANY (w.events);
     GET DIAGNOSTICS n2 = ROW_COUNT;
     -- Wakes the producers' senders at commit (producer/webhooks.c); a missed one waits for
     -- their poll. Postgres folds identical notifications of one transaction into one, so a

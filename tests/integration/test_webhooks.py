@@ -656,6 +656,33 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual(len(rec.events()), 1)
         self.assertEqual(len(self.deliveries(p, wh["id"])), 1)
 
+    def test_410_gone_from_a_jobs_own_url_stops_that_job_there(self):
+        """A job's own webhook_url that answers 410 gets nothing more of that job: not the
+        events pending then, nor any later one (they were written and sent again, one 410
+        each). Another job's URL on the same receiver is not affected."""
+        p = self.producer(**LOOPBACK)
+        rec = self.receiver(default=410)
+        ok = self.receiver()
+        events = ["job.queued", "job.running", "job.completed", "job.progress"]
+        job = self.submit(p, webhook_url=rec.url("/gone"), webhook_events=events)
+        other = self.submit(p, webhook_url=ok.url("/fine"), webhook_events=events)
+        self.wait_got(rec, 1)
+        h.wait_until(lambda: h.psql("SELECT stopped_at IS NOT NULL FROM job_webhooks"
+                                    " WHERE job_id = :'id'", variables={"id": job}) == "t",
+                     timeout=10, what="the job's webhook stopped")
+        for j in (job, other):
+            set_status(j, "pending")
+            set_status(j, "running")
+        h.psql("UPDATE training_jobs SET progress = 0.5 WHERE id IN (:'a', :'b')",
+               variables={"a": job, "b": other})
+        self.wait_got(ok, 3)
+        time.sleep(2)
+        self.assertEqual(len(rec.events()), 1, [e["body"] for e in rec.events()])
+        self.assertEqual(h.psql("SELECT count(*) FROM webhook_deliveries WHERE job_id = :'id'",
+                                variables={"id": job}), "1")
+        self.assertIn("410", h.psql("SELECT stopped_reason FROM job_webhooks WHERE job_id = :'id'",
+                                    variables={"id": job}))
+
     def test_a_run_of_failures_disables_the_endpoint(self):
         p = self.producer(TRAINQ_WEBHOOK_DISABLE_AFTER="3", **LOOPBACK)
         rec = self.receiver(default=500)

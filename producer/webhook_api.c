@@ -58,7 +58,13 @@ char *tq_webhook_events_json(const json_t *events, tq_validation *v, const char 
                                   "job.failed, job.cancelled, job.progress");
                 break;
             }
-            json_array_append(out, e);
+            /* a name listed twice is one subscription */
+            size_t k;
+            json_t *seen;
+            int dup = 0;
+            json_array_foreach(out, k, seen) dup |= json_equal(seen, e);
+            if (!dup)
+                json_array_append(out, e);
         }
     }
     char *s = v->n == 0 ? json_dumps(out, JSON_COMPACT) : NULL;

@@ -89,8 +89,9 @@ static int host_literal_check(const char *host, const tq_webhook_rule *rule, cha
     }
     const struct sockaddr *sa = (const struct sockaddr *)&ss;
     if (!tq_webhook_rule_addr_ok(rule, sa)) {
-        snprintf(why, cap, "must not point to a %s address",
-                 tq_addr_class_name(tq_addr_classify(sa)));
+        const char *cls = tq_addr_class_name(tq_addr_classify(sa));
+        snprintf(why, cap, "must not point to %s %s address", strchr("aeiou", cls[0]) ? "an" : "a",
+                 cls);
         return -1;
     }
     return 0;

@@ -415,6 +415,16 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.assertEqual(h.psql("SELECT count(*) FROM training_jobs WHERE user_id = :'u'",
                                 variables={"u": self.user}), "0")
         self.assertEqual(rec.connections, 0)
+        r = self.call(p, "POST", "/api/training/webhooks", {"url": "https://0.0.0.0/h"}, 400)
+        self.assertEqual(r.json["details"][0]["message"],
+                         "must not point to an unspecified address")
+        # an event named twice is one subscription
+        wh = self.endpoint(p, rec.url(), events=["job.failed", "job.queued", "job.failed"])
+        self.assertEqual(wh["events"], ["job.failed", "job.queued"])
+        job = self.submit(p, webhook_url=rec.url("/j"),
+                          webhook_events=["job.queued", "job.queued"])
+        self.assertEqual(h.psql("SELECT events FROM job_webhooks WHERE job_id = :'id'",
+                                variables={"id": job}), "{job.queued}")
 
     def test_users_see_only_their_own_webhooks(self):
         p = self.producer(**LOOPBACK)

@@ -151,7 +151,8 @@
     return true;
   }
 
-  function signOut(message, bad) {
+  // Forgets the signed-in user: token, claims, their jobs and streams (no navigation).
+  function endSession() {
     sessionStorage.removeItem(TOKEN_KEY);
     state.token = null;
     state.claims = null;
@@ -165,6 +166,10 @@
     $("#nav").hidden = true;
     for (const li of document.querySelectorAll("li.op")) li.hidden = true;
     setLive("offline");
+  }
+
+  function signOut(message, bad) {
+    endSession();
     if (message) flash(message, bad, true);
     if (location.hash !== "#/signin") location.hash = "#/signin";
     else route();
@@ -1006,20 +1011,33 @@
     main().focus({ preventScroll: true });
   }
 
+  // #token=... from the web app: taken and removed from the address bar (replaced, so not
+  // in history either) before anything else runs. null when the fragment holds none.
+  function fragmentToken() {
+    if (!location.hash.startsWith("#token=")) return null;
+    const m = /^#token=([A-Za-z0-9_\-.]+)/.exec(location.hash);
+    history.replaceState(null, "", location.pathname + location.search + "#/jobs");
+    return m ? m[1] : "";
+  }
+
+  // Not only at load: a link into a tab that already shows the dashboard (or one pasted
+  // into its address bar) changes only the fragment. The token in it replaces whoever was
+  // signed in.
+  function onHashChange() {
+    const token = fragmentToken();
+    if (token !== null) {
+      if (state.token) endSession();
+      if (!signIn(token, false)) sessionStorage.removeItem(TOKEN_KEY);
+    }
+    route();
+  }
+
   function start() {
     $("#signout").addEventListener("click", () => signOut("Signed out."));
-    // #token=... from the web app: taken, stored, and removed from the address bar (and
-    // so from history) before anything else runs.
-    const m = /^#token=([A-Za-z0-9_\-.]+)/.exec(location.hash);
-    let token = null;
-    if (m) {
-      token = m[1];
-      history.replaceState(null, "", location.pathname + location.search + "#/jobs");
-    } else {
-      token = sessionStorage.getItem(TOKEN_KEY);
-    }
-    if (token && !signIn(token, !m)) sessionStorage.removeItem(TOKEN_KEY);
-    window.addEventListener("hashchange", route);
+    const fromLink = fragmentToken();
+    const token = fromLink !== null ? fromLink : sessionStorage.getItem(TOKEN_KEY);
+    if (token !== null && !signIn(token, fromLink === null)) sessionStorage.removeItem(TOKEN_KEY);
+    window.addEventListener("hashchange", onHashChange);
     route();
   }
 

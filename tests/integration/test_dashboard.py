@@ -116,12 +116,12 @@ class TestDashboardFiles(unittest.TestCase):
                 self.assertNotIn(b"root:", body)
                 self.assertNotIn(b"outside the ui directory", body)
                 self.assertNotIn(b"hidden", body)
-        # MHD decodes %00 and ends the path there: what is left is an ordinary name
-        for target, same in (("/ui/%00.html", "index.html"), ("/ui/app.js%00.html", "app.js")):
+        # %00 is left as sent (producer/http.c, unescape), never a name cut short to a file
+        # that exists: no file has such a name
+        for target in ("/ui/%00.html", "/ui/app.js%00.html"):
             with self.subTest(target=target):
                 status, head, body = raw_get(self.p.port, target)
-                with open(os.path.join(self.ui, same), "rb") as f:
-                    self.assertEqual((status, body), (200, f.read()))
+                self.assertEqual(status, 404, head)
 
     def test_a_missing_ui_directory_is_refused_at_start(self):
         p = h.Program("producer/trainq-producer", env={

@@ -121,11 +121,13 @@ async function main() {
     check(await user.evaluate(() => sessionStorage.getItem("trainq.token") === null), "an expired token is not kept");
     // nobody is signed in: no "Sign out" shown (the hidden attribute over .session's flex)
     check(await user.$eval("#session", (e) => getComputedStyle(e).display === "none"), "the sign-in page shows no session bar");
-    step("sign in with the token in the fragment");
-    await user.goto("about:blank"); // a new document, not a fragment change of this one
-    await user.goto(BASE + "/ui/#token=" + process.env.TQ_UI_USER_TOKEN, { waitUntil: "domcontentloaded" });
+    step("sign in with the token in the fragment, a link into the tab already on the sign-in page");
+    // the same document: only the fragment changes (no load), as when the web app's link
+    // opens in a named tab that shows the dashboard already
+    await user.evaluate((t) => { location.hash = "#token=" + t; }, process.env.TQ_UI_USER_TOKEN);
     await user.waitForFunction(() => document.querySelector("#who").textContent.startsWith("Signed in as"));
     check(!(await user.evaluate(() => location.href)).includes("token="), "the token stays in the address bar");
+    check((await user.evaluate(() => location.hash)) === "#/jobs", "a link's token leads to the jobs page");
     check(/expires/.test(await text(user, "#expiry")), "expiry is shown");
     await user.evaluate(() => { window.__noReload = 1; });
     // keyboard: from the content (focused after each navigation) Shift+Tab walks back
@@ -367,6 +369,14 @@ async function main() {
     await user.waitForSelector("#token");
     check(await user.evaluate(() => sessionStorage.getItem("trainq.token") === null), "sign out forgets the token");
     check(await user.$eval("#session", (e) => getComputedStyle(e).display === "none"), "signed out, the session bar is gone");
+    step("a link with another user's token, into a tab signed in, signs that user in instead");
+    const subOf = (t) => JSON.parse(Buffer.from(t.split(".")[1], "base64url").toString()).sub;
+    for (const t of [process.env.TQ_UI_USER_TOKEN, process.env.TQ_UI_OPERATOR_TOKEN]) {
+      await user.evaluate((x) => { location.hash = "#token=" + x; }, t);
+      await user.waitForFunction((s) => document.querySelector("#who").textContent === "Signed in as " + s, { timeout: 10000 }, subOf(t));
+      check(!(await user.evaluate(() => location.href)).includes("token="), "a second link's token stays in the address bar");
+      check(await user.evaluate((x) => sessionStorage.getItem("trainq.token") === x, t), "the link's token is not the one kept");
+    }
   } catch (e) {
     failures.push("exception: " + (e && e.stack ? e.stack : e));
     // what each page showed when it went wrong

@@ -129,11 +129,18 @@ static void open_stream(tq_req *r, const char *job)
     int have = last_event_id(r, &c);
     if (have < 0)
         return;
-    long long newest = 0, now = 0;
+    long long newest = 0, now = 0, end = 0;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_stream_start(tq_req_user(r), job, &newest, &now, &eb);
+    int rc = tq_pdb_stream_start(tq_req_user(r), job, &newest, &now, &end, &eb);
     if (rc != TQ_OK) {
         tq_job_reply_failure(r, rc, &eb);
+        return;
+    }
+    /* The client has seen the job's end: nothing will follow. 204 is what makes EventSource
+     * stop reconnecting (a stream that opens and ends would have it come back every 2 s,
+     * spending its user's read rate limit for ever). */
+    if (job && have && end > 0 && c.event >= end) {
+        tq_req_reply_text(r, 204, NULL, "", 0);
         return;
     }
     if (!job) {

@@ -663,7 +663,7 @@ typedef struct {
     const char *user, *job_id, *name;
     char a[24], b[24];
     json_t *json;
-    long long n1, n2;
+    long long n1, n2, n3;
     int found;
     char *text;
     size_t text_cap;
@@ -851,12 +851,16 @@ static int stream_start_fn(tconn *t, void *arg, tq_errbuf *eb)
                   "SELECT (SELECT COALESCE(max(id), 0) FROM job_events WHERE user_id = $1),"
                   " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
                   " $2::uuid IS NULL OR EXISTS (SELECT 1 FROM job_events WHERE job_id = $2::uuid"
-                  "   AND user_id = $1)",
+                  "   AND user_id = $1),"
+                  " COALESCE((SELECT (SELECT max(e.id) FROM job_events e WHERE e.job_id = j.id)"
+                  "   FROM training_jobs j WHERE j.id = $2::uuid AND j.user_id = $1"
+                  "   AND j.status IN ('completed', 'failed', 'cancelled')), 0)",
                   2, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     a->n1 = col_ll(res, 0, 0);
     a->n2 = col_ll(res, 0, 1);
+    a->n3 = col_ll(res, 0, 3);
     if (strcmp(PQgetvalue(res, 0, 2), "t") != 0)
         rc = tq_errf(eb, TQ_ERR_NOT_FOUND, "job not found");
     PQclear(res);
@@ -864,12 +868,13 @@ static int stream_start_fn(tconn *t, void *arg, tq_errbuf *eb)
 }
 
 int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
-                        long long *now_micros, tq_errbuf *eb)
+                        long long *now_micros, long long *end_event, tq_errbuf *eb)
 {
     live_arg a = {.user = user, .job_id = job_id};
     int rc = run_txn(stream_start_fn, &a, eb);
     *last_event = a.n1;
     *now_micros = a.n2;
+    *end_event = a.n3;
     return rc;
 }
 

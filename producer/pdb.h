@@ -136,10 +136,12 @@ int tq_pdb_stream_user(const char *user, long long after_event, long long after_
                        json_t **out, tq_errbuf *eb);
 
 /* Where a stream starts: *last_event the user's newest job_events id (0 if none), *now_micros
- * the database's clock in µs since the epoch. With job_id non-NULL, TQ_ERR_NOT_FOUND when
- * the user has no such job (current, or deleted with events left). */
+ * the database's clock in µs since the epoch, *end_event (job streams) the job's newest
+ * event id when the job has ended (completed, failed, cancelled), else 0. With job_id
+ * non-NULL, TQ_ERR_NOT_FOUND when the user has no such job (current, or deleted with events
+ * left). */
 int tq_pdb_stream_start(const char *user, const char *job_id, long long *last_event,
-                        long long *now_micros, tq_errbuf *eb);
+                        long long *now_micros, long long *end_event, tq_errbuf *eb);
 
 /* The job's kept progress samples [{progress, current_step, total_steps, loss, eta_seconds,
  * progress_updated_at}], oldest first. TQ_ERR_NOT_FOUND as above. */

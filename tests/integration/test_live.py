@@ -354,10 +354,16 @@ class LiveTest(unittest.TestCase, DocChecks):
                           for x in rest], [("log", "bye"), ("status", "completed")])
         self.assertIsNone(s.next(), "the stream ends after the terminal status")
         self.assertEqual(s.retry, 2000)
-        # a reconnect after the end ends at once, with nothing repeated
+        # A reconnect after the end is 204 No Content: what makes EventSource stop
+        # reconnecting (a 200 that ends at once has it come back every 2 s for ever).
         s2 = self.stream(f"/api/training/jobs/{job_id}/stream", last_id=s.last_id)
-        self.assertEqual(s2.status, 200)
-        self.assertIsNone(s2.next())
+        self.assertEqual(s2.status, 204)
+        self.assertEqual(s2.body(), b"")
+        # one from before the end gets the rest, then the stream ends
+        s3 = self.stream(f"/api/training/jobs/{job_id}/stream", last_id=ids[1])
+        self.assertEqual(s3.status, 200)
+        self.assertEqual([(x["event"], x["data"] if x["event"] == "log" else x["data"]["status"])
+                          for x in s3.events(10)], [("log", "bye"), ("status", "completed")])
 
     def test_a_reconnect_with_last_event_id_misses_and_repeats_nothing(self):
         job_id = self.submit()

@@ -248,6 +248,7 @@
       signOut("The server did not accept your token: sign in again.", true);
       return { stop: true };
     }
+    if (res.status === 204) return { ended: true }; // a job stream after the job's end
     if (!res.ok || !res.body) return { status: res.status };
     if (onOpen) onOpen();
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -73,7 +73,9 @@ static void heartbeat(housekeeper *h)
         .healthy = atomic_load(&w->host_ok) && atomic_load(&w->docker_ok),
     };
     int draining = 0;
+    atomic_store(&w->db_wait_since_ms, tq_mono_ms());
     int rc = tq_cdb_heartbeat(h->db, &ws, w->cfg->lease_seconds, held, &draining, &act, &n, &eb);
+    atomic_store(&w->db_wait_since_ms, 0);
     if (rc != TQ_OK) {
         set_db_ok(h, 0, eb.msg);
         return;

@@ -25,11 +25,22 @@
 #include "tq_relay.h"
 #include "worker.h"
 
+/* A heartbeat waiting longer than this (and at least twice its interval) for Postgres makes
+ * /healthz say so: a heartbeat's statement takes milliseconds. */
+#define DB_SILENCE_MS 5000
+
 static int health(void *arg, char *why, size_t cap)
 {
     tq_worker *w = arg;
+    int64_t since = atomic_load(&w->db_wait_since_ms);
+    int64_t silence = 2000LL * w->cfg->heartbeat_seconds;
+    if (silence < DB_SILENCE_MS)
+        silence = DB_SILENCE_MS;
+    int64_t waited = since ? tq_mono_ms() - since : 0;
     if (!atomic_load(&w->db_ok))
         snprintf(why, cap, "postgres unreachable");
+    else if (waited > silence)
+        snprintf(why, cap, "postgres not answering for %lld s", (long long)(waited / 1000));
     else if (!atomic_load(&w->amqp_ok))
         snprintf(why, cap, "rabbitmq unreachable");
     else if (!atomic_load(&w->docker_ok))

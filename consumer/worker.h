@@ -75,6 +75,10 @@ typedef struct tq_worker {
     atomic_int stopping;
     atomic_int docker_ok;
     atomic_int db_ok;
+    /* tq_mono_ms() when the housekeeper's heartbeat sent its statement, 0 once answered: a
+     * Postgres that answers nothing at all (stopped, or behind a network dropping everything)
+     * shows as a wait that grows, long before the answer deadline fails it (/healthz). */
+    _Atomic int64_t db_wait_since_ms;
     atomic_int amqp_ok;
     /* 0 once TRAINQ_HOST_ERROR_LIMIT launches in a row failed for a reason of this host
      * (image or runtime missing, disk full): the dispatcher starts no new job and tries one

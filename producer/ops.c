@@ -18,6 +18,9 @@
 #include "tq_db.h"
 #include "tq_relay.h"
 
+/* /readyz's wait for Postgres (a connection made for it still has its connect_timeout). */
+#define READY_DB_DEADLINE_MS 2000
+
 void tq_h_healthz(tq_req *r)
 {
     tq_req_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
@@ -39,7 +42,11 @@ static const char *pg_reason(int rc, const tq_errbuf *eb)
 void tq_h_readyz(tq_req *r)
 {
     tq_errbuf eb = {{0}};
+    /* A load balancer's probe wants an answer soon: a Postgres that answers nothing (stopped,
+     * a network dropping everything) is "unreachable" after this, not a probe that hangs. */
+    tq_db_set_answer_deadline(READY_DB_DEADLINE_MS);
     int prc = tq_pdb_ping(&eb);
+    tq_db_set_answer_deadline(0);
     const tq_app *app = tq_req_app(r);
     json_t *reasons = json_array();
     const char *pgr = pg_reason(prc, &eb);

@@ -1,8 +1,13 @@
 #include "tq_db.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include "tq_clock.h"
 
 /* libpq prints server notices (and "terminating connection" on a restart) to stderr,
  * which would break the JSON-lines log; they carry nothing the callers do not learn from
@@ -147,12 +152,84 @@ static int take_result(PGconn *c, PGresult *r, PGresult **out, tq_errbuf *eb)
     return rc;
 }
 
+/* The thread's deadline for an answer, when one is set (tq_db_set_answer_deadline). */
+static _Thread_local int answer_deadline_ms;
+
+void tq_db_set_answer_deadline(int ms)
+{
+    answer_deadline_ms = ms > 0 ? ms : 0;
+}
+
+/* Waits until libpq has a whole result to hand over, or `end` (tq_mono_ms) passes: 1 ready,
+ * 0 out of time. A lost connection is ready too (PQgetResult then says so). */
+static int wait_ready(PGconn *c, int64_t end)
+{
+    while (PQisBusy(c)) {
+        int64_t left = end - tq_mono_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+        int n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n < 0 && errno != EINTR)
+            return 1;
+        if (n > 0 && !PQconsumeInput(c))
+            return 1;
+    }
+    return 1;
+}
+
+/* What PQexec* would return for the query just sent (the last result; the first error one
+ * when there is one), waiting at most the answer deadline: a server that is stopped (SIGSTOP,
+ * a disk it blocks on) or behind a network that drops everything would otherwise hold the
+ * thread for as long as that lasts, since statement_timeout is the server's own clock. Out
+ * of time, the connection is cut (the caller's next tq_db_ensure connects afresh) and *late
+ * is set. */
+static PGresult *await_answer(PGconn *c, int sent, int *late)
+{
+    *late = 0;
+    if (!sent)
+        return NULL;
+    int ms = answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS;
+    int64_t end = tq_mono_ms() + ms;
+    PGresult *keep = NULL;
+    for (;;) {
+        if (!wait_ready(c, end)) {
+            *late = 1;
+            PQclear(keep);
+            shutdown(PQsocket(c), SHUT_RDWR);
+            PQconsumeInput(c); /* reads the end: the connection is CONNECTION_BAD now */
+            return NULL;
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            return keep;
+        if (keep && PQresultStatus(keep) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+            continue;
+        }
+        PQclear(keep);
+        keep = r;
+    }
+}
+
+/* The answer of the query just sent (sent: what PQsend* returned) as tq_db_exec hands it
+ * over. */
+static int answer(PGconn *c, int sent, PGresult **out, tq_errbuf *eb)
+{
+    int late;
+    PGresult *r = await_answer(c, sent, &late);
+    if (late)
+        return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: no answer within %d ms",
+                       answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS);
+    return take_result(c, r, out, eb);
+}
+
 int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
                tq_errbuf *eb)
 {
     if (out)
         *out = NULL;
-    return take_result(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), out, eb);
+    return answer(c, PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0), out, eb);
 }
 
 int tq_db_exec_prepared(PGconn *c, const char *name, int nparams, const char *const *params,
@@ -160,7 +237,7 @@ int tq_db_exec_prepared(PGconn *c, const char *name, int nparams, const char *co
 {
     if (out)
         *out = NULL;
-    return take_result(c, PQexecPrepared(c, name, nparams, params, NULL, NULL, 0), out, eb);
+    return answer(c, PQsendQueryPrepared(c, name, nparams, params, NULL, NULL, 0), out, eb);
 }
 
 int tq_db_idle_check(PGconn *c)

@@ -38,8 +38,19 @@ int tq_db_ensure(PGconn **c, const char *url, const char *app, tq_errbuf *eb);
  * for the active-job guard (TQ001), TQ_ERR_CONFLICT for 23505, else TQ_ERR_DB. Does not free r. */
 int tq_db_check(PGconn *c, const PGresult *r, tq_errbuf *eb);
 
+/* How long tq_db_exec and tq_db_exec_prepared wait for an answer: statement_timeout (30 s,
+ * TQ_DB_DEFAULT_OPTIONS) ends a statement on the server's side with an answer well before;
+ * this bounds a server that gives none at all (stopped, or a network dropping everything).
+ * Out of time the connection is cut and the call fails with TQ_ERR_UNAVAILABLE. */
+#define TQ_DB_ANSWER_DEADLINE_MS 45000
+
+/* A shorter deadline for the calling thread's statements from now on (a readiness probe
+ * must answer soon whatever Postgres does); ms <= 0 restores TQ_DB_ANSWER_DEADLINE_MS. */
+void tq_db_set_answer_deadline(int ms);
+
 /* PQexecParams with text parameters; *out (optional) receives the result on TQ_OK and
- * must be PQclear()ed by the caller; on error the result is freed here. */
+ * must be PQclear()ed by the caller; on error the result is freed here. The answer is
+ * waited for at most the deadline above. */
 int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *params, PGresult **out,
                tq_errbuf *eb);
 /* The same for statement `name`, PREPAREd on c. */

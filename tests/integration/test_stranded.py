@@ -7,6 +7,8 @@ checks the outcome from the job rows, the audit table and the consumer's own log
 """
 
 import json
+import os
+import signal
 import subprocess
 import time
 import unittest
@@ -40,7 +42,50 @@ def healthz(p):
         return e.code, e.read().decode()
 
 
+def postgres_pids():
+    """The test cluster's postmaster and every process it started."""
+    with open(os.path.join(tqenv.STATE_DIR, "postgres", "data", "postmaster.pid")) as f:
+        pm = int(f.readline())
+    kids = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True, text=True).stdout
+    return [pm] + [int(x) for x in kids.split()]
+
+
 class TestNeverStranded(ConsumerCase):
+
+    def test_a_postgres_that_answers_nothing_is_reported_not_waited_for(self):
+        """Postgres stopped (SIGSTOP: what a stalled disk or a network dropping everything
+        looks like to a client, since the server's statement_timeout never runs): the
+        consumer's /healthz says so within seconds, and the producer's /readyz answers 503
+        in about its 2 s deadline instead of hanging until Postgres resumes. After SIGCONT
+        both are healthy again."""
+        from test_producer import start_producer, stop_producer
+        c = self.consumer(f"frozen-{run_id()}")
+        p = start_producer()
+        self.addCleanup(stop_producer, self, p)
+        h.wait_until(lambda: healthz(c)[0] == 200, timeout=30, what="the consumer healthy")
+        ready = lambda: h.http_once(p.port, "GET", "/readyz", timeout=15)
+        h.wait_until(lambda: ready().status == 200, timeout=30, what="the producer ready")
+        pids = postgres_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = ready()
+            took = time.monotonic() - t0
+            self.assertEqual(r.status, 503, r)
+            self.assertIn("postgres unavailable", r.json["reasons"])
+            self.assertLess(took, 6, "/readyz waited for the stopped Postgres")
+            st = h.wait_until(lambda: (x := healthz(c))[0] == 503 and x, timeout=15,
+                              interval=0.5, what="the consumer's /healthz 503")
+            self.assertIn("postgres not answering", st[1])
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        h.wait_until(lambda: healthz(c)[0] == 200, timeout=60, interval=0.5,
+                     what="the consumer healthy again")
+        h.wait_until(lambda: ready().status == 200, timeout=60, interval=0.5,
+                     what="the producer ready again")
+
 
     def terminate_sessions(self, app_like):
         return tqenv.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -265,6 +310,9 @@ class TestBrokenHost(ConsumerCase):
         self.assertIn('training image "trainq-no-such-image:1" not found', j["error_message"])
         self.assertIn("no worker could start it (2 tries)", j["error_message"])
         self.assertEqual(j["attempts"], 0, "a launch that never started is not an attempt")
+        # ... nor charged to its user (GET /usage, the fair-share score)
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM job_usage WHERE job_id = :'id'",
+                                    variables={"id": m["job_id"]}), "0")
 
     def test_a_squatted_container_name_is_tried_again_later_not_failed(self):
         """The name training-<job> is taken by a container that is not this job's (409 on

@@ -51,7 +51,7 @@ static const tq_opt options[] = {
     {"TRAINQ_MAX_RUN_SECONDS", "max-run-seconds", TQ_OPT_INT, OFF(max_run_seconds), "86400", 1,
      2592000, NULL, "a container running longer is stopped and its job failed"},
     {"TRAINQ_MEMORY_LIMIT", "memory-limit", TQ_OPT_BYTES, OFF(memory_bytes), "0", 0, LLONG_MAX,
-     NULL, "container memory limit (e.g. 32g; 0: none)"},
+     NULL, "container memory limit (e.g. 32g; 0: none; else at least 6m, Docker's minimum)"},
     {"TRAINQ_SHM_SIZE", "shm-size", TQ_OPT_BYTES, OFF(shm_bytes), "2g", 0, LLONG_MAX, NULL,
      "container /dev/shm size (0: Docker's default)"},
     {"TRAINQ_PIDS_LIMIT", "pids-limit", TQ_OPT_INT, OFF(pids_limit), "4096", 0, 1000000, NULL,
@@ -177,6 +177,10 @@ static int parse_gpus(tq_config *c, tq_errbuf *eb)
     return TQ_OK;
 }
 
+/* Docker refuses a container memory limit under 6 MiB ("Minimum memory limit allowed is
+ * 6MB"). */
+#define DOCKER_MIN_MEMORY (6LL * 1024 * 1024)
+
 static int check(void *cfg, tq_errbuf *eb)
 {
     tq_config *c = cfg;
@@ -205,6 +209,21 @@ static int check(void *cfg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_TRAINING_CMD: expected a command such as \"python "
                        "train_lora.py --config /workspace/config.json\"");
+    /* Values the first launch would refuse (one job failing after another, fleet-wide, for
+     * a typo in a deployment file) stop the start instead. */
+    if (!*c->training_image || strpbrk(c->training_image, " \t\r\n\v\f"))
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_TRAINING_IMAGE \"%.200s\": expected an image reference "
+                       "such as training-image or registry.example.com/train:1.0",
+                       c->training_image);
+    if (c->memory_bytes != 0 && c->memory_bytes < DOCKER_MIN_MEMORY)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_MEMORY_LIMIT %lld: expected 0 (no limit) or at least 6m, "
+                       "the least Docker accepts",
+                       c->memory_bytes);
+    if (!*c->retry_policy)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_RETRY_POLICY: empty; `none` turns retries off");
     rc = tq_retry_policy_parse(c->retry_policy, &c->retry, eb);
     if (rc != TQ_OK)
         return rc;
@@ -215,8 +234,8 @@ static int check(void *cfg, tq_errbuf *eb)
         if (dirs[i][1][0] != '/')
             return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s \"%.200s\": expected an absolute path",
                            dirs[i][0], dirs[i][1]);
-    return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
-                                  &c->publish_keyring, eb);
+    return tq_config_check_common(c->database_url, c->amqp_url, c->publish_keys,
+                                  c->publish_keys_file, &c->publish_keyring, eb);
 }
 
 static void release(void *cfg)

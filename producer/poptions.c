@@ -256,8 +256,8 @@ static int check(void *cfg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_WEBHOOK_RETRY_MAX_SECONDS: below "
                        "TRAINQ_WEBHOOK_RETRY_MIN_SECONDS");
-    return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
-                                  &c->publish_keyring, eb);
+    return tq_config_check_common(c->database_url, c->amqp_url, c->publish_keys,
+                                  c->publish_keys_file, &c->publish_keyring, eb);
 }
 
 static void release(void *cfg)

@@ -20,7 +20,8 @@ one line naming the variable, the value and what was expected, and exit code 2:
 A switch (default `true` or `false` below) takes `true` or `false`, also `1`/`0` and
 `yes`/`no`.
 
-`--help` prints the same table; this file is generated from it by
+`--help` prints the same options (without the values column); this file is generated from
+the same table by
 `scripts/gen-config-doc.sh build > docs/configuration.md` (a test fails when it is stale).
 
 The per-user active-job limit (default 2) lives in Postgres, so that every consumer enforces

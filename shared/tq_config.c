@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -301,9 +302,19 @@ static int load_publish_keys(const char *keys, const char *file, tq_sign_keys *k
     return rc;
 }
 
-int tq_config_check_common(const char *amqp_url, const char *publish_keys,
+int tq_config_check_common(const char *database_url, const char *amqp_url, const char *publish_keys,
                            const char *publish_keys_file, tq_sign_keys *keyring, tq_errbuf *eb)
 {
+    /* Checked as libpq will read it, so a typo stops the start here rather than as the
+     * first connection's error, later and unnamed. libpq's own reason quotes the string. */
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(database_url, &perr);
+    PQfreemem(perr);
+    if (!opts)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_DATABASE_URL: expected postgresql://user:pass@host:port/db "
+                       "or key=value pairs, as libpq reads them");
+    PQconninfoFree(opts);
     int rc = load_publish_keys(publish_keys, publish_keys_file, keyring, eb);
     if (rc != TQ_OK)
         return rc;
@@ -366,6 +377,25 @@ static int load_flags(const tq_options *t, void *cfg, int argc, char **argv, tq_
     return TQ_OK;
 }
 
+/* Whether argv sets option o with a flag: then its environment variable is not read at all,
+ * so a bad value there (a fleet-wide EnvironmentFile) can be overridden on the command line.
+ * Walks argv as load_flags does (a flag without '=' takes the next argument as its value). */
+static int flag_given(const tq_options *t, const tq_opt *o, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        const char *name = argv[i] + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const tq_opt *f = find_flag(t, name, nlen);
+        if (f == o)
+            return 1;
+        if (f && !eq)
+            i++;
+    }
+    return 0;
+}
+
 int tq_config_load(const tq_options *t, void *cfg, int argc, char **argv, tq_errbuf *eb)
 {
     memset(cfg, 0, t->size);
@@ -381,7 +411,7 @@ int tq_config_load(const tq_options *t, void *cfg, int argc, char **argv, tq_err
     }
     for (size_t i = 0; i < t->n_opts; i++) {
         const char *v = getenv(t->opts[i].env);
-        if (v) {
+        if (v && !flag_given(t, &t->opts[i], argc, argv)) {
             int rc = set_value(cfg, &t->opts[i], v, eb);
             if (rc)
                 return rc;

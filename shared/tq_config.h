@@ -121,10 +121,11 @@ const char *tq_config_str(const tq_options *t, const void *cfg, const char *env)
 /* The markdown table of t's options (docs/configuration.md is made of these). */
 void tq_config_print_markdown(FILE *out, const tq_options *t);
 
-/* The rules of the shared options, for a program's check: TRAINQ_PUBLISH_KEYS, or the file
- * TRAINQ_PUBLISH_KEYS_FILE names (not both), parsed into *keyring (neither: n == 0, signing
- * off); then an amqp:// or amqps:// TRAINQ_AMQP_URL. */
-int tq_config_check_common(const char *amqp_url, const char *publish_keys,
+/* The rules of the shared options, for a program's check: a TRAINQ_DATABASE_URL libpq can
+ * parse; TRAINQ_PUBLISH_KEYS, or the file TRAINQ_PUBLISH_KEYS_FILE names (not both), parsed
+ * into *keyring (neither: n == 0, signing off); then an amqp:// or amqps:// TRAINQ_AMQP_URL.
+ * No message quotes a url (it may hold a password). */
+int tq_config_check_common(const char *database_url, const char *amqp_url, const char *publish_keys,
                            const char *publish_keys_file, tq_sign_keys *keyring, tq_errbuf *eb);
 
 /* The contents of the file that option `what` names at `path`: not empty, at most 64 KiB,

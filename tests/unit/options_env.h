@@ -35,6 +35,8 @@ static const char *const all_vars[] = {
     "TRAINQ_PUBLISH_KEYS_FILE",
     "TRAINQ_HTTP_TRUSTED_PROXIES",
     "TRAINQ_CORS_ORIGINS",
+    "TRAINQ_TRAINING_IMAGE",
+    "TRAINQ_RETRY_POLICY",
 };
 
 static int reset_env(void **state)

@@ -51,8 +51,8 @@ static int test_check(void *cfg, tq_errbuf *eb)
 {
     test_cfg *c = cfg;
     c->checked = 1;
-    return tq_config_check_common(c->amqp_url, c->publish_keys, c->publish_keys_file,
-                                  &c->publish_keyring, eb);
+    return tq_config_check_common(c->database_url, c->amqp_url, c->publish_keys,
+                                  c->publish_keys_file, &c->publish_keyring, eb);
 }
 
 static void test_release(void *cfg)
@@ -116,6 +116,21 @@ static void test_every_type_takes_defaults_env_and_flags(void **state)
     assert_true(c.ratio == 1.0);
     assert_int_equal(c.on, 1);
     tq_config_free(&test_options, &c);
+
+    /* ... also over a value the environment gets wrong, which is then not read at all */
+    setenv("TQTEST_COUNT", "0", 1);
+    setenv("TQTEST_ON", "maybe", 1);
+    char *argv3[] = {"prog", "--count", "5", "--on=no"};
+    assert_int_equal(load(&c, &eb, 4, argv3), TQ_OK);
+    assert_int_equal(c.count, 5);
+    assert_int_equal(c.on, 0);
+    tq_config_free(&test_options, &c);
+    char *argv4[] = {"prog", "--on=no"}; /* not overridden: still refused */
+    assert_int_equal(load(&c, &eb, 2, argv4), TQ_ERR_CONFIG);
+    assert_non_null(strstr(eb.msg, "TQTEST_COUNT"));
+    tq_config_free(&test_options, &c);
+    unsetenv("TQTEST_COUNT");
+    unsetenv("TQTEST_ON");
 }
 
 static void test_bad_values_name_the_variable_and_the_range(void **state)
@@ -132,6 +147,11 @@ static void test_bad_values_name_the_variable_and_the_range(void **state)
         {"TRAINQ_RELAY_BATCH", "0", "invalid TRAINQ_RELAY_BATCH \"0\": expected an integer"},
         {"TRAINQ_AMQP_URL", "http://u:hunter2@h", "invalid TRAINQ_AMQP_URL: expected amqp://"},
         {"TRAINQ_DATABASE_URL", "", "invalid TRAINQ_DATABASE_URL: must not be empty"},
+        {"TRAINQ_DATABASE_URL", "abc", "invalid TRAINQ_DATABASE_URL: expected postgresql://"},
+        {"TRAINQ_DATABASE_URL", "postgresql://u:hunter2@h/db?bogus=1",
+         "invalid TRAINQ_DATABASE_URL: expected postgresql://"},
+        {"TRAINQ_DATABASE_URL", "host=h password=hunter2 bogus=1",
+         "invalid TRAINQ_DATABASE_URL: expected postgresql://"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         reset_env(state);

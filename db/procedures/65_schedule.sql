@@ -436,18 +436,20 @@ BEGIN
     outcome := CASE WHEN busy THEN 'busy' ELSE 'none' END;
 END $$;
 
--- Usage: one job_usage row per attempt, when the job leaves pending/running (any way:
--- finished, failed, cancelled, retried, given back, recovered by the reaper). Its start is
--- the claim's `pending` event and its end the event just written for this change (the
--- audit trigger training_jobs_audit runs before this one: triggers fire in name order), so
--- usage and the audit trail agree to the microsecond.
+-- Usage: one job_usage row per attempt that started (its container running), when the job
+-- leaves running (any way: finished, failed, cancelled, retried, recovered by the reaper).
+-- A claim that ends before its container ran (given back for a host's fault, the preflight,
+-- a cancel while pending) is no attempt and charges its user nothing. Its start is the
+-- claim's `pending` event (the slot was held from then) and its end the event just written for this change (the audit trigger
+-- training_jobs_audit runs before this one: triggers fire in name order), so usage and the
+-- audit trail agree to the microsecond.
 CREATE OR REPLACE FUNCTION tq_record_usage() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     t0 timestamptz;
     t1 timestamptz;
 BEGIN
-    IF OLD.status NOT IN ('pending', 'running') OR NEW.status IN ('pending', 'running') THEN
+    IF OLD.status <> 'running' OR NEW.status IN ('pending', 'running') THEN
         RETURN NULL;
     END IF;
     SELECT max(at) INTO t0 FROM job_events

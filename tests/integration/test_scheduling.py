@@ -203,7 +203,8 @@ class TestUsageAndQuota(SchedulingCase):
         """A completed and a failed job on a CPU slot: one job_usage row each, whose wall
         time is the audit trail's claim-to-end time and whose GPU-seconds are 0; a GPU claim
         (2 GPUs, made by hand) counts 2 x its wall time; GET /api/training/usage sums them
-        per day."""
+        per day. A claim that ends before it runs (given back, cancelled while pending)
+        is no attempt: no row."""
         u = self.user("usage")
         ok = self.message(u, self.dataset(u, duration=1))
         bad = self.message(u, self.dataset(u, duration=0.5, exit_code=3))
@@ -218,7 +219,10 @@ class TestUsageAndQuota(SchedulingCase):
         tqenv.psql("UPDATE training_jobs SET status = 'pending', worker_id = 'by-hand', gpus = 2,"
                    " attempts = 1, fencing_token = fencing_token + 1 WHERE id = :'id'",
                    variables={"id": g["job_id"]})
-        time.sleep(0.3)
+        time.sleep(0.1)
+        tqenv.psql("UPDATE training_jobs SET status = 'running', started_at = now()"
+                   " WHERE id = :'id'", variables={"id": g["job_id"]})
+        time.sleep(0.2)
         tqenv.psql("UPDATE training_jobs SET status = 'completed', completed_at = now()"
                    " WHERE id = :'id'", variables={"id": g["job_id"]})
         rows = json.loads(tqenv.psql(
@@ -255,6 +259,16 @@ class TestUsageAndQuota(SchedulingCase):
         st, err = self.api(u, "/api/training/usage?from=yesterday")
         self.assertEqual(st, 400)
         self.assertEqual(err["details"][0]["field"], "from")
+        # a claim cancelled before its container ran is no attempt: nothing recorded
+        x = self.message(u, self.dataset(u))
+        self.insert_job(x, 0)
+        tqenv.psql("UPDATE training_jobs SET status = 'pending', worker_id = 'by-hand', gpus = 2,"
+                   " attempts = 1, fencing_token = fencing_token + 1 WHERE id = :'id'",
+                   variables={"id": x["job_id"]})
+        tqenv.psql("UPDATE training_jobs SET status = 'cancelled', completed_at = now()"
+                   " WHERE id = :'id'", variables={"id": x["job_id"]})
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM job_usage WHERE job_id = :'id'",
+                                    variables={"id": x["job_id"]}), "0")
 
     def test_a_user_over_the_daily_quota_waits_with_reason_quota_until_the_window_frees(self):
         """gpu_seconds_per_day 100 and 150 GPU-seconds used an hour ago: the job stays queued

@@ -30,7 +30,13 @@ static const struct {
     [TQ_CM_JOBS_CANCELLED] = {"trainq_consumer_jobs_cancelled_total",
                               "Jobs cancelled by this worker.", 0},
     [TQ_CM_JOBS_PARKED] = {"trainq_consumer_jobs_parked_total",
-                           "Deliveries parked because the user was at the active-job limit.", 0},
+                           "Deliveries stored as new queued rows (jobs published straight to "
+                           "the exchange); the name is from before the pick design.",
+                           0},
+    [TQ_CM_JOBS_KNOWN] = {"trainq_consumer_jobs_known_total",
+                          "Deliveries of jobs a producer had stored already (every HTTP job): "
+                          "acked, the row was queued before the message came.",
+                          0},
     [TQ_CM_JOBS_DUPLICATES] = {"trainq_consumer_jobs_duplicates_total",
                                "Deliveries dropped because the job was already claimed or "
                                "finished.",

@@ -24,7 +24,8 @@ typedef enum {
     TQ_CM_JOBS_COMPLETED,     /* exit code 0 */
     TQ_CM_JOBS_FAILED,        /* recorded as failed, any reason */
     TQ_CM_JOBS_CANCELLED,     /* cancel carried out by this worker */
-    TQ_CM_JOBS_PARKED,        /* user at the limit: message acked, job stays queued */
+    TQ_CM_JOBS_PARKED,        /* a delivery stored as a new queued row (name from before 0012) */
+    TQ_CM_JOBS_KNOWN,         /* a delivery of a job a producer had stored (every HTTP job) */
     TQ_CM_JOBS_DUPLICATES,    /* delivery for a job already claimed/terminal: dropped */
     TQ_CM_JOBS_DEAD_LETTERED, /* invalid message rejected to trainq.jobs.dead */
     TQ_CM_JOBS_RECOVERED,     /* jobs of lost workers handled by this worker's reaper */

@@ -470,6 +470,8 @@ static void settle_item(dispatcher *d, intake_item *it, int rc, tq_intake_outcom
                    it->m.job_id);
         } else if (outcome == TQ_INTAKE_ACCEPTED) {
             tq_cmetrics_inc(TQ_CM_JOBS_PARKED);
+        } else if (outcome == TQ_INTAKE_KNOWN) {
+            tq_cmetrics_inc(TQ_CM_JOBS_KNOWN);
         }
         settle(d, it->dl.tag, 1);
     }

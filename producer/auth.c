@@ -600,14 +600,25 @@ static int operator_of(const tq_auth *a, json_t *claims)
 int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, char *user_id,
                    size_t user_id_cap, tq_errbuf *eb)
 {
-    return tq_auth_verify_operator(a, authorization, now, user_id, user_id_cap, NULL, eb);
+    return tq_auth_verify_operator(a, authorization, now, user_id, user_id_cap, NULL, NULL, eb);
+}
+
+/* The last second the token is accepted: its exp plus the leeway (check_claims read exp as
+ * a finite number), clamped to what a long long holds. */
+static long long valid_until(const tq_auth *a, json_t *claims)
+{
+    double t = json_number_value(json_object_get(claims, "exp")) + (double)a->leeway;
+    return t >= 9.2e18 ? (long long)9.2e18 : (long long)t;
 }
 
 int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long long now,
-                            char *user_id, size_t user_id_cap, int *is_operator, tq_errbuf *eb)
+                            char *user_id, size_t user_id_cap, int *is_operator, long long *until,
+                            tq_errbuf *eb)
 {
     if (is_operator)
         *is_operator = 0;
+    if (until)
+        *until = 0;
     if (user_id && user_id_cap > 0)
         user_id[0] = '\0';
     if (!authorization)
@@ -673,6 +684,8 @@ int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long lo
     rc = check_claims(a, claims, now, user_id, user_id_cap, eb);
     if (rc == TQ_OK && is_operator)
         *is_operator = operator_of(a, claims);
+    if (rc == TQ_OK && until)
+        *until = valid_until(a, claims);
 out:
     jwt_free(jwt);
     json_decref(claims);

@@ -73,8 +73,10 @@ int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, c
                    size_t user_id_cap, tq_errbuf *eb);
 
 /* tq_auth_verify, and *is_operator (may be NULL) set to 1 when the verified token carries
- * the configured operator claim (tq_auth_config.operator_claim), else 0. */
+ * the configured operator claim (tq_auth_config.operator_claim), else 0; *until (may be
+ * NULL) the last second, since the epoch, it is accepted (its exp plus the leeway). */
 int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long long now,
-                            char *user_id, size_t user_id_cap, int *is_operator, tq_errbuf *eb);
+                            char *user_id, size_t user_id_cap, int *is_operator, long long *until,
+                            tq_errbuf *eb);
 
 #endif

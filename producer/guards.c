@@ -34,7 +34,7 @@ int tq_req_authenticate(tq_req *r)
     }
     tq_errbuf eb = {{0}};
     int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
-                                     sizeof r->user, &r->is_operator, &eb);
+                                     sizeof r->user, &r->is_operator, &r->token_until, &eb);
     if (rc == TQ_OK)
         return 0;
     r->user[0] = '\0';

@@ -35,7 +35,8 @@ struct tq_req {
     int too_large;
     char request_id[TQ_REQ_ID_MAX + 1];
     char user[TQ_USER_ID_BUF];
-    int is_operator; /* the token carries the operator claim (auth.h) */
+    int is_operator;       /* the token carries the operator claim (auth.h) */
+    long long token_until; /* the token's last accepted second (auth.h); a stream ends then */
     char client[TQ_ADMIT_ADDR_MAX];
     tq_admit_conn *ac; /* the connection's admission slot; NULL if it has none */
     double t0;         /* tq_mono_now() when the request line arrived */

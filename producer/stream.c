@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pdb.h"
@@ -57,6 +58,7 @@ typedef struct stream {
     int done;      /* end of stream once buf is sent (terminal status, or stopping) */
     int closed;    /* MHD let go of the response: conn is no longer ours */
     int64_t last_write_ms;
+    long long until; /* the token's last accepted second: the stream ends after it */
 } stream;
 
 struct tq_streams {
@@ -493,7 +495,13 @@ static void keepalives(tq_streams *h, int64_t now)
     stream **v = NULL;
     size_t n = take(h, &v, 1);
     static const char ka[] = ": keepalive\n\n";
+    long long wall = (long long)time(NULL);
     for (size_t i = 0; i < n; i++) {
+        /* A token is checked once, when the stream opens: a stream outliving it would keep
+         * delivering to whoever holds the connection. Its client reconnects with a fresh
+         * token (or learns from the 401 that it needs one). */
+        if (v[i]->until > 0 && wall > v[i]->until)
+            finish(v[i]);
         /* every tick: a client that left frees its stream within a second */
         if (stream_live(v[i])) {
             pthread_mutex_lock(&v[i]->mu);
@@ -670,6 +678,7 @@ void tq_streams_open(tq_streams *h, tq_req *r, const char *job_id, const tq_stre
     s->dirty = 1;
     s->conn = r->conn;
     s->cur = *from;
+    s->until = r->token_until;
     snprintf(s->user, sizeof s->user, "%s", user);
     snprintf(s->job, sizeof s->job, "%s", job_id ? job_id : "");
     pthread_mutex_init(&s->mu, NULL);

@@ -640,6 +640,26 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(seqs, sorted(seqs))
         self.assertEqual(len(seqs), 21)
 
+    def test_a_stream_ends_when_its_token_expires(self):
+        """A token is checked when a stream opens; the stream must not outlive it (an
+        expired session would go on receiving live data). It ends within a second of the
+        token's exp plus the leeway, and the reconnect with the same token is 401."""
+        other = start_producer(TRAINQ_JWT_LEEWAY_SECONDS="0")
+        try:
+            wait_ready(other.port)
+            short = h.mint(self.user, SECRET, exp_in=3)
+            s = Sse(other.port, "/api/training/stream", short)
+            self.streams.append(s)
+            self.assertEqual(s.status, 200)
+            t0 = time.monotonic()
+            self.assertIsNone(s.next(), "the stream went on")
+            self.assertLess(time.monotonic() - t0, 6)
+            again = Sse(other.port, "/api/training/stream", short)
+            self.streams.append(again)
+            self.assertEqual(again.status, 401)
+        finally:
+            stop_producer(self, other)
+
     def test_a_client_that_leaves_frees_its_place_at_once(self):
         """A stream waiting for events is out of the server's event loop, which would see
         its client's close only at its next write: with a keepalive a minute away, a user

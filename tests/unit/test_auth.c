@@ -237,8 +237,11 @@ static int operator_of_token(const char *claim, const char *value, const char *c
     char *t = mint_hs(SECRET, claims_json), *b = bearer(t);
     char user[TQ_AUTH_USER_ID_MAX + 1];
     int op = -1;
-    assert_int_equal(tq_auth_verify_operator(a, b, NOW, user, sizeof user, &op, &eb), TQ_OK);
+    long long until = 0;
+    assert_int_equal(tq_auth_verify_operator(a, b, NOW, user, sizeof user, &op, &until, &eb),
+                     TQ_OK);
     assert_string_equal(user, "user-1");
+    assert_int_equal(until, 1700003600LL + 30); /* exp (CLAIMS_WITH) plus the leeway */
     free(b);
     free(t);
     tq_auth_free(a);

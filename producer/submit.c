@@ -59,8 +59,8 @@ static int check_request(tq_req *r, const char **idem)
     *idem = tq_req_header(r, "Idempotency-Key");
     if (*idem && !idem_key_ok(*idem)) {
         tq_validation v = {0};
-        tq_validation_add(&v, "Idempotency-Key", "must be 1 to %d printable ASCII characters",
-                          IDEM_KEY_MAX);
+        tq_validation_add(&v, "Idempotency-Key",
+                          "must be 1 to %d visible ASCII characters (no spaces)", IDEM_KEY_MAX);
         tq_req_reply_invalid(r, "validation failed", &v);
         return -1;
     }

@@ -20,7 +20,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { echo "demo: $*" >&2; exit 1; }
 
 say "installing dependencies (Debian packages)"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --no-test-tools
 
 say "building"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

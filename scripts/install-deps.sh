@@ -4,8 +4,13 @@
 # Idempotent and silent when everything is already present: dpkg-query decides first, and
 # apt-get (update + install) runs only for what is missing; `npm ci` runs only when the lock
 # file changed since the last install, so repeated CI runs cost nothing.
+#
+#   scripts/install-deps.sh [--no-test-tools]   --no-test-tools: the Debian packages only (what
+#                                               scripts/demo.sh needs; no npm registry)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TEST_TOOLS=1
+[[ "${1:-}" == "--no-test-tools" ]] && TEST_TOOLS=0
 
 PACKAGES=(
   # build
@@ -52,6 +57,8 @@ if ((${#missing[@]} > 0)); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   echo "install-deps: done" >&2
 fi
+
+((TEST_TOOLS == 1)) || exit 0
 
 # The npm test tools, exactly as locked. The stamp holds the lock file's hash after a good
 # install, so a run with the same lock file touches neither the registry nor node_modules.

@@ -251,9 +251,13 @@ int tq_json_load_object(const char *buf, size_t len, size_t max_bytes, json_t **
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
                       &err);
     if (!root) {
-        /* position first: the message is cut at 159 bytes, jansson's text can be long */
+        /* position first: the message is cut at 159 bytes, jansson's text can be long; the
+         * one text that names a jansson flag is said in the contract's words */
+        const char *why = json_error_code(&err) == json_error_null_character
+                              ? "\\u0000 is not allowed in a string"
+                              : err.text;
         tq_validation_add(v, "body", "invalid json at line %d, column %d (byte %d): %s", err.line,
-                          err.column, err.position, err.text);
+                          err.column, err.position, why);
         return TQ_ERR_INVALID;
     }
     if (!json_is_object(root)) {

@@ -576,6 +576,21 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
                     self.assertIn(r.status, (200, 400), r)
                     self.assertEqual(schema_ok, r.status == 200, r)
 
+    def test_a_body_that_says_it_is_not_json_is_415_on_every_route(self):
+        ds = add_dataset(self.user)
+        job = self.submit_job(ds)
+        for path in (f"/api/training/jobs/{job}/cancel", "/api/training/submit",
+                     "/api/training/webhooks"):
+            with self.subTest(path):
+                r = self.c.request("POST", path, body="{}", token=self.token,
+                                   headers={"Content-Type": "text/plain"})
+                self.assertEqual(r.status, 415, r)
+        self.assertEqual(self.get(f"/api/training/jobs/{job}").json["job"]["status"], "queued")
+        # a route that reads no body takes none whatever its Content-Type says
+        r = self.c.request("POST", f"/api/training/jobs/{job}/cancel", token=self.token,
+                           headers={"Content-Type": "text/plain"})
+        self.assertEqual(r.status, 200, r)
+
     def test_get_job_shows_the_seed_fields_and_hides_other_users_jobs(self):
         ds = add_dataset(self.user)
         job_id = self.submit_job(ds, name="mine", trigger_words=["a", "b"])

@@ -155,6 +155,20 @@ static int strictly_under(const char *path, const char *root)
     tq_errf(eb, TQ_ERR_FORBIDDEN, "dataset path \"%.*s\" escapes the datasets root",               \
             TQ_UTF8_ARG((sp), 200))
 
+/* Whether directory d holds nothing (or cannot be read: then not judged empty). */
+static int dir_is_empty(const char *d)
+{
+    DIR *dir = opendir(d);
+    if (!dir)
+        return 0;
+    int empty = 1;
+    struct dirent *e;
+    while (empty && (e = readdir(dir)) != NULL)
+        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(dir);
+    return empty;
+}
+
 int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *out, size_t cap,
                               tq_errbuf *eb)
 {
@@ -189,7 +203,16 @@ int tq_launch_resolve_dataset(const char *root, const char *storage_path, char *
 
     char res[PATH_MAX];
     if (!realpath(cand, res)) {
-        if (errno == ENOENT || errno == ENOTDIR)
+        int err = errno;
+        /* An empty root is what a datasets mount that is not there looks like (NFS down, a
+         * host booted without it): the host's fault, not every job's own (dataset_error
+         * would fail each job it picks, for good). */
+        if ((err == ENOENT || err == ENOTDIR) && dir_is_empty(rroot))
+            return tq_errf(eb, TQ_ERR_IO,
+                           "datasets root \"%.*s\" is empty (not mounted?): dataset \"%.*s\" "
+                           "cannot be there",
+                           TQ_UTF8_ARG(root, 200), TQ_UTF8_ARG(storage_path, 200));
+        if (err == ENOENT || err == ENOTDIR)
             return tq_errf(eb, TQ_ERR_NOT_FOUND, "dataset directory \"%.*s\" does not exist",
                            TQ_UTF8_ARG(storage_path, 200));
         return tq_errf(eb, TQ_ERR_IO, "could not resolve dataset path \"%.*s\": %m",

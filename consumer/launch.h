@@ -61,7 +61,8 @@ json_t *tq_launch_training_config(const tq_submission *job, const char *job_id,
  * symlink left in it, so it can be bind-mounted as is.
  *   ".." component, absolute path elsewhere, symlink leading outside, the root itself
  *     -> TQ_ERR_FORBIDDEN "dataset path \"...\" escapes the datasets root"
- *   missing -> TQ_ERR_NOT_FOUND "dataset directory \"...\" does not exist"
+ *   missing -> TQ_ERR_NOT_FOUND "dataset directory \"...\" does not exist", unless the root
+ *     is empty (a datasets mount that is not there: the host's fault) -> TQ_ERR_IO
  *   not a directory -> TQ_ERR_INVALID; root missing -> TQ_ERR_IO; too long -> TQ_ERR_TOO_LARGE
  * A component swapped for a symlink after this returns is not caught: whoever can write
  * under the datasets root is trusted that far.

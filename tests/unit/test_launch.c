@@ -368,6 +368,14 @@ static void dataset_paths_are_confined_to_the_datasets_root(void **state)
     /* The exact message the job's failure reason shows. */
     tq_errbuf eb = {{0}};
     char out[PATH_MAX];
+    /* An empty root (a mount that is not there): the host's fault, not the dataset's. */
+    char empty_root[PATH_MAX];
+    pathf(empty_root, "%s/empty-root", f->tmp);
+    assert_int_equal(mkdir(empty_root, 0755), 0);
+    assert_int_equal(tq_launch_resolve_dataset(empty_root, "u/ds", out, sizeof out, &eb),
+                     TQ_ERR_IO);
+    assert_non_null(strstr(eb.msg, "is empty (not mounted?)"));
+    assert_int_equal(rmdir(empty_root), 0);
     assert_int_equal(tq_launch_resolve_dataset(f->root, "../outside", out, sizeof out, &eb),
                      TQ_ERR_FORBIDDEN);
     assert_string_equal(eb.msg, "dataset path \"../outside\" escapes the datasets root");

@@ -449,6 +449,8 @@ class TestOutcomes(ConsumerCase):
         tqenv.psql("INSERT INTO datasets (id, user_id, name, storage_path) "
                    "VALUES (:'id', :'u', 'test dataset', :'p')",
                    variables={"id": ds, "u": u, "p": prefix + "é" * 150})
+        # the root holds another user's: an empty one would be the host's fault
+        self.dataset(self.user("utf8other"))
         m = self.message(u, ds)
         self.consumer(f"utf8path-{run_id()}")
         self.publish(m)

@@ -9,6 +9,9 @@
 
 #include "tq_clock.h"
 
+/* The thread's deadline for an answer, when one is set (tq_db_set_answer_deadline). */
+static _Thread_local int answer_deadline_ms;
+
 /* libpq prints server notices (and "terminating connection" on a restart) to stderr,
  * which would break the JSON-lines log; they carry nothing the callers do not learn from
  * their results, so they are dropped. */
@@ -43,9 +46,18 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
         vals[n] = o->val;
         n++;
     }
+    /* 5 s, or as short as the thread's answer deadline allows (libpq's least is 2 s): a
+     * readiness probe that has to connect first must still answer soon. */
+    int ct_s = 5;
+    if (answer_deadline_ms) {
+        ct_s = (answer_deadline_ms + 999) / 1000;
+        ct_s = ct_s < 2 ? 2 : ct_s > 5 ? 5 : ct_s;
+    }
+    char ct[16];
+    snprintf(ct, sizeof ct, "%d", ct_s);
     if (!has_timeout) {
         keys[n] = "connect_timeout";
-        vals[n++] = "5";
+        vals[n++] = ct;
     }
     if (!has_options) {
         /* No statement or lock wait may hold a thread forever (a lease renewal, a request):
@@ -152,48 +164,80 @@ static int take_result(PGconn *c, PGresult *r, PGresult **out, tq_errbuf *eb)
     return rc;
 }
 
-/* The thread's deadline for an answer, when one is set (tq_db_set_answer_deadline). */
-static _Thread_local int answer_deadline_ms;
-
 void tq_db_set_answer_deadline(int ms)
 {
     answer_deadline_ms = ms > 0 ? ms : 0;
 }
 
-/* Waits until libpq has a whole result to hand over, or `end` (tq_mono_ms) passes: 1 ready,
- * 0 out of time. A lost connection is ready too (PQgetResult then says so). */
-static int wait_ready(PGconn *c, int64_t end)
+/* Set by the calling thread's last tq_db_exec* when the server gave no answer in time:
+ * tq_db_txn_retry then does not take it for a connection that died while idle. */
+static _Thread_local int last_unanswered;
+
+/* Waits until fd is ready for `events` or `end` (tq_mono_ms) passes: 1 ready, 0 out of
+ * time or broken (poll itself failing). */
+static int wait_fd(int fd, short events, int64_t end)
 {
-    while (PQisBusy(c)) {
+    for (;;) {
         int64_t left = end - tq_mono_ms();
         if (left <= 0)
             return 0;
-        struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+        struct pollfd p = {.fd = fd, .events = events};
         int n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
-        if (n < 0 && errno != EINTR)
+        if (n > 0)
             return 1;
-        if (n > 0 && !PQconsumeInput(c))
+        if (n < 0 && errno != EINTR)
+            return 0;
+    }
+}
+
+/* Sends what PQsend* queued (the connection is non-blocking meanwhile): a big statement
+ * (an intake batch) to a server that reads nothing fills the socket and would block the
+ * send itself for ever. 1 sent (or failed: PQgetResult reports it), 0 out of time. */
+static int flush_within(PGconn *c, int64_t end)
+{
+    int f;
+    while ((f = PQflush(c)) == 1) {
+        if (!wait_fd(PQsocket(c), POLLOUT | POLLIN, end))
+            return 0;
+        if (!PQconsumeInput(c)) /* libpq asks for input to be read while it flushes */
             return 1;
     }
     return 1;
 }
 
-/* What PQexec* would return for the query just sent (the last result; the first error one
- * when there is one), waiting at most the answer deadline: a server that is stopped (SIGSTOP,
- * a disk it blocks on) or behind a network that drops everything would otherwise hold the
- * thread for as long as that lasts, since statement_timeout is the server's own clock. Out
- * of time, the connection is cut (the caller's next tq_db_ensure connects afresh) and *late
- * is set. */
+/* Waits until libpq has a whole result to hand over: 1 ready (a lost connection too:
+ * PQgetResult then says so), 0 out of time. */
+static int wait_ready(PGconn *c, int64_t end)
+{
+    while (PQisBusy(c)) {
+        if (!wait_fd(PQsocket(c), POLLIN, end))
+            return 0;
+        if (!PQconsumeInput(c))
+            return 1;
+    }
+    return 1;
+}
+
+/* What PQexec* would return for the query queued by send (the last result; the first error
+ * one when there is one), sending and waiting at most the answer deadline: a server that is
+ * stopped (SIGSTOP, a disk it blocks on) or behind a network that drops everything would
+ * otherwise hold the thread for as long as that lasts, since statement_timeout is the
+ * server's own clock. Out of time, the connection is cut (the caller's next tq_db_ensure
+ * connects afresh) and *late is set. */
 static PGresult *await_answer(PGconn *c, int sent, int *late)
 {
     *late = 0;
-    if (!sent)
+    if (!sent) {
+        PQsetnonblocking(c, 0);
         return NULL;
+    }
     int ms = answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS;
     int64_t end = tq_mono_ms() + ms;
+    int flushed = flush_within(c, end);
+    PQsetnonblocking(c, 0);
     PGresult *keep = NULL;
     for (;;) {
-        if (!wait_ready(c, end)) {
+        if (!flushed || !wait_ready(c, end)) {
             *late = 1;
             PQclear(keep);
             shutdown(PQsocket(c), SHUT_RDWR);
@@ -212,13 +256,12 @@ static PGresult *await_answer(PGconn *c, int sent, int *late)
     }
 }
 
-/* The answer of the query just sent (sent: what PQsend* returned) as tq_db_exec hands it
+/* The answer of the query just queued (sent: what PQsend* returned) as tq_db_exec hands it
  * over. */
 static int answer(PGconn *c, int sent, PGresult **out, tq_errbuf *eb)
 {
-    int late;
-    PGresult *r = await_answer(c, sent, &late);
-    if (late)
+    PGresult *r = await_answer(c, sent, &last_unanswered);
+    if (last_unanswered)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: no answer within %d ms",
                        answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS);
     return take_result(c, r, out, eb);
@@ -229,6 +272,7 @@ int tq_db_exec(PGconn *c, const char *sql, int nparams, const char *const *param
 {
     if (out)
         *out = NULL;
+    PQsetnonblocking(c, 1); /* await_answer sends, then sets it back */
     return answer(c, PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0), out, eb);
 }
 
@@ -237,6 +281,7 @@ int tq_db_exec_prepared(PGconn *c, const char *name, int nparams, const char *co
 {
     if (out)
         *out = NULL;
+    PQsetnonblocking(c, 1);
     return answer(c, PQsendQueryPrepared(c, name, nparams, params, NULL, NULL, 0), out, eb);
 }
 
@@ -284,6 +329,10 @@ int tq_db_txn_retry(const tq_db_txn *how, int rc, int began, int fresh, int *sta
         return 0; /* a borrowed connection is the caller's to reopen */
     if (how->retry_unavailable)
         return 1;
+    /* A server that answered nothing in time did not die while idle: trying again on a
+     * fresh connection would only double the wait of a caller that set a deadline. */
+    if (last_unanswered)
+        return 0;
     /* Nothing of the transaction ran on a connection that was already open: it died while
      * idle, and one try on a fresh one cannot do anything twice. */
     if (!began && !fresh && *stale_left) {

@@ -100,8 +100,11 @@
     if (job.waiting_reason) parts.push(WAITING[job.waiting_reason] || job.waiting_reason);
     return parts.join(" · ");
   }
+  // The wrapper scrolls sideways on a narrow screen: focusable, so a keyboard can scroll it
+  // too (axe: scrollable-region-focusable), and named for the screen reader that lands there.
   function table(headers, rows, caption) {
-    return el("div", { class: "table-wrap" },
+    return el("div", { class: "table-wrap", tabindex: "0", role: "region",
+                       "aria-label": caption || headers.map((h) => h.label || h).join(", ") },
       el("table", {},
         caption ? el("caption", { class: "muted", text: caption }) : null,
         el("thead", {}, el("tr", {}, headers.map((h) =>
@@ -248,7 +251,7 @@
       signOut("The server did not accept your token: sign in again.", true);
       return { stop: true };
     }
-    if (res.status === 204) return { ended: true }; // a job stream after the job's end
+    if (res.status === 204) return { gone: true }; // a job stream after the job's end
     if (!res.ok || !res.body) return { status: res.status };
     if (onOpen) onOpen();
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -592,18 +595,21 @@
     state.jobStream = s;
     (async () => {
       while (state.jobStream === s) {
-        let res;
+        let res, got = 0;
         try {
           res = await readSse("/api/training/jobs/" + encodeURIComponent(id) + "/stream", s.lastId, ctl.signal, (e) => {
+            got++;
             if (e.id) s.lastId = e.id;
             onJobEvent(id, e);
           });
         } catch (e) {
           if (ctl.signal.aborted) return;
         }
-        if (res && res.ended) return; // the job ended
-        if (res && res.stop) return;
-        await new Promise((r) => setTimeout(r, 2000));
+        // A stream that ends after events is asked again at once: the answer 204 says the
+        // job ended; a stream the server ended otherwise (its token expired, a restart)
+        // resumes, or gets the 401 that signs out. Anything else waits 2 s first.
+        if (res && (res.gone || res.stop)) return;
+        if (!(res && res.ended && got > 0)) await new Promise((r) => setTimeout(r, 2000));
       }
     })();
   }

@@ -449,7 +449,10 @@ DECLARE
     t0 timestamptz;
     t1 timestamptz;
 BEGIN
-    IF OLD.status <> 'running' OR NEW.status IN ('pending', 'running') THEN
+    -- A run that ended while its row still said pending (the mark-running write failed,
+    -- the container ran all the same) ran too: its exit code says so.
+    IF NOT (OLD.status = 'running' OR (OLD.status = 'pending' AND NEW.exit_code IS NOT NULL))
+       OR NEW.status IN ('pending', 'running') THEN
         RETURN NULL;
     END IF;
     SELECT max(at) INTO t0 FROM job_events

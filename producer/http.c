@@ -124,38 +124,33 @@ static tq_req *req_new(tq_http *srv, struct MHD_Connection *c, const char *url, 
     return r;
 }
 
-/* Counts the headers named by *cls (a header_count). */
+/* How often the headers framing_error looks at occur in a request (one pass). */
 typedef struct {
-    const char *name;
-    int n;
-} header_count;
+    int content_length, transfer_encoding, host;
+} framing_headers;
 
-static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                    const char *value)
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
 {
     (void)kind;
     (void)value;
-    header_count *hc = cls;
-    hc->n += strcasecmp(key, hc->name) == 0;
+    framing_headers *f = cls;
+    f->content_length += strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0;
+    f->transfer_encoding += strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0;
+    f->host += strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0;
     return MHD_YES;
-}
-
-static int header_times(struct MHD_Connection *c, const char *name)
-{
-    header_count hc = {name, 0};
-    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, &hc);
-    return hc.n;
 }
 
 /* Why the request's framing or Host cannot be trusted, or NULL (on_request). */
 static const char *framing_error(struct MHD_Connection *c, const char *version)
 {
-    int cl = header_times(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl > 1)
+    framing_headers f = {0, 0, 0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
+    if (f.content_length > 1)
         return "request has more than one Content-Length";
-    if (cl && header_times(c, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+    if (f.content_length && f.transfer_encoding)
         return "request has both Content-Length and Transfer-Encoding";
-    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && !header_times(c, MHD_HTTP_HEADER_HOST))
+    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && !f.host)
         return "request has no Host header";
     return NULL;
 }

@@ -729,7 +729,9 @@ static int kv_has(const tq_amqp_msg *m, amqp_bytes_t k)
 }
 
 /* The properties of a copy (tq_amqp_msg.props): its headers decoded into pool, the entries
- * header_kv replaces left out, header_kv's appended. TQ_OK or TQ_ERR_INVALID/NOMEM. */
+ * header_kv replaces left out, header_kv's appended, user_id and (drop_expiration)
+ * expiration dropped; publish_one adds the defaults every message gets. TQ_OK or
+ * TQ_ERR_INVALID/NOMEM. */
 static int copy_props(const tq_amqp_msg *m, amqp_pool_t *pool, amqp_basic_properties_t *p,
                       tq_errbuf *eb)
 {
@@ -759,19 +761,8 @@ static int copy_props(const tq_amqp_msg *m, amqp_pool_t *pool, amqp_basic_proper
         p->headers.num_entries = n;
         p->headers.entries = e;
     }
-    if (!(p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
-        p->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
-        p->content_type =
-            amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
-    }
-    if (!(p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)) {
-        p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
-        p->timestamp = (uint64_t)time(NULL);
-    }
     if (m->drop_expiration)
         p->_flags &= (amqp_flags_t)~AMQP_BASIC_EXPIRATION_FLAG;
-    p->_flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
-    p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
     return TQ_OK;
 }
 
@@ -795,11 +786,6 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
             hdrs[i].value.value.bytes = amqp_cstring_bytes(m->header_kv[2 * i + 1]);
         }
         memset(&p, 0, sizeof p);
-        p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-                   AMQP_BASIC_TIMESTAMP_FLAG;
-        p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
-        p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-        p.timestamp = (uint64_t)time(NULL);
         if (m->message_id) {
             p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
             p.message_id = amqp_cstring_bytes(m->message_id);
@@ -814,6 +800,18 @@ static int publish_one(tq_amqp *a, const tq_amqp_msg *m, tq_errbuf *eb)
             p.headers.entries = hdrs;
         }
     }
+    /* Both kinds: a content type (the message's default when none came), a timestamp (now,
+     * when none came), persistent. */
+    if (!(p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG)) {
+        p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        p.content_type = amqp_cstring_bytes(m->content_type ? m->content_type : "application/json");
+    }
+    if (!(p._flags & AMQP_BASIC_TIMESTAMP_FLAG)) {
+        p._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+        p.timestamp = (uint64_t)time(NULL);
+    }
+    p._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
     amqp_bytes_t body = {.len = m->body_len, .bytes = (void *)(uintptr_t)m->body};
     int st = amqp_basic_publish(
         a->conn, TQ_AMQP_CHANNEL, amqp_cstring_bytes(m->exchange ? m->exchange : ""),

@@ -169,6 +169,12 @@ void tq_db_set_answer_deadline(int ms)
     answer_deadline_ms = ms > 0 ? ms : 0;
 }
 
+/* The calling thread's answer deadline now. */
+static int deadline_ms(void)
+{
+    return answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS;
+}
+
 /* Set by the calling thread's last tq_db_exec* when the server gave no answer in time:
  * tq_db_txn_retry then does not take it for a connection that died while idle. */
 static _Thread_local int last_unanswered;
@@ -231,8 +237,7 @@ static PGresult *await_answer(PGconn *c, int sent, int *late)
         PQsetnonblocking(c, 0);
         return NULL;
     }
-    int ms = answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS;
-    int64_t end = tq_mono_ms() + ms;
+    int64_t end = tq_mono_ms() + deadline_ms();
     int flushed = flush_within(c, end);
     PQsetnonblocking(c, 0);
     PGresult *keep = NULL;
@@ -263,7 +268,7 @@ static int answer(PGconn *c, int sent, PGresult **out, tq_errbuf *eb)
     PGresult *r = await_answer(c, sent, &last_unanswered);
     if (last_unanswered)
         return tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not reach postgres: no answer within %d ms",
-                       answer_deadline_ms ? answer_deadline_ms : TQ_DB_ANSWER_DEADLINE_MS);
+                       deadline_ms());
     return take_result(c, r, out, eb);
 }
 

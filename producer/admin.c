@@ -90,7 +90,7 @@ void tq_h_admin_dead_letters(tq_req *r)
 {
     int limit;
     if (admin_guard(r) != 0 ||
-        tq_job_limit_param(r, ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
+        tq_job_int_param(r, "limit", ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
         return;
     reply_read(r, TQ_PDB_ADMIN_DEAD_LETTERS, "dead_letters", limit, NULL);
 }
@@ -99,7 +99,7 @@ void tq_h_admin_jobs(tq_req *r)
 {
     int limit;
     if (admin_guard(r) != 0 ||
-        tq_job_limit_param(r, ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
+        tq_job_int_param(r, "limit", ADMIN_LIST_DEFAULT, ADMIN_LIST_MAX, &limit) != 0)
         return;
     const char *status;
     tq_job_status st;

@@ -414,7 +414,10 @@ void tq_auth_free(tq_auth *a)
 /* Decodes one base64url segment and parses it as a JSON object, rejecting duplicate keys
  * (so no two parsers can disagree on which "alg" or "sub" counts). NULL on any failure;
  * *nomem says whether that was memory. */
-static json_t *segment_json(const char *s, size_t n, int *nomem)
+/* A segment's JSON object, or NULL: *nomem set when out of memory, *overflow when it is
+ * JSON but holds a number jansson cannot represent (an exp past 2^63, say: that is not
+ * "not json", and saying so would send its author looking in the wrong place). */
+static json_t *segment_json(const char *s, size_t n, int *nomem, int *overflow)
 {
     unsigned char *raw;
     size_t raw_len;
@@ -427,6 +430,8 @@ static json_t *segment_json(const char *s, size_t n, int *nomem)
     json_error_t jerr;
     json_t *j = json_loadb((const char *)raw, raw_len, JSON_REJECT_DUPLICATES, &jerr);
     free(raw);
+    if (!j && json_error_code(&jerr) == json_error_numeric_overflow)
+        *overflow = 1;
     if (j && !json_is_object(j)) {
         json_decref(j);
         j = NULL;
@@ -603,6 +608,45 @@ int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, c
     return tq_auth_verify_operator(a, authorization, now, user_id, user_id_cap, NULL, NULL, eb);
 }
 
+enum { BEARER_NONE, BEARER_OTHER_SCHEME, BEARER_TOKEN };
+
+/* Splits an Authorization value: BEARER_TOKEN with *token at its first non-space byte
+ * after "Bearer" (scheme case-insensitive), or why there is none. */
+static int bearer_token(const char *authorization, const char **token)
+{
+    if (!authorization)
+        return BEARER_NONE;
+    const char *p = authorization;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '\0')
+        return BEARER_NONE;
+    if (strncasecmp(p, "bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\0'))
+        return BEARER_OTHER_SCHEME;
+    p += 6;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return BEARER_NONE;
+    *token = p;
+    return BEARER_TOKEN;
+}
+
+int tq_auth_bearer_given(const char *authorization, tq_errbuf *eb)
+{
+    const char *t;
+    switch (bearer_token(authorization, &t)) {
+    case BEARER_NONE:
+        tq_errf(eb, TQ_ERR_AUTH, "missing bearer token");
+        return 0;
+    case BEARER_OTHER_SCHEME:
+        tq_errf(eb, TQ_ERR_AUTH, "authorization scheme must be bearer");
+        return 0;
+    default:
+        return 1;
+    }
+}
+
 /* The last second the token is accepted: its exp plus the leeway (check_claims read exp as
  * a finite number), clamped to what a long long holds. */
 static long long valid_until(const tq_auth *a, json_t *claims)
@@ -621,21 +665,10 @@ int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long lo
         *until = 0;
     if (user_id && user_id_cap > 0)
         user_id[0] = '\0';
-    if (!authorization)
-        return tq_errf(eb, TQ_ERR_AUTH, "missing bearer token");
-
-    const char *p = authorization;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    if (*p == '\0')
-        return tq_errf(eb, TQ_ERR_AUTH, "missing bearer token");
-    if (strncasecmp(p, "bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\0'))
-        return tq_errf(eb, TQ_ERR_AUTH, "authorization scheme must be bearer");
-    p += 6;
-    while (*p == ' ')
-        p++;
-    if (*p == '\0')
-        return tq_errf(eb, TQ_ERR_AUTH, "missing bearer token");
+    if (!tq_auth_bearer_given(authorization, eb))
+        return TQ_ERR_AUTH;
+    const char *p = NULL;
+    bearer_token(authorization, &p);
 
     /* The cap comes first: nothing below may look past TQ_AUTH_TOKEN_MAX bytes. */
     size_t len = strnlen(p, TQ_AUTH_TOKEN_MAX + 1);
@@ -646,14 +679,15 @@ int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long lo
     if (!token_shape_ok(p, len, dot))
         return tq_errf(eb, TQ_ERR_AUTH, "token is malformed");
 
-    int nomem = 0, rc;
+    int nomem = 0, overflow = 0, rc;
     json_t *hdr = NULL, *claims = NULL;
     jwt_t *jwt = NULL;
 
-    hdr = segment_json(p, dot[0], &nomem);
+    hdr = segment_json(p, dot[0], &nomem, &overflow);
     if (!hdr) {
-        rc = nomem ? tq_errf(eb, TQ_ERR_NOMEM, "could not verify token: out of memory")
-                   : tq_errf(eb, TQ_ERR_AUTH, "token header is not a json object");
+        rc = nomem      ? tq_errf(eb, TQ_ERR_NOMEM, "could not verify token: out of memory")
+             : overflow ? tq_errf(eb, TQ_ERR_AUTH, "token header holds a number out of range")
+                        : tq_errf(eb, TQ_ERR_AUTH, "token header is not a json object");
         goto out;
     }
     rc = check_header(a, hdr, eb);
@@ -662,10 +696,11 @@ int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long lo
 
     /* Parsed now only so a bad payload gets a clear message; nothing in it is read until
      * the signature has been verified below. */
-    claims = segment_json(p + dot[0] + 1, dot[1] - dot[0] - 1, &nomem);
+    claims = segment_json(p + dot[0] + 1, dot[1] - dot[0] - 1, &nomem, &overflow);
     if (!claims) {
-        rc = nomem ? tq_errf(eb, TQ_ERR_NOMEM, "could not verify token: out of memory")
-                   : tq_errf(eb, TQ_ERR_AUTH, "token payload is not a json object");
+        rc = nomem      ? tq_errf(eb, TQ_ERR_NOMEM, "could not verify token: out of memory")
+             : overflow ? tq_errf(eb, TQ_ERR_AUTH, "token payload holds a number out of range")
+                        : tq_errf(eb, TQ_ERR_AUTH, "token payload is not a json object");
         goto out;
     }
 

@@ -72,6 +72,11 @@ void tq_auth_free(tq_auth *a);
 int tq_auth_verify(const tq_auth *a, const char *authorization, long long now, char *user_id,
                    size_t user_id_cap, tq_errbuf *eb);
 
+/* 1 when `authorization` (NULL = absent) presents a bearer token at all, valid or not; 0
+ * when it is absent, empty or of another scheme, with eb saying which. RFC 6750 section
+ * 3.1: a request with no credentials gets a challenge without an error code, one with a
+ * bad token error="invalid_token". */
+int tq_auth_bearer_given(const char *authorization, tq_errbuf *eb);
 /* tq_auth_verify, and *is_operator (may be NULL) set to 1 when the verified token carries
  * the configured operator claim (tq_auth_config.operator_claim), else 0; *until (may be
  * NULL) the last second, since the epoch, it is accepted (its exp plus the leeway). */

@@ -27,12 +27,13 @@ static void quoted_safe(char *dst, size_t cap, const char *src)
 int tq_req_authenticate(tq_req *r)
 {
     const char *h = tq_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h) {
+    tq_errbuf eb = {{0}};
+    if (!tq_auth_bearer_given(h, &eb)) {
+        /* No credentials (or another scheme's): a bare challenge, no error code. */
         tq_req_add_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"trainq\"");
-        tq_req_reply_error(r, 401, "missing bearer token");
+        tq_req_reply_error(r, 401, eb.msg);
         return -1;
     }
-    tq_errbuf eb = {{0}};
     int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
                                      sizeof r->user, &r->is_operator, &r->token_until, &eb);
     if (rc == TQ_OK)

@@ -28,8 +28,9 @@
 int tq_job_guard(tq_req *r);
 void tq_job_bad_request(tq_req *r, const char *field, const char *message);
 int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF]);
-/* The ?limit= query: def when absent, else 1..max (-1: replied 400 naming limit). */
-int tq_job_limit_param(tq_req *r, int def, int max, int *limit);
+/* An integer query parameter such as ?limit=: def when absent or empty, else decimal
+ * digits 1..max (-1: replied 400 naming it). */
+int tq_job_int_param(tq_req *r, const char *name, int def, int max, int *out);
 /* The ?status= query: *status NULL when absent or empty, else its parsed *st (-1: replied
  * 400 naming status). */
 int tq_job_status_param(tq_req *r, const char **status, tq_job_status *st);

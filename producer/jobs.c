@@ -47,21 +47,24 @@ int tq_job_id_param(tq_req *r, char id[TQ_UUID_BUF])
     return 0;
 }
 
-int tq_job_limit_param(tq_req *r, int def, int max, int *limit)
+int tq_job_int_param(tq_req *r, const char *name, int def, int max, int *out)
 {
-    *limit = def;
-    const char *ls = tq_req_query(r, "limit");
-    if (!ls || !*ls)
+    *out = def;
+    const char *s = tq_req_query(r, name);
+    if (!s || !*s)
         return 0;
-    char *end = NULL;
-    long v = strtol(ls, &end, 10);
-    if (*end || end == ls || v < 1 || v > max) {
+    /* Digits only: strtol alone would also take " 5", "+5" and saturate at LONG_MAX. */
+    long v = 0;
+    size_t i = 0;
+    for (; s[i] >= '0' && s[i] <= '9' && v <= max; i++)
+        v = v * 10 + (s[i] - '0');
+    if (s[i] || v < 1 || v > max) {
         char msg[64];
         snprintf(msg, sizeof msg, "must be an integer between 1 and %d", max);
-        tq_job_bad_request(r, "limit", msg);
+        tq_job_bad_request(r, name, msg);
         return -1;
     }
-    *limit = (int)v;
+    *out = (int)v;
     return 0;
 }
 
@@ -127,7 +130,7 @@ void tq_h_job_list(tq_req *r)
     if (tq_job_status_param(r, &status, &st) != 0)
         return;
     int limit = 0;
-    if (tq_job_limit_param(r, LIST_DEFAULT, LIST_MAX, &limit) != 0)
+    if (tq_job_int_param(r, "limit", LIST_DEFAULT, LIST_MAX, &limit) != 0)
         return;
     char micros[CURSOR_MICROS_MAX + 1] = "", after_id[TQ_UUID_BUF] = "";
     const char *cursor = tq_req_query(r, "cursor");

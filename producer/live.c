@@ -33,18 +33,9 @@ void tq_h_job_logs(tq_req *r)
     char id[TQ_UUID_BUF];
     if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
-    int tail = TAIL_DEFAULT;
-    const char *ts = tq_req_query(r, "tail");
-    if (ts) {
-        char *end = NULL;
-        errno = 0;
-        long v = strtol(ts, &end, 10);
-        if (!*ts || *end || errno || v < 1 || v > TAIL_MAX) {
-            tq_job_bad_request(r, "tail", "must be an integer between 1 and 10000");
-            return;
-        }
-        tail = (int)v;
-    }
+    int tail;
+    if (tq_job_int_param(r, "tail", TAIL_DEFAULT, TAIL_MAX, &tail) != 0)
+        return;
     json_t *rows = NULL;
     tq_errbuf eb = {{0}};
     int rc = tq_pdb_job_log(tq_req_user(r), id, tail, &rows, &eb);

@@ -228,7 +228,7 @@ void tq_h_webhook_deliveries(tq_req *r)
     if (tq_job_guard(r) != 0 || tq_job_id_param(r, id) != 0)
         return;
     int limit = 0;
-    if (tq_job_limit_param(r, DELIVERIES_DEFAULT, DELIVERIES_MAX, &limit) != 0)
+    if (tq_job_int_param(r, "limit", DELIVERIES_DEFAULT, DELIVERIES_MAX, &limit) != 0)
         return;
     json_t *list = NULL;
     tq_errbuf eb = {{0}};

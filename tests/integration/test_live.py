@@ -291,11 +291,13 @@ class LiveTest(unittest.TestCase, DocChecks):
         self.assertEqual(self.get(path + "?tail=10000").raw.count(b"\n"), 6)
         set_status(job_id, "completed")
         self.assertEqual(self.get(path + "?tail=1").raw, b"l6\n", "gone with the container")
-        for bad in ("0", "10001", "abc", "", "-1", "1.5"):
+        for bad in ("0", "10001", "abc", "-1", "1.5", "+2", "%202", "99999999999999999999"):
             r = self.get(path + "?tail=" + bad)
             self.assertEqual(r.status, 400, bad)
             self.assertShape(r, "/api/training/jobs/{id}/logs", "GET")
             self.assertEqual(r.json["details"][0]["field"], "tail")
+        # empty is the default, as for ?limit=
+        self.assertEqual(self.get(path + "?tail=").raw, b"l1\nl2\nl3\nl4\nl5\nl6\n")
         # the default is 200 lines
         job2 = self.submit()
         set_status(job2, "pending")

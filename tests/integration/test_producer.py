@@ -355,9 +355,16 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
                 r = self.c.request("POST", "/api/training/submit", body=body,
                                    headers=JSON_HEADERS, token=tok)
                 self.assert401(r)
-        r = self.c.request("POST", "/api/training/submit", body=body,
-                           headers={**JSON_HEADERS, "Authorization": "Basic dXNlcjpwYXNz"})
-        self.assert401(r)
+        # No bearer token at all (another scheme, or the scheme alone): a bare challenge,
+        # no error code (RFC 6750 section 3.1), and the body says which.
+        for auth, msg in (("Basic dXNlcjpwYXNz", "authorization scheme must be bearer"),
+                          ("Bearer ", "missing bearer token"),
+                          ("Bearer    ", "missing bearer token")):
+            with self.subTest(auth):
+                r = self.c.request("POST", "/api/training/submit", body=body,
+                                   headers={**JSON_HEADERS, "Authorization": auth})
+                self.assert401(r, invalid_token=False)
+                self.assertEqual(r.json["error"], msg)
         self.assertEqual(h.psql("SELECT count(*) FROM training_jobs WHERE user_id = :'u'",
                                 variables={"u": self.user}), "0")
         # the job API is protected the same way
@@ -636,12 +643,15 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertIsNone(r.json["next_cursor"])
         r = self.get("/api/training/jobs")
         self.assertEqual(len(r.json["jobs"]), 5)
+        self.assertEqual(len(self.get("/api/training/jobs?limit=").json["jobs"]), 5,
+                         "an empty limit is the default")
         # An encoded NUL must not cut a value short: `queued%00x` is not `queued`, `%00`
         # is not an absent limit.
         for bad, field in (("status=bogus", "status"), ("limit=0", "limit"),
                            ("limit=101", "limit"), ("limit=x", "limit"), ("cursor=zzz", "cursor"),
                            ("status=cancelled%00x", "status"), ("limit=%00", "limit"),
-                           ("limit=2%002", "limit")):
+                           ("limit=2%002", "limit"), ("limit=+2", "limit"),
+                           ("limit=%202", "limit"), ("limit=99999999999999999999", "limit")):
             with self.subTest(bad):
                 r = self.get("/api/training/jobs?" + bad)
                 self.assertEqual(r.status, 400, r)

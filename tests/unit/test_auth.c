@@ -524,6 +524,37 @@ static void payload_that_is_not_json_is_rejected(void **state)
     free(t);
 }
 
+/* JSON, but with a number jansson cannot hold: said as such, not as "not json". */
+static void payload_with_a_huge_number_is_named_as_such(void **state)
+{
+    fixture *fx = *state;
+    char *t =
+        craft("{\"alg\":\"HS256\"}",
+              "{\"aud\":\"authenticated\",\"sub\":\"u\",\"exp\":99999999999999999999}", "c2ln");
+    expect_reject(fx, t, NOW, "token payload holds a number out of range");
+    free(t);
+    t = craft("{\"alg\":\"HS256\",\"x\":-99999999999999999999}", VALID_CLAIMS, "c2ln");
+    expect_reject(fx, t, NOW, "token header holds a number out of range");
+    free(t);
+}
+
+/* Whether any bearer token was presented decides the challenge's form (RFC 6750 3.1). */
+static void bearer_given_tells_no_credentials_from_a_bad_token(void **state)
+{
+    (void)state;
+    tq_errbuf eb = {{0}};
+    assert_int_equal(tq_auth_bearer_given(NULL, &eb), 0);
+    assert_string_equal(eb.msg, "missing bearer token");
+    assert_int_equal(tq_auth_bearer_given("Bearer    ", &eb), 0);
+    assert_string_equal(eb.msg, "missing bearer token");
+    assert_int_equal(tq_auth_bearer_given("  ", &eb), 0);
+    assert_string_equal(eb.msg, "missing bearer token");
+    assert_int_equal(tq_auth_bearer_given("Basic dXNlcjpwdw==", &eb), 0);
+    assert_string_equal(eb.msg, "authorization scheme must be bearer");
+    assert_int_equal(tq_auth_bearer_given("bearer x", &eb), 1);
+    assert_int_equal(tq_auth_bearer_given("Bearer not.a.token", &eb), 1);
+}
+
 /* ------------------------------------------------------------------ claims */
 
 static void expiry_is_honoured_with_leeway(void **state)
@@ -873,6 +904,9 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(header_that_is_not_json_is_rejected, setup_hs, teardown),
         cmocka_unit_test_setup_teardown(payload_that_is_not_json_is_rejected, setup_hs, teardown),
+        cmocka_unit_test_setup_teardown(payload_with_a_huge_number_is_named_as_such, setup_hs,
+                                        teardown),
+        cmocka_unit_test(bearer_given_tells_no_credentials_from_a_bad_token),
         cmocka_unit_test_setup_teardown(expiry_is_honoured_with_leeway, setup_hs, teardown),
         cmocka_unit_test_setup_teardown(missing_or_non_numeric_exp_is_rejected, setup_hs, teardown),
         cmocka_unit_test_setup_teardown(fractional_exp_is_accepted, setup_hs, teardown),

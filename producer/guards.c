@@ -36,8 +36,11 @@ int tq_req_authenticate(tq_req *r)
     }
     int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
                                      sizeof r->user, &r->is_operator, &r->token_until, &eb);
+    /* Every body this API reads is JSON: one that says it is something else is 415 on any
+     * authenticated route (docs/api.md), also where the body is ignored (cancel, retry,
+     * drain) — after the 401, so a caller without a token learns nothing else first. */
     if (rc == TQ_OK)
-        return 0;
+        return r->body.len > 0 && tq_req_require_json(r) != 0 ? -1 : 0;
     r->user[0] = '\0';
     if (rc != TQ_ERR_AUTH) {
         tq_logj(TQ_LOG_ERROR, "http.auth_error", json_pack("{s:s}", "request_id", r->request_id),

@@ -174,10 +174,6 @@ void tq_route_dispatch(tq_req *r)
         tq_req_reply_error(r, 413, "request body too large");
         return;
     }
-    /* Every body this API reads is JSON: one that says it is something else is 415 on any
-     * route (docs/api.md), also where the body is ignored (cancel, retry, drain). */
-    if (r->body.len > 0 && tq_req_require_json(r) != 0)
-        return;
     fn(r);
     if (!r->replied) {
         tq_log(TQ_LOG_ERROR, "http.no_reply", "handler of %s gave no reply (request %s)",

@@ -1,11 +1,11 @@
 /*
  * POST /api/training/submit — the seed's endpoint, kept exactly.
  *
- * Order of checks (each answers before the next runs): auth (401) → rate limit (429) →
- * Content-Type (415) → Idempotency-Key syntax (400) → body (413/400) → idempotent replay
- * (200 with the earlier job, or 422) → dataset (404/403) → one transaction writing the job
- * row and its outbox row → 200. Publishing to RabbitMQ happens later, in the relay: a
- * broker outage never fails or slows a submission.
+ * Order of checks (each answers before the next runs): auth (401) → a body's Content-Type
+ * (415) → rate limit (429) → Content-Type of an empty body (415) → Idempotency-Key syntax (400) →
+ * body (413/400) → idempotent replay (200 with the earlier job, or 422) → dataset (404/403) → one
+ * transaction writing the job row and its outbox row → 200. Publishing to RabbitMQ happens later,
+ * in the relay: a broker outage never fails or slows a submission.
  *
  * Optional webhook_url / webhook_events (docs/webhooks.md) are the producer's alone: taken
  * out of the body before the seed's validation (tq_submission_parse, which refuses unknown
@@ -45,8 +45,9 @@ static void reply_queued(tq_req *r, const char *job_id)
                                 "Training job queued"));
 }
 
-/* The checks before the body is read: auth (401), rate limit (429), Content-Type (415),
- * Idempotency-Key syntax (400). 0 to go on (*idem: the key or NULL), -1 when answered. */
+/* The checks before the body is read: auth (401; with a non-JSON body's 415), rate limit
+ * (429), Content-Type (415), Idempotency-Key syntax (400). 0 to go on (*idem: the key or NULL), -1
+ * when answered. */
 static int check_request(tq_req *r, const char **idem)
 {
     const tq_app *app = tq_req_app(r);

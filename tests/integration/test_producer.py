@@ -592,6 +592,10 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
                 r = self.c.request("POST", path, body="{}", token=self.token,
                                    headers={"Content-Type": "text/plain"})
                 self.assertEqual(r.status, 415, r)
+                # without a token it is the 401 first, as for any other request
+                r = self.c.request("POST", path, body="{}",
+                                   headers={"Content-Type": "text/plain"})
+                self.assertEqual(r.status, 401, r)
         self.assertEqual(self.get(f"/api/training/jobs/{job}").json["job"]["status"], "queued")
         # a route that reads no body takes none whatever its Content-Type says
         r = self.c.request("POST", f"/api/training/jobs/{job}/cancel", token=self.token,

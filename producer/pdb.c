@@ -1056,7 +1056,7 @@ PGconn *tq_pdb_hooks_listen_open(tq_errbuf *eb)
 }
 
 typedef struct {
-    char cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
+    char cap[INT_TEXT_BUF], user_cap[INT_TEXT_BUF], lease[INT_TEXT_BUF];
     char id[24]; /* the leased delivery; "" when none was due */
     tq_pdb_hook *rows;
     int n;
@@ -1084,10 +1084,10 @@ static char *col_dup(const PGresult *r, int row, int col)
 static int hooks_lease_fn(tconn *t, void *arg, tq_errbuf *eb)
 {
     hooks_take_arg *a = arg;
-    const char *p[2] = {a->cap, a->lease};
+    const char *p[3] = {a->cap, a->user_cap, a->lease};
     PGresult *res = NULL;
     a->id[0] = '\0';
-    int rc = exec(t, "SELECT tq_webhook_take($1::int, $2::int)", 2, p, &res, eb);
+    int rc = exec(t, "SELECT tq_webhook_take($1::int, $2::int, $3::int)", 3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;
     if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
@@ -1152,10 +1152,12 @@ static int hooks_take_fn(tconn *t, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
-int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n, tq_errbuf *eb)
+int tq_pdb_hooks_take(int endpoint_cap, int user_cap, int lease_seconds, tq_pdb_hook **out, int *n,
+                      tq_errbuf *eb)
 {
     hooks_take_arg a = {0};
     snprintf(a.cap, sizeof a.cap, "%d", endpoint_cap);
+    snprintf(a.user_cap, sizeof a.user_cap, "%d", user_cap);
     snprintf(a.lease, sizeof a.lease, "%d", lease_seconds);
     int rc = run_txn(hooks_lease_fn, &a, eb);
     if (rc == TQ_OK && a.id[0])

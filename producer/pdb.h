@@ -216,10 +216,10 @@ struct pg_conn *tq_pdb_hooks_listen_open(tq_errbuf *eb);
 
 /* Takes one due delivery (FOR UPDATE SKIP LOCKED, so any number of workers can run): the
  * first pending one of its job and target (so a target receives a job's events in sequence
- * order), of an endpoint with fewer than endpoint_cap deliveries in flight (leased), and
- * leases it: due again after lease_seconds, attempts + 1, in the same transaction. *out is
- * a new array of *n (0 or 1; free with tq_pdb_hooks_free). */
-int tq_pdb_hooks_take(int endpoint_cap, int lease_seconds, tq_pdb_hook **out, int *n,
+ * order), of an endpoint with fewer than endpoint_cap deliveries in flight (leased) and a
+ * user with fewer than user_cap, and leases it: due again after lease_seconds, attempts + 1,
+ * in the same transaction. *out is a new array of *n (0 or 1; free with tq_pdb_hooks_free). */
+int tq_pdb_hooks_take(int endpoint_cap, int user_cap, int lease_seconds, tq_pdb_hook **out, int *n,
                       tq_errbuf *eb);
 
 /* The outcome of one attempt: delivered (state delivered), or retry_ms >= 0 (due again

@@ -129,6 +129,10 @@ static const tq_opt options[] = {
      OFF(webhook_endpoint_concurrency), "2", 1, 1000, NULL,
      "webhook requests in flight to one endpoint at once, all producers together (a slow "
      "receiver cannot take every sender)"},
+    {"TRAINQ_WEBHOOK_USER_CONCURRENCY", "webhook-user-concurrency", TQ_OPT_INT,
+     OFF(webhook_user_concurrency), "2", 1, 1000, NULL,
+     "webhook requests in flight for one user at once, all endpoints, job URLs and producers "
+     "together (one user's slow receivers cannot take every sender)"},
     {"TRAINQ_WEBHOOK_SECRET_OVERLAP_SECONDS", "webhook-secret-overlap-seconds", TQ_OPT_INT,
      OFF(webhook_secret_overlap_seconds), "86400", 0, 2592000, NULL,
      "after rotate-secret, deliveries are also signed with the replaced secret for this long, so "

@@ -63,6 +63,7 @@ typedef struct tq_producer_config {
     int webhook_retry_max_seconds;
     int webhook_senders;
     int webhook_endpoint_concurrency;
+    int webhook_user_concurrency;
     int webhook_disable_after;
     int webhook_secret_overlap_seconds; /* the replaced secret still signs this long */
 } tq_config;

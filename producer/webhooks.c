@@ -413,7 +413,8 @@ static void *worker_main(void *arg)
         tq_pdb_hook *rows = NULL;
         int n = 0;
         tq_errbuf eb = {{0}};
-        int rc = tq_pdb_hooks_take(w->cfg->webhook_endpoint_concurrency, TQ_WEBHOOK_LEASE_SECONDS,
+        int rc = tq_pdb_hooks_take(w->cfg->webhook_endpoint_concurrency,
+                                   w->cfg->webhook_user_concurrency, TQ_WEBHOOK_LEASE_SECONDS,
                                    &rows, &n, &eb);
         if (rc != TQ_OK) {
             tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);

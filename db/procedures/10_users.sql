@@ -24,11 +24,15 @@ CREATE OR REPLACE FUNCTION tq_lock_user(p_user text) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7411, hashtext(p_user)) $$;
 
 -- Every advisory lock key of trainq is spelled in this file (scripts/migrate.sh's own key
--- aside). The webhook senders' per-endpoint lock (7413, hashtext(endpoint id)), held to
--- commit: takers of one endpoint queue on it, so the count of its leases that each makes
--- next is exact (producer/pdb.c, the per-endpoint concurrency cap of docs/webhooks.md).
-CREATE OR REPLACE FUNCTION tq_lock_webhook_endpoint(p_endpoint uuid) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7413, hashtext(p_endpoint::text)) $$;
+-- and the reaper's (7412, 0) in 40_dispatch.sql aside). The webhook senders' per-user
+-- lock (7414, hashtext(user)), held to commit: takers of one user's deliveries queue on it,
+-- so the counts of the user's and its endpoint's leases that each makes next are exact
+-- (tq_webhook_take, 80_webhooks.sql; the concurrency caps of docs/webhooks.md). Not the
+-- user's job lock (7411): a lease must not wait for a claim, nor a claim for a lease.
+-- (7413 was the per-endpoint lock before the user's cap; an endpoint belongs to one user.)
+DROP FUNCTION IF EXISTS tq_lock_webhook_endpoint(uuid);
+CREATE OR REPLACE FUNCTION tq_lock_webhook_user(p_user text) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7414, hashtext(p_user)) $$;
 
 -- The user's lock without waiting (tq_pick, 65_schedule.sql): a picker that already holds
 -- other users' locks must not wait for one out of user_id order; a user whose lock is held

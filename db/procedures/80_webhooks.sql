@@ -124,37 +124,54 @@ SELECT tq_ensure_trigger('training_jobs', 'training_jobs_webhooks_progress',
 
 -- A sender's take (producer/pdb.c, tq_pdb_hooks_take): the id of one due delivery, leased
 -- for lease_s seconds (due again then, attempts + 1), or NULL. The candidate is the first
--- pending one of its job and target (a target gets a job's events in sequence order) of an
--- endpoint with fewer than cap deliveries leased. The exact cap: takers of one endpoint queue
--- on its advisory lock, and each counts the leases in a statement that starts after the
--- previous taker committed — so the caller must commit right after this call (everything
--- else it needs it reads afterwards): the lock is held until then, and it is what one
--- endpoint's takers wait for. Not worth an fsync: a lease lost in a Postgres crash only
--- sends the row again (at least once, same webhook-id).
-CREATE OR REPLACE FUNCTION tq_webhook_take(cap int, lease_s int) RETURNS bigint
+-- pending one of its job and target (a target gets a job's events in sequence order) whose
+-- endpoint has fewer than cap deliveries leased and whose user fewer than user_cap (the
+-- user's cap also bounds a job's own webhook_url, which has no endpoint): one user's slow
+-- receivers can hold at most user_cap senders, all producers together.
+-- What is full is read once from the leased rows (few: one per request in flight) and the
+-- candidate scan only compares with it; that is judged in this statement's snapshot, so
+-- only roughly. The exact cap: takers of one user's deliveries queue on the user's advisory
+-- lock, and each counts the leases (the user's, and the endpoint's, which belongs to that
+-- user) in a statement that starts after the previous taker committed — so the caller must
+-- commit right after this call (everything else it needs it reads afterwards): the lock is
+-- held until then, and it is what one user's takers wait for. Not worth an fsync: a lease
+-- lost in a Postgres crash only sends the row again (at least once, same webhook-id).
+DROP FUNCTION IF EXISTS tq_webhook_take(int, int);
+CREATE OR REPLACE FUNCTION tq_webhook_take(cap int, user_cap int, lease_s int) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     did bigint;
     ep uuid;
+    uid text;
+    full_eps uuid[];
+    full_users text[];
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
-    SELECT d.id, d.endpoint_id INTO did, ep FROM webhook_deliveries d
+    SELECT coalesce(array_agg(f.endpoint_id), '{}') INTO full_eps
+      FROM (SELECT endpoint_id FROM webhook_deliveries
+             WHERE leased_until > now() AND endpoint_id IS NOT NULL
+             GROUP BY endpoint_id HAVING count(*) >= cap) f;
+    SELECT coalesce(array_agg(f.user_id), '{}') INTO full_users
+      FROM (SELECT user_id FROM webhook_deliveries WHERE leased_until > now()
+             GROUP BY user_id HAVING count(*) >= user_cap) f;
+    SELECT d.id, d.endpoint_id, d.user_id INTO did, ep, uid FROM webhook_deliveries d
      WHERE d.state = 'pending' AND d.due_at <= now()
        AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 'pending'
              AND e.job_id = d.job_id AND e.target = d.target AND e.sequence < d.sequence)
-       -- judged in this statement's snapshot, so only roughly; exact below
-       AND (d.endpoint_id IS NULL OR (SELECT count(*) FROM webhook_deliveries f
-             WHERE f.endpoint_id = d.endpoint_id AND f.leased_until > now()) < cap)
+       AND d.user_id <> ALL (full_users)
+       AND (d.endpoint_id IS NULL OR d.endpoint_id <> ALL (full_eps))
      ORDER BY d.due_at, d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED;
     IF did IS NULL THEN
         RETURN NULL;
     END IF;
-    IF ep IS NOT NULL THEN
-        PERFORM tq_lock_webhook_endpoint(ep);
-        IF (SELECT count(*) FROM webhook_deliveries
-             WHERE endpoint_id = ep AND leased_until > now()) >= cap THEN
-            RETURN NULL; -- another taker filled it meanwhile: the next round
-        END IF;
+    PERFORM tq_lock_webhook_user(uid);
+    IF (SELECT count(*) FROM webhook_deliveries
+         WHERE user_id = uid AND leased_until > now()) >= user_cap THEN
+        RETURN NULL; -- another taker filled it meanwhile: the next round
+    END IF;
+    IF ep IS NOT NULL AND (SELECT count(*) FROM webhook_deliveries
+                            WHERE endpoint_id = ep AND leased_until > now()) >= cap THEN
+        RETURN NULL;
     END IF;
     UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => lease_s),
            leased_until = now() + make_interval(secs => lease_s),

@@ -1487,7 +1487,8 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         p = self.start([os.path.join(self.bin, "producer", "trainq-producer")], "producer-wh",
                        TRAINQ_HTTP_ADDR="127.0.0.1:0", TRAINQ_JWT_SECRET=self.secret,
                        TRAINQ_WEBHOOK_ALLOW_LOOPBACK="true", TRAINQ_WEBHOOK_SENDERS=senders,
-                       TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY=senders, TRAINQ_LOG_LEVEL="warn")
+                       TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY=senders,
+                       TRAINQ_WEBHOOK_USER_CONCURRENCY=senders, TRAINQ_LOG_LEVEL="warn")
         wait_until(lambda: len(stats()["hooks"]) >= backlog, 1800, "the webhook backlog")
         hooks = stats()["hooks"]
         first, last = min(h[0] for h in hooks), max(h[0] for h in hooks)

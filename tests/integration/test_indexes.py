@@ -137,6 +137,9 @@ SELECT j.user_id, j.id, e.id, e.id::text, e.url, 'job.completed', 1,
  WHERE get_byte(decode(md5(j.id::text), 'hex'), 3) < 128;
 UPDATE webhook_deliveries SET delivered_at = NULL, due_at = now() - interval '1 second'
  WHERE state = 'pending';
+-- a few requests in flight, as the senders' caps read them
+UPDATE webhook_deliveries SET leased_until = now() + interval '30 seconds'
+ WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' ORDER BY id LIMIT 8);
 INSERT INTO dead_letters (message_id, routing_key, reason, worker_id, body, created_at,
                           republished_at)
 SELECT CASE WHEN d % 4 = 0 THEN 'not-a-job-' || d ELSE md5('job' || (d * 7) % {jobs})::uuid::text END,
@@ -400,8 +403,8 @@ def queries(k):
          "SELECT tq_admin_drain('w5', true); SELECT tq_admin_drain('w5', false)"),
         (p, "retention (tq_retention_prune)",
          "SELECT outbox_rows, rate_rows, jobs FROM tq_retention_prune(3600, 86400, 2000, 100)"),
-        (p, "webhook take (tq_webhook_take: candidate, cap, lease)",
-         "SELECT tq_webhook_take(2::int, 30::int)"),
+        (p, "webhook take (tq_webhook_take: full endpoints and users, candidate, caps, lease)",
+         "SELECT tq_webhook_take(2::int, 2::int, 30::int)"),
         (p, "webhook take (what the request needs)",
          "SELECT d.id, d.job_id::text, d.url, d.event,"
          "   COALESCE((SELECT s.secret FROM webhook_endpoints s WHERE s.id = d.endpoint_id),"

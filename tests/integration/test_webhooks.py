@@ -628,6 +628,42 @@ class WebhooksTest(unittest.TestCase, DocChecks):
         self.wait_got(rec, 8, timeout=30)
         self.assertEqual(rec.max_inflight, 2)
 
+    def test_one_users_slow_receivers_hold_at_most_the_user_cap_of_senders(self):
+        """Three endpoints and a job's own URL of one user, all slow: at most
+        TRAINQ_WEBHOOK_USER_CONCURRENCY of the user's requests are in flight, all producers
+        together, so another user's delivery goes out at once on a free sender. Before the
+        user's cap, the four took all four senders (the endpoint cap is per endpoint, and a
+        job's own URL had none)."""
+        env = dict(LOOPBACK, TRAINQ_WEBHOOK_USER_CONCURRENCY="2", TRAINQ_WEBHOOK_SENDERS="2")
+        p = self.producer(**env)
+        self.producer(**env)  # 4 senders in all
+        slow = self.receiver()
+        slow.each = 6.0
+        for i in range(3):
+            self.endpoint(p, slow.url(f"/e{i}"), events=["job.queued"])
+        self.submit(p, webhook_url=slow.url("/own"), webhook_events=["job.queued"])
+        slow_user = self.user
+        self.addCleanup(h.psql, "UPDATE webhook_deliveries SET state = 'failed'"
+                        " WHERE user_id = :'u' AND state = 'pending'",
+                        variables={"u": slow_user})
+        self.wait_got(slow, 2)
+        time.sleep(1.5)
+        self.assertEqual((slow.max_inflight, len(slow.events())), (2, 2))
+        fast = self.receiver()
+        self.user = new_user()
+        self.token = h.mint(self.user, SECRET)
+        self.ds = add_dataset(self.user)
+        self.endpoint(p, fast.url())
+        t0 = time.time()
+        self.submit(p)
+        got = self.wait_got(fast, 1, timeout=10)
+        self.assertLess(got[0]["at"] - t0, 3.0)
+        # the slow user's other two follow as its first two end: none is lost
+        got = self.wait_got(slow, 4, timeout=40)
+        self.assertEqual(sorted(g["headers"]["webhook-id"] for g in got),
+                         sorted(set(g["headers"]["webhook-id"] for g in got)))
+        self.assertEqual(slow.max_inflight, 2)
+
     def test_a_delivery_in_flight_when_the_producer_is_killed_is_sent_again_with_its_id(self):
         p = self.producer(**LOOPBACK)
         rec = self.receiver(hold=60.0)  # the first request hangs: the producer dies in it

@@ -268,8 +268,7 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
                          h ? h->url : NULL,
                          h ? h->events_json : NULL,
                          h ? h->new_secret : NULL,
-                         a->s->priority != TQ_PRIORITY_NORMAL ? tq_priority_name(a->s->priority)
-                                                              : NULL};
+                         a->s->priority_given ? tq_priority_name(a->s->priority) : NULL};
     PGresult *res = NULL;
     int rc = tq_db_exec_prepared(t->c, "submit_call", 11, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {

@@ -520,8 +520,10 @@ int tq_submission_from_json(const json_t *obj, tq_submission *out, tq_validation
     if (v->n > 0)
         return TQ_ERR_INVALID;
     int rc = copy_submission(out, dataset_id, name, type, base_model, &cfg, words);
-    if (rc == TQ_OK)
+    if (rc == TQ_OK) {
         out->priority = priority;
+        out->priority_given = json_object_get(obj, "priority") != NULL;
+    }
     return rc;
 }
 

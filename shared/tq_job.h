@@ -130,6 +130,8 @@ typedef struct {
     char **trigger_words;
     size_t n_trigger_words;
     tq_priority priority; /* optional in the body; TQ_PRIORITY_NORMAL when absent */
+    int priority_given;   /* the body named it: an explicit "normal" is checked against the
+                             user's max_priority, an absent one defaults under it */
 } tq_submission;
 
 /* Static string "lora" / "dreambooth" ("unknown" for a value outside the enum). */

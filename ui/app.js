@@ -729,10 +729,13 @@
       const v = from && from.config && from.config[k] !== undefined ? from.config[k] : r.def;
       field("config." + k, k.replace(/_/g, " "), el("input", { type: "number", min: r.min, max: r.max, step: r.step, value: v, inputmode: r.step === "any" ? "decimal" : "numeric" }), r.hint);
     }
-    const prioSel = el("select", {}, PRIORITIES.map((p) => el("option", { value: p, text: p })));
-    prioSel.value = from && PRIORITIES.includes(from.priority) ? from.priority : "normal";
+    // "default" sends no priority: the server's normal, or the user's maximum when that is
+    // lower (a user an operator capped at low would be refused an explicit normal)
+    const prioSel = el("select", {}, [el("option", { value: "", text: "default" })]
+      .concat(PRIORITIES.map((p) => el("option", { value: p, text: p }))));
+    prioSel.value = from && PRIORITIES.includes(from.priority) ? from.priority : "";
     field("priority", "Priority", prioSel,
-          "low, normal or high: higher starts first when slots are scarce; above your allowed maximum (normal unless an operator raised it) is refused.");
+          "low, normal or high: higher starts first when slots are scarce; default is normal (or your allowed maximum when that is low); above your allowed maximum (normal unless an operator raised it) is refused.");
     field("trigger_words", "Trigger words", el("input", { type: "text", value: from && from.trigger_words ? from.trigger_words.join(", ") : "" }),
           "Optional: comma-separated, at most 20, each up to 100 bytes.");
     const form = el("form", { class: "job", novalidate: true, onsubmit: (ev) => { ev.preventDefault(); submitJob(form); } },
@@ -775,7 +778,7 @@
     const values = { dataset_id: get("dataset_id"), type: get("type"), base_model: get("base_model"), config: {},
                      trigger_words: get("trigger_words") ? get("trigger_words").split(",").map((s) => s.trim()).filter(Boolean) : [] };
     if (get("name")) values.name = get("name");
-    values.priority = get("priority");
+    if (get("priority")) values.priority = get("priority");
     for (const k of Object.keys(RULES)) if (get("config." + k) !== "") values.config[k] = Number(get("config." + k));
     for (const f of form.querySelectorAll("[data-field]")) setFieldError(form, f.dataset.field, "");
     const errs = localErrors(values);

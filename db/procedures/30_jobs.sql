@@ -61,7 +61,10 @@ BEGIN
            ARRAY(SELECT e FROM jsonb_array_elements_text(COALESCE(m->'trigger_words', '[]'))
                           WITH ORDINALITY AS w(e, k) ORDER BY k),
            p_source, p_idempotency_key, p_request_hash, x.body,
-           COALESCE(tq_priority_rank(m->>'priority'), 1),
+           -- no priority given: normal, or the user's max_priority when that is lower (a
+           -- user capped at low is not failed for a submission that asked for nothing)
+           COALESCE(tq_priority_rank(m->>'priority'),
+                    LEAST(1, tq_priority_rank(tq_user_max_priority(m->>'user_id')))),
            NULLIF(p_reply_tos[x.n], ''), NULLIF(p_correlation_ids[x.n], ''),
            -- the clock, not the transaction's start: the rows of one intake batch keep the
            -- order of their messages, which is their order of starting within a user

@@ -71,7 +71,9 @@ BEGIN
         outcome := 'dataset_forbidden';
         RETURN;
     END IF;
-    -- p_priority: the submission's, NULL for normal (65_schedule.sql: the user's cap)
+    -- p_priority: the submission's, NULL when it named none (tq_insert_jobs then gives it
+    -- normal, or the user's max_priority when that is lower); an explicit one must be within
+    -- the user's cap (65_schedule.sql), normal too
     IF p_priority IS NOT NULL
        AND tq_priority_rank(p_priority) > tq_priority_rank(tq_user_max_priority(p_user)) THEN
         outcome := 'priority_forbidden';

@@ -22,23 +22,24 @@ LANGUAGE sql STABLE AS $$
              GROUP BY 1) t
 $$;
 
--- Queue depth by waiting reason (as tq_waiting_reason, 65_schedule.sql, gives it: a user over
--- the daily quota counts under quota whether parked or not; the quota is looked up once per
--- user, not per job), active jobs, failures, submissions and completions per
+-- Queue depth by waiting reason (tq_waiting_reason, 65_schedule.sql, once per waiting user:
+-- the reason the job view gives each of the user's queued jobs), active jobs, failures, submissions and completions per
 -- minute over the last hour, and dispatch latency (created → started) of the last hour.
 CREATE OR REPLACE FUNCTION tq_admin_overview() RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
+        -- a queued job waits for its user's reason (tq_waiting_reason, the job view's
+        -- waiting_reason): one call per waiting user, not per job
         'queue', (SELECT json_build_object(
-                     'capacity', COALESCE(sum(n) FILTER (WHERE NOT over AND NOT parked), 0)::bigint,
-                     'user_limit', COALESCE(sum(n) FILTER (WHERE NOT over AND parked), 0)::bigint,
-                     'quota', COALESCE(sum(n) FILTER (WHERE over), 0)::bigint,
+                     'capacity', COALESCE(sum(n) FILTER (WHERE reason = 'capacity'), 0)::bigint,
+                     'user_limit', COALESCE(sum(n) FILTER (WHERE reason = 'user_limit'), 0)::bigint,
+                     'quota', COALESCE(sum(n) FILTER (WHERE reason = 'quota'), 0)::bigint,
                      'pending', (SELECT count(*) FROM training_jobs WHERE status = 'pending'),
                      'running', (SELECT count(*) FROM training_jobs WHERE status = 'running'))
-                    FROM (SELECT n, parked, tq_user_over_quota(user_id) AS over
-                            FROM (SELECT user_id, parked_at IS NOT NULL AS parked, count(*) AS n
+                    FROM (SELECT n, tq_waiting_reason(user_id) AS reason
+                            FROM (SELECT user_id, count(*) AS n
                                     FROM training_jobs WHERE status = 'queued'
-                                   GROUP BY 1, 2) g) t),
+                                   GROUP BY 1) g) t),
         'failures_24h', tq_admin_failures(),
         'per_minute', (SELECT json_agg(json_build_object(
                            'minute', m,

@@ -147,6 +147,34 @@ class TestOrder(SchedulingCase):
                                     " AND to_status = 'failed'", variables={"id": m["job_id"]}),
                          "config_error")
 
+    def test_a_user_capped_at_low_gets_low_when_asking_for_nothing(self):
+        """max_priority low: a job that names no priority is the user's low job and runs, by
+        AMQP and by HTTP (it was normal, above the cap: a 200 and then a failure at its
+        pick); an explicit normal over HTTP is the 403 it always was."""
+        u = self.user("capped")
+        self.limits(u, max_priority="low")
+        ds = self.dataset(u)
+        m = self.message(u, ds)
+        self.assertNotIn("priority", m)
+        self.consumer(f"capped-{run_id()}", slots=1)
+        self.publish(m)
+        self.assertEqual(self.wait_status(m["job_id"], TERMINAL)["status"], "completed")
+        self.assertEqual(self.job(m["job_id"])["priority"], 0)
+        p = start_producer()
+        self.addCleanup(stop_producer, self, p)
+        body = {"dataset_id": ds, "type": "lora", "base_model": "stabilityai/sdxl-base-1.0",
+                "config": {}}
+        r = h.http_once(p.port, "POST", "/api/training/submit", json_body=body,
+                        token=h.mint(u, SECRET))
+        self.assertEqual(r.status, 200, r)
+        jid = r.json["job_id"]
+        self.assertEqual(self.wait_status(jid, TERMINAL)["status"], "completed")
+        r = h.http_once(p.port, "GET", f"/api/training/jobs/{jid}", token=h.mint(u, SECRET))
+        self.assertEqual(r.json["job"]["priority"], "low")
+        r = h.http_once(p.port, "POST", "/api/training/submit",
+                        json_body=dict(body, priority="normal"), token=h.mint(u, SECRET))
+        self.assertEqual((r.status, r.json["error"]), (403, "priority not allowed"), r)
+
     def test_fair_share_starts_the_user_with_the_least_decayed_recent_usage_first(self):
         """Three users, one job each, submitted heaviest past first: the one without usage
         starts first, then the one whose big usage is 10 half-lives old (1/1024 of it is

@@ -207,8 +207,8 @@ async function main() {
     await user.type("#f-base_model", "stabilityai/sdxl-base-1.0");
     await user.$eval("#f-name", (e) => { e.value = ""; });
     await user.type("#f-name", "browser job");
-    step("priority: defaults to normal; high is above the user's maximum (403 next to the field)");
-    check(await user.$eval("#f-priority", (e) => e.value) === "normal", "the priority defaults to normal");
+    step("priority: defaults to the server's default (none sent); high is above the user's maximum (403 next to the field)");
+    check(await user.$eval("#f-priority", (e) => e.value) === "", "the priority defaults to none sent");
     await user.select("#f-priority", "high");
     const forbidden = user.waitForResponse((r) => r.url().endsWith("/api/training/submit"));
     await user.click("#submit-job");

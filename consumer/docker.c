@@ -211,6 +211,7 @@ int tq_docker_parse_inspect(const char *json, size_t len, tq_container_state *st
     st->finished_at_ms = t > 0 ? t : 0;
     json_t *labels = json_object_get(json_object_get(root, "Config"), "Labels");
     copy_str(st->job_label, sizeof st->job_label, obj_str(labels, "trainq.job"));
+    copy_str(st->worker_label, sizeof st->worker_label, obj_str(labels, "trainq.worker"));
     json_t *mem = json_object_get(json_object_get(root, "HostConfig"), "Memory");
     st->memory_bytes = json_is_integer(mem) ? json_integer_value(mem) : 0;
 out:

@@ -15,6 +15,7 @@
 
 #include "tq_job.h"
 #include "tq_json.h"
+#include "tq_log.h"
 #include "tq_uuid.h"
 #include "tq_utf8.h"
 
@@ -622,8 +623,9 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char
                            "cannot create container \"%s\": the name is taken by a container "
                            "not labelled with this job",
                            name);
-        if (st.running || strcmp(st.status, "paused") == 0 ||
-            strcmp(st.status, "restarting") == 0) {
+        int up =
+            st.running || strcmp(st.status, "paused") == 0 || strcmp(st.status, "restarting") == 0;
+        if (up && strcmp(st.worker_label, worker_id) == 0) {
             copy_id(container_id, st.id); /* adopted: this job's container is already up */
             if (eb)
                 eb->msg[0] = '\0';
@@ -634,7 +636,16 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char
                            "cannot create container \"%s\": the old one is being removed", name);
         if (round == 1)
             break;
-        /* created (a launch that never started) or exited (an earlier attempt): replace it */
+        /* Created (a launch that never started), exited (an earlier attempt), or up but
+         * another worker's: the job was taken from a worker that died (or lost Postgres)
+         * with its container running on a shared daemon. That container holds the other
+         * worker's GPUs, and the other worker, back, would kill it as a job it no longer
+         * holds (exit 137, read as out of memory). Replace it: the force removal kills it,
+         * and the other worker's late outcome for it is refused by the fencing token. */
+        if (up)
+            tq_log(TQ_LOG_WARN, "launch.replaced",
+                   "job %s: replacing container %.12s of worker %s (the job was taken from it)", id,
+                   st.id, st.worker_label[0] ? st.worker_label : "(unlabelled)");
         rc = tq_docker_remove(d, st.id, 1, eb);
         if (rc != TQ_OK)
             return rc;

@@ -51,6 +51,7 @@ typedef struct {
     long long started_at_ms, finished_at_ms; /* Unix ms; 0 = never */
     long long memory_bytes;                  /* the memory limit, 0 = unlimited */
     char job_label[64];                      /* label "trainq.job", "" if absent */
+    char worker_label[128];                  /* label "trainq.worker", "" if absent */
     char error[256];                         /* why start failed, if it did */
 } tq_container_state;
 

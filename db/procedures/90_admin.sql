@@ -156,6 +156,13 @@ BEGIN
     IF d.republished_at IS NOT NULL THEN
         RETURN 'conflict:already republished';
     END IF;
+    -- Refused for its signature (shared/tq_sign.h's reasons): the relay would sign it with
+    -- trainq's own key, so anyone who can publish an unsigned body could have it run by an
+    -- operator's click. Only its publisher can vouch for it: by publishing it again, signed.
+    IF d.reason ~ '^(unsigned message:|unknown publisher key id|bad signature)' THEN
+        RETURN 'conflict:the message was refused for its signature: only its publisher can '
+               'publish it again, signed';
+    END IF;
     IF d.message_id !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         RETURN 'conflict:the message has no job id';
     END IF;

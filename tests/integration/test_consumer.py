@@ -725,6 +725,34 @@ class TestRecovery(ConsumerCase):
         reasons = [e["reason"] for e in self.events([u]) if e["to_status"] == "queued"]
         self.assertTrue(any(r and "stopped renewing its lease" in r for r in reasons), reasons)
 
+    def test_a_job_taken_from_a_dead_worker_on_a_shared_daemon_gets_its_own_container(self):
+        """Two consumers on one dockerd (one per GPU set of a host): the first dies with its
+        container running, the second is given the job after the lease. It replaces that
+        container instead of following it (it runs on the first worker's GPUs), and the first
+        worker, back, finds nothing of its own to stop: the job completes on attempt 2.
+        Before, the second followed the first's container and the first, restarted, killed
+        it as a job it no longer held: exit 137, failed as out of memory."""
+        u = self.user("shared")
+        m = self.message(u, self.dataset(u, duration=14))
+        dead = f"dead-{run_id()}"
+        c1 = self.consumer(dead)
+        self.publish(m)
+        first = self.wait_status(m["job_id"], "running")
+        c1.kill()
+        c2 = self.consumer(f"heir-{run_id()}")
+        c2.wait_event("launch.replaced", timeout=40)
+        j = self.wait_status(m["job_id"], "running")
+        self.assertEqual(j["attempts"], 2)
+        self.assertNotEqual(j["container_id"], first["container_id"])
+        st, info = tqenv.docker("GET", f"/containers/{j['container_id']}/json")
+        self.assertEqual((st, info["Config"]["Labels"]["trainq.worker"]), (200, j["worker_id"]))
+        self.assertEqual(tqenv.docker("GET", f"/containers/{first['container_id']}/json")[0], 404)
+        back = self.consumer(dead)
+        back.wait_event("consumer.ready", timeout=30)
+        j = self.wait_status(m["job_id"], TERMINAL, timeout=60)
+        self.assertEqual((j["status"], j["attempts"], j["exit_code"]), ("completed", 2, 0))
+        self.assertEqual(back.events("adopt.stopped"), [])
+
     def test_dockerd_restart_under_a_running_job_retries_it(self):
         """dockerd (no live-restore) takes its containers down when it stops: the job was not
         at fault, so it is retried with the reason recorded, and the consumer resumes once
@@ -769,9 +797,9 @@ class TestRecovery(ConsumerCase):
         m = self.message(u, self.dataset(u, duration=12))
         wid = f"grace-{run_id()}"
         c1 = self.consumer(wid, TRAINQ_RESTART_GRACE_SECONDS=60)
-        self.consumer(f"reaper-{run_id()}")
         self.publish(m)
-        self.wait_status(m["job_id"], "running")
+        self.assertEqual(self.wait_status(m["job_id"], "running")["worker_id"], wid)
+        self.consumer(f"reaper-{run_id()}")  # after: the job must be c1's, not its
         self.assertEqual(c1.stop(signal.SIGTERM), 0)
         c1.wait_event("consumer.leases_extended", timeout=5)
         time.sleep(4 + 3)  # longer than TRAINQ_LEASE_SECONDS=4, reaper sweeps every second

@@ -322,6 +322,20 @@ class TestAdminApi(AdminCase):
         self.assertEqual(self.admin("POST", f"/api/admin/dead-letters/{by_id[m['job_id']]['id']}/republish").status, 409)
         self.assertEqual(self.admin("POST", "/api/admin/dead-letters/999999999/republish").status, 404)
         self.assertEqual(self.admin("POST", "/api/admin/dead-letters/x1/republish").status, 400)
+        # refused for its signature (as test_signing's consumers record them): the relay
+        # would sign it with trainq's key, so it is not republished, whatever its body
+        forged = self.message(u, ds)
+        for reason in ("unsigned message: x-trainq-signature is required",
+                       'unknown publisher key id "k9"', "bad signature"):
+            dl = tqenv.psql("INSERT INTO dead_letters (message_id, routing_key, reason, worker_id,"
+                            " body) VALUES (:'m', 'lora', :'r', 'w', :'b') RETURNING id",
+                            variables={"m": forged["job_id"], "r": reason,
+                                       "b": json.dumps(forged)}).split()[0]
+            r = self.admin("POST", f"/api/admin/dead-letters/{dl}/republish")
+            self.assertEqual(r.status, 409, r)
+            self.assertIn("refused for its signature", r.json["error"])
+        self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'j'",
+                                    variables={"j": forged["job_id"]}), "0")
 
     def test_a_drained_worker_finishes_its_job_and_takes_no_new_one(self):
         wid = f"drain-{run_id()}"

@@ -145,10 +145,10 @@ void tq_h_admin_job_cancel(tq_req *r)
     tq_job_status st = TQ_STATUS_QUEUED;
     int done = 0;
     rc = tq_pdb_job_cancel(user, id, &st, &done, &eb);
-    if (rc == TQ_ERR_CONFLICT)
+    if (rc == TQ_ERR_CONFLICT) /* the owner's words: "job is already completed" */
         tq_req_reply_json(r, 409,
-                          json_pack("{s:b, s:s, s:s}", "success", 0, "error", "job already ended",
-                                    "status", tq_status_name(st)));
+                          json_pack("{s:b, s:s, s:s}", "success", 0, "error", eb.msg, "status",
+                                    tq_status_name(st)));
     else if (rc != TQ_OK)
         tq_job_reply_failure(r, rc, &eb);
     else

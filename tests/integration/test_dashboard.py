@@ -263,7 +263,9 @@ class TestAdminApi(AdminCase):
         r = self.admin("POST", f"/api/admin/jobs/{m['job_id']}/cancel")
         self.assertEqual(r.status, 200, r)
         self.assertEqual(self.job(m["job_id"])["status"], "cancelled")
-        self.assertEqual(self.admin("POST", f"/api/admin/jobs/{m['job_id']}/cancel").status, 409)
+        r = self.admin("POST", f"/api/admin/jobs/{m['job_id']}/cancel")
+        self.assertEqual((r.status, r.json["error"], r.json["status"]),
+                         (409, "job is already cancelled", "cancelled"))
         self.assertEqual(self.admin("POST", f"/api/admin/jobs/{uuid.uuid4()}/cancel").status, 404)
 
     def test_a_failed_job_is_retried_and_runs_again(self):

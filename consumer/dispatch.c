@@ -61,6 +61,9 @@
 #define PICK_EVERY_S 1.0
 /* ... and again this soon when a candidate's user was locked by someone else. */
 #define PICK_BUSY_S 0.05
+/* While RabbitMQ is away: how often the dispatcher looks at its slots between connection
+ * attempts (a freed slot or a notification is taken up within this). */
+#define AMQP_DOWN_TICK_MS 200
 /* Jobs that fail at the head of the queue (dataset missing...) handled per round. */
 #define PICK_FAILED_MAX 100
 #define HEARTBEAT_S 60
@@ -87,6 +90,7 @@ typedef struct {
     unsigned epoch;
     char tag[SHORTSTR_BUF];
     tq_backoff backoff;   /* reconnecting to RabbitMQ: 100 ms … 5 s, with jitter */
+    double amqp_retry_at; /* the next connection attempt while RabbitMQ is away */
     double depth_read_at; /* when trainq.jobs' ready count was last read */
     intake_item *batch;   /* INTAKE_BATCH items */
     size_t n_batch;
@@ -752,11 +756,18 @@ void *tq_dispatch_main(void *arg)
         /* Either connection may be the one whose node died (they can sit on different
          * nodes of a cluster): a dead publishing connection is replaced as well. */
         if (!tq_amqp_alive(d.in) || !tq_amqp_alive(d.dead)) {
+            if (tq_mono_now() < d.amqp_retry_at) {
+                /* RabbitMQ is away: only intake needs it. The rows in Postgres are what
+                 * slots pick, so they go on picking (once a second, or when woken). */
+                fill(&d);
+                tq_worker_sleep(w, AMQP_DOWN_TICK_MS);
+                continue;
+            }
             drop_amqp(&d);
             if (connect_amqp(&d, &eb) != TQ_OK) {
                 if (!logged_down++)
                     tq_log(TQ_LOG_WARN, "amqp.down", "%s; retrying", eb.msg);
-                tq_worker_sleep(w, tq_backoff_next(&d.backoff));
+                d.amqp_retry_at = tq_mono_now() + tq_backoff_next(&d.backoff) / 1000.0;
                 continue;
             }
             if (!ready) {

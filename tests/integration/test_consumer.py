@@ -753,6 +753,24 @@ class TestRecovery(ConsumerCase):
         self.assertEqual((j["status"], j["attempts"], j["exit_code"]), ("completed", 2, 0))
         self.assertEqual(back.events("adopt.stopped"), [])
 
+    def test_stored_jobs_start_while_rabbitmq_is_down(self):
+        """Who runs next is decided in Postgres: with the broker stopped, a job whose row is
+        stored (an HTTP submission whose message waits in the outbox) is picked by a free
+        slot and runs. Before, the dispatcher only retried the broker and no slot picked."""
+        u = self.user("nobroker")
+        c = self.consumer(f"nobroker-{run_id()}")
+        c.wait_event("consumer.ready", timeout=30)
+        tqenv.services("stop", "rabbitmq")
+        try:
+            c.wait_event("amqp.down", timeout=30)
+            m = self.message(u, self.dataset(u, duration=1))
+            self.insert_job(m, 0)
+            j = self.wait_status(m["job_id"], TERMINAL, timeout=40)
+            self.assertEqual((j["status"], j["attempts"]), ("completed", 1))
+        finally:
+            tqenv.services("start", "rabbitmq")
+        c.wait_event("amqp.up", timeout=60)
+
     def test_dockerd_restart_under_a_running_job_retries_it(self):
         """dockerd (no live-restore) takes its containers down when it stops: the job was not
         at fault, so it is retried with the reason recorded, and the consumer resumes once

@@ -39,7 +39,9 @@ static const tq_opt options[] = {
     {"TRAINQ_MODELS_READ_ONLY", "models-read-only", TQ_OPT_BOOL, OFF(models_read_only), "false", 0,
      0, NULL, "mount the Hugging Face cache read-only (jobs cannot alter what others load)"},
     {"TRAINQ_METRICS_ADDR", "metrics-addr", TQ_OPT_STR, OFF(metrics_addr), "127.0.0.1:9101", 0, 0,
-     NULL, "/metrics and /healthz listen address (port 0 picks a free port)"},
+     NULL,
+     "/metrics and /healthz listen address (port 0 picks a free port; an address another "
+     "process listens on stops the start, exit 1)"},
     {"TRAINQ_LEASE_SECONDS", "lease-seconds", TQ_OPT_INT, OFF(lease_seconds), "30", 3, 3600, NULL,
      "a job whose worker has not renewed its lease this long is recovered by the reaper"},
     {"TRAINQ_HEARTBEAT_SECONDS", "heartbeat-seconds", TQ_OPT_INT, OFF(heartbeat_seconds), "5", 1,

@@ -168,10 +168,14 @@ int main(int argc, char **argv)
     int exit_code = 0;
     tq_cmetrics_server *ms = NULL;
     tq_relay *relay = NULL;
-    if (worker_init(&w, &cfg) != 0 || open_host(&w, &ms, &eb) != TQ_OK ||
-        start_relay(&cfg, &relay, &eb) != TQ_OK) {
+    int rc = worker_init(&w, &cfg) != 0 ? TQ_ERR_NOMEM : open_host(&w, &ms, &eb);
+    if (rc == TQ_OK)
+        rc = start_relay(&cfg, &relay, &eb);
+    if (rc != TQ_OK) {
         fprintf(stderr, "trainq-consumer: %s\n", w.slots ? eb.msg : "out of memory");
-        exit_code = 2;
+        /* 2 is a setting that cannot work (systemd's unit does not restart it); a metrics
+         * port another process holds, or memory, may be there on the next start: 1. */
+        exit_code = rc == TQ_ERR_IO || rc == TQ_ERR_NOMEM ? 1 : 2;
         goto out;
     }
     if (tq_runners_start(&w) != TQ_OK) {

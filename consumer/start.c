@@ -234,7 +234,11 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
     }
     host_ok(w);
     tq_cmetrics_inc(TQ_CM_JOBS_STARTED);
-    double now_epoch = (double)time(NULL);
+    /* created_epoch has microseconds: so must now, or a start within the second of its
+     * submission is not observed and every other one is up to a second short */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now_epoch = (double)ts.tv_sec + ts.tv_nsec / 1e9;
     if (cl->created_epoch > 0 && now_epoch >= cl->created_epoch)
         tq_cmetrics_observe_dispatch(now_epoch - cl->created_epoch);
     tq_logj(TQ_LOG_INFO, "job.started",

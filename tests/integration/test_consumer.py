@@ -771,6 +771,22 @@ class TestRecovery(ConsumerCase):
             tqenv.services("start", "rabbitmq")
         c.wait_event("amqp.up", timeout=60)
 
+    def test_a_metrics_address_in_use_stops_the_start_with_exit_1(self):
+        """Another process on the metrics port is not a bad setting (exit 2, which the
+        systemd unit does not restart) but something that may be gone at the next start."""
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        p = self.consumer(f"busy-{run_id()}", start=False,
+                          TRAINQ_METRICS_ADDR=f"127.0.0.1:{port}").start()
+        p.proc.wait(30)
+        self.assertEqual(p.proc.returncode, 1)
+        lines = p.stderr_text().strip().splitlines()
+        self.assertEqual(lines[-1], f"trainq-consumer: could not listen on 127.0.0.1:{port}"
+                         " for metrics")
+
     def test_dockerd_restart_under_a_running_job_retries_it(self):
         """dockerd (no live-restore) takes its containers down when it stops: the job was not
         at fault, so it is retried with the reason recorded, and the consumer resumes once

@@ -59,7 +59,7 @@ static const tq_opt options[] = {
     {"TRAINQ_PIDS_LIMIT", "pids-limit", TQ_OPT_INT, OFF(pids_limit), "4096", 0, 1000000, NULL,
      "container process limit (0: none)"},
     {"TRAINQ_CPUS", "cpus", TQ_OPT_DOUBLE, OFF(cpus), "0", 0, 1024, NULL,
-     "container CPU limit in cores (0: none)"},
+     "container CPU limit in cores (0: none; else at least 0.01, as Docker takes it)"},
     {"TRAINQ_STOP_GRACE_SECONDS", "stop-grace-seconds", TQ_OPT_INT, OFF(stop_grace_seconds), "10",
      0, 3600, NULL, "SIGTERM to SIGKILL delay when a job is cancelled or overruns"},
     {"TRAINQ_REMOVE_CONTAINERS", "remove-containers", TQ_OPT_BOOL, OFF(remove_containers), "true",
@@ -223,6 +223,11 @@ static int check(void *cfg, tq_errbuf *eb)
                        "invalid TRAINQ_MEMORY_LIMIT %lld: expected 0 (no limit) or at least 6m, "
                        "the least Docker accepts",
                        c->memory_bytes);
+    if (c->cpus != 0 && c->cpus < 0.01)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_CPUS %g: expected 0 (no limit) or at least 0.01, the "
+                       "least Docker accepts",
+                       c->cpus);
     if (!*c->retry_policy)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_RETRY_POLICY: empty; `none` turns retries off");

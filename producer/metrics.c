@@ -142,8 +142,8 @@ static void render_http(tq_prom_doc *d)
         if (r >= n_routes && r != TQ_METRICS_MAX_ROUTES)
             continue;
         unsigned long long count = atomic_load_explicit(&lat_count[r], memory_order_relaxed);
-        if (!count && r == TQ_METRICS_MAX_ROUTES)
-            continue;
+        if (!count)
+            continue; /* a route never asked has no series, as a code never answered */
         unsigned long long counts[N_BUCKETS + 1];
         for (size_t b = 0; b <= N_BUCKETS; b++)
             counts[b] = atomic_load_explicit(&lat_bucket[r][b], memory_order_relaxed);

@@ -10,7 +10,9 @@
 
 #include <stddef.h>
 
-#define TQ_METRICS_MAX_ROUTES 16
+/* Every route of routes.c gets its own label (a _Static_assert there holds it); "other"
+ * is for requests that matched none. */
+#define TQ_METRICS_MAX_ROUTES 48
 
 /* route_names[i] is the label of route i (borrowed for the process' life; static). */
 void tq_metrics_init(const char *const *route_names, size_t n);

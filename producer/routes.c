@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "handlers.h"
+#include "metrics.h"
 #include "request_impl.h"
 #include "tq_log.h"
 
@@ -62,6 +63,8 @@ static const route_entry routes[] = {
     {"/ui/{name}", tq_h_ui, NULL, NULL},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
+_Static_assert(N_ROUTES <= TQ_METRICS_MAX_ROUTES,
+               "every route needs its own label in /metrics: raise TQ_METRICS_MAX_ROUTES");
 
 size_t tq_route_count(void)
 {

@@ -14,11 +14,13 @@ Every option of both programs is an environment variable and the matching comman
 (`--flag=value` or `--flag value`; the flag wins). A bad value stops the program at start with
 one line naming the variable, the value and what was expected, and exit code 2:
 
-    $ TRAINQ_HTTP_ADDR=localhost trainq-producer
-    trainq-producer: invalid TRAINQ_HTTP_ADDR "localhost": expected host:port
+    $ TRAINQ_HTTP_THREADS=0 trainq-producer
+    trainq-producer: invalid TRAINQ_HTTP_THREADS "0": expected an integer from 1 to 256
 
-A switch (default `true` or `false` below) takes `true` or `false`, also `1`/`0` and
-`yes`/`no`.
+(A required option that is missing is reported first.) A switch (default `true` or `false`
+below) takes `true` or `false`, also `1`/`0` and `yes`/`no`. A number is written as it reads:
+digits, a leading `-`, and for a fraction one `.` between digits (no blanks, `+`, hex or
+exponent).
 
 `--help` prints the same options (without the values column); this file is generated from
 the same table by

@@ -110,6 +110,25 @@ static int bad(tq_errbuf *eb, const tq_opt *o, const char *v, const char *expect
     return tq_errf(eb, TQ_ERR_CONFIG, "invalid %s \"%.200s\": %s", o->env, v, expected);
 }
 
+/* What a number in a configuration file looks like: an optional '-', digits, and for a
+ * fraction one '.' between digits. strtoll/strtod alone also take " 5", "+5", "0x10",
+ * "1e3", "inf" and "nan", none of which an operator means as written. */
+static int plain_decimal(const char *v, int fraction)
+{
+    const char *p = v + (*v == '-');
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0)
+        return 0;
+    p += digits;
+    if (fraction && *p == '.') {
+        size_t more = strspn(p + 1, "0123456789");
+        if (more == 0)
+            return 0;
+        p += 1 + more;
+    }
+    return *p == '\0';
+}
+
 static int set_value(void *cfg, const tq_opt *o, const char *v, tq_errbuf *eb)
 {
     char *base = (char *)cfg + o->off;
@@ -144,7 +163,7 @@ static int set_value(void *cfg, const tq_opt *o, const char *v, tq_errbuf *eb)
         long long x = strtoll(v, &end, 10);
         snprintf(expected, sizeof expected, "expected an integer from %lld to %lld", o->min,
                  o->max);
-        if (!*v || *end || errno || x < o->min || x > o->max)
+        if (!plain_decimal(v, 0) || *end || errno || x < o->min || x > o->max)
             return bad(eb, o, v, expected);
         *(int *)base = (int)x;
         return TQ_OK;
@@ -164,7 +183,8 @@ static int set_value(void *cfg, const tq_opt *o, const char *v, tq_errbuf *eb)
         errno = 0;
         double x = strtod(v, &end);
         snprintf(expected, sizeof expected, "expected a number from %lld to %lld", o->min, o->max);
-        if (!*v || *end || errno || !isfinite(x) || x < (double)o->min || x > (double)o->max)
+        if (!plain_decimal(v, 1) || *end || errno || !isfinite(x) || x < (double)o->min ||
+            x > (double)o->max)
             return bad(eb, o, v, expected);
         *(double *)base = x;
         return TQ_OK;

@@ -529,12 +529,15 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         self.assertEqual(ready, {"status": "ready", "postgres": "ok", "amqp": "ok",
                                  "reasons": []})
         self.c.request("GET", "/nowhere")
+        # the routes past the first 16 have their own label too (they were all "other")
+        self.assertEqual(self.c.request("GET", "/api/admin/workers").status, 401)
         r = self.c.request("GET", "/metrics")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.header("Content-Type").startswith("text/plain"))
         text = r.raw.decode()
         for name in ("trainq_http_requests_total{route=\"/healthz\",code=\"200\"}",
                      "trainq_http_requests_total{route=\"other\",code=\"404\"}",
+                     "trainq_http_requests_total{route=\"/api/admin/workers\",code=\"401\"}",
                      "trainq_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"}",
                      "trainq_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"}",
                      "trainq_http_request_duration_seconds_count{route=\"/healthz\"}",

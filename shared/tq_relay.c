@@ -30,7 +30,10 @@
 #define RELAY_CONFIRM_TIMEOUT_MS 10000
 #define RELAY_BACKOFF_MIN_MS 100
 #define RELAY_BACKOFF_MAX_MS 5000
+/* The outbox backlog (count and age of the oldest due row) is counted this often ... */
 #define RELAY_BACKLOG_EVERY_MS 5000
+/* ... and at most this often once caught up with a backlog that was not zero. */
+#define RELAY_BACKLOG_RECHECK_MS 1000
 /* How often a blocked relay reads the broker's frames for connection.unblocked. */
 #define RELAY_BLOCKED_POLL_MS 250
 
@@ -179,6 +182,7 @@ static void sync_blocked(tq_relay *r)
 }
 
 static void count_backlog(tq_relay *r);
+static void backlog_unknown(tq_relay *r);
 
 /* Runs in the relay thread, also inside a round whose confirm wait an alarm paused: the
  * backlog (and its age, which /readyz watches) keeps being counted on the round's own
@@ -198,6 +202,7 @@ static void drop_db(tq_relay *r)
         r->pg = NULL;
     }
     stats_set_up(r, 0, tq_amqp_alive(r->amqp), 0);
+    backlog_unknown(r);
 }
 
 static void drop_amqp(tq_relay *r)
@@ -476,12 +481,24 @@ rollback:
     return rc;
 }
 
+/* The backlog is not known (Postgres away): -1, as /metrics documents, and /readyz says
+ * "unknown" rather than the last count, which may be minutes old. */
+static void backlog_unknown(tq_relay *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->st.backlog = -1;
+    r->st.backlog_age_s = -1;
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void count_backlog(tq_relay *r)
 {
     PGresult *res = NULL;
     tq_errbuf eb = {{0}};
-    if (tq_db_exec(r->pg, SQL_BACKLOG, 0, NULL, &res, &eb) != TQ_OK)
-        return; /* the next round notices a broken connection */
+    if (tq_db_exec(r->pg, SQL_BACKLOG, 0, NULL, &res, &eb) != TQ_OK) {
+        backlog_unknown(r); /* the next round notices a broken connection */
+        return;
+    }
     r->next_backlog = tq_mono_ms() + RELAY_BACKLOG_EVERY_MS;
     int64_t v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     int64_t age = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
@@ -593,6 +610,9 @@ static void *relay_main(void *arg)
         }
         tq_backoff_reset(&bo_db);
         if (ensure_amqp(r) != TQ_OK) {
+            /* Nothing goes out, so the rows' age is what an operator must see grow. */
+            if (tq_mono_ms() >= r->next_backlog)
+                count_backlog(r);
             backoff_sleep(r, &bo_amqp);
             continue;
         }
@@ -626,8 +646,15 @@ static void *relay_main(void *arg)
         if (full)
             continue;
 
+        /* A round that was not full has caught up: a backlog counted before it (an outage's,
+         * say) is counted again within a second, not in up to RELAY_BACKLOG_EVERY_MS, or
+         * /readyz goes on reporting rows that are gone. Caught up, the count is cheap. */
         int64_t now = tq_mono_ms();
-        if (now >= r->next_backlog)
+        pthread_mutex_lock(&r->mu);
+        int stale = r->st.backlog != 0 &&
+                    now >= r->next_backlog - RELAY_BACKLOG_EVERY_MS + RELAY_BACKLOG_RECHECK_MS;
+        pthread_mutex_unlock(&r->mu);
+        if (now >= r->next_backlog || stale)
             count_backlog(r);
         if (r->pg)
             wait_for_work(r, r->poll_ms);

@@ -980,6 +980,10 @@ class ProducerFaultTest(unittest.TestCase):
                 self.assertIsNotNone(r.header("Retry-After"))
                 self.assertLess(took, 6.0)
             self.assertEqual(h.http_once(p.port, "GET", "/healthz").status, 200)
+            # the backlog is unknown now, not the last count
+            h.wait_until(lambda: self.metric(p.port, "trainq_outbox_backlog") == -1,
+                         timeout=15, what="trainq_outbox_backlog -1")
+            self.assertEqual(h.http_once(p.port, "GET", "/readyz").json["outbox"], "unknown")
         finally:
             h.services("start", "postgres")
         wait_ready(p.port)
@@ -987,6 +991,46 @@ class ProducerFaultTest(unittest.TestCase):
                       token=tok)
         self.assertEqual(r.status, 200, r)
         c.close()
+
+    def metric(self, port, name):
+        for line in h.http_once(port, "GET", "/metrics").raw.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_readyz_and_the_backlog_follow_a_broker_outage(self):
+        """While RabbitMQ is away the stored rows' age grows and /readyz says the outbox is
+        behind (the relay counted nothing then: it kept its last count, 0, and said ok); once
+        the broker is back and the rows are out, /readyz is ready again within a couple of
+        seconds (it kept reporting the outage's rows for up to 5 s)."""
+        p = self.start(TRAINQ_READY_MAX_BACKLOG_AGE_SECONDS="2")
+        wait_ready(p.port)
+        user = new_user()
+        ds = add_dataset(user)
+        h.services("stop", "rabbitmq")
+        try:
+            r = h.http_once(p.port, "POST", "/api/training/submit",
+                            body=json.dumps(body_for(ds)), headers=JSON_HEADERS,
+                            token=h.mint(user, SECRET))
+            self.assertEqual(r.status, 200, r)
+            job_id = r.json["job_id"]
+
+            def behind():
+                r = h.http_once(p.port, "GET", "/readyz")
+                return r if r.json.get("outbox") == "behind" else None
+            r = h.wait_until(behind, timeout=20, what="/readyz: outbox behind")
+            self.assertEqual(r.status, 503)
+            self.assertTrue(any(x.startswith("outbox backlog") for x in r.json["reasons"]), r)
+            self.assertGreaterEqual(self.metric(p.port, "trainq_outbox_backlog"), 1)
+            self.assertGreater(self.metric(p.port, "trainq_outbox_backlog_age_seconds"), 2)
+        finally:
+            h.services("start", "rabbitmq")
+        h.wait_until(lambda: outbox_published(job_id) == "t", timeout=90, what="published")
+        t0 = time.monotonic()
+        h.wait_until(lambda: h.http_once(p.port, "GET", "/readyz").status == 200, timeout=15,
+                     what="/readyz ready again")
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertEqual(self.metric(p.port, "trainq_outbox_backlog"), 0)
 
     def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(self):
         p = self.start()

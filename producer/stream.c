@@ -70,6 +70,7 @@ struct tq_streams {
     int stopping;
     int wake[2];          /* self-pipe: the callbacks and close_all wake the notifier */
     int64_t last_warn_ms; /* notifier only: the last stream.read_failed logged */
+    int listen_down;      /* notifier only: tq_log_down of its listening connection */
     pthread_t thread;
     int started;
 };
@@ -530,8 +531,10 @@ static void *notifier_main(void *arg)
             tq_errbuf eb = {{0}};
             lc = tq_pdb_listen_open(&eb);
             if (!lc) {
-                tq_log(TQ_LOG_WARN, "stream.listen_failed", "%s", eb.msg);
+                tq_log_down(&h->listen_down, "stream.listen_failed", "%s; retrying", eb.msg);
                 next_listen = now + RELISTEN_MS;
+            } else {
+                tq_log_up(&h->listen_down, "stream.listen_ok", "listening for job changes again");
             }
             next_poll = now; /* what was missed meanwhile */
         }
@@ -547,7 +550,8 @@ static void *notifier_main(void *arg)
             ;
         if (lc) {
             if (!PQconsumeInput(lc)) {
-                tq_log(TQ_LOG_WARN, "stream.listen_lost", "%s", PQerrorMessage(lc));
+                tq_log_down(&h->listen_down, "stream.listen_lost", "%.*s",
+                            (int)strcspn(PQerrorMessage(lc), "\n"), PQerrorMessage(lc));
                 PQfinish(lc);
                 lc = NULL;
             }

@@ -194,6 +194,8 @@ struct tq_webhooks {
     pthread_cond_t pause_cv; /* senders backing off after an error wait here (stop only) */
     int kicks;               /* under mu: pending wake-ups, at most n_senders */
     int stop; /* under mu; also read unlocked by the curl callbacks (a late read is harmless) */
+    int take_down;   /* tq_log_down: the senders' takes fail (Postgres away) */
+    int listen_down; /* tq_log_down: the listener has no connection */
 };
 
 static int stopping(tq_webhooks *w)
@@ -417,11 +419,12 @@ static void *worker_main(void *arg)
                                    w->cfg->webhook_user_concurrency, TQ_WEBHOOK_LEASE_SECONDS,
                                    &rows, &n, &eb);
         if (rc != TQ_OK) {
-            tq_log(TQ_LOG_WARN, "webhook.take_failed", "%s", eb.msg);
+            tq_log_down(&w->take_down, "webhook.take_failed", "%s; retrying", eb.msg);
             /* Kicks are for senders that can work: this one pauses for its backoff. */
             sender_wait(w, &w->pause_cv, tq_backoff_next(&err_backoff));
         } else {
             tq_backoff_reset(&err_backoff);
+            tq_log_up(&w->take_down, "webhook.take_ok", "webhook senders take deliveries again");
             if (n > 0)
                 kick(w); /* there may be more: another sender looks while this one sends */
             for (int i = 0; i < n && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED); i++)
@@ -450,8 +453,10 @@ static void *listener_main(void *arg)
             tq_errbuf eb = {{0}};
             lc = tq_pdb_hooks_listen_open(&eb);
             if (!lc) {
-                tq_log(TQ_LOG_WARN, "webhook.listen_failed", "%s", eb.msg);
+                tq_log_down(&w->listen_down, "webhook.listen_failed", "%s; retrying", eb.msg);
                 next_listen = now + RELISTEN_MS;
+            } else {
+                tq_log_up(&w->listen_down, "webhook.listen_ok", "listening for deliveries again");
             }
             next_tick = now; /* what was written while nobody listened */
         }
@@ -464,7 +469,8 @@ static void *listener_main(void *arg)
         poll(pf, 2, (int)(next_tick > now ? next_tick - now : 0));
         if (lc && (pf[1].revents & (POLLIN | POLLERR | POLLHUP))) {
             if (!PQconsumeInput(lc)) {
-                tq_log(TQ_LOG_WARN, "webhook.listen_lost", "%s", PQerrorMessage(lc));
+                tq_log_down(&w->listen_down, "webhook.listen_lost", "%.*s",
+                            (int)strcspn(PQerrorMessage(lc), "\n"), PQerrorMessage(lc));
                 PQfinish(lc);
                 lc = NULL;
                 continue;

@@ -104,3 +104,19 @@ void tq_logj(tq_log_level lvl, const char *event, json_t *fields, const char *fm
     log_emit(lvl, event, fields, fmt, ap);
     va_end(ap);
 }
+
+void tq_log_down(int *down, const char *event, const char *fmt, ...)
+{
+    if (__atomic_exchange_n(down, 1, __ATOMIC_RELAXED))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_emit(TQ_LOG_WARN, event, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void tq_log_up(int *down, const char *event, const char *msg)
+{
+    if (__atomic_exchange_n(down, 0, __ATOMIC_RELAXED))
+        tq_log(TQ_LOG_INFO, event, "%s", msg);
+}

@@ -23,4 +23,11 @@ void tq_log(tq_log_level lvl, const char *event, const char *fmt, ...)
 void tq_logj(tq_log_level lvl, const char *event, json_t *fields, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* One warning per outage, not per retry: *down (shared by every thread that reports the
+ * same thing) goes from 0 to 1 and the line is written; while it stays 1 nothing is.
+ * tq_log_up writes its info line once when a success takes *down back to 0. */
+void tq_log_down(int *down, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void tq_log_up(int *down, const char *event, const char *msg);
+
 #endif

@@ -991,6 +991,12 @@ class ProducerFaultTest(unittest.TestCase):
                       token=tok)
         self.assertEqual(r.status, 200, r)
         c.close()
+        # one warning per outage and one line when it is over, not one per retry a second
+        for what in ("stream", "webhook"):
+            p.wait_event(what + ".listen_ok", timeout=10)
+            downs = p.events(what + ".listen_lost") + p.events(what + ".listen_failed")
+            self.assertEqual(len(downs), 1, downs)
+        self.assertLessEqual(len(p.events("webhook.take_failed")), 1)
 
     def metric(self, port, name):
         for line in h.http_once(port, "GET", "/metrics").raw.decode().splitlines():

@@ -26,7 +26,6 @@
 typedef struct {
     tq_worker *w;
     PGconn *db;
-    int db_seen; /* this housekeeper's last observation: -1 none yet, 0 down, 1 up */
 } housekeeper;
 
 static void health_docker(housekeeper *h)
@@ -43,15 +42,15 @@ static void health_docker(housekeeper *h)
     tq_cmetrics_set(TQ_CM_DOCKER_UP, ok);
 }
 
-/* Other threads also clear db_ok when their queries fail; the log follows this
- * housekeeper's own observations so that every outage is logged once, down and up. */
+/* Other threads also clear db_ok when their queries fail; the log follows the heartbeats
+ * (and main's watch of one that hangs, w->db_seen) so that every outage is logged once,
+ * down and up. */
 static void set_db_ok(housekeeper *h, int ok, const char *why)
 {
     atomic_store(&h->w->db_ok, ok);
-    if (h->db_seen != ok)
+    if (atomic_exchange(&h->w->db_seen, ok) != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "db.up" : "db.down", "%s",
                ok ? "postgres answers" : why);
-    h->db_seen = ok;
     tq_cmetrics_set(TQ_CM_DB_UP, ok);
 }
 
@@ -165,7 +164,7 @@ void *tq_sweeper_main(void *arg)
 
 void *tq_housekeeping_main(void *arg)
 {
-    housekeeper h = {.w = arg, .db_seen = -1};
+    housekeeper h = {.w = arg};
     tq_worker *w = h.w;
     tq_errbuf eb = {{0}};
     while (!atomic_load(&w->stopping)) {

@@ -29,17 +29,38 @@
  * /healthz say so: a heartbeat's statement takes milliseconds. */
 #define DB_SILENCE_MS 5000
 
-static int health(void *arg, char *why, size_t cap)
+/* How long the heartbeat under way has waited for Postgres, when that is past the silence
+ * its answer normally comes within; else 0. */
+static int64_t db_silent_ms(tq_worker *w)
 {
-    tq_worker *w = arg;
     int64_t since = atomic_load(&w->db_wait_since_ms);
     int64_t silence = 2000LL * w->cfg->heartbeat_seconds;
     if (silence < DB_SILENCE_MS)
         silence = DB_SILENCE_MS;
     int64_t waited = since ? tq_mono_ms() - since : 0;
+    return waited > silence ? waited : 0;
+}
+
+/* A Postgres that takes statements and never answers (stopped, a stalled disk, a network
+ * that drops without a reset) keeps the heartbeat waiting up to the answer deadline, and
+ * nothing fails meanwhile: main looks every second and says so in the log and the metric. */
+static void db_watch(tq_worker *w)
+{
+    int64_t waited = db_silent_ms(w);
+    if (waited && atomic_exchange(&w->db_seen, 0) != 0)
+        tq_log(TQ_LOG_WARN, "db.down", "postgres not answering for %lld s",
+               (long long)(waited / 1000));
+    if (waited)
+        tq_cmetrics_set(TQ_CM_DB_UP, 0);
+}
+
+static int health(void *arg, char *why, size_t cap)
+{
+    tq_worker *w = arg;
+    int64_t waited = db_silent_ms(w);
     if (!atomic_load(&w->db_ok))
         snprintf(why, cap, "postgres unreachable");
-    else if (waited > silence)
+    else if (waited)
         snprintf(why, cap, "postgres not answering for %lld s", (long long)(waited / 1000));
     else if (!atomic_load(&w->amqp_ok))
         snprintf(why, cap, "rabbitmq unreachable");
@@ -68,6 +89,7 @@ static int worker_init(tq_worker *w, const tq_config *cfg)
     w->slots = calloc((size_t)w->n_slots, sizeof *w->slots);
     atomic_store(&w->docker_ok, 1);
     atomic_store(&w->db_ok, 1);
+    atomic_store(&w->db_seen, -1); /* neither db.up nor db.down logged yet */
     atomic_store(&w->host_ok, 1);
     /* Unknown until the first heartbeat reads workers.draining: a drained worker that
      * restarts must not pick in the moment before it learns it is drained. */
@@ -136,8 +158,10 @@ static int run_threads(tq_worker *w, sigset_t *sigs)
     } else {
         /* consumer.ready is logged by the dispatcher once RabbitMQ answered and the
          * topology is declared. */
-        int sig = 0;
-        sigwait(sigs, &sig);
+        int sig;
+        const struct timespec tick = {.tv_sec = 1};
+        while ((sig = sigtimedwait(sigs, NULL, &tick)) < 0)
+            db_watch(w); /* a second without a signal (EAGAIN), or EINTR */
         tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
                sig);
     }

@@ -79,6 +79,10 @@ typedef struct tq_worker {
      * Postgres that answers nothing at all (stopped, or behind a network dropping everything)
      * shows as a wait that grows, long before the answer deadline fails it (/healthz). */
     _Atomic int64_t db_wait_since_ms;
+    /* What db.up / db.down last logged (-1 nothing yet, 0 down, 1 up): the housekeeper's
+     * heartbeats and main's watch of a heartbeat that hangs both report through it, so an
+     * outage is logged once, down and up. */
+    atomic_int db_seen;
     atomic_int amqp_ok;
     /* 0 once TRAINQ_HOST_ERROR_LIMIT launches in a row failed for a reason of this host
      * (image or runtime missing, disk full): the dispatcher starts no new job and tries one

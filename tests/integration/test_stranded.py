@@ -42,6 +42,15 @@ def healthz(p):
         return e.code, e.read().decode()
 
 
+def consumer_metric(p, name):
+    port = p.wait_event("consumer.starting")["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
 def postgres_pids():
     """The test cluster's postmaster and every process it started."""
     with open(os.path.join(tqenv.STATE_DIR, "postgres", "data", "postmaster.pid")) as f:
@@ -80,11 +89,17 @@ class TestNeverStranded(ConsumerCase):
             st = h.wait_until(lambda: (x := healthz(c))[0] == 503 and x, timeout=15,
                               interval=0.5, what="the consumer's /healthz 503")
             self.assertIn("postgres not answering", st[1])
+            # and in the log and the metric, without anyone asking /healthz (they said up)
+            self.assertIn("postgres not answering", c.wait_event("db.down", timeout=10)["msg"])
+            self.assertEqual(consumer_metric(c, "trainq_consumer_db_up"), 0)
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
         h.wait_until(lambda: healthz(c)[0] == 200, timeout=60, interval=0.5,
                      what="the consumer healthy again")
+        c.wait_event("db.up", timeout=30, after=1)  # the one at start, then this one
+        self.assertEqual(len(c.events("db.down")), 1, "one line per outage")
+        self.assertEqual(consumer_metric(c, "trainq_consumer_db_up"), 1)
         h.wait_until(lambda: ready().status == 200, timeout=60, interval=0.5,
                      what="the producer ready again")
 

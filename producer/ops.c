@@ -58,7 +58,9 @@ void tq_h_readyz(tq_req *r)
         tq_relay_stats st;
         tq_relay_stats_get(app->relay, &st);
         char why[200];
-        if (!st.amqp_up) {
+        if (!st.amqp_up && !st.amqp_tried) {
+            amqp = "unknown"; /* not tried yet: Postgres comes first, and it is the reason */
+        } else if (!st.amqp_up) {
             json_array_append_new(reasons, json_string("rabbitmq unavailable"));
         } else if (st.amqp_blocked) {
             amqp = "blocked";

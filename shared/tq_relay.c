@@ -271,6 +271,9 @@ static int ensure_amqp(tq_relay *r)
     if (tq_amqp_alive(r->amqp))
         return TQ_OK;
     drop_amqp(r);
+    pthread_mutex_lock(&r->mu);
+    r->st.amqp_tried = 1;
+    pthread_mutex_unlock(&r->mu);
     tq_errbuf eb = {{0}};
     int rc = tq_amqp_connect(r->amqp_url, r->name, TQ_AMQP_DEFAULT_HEARTBEAT, &r->amqp, &eb);
     if (rc == TQ_OK) {

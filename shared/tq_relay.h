@@ -51,6 +51,9 @@ typedef struct {
     int64_t backlog_age_s;
     int db_up;   /* 1 while the Postgres connection is usable */
     int amqp_up; /* 1 while the RabbitMQ connection is usable */
+    /* 1 once the relay has tried RabbitMQ at all: it tries only with Postgres up, so a
+     * producer started while Postgres is away does not know the broker's state yet */
+    int amqp_tried;
     /* RabbitMQ resource alarm: 1 while the broker has the relay's connection blocked
      * (connection.blocked); the relay then publishes nothing and keeps its place. */
     int amqp_blocked;

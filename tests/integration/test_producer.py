@@ -1004,6 +1004,15 @@ class ProducerFaultTest(unittest.TestCase):
                 return float(line.split()[1])
         return None
 
+    def test_readyz_names_postgres_alone_when_only_postgres_is_away_at_start(self):
+        """The relay tries RabbitMQ only once Postgres answers: until then the broker's
+        state is unknown, not "unavailable" (it was blamed beside Postgres)."""
+        p = self.start(TRAINQ_DATABASE_URL="postgresql://trainq@127.0.0.1:1/trainq")
+        r = h.http_once(p.port, "GET", "/readyz", timeout=15)
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual((r.json["postgres"], r.json["amqp"], r.json["reasons"]),
+                         ("unavailable", "unknown", ["postgres unavailable"]))
+
     def test_readyz_and_the_backlog_follow_a_broker_outage(self):
         """While RabbitMQ is away the stored rows' age grows and /readyz says the outbox is
         behind (the relay counted nothing then: it kept its last count, 0, and said ok); once

@@ -643,6 +643,11 @@ static int delete_fn(tconn *t, void *arg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFLICT, "job is %s", tq_status_name(a->st));
     const char *p[1] = {a->job_id};
     rc = exec(t, "DELETE FROM training_jobs WHERE id = $1::uuid", 1, p, NULL, eb);
+    if (rc == TQ_OK) /* its audit rows stay, until job retention (95_retention.sql) */
+        rc = exec(t,
+                  "INSERT INTO deleted_jobs (job_id) VALUES ($1::uuid)"
+                  " ON CONFLICT (job_id) DO NOTHING",
+                  1, p, NULL, eb);
     if (rc == TQ_OK)
         rc = drop_unpublished(t, a->job_id, eb);
     return rc;

@@ -21,6 +21,8 @@
 --    outbox row; with it go its audit rows (job_events, whose append-only trigger lets a
 --    delete through only under trainq.retention = 'prune', set here for that statement),
 --    its outbox rows, and by ON DELETE CASCADE its output, artifacts and webhook rows.
+--    A job its user deleted (its row gone, its audit rows kept: deleted_jobs, migration
+--    0026) goes the same way p_job_seconds after the delete.
 --    Once its audit rows are gone, tq_insert_job no longer knows the id: a message for it
 --    that arrived after the retention period would make the job anew (docs/operations.md,
 --    "Retention": keep p_job_seconds well above how long a message can wait in the queue).
@@ -77,6 +79,19 @@ BEGIN
             DELETE FROM outbox WHERE job_id = ANY (ids);
             DELETE FROM training_jobs WHERE id = ANY (ids);
             GET DIAGNOSTICS jobs = ROW_COUNT;
+        END IF;
+        -- deleted by their users long enough ago: what is left of them (deleted_jobs_at)
+        SELECT array_agg(f.job_id) INTO ids FROM (
+            SELECT d.job_id FROM deleted_jobs d
+             WHERE d.deleted_at < now() - make_interval(secs => p_job_seconds)
+             ORDER BY d.deleted_at LIMIT p_job_batch FOR UPDATE SKIP LOCKED) f;
+        IF ids IS NOT NULL THEN
+            PERFORM set_config('trainq.retention', 'prune', true);
+            DELETE FROM job_events WHERE job_id = ANY (ids);
+            PERFORM set_config('trainq.retention', '', true);
+            DELETE FROM outbox WHERE job_id = ANY (ids) AND published_at IS NOT NULL;
+            DELETE FROM deleted_jobs WHERE job_id = ANY (ids);
+            jobs := jobs + cardinality(ids);
         END IF;
     END IF;
 END $$;

@@ -155,6 +155,24 @@ class RetentionTest(unittest.TestCase):
         self.assertGreaterEqual(sum(e["outbox_rows"] for e in logged), 4, logged)
         self.assertGreaterEqual(sum(e["rate_limit_rows"] for e in logged), 2, logged)
 
+    def test_a_deleted_jobs_audit_rows_go_after_the_job_retention(self):
+        """DELETE keeps a job's audit rows (the trail, and what refuses a late message for
+        its id); job retention prunes them that long after the delete. Before, nothing did:
+        retention found jobs through their rows, and a deleted job has none."""
+        p = self.producer(TRAINQ_JOB_RETENTION_SECONDS=str(DAY))
+        old, recent = self.finished(p), self.finished(p)
+        for j in (old, recent):
+            r = p.c.request("DELETE", f"/api/training/jobs/{j}", token=self.token)
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(self.rows(j)[0:2], ["0", "4"], j)
+        tomb = "SELECT count(*) FROM deleted_jobs WHERE job_id = :'id'"
+        q("UPDATE deleted_jobs SET deleted_at = now() - interval '2 days' WHERE job_id = :'id'",
+          id=old)
+        h.wait_until(lambda: self.rows(old)[1] == "0", timeout=30, interval=0.2,
+                     what="the deleted job's audit rows pruned")
+        self.assertEqual(q(tomb, id=old), "0")
+        self.assertEqual((self.rows(recent)[1], q(tomb, id=recent)), ("4", "1"))
+
     def test_two_producers_prune_one_backlog_together_without_a_failure(self):
         # 12 000 old published outbox rows (several batches) and 250 finished jobs (three
         # batches), pruned by two producers at once: each row goes once, none waits on the

@@ -17,6 +17,15 @@
 # TRAINQ_PROCEDURES_DIR override the directories (tests).
 set -euo pipefail
 
+case "${1:-}" in
+  '') ;;
+  -h | --help)
+    echo "usage: TRAINQ_DATABASE_URL=postgresql://... scripts/migrate.sh"
+    echo "Applies db/migrations once each, then reloads db/procedures (see the header of this file)."
+    exit 0 ;;
+  *) echo "migrate: unknown argument \"$1\" (it takes none; see --help)" >&2; exit 2 ;;
+esac
+
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${TRAINQ_MIGRATIONS_DIR:-$REPO/db/migrations}
 PROC_DIR=${TRAINQ_PROCEDURES_DIR:-$REPO/db/procedures}

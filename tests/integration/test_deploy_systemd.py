@@ -145,7 +145,8 @@ class Instance(unittest.TestCase):
         self.assertEqual(r.stdout.strip(), "4,5|gpuhost-gpu-4-5|0.0.0.0:9204|0")
 
     def test_bad_instances_exit_2_with_one_line(self):
-        for inst in ("", "0;1", "0__1", "a", "-1", "0,", "12345678", "0/1"):
+        # "08" and "010": the shell would read them as octal (010 is port base+8)
+        for inst in ("", "0;1", "0__1", "a", "-1", "0,", "12345678", "0/1", "08", "010", "1_02"):
             with self.subTest(instance=inst):
                 r = self.run_instance(inst)
                 self.assertEqual(r.returncode, 2, r.stdout)

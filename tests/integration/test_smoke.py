@@ -132,6 +132,12 @@ class ProceduresTest(unittest.TestCase):
         self.assertNotIn("applied", second)
         self.assertEqual(self.snapshot(), before, "a second migrate changed a function or "
                          "re-created a trigger")
+        # --help is help (it migrated), anything else a one-line refusal
+        for arg, rc in (("--help", 0), ("-h", 0), ("--dry-run", 2)):
+            proc = subprocess.run(["bash", MIGRATE_SH, arg], capture_output=True, text=True,
+                                  timeout=60, env=tqenv.child_env(TRAINQ_DATABASE_URL=self.url))
+            self.assertEqual(proc.returncode, rc, (arg, proc.stderr))
+            self.assertNotIn("reloaded", proc.stdout + proc.stderr)
 
     def test_a_procedures_body_changed_on_disk_is_what_the_database_runs(self):
         tmp = tempfile.mkdtemp(prefix="trainq-procs-")

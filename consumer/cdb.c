@@ -326,6 +326,7 @@ typedef struct {
     int nparams;
     const char *const *params;
     const tq_cdb_failure *failure; /* NULL: none */
+    int cancel_reason;             /* a cancellation: the reason names who asked (not `reason`) */
 } release_arg;
 
 /* The class and message the next status change of this transaction records
@@ -340,7 +341,20 @@ static int change_and_release_fn(PGconn *c, void *arg, tq_errbuf *eb)
 {
     release_arg *a = arg;
     int rc;
-    if ((rc = lock_job_user(c, a->job_id, eb)) || (rc = set_reason(c, a->reason, eb)))
+    if ((rc = lock_job_user(c, a->job_id, eb)))
+        return rc;
+    if (a->cancel_reason) {
+        /* who asked is on the row (the producer's cancel): the audit row names them */
+        const char *p[1] = {a->job_id};
+        rc = tq_db_exec(c,
+                        "SELECT set_config('trainq.reason', CASE cancel_requested_by WHEN "
+                        "'operator' THEN 'cancelled by an operator' ELSE 'cancelled by user' "
+                        "END, true) FROM training_jobs WHERE id = $1",
+                        1, p, NULL, eb);
+    } else {
+        rc = set_reason(c, a->reason, eb);
+    }
+    if (rc != TQ_OK)
         return rc;
     if (a->failure && (rc = set_failure(c, a->failure, eb)))
         return rc;
@@ -422,6 +436,7 @@ int tq_cdb_finish(PGconn *c, const char *job_id, long long fencing, tq_job_statu
                 .nparams = 5,
                 .params = p,
                 .failure = failure,
+                .cancel_reason = status == TQ_STATUS_CANCELLED,
             },
         .job_id = job_id,
         .artifacts = artifacts_json(artifacts, n_artifacts),

@@ -148,7 +148,8 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
     } else if (e->cancelled) {
         o->status = TQ_STATUS_CANCELLED;
         o->failure_class = TQ_FAIL_CANCELLED;
-        snprintf(o->reason, sizeof o->reason, "cancelled by user");
+        /* the log's words; the audit row names who asked (tq_cdb_finish) */
+        snprintf(o->reason, sizeof o->reason, "cancelled on request");
     } else if (e->overrun) {
         o->status = TQ_STATUS_FAILED;
         o->failure_class = TQ_FAIL_TIMEOUT;

@@ -144,7 +144,7 @@ void tq_h_admin_job_cancel(tq_req *r)
     }
     tq_job_status st = TQ_STATUS_QUEUED;
     int done = 0;
-    rc = tq_pdb_job_cancel(user, id, &st, &done, &eb);
+    rc = tq_pdb_job_cancel(user, id, 1, &st, &done, &eb);
     if (rc == TQ_ERR_CONFLICT) /* the owner's words: "job is already completed" */
         tq_req_reply_json(r, 409,
                           json_pack("{s:b, s:s, s:s}", "success", 0, "error", eb.msg, "status",

@@ -175,7 +175,7 @@ void tq_h_job_cancel(tq_req *r)
     tq_job_status st = TQ_STATUS_QUEUED;
     int done = 0;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_job_cancel(tq_req_user(r), id, &st, &done, &eb);
+    int rc = tq_pdb_job_cancel(tq_req_user(r), id, 0, &st, &done, &eb);
     const char *status = tq_status_name(st);
     if (rc == TQ_ERR_CONFLICT) {
         reply_conflict(r, status, "job is already %s", status);

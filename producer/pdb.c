@@ -381,6 +381,7 @@ int tq_pdb_wake(const char *channels_json, const char *users_json, tq_errbuf *eb
 
 typedef struct {
     const char *user, *job_id, *status, *after_micros, *after_id;
+    const char *by; /* a cancel's requester: "user" or "operator" */
     char limit[INT_TEXT_BUF];
     json_t *json;
     char cursor[TQ_PDB_CURSOR_MAX];
@@ -529,16 +530,19 @@ static int cancel_fn(tconn *t, void *arg, tq_errbuf *eb)
         return rc;
     if (tq_status_terminal(a->st))
         return tq_errf(eb, TQ_ERR_CONFLICT, "job is already %s", tq_status_name(a->st));
-    const char *p[1] = {a->job_id};
+    const char *by = a->by;
+    const char *p[2] = {a->job_id, by};
     if (a->st == TQ_STATUS_QUEUED) {
-        rc = exec(t, "SELECT set_config('trainq.reason', 'cancelled by user', true)", 0, NULL, NULL,
-                  eb);
+        const char *why[1] = {strcmp(by, "operator") == 0 ? "cancelled by an operator"
+                                                          : "cancelled by user"};
+        rc = exec(t, "SELECT set_config('trainq.reason', $1, true)", 1, why, NULL, eb);
         if (rc == TQ_OK)
             rc = exec(t,
                       "UPDATE training_jobs SET status = 'cancelled', completed_at = now(),"
                       " parked_at = NULL, cancel_requested_at = COALESCE(cancel_requested_at,"
-                      " now()), updated_at = now() WHERE id = $1::uuid",
-                      1, p, NULL, eb);
+                      " now()), cancel_requested_by = COALESCE(cancel_requested_by, $2),"
+                      " updated_at = now() WHERE id = $1::uuid",
+                      2, p, NULL, eb);
         if (rc == TQ_OK)
             rc = drop_unpublished(t, a->job_id, eb);
         a->done = 1;
@@ -547,14 +551,15 @@ static int cancel_fn(tconn *t, void *arg, tq_errbuf *eb)
     a->done = 0;
     return exec(t,
                 "UPDATE training_jobs SET cancel_requested_at = COALESCE(cancel_requested_at,"
-                " now()), updated_at = now() WHERE id = $1::uuid",
-                1, p, NULL, eb);
+                " now()), cancel_requested_by = COALESCE(cancel_requested_by, $2),"
+                " updated_at = now() WHERE id = $1::uuid",
+                2, p, NULL, eb);
 }
 
-int tq_pdb_job_cancel(const char *user, const char *job_id, tq_job_status *status, int *done,
-                      tq_errbuf *eb)
+int tq_pdb_job_cancel(const char *user, const char *job_id, int by_operator, tq_job_status *status,
+                      int *done, tq_errbuf *eb)
 {
-    job_arg a = {.user = user, .job_id = job_id};
+    job_arg a = {.user = user, .job_id = job_id, .by = by_operator ? "operator" : "user"};
     int rc = run_txn(cancel_fn, &a, eb);
     *status = a.st;
     *done = a.done;

@@ -89,10 +89,12 @@ int tq_pdb_job_list(const char *user, const tq_job_status *status, const char *a
                     const char *after_id, int limit, json_t **jobs,
                     char next_cursor[TQ_PDB_CURSOR_MAX], tq_errbuf *eb);
 
-/* queued → cancelled (*done = 1); pending/running → cancel_requested_at set (*done = 0).
- * status receives the status before the call. TQ_ERR_CONFLICT: already terminal. */
-int tq_pdb_job_cancel(const char *user, const char *job_id, tq_job_status *status, int *done,
-                      tq_errbuf *eb);
+/* queued → cancelled (*done = 1); pending/running → cancel_requested_at set (*done = 0),
+ * and who asked (by_operator: an operator, else the user), which the audit row of the
+ * cancellation names. status receives the status before the call. TQ_ERR_CONFLICT: already
+ * terminal. */
+int tq_pdb_job_cancel(const char *user, const char *job_id, int by_operator, tq_job_status *status,
+                      int *done, tq_errbuf *eb);
 
 /* The audit trail, oldest first (new reference). TQ_ERR_NOT_FOUND when the user has no
  * job (current or deleted) with that id. */

@@ -22,7 +22,7 @@ import uuid
 
 import tqenv
 import tqharness as h
-from test_consumer import run_id
+from test_consumer import TERMINAL, run_id
 from test_live import set_status
 from test_live_output import LiveCase
 from test_producer import SECRET, add_dataset, body_for, new_user, start_producer, stop_producer
@@ -266,6 +266,20 @@ class TestAdminApi(AdminCase):
         r = self.admin("POST", f"/api/admin/jobs/{m['job_id']}/cancel")
         self.assertEqual((r.status, r.json["error"], r.json["status"]),
                          (409, "job is already cancelled", "cancelled"))
+        # the audit trail says who: an operator, for a queued job and for a running one
+        # (which the consumer ends; it said "cancelled by user" for both)
+        run = self.message(u, self.dataset_env(u, FORMAT="plain", STEPS=100, DURATION=30))
+        self.consumer(f"cx-{run_id()}", slots=1)
+        self.publish(run)
+        self.wait_status(run["job_id"], "running")
+        self.assertEqual(self.admin("POST", f"/api/admin/jobs/{run['job_id']}/cancel").status,
+                         202)
+        self.assertEqual(self.wait_status(run["job_id"], TERMINAL, timeout=30)["status"],
+                         "cancelled")
+        for job in (m["job_id"], run["job_id"]):
+            self.assertEqual(tqenv.psql("SELECT reason FROM job_events WHERE job_id = :'j'"
+                                        " AND to_status = 'cancelled'", variables={"j": job}),
+                             "cancelled by an operator", job)
         self.assertEqual(self.admin("POST", f"/api/admin/jobs/{uuid.uuid4()}/cancel").status, 404)
 
     def test_a_failed_job_is_retried_and_runs_again(self):

@@ -311,11 +311,13 @@ def queries(k):
          lock_job(queued) + ";"
          " SELECT set_config('trainq.reason', 'cancelled by user', true);"
          " UPDATE training_jobs SET status = 'cancelled', completed_at = now(), parked_at = NULL,"
-         " cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()"
+         " cancel_requested_at = COALESCE(cancel_requested_at, now()),"
+         " cancel_requested_by = COALESCE(cancel_requested_by, 'user'), updated_at = now()"
          f" WHERE id = {queued}::uuid; " + drop_unpublished(queued)),
         (p, "cancel a running job",
          lock_job(running) + ";"
          " UPDATE training_jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()),"
+         " cancel_requested_by = COALESCE(cancel_requested_by, 'operator'),"
          f" updated_at = now() WHERE id = {running}::uuid"),
         (p, "job events",
          "SELECT COALESCE(json_agg(json_build_object('id', id, 'from_status',"

@@ -79,7 +79,7 @@ static void test_cancellation_beats_overrun_and_outage(void **state)
     assert_int_equal(o.status, TQ_STATUS_CANCELLED);
     assert_int_equal(o.exit_code, 143);
     assert_string_equal(o.error, "");
-    assert_string_equal(o.reason, "cancelled by user");
+    assert_string_equal(o.reason, "cancelled on request");
     assert_int_equal(o.failure_class, TQ_FAIL_CANCELLED);
 }
 

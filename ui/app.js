@@ -365,6 +365,21 @@
       for (const q of ids) refreshJobQuiet(q);
     }, 300);
   }
+  // Queue positions and waiting reasons also move when nothing of this user's changes (other
+  // users' jobs start, a quota window frees): no event comes for that, so while the list
+  // shows queued jobs their rows are read again every QUEUED_REFRESH_MS, in one request.
+  const QUEUED_REFRESH_MS = 10000;
+  setInterval(async () => {
+    if (state.view !== "jobs" || !state.token || document.hidden) return;
+    if (![...state.jobs.values()].some((j) => j.status === "queued")) return;
+    const r = await api("GET", "/api/training/jobs?status=queued&limit=100", null, { quiet: true });
+    if (!r || !r.ok || !r.body || !Array.isArray(r.body.jobs) || state.view !== "jobs") return;
+    for (const j of r.body.jobs) {
+      if (!state.jobs.has(j.id)) continue;
+      state.jobs.set(j.id, j);
+      updateJobRow(j);
+    }
+  }, QUEUED_REFRESH_MS);
   async function refreshJobQuiet(id) {
     const r = await api("GET", "/api/training/jobs/" + encodeURIComponent(id), null, { quiet: true });
     if (r && r.ok && r.body && r.body.job) {
@@ -928,8 +943,10 @@
     const rows = r.body.workers.map((w) => el("tr", { "data-worker": w.worker_id },
       el("td", { text: w.worker_id }),
       el("td", { class: "hide-narrow", text: w.hostname }),
-      el("td", {}, el("span", { class: "badge " + (w.healthy && w.heartbeat_age_seconds <= 60 ? "ok" : "bad"),
-        text: w.stopped_at ? "stopped" : w.heartbeat_age_seconds > 60 ? "no heartbeat" : w.healthy ? "healthy" : "unhealthy" }),
+      // gone: no heartbeat within the worker's own lease (the server knows it; a fixed 60 s
+      // showed a killed worker healthy for a minute, or a slow-lease one gone too early)
+      el("td", {}, el("span", { class: "badge " + (w.healthy && !w.gone && !w.stopped_at ? "ok" : "bad"),
+        text: w.stopped_at ? "stopped" : w.gone ? "no heartbeat" : w.healthy ? "healthy" : "unhealthy" }),
         w.draining ? el("span", { class: "badge", text: " draining" }) : null),
       el("td", { class: "num", text: fmtDuration(w.heartbeat_age_seconds) }),
       el("td", { class: "num", text: w.busy + " / " + w.slots }),

@@ -69,6 +69,11 @@ LANGUAGE sql STABLE AS $$
                'healthy', w.healthy AND w.stopped_at IS NULL, 'draining', w.draining,
                'heartbeat_at', w.heartbeat_at,
                'heartbeat_age_seconds', extract(epoch FROM now() - w.heartbeat_at),
+               -- not stopped, and no heartbeat within its lease: killed or cut off, its
+               -- jobs are the reaper's (60 s for a worker of a release that did not say)
+               'lease_seconds', w.lease_seconds,
+               'gone', w.stopped_at IS NULL AND w.heartbeat_at
+                       < now() - make_interval(secs => COALESCE(w.lease_seconds, 60)),
                'started_at', w.started_at, 'stopped_at', w.stopped_at,
                'jobs', (SELECT COALESCE(json_agg(id ORDER BY started_at), '[]') FROM training_jobs
                          WHERE worker_id = w.worker_id AND status IN ('pending', 'running')))

@@ -353,6 +353,28 @@ class TestAdminApi(AdminCase):
         self.assertEqual(tqenv.psql("SELECT count(*) FROM outbox WHERE job_id = :'j'",
                                     variables={"j": forged["job_id"]}), "0")
 
+    def worker(self, wid):
+        return {w["worker_id"]: w for w in
+                self.admin("GET", "/api/admin/workers").json["workers"]}.get(wid)
+
+    def test_a_killed_worker_is_gone_after_its_lease_and_a_restart_shows(self):
+        """`gone` follows the worker's own TRAINQ_LEASE_SECONDS (4 here; the dashboard said
+        healthy for a fixed 60 s); a restart under the same id moves started_at."""
+        wid = f"gone-{run_id()}"
+        c = self.consumer(wid, slots=1, TRAINQ_GPUS="none")
+        w = h.wait_until(lambda: self.worker(wid), timeout=10, what="the worker's heartbeat")
+        self.assertEqual((w["lease_seconds"], w["gone"], w["healthy"]), (4, False, True))
+        c.kill()
+        w = h.wait_until(lambda: (x := self.worker(wid)) and x["gone"] and x, timeout=15,
+                         what="the killed worker gone")
+        self.assertGreater(w["heartbeat_age_seconds"], 4)
+        self.assertTrue(w["healthy"], "healthy is what it last reported")
+        time.sleep(1.1)  # started_at has whole seconds
+        self.consumer(wid, slots=1, TRAINQ_GPUS="none")
+        back = h.wait_until(lambda: (x := self.worker(wid)) and not x["gone"] and x, timeout=15,
+                            what="the worker back")
+        self.assertGreater(back["started_at"], w["started_at"])
+
     def test_a_drained_worker_finishes_its_job_and_takes_no_new_one(self):
         wid = f"drain-{run_id()}"
         self.consumer(wid, slots=2, TRAINQ_GPUS="none")

@@ -232,6 +232,26 @@ async function main() {
     check(/waiting for a GPU/.test(await text(user, 'tr[data-job="' + jobId + '"]')), "a queued job shows its waiting reason");
     check(await text(user, 'tr[data-job="' + jobId + '"] td[data-priority]') === "normal", "the list shows the job's priority");
     await shoot(user, "jobs-queued");
+    step("another user's high-priority job queues ahead: the row's position moves without a reload");
+    const position = async () => Number((/#(\d+)/.exec(await text(user, 'tr[data-job="' + jobId + '"]')) || [])[1]);
+    const before = await position();
+    const ahead = require("crypto").randomUUID();
+    const sql = (q) => require("child_process").execFileSync("psql", [process.env.TRAINQ_DATABASE_URL, "-qAtc", q]);
+    const other = "ui-ahead-" + ahead.slice(0, 8);
+    sql("INSERT INTO training_jobs (id, user_id, dataset_id, name, type, base_model, config, trigger_words,"
+        + " message, priority) VALUES ('" + ahead + "', '" + other + "', gen_random_uuid(), 'ahead', 'lora',"
+        + " 'stabilityai/sdxl-base-1.0', '{}', '{}', '{}', 2)");
+    try {
+      await user.waitForFunction((id, want) => {
+        const tr = document.querySelector('tr[data-job="' + id + '"]');
+        return tr && new RegExp("#" + want + "\\b").test(tr.textContent);
+      }, { timeout: 25000 }, jobId, before + 1);
+      check(true, "the position moved");
+    } catch (e) {
+      check(false, "the queued row's position moved from #" + before + " to #" + (before + 1) + " without a reload: " + await text(user, 'tr[data-job="' + jobId + '"]'));
+    } finally {
+      sql("UPDATE training_jobs SET status = 'cancelled', completed_at = now() WHERE id = '" + ahead + "'");
+    }
     // record what the row shows, every 100 ms, in the page (no reload in between)
     await user.evaluate((id) => {
       window.__seen = { status: [], progress: [] };

@@ -629,11 +629,13 @@ out:
     return rc;
 }
 
-int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, char **out, tq_errbuf *eb)
+int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, int stderr_only, char **out,
+                        tq_errbuf *eb)
 {
     *out = NULL;
     char suffix[80];
-    snprintf(suffix, sizeof suffix, "/logs?stdout=1&stderr=1&tail=%d", lines > 0 ? lines : 100);
+    snprintf(suffix, sizeof suffix, "/logs?stdout=%d&stderr=1&tail=%d", !stderr_only,
+             lines > 0 ? lines : 100);
     tq_log_demux *m = malloc(sizeof *m);
     if (!m)
         return tq_errf(eb, TQ_ERR_NOMEM, "could not read logs: out of memory");

@@ -83,7 +83,8 @@ int tq_docker_wait(tq_docker *d, const char *id, long timeout_ms, int *exit_code
  * written. *out (caller frees) holds at most the last TQ_DOCKER_LOG_TAIL_MAX bytes, is valid
  * UTF-8 (bad bytes become '?') and has no NUL inside, so it can go straight into a text
  * column. lines <= 0 means 100. 404 -> TQ_ERR_NOT_FOUND. */
-int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, char **out, tq_errbuf *eb);
+int tq_docker_logs_tail(tq_docker *d, const char *id, int lines, int stderr_only, char **out,
+                        tq_errbuf *eb);
 
 /*
  * POST /containers/{id}/attach?stream=1&stdout=1&stderr=1[&logs=1]: the container's output

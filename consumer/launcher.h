@@ -89,8 +89,10 @@ typedef struct {
      * (still running), TQ_ERR_NOT_FOUND (gone). */
     int (*wait)(void *ctx, const char *id, long timeout_ms, int *exit_code, tq_errbuf *eb);
     int (*inspect)(void *ctx, const char *id, tq_container_state *st, tq_errbuf *eb);
-    /* The last lines of its output (*out caller frees; valid UTF-8, no NUL). */
-    int (*logs_tail)(void *ctx, const char *id, int lines, char **out, tq_errbuf *eb);
+    /* The last lines of its output, of stderr alone with stderr_only (*out caller frees;
+     * valid UTF-8, no NUL). */
+    int (*logs_tail)(void *ctx, const char *id, int lines, int stderr_only, char **out,
+                     tq_errbuf *eb);
     /* Streams its output into sink until it ends (TQ_OK), *stop (TQ_ERR_TIMEOUT) or the
      * runtime goes away (TQ_ERR_UNAVAILABLE); replay: what it printed before, first. */
     int (*attach)(void *ctx, const char *id, int replay, tq_log_sink_fn sink, void *arg,

@@ -58,9 +58,10 @@ static int dl_inspect(void *ctx, const char *id, tq_container_state *st, tq_errb
     return tq_docker_inspect(((docker_launcher *)ctx)->d, id, st, eb);
 }
 
-static int dl_logs_tail(void *ctx, const char *id, int lines, char **out, tq_errbuf *eb)
+static int dl_logs_tail(void *ctx, const char *id, int lines, int stderr_only, char **out,
+                        tq_errbuf *eb)
 {
-    return tq_docker_logs_tail(((docker_launcher *)ctx)->d, id, lines, out, eb);
+    return tq_docker_logs_tail(((docker_launcher *)ctx)->d, id, lines, stderr_only, out, eb);
 }
 
 static int dl_attach(void *ctx, const char *id, int replay, tq_log_sink_fn sink, void *arg,

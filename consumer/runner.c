@@ -22,6 +22,8 @@
  * printed reaches Postgres within about this long (issue 12 asks for 2 s). */
 #define WAIT_ROUND_MS 1000
 #define LOG_TAIL_LINES 20
+/* ... and of stderr alone, for the trainer's last words (tq_run_describe_exit) */
+#define ERR_TAIL_LINES 5
 /* Progress samples kept per job in job_output (the producer's history of a run). */
 #define PROGRESS_KEEP 1000
 /* How long the end of a container's output may lag behind its exit. */
@@ -59,7 +61,16 @@ static void last_line(const char *tail, char *out, size_t cap)
     tq_utf8_clip(out, n);
 }
 
-void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome *o)
+/* The trainer's last words: stderr's last line, else the merged log's. */
+static void last_words(const char *tail, const char *err_tail, char *out, size_t cap)
+{
+    last_line(err_tail, out, cap);
+    if (!out[0])
+        last_line(tail, out, cap);
+}
+
+void tq_run_describe_exit(const tq_run_end *e, const char *tail, const char *err_tail,
+                          tq_run_outcome *o)
 {
     int code = e->exit_code;
     /* 137 is SIGKILL: under a memory limit, and with no stop of ours (cancel and overrun
@@ -80,13 +91,13 @@ void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome 
         tq_oom_advice(&c, o->failure_message, sizeof o->failure_message);
     } else if (code == TQ_EXIT_CONFIG_ERROR) {
         o->failure_class = TQ_FAIL_CONFIG;
-        last_line(tail, line, sizeof line);
+        last_words(tail, err_tail, line, sizeof line);
         snprintf(o->failure_message, sizeof o->failure_message,
                  "the trainer refused its config (exit code 2)%s%s: fix the job's config",
                  line[0] ? ": " : "", line);
     } else if (code == TQ_EXIT_DATASET_ERROR) {
         o->failure_class = TQ_FAIL_DATASET;
-        last_line(tail, line, sizeof line);
+        last_words(tail, err_tail, line, sizeof line);
         snprintf(o->failure_message, sizeof o->failure_message,
                  "the trainer could not use the dataset (exit code 3)%s%s", line[0] ? ": " : "",
                  line);
@@ -169,7 +180,7 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
         o->status = TQ_STATUS_COMPLETED;
         snprintf(o->reason, sizeof o->reason, "exit code 0");
     } else {
-        tq_run_describe_exit(e, NULL, o);
+        tq_run_describe_exit(e, NULL, NULL, o);
         return 1;
     }
     if (o->failure_class != TQ_FAIL_NONE && !o->failure_message[0])
@@ -417,11 +428,14 @@ static int follow(runner *r, tq_run_outcome *o)
             if (e.exit_code != 0)
                 job_size(r, &e.oom_ctx);
             if (tq_run_judge(&e, o)) {
-                char *tail = NULL;
-                w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, LOG_TAIL_LINES,
+                char *tail = NULL, *err_tail = NULL;
+                w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, LOG_TAIL_LINES, 0,
                                             &tail, &eb);
-                tq_run_describe_exit(&e, tail, o);
+                w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, ERR_TAIL_LINES, 1,
+                                            &err_tail, &eb);
+                tq_run_describe_exit(&e, tail, err_tail, o);
                 free(tail);
+                free(err_tail);
             }
             return 0;
         }

@@ -77,8 +77,12 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o);
 /* The failed outcome of e's exit, classified (outcome.h): oom (the OOM flag, or 137 under a
  * memory limit), config_error (exit 2), hub_error (the hub's failure in the tail),
  * trainer_error; its error message ends in the log tail (may be NULL), cut at a character
- * boundary. Pure. */
-void tq_run_describe_exit(const tq_run_end *e, const char *tail, tq_run_outcome *o);
+ * boundary. The trainer's own words quoted for exits 2 and 3 are the last line of
+ * err_tail (its stderr alone, may be NULL) when it has one, else of tail: Docker copies
+ * stdout and stderr separately, so in the merged log a trainer's last stderr line may land
+ * before its last stdout lines. Pure. */
+void tq_run_describe_exit(const tq_run_end *e, const char *tail, const char *err_tail,
+                          tq_run_outcome *o);
 
 /* Applies the retry policy to a failed outcome whose class already failed `done` earlier
  * attempts of the job, `attempts` its attempts so far (this one included): RETRY (status

@@ -615,13 +615,14 @@ static int usage_fn(tconn *t, void *arg, tq_errbuf *eb)
         " SELECT json_build_object('from', (SELECT f FROM r), 'to', (SELECT t FROM r),"
         "  'days', COALESCE((SELECT json_agg(json_build_object('day', day, 'jobs',"
         "    json_build_object('completed', completed, 'failed', failed, 'cancelled', cancelled),"
-        "    'attempts', attempts, 'gpu_seconds', gpu_seconds, 'wall_seconds', wall_seconds)"
+        "    'attempts', attempts, 'gpu_seconds', round(gpu_seconds::numeric, 3),"
+        "    'wall_seconds', round(wall_seconds::numeric, 3))"
         "    ORDER BY day) FROM d), '[]'),"
         "  'totals', (SELECT json_build_object('jobs', json_build_object('completed',"
         "    COALESCE(sum(completed), 0), 'failed', COALESCE(sum(failed), 0), 'cancelled',"
         "    COALESCE(sum(cancelled), 0)), 'attempts', COALESCE(sum(attempts), 0),"
-        "    'gpu_seconds', COALESCE(sum(gpu_seconds), 0), 'wall_seconds',"
-        "    COALESCE(sum(wall_seconds), 0)) FROM d))::text",
+        "    'gpu_seconds', round(COALESCE(sum(gpu_seconds), 0)::numeric, 3), 'wall_seconds',"
+        "    round(COALESCE(sum(wall_seconds), 0)::numeric, 3)) FROM d))::text",
         3, p, &res, eb);
     if (rc != TQ_OK)
         return rc;

@@ -181,7 +181,7 @@ static void test_failing_job_lifecycle(void)
     CHECK(code == 3, eb);
 
     char *logs = NULL;
-    CHECK(tq_docker_logs_tail(D, id, 50, &logs, &eb) == TQ_OK, eb);
+    CHECK(tq_docker_logs_tail(D, id, 50, 0, &logs, &eb) == TQ_OK, eb);
     int has_boom = strstr(logs, "boom") != NULL;
     if (!has_boom)
         fprintf(stderr, "logs were: [%s]\n", logs);
@@ -200,7 +200,7 @@ static void test_failing_job_lifecycle(void)
     CHECK(tq_docker_remove(D, id, 0, &eb) == TQ_OK, eb);
     CHECK(tq_docker_inspect(D, id, &st, &eb) == TQ_ERR_NOT_FOUND, eb);
     CHECK(tq_docker_remove(D, id, 0, &eb) == TQ_OK, eb); /* already gone */
-    CHECK(tq_docker_logs_tail(D, id, 10, &logs, &eb) == TQ_ERR_NOT_FOUND, eb);
+    CHECK(tq_docker_logs_tail(D, id, 10, 0, &logs, &eb) == TQ_ERR_NOT_FOUND, eb);
     CHECK(tq_docker_start(D, id, &eb) == TQ_ERR_NOT_FOUND, eb);
 }
 

@@ -773,7 +773,7 @@
   // 400 details land next to the same fields.
   function localErrors(values) {
     const errs = {};
-    if (!/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(values.dataset_id))
+    if (!UUID_RE.test(values.dataset_id))
       errs.dataset_id = "must be a uuid";
     if (!values.base_model) errs.base_model = "is required";
     for (const [k, r] of Object.entries(RULES)) {
@@ -925,9 +925,15 @@
       el("p", { class: "legend", text: "Blue: submitted (" + sub + "). Green: completed (" + done + "). Busiest minute: " + max + "." }));
   }
 
+  const UUID_RE = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+  // shared/tq_sign.h's reasons; db/procedures/90_admin.sql refuses to republish them
+  const SIGNATURE_REFUSAL_RE = /^(unsigned message:|unknown publisher key id|bad signature)/;
   async function adminAction(path, okMsg, reload) {
     const r = await api("POST", path);
-    if (r && r.ok) flash(okMsg);
+    // a 202 is a request, not the deed (a running job's cancel): say what the server said
+    if (r && r.status === 202 && r.body && r.body.message)
+      flash(r.body.message.charAt(0).toUpperCase() + r.body.message.slice(1) + ".");
+    else if (r && r.ok) flash(okMsg);
     else flash("Refused: " + errorText(r), true);
     reload();
   }
@@ -975,6 +981,9 @@
       el("td", { text: d.reason }),
       el("td", { class: "hide-narrow", text: d.worker_id }),
       el("td", {}, d.republished_at ? el("span", { class: "muted", text: "republished " + fmtTime(d.republished_at) })
+        // what the server refuses anyway (POST …/republish, docs/api.md) gets no button
+        : !UUID_RE.test(d.message_id || "") ? el("span", { class: "muted", text: "no job id: not republishable" })
+        : SIGNATURE_REFUSAL_RE.test(d.reason || "") ? el("span", { class: "muted", text: "refused for its signature: its publisher must send it again" })
         : el("button", { type: "button", class: "secondary", "aria-label": "Republish dead letter " + d.id, onclick: () => adminAction("/api/admin/dead-letters/" + d.id + "/republish", "Message republished.", viewDeadLetters) }, "Republish"))));
     main().replaceChildren(el("h1", { text: "Dead letters" }),
       rows.length ? table([{ label: "When" }, { label: "Message id" }, { label: "Reason" }, { label: "Worker", cls: "hide-narrow" }, { label: "Action" }], rows)

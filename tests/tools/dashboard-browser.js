@@ -378,6 +378,13 @@ async function main() {
     await go(op, "#/admin/dead-letters", 'tr[data-dead]');
     const dead = await text(op, "main table");
     check(dead.includes(process.env.TQ_UI_DEAD_ID), "the dead letter is listed with its message id");
+    // its message id is no job id: the server would refuse a republish, so there is no button
+    const deadRow = await op.evaluate((id) => {
+      const tr = [...document.querySelectorAll("tr[data-dead]")].find((r) => r.textContent.includes(id));
+      return tr ? { text: tr.textContent, button: !!tr.querySelector("button") } : null;
+    }, process.env.TQ_UI_DEAD_ID);
+    check(deadRow && !deadRow.button && /not republishable/.test(deadRow.text),
+          "a dead letter without a job id offers no Republish: " + JSON.stringify(deadRow));
     await shoot(op, "dead-letters");
     await go(op, "#/admin/jobs", 'tr[data-job="' + jobId + '"]');
     await shoot(op, "all-jobs");

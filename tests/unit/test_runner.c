@@ -44,7 +44,7 @@ static void test_nonzero_exit_fails_and_asks_for_the_log_tail(void **state)
     assert_int_equal(o.status, TQ_STATUS_FAILED);
     assert_string_equal(o.error, "training exited with code 3");
     assert_int_equal(o.failure_class, TQ_FAIL_DATASET); /* the trainer contract's 3 */
-    tq_run_describe_exit(&e, "Traceback: boom", &o);
+    tq_run_describe_exit(&e, "Traceback: boom", NULL, &o);
     assert_string_equal(o.error, "training exited with code 3: Traceback: boom");
     assert_string_equal(o.reason, "exit code 3");
     assert_int_equal(o.failure_class, TQ_FAIL_DATASET);
@@ -142,12 +142,32 @@ static void test_long_log_tail_is_cut_at_a_character_boundary(void **state)
     tail[sizeof tail - 2] = '\0';
     tq_run_outcome o;
     tq_run_end e = end_with(1);
-    tq_run_describe_exit(&e, tail, &o);
+    tq_run_describe_exit(&e, tail, NULL, &o);
     size_t n = strlen(o.error);
     assert_true(n < sizeof o.error);
     assert_true(n > sizeof o.error - 8);
     /* the last character is whole: a lead byte is never the last byte */
     assert_int_not_equal((unsigned char)o.error[n - 1], 0xc3);
+}
+
+/* Docker copies stdout and stderr apart: in the merged log the trainer's refusal on stderr
+ * may come before the end of what it printed on stdout. Its stderr's last line is quoted. */
+static void test_a_config_error_quotes_the_last_line_of_stderr(void **state)
+{
+    (void)state;
+    tq_run_outcome o;
+    tq_run_end e = end_with(2);
+    assert_int_equal(tq_run_judge(&e, &o), 1);
+    tq_run_describe_exit(&e, "fake-trainer: invalid config: rank_dropout\n{\n}\n\n",
+                         "fake-trainer: invalid config: rank_dropout\n", &o);
+    assert_string_equal(o.failure_message,
+                        "the trainer refused its config (exit code 2): fake-trainer: invalid "
+                        "config: rank_dropout: fix the job's config");
+    /* nothing on stderr: the merged log's last line */
+    tq_run_describe_exit(&e, "bad key x\n", "", &o);
+    assert_string_equal(o.failure_message,
+                        "the trainer refused its config (exit code 2): bad key x: fix the job's "
+                        "config");
 }
 
 static void test_oom_names_the_step_batch_size_and_resolution_and_what_to_lower(void **state)
@@ -163,7 +183,7 @@ static void test_oom_names_the_step_batch_size_and_resolution_and_what_to_lower(
                                  .resolution = 1024,
                                  .memory_limit = 512LL << 20};
     assert_int_equal(tq_run_judge(&e, &o), 1);
-    tq_run_describe_exit(&e, "Killed", &o);
+    tq_run_describe_exit(&e, "Killed", NULL, &o);
     assert_int_equal(o.failure_class, TQ_FAIL_OOM);
     assert_string_equal(o.failure_message,
                         "out of memory at step 3 of 10 with batch_size 4 at resolution 1024 "
@@ -171,7 +191,7 @@ static void test_oom_names_the_step_batch_size_and_resolution_and_what_to_lower(
     assert_string_equal(o.error, "training exited with code 137 (killed: out of memory): Killed");
     /* batch size 1 already: the resolution is next, to a multiple of 64 */
     e.oom_ctx.batch_size = 1;
-    tq_run_describe_exit(&e, NULL, &o);
+    tq_run_describe_exit(&e, NULL, NULL, &o);
     assert_non_null(strstr(o.failure_message, "lower resolution to 768"));
 }
 
@@ -180,10 +200,10 @@ static void test_exit_137_under_a_memory_limit_is_oom_without_the_flag(void **st
     (void)state;
     tq_run_outcome o;
     tq_run_end e = end_with(137);
-    tq_run_describe_exit(&e, NULL, &o);
+    tq_run_describe_exit(&e, NULL, NULL, &o);
     assert_int_equal(o.failure_class, TQ_FAIL_TRAINER); /* no limit: a SIGKILL from elsewhere */
     e.oom_ctx.memory_limit = 1LL << 30;
-    tq_run_describe_exit(&e, NULL, &o);
+    tq_run_describe_exit(&e, NULL, NULL, &o);
     assert_int_equal(o.failure_class, TQ_FAIL_OOM);
 }
 
@@ -193,7 +213,7 @@ static void test_exit_2_is_a_config_error_with_the_trainers_last_line(void **sta
     tq_run_outcome o;
     tq_run_end e = end_with(2);
     assert_int_equal(tq_run_judge(&e, &o), 1);
-    tq_run_describe_exit(&e, "loading\nerror: unknown key foo\n", &o);
+    tq_run_describe_exit(&e, "loading\nerror: unknown key foo\n", NULL, &o);
     assert_int_equal(o.failure_class, TQ_FAIL_CONFIG);
     assert_string_equal(o.failure_message, "the trainer refused its config (exit code 2): error: "
                                            "unknown key foo: fix the job's config");
@@ -212,7 +232,7 @@ static void test_the_trainer_contracts_exit_codes_name_their_class(void **state)
         tq_run_outcome o;
         tq_run_end e = end_with(cases[i].code);
         assert_int_equal(tq_run_judge(&e, &o), 1);
-        tq_run_describe_exit(&e, "last words", &o);
+        tq_run_describe_exit(&e, "last words", NULL, &o);
         assert_int_equal(o.failure_class, cases[i].c);
         assert_int_equal(o.status, TQ_STATUS_FAILED);
         assert_true(o.failure_message[0] != '\0');
@@ -221,7 +241,7 @@ static void test_the_trainer_contracts_exit_codes_name_their_class(void **state)
     tq_run_end e = end_with(5);
     e.oom_ctx = (tq_oom_context){
         .has_progress = 1, .step = 7, .total = 9, .batch_size = 2, .resolution = 512};
-    tq_run_describe_exit(&e, NULL, &o);
+    tq_run_describe_exit(&e, NULL, NULL, &o);
     assert_string_equal(o.failure_message, "out of GPU memory at step 7 of 9 with batch_size 2 "
                                            "at resolution 512: lower batch_size to 1 (or the "
                                            "resolution)");
@@ -256,7 +276,7 @@ static void test_hub_failures_in_the_log_tail_are_hub_errors(void **state)
         assert_int_equal(h.transient, cases[i].transient);
         tq_run_outcome o;
         tq_run_end e = end_with(1);
-        tq_run_describe_exit(&e, cases[i].tail, &o);
+        tq_run_describe_exit(&e, cases[i].tail, NULL, &o);
         assert_int_equal(o.failure_class, TQ_FAIL_HUB);
         assert_int_equal(o.transient, cases[i].transient);
     }
@@ -286,27 +306,27 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
     int delay = -1;
     /* hub_error, transient: retried with a doubling backoff, then failed */
     tq_run_end e = end_with(1);
-    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_describe_exit(&e, HUB_502, NULL, &o);
     tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RETRY);
     assert_int_equal(o.status, TQ_STATUS_QUEUED);
     assert_int_equal(delay, 30);
     assert_non_null(strstr(o.reason, "hub_error, retry 1 of 3"));
-    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_describe_exit(&e, HUB_502, NULL, &o);
     tq_run_apply_policy(&p, 2, 3, 100, 30, &o, &delay);
     assert_int_equal(delay, 120);
-    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_describe_exit(&e, HUB_502, NULL, &o);
     tq_run_apply_policy(&p, 3, 4, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
     /* a 404 will not change: not retried */
-    tq_run_describe_exit(&e, HUB_404, &o);
+    tq_run_describe_exit(&e, HUB_404, NULL, &o);
     tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     /* an oom is not retried by default, and is when the policy says so */
     e = end_with(137);
     e.oom = 1;
-    tq_run_describe_exit(&e, NULL, &o);
+    tq_run_describe_exit(&e, NULL, NULL, &o);
     tq_run_apply_policy(&p, 0, 1, 100, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(tq_retry_policy_parse("oom=1", &p, &eb), TQ_OK);
@@ -325,12 +345,12 @@ static void test_retry_policy_retries_a_class_up_to_its_count(void **state)
      * the failure it is, its exit's error and log tail kept, the reason saying why */
     assert_int_equal(tq_retry_policy_parse(TQ_RETRY_POLICY_DEFAULT, &p, &eb), TQ_OK);
     e = end_with(1);
-    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_describe_exit(&e, HUB_502, NULL, &o);
     char error[sizeof o.error];
     snprintf(error, sizeof error, "%s", o.error);
     tq_run_apply_policy(&p, 2, 3, 4, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RETRY); /* the third attempt: one more to go */
-    tq_run_describe_exit(&e, HUB_502, &o);
+    tq_run_describe_exit(&e, HUB_502, NULL, &o);
     tq_run_apply_policy(&p, 2, 4, 4, 30, &o, &delay);
     assert_int_equal(o.verdict, TQ_RUN_RECORD);
     assert_int_equal(o.status, TQ_STATUS_FAILED);
@@ -384,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_exit_during_a_docker_outage_is_retried_not_failed),
         cmocka_unit_test(test_vanished_container_fails_unless_cancelled),
         cmocka_unit_test(test_long_log_tail_is_cut_at_a_character_boundary),
+        cmocka_unit_test(test_a_config_error_quotes_the_last_line_of_stderr),
         cmocka_unit_test(test_oom_names_the_step_batch_size_and_resolution_and_what_to_lower),
         cmocka_unit_test(test_exit_137_under_a_memory_limit_is_oom_without_the_flag),
         cmocka_unit_test(test_exit_2_is_a_config_error_with_the_trainers_last_line),

@@ -286,8 +286,11 @@ BEGIN
         PERFORM tq_lock_user(u);
     END LOOP;
     -- One statement for the batch (the triggers still run per row): a burst is stored a
-    -- few times faster than row by row.
+    -- few times faster than row by row. The audit rows say where the jobs came from, as a
+    -- submission's say 'submitted over http' (35_submit.sql).
+    PERFORM set_config('trainq.reason', 'published to amqp', true);
     added := ARRAY(SELECT tq_insert_jobs(bodies, 'amqp', NULL, NULL, reply_tos, correlation_ids));
+    PERFORM set_config('trainq.reason', '', true);
     IF cardinality(added) > 0 THEN
         PERFORM tq_notify('trainq_runnable', '');
     END IF;

@@ -158,6 +158,7 @@ class EventsCase(ConsumerCase):
         self.assertEqual([(e["status"], e["reason"]) for _, e, _ in
                           sorted(got, key=lambda g: g[1]["sequence"])],
                          [(a["to"], a["reason"]) for a in audit])
+        self.assertEqual(audit[0], {"to": "queued", "reason": "published to amqp"})
         # the reply address is the job's, stored with its row
         row = self.job(msg["job_id"])
         self.assertEqual((row["reply_to"], row["correlation_id"]), (replies, corr))

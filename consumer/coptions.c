@@ -220,8 +220,8 @@ static int check(void *cfg, tq_errbuf *eb)
                        c->training_image);
     if (c->memory_bytes != 0 && c->memory_bytes < DOCKER_MIN_MEMORY)
         return tq_errf(eb, TQ_ERR_CONFIG,
-                       "invalid TRAINQ_MEMORY_LIMIT %lld: expected 0 (no limit) or at least 6m, "
-                       "the least Docker accepts",
+                       "invalid TRAINQ_MEMORY_LIMIT of %lld bytes: expected 0 (no limit) or at "
+                       "least 6m, the least Docker accepts",
                        c->memory_bytes);
     if (c->cpus != 0 && c->cpus < 0.01)
         return tq_errf(eb, TQ_ERR_CONFIG,

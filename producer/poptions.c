@@ -1,6 +1,7 @@
 #include "poptions.h"
 
 #include "admit.h"
+#include "auth.h"
 #include "request.h"
 
 #include <limits.h>
@@ -148,6 +149,10 @@ static const tq_opt options[] = {
 static int check_jwt(tq_config *c, tq_errbuf *eb)
 {
     int hs = c->jwt_alg[0] == 'H';
+    if (!*c->jwt_audience)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_JWT_AUDIENCE \"\": expected the audience tokens must "
+                       "carry (\"" TQ_AUTH_ANY_AUDIENCE "\" accepts any)");
     if (hs && !*c->jwt_secret)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "missing TRAINQ_JWT_SECRET: TRAINQ_JWT_ALG %s needs a shared secret",

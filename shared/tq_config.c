@@ -379,6 +379,8 @@ static int load_flags(const tq_options *t, void *cfg, int argc, char **argv, tq_
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const tq_opt *o = find_flag(t, name, nlen);
+        if (!o && eq && (strncmp(a, "--help=", 7) == 0 || strncmp(a, "--version=", 10) == 0))
+            return tq_errf(eb, TQ_ERR_CONFIG, "--%.*s takes no value", (int)nlen, name);
         if (!o)
             return tq_errf(eb, TQ_ERR_CONFIG, "unknown option \"--%.*s\" (see --help)", (int)nlen,
                            name);

@@ -188,6 +188,13 @@ static void test_help_and_version_are_done_not_an_error(void **state)
     }
     /* Negative like every tq_err, with its own message, and main exits 0 for it. */
     assert_true(TQ_ERR_EXIT_OK < 0);
+    /* with a value they are a mistake, said as such (not "unknown option --help") */
+    char *bad[] = {"prog", "--help=1"};
+    test_cfg c;
+    tq_errbuf eb;
+    assert_int_equal(load(&c, &eb, 2, bad), TQ_ERR_CONFIG);
+    assert_string_equal(eb.msg, "--help takes no value");
+    tq_config_free(&test_options, &c);
     assert_string_not_equal(tq_strerror(TQ_ERR_EXIT_OK), "unknown error");
     assert_int_equal(tq_program_exit_code(TQ_ERR_EXIT_OK), 0);
     assert_int_equal(tq_program_exit_code(TQ_ERR_CONFIG), 2);

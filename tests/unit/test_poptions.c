@@ -64,6 +64,7 @@ static const bad_case bad_cases[] = {
     {"TRAINQ_JWT_ALG", "RS256", "missing TRAINQ_JWT_PUBLIC_KEY_FILE"},
     {"TRAINQ_JWT_SECRET", "short", "invalid TRAINQ_JWT_SECRET: must be at least 16 bytes"},
     {"TRAINQ_JWT_SECRET", "", "missing TRAINQ_JWT_SECRET"},
+    {"TRAINQ_JWT_AUDIENCE", "", "invalid TRAINQ_JWT_AUDIENCE \"\": expected the audience"},
     {"TRAINQ_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem", "conflicting TRAINQ_JWT_PUBLIC_KEY_FILE"},
     {"TRAINQ_MAX_BODY_BYTES", "10m", "invalid TRAINQ_MAX_BODY_BYTES \"10m\""},
     {"TRAINQ_AMQP_URL", "http://x", "invalid TRAINQ_AMQP_URL"},

@@ -87,9 +87,11 @@ PGconn *tq_db_connect(const char *url, const char *app, tq_errbuf *eb)
         snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
         msg[strcspn(msg, "\n")] = '\0';
         /* SQLSTATE 53300 at connect: libpq gives no PGresult, only the server's text
-         * ("sorry, too many clients already", or "remaining connection slots are reserved
-         * ..." once only superuser slots are left; English unless lc_messages says else). */
-        if (strstr(msg, "too many clients") || strstr(msg, "remaining connection slots"))
+         * ("sorry, too many clients already", "remaining connection slots are reserved
+         * ..." once only superuser slots are left, "too many connections for role|database
+         * ..." at a CONNECTION LIMIT; English unless lc_messages says else). */
+        if (strstr(msg, "too many clients") || strstr(msg, "remaining connection slots") ||
+            strstr(msg, "too many connections for"))
             tq_errf(eb, TQ_ERR_UNAVAILABLE, "%s: %s", TQ_DB_EXHAUSTED, msg);
         else
             tq_errf(eb, TQ_ERR_UNAVAILABLE, "could not connect to postgres: %s", msg);

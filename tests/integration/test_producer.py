@@ -1013,6 +1013,25 @@ class ProducerFaultTest(unittest.TestCase):
         self.assertEqual((r.json["postgres"], r.json["amqp"], r.json["reasons"]),
                          ("unavailable", "unknown", ["postgres unavailable"]))
 
+    def test_a_role_at_its_connection_limit_is_named_as_no_free_connections(self):
+        """A CONNECTION LIMIT on the role (53300, "too many connections for role") is told
+        apart from an outage in /readyz and counted, as max_connections' is (it was
+        "postgres unavailable", uncounted)."""
+        p = self.start()
+        wait_ready(p.port)
+        h.psql("ALTER ROLE trainq CONNECTION LIMIT 0", superuser=True)
+        try:
+            h.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                   " WHERE application_name LIKE 'trainq-producer%'", superuser=True)
+            r = h.wait_until(lambda: (x := h.http_once(p.port, "GET", "/readyz", timeout=15))
+                             .status == 503 and x, timeout=20, what="/readyz 503")
+            self.assertIn("postgres has no free connections (too many clients)",
+                          r.json["reasons"], r)
+        finally:
+            h.psql("ALTER ROLE trainq CONNECTION LIMIT -1", superuser=True)
+        wait_ready(p.port)
+        self.assertGreaterEqual(self.metric(p.port, "trainq_db_connections_refused_total"), 1)
+
     def test_readyz_and_the_backlog_follow_a_broker_outage(self):
         """While RabbitMQ is away the stored rows' age grows and /readyz says the outbox is
         behind (the relay counted nothing then: it kept its last count, 0, and said ok); once

@@ -253,8 +253,10 @@ int tq_json_load_object(const char *buf, size_t len, size_t max_bytes, json_t **
     if (!root) {
         /* position first: the message is cut at 159 bytes, jansson's text can be long; the
          * one text that names a jansson flag is said in the contract's words */
-        const char *why = json_error_code(&err) == json_error_null_character
-                              ? "\\u0000 is not allowed in a string"
+        enum json_error_code code = json_error_code(&err);
+        const char *why = code == json_error_null_character ? "\\u0000 is not allowed in a string"
+                          : code == json_error_numeric_overflow
+                              ? "a number out of range (beyond what a double holds)"
                               : err.text;
         tq_validation_add(v, "body", "invalid json at line %d, column %d (byte %d): %s", err.line,
                           err.column, err.position, why);

@@ -653,6 +653,9 @@ static void test_nul_and_invalid_utf8_are_rejected(void **state)
     expect_body_error(nul, strlen(nul), TQ_ERR_INVALID, "invalid json at line");
     /* in the contract's words, not jansson's (which names its JSON_ALLOW_NUL flag) */
     expect_body_error(nul, strlen(nul), TQ_ERR_INVALID, "\\u0000 is not allowed in a string");
+    /* a number no double holds: said so, not as jansson's "real number overflow" */
+    const char *huge = HEAD ",\"config\":{\"steps\":1e400}}";
+    expect_body_error(huge, strlen(huge), TQ_ERR_INVALID, "a number out of range");
     const char *nulkey = HEAD ",\"config\":{},\"a\\u0000\":1}";
     expect_body_error(nulkey, strlen(nulkey), TQ_ERR_INVALID, "invalid json at line");
     /* a raw NUL byte inside the buffer */

@@ -306,6 +306,23 @@ static int mark_running_fn(PGconn *c, void *arg, tq_errbuf *eb)
     return TQ_OK;
 }
 
+int tq_cdb_claim_held(PGconn *c, const char *job_id, const char *worker_id, long long fencing)
+{
+    char tok[TQ_NUM_BUF];
+    num(tok, fencing);
+    const char *p[3] = {job_id, worker_id, tok};
+    PGresult *r = NULL;
+    tq_errbuf eb = {{0}};
+    if (tq_db_exec(c,
+                   "SELECT 1 FROM training_jobs WHERE id = $1 AND worker_id = $2 "
+                   "AND fencing_token = $3 AND status = 'pending'",
+                   3, p, &r, &eb) != TQ_OK)
+        return 0;
+    int held = PQntuples(r) == 1;
+    PQclear(r);
+    return held;
+}
+
 int tq_cdb_mark_running(PGconn *c, const char *job_id, long long fencing, const char *container_id,
                         int *cancel, tq_errbuf *eb)
 {

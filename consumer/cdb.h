@@ -105,6 +105,10 @@ int tq_cdb_listen_runnable(PGconn *c, tq_errbuf *eb);
  * one that died while idle: the caller replaces it before its next transaction). */
 int tq_cdb_runnable_notified(PGconn *c);
 
+/* 1 when the claim (job_id, fencing) is still this worker's and pending, 0 when not or when
+ * Postgres cannot say (a launcher that cannot tell must not stop another worker's unit). */
+int tq_cdb_claim_held(PGconn *c, const char *job_id, const char *worker_id, long long fencing);
+
 /* pending → running with the container id, its progress 0 (a trainer that prints nothing
  * parseable still shows it started); TQ_ERR_CONFLICT when fenced out. *cancel (may be NULL)
  * is 1 when a cancellation was requested meanwhile (while the container was being created):

@@ -576,6 +576,7 @@ static int create_start(tq_docker *d, const tq_container_spec *s,
 
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *id,
                         const char *user_id, const char *worker_id, const tq_launch_paths *p,
+                        int (*claim_held)(void *), void *claim_held_arg,
                         char container_id[TQ_DOCKER_ID_BUF], tq_errbuf *eb)
 {
     container_id[0] = '\0';
@@ -640,8 +641,16 @@ int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char
          * another worker's: the job was taken from a worker that died (or lost Postgres)
          * with its container running on a shared daemon. That container holds the other
          * worker's GPUs, and the other worker, back, would kill it as a job it no longer
-         * holds (exit 137, read as out of memory). Replace it: the force removal kills it,
-         * and the other worker's late outcome for it is refused by the fencing token. */
+         * holds (exit 137, read as out of memory). Replace it — but only while our own
+         * claim still stands: a launcher whose claim was taken from it meanwhile (it lost
+         * Postgres before its create) would otherwise stop the container of the worker
+         * that holds the job now. The force removal kills it, and the other worker's late
+         * outcome for it is refused by the fencing token. */
+        if (up && !(claim_held && claim_held(claim_held_arg)))
+            return tq_errf(eb, TQ_ERR_CONFLICT,
+                           "cannot create container \"%s\": worker %s runs the job's "
+                           "container and this claim no longer holds",
+                           name, st.worker_label[0] ? st.worker_label : "(unlabelled)");
         if (up)
             tq_log(TQ_LOG_WARN, "launch.replaced",
                    "job %s: replacing container %.12s of worker %s (the job was taken from it)", id,

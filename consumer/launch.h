@@ -17,7 +17,8 @@
  *
  * Idempotent: every step may be repeated for the same job (redelivery, retry after a
  * crash). The container name training-<job_id> is the duplicate guard: Docker refuses a
- * second container of that name (409), and tq_launch_container adopts a running one.
+ * second container of that name (409), and tq_launch_container adopts this worker's running
+ * one.
  */
 #ifndef TQ_LAUNCH_H
 #define TQ_LAUNCH_H
@@ -115,10 +116,12 @@ int tq_launch_has_checkpoint(const char *outputs_dir);
  * pids and CPU limits; network "none"; runs as the consumer's uid:gid (all capabilities
  * are dropped, so this is what lets it write to outputs and the cache); never privileged.
  *
- * Name taken (409): the container is inspected. Running (or paused) and labelled with this
- * job -> adopted: TQ_OK with its id. Created/exited/dead -> removed, then created and
- * started once more. Labelled with another job -> TQ_ERR_CONFLICT. Being removed ->
- * TQ_ERR_CONFLICT (try again later).
+ * Name taken (409): the container is inspected. Running (or paused), labelled with this
+ * job and this worker -> adopted: TQ_OK with its id. Running but another worker's (the job
+ * was taken from it, on a shared daemon) -> removed and created anew while claim_held
+ * (arg) says the caller's claim still stands, else TQ_ERR_CONFLICT. Created/exited/dead ->
+ * removed, then created and started once more. Labelled with another job ->
+ * TQ_ERR_CONFLICT. Being removed -> TQ_ERR_CONFLICT (try again later).
  * A start that fails for a reason other than an unreachable daemon removes the container
  * it just created (best effort) so a retry starts clean.
  * Errors pass through from docker.h: TQ_ERR_NOT_FOUND (image missing), TQ_ERR_UNAVAILABLE
@@ -129,6 +132,7 @@ int tq_launch_has_checkpoint(const char *outputs_dir);
  */
 int tq_launch_container(tq_docker *d, const tq_config *cfg, int slot, const char *job_id,
                         const char *user_id, const char *worker_id, const tq_launch_paths *p,
+                        int (*claim_held)(void *), void *claim_held_arg,
                         char container_id[TQ_DOCKER_ID_BUF], tq_errbuf *eb);
 
 #endif

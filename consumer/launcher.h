@@ -71,6 +71,11 @@ typedef struct {
     const char *job_id;
     const char *user_id;
     const struct tq_launch_paths_s *paths;
+    /* 1 while the caller's claim on the job still stands (its fencing token current): asked
+     * before a unit another worker left running under the job's name is replaced, so that a
+     * launcher whose claim was taken away never stops the one that holds it now. */
+    int (*claim_held)(void *arg);
+    void *claim_held_arg;
 } tq_launch_request;
 
 typedef struct {

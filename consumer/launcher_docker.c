@@ -40,7 +40,8 @@ static int dl_start(void *ctx, const tq_launch_request *req, char id[TQ_LAUNCHER
 {
     docker_launcher *l = ctx;
     return tq_launch_container(l->d, l->cfg, req->slot, req->job_id, req->user_id,
-                               l->cfg->worker_id, req->paths, id, eb);
+                               l->cfg->worker_id, req->paths, req->claim_held, req->claim_held_arg,
+                               id, eb);
 }
 
 static int dl_start_existing(void *ctx, const char *id, tq_errbuf *eb)

@@ -152,6 +152,19 @@ static int resumes(tq_worker *w, PGconn *db, const char *job_id)
     return strcmp(last, "host_lost") == 0 || strcmp(last, "host_error") == 0;
 }
 
+typedef struct {
+    PGconn *db;
+    const char *worker_id;
+    const tq_claim *cl;
+} claim_check;
+
+/* tq_launch_request.claim_held: the claim, asked of Postgres at the moment it matters. */
+static int claim_held(void *arg)
+{
+    const claim_check *c = arg;
+    return tq_cdb_claim_held(c->db, c->cl->job_id, c->worker_id, c->cl->fencing_token);
+}
+
 /* Launches a claimed job into slot `slot`. Returns 1 if the slot is now running it. */
 static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
 {
@@ -183,7 +196,8 @@ static int launch(tq_worker *w, PGconn *db, int slot, const tq_claim *cl)
         return 0;
     }
     char cid[TQ_LAUNCHER_ID_BUF] = "";
-    const tq_launch_request req = {slot, job_id, cl->job.user_id, &paths};
+    claim_check cc = {db, w->cfg->worker_id, cl};
+    const tq_launch_request req = {slot, job_id, cl->job.user_id, &paths, claim_held, &cc};
     rc = w->launcher->ops->preflight_image(w->launcher->ctx, &eb);
     if (rc == TQ_OK)
         rc = w->launcher->ops->start(w->launcher->ctx, &req, cid, &eb);

@@ -131,9 +131,10 @@ static const tq_opt options[] = {
      "webhook requests in flight to one endpoint at once, all producers together (a slow "
      "receiver cannot take every sender)"},
     {"TRAINQ_WEBHOOK_USER_CONCURRENCY", "webhook-user-concurrency", TQ_OPT_INT,
-     OFF(webhook_user_concurrency), "2", 1, 1000, NULL,
+     OFF(webhook_user_concurrency), "0", 0, 1000, NULL,
      "webhook requests in flight for one user at once, all endpoints, job URLs and producers "
-     "together (one user's slow receivers cannot take every sender)"},
+     "together (one user's slow receivers cannot take every sender); 0: as many as "
+     "TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY, and no fewer"},
     {"TRAINQ_WEBHOOK_SECRET_OVERLAP_SECONDS", "webhook-secret-overlap-seconds", TQ_OPT_INT,
      OFF(webhook_secret_overlap_seconds), "86400", 0, 2592000, NULL,
      "after rotate-secret, deliveries are also signed with the replaced secret for this long, so "
@@ -265,6 +266,15 @@ static int check(void *cfg, tq_errbuf *eb)
         return tq_errf(eb, TQ_ERR_CONFIG,
                        "invalid TRAINQ_WEBHOOK_RETRY_MAX_SECONDS: below "
                        "TRAINQ_WEBHOOK_RETRY_MIN_SECONDS");
+    /* Below the endpoint cap the user's would quietly lower it (an endpoint belongs to one
+     * user): a deployment that raised the endpoint cap keeps it unless it says otherwise. */
+    if (c->webhook_user_concurrency == 0)
+        c->webhook_user_concurrency = c->webhook_endpoint_concurrency;
+    if (c->webhook_user_concurrency < c->webhook_endpoint_concurrency)
+        return tq_errf(eb, TQ_ERR_CONFIG,
+                       "invalid TRAINQ_WEBHOOK_USER_CONCURRENCY %d: below "
+                       "TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY (%d), which it would lower",
+                       c->webhook_user_concurrency, c->webhook_endpoint_concurrency);
     return tq_config_check_common(c->database_url, c->amqp_url, c->publish_keys,
                                   c->publish_keys_file, &c->publish_keyring, eb);
 }

@@ -37,6 +37,7 @@ static const char *const all_vars[] = {
     "TRAINQ_CORS_ORIGINS",
     "TRAINQ_TRAINING_IMAGE",
     "TRAINQ_RETRY_POLICY",
+    "TRAINQ_WEBHOOK_USER_CONCURRENCY",
 };
 
 static int reset_env(void **state)

@@ -65,6 +65,8 @@ static const bad_case bad_cases[] = {
     {"TRAINQ_JWT_SECRET", "short", "invalid TRAINQ_JWT_SECRET: must be at least 16 bytes"},
     {"TRAINQ_JWT_SECRET", "", "missing TRAINQ_JWT_SECRET"},
     {"TRAINQ_JWT_AUDIENCE", "", "invalid TRAINQ_JWT_AUDIENCE \"\": expected the audience"},
+    {"TRAINQ_WEBHOOK_USER_CONCURRENCY", "1",
+     "invalid TRAINQ_WEBHOOK_USER_CONCURRENCY 1: below TRAINQ_WEBHOOK_ENDPOINT_CONCURRENCY (2)"},
     {"TRAINQ_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem", "conflicting TRAINQ_JWT_PUBLIC_KEY_FILE"},
     {"TRAINQ_MAX_BODY_BYTES", "10m", "invalid TRAINQ_MAX_BODY_BYTES \"10m\""},
     {"TRAINQ_AMQP_URL", "http://x", "invalid TRAINQ_AMQP_URL"},

@@ -48,10 +48,12 @@ static void health_docker(housekeeper *h)
 static void set_db_ok(housekeeper *h, int ok, const char *why)
 {
     atomic_store(&h->w->db_ok, ok);
+    pthread_mutex_lock(&h->w->db_seen_mu);
     if (atomic_exchange(&h->w->db_seen, ok) != ok)
         tq_log(ok ? TQ_LOG_INFO : TQ_LOG_WARN, ok ? "db.up" : "db.down", "%s",
                ok ? "postgres answers" : why);
     tq_cmetrics_set(TQ_CM_DB_UP, ok);
+    pthread_mutex_unlock(&h->w->db_seen_mu);
 }
 
 static void heartbeat(housekeeper *h)

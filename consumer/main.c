@@ -46,12 +46,16 @@ static int64_t db_silent_ms(tq_worker *w)
  * nothing fails meanwhile: main looks every second and says so in the log and the metric. */
 static void db_watch(tq_worker *w)
 {
+    /* Under the housekeeper's lock for its report: a heartbeat answered between this look
+     * and the log line must not be followed by a stale db.down (and a metric of 0). */
+    pthread_mutex_lock(&w->db_seen_mu);
     int64_t waited = db_silent_ms(w);
     if (waited && atomic_exchange(&w->db_seen, 0) != 0)
         tq_log(TQ_LOG_WARN, "db.down", "postgres not answering for %lld s",
                (long long)(waited / 1000));
     if (waited)
         tq_cmetrics_set(TQ_CM_DB_UP, 0);
+    pthread_mutex_unlock(&w->db_seen_mu);
 }
 
 static int health(void *arg, char *why, size_t cap)
@@ -91,6 +95,7 @@ static int worker_init(tq_worker *w, const tq_config *cfg)
     atomic_store(&w->docker_ok, 1);
     atomic_store(&w->db_ok, 1);
     atomic_store(&w->db_seen, -1); /* neither db.up nor db.down logged yet */
+    pthread_mutex_init(&w->db_seen_mu, NULL);
     atomic_store(&w->host_ok, 1);
     /* Unknown until the first heartbeat reads workers.draining: a drained worker that
      * restarts must not pick in the moment before it learns it is drained. */

@@ -183,7 +183,10 @@ int tq_run_judge(const tq_run_end *e, tq_run_outcome *o)
         tq_run_describe_exit(e, NULL, NULL, o);
         return 1;
     }
-    if (o->failure_class != TQ_FAIL_NONE && !o->failure_message[0])
+    /* A cancellation's message is left to the database: its audit reason names who asked
+     * (tq_cdb_finish), and the failure-class trigger takes that. */
+    if (o->failure_class != TQ_FAIL_NONE && o->failure_class != TQ_FAIL_CANCELLED &&
+        !o->failure_message[0])
         snprintf(o->failure_message, sizeof o->failure_message, "%.*s",
                  (int)sizeof o->failure_message - 1, o->error[0] ? o->error : o->reason);
     return 0;

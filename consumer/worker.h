@@ -84,6 +84,7 @@ typedef struct tq_worker {
      * heartbeats and main's watch of a heartbeat that hangs both report through it, so an
      * outage is logged once, down and up. */
     atomic_int db_seen;
+    pthread_mutex_t db_seen_mu; /* one of the two reports at a time: their order holds */
     atomic_int amqp_ok;
     /* 0 once TRAINQ_HOST_ERROR_LIMIT launches in a row failed for a reason of this host
      * (image or runtime missing, disk full): the dispatcher starts no new job and tries one

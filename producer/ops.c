@@ -59,7 +59,11 @@ void tq_h_readyz(tq_req *r)
         tq_relay_stats_get(app->relay, &st);
         char why[200];
         if (!st.amqp_up && !st.amqp_tried) {
-            amqp = "unknown"; /* not tried yet: Postgres comes first, and it is the reason */
+            /* not tried yet: the relay tries once Postgres answers. While it does not,
+             * Postgres is the reason; once it does, this is, until the first try. */
+            amqp = "unknown";
+            if (!pgr)
+                json_array_append_new(reasons, json_string("rabbitmq not tried yet"));
         } else if (!st.amqp_up) {
             json_array_append_new(reasons, json_string("rabbitmq unavailable"));
         } else if (st.amqp_blocked) {

@@ -375,7 +375,9 @@
     const r = await api("GET", "/api/training/jobs?status=queued&limit=100", null, { quiet: true });
     if (!r || !r.ok || !r.body || !Array.isArray(r.body.jobs) || state.view !== "jobs") return;
     for (const j of r.body.jobs) {
-      if (!state.jobs.has(j.id)) continue;
+      // a row an event moved on meanwhile (it started, was cancelled) keeps the newer state
+      const cur = state.jobs.get(j.id);
+      if (!cur || cur.status !== "queued") continue;
       state.jobs.set(j.id, j);
       updateJobRow(j);
     }

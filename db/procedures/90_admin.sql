@@ -135,6 +135,7 @@ BEGIN
            failure_class = NULL, failure_message = NULL,
            exit_code = NULL, worker_id = NULL, container_id = NULL, attempts = 0,
            host_retries = 0, parked_at = NULL, released_at = NULL, cancel_requested_at = NULL,
+           cancel_requested_by = NULL,
            lease_expires_at = NULL, progress = NULL, current_step = NULL, total_steps = NULL,
            loss = NULL, eta_seconds = NULL, progress_updated_at = NULL
      WHERE id = p_id;

@@ -280,6 +280,7 @@ class TestAdminApi(AdminCase):
             self.assertEqual(tqenv.psql("SELECT reason FROM job_events WHERE job_id = :'j'"
                                         " AND to_status = 'cancelled'", variables={"j": job}),
                              "cancelled by an operator", job)
+            self.assertEqual(self.job(job)["failure_message"], "cancelled by an operator", job)
         self.assertEqual(self.admin("POST", f"/api/admin/jobs/{uuid.uuid4()}/cancel").status, 404)
 
     def test_a_failed_job_is_retried_and_runs_again(self):

@@ -68,6 +68,9 @@ class TestNeverStranded(ConsumerCase):
         in about its 2 s deadline instead of hanging until Postgres resumes. After SIGCONT
         both are healthy again."""
         from test_producer import start_producer, stop_producer
+        # a datasets root with something in it: a job left queued by an earlier suite is then
+        # this host's dataset_error, not an empty (unmounted?) root that makes it unhealthy
+        self.dataset(self.user("frozen"))
         c = self.consumer(f"frozen-{run_id()}")
         p = start_producer()
         self.addCleanup(stop_producer, self, p)

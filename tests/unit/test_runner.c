@@ -81,6 +81,7 @@ static void test_cancellation_beats_overrun_and_outage(void **state)
     assert_string_equal(o.error, "");
     assert_string_equal(o.reason, "cancelled on request");
     assert_int_equal(o.failure_class, TQ_FAIL_CANCELLED);
+    assert_string_equal(o.failure_message, ""); /* the audit reason says who asked */
 }
 
 static void test_overrun_fails_with_the_limit_in_the_message(void **state)

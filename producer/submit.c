@@ -3,7 +3,8 @@
  *
  * Order of checks (each answers before the next runs): auth (401) → a body's Content-Type
  * (415) → rate limit (429) → Content-Type of an empty body (415) → Idempotency-Key syntax (400) →
- * body (413/400) → idempotent replay (200 with the earlier job, or 422) → dataset (404/403) → one
+ * body (413/400) → a priority above the user's (403) → idempotent replay (200 with the
+ * earlier job, or 422) → dataset (404/403) → one
  * transaction writing the job row and its outbox row → 200. Publishing to RabbitMQ happens later,
  * in the relay: a broker outage never fails or slows a submission.
  *

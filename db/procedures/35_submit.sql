@@ -49,9 +49,26 @@ DECLARE
     v_id    uuid;
     v_same  boolean;
     v_owner text;
+    v_cap   constant text := tq_user_max_priority(p_user);
+    v_canonical text := p_canonical;
 BEGIN
+    -- p_priority: the submission's, NULL when it named none. An explicit one must be within
+    -- the user's cap (65_schedule.sql), normal too, before anything else: a request that
+    -- asks for more than the user may have is refused, also under a key used before.
+    IF p_priority IS NOT NULL AND tq_priority_rank(p_priority) > tq_priority_rank(v_cap) THEN
+        outcome := 'priority_forbidden';
+        max_priority := v_cap;
+        RETURN;
+    END IF;
+    -- None named is normal, or the user's cap when that is lower (tq_insert_jobs). The
+    -- request hash is over the submission with its defaults applied, so under a cap of low
+    -- "no priority" and "low" are the same request: p_canonical (tq_submission_to_json)
+    -- spells a priority other than normal last, and so it is spelled here.
+    IF p_priority IS NULL AND tq_priority_rank(v_cap) < tq_priority_rank('normal') THEN
+        v_canonical := left(p_canonical, -1) || ',"priority":' || to_json(v_cap)::text || '}';
+    END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        SELECT j.id, j.request_hash IS NOT DISTINCT FROM md5(p_canonical)
+        SELECT j.id, j.request_hash IS NOT DISTINCT FROM md5(v_canonical)
           INTO v_id, v_same
           FROM training_jobs j
          WHERE j.user_id = p_user AND j.idempotency_key = p_idempotency_key;
@@ -71,15 +88,6 @@ BEGIN
         outcome := 'dataset_forbidden';
         RETURN;
     END IF;
-    -- p_priority: the submission's, NULL when it named none (tq_insert_jobs then gives it
-    -- normal, or the user's max_priority when that is lower); an explicit one must be within
-    -- the user's cap (65_schedule.sql), normal too
-    IF p_priority IS NOT NULL
-       AND tq_priority_rank(p_priority) > tq_priority_rank(tq_user_max_priority(p_user)) THEN
-        outcome := 'priority_forbidden';
-        max_priority := tq_user_max_priority(p_user);
-        RETURN;
-    END IF;
 
     PERFORM set_config('trainq.reason', 'submitted over http', true);
     PERFORM set_config('trainq.notify', 'deferred', true);
@@ -89,7 +97,7 @@ BEGIN
         INSERT INTO job_webhooks (job_id, url, events)
         VALUES (p_job_id, p_hook_url, ARRAY(SELECT jsonb_array_elements_text(p_hook_events)));
     END IF;
-    PERFORM tq_insert_job(p_message, 'http', p_idempotency_key, md5(p_canonical));
+    PERFORM tq_insert_job(p_message, 'http', p_idempotency_key, md5(v_canonical));
     INSERT INTO outbox (job_id, routing_key, payload)
     VALUES (p_job_id, p_routing_key, p_message);
     outcome := 'created';

@@ -84,6 +84,10 @@ BEGIN
         SELECT array_agg(f.job_id) INTO ids FROM (
             SELECT d.job_id FROM deleted_jobs d
              WHERE d.deleted_at < now() - make_interval(secs => p_job_seconds)
+               -- a message of it still to go out (one a relay held while the job was
+               -- deleted): the audit rows stay to mark it a duplicate when it arrives
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                                WHERE o.job_id = d.job_id AND o.published_at IS NULL)
              ORDER BY d.deleted_at LIMIT p_job_batch FOR UPDATE SKIP LOCKED) f;
         IF ids IS NOT NULL THEN
             PERFORM set_config('trainq.retention', 'prune', true);

@@ -174,6 +174,20 @@ class TestOrder(SchedulingCase):
         r = h.http_once(p.port, "POST", "/api/training/submit",
                         json_body=dict(body, priority="normal"), token=h.mint(u, SECRET))
         self.assertEqual((r.status, r.json["error"]), (403, "priority not allowed"), r)
+        # safe retries compare requests with their defaults applied: under a cap of low, none
+        # named and "low" are one request; "normal" is refused, not replayed
+        key = {"Idempotency-Key": "capped-" + run_id()}
+        first = h.http_once(p.port, "POST", "/api/training/submit", json_body=body,
+                            token=h.mint(u, SECRET), headers=key)
+        self.assertEqual(first.status, 200, first)
+        again = h.http_once(p.port, "POST", "/api/training/submit",
+                            json_body=dict(body, priority="low"), token=h.mint(u, SECRET),
+                            headers=key)
+        self.assertEqual((again.status, again.json["job_id"]), (200, first.json["job_id"]), again)
+        r = h.http_once(p.port, "POST", "/api/training/submit",
+                        json_body=dict(body, priority="normal"), token=h.mint(u, SECRET),
+                        headers=key)
+        self.assertEqual(r.status, 403, r)
 
     def test_fair_share_starts_the_user_with_the_least_decayed_recent_usage_first(self):
         """Three users, one job each, submitted heaviest past first: the one without usage

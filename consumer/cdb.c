@@ -677,21 +677,22 @@ int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds
     num(busy, ws->busy);
     num(lease, lease_seconds);
     const char *worker_id = ws->worker_id;
-    char started[TQ_NUM_BUF];
-    num(started, ws->started_at);
+    char started[32];
+    snprintf(started, sizeof started, "%.6f", ws->started_at);
     const char *p[8] = {worker_id, ws->hostname, s, busy, ws->gpus, ws->healthy ? "t" : "f",
                         lease,     started};
     PGresult *dr;
     /* started_at is this process's start: a restarted worker (same id) shows its restart */
-    int rc = tq_db_exec(c,
-                        "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy, "
-                        "lease_seconds, started_at) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7::int, to_timestamp($8::bigint)) "
-                        "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
-                        "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
-                        "lease_seconds = $7::int, started_at = to_timestamp($8::bigint), "
-                        "stopped_at = NULL RETURNING draining",
-                        8, p, &dr, eb);
+    int rc =
+        tq_db_exec(c,
+                   "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy, "
+                   "lease_seconds, started_at) "
+                   "VALUES ($1, $2, $3, $4, $5, $6, $7::int, to_timestamp($8::double precision)) "
+                   "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
+                   "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
+                   "lease_seconds = $7::int, started_at = to_timestamp($8::double precision), "
+                   "stopped_at = NULL RETURNING draining",
+                   8, p, &dr, eb);
     if (rc)
         return rc;
     *draining = PQntuples(dr) == 1 && strcmp(PQgetvalue(dr, 0, 0), "t") == 0;

@@ -185,7 +185,7 @@ typedef struct {
     int slots, busy;
     const char *gpus; /* TRAINQ_GPUS as given */
     int healthy;
-    long long started_at; /* when this process started, seconds since the epoch */
+    double started_at; /* when this process started, seconds since the epoch */
 } tq_cdb_worker_state;
 
 /* Heartbeat: upserts the worker row and renews the lease of the active jobs of this

@@ -72,7 +72,7 @@ static void heartbeat(housekeeper *h)
         .busy = w->n_slots - tq_slots_free(w),
         .gpus = w->cfg->gpus,
         .healthy = atomic_load(&w->host_ok) && atomic_load(&w->docker_ok),
-        .started_at = (long long)w->started_at,
+        .started_at = w->started_at,
     };
     int draining = 0;
     atomic_store(&w->db_wait_since_ms, tq_mono_ms());

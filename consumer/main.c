@@ -87,7 +87,9 @@ static int worker_init(tq_worker *w, const tq_config *cfg)
     if (gethostname(w->hostname, sizeof w->hostname) != 0)
         snprintf(w->hostname, sizeof w->hostname, "unknown");
     w->hostname[sizeof w->hostname - 1] = '\0';
-    w->started_at = time(NULL);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    w->started_at = (double)now.tv_sec + now.tv_nsec / 1e9;
     pthread_mutex_init(&w->mu, NULL);
     tq_cond_init_monotonic(&w->cv); /* tq_worker_sleep's deadlines are monotonic */
     w->n_slots = cfg->slots;

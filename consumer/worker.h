@@ -65,7 +65,7 @@ typedef struct tq_worker {
     const tq_config *cfg;
     tq_launcher *launcher; /* how jobs run on this host (launcher.h) */
     char hostname[256];
-    time_t started_at; /* this process's start (workers.started_at) */
+    double started_at; /* this process's start, epoch seconds (workers.started_at) */
 
     pthread_mutex_t mu; /* guards slot state transitions; cv signals them and stopping */
     pthread_cond_t cv;

@@ -122,6 +122,16 @@ pg_start() {
   chown postgres:postgres "$PG_BASE" "$PG_SOCK"
   chmod 0700 "$PG_BASE"
   chmod 0755 "$PG_SOCK"
+  # Why pg_ctl gave up, from the server's log: a port another socket holds (a listener, or
+  # one in TIME_WAIT when the port is in the ephemeral range) fails at once, not by timeout.
+  pg_start_why() {
+    if tail -c +"$((pg_log_at + 1))" "$PG_LOG" 2>/dev/null \
+      | grep -q "could not bind IPv4 address.*Address already in use"; then
+      echo ": port $PG_PORT is in use (TRAINQ_PG_PORT; a socket in TIME_WAIT clears within a minute)"
+    else
+      echo " within ${WAIT_SECS}s"
+    fi
+  }
   if [[ ! -s "$PG_DATA/PG_VERSION" ]]; then
     rm -rf "$PG_DATA"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --no-locale \
@@ -139,10 +149,11 @@ HBA
   fi
   # Re-copied on every start so edits to compose/postgresql.conf take effect.
   install -o postgres -g postgres -m 0600 "$REPO/compose/postgresql.conf" "$PG_DATA/trainq.conf"
+  pg_log_at=$(stat -c %s "$PG_LOG" 2>/dev/null || echo 0) # this start's lines follow
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -s \
     -o "-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='$PG_SOCK'" \
     -w -t "$WAIT_SECS" start </dev/null >/dev/null 2>&1 9>&- \
-    || die "postgres did not start within ${WAIT_SECS}s, see $PG_LOG"
+    || die "postgres did not start$(pg_start_why), see $PG_LOG"
   pg_wait_ready
   pg_super -d postgres -v ON_ERROR_STOP=1 <<'SQL' >/dev/null || die "postgres: could not create role/database trainq, see $PG_LOG"
 DO $$

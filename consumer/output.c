@@ -118,6 +118,12 @@ struct tq_output {
     /* the follower thread's alone: stdout (and a TTY's output) and stderr, cut apart so
      * that a tqdm bar on stderr and lines on stdout never run into one line */
     tq_log_splitter splitter[2];
+    int feeding_err; /* the bytes being fed are stderr's */
+    /* stderr's last non-blank line (guarded by mu): a trainer's refusal of its config, quoted
+     * in the job's failure (exit 2, 3). Kept here because the stream ends after all of the
+     * container's output, while Docker's log may not have stored its last lines yet when
+     * the wait returns (seen: stderr's only line missing from /logs, stdout's all there). */
+    char err_last[TQ_OUT_ERR_LINE_MAX];
 };
 
 static void on_piece(void *arg, tq_log_piece kind, const char *line, size_t len)
@@ -128,8 +134,19 @@ static void on_piece(void *arg, tq_log_piece kind, const char *line, size_t len)
         o->batch.progress = p;
         o->batch.has_progress = 1;
     }
-    if (kind == TQ_LOG_LINE)
-        tq_out_batch_line(&o->batch, line, len);
+    if (kind != TQ_LOG_LINE)
+        return;
+    tq_out_batch_line(&o->batch, line, len);
+    if (o->feeding_err) {
+        while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\r'))
+            len--;
+        if (len > 0) {
+            if (len > sizeof o->err_last - 1)
+                len = sizeof o->err_last - 1;
+            memcpy(o->err_last, line, len);
+            tq_utf8_sanitize(o->err_last, len);
+        }
+    }
 }
 
 /* Called by the launcher's attach on the follower thread: must not block (launcher.h). */
@@ -146,6 +163,7 @@ static void on_bytes(void *arg, int stream, const char *data, size_t len)
         tq_out_batch_line(&o->batch, note, sizeof note - 1);
         o->gap = 0;
     }
+    o->feeding_err = stream == 2;
     tq_log_splitter_feed(&o->splitter[stream == 2], data, len, on_piece, o);
     pthread_mutex_unlock(&o->mu);
 }
@@ -198,8 +216,10 @@ static void *follower_main(void *arg)
     }
     pthread_mutex_lock(&o->mu);
     /* also when stopped: a last line without '\n' printed just before the exit */
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
+        o->feeding_err = i == 1;
         tq_log_splitter_finish(&o->splitter[i], on_piece, o);
+    }
     o->ended = 1;
     pthread_cond_broadcast(&o->cv);
     pthread_mutex_unlock(&o->mu);
@@ -276,6 +296,14 @@ void tq_output_finish(tq_output *o, long wait_ms)
     }
     pthread_mutex_unlock(&o->mu);
     stop_and_join(o); /* the batch now holds everything: the follower has finished */
+}
+
+void tq_output_last_err(tq_output *o, char *buf, size_t cap)
+{
+    pthread_mutex_lock(&o->mu);
+    snprintf(buf, cap, "%s", o->err_last);
+    pthread_mutex_unlock(&o->mu);
+    tq_utf8_clip(buf, strlen(buf));
 }
 
 void tq_output_free(tq_output *o)

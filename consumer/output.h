@@ -35,6 +35,8 @@
  * budget. */
 #define TQ_OUT_ROW_MIN (8 * 1024)
 #define TQ_OUT_ROW_MAX (256 * 1024)
+/* The longest last line of stderr kept (tq_output_last_err), its NUL included. */
+#define TQ_OUT_ERR_LINE_MAX 256
 
 typedef struct {
     char *buf;         /* finished lines, each ending in '\n', valid UTF-8 without NUL */
@@ -78,6 +80,9 @@ size_t tq_output_take(tq_output *o, char *row, tq_progress *progress, int *has_p
  * until nothing arrived for half a second), then stops the follower. A last line without
  * '\n' counts as a line when the stream ended. */
 void tq_output_finish(tq_output *o, long wait_ms);
+/* The last non-blank line the container wrote on stderr ("" if none: a TTY's output has no
+ * stderr), valid UTF-8, cut to cap. Complete once tq_output_finish has seen the stream end. */
+void tq_output_last_err(tq_output *o, char *buf, size_t cap);
 /* Stops following (within ~1 s) and frees; NULL is fine. */
 void tq_output_free(tq_output *o);
 

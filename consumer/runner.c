@@ -41,6 +41,7 @@ typedef struct {
     tq_progress written;
     int has_written;
     double last_flush;
+    char err_last[TQ_OUT_ERR_LINE_MAX]; /* stderr's last line, at the container's end */
 } runner;
 
 /* The last non-empty line of the tail (a trainer's own refusal of its config), into out. */
@@ -326,6 +327,7 @@ static void output_begin(runner *r)
 {
     tq_slot *s = r->s;
     r->has_written = 0;
+    r->err_last[0] = '\0';
     r->last_flush = tq_mono_now();
     tq_errbuf eb = {{0}};
     if (tq_output_start(&r->out, r->w->launcher, s->container_id, !s->adopted, r->row_cap, &eb) !=
@@ -382,6 +384,7 @@ static void output_end(runner *r, int ended)
     if (ended) {
         tq_output_finish(r->out, OUTPUT_END_WAIT_MS);
         output_flush(r, 1);
+        tq_output_last_err(r->out, r->err_last, sizeof r->err_last);
     }
     tq_output_free(r->out);
     r->out = NULL;
@@ -434,9 +437,11 @@ static int follow(runner *r, tq_run_outcome *o)
                 char *tail = NULL, *err_tail = NULL;
                 w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, LOG_TAIL_LINES, 0,
                                             &tail, &eb);
-                w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, ERR_TAIL_LINES, 1,
-                                            &err_tail, &eb);
-                tq_run_describe_exit(&e, tail, err_tail, o);
+                /* The followed stream's stderr first: Docker's log can lag the exit. */
+                if (!r->err_last[0])
+                    w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, ERR_TAIL_LINES,
+                                                1, &err_tail, &eb);
+                tq_run_describe_exit(&e, tail, r->err_last[0] ? r->err_last : err_tail, o);
                 free(tail);
                 free(err_tail);
             }

@@ -132,6 +132,68 @@ static void progress_differs_only_in_what_is_written(void **state)
     assert_true(tq_out_progress_differs(&a, &b));
 }
 
+/* ---- the follower, against a launcher whose unit printed a fixed script and ended ---- */
+
+typedef struct {
+    int stream;
+    const char *bytes;
+} piece;
+
+static const piece *script;
+
+static int fake_attach(void *ctx, const char *id, int replay, tq_log_sink_fn sink, void *arg,
+                       const atomic_int *stop, tq_errbuf *eb)
+{
+    (void)ctx, (void)id, (void)replay, (void)stop, (void)eb;
+    for (const piece *p = script; p->bytes; p++)
+        sink(arg, p->stream, p->bytes, strlen(p->bytes));
+    return TQ_OK; /* the stream ended */
+}
+
+static int fake_inspect(void *ctx, const char *id, tq_container_state *st, tq_errbuf *eb)
+{
+    (void)ctx, (void)id, (void)st;
+    return tq_errf(eb, TQ_ERR_NOT_FOUND, "gone"); /* it ended with its stream */
+}
+
+static const char *last_err_of(const piece *p, char *buf, size_t cap)
+{
+    static const tq_launcher_ops ops = {.attach = fake_attach, .inspect = fake_inspect};
+    tq_launcher l = {.ops = &ops};
+    script = p;
+    tq_output *o;
+    tq_errbuf eb = {{0}};
+    assert_int_equal(tq_output_start(&o, &l, "c0ffee", 1, TQ_OUT_ROW_MIN, &eb), TQ_OK);
+    tq_output_finish(o, 5000);
+    tq_output_last_err(o, buf, cap);
+    tq_output_free(o);
+    return buf;
+}
+
+static void the_last_stderr_line_is_kept_apart_from_stdout(void **state)
+{
+    (void)state;
+    char buf[TQ_OUT_ERR_LINE_MAX];
+    /* the fake trainer's exit 2: its config on stdout, its refusal on stderr, in any order */
+    const piece refusal[] = {{1, "fake-trainer: config:\n{\n"},
+                             {2, "warming up\nfake-trainer: invalid config: unknown key"},
+                             {1, "  \"rank\": 4\n"},
+                             {2, " rank_dropout\n  \n"},
+                             {1, "}\n"},
+                             {0, NULL}};
+    assert_string_equal(last_err_of(refusal, buf, sizeof buf),
+                        "fake-trainer: invalid config: unknown key rank_dropout");
+    /* a last line without '\n' counts; a tqdm redraw ('\r') is not a line */
+    const piece unended[] = {{2, "first\n"}, {2, "10%\r20%\r"}, {2, "no newline"}, {0, NULL}};
+    assert_string_equal(last_err_of(unended, buf, sizeof buf), "no newline");
+    const piece only_stdout[] = {{1, "all on stdout\n"}, {0, "a tty's\n"}, {0, NULL}};
+    assert_string_equal(last_err_of(only_stdout, buf, sizeof buf), "");
+    /* cut to the caller's buffer, whole characters only, and valid UTF-8 */
+    const piece wide[] = {{2, "\xc3\xa9\xc3\xa9\xc3\xa9\xff\n"}, {0, NULL}};
+    assert_string_equal(last_err_of(wide, buf, 6), "\xc3\xa9\xc3\xa9");
+    assert_string_equal(last_err_of(wide, buf, sizeof buf), "\xc3\xa9\xc3\xa9\xc3\xa9?");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -141,6 +203,7 @@ int main(void)
         cmocka_unit_test(a_line_longer_than_the_line_limit_is_cut),
         cmocka_unit_test(the_row_budget_is_an_eighth_of_the_log_budget_within_bounds),
         cmocka_unit_test(progress_differs_only_in_what_is_written),
+        cmocka_unit_test(the_last_stderr_line_is_kept_apart_from_stdout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

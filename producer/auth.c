@@ -632,10 +632,10 @@ static int bearer_token(const char *authorization, const char **token)
     return BEARER_TOKEN;
 }
 
-int tq_auth_bearer_given(const char *authorization, tq_errbuf *eb)
+/* 1 with *token (bearer_token), or 0 with eb saying why there is none. */
+static int bearer_or_why(const char *authorization, const char **token, tq_errbuf *eb)
 {
-    const char *t;
-    switch (bearer_token(authorization, &t)) {
+    switch (bearer_token(authorization, token)) {
     case BEARER_NONE:
         tq_errf(eb, TQ_ERR_AUTH, "missing bearer token");
         return 0;
@@ -645,6 +645,12 @@ int tq_auth_bearer_given(const char *authorization, tq_errbuf *eb)
     default:
         return 1;
     }
+}
+
+int tq_auth_bearer_given(const char *authorization, tq_errbuf *eb)
+{
+    const char *t;
+    return bearer_or_why(authorization, &t, eb);
 }
 
 /* The last second the token is accepted: its exp plus the leeway (check_claims read exp as
@@ -665,10 +671,9 @@ int tq_auth_verify_operator(const tq_auth *a, const char *authorization, long lo
         *until = 0;
     if (user_id && user_id_cap > 0)
         user_id[0] = '\0';
-    if (!tq_auth_bearer_given(authorization, eb))
-        return TQ_ERR_AUTH;
     const char *p = NULL;
-    bearer_token(authorization, &p);
+    if (!bearer_or_why(authorization, &p, eb))
+        return TQ_ERR_AUTH;
 
     /* The cap comes first: nothing below may look past TQ_AUTH_TOKEN_MAX bytes. */
     size_t len = strnlen(p, TQ_AUTH_TOKEN_MAX + 1);

@@ -28,14 +28,15 @@ int tq_req_authenticate(tq_req *r)
 {
     const char *h = tq_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
     tq_errbuf eb = {{0}};
-    if (!tq_auth_bearer_given(h, &eb)) {
+    int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
+                                     sizeof r->user, &r->is_operator, &r->token_until, &eb);
+    if (rc == TQ_ERR_AUTH && !tq_auth_bearer_given(h, &eb)) {
         /* No credentials (or another scheme's): a bare challenge, no error code. */
+        r->user[0] = '\0';
         tq_req_add_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"trainq\"");
         tq_req_reply_error(r, 401, eb.msg);
         return -1;
     }
-    int rc = tq_auth_verify_operator(r->app->auth, h, (long long)time(NULL), r->user,
-                                     sizeof r->user, &r->is_operator, &r->token_until, &eb);
     /* Every body this API reads is JSON: one that says it is something else is 415 on any
      * authenticated route (docs/api.md), also where the body is ignored (cancel, retry,
      * drain) — after the 401, so a caller without a token learns nothing else first. */
@@ -57,11 +58,12 @@ int tq_req_authenticate(tq_req *r)
     return -1;
 }
 
-int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute)
+int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute, char *max_priority)
 {
     int count = 0, limit = 0, retry = 1;
     tq_errbuf eb = {{0}};
-    int rc = tq_pdb_rate_hit(r->user, bucket, default_per_minute, &count, &limit, &retry, &eb);
+    int rc = tq_pdb_rate_hit(r->user, bucket, default_per_minute, &count, &limit, &retry,
+                             max_priority, &eb);
     if (rc != TQ_OK) {
         tq_req_reply_db_error(r, rc, &eb);
         return -1;

@@ -21,7 +21,8 @@ int tq_req_authenticate(tq_req *r);
 
 /* Counts one request in the user's fixed one-minute window of `bucket` (TQ_RATE_SUBMIT |
  * TQ_RATE_READ); sets X-RateLimit-Limit / -Remaining; 429 with Retry-After when over the
- * limit, 503 / 500 on DB errors. Call after tq_req_authenticate. */
-int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute);
+ * limit, 503 / 500 on DB errors. Call after tq_req_authenticate. max_priority (NULL, or
+ * TQ_PDB_PRIORITY_BUF bytes, submit bucket): the user's cap, as tq_pdb_rate_hit gives it. */
+int tq_req_rate_limit(tq_req *r, const char *bucket, int default_per_minute, char *max_priority);
 
 #endif

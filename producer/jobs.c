@@ -27,7 +27,7 @@ int tq_job_guard(tq_req *r)
 {
     if (tq_req_authenticate(r) != 0)
         return -1;
-    return tq_req_rate_limit(r, TQ_RATE_READ, tq_req_app(r)->cfg->read_rate_per_minute);
+    return tq_req_rate_limit(r, TQ_RATE_READ, tq_req_app(r)->cfg->read_rate_per_minute, NULL);
 }
 
 void tq_job_bad_request(tq_req *r, const char *field, const char *message)

@@ -65,7 +65,8 @@ void tq_pdb_shutdown(void)
  * producer agrees on the window without coordination. A counter increment lost in a crash
  * only lets one more request through; not worth an fsync on every request (the job itself
  * is committed synchronously), so the transaction-local synchronous_commit = off rides in
- * the same statement (CTE s). */
+ * the same statement (CTE s). The submit bucket also reads the user's max_priority from the
+ * same user_limits row, for the submission that follows (tq_pdb_submit). */
 #define SQL_RATE_HIT                                                                               \
     "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"                            \
     " w AS ("                                                                                      \
@@ -74,17 +75,17 @@ void tq_pdb_shutdown(void)
     "  ON CONFLICT (user_id, bucket, window_start)"                                                \
     "  DO UPDATE SET count = rate_limits.count + 1"                                                \
     "  RETURNING count, window_start)"                                                             \
-    " SELECT w.count,"                                                                             \
-    "  COALESCE(CASE WHEN $2 = 'submit' THEN"                                                      \
-    "   (SELECT submit_per_min FROM user_limits WHERE user_id = $1) END, $3::int),"                \
+    " SELECT w.count, COALESCE(l.submit_per_min, $3::int),"                                        \
     "  GREATEST(1, ceil(extract(epoch FROM"                                                        \
-    "   (w.window_start + interval '1 minute' - now()))))::int"                                    \
-    " FROM w, s"
+    "   (w.window_start + interval '1 minute' - now()))))::int,"                                   \
+    "  CASE WHEN $2 = 'submit' THEN COALESCE(l.max_priority, 'normal') ELSE '' END"                \
+    " FROM w CROSS JOIN s"                                                                         \
+    " LEFT JOIN user_limits l ON l.user_id = $1 AND $2 = 'submit'"
 /* The submission (tq_submit, db/procedures/35_submit.sql). */
 #define SQL_SUBMIT                                                                                 \
     "SELECT outcome, submitted_id, max_priority, deferred_notify"                                  \
     " FROM tq_submit($1::text, $2::uuid, $3::uuid, $4::text, $5::text, $6::text, $7::text,"        \
-    " $8::text, $9::jsonb, $10::text, $11::text)"
+    " $8::text, $9::jsonb, $10::text, $11::text, $12::text)"
 
 /* Session settings every producer connection needs: UTC so JSON timestamps read
  * "...+00:00", a statement timeout so a wedged server yields 503/500, not a hang, and the
@@ -203,6 +204,7 @@ typedef struct {
     const char *user, *bucket;
     char def[INT_TEXT_BUF];
     int count, limit, retry_after;
+    char max_priority[TQ_PDB_PRIORITY_BUF];
 } rate_arg;
 
 /* SQL_RATE_HIT. Rows of past windows are pruned by retention (tq_pdb_retention_prune), not
@@ -218,12 +220,13 @@ static int rate_fn(tconn *t, void *arg, tq_errbuf *eb)
     a->count = (int)col_ll(res, 0, 0);
     a->limit = (int)col_ll(res, 0, 1);
     a->retry_after = (int)col_ll(res, 0, 2);
+    col_copy(res, 0, 3, a->max_priority, sizeof a->max_priority);
     PQclear(res);
     return TQ_OK;
 }
 
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
-                    int *retry_after, tq_errbuf *eb)
+                    int *retry_after, char max_priority[TQ_PDB_PRIORITY_BUF], tq_errbuf *eb)
 {
     rate_arg a = {.user = user, .bucket = bucket};
     snprintf(a.def, sizeof a.def, "%d", default_limit);
@@ -234,6 +237,8 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
         *count = a.count;
         *limit = a.limit;
         *retry_after = a.retry_after < 1 ? 1 : a.retry_after;
+        if (max_priority)
+            memcpy(max_priority, a.max_priority, sizeof a.max_priority);
     }
     return rc;
 }
@@ -241,7 +246,7 @@ int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int
 /* ------------------------------------------------------------------ submit */
 
 typedef struct {
-    const char *user, *job_id, *canon, *payload, *idem;
+    const char *user, *cap, *job_id, *canon, *payload, *idem;
     const tq_submission *s;
     const tq_pdb_job_hook *hook;
     tq_pdb_submitted *out;
@@ -258,7 +263,7 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     a->out->replayed = 0;
     a->out->max_priority[0] = '\0';
     const tq_pdb_job_hook *h = a->hook;
-    const char *p[11] = {a->user,
+    const char *p[12] = {a->user,
                          a->job_id,
                          a->s->dataset_id,
                          tq_job_type_name(a->s->type),
@@ -268,9 +273,10 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
                          h ? h->url : NULL,
                          h ? h->events_json : NULL,
                          h ? h->new_secret : NULL,
-                         a->s->priority_given ? tq_priority_name(a->s->priority) : NULL};
+                         a->s->priority_given ? tq_priority_name(a->s->priority) : NULL,
+                         a->cap && a->cap[0] ? a->cap : NULL};
     PGresult *res = NULL;
-    int rc = tq_db_exec_prepared(t->c, "submit_call", 11, p, &res, eb);
+    int rc = tq_db_exec_prepared(t->c, "submit_call", 12, p, &res, eb);
     if (rc == TQ_ERR_CONFLICT && a->idem) {
         /* Another request with the same key committed first: start over, and the
          * idempotency lookup finds its job. */
@@ -305,11 +311,13 @@ static int submit_fn(tconn *t, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
-                  const char *canonical_json, const char *msg_payload, const char *idem_key,
-                  const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb)
+int tq_pdb_submit(const char *user, const char *max_priority, const tq_submission *s,
+                  const char *job_id, const char *canonical_json, const char *msg_payload,
+                  const char *idem_key, const tq_pdb_job_hook *hook, tq_pdb_submitted *out,
+                  tq_errbuf *eb)
 {
     submit_arg a = {.user = user,
+                    .cap = max_priority,
                     .hook = hook,
                     .job_id = job_id,
                     .canon = canonical_json,

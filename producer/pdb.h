@@ -28,11 +28,16 @@ void tq_pdb_shutdown(void);
 /* SELECT 1 on this thread's connection. */
 int tq_pdb_ping(tq_errbuf *eb);
 
+/* A priority's name ("normal") and its NUL. */
+#define TQ_PDB_PRIORITY_BUF 8
+
 /* Counts one hit of user in bucket's current one-minute window. *limit is the user's
  * override (user_limits.submit_per_min, submit bucket only) or default_limit; *count the
- * hits so far including this one; *retry_after the seconds until the window ends (>= 1). */
+ * hits so far including this one; *retry_after the seconds until the window ends (>= 1).
+ * max_priority (may be NULL; submit bucket only, "" otherwise): the highest priority the
+ * user may ask for, read from the same user_limits row, for tq_pdb_submit. */
 int tq_pdb_rate_hit(const char *user, const char *bucket, int default_limit, int *count, int *limit,
-                    int *retry_after, tq_errbuf *eb);
+                    int *retry_after, char max_priority[TQ_PDB_PRIORITY_BUF], tq_errbuf *eb);
 
 /* Room for tq_submit's deferred_notify: every channel name once. */
 #define TQ_PDB_DEFERRED_BUF 160
@@ -48,7 +53,7 @@ typedef struct {
     char job_id[TQ_UUID_BUF];
     int replayed; /* 1: an earlier request with the same Idempotency-Key made the job */
     /* TQ_ERR_FORBIDDEN for the priority: the highest the user may ask for ("" otherwise) */
-    char max_priority[8];
+    char max_priority[TQ_PDB_PRIORITY_BUF];
     /* A new job: the channels whose NOTIFY tq_submit deferred to after the commit
      * (comma-separated, e.g. "trainq_job_event,trainq_outbox"); the caller hands them to
      * tq_wake_note (producer/wake.h). "" otherwise. */
@@ -63,10 +68,13 @@ typedef struct {
  * All of it in one round trip (tq_submit, db/procedures/35_submit.sql).
  * TQ_ERR_NOT_FOUND: no such dataset. TQ_ERR_FORBIDDEN: dataset of another user, or (with
  * out->max_priority set) s->priority above the user's user_limits.max_priority.
- * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission. */
-int tq_pdb_submit(const char *user, const tq_submission *s, const char *job_id,
-                  const char *canonical_json, const char *msg_payload, const char *idem_key,
-                  const tq_pdb_job_hook *hook, tq_pdb_submitted *out, tq_errbuf *eb);
+ * TQ_ERR_CONFLICT: idem_key already used by this user for a different submission.
+ * max_priority: the user's cap as tq_pdb_rate_hit read it moments before (one read of
+ * user_limits per submission, not three: docs/performance.md); NULL or "" to read it here. */
+int tq_pdb_submit(const char *user, const char *max_priority, const tq_submission *s,
+                  const char *job_id, const char *canonical_json, const char *msg_payload,
+                  const char *idem_key, const tq_pdb_job_hook *hook, tq_pdb_submitted *out,
+                  tq_errbuf *eb);
 
 /* Sends the notifications that committed submissions deferred (tq_wake, db/procedures/
  * 35_submit.sql), in a transaction of its own committed without a WAL flush: channels_json

@@ -47,14 +47,14 @@ static void reply_queued(tq_req *r, const char *job_id)
 }
 
 /* The checks before the body is read: auth (401; with a non-JSON body's 415), rate limit
- * (429), Content-Type (415), Idempotency-Key syntax (400). 0 to go on (*idem: the key or NULL), -1
- * when answered. */
-static int check_request(tq_req *r, const char **idem)
+ * (429), Content-Type (415), Idempotency-Key syntax (400). 0 to go on (*idem: the key or NULL;
+ * cap: the user's max_priority), -1 when answered. */
+static int check_request(tq_req *r, const char **idem, char cap[TQ_PDB_PRIORITY_BUF])
 {
     const tq_app *app = tq_req_app(r);
     if (tq_req_authenticate(r) != 0)
         return -1;
-    if (tq_req_rate_limit(r, TQ_RATE_SUBMIT, app->cfg->submit_rate_per_minute) != 0)
+    if (tq_req_rate_limit(r, TQ_RATE_SUBMIT, app->cfg->submit_rate_per_minute, cap) != 0)
         return -1;
     if (tq_req_require_json(r) != 0)
         return -1;
@@ -196,7 +196,8 @@ void tq_h_submit(tq_req *r)
     tq_submission sub = {0};
     job_hook hook = {0};
     char secret[TQ_WEBHOOK_SECRET_BUF] = "";
-    if (check_request(r, &idem) != 0)
+    char cap[TQ_PDB_PRIORITY_BUF] = "";
+    if (check_request(r, &idem, cap) != 0)
         return;
     if (parse_body(r, &sub, &hook) != 0) {
         job_hook_free(&hook);
@@ -233,7 +234,7 @@ void tq_h_submit(tq_req *r)
         goto out;
     }
     tq_pdb_submitted res;
-    int rc = tq_pdb_submit(tq_req_user(r), &sub, job_id, canon_s, payload, idem,
+    int rc = tq_pdb_submit(tq_req_user(r), cap, &sub, job_id, canon_s, payload, idem,
                            hook.url ? &ph : NULL, &res, &eb);
     if (rc == TQ_OK && !res.replayed)
         tq_wake_note(tq_req_app(r)->wake, tq_req_user(r), res.deferred_notify);

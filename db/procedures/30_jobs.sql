@@ -36,14 +36,18 @@ $$;
 -- (unique_violation) for the caller to handle. p_reply_tos / p_correlation_ids (parallel to
 -- p_messages, NULL or '' for none): the AMQP properties of a message published straight to
 -- AMQP (0015_events.sql), stored with the row before its insert trigger writes the first
--- event, so even 'queued' is replied to.
+-- event, so even 'queued' is replied to. p_default_priority: the priority of a message that
+-- names none, when the caller has read the user's cap already (tq_submit); NULL: read here.
 DROP FUNCTION IF EXISTS tq_insert_job(text, text, text, text);
 DROP FUNCTION IF EXISTS tq_insert_jobs(text[], text, text, text);
+-- (Before p_default_priority. A caller of the older signature resolves to this one.)
+DROP FUNCTION IF EXISTS tq_insert_jobs(text[], text, text, text, text[], text[]);
 CREATE OR REPLACE FUNCTION tq_insert_jobs(p_messages text[], p_source text,
                                           p_idempotency_key text DEFAULT NULL,
                                           p_request_hash text DEFAULT NULL,
                                           p_reply_tos text[] DEFAULT NULL,
-                                          p_correlation_ids text[] DEFAULT NULL)
+                                          p_correlation_ids text[] DEFAULT NULL,
+                                          p_default_priority smallint DEFAULT NULL)
 RETURNS SETOF uuid
 -- PL/pgSQL, not SQL: a SQL function's statement is parsed and planned again on every call,
 -- a PL/pgSQL one once per session. And always the generic plan: with the messages an array
@@ -63,7 +67,7 @@ BEGIN
            p_source, p_idempotency_key, p_request_hash, x.body,
            -- no priority given: normal, or the user's max_priority when that is lower (a
            -- user capped at low is not failed for a submission that asked for nothing)
-           COALESCE(tq_priority_rank(m->>'priority'),
+           COALESCE(tq_priority_rank(m->>'priority'), p_default_priority,
                     LEAST(1, tq_priority_rank(tq_user_max_priority(m->>'user_id')))),
            NULLIF(p_reply_tos[x.n], ''), NULLIF(p_correlation_ids[x.n], ''),
            -- the clock, not the transaction's start: the rows of one intake batch keep the

@@ -3,7 +3,7 @@
 -- the reason, the job insert and the outbox insert one by one (5 round trips → 1; issue 11).
 --
 -- What must stay true:
---  * the job row (tq_insert_job, from the message), its outbox row with the same bytes and
+--  * the job row (tq_insert_jobs, from the message), its outbox row with the same bytes and
 --    (by trigger tq_audit_status) its audit row are written in the caller's transaction, so
 --    they commit together before the producer answers 200;
 --  * a request that carries an Idempotency-Key already used by this user creates nothing:
@@ -17,7 +17,7 @@
 --    reads them for job.queued (db/procedures/80_webhooks.sql); job_webhooks' foreign key
 --    is deferred to commit for that reason. They come after the idempotency lookup and the
 --    dataset check, so a replay, a conflict or a refused dataset writes nothing;
---  * two concurrent requests with the same key: the second one's tq_insert_job raises
+--  * two concurrent requests with the same key: the second one's tq_insert_jobs raises
 --    unique_violation, which the producer retries (its idempotency lookup then finds the
 --    first one's job);
 --  * it sends no NOTIFY: the transaction's notifications are deferred (tq_notify,
@@ -29,6 +29,8 @@
 -- (The signature before the webhooks, gone so no caller meets a copy without them.)
 DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text);
 DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text, text, jsonb, text);
+-- (Before p_cap. A caller of the older signature, 11 arguments, resolves to this one.)
+DROP FUNCTION IF EXISTS tq_submit(text, uuid, uuid, text, text, text, text, text, jsonb, text, text);
 -- (Before deferred_notify: CREATE OR REPLACE cannot change the OUT columns.)
 DO $$
 BEGIN
@@ -41,7 +43,7 @@ CREATE OR REPLACE FUNCTION tq_submit(p_user text, p_job_id uuid, p_dataset_id uu
                                      p_routing_key text, p_message text,
                                      p_idempotency_key text, p_canonical text,
                                      p_hook_url text, p_hook_events jsonb, p_new_secret text,
-                                     p_priority text,
+                                     p_priority text, p_cap text DEFAULT NULL,
                                      OUT outcome text, OUT submitted_id text,
                                      OUT max_priority text, OUT deferred_notify text)
 LANGUAGE plpgsql AS $$
@@ -49,7 +51,9 @@ DECLARE
     v_id    uuid;
     v_same  boolean;
     v_owner text;
-    v_cap   constant text := tq_user_max_priority(p_user);
+    -- p_cap: the user's max_priority as the producer's rate-limit statement read it from
+    -- user_limits a moment before (one probe of user_limits per submission, not three)
+    v_cap   constant text := COALESCE(p_cap, tq_user_max_priority(p_user));
     v_canonical text := p_canonical;
 BEGIN
     -- p_priority: the submission's, NULL when it named none. An explicit one must be within
@@ -97,7 +101,8 @@ BEGIN
         INSERT INTO job_webhooks (job_id, url, events)
         VALUES (p_job_id, p_hook_url, ARRAY(SELECT jsonb_array_elements_text(p_hook_events)));
     END IF;
-    PERFORM tq_insert_job(p_message, 'http', p_idempotency_key, md5(v_canonical));
+    PERFORM tq_insert_jobs(ARRAY[p_message], 'http', p_idempotency_key, md5(v_canonical),
+                           p_default_priority => LEAST(1, tq_priority_rank(v_cap))::smallint);
     INSERT INTO outbox (job_id, routing_key, payload)
     VALUES (p_job_id, p_routing_key, p_message);
     outcome := 'created';

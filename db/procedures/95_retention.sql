@@ -28,6 +28,16 @@
 --    "Retention": keep p_job_seconds well above how long a message can wait in the queue).
 -- Every selection runs on an index (db/migrations/0011_indexes.sql, 0018; test_indexes.py).
 -- (The signature before webhook_rows, dropped: OUT columns cannot change in place.)
+-- The audit rows of the jobs ids, which their guard trigger lets only retention delete
+-- (trainq.retention = 'prune', for this statement alone).
+CREATE OR REPLACE FUNCTION tq_prune_job_events(ids uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('trainq.retention', 'prune', true);
+    DELETE FROM job_events WHERE job_id = ANY (ids);
+    PERFORM set_config('trainq.retention', '', true);
+END $$;
+
 DROP FUNCTION IF EXISTS tq_retention_prune(int, int, int, int);
 CREATE OR REPLACE FUNCTION tq_retention_prune(p_outbox_seconds int, p_job_seconds int,
                                               p_batch int, p_job_batch int,
@@ -73,9 +83,7 @@ BEGIN
                                 WHERE o.job_id = j.id AND o.published_at IS NULL)
              ORDER BY j.completed_at LIMIT p_job_batch FOR UPDATE SKIP LOCKED) f;
         IF ids IS NOT NULL THEN
-            PERFORM set_config('trainq.retention', 'prune', true);
-            DELETE FROM job_events WHERE job_id = ANY (ids);
-            PERFORM set_config('trainq.retention', '', true);
+            PERFORM tq_prune_job_events(ids);
             DELETE FROM outbox WHERE job_id = ANY (ids);
             DELETE FROM training_jobs WHERE id = ANY (ids);
             GET DIAGNOSTICS jobs = ROW_COUNT;
@@ -90,9 +98,7 @@ BEGIN
                                 WHERE o.job_id = d.job_id AND o.published_at IS NULL)
              ORDER BY d.deleted_at LIMIT p_job_batch FOR UPDATE SKIP LOCKED) f;
         IF ids IS NOT NULL THEN
-            PERFORM set_config('trainq.retention', 'prune', true);
-            DELETE FROM job_events WHERE job_id = ANY (ids);
-            PERFORM set_config('trainq.retention', '', true);
+            PERFORM tq_prune_job_events(ids);
             DELETE FROM outbox WHERE job_id = ANY (ids) AND published_at IS NOT NULL;
             DELETE FROM deleted_jobs WHERE job_id = ANY (ids);
             jobs := jobs + cardinality(ids);

@@ -492,7 +492,8 @@ class Bench:
     def pgbench_script(self, one_txn):
         """The statements one submit sends (producer/pdb.c: tq_pdb_rate_hit then
         tq_pdb_submit, i.e. tq_submit of db/procedures/35_submit.sql, without
-        Idempotency-Key), with the same parameters as text."""
+        Idempotency-Key), with the same parameters as text; the bench's users have no
+        user_limits row, so the cap the rate-limit statement reads and hands on is normal."""
         # tq_insert_job reads the row from the message: each transaction's own ids go in.
         msg = json.dumps({"schema": "trainq.job.v1", "job_id": "@JOB@",
                           "user_id": "@USER@", "submitted_at": "2026-01-01T00:00:00.000Z",
@@ -520,8 +521,8 @@ class Bench:
         return f"""\\set n random(1, {self.n_users})
 \\set r1 random(0, 65535)
 \\set r2 random(0, 281474976710655)
-{begin}WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count,  COALESCE(CASE WHEN 'submit' = 'submit' THEN   (SELECT submit_per_min FROM user_limits WHERE user_id = 'bench-u' || :n) END, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int FROM w, s;
-SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}', NULL, NULL, NULL, NULL);
+{begin}WITH {rate_s} w AS (  INSERT INTO rate_limits (user_id, bucket, window_start, count)  VALUES ('bench-u' || :n, 'submit', date_trunc('minute', now()), 1)  ON CONFLICT (user_id, bucket, window_start)  DO UPDATE SET count = rate_limits.count + 1  RETURNING count, window_start) SELECT w.count, COALESCE(l.submit_per_min, '1000000'::int),  GREATEST(1, ceil(extract(epoch FROM   (w.window_start + interval '1 minute' - now()))))::int,  CASE WHEN 'submit' = 'submit' THEN COALESCE(l.max_priority, 'normal') ELSE '' END FROM w CROSS JOIN s LEFT JOIN user_limits l ON l.user_id = 'bench-u' || :n AND 'submit' = 'submit';
+SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::uuid, 'lora', {body}, NULL, '{canon}', NULL, NULL, NULL, NULL, 'normal');
 {commit}"""
 
     def floor_script(self, notify):

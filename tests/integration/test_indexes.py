@@ -278,14 +278,17 @@ def queries(k):
          "  VALUES ('u0', 'submit', date_trunc('minute', now()), 1)"
          "  ON CONFLICT (user_id, bucket, window_start)"
          "  DO UPDATE SET count = rate_limits.count + 1 RETURNING count, window_start)"
-         " SELECT w.count, COALESCE(CASE WHEN 'submit' = 'submit' THEN"
-         "  (SELECT submit_per_min FROM user_limits WHERE user_id = 'u0') END, 10::int),"
+         " SELECT w.count, COALESCE(l.submit_per_min, 10::int),"
          " GREATEST(1, ceil(extract(epoch FROM"
-         "  (w.window_start + interval '1 minute' - now()))))::int FROM w, s"),
+         "  (w.window_start + interval '1 minute' - now()))))::int,"
+         " CASE WHEN 'submit' = 'submit' THEN COALESCE(l.max_priority, 'normal') ELSE '' END"
+         " FROM w CROSS JOIN s"
+         " LEFT JOIN user_limits l ON l.user_id = 'u0' AND 'submit' = 'submit'"),
         (p, "submit (tq_submit, new job with a webhook)",
          f"SELECT outcome, submitted_id, max_priority, deferred_notify FROM tq_submit({u}, {lit(new_job)}::uuid,"
          f" {ds}::uuid, 'lora', {lit(message(new_job, 'u0', ds.strip(chr(39))))}, 'k-new', '{{}}',"
-         " 'https://hooks.example.com/x', '[\"job.completed\"]'::jsonb, 'whsec_x', NULL)"),
+         " 'https://hooks.example.com/x', '[\"job.completed\"]'::jsonb, 'whsec_x', NULL,"
+         " 'normal')"),
         (p, "submit (tq_submit, high priority over max_priority)",
          f"SELECT outcome, submitted_id, max_priority, deferred_notify FROM tq_submit('u1',"
          f" {lit(uuid.uuid4())}::uuid, {lit(str(uuid.UUID(hex=k['ds_many']['1'])))}::uuid,"

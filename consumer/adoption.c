@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cdb.h"
+#include "housekeeping.h"
 #include "tq_backoff.h"
 #include "tq_db.h"
 #include "tq_log.h"
@@ -151,6 +152,13 @@ void tq_worker_adopt(tq_worker *w)
         tq_cdb_active *act = NULL;
         size_t na = 0;
         int rc = tq_db_ensure(&db, cfg->database_url, "trainq-consumer-adopt", &eb);
+        if (rc == TQ_OK)
+            rc = tq_worker_id_check(w, db, &eb);
+        if (rc == TQ_ERR_CONFLICT) {
+            tq_log(TQ_LOG_ERROR, "worker.duplicate_id", "%s; stopping", eb.msg);
+            atomic_store(&w->fatal, 2);
+            break;
+        }
         if (rc == TQ_OK)
             rc = tq_cdb_worker_jobs(db, cfg->worker_id, &act, &na, &eb);
         if (rc == TQ_OK)

@@ -14,7 +14,8 @@
 
 #include "worker.h"
 
-/* Returns when done, or early when stopping (also on a pending SIGTERM/SIGINT). Waits
+/* Returns when done, or early when stopping (also on a pending SIGTERM/SIGINT) or with
+ * w->fatal set when another live consumer uses this worker id (tq_worker_id_check). Waits
  * with backoff while Postgres or dockerd do not answer. */
 void tq_worker_adopt(tq_worker *w);
 

@@ -668,9 +668,45 @@ static int active_rows(PGresult *r, tq_cdb_active **out, size_t *n)
     return TQ_OK;
 }
 
+/* Columns 0-4 of r's row 0, as tq_cdb_worker_row: started_at, heartbeat age, heartbeat_at
+ * (epoch seconds as text), stopped, hostname. */
+static void worker_row(const PGresult *r, int col, tq_cdb_worker_row *row)
+{
+    memset(row, 0, sizeof *row);
+    if (PQgetisnull(r, 0, col))
+        return;
+    row->started_at = strtod(PQgetvalue(r, 0, col), NULL);
+    row->heartbeat_age = strtod(PQgetvalue(r, 0, col + 1), NULL);
+    row->heartbeat_at = strtod(PQgetvalue(r, 0, col + 2), NULL);
+    row->stopped = strcmp(PQgetvalue(r, 0, col + 3), "t") == 0;
+    snprintf(row->hostname, sizeof row->hostname, "%s", PQgetvalue(r, 0, col + 4));
+}
+
+#define SQL_WORKER_ROW_COLS                                                                        \
+    "extract(epoch FROM started_at)::text, extract(epoch FROM now() - heartbeat_at)::text, "       \
+    "extract(epoch FROM heartbeat_at)::text, stopped_at IS NOT NULL, hostname"
+
+int tq_cdb_worker_seen(PGconn *c, const char *worker_id, tq_cdb_worker_row *row, tq_errbuf *eb)
+{
+    const char *p[1] = {worker_id};
+    PGresult *r;
+    int rc = tq_db_exec(c, "SELECT " SQL_WORKER_ROW_COLS " FROM workers WHERE worker_id = $1", 1, p,
+                        &r, eb);
+    if (rc)
+        return rc;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        memset(row, 0, sizeof *row);
+        return TQ_ERR_NOT_FOUND;
+    }
+    worker_row(r, 0, row);
+    PQclear(r);
+    return TQ_OK;
+}
+
 int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
-                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
-                     tq_errbuf *eb)
+                     const char *held_ids, int *draining, tq_cdb_worker_row *other,
+                     tq_cdb_active **out, size_t *n, tq_errbuf *eb)
 {
     char s[TQ_NUM_BUF], busy[TQ_NUM_BUF], lease[TQ_NUM_BUF];
     num(s, ws->slots);
@@ -682,20 +718,30 @@ int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds
     const char *p[8] = {worker_id, ws->hostname, s, busy, ws->gpus, ws->healthy ? "t" : "f",
                         lease,     started};
     PGresult *dr;
-    /* started_at is this process's start: a restarted worker (same id) shows its restart */
+    /* started_at is this process's start: a restarted worker (same id) shows its restart. The
+     * row as it was (prev, the statement's snapshot): written by another process, it is that
+     * process's start, host and heartbeat. */
     int rc =
         tq_db_exec(c,
-                   "INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy, "
+                   "WITH prev AS (SELECT " SQL_WORKER_ROW_COLS ", started_at AS at FROM workers"
+                   " WHERE worker_id = $1),"
+                   " up AS (INSERT INTO workers (worker_id, hostname, slots, busy, gpus, healthy, "
                    "lease_seconds, started_at) "
                    "VALUES ($1, $2, $3, $4, $5, $6, $7::int, to_timestamp($8::double precision)) "
                    "ON CONFLICT (worker_id) DO UPDATE SET hostname = $2, slots = $3, "
                    "busy = $4, gpus = $5, healthy = $6, heartbeat_at = now(), "
                    "lease_seconds = $7::int, started_at = to_timestamp($8::double precision), "
-                   "stopped_at = NULL RETURNING draining",
+                   "stopped_at = NULL RETURNING draining, started_at)"
+                   " SELECT up.draining, prev.* FROM up LEFT JOIN prev ON prev.at <> up.started_at",
                    8, p, &dr, eb);
     if (rc)
         return rc;
     *draining = PQntuples(dr) == 1 && strcmp(PQgetvalue(dr, 0, 0), "t") == 0;
+    if (other) {
+        memset(other, 0, sizeof *other);
+        if (PQntuples(dr) == 1)
+            worker_row(dr, 1, other);
+    }
     PQclear(dr);
     const char *q[3] = {worker_id, lease, held_ids};
     PGresult *r;

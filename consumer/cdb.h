@@ -192,10 +192,22 @@ typedef struct {
  * worker that its slots hold (held_ids, a uuid[] literal); a claim no slot holds (dropped
  * by a failure) expires and the reaper recovers it. *out (caller frees) lists the jobs the database
  * still gives this worker, with their fencing tokens and cancel flags: a slot whose job is missing
- * lost its lease. *draining: 1 when an operator asked this worker to drain (workers.draining). */
+ * lost its lease. *draining: 1 when an operator asked this worker to drain (workers.draining).
+ * *other (may be NULL): a process other than ws's wrote the row since it was last written,
+ * with its host and start; other->started_at is 0 when the row was this process's or new. */
+typedef struct {
+    double started_at;    /* seconds since the epoch; 0: none */
+    double heartbeat_age; /* seconds since its last heartbeat (tq_cdb_worker_seen) */
+    double heartbeat_at;  /* seconds since the epoch */
+    int stopped;          /* workers.stopped_at is set: it stopped cleanly */
+    char hostname[256];
+} tq_cdb_worker_row;
 int tq_cdb_heartbeat(PGconn *c, const tq_cdb_worker_state *ws, int lease_seconds,
-                     const char *held_ids, int *draining, tq_cdb_active **out, size_t *n,
-                     tq_errbuf *eb);
+                     const char *held_ids, int *draining, tq_cdb_worker_row *other,
+                     tq_cdb_active **out, size_t *n, tq_errbuf *eb);
+
+/* The worker row of worker_id as it stands: TQ_ERR_NOT_FOUND when there is none. */
+int tq_cdb_worker_seen(PGconn *c, const char *worker_id, tq_cdb_worker_row *row, tq_errbuf *eb);
 
 /* Records a message this worker dead-lettered (after the broker confirmed the copy), for the
  * admin API; body is sanitised to UTF-8 and capped here. */

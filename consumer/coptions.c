@@ -16,7 +16,8 @@ static const tq_opt options[] = {
     TQ_OPT_PUBLISH_KEYS(tq_config),
     TQ_OPT_PUBLISH_KEYS_FILE(tq_config),
     {"TRAINQ_WORKER_ID", "worker-id", TQ_OPT_STR, OFF(worker_id), "", 0, 0, NULL,
-     "stable id of this consumer (default: host name); unique per consumer"},
+     "stable id of this consumer (default: host name); unique per consumer: a second live "
+     "consumer with it exits 2"},
     {"TRAINQ_DOCKER_HOST", "docker-host", TQ_OPT_STR, OFF(docker_host),
      "unix:///var/run/docker.sock", 0, 0, NULL, "Docker Engine socket, unix:///path"},
     {"TRAINQ_GPUS", "gpus", TQ_OPT_STR, OFF(gpus), "none", 0, 0, NULL,

@@ -20,13 +20,84 @@
 #include "cdb.h"
 #include "cmetrics.h"
 #include "tq_db.h"
+#include "tq_clock.h"
 #include "tq_log.h"
+#include "tq_utf8.h"
 #include "worker.h"
 
 typedef struct {
     tq_worker *w;
     PGconn *db;
+    int beats;       /* heartbeats written */
+    int twin_warned; /* a newer consumer with this worker id was logged */
 } housekeeper;
+
+/* How long a consumer row's heartbeat is watched for a live writer: two heartbeats and a
+ * second (a heartbeat may come late by one round). */
+static double id_watch_seconds(const tq_worker *w)
+{
+    return 2.0 * w->cfg->heartbeat_seconds + 1.0;
+}
+
+static int id_in_use(tq_worker *w, const tq_cdb_worker_row *o, tq_errbuf *eb)
+{
+    return tq_errf(eb, TQ_ERR_CONFLICT,
+                   "worker id %s is in use by a running consumer on host %.*s (started %.1f s "
+                   "before this one, its heartbeat %.1f s ago): give each consumer its own "
+                   "TRAINQ_WORKER_ID",
+                   w->cfg->worker_id, TQ_UTF8_ARG(o->hostname, 200), w->started_at - o->started_at,
+                   o->heartbeat_age);
+}
+
+int tq_worker_id_check(tq_worker *w, PGconn *db, tq_errbuf *eb)
+{
+    tq_cdb_worker_row first, now;
+    int rc = tq_cdb_worker_seen(db, w->cfg->worker_id, &first, eb);
+    if (rc == TQ_ERR_NOT_FOUND)
+        return TQ_OK;
+    if (rc != TQ_OK)
+        return rc;
+    double watch = id_watch_seconds(w);
+    if (first.stopped || first.heartbeat_age > watch)
+        return TQ_OK;
+    tq_log(TQ_LOG_INFO, "worker.id_watch",
+           "worker %s: its row was not marked stopped and was written %.1f s ago: watching it "
+           "for up to %.0f s for another consumer using this id",
+           w->cfg->worker_id, first.heartbeat_age, watch - first.heartbeat_age);
+    double until = tq_mono_now() + watch - first.heartbeat_age;
+    while (tq_mono_now() < until) {
+        if (tq_worker_sleep(w, 250))
+            return TQ_OK; /* stopping: nothing will be adopted */
+        rc = tq_cdb_worker_seen(db, w->cfg->worker_id, &now, eb);
+        if (rc == TQ_ERR_NOT_FOUND || (rc == TQ_OK && now.stopped))
+            return TQ_OK;
+        if (rc != TQ_OK)
+            return rc;
+        if (now.heartbeat_at != first.heartbeat_at)
+            return id_in_use(w, &now, eb);
+    }
+    return TQ_OK;
+}
+
+/* Another process wrote this worker's row since its last heartbeat: two consumers use one
+ * worker id, and each would take the other's jobs and containers for its own. The one that
+ * started later stops (exit 2: a setting to fix, not a fault a restart mends); the other goes
+ * on and says so once. */
+static void twin_seen(housekeeper *h, const tq_cdb_worker_row *o)
+{
+    tq_worker *w = h->w;
+    tq_errbuf eb = {{0}};
+    id_in_use(w, o, &eb);
+    if (o->started_at > w->started_at) {
+        if (!h->twin_warned)
+            tq_log(TQ_LOG_WARN, "worker.duplicate_id", "%s; the other one started later and stops",
+                   eb.msg);
+        h->twin_warned = 1;
+        return;
+    }
+    tq_log(TQ_LOG_ERROR, "worker.duplicate_id", "%s; this one started later and stops", eb.msg);
+    atomic_store(&w->fatal, 2);
+}
 
 static void health_docker(housekeeper *h)
 {
@@ -75,13 +146,18 @@ static void heartbeat(housekeeper *h)
         .started_at = w->started_at,
     };
     int draining = 0;
+    tq_cdb_worker_row other;
     atomic_store(&w->db_wait_since_ms, tq_mono_ms());
-    int rc = tq_cdb_heartbeat(h->db, &ws, w->cfg->lease_seconds, held, &draining, &act, &n, &eb);
+    int rc =
+        tq_cdb_heartbeat(h->db, &ws, w->cfg->lease_seconds, held, &draining, &other, &act, &n, &eb);
     atomic_store(&w->db_wait_since_ms, 0);
     if (rc != TQ_OK) {
         set_db_ok(h, 0, eb.msg);
         return;
     }
+    /* The first heartbeat overwrites a predecessor's row (tq_worker_id_check judged it). */
+    if (h->beats++ > 0 && other.started_at > 0)
+        twin_seen(h, &other);
     int was = atomic_exchange(&w->draining, draining);
     if (was != draining && (was != -1 || draining)) /* not "no longer draining" at start */
         tq_log(TQ_LOG_INFO, "worker.drain", "worker %s %s", w->cfg->worker_id,
@@ -186,7 +262,9 @@ void *tq_housekeeping_main(void *arg)
          * adopt them before anybody else retries their jobs. */
         char held[TQ_SLOTS_HELD_BUF];
         tq_slots_held(w, held, sizeof held);
-        if (w->cfg->restart_grace_seconds > 0 && strcmp(held, "{}") != 0) {
+        /* (Not when another consumer has this id: nothing restarts this one to adopt.) */
+        if (w->cfg->restart_grace_seconds > 0 && strcmp(held, "{}") != 0 &&
+            !atomic_load(&w->fatal)) {
             if (tq_cdb_extend_leases(h.db, w->cfg->worker_id, held, w->cfg->restart_grace_seconds,
                                      &eb) == TQ_OK)
                 tq_log(TQ_LOG_INFO, "consumer.leases_extended",
@@ -195,7 +273,8 @@ void *tq_housekeeping_main(void *arg)
             else
                 tq_log(TQ_LOG_WARN, "consumer.leases_not_extended", "%s", eb.msg);
         }
-        tq_cdb_worker_stopped(h.db, w->cfg->worker_id, &eb);
+        if (!atomic_load(&w->fatal)) /* else the row is the other consumer's */
+            tq_cdb_worker_stopped(h.db, w->cfg->worker_id, &eb);
         PQfinish(h.db);
     }
     return NULL;

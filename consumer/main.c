@@ -148,8 +148,17 @@ static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
     return tq_relay_start(&rc_cfg, relay, eb);
 }
 
+static void stop_worker(tq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->stopping, 1);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
 /* Starts the housekeeper, the dispatcher and the sweeper, waits for SIGTERM/SIGINT, then
- * stops and joins them. 0, or 1 when a thread could not be started. */
+ * stops and joins them. 0, 1 when a thread could not be started, or w->fatal (2: another
+ * consumer uses this worker id, seen by the heartbeat). */
 static int run_threads(tq_worker *w, sigset_t *sigs)
 {
     pthread_t disp, hk, sw;
@@ -168,15 +177,17 @@ static int run_threads(tq_worker *w, sigset_t *sigs)
          * topology is declared. */
         int sig;
         const struct timespec tick = {.tv_sec = 1};
-        while ((sig = sigtimedwait(sigs, NULL, &tick)) < 0)
+        while ((sig = sigtimedwait(sigs, NULL, &tick)) < 0 && !atomic_load(&w->fatal))
             db_watch(w); /* a second without a signal (EAGAIN), or EINTR */
-        tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
-               sig);
+        exit_code = atomic_load(&w->fatal);
+        if (exit_code)
+            tq_log(TQ_LOG_INFO, "consumer.stopping",
+                   "another consumer uses this worker id: stopping; containers keep running");
+        else
+            tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
+                   sig);
     }
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->stopping, 1);
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    stop_worker(w);
     if (started & 2)
         pthread_join(disp, NULL);
     if (started & 1)
@@ -220,7 +231,12 @@ int main(int argc, char **argv)
     /* Adoption runs before consuming. It only waits with tq_worker_sleep, so a SIGTERM
      * during it is handled after it returns. */
     tq_worker_adopt(&w);
-    exit_code = run_threads(&w, &sigs);
+    if (atomic_load(&w.fatal)) { /* another consumer uses this worker id */
+        exit_code = atomic_load(&w.fatal);
+        stop_worker(&w);
+    } else {
+        exit_code = run_threads(&w, &sigs);
+    }
     tq_runners_join(&w);
     tq_relay_stop(relay, 2000);
     relay = NULL;

@@ -245,17 +245,33 @@ static int dockerd_going_away(tq_worker *w)
     return 0;
 }
 
-/* The lease was lost: another worker may run this job now, so ours must not go on. */
-static void give_up_lost(runner *r)
+/* Kills and removes the slot's container, and says why in event's log line. */
+static void drop_container(runner *r, const char *event, const char *why)
 {
     tq_worker *w = r->w;
     tq_slot *s = r->s;
     tq_errbuf eb = {{0}};
     w->launcher->ops->kill(w->launcher->ctx, s->container_id, &eb);
     w->launcher->ops->remove(w->launcher->ctx, s->container_id, &eb);
-    tq_log(TQ_LOG_WARN, "job.lease_lost",
-           "job %s: lease lost, container %.12s killed; the job belongs to another worker now",
-           s->job_id, s->container_id);
+    tq_log(TQ_LOG_WARN, event, "job %s: container %.12s %s", s->job_id, s->container_id, why);
+}
+
+/* The lease was lost: another worker may run this job now, so ours must not go on. */
+static void give_up_lost(runner *r)
+{
+    drop_container(r, "job.lease_lost",
+                   "killed: lease lost; the job belongs to another worker now");
+}
+
+/* Stopping because another consumer has this worker id (w->fatal): nothing will adopt the
+ * container this process started, and the other consumer knows nothing of its job, whose
+ * claim the reaper gives back once its lease expires; left running it would run twice. An
+ * adopted container is left alone: it may be the other consumer's own. */
+static void abandon(runner *r)
+{
+    drop_container(r, "job.abandoned",
+                   "removed: this consumer stops (its worker id is in use) and the reaper gives "
+                   "the job back when its lease expires");
 }
 
 /* Sends the stop on cancellation or overrun (once it worked). Returns 1 once sent. */
@@ -627,6 +643,8 @@ static void *runner_main(void *arg)
             /* the container stays for adoption: write what was collected so far */
             output_flush(r, 1);
             output_end(r, 0);
+            if (atomic_load(&w->fatal) && !s->adopted)
+                abandon(r);
             break;
         } else {
             output_end(r, 0); /* the lease was lost: nothing more is ours to write */

@@ -74,6 +74,9 @@ typedef struct tq_worker {
     int n_runners; /* runner threads started (joined on the way out) */
 
     atomic_int stopping;
+    /* Set, to the exit code, by a thread that found this process must stop: another live
+     * consumer uses its worker id (housekeeping.c). main stops the worker then. */
+    atomic_int fatal;
     atomic_int docker_ok;
     atomic_int db_ok;
     /* tq_mono_ms() when the housekeeper's heartbeat sent its statement, 0 once answered: a

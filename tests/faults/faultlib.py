@@ -704,7 +704,7 @@ class Fleet:
     def claim_intervals(self):
         """Per job, the [start, end] wall-clock intervals during which a consumer process
         followed it (from job.started / adopt.container to job.finished / job.fenced /
-        job.interrupted / the runner's "lease lost, container killed" / the process's death). A process that
+        job.interrupted / job.abandoned / the runner's lease_lost "killed" / the process's death). A process that
         starts following a job it already follows opens a second interval."""
         out = {}
         now = time.time()
@@ -720,7 +720,8 @@ class Fleet:
                     continue
                 if ev in ("job.started", "adopt.container"):
                     open_.setdefault(j, []).append(ts(e["ts"]))
-                elif ev in ("job.finished", "job.fenced", "job.interrupted") or (
+                elif ev in ("job.finished", "job.fenced", "job.interrupted",
+                            "job.abandoned") or (
                         ev == "job.lease_lost" and "killed" in (e.get("msg") or "")):
                     # the runner's own lease_lost ("container killed") ends its follow; the
                     # heartbeat's ("no longer held") is only the notice that leads to it

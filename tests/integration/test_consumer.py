@@ -863,5 +863,131 @@ class TestRecovery(ConsumerCase):
                          "completed")
 
 
+class TestWorkerIdentity(ConsumerCase):
+    """Two consumers with one TRAINQ_WORKER_ID would each take the other's jobs and
+    containers for their own (adoption, the heartbeat's lease check): the later one stops
+    with exit 2, and a restart after a crash is not mistaken for one."""
+
+    def row(self, wid):
+        h.wait_until(lambda: tqenv.psql("SELECT 1 FROM workers WHERE worker_id = :'w'",
+                                        variables={"w": wid}).strip(), timeout=10,
+                     what=f"worker {wid}'s first heartbeat")
+        out = tqenv.psql("SELECT extract(epoch FROM started_at), stopped_at IS NULL"
+                         " FROM workers WHERE worker_id = :'w'", variables={"w": wid})
+        started, live = out.strip().split("|")
+        return float(started), live == "t"
+
+    def wait_exit(self, p, timeout):
+        p.proc.wait(timeout)
+        return p.proc.returncode
+
+    def test_a_second_consumer_with_a_running_ones_id_exits_2_naming_it(self):
+        wid = f"w-twin-{run_id()}"
+        a = self.consumer(wid)
+        a_started, _ = self.row(wid)
+        b = self.consumer(wid, start=False)
+        b.start()
+        self.assertEqual(self.wait_exit(b, 30), 2, b.stderr_text()[-3000:])
+        dup = b.events("worker.duplicate_id")
+        self.assertEqual(len(dup), 1, b.stderr_text()[-3000:])
+        self.assertIn(f"worker id {wid} is in use by a running consumer on host "
+                      f"{socket.gethostname()}", dup[0]["msg"])
+        self.assertIn("TRAINQ_WORKER_ID", dup[0]["msg"])
+        self.assertEqual(b.events("consumer.ready"), [])  # it never consumed
+        # the first one goes on, its row its own and not marked stopped
+        time.sleep(2.5)
+        self.assertTrue(a.running())
+        self.assertEqual(a.events("worker.duplicate_id"), [])
+        self.assertEqual(self.row(wid), (a_started, True))
+        b.assert_no_sanitizer_report()
+
+    def test_a_restart_after_a_crash_is_not_taken_for_a_second_consumer(self):
+        wid = f"w-crash-{run_id()}"
+        user = self.user("crash")
+        ds = self.dataset(user, duration=0.5)
+        a = self.consumer(wid)
+        self.row(wid)
+        a.kill()  # its row still looks alive: not marked stopped, heartbeat fresh
+        t0 = time.monotonic()
+        b = self.consumer(wid)
+        # it watched the dead one's row for up to two heartbeats and a second, then went on
+        self.assertEqual(len(b.events("worker.id_watch")), 1, b.stderr_text()[-3000:])
+        self.assertLess(time.monotonic() - t0, 15)
+        msg = self.message(user, ds)
+        self.publish(msg)
+        self.assertEqual(self.wait_status(msg["job_id"], TERMINAL)["status"], "completed")
+        self.assertEqual(b.events("worker.duplicate_id"), [])
+        self.assertTrue(b.running())
+
+    def test_two_consumers_started_at_once_with_one_id_leave_one_running(self):
+        wid = f"w-once-{run_id()}"
+        a = self.consumer(wid, start=False)
+        b = self.consumer(wid, start=False)
+        a.start()
+        b.start()
+        # whichever check sees the other first (the start's, or a heartbeat's), one stays
+        h.wait_until(lambda: not a.running() or not b.running(), timeout=30,
+                     what="one of the two consumers to stop")
+        gone, kept = (a, b) if not a.running() else (b, a)
+        self.assertEqual(self.wait_exit(gone, 30), 2, gone.stderr_text()[-3000:])
+        self.assertIn(f"worker id {wid} is in use by a running consumer",
+                      gone.events("worker.duplicate_id")[0]["msg"])
+        self.assert_keeps_its_row(kept, wid)
+        gone.assert_no_sanitizer_report()
+
+    def test_a_paused_consumer_back_beside_its_replacement_makes_the_replacement_stop(self):
+        wid = f"w-paused-{run_id()}"
+        a = self.consumer(wid)
+        a_started, _ = self.row(wid)
+        a.send_signal(signal.SIGSTOP)  # a host suspended: its row goes stale
+        try:
+            h.wait_until(lambda: float(tqenv.psql(
+                "SELECT extract(epoch FROM now() - heartbeat_at) FROM workers"
+                " WHERE worker_id = :'w'", variables={"w": wid})) > 3.5, timeout=15,
+                what="the paused consumer's heartbeat to be older than the start's watch")
+            b = self.consumer(wid)  # an operator starts a replacement under the same id
+            self.assertEqual(b.events("worker.id_watch"), [])  # stale: taken at once
+            h.wait_until(lambda: self.row(wid)[0] != a_started, timeout=10,
+                         what="the replacement's first heartbeat")
+            # the replacement takes a job meanwhile (a stored row: a message could go to the
+            # paused one's channel)
+            user = self.user("paused")
+            msg = self.message(user, self.dataset(user, duration=8))
+            self.insert_job(msg, 0)
+            self.wait_status(msg["job_id"], "running", timeout=30)
+            container = b.wait_event("job.started", timeout=10)
+        finally:
+            a.send_signal(signal.SIGCONT)
+        # both heartbeats now see the other's writes: the later one stops, the other says so
+        self.assertEqual(self.wait_exit(b, 30), 2, b.stderr_text()[-3000:])
+        self.assertIn("this one started later and stops",
+                      b.events("worker.duplicate_id")[0]["msg"])
+        a.wait_event("worker.duplicate_id", timeout=10)
+        self.assertIn("the other one started later and stops",
+                      a.events("worker.duplicate_id")[0]["msg"])
+        # the container it started is gone (nothing would adopt it), and the job runs again
+        # on the consumer that stayed once its claim expires, to completion, one attempt more
+        self.assertEqual(len(b.events("job.abandoned")), 1, b.stderr_text()[-3000:])
+        flt = urllib.parse.quote(json.dumps({"label": [f"trainq.job={msg['job_id']}"]}))
+        st, lst = tqenv.docker("GET", f"/containers/json?all=1&filters={flt}")
+        self.assertNotIn(container["container"], [c["Id"] for c in lst or []])
+        job = self.wait_status(msg["job_id"], TERMINAL, timeout=60)
+        self.assertEqual((job["status"], job["attempts"]), ("completed", 2))
+        self.assert_keeps_its_row(a, wid)
+        b.assert_no_sanitizer_report()
+
+    def assert_keeps_its_row(self, kept, wid):
+        time.sleep(2)  # its heartbeats take the row back
+        first = self.row(wid)
+        time.sleep(3)  # three more: nobody else writes it, and it is not marked stopped
+        self.assertTrue(kept.running(), kept.stderr_text()[-3000:])
+        self.assertEqual(self.row(wid), first)
+        self.assertTrue(first[1])
+        # it says so once, if its heartbeat saw the other (not when that one stopped at start)
+        said = kept.events("worker.duplicate_id")
+        self.assertLessEqual(len(said), 1)
+        for e in said:
+            self.assertIn("the other one started later and stops", e["msg"])
+
 if __name__ == "__main__":
     unittest.main()

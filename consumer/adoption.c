@@ -153,7 +153,7 @@ void tq_worker_adopt(tq_worker *w)
         size_t na = 0;
         int rc = tq_db_ensure(&db, cfg->database_url, "trainq-consumer-adopt", &eb);
         if (rc == TQ_OK)
-            rc = tq_worker_id_check(w, db, &eb);
+            rc = tq_worker_id_check(w, db, stop_signal_pending, &eb);
         if (rc == TQ_ERR_CONFLICT) {
             tq_log(TQ_LOG_ERROR, "worker.duplicate_id", "%s; stopping", eb.msg);
             atomic_store(&w->fatal, 2);

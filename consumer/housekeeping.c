@@ -30,13 +30,20 @@ typedef struct {
     PGconn *db;
     int beats;       /* heartbeats written */
     int twin_warned; /* a newer consumer with this worker id was logged */
+    /* Heartbeats that found the row written by another process, and the last one's
+     * tq_mono_now(): one may be a dead predecessor's write committed late (or lost and
+     * replayed by a failover), a live consumer writes again within its lease. */
+    int twin_sightings;
+    double twin_last;
 } housekeeper;
 
-/* How long a consumer row's heartbeat is watched for a live writer: two heartbeats and a
- * second (a heartbeat may come late by one round). */
+/* How long a consumer row's heartbeat is watched for a live writer: two heartbeats, the
+ * docker ping each round may wait for (2 s), and a second. Assumes the other consumer's
+ * TRAINQ_HEARTBEAT_SECONDS is no longer than this one's; the heartbeats' own check
+ * (twin_seen) finds one with a longer cadence. */
 static double id_watch_seconds(const tq_worker *w)
 {
-    return 2.0 * w->cfg->heartbeat_seconds + 1.0;
+    return 2.0 * w->cfg->heartbeat_seconds + 3.0;
 }
 
 static int id_in_use(tq_worker *w, const tq_cdb_worker_row *o, tq_errbuf *eb)
@@ -49,7 +56,7 @@ static int id_in_use(tq_worker *w, const tq_cdb_worker_row *o, tq_errbuf *eb)
                    o->heartbeat_age);
 }
 
-int tq_worker_id_check(tq_worker *w, PGconn *db, tq_errbuf *eb)
+int tq_worker_id_check(tq_worker *w, PGconn *db, int (*stop_pending)(void), tq_errbuf *eb)
 {
     tq_cdb_worker_row first, now;
     int rc = tq_cdb_worker_seen(db, w->cfg->worker_id, &first, eb);
@@ -66,7 +73,7 @@ int tq_worker_id_check(tq_worker *w, PGconn *db, tq_errbuf *eb)
            w->cfg->worker_id, first.heartbeat_age, watch - first.heartbeat_age);
     double until = tq_mono_now() + watch - first.heartbeat_age;
     while (tq_mono_now() < until) {
-        if (tq_worker_sleep(w, 250))
+        if (stop_pending() || tq_worker_sleep(w, 250))
             return TQ_OK; /* stopping: nothing will be adopted */
         rc = tq_cdb_worker_seen(db, w->cfg->worker_id, &now, eb);
         if (rc == TQ_ERR_NOT_FOUND || (rc == TQ_OK && now.stopped))
@@ -80,23 +87,32 @@ int tq_worker_id_check(tq_worker *w, PGconn *db, tq_errbuf *eb)
 }
 
 /* Another process wrote this worker's row since its last heartbeat: two consumers use one
- * worker id, and each would take the other's jobs and containers for its own. The one that
- * started later stops (exit 2: a setting to fix, not a fault a restart mends); the other goes
- * on and says so once. */
+ * worker id, and each would take the other's jobs and containers for its own. Seen twice
+ * (within two leases), the one that started later stops (exit 2: a setting to fix, not a
+ * fault a restart mends); the other goes on and says so once. */
 static void twin_seen(housekeeper *h, const tq_cdb_worker_row *o)
 {
     tq_worker *w = h->w;
-    tq_errbuf eb = {{0}};
-    id_in_use(w, o, &eb);
+    double now = tq_mono_now();
+    if (h->twin_sightings > 0 && now - h->twin_last > 2.0 * w->cfg->lease_seconds)
+        h->twin_sightings = 0; /* long ago: that one was a stray write */
+    h->twin_last = now;
+    if (++h->twin_sightings < 2)
+        return;
     if (o->started_at > w->started_at) {
         if (!h->twin_warned)
-            tq_log(TQ_LOG_WARN, "worker.duplicate_id", "%s; the other one started later and stops",
-                   eb.msg);
+            tq_log(TQ_LOG_WARN, "worker.duplicate_id",
+                   "worker id %s is also used by a consumer on host %.*s that started %.1f s "
+                   "after this one; the other one started later and stops",
+                   w->cfg->worker_id, TQ_UTF8_ARG(o->hostname, 200), o->started_at - w->started_at);
         h->twin_warned = 1;
         return;
     }
+    tq_errbuf eb = {{0}};
+    id_in_use(w, o, &eb);
     tq_log(TQ_LOG_ERROR, "worker.duplicate_id", "%s; this one started later and stops", eb.msg);
     atomic_store(&w->fatal, 2);
+    tq_worker_stop(w); /* now: no new claim in the moment before main sees it */
 }
 
 static void health_docker(housekeeper *h)

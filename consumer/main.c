@@ -148,14 +148,6 @@ static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
     return tq_relay_start(&rc_cfg, relay, eb);
 }
 
-static void stop_worker(tq_worker *w)
-{
-    pthread_mutex_lock(&w->mu);
-    atomic_store(&w->stopping, 1);
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
 /* Starts the housekeeper, the dispatcher and the sweeper, waits for SIGTERM/SIGINT, then
  * stops and joins them. 0, 1 when a thread could not be started, or w->fatal (2: another
  * consumer uses this worker id, seen by the heartbeat). */
@@ -182,12 +174,13 @@ static int run_threads(tq_worker *w, sigset_t *sigs)
         exit_code = atomic_load(&w->fatal);
         if (exit_code)
             tq_log(TQ_LOG_INFO, "consumer.stopping",
-                   "another consumer uses this worker id: stopping; containers keep running");
+                   "another consumer uses this worker id: stopping; the containers this one "
+                   "started are removed, those it adopted keep running");
         else
             tq_log(TQ_LOG_INFO, "consumer.stopping", "signal %d: stopping; containers keep running",
                    sig);
     }
-    stop_worker(w);
+    tq_worker_stop(w);
     if (started & 2)
         pthread_join(disp, NULL);
     if (started & 1)
@@ -233,7 +226,7 @@ int main(int argc, char **argv)
     tq_worker_adopt(&w);
     if (atomic_load(&w.fatal)) { /* another consumer uses this worker id */
         exit_code = atomic_load(&w.fatal);
-        stop_worker(&w);
+        tq_worker_stop(&w);
     } else {
         exit_code = run_threads(&w, &sigs);
     }

@@ -114,6 +114,8 @@ struct tq_output {
     int ended;         /* the follower thread is done */
     double last_bytes; /* tq_mono_now() of the last bytes received */
     int gap;           /* output may be missing before the next bytes: say so in the log */
+    int had_gap;       /* it ever was: not all of the output was seen */
+    int stream_ended;  /* the stream ended with the container (not cut short by a stop) */
 
     /* the follower thread's alone: stdout (and a TTY's output) and stderr, cut apart so
      * that a tqdm bar on stderr and lines on stdout never run into one line */
@@ -206,10 +208,15 @@ static void *follower_main(void *arg)
         if (atomic_load(&o->stop))
             break;
         int running = rc == TQ_ERR_NOT_FOUND ? 0 : still_running(o);
-        if (running == 0)
+        if (running == 0) {
+            pthread_mutex_lock(&o->mu);
+            o->stream_ended = 1;
+            pthread_mutex_unlock(&o->mu);
             break; /* its output ended with it */
+        }
         pthread_mutex_lock(&o->mu);
         o->gap = 1;
+        o->had_gap = 1;
         pthread_mutex_unlock(&o->mu);
         if (pause_ms(o, tq_backoff_next(&bo)))
             break;
@@ -239,6 +246,7 @@ int tq_output_start(tq_output **out, const tq_launcher *l, const char *container
     snprintf(o->container_id, sizeof o->container_id, "%s", container_id);
     o->replay = replay;
     o->gap = !replay;
+    o->had_gap = !replay;
     o->last_bytes = tq_mono_now();
     tq_log_splitter_init(&o->splitter[0]);
     tq_log_splitter_init(&o->splitter[1]);
@@ -298,12 +306,14 @@ void tq_output_finish(tq_output *o, long wait_ms)
     stop_and_join(o); /* the batch now holds everything: the follower has finished */
 }
 
-void tq_output_last_err(tq_output *o, char *buf, size_t cap)
+int tq_output_last_err(tq_output *o, char *buf, size_t cap)
 {
     pthread_mutex_lock(&o->mu);
     snprintf(buf, cap, "%s", o->err_last);
+    int whole = o->stream_ended && !o->had_gap;
     pthread_mutex_unlock(&o->mu);
     tq_utf8_clip(buf, strlen(buf));
+    return whole;
 }
 
 void tq_output_free(tq_output *o)

@@ -80,9 +80,10 @@ size_t tq_output_take(tq_output *o, char *row, tq_progress *progress, int *has_p
  * until nothing arrived for half a second), then stops the follower. A last line without
  * '\n' counts as a line when the stream ended. */
 void tq_output_finish(tq_output *o, long wait_ms);
-/* The last non-blank line the container wrote on stderr ("" if none: a TTY's output has no
- * stderr), valid UTF-8, cut to cap. Complete once tq_output_finish has seen the stream end. */
-void tq_output_last_err(tq_output *o, char *buf, size_t cap);
+/* The last non-blank line the container wrote on stderr that the follower saw ("" if none:
+ * a TTY's output has no stderr), valid UTF-8, cut to cap. Returns 1 when it saw all of it:
+ * from the start (a replay), without a gap, to the stream's end with the container. */
+int tq_output_last_err(tq_output *o, char *buf, size_t cap);
 /* Stops following (within ~1 s) and frees; NULL is fine. */
 void tq_output_free(tq_output *o);
 

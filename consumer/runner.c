@@ -42,6 +42,7 @@ typedef struct {
     int has_written;
     double last_flush;
     char err_last[TQ_OUT_ERR_LINE_MAX]; /* stderr's last line, at the container's end */
+    int err_whole;                      /* ... of all of stderr (tq_output_last_err) */
 } runner;
 
 /* The last non-empty line of the tail (a trainer's own refusal of its config), into out. */
@@ -252,7 +253,11 @@ static void drop_container(runner *r, const char *event, const char *why)
     tq_slot *s = r->s;
     tq_errbuf eb = {{0}};
     w->launcher->ops->kill(w->launcher->ctx, s->container_id, &eb);
-    w->launcher->ops->remove(w->launcher->ctx, s->container_id, &eb);
+    if (w->launcher->ops->remove(w->launcher->ctx, s->container_id, &eb) != TQ_OK) {
+        tq_log(TQ_LOG_WARN, event, "job %s: container %.12s could not be removed (%s): %s",
+               s->job_id, s->container_id, eb.msg, why);
+        return;
+    }
     tq_log(TQ_LOG_WARN, event, "job %s: container %.12s %s", s->job_id, s->container_id, why);
 }
 
@@ -344,6 +349,7 @@ static void output_begin(runner *r)
     tq_slot *s = r->s;
     r->has_written = 0;
     r->err_last[0] = '\0';
+    r->err_whole = 0;
     r->last_flush = tq_mono_now();
     tq_errbuf eb = {{0}};
     if (tq_output_start(&r->out, r->w->launcher, s->container_id, !s->adopted, r->row_cap, &eb) !=
@@ -399,8 +405,9 @@ static void output_end(runner *r, int ended)
         return;
     if (ended) {
         tq_output_finish(r->out, OUTPUT_END_WAIT_MS);
+        /* before the flush, which frees r->out when the job is no longer ours */
+        r->err_whole = tq_output_last_err(r->out, r->err_last, sizeof r->err_last);
         output_flush(r, 1);
-        tq_output_last_err(r->out, r->err_last, sizeof r->err_last);
     }
     tq_output_free(r->out);
     r->out = NULL;
@@ -453,11 +460,16 @@ static int follow(runner *r, tq_run_outcome *o)
                 char *tail = NULL, *err_tail = NULL;
                 w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, LOG_TAIL_LINES, 0,
                                             &tail, &eb);
-                /* The followed stream's stderr first: Docker's log can lag the exit. */
-                if (!r->err_last[0])
+                /* The followed stream's stderr when it saw all of it (Docker's log can lag
+                 * the exit), else the log's, else what the stream saw. */
+                const char *err = r->err_last;
+                if (!r->err_whole || !err[0]) {
                     w->launcher->ops->logs_tail(w->launcher->ctx, s->container_id, ERR_TAIL_LINES,
                                                 1, &err_tail, &eb);
-                tq_run_describe_exit(&e, tail, r->err_last[0] ? r->err_last : err_tail, o);
+                    if (err_tail && strspn(err_tail, " \r\n") < strlen(err_tail))
+                        err = err_tail;
+                }
+                tq_run_describe_exit(&e, tail, err, o);
                 free(tail);
                 free(err_tail);
             }
@@ -599,6 +611,7 @@ static void *runner_main(void *arg)
             pthread_cond_wait(&w->cv, &w->mu);
         tq_claim *cl = s->claim;
         s->claim = NULL;
+        int running = s->state == TQ_SLOT_RUNNING;
         pthread_mutex_unlock(&w->mu);
         if (cl) {
             /* A pick to start, even when stopping: it is claimed already, and a container
@@ -610,8 +623,11 @@ static void *runner_main(void *arg)
                 tq_slot_free(w, s->index);
             continue;
         }
-        if (atomic_load(&w->stopping))
+        if (atomic_load(&w->stopping)) {
+            if (atomic_load(&w->fatal) && running && !s->adopted)
+                abandon(r); /* started in the moment before the stop */
             break;
+        }
 
         tq_run_outcome o;
         memset(&o, 0, sizeof o);

@@ -9,6 +9,14 @@
 #include "cmetrics.h"
 #include "worker.h"
 
+void tq_worker_stop(tq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    atomic_store(&w->stopping, 1);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
 int tq_worker_sleep(tq_worker *w, long ms)
 {
     /* w->cv measures on CLOCK_MONOTONIC (tq_cond_init_monotonic): a wall-clock step must

@@ -113,6 +113,8 @@ typedef struct tq_worker {
 /* Sleeps up to ms (on the monotonic clock: w->cv is made by tq_cond_init_monotonic), returning
  * early (1) when the worker is stopping. */
 int tq_worker_sleep(tq_worker *w, long ms);
+/* Sets stopping and wakes every thread waiting on w->cv. */
+void tq_worker_stop(tq_worker *w);
 
 /* Number of free slots (locks mu). */
 int tq_slots_free(tq_worker *w);

@@ -53,7 +53,9 @@ DECLARE
     v_owner text;
     -- p_cap: the user's max_priority as the producer's rate-limit statement read it from
     -- user_limits a moment before (one probe of user_limits per submission, not three)
-    v_cap   constant text := COALESCE(p_cap, tq_user_max_priority(p_user));
+    -- (normalised: a value that is no priority's name counts as none given)
+    v_cap   constant text := COALESCE(tq_priority_name(tq_priority_rank(p_cap)),
+                                      tq_user_max_priority(p_user));
     v_canonical text := p_canonical;
 BEGIN
     -- p_priority: the submission's, NULL when it named none. An explicit one must be within

@@ -27,7 +27,6 @@
 --    that arrived after the retention period would make the job anew (docs/operations.md,
 --    "Retention": keep p_job_seconds well above how long a message can wait in the queue).
 -- Every selection runs on an index (db/migrations/0011_indexes.sql, 0018; test_indexes.py).
--- (The signature before webhook_rows, dropped: OUT columns cannot change in place.)
 -- The audit rows of the jobs ids, which their guard trigger lets only retention delete
 -- (trainq.retention = 'prune', for this statement alone).
 CREATE OR REPLACE FUNCTION tq_prune_job_events(ids uuid[]) RETURNS void
@@ -38,6 +37,7 @@ BEGIN
     PERFORM set_config('trainq.retention', '', true);
 END $$;
 
+-- (The signature before webhook_rows, dropped: OUT columns cannot change in place.)
 DROP FUNCTION IF EXISTS tq_retention_prune(int, int, int, int);
 CREATE OR REPLACE FUNCTION tq_retention_prune(p_outbox_seconds int, p_job_seconds int,
                                               p_batch int, p_job_batch int,

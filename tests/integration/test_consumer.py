@@ -907,10 +907,13 @@ class TestWorkerIdentity(ConsumerCase):
         ds = self.dataset(user, duration=0.5)
         a = self.consumer(wid)
         self.row(wid)
+        h.wait_until(lambda: float(tqenv.psql(
+            "SELECT extract(epoch FROM now() - heartbeat_at) FROM workers WHERE worker_id = :'w'",
+            variables={"w": wid})) < 0.5, timeout=10, what="a fresh heartbeat")
         a.kill()  # its row still looks alive: not marked stopped, heartbeat fresh
         t0 = time.monotonic()
         b = self.consumer(wid)
-        # it watched the dead one's row for up to two heartbeats and a second, then went on
+        # it watched the dead one's row for up to two heartbeats and 3 s, then went on
         self.assertEqual(len(b.events("worker.id_watch")), 1, b.stderr_text()[-3000:])
         self.assertLess(time.monotonic() - t0, 15)
         msg = self.message(user, ds)
@@ -943,7 +946,7 @@ class TestWorkerIdentity(ConsumerCase):
         try:
             h.wait_until(lambda: float(tqenv.psql(
                 "SELECT extract(epoch FROM now() - heartbeat_at) FROM workers"
-                " WHERE worker_id = :'w'", variables={"w": wid})) > 3.5, timeout=15,
+                " WHERE worker_id = :'w'", variables={"w": wid})) > 5.5, timeout=15,
                 what="the paused consumer's heartbeat to be older than the start's watch")
             b = self.consumer(wid)  # an operator starts a replacement under the same id
             self.assertEqual(b.events("worker.id_watch"), [])  # stale: taken at once

@@ -156,17 +156,27 @@ static int fake_inspect(void *ctx, const char *id, tq_container_state *st, tq_er
     return tq_errf(eb, TQ_ERR_NOT_FOUND, "gone"); /* it ended with its stream */
 }
 
-static const char *last_err_of(const piece *p, char *buf, size_t cap)
+/* replay: followed from the start (a container this process started); *whole: what
+ * tq_output_last_err said. */
+static const char *followed_err(const piece *p, int replay, char *buf, size_t cap, int *whole)
 {
     static const tq_launcher_ops ops = {.attach = fake_attach, .inspect = fake_inspect};
     tq_launcher l = {.ops = &ops};
     script = p;
     tq_output *o;
     tq_errbuf eb = {{0}};
-    assert_int_equal(tq_output_start(&o, &l, "c0ffee", 1, TQ_OUT_ROW_MIN, &eb), TQ_OK);
+    assert_int_equal(tq_output_start(&o, &l, "c0ffee", replay, TQ_OUT_ROW_MIN, &eb), TQ_OK);
     tq_output_finish(o, 5000);
-    tq_output_last_err(o, buf, cap);
+    *whole = tq_output_last_err(o, buf, cap);
     tq_output_free(o);
+    return buf;
+}
+
+static const char *last_err_of(const piece *p, char *buf, size_t cap)
+{
+    int whole;
+    followed_err(p, 1, buf, cap, &whole);
+    assert_true(whole); /* from the start to the stream's end with the container */
     return buf;
 }
 
@@ -186,6 +196,16 @@ static void the_last_stderr_line_is_kept_apart_from_stdout(void **state)
     /* a last line without '\n' counts; a tqdm redraw ('\r') is not a line */
     const piece unended[] = {{2, "first\n"}, {2, "10%\r20%\r"}, {2, "no newline"}, {0, NULL}};
     assert_string_equal(last_err_of(unended, buf, sizeof buf), "no newline");
+    const piece redrawn[] = {{2, "the refusal\n"}, {2, "10%\r20%\r"}, {2, "refused\n"}, {0, NULL}};
+    assert_string_equal(last_err_of(redrawn, buf, sizeof buf), "refused");
+    /* ... but the state a bar was left in at the end is what a terminal shows last */
+    const piece left[] = {{2, "the refusal\n"}, {2, "10%\r20%\r"}, {0, NULL}};
+    assert_string_equal(last_err_of(left, buf, sizeof buf), "20%");
+    /* an adopted container's output is followed from the adoption on: not all of it */
+    int whole = 1;
+    assert_string_equal(followed_err(refusal, 0, buf, sizeof buf, &whole),
+                        "fake-trainer: invalid config: unknown key rank_dropout");
+    assert_false(whole);
     const piece only_stdout[] = {{1, "all on stdout\n"}, {0, "a tty's\n"}, {0, NULL}};
     assert_string_equal(last_err_of(only_stdout, buf, sizeof buf), "");
     /* cut to the caller's buffer, whole characters only, and valid UTF-8 */

@@ -38,12 +38,17 @@ typedef struct {
 } housekeeper;
 
 /* How long a consumer row's heartbeat is watched for a live writer: two heartbeats, the
- * docker ping each round may wait for (2 s), and a second. Assumes the other consumer's
- * TRAINQ_HEARTBEAT_SECONDS is no longer than this one's; the heartbeats' own check
+ * docker ping each round may wait for (2 s), and a second, within the lease. Assumes the other
+ * consumer's TRAINQ_HEARTBEAT_SECONDS is no longer than this one's; the heartbeats' own check
  * (twin_seen) finds one with a longer cadence. */
 static double id_watch_seconds(const tq_worker *w)
 {
-    return 2.0 * w->cfg->heartbeat_seconds + 3.0;
+    /* ... and never so long that the dead predecessor's leases (renewed at its last
+     * heartbeat) expire before adoption: the reaper would give its running jobs to another
+     * worker while their containers still run here */
+    double watch = 2.0 * w->cfg->heartbeat_seconds + 3.0;
+    double cap = w->cfg->lease_seconds - w->cfg->heartbeat_seconds - 1.0;
+    return watch < cap ? watch : cap;
 }
 
 static int id_in_use(tq_worker *w, const tq_cdb_worker_row *o, tq_errbuf *eb)

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "tq_listen.h"
 #include "tq_prom.h"
 
 /* ---- values ---------------------------------------------------------------------------- */
@@ -301,13 +302,24 @@ int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void
     s->arg = arg;
     /* Scrapers and probes are few: a small connection cap and a short idle timeout keep a
      * slow client from holding the one thread's attention. */
-    s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, s, MHD_OPTION_SOCK_ADDR,
-                              (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, 32u,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_END);
-    if (!s->mhd) {
+    /* Bound here (tq_listen.h), so bind's errno tells a bad setting (exit 2) from a port
+     * another process holds (exit 1); MHD owns the socket from here and closes it on stop. */
+    int lfd = -1;
+    int rc = tq_listen_open((struct sockaddr *)&ss,
+                            ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                     : sizeof(struct sockaddr_in),
+                            h, port, "metrics", &lfd, eb);
+    if (rc != TQ_OK) {
         free(s);
-        return tq_errf(eb, TQ_ERR_IO, "could not listen on %.200s:%d for metrics", h, port);
+        return rc;
+    }
+    s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, s,
+                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd,
+                              MHD_OPTION_CONNECTION_LIMIT, 32u, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_END);
+    if (!s->mhd) { /* lfd not closed: MHD may have closed it, and the consumer stops */
+        free(s);
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not start the metrics server");
     }
     if (bound_port) {
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);

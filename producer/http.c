@@ -30,6 +30,7 @@
 #include "routes.h"
 #include "stream.h"
 #include "tq_clock.h"
+#include "tq_listen.h"
 #include "tq_log.h"
 #include "tq_uuid.h"
 
@@ -478,6 +479,10 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
     socklen_t alen = 0;
     if (rc == TQ_OK)
         rc = resolve(cfg->http_host, cfg->http_port, &h->addr, &alen, eb);
+    int lfd = -1;
+    if (rc == TQ_OK)
+        rc = tq_listen_open((struct sockaddr *)&h->addr, alen, cfg->http_host, cfg->http_port, NULL,
+                            &lfd, eb);
     if (rc != TQ_OK) {
         http_free(h);
         return rc;
@@ -486,24 +491,23 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
                      MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME; /* event streams (stream.h) */
     if (h->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: set to 1 it adds SO_REUSEPORT, and a second
-     * producer (a stale one, another configuration) then binds the same address and takes
-     * a share of the connections without a word. MHD's default, SO_REUSEADDR, still lets
-     * a restart bind while the old connections sit in TIME_WAIT. */
+    /* The listening socket is ours (tq_listen.h: bind's errno picks the exit code, and no
+     * SO_REUSEPORT, which would let a second producer — a stale one, another configuration
+     * — bind the same address and take a share of the connections without a word); MHD
+     * owns it from here and closes it on stop. */
     h->d = MHD_start_daemon(
         flags, (uint16_t)app->cfg->http_port, on_accept, h, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, so every message goes here */
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&h->addr, MHD_OPTION_THREAD_POOL_SIZE,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned int)app->cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)app->cfg->request_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)CONN_MEMORY_LIMIT, MHD_OPTION_CONNECTION_LIMIT, mhd_connection_limit(cfg),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
-    if (!h->d) {
-        int e = errno;
+    if (!h->d) { /* lfd is not closed here: MHD may have closed it already, and the
+                  * program stops on this error */
         http_free(h);
-        return tq_errf(eb, TQ_ERR_IO, "could not listen on %s:%d: %s", app->cfg->http_host,
-                       app->cfg->http_port, strerror(e));
+        return tq_errf(eb, TQ_ERR_NOMEM, "could not start the HTTP server");
     }
     if (pthread_create(&h->sweeper, NULL, sweeper_main, h) != 0) {
         MHD_stop_daemon(h->d);

@@ -66,8 +66,9 @@ static int start_relay(const tq_config *cfg, tq_relay **relay, tq_errbuf *eb)
     return tq_relay_start(&rc_cfg, relay, eb);
 }
 
-/* A configuration found bad after loading (a key file, the file descriptor limit): one
- * line, as tq_program_start prints the others, then exit 2. */
+/* A configuration found bad after loading (a key file, the file descriptor limit, an HTTP
+ * address this host cannot bind): one line, as tq_program_start prints the others, then
+ * exit 2. */
 static void config_error(const tq_errbuf *eb)
 {
     fprintf(stderr, "trainq-producer: %s\n", eb->msg);
@@ -147,7 +148,12 @@ int main(int argc, char **argv)
     }
     tq_app app = {.cfg = &cfg, .auth = auth, .relay = relay, .streams = streams, .wake = wake};
     rc = tq_http_start(&app, &http, &eb);
-    if (rc != TQ_OK) {
+    if (rc == TQ_ERR_CONFIG || rc == TQ_ERR_INVALID) { /* an address no restart can bind */
+        config_error(&eb);
+        exit_code = 2;
+        goto out;
+    }
+    if (rc != TQ_OK) { /* the address is another process's: it may be free next time */
         tq_log(TQ_LOG_ERROR, "producer.start", "%s", eb.msg);
         goto out;
     }

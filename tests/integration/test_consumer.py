@@ -785,7 +785,23 @@ class TestRecovery(ConsumerCase):
         self.assertEqual(p.proc.returncode, 1)
         lines = p.stderr_text().strip().splitlines()
         self.assertEqual(lines[-1], f"trainq-consumer: could not listen on 127.0.0.1:{port}"
-                         " for metrics")
+                         " for metrics: Address already in use")
+
+    def test_a_metrics_address_this_host_cannot_have_stops_the_start_with_exit_2(self):
+        """An address no interface has fails the same way on every start: one line and exit
+        2, which the systemd unit does not restart, not exit 1 and a restart loop. Run in a
+        network namespace of the test's own, where a documentation address is nobody's."""
+        wrap = h.own_netns_or_skip(self)
+        p = self.consumer(f"noaddr-{run_id()}", start=False,
+                          TRAINQ_METRICS_ADDR="[2001:db8::1]:9101")
+        p.wrap = wrap
+        p.start()
+        p.proc.wait(30)
+        self.assertEqual(p.proc.returncode, 2, p.stderr_text()[-2000:])
+        plain = [ln for ln in p.stderr_text().splitlines() if not ln.startswith("{")]
+        self.assertEqual(plain, ["trainq-consumer: could not listen on [2001:db8::1]:9101"
+                                 " for metrics: Cannot assign requested address"])
+        self.assertFalse(p.events("consumer.ready"))
 
     def test_dockerd_restart_under_a_running_job_retries_it(self):
         """dockerd (no live-restore) takes its containers down when it stops: the job was not

@@ -50,6 +50,20 @@ def binary(rel):
 
 # ---------------------------------------------------------------- processes
 
+def own_netns_or_skip(test):
+    """["unshare", "--net"]: a program started under it has a network namespace of its own
+    (loopback only, down), which the test creates: what it binds or sends stays there.
+    Skips the test where namespaces cannot be made."""
+    try:
+        ok = subprocess.run(["unshare", "--net", "true"], capture_output=True,
+                            timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        test.skipTest("cannot create a network namespace (unshare --net)")
+    return ["unshare", "--net"]
+
+
 class Program:
     """One child process started from BIN_DIR with the TRAINQ_* environment plus `env`.
 
@@ -57,9 +71,10 @@ class Program:
     file; non-JSON lines (sanitizer reports, libraries) are kept in .stderr_text().
     """
 
-    def __init__(self, rel, env=None, args=(), name=None):
+    def __init__(self, rel, env=None, args=(), name=None, wrap=()):
         self.path = binary(rel)
         self.args = list(args)
+        self.wrap = list(wrap)  # a command the program runs under, e.g. ["unshare", "--net"]
         self.env = tqenv.child_env()
         # Sanitizer runtime options: report leaks, fail loudly, keep going for UBSan.
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -78,7 +93,7 @@ class Program:
     def start(self):
         self._err = tempfile.NamedTemporaryFile(prefix=self.name + "-", suffix=".stderr",
                                                 delete=False)
-        self.proc = subprocess.Popen([self.path, *self.args], env=self.env,
+        self.proc = subprocess.Popen([*self.wrap, self.path, *self.args], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._err)
         _started.append(self.proc)

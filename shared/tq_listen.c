@@ -1,0 +1,42 @@
+#include "tq_listen.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <unistd.h>
+
+int tq_listen_error_class(int e)
+{
+    switch (e) {
+    case EADDRNOTAVAIL: /* not an address of this host (a typo, another machine's) */
+    case EACCES:        /* a privileged port without the capability */
+    case EPERM:
+    case EAFNOSUPPORT: /* IPv6 disabled on this host */
+        return TQ_ERR_CONFIG;
+    default:
+        return TQ_ERR_IO;
+    }
+}
+
+int tq_listen_open(const struct sockaddr *addr, socklen_t len, const char *host, int port,
+                   const char *what, int *fd, tq_errbuf *eb)
+{
+    *fd = -1;
+    int s = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        /* "[::]" is IPv6 only, as libmicrohttpd makes it without MHD_USE_DUAL_STACK */
+        (addr->sa_family == AF_INET6 &&
+         setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
+        bind(s, addr, len) != 0 || listen(s, SOMAXCONN) != 0) {
+        int e = errno;
+        if (s >= 0)
+            close(s);
+        int v6 = strchr(host, ':') != NULL && host[0] != '[';
+        return tq_errf(eb, tq_listen_error_class(e), "could not listen on %s%.200s%s:%d%s%s: %s",
+                       v6 ? "[" : "", host, v6 ? "]" : "", port, what ? " for " : "",
+                       what ? what : "", strerror(e));
+    }
+    *fd = s;
+    return TQ_OK;
+}

@@ -7,6 +7,10 @@
 #
 #   scripts/demo.sh [--keep]     --keep leaves the services, producer and consumer running
 #
+# The producer listens on 127.0.0.1:3000, as in the spec's example (TRAINQ_DEMO_PORT another
+# port, for a machine where 3000 is taken); the consumer's metrics on a free port, printed
+# at the end. The services' ports: scripts/services.sh.
+#
 # Without a `training-image` image (or a GPU) on the daemon, the fake trainer image built
 # from busybox-static stands in for it: same container contract, no download.
 set -euo pipefail
@@ -72,19 +76,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "starting trainq-producer on 127.0.0.1:3000 and trainq-consumer (image $IMAGE)"
-TRAINQ_HTTP_ADDR=127.0.0.1:3000 ./build/producer/trainq-producer </dev/null >/dev/null 2>"$LOGS/producer.log" &
+PORT=${TRAINQ_DEMO_PORT:-3000}
+[[ $PORT =~ ^[0-9]+$ ]] && ((PORT > 0 && PORT < 65536)) || die "TRAINQ_DEMO_PORT must be a port number"
+say "starting trainq-producer on 127.0.0.1:$PORT and trainq-consumer (image $IMAGE)"
+TRAINQ_HTTP_ADDR=127.0.0.1:$PORT ./build/producer/trainq-producer </dev/null >/dev/null 2>"$LOGS/producer.log" &
 PIDS+=($!)
 TRAINQ_WORKER_ID=demo-worker TRAINQ_SLOTS=2 TRAINQ_DATASETS_ROOT="$DEMO/datasets" \
   TRAINQ_DATA_DIR="$DEMO/data" TRAINQ_HF_CACHE_DIR="$DEMO/hf-cache" \
-  TRAINQ_TRAINING_IMAGE=$IMAGE TRAINQ_TRAINING_CMD="$CMD" TRAINQ_METRICS_ADDR=127.0.0.1:9101 \
+  TRAINQ_TRAINING_IMAGE=$IMAGE TRAINQ_TRAINING_CMD="$CMD" TRAINQ_METRICS_ADDR=127.0.0.1:0 \
   ./build/consumer/trainq-consumer </dev/null >/dev/null 2>"$LOGS/consumer.log" &
 PIDS+=($!)
 for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:3000/readyz >/dev/null 2>&1 && break
+  curl -fs -m 1 "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  kill -0 "${PIDS[0]}" 2>/dev/null || break # it stopped: the log says why (a taken port, say)
   sleep 0.1
 done
-curl -fs http://127.0.0.1:3000/readyz >/dev/null || die "producer not ready, see $LOGS/producer.log"
+# The reason a program stopped: its last error (a log line's msg, or a plain line).
+why() { { sed -n 's/.*"level":"error".*"msg":"\([^"]*\)".*/\1/p' "$1"; grep -v '^{' "$1"; } | tail -1; }
+curl -fs -m 1 "http://127.0.0.1:$PORT/readyz" >/dev/null ||
+  die "producer not ready: $(why "$LOGS/producer.log") (log: $LOGS/producer.log)"
 
 # A token as the web app's auth provider (Supabase-style HS256) would issue it.
 TOKEN=$(/usr/bin/python3 -c 'import jwt, sys, time
@@ -93,7 +103,7 @@ print(jwt.encode({"sub": sys.argv[1], "exp": int(time.time()) + 3600, "aud": "au
 
 say "submitting the spec's curl example"
 set -x
-curl -X POST http://localhost:3000/api/training/submit \
+curl -X POST "http://localhost:$PORT/api/training/submit" \
   -H "Content-Type: application/json" \
   -H "Authorization: Bearer $TOKEN" \
   -d '{
@@ -118,7 +128,7 @@ JOB=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["
 say "following job $JOB"
 STATUS=""
 for _ in $(seq 600); do
-  STATUS=$(curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:3000/api/training/jobs/$JOB" \
+  STATUS=$(curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/training/jobs/$JOB" \
     | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["job"]["status"])')
   printf '\r  status: %-10s' "$STATUS"
   case $STATUS in completed|failed|cancelled) break ;; esac
@@ -127,10 +137,10 @@ done
 echo
 
 say "job record (GET /api/training/jobs/$JOB)"
-curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:3000/api/training/jobs/$JOB" \
+curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/training/jobs/$JOB" \
   | /usr/bin/python3 -m json.tool
 say "audit trail (GET /api/training/jobs/$JOB/events)"
-curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:3000/api/training/jobs/$JOB/events" \
+curl -fs -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/training/jobs/$JOB/events" \
   | /usr/bin/python3 -c 'import json,sys
 for e in json.load(sys.stdin)["events"]:
     print("  %s  %9s -> %-10s %s" % (e["at"], e["from_status"] or "-", e["to_status"], e["reason"] or ""))'
@@ -142,7 +152,8 @@ cat "$DEMO/data/configs/$JOB.json"
 [[ $STATUS == completed ]] || die "job ended $STATUS (logs in $LOGS)"
 say "demo job completed"
 if [[ $KEEP == 1 ]]; then
-  echo "producer on http://127.0.0.1:3000, consumer metrics on http://127.0.0.1:9101/metrics"
-  echo "stop with: kill ${PIDS[*]}; scripts/services.sh down"
+  MPORT=$(grep -o '"metrics_port":[0-9]*' "$LOGS/consumer.log" | head -1 | cut -d: -f2)
+  echo "producer on http://127.0.0.1:$PORT, consumer metrics on http://127.0.0.1:${MPORT:-?}/metrics"
+  echo "stop with: kill ${PIDS[*]}; TRAINQ_STATE_DIR=$STATE scripts/services.sh down"
   trap - EXIT
 fi

@@ -20,6 +20,7 @@ Rows (docs/performance.md explains each):
 
 import argparse
 import base64
+import glob
 import http.client
 import json
 import os
@@ -295,6 +296,7 @@ class Bench:
         self.n_users = 20 if self.quick else 200
         self.duration = 2 if self.quick else args.duration
         self.producer = None
+        self.producer_hwm_before = None  # VmHWM of row 1's first producer (it restarts)
         self.port = None
         self.anon_peak = {"producer": 0, "consumer": 0}
         self.pss_peak = {"producer": 0, "consumer": 0}
@@ -551,18 +553,23 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
 {insert};
 """
 
-    def pgbench_floor(self, notify):
+    def pgbench_floor(self, notify, rate=None):
         psql("CREATE TABLE IF NOT EXISTS tq_bench_floor (id uuid PRIMARY KEY,"
              " user_id text NOT NULL, message jsonb NOT NULL,"
              " created_at timestamptz NOT NULL DEFAULT now())")
         try:
             return self.pgbench(script=self.floor_script(notify),
-                                name=f"floor{'-notify' if notify else ''}")
+                                name=f"floor{'-notify' if notify else ''}", rate=rate)
         finally:
             psql("DROP TABLE IF EXISTS tq_bench_floor")
 
-    def pgbench(self, one_txn=None, script=None, name=None):
-        path = os.path.join(self.work, f"pgbench-{name or ('1' if one_txn else '2') + 'txn'}.sql")
+    def pgbench(self, one_txn=None, script=None, name=None, rate=None):
+        """pgbench of a script with the producer's number of clients. rate: paced to that
+        many transactions a second (-R, Poisson arrivals); the result then holds p50_ms and
+        p99_ms of every transaction's latency as a client sees it (its own time plus the time
+        it waited behind earlier ones, pgbench's schedule lag), from pgbench's log."""
+        tag = name or ('1' if one_txn else '2') + 'txn'
+        path = os.path.join(self.work, f"pgbench-{tag}.sql")
         with open(path, "w") as f:
             f.write(script if script is not None else self.pgbench_script(one_txn))
         u = urllib.parse.urlparse(DATABASE_URL)
@@ -570,8 +577,11 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         c = self.threads
         cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(c), "-j", str(min(c, 2)),
                "-T", str(self.duration), "-f", path, "-h", u.hostname, "-p", str(u.port),
-               "-U", urllib.parse.unquote(u.username), u.path.lstrip("/")]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True,
+               "-U", urllib.parse.unquote(u.username)]
+        logs = os.path.join(self.work, f"pgbench-log-{tag}{'-paced' if rate else ''}")
+        if rate:
+            cmd += ["-R", f"{rate:.1f}", "-l", "--log-prefix", logs]
+        p = subprocess.run(cmd + [u.path.lstrip("/")], env=env, capture_output=True, text=True,
                            timeout=self.duration + 120)
         if p.returncode != 0:
             raise Broken(f"pgbench failed: {p.stderr.strip()[-800:]}")
@@ -580,12 +590,26 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         failed = re.search(r"number of failed transactions: (\d+)", p.stdout)
         if not tps:
             raise Broken(f"cannot read pgbench output: {p.stdout[-500:]}")
-        # Its rows must never reach a consumer: no producer runs yet, so every unpublished
+        # Its rows must never reach a consumer: no producer runs now, so every unpublished
         # outbox row is pgbench's.
         psql("DELETE FROM outbox WHERE published_at IS NULL")
         self.retire_queued("bench-u%")
-        return {"tps": float(tps.group(1)), "lat_ms": float(lat.group(1)) if lat else None,
-                "failed": int(failed.group(1)) if failed else 0}
+        out = {"tps": float(tps.group(1)), "lat_ms": float(lat.group(1)) if lat else None,
+               "failed": int(failed.group(1)) if failed else 0}
+        if rate:
+            # Each line: client, transaction, time (µs), script, epoch s, µs, schedule lag (µs).
+            lat_ms = []
+            for f in glob.glob(logs + ".*"):
+                with open(f) as fh:
+                    for line in fh:
+                        w = line.split()
+                        if len(w) >= 7 and w[2].isdigit():
+                            lat_ms.append((int(w[2]) + int(w[6])) / 1e3)
+                os.unlink(f)
+            if not lat_ms:
+                raise Broken("pgbench -R logged no transactions")
+            out.update(rate=rate, n=len(lat_ms), p50_ms=pct(lat_ms, 50), p99_ms=pct(lat_ms, 99))
+        return out
 
     def row1(self):
         log("row 1: submit throughput (fixed-200 floor, pgbench floors, producer)")
@@ -627,6 +651,16 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         paced = self.wrk(self.port, data, gap_ms=gap)
         paced["gap_ms"] = gap
         self.wait_published()
+        hwm = proc_status(p.pid, "VmHWM")
+        # The floors of that latency, paced to the rate the producer reached: the submit's
+        # SQL alone and the bare insert, each as pgbench's clients see it. With the producer
+        # stopped: its relay would publish pgbench's outbox rows.
+        p.stop()
+        self.producer = None
+        paced_sql = self.pgbench(one_txn=False, rate=paced["rps"])
+        paced_floor = self.pgbench_floor(notify=False, rate=paced["rps"])
+        self.producer_hwm_before = hwm
+        self.start_producer()
         lag = [float(r[0]) * 1e3 for r in rows(
             "SELECT extract(epoch FROM o.published_at - j.created_at) FROM training_jobs j"
             " JOIN outbox o ON o.job_id = j.id AND o.exchange = 'trainq.jobs'"
@@ -636,6 +670,7 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
         self.retire_queued("bench-u%")
         self.results[1] = {"fixed": fixed, "pg2": pg2, "pg1": pg1, "floor": floor,
                            "floor_notify": floor_n, "sub": sub, "paced": paced,
+                           "paced_sql": paced_sql, "paced_floor": paced_floor,
                            "committed": ok,
                            "cpu": cpu1 - cpu0, "sat_lag": lag}
 
@@ -1263,6 +1298,17 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
                     f" {fmt(pc['rps'])} req/s | {fmt(pc['p50_us'] / 1e3, ' ms', 2)} /"
                     f" {fmt(pc['p99_us'] / 1e3, ' ms', 2)} | — | — | p99 < 20 ms |"
                     f" {yes(pc['p99_us'] / 1e3 < 20)} |")
+            ps, pf = r1.get("paced_sql"), r1.get("paced_floor")
+            if ps and pf:
+                add(f"| 1 | the floors of that latency: pgbench paced to the same rate"
+                    f" ({fmt(ps['rate'])}/s, Poisson arrivals, {self.threads} clients), p50 / p99"
+                    f" as its clients see it (schedule lag included) | submit:"
+                    f" {fmt(pc['p99_us'] / 1e3, ' ms', 2)} p99 | the submit's SQL:"
+                    f" {fmt(ps['p50_ms'], ' ms', 2)} / {fmt(ps['p99_ms'], ' ms', 2)};"
+                    f" the bare insert: {fmt(pf['p50_ms'], ' ms', 2)} /"
+                    f" {fmt(pf['p99_ms'], ' ms', 2)} |"
+                    f" submit ÷ SQL p99: {fmt(pc['p99_us'] / 1e3 / ps['p99_ms'] if ps['p99_ms'] else None, nd=2)} |"
+                    f" — | — |")
             add(f"| 1 | submit errors (non-2xx, socket) | {s['errors']} of {s['requests']:,}"
                 f" ({r1['committed']:,} jobs committed) | fixed-200: {fx['errors']};"
                 f" pgbench failed txns: {pg2['failed']} | — | 0 | {yes(s['errors'] == 0)} |")
@@ -1830,7 +1876,10 @@ SELECT outcome, submitted_id FROM tq_submit('bench-u' || :n, {job}::uuid, {ds}::
                     if want(n):
                         row()
                 if self.producer:
-                    self.results[6] = {"producer_hwm": proc_status(self.producer.pid, "VmHWM")}
+                    # (row 1 restarts the producer once: the peak of both)
+                    self.results[6] = {"producer_hwm": max(
+                        proc_status(self.producer.pid, "VmHWM") or 0,
+                        self.producer_hwm_before or 0) or None}
                     self.producer.stop()
                 if want(7):
                     self.row7()

@@ -220,13 +220,16 @@ static int intake_fn(PGconn *c, void *arg, tq_errbuf *eb)
     return rc;
 }
 
-/* [reply_to, correlation_id] of a delivery (correlation_id null when absent), or null. */
+/* [reply_to, correlation_id] of a delivery (each null when absent), or null when both are.
+ * A correlation_id without a reply_to is kept too: every event of the job carries it, and
+ * a service that only watches trainq.events matches them to its requests by it. */
 static json_t *reply_json(const tq_reply_addr *r)
 {
-    if (!r || !r->reply_to || !r->reply_to[0])
+    const char *to = r && r->reply_to && r->reply_to[0] ? r->reply_to : NULL;
+    const char *cid = r && r->correlation_id && r->correlation_id[0] ? r->correlation_id : NULL;
+    if (!to && !cid)
         return json_null();
-    return json_pack("[ss?]", r->reply_to,
-                     r->correlation_id && r->correlation_id[0] ? r->correlation_id : NULL);
+    return json_pack("[s?s?]", to, cid);
 }
 
 int tq_cdb_intake(PGconn **c, const tq_db_txn *how, const tq_job_msg *const *msgs,

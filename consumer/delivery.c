@@ -172,6 +172,16 @@ int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
     }
     free(hbuf);
     out->headers_too_big = hrc == TQ_ERR_TOO_LARGE;
+    const struct {
+        const char *name;
+        amqp_bytes_t v;
+    } named[] = {{"routing key", env->routing_key},
+                 {"message_id", mid},
+                 {"reply_to", rt},
+                 {"correlation_id", cid}};
+    for (size_t i = 0; i < sizeof named / sizeof named[0] && !out->nul_in; i++)
+        if (named[i].v.len && memchr(named[i].v.bytes, '\0', named[i].v.len))
+            out->nul_in = named[i].name;
     out->props = props;
     /* rabbitmq-c allocated it with amqp_bytes_malloc; amqp_destroy_envelope frees none */
     out->body = env->message.body;

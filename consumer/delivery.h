@@ -45,6 +45,11 @@ typedef struct {
      * TQ_DELIVERY_HEADERS_MAX: then headers_too_big is 1. */
     amqp_bytes_t headers;
     int headers_too_big;
+    /* The first of routing key, message_id, reply_to and correlation_id that holds a NUL
+     * byte ("message_id", ...), NULL when none does: as C strings they would be cut there
+     * (a correlation_id stored short, a message_id "<job id>\0x" taken for the job id), so
+     * such a message is dead-lettered instead. */
+    const char *nul_in;
     char *strings; /* owns every string above */
 } tq_delivery;
 

@@ -275,6 +275,14 @@ static void defer(dispatcher *d, const tq_delivery *dl)
 #define HEADERS_TOO_BIG_N(n) HEADERS_TOO_BIG_(n)
 #define HEADERS_TOO_BIG HEADERS_TOO_BIG_N(TQ_DELIVERY_HEADERS_MAX)
 
+/* Room for the longest reason: every failure a validation keeps (TQ_VALIDATION_MAX, each
+ * "<field>: <message>" and "; "), so that x-trainq-reason lists all of them as the
+ * contract says, never a cut line. */
+#define REASON_CAP                                                                                 \
+    (sizeof "invalid message: " +                                                                  \
+     TQ_VALIDATION_MAX * (sizeof((tq_field_error *)0)->field +                                     \
+                          sizeof((tq_field_error *)0)->message + sizeof "; : "))
+
 /* Why a decode failed, as one header-sized line: "invalid message: " and every failure as
  * "<field>: <reason>", joined by "; " (docs/message-contract.md, "Validation reasons"). */
 static void validation_reason(const tq_validation *v, int rc, char *out, size_t cap)
@@ -384,7 +392,7 @@ static const tq_reply_addr *reply_addr(const tq_delivery *dl)
 static void dead_letter_event(dispatcher *d, const tq_delivery *dl, const char *reason)
 {
     /* valid UTF-8 for Postgres; the dead-letter copy keeps the delivery's own bytes */
-    char rk[SHORTSTR_BUF], mid[SHORTSTR_BUF], why[1024];
+    char rk[SHORTSTR_BUF], mid[SHORTSTR_BUF], why[REASON_CAP];
     snprintf(rk, sizeof rk, "%s", dl->routing_key);
     snprintf(mid, sizeof mid, "%s", dl->message_id);
     snprintf(why, sizeof why, "%s", reason);
@@ -408,9 +416,15 @@ static void dead_letter_event(dispatcher *d, const tq_delivery *dl, const char *
  * invalid body, message_id not the job id, routing key not the job's type). */
 static int accept_message(dispatcher *d, const tq_delivery *dl, tq_job_msg *m)
 {
+    char reason[REASON_CAP];
+    if (dl->nul_in) {
+        snprintf(reason, sizeof reason, "invalid message: %s: must not contain a NUL byte",
+                 dl->nul_in);
+        dead_letter_event(d, dl, reason);
+        return 0;
+    }
     tq_validation v;
     memset(&v, 0, sizeof v);
-    char reason[1024];
     int rc = tq_msg_decode(dl->body.bytes, dl->body.len, m, &v);
     if (rc == TQ_ERR_NOMEM) {
         settle(d, dl->tag, 0);

@@ -32,7 +32,9 @@ BEGIN
                 USING ERRCODE = 'TQ001';
         END IF;
     END IF;
-    NEW.updated_at := now();
+    -- never before the row's created_at, which is clock_timestamp() (30_jobs.sql), later
+    -- than the transaction's now() that inserts it
+    NEW.updated_at := GREATEST(now(), NEW.created_at);
     RETURN NEW;
 END $$;
 

@@ -45,13 +45,14 @@ SELECT tq_ensure_trigger('training_jobs', 'training_jobs_failure_class',
     'BEFORE UPDATE OF status', 'FOR EACH ROW EXECUTE FUNCTION tq_failure_class()');
 
 -- The class job_events records for a transition (tq_audit_status, 20_guards.sql): the
--- job's class when the transition ends an attempt or fails the job, else NULL.
+-- job's class when the transition ends an attempt, fails the job or cancels it (a queued
+-- job too: the job row then says cancelled, and its audit trail says the same), else NULL.
 CREATE OR REPLACE FUNCTION tq_event_failure_class(p_op text, p_old_status text,
                                                   p_new_status text, p_class text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_new_status = 'failed'
+    SELECT CASE WHEN p_new_status IN ('failed', 'cancelled')
                   OR (p_op = 'UPDATE' AND p_old_status IN ('pending', 'running')
-                      AND p_new_status IN ('queued', 'cancelled'))
+                      AND p_new_status = 'queued')
                 THEN p_class END
 $$;
 

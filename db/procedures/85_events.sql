@@ -106,7 +106,14 @@ END $$;
 -- body, wrong routing key or message_id, bad signature): status 'dead_lettered' with the
 -- dead-letter reason, to trainq.events (routing key job.dead_lettered.<type>, type
 -- 'unknown' when the routing key names none) and to the message's reply_to. Called by
--- consumer/cdb.c tq_cdb_dead_letter_event.
+-- consumer/cdb.c tq_cdb_dead_letter_event. What must stay true:
+--  * a message_id that names a job that exists (anyone's: an invalid body names no user to
+--    compare) gets no event: the job's own events are the truth about it, and anyone who
+--    may publish could otherwise have trainq announce that another user's job was
+--    dead-lettered;
+--  * its sequence is 0, below every event of a job: a message fixed and published again
+--    under the same job_id becomes a job whose job.queued (1) a subscriber that keeps the
+--    last sequence applied must not drop.
 CREATE OR REPLACE FUNCTION tq_event_dead_letter(p_message_id text, p_routing_key text,
                                                 p_reason text, p_reply_to text,
                                                 p_correlation_id text) RETURNS void
@@ -118,6 +125,9 @@ DECLARE
 BEGIN
     IF p_message_id ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         jid := lower(p_message_id)::uuid;
+        IF EXISTS (SELECT 1 FROM training_jobs WHERE id = jid) THEN
+            RETURN;
+        END IF;
     END IF;
     PERFORM tq_event_publish(jid, t, 'dead_lettered', jsonb_build_object(
         'event', 'job.dead_lettered',
@@ -131,7 +141,7 @@ BEGIN
         'exit_code', NULL,
         'attempt', 0,
         'progress', NULL,
-        'sequence', 1,
+        'sequence', 0,
         'correlation_id', NULLIF(p_correlation_id, ''),
         'occurred_at', tq_event_now()),
         NULLIF(p_reply_to, ''), NULLIF(p_correlation_id, ''));

@@ -280,6 +280,50 @@ class EventsCase(ConsumerCase):
         self.assertEqual(on_exchange[0][2], "job.dead_lettered.lora")
         self.assertIsNone(self.job(msg["job_id"]))
         self.assertEqual(len(h.get_messages("trainq.jobs.dead")), 1)
+        # Below every event of a job: fixed and published again under the same job_id, the
+        # job's events are all above it, and the documented subscriber rule takes them.
+        self.assertEqual(ev["sequence"], 0)
+        fixed = dict(msg, base_model="gpt2")
+        self.publish_job(fixed, reply_to=replies, correlation_id="c-dead")
+        self.wait_status(fixed["job_id"], "completed")
+        got = self.received(replies, lambda g: len(g) >= 4)
+        last = {}
+        applied = []
+        for _, e, _ in [(None, ev, None)] + got:
+            if e["sequence"] > last.get(e["job_id"], -1):
+                last[e["job_id"]] = e["sequence"]
+                applied.append(e["status"])
+        self.assertEqual(applied, ["dead_lettered", "queued", "pending", "running", "completed"])
+        # An invalid message naming a job that exists says nothing about that job: no event
+        # on the exchange, no reply; the dead letter itself is there with its reason.
+        self.publish_job({"job_id": fixed["job_id"], "oops": True}, reply_to=replies,
+                         correlation_id="c-again")
+        dl = h.get_messages("trainq.jobs.dead", want=lambda ms: len(ms) >= 1, timeout=30)
+        self.assertEqual([json.loads(b).get("oops") for _, b in dl], [True])
+        self.assertIn("invalid message", (dl[0][0].headers or {}).get("x-trainq-reason", ""))
+        h.wait_until(lambda: self.unpublished([fixed["job_id"]]) == 0, timeout=30,
+                     what="every outbox row of the job published")
+        time.sleep(1)
+        self.assertEqual(self.received(replies), [])
+        self.assertEqual(len(self.received(dead)), 0)
+
+    def test_a_correlation_id_without_reply_to_is_on_every_event(self):
+        """A service that only watches trainq.events matches the events to its requests by
+        the correlation_id it published, with no reply queue of its own."""
+        u = self.user("corr")
+        ds = self.dataset(u)
+        watch = self.queue("job.*.lora")
+        self.consumer(f"w-corr-{run_id()}")
+        msg = self.message(u, ds)
+        self.publish_job(msg, correlation_id="order-corr-1")
+        self.wait_status(msg["job_id"], "completed")
+        got = self.received(watch, lambda g: len([x for x in g if x[1]["job_id"] == msg["job_id"]]) >= 4)
+        mine = [e for _, e, _ in got if e["job_id"] == msg["job_id"]]
+        self.assertEqual(sorted(e["status"] for e in mine),
+                         sorted(["queued", "pending", "running", "completed"]))
+        self.assertEqual({e["correlation_id"] for e in mine}, {"order-corr-1"})
+        self.assertEqual(self.job(msg["job_id"])["correlation_id"], "order-corr-1")
+        self.assertIsNone(self.job(msg["job_id"])["reply_to"])
 
     def test_an_http_job_cancelled_while_queued_keeps_its_cancelled_event(self):
         """The cancellation drops the job's unpublished job message, never its events."""

@@ -76,14 +76,16 @@ def build(case, ctx):
     return body, mid, case.get("routing_key", "lora"), case.get("headers")
 
 
-def publish(body, message_id, routing_key="lora", headers=None, mandatory=True):
+def publish(body, message_id, routing_key="lora", headers=None, mandatory=True,
+            correlation_id=None, reply_to=None):
     import pika
     conn = h.amqp_connection()
     try:
         ch = conn.channel()
         ch.confirm_delivery()
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                     message_id=message_id, headers=headers)
+                                     message_id=message_id, headers=headers,
+                                     correlation_id=correlation_id, reply_to=reply_to)
         ch.basic_publish("trainq.jobs", routing_key, body, props, mandatory=mandatory)
     finally:
         conn.close()
@@ -308,6 +310,46 @@ class HostileAmqpTest(unittest.TestCase):
             self.assertIn("another user or dataset", reasons[b])
         self.assertEqual(job_row(victim), before, "the victim's job was changed")
         self.assertEqual(containers_of_job(victim), [])
+
+    def test_every_failure_of_a_message_is_in_its_reason_uncut(self):
+        """x-trainq-reason names every failing field (at most 32, docs/message-contract.md),
+        however long their names: not a line cut at a fixed size in the middle of one."""
+        m = self.valid_message()
+        for i in range(40):
+            m[f"unknown_field_with_a_rather_long_name_{i:02d}_" + "x" * 20] = i
+        body = json.dumps(m).encode()
+        h.purge_queue(DEAD)
+        publish(body, m["job_id"])
+        got = h.get_messages(DEAD, want=lambda ms: len(ms) >= 1, timeout=30)
+        reason = (got[0][0].headers or {}).get("x-trainq-reason", "")
+        self.assertTrue(reason.startswith("invalid message: "), reason)
+        failures = reason[len("invalid message: "):].split("; ")
+        self.assertEqual(len(failures), 32, reason)
+        for f in failures:
+            self.assertRegex(f, r"^unknown_field_with_a_rather_long_name_\d\d_x{20}: unknown field$")
+        self.assertIsNone(job_row(m["job_id"]))
+        self.assert_alive()
+
+    def test_a_nul_byte_in_a_property_is_dead_lettered_not_cut(self):
+        """As C strings these would end at the NUL: a correlation_id stored short, a
+        message_id "<job id>\\0x" taken for the job id. Dead-lettered with the reason."""
+        cases = [("correlation_id", {"correlation_id": "a\nb\x00c"}, None),
+                 ("message_id", {}, "\x00x"),
+                 ("reply_to", {"reply_to": "replies\x00x"}, None)]
+        h.purge_queue(DEAD)
+        sent = {}
+        for name, props, mid_suffix in cases:
+            m = self.valid_message()
+            body = json.dumps(m).encode()
+            publish(body, m["job_id"] + (mid_suffix or ""), **props)
+            sent[body] = (name, m["job_id"])
+        got = h.get_messages(DEAD, want=lambda ms: len(ms) >= len(cases), timeout=30)
+        reasons = {b: (p.headers or {}).get("x-trainq-reason", "") for p, b in got}
+        for body, (name, job_id) in sent.items():
+            self.assertEqual(reasons.get(body),
+                             f"invalid message: {name}: must not contain a NUL byte")
+            self.assertIsNone(job_row(job_id), name)
+        self.assert_alive()
 
     def test_dataset_of_another_user_or_missing_fails_the_job_without_container(self):
         foreign = self.valid_message(dataset=self.other_ds)

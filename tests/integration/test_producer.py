@@ -10,6 +10,7 @@ Needs TRAINQ_BIN_DIR (the CMake build dir), TRAINQ_DATABASE_URL (migrated),
 TRAINQ_AMQP_URL and TRAINQ_SERVICES (scripts/services.sh). Tests run serially.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -670,6 +671,12 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
     def test_cancel_queued_at_once_active_on_request_terminal_409(self):
         ds = add_dataset(self.user)
         queued = self.submit_job(ds)
+        # updated_at is never before created_at (a fresh row's created_at is the insert's
+        # clock, after the transaction's start)
+        r = self.c.request("GET", f"/api/training/jobs/{queued}", token=self.token)
+        at = {k: datetime.datetime.fromisoformat(r.json["job"][k])
+              for k in ("created_at", "updated_at")}
+        self.assertGreaterEqual(at["updated_at"], at["created_at"])
         r = self.c.request("POST", f"/api/training/jobs/{queued}/cancel", token=self.token)
         self.assertEqual(r.status, 200, r)
         self.assertShape(r, "/api/training/jobs/{id}/cancel", "POST")
@@ -677,6 +684,12 @@ class ProducerApiTest(unittest.TestCase, DocChecks):
         row = h.psql("SELECT status, completed_at IS NOT NULL, parked_at IS NULL "
                      "FROM training_jobs WHERE id = :'id'", variables={"id": queued})
         self.assertEqual(row, "cancelled|t|t")
+        # the job and its audit trail say the same: cancelled
+        r = self.c.request("GET", f"/api/training/jobs/{queued}", token=self.token)
+        self.assertEqual(r.json["job"]["failure_class"], "cancelled")
+        r = self.c.request("GET", f"/api/training/jobs/{queued}/events", token=self.token)
+        last = r.json["events"][-1]
+        self.assertEqual((last["to_status"], last["failure_class"]), ("cancelled", "cancelled"))
         r = self.c.request("POST", f"/api/training/jobs/{queued}/cancel", token=self.token)
         self.assertEqual(r.status, 409, r)
         self.assertShape(r, "/api/training/jobs/{id}/cancel", "POST")

@@ -49,9 +49,8 @@ static void test_a_socket_is_listening_nonblocking_and_close_on_exec(void **stat
     struct sockaddr_in a = loopback(0);
     tq_errbuf eb = {{0}};
     int fd = -1;
-    assert_int_equal(tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", 0, NULL, &fd,
-                                    &eb),
-                     TQ_OK);
+    assert_int_equal(
+        tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", 0, NULL, &fd, &eb), TQ_OK);
     assert_true(fd >= 0);
     int on = 0;
     socklen_t len = sizeof on;
@@ -68,15 +67,14 @@ static void test_a_taken_port_is_an_io_error_naming_the_address(void **state)
     struct sockaddr_in a = loopback(0);
     tq_errbuf eb = {{0}};
     int first = -1, second = 7;
-    assert_int_equal(tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", 0, NULL,
-                                    &first, &eb),
-                     TQ_OK);
+    assert_int_equal(
+        tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", 0, NULL, &first, &eb), TQ_OK);
     socklen_t len = sizeof a;
     assert_int_equal(getsockname(first, (struct sockaddr *)&a, &len), 0);
     int port = ntohs(a.sin_port);
-    assert_int_equal(tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", port, "metrics",
-                                    &second, &eb),
-                     TQ_ERR_IO);
+    assert_int_equal(
+        tq_listen_open((struct sockaddr *)&a, sizeof a, "127.0.0.1", port, "metrics", &second, &eb),
+        TQ_ERR_IO);
     assert_int_equal(second, -1);
     char want[128];
     snprintf(want, sizeof want, "could not listen on 127.0.0.1:%d for metrics: %s", port,
@@ -100,9 +98,9 @@ static void test_an_ipv6_host_is_bracketed_in_the_error(void **state)
     socklen_t len = sizeof a;
     assert_int_equal(getsockname(first, (struct sockaddr *)&a, &len), 0);
     int port = ntohs(a.sin6_port);
-    assert_int_equal(tq_listen_open((struct sockaddr *)&a, sizeof a, "::1", port, NULL, &second,
-                                    &eb),
-                     TQ_ERR_IO);
+    assert_int_equal(
+        tq_listen_open((struct sockaddr *)&a, sizeof a, "::1", port, NULL, &second, &eb),
+        TQ_ERR_IO);
     char want[128];
     snprintf(want, sizeof want, "could not listen on [::1]:%d: %s", port, strerror(EADDRINUSE));
     assert_string_equal(eb.msg, want);

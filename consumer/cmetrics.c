@@ -274,6 +274,9 @@ int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     int gai = getaddrinfo(h, NULL, &hints, &ai);
+    if (gai == EAI_AGAIN) /* the resolver did not answer: a restart may (exit 1) */
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve metrics host \"%.200s\": %s", h,
+                       gai_strerror(gai));
     if (gai != 0 || !ai)
         return tq_errf(eb, TQ_ERR_INVALID, "could not resolve metrics host \"%.200s\": %s", h,
                        gai_strerror(gai));
@@ -319,7 +322,7 @@ int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_END);
     if (!s->mhd) { /* lfd not closed: MHD may have closed it, and the consumer stops */
         free(s);
-        return tq_errf(eb, TQ_ERR_NOMEM, "could not start the metrics server");
+        return tq_errf(eb, TQ_ERR_IO, "could not start the metrics server");
     }
     if (bound_port) {
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);

@@ -42,8 +42,8 @@ static const tq_opt options[] = {
     {"TRAINQ_METRICS_ADDR", "metrics-addr", TQ_OPT_STR, OFF(metrics_addr), "127.0.0.1:9101", 0, 0,
      NULL,
      "/metrics and /healthz listen address (port 0 picks a free port; an address another "
-     "process listens on stops the start with exit 1, one this host does not have or a port it "
-     "may not take with exit 2)"},
+     "process listens on stops the start with exit 1, one this host does not have (after 3 s) "
+     "or a port it may not take with exit 2)"},
     {"TRAINQ_LEASE_SECONDS", "lease-seconds", TQ_OPT_INT, OFF(lease_seconds), "30", 3, 3600, NULL,
      "a job whose worker has not renewed its lease this long is recovered by the reaper"},
     {"TRAINQ_HEARTBEAT_SECONDS", "heartbeat-seconds", TQ_OPT_INT, OFF(heartbeat_seconds), "5", 1,

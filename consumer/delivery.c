@@ -182,6 +182,13 @@ int tq_delivery_take(amqp_envelope_t *env, tq_delivery *out)
     for (size_t i = 0; i < sizeof named / sizeof named[0] && !out->nul_in; i++)
         if (named[i].v.len && memchr(named[i].v.bytes, '\0', named[i].v.len))
             out->nul_in = named[i].name;
+    /* Cut at the NUL, they would name another queue or another request: the dead letter's
+     * event then goes to no reply queue and carries no correlation_id. */
+    if (out->nul_in && (out->nul_in == named[2].name || out->nul_in == named[3].name)) {
+        out->reply.reply_to = "";
+        out->reply.correlation_id = "";
+        out->refused_reply_to = NULL;
+    }
     out->props = props;
     /* rabbitmq-c allocated it with amqp_bytes_malloc; amqp_destroy_envelope frees none */
     out->body = env->message.body;

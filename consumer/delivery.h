@@ -48,7 +48,8 @@ typedef struct {
     /* The first of routing key, message_id, reply_to and correlation_id that holds a NUL
      * byte ("message_id", ...), NULL when none does: as C strings they would be cut there
      * (a correlation_id stored short, a message_id "<job id>\0x" taken for the job id), so
-     * such a message is dead-lettered instead. */
+     * such a message is dead-lettered instead (with no reply and no correlation_id on its
+     * event when it is one of those two). */
     const char *nul_in;
     char *strings; /* owns every string above */
 } tq_delivery;

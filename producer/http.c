@@ -388,6 +388,9 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
     char ports[PORT_TEXT_BUF];
     snprintf(ports, sizeof ports, "%d", port);
     int rc = getaddrinfo(host, ports, &hints, &res);
+    if (rc == EAI_AGAIN) /* the resolver did not answer: a restart may (exit 1) */
+        return tq_errf(eb, TQ_ERR_IO, "could not resolve http host \"%s\": %s", host,
+                       gai_strerror(rc));
     if (rc != 0 || !res)
         return tq_errf(eb, TQ_ERR_CONFIG, "cannot resolve http host \"%s\": %s", host,
                        gai_strerror(rc));
@@ -507,7 +510,9 @@ int tq_http_start(const tq_app *app, tq_http **out, tq_errbuf *eb)
     if (!h->d) { /* lfd is not closed here: MHD may have closed it already, and the
                   * program stops on this error */
         http_free(h);
-        return tq_errf(eb, TQ_ERR_NOMEM, "could not start the HTTP server");
+        return tq_errf(eb, TQ_ERR_IO,
+                       "could not start the HTTP server (libmicrohttpd's log above "
+                       "says why)");
     }
     if (pthread_create(&h->sweeper, NULL, sweeper_main, h) != 0) {
         MHD_stop_daemon(h->d);
@@ -530,10 +535,10 @@ void tq_http_stop(tq_http *h, int drain_ms)
 {
     if (!h)
         return;
-    /* No new connections from here on; the listening socket is ours to close. */
+    /* No new connections from here on; the listening socket is ours to close, after
+     * MHD_stop_daemon (libmicrohttpd: its threads may still hold it until then, and a
+     * number closed early could be reused by another socket meanwhile). */
     MHD_socket ls = MHD_quiesce_daemon(h->d);
-    if (ls != MHD_INVALID_SOCKET)
-        close(ls);
     /* Event streams never end by themselves: end them so the drain below can finish. */
     tq_streams_close_all(h->app->streams);
     for (int waited = 0; atomic_load(&h->in_flight) > 0 && waited < drain_ms; waited += 10) {
@@ -545,5 +550,7 @@ void tq_http_stop(tq_http *h, int drain_ms)
         tq_log(TQ_LOG_WARN, "http.drain_timeout", "%d requests still in flight after %d ms", left,
                drain_ms);
     MHD_stop_daemon(h->d);
+    if (ls != MHD_INVALID_SOCKET)
+        close(ls);
     http_free(h);
 }

@@ -18,8 +18,8 @@ static const tq_opt options[] = {
     TQ_OPT_LOG_LEVEL(tq_config),
     {"TRAINQ_HTTP_ADDR", "http-addr", TQ_OPT_STR, OFF(http_addr), "127.0.0.1:3000", 0, 0, NULL,
      "HTTP listen address host:port (port 0 picks a free port; an address another process listens "
-     "on stops the start with exit 1, one this host does not have or a port it may not take "
-     "with exit 2)"},
+     "on stops the start with exit 1, one this host does not have (after 3 s) or a port it may "
+     "not take with exit 2)"},
     {"TRAINQ_HTTP_THREADS", "http-threads", TQ_OPT_INT, OFF(http_threads), "4", 1, 256, NULL,
      "HTTP worker threads (each holds one Postgres connection)"},
     {"TRAINQ_JWT_ALG", "jwt-alg", TQ_OPT_ENUM, OFF(jwt_alg), "HS256", 0, 0,

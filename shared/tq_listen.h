@@ -19,9 +19,10 @@ int tq_listen_error_class(int e);
 
 /* A non-blocking, close-on-exec TCP socket bound to addr (SO_REUSEADDR, so a restart binds
  * while old connections sit in TIME_WAIT; never SO_REUSEPORT, which would let a second
- * process share the address unseen) and listening. host and port are addr as configured,
- * for the error: "could not listen on HOST:PORT[ for WHAT]: STRERROR" (an IPv6 host in
- * brackets). Returns TQ_OK with *fd, or the class above with *fd = -1. */
+ * process share the address unseen) and listening. An address not on this host is tried
+ * again for 3 s first (an IPv6 address in duplicate address detection after boot). host and port
+ * are addr as configured, for the error: "could not listen on HOST:PORT[ for WHAT]: STRERROR" (an
+ * IPv6 host in brackets). Returns TQ_OK with *fd, or the class above with *fd = -1. */
 int tq_listen_open(const struct sockaddr *addr, socklen_t len, const char *host, int port,
                    const char *what, int *fd, tq_errbuf *eb);
 

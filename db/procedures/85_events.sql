@@ -103,7 +103,7 @@ BEGIN
 END $$;
 
 -- The event of a message the consumer dead-lettered before any job row existed (invalid
--- body, wrong routing key or message_id, bad signature): status 'dead_lettered' with the
+-- body, wrong routing key or message_id; a bad signature gets none): status 'dead_lettered' with the
 -- dead-letter reason, to trainq.events (routing key job.dead_lettered.<type>, type
 -- 'unknown' when the routing key names none) and to the message's reply_to. Called by
 -- consumer/cdb.c tq_cdb_dead_letter_event. What must stay true:
@@ -111,9 +111,10 @@ END $$;
 --    compare) gets no event: the job's own events are the truth about it, and anyone who
 --    may publish could otherwise have trainq announce that another user's job was
 --    dead-lettered;
---  * its sequence is 0, below every event of a job: a message fixed and published again
---    under the same job_id becomes a job whose job.queued (1) a subscriber that keeps the
---    last sequence applied must not drop.
+--  * its sequence is 1 (the contract's minimum); a message fixed and published again under
+--    the same job_id becomes a job whose events start at 1 again: a subscriber applies a
+--    job's events after a dead_lettered one whatever their sequence (the message never
+--    became a job; docs/message-contract.md, "Dead-lettered messages").
 CREATE OR REPLACE FUNCTION tq_event_dead_letter(p_message_id text, p_routing_key text,
                                                 p_reason text, p_reply_to text,
                                                 p_correlation_id text) RETURNS void
@@ -141,7 +142,7 @@ BEGIN
         'exit_code', NULL,
         'attempt', 0,
         'progress', NULL,
-        'sequence', 0,
+        'sequence', 1,
         'correlation_id', NULLIF(p_correlation_id, ''),
         'occurred_at', tq_event_now()),
         NULLIF(p_reply_to, ''), NULLIF(p_correlation_id, ''));

@@ -23,6 +23,7 @@ static void test_settings_no_restart_can_fix_are_config_errors(void **state)
     assert_int_equal(tq_listen_error_class(EACCES), TQ_ERR_CONFIG);
     assert_int_equal(tq_listen_error_class(EPERM), TQ_ERR_CONFIG);
     assert_int_equal(tq_listen_error_class(EAFNOSUPPORT), TQ_ERR_CONFIG);
+    assert_int_equal(tq_listen_error_class(EINVAL), TQ_ERR_CONFIG);
 }
 
 static void test_an_address_someone_else_holds_may_be_free_next_time(void **state)
@@ -101,6 +102,7 @@ static void test_an_ipv6_host_is_bracketed_in_the_error(void **state)
     assert_int_equal(
         tq_listen_open((struct sockaddr *)&a, sizeof a, "::1", port, NULL, &second, &eb),
         TQ_ERR_IO);
+    assert_int_equal(second, -1);
     char want[128];
     snprintf(want, sizeof want, "could not listen on [::1]:%d: %s", port, strerror(EADDRINUSE));
     assert_string_equal(eb.msg, want);

@@ -103,10 +103,11 @@ BEGIN
 END $$;
 
 -- The event of a message the consumer dead-lettered before any job row existed (invalid
--- body, wrong routing key or message_id; a bad signature gets none): status 'dead_lettered' with the
--- dead-letter reason, to trainq.events (routing key job.dead_lettered.<type>, type
--- 'unknown' when the routing key names none) and to the message's reply_to. Called by
--- consumer/cdb.c tq_cdb_dead_letter_event. What must stay true:
+-- body, wrong routing key or message_id; a bad signature gets none): status
+-- 'dead_lettered' with the dead-letter reason, to trainq.events (routing key
+-- job.dead_lettered.<type>, type 'unknown' when the routing key names none) and to the
+-- message's reply_to. Called by consumer/cdb.c tq_cdb_dead_letter_event. What must stay
+-- true:
 --  * a message_id that names a job that exists (anyone's: an invalid body names no user to
 --    compare) gets no event: the job's own events are the truth about it, and anyone who
 --    may publish could otherwise have trainq announce that another user's job was

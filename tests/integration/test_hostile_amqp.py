@@ -333,9 +333,17 @@ class HostileAmqpTest(unittest.TestCase):
     def test_a_nul_byte_in_a_property_is_dead_lettered_not_cut(self):
         """As C strings these would end at the NUL: a correlation_id stored short, a
         message_id "<job id>\\0x" taken for the job id. Dead-lettered with the reason."""
-        cases = [("correlation_id", {"correlation_id": "a\nb\x00c"}, None),
+        # A queue named as the cut reply_to would be: it must get no reply, nor must the
+        # reply queue of a message whose correlation_id holds the NUL.
+        replies = "it-nul-replies-" + uuid.uuid4().hex[:8]
+        conn = h.amqp_connection()
+        try:
+            conn.channel().queue_declare(replies, durable=True)
+        finally:
+            conn.close()
+        cases = [("correlation_id", {"correlation_id": "a\nb\x00c", "reply_to": replies}, None),
                  ("message_id", {}, "\x00x"),
-                 ("reply_to", {"reply_to": "replies\x00x"}, None)]
+                 ("reply_to", {"reply_to": replies + "\x00x"}, None)]
         h.purge_queue(DEAD)
         sent = {}
         for name, props, mid_suffix in cases:
@@ -349,6 +357,24 @@ class HostileAmqpTest(unittest.TestCase):
             self.assertEqual(reasons.get(body),
                              f"invalid message: {name}: must not contain a NUL byte")
             self.assertIsNone(job_row(job_id), name)
+        # every event row published by now (the relay runs in the consumer), none a reply
+        h.wait_until(lambda: tqenv.psql("SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                                        " AND exchange = 'trainq.events'") == "0",
+                     timeout=30, what="the dead letters' events published")
+        events = tqenv.psql("SELECT count(*) FROM outbox WHERE exchange = 'trainq.events'"
+                            " AND job_id::text = ANY(string_to_array(:'j', ','))",
+                            variables={"j": ",".join(j for _, j in sent.values())})
+        self.assertEqual(events, str(len(cases)), "each dead letter has its event")
+        replied = tqenv.psql("SELECT count(*) FROM outbox WHERE exchange = ''"
+                             " AND job_id::text = ANY(string_to_array(:'j', ','))",
+                             variables={"j": ",".join(j for _, j in sent.values())})
+        self.assertEqual(replied, "0", "a reply went to a reply_to cut at its NUL")
+        self.assertEqual(h.purge_queue(replies), 0)
+        cids = tqenv.psql("SELECT string_agg(DISTINCT coalesce(payload::jsonb->>'correlation_id',"
+                          " 'null'), ',') FROM outbox WHERE exchange = 'trainq.events'"
+                          " AND job_id::text = ANY(string_to_array(:'j', ','))",
+                          variables={"j": ",".join(j for _, j in sent.values())})
+        self.assertEqual(cids, "null", "an event carries a correlation_id cut at its NUL")
         self.assert_alive()
 
     def test_dataset_of_another_user_or_missing_fails_the_job_without_container(self):

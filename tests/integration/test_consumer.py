@@ -798,9 +798,8 @@ class TestRecovery(ConsumerCase):
         p.start()
         p.proc.wait(30)
         self.assertEqual(p.proc.returncode, 2, p.stderr_text()[-2000:])
-        plain = [ln for ln in p.stderr_text().splitlines() if not ln.startswith("{")]
-        self.assertEqual(plain, ["trainq-consumer: could not listen on [2001:db8::1]:9101"
-                                 " for metrics: Cannot assign requested address"])
+        self.assertEqual(p.plain_lines(), ["trainq-consumer: could not listen on [2001:db8::1]:9101"
+                                           " for metrics: Cannot assign requested address"])
         self.assertFalse(p.events("consumer.ready"))
 
     def test_dockerd_restart_under_a_running_job_retries_it(self):

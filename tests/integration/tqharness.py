@@ -112,6 +112,10 @@ class Program:
         with open(self._err.name, "r", errors="replace") as f:
             return f.read()
 
+    def plain_lines(self):
+        """stderr's lines that are not JSON log lines: what a configuration error prints."""
+        return [ln for ln in self.stderr_text().splitlines() if not ln.startswith("{")]
+
     def _read_events(self):
         with open(self._err.name, "r", errors="replace") as f:
             f.seek(self._pos)

@@ -274,12 +274,9 @@ int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     int gai = getaddrinfo(h, NULL, &hints, &ai);
-    if (gai == EAI_AGAIN) /* the resolver did not answer: a restart may (exit 1) */
-        return tq_errf(eb, TQ_ERR_IO, "could not resolve metrics host \"%.200s\": %s", h,
-                       gai_strerror(gai));
     if (gai != 0 || !ai)
-        return tq_errf(eb, TQ_ERR_INVALID, "could not resolve metrics host \"%.200s\": %s", h,
-                       gai_strerror(gai));
+        return tq_errf(eb, tq_listen_resolve_class(gai),
+                       "could not resolve metrics host \"%.200s\": %s", h, gai_strerror(gai));
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD;

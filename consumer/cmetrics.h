@@ -83,8 +83,9 @@ typedef struct tq_cmetrics_server tq_cmetrics_server;
  * Listens on host:port (host: an IPv4/IPv6 literal or a name such as "localhost"; NULL or ""
  * means 127.0.0.1; port 0 picks a free port, stored in *bound_port when not NULL).
  * fn NULL means always healthy. *out is stopped and freed with tq_cmetrics_stop.
- * TQ_ERR_INVALID (bad host/port), TQ_ERR_CONFIG (an address this host cannot bind:
- * tq_listen.h), TQ_ERR_IO (another process listens there), TQ_ERR_NOMEM.
+ * TQ_ERR_INVALID (bad port, host too long), TQ_ERR_CONFIG (a host that does not resolve,
+ * an address this host cannot bind: tq_listen.h), TQ_ERR_IO (another process listens
+ * there, the resolver did not answer), TQ_ERR_NOMEM.
  */
 int tq_cmetrics_start(const char *host, int port, tq_cmetrics_health_fn fn, void *arg,
                       tq_cmetrics_server **out, int *bound_port, tq_errbuf *eb);

@@ -388,11 +388,8 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
     char ports[PORT_TEXT_BUF];
     snprintf(ports, sizeof ports, "%d", port);
     int rc = getaddrinfo(host, ports, &hints, &res);
-    if (rc == EAI_AGAIN) /* the resolver did not answer: a restart may (exit 1) */
-        return tq_errf(eb, TQ_ERR_IO, "could not resolve http host \"%s\": %s", host,
-                       gai_strerror(rc));
     if (rc != 0 || !res)
-        return tq_errf(eb, TQ_ERR_CONFIG, "cannot resolve http host \"%s\": %s", host,
+        return tq_errf(eb, tq_listen_resolve_class(rc), "cannot resolve http host \"%s\": %s", host,
                        gai_strerror(rc));
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = res->ai_addrlen;

@@ -1,6 +1,7 @@
 #include "tq_listen.h"
 
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <time.h>
@@ -22,6 +23,11 @@ int tq_listen_error_class(int e)
     default:
         return TQ_ERR_IO;
     }
+}
+
+int tq_listen_resolve_class(int gai)
+{
+    return gai == EAI_AGAIN ? TQ_ERR_IO : TQ_ERR_CONFIG;
 }
 
 static int listen_once(const struct sockaddr *addr, socklen_t len, const char *host, int port,

@@ -17,6 +17,11 @@
  * (EADDRNOTAVAIL, EACCES, EPERM, EAFNOSUPPORT), else TQ_ERR_IO (EADDRINUSE and the rest). */
 int tq_listen_error_class(int e);
 
+/* The same for a host that getaddrinfo could not resolve (gai its result, 0 with no
+ * address): TQ_ERR_IO when the resolver did not answer (EAI_AGAIN: a restart may get an
+ * answer, exit 1), else TQ_ERR_CONFIG (a name that does not exist stays so). */
+int tq_listen_resolve_class(int gai);
+
 /* A non-blocking, close-on-exec TCP socket bound to addr (SO_REUSEADDR, so a restart binds
  * while old connections sit in TIME_WAIT; never SO_REUSEPORT, which would let a second
  * process share the address unseen) and listening. An address not on this host is tried

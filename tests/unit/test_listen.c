@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,6 +33,15 @@ static void test_an_address_someone_else_holds_may_be_free_next_time(void **stat
     assert_int_equal(tq_listen_error_class(EADDRINUSE), TQ_ERR_IO);
     assert_int_equal(tq_listen_error_class(EMFILE), TQ_ERR_IO);
     assert_int_equal(tq_listen_error_class(ENOBUFS), TQ_ERR_IO);
+}
+
+static void test_only_a_resolver_that_did_not_answer_may_resolve_next_time(void **state)
+{
+    (void)state;
+    assert_int_equal(tq_listen_resolve_class(EAI_AGAIN), TQ_ERR_IO);
+    assert_int_equal(tq_listen_resolve_class(EAI_NONAME), TQ_ERR_CONFIG);
+    assert_int_equal(tq_listen_resolve_class(EAI_FAMILY), TQ_ERR_CONFIG);
+    assert_int_equal(tq_listen_resolve_class(0), TQ_ERR_CONFIG); /* no address */
 }
 
 static struct sockaddr_in loopback(int port)
@@ -114,6 +124,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_no_restart_can_fix_are_config_errors),
         cmocka_unit_test(test_an_address_someone_else_holds_may_be_free_next_time),
+        cmocka_unit_test(test_only_a_resolver_that_did_not_answer_may_resolve_next_time),
         cmocka_unit_test(test_a_socket_is_listening_nonblocking_and_close_on_exec),
         cmocka_unit_test(test_a_taken_port_is_an_io_error_naming_the_address),
         cmocka_unit_test(test_an_ipv6_host_is_bracketed_in_the_error),

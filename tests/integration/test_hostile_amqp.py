@@ -358,22 +358,23 @@ class HostileAmqpTest(unittest.TestCase):
                              f"invalid message: {name}: must not contain a NUL byte")
             self.assertIsNone(job_row(job_id), name)
         # every event row published by now (the relay runs in the consumer), none a reply
+        ids = {"j": ",".join(j for _, j in sent.values())}
         h.wait_until(lambda: tqenv.psql("SELECT count(*) FROM outbox WHERE published_at IS NULL"
                                         " AND exchange = 'trainq.events'") == "0",
                      timeout=30, what="the dead letters' events published")
         events = tqenv.psql("SELECT count(*) FROM outbox WHERE exchange = 'trainq.events'"
                             " AND job_id::text = ANY(string_to_array(:'j', ','))",
-                            variables={"j": ",".join(j for _, j in sent.values())})
+                            variables=ids)
         self.assertEqual(events, str(len(cases)), "each dead letter has its event")
         replied = tqenv.psql("SELECT count(*) FROM outbox WHERE exchange = ''"
                              " AND job_id::text = ANY(string_to_array(:'j', ','))",
-                             variables={"j": ",".join(j for _, j in sent.values())})
+                             variables=ids)
         self.assertEqual(replied, "0", "a reply went to a reply_to cut at its NUL")
         self.assertEqual(h.purge_queue(replies), 0)
         cids = tqenv.psql("SELECT string_agg(DISTINCT coalesce(payload::jsonb->>'correlation_id',"
                           " 'null'), ',') FROM outbox WHERE exchange = 'trainq.events'"
                           " AND job_id::text = ANY(string_to_array(:'j', ','))",
-                          variables={"j": ",".join(j for _, j in sent.values())})
+                          variables=ids)
         self.assertEqual(cids, "null", "an event carries a correlation_id cut at its NUL")
         self.assert_alive()
 
